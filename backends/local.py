@@ -1,0 +1,163 @@
+"""Local filesystem backend: one file per object under a root directory.
+
+Writes go to a temporary file in the target directory, are fsynced, and then appear under their
+final name in one step: ``rename`` when overwriting is allowed, ``link`` (which fails if the name
+exists) when it is not. A crash never leaves a partial object under a final name.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from backends.base import Backend, Capabilities, ObjectInfo, check_key
+from backends.errors import AlreadyExists, CasError, ConfigurationError, NotFound, PermissionDenied, Unavailable
+
+_TMP_PREFIX = ".tmp-"
+_COPY_BLOCK = 8 << 20
+
+
+def _translate(exc: OSError, key: str) -> Exception:
+    if isinstance(exc, CasError):  # ours already (AlreadyExists is also an OSError)
+        return exc
+    if exc.errno == errno.ENOENT:
+        return NotFound(f"object not found: {key}")
+    if exc.errno == errno.EEXIST:
+        return AlreadyExists(f"object already exists: {key}")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermissionDenied(f"permission denied for {key}: {exc.strerror}")
+    return Unavailable(f"local storage error on {key}: {exc.strerror or exc}")
+
+
+class LocalBackend(Backend):
+    capabilities = Capabilities(atomic_put=True, conditional_put=True, range_reads=True)
+
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise ConfigurationError(f"repository path is not a directory: {self.root}")
+        if not os.path.isdir(self.root):
+            if not create:
+                raise NotFound(f"repository directory does not exist: {self.root}")
+            try:
+                os.makedirs(self.root, mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise _translate(exc, self.root) from exc
+
+    def describe(self) -> str:
+        return f"file://{self.root}"
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, *check_key(key).split("/"))
+
+    def put(self, key: str, data: bytes | memoryview | BinaryIO, *, overwrite: bool = True) -> None:
+        path = self._path(key)
+        directory = os.path.dirname(path)
+        if not overwrite and os.path.lexists(path):
+            raise AlreadyExists(f"object already exists: {key}")
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=directory)
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+        try:
+            with os.fdopen(fd, "wb") as f:
+                if isinstance(data, (bytes, bytearray, memoryview)):
+                    f.write(data)
+                else:
+                    shutil.copyfileobj(data, f, _COPY_BLOCK)
+                f.flush()
+                os.fsync(f.fileno())
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                # link() refuses an existing name, so two racing writers cannot both win.
+                os.link(tmp, path)
+                os.unlink(tmp)
+            _fsync_dir(directory)
+        except BaseException as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if isinstance(exc, OSError) and not isinstance(exc, CasError):
+                raise _translate(exc, key) from exc
+            raise
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                if offset < 0:
+                    size = os.fstat(f.fileno()).st_size
+                    offset = max(0, size + offset)
+                f.seek(offset)
+                return f.read() if length is None else f.read(length)
+        except IsADirectoryError as exc:
+            raise NotFound(f"object not found: {key}") from exc
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+
+    def stat(self, key: str) -> ObjectInfo:
+        try:
+            st = os.stat(self._path(key))
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+        if not os.path.isfile(self._path(key)):
+            raise NotFound(f"object not found: {key}")
+        return ObjectInfo(key, st.st_size)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Walk only the directory the prefix is in, then filter by the prefix's last part.
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = os.path.join(self.root, *base.split("/")) if base else self.root
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames.sort()
+            rel = os.path.relpath(dirpath, self.root)
+            rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            for name in sorted(filenames):
+                if name.startswith(_TMP_PREFIX):
+                    continue
+                key = rel + name
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    size = os.stat(os.path.join(dirpath, name)).st_size
+                except FileNotFoundError:
+                    continue
+                yield ObjectInfo(key, size)
+
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def from_url(url: str, **options: object) -> LocalBackend:
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise ConfigurationError(f"file:// URL must name a local path, got host {parts.netloc!r}")
+    path = unquote(parts.path)
+    if not path:
+        raise ConfigurationError("file:// URL has no path")
+    return LocalBackend(path, create=bool(options.get("create", True)))
