@@ -1,0 +1,139 @@
+"""The write pipeline: encode blobs on a thread pool, seal them into packs, upload, then index.
+
+Order of effects, which is what makes a crash harmless (docs/FORMAT.md, "Write order"):
+
+1. a pack is uploaded whole under its content name;
+2. only then are its blobs' index rows committed, in one transaction.
+
+So every blob the index knows is in a pack on the backend, and a crash leaves at most packs that no
+index row points at. zstd and BLAKE3 release the GIL, so encoding runs truly in parallel with the
+caller reading and cutting files.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from cas.compression import encode
+from cas.packs import KIND_DATA, KIND_TREE, PackBuilder, pack_key
+from cas.repository import Repository
+from manifests.index import BlobLocation
+
+
+@dataclass
+class WriteStats:
+    new_blobs: int = 0
+    new_raw_bytes: int = 0
+    new_stored_bytes: int = 0
+    packs: int = 0
+    pack_bytes: int = 0
+
+
+class BlobWriter:
+    """Deduplicating blob sink for one writer. Not thread-safe: call from one thread.
+
+    :meth:`add` returns at once; the blob is durable only after :meth:`flush` returns.
+    """
+
+    def __init__(self, repo: Repository, *, workers: int | None = None, uploads: int = 2) -> None:
+        self.repo = repo
+        self.level = repo.config.compression_level
+        self.pack_size = repo.config.pack_size
+        self.stats = WriteStats()
+        self._workers = workers or max(2, os.cpu_count() or 2)
+        self._encoders = ThreadPoolExecutor(self._workers, thread_name_prefix="cas-encode")
+        self._uploaders = ThreadPoolExecutor(uploads, thread_name_prefix="cas-upload")
+        self._max_encoding = self._workers * 4
+        self._max_uploading = uploads + 1
+        self._seen: set[str] = set()
+        self._encoding: dict[int, deque[tuple[str, int, Future[tuple[int, bytes]]]]] = {
+            KIND_DATA: deque(),
+            KIND_TREE: deque(),
+        }
+        self._builders = {KIND_DATA: PackBuilder(), KIND_TREE: PackBuilder()}
+        self._uploads: deque[Future[None]] = deque()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def known(self, blob_ids: list[str]) -> set[str]:
+        """Which of these blobs are already stored or queued (one index query for the batch)."""
+        unseen = [b for b in blob_ids if b not in self._seen]
+        found = self.repo.index.known_blobs(unseen) if unseen else set()
+        self._seen.update(found)
+        return {b for b in blob_ids if b in self._seen}
+
+    def add(self, blob_id: str, kind: int, data: bytes | memoryview, *, checked: bool = False) -> bool:
+        """Queue a blob unless it is stored already; True if it was new.
+
+        ``checked`` says the caller already asked :meth:`known` about this ID.
+        """
+        if blob_id in self._seen:
+            return False
+        if not checked and self.repo.index.known_blobs([blob_id]):
+            self._seen.add(blob_id)
+            return False
+        self._seen.add(blob_id)
+        queue = self._encoding[kind]
+        queue.append((blob_id, len(data), self._encoders.submit(encode, data, self.level)))
+        while len(queue) > self._max_encoding:
+            self._take_one(kind)
+        return True
+
+    def flush(self) -> None:
+        """Make every added blob durable: encoded, packed, uploaded and indexed."""
+        for kind in (KIND_DATA, KIND_TREE):
+            while self._encoding[kind]:
+                self._take_one(kind)
+            if len(self._builders[kind]):
+                self._seal(kind)
+        while self._uploads:
+            self._uploads.popleft().result()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._encoders.shutdown(wait=True, cancel_futures=True)
+            self._uploaders.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _take_one(self, kind: int) -> None:
+        blob_id, raw_length, future = self._encoding[kind].popleft()
+        codec, payload = future.result()
+        builder = self._builders[kind]
+        builder.add(blob_id, kind, codec, payload, raw_length)
+        self.stats.new_blobs += 1
+        self.stats.new_raw_bytes += raw_length
+        self.stats.new_stored_bytes += len(payload)
+        if builder.size >= self.pack_size:
+            self._seal(kind)
+
+    def _seal(self, kind: int) -> None:
+        builder = self._builders[kind]
+        self._builders[kind] = PackBuilder()
+        pack_id, data, entries = builder.finish()
+        self.stats.packs += 1
+        self.stats.pack_bytes += len(data)
+        while len(self._uploads) >= self._max_uploading:
+            self._uploads.popleft().result()
+        rows = [BlobLocation(e.id, e.kind, pack_id, e.offset, e.length, e.raw_length, e.codec) for e in entries]
+        self._uploads.append(self._uploaders.submit(self._upload, pack_id, data, rows))
+
+    def _upload(self, pack_id: str, data: bytes, rows: list[BlobLocation]) -> None:
+        from cas.errors import AlreadyExists
+
+        try:
+            self.repo.backend.put(pack_key(pack_id), data, overwrite=False)
+        except AlreadyExists:
+            pass  # same name means same bytes: another writer uploaded this exact pack
+        self.repo.index.add_pack(pack_id, len(data), rows)

@@ -1,0 +1,87 @@
+"""The repository config object: format version and the parameters fixed at creation.
+
+Stored as JSON under the key ``config``. Chunking parameters must never change for a repository,
+or identical content would be cut differently and stop deduplicating.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import asdict, dataclass
+
+from cas.errors import ConfigurationError, IntegrityError
+
+FORMAT_VERSION = 1
+CONFIG_KEY = "config"
+_MAX_CONFIG_BYTES = 64 * 1024
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    version: int = FORMAT_VERSION
+    repo_id: str = ""
+    chunk_min: int = 256 * KiB
+    chunk_avg: int = 1 * MiB
+    chunk_max: int = 4 * MiB
+    compression_level: int = 3
+    pack_size: int = 16 * MiB
+
+    @classmethod
+    def new(cls, **overrides: int) -> RepoConfig:
+        config = cls(repo_id=secrets.token_hex(16), **overrides)
+        config.validate(error=ConfigurationError)
+        return config
+
+    def validate(self, error: type[Exception] = IntegrityError) -> None:
+        if self.version != FORMAT_VERSION:
+            raise error(
+                f"repository format version {self.version} is not supported (this cas reads {FORMAT_VERSION})"
+            )
+        if not (isinstance(self.repo_id, str) and len(self.repo_id) == 32 and _is_hex(self.repo_id)):
+            raise error("repository config has an invalid repo_id")
+        # pyfastcdc's own limits: min 64 B..1 MiB, avg 256 B..4 MiB, max 1 KiB..16 MiB.
+        if not (64 <= self.chunk_min <= MiB):
+            raise error(f"chunk_min {self.chunk_min} outside 64 B..1 MiB")
+        if not (256 <= self.chunk_avg <= 4 * MiB):
+            raise error(f"chunk_avg {self.chunk_avg} outside 256 B..4 MiB")
+        if not (KiB <= self.chunk_max <= 16 * MiB):
+            raise error(f"chunk_max {self.chunk_max} outside 1 KiB..16 MiB")
+        if not (self.chunk_min <= self.chunk_avg <= self.chunk_max):
+            raise error("chunk sizes must satisfy min <= avg <= max")
+        if not (-7 <= self.compression_level <= 22):
+            raise error(f"compression_level {self.compression_level} outside -7..22")
+        if not (MiB <= self.pack_size <= 1024 * MiB):
+            raise error(f"pack_size {self.pack_size} outside 1 MiB..1 GiB")
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> RepoConfig:
+        if len(data) > _MAX_CONFIG_BYTES:
+            raise IntegrityError("repository config is too large")
+        try:
+            raw = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise IntegrityError("repository config is not valid JSON") from exc
+        if not isinstance(raw, dict):
+            raise IntegrityError("repository config is not a JSON object")
+        fields = {f: raw.get(f) for f in cls.__dataclass_fields__}
+        if any(v is None for v in fields.values()):
+            missing = sorted(k for k, v in fields.items() if v is None)
+            raise IntegrityError(f"repository config lacks {', '.join(missing)}")
+        for name, value in fields.items():
+            expected = str if name == "repo_id" else int
+            if type(value) is not expected:
+                raise IntegrityError(f"repository config field {name} has the wrong type")
+        config = cls(**fields)  # type: ignore[arg-type]
+        config.validate()
+        return config
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)

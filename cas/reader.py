@@ -1,0 +1,97 @@
+"""Reading stored files back: chunk runs fetched with one range read each, every chunk verified.
+
+Adjacent chunks of a file that sit next to each other in one pack (the common case: a file's chunks
+are written in order) are fetched with a single ranged GET, bounded by :data:`MAX_RUN_BYTES`.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+from cas.errors import IntegrityError
+from cas.hashing import new_hasher
+from cas.packs import KIND_DATA, pack_key
+from cas.repository import Repository, verify_blob
+from cas.trees import FILE, Entry
+from manifests.index import BlobLocation
+
+MAX_RUN_BYTES = 32 * 1024 * 1024
+
+
+def file_chunks(repo: Repository, entry: Entry, locations: dict[str, BlobLocation], path: str) -> Iterator[bytes]:
+    """The verified chunks of a file entry, in order. Raises IntegrityError naming ``path``."""
+    runs: list[list[tuple[str, BlobLocation]]] = []
+    for chunk_id in entry.chunks:
+        loc = locations.get(chunk_id)
+        if loc is None or loc.kind != KIND_DATA:
+            raise IntegrityError(f"{path}: chunk {chunk_id[:16]} is missing from the repository")
+        run = runs[-1] if runs else None
+        if (
+            run is not None
+            and run[-1][1].pack_id == loc.pack_id
+            and run[-1][1].offset + run[-1][1].length == loc.offset
+            and loc.offset + loc.length - run[0][1].offset <= MAX_RUN_BYTES
+        ):
+            run.append((chunk_id, loc))
+        else:
+            runs.append([(chunk_id, loc)])
+    for run in runs:
+        start = run[0][1].offset
+        end = run[-1][1].offset + run[-1][1].length
+        try:
+            data = repo.backend.get(pack_key(run[0][1].pack_id), start, end - start)
+        except FileNotFoundError:
+            raise IntegrityError(f"{path}: pack {run[0][1].pack_id[:16]} is missing from the backend") from None
+        for chunk_id, loc in run:
+            payload = data[loc.offset - start : loc.offset - start + loc.length]
+            try:
+                yield verify_blob(chunk_id, loc, payload)
+            except IntegrityError as exc:
+                raise IntegrityError(f"{path}: {exc}") from None
+
+
+def verified_content(repo: Repository, entry: Entry, locations: dict[str, BlobLocation], path: str) -> Iterator[bytes]:
+    """Like :func:`file_chunks`, and at the end also checks the whole file's size and digest.
+
+    A one-chunk file's digest is its chunk ID, which :func:`file_chunks` has verified already.
+    """
+    single = len(entry.chunks) == 1
+    hasher = new_hasher()
+    size = 0
+    for data in file_chunks(repo, entry, locations, path):
+        if not single:
+            hasher.update(data)
+        size += len(data)
+        yield data
+    if size != entry.size:
+        raise IntegrityError(f"{path}: restored {size} bytes, the tree records {entry.size}")
+    if (entry.chunks[0] if single else hasher.hexdigest()) != entry.digest:
+        raise IntegrityError(f"{path}: content does not match the file's recorded BLAKE3")
+
+
+class FileStream(io.RawIOBase):
+    """A read-only stream of a stored file; raises IntegrityError instead of returning bad bytes."""
+
+    def __init__(self, repo: Repository, entry: Entry, path: str) -> None:
+        super().__init__()
+        if entry.type != FILE:
+            raise IntegrityError(f"{path} is not a regular file")
+        self.entry = entry
+        self.path = path
+        self._chunks = verified_content(repo, entry, repo.locate(entry.chunks), path)
+        self._buffer = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._buffer:
+            try:
+                self._buffer = memoryview(next(self._chunks))
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self._buffer))
+        buffer[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n

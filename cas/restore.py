@@ -1,0 +1,228 @@
+"""Writing a stored tree to disk, exactly and only inside the destination.
+
+Safety by construction:
+
+* every name comes from :func:`cas.trees.decode_tree`, which refuses ``/``, NUL, ``.``, ``..``,
+  empty and duplicate names, so an entry always names one component inside its directory;
+* directories are opened relative to their parent's descriptor with ``O_NOFOLLOW``: a symlink in
+  the way (planted, or restored earlier) is never followed; files and symlinks are created under a
+  temporary name with ``O_EXCL | O_NOFOLLOW`` and renamed into place, which replaces a name
+  rather than writing through it;
+* a file appears under its final name only after all its chunks and its whole-file digest verified.
+
+Directory modes and times are applied after their contents. setuid/setgid bits are dropped unless
+asked for. Files are written by a small thread pool.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from cas.errors import AlreadyExists, CasError, ConfigurationError, IntegrityError, Unavailable
+from cas.reader import verified_content
+from cas.repository import Repository
+from cas.trees import DIR, FILE, SYMLINK, Entry
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_TMP_PREFIX = ".cas-tmp-"
+_FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE}
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class RestoreReport:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    bytes: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Restorer:
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        overwrite: bool = False,
+        same_permissions: bool = False,
+        workers: int = 4,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.repo = repo
+        self.overwrite = overwrite
+        self.same_permissions = same_permissions
+        self.progress = progress
+        self.report = RestoreReport()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-restore")
+
+    def restore(self, entries: list[Entry], dest: str, root_meta: tuple[int, int] | None) -> RestoreReport:
+        """Restore ``entries`` into directory ``dest``; ``root_meta`` is (mode, mtime_ns) for ``dest``.
+
+        Failures of single entries are collected in the report and the rest is restored; running out
+        of space or descriptors aborts at once. Nothing is ever written outside ``dest``.
+        """
+        dest_fd = self._open_destination(dest)
+        try:
+            self._restore_dir(dest_fd, entries, "")
+            if root_meta is not None and not self.report.failures:
+                self._apply_dir_meta(dest_fd, root_meta[0], root_meta[1])
+        finally:
+            os.close(dest_fd)
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        return self.report
+
+    def _open_destination(self, dest: str) -> int:
+        try:
+            os.makedirs(dest, mode=0o700, exist_ok=True)
+            fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        except NotADirectoryError:
+            raise ConfigurationError(f"destination is not a directory: {dest}") from None
+        except FileExistsError:
+            raise ConfigurationError(f"destination is not a directory: {dest}") from None
+        except OSError as exc:
+            raise ConfigurationError(f"cannot use destination {dest}: {exc.strerror}") from None
+        if not self.overwrite and os.listdir(fd):
+            os.close(fd)
+            raise AlreadyExists(f"destination {dest} is not empty; pass --overwrite to restore into it")
+        return fd
+
+    def _restore_dir(self, dir_fd: int, entries: list[Entry], prefix: str) -> None:
+        locations = self.repo.locate(c for e in entries if e.type == FILE for c in e.chunks)
+        pending: list[tuple[str, Future[int]]] = []
+        try:
+            for entry in entries:
+                path = prefix + entry.name
+                try:
+                    if entry.type == DIR:
+                        self._directory(dir_fd, entry, path)
+                    elif entry.type == SYMLINK:
+                        self._symlink(dir_fd, entry, path)
+                    else:
+                        pending.append((path, self._pool.submit(self._file, dir_fd, entry, path, locations)))
+                except (CasError, OSError) as exc:
+                    self._fail(path, exc)
+        finally:
+            # Wait for every file of this directory before the caller closes dir_fd.
+            for path, future in pending:
+                try:
+                    self.report.bytes += future.result()
+                    self.report.files += 1
+                    if self.progress:
+                        self.progress(self.report.files, self.report.bytes)
+                except (CasError, OSError) as exc:
+                    self._fail(path, exc)
+
+    def _directory(self, parent_fd: int, entry: Entry, path: str) -> None:
+        try:
+            os.mkdir(entry.name, 0o700, dir_fd=parent_fd)
+        except FileExistsError:
+            if not self.overwrite:
+                raise AlreadyExists(f"{path} already exists in the destination") from None
+            st = os.stat(entry.name, dir_fd=parent_fd, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):
+                os.unlink(entry.name, dir_fd=parent_fd)  # removes a link or file, never what it points at
+                os.mkdir(entry.name, 0o700, dir_fd=parent_fd)
+        fd = os.open(entry.name, _DIR_FLAGS, dir_fd=parent_fd)
+        try:
+            os.fchmod(fd, 0o700)
+            children = self.repo.read_tree(entry.tree)
+            self._restore_dir(fd, children, path + "/")
+            self._apply_dir_meta(fd, entry.mode, entry.mtime_ns)
+            self.report.dirs += 1
+        finally:
+            os.close(fd)
+
+    def _symlink(self, dir_fd: int, entry: Entry, path: str) -> None:
+        tmp = _TMP_PREFIX + secrets.token_hex(8)
+        os.symlink(entry.target, tmp, dir_fd=dir_fd)
+        try:
+            os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+            self._place(dir_fd, tmp, entry.name, path)
+        except BaseException:
+            _unlink_quietly(dir_fd, tmp)
+            raise
+        self.report.symlinks += 1
+
+    def _file(self, dir_fd: int, entry: Entry, path: str, locations: dict) -> int:  # type: ignore[type-arg]
+        tmp = _TMP_PREFIX + secrets.token_hex(8)
+        fd = os.open(tmp, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
+        try:
+            try:
+                if entry.size:
+                    try:
+                        os.posix_fallocate(fd, 0, entry.size)
+                    except OSError as exc:
+                        if exc.errno in _FATAL_ERRNOS:
+                            raise
+                written = 0
+                for data in verified_content(self.repo, entry, locations, path):
+                    view = memoryview(data)
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
+                    written += len(data)
+                os.fchmod(fd, self._mode(entry.mode))
+                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+            finally:
+                os.close(fd)
+            self._place(dir_fd, tmp, entry.name, path)
+        except BaseException:
+            _unlink_quietly(dir_fd, tmp)
+            raise
+        return written
+
+    def _place(self, dir_fd: int, tmp: str, name: str, path: str) -> None:
+        if not self.overwrite:
+            try:
+                os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+            else:
+                raise AlreadyExists(f"{path} already exists in the destination")
+        try:
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except IsADirectoryError:
+            raise AlreadyExists(f"{path} is a directory in the destination; remove it first") from None
+        except OSError as exc:
+            if exc.errno == errno.ENOTEMPTY:
+                raise AlreadyExists(f"{path} is a directory in the destination; remove it first") from None
+            raise
+
+    def _apply_dir_meta(self, fd: int, mode: int, mtime_ns: int) -> None:
+        os.fchmod(fd, self._mode(mode))
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+
+    def _mode(self, mode: int) -> int:
+        return mode if self.same_permissions else mode & ~(stat.S_ISUID | stat.S_ISGID)
+
+    def _fail(self, path: str, exc: BaseException) -> None:
+        if isinstance(exc, OSError) and not isinstance(exc, CasError):
+            if exc.errno in _FATAL_ERRNOS:
+                raise Unavailable(f"restore stopped at {path}: {exc.strerror}") from None
+            message = f"{path}: {exc.strerror or exc}"
+        else:
+            message = str(exc)
+        self.report.failures.append((path, message))
+
+
+def _unlink_quietly(dir_fd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
+
+
+def failure_error(report: RestoreReport) -> IntegrityError:
+    shown = "; ".join(msg for _path, msg in report.failures[:5])
+    more = f" (and {len(report.failures) - 5} more)" if len(report.failures) > 5 else ""
+    err = IntegrityError(f"{len(report.failures)} entries could not be restored: {shown}{more}")
+    err.failures = report.failures  # type: ignore[attr-defined]
+    return err

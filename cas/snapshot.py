@@ -1,0 +1,165 @@
+"""Turning a directory on disk into tree nodes and chunks (the writer side of a snapshot).
+
+Directories are walked depth first; each file is cut into chunks, each chunk hashed on the calling
+thread (BLAKE3 is fast and the ID is needed for the tree) and handed to the :class:`BlobWriter`,
+which compresses and packs it on its thread pool. A directory's node is written after its contents,
+so the root tree ID names the whole snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cas.blobwriter import BlobWriter
+from cas.chunking import Chunker
+from cas.errors import CasError, ConfigurationError, NotFound, PermissionDenied
+from cas.filescache import FilesCache
+from cas.hashing import hexdigest, new_hasher
+from cas.packs import KIND_DATA, KIND_TREE
+from cas.trees import DIR, FILE, SYMLINK, Entry, encode_tree, name_key
+
+log = logging.getLogger("cas")
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class WalkStats:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    skipped: int = 0
+    logical_bytes: int = 0
+    files_from_cache: int = 0
+    skipped_paths: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TreeResult:
+    root: str
+    root_mode: int
+    root_mtime_ns: int
+    stats: WalkStats
+
+
+class TreeBuilder:
+    def __init__(
+        self,
+        writer: BlobWriter,
+        chunker: Chunker,
+        *,
+        files_cache: FilesCache | None = None,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.writer = writer
+        self.chunker = chunker
+        self.files_cache = files_cache
+        self.progress = progress
+        self.stats = WalkStats()
+
+    def build(self, path: str) -> TreeResult:
+        """Store everything under ``path`` (a directory, or a single file as a one-entry tree)."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise NotFound(f"no such file or directory: {path}") from None
+        except PermissionError:
+            raise PermissionDenied(f"permission denied: {path}") from None
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                root = self._directory(path)
+            except RecursionError:
+                raise ConfigurationError(f"directory tree under {path} is too deep to snapshot") from None
+        elif stat.S_ISREG(st.st_mode):
+            entry = self._file(path, os.path.basename(os.path.abspath(path)), st)
+            root = self._store_tree([entry])
+        else:
+            raise ConfigurationError(f"not a directory or regular file: {path}")
+        return TreeResult(root, stat.S_IMODE(st.st_mode), st.st_mtime_ns, self.stats)
+
+    def _directory(self, path: str) -> str:
+        try:
+            with os.scandir(path) as it:
+                items = sorted(it, key=lambda d: name_key(d.name))
+        except PermissionError:
+            raise PermissionDenied(f"cannot read directory {path}: permission denied") from None
+        entries: list[Entry] = []
+        for item in items:
+            full = os.path.join(path, item.name)
+            try:
+                st = item.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # vanished while we walked: it is not part of the snapshot
+            mode = st.st_mode
+            if stat.S_ISREG(mode):
+                entries.append(self._file(full, item.name, st))
+            elif stat.S_ISDIR(mode):
+                tree = self._directory(full)
+                self.stats.dirs += 1
+                entries.append(Entry(item.name, DIR, stat.S_IMODE(mode), st.st_mtime_ns, tree=tree))
+            elif stat.S_ISLNK(mode):
+                try:
+                    target = os.readlink(full)
+                except FileNotFoundError:
+                    continue
+                self.stats.symlinks += 1
+                entries.append(Entry(item.name, SYMLINK, stat.S_IMODE(mode), st.st_mtime_ns, target=target))
+            else:
+                self.stats.skipped += 1
+                self.stats.skipped_paths.append(full)
+                log.warning("skipping special file (device, socket or FIFO): %s", full)
+        return self._store_tree(entries)
+
+    def _store_tree(self, entries: list[Entry]) -> str:
+        data = encode_tree(entries)
+        tree_id = hexdigest(data)
+        self.writer.add(tree_id, KIND_TREE, data)
+        return tree_id
+
+    def _file(self, path: str, name: str, st: os.stat_result) -> Entry:
+        mode = stat.S_IMODE(st.st_mode)
+        cached = self.files_cache.lookup(path, st) if self.files_cache else None
+        if cached is not None and cached.chunks:
+            known = self.writer.known(list(cached.chunks))
+            if len(known) == len(set(cached.chunks)):
+                self._count_file(st.st_size, from_cache=True)
+                return Entry(name, FILE, mode, st.st_mtime_ns, size=st.st_size, digest=cached.digest, chunks=cached.chunks)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except PermissionError:
+            raise PermissionDenied(f"cannot read {path}: permission denied") from None
+        except FileNotFoundError:
+            raise NotFound(f"file vanished during snapshot: {path}") from None
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            fst = os.fstat(f.fileno())
+            chunks: list[str] = []
+            hasher = new_hasher()
+            size = 0
+            for piece in self.chunker.chunks(f, fst.st_size):
+                if not len(piece):
+                    continue
+                chunk_id = hexdigest(piece)
+                hasher.update(piece)
+                size += len(piece)
+                chunks.append(chunk_id)
+                self.writer.add(chunk_id, KIND_DATA, piece)
+        digest = chunks[0] if len(chunks) == 1 else hasher.hexdigest()
+        if self.files_cache is not None:
+            self.files_cache.remember(path, fst, size, digest, tuple(chunks))
+        self._count_file(size, from_cache=False)
+        return Entry(name, FILE, mode, fst.st_mtime_ns, size=size, digest=digest, chunks=tuple(chunks))
+
+    def _count_file(self, size: int, *, from_cache: bool) -> None:
+        self.stats.files += 1
+        self.stats.logical_bytes += size
+        if from_cache:
+            self.stats.files_from_cache += 1
+        if self.progress:
+            self.progress(self.stats.files, self.stats.logical_bytes)
+
+
+__all__ = ["CasError", "TreeBuilder", "TreeResult", "WalkStats"]

@@ -1,0 +1,320 @@
+"""The public API: one object per open repository.
+
+    store = Store.open("file:///data/cas", index="sqlite:////data/cas.sqlite")
+    store.snapshot("./proj", "run-42", labels={"workflow": "train"})
+    store.restore("run-42", "/tmp/out")
+
+Write order of a snapshot (docs/FORMAT.md): packs, their index rows, tree packs and rows, then the
+snapshot object (put-if-absent: the execution ID is claimed once, on the backend), then the
+snapshot row. A crash anywhere leaves every committed snapshot restorable.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from backends.base import Backend
+from cas.blobwriter import BlobWriter
+from cas.chunking import Chunker
+from cas.errors import AlreadyExists, ConfigurationError, IntegrityError, NotFound
+from cas.filescache import FilesCache
+from cas.reader import FileStream
+from cas.records import SnapshotRecord, check_execution_id, check_labels, snapshot_key
+from cas.repository import Repository, default_home
+from cas.restore import RestoreReport, Restorer, failure_error
+from cas.snapshot import ProgressFn, TreeBuilder
+from cas.trees import DIR, Entry
+from manifests.index import Index, IndexStats, SnapshotRow
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    execution_id: str
+    root: str
+    time_ns: int
+    labels: dict[str, str]
+    stats: dict[str, int]
+
+    @property
+    def logical_bytes(self) -> int:
+        return self.stats.get("logical_bytes", 0)
+
+    @property
+    def new_bytes(self) -> int:
+        return self.stats.get("new_bytes", 0)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "execution_id": self.execution_id,
+            "root": self.root,
+            "time_ns": self.time_ns,
+            "labels": self.labels,
+            "stats": self.stats,
+        }
+
+
+@dataclass(frozen=True)
+class Change:
+    path: str
+    kind: str  # "added", "removed" or "changed"
+
+
+class Store:
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+
+    @classmethod
+    def open(
+        cls,
+        repo: str | Backend | None = None,
+        *,
+        index: str | Index | None = None,
+        create: bool = True,
+        **config: int,
+    ) -> Store:
+        """Open (and by default create) a repository. ``config`` sets chunk/pack parameters on creation."""
+        return cls(Repository.open(repo, index=index, create=create, config_overrides=config))
+
+    def close(self) -> None:
+        self.repo.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def snapshot(
+        self,
+        path: str | os.PathLike[str],
+        execution_id: str,
+        *,
+        labels: dict[str, str] | None = None,
+        use_files_cache: bool = True,
+        progress: ProgressFn | None = None,
+    ) -> Snapshot:
+        """Store the tree at ``path`` under ``execution_id``.
+
+        Taking an ID that exists returns the existing snapshot when the tree is identical and raises
+        :class:`AlreadyExists` otherwise.
+        """
+        check_execution_id(execution_id)
+        labels = check_labels(labels or {})
+        path = os.fspath(path)
+        files_cache = None
+        if use_files_cache:
+            files_cache = FilesCache(
+                os.path.join(default_home(), "cache", f"files-{self.repo.config.repo_id}.sqlite")
+            )
+        try:
+            with BlobWriter(self.repo) as writer:
+                builder = TreeBuilder(writer, Chunker(self.repo.config), files_cache=files_cache, progress=progress)
+                result = builder.build(path)
+                writer.flush()
+            if files_cache is not None:
+                files_cache.commit()
+        finally:
+            if files_cache is not None:
+                files_cache.close()
+        walk = result.stats
+        stats = {
+            "files": walk.files,
+            "dirs": walk.dirs,
+            "symlinks": walk.symlinks,
+            "skipped": walk.skipped,
+            "logical_bytes": walk.logical_bytes,
+            "new_bytes": writer.stats.new_raw_bytes,
+            "stored_bytes": writer.stats.new_stored_bytes,
+            "new_blobs": writer.stats.new_blobs,
+            "files_from_cache": walk.files_from_cache,
+        }
+        record = SnapshotRecord(
+            execution_id,
+            result.root,
+            result.root_mode,
+            result.root_mtime_ns,
+            time.time_ns(),
+            labels=labels,
+            stats=stats,
+        )
+        return self._commit(record)
+
+    def _commit(self, record: SnapshotRecord) -> Snapshot:
+        key = snapshot_key(record.execution_id)
+        try:
+            self.repo.backend.put(key, record.to_json(), overwrite=False)
+        except AlreadyExists:
+            existing = self._load_record(record.execution_id)
+            if existing.root != record.root:
+                raise AlreadyExists(
+                    f"execution ID {record.execution_id} already holds a different tree; choose a new ID"
+                ) from None
+            self._index_record(existing)
+            return _snapshot_of(existing)
+        self._index_record(record)
+        return _snapshot_of(record)
+
+    def _index_record(self, record: SnapshotRecord) -> None:
+        row = SnapshotRow(
+            execution_id=record.execution_id,
+            root_tree=record.root,
+            time_ns=record.time_ns,
+            labels=record.labels,
+            stats={**record.stats, "root_mode": record.root_mode, "root_mtime_ns": record.root_mtime_ns},
+            logical_bytes=record.stats.get("logical_bytes", 0),
+            new_bytes=record.stats.get("new_bytes", 0),
+            stored_bytes=record.stats.get("stored_bytes", 0),
+        )
+        try:
+            self.repo.index.add_snapshot(row)
+        except AlreadyExists:
+            indexed = self.repo.index.snapshot(record.execution_id)
+            if indexed is None or indexed.root_tree != record.root:
+                raise
+
+    def _load_record(self, execution_id: str) -> SnapshotRecord:
+        try:
+            data = self.repo.backend.get(snapshot_key(execution_id))
+        except FileNotFoundError:
+            raise NotFound(f"unknown execution ID: {execution_id}") from None
+        record = SnapshotRecord.from_json(data)
+        if record.execution_id != execution_id:
+            raise IntegrityError(f"snapshot object for {execution_id} names {record.execution_id}")
+        return record
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def list(self) -> list[Snapshot]:
+        """Snapshots in the index, newest first."""
+        return [_snapshot_of_row(r) for r in self.repo.index.snapshots()]
+
+    def get(self, execution_id: str) -> Snapshot:
+        check_execution_id(execution_id, NotFound)
+        row = self.repo.index.snapshot(execution_id)
+        if row is None:
+            raise NotFound(f"unknown execution ID: {execution_id}")
+        return _snapshot_of_row(row)
+
+    def entry(self, execution_id: str, path: str = "") -> Entry | None:
+        """The tree entry at ``path`` ('' is the root, returned as None)."""
+        snap = self.get(execution_id)
+        parts = _split_path(path)
+        if not parts:
+            return None
+        entries = self.repo.read_tree(snap.root)
+        found: Entry | None = None
+        for depth, name in enumerate(parts):
+            found = next((e for e in entries if e.name == name), None)
+            if found is None or (depth < len(parts) - 1 and found.type != DIR):
+                raise NotFound(f"{path} is not in execution {execution_id}")
+            if depth < len(parts) - 1:
+                entries = self.repo.read_tree(found.tree)
+        return found
+
+    def ls(self, execution_id: str, path: str = "", *, recursive: bool = False) -> Iterator[tuple[str, Entry]]:
+        """``(relative path, entry)`` pairs under ``path``, in name order."""
+        entry = self.entry(execution_id, path)
+        prefix = "/".join(_split_path(path))
+        if entry is not None and entry.type != DIR:
+            yield prefix, entry
+            return
+        tree = self.get(execution_id).root if entry is None else entry.tree
+        yield from self._walk(tree, prefix + "/" if prefix else "", recursive)
+
+    def _walk(self, tree: str, prefix: str, recursive: bool) -> Iterator[tuple[str, Entry]]:
+        for e in self.repo.read_tree(tree):
+            yield prefix + e.name, e
+            if recursive and e.type == DIR:
+                yield from self._walk(e.tree, prefix + e.name + "/", recursive)
+
+    def open_file(self, execution_id: str, path: str) -> BinaryIO:
+        """A readable stream of one stored file; reading corrupt data raises IntegrityError."""
+        entry = self.entry(execution_id, path)
+        if entry is None or entry.type == DIR:
+            raise ConfigurationError(f"{path or '/'} is a directory in execution {execution_id}")
+        import io
+
+        return io.BufferedReader(FileStream(self.repo, entry, path), buffer_size=1 << 20)  # type: ignore[return-value]
+
+    def diff(self, old_id: str, new_id: str) -> list[Change]:
+        """Paths added, removed or changed between two executions (unchanged subtrees skipped)."""
+        old, new = self.get(old_id), self.get(new_id)
+        changes: list[Change] = []
+        self._diff_trees(old.root, new.root, "", changes)
+        return changes
+
+    def _diff_trees(self, old: str | None, new: str | None, prefix: str, out: list[Change]) -> None:
+        if old == new:
+            return
+        a = {e.name: e for e in self.repo.read_tree(old)} if old else {}
+        b = {e.name: e for e in self.repo.read_tree(new)} if new else {}
+        for name in sorted(set(a) | set(b), key=os.fsencode):
+            path = prefix + name
+            ea, eb = a.get(name), b.get(name)
+            if ea is not None and eb is not None and ea.type == DIR and eb.type == DIR:
+                self._diff_trees(ea.tree, eb.tree, path + "/", out)
+                if (ea.mode, ea.mtime_ns) != (eb.mode, eb.mtime_ns) and ea.tree == eb.tree:
+                    out.append(Change(path + "/", "changed"))
+                continue
+            if ea is None:
+                out.append(Change(path, "added"))
+                if eb is not None and eb.type == DIR:
+                    self._diff_trees(None, eb.tree, path + "/", out)
+            elif eb is None:
+                out.append(Change(path, "removed"))
+                if ea.type == DIR:
+                    self._diff_trees(ea.tree, None, path + "/", out)
+            elif ea != eb:
+                out.append(Change(path, "changed"))
+
+    def restore(
+        self,
+        execution_id: str,
+        dest: str | os.PathLike[str],
+        path: str | None = None,
+        *,
+        overwrite: bool = False,
+        same_permissions: bool = False,
+        progress: ProgressFn | None = None,
+    ) -> RestoreReport:
+        """Restore an execution (or one path of it, as ``dest/<its name>``) into ``dest``.
+
+        Raises IntegrityError listing what could not be restored after restoring everything else.
+        """
+        snap = self.get(execution_id)
+        entry = self.entry(execution_id, path or "")
+        if entry is None:
+            entries = self.repo.read_tree(snap.root)
+            meta = (snap.stats.get("root_mode", 0o755), snap.stats.get("root_mtime_ns", snap.time_ns))
+        else:
+            entries, meta = [entry], None
+        restorer = Restorer(self.repo, overwrite=overwrite, same_permissions=same_permissions, progress=progress)
+        report = restorer.restore(entries, os.fspath(dest), meta)
+        if report.failures:
+            raise failure_error(report)
+        return report
+
+    def stats(self) -> IndexStats:
+        return self.repo.index.stats()
+
+
+def _split_path(path: str) -> list[str]:
+    parts = [p for p in path.strip("/").split("/") if p and p != "."]
+    if ".." in parts:
+        raise ConfigurationError(f"path {path!r} may not contain '..'")
+    return parts
+
+
+def _snapshot_of(record: SnapshotRecord) -> Snapshot:
+    stats = {**record.stats, "root_mode": record.root_mode, "root_mtime_ns": record.root_mtime_ns}
+    return Snapshot(record.execution_id, record.root, record.time_ns, dict(record.labels), stats)
+
+
+def _snapshot_of_row(row: SnapshotRow) -> Snapshot:
+    return Snapshot(row.execution_id, row.root_tree, row.time_ns, dict(row.labels), dict(row.stats))

@@ -1,0 +1,339 @@
+"""The index: a SQL database (SQLite by default, PostgreSQL for many hosts) over SQLAlchemy 2.
+
+Opening an index applies the Alembic migrations it lacks and refuses a schema newer than this
+code knows. Every write is one transaction; inserts of blobs are insert-or-ignore, so two writers
+that stored the same chunk in different packs both succeed and the first row wins (the other pack
+holds an unreferenced copy that garbage collection reclaims).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import create_engine, delete, event, func, insert, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError as SQLIntegrityError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from backends.errors import AlreadyExists, ConfigurationError, MissingDependency, Unavailable
+from manifests.models import Blob, Pack, Snapshot
+
+SCHEMA_HEAD = "0001"
+_MIGRATIONS = Path(__file__).with_name("migrations")
+_LOOKUP_BATCH = 500
+
+
+@dataclass(frozen=True)
+class BlobLocation:
+    id: str
+    kind: int
+    pack_id: str
+    offset: int
+    length: int
+    raw_length: int
+    codec: int
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    execution_id: str
+    root_tree: str
+    time_ns: int
+    labels: dict[str, str]
+    stats: dict[str, int]
+    logical_bytes: int
+    new_bytes: int
+    stored_bytes: int
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    snapshots: int
+    packs: int
+    pack_bytes: int
+    blobs: int
+    chunks: int
+    trees: int
+    chunk_raw_bytes: int
+    chunk_stored_bytes: int
+    logical_bytes: int
+
+
+def redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "<unparseable index URL>"
+
+
+class Index:
+    """Open with :meth:`open`; safe to share between threads (each call uses its own connection)."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+
+    @classmethod
+    def open(cls, url: str) -> Index:
+        try:
+            engine = _make_engine(url)
+        except NoSuchModuleError as exc:
+            raise ConfigurationError(f"unknown index database in {redact(url)}: {exc}") from exc
+        except ArgumentError as exc:
+            raise ConfigurationError(f"invalid index URL {redact(url)}") from exc
+        except ImportError as exc:
+            raise MissingDependency(
+                f"the index database driver is not installed ({exc.name}): pip install 'cas-store[postgres]'"
+            ) from exc
+        index = cls(engine, url)
+        index.migrate()
+        return index
+
+    def describe(self) -> str:
+        return redact(self.url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Bring the schema to the head revision; refuse a database written by newer code."""
+        from alembic import command
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+
+        try:
+            with self.engine.begin() as conn:
+                current = MigrationContext.configure(conn).get_current_revision()
+                if current == SCHEMA_HEAD:
+                    return
+                known = {p.name.split("_", 1)[0] for p in (_MIGRATIONS / "versions").glob("*_*.py")}
+                if current is not None and current not in known:
+                    raise ConfigurationError(
+                        f"index schema {current} is newer than this cas understands; upgrade cas"
+                    )
+                config = Config()
+                config.set_main_option("script_location", str(_MIGRATIONS))
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+        except OperationalError as exc:
+            raise Unavailable(f"cannot open index {self.describe()}: {_first_line(exc)}") from exc
+
+    # -- blobs and packs ------------------------------------------------------------------------
+
+    def known_blobs(self, ids: Iterable[str]) -> set[str]:
+        """The subset of ``ids`` that the index has a location for."""
+        wanted = list(dict.fromkeys(ids))
+        found: set[str] = set()
+        with self._read() as conn:
+            for start in range(0, len(wanted), _LOOKUP_BATCH):
+                batch = wanted[start : start + _LOOKUP_BATCH]
+                found.update(conn.scalars(select(Blob.id).where(Blob.id.in_(batch))))
+        return found
+
+    def locate(self, ids: Iterable[str]) -> dict[str, BlobLocation]:
+        wanted = list(dict.fromkeys(ids))
+        out: dict[str, BlobLocation] = {}
+        with self._read() as conn:
+            for start in range(0, len(wanted), _LOOKUP_BATCH):
+                batch = wanted[start : start + _LOOKUP_BATCH]
+                for row in conn.execute(select(Blob).where(Blob.id.in_(batch))):
+                    out[row.id] = BlobLocation(
+                        row.id, row.kind, row.pack_id, row.offset, row.length, row.raw_length, row.codec
+                    )
+        return out
+
+    def add_pack(self, pack_id: str, size: int, blobs: Sequence[BlobLocation]) -> None:
+        """Record a pack that is already on the backend, and the blobs it holds, in one transaction."""
+        now = dt.datetime.now(dt.timezone.utc)
+        with self._write() as conn:
+            conn.execute(
+                self._insert_ignore(Pack, ["id"]),
+                [{"id": pack_id, "size": size, "blob_count": len(blobs), "created_at": now}],
+            )
+            if blobs:
+                conn.execute(
+                    self._insert_ignore(Blob, ["id"]),
+                    [
+                        {
+                            "id": b.id,
+                            "kind": b.kind,
+                            "pack_id": pack_id,
+                            "offset": b.offset,
+                            "length": b.length,
+                            "raw_length": b.raw_length,
+                            "codec": b.codec,
+                        }
+                        for b in blobs
+                    ],
+                )
+
+    def packs(self) -> dict[str, int]:
+        with self._read() as conn:
+            return {row.id: row.size for row in conn.execute(select(Pack.id, Pack.size))}
+
+    def blobs_in_pack(self, pack_id: str) -> list[BlobLocation]:
+        with self._read() as conn:
+            rows = conn.execute(select(Blob).where(Blob.pack_id == pack_id).order_by(Blob.offset))
+            return [
+                BlobLocation(r.id, r.kind, r.pack_id, r.offset, r.length, r.raw_length, r.codec) for r in rows
+            ]
+
+    # -- snapshots ------------------------------------------------------------------------------
+
+    def add_snapshot(self, row: SnapshotRow) -> None:
+        """Insert a snapshot row; :class:`AlreadyExists` if the execution ID is taken."""
+        values = {
+            "execution_id": row.execution_id,
+            "root_tree": row.root_tree,
+            "created_at": dt.datetime.fromtimestamp(row.time_ns / 1e9, dt.timezone.utc),
+            "time_ns": row.time_ns,
+            "labels": row.labels,
+            "stats": row.stats,
+            "logical_bytes": row.logical_bytes,
+            "new_bytes": row.new_bytes,
+            "stored_bytes": row.stored_bytes,
+        }
+        try:
+            with self._write() as conn:
+                conn.execute(insert(Snapshot), [values])
+        except SQLIntegrityError as exc:
+            raise AlreadyExists(f"execution ID already exists in the index: {row.execution_id}") from exc
+
+    def snapshot(self, execution_id: str) -> SnapshotRow | None:
+        with self._read() as conn:
+            row = conn.execute(select(Snapshot).where(Snapshot.execution_id == execution_id)).first()
+        return None if row is None else _snapshot_row(row)
+
+    def snapshots(self) -> list[SnapshotRow]:
+        """All snapshots, newest first."""
+        with self._read() as conn:
+            rows = conn.execute(select(Snapshot).order_by(Snapshot.time_ns.desc(), Snapshot.execution_id))
+            return [_snapshot_row(r) for r in rows]
+
+    def remove_snapshot(self, execution_id: str) -> bool:
+        with self._write() as conn:
+            result = conn.execute(delete(Snapshot).where(Snapshot.execution_id == execution_id))
+        return bool(result.rowcount)
+
+    def stats(self) -> IndexStats:
+        with self._read() as conn:
+            snapshots, logical = conn.execute(
+                select(func.count(), func.coalesce(func.sum(Snapshot.logical_bytes), 0)).select_from(Snapshot)
+            ).one()
+            packs, pack_bytes = conn.execute(
+                select(func.count(), func.coalesce(func.sum(Pack.size), 0)).select_from(Pack)
+            ).one()
+            per_kind = {
+                kind: (count, raw, stored)
+                for kind, count, raw, stored in conn.execute(
+                    select(Blob.kind, func.count(), func.sum(Blob.raw_length), func.sum(Blob.length)).group_by(
+                        Blob.kind
+                    )
+                )
+            }
+        chunks = per_kind.get(0, (0, 0, 0))
+        trees = per_kind.get(1, (0, 0, 0))
+        return IndexStats(
+            snapshots=int(snapshots),
+            packs=int(packs),
+            pack_bytes=int(pack_bytes),
+            blobs=int(chunks[0] + trees[0]),
+            chunks=int(chunks[0]),
+            trees=int(trees[0]),
+            chunk_raw_bytes=int(chunks[1] or 0),
+            chunk_stored_bytes=int(chunks[2] or 0),
+            logical_bytes=int(logical),
+        )
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _insert_ignore(self, model: type, keys: list[str]):  # type: ignore[no-untyped-def]
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            raise ConfigurationError(f"index database {dialect!r} is not supported (use SQLite or PostgreSQL)")
+        return dialect_insert(model).on_conflict_do_nothing(index_elements=keys)
+
+    def _read(self):  # type: ignore[no-untyped-def]
+        return _Guard(self, self.engine.connect())
+
+    def _write(self):  # type: ignore[no-untyped-def]
+        return _Guard(self, self.engine.begin())
+
+
+class _Guard:
+    """Turns driver failures into the project's errors while keeping SQLAlchemy's context manager."""
+
+    def __init__(self, index: Index, ctx) -> None:  # type: ignore[no-untyped-def]
+        self.index = index
+        self.ctx = ctx
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        try:
+            return self.ctx.__enter__()
+        except OperationalError as exc:
+            raise Unavailable(f"index {self.index.describe()} unavailable: {_first_line(exc)}") from exc
+
+    def __exit__(self, exc_type, exc, tb):  # type: ignore[no-untyped-def]
+        try:
+            result = self.ctx.__exit__(exc_type, exc, tb)
+        except OperationalError as err:
+            raise Unavailable(f"index {self.index.describe()} unavailable: {_first_line(err)}") from err
+        if isinstance(exc, OperationalError):
+            raise Unavailable(f"index {self.index.describe()} failed: {_first_line(exc)}") from exc
+        return result
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        path = url[len("sqlite:///") :]
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", mode=0o700, exist_ok=True)
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    engine = create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+    return engine
+
+
+def _snapshot_row(row) -> SnapshotRow:  # type: ignore[no-untyped-def]
+    return SnapshotRow(
+        execution_id=row.execution_id,
+        root_tree=row.root_tree,
+        time_ns=row.time_ns,
+        labels=dict(row.labels or {}),
+        stats=dict(row.stats or {}),
+        logical_bytes=row.logical_bytes,
+        new_bytes=row.new_bytes,
+        stored_bytes=row.stored_bytes,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+__all__ = ["BlobLocation", "Index", "IndexStats", "SnapshotRow", "SQLAlchemyError", "redact"]
