@@ -1,0 +1,286 @@
+"""The ``cas`` command line. Every failure is one line on stderr and a non-zero exit status.
+
+Exit status: 0 success, 1 a cas error (not found, integrity, refused...), 2 bad usage,
+3 a restore or snapshot that finished with some entries failed, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from cas.errors import CasError, ConfigurationError, IntegrityError
+from cas.store import Store
+from cas.trees import DIR, FILE, SYMLINK
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"cas: {message} (see 'cas --help')\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="cas", description="Content-addressed, deduplicated artifact store for ML workflows.")
+    p.add_argument("--repo", default=os.environ.get("CAS_REPO"), help="repository URL or path (env CAS_REPO)")
+    p.add_argument("--index", default=os.environ.get("CAS_INDEX"), help="SQLAlchemy URL of the index (env CAS_INDEX)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress or warnings")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("snapshot", help="store a directory (or file) under an execution ID")
+    s.add_argument("path")
+    s.add_argument("--execution-id", "-e", required=True)
+    s.add_argument("--label", "-l", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--no-files-cache", action="store_true", help="read every file even if unchanged")
+
+    sub.add_parser("log", help="executions, newest first")
+
+    s = sub.add_parser("ls", help="list a stored tree")
+    s.add_argument("execution_id")
+    s.add_argument("path", nargs="?", default="")
+    s.add_argument("--recursive", "-r", action="store_true")
+
+    s = sub.add_parser("diff", help="paths added, removed or changed between two executions")
+    s.add_argument("old")
+    s.add_argument("new")
+
+    s = sub.add_parser("cat", help="write one stored file to stdout")
+    s.add_argument("execution_id")
+    s.add_argument("path")
+
+    s = sub.add_parser("restore", help="restore an execution, or one path of it, into a directory")
+    s.add_argument("execution_id")
+    s.add_argument("dest")
+    s.add_argument("--path", default=None, help="restore only this file or subtree, as DEST/<its name>")
+    s.add_argument("--overwrite", action="store_true", help="restore into a non-empty directory")
+    s.add_argument("--same-permissions", action="store_true", help="keep setuid/setgid bits")
+
+    sub.add_parser("stats", help="logical and stored bytes, dedup ratio, chunk and pack counts")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.ERROR if (args.quiet or args.json) else logging.WARNING,
+        format="cas: warning: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return _run(args)
+    except IntegrityError as exc:
+        _error(str(exc))
+        failures = getattr(exc, "failures", None)
+        if failures and not args.quiet:
+            for path, message in failures[5:50]:
+                sys.stderr.write(f"cas:   {message}\n")
+        return EXIT_PARTIAL if failures else EXIT_ERROR
+    except CasError as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except BrokenPipeError:
+        return EXIT_ERROR
+    except OSError as exc:
+        _error(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - last resort: never a traceback unless asked
+        if os.environ.get("CAS_DEBUG"):
+            raise
+        _error(f"internal error: {type(exc).__name__}: {exc} (set CAS_DEBUG=1 for a traceback)")
+        return 70
+
+
+def _error(message: str) -> None:
+    first = message.strip().splitlines()[0] if message.strip() else "error"
+    sys.stderr.write(f"cas: error: {first}\n")
+
+
+def _run(args: argparse.Namespace) -> int:
+    with Store.open(args.repo, index=args.index) as store:
+        handler: Callable[[Store, argparse.Namespace], int] = _COMMANDS[args.command]
+        return handler(store, args)
+
+
+def _emit(args: argparse.Namespace, data: object, text: str) -> None:
+    if args.json:
+        sys.stdout.write(json.dumps(data, indent=None, sort_keys=True) + "\n")
+    elif text:
+        sys.stdout.write(text + ("" if text.endswith("\n") else "\n"))
+
+
+@contextmanager
+def _progress(args: argparse.Namespace, what: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress line on a terminal; nothing with --json, --quiet or when piped."""
+    if args.json or args.quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
+    columns = (TextColumn(f"{what} [bold]{{task.fields[files]}}[/] files"), BarColumn(bar_width=None),
+               TextColumn("{task.completed:,.0f} B"), TransferSpeedColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=True, refresh_per_second=8) as bar:
+        task = bar.add_task(what, total=None, files=0)
+
+        def update(files: int, nbytes: int) -> None:
+            bar.update(task, completed=nbytes, files=files)
+
+        yield update
+
+
+def _parse_labels(items: list[str]) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigurationError(f"label {item!r} must be KEY=VALUE")
+        key, value = item.split("=", 1)
+        labels[key] = value
+    return labels
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def cmd_snapshot(store: Store, args: argparse.Namespace) -> int:
+    labels = _parse_labels(args.label)
+    with _progress(args, "snapshot") as progress:
+        snap = store.snapshot(
+            args.path, args.execution_id, labels=labels, use_files_cache=not args.no_files_cache, progress=progress
+        )
+    st = snap.stats
+    text = (
+        f"snapshot {snap.execution_id}: {st.get('files', 0)} files, {_human(st.get('logical_bytes', 0))} "
+        f"({_human(st.get('new_bytes', 0))} new, {_human(st.get('stored_bytes', 0))} stored after compression)"
+    )
+    _emit(args, snap.to_dict(), text)
+    return 0
+
+
+def cmd_log(store: Store, args: argparse.Namespace) -> int:
+    snaps = store.list()
+    lines = [f"{'EXECUTION':<24} {'TIME (UTC)':<20} {'FILES':>7} {'LOGICAL':>11} {'NEW':>11}  LABELS"]
+    import datetime as dt
+
+    for s in snaps:
+        when = dt.datetime.fromtimestamp(s.time_ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        lines.append(
+            f"{s.execution_id:<24} {when:<20} {s.stats.get('files', 0):>7} {_human(s.logical_bytes):>11} "
+            f"{_human(s.new_bytes):>11}  {labels}"
+        )
+    _emit(args, [s.to_dict() for s in snaps], "\n".join(lines) if snaps else "no snapshots")
+    return 0
+
+
+def cmd_ls(store: Store, args: argparse.Namespace) -> int:
+    rows = []
+    lines = []
+    for path, e in store.ls(args.execution_id, args.path, recursive=args.recursive):
+        row = {"path": path, "type": e.type, "mode": e.mode, "mtime_ns": e.mtime_ns}
+        if e.type == FILE:
+            row.update(size=e.size, digest=e.digest)
+        elif e.type == SYMLINK:
+            row["target"] = e.target
+        rows.append(row)
+        kind = {FILE: "-", DIR: "d", SYMLINK: "l"}[e.type]
+        suffix = f" -> {e.target}" if e.type == SYMLINK else ("/" if e.type == DIR else "")
+        lines.append(f"{kind}{e.mode:04o} {e.size if e.type == FILE else 0:>12}  {path}{suffix}")
+    _emit(args, rows, "\n".join(lines))
+    return 0
+
+
+def cmd_diff(store: Store, args: argparse.Namespace) -> int:
+    changes = store.diff(args.old, args.new)
+    marks = {"added": "+", "removed": "-", "changed": "M"}
+    _emit(
+        args,
+        [{"path": c.path, "change": c.kind} for c in changes],
+        "\n".join(f"{marks[c.kind]} {c.path}" for c in changes) or "no differences",
+    )
+    return 0
+
+
+def cmd_cat(store: Store, args: argparse.Namespace) -> int:
+    stream = store.open_file(args.execution_id, args.path)
+    out = sys.stdout.buffer
+    while True:
+        block = stream.read(1 << 20)
+        if not block:
+            break
+        out.write(block)
+    out.flush()
+    return 0
+
+
+def cmd_restore(store: Store, args: argparse.Namespace) -> int:
+    with _progress(args, "restore") as progress:
+        report = store.restore(
+            args.execution_id,
+            args.dest,
+            args.path,
+            overwrite=args.overwrite,
+            same_permissions=args.same_permissions,
+            progress=progress,
+        )
+    data = {"files": report.files, "dirs": report.dirs, "symlinks": report.symlinks, "bytes": report.bytes}
+    _emit(args, data, f"restored {report.files} files, {report.dirs} directories, {report.symlinks} symlinks, "
+          f"{_human(report.bytes)} into {args.dest}")
+    return 0
+
+
+def cmd_stats(store: Store, args: argparse.Namespace) -> int:
+    st = store.stats()
+    ratio = st.logical_bytes / st.pack_bytes if st.pack_bytes else 0.0
+    data = {
+        "snapshots": st.snapshots,
+        "logical_bytes": st.logical_bytes,
+        "unique_bytes": st.chunk_raw_bytes,
+        "stored_bytes": st.pack_bytes,
+        "dedup_ratio": round(ratio, 3),
+        "chunks": st.chunks,
+        "trees": st.trees,
+        "packs": st.packs,
+    }
+    text = (
+        f"snapshots       {st.snapshots}\n"
+        f"logical bytes   {_human(st.logical_bytes)}  (sum over all snapshots)\n"
+        f"unique bytes    {_human(st.chunk_raw_bytes)}  (distinct chunks, uncompressed)\n"
+        f"stored bytes    {_human(st.pack_bytes)}  (packs on the backend)\n"
+        f"ratio           {ratio:.2f}x  (logical / stored)\n"
+        f"chunks          {st.chunks}\n"
+        f"trees           {st.trees}\n"
+        f"packs           {st.packs}"
+    )
+    _emit(args, data, text)
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[Store, argparse.Namespace], int]] = {
+    "snapshot": cmd_snapshot,
+    "log": cmd_log,
+    "ls": cmd_ls,
+    "diff": cmd_diff,
+    "cat": cmd_cat,
+    "restore": cmd_restore,
+    "stats": cmd_stats,
+}
+
+if __name__ == "__main__":
+    raise SystemExit(main())
