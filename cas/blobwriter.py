@@ -28,7 +28,10 @@ from manifests.index import BlobLocation
 class WriteStats:
     new_blobs: int = 0
     new_raw_bytes: int = 0
+    """Uncompressed bytes of new data chunks (tree nodes are counted apart)."""
     new_stored_bytes: int = 0
+    """Encoded bytes of all new blobs, chunks and tree nodes."""
+    new_tree_bytes: int = 0
     packs: int = 0
     pack_bytes: int = 0
 
@@ -113,7 +116,10 @@ class BlobWriter:
         builder = self._builders[kind]
         builder.add(blob_id, kind, codec, payload, raw_length)
         self.stats.new_blobs += 1
-        self.stats.new_raw_bytes += raw_length
+        if kind == KIND_DATA:
+            self.stats.new_raw_bytes += raw_length
+        else:
+            self.stats.new_tree_bytes += raw_length
         self.stats.new_stored_bytes += len(payload)
         if builder.size >= self.pack_size:
             self._seal(kind)

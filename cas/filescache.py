@@ -52,7 +52,7 @@ class FilesCache:
         return CachedFile(row[5], chunks)
 
     def remember(self, path: str, st: os.stat_result, size: int, digest: str, chunks: tuple[str, ...]) -> None:
-        if size != st.st_size or st.st_mtime_ns >= self._cutoff or st.st_ctime_ns >= self._cutoff:
+        if size != st.st_size or st.st_mtime_ns >= self._cutoff:
             return
         self._pending.append(
             (

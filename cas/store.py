@@ -132,6 +132,7 @@ class Store:
             "new_bytes": writer.stats.new_raw_bytes,
             "stored_bytes": writer.stats.new_stored_bytes,
             "new_blobs": writer.stats.new_blobs,
+            "new_tree_bytes": writer.stats.new_tree_bytes,
             "files_from_cache": walk.files_from_cache,
         }
         record = SnapshotRecord(
