@@ -130,6 +130,13 @@ class StoredObject:
     kind: str = "Normal"
 
 
+@dataclass(frozen=True)
+class _Fault:
+    status: int
+    code: str
+    delay: float
+
+
 @dataclass
 class _Upload:
     bucket: str
@@ -204,6 +211,7 @@ class OssProtocolServer:
         self._uploads: dict[str, _Upload] = {}
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._faults: list[_Fault] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -269,6 +277,22 @@ class OssProtocolServer:
         """'Normal' for a PutObject, 'Multipart' for an object assembled from parts."""
         with self._lock:
             return self._buckets[bucket][key].kind
+
+    def corrupt_object(self, bucket: str, key: str, data: bytes) -> None:
+        """Replace an object's bytes but keep its recorded ETag and CRC, as bit rot would."""
+        with self._lock:
+            self._buckets[bucket][key].data = bytes(data)
+
+    def inject_fault(self, *, status: int = 503, code: str = "ServiceUnavailable", delay: float = 0.0,
+                     count: int = 1) -> None:
+        """Make the next ``count`` authenticated requests wait ``delay`` seconds and then fail with
+        ``status``/``code`` (``status`` 0: wait, then answer normally)."""
+        with self._lock:
+            self._faults.extend(_Fault(status, code, delay) for _ in range(count))
+
+    def next_fault(self) -> _Fault | None:
+        with self._lock:
+            return self._faults.pop(0) if self._faults else None
 
     def keys(self, bucket: str) -> list[str]:
         with self._lock:
@@ -544,6 +568,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.store.authenticate(self.command, headers, bucket, key, query)
             params = dict(reversed(query))  # first occurrence wins
             self.store.record(RecordedRequest(self.command, bucket, key, params, headers, len(body)))
+            fault = self.store.next_fault()
+            if fault is not None:
+                time.sleep(fault.delay)
+                if fault.status:
+                    raise OssError(fault.status, fault.code, "injected fault")
             md5 = headers.get("content-md5")
             if md5 is not None and base64.b64encode(hashlib.md5(body).digest()).decode() != md5:
                 raise OssError(400, "InvalidDigest", "The Content-MD5 you specified is not valid.")
