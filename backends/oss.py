@@ -33,8 +33,8 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, BinaryIO, NoReturn, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from backends.base import Backend, Capabilities, ObjectInfo, check_key
@@ -48,9 +48,6 @@ from backends.errors import (
     PermissionDenied,
     Unavailable,
 )
-
-if TYPE_CHECKING:
-    import oss2
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +80,7 @@ _OPTIONS = frozenset(
     }
 )
 _OCTET_STREAM = "application/octet-stream"
+_N = TypeVar("_N", int, float)
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 # (status, code) -> error class; a code of None matches any code with that status. Looked up by
@@ -148,12 +146,18 @@ class OssBackend(Backend):
         ``part_size``. Timeouts are in seconds and must be positive.
         """
         oss2 = _import_oss2()
-        for name, value in (("bucket", bucket), ("endpoint", endpoint), ("access_key_id", access_key_id),
-                            ("access_key_secret", access_key_secret)):
+        for name, value in (
+            ("bucket", bucket),
+            ("endpoint", endpoint),
+            ("access_key_id", access_key_id),
+            ("access_key_secret", access_key_secret),
+        ):
             if not value:
                 raise ConfigurationError(f"OSS option {name} is empty")
         if part_size < MIN_PART_SIZE:
-            raise ConfigurationError(f"OSS option part_size must be at least {MIN_PART_SIZE} bytes, got {part_size}")
+            raise ConfigurationError(
+                f"OSS option part_size must be at least {MIN_PART_SIZE} bytes, got {part_size}"
+            )
         if multipart_threshold < part_size:
             raise ConfigurationError("OSS option multipart_threshold must be at least part_size")
         if connect_timeout <= 0 or read_timeout <= 0:
@@ -171,7 +175,7 @@ class OssBackend(Backend):
         self._secret = access_key_secret
         self._oss2 = oss2
         try:
-            self._bucket: oss2.Bucket = oss2.Bucket(
+            self._bucket: Any = oss2.Bucket(
                 oss2.Auth(access_key_id, access_key_secret),
                 self.endpoint,
                 bucket,
@@ -238,7 +242,9 @@ class OssBackend(Backend):
                     raise ConfigurationError(
                         f"object {key} needs more than {MAX_PARTS} parts of {self.part_size} bytes; raise part_size"
                     )
-                result = self._bucket.upload_part(name, upload_id, number, body, headers={"Content-MD5": _md5(body)})
+                result = self._bucket.upload_part(
+                    name, upload_id, number, body, headers={"Content-MD5": _md5(body)}
+                )
                 done.append(oss2.models.PartInfo(number, result.etag, size=len(body), part_crc=result.crc))
                 del body
             complete_headers = {k: v for k, v in headers.items() if k == "x-oss-forbid-overwrite"}
@@ -246,9 +252,13 @@ class OssBackend(Backend):
         except BaseException as exc:
             try:
                 self._bucket.abort_multipart_upload(name, upload_id)
-            except Exception as abort_exc:  # the original failure matters more
-                log.warning("could not abort multipart upload of %s in %s: %s", key, self.describe(),
-                            _redact(str(abort_exc), self._secret))
+            except oss2.exceptions.OssError as abort_exc:  # the original failure matters more
+                log.warning(
+                    "could not abort multipart upload of %s in %s: %s",
+                    key,
+                    self.describe(),
+                    _redact(str(abort_exc), self._secret),
+                )
             if isinstance(exc, oss2.exceptions.OssError):
                 self._raise(exc, "put", key)
             raise
@@ -280,14 +290,17 @@ class OssBackend(Backend):
         if result.status == 206 and content_range:
             match = _CONTENT_RANGE.match(content_range.strip())
             if match is None:
-                raise IntegrityError(f"OSS sent an unreadable Content-Range {content_range!r} for {key}",
-                                     request_id=result.request_id)
+                raise IntegrityError(
+                    f"OSS sent an unreadable Content-Range {content_range!r} for {key}",
+                    request_id=result.request_id,
+                )
             first, last = int(match.group(1)), int(match.group(2))
             total = match.group(3)
             misplaced = first != offset if offset >= 0 else (total != "*" and last != int(total) - 1)
             if misplaced or len(body) != last - first + 1:
-                raise IntegrityError(f"OSS answered range {content_range} for {spec} of {key}",
-                                     request_id=result.request_id)
+                raise IntegrityError(
+                    f"OSS answered range {content_range} for {spec} of {key}", request_id=result.request_id
+                )
         else:
             # The server ignored the range (compatible behaviour): cut it out of the whole object.
             body = body[offset:]
@@ -300,8 +313,10 @@ class OssBackend(Backend):
         except self._oss2.exceptions.OssError as exc:
             self._raise(exc, "get", key)
         if result.server_crc is not None and result.client_crc != result.server_crc:
-            raise IntegrityError(f"CRC-64 of {key} read from {self.describe()} does not match OSS's",
-                                 request_id=result.request_id)
+            raise IntegrityError(
+                f"CRC-64 of {key} read from {self.describe()} does not match OSS's",
+                request_id=result.request_id,
+            )
         return body
 
     def stat(self, key: str) -> ObjectInfo:
@@ -352,8 +367,10 @@ def _translate(exc: Exception, operation: str, key: str, where: str, secret: str
         reason = type(inner).__name__ if inner is not None else "connection error"
         return Unavailable(_redact(f"{what} in {where} failed: cannot reach OSS ({reason})", secret))
     if status == _SDK_INCONSISTENT:
-        return IntegrityError(_redact(f"{what} in {where}: CRC-64 mismatch between client and OSS", secret),
-                              request_id=request_id)
+        return IntegrityError(
+            _redact(f"{what} in {where}: CRC-64 mismatch between client and OSS", secret),
+            request_id=request_id,
+        )
     if status == _SDK_CLIENT_ERROR:
         body = str(getattr(exc, "body", "") or exc)
         return ConfigurationError(_redact(f"{what} in {where} refused by the OSS SDK: {body}", secret))
@@ -428,12 +445,12 @@ def _option(options: Mapping[str, object], name: str) -> str:
     return value
 
 
-def _number(options: Mapping[str, object], name: str, kind: type[int] | type[float], default: float) -> Any:
+def _number(options: Mapping[str, object], name: str, kind: Callable[[Any], _N], default: _N) -> _N:
     value = options.get(name)
     if value is None:
-        return kind(default)
+        return default
     try:
-        return kind(value)  # type: ignore[arg-type]
+        return kind(value)
     except (TypeError, ValueError):
         raise ConfigurationError(f"OSS option {name} must be a number, got {value!r}") from None
 
@@ -460,12 +477,18 @@ def from_url(url: str, **options: object) -> OssBackend:
         raise ConfigurationError("oss:// URLs take no query or fragment; pass settings as options")
     unknown = sorted(set(options) - _OPTIONS)
     if unknown:
-        raise ConfigurationError(f"unknown OSS option(s) {', '.join(unknown)}; known: {', '.join(sorted(_OPTIONS))}")
+        raise ConfigurationError(
+            f"unknown OSS option(s) {', '.join(unknown)}; known: {', '.join(sorted(_OPTIONS))}"
+        )
     bucket = parts.netloc or options.get("bucket")
     if parts.netloc and options.get("bucket") and options["bucket"] != parts.netloc:
-        raise ConfigurationError(f"bucket {parts.netloc!r} in the URL disagrees with option bucket {options['bucket']!r}")
+        raise ConfigurationError(
+            f"bucket {parts.netloc!r} in the URL disagrees with option bucket {options['bucket']!r}"
+        )
     if not bucket or not isinstance(bucket, str):
-        raise ConfigurationError("OSS option bucket is not set (give it as oss://bucket/prefix or the bucket option)")
+        raise ConfigurationError(
+            "OSS option bucket is not set (give it as oss://bucket/prefix or the bucket option)"
+        )
     prefix = unquote(parts.path).strip("/") or str(options.get("root_directory") or "").strip("/")
     return OssBackend(
         bucket,

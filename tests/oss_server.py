@@ -59,17 +59,74 @@ from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 import crcmod
+from typing_extensions import Self
 
 #: Query parameters OSS treats as sub-resources: part of the V1 canonicalized resource.
 SUB_RESOURCES = frozenset(
-    """acl uploads uploadId partNumber group link delete website location objectInfo objectMeta
-    logging cors lifecycle restore qos referer stat bucketInfo append position security-token live
-    comp status vod startTime endTime x-oss-process symlink callback callback-var tagging
-    encryption versions versioning versionId policy requestPayment x-oss-traffic-limit qosInfo
-    asyncFetch x-oss-request-payer sequential inventory inventoryId continuation-token worm wormId
-    wormExtend replication replicationLocation replicationProgress transferAcceleration cname
-    metaQuery response-content-type response-content-language response-expires
-    response-cache-control response-content-disposition response-content-encoding""".split()
+    [
+        "acl",
+        "uploads",
+        "uploadId",
+        "partNumber",
+        "group",
+        "link",
+        "delete",
+        "website",
+        "location",
+        "objectInfo",
+        "objectMeta",
+        "logging",
+        "cors",
+        "lifecycle",
+        "restore",
+        "qos",
+        "referer",
+        "stat",
+        "bucketInfo",
+        "append",
+        "position",
+        "security-token",
+        "live",
+        "comp",
+        "status",
+        "vod",
+        "startTime",
+        "endTime",
+        "x-oss-process",
+        "symlink",
+        "callback",
+        "callback-var",
+        "tagging",
+        "encryption",
+        "versions",
+        "versioning",
+        "versionId",
+        "policy",
+        "requestPayment",
+        "x-oss-traffic-limit",
+        "qosInfo",
+        "asyncFetch",
+        "x-oss-request-payer",
+        "sequential",
+        "inventory",
+        "inventoryId",
+        "continuation-token",
+        "worm",
+        "wormId",
+        "wormExtend",
+        "replication",
+        "replicationLocation",
+        "replicationProgress",
+        "transferAcceleration",
+        "cname",
+        "metaQuery",
+        "response-content-type",
+        "response-content-language",
+        "response-expires",
+        "response-cache-control",
+        "response-content-disposition",
+        "response-content-encoding",
+    ]
 )
 
 #: OSS refuses a request whose Date is further than this from its own clock.
@@ -112,7 +169,13 @@ def v1_string_to_sign(
         resource += "?" + sub
     date = headers.get("x-oss-date") or headers.get("date", "")
     return "\n".join(
-        [method, headers.get("content-md5", ""), headers.get("content-type", ""), date, canonical_headers + resource]
+        [
+            method,
+            headers.get("content-md5", ""),
+            headers.get("content-type", ""),
+            date,
+            canonical_headers + resource,
+        ]
     )
 
 
@@ -233,8 +296,9 @@ class OssProtocolServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> OssProtocolServer:
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -283,8 +347,9 @@ class OssProtocolServer:
         with self._lock:
             self._buckets[bucket][key].data = bytes(data)
 
-    def inject_fault(self, *, status: int = 503, code: str = "ServiceUnavailable", delay: float = 0.0,
-                     count: int = 1) -> None:
+    def inject_fault(
+        self, *, status: int = 503, code: str = "ServiceUnavailable", delay: float = 0.0, count: int = 1
+    ) -> None:
         """Make the next ``count`` authenticated requests wait ``delay`` seconds and then fail with
         ``status``/``code`` (``status`` 0: wait, then answer normally)."""
         with self._lock:
@@ -304,21 +369,30 @@ class OssProtocolServer:
 
     # -- request handling ----------------------------------------------------------------------
 
-    def authenticate(self, method: str, headers: Mapping[str, str], bucket: str, key: str,
-                     query: list[tuple[str, str]]) -> None:
+    def authenticate(
+        self, method: str, headers: Mapping[str, str], bucket: str, key: str, query: list[tuple[str, str]]
+    ) -> None:
         """Raise :class:`OssError` unless the request carries a valid, fresh V1 signature."""
         auth = headers.get("authorization", "")
         if not auth:
-            raise OssError(403, "AccessDenied", "AccessDenied: anonymous access is forbidden for this operation")
+            raise OssError(
+                403, "AccessDenied", "AccessDenied: anonymous access is forbidden for this operation"
+            )
         if not auth.startswith("OSS "):
-            raise OssError(403, "AccessDenied", "only OSS signature version 1 (Authorization: OSS id:sig) is accepted")
+            raise OssError(
+                403, "AccessDenied", "only OSS signature version 1 (Authorization: OSS id:sig) is accepted"
+            )
         key_id, sep, provided = auth[4:].partition(":")
         if not sep or not key_id or not provided:
             raise OssError(400, "InvalidArgument", "malformed Authorization header")
         secret = self.credentials.get(key_id)
         if secret is None:
-            raise OssError(403, "InvalidAccessKeyId", "The OSS Access Key Id you provided does not exist in our records.",
-                           OSSAccessKeyId=key_id)
+            raise OssError(
+                403,
+                "InvalidAccessKeyId",
+                "The OSS Access Key Id you provided does not exist in our records.",
+                OSSAccessKeyId=key_id,
+            )
         date = headers.get("x-oss-date") or headers.get("date")
         if not date:
             raise OssError(403, "AccessDenied", "the request has no Date header")
@@ -327,13 +401,21 @@ class OssProtocolServer:
         except (TypeError, ValueError):
             raise OssError(403, "AccessDenied", f"cannot parse Date {date!r}") from None
         if abs(sent - time.time()) > MAX_CLOCK_SKEW:
-            raise OssError(403, "RequestTimeTooSkewed",
-                           "The difference between the request time and the current time is too large.")
+            raise OssError(
+                403,
+                "RequestTimeTooSkewed",
+                "The difference between the request time and the current time is too large.",
+            )
         string_to_sign = v1_string_to_sign(method, headers, bucket, key, query)
         if not hmac.compare_digest(v1_signature(secret, string_to_sign), provided):
-            raise OssError(403, "SignatureDoesNotMatch",
-                           "The request signature we calculated does not match the signature you provided.",
-                           OSSAccessKeyId=key_id, StringToSign=string_to_sign, SignatureProvided=provided)
+            raise OssError(
+                403,
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided.",
+                OSSAccessKeyId=key_id,
+                StringToSign=string_to_sign,
+                SignatureProvided=provided,
+            )
 
     def _bucket(self, name: str) -> dict[str, StoredObject]:
         """Caller holds the lock."""
@@ -353,7 +435,11 @@ class OssProtocolServer:
         with self._lock:
             objects = self._bucket(bucket)
             if forbid_overwrite and key in objects:
-                raise OssError(409, "FileAlreadyExists", "The object you specified already exists and can not be overwritten.")
+                raise OssError(
+                    409,
+                    "FileAlreadyExists",
+                    "The object you specified already exists and can not be overwritten.",
+                )
             objects[key] = obj
         return obj
 
@@ -371,7 +457,11 @@ class OssProtocolServer:
     def initiate(self, bucket: str, key: str, forbid_overwrite: bool) -> str:
         with self._lock:
             if forbid_overwrite and key in self._bucket(bucket):
-                raise OssError(409, "FileAlreadyExists", "The object you specified already exists and can not be overwritten.")
+                raise OssError(
+                    409,
+                    "FileAlreadyExists",
+                    "The object you specified already exists and can not be overwritten.",
+                )
             self._bucket(bucket)
             upload_id = uuid.uuid4().hex.upper()
             self._uploads[upload_id] = _Upload(bucket, key)
@@ -393,8 +483,9 @@ class OssProtocolServer:
             self._upload(bucket, key, upload_id).parts[number] = (data, etag)
         return etag
 
-    def complete(self, bucket: str, key: str, upload_id: str, listed: list[tuple[int, str]],
-                 forbid_overwrite: bool) -> StoredObject:
+    def complete(
+        self, bucket: str, key: str, upload_id: str, listed: list[tuple[int, str]], forbid_overwrite: bool
+    ) -> StoredObject:
         with self._lock:
             upload = self._upload(bucket, key, upload_id)
             if not listed:
@@ -407,16 +498,28 @@ class OssProtocolServer:
             for i, (number, etag) in enumerate(listed):
                 part = upload.parts.get(number)
                 if part is None or part[1] != etag.strip('"').upper():
-                    raise OssError(400, "InvalidPart", "One or more of the specified parts could not be found.",
-                                   PartNumber=str(number))
+                    raise OssError(
+                        400,
+                        "InvalidPart",
+                        "One or more of the specified parts could not be found.",
+                        PartNumber=str(number),
+                    )
                 if i < len(listed) - 1 and len(part[0]) < MIN_PART_SIZE:
-                    raise OssError(400, "EntityTooSmall", "Your proposed upload is smaller than the minimum allowed size.",
-                                   PartNumber=str(number))
+                    raise OssError(
+                        400,
+                        "EntityTooSmall",
+                        "Your proposed upload is smaller than the minimum allowed size.",
+                        PartNumber=str(number),
+                    )
                 chunks.append(part[0])
                 digests += bytes.fromhex(part[1])
             objects = self._bucket(bucket)
             if forbid_overwrite and key in objects:
-                raise OssError(409, "FileAlreadyExists", "The object you specified already exists and can not be overwritten.")
+                raise OssError(
+                    409,
+                    "FileAlreadyExists",
+                    "The object you specified already exists and can not be overwritten.",
+                )
             data = b"".join(chunks)
             etag = f"{hashlib.md5(digests).hexdigest().upper()}-{len(listed)}"
             obj = StoredObject(data, etag, crc64ecma(data), time.time(), "Multipart")
@@ -429,8 +532,9 @@ class OssProtocolServer:
             self._upload(bucket, key, upload_id)
             del self._uploads[upload_id]
 
-    def list_v2(self, bucket: str, prefix: str, delimiter: str, start_after: str, token: str,
-                max_keys: int) -> tuple[list[tuple[str, StoredObject]], list[str], str | None]:
+    def list_v2(
+        self, bucket: str, prefix: str, delimiter: str, start_after: str, token: str, max_keys: int
+    ) -> tuple[list[tuple[str, StoredObject]], list[str], str | None]:
         """(objects, common prefixes, next continuation token or None) for one page."""
         with self._lock:
             items = sorted(self._bucket(bucket).items())
@@ -490,7 +594,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "AliyunOSS"
     sys_version = ""
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - BaseHTTPRequestHandler's name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     def do_GET(self) -> None:
@@ -538,7 +642,9 @@ class _Handler(BaseHTTPRequestHandler):
             bucket, key = unquote(bucket_part), unquote(key_part)
         return bucket, key, query
 
-    def _send(self, status: int, headers: Mapping[str, str], body: bytes = b"", *, length: int | None = None) -> None:
+    def _send(
+        self, status: int, headers: Mapping[str, str], body: bytes = b"", *, length: int | None = None
+    ) -> None:
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
@@ -549,9 +655,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_error(self, error: OssError, request_id: str, resource: str) -> None:
         extra = "".join(_el(k, v) for k, v in error.extra.items())
-        body = _xml("Error", _el("Code", error.code) + _el("Message", error.message) + _el("RequestId", request_id)
-                    + _el("HostId", self.headers.get("Host", "")) + _el("Resource", resource) + extra)
-        headers = {"x-oss-request-id": request_id, "Content-Type": "application/xml", "x-oss-ec": "0000-00000000"}
+        body = _xml(
+            "Error",
+            _el("Code", error.code)
+            + _el("Message", error.message)
+            + _el("RequestId", request_id)
+            + _el("HostId", self.headers.get("Host", ""))
+            + _el("Resource", resource)
+            + extra,
+        )
+        headers = {
+            "x-oss-request-id": request_id,
+            "Content-Type": "application/xml",
+            "x-oss-ec": "0000-00000000",
+        }
         if self.command == "HEAD":
             headers["x-oss-err"] = base64.b64encode(body).decode("ascii")
             self._send(error.status, headers, b"", length=0)
@@ -561,7 +678,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         request_id = uuid.uuid4().hex[:24].upper()
         body = self._read_body()
-        bucket, key, query = "", "", []
+        bucket, key = "", ""
         try:
             bucket, key, query = self._target()
             headers = {k.lower(): v for k, v in self.headers.items()}
@@ -577,7 +694,9 @@ class _Handler(BaseHTTPRequestHandler):
             if md5 is not None and base64.b64encode(hashlib.md5(body).digest()).decode() != md5:
                 raise OssError(400, "InvalidDigest", "The Content-MD5 you specified is not valid.")
             if not bucket:
-                raise OssError(400, "NotImplemented", "service-level operations are not implemented by this server")
+                raise OssError(
+                    400, "NotImplemented", "service-level operations are not implemented by this server"
+                )
             self.store.check_bucket(bucket)
             if not key:
                 self._bucket_request(bucket, params, request_id)
@@ -592,7 +711,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _bucket_request(self, bucket: str, params: dict[str, str], request_id: str) -> None:
         if self.command != "GET" or params.get("list-type") != "2":
-            raise OssError(400, "NotImplemented", f"{self.command} on a bucket is not implemented except ListObjectsV2")
+            raise OssError(
+                400, "NotImplemented", f"{self.command} on a bucket is not implemented except ListObjectsV2"
+            )
         try:
             max_keys = int(params.get("max-keys") or 100)
         except ValueError:
@@ -608,10 +729,17 @@ class _Handler(BaseHTTPRequestHandler):
         def enc(value: str) -> str:
             return quote(value, safe="/") if url else value
 
-        objects, prefixes, next_token = self.store.list_v2(bucket, prefix, delimiter, start_after, token, max_keys)
-        parts = [_el("Name", bucket), _el("Prefix", enc(prefix)), _el("MaxKeys", max_keys),
-                 _el("Delimiter", enc(delimiter)), _el("IsTruncated", "true" if next_token else "false"),
-                 _el("KeyCount", len(objects) + len(prefixes))]
+        objects, prefixes, next_token = self.store.list_v2(
+            bucket, prefix, delimiter, start_after, token, max_keys
+        )
+        parts = [
+            _el("Name", bucket),
+            _el("Prefix", enc(prefix)),
+            _el("MaxKeys", max_keys),
+            _el("Delimiter", enc(delimiter)),
+            _el("IsTruncated", "true" if next_token else "false"),
+            _el("KeyCount", len(objects) + len(prefixes)),
+        ]
         if url:
             parts.append(_el("EncodingType", "url"))
         if start_after:
@@ -621,16 +749,33 @@ class _Handler(BaseHTTPRequestHandler):
         if next_token:
             parts.append(_el("NextContinuationToken", enc(next_token)))
         for key, obj in objects:
-            parts.append("<Contents>" + _el("Key", enc(key)) + _el("LastModified", _iso8601(obj.mtime))
-                         + _el("ETag", f'"{obj.etag}"') + _el("Type", obj.kind) + _el("Size", len(obj.data))
-                         + _el("StorageClass", "Standard") + "</Contents>")
+            parts.append(
+                "<Contents>"
+                + _el("Key", enc(key))
+                + _el("LastModified", _iso8601(obj.mtime))
+                + _el("ETag", f'"{obj.etag}"')
+                + _el("Type", obj.kind)
+                + _el("Size", len(obj.data))
+                + _el("StorageClass", "Standard")
+                + "</Contents>"
+            )
         for common in prefixes:
             parts.append("<CommonPrefixes>" + _el("Prefix", enc(common)) + "</CommonPrefixes>")
-        self._send(200, {"x-oss-request-id": request_id, "Content-Type": "application/xml"},
-                   _xml("ListBucketResult", "".join(parts)))
+        self._send(
+            200,
+            {"x-oss-request-id": request_id, "Content-Type": "application/xml"},
+            _xml("ListBucketResult", "".join(parts)),
+        )
 
-    def _object_request(self, bucket: str, key: str, params: dict[str, str], headers: dict[str, str],
-                        body: bytes, request_id: str) -> None:
+    def _object_request(
+        self,
+        bucket: str,
+        key: str,
+        params: dict[str, str],
+        headers: dict[str, str],
+        body: bytes,
+        request_id: str,
+    ) -> None:
         forbid = headers.get("x-oss-forbid-overwrite", "").lower() == "true"
         base = {"x-oss-request-id": request_id}
         method = self.command
@@ -646,14 +791,30 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {**base, "ETag": f'"{obj.etag}"', "x-oss-hash-crc64ecma": str(obj.crc)})
         elif method == "POST" and "uploads" in params:
             upload_id = self.store.initiate(bucket, key, forbid)
-            self._send(200, {**base, "Content-Type": "application/xml"}, _xml(
-                "InitiateMultipartUploadResult", _el("Bucket", bucket) + _el("Key", key) + _el("UploadId", upload_id)))
+            self._send(
+                200,
+                {**base, "Content-Type": "application/xml"},
+                _xml(
+                    "InitiateMultipartUploadResult",
+                    _el("Bucket", bucket) + _el("Key", key) + _el("UploadId", upload_id),
+                ),
+            )
         elif method == "POST" and "uploadId" in params:
             listed = _parse_complete(body)
             obj = self.store.complete(bucket, key, params["uploadId"], listed, forbid)
-            self._send(200, {**base, "Content-Type": "application/xml", "ETag": f'"{obj.etag}"',
-                             "x-oss-hash-crc64ecma": str(obj.crc)}, _xml(
-                "CompleteMultipartUploadResult", _el("Bucket", bucket) + _el("Key", key) + _el("ETag", f'"{obj.etag}"')))
+            self._send(
+                200,
+                {
+                    **base,
+                    "Content-Type": "application/xml",
+                    "ETag": f'"{obj.etag}"',
+                    "x-oss-hash-crc64ecma": str(obj.crc),
+                },
+                _xml(
+                    "CompleteMultipartUploadResult",
+                    _el("Bucket", bucket) + _el("Key", key) + _el("ETag", f'"{obj.etag}"'),
+                ),
+            )
         elif method == "DELETE" and "uploadId" in params:
             self.store.abort(bucket, key, params["uploadId"])
             self._send(204, base)
@@ -669,17 +830,25 @@ class _Handler(BaseHTTPRequestHandler):
         obj = self.store.lookup(bucket, key)
         data = obj.data
         size = len(data)
-        meta = {**base, "ETag": f'"{obj.etag}"', "x-oss-hash-crc64ecma": str(obj.crc),
-                "Last-Modified": email.utils.formatdate(obj.mtime, usegmt=True), "Accept-Ranges": "bytes",
-                "x-oss-object-type": obj.kind, "Content-Type": "application/octet-stream"}
-        standard = self.store.standard_ranges and headers.get("x-oss-range-behavior", "").lower() == "standard"
+        meta = {
+            **base,
+            "ETag": f'"{obj.etag}"',
+            "x-oss-hash-crc64ecma": str(obj.crc),
+            "Last-Modified": email.utils.formatdate(obj.mtime, usegmt=True),
+            "Accept-Ranges": "bytes",
+            "x-oss-object-type": obj.kind,
+            "Content-Type": "application/octet-stream",
+        }
+        standard = (
+            self.store.standard_ranges and headers.get("x-oss-range-behavior", "").lower() == "standard"
+        )
         span = _parse_range(headers.get("range"), size, standard) if self.command == "GET" else None
         if span is None:
             self._send(200, meta, data, length=size)
             return
         start, end = span
         meta["Content-Range"] = f"bytes {start}-{end}/{size}"
-        self._send(206, meta, data[start:end + 1])
+        self._send(206, meta, data[start : end + 1])
 
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -699,8 +868,13 @@ def _parse_range(header: str | None, size: int, standard: bool) -> tuple[int, in
             raise OssError(416, "InvalidRange", "The requested range cannot be satisfied.")
         return None
     first_s, last_s = match.groups()
-    unsatisfiable = OssError(416, "InvalidRange", "The requested range cannot be satisfied.",
-                             RangeRequested=header, ActualObjectSize=str(size))
+    unsatisfiable = OssError(
+        416,
+        "InvalidRange",
+        "The requested range cannot be satisfied.",
+        RangeRequested=header,
+        ActualObjectSize=str(size),
+    )
     if first_s == "":  # suffix: the last N bytes
         n = int(last_s)
         if n == 0 or size == 0:
@@ -744,10 +918,10 @@ def _parse_complete(body: bytes) -> list[tuple[int, str]]:
 __all__ = [
     "MAX_CLOCK_SKEW",
     "MIN_PART_SIZE",
+    "SUB_RESOURCES",
     "OssError",
     "OssProtocolServer",
     "RecordedRequest",
-    "SUB_RESOURCES",
     "crc64ecma",
     "v1_signature",
     "v1_string_to_sign",

@@ -11,6 +11,8 @@ Three groups:
   ``CAS_TEST_OSS_ACCESS_KEY_ID`` and ``CAS_TEST_OSS_ACCESS_KEY_SECRET`` are set.
 """
 
+# ruff: noqa: F811 - pytest fixtures are parameters named like the imported oss_server fixture
+
 from __future__ import annotations
 
 import base64
@@ -86,12 +88,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def bucket(oss_server: OssProtocolServer) -> str:  # noqa: F811 - pytest fixture injection
+def bucket(oss_server: OssProtocolServer) -> str:
     return new_bucket(oss_server)
 
 
 @pytest.fixture
-def oss_backend(oss_server: OssProtocolServer, bucket: str) -> Iterator[OssBackend]:  # noqa: F811
+def oss_backend(oss_server: OssProtocolServer, bucket: str) -> Iterator[OssBackend]:
     be = from_url(f"oss://{bucket}/{PREFIX}", **_options(oss_server))
     yield be
     be.close()
@@ -103,7 +105,7 @@ class TestOssBackend(BackendContract):
         return oss_backend
 
     @pytest.fixture
-    def raw(self, oss_server: OssProtocolServer, bucket: str) -> _ServerStorage:  # noqa: F811
+    def raw(self, oss_server: OssProtocolServer, bucket: str) -> _ServerStorage:
         return _ServerStorage(oss_server, bucket)
 
 
@@ -114,8 +116,11 @@ def _requests_for(server: OssProtocolServer, bucket: str) -> list[Any]:
     return [r for r in server.requests if r.bucket == bucket]
 
 
-def test_large_put_is_multipart_and_leaves_no_upload(oss_server: OssProtocolServer, bucket: str,  # noqa: F811
-                                                     oss_backend: OssBackend) -> None:
+def test_large_put_is_multipart_and_leaves_no_upload(
+    oss_server: OssProtocolServer,
+    bucket: str,
+    oss_backend: OssBackend,
+) -> None:
     payload = os.urandom(THRESHOLD + PART_SIZE // 2)
     oss_backend.put("big", io.BytesIO(payload))
     oss_backend.put("big-bytes", memoryview(payload))
@@ -128,14 +133,20 @@ def test_large_put_is_multipart_and_leaves_no_upload(oss_server: OssProtocolServ
     assert oss_server.pending_uploads(bucket) == 0
 
 
-def test_small_put_is_one_request_with_md5_and_forbid_overwrite(oss_server: OssProtocolServer,  # noqa: F811
-                                                                 bucket: str, oss_backend: OssBackend) -> None:
+def test_small_put_is_one_request_with_md5_and_forbid_overwrite(
+    oss_server: OssProtocolServer,
+    bucket: str,
+    oss_backend: OssBackend,
+) -> None:
     oss_backend.put("a", b"payload", overwrite=False)
     oss_backend.put("b", b"payload")
     puts = {r.key: r for r in _requests_for(oss_server, bucket) if r.method == "PUT"}
     assert puts[f"{PREFIX}/a"].headers["x-oss-forbid-overwrite"] == "true"
     assert "x-oss-forbid-overwrite" not in puts[f"{PREFIX}/b"].headers
-    assert puts[f"{PREFIX}/a"].headers["content-md5"] == base64.b64encode(hashlib.md5(b"payload").digest()).decode()
+    assert (
+        puts[f"{PREFIX}/a"].headers["content-md5"]
+        == base64.b64encode(hashlib.md5(b"payload").digest()).decode()
+    )
     assert oss_server.object_kind(bucket, f"{PREFIX}/a") == "Normal"
 
 
@@ -158,13 +169,16 @@ class _SlowReader(io.RawIOBase):
             self._hook()
             self._hook = None
         end = len(self._data) if size < 0 else min(len(self._data), self._pos + size)
-        chunk = bytes(self._data[self._pos:end])
+        chunk = bytes(self._data[self._pos : end])
         self._pos = end
         return chunk
 
 
-def test_stream_is_read_in_bounded_pieces(oss_server: OssProtocolServer, bucket: str,  # noqa: F811
-                                          oss_backend: OssBackend) -> None:
+def test_stream_is_read_in_bounded_pieces(
+    oss_server: OssProtocolServer,
+    bucket: str,
+    oss_backend: OssBackend,
+) -> None:
     payload = os.urandom(THRESHOLD + 3 * PART_SIZE + 5)
     reader = _SlowReader(payload)
     oss_backend.put("streamed", reader)  # type: ignore[arg-type]
@@ -172,8 +186,11 @@ def test_stream_is_read_in_bounded_pieces(oss_server: OssProtocolServer, bucket:
     assert all(0 < ask <= THRESHOLD + 1 for ask in reader.asks), reader.asks  # never "read it all"
 
 
-def test_multipart_put_if_absent_refused_keeps_original(oss_server: OssProtocolServer, bucket: str,  # noqa: F811
-                                                        oss_backend: OssBackend) -> None:
+def test_multipart_put_if_absent_refused_keeps_original(
+    oss_server: OssProtocolServer,
+    bucket: str,
+    oss_backend: OssBackend,
+) -> None:
     oss_backend.put("taken", b"original")
     with pytest.raises(AlreadyExists):
         oss_backend.put("taken", io.BytesIO(os.urandom(THRESHOLD + 1)), overwrite=False)
@@ -181,12 +198,18 @@ def test_multipart_put_if_absent_refused_keeps_original(oss_server: OssProtocolS
     assert oss_server.pending_uploads(bucket) == 0
 
 
-def test_multipart_put_if_absent_decided_at_completion(oss_server: OssProtocolServer, bucket: str,  # noqa: F811
-                                                       oss_backend: OssBackend) -> None:
+def test_multipart_put_if_absent_decided_at_completion(
+    oss_server: OssProtocolServer,
+    bucket: str,
+    oss_backend: OssBackend,
+) -> None:
     """Another writer creates the key while our parts upload: completion refuses, the upload is aborted."""
     name = f"{PREFIX}/late"
-    reader = _SlowReader(os.urandom(THRESHOLD + 2 * PART_SIZE), hook_at=THRESHOLD + 1,
-                         hook=lambda: oss_server.put_object(bucket, name, b"other writer"))
+    reader = _SlowReader(
+        os.urandom(THRESHOLD + 2 * PART_SIZE),
+        hook_at=THRESHOLD + 1,
+        hook=lambda: oss_server.put_object(bucket, name, b"other writer"),
+    )
     with pytest.raises(AlreadyExists):
         oss_backend.put("late", reader, overwrite=False)  # type: ignore[arg-type]
     assert oss_server.get_object(bucket, name) == b"other writer"
@@ -205,8 +228,11 @@ def test_ranges_when_server_ignores_standard_behaviour() -> None:
         assert be.get("empty", -3) == b""
 
 
-def test_range_reads_ask_for_standard_behaviour(oss_server: OssProtocolServer, bucket: str,  # noqa: F811
-                                                oss_backend: OssBackend) -> None:
+def test_range_reads_ask_for_standard_behaviour(
+    oss_server: OssProtocolServer,
+    bucket: str,
+    oss_backend: OssBackend,
+) -> None:
     """Without the header OSS answers a bad range with the whole object: correct after cutting, but slow."""
     oss_backend.put("r", b"0123456789")
     assert oss_backend.get("r", 3, 4) == b"3456"
@@ -216,16 +242,22 @@ def test_range_reads_ask_for_standard_behaviour(oss_server: OssProtocolServer, b
     assert all(r.headers.get("x-oss-range-behavior") == "standard" for r in ranged)
 
 
-def test_whole_reads_are_crc_checked(oss_server: OssProtocolServer, bucket: str,  # noqa: F811
-                                     oss_backend: OssBackend) -> None:
+def test_whole_reads_are_crc_checked(
+    oss_server: OssProtocolServer,
+    bucket: str,
+    oss_backend: OssBackend,
+) -> None:
     oss_backend.put("rot", b"good bytes")
     oss_server.corrupt_object(bucket, f"{PREFIX}/rot", b"bad! bytes")
     with pytest.raises(IntegrityError, match="CRC"):
         oss_backend.get("rot")
 
 
-def test_server_errors_are_unavailable_with_request_id(oss_server: OssProtocolServer, bucket: str,  # noqa: F811
-                                                       oss_backend: OssBackend) -> None:
+def test_server_errors_are_unavailable_with_request_id(
+    oss_server: OssProtocolServer,
+    bucket: str,
+    oss_backend: OssBackend,
+) -> None:
     oss_server.inject_fault(status=503, code="ServiceUnavailable")
     with pytest.raises(Unavailable) as info:
         oss_backend.put("k", b"x")
@@ -236,7 +268,7 @@ def test_server_errors_are_unavailable_with_request_id(oss_server: OssProtocolSe
     oss_backend.put("k", b"x")  # the next request is served normally
 
 
-def test_read_timeout_is_unavailable_fast(oss_server: OssProtocolServer, bucket: str) -> None:  # noqa: F811
+def test_read_timeout_is_unavailable_fast(oss_server: OssProtocolServer, bucket: str) -> None:
     be = from_url(f"oss://{bucket}/{PREFIX}", **_options(oss_server, read_timeout=0.3))
     oss_server.inject_fault(status=0, delay=1.5)
     started = time.monotonic()
@@ -245,20 +277,29 @@ def test_read_timeout_is_unavailable_fast(oss_server: OssProtocolServer, bucket:
     assert time.monotonic() - started < 1.4
 
 
-def test_failed_multipart_upload_is_aborted(oss_server: OssProtocolServer, bucket: str,  # noqa: F811
-                                            oss_backend: OssBackend) -> None:
+def test_failed_multipart_upload_is_aborted(
+    oss_server: OssProtocolServer,
+    bucket: str,
+    oss_backend: OssBackend,
+) -> None:
     payload = io.BytesIO(os.urandom(THRESHOLD + PART_SIZE))
     # initiate and part 1 succeed; part 2 fails.
-    reader = _SlowReader(payload.getvalue(), hook_at=THRESHOLD + 1,
-                         hook=lambda: oss_server.inject_fault(status=503, code="ServiceUnavailable"))
+    reader = _SlowReader(
+        payload.getvalue(),
+        hook_at=THRESHOLD + 1,
+        hook=lambda: oss_server.inject_fault(status=503, code="ServiceUnavailable"),
+    )
     with pytest.raises(Unavailable):
         oss_backend.put("half", reader)  # type: ignore[arg-type]
     assert oss_server.pending_uploads(bucket) == 0
     assert f"{PREFIX}/half" not in oss_server.keys(bucket)
 
 
-def test_list_sees_only_its_prefix(oss_server: OssProtocolServer, bucket: str,  # noqa: F811
-                                   oss_backend: OssBackend) -> None:
+def test_list_sees_only_its_prefix(
+    oss_server: OssProtocolServer,
+    bucket: str,
+    oss_backend: OssBackend,
+) -> None:
     oss_server.put_object(bucket, "other/x", b"1")
     oss_server.put_object(bucket, f"{PREFIX}x/y", b"1")
     oss_backend.put("mine", b"22")
@@ -266,13 +307,20 @@ def test_list_sees_only_its_prefix(oss_server: OssProtocolServer, bucket: str,  
 
 
 def test_wrong_secret_is_permission_denied_fast_and_secret_free(
-    oss_server: OssProtocolServer, bucket: str, caplog: pytest.LogCaptureFixture  # noqa: F811
+    oss_server: OssProtocolServer,
+    bucket: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     secret = "wrong-secret-Hq93LxUe0"
     be = from_url(f"oss://{bucket}/{PREFIX}", **_options(oss_server, access_key_secret=secret))
     caplog.set_level(logging.DEBUG)
     started = time.monotonic()
-    for call in (lambda: be.put("k", b"x"), lambda: be.get("k"), lambda: be.stat("k"), lambda: list(be.list())):
+    for call in (
+        lambda: be.put("k", b"x"),
+        lambda: be.get("k"),
+        lambda: be.stat("k"),
+        lambda: list(be.list()),
+    ):
         with pytest.raises(PermissionDenied) as info:
             call()
         message = str(info.value)
@@ -285,7 +333,7 @@ def test_wrong_secret_is_permission_denied_fast_and_secret_free(
     assert secret not in be.describe()
 
 
-def test_unknown_access_key_id_is_permission_denied(oss_server: OssProtocolServer, bucket: str) -> None:  # noqa: F811
+def test_unknown_access_key_id_is_permission_denied(oss_server: OssProtocolServer, bucket: str) -> None:
     be = from_url(f"oss://{bucket}/{PREFIX}", **_options(oss_server, access_key_id="LTAInobody"))
     with pytest.raises(PermissionDenied, match="InvalidAccessKeyId"):
         be.get("k")
@@ -293,8 +341,13 @@ def test_unknown_access_key_id_is_permission_denied(oss_server: OssProtocolServe
 
 def test_unreachable_endpoint_is_unavailable_fast() -> None:
     endpoint = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
-    be = from_url("oss://some-bucket/p", endpoint=endpoint, access_key_id="id", access_key_secret="Sekr1t-unreach",
-                  connect_timeout=1)
+    be = from_url(
+        "oss://some-bucket/p",
+        endpoint=endpoint,
+        access_key_id="id",
+        access_key_secret="Sekr1t-unreach",
+        connect_timeout=1,
+    )
     started = time.monotonic()
     with pytest.raises(Unavailable) as info:
         be.put("k", b"x")
@@ -303,7 +356,7 @@ def test_unreachable_endpoint_is_unavailable_fast() -> None:
     assert "Sekr1t-unreach" not in str(info.value)
 
 
-def test_missing_bucket_is_configuration_error(oss_server: OssProtocolServer) -> None:  # noqa: F811
+def test_missing_bucket_is_configuration_error(oss_server: OssProtocolServer) -> None:
     be = from_url("oss://no-such-bucket-here/p", **_options(oss_server))
     with pytest.raises(ConfigurationError, match="NoSuchBucket"):
         be.get("k")
@@ -325,8 +378,11 @@ def test_missing_settings_name_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
         from_url("oss://b-b-b/p", colour="red", **full)
 
 
-def test_settings_from_environment(oss_server: OssProtocolServer, bucket: str,  # noqa: F811
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_from_environment(
+    oss_server: OssProtocolServer,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("OSS_ACCESS_KEY_ID", ACCESS_KEY_ID)
     monkeypatch.setenv("OSS_ACCESS_KEY_SECRET", ACCESS_KEY_SECRET)
     monkeypatch.setenv("OSS_ENDPOINT", oss_server.endpoint)
@@ -336,7 +392,7 @@ def test_settings_from_environment(oss_server: OssProtocolServer, bucket: str,  
     assert oss_server.get_object(bucket, f"{PREFIX}/via-env") == b"ok"
 
 
-def test_aiflow_style_options(oss_server: OssProtocolServer, bucket: str) -> None:  # noqa: F811
+def test_aiflow_style_options(oss_server: OssProtocolServer, bucket: str) -> None:
     be = open_backend("oss://", **_options(oss_server, bucket=bucket, root_directory="/aiflow/blobs/"))
     be.put("x", b"1")
     assert oss_server.get_object(bucket, "aiflow/blobs/x") == b"1"
@@ -360,28 +416,49 @@ def test_missing_key_with_zero_length_is_not_found(oss_backend: OssBackend) -> N
 # -- the protocol server itself -----------------------------------------------------------------
 
 
-def _client_string_to_sign(method: str, path_bucket: str, key: str, headers: Mapping[str, str],
-                           sub: Mapping[str, str]) -> str:
+def _client_string_to_sign(
+    method: str, path_bucket: str, key: str, headers: Mapping[str, str], sub: Mapping[str, str]
+) -> str:
     """Written from the OSS V1 documentation, independently of the server's implementation."""
     lower = {k.lower(): v for k, v in headers.items()}
     oss_lines = "".join(f"{k}:{lower[k]}\n" for k in sorted(lower) if k.startswith("x-oss-"))
     resource = f"/{path_bucket}/{key}"
     if sub:
         resource += "?" + "&".join(k if v == "" else f"{k}={v}" for k, v in sorted(sub.items()))
-    return (f"{method}\n{lower.get('content-md5', '')}\n{lower.get('content-type', '')}\n{lower['date']}\n"
-            f"{oss_lines}{resource}")
+    return (
+        f"{method}\n{lower.get('content-md5', '')}\n{lower.get('content-type', '')}\n{lower['date']}\n"
+        f"{oss_lines}{resource}"
+    )
 
 
-def _send(server: OssProtocolServer, method: str, bucket: str, key: str = "", *,
-          headers: Mapping[str, str] | None = None, params: Mapping[str, str] | None = None, body: bytes = b"",
-          key_id: str = ACCESS_KEY_ID, secret: str = ACCESS_KEY_SECRET,
-          signed_headers: Mapping[str, str] | None = None, signed_params: Mapping[str, str] | None = None,
-          signed_key: str | None = None) -> requests.Response:
+def _send(
+    server: OssProtocolServer,
+    method: str,
+    bucket: str,
+    key: str = "",
+    *,
+    headers: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
+    body: bytes = b"",
+    key_id: str = ACCESS_KEY_ID,
+    secret: str = ACCESS_KEY_SECRET,
+    signed_headers: Mapping[str, str] | None = None,
+    signed_params: Mapping[str, str] | None = None,
+    signed_key: str | None = None,
+) -> requests.Response:
     """A request signed by hand; ``signed_*`` sign something other than what is sent (tampering)."""
     sent_headers = {"Date": email.utils.formatdate(usegmt=True), **(headers or {})}
-    to_sign = {"Date": sent_headers["Date"], **(signed_headers if signed_headers is not None else headers or {})}
-    string = _client_string_to_sign(method, bucket, key if signed_key is None else signed_key, to_sign,
-                                    signed_params if signed_params is not None else params or {})
+    to_sign = {
+        "Date": sent_headers["Date"],
+        **(signed_headers if signed_headers is not None else headers or {}),
+    }
+    string = _client_string_to_sign(
+        method,
+        bucket,
+        key if signed_key is None else signed_key,
+        to_sign,
+        signed_params if signed_params is not None else params or {},
+    )
     signature = base64.b64encode(hmac.new(secret.encode(), string.encode(), hashlib.sha1).digest()).decode()
     sent_headers["Authorization"] = f"OSS {key_id}:{signature}"
     url = f"{server.endpoint}/{bucket}/{requests.utils.quote(key, safe='')}"
@@ -397,9 +474,13 @@ def _error_code(response: requests.Response) -> str:
 
 def test_v1_signature_matches_the_documented_example() -> None:
     """The worked example of OSS's V1 signature documentation (AccessKeySecret OtxrzxIs...)."""
-    headers = {"content-md5": "c8fdb181845a4ca6b8fec737b3581d76", "content-type": "text/html",
-               "date": "Thu, 17 Nov 2005 18:49:58 GMT", "x-oss-meta-author": "foo@bar.com",
-               "x-oss-magic": "abracadabra"}
+    headers = {
+        "content-md5": "c8fdb181845a4ca6b8fec737b3581d76",
+        "content-type": "text/html",
+        "date": "Thu, 17 Nov 2005 18:49:58 GMT",
+        "x-oss-meta-author": "foo@bar.com",
+        "x-oss-magic": "abracadabra",
+    }
     string = v1_string_to_sign("PUT", headers, "quotes", "nelson", [])
     assert v1_signature("OtxrzxIsfpFjA7SwPzILwy8Bw21TLhquhboDYROV", string) == "63mwfl+zYIOG6k95yxbgMruQ6QI="
 
@@ -411,10 +492,16 @@ def test_crc64_is_the_ecma_variant_oss_uses() -> None:
     assert crc64ecma(b"some bytes") == sdk.crc
 
 
-def test_hand_signed_request_is_accepted(oss_server: OssProtocolServer, bucket: str) -> None:  # noqa: F811
+def test_hand_signed_request_is_accepted(oss_server: OssProtocolServer, bucket: str) -> None:
     """The baseline that makes the rejections below mean something."""
-    put = _send(oss_server, "PUT", bucket, "dir/a b", headers={"Content-Type": "text/plain", "x-oss-meta-k": "v"},
-                body=b"hello")
+    put = _send(
+        oss_server,
+        "PUT",
+        bucket,
+        "dir/a b",
+        headers={"Content-Type": "text/plain", "x-oss-meta-k": "v"},
+        body=b"hello",
+    )
     assert put.status_code == 200, put.text
     get = _send(oss_server, "GET", bucket, "dir/a b")
     assert (get.status_code, get.content) == (200, b"hello")
@@ -432,44 +519,71 @@ def test_hand_signed_request_is_accepted(oss_server: OssProtocolServer, bucket: 
         ({"signed_params": {"acl": ""}}, 403, "SignatureDoesNotMatch"),  # sub-resource added
     ],
 )
-def test_tampered_requests_are_rejected(oss_server: OssProtocolServer, bucket: str,  # noqa: F811
-                                        tamper: dict[str, Any], status: int, code: str) -> None:
-    response = _send(oss_server, "PUT", bucket, "victim", body=b"x",
-                     headers={"Content-Type": "text/plain", "x-oss-forbid-overwrite": "true"}, **tamper)
+def test_tampered_requests_are_rejected(
+    oss_server: OssProtocolServer,
+    bucket: str,
+    tamper: dict[str, Any],
+    status: int,
+    code: str,
+) -> None:
+    response = _send(
+        oss_server,
+        "PUT",
+        bucket,
+        "victim",
+        body=b"x",
+        headers={"Content-Type": "text/plain", "x-oss-forbid-overwrite": "true"},
+        **tamper,
+    )
     assert response.status_code == status
     assert _error_code(response) == code
     assert "victim" not in oss_server.keys(bucket)
 
 
-def test_tampered_part_number_is_rejected(oss_server: OssProtocolServer, bucket: str) -> None:  # noqa: F811
+def test_tampered_part_number_is_rejected(oss_server: OssProtocolServer, bucket: str) -> None:
     upload = oss2.Bucket(oss2.Auth(ACCESS_KEY_ID, ACCESS_KEY_SECRET), oss_server.endpoint, bucket)
     upload_id = upload.init_multipart_upload("m").upload_id
-    response = _send(oss_server, "PUT", bucket, "m", body=b"x", params={"uploadId": upload_id, "partNumber": "2"},
-                     signed_params={"uploadId": upload_id, "partNumber": "1"})
+    response = _send(
+        oss_server,
+        "PUT",
+        bucket,
+        "m",
+        body=b"x",
+        params={"uploadId": upload_id, "partNumber": "2"},
+        signed_params={"uploadId": upload_id, "partNumber": "1"},
+    )
     assert (response.status_code, _error_code(response)) == (403, "SignatureDoesNotMatch")
 
 
-def test_unsigned_stale_and_foreign_scheme_requests_are_rejected(oss_server: OssProtocolServer,  # noqa: F811
-                                                                  bucket: str) -> None:
+def test_unsigned_stale_and_foreign_scheme_requests_are_rejected(
+    oss_server: OssProtocolServer,
+    bucket: str,
+) -> None:
     anonymous = requests.get(f"{oss_server.endpoint}/{bucket}/x", timeout=10)
     assert (anonymous.status_code, _error_code(anonymous)) == (403, "AccessDenied")
     stale = email.utils.formatdate(time.time() - 3600, usegmt=True)
     old = _send(oss_server, "GET", bucket, "x", headers={"Date": stale})
     assert (old.status_code, _error_code(old)) == (403, "RequestTimeTooSkewed")
-    v4 = requests.get(f"{oss_server.endpoint}/{bucket}/x", timeout=10, headers={
-        "Authorization": f"OSS4-HMAC-SHA256 Credential={ACCESS_KEY_ID}/20250101/cn-hangzhou/oss/aliyun_v4_request,"
-                         "Signature=00", "x-oss-date": "20250101T000000Z"})
+    v4 = requests.get(
+        f"{oss_server.endpoint}/{bucket}/x",
+        timeout=10,
+        headers={
+            "Authorization": f"OSS4-HMAC-SHA256 Credential={ACCESS_KEY_ID}/20250101/cn-hangzhou/oss/aliyun_v4_request,"
+            "Signature=00",
+            "x-oss-date": "20250101T000000Z",
+        },
+    )
     assert v4.status_code == 403
 
 
-def test_content_md5_mismatch_is_rejected(oss_server: OssProtocolServer, bucket: str) -> None:  # noqa: F811
+def test_content_md5_mismatch_is_rejected(oss_server: OssProtocolServer, bucket: str) -> None:
     wrong = base64.b64encode(hashlib.md5(b"other").digest()).decode()
     response = _send(oss_server, "PUT", bucket, "md5", headers={"Content-MD5": wrong}, body=b"payload")
     assert (response.status_code, _error_code(response)) == (400, "InvalidDigest")
     assert "md5" not in oss_server.keys(bucket)
 
 
-def test_ranges_follow_oss_behaviours(oss_server: OssProtocolServer, bucket: str) -> None:  # noqa: F811
+def test_ranges_follow_oss_behaviours(oss_server: OssProtocolServer, bucket: str) -> None:
     oss_server.put_object(bucket, "r", bytes(range(100)))
     standard = {"x-oss-range-behavior": "standard"}
 
@@ -477,7 +591,11 @@ def test_ranges_follow_oss_behaviours(oss_server: OssProtocolServer, bucket: str
         return _send(oss_server, "GET", bucket, "r", headers={"Range": range_header, **(extra or {})})
 
     ok = get("bytes=10-19")
-    assert (ok.status_code, ok.content, ok.headers["Content-Range"]) == (206, bytes(range(10, 20)), "bytes 10-19/100")
+    assert (ok.status_code, ok.content, ok.headers["Content-Range"]) == (
+        206,
+        bytes(range(10, 20)),
+        "bytes 10-19/100",
+    )
     assert get("bytes=-5").content == bytes(range(95, 100))
     # Compatible behaviour: out of range means "ignore the Range header".
     assert (get("bytes=100-").status_code, len(get("bytes=100-").content)) == (200, 100)
@@ -490,7 +608,7 @@ def test_ranges_follow_oss_behaviours(oss_server: OssProtocolServer, bucket: str
     assert get("bytes=-500", standard).content == bytes(range(100))
 
 
-def test_head_errors_travel_in_x_oss_err(oss_server: OssProtocolServer, bucket: str) -> None:  # noqa: F811
+def test_head_errors_travel_in_x_oss_err(oss_server: OssProtocolServer, bucket: str) -> None:
     response = _send(oss_server, "HEAD", bucket, "absent")
     assert response.status_code == 404 and response.content == b""
     assert _error_code(response) == "NoSuchKey"
@@ -498,14 +616,15 @@ def test_head_errors_travel_in_x_oss_err(oss_server: OssProtocolServer, bucket: 
     assert (missing_bucket.status_code, _error_code(missing_bucket)) == (404, "NoSuchBucket")
 
 
-def test_multipart_rules_are_enforced(oss_server: OssProtocolServer, bucket: str) -> None:  # noqa: F811
+def test_multipart_rules_are_enforced(oss_server: OssProtocolServer, bucket: str) -> None:
     sdk = oss2.Bucket(oss2.Auth(ACCESS_KEY_ID, ACCESS_KEY_SECRET), oss_server.endpoint, bucket)
     upload_id = sdk.init_multipart_upload("m").upload_id
     small = sdk.upload_part("m", upload_id, 1, b"tiny")
     last = sdk.upload_part("m", upload_id, 2, b"end")
     with pytest.raises(oss2.exceptions.ServerError) as too_small:
-        sdk.complete_multipart_upload("m", upload_id, [oss2.models.PartInfo(1, small.etag),
-                                                       oss2.models.PartInfo(2, last.etag)])
+        sdk.complete_multipart_upload(
+            "m", upload_id, [oss2.models.PartInfo(1, small.etag), oss2.models.PartInfo(2, last.etag)]
+        )
     assert (too_small.value.status, too_small.value.code) == (400, "EntityTooSmall")
     with pytest.raises(oss2.exceptions.ServerError) as bad_etag:
         sdk.complete_multipart_upload("m", upload_id, [oss2.models.PartInfo(2, "0" * 32)])
@@ -516,7 +635,7 @@ def test_multipart_rules_are_enforced(oss_server: OssProtocolServer, bucket: str
     assert "m" not in oss_server.keys(bucket)
 
 
-def test_forbid_overwrite_answers_file_already_exists(oss_server: OssProtocolServer, bucket: str) -> None:  # noqa: F811
+def test_forbid_overwrite_answers_file_already_exists(oss_server: OssProtocolServer, bucket: str) -> None:
     sdk = oss2.Bucket(oss2.Auth(ACCESS_KEY_ID, ACCESS_KEY_SECRET), oss_server.endpoint, bucket)
     sdk.put_object("k", b"first", headers={"x-oss-forbid-overwrite": "true"})
     with pytest.raises(oss2.exceptions.ServerError) as info:
@@ -526,7 +645,7 @@ def test_forbid_overwrite_answers_file_already_exists(oss_server: OssProtocolSer
     assert oss_server.get_object(bucket, "k") == b"first"
 
 
-def test_list_objects_v2_pages_and_url_encodes(oss_server: OssProtocolServer, bucket: str) -> None:  # noqa: F811
+def test_list_objects_v2_pages_and_url_encodes(oss_server: OssProtocolServer, bucket: str) -> None:
     keys = ["d/a b", "d/é+%", "d/sub/x", "d/sub/y", "e"]
     for key in keys:
         oss_server.put_object(bucket, key, key.encode())
@@ -551,8 +670,10 @@ def test_server_stops_cleanly() -> None:
 
 # -- real OSS -----------------------------------------------------------------------------------
 
-_REAL = {name: os.environ.get(f"CAS_TEST_OSS_{name}", "") for name in
-         ("ENDPOINT", "BUCKET", "ACCESS_KEY_ID", "ACCESS_KEY_SECRET")}
+_REAL = {
+    name: os.environ.get(f"CAS_TEST_OSS_{name}", "")
+    for name in ("ENDPOINT", "BUCKET", "ACCESS_KEY_ID", "ACCESS_KEY_SECRET")
+}
 
 
 class _Oss2Access:
@@ -572,7 +693,9 @@ class _Oss2Access:
         self.sdk.put_object(f"{self.prefix}/{key}", data)
 
 
-@pytest.mark.skipif(not all(_REAL.values()), reason="set CAS_TEST_OSS_{ENDPOINT,BUCKET,ACCESS_KEY_ID,ACCESS_KEY_SECRET}")
+@pytest.mark.skipif(
+    not all(_REAL.values()), reason="set CAS_TEST_OSS_{ENDPOINT,BUCKET,ACCESS_KEY_ID,ACCESS_KEY_SECRET}"
+)
 class TestRealOss(BackendContract):
     @pytest.fixture
     def prefix(self) -> str:
@@ -580,18 +703,24 @@ class TestRealOss(BackendContract):
 
     @pytest.fixture
     def sdk(self, prefix: str) -> Iterator[oss2.Bucket]:
-        sdk = oss2.Bucket(oss2.Auth(_REAL["ACCESS_KEY_ID"], _REAL["ACCESS_KEY_SECRET"]), _REAL["ENDPOINT"],
-                          _REAL["BUCKET"])
+        sdk = oss2.Bucket(
+            oss2.Auth(_REAL["ACCESS_KEY_ID"], _REAL["ACCESS_KEY_SECRET"]), _REAL["ENDPOINT"], _REAL["BUCKET"]
+        )
         yield sdk
         names = [o.key for o in oss2.ObjectIteratorV2(sdk, prefix=prefix + "/", max_keys=1000)]
         for start in range(0, len(names), 1000):
-            sdk.batch_delete_objects(names[start:start + 1000])
+            sdk.batch_delete_objects(names[start : start + 1000])
 
     @pytest.fixture
     def backend(self, sdk: oss2.Bucket, prefix: str) -> OssBackend:
-        return from_url(f"oss://{_REAL['BUCKET']}/{prefix}", endpoint=_REAL["ENDPOINT"],
-                        access_key_id=_REAL["ACCESS_KEY_ID"], access_key_secret=_REAL["ACCESS_KEY_SECRET"],
-                        part_size=PART_SIZE, multipart_threshold=THRESHOLD)
+        return from_url(
+            f"oss://{_REAL['BUCKET']}/{prefix}",
+            endpoint=_REAL["ENDPOINT"],
+            access_key_id=_REAL["ACCESS_KEY_ID"],
+            access_key_secret=_REAL["ACCESS_KEY_SECRET"],
+            part_size=PART_SIZE,
+            multipart_threshold=THRESHOLD,
+        )
 
     @pytest.fixture
     def raw(self, sdk: oss2.Bucket, prefix: str) -> _Oss2Access:
