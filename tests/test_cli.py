@@ -1,0 +1,105 @@
+"""The command line as a user runs it: a real process, exit codes, one-line errors, --json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cas(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CAS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
+    env.pop("CAS_REPO", None)
+    env.pop("CAS_INDEX", None)
+    proc = subprocess.run([sys.executable, "-m", "cas", *args], capture_output=True, text=True, env=env, cwd=tmp_path)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    src = tmp_path / "my-project"
+    (src / "src").mkdir(parents=True)
+    (src / "data").mkdir()
+    (src / "src" / "train.py").write_text("print('train')\n" * 100)
+    (src / "src" / "util.py").write_text("X = 1\n")
+    (src / "data" / "weights.bin").write_bytes(os.urandom(300_000))
+    os.symlink("src/train.py", src / "main.py")
+    return src
+
+
+def test_the_readme_workflow(tmp_path: Path, project: Path) -> None:
+    cas(tmp_path, "snapshot", str(project), "--execution-id", "run-41", "--label", "workflow=train")
+    (project / "src" / "train.py").write_text("print('train v2')\n")
+    (project / "src" / "new.py").write_text("new\n")
+    out = cas(tmp_path, "--json", "snapshot", str(project), "--execution-id", "run-42")
+    snap = json.loads(out.stdout)
+    assert snap["execution_id"] == "run-42" and snap["stats"]["new_bytes"] < 1000
+
+    log = json.loads(cas(tmp_path, "--json", "log").stdout)
+    assert [s["execution_id"] for s in log] == ["run-42", "run-41"]
+    assert log[1]["labels"] == {"workflow": "train"}
+    assert "run-41" in cas(tmp_path, "log").stdout
+
+    listing = json.loads(cas(tmp_path, "--json", "ls", "run-42", "src/").stdout)
+    assert [r["path"] for r in listing] == ["src/new.py", "src/train.py", "src/util.py"]
+
+    diff = json.loads(cas(tmp_path, "--json", "diff", "run-41", "run-42").stdout)
+    assert {(d["path"], d["change"]) for d in diff} >= {("src/new.py", "added"), ("src/train.py", "changed")}
+
+    assert cas(tmp_path, "cat", "run-42", "src/train.py").stdout == "print('train v2')\n"
+
+    cas(tmp_path, "restore", "run-42", str(tmp_path / "restored"))
+    assert (tmp_path / "restored" / "data" / "weights.bin").read_bytes() == (project / "data" / "weights.bin").read_bytes()
+    assert os.readlink(tmp_path / "restored" / "main.py") == "src/train.py"
+
+    cas(tmp_path, "restore", "run-42", str(tmp_path / "one"), "--path", "src/train.py")
+    assert os.listdir(tmp_path / "one") == ["train.py"]
+
+    stats = json.loads(cas(tmp_path, "--json", "stats").stdout)
+    assert stats["snapshots"] == 2 and stats["dedup_ratio"] > 1.5
+    assert "ratio" in cas(tmp_path, "stats").stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["restore", "run-404", "out"], "unknown execution ID: run-404"),
+        (["snapshot", "/no/such/dir", "-e", "x"], "no such file or directory"),
+        (["snapshot", ".", "-e", "../../etc"], "invalid execution ID"),
+        (["snapshot", ".", "-e", "ok", "-l", "novalue"], "KEY=VALUE"),
+        (["--index", "nosuchdb://x", "log"], "index"),
+        (["--repo", "ftp://host/x", "log"], "unknown repository scheme"),
+        (["cat", "run-404", "x"], "unknown execution ID"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_and_non_zero(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = cas(tmp_path, *args, check=False)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert message in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_corrupt_repository_config_is_a_clean_error(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "config").write_bytes(b"\x00garbage{")
+    proc = cas(tmp_path, "--repo", str(repo), "log", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("cas: error: repository config is not valid JSON")
+
+
+def test_secret_in_index_url_is_not_printed(tmp_path: Path) -> None:
+    proc = cas(tmp_path, "--index", "postgresql://user:hunter2@127.0.0.1:1/db", "log", check=False)
+    assert proc.returncode != 0
+    assert "hunter2" not in proc.stderr and "Traceback" not in proc.stderr
