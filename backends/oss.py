@@ -29,6 +29,7 @@ The access key secret never appears in a message, a log line or :meth:`OssBacken
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import os
@@ -112,14 +113,16 @@ _HINTS = {
 }
 
 
-def _import_oss2() -> Any:
+def _import_sdk() -> tuple[Any, Any]:
+    """``oss2`` and ``requests`` (oss2's transport, whose errors escape it while a body is read)."""
     try:
         import oss2
+        import requests
     except ImportError as exc:
         raise MissingDependency(
             f"the oss:// backend needs the oss2 package ({exc.name}): pip install 'cas-store[oss]'"
         ) from exc
-    return oss2
+    return oss2, requests
 
 
 class OssBackend(Backend):
@@ -145,7 +148,7 @@ class OssBackend(Backend):
         ``part_size`` must be at least 100 KiB (OSS's minimum) and ``multipart_threshold`` at least
         ``part_size``. Timeouts are in seconds and must be positive.
         """
-        oss2 = _import_oss2()
+        oss2, requests = _import_sdk()
         for name, value in (
             ("bucket", bucket),
             ("endpoint", endpoint),
@@ -174,6 +177,7 @@ class OssBackend(Backend):
         self._root = self.prefix + "/" if self.prefix else ""
         self._secret = access_key_secret
         self._oss2 = oss2
+        self._transport_error: type[Exception] = requests.RequestException
         try:
             self._bucket: Any = oss2.Bucket(
                 oss2.Auth(access_key_id, access_key_secret),
@@ -201,6 +205,14 @@ class OssBackend(Backend):
     def _raise(self, exc: Exception, operation: str, key: str) -> NoReturn:
         raise _translate(exc, operation, key, self.describe(), self._secret) from exc
 
+    @contextlib.contextmanager
+    def _translating(self, operation: str, key: str) -> Iterator[None]:
+        """Turn any SDK or transport failure inside the block into a domain error."""
+        try:
+            yield
+        except (self._oss2.exceptions.OssError, self._transport_error) as exc:
+            self._raise(exc, operation, key)
+
     # -- operations ----------------------------------------------------------------------------
 
     def put(self, key: str, data: bytes | memoryview | BinaryIO, *, overwrite: bool = True) -> None:
@@ -224,17 +236,13 @@ class OssBackend(Backend):
         self._put_multipart(name, key, parts, headers)
 
     def _put_single(self, name: str, key: str, body: bytes, headers: Mapping[str, str]) -> None:
-        try:
+        with self._translating("put", key):
             self._bucket.put_object(name, body, headers={**headers, "Content-MD5": _md5(body)})
-        except self._oss2.exceptions.OssError as exc:
-            self._raise(exc, "put", key)
 
     def _put_multipart(self, name: str, key: str, parts: Iterator[bytes], headers: Mapping[str, str]) -> None:
         oss2 = self._oss2
-        try:
+        with self._translating("put", key):
             upload_id = self._bucket.init_multipart_upload(name, headers=dict(headers)).upload_id
-        except oss2.exceptions.OssError as exc:
-            self._raise(exc, "put", key)
         done: list[Any] = []
         try:
             for number, body in enumerate(parts, start=1):
@@ -252,14 +260,14 @@ class OssBackend(Backend):
         except BaseException as exc:
             try:
                 self._bucket.abort_multipart_upload(name, upload_id)
-            except oss2.exceptions.OssError as abort_exc:  # the original failure matters more
+            except (oss2.exceptions.OssError, self._transport_error) as abort_exc:  # keep the first failure
                 log.warning(
                     "could not abort multipart upload of %s in %s: %s",
                     key,
                     self.describe(),
                     _redact(str(abort_exc), self._secret),
                 )
-            if isinstance(exc, oss2.exceptions.OssError):
+            if isinstance(exc, (oss2.exceptions.OssError, self._transport_error)):
                 self._raise(exc, "put", key)
             raise
 
@@ -279,15 +287,16 @@ class OssBackend(Backend):
         else:
             spec = f"bytes={offset}-{offset + length - 1}"
         headers = {"Range": spec, "x-oss-range-behavior": "standard"}
-        try:
-            result = self._bucket.get_object(name, headers=headers)
-            body = result.read()
-        except self._oss2.exceptions.OssError as exc:
-            if getattr(exc, "status", None) == 416:
-                return b""  # the range starts at or past the end (or the object is empty)
-            self._raise(exc, "get", key)
-        content_range = result.headers.get("Content-Range")
-        if result.status == 206 and content_range:
+        with self._translating("get", key):
+            try:
+                result = self._bucket.get_object(name, headers=headers)
+                body = result.read()
+            except self._oss2.exceptions.ServerError as exc:
+                if exc.status == 416:
+                    return b""  # the range starts at or past the end (or the object is empty)
+                raise
+        if result.status == 206:
+            content_range = result.headers.get("Content-Range") or ""
             match = _CONTENT_RANGE.match(content_range.strip())
             if match is None:
                 raise IntegrityError(
@@ -307,11 +316,9 @@ class OssBackend(Backend):
         return body if length is None else body[:length]
 
     def _get_whole(self, name: str, key: str) -> bytes:
-        try:
+        with self._translating("get", key):
             result = self._bucket.get_object(name)
             body = result.read()
-        except self._oss2.exceptions.OssError as exc:
-            self._raise(exc, "get", key)
         if result.server_crc is not None and result.client_crc != result.server_crc:
             raise IntegrityError(
                 f"CRC-64 of {key} read from {self.describe()} does not match OSS's",
@@ -320,10 +327,9 @@ class OssBackend(Backend):
         return body
 
     def stat(self, key: str) -> ObjectInfo:
-        try:
-            result = self._bucket.head_object(self._name(key))
-        except self._oss2.exceptions.OssError as exc:
-            self._raise(exc, "stat", key)
+        name = self._name(key)
+        with self._translating("stat", key):
+            result = self._bucket.head_object(name)
         if result.content_length is None:
             raise IntegrityError(f"OSS sent no Content-Length for {key}", request_id=result.request_id)
         return ObjectInfo(key, int(result.content_length))
@@ -332,21 +338,17 @@ class OssBackend(Backend):
         oss2 = self._oss2
         start = len(self._root)
         pages = oss2.ObjectIteratorV2(self._bucket, prefix=self._root + prefix, max_keys=LIST_PAGE)
-        try:
+        with self._translating("list", prefix or "/"):
             for item in pages:
                 if item.is_prefix():
                     continue
                 yield ObjectInfo(item.key[start:], int(item.size))
-        except oss2.exceptions.OssError as exc:
-            self._raise(exc, "list", prefix or "/")
 
     def delete(self, key: str) -> None:
         """Remove ``key``; :class:`NotFound` if absent (checked with a HEAD: OSS deletes idempotently)."""
         self.stat(key)
-        try:
+        with self._translating("delete", key):
             self._bucket.delete_object(self._name(key))
-        except self._oss2.exceptions.OssError as exc:
-            self._raise(exc, "delete", key)
 
     def close(self) -> None:
         """Release pooled connections. Idempotent."""
@@ -358,6 +360,9 @@ class OssBackend(Backend):
 
 def _translate(exc: Exception, operation: str, key: str, where: str, secret: str) -> CasError:
     """The domain error for an ``oss2`` exception, with OSS's request id and never the secret."""
+    if not hasattr(exc, "status"):  # a requests error that escaped oss2 while reading a body
+        what = f"OSS {operation} of {key}" if key else f"OSS {operation}"
+        return Unavailable(f"{what} in {where} failed: connection lost ({type(exc).__name__})")
     status = int(getattr(exc, "status", 0) or 0)
     code = str(getattr(exc, "code", "") or "")
     request_id = str(getattr(exc, "request_id", "") or "") or None

@@ -198,6 +198,7 @@ class _Fault:
     status: int
     code: str
     delay: float
+    truncate: bool = False
 
 
 @dataclass
@@ -348,12 +349,19 @@ class OssProtocolServer:
             self._buckets[bucket][key].data = bytes(data)
 
     def inject_fault(
-        self, *, status: int = 503, code: str = "ServiceUnavailable", delay: float = 0.0, count: int = 1
+        self,
+        *,
+        status: int = 503,
+        code: str = "ServiceUnavailable",
+        delay: float = 0.0,
+        count: int = 1,
+        truncate: bool = False,
     ) -> None:
         """Make the next ``count`` authenticated requests wait ``delay`` seconds and then fail with
-        ``status``/``code`` (``status`` 0: wait, then answer normally)."""
+        ``status``/``code``. With ``status`` 0 they are answered normally after the wait, and with
+        ``truncate`` the connection is closed half-way through the response body."""
         with self._lock:
-            self._faults.extend(_Fault(status, code, delay) for _ in range(count))
+            self._faults.extend(_Fault(status, code, delay, truncate) for _ in range(count))
 
     def next_fault(self) -> _Fault | None:
         with self._lock:
@@ -593,6 +601,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 30  # an idle keep-alive connection frees its thread eventually
     server_version = "AliyunOSS"
     sys_version = ""
+    _truncate = False
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -651,6 +660,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body) if length is None else length))
         self.end_headers()
         if self.command != "HEAD" and body:
+            if self._truncate:
+                self.wfile.write(body[: len(body) // 2])
+                self.close_connection = True
+                return
             self.wfile.write(body)
 
     def _send_error(self, error: OssError, request_id: str, resource: str) -> None:
@@ -677,6 +690,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         request_id = uuid.uuid4().hex[:24].upper()
+        self._truncate = False
         body = self._read_body()
         bucket, key = "", ""
         try:
@@ -687,6 +701,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.store.record(RecordedRequest(self.command, bucket, key, params, headers, len(body)))
             fault = self.store.next_fault()
             if fault is not None:
+                self._truncate = fault.truncate
                 time.sleep(fault.delay)
                 if fault.status:
                     raise OssError(fault.status, fault.code, "injected fault")

@@ -277,6 +277,18 @@ def test_read_timeout_is_unavailable_fast(oss_server: OssProtocolServer, bucket:
     assert time.monotonic() - started < 1.4
 
 
+def test_connection_lost_mid_body_is_unavailable(
+    oss_server: OssProtocolServer, bucket: str, oss_backend: OssBackend
+) -> None:
+    payload = os.urandom(200_000)
+    oss_backend.put("cut", payload)
+    for call in (lambda: oss_backend.get("cut"), lambda: oss_backend.get("cut", 10, 150_000)):
+        oss_server.inject_fault(status=0, truncate=True)
+        with pytest.raises(Unavailable, match="connection lost|cannot reach"):
+            call()
+    assert oss_backend.get("cut") == payload
+
+
 def test_failed_multipart_upload_is_aborted(
     oss_server: OssProtocolServer,
     bucket: str,
