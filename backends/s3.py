@@ -188,8 +188,8 @@ class S3Backend(Backend):
             )
         if (access_key_id is None) != (secret_access_key is None):
             raise ConfigurationError("S3 access_key_id and secret_access_key must be given together")
-        # Kept only to scrub them from messages; never printed.
-        self._secrets = tuple(s for s in (secret_access_key, session_token) if s)
+        # Kept only to scrub them from messages, behind a repr that never shows them.
+        self._secrets = _Secrets(tuple(s for s in (secret_access_key, session_token) if s))
 
         try:
             import boto3
@@ -234,7 +234,7 @@ class S3Backend(Backend):
 
     def _translate(self, exc: BaseException, operation: str, key: str) -> CasError:
         """Map an SDK failure to the fixed error set; the message names the object and a fix."""
-        return _translate(exc, operation, self._where(key), self._secrets)
+        return _translate(exc, operation, self._where(key), self._secrets.values)
 
     def _where(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._root}{key}"
@@ -395,6 +395,18 @@ class S3Backend(Backend):
             close = getattr(self._client, "close", None)
             if close is not None:
                 close()
+
+
+class _Secrets:
+    """Secret strings that must be scrubbed from messages; ``repr`` never shows them."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: tuple[str, ...]) -> None:
+        self.values = values
+
+    def __repr__(self) -> str:
+        return f"<{len(self.values)} redacted>"
 
 
 def _read_exactly(stream: BinaryIO, size: int) -> bytes:

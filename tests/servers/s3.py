@@ -85,7 +85,10 @@ class MotoServer:
         }
 
     def post(self, path: str, body: bytes = b"") -> bytes:
-        request = urllib.request.Request(self.endpoint_url + path, data=body, method="POST")
+        # Not form-encoded: Flask would swallow a form body and moto reads the raw one.
+        request = urllib.request.Request(
+            self.endpoint_url + path, data=body, method="POST", headers={"Content-Type": "text/plain"}
+        )
         with urllib.request.urlopen(request, timeout=10) as resp:
             return bytes(resp.read())
 
@@ -173,11 +176,13 @@ def moto_auth_server() -> Iterator[MotoServer]:
 
 
 class DroppingProxy:
-    """Forward 127.0.0.1:``port`` to ``target_port``, cutting the first ``drop_connections``.
+    """Forward 127.0.0.1:``port`` to ``target_port``, cutting up to ``drop_connections`` connections.
 
-    A cut connection is closed (with a TCP reset) once ``cut_after`` bytes have flowed from the
-    server back to the client, or ``cut_request_after`` bytes from the client to the server; later
-    connections are passed through untouched. ``dropped`` counts the connections cut.
+    A connection is cut (closed with a TCP reset both ways) once more than ``cut_after`` bytes
+    have flowed from the server back to the client, or ``cut_request_after`` bytes from the client
+    to the server, until ``drop_connections`` connections have been cut; after that everything
+    passes. Counting per connection and not per request keeps it independent of keep-alive.
+    ``dropped`` counts the connections cut.
     """
 
     def __init__(
@@ -201,7 +206,6 @@ class DroppingProxy:
         self.port = int(self._listener.getsockname()[1])
         self.endpoint_url = f"http://{HOST}:{self.port}"
         self._closed = False
-        self._accepted = 0
         self._thread = threading.Thread(target=self._accept_loop, name="dropping-proxy", daemon=True)
         self._thread.start()
 
@@ -224,22 +228,16 @@ class DroppingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            with self._lock:
-                self._accepted += 1
-                cut = self._accepted <= self.drop_connections
-            threading.Thread(target=self._serve, args=(client, cut), daemon=True).start()
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
-    def _serve(self, client: socket.socket, cut: bool) -> None:
+    def _serve(self, client: socket.socket) -> None:
         try:
             upstream = socket.create_connection((HOST, self.target_port), timeout=10)
         except OSError:
             _reset(client)
             return
         done = threading.Event()
-        budgets = {
-            "up": self.cut_request_after if cut else None,
-            "down": self.cut_after if cut else None,
-        }
+        budgets = {"up": self.cut_request_after, "down": self.cut_after}
 
         def pump(src: socket.socket, dst: socket.socket, direction: str) -> None:
             budget = budgets[direction]
@@ -249,12 +247,10 @@ class DroppingProxy:
                     if not data:
                         break
                     if budget is not None:
-                        if len(data) >= budget:
+                        if len(data) >= budget and self._claim_cut():
                             dst.sendall(data[:budget])
-                            with self._lock:
-                                self.dropped += 1
                             break
-                        budget -= len(data)
+                        budget = None if len(data) >= budget else budget - len(data)
                     dst.sendall(data)
             except OSError:
                 pass
@@ -266,11 +262,24 @@ class DroppingProxy:
         threading.Thread(target=pump, args=(upstream, client, "down"), daemon=True).start()
         pump(client, upstream, "up")
 
+    def _claim_cut(self) -> bool:
+        """Whether this over-budget connection is one of the first ``drop_connections`` to cut."""
+        with self._lock:
+            if self.dropped >= self.drop_connections:
+                return False
+            self.dropped += 1
+            return True
+
 
 def _reset(sock: socket.socket) -> None:
-    """Close with SO_LINGER 0, so the peer sees a reset rather than a clean end of stream."""
+    """Close with SO_LINGER 0, so the peer sees a reset rather than a clean end of stream.
+
+    ``shutdown`` first wakes the other pump thread blocked in ``recv`` on the same socket; a bare
+    ``close`` would not, and the kernel would keep the connection open under it.
+    """
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RD)
     except OSError:
         pass
     try:
