@@ -53,13 +53,18 @@ class FaultyBackend(Backend):
         after_rate: float = 0.5,
         operations: frozenset[str] | set[str] = ALL_OPERATIONS,
     ) -> None:
-        for name, rate in (("fail_rate", fail_rate), ("truncate_rate", truncate_rate), ("after_rate", after_rate)):
+        for name, rate in (
+            ("fail_rate", fail_rate),
+            ("truncate_rate", truncate_rate),
+            ("after_rate", after_rate),
+        ):
             if not 0.0 <= rate <= 1.0:
                 raise ConfigurationError(f"{name} must be between 0 and 1, got {rate}")
         unknown = set(operations) - ALL_OPERATIONS
         if unknown:
             raise ConfigurationError(f"unknown operations {sorted(unknown)}; known: {sorted(ALL_OPERATIONS)}")
         self.inner = inner
+        self.capabilities: Capabilities = inner.capabilities
         self.fail_rate = fail_rate
         self.truncate_rate = truncate_rate
         self.after_rate = after_rate
@@ -68,10 +73,6 @@ class FaultyBackend(Backend):
         self.calls = 0
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-
-    @property  # type: ignore[override]
-    def capabilities(self) -> Capabilities:
-        return self.inner.capabilities
 
     def describe(self) -> str:
         return f"faulty+{self.inner.describe()}"

@@ -60,16 +60,13 @@ class RetryingBackend(Backend):
         if base_delay < 0 or max_delay < 0:
             raise ConfigurationError("retry delays must not be negative")
         self.inner = inner
+        self.capabilities: Capabilities = inner.capabilities
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
-
-    @property  # type: ignore[override]
-    def capabilities(self) -> Capabilities:
-        return self.inner.capabilities
 
     def describe(self) -> str:
         return self.inner.describe()

@@ -23,7 +23,6 @@ Behaviour worth knowing:
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
@@ -43,7 +42,7 @@ from backends.errors import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from botocore.client import BaseClient
+    from botocore.client import BaseClient  # type: ignore[import-untyped]
 
 _log = logging.getLogger(__name__)
 
@@ -172,7 +171,9 @@ class S3Backend(Backend):
                 f"S3 part_size must be between {MIN_PART_SIZE} and {MAX_PART_SIZE} bytes, got {part_size}"
             )
         if multipart_threshold < 0:
-            raise ConfigurationError(f"S3 multipart_threshold must not be negative, got {multipart_threshold}")
+            raise ConfigurationError(
+                f"S3 multipart_threshold must not be negative, got {multipart_threshold}"
+            )
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
@@ -192,8 +193,8 @@ class S3Backend(Backend):
         self._secrets = _Secrets(tuple(s for s in (secret_access_key, session_token) if s))
 
         try:
-            import boto3
-            from botocore.config import Config
+            import boto3  # type: ignore[import-untyped]
+            from botocore.config import Config  # type: ignore[import-untyped]
         except ImportError as exc:
             raise MissingDependency(
                 f"the s3:// backend needs boto3 ({exc.name} is missing): pip install 'cas-store[s3]'"
@@ -324,7 +325,7 @@ class S3Backend(Backend):
     def _abort(self, name: str, upload_id: str) -> None:
         try:
             self._client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id)
-        except Exception as exc:  # best effort: a lifecycle rule should clean up what is left
+        except Exception as exc:  # noqa: BLE001 - best effort; a lifecycle rule cleans up what is left
             _log.warning(
                 "could not abort multipart upload of s3://%s/%s: %s", self.bucket, name, type(exc).__name__
             )
@@ -479,7 +480,7 @@ def _translate(exc: BaseException, operation: str, where: str, secrets: tuple[st
     """The one translation table from boto3/botocore failures to the fixed error set."""
     if isinstance(exc, CasError):
         return exc
-    from botocore import exceptions as bexc
+    from botocore import exceptions as bexc  # type: ignore[import-untyped]
 
     if isinstance(exc, bexc.ClientError):
         code = _error_code(exc) or ""
@@ -532,17 +533,17 @@ def _translate(exc: BaseException, operation: str, where: str, secrets: tuple[st
     return CasError(f"S3 {operation} {where} failed: {type(exc).__name__}: {_scrub(str(exc), secrets)}")
 
 
-def _number(options: dict[str, object], name: str, kind: type[int] | type[float]) -> None:
+def _number(options: dict[str, Any], name: str, kind: type[int | float]) -> None:
     """Coerce a numeric option that may arrive as a string (from a URL or config file)."""
     if name in options and options[name] is not None:
         value = options[name]
         try:
-            options[name] = kind(value)  # type: ignore[arg-type]
+            options[name] = kind(value)
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"S3 option {name} must be a number, got {value!r}") from exc
 
 
-def from_url(url: str, **options: object) -> S3Backend:
+def from_url(url: str, **options: Any) -> S3Backend:
     """Open ``s3://bucket[/prefix]``; ``options`` are :class:`S3Backend`'s keyword arguments."""
     parts = urlsplit(url)
     if parts.scheme != "s3":
@@ -563,7 +564,7 @@ def from_url(url: str, **options: object) -> S3Backend:
         _number(options, name, int)
     for name in ("connect_timeout", "read_timeout"):
         _number(options, name, float)
-    return S3Backend(parts.netloc, unquote(parts.path), **options)  # type: ignore[arg-type]
+    return S3Backend(parts.netloc, unquote(parts.path), **options)
 
 
 __all__ = ["S3Backend", "from_url"]

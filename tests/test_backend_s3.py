@@ -31,14 +31,14 @@ from backends.errors import (
 from backends.retry import RetryingBackend
 from backends.s3 import MIN_PART_SIZE, S3Backend, from_url
 from cas.testing import MULTIPART_SIZE, BackendContract
-from tests.servers.s3 import (  # noqa: F401 - fixtures are used by name
-    HOST,
-    DroppingProxy,
-    MotoServer,
-    free_port,
-    moto_auth_server,
-    moto_server,
-)
+from tests.servers import s3 as s3_servers
+from tests.servers.s3 import HOST, DroppingProxy, MotoServer, free_port
+
+# The session fixtures, bound here so pytest finds them (a non-root conftest may not use
+# pytest_plugins). Bound by assignment, not import, so parameters of the same name are not
+# flagged as redefinitions.
+moto_server = s3_servers.moto_server
+moto_auth_server = s3_servers.moto_auth_server
 
 PREFIX = "repo/root"
 SMALL_PARTS = {"part_size": MIN_PART_SIZE, "multipart_threshold": MIN_PART_SIZE}
@@ -56,7 +56,7 @@ def _no_ambient_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
 
 
 @pytest.fixture
-def bucket(moto_server: MotoServer) -> str:  # noqa: F811
+def bucket(moto_server: MotoServer) -> str:
     name = f"cas-{uuid.uuid4().hex[:16]}"
     moto_server.client().create_bucket(Bucket=name)
     return name
@@ -83,13 +83,13 @@ class _BotoAccess:
 
 class TestS3Backend(BackendContract):
     @pytest.fixture
-    def backend(self, moto_server: MotoServer, bucket: str) -> Iterator[S3Backend]:  # noqa: F811
+    def backend(self, moto_server: MotoServer, bucket: str) -> Iterator[S3Backend]:
         be = from_url(f"s3://{bucket}/{PREFIX}", **moto_server.backend_options(), **SMALL_PARTS)
         yield be
         be.close()
 
     @pytest.fixture
-    def raw(self, moto_server: MotoServer, bucket: str) -> _BotoAccess:  # noqa: F811
+    def raw(self, moto_server: MotoServer, bucket: str) -> _BotoAccess:
         return _BotoAccess(moto_server.client(), bucket, PREFIX + "/")
 
 
@@ -101,14 +101,14 @@ def _backend(server: MotoServer, bucket: str, prefix: str = PREFIX, **options: A
 # -- layout, URLs, options ---------------------------------------------------------------------
 
 
-def test_registry_opens_s3_urls(moto_server: MotoServer, bucket: str) -> None:  # noqa: F811
+def test_registry_opens_s3_urls(moto_server: MotoServer, bucket: str) -> None:
     be = open_backend(f"s3://{bucket}/a/b/", **moto_server.backend_options())
     assert isinstance(be, S3Backend)
     be.put("k", b"v")
     assert moto_server.client().get_object(Bucket=bucket, Key="a/b/k")["Body"].read() == b"v"
 
 
-def test_bucket_root_without_prefix(moto_server: MotoServer, bucket: str) -> None:  # noqa: F811
+def test_bucket_root_without_prefix(moto_server: MotoServer, bucket: str) -> None:
     be = _backend(moto_server, bucket, prefix="")
     be.put("top", b"1")
     be.put("dir/x", b"22")
@@ -116,7 +116,7 @@ def test_bucket_root_without_prefix(moto_server: MotoServer, bucket: str) -> Non
     assert sorted((i.key, i.size) for i in be.list()) == [("dir/x", 2), ("top", 1)]
 
 
-def test_prefix_isolates_repositories(moto_server: MotoServer, bucket: str) -> None:  # noqa: F811
+def test_prefix_isolates_repositories(moto_server: MotoServer, bucket: str) -> None:
     a = _backend(moto_server, bucket, prefix="one")
     b = _backend(moto_server, bucket, prefix="one-more")
     a.put("k", b"a")
@@ -125,7 +125,7 @@ def test_prefix_isolates_repositories(moto_server: MotoServer, bucket: str) -> N
     assert a.get("k") == b"a"
 
 
-def test_describe_is_url_and_endpoint_without_secrets(moto_server: MotoServer, bucket: str) -> None:  # noqa: F811
+def test_describe_is_url_and_endpoint_without_secrets(moto_server: MotoServer, bucket: str) -> None:
     be = _backend(moto_server, bucket, session_token="the-session-token-value")
     text = be.describe()
     assert text == f"s3://{bucket}/{PREFIX} (endpoint {moto_server.endpoint_url})"
@@ -155,7 +155,7 @@ def test_bad_urls_and_options_are_configuration_errors(url: str, options: dict[s
     assert "secret-in-url" not in str(info.value)
 
 
-def test_numeric_options_may_be_strings(moto_server: MotoServer, bucket: str) -> None:  # noqa: F811
+def test_numeric_options_may_be_strings(moto_server: MotoServer, bucket: str) -> None:
     be = from_url(
         f"s3://{bucket}/p",
         **moto_server.backend_options(),
@@ -169,7 +169,7 @@ def test_numeric_options_may_be_strings(moto_server: MotoServer, bucket: str) ->
 
 @pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"])
 def test_endpoint_from_environment(
-    moto_server: MotoServer, bucket: str, monkeypatch: pytest.MonkeyPatch, variable: str  # noqa: F811
+    moto_server: MotoServer, bucket: str, monkeypatch: pytest.MonkeyPatch, variable: str
 ) -> None:
     monkeypatch.setenv(variable, moto_server.endpoint_url)
     if variable == "AWS_ENDPOINT_URL_S3":  # the S3-specific one wins over the general one
@@ -183,7 +183,7 @@ def test_endpoint_from_environment(
 
 
 def test_credentials_from_environment_chain(
-    moto_server: MotoServer, bucket: str, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    moto_server: MotoServer, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-env")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "from-env-secret")
@@ -192,7 +192,7 @@ def test_credentials_from_environment_chain(
     assert be.get("k") == b"v"
 
 
-def test_missing_credentials_is_one_line_configuration_error(bucket: str, moto_server: MotoServer) -> None:  # noqa: F811
+def test_missing_credentials_is_one_line_configuration_error(bucket: str, moto_server: MotoServer) -> None:
     be = from_url(f"s3://{bucket}/p", endpoint_url=moto_server.endpoint_url, region_name="us-east-1")
     with pytest.raises(ConfigurationError, match="AWS_ACCESS_KEY_ID"):
         be.get("k")
@@ -217,7 +217,7 @@ class _CountingReader(io.RawIOBase):
         return chunk
 
 
-def test_large_stream_goes_up_in_parts(moto_server: MotoServer, bucket: str) -> None:  # noqa: F811
+def test_large_stream_goes_up_in_parts(moto_server: MotoServer, bucket: str) -> None:
     be = _backend(moto_server, bucket)
     payload = os.urandom(MULTIPART_SIZE)
     stream = _CountingReader(payload)
@@ -228,7 +228,7 @@ def test_large_stream_goes_up_in_parts(moto_server: MotoServer, bucket: str) -> 
     assert be.get("big") == payload
 
 
-def test_large_bytes_go_up_in_parts(moto_server: MotoServer, bucket: str) -> None:  # noqa: F811
+def test_large_bytes_go_up_in_parts(moto_server: MotoServer, bucket: str) -> None:
     be = _backend(moto_server, bucket)
     payload = os.urandom(2 * MIN_PART_SIZE + 1)
     be.put("big", memoryview(payload))
@@ -237,7 +237,7 @@ def test_large_bytes_go_up_in_parts(moto_server: MotoServer, bucket: str) -> Non
     assert be.get("big", -5) == payload[-5:]
 
 
-def test_exact_multiple_of_part_size(moto_server: MotoServer, bucket: str) -> None:  # noqa: F811
+def test_exact_multiple_of_part_size(moto_server: MotoServer, bucket: str) -> None:
     be = _backend(moto_server, bucket, multipart_threshold=0)
     payload = os.urandom(2 * MIN_PART_SIZE)
     be.put("even", io.BytesIO(payload))
@@ -246,7 +246,7 @@ def test_exact_multiple_of_part_size(moto_server: MotoServer, bucket: str) -> No
 
 
 def test_conditional_multipart_is_decided_by_the_server(
-    moto_server: MotoServer, bucket: str, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    moto_server: MotoServer, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     be = _backend(moto_server, bucket)
     be.put("big", b"original")
@@ -259,9 +259,7 @@ def test_conditional_multipart_is_decided_by_the_server(
     assert not uploads.get("Uploads"), "the refused upload must be aborted"
 
 
-def test_single_put_if_none_match_is_decided_by_the_server(
-    moto_server: MotoServer, bucket: str  # noqa: F811
-) -> None:
+def test_single_put_if_none_match_is_decided_by_the_server(moto_server: MotoServer, bucket: str) -> None:
     be = _backend(moto_server, bucket)
     moto_server.client().put_object(Bucket=bucket, Key=f"{PREFIX}/k", Body=b"theirs")
     with pytest.raises(AlreadyExists) as info:
@@ -274,7 +272,7 @@ def test_single_put_if_none_match_is_decided_by_the_server(
 # -- errors --------------------------------------------------------------------------------------
 
 
-def test_missing_bucket_is_configuration_error(moto_server: MotoServer) -> None:  # noqa: F811
+def test_missing_bucket_is_configuration_error(moto_server: MotoServer) -> None:
     be = _backend(moto_server, f"absent-{uuid.uuid4().hex[:8]}")
     with pytest.raises(ConfigurationError, match="NoSuchBucket") as info:
         be.get("k")
@@ -283,14 +281,14 @@ def test_missing_bucket_is_configuration_error(moto_server: MotoServer) -> None:
         list(be.list())
 
 
-def test_invalid_bucket_name_is_configuration_error(moto_server: MotoServer) -> None:  # noqa: F811
+def test_invalid_bucket_name_is_configuration_error(moto_server: MotoServer) -> None:
     be = _backend(moto_server, "Not_A/Valid:Bucket"[:9])
     with pytest.raises(ConfigurationError):
         be.put("k", b"v")
 
 
 def test_wrong_secret_fails_fast_without_leaking_it(
-    moto_auth_server: MotoServer, caplog: pytest.LogCaptureFixture  # noqa: F811
+    moto_auth_server: MotoServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     wrong = "wrong-secret-0123456789abcdefghijklmnopq"
@@ -311,7 +309,7 @@ def test_wrong_secret_fails_fast_without_leaking_it(
         assert wrong not in text
 
 
-def test_unknown_access_key_is_permission_denied(moto_auth_server: MotoServer) -> None:  # noqa: F811
+def test_unknown_access_key_is_permission_denied(moto_auth_server: MotoServer) -> None:
     be = from_url(
         "s3://auth-bucket/p",
         endpoint_url=moto_auth_server.endpoint_url,
@@ -324,7 +322,7 @@ def test_unknown_access_key_is_permission_denied(moto_auth_server: MotoServer) -
     assert "unknown-secret-value" not in str(info.value)
 
 
-def test_right_credentials_work_on_the_authenticating_server(moto_auth_server: MotoServer) -> None:  # noqa: F811
+def test_right_credentials_work_on_the_authenticating_server(moto_auth_server: MotoServer) -> None:
     be = from_url("s3://auth-bucket/ok", **moto_auth_server.backend_options())
     be.put("k", b"signed")
     assert be.get("k") == b"signed"
@@ -370,9 +368,7 @@ def test_silent_server_times_out_as_unavailable() -> None:
 # -- connections cut mid-transfer -----------------------------------------------------------------
 
 
-def test_download_cut_midway_is_unavailable_then_retry_recovers(
-    moto_server: MotoServer, bucket: str  # noqa: F811
-) -> None:
+def test_download_cut_midway_is_unavailable_then_retry_recovers(moto_server: MotoServer, bucket: str) -> None:
     payload = os.urandom(1 << 20)
     _backend(moto_server, bucket).put("k", payload)
     with DroppingProxy(moto_server.port, drop_connections=1, cut_after=64 * 1024) as proxy:
@@ -389,7 +385,7 @@ def test_download_cut_midway_is_unavailable_then_retry_recovers(
         assert proxy.dropped == 2
 
 
-def test_upload_cut_midway_leaves_nothing_behind(moto_server: MotoServer, bucket: str) -> None:  # noqa: F811
+def test_upload_cut_midway_leaves_nothing_behind(moto_server: MotoServer, bucket: str) -> None:
     with DroppingProxy(moto_server.port, drop_connections=1, cut_request_after=256 * 1024) as proxy:
         be = _backend(moto_server, bucket, endpoint_url=proxy.endpoint_url)
         with pytest.raises(Unavailable):
@@ -398,7 +394,7 @@ def test_upload_cut_midway_leaves_nothing_behind(moto_server: MotoServer, bucket
         _backend(moto_server, bucket).stat("small")
 
 
-def test_multipart_upload_cut_midway_is_aborted(moto_server: MotoServer, bucket: str) -> None:  # noqa: F811
+def test_multipart_upload_cut_midway_is_aborted(moto_server: MotoServer, bucket: str) -> None:
     with DroppingProxy(moto_server.port, drop_connections=1, cut_request_after=MIN_PART_SIZE // 2) as proxy:
         be = _backend(moto_server, bucket, endpoint_url=proxy.endpoint_url)
         with pytest.raises(Unavailable):
@@ -410,7 +406,7 @@ def test_multipart_upload_cut_midway_is_aborted(moto_server: MotoServer, bucket:
     assert not uploads.get("Uploads"), "the broken upload must be aborted"
 
 
-def test_every_error_is_a_cas_error_with_its_cause(moto_server: MotoServer, bucket: str) -> None:  # noqa: F811
+def test_every_error_is_a_cas_error_with_its_cause(moto_server: MotoServer, bucket: str) -> None:
     be = _backend(moto_server, bucket)
     with pytest.raises(CasError) as info:
         be.get("absent")

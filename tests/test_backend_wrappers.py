@@ -267,7 +267,9 @@ def test_list_restart_yields_each_key_once(tmp_path: Path) -> None:
 
 def test_faulty_is_deterministic_with_a_seed(tmp_path: Path) -> None:
     def run(seed: int) -> list[Fault]:
-        faulty = FaultyBackend(LocalBackend(tmp_path / f"r{seed}-{random.random()}"), fail_rate=0.5, seed=seed)
+        faulty = FaultyBackend(
+            LocalBackend(tmp_path / f"r{seed}-{random.random()}"), fail_rate=0.5, seed=seed
+        )
         for i in range(30):
             try:
                 faulty.put(f"k{i}", b"x")

@@ -5,6 +5,9 @@ Import the fixtures explicitly in a test module (a non-root conftest may not use
 
     from tests.servers.s3 import moto_server  # noqa: F401
 
+or bind them to module names (``moto_server = s3_servers.moto_server``), which needs no noqa
+where test functions take them as parameters.
+
 ``moto_server`` accepts any credentials (moto checks none by default). ``moto_auth_server`` is a
 second instance with IAM authentication switched on after setup, holding one user whose key is
 :data:`AUTH_ACCESS_KEY_ID`/``moto_auth_server.secret_access_key``, allowed everything on S3.
@@ -63,8 +66,8 @@ class MotoServer:
 
     def client(self, service: str = "s3", **credentials: str) -> Any:
         """A boto3 client for this server, bypassing any cas code."""
-        import boto3
-        from botocore.config import Config
+        import boto3  # type: ignore[import-untyped]
+        from botocore.config import Config  # type: ignore[import-untyped]
 
         return boto3.client(
             service,
@@ -209,7 +212,7 @@ class DroppingProxy:
         self._thread = threading.Thread(target=self._accept_loop, name="dropping-proxy", daemon=True)
         self._thread.start()
 
-    def __enter__(self) -> DroppingProxy:
+    def __enter__(self) -> DroppingProxy:  # noqa: PYI034 - final class in practice
         return self
 
     def __exit__(self, *exc: object) -> None:
