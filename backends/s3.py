@@ -35,6 +35,7 @@ from backends.errors import (
     AlreadyExists,
     CasError,
     ConfigurationError,
+    IntegrityError,
     MissingDependency,
     NotFound,
     PermissionDenied,
@@ -357,6 +358,9 @@ class S3Backend(Backend):
             if _error_code(exc) == "InvalidRange" or _status(exc) == 416:
                 return b""  # the object exists (else NoSuchKey) but the range starts past its end
             raise self._translate(exc, "get", key) from exc
+        if byte_range and resp.get("ResponseMetadata", {}).get("HTTPStatusCode") == 200:
+            # The server ignored Range and sent the whole object: cut the range out ourselves.
+            data = data[offset:] if offset < 0 or length is None else data[offset : offset + length]
         if offset < 0 and length is not None:
             data = data[:length]
         return data
@@ -513,16 +517,9 @@ def _translate(exc: BaseException, operation: str, where: str, secrets: tuple[st
             f"S3 {operation} {where}: no usable AWS credentials ({type(exc).__name__}); set "
             "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or the access_key_id/secret_access_key options"
         )
-    if isinstance(
-        exc,
-        (
-            bexc.ConnectionError,
-            bexc.HTTPClientError,
-            bexc.IncompleteReadError,
-            bexc.ChecksumError,
-            bexc.FlexibleChecksumError,
-        ),
-    ):
+    if isinstance(exc, (bexc.ChecksumError, bexc.FlexibleChecksumError)):
+        return IntegrityError(f"S3 {operation} {where}: checksum mismatch: {_scrub(str(exc), secrets)}")
+    if isinstance(exc, (bexc.ConnectionError, bexc.HTTPClientError, bexc.IncompleteReadError)):
         return Unavailable(f"S3 {operation} {where} failed: {_scrub(str(exc), secrets)}")
     if isinstance(exc, (bexc.ParamValidationError, bexc.InvalidEndpointConfigurationError, ValueError)):
         return ConfigurationError(f"S3 {operation} {where}: {_scrub(str(exc), secrets)}")
