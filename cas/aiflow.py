@@ -44,7 +44,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Dict  # noqa: UP035 - AIFlow's interface spells it Dict
+from typing import Any, ClassVar, Dict  # noqa: UP035 - AIFlow's interface spells it Dict
 
 from backends import open_backend, redact_url
 from backends.base import Backend
@@ -55,7 +55,7 @@ from cas.repository import default_home
 from cas.store import Snapshot, Store
 
 try:  # Subclass AIFlow's interface when AIFlow is installed; never require it.
-    from ai_flow.plugin_interface.blob_manager_interface import BlobManager as _AIFlowBlobManager
+    from ai_flow.plugin_interface.blob_manager_interface import BlobManager as _AIFlowBlobManager  # type: ignore[import-not-found]
 except ImportError:
     _AIFlowBlobManager = None
 
@@ -123,7 +123,9 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
     def __init__(self, config: Dict[str, Any]) -> None:  # noqa: UP006
         name = type(self).__name__
         if not isinstance(config, Mapping):
-            raise ConfigurationError(f"{name}: blob_manager_config must be a mapping, got {type(config).__name__}")
+            raise ConfigurationError(
+                f"{name}: blob_manager_config must be a mapping, got {type(config).__name__}"
+            )
         config = dict(config)
         if _AIFlowBlobManager is not None:
             super().__init__(config)
@@ -210,7 +212,9 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
         except FileNotFoundError:
             raise NotFound(f"cannot upload {src}: no such file") from None
         if not stat.S_ISREG(st.st_mode):
-            raise ConfigurationError(f"cannot upload {src}: not a regular file (use upload_project for a directory)")
+            raise ConfigurationError(
+                f"cannot upload {src}: not a regular file (use upload_project for a directory)"
+            )
         with self._staging_dir() as work:
             # A private copy: its bytes cannot change between hashing and storing, and its name,
             # mode and mtime are fixed, so equal content always makes the identical tree.
@@ -227,7 +231,9 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
                 # Written by another version of this code with a different tree: same bytes or bust.
                 entry = self.store.entry(execution_id, CONTENT_NAME)
                 if entry is None or entry.digest != digest:
-                    raise IntegrityError(f"execution {execution_id} does not hold the content its name says") from None
+                    raise IntegrityError(
+                        f"execution {execution_id} does not hold the content its name says"
+                    ) from None
                 snap = self.store.get(execution_id)
         self.last_snapshot = snap
         uri = f"{self._uri_prefix}{execution_id}/{name}"
@@ -281,7 +287,9 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
         self._log.info("uploaded project %s as %s (%d new bytes)", path, uri, snap.new_bytes)
         return uri
 
-    def download_project(self, workflow_snapshot_id: str, remote_path: str, local_path: str | None = None) -> str:
+    def download_project(
+        self, workflow_snapshot_id: str, remote_path: str, local_path: str | None = None
+    ) -> str:
         """Restore a project to ``<local_path>/workflow_<id>_project/<dir name>`` and return that path.
 
         ``local_path`` defaults to ``cache_directory/projects``. A completed restore is reused;
@@ -291,7 +299,9 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
         base = os.fspath(local_path) if local_path is not None else os.path.join(self._cache_dir, "projects")
         wsid = str(workflow_snapshot_id)
         if ref.execution_id != _project_id(wsid):
-            self._log.warning("%s was not uploaded for workflow snapshot %s; restoring it anyway", ref.uri, wsid)
+            self._log.warning(
+                "%s was not uploaded for workflow snapshot %s; restoring it anyway", ref.uri, wsid
+            )
         return self.download(ref.uri, os.path.join(base, f"workflow_{wsid}_project"))
 
     def cleanup_project(self, workflow_snapshot_id: str, remote_path: str) -> None:
@@ -309,7 +319,9 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
             )
         parts = uri[len(self._uri_prefix) :].split("/")
         if len(parts) != 2:
-            raise ConfigurationError(f"refusing {uri!r}: expected {self._uri_prefix}<execution id>/<file name>")
+            raise ConfigurationError(
+                f"refusing {uri!r}: expected {self._uri_prefix}<execution id>/<file name>"
+            )
         execution_id, name = parts
         check_execution_id(execution_id)
         _check_name(name, uri)
@@ -361,7 +373,9 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
                 store.restore(ref.execution_id, tmp, path=CONTENT_NAME)
                 produced = os.path.join(tmp, CONTENT_NAME)
                 if not os.path.isfile(produced) or os.path.islink(produced):
-                    raise IntegrityError(f"{ref.uri}: execution {ref.execution_id} holds no file {CONTENT_NAME}")
+                    raise IntegrityError(
+                        f"{ref.uri}: execution {ref.execution_id} holds no file {CONTENT_NAME}"
+                    )
                 if _hash_file(produced, fsync=True) != ref.digest:
                     raise IntegrityError(f"{ref.uri}: restored bytes do not match the digest the URI names")
                 os.utime(produced)  # the stored copy carries a fixed mtime; the download is new
@@ -371,7 +385,9 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
                 store.restore(ref.execution_id, produced)
                 if os.path.lexists(final):
                     if not os.path.isdir(final) or os.path.islink(final) or os.listdir(final):
-                        raise AlreadyExists(f"{final} exists and is not a download of {ref.uri}; remove it first")
+                        raise AlreadyExists(
+                            f"{final} exists and is not a download of {ref.uri}; remove it first"
+                        )
                     os.rmdir(final)
                 os.rename(produced, final)
                 _write_marker(marker, ref.execution_id)
@@ -406,7 +422,7 @@ class OssBlobManager(CasBlobManager):
     """
 
     required_keys = ("bucket", "root_directory")
-    _env_fallbacks = {
+    _env_fallbacks: ClassVar[dict[str, str]] = {
         "access_key_id": "OSS_ACCESS_KEY_ID",
         "access_key_secret": "OSS_ACCESS_KEY_SECRET",
         "endpoint": "OSS_ENDPOINT",
@@ -471,7 +487,9 @@ class S3BlobManager(CasBlobManager):
 
     required_keys = ("bucket_name",)
     _credentials = ("endpoint_url", "region_name", "access_key_id", "secret_access_key", "session_token")
-    _botocore = {"connect_timeout", "read_timeout", "max_pool_connections", "s3"}
+    _botocore: ClassVar[frozenset[str]] = frozenset(
+        {"connect_timeout", "read_timeout", "max_pool_connections", "s3"}
+    )
 
     def _location(self, config: dict[str, Any]) -> _Location:
         name = type(self).__name__
@@ -484,7 +502,9 @@ class S3BlobManager(CasBlobManager):
         if service not in (None, "s3"):
             raise ConfigurationError(f"{name}: service_name must be 's3', got {service!r}")
         if config.get("use_ssl") is False and not str(options.get("endpoint_url", "")).startswith("http://"):
-            raise ConfigurationError(f"{name}: use_ssl: false is not supported; give an http:// endpoint_url instead")
+            raise ConfigurationError(
+                f"{name}: use_ssl: false is not supported; give an http:// endpoint_url instead"
+            )
         if config.get("verify") not in (None, True):
             raise ConfigurationError(
                 f"{name}: verify={config.get('verify')!r} is not supported by cas's S3 backend; remove the key"
@@ -507,7 +527,11 @@ class S3BlobManager(CasBlobManager):
                 f"{name}: config key(s) {', '.join(unknown)} are not supported; "
                 f"supported: {', '.join(sorted(self._botocore))}"
             )
-        options: dict[str, Any] = {k: botocore[k] for k in ("connect_timeout", "read_timeout", "max_pool_connections") if k in botocore}
+        options: dict[str, Any] = {
+            k: botocore[k]
+            for k in ("connect_timeout", "read_timeout", "max_pool_connections")
+            if k in botocore
+        }
         s3 = botocore.get("s3") or {}
         if not isinstance(s3, Mapping) or set(s3) - {"addressing_style"}:
             raise ConfigurationError(f"{name}: config.s3 supports only addressing_style")

@@ -97,7 +97,9 @@ def install(version: str = AIFLOW_VERSION) -> ModuleType:
     global _installed
     if _installed is None:
         loaded = sys.modules.get("ai_flow")
-        if loaded is not None and not str(getattr(loaded, "__file__", "") or "").startswith(tempfile.gettempdir()):
+        if loaded is not None and not str(getattr(loaded, "__file__", "") or "").startswith(
+            tempfile.gettempdir()
+        ):
             # A real AIFlow is installed and imported: use it as it is.
             return importlib.import_module(INTERFACE_MODULE)
         wheel = fetch_wheel(version)
@@ -114,4 +116,11 @@ def sys_path_entry() -> str | None:
     return os.fspath(_installed) if _installed is not None else None
 
 
-__all__ = ["AIFLOW_VERSION", "InterfaceUnavailable", "extract_interface", "fetch_wheel", "install", "sys_path_entry"]
+__all__ = [
+    "AIFLOW_VERSION",
+    "InterfaceUnavailable",
+    "extract_interface",
+    "fetch_wheel",
+    "install",
+    "sys_path_entry",
+]

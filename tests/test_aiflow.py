@@ -120,7 +120,11 @@ def _hdfs(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str
     pytest.importorskip("tests.servers.hdfs")
     cluster = request.getfixturevalue("hdfs_cluster")
     root = f"{cluster.home}/aiflow-{uuid.uuid4().hex[:12]}"
-    config = {"hdfs_url": f"http://127.0.0.1:{cluster.http_port}", "hdfs_user": cluster.user, "root_directory": root}
+    config = {
+        "hdfs_url": f"http://127.0.0.1:{cluster.http_port}",
+        "hdfs_user": cluster.user,
+        "root_directory": root,
+    }
     return "cas.aiflow.HDFSBlobManager", config, root
 
 
@@ -157,7 +161,9 @@ def _leftovers(directory: Path) -> list[str]:
     return sorted(n for n in os.listdir(directory) if n.startswith(".cas-download-"))
 
 
-def test_upload_download_contract(blob: tuple[str, dict[str, Any], str], factory: Factory, iface: ModuleType, tmp_path: Path) -> None:
+def test_upload_download_contract(
+    blob: tuple[str, dict[str, Any], str], factory: Factory, iface: ModuleType, tmp_path: Path
+) -> None:
     class_name, config, root = blob
     manager = factory(class_name, config)
     assert isinstance(manager, iface.BlobManager)
@@ -197,7 +203,9 @@ def test_upload_download_contract(blob: tuple[str, dict[str, Any], str], factory
     assert _leftovers(out) == []
 
 
-def test_project_upload_download_roundtrip(blob: tuple[str, dict[str, Any], str], factory: Factory, tmp_path: Path) -> None:
+def test_project_upload_download_roundtrip(
+    blob: tuple[str, dict[str, Any], str], factory: Factory, tmp_path: Path
+) -> None:
     class_name, config, root = blob
     manager = factory(class_name, config)
     project = tmp_path / "my_project"
@@ -292,14 +300,36 @@ def test_uri_outside_root_is_refused(factory: Factory, tmp_path: Path, suffix: s
         ("cas.aiflow.HDFSBlobManager", {"hdfs_url": "http://127.0.0.1:9"}, "root_directory"),
         ("cas.aiflow.HDFSBlobManager", {"root_directory": "/tmp"}, "hdfs_url"),
         ("cas.aiflow.S3BlobManager", {"endpoint_url": "http://127.0.0.1:9"}, "bucket_name"),
-        ("cas.aiflow.OssBlobManager", {"access_key_id": "i", "access_key_secret": "s", "endpoint": "e", "bucket": "b"}, "root_directory"),
-        ("cas.aiflow.OssBlobManager", {"access_key_id": "i", "access_key_secret": "s", "endpoint": "e", "root_directory": "t"}, "bucket"),
-        ("cas.aiflow.OssBlobManager", {"access_key_secret": "s", "endpoint": "e", "bucket": "b", "root_directory": "t"}, "access_key_id"),
-        ("cas.aiflow.OssBlobManager", {"access_key_id": "i", "endpoint": "e", "bucket": "b", "root_directory": "t"}, "access_key_secret"),
-        ("cas.aiflow.OssBlobManager", {"access_key_id": "i", "access_key_secret": "s", "bucket": "b", "root_directory": "t"}, "endpoint"),
+        (
+            "cas.aiflow.OssBlobManager",
+            {"access_key_id": "i", "access_key_secret": "s", "endpoint": "e", "bucket": "b"},
+            "root_directory",
+        ),
+        (
+            "cas.aiflow.OssBlobManager",
+            {"access_key_id": "i", "access_key_secret": "s", "endpoint": "e", "root_directory": "t"},
+            "bucket",
+        ),
+        (
+            "cas.aiflow.OssBlobManager",
+            {"access_key_secret": "s", "endpoint": "e", "bucket": "b", "root_directory": "t"},
+            "access_key_id",
+        ),
+        (
+            "cas.aiflow.OssBlobManager",
+            {"access_key_id": "i", "endpoint": "e", "bucket": "b", "root_directory": "t"},
+            "access_key_secret",
+        ),
+        (
+            "cas.aiflow.OssBlobManager",
+            {"access_key_id": "i", "access_key_secret": "s", "bucket": "b", "root_directory": "t"},
+            "endpoint",
+        ),
     ],
 )
-def test_missing_required_key_fails_at_construction(factory: Factory, class_name: str, config: dict[str, Any], missing: str) -> None:
+def test_missing_required_key_fails_at_construction(
+    factory: Factory, class_name: str, config: dict[str, Any], missing: str
+) -> None:
     with pytest.raises(ConfigurationError, match=f"'{missing}'"):
         factory(class_name, config)
 
@@ -380,14 +410,25 @@ def shared_upload(factory: Factory, tmp_path: Path) -> dict[str, Any]:
     data = os.urandom(6_000_000)
     uri = manager.upload(str(_write(tmp_path / "src" / "big.zip", data)))
     _reset(log)
-    factory("cas.aiflow.CasBlobManager", _counting_config(repo_dir, log, index_url)).download(uri, str(tmp_path / "one"))
+    factory("cas.aiflow.CasBlobManager", _counting_config(repo_dir, log, index_url)).download(
+        uri, str(tmp_path / "one")
+    )
     single = len(_reads(log))
     assert single >= 2  # the tree node and the file's data
     _reset(log)
-    return {"repo_dir": repo_dir, "log": log, "index_url": index_url, "uri": uri, "digest": hexdigest(data), "single": single}
+    return {
+        "repo_dir": repo_dir,
+        "log": log,
+        "index_url": index_url,
+        "uri": uri,
+        "digest": hexdigest(data),
+        "single": single,
+    }
 
 
-def test_concurrent_thread_downloads_fetch_once(shared_upload: dict[str, Any], factory: Factory, tmp_path: Path) -> None:
+def test_concurrent_thread_downloads_fetch_once(
+    shared_upload: dict[str, Any], factory: Factory, tmp_path: Path
+) -> None:
     s = shared_upload
     out = str(tmp_path / "shared")
     workers = 8
@@ -397,7 +438,9 @@ def test_concurrent_thread_downloads_fetch_once(shared_upload: dict[str, Any], f
 
     def run() -> None:
         try:
-            manager = factory("cas.aiflow.CasBlobManager", _counting_config(s["repo_dir"], s["log"], s["index_url"], 0.2))
+            manager = factory(
+                "cas.aiflow.CasBlobManager", _counting_config(s["repo_dir"], s["log"], s["index_url"], 0.2)
+            )
             barrier.wait()
             path = manager.download(s["uri"], out)
             results.append(hexdigest(Path(path).read_bytes()))
@@ -424,7 +467,9 @@ def _download_in_child(
         for entry in reversed(path_entries):
             sys.path.insert(0, entry)
         os.environ["CAS_HOME"] = cas_home
-        from ai_flow.plugin_interface.blob_manager_interface import BlobManagerFactory
+        from ai_flow.plugin_interface.blob_manager_interface import (  # type: ignore[import-not-found]
+            BlobManagerFactory,
+        )
 
         from tests.test_aiflow import _counting_config as counting
 
@@ -448,7 +493,9 @@ def test_concurrent_process_and_thread_downloads_fetch_once(
     entries = [e for e in (aiflow_interface.sys_path_entry(), str(REPO_ROOT)) if e]
     cfg = (s["repo_dir"], s["log"], s["index_url"], 0.2)
     procs = [
-        ctx.Process(target=_download_in_child, args=(entries, str(cas_home), cfg, s["uri"], out, barrier, results))
+        ctx.Process(
+            target=_download_in_child, args=(entries, str(cas_home), cfg, s["uri"], out, barrier, results)
+        )
         for _ in range(processes)
     ]
     for p in procs:
@@ -482,7 +529,7 @@ def test_concurrent_process_and_thread_downloads_fetch_once(
 
 def _real_project(tmp_path: Path) -> Path:
     """A copy of an installed package (real code of realistic shape) as the project directory."""
-    import yaml
+    import yaml  # type: ignore[import-untyped]
 
     source = Path(yaml.__file__).parent
     project = tmp_path / "project"
@@ -553,13 +600,13 @@ def test_methods_match_aiflow_signatures(iface: ModuleType) -> None:
 
 def test_seed_workflow_snippet_works_unchanged(iface: ModuleType, tmp_path: Path) -> None:
     """The seed document's "Using Blob Manager in a Workflow" code, with a project.yaml blob section."""
-    import yaml
+    import yaml  # type: ignore[import-untyped]
 
     project_yaml = f"""
 blob:
   blob_manager_class: cas.aiflow.LocalBlobManager
   blob_manager_config:
-    root_directory: {tmp_path / 'blobs'}
+    root_directory: {tmp_path / "blobs"}
 """
     project_config = yaml.safe_load(project_yaml)
     src = _write(tmp_path / "file", b"artifact")
@@ -577,12 +624,14 @@ def test_works_without_aiflow(tmp_path: Path) -> None:
 import sys
 import cas.aiflow as m
 assert m._AIFlowBlobManager is None and not any(n.startswith("ai_flow") for n in sys.modules)
-mgr = m.LocalBlobManager({{"root_directory": {str(tmp_path / 'r')!r}}})
-open({str(tmp_path / 'f.txt')!r}, "w").write("hi")
-uri = mgr.upload({str(tmp_path / 'f.txt')!r})
-print(open(mgr.download(uri, {str(tmp_path / 'd')!r})).read())
+mgr = m.LocalBlobManager({{"root_directory": {str(tmp_path / "r")!r}}})
+open({str(tmp_path / "f.txt")!r}, "w").write("hi")
+uri = mgr.upload({str(tmp_path / "f.txt")!r})
+print(open(mgr.download(uri, {str(tmp_path / "d")!r})).read())
 """
     env = {**os.environ, "CAS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO_ROOT)}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "hi"
