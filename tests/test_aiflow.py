@@ -635,3 +635,50 @@ print(open(mgr.download(uri, {str(tmp_path / "d")!r})).read())
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "hi"
+
+
+def test_other_hosts_need_a_shared_index(
+    factory: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-host default index: another host cannot resolve the URI (clear error); a shared index_url can."""
+    root = str(tmp_path / "shared-root")
+    src = _write(tmp_path / "model.bin", b"weights" * 1000)
+    uri = factory("cas.aiflow.LocalBlobManager", {"root_directory": root}).upload(str(src))
+    monkeypatch.setenv("CAS_HOME", str(tmp_path / "other-host"))
+    with pytest.raises(NotFound, match="same index_url"):
+        factory("cas.aiflow.LocalBlobManager", {"root_directory": root}).download(uri, str(tmp_path / "a"))
+
+    shared = {"root_directory": root, "index_url": f"sqlite:///{tmp_path / 'shared.sqlite'}"}
+    uri = factory("cas.aiflow.LocalBlobManager", shared).upload(str(src))
+    monkeypatch.setenv("CAS_HOME", str(tmp_path / "third-host"))
+    path = factory("cas.aiflow.LocalBlobManager", shared).download(uri, str(tmp_path / "b"))
+    assert Path(path).read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"config": {"retries": {"max_attempts": 3}}}, "retries"),
+        ({"config": {"s3": {"use_accelerate_endpoint": True}}}, "addressing_style"),
+        ({"verify": False}, "verify"),
+        ({"use_ssl": False}, "use_ssl"),
+        ({"service_name": "ec2"}, "service_name"),
+    ],
+)
+def test_s3_keys_cas_cannot_honour_are_refused(factory: Factory, extra: dict[str, Any], message: str) -> None:
+    pytest.importorskip("boto3")
+    with pytest.raises(ConfigurationError, match=message):
+        factory("cas.aiflow.S3BlobManager", {"bucket_name": "b", **extra})
+
+
+def test_s3_botocore_config_is_mapped(factory: Factory) -> None:
+    pytest.importorskip("boto3")
+    config = {
+        "bucket_name": "b",
+        "endpoint_url": "http://127.0.0.1:9",
+        "use_ssl": False,
+        "api_version": "2006-03-01",
+        "config": {"s3": {"addressing_style": "path"}, "connect_timeout": 2, "read_timeout": 3},
+    }
+    manager = factory("cas.aiflow.S3BlobManager", config)
+    assert manager.root_dir == "s3://b"
