@@ -249,7 +249,7 @@ class S3Backend(Backend):
         if isinstance(data, (bytes, bytearray, memoryview)):
             view = memoryview(data).cast("B")
             if len(view) <= self.multipart_threshold:
-                self._put_single(key, name, bytes(view), conditional)
+                self._put_single(key, name, data if isinstance(data, bytes) else bytes(view), conditional)
             else:
                 parts = (bytes(view[i : i + self.part_size]) for i in range(0, len(view), self.part_size))
                 self._put_multipart(key, name, parts, conditional)

@@ -29,7 +29,7 @@ from backends.errors import (
     Unavailable,
 )
 from backends.retry import RetryingBackend
-from backends.s3 import MIN_PART_SIZE, S3Backend, from_url
+from backends.s3 import MIN_PART_SIZE, S3Backend, _translate, from_url
 from cas.testing import MULTIPART_SIZE, BackendContract
 from tests.servers import s3 as s3_servers
 from tests.servers.s3 import HOST, DroppingProxy, MotoServer, free_port
@@ -270,6 +270,37 @@ def test_single_put_if_none_match_is_decided_by_the_server(moto_server: MotoServ
 
 
 # -- errors --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "expected"),
+    [
+        ("SlowDown", 503, Unavailable),
+        ("InternalError", 500, Unavailable),
+        ("SomethingNew", 502, Unavailable),
+        ("TooManyRequests", 429, Unavailable),
+        ("ConditionalRequestConflict", 409, AlreadyExists),
+        ("PreconditionFailed", 412, AlreadyExists),
+        ("AccessDenied", 403, PermissionDenied),
+        ("ExpiredToken", 400, PermissionDenied),
+        ("InvalidBucketName", 400, ConfigurationError),
+        ("NoSuchKey", 404, NotFound),
+        ("Teapot", 418, CasError),
+    ],
+)
+def test_translation_table(code: str, status: int, expected: type[CasError]) -> None:
+    # Server replies moto cannot be made to send (throttling, 5xx); the table is the unit under test.
+    from botocore.exceptions import ClientError  # type: ignore[import-untyped]
+
+    response = {
+        "Error": {"Code": code, "Message": "msg with s3cr3t inside"},
+        "ResponseMetadata": {"HTTPStatusCode": status, "RequestId": "REQ123"},
+    }
+    error = _translate(ClientError(response, "GetObject"), "get", "s3://b/k", ("s3cr3t",))
+    assert type(error) is expected
+    assert error.request_id == "REQ123"
+    assert "s3cr3t" not in str(error)
+    assert error.temporary == (expected is Unavailable)
 
 
 def test_missing_bucket_is_configuration_error(moto_server: MotoServer) -> None:
