@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from cas.compression import encode
+from cas.errors import AlreadyExists
 from cas.packs import KIND_DATA, KIND_TREE, PackBuilder, pack_key
 from cas.repository import Repository
-from manifests.index import BlobLocation
+from manifests.index import BlobLocation, PackBeingDeleted
+
+_TOMBSTONE_WAIT = 120.0
 
 
 @dataclass
@@ -136,10 +140,22 @@ class BlobWriter:
         self._uploads.append(self._uploaders.submit(self._upload, pack_id, data, rows))
 
     def _upload(self, pack_id: str, data: bytes, rows: list[BlobLocation]) -> None:
-        from cas.errors import AlreadyExists
-
+        key = pack_key(pack_id)
         try:
-            self.repo.backend.put(pack_key(pack_id), data, overwrite=False)
+            self.repo.backend.put(key, data, overwrite=False)
         except AlreadyExists:
             pass  # same name means same bytes: another writer uploaded this exact pack
-        self.repo.index.add_pack(pack_id, len(data), rows)
+        deadline = time.monotonic() + _TOMBSTONE_WAIT
+        while True:
+            try:
+                self.repo.index.add_pack(pack_id, len(data), rows)
+                return
+            except PackBeingDeleted:
+                # GC is deleting an identical pack (left by a crashed writer): once it is done,
+                # upload ours again, since the object we found may be the one being deleted.
+                if time.monotonic() > deadline:
+                    raise
+                if self.repo.index.is_tombstoned(pack_id):
+                    time.sleep(0.2)
+                    continue
+                self.repo.backend.put(key, data, overwrite=True)

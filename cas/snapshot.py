@@ -60,6 +60,8 @@ class TreeBuilder:
         self.files_cache = files_cache
         self.progress = progress
         self.stats = WalkStats()
+        self.referenced: set[str] = set()
+        """Every blob the snapshot points at; checked under the GC fence at commit."""
 
     def build(self, path: str) -> TreeResult:
         """Store everything under ``path`` (a directory, or a single file as a one-entry tree)."""
@@ -117,6 +119,7 @@ class TreeBuilder:
     def _store_tree(self, entries: list[Entry]) -> str:
         data = encode_tree(entries)
         tree_id = hexdigest(data)
+        self.referenced.add(tree_id)
         self.writer.add(tree_id, KIND_TREE, data)
         return tree_id
 
@@ -126,6 +129,7 @@ class TreeBuilder:
         if cached is not None and cached.chunks:
             known = self.writer.known(list(cached.chunks))
             if len(known) == len(set(cached.chunks)):
+                self.referenced.update(cached.chunks)
                 self._count_file(st.st_size, from_cache=True)
                 return Entry(name, FILE, mode, st.st_mtime_ns, size=st.st_size, digest=cached.digest, chunks=cached.chunks)
         try:
@@ -146,6 +150,7 @@ class TreeBuilder:
                 hasher.update(piece)
                 size += len(piece)
                 chunks.append(chunk_id)
+                self.referenced.add(chunk_id)
                 self.writer.add(chunk_id, KIND_DATA, piece)
         digest = chunks[0] if len(chunks) == 1 else hasher.hexdigest()
         if self.files_cache is not None:

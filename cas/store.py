@@ -11,6 +11,7 @@ snapshot row. A crash anywhere leaves every committed snapshot restorable.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from typing import BinaryIO
 from backends.base import Backend
 from cas.blobwriter import BlobWriter
 from cas.chunking import Chunker
-from cas.errors import AlreadyExists, ConfigurationError, IntegrityError, NotFound
+from cas.errors import AlreadyExists, CasError, ConfigurationError, IntegrityError, NotFound, Unavailable
 from cas.filescache import FilesCache
 from cas.reader import FileStream
 from cas.records import SnapshotRecord, check_execution_id, check_labels, snapshot_key
@@ -29,6 +30,9 @@ from cas.restore import RestoreReport, Restorer, failure_error
 from cas.snapshot import ProgressFn, TreeBuilder
 from cas.trees import DIR, Entry
 from manifests.index import Index, IndexStats, SnapshotRow
+
+log = logging.getLogger("cas")
+_COMMIT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,24 @@ class Store:
         check_execution_id(execution_id)
         labels = check_labels(labels or {})
         path = os.fspath(path)
+        for attempt in range(_COMMIT_ATTEMPTS):
+            record, referenced = self._store_tree(path, execution_id, labels, use_files_cache, progress)
+            missing = self._commit(record, referenced)
+            if not missing:
+                return self.get(execution_id)
+            log.warning(
+                "garbage collection removed %d blobs this snapshot reused; storing them again (attempt %d)",
+                len(missing), attempt + 2,
+            )
+        raise Unavailable(
+            f"snapshot {execution_id} lost a race with garbage collection {_COMMIT_ATTEMPTS} times; try again"
+        )
+
+    def _store_tree(
+        self, path: str, execution_id: str, labels: dict[str, str], use_files_cache: bool,
+        progress: ProgressFn | None,
+    ) -> tuple[SnapshotRecord, set[str]]:
+        """Steps 1-3 of the write order: every chunk and tree node durable and indexed."""
         files_cache = None
         if use_files_cache:
             files_cache = FilesCache(
@@ -144,9 +166,14 @@ class Store:
             labels=labels,
             stats=stats,
         )
-        return self._commit(record)
+        return record, builder.referenced
 
-    def _commit(self, record: SnapshotRecord) -> Snapshot:
+    def _commit(self, record: SnapshotRecord, referenced: set[str]) -> set[str]:
+        """Steps 4-5: claim the execution ID on the backend, then insert the row under the GC fence.
+
+        Returns the referenced blobs GC deleted meanwhile (then nothing is committed and the
+        snapshot object is withdrawn), or an empty set.
+        """
         key = snapshot_key(record.execution_id)
         try:
             self.repo.backend.put(key, record.to_json(), overwrite=False)
@@ -156,12 +183,26 @@ class Store:
                 raise AlreadyExists(
                     f"execution ID {record.execution_id} already holds a different tree; choose a new ID"
                 ) from None
-            self._index_record(existing)
-            return _snapshot_of(existing)
-        self._index_record(record)
-        return _snapshot_of(record)
+            if self.repo.index.snapshot(record.execution_id) is None:
+                self._index_record(existing, referenced)
+            return set()
+        try:
+            missing = self._index_record(record, referenced)
+        except BaseException:
+            # The row did not go in; withdraw the claim so the ID is not left half-taken.
+            self._withdraw(key)
+            raise
+        if missing:
+            self._withdraw(key)
+        return missing
 
-    def _index_record(self, record: SnapshotRecord) -> None:
+    def _withdraw(self, key: str) -> None:
+        try:
+            self.repo.backend.delete(key)
+        except CasError as exc:
+            log.warning("could not withdraw %s after a failed commit: %s", key, exc)
+
+    def _index_record(self, record: SnapshotRecord, referenced: set[str]) -> set[str]:
         row = SnapshotRow(
             execution_id=record.execution_id,
             root_tree=record.root,
@@ -173,11 +214,26 @@ class Store:
             stored_bytes=record.stats.get("stored_bytes", 0),
         )
         try:
-            self.repo.index.add_snapshot(row)
+            return self.repo.index.commit_snapshot(row, referenced)
         except AlreadyExists:
             indexed = self.repo.index.snapshot(record.execution_id)
             if indexed is None or indexed.root_tree != record.root:
                 raise
+            return set()
+
+    def forget(self, execution_ids: list[str]) -> list[str]:
+        """Remove snapshots (their index rows and objects). Their data goes at the next ``gc``."""
+        for execution_id in execution_ids:
+            self.get(execution_id)
+        forgotten = []
+        for execution_id in execution_ids:
+            self.repo.index.remove_snapshot(execution_id)
+            try:
+                self.repo.backend.delete(snapshot_key(execution_id))
+            except FileNotFoundError:
+                pass
+            forgotten.append(execution_id)
+        return forgotten
 
     def _load_record(self, execution_id: str) -> SnapshotRecord:
         try:

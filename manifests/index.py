@@ -14,16 +14,26 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import create_engine, delete, event, func, insert, select
+from sqlalchemy import create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from backends.errors import AlreadyExists, ConfigurationError, MissingDependency, Unavailable
-from manifests.models import Blob, Pack, Snapshot
+from manifests.models import Blob, Fence, Pack, Snapshot, Tombstone
 
-SCHEMA_HEAD = "0001"
+LIVE = 0
+CONDEMNED = 1
+
+
+delete_stmt = delete  # gc_apply has a parameter named ``delete``
+
+
+class PackBeingDeleted(Unavailable):
+    """Garbage collection is deleting a pack with this name; upload it again once that finished."""
+
+
+SCHEMA_HEAD = "0002"
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _LOOKUP_BATCH = 500
 
@@ -49,6 +59,24 @@ class SnapshotRow:
     logical_bytes: int
     new_bytes: int
     stored_bytes: int
+    damaged: bool = False
+
+
+@dataclass(frozen=True)
+class PackRow:
+    id: str
+    size: int
+    state: int
+    condemned_epoch: int | None
+    created_at: dt.datetime
+    condemned_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class GcDecision:
+    tombstoned: list[str]
+    condemned: list[str]
+    rescued: list[str]
 
 
 @dataclass(frozen=True)
@@ -130,13 +158,22 @@ class Index:
     # -- blobs and packs ------------------------------------------------------------------------
 
     def known_blobs(self, ids: Iterable[str]) -> set[str]:
-        """The subset of ``ids`` that the index has a location for."""
+        """The subset of ``ids`` a writer may deduplicate against: stored in a *live* pack.
+
+        Blobs in packs that garbage collection condemned are still readable but not offered, so no
+        new reference to them is made after the condemnation (docs/GC.md).
+        """
         wanted = list(dict.fromkeys(ids))
         found: set[str] = set()
         with self._read() as conn:
             for start in range(0, len(wanted), _LOOKUP_BATCH):
                 batch = wanted[start : start + _LOOKUP_BATCH]
-                found.update(conn.scalars(select(Blob.id).where(Blob.id.in_(batch))))
+                query = (
+                    select(Blob.id)
+                    .join(Pack, Pack.id == Blob.pack_id)
+                    .where(Blob.id.in_(batch), Pack.state == LIVE)
+                )
+                found.update(conn.scalars(query))
         return found
 
     def locate(self, ids: Iterable[str]) -> dict[str, BlobLocation]:
@@ -154,10 +191,12 @@ class Index:
     def add_pack(self, pack_id: str, size: int, blobs: Sequence[BlobLocation]) -> None:
         """Record a pack that is already on the backend, and the blobs it holds, in one transaction."""
         now = dt.datetime.now(dt.timezone.utc)
-        with self._write() as conn:
+        with self._fenced() as conn:
+            if conn.scalar(select(Tombstone.pack_id).where(Tombstone.pack_id == pack_id)):
+                raise PackBeingDeleted(f"pack {pack_id[:16]} is being deleted by garbage collection")
             conn.execute(
                 self._insert_ignore(Pack, ["id"]),
-                [{"id": pack_id, "size": size, "blob_count": len(blobs), "created_at": now}],
+                [{"id": pack_id, "size": size, "blob_count": len(blobs), "created_at": now, "state": LIVE}],
             )
             if blobs:
                 conn.execute(
@@ -189,8 +228,40 @@ class Index:
 
     # -- snapshots ------------------------------------------------------------------------------
 
+    def commit_snapshot(self, row: SnapshotRow, blob_ids: Iterable[str]) -> set[str]:
+        """Insert a snapshot row if every blob it references is still stored; return those that are not.
+
+        Runs under the fence, so it is ordered against garbage collection: blobs in packs GC has
+        condemned are rescued (their packs made live again, they still exist), blobs whose packs GC
+        already tombstoned are returned and nothing is inserted (the caller writes them again).
+        """
+        wanted = list(dict.fromkeys(blob_ids))
+        with self._fenced() as conn:
+            located: dict[str, str] = {}
+            for start in range(0, len(wanted), _LOOKUP_BATCH):
+                batch = wanted[start : start + _LOOKUP_BATCH]
+                for blob_id, pack_id in conn.execute(select(Blob.id, Blob.pack_id).where(Blob.id.in_(batch))):
+                    located[blob_id] = pack_id
+            missing = {b for b in wanted if b not in located}
+            if missing:
+                return missing
+            packs = list(set(located.values()))
+            for start in range(0, len(packs), _LOOKUP_BATCH):
+                batch = packs[start : start + _LOOKUP_BATCH]
+                conn.execute(
+                    update(Pack)
+                    .where(Pack.id.in_(batch), Pack.state == CONDEMNED)
+                    .values(state=LIVE, condemned_epoch=None, condemned_at=None)
+                )
+            self._insert_snapshot(conn, row)
+        return set()
+
     def add_snapshot(self, row: SnapshotRow) -> None:
         """Insert a snapshot row; :class:`AlreadyExists` if the execution ID is taken."""
+        with self._write() as conn:
+            self._insert_snapshot(conn, row)
+
+    def _insert_snapshot(self, conn, row: SnapshotRow) -> None:  # type: ignore[no-untyped-def]
         values = {
             "execution_id": row.execution_id,
             "root_tree": row.root_tree,
@@ -201,9 +272,11 @@ class Index:
             "logical_bytes": row.logical_bytes,
             "new_bytes": row.new_bytes,
             "stored_bytes": row.stored_bytes,
+            "damaged": row.damaged,
         }
+        # A savepoint, so a duplicate ID fails this insert only and not the caller's transaction.
         try:
-            with self._write() as conn:
+            with conn.begin_nested():
                 conn.execute(insert(Snapshot), [values])
         except SQLIntegrityError as exc:
             raise AlreadyExists(f"execution ID already exists in the index: {row.execution_id}") from exc
@@ -223,6 +296,142 @@ class Index:
         with self._write() as conn:
             result = conn.execute(delete(Snapshot).where(Snapshot.execution_id == execution_id))
         return bool(result.rowcount)
+
+    def mark_damaged(self, execution_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(update(Snapshot).where(Snapshot.execution_id == execution_id).values(damaged=True))
+
+    # -- garbage collection (see docs/GC.md) ----------------------------------------------------
+
+    def next_epoch(self) -> int:
+        """Start a GC run: a new epoch, committed before the run reads anything."""
+        with self._fenced() as conn:
+            conn.execute(update(Fence).where(Fence.id == 1).values(epoch=Fence.epoch + 1))
+            return int(conn.scalar(select(Fence.epoch).where(Fence.id == 1)))
+
+    def pack_rows(self) -> list[PackRow]:
+        with self._read() as conn:
+            rows = conn.execute(select(Pack))
+            return [
+                PackRow(r.id, r.size, r.state, r.condemned_epoch, _utc(r.created_at), _utc(r.condemned_at))
+                for r in rows
+            ]
+
+    def iter_blob_rows(self) -> Iterator[BlobLocation]:
+        """Every blob row, streamed (the table can be larger than memory)."""
+        with self._read() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=10_000).execute(select(Blob))
+            for r in result:
+                yield BlobLocation(r.id, r.kind, r.pack_id, r.offset, r.length, r.raw_length, r.codec)
+
+    def adopt_orphans(self, pack_sizes: dict[str, int], epoch: int) -> int:
+        """Record packs found on the backend but not in the index as condemned, for a later run."""
+        if not pack_sizes:
+            return 0
+        now = dt.datetime.now(dt.timezone.utc)
+        with self._fenced() as conn:
+            result = conn.execute(
+                self._insert_ignore(Pack, ["id"]),
+                [
+                    {"id": pid, "size": size, "blob_count": 0, "created_at": now, "state": CONDEMNED,
+                     "condemned_epoch": epoch, "condemned_at": now}
+                    for pid, size in pack_sizes.items()
+                ],
+            )
+        return int(result.rowcount or 0)
+
+    def gc_apply(
+        self,
+        epoch: int,
+        *,
+        condemn: Sequence[str],
+        rescue: Sequence[str],
+        delete: Sequence[str],
+        grace: dt.timedelta,
+    ) -> GcDecision:
+        """Apply one GC run's verdicts in one fenced transaction, re-checking each against the rows.
+
+        * ``rescue``: condemned packs that hold reachable blobs become live again.
+        * ``delete``: packs to tombstone; only those still condemned, condemned in an *earlier*
+          epoch (so the run's mark began after the condemnation committed) and longer ago than
+          ``grace``. Their blob and pack rows are removed and a tombstone is written.
+        * ``condemn``: live packs with nothing reachable, older than ``grace``.
+        """
+        now = dt.datetime.now(dt.timezone.utc)
+        cutoff = now - grace
+        tombstoned: list[str] = []
+        condemned: list[str] = []
+        rescued: list[str] = []
+        with self._fenced() as conn:
+            for batch in _batches(rescue):
+                rows = conn.execute(
+                    update(Pack).where(Pack.id.in_(batch), Pack.state == CONDEMNED)
+                    .values(state=LIVE, condemned_epoch=None, condemned_at=None).returning(Pack.id)
+                )
+                rescued.extend(rows.scalars())
+            for batch in _batches(delete):
+                chosen = list(conn.scalars(select(Pack.id).where(
+                    Pack.id.in_(batch), Pack.state == CONDEMNED, Pack.condemned_epoch < epoch,
+                    Pack.condemned_at <= cutoff,
+                )))
+                if not chosen:
+                    continue
+                conn.execute(self._insert_ignore(Tombstone, ["pack_id"]),
+                             [{"pack_id": pid, "created_at": now} for pid in chosen])
+                conn.execute(delete_stmt(Blob).where(Blob.pack_id.in_(chosen)))
+                conn.execute(delete_stmt(Pack).where(Pack.id.in_(chosen)))
+                tombstoned.extend(chosen)
+            for batch in _batches(condemn):
+                rows = conn.execute(
+                    update(Pack).where(Pack.id.in_(batch), Pack.state == LIVE, Pack.created_at <= cutoff)
+                    .values(state=CONDEMNED, condemned_epoch=epoch, condemned_at=now).returning(Pack.id)
+                )
+                condemned.extend(rows.scalars())
+        return GcDecision(tombstoned, condemned, rescued)
+
+    def tombstones(self) -> list[str]:
+        with self._read() as conn:
+            return list(conn.scalars(select(Tombstone.pack_id)))
+
+    def is_tombstoned(self, pack_id: str) -> bool:
+        with self._read() as conn:
+            return conn.scalar(select(Tombstone.pack_id).where(Tombstone.pack_id == pack_id)) is not None
+
+    def clear_tombstone(self, pack_id: str) -> None:
+        """Called once the pack's object is gone from the backend; a writer may then upload it anew."""
+        with self._write() as conn:
+            conn.execute(delete_stmt(Tombstone).where(Tombstone.pack_id == pack_id))
+
+    def move_blobs(self, moves: Sequence[BlobLocation], from_packs: dict[str, str]) -> int:
+        """Point blobs at their repacked copies, where they still point at the pack they were read from."""
+        moved = 0
+        with self._fenced() as conn:
+            for loc in moves:
+                result = conn.execute(
+                    update(Blob).where(Blob.id == loc.id, Blob.pack_id == from_packs[loc.id]).values(
+                        pack_id=loc.pack_id, offset=loc.offset, length=loc.length,
+                        raw_length=loc.raw_length, codec=loc.codec,
+                    )
+                )
+                moved += result.rowcount or 0
+        return moved
+
+    def forget_blobs_in_packs(self, pack_ids: Sequence[str]) -> int:
+        """Repair: drop rows of packs that are gone from the backend, so nothing dedups against them."""
+        removed = 0
+        with self._fenced() as conn:
+            for batch in _batches(pack_ids):
+                removed += conn.execute(delete_stmt(Blob).where(Blob.pack_id.in_(batch))).rowcount or 0
+                conn.execute(delete_stmt(Pack).where(Pack.id.in_(batch)))
+        return removed
+
+    def reset(self) -> None:
+        """Empty every table (before a rebuild from the backend)."""
+        with self._fenced() as conn:
+            conn.execute(delete_stmt(Snapshot))
+            conn.execute(delete_stmt(Blob))
+            conn.execute(delete_stmt(Pack))
+            conn.execute(delete_stmt(Tombstone))
 
     def stats(self) -> IndexStats:
         with self._read() as conn:
@@ -266,6 +475,9 @@ class Index:
             raise ConfigurationError(f"index database {dialect!r} is not supported (use SQLite or PostgreSQL)")
         return dialect_insert(model).on_conflict_do_nothing(index_elements=keys)
 
+    def _fenced(self):  # type: ignore[no-untyped-def]
+        return _Guard(self, self.engine.begin(), fence=True)
+
     def _read(self):  # type: ignore[no-untyped-def]
         return _Guard(self, self.engine.connect())
 
@@ -276,14 +488,20 @@ class Index:
 class _Guard:
     """Turns driver failures into the project's errors while keeping SQLAlchemy's context manager."""
 
-    def __init__(self, index: Index, ctx) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, index: Index, ctx, fence: bool = False) -> None:  # type: ignore[no-untyped-def]
         self.index = index
         self.ctx = ctx
+        self.fence = fence
 
     def __enter__(self):  # type: ignore[no-untyped-def]
         try:
-            return self.ctx.__enter__()
+            conn = self.ctx.__enter__()
+            if self.fence:
+                # Taking the fence row's lock orders this transaction against every other fenced one.
+                conn.execute(update(Fence).where(Fence.id == 1).values(epoch=Fence.epoch))
+            return conn
         except OperationalError as exc:
+            self.ctx.__exit__(type(exc), exc, exc.__traceback__)
             raise Unavailable(f"index {self.index.describe()} unavailable: {_first_line(exc)}") from exc
 
     def __exit__(self, exc_type, exc, tb):  # type: ignore[no-untyped-def]
@@ -328,7 +546,21 @@ def _snapshot_row(row) -> SnapshotRow:  # type: ignore[no-untyped-def]
         logical_bytes=row.logical_bytes,
         new_bytes=row.new_bytes,
         stored_bytes=row.stored_bytes,
+        damaged=bool(row.damaged),
     )
+
+
+def _batches(items: Sequence[str]) -> Iterator[list[str]]:
+    items = list(items)
+    for start in range(0, len(items), _LOOKUP_BATCH):
+        yield items[start : start + _LOOKUP_BATCH]
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands back naive datetimes; every time in the index is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value
 
 
 def _first_line(exc: BaseException) -> str:

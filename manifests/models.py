@@ -6,7 +6,7 @@ so it can always be rebuilt from the backend alone. It is never the only copy of
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, JSON, SmallInteger, String
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, JSON, SmallInteger, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -23,6 +23,29 @@ class Pack(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     blob_count: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[object] = mapped_column(DateTime(timezone=True))
+    state: Mapped[int] = mapped_column(SmallInteger, default=0)
+    """0 live; 1 condemned by garbage collection (not offered for deduplication, still readable)."""
+    condemned_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    condemned_at: Mapped[object | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Tombstone(Base):
+    """A pack garbage collection has decided to delete; its rows are gone, its object may not be yet."""
+
+    __tablename__ = "tombstones"
+
+    pack_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[object] = mapped_column(DateTime(timezone=True))
+
+
+class Fence(Base):
+    """One row. Every transaction that must be ordered against garbage collection updates it first,
+    which serialises them (a row lock on PostgreSQL, the write lock on SQLite)."""
+
+    __tablename__ = "fence"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)
 
 
 class Blob(Base):
@@ -53,3 +76,4 @@ class Snapshot(Base):
     logical_bytes: Mapped[int] = mapped_column(BigInteger)
     new_bytes: Mapped[int] = mapped_column(BigInteger)
     stored_bytes: Mapped[int] = mapped_column(BigInteger)
+    damaged: Mapped[bool] = mapped_column(Boolean, default=False)

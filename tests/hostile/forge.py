@@ -42,4 +42,4 @@ def file_entry(store: Store, name: str, content: bytes = b"pwned", **extra: obje
 
 
 def commit(store: Store, execution_id: str, root: str) -> None:
-    store._commit(SnapshotRecord(execution_id, root, 0o755, 0, time.time_ns()))
+    store._commit(SnapshotRecord(execution_id, root, 0o755, 0, time.time_ns()), {root})
