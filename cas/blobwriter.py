@@ -46,8 +46,13 @@ class BlobWriter:
     :meth:`add` returns at once; the blob is durable only after :meth:`flush` returns.
     """
 
-    def __init__(self, repo: Repository, *, workers: int | None = None, uploads: int = 2) -> None:
+    def __init__(
+        self, repo: Repository, *, workers: int | None = None, uploads: int = 2, dedup: bool = True
+    ) -> None:
         self.repo = repo
+        self.dedup = dedup
+        self.written: list[BlobLocation] = []
+        """Locations of every blob this writer stored (complete after :meth:`flush`)."""
         self.level = repo.config.compression_level
         self.pack_size = repo.config.pack_size
         self.stats = WriteStats()
@@ -80,7 +85,7 @@ class BlobWriter:
         """
         if blob_id in self._seen:
             return False
-        if not checked and self.repo.index.known_blobs([blob_id]):
+        if self.dedup and not checked and self.repo.index.known_blobs([blob_id]):
             self._seen.add(blob_id)
             return False
         self._seen.add(blob_id)
@@ -137,6 +142,7 @@ class BlobWriter:
         while len(self._uploads) >= self._max_uploading:
             self._uploads.popleft().result()
         rows = [BlobLocation(e.id, e.kind, pack_id, e.offset, e.length, e.raw_length, e.codec) for e in entries]
+        self.written.extend(rows)
         self._uploads.append(self._uploaders.submit(self._upload, pack_id, data, rows))
 
     def _upload(self, pack_id: str, data: bytes, rows: list[BlobLocation]) -> None:

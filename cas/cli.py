@@ -7,10 +7,12 @@ Exit status: 0 success, 1 a cas error (not found, integrity, refused...), 2 bad 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -66,6 +68,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--same-permissions", action="store_true", help="keep setuid/setgid bits")
 
     sub.add_parser("stats", help="logical and stored bytes, dedup ratio, chunk and pack counts")
+
+    s = sub.add_parser("forget", help="remove snapshots (their data is freed by 'cas gc')")
+    s.add_argument("execution_ids", nargs="*")
+    s.add_argument("--keep-last", type=int, default=None, metavar="N", help="forget all but the newest N")
+    s.add_argument("--keep-within", default=None, metavar="DURATION", help="keep snapshots newer than e.g. 30d, 12h")
+    s.add_argument("--dry-run", action="store_true")
+
+    s = sub.add_parser("gc", help="free packs no snapshot references (safe while snapshots are written)")
+    s.add_argument("--dry-run", action="store_true", help="say what would be freed, and why")
+    s.add_argument("--grace", default="1h", metavar="DURATION", help="never touch packs younger than this (default 1h)")
+
+    s = sub.add_parser("verify", help="check snapshots, index and packs; non-zero exit if anything is wrong")
+    s.add_argument("--read-data", action="store_true", help="download and re-hash stored data")
+    s.add_argument("--sample", default=None, metavar="PERCENT", help="with --read-data: check only this share of packs")
+
+    s = sub.add_parser("rebuild-index", help="rebuild the index from the backend alone")
+    s.add_argument("--sync", action="store_true", help="only add what the index lacks instead of starting over")
+
+    s = sub.add_parser("repair", help="fix what verify finds, without deleting stored data")
+    s.add_argument("--read-data", action="store_true")
     return p
 
 
@@ -181,6 +203,8 @@ def cmd_log(store: Store, args: argparse.Namespace) -> int:
     for s in snaps:
         when = dt.datetime.fromtimestamp(s.time_ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        if s.damaged:
+            labels = "DAMAGED " + labels
         lines.append(
             f"{s.execution_id:<24} {when:<20} {s.stats.get('files', 0):>7} {_human(s.logical_bytes):>11} "
             f"{_human(s.new_bytes):>11}  {labels}"
@@ -272,7 +296,107 @@ def cmd_stats(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_duration(text: str) -> dt.timedelta:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    text = text.strip()
+    try:
+        if text and text[-1] in units:
+            return dt.timedelta(seconds=float(text[:-1]) * units[text[-1]])
+        return dt.timedelta(seconds=float(text))
+    except ValueError:
+        raise ConfigurationError(f"invalid duration {text!r}: use a number with s, m, h, d or w, e.g. 30d") from None
+
+
+def cmd_forget(store: Store, args: argparse.Namespace) -> int:
+    chosen = list(dict.fromkeys(args.execution_ids))
+    if args.keep_last is not None or args.keep_within is not None:
+        snaps = store.list()  # newest first
+        keep: set[str] = set()
+        if args.keep_last is not None:
+            if args.keep_last < 0:
+                raise ConfigurationError("--keep-last must be 0 or more")
+            keep.update(s.execution_id for s in snaps[: args.keep_last])
+        if args.keep_within is not None:
+            cutoff = time.time_ns() - int(parse_duration(args.keep_within).total_seconds() * 1e9)
+            keep.update(s.execution_id for s in snaps if s.time_ns >= cutoff)
+        chosen.extend(s.execution_id for s in snaps if s.execution_id not in keep and s.execution_id not in chosen)
+    elif not chosen:
+        raise ConfigurationError("name execution IDs to forget, or use --keep-last / --keep-within")
+    if args.dry_run:
+        for execution_id in chosen:
+            store.get(execution_id)
+        _emit(args, {"would_forget": chosen}, "\n".join(f"would forget {e}" for e in chosen) or "nothing to forget")
+        return 0
+    forgotten = store.forget(chosen)
+    _emit(args, {"forgotten": forgotten}, "\n".join(f"forgot {e}" for e in forgotten) or "nothing to forget")
+    return 0
+
+
+def cmd_gc(store: Store, args: argparse.Namespace) -> int:
+    report = store.gc(grace=parse_duration(args.grace), dry_run=args.dry_run)
+    verb = "would" if args.dry_run else "did"
+    lines = [
+        f"{report.snapshots} snapshots, {report.reachable_blobs} reachable blobs, {report.packs} packs",
+        f"{verb} condemn {len(report.condemned)} packs (deleted by a later run once past the grace period)",
+        f"{verb} delete {len(report.deleted)} packs, {_human(report.deleted_bytes)}",
+        f"{verb} repack {len(report.repacked)} packs ({_human(report.repacked_bytes)} still referenced)",
+    ]
+    if report.rescued:
+        lines.append(f"rescued {len(report.rescued)} condemned packs that a new snapshot uses")
+    if args.dry_run:
+        for pack_id in sorted(set(report.condemned) | set(report.deleted) | set(report.repacked)):
+            lines.append(f"  {pack_id[:16]}  {report.reasons.get(pack_id, '')}")
+    _emit(args, report.to_dict(), "\n".join(lines))
+    return 0
+
+
+def cmd_verify(store: Store, args: argparse.Namespace) -> int:
+    sample = 1.0
+    if args.sample:
+        try:
+            sample = float(args.sample.rstrip("%")) / 100.0
+        except ValueError:
+            raise ConfigurationError(f"invalid --sample {args.sample!r}: use a percentage like 5%") from None
+        if not 0 < sample <= 1:
+            raise ConfigurationError("--sample must be between 0% and 100%")
+    report = store.verify(read_data=args.read_data, sample=sample)
+    summary = (
+        f"{report.snapshots} snapshots, {report.packs} packs"
+        + (f", {report.packs_read} packs read, {report.blobs_checked} blobs re-hashed" if args.read_data else "")
+    )
+    text = "\n".join([summary] + [str(p) for p in report.problems[:200]]
+                     + ([f"... and {len(report.problems) - 200} more"] if len(report.problems) > 200 else [])
+                     + ["no problems found" if report.ok else f"{len(report.problems)} problems found"])
+    _emit(args, report.to_dict(), text)
+    return 0 if report.ok else EXIT_ERROR
+
+
+def cmd_rebuild_index(store: Store, args: argparse.Namespace) -> int:
+    report = store.sync() if args.sync else store.rebuild_index()
+    text = f"indexed {report.packs} packs ({report.blobs} blobs) and {report.snapshots} snapshots"
+    text += "".join(f"\nskipped {s}" for s in report.skipped)
+    _emit(args, report.to_dict(), text)
+    return 0 if not report.skipped else EXIT_ERROR
+
+
+def cmd_repair(store: Store, args: argparse.Namespace) -> int:
+    found, fixed = store.repair(read_data=args.read_data)
+    lines = [f"{len(found.problems)} problems found"]
+    if fixed.rows_dropped:
+        lines.append(f"dropped {fixed.rows_dropped} index rows of lost or corrupt blobs")
+    lines += [f"marked damaged: {e}" for e in fixed.snapshots_marked_damaged]
+    lines += [f"rewrote snapshot object: {e}" for e in fixed.objects_rewritten]
+    lines += [f"indexed snapshot: {e}" for e in fixed.rows_added]
+    _emit(args, {"found": found.to_dict(), "repaired": fixed.to_dict()}, "\n".join(lines))
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[Store, argparse.Namespace], int]] = {
+    "forget": cmd_forget,
+    "gc": cmd_gc,
+    "verify": cmd_verify,
+    "rebuild-index": cmd_rebuild_index,
+    "repair": cmd_repair,
     "snapshot": cmd_snapshot,
     "log": cmd_log,
     "ls": cmd_ls,

@@ -11,6 +11,7 @@ snapshot row. A crash anywhere leaves every committed snapshot restorable.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import time
@@ -23,6 +24,8 @@ from cas.blobwriter import BlobWriter
 from cas.chunking import Chunker
 from cas.errors import AlreadyExists, CasError, ConfigurationError, IntegrityError, NotFound, Unavailable
 from cas.filescache import FilesCache
+from cas.gc import DEFAULT_GRACE, GcReport, collect_garbage
+from cas.verify import RebuildReport, RepairReport, VerifyReport, rebuild_index, repair, verify
 from cas.reader import FileStream
 from cas.records import SnapshotRecord, check_execution_id, check_labels, snapshot_key
 from cas.repository import Repository, default_home
@@ -42,6 +45,7 @@ class Snapshot:
     time_ns: int
     labels: dict[str, str]
     stats: dict[str, int]
+    damaged: bool = False
 
     @property
     def logical_bytes(self) -> int:
@@ -58,6 +62,7 @@ class Snapshot:
             "time_ns": self.time_ns,
             "labels": self.labels,
             "stats": self.stats,
+            "damaged": self.damaged,
         }
 
 
@@ -252,11 +257,36 @@ class Store:
         return [_snapshot_of_row(r) for r in self.repo.index.snapshots()]
 
     def get(self, execution_id: str) -> Snapshot:
+        """The snapshot of an execution. If this host's index lacks it but the backend has it
+        (another host wrote it), the index is synced from the backend first."""
         check_execution_id(execution_id, NotFound)
         row = self.repo.index.snapshot(execution_id)
+        if row is None and self.repo.backend.exists(snapshot_key(execution_id)):
+            self.sync()
+            row = self.repo.index.snapshot(execution_id)
         if row is None:
             raise NotFound(f"unknown execution ID: {execution_id}")
         return _snapshot_of_row(row)
+
+    # -- maintenance --------------------------------------------------------------------------
+
+    def sync(self) -> RebuildReport:
+        """Add to the index what the backend holds and it lacks (packs, snapshots)."""
+        return rebuild_index(self.repo)
+
+    def rebuild_index(self) -> RebuildReport:
+        """Empty the index and rebuild it from the backend alone."""
+        return rebuild_index(self.repo, full=True)
+
+    def verify(self, *, read_data: bool = False, sample: float = 1.0) -> VerifyReport:
+        return verify(self.repo, read_data=read_data, sample=sample)
+
+    def repair(self, *, read_data: bool = False) -> tuple[VerifyReport, RepairReport]:
+        found = verify(self.repo, read_data=read_data)
+        return found, repair(self.repo, found)
+
+    def gc(self, *, grace: dt.timedelta = DEFAULT_GRACE, dry_run: bool = False) -> GcReport:
+        return collect_garbage(self.repo, grace=grace, dry_run=dry_run)
 
     def entry(self, execution_id: str, path: str = "") -> Entry | None:
         """The tree entry at ``path`` ('' is the root, returned as None)."""
@@ -374,4 +404,4 @@ def _snapshot_of(record: SnapshotRecord) -> Snapshot:
 
 
 def _snapshot_of_row(row: SnapshotRow) -> Snapshot:
-    return Snapshot(row.execution_id, row.root_tree, row.time_ns, dict(row.labels), dict(row.stats))
+    return Snapshot(row.execution_id, row.root_tree, row.time_ns, dict(row.labels), dict(row.stats), row.damaged)

@@ -425,6 +425,14 @@ class Index:
                 conn.execute(delete_stmt(Pack).where(Pack.id.in_(batch)))
         return removed
 
+    def forget_blobs(self, blob_ids: Sequence[str]) -> int:
+        """Repair: drop rows of corrupt blobs, so writers store those chunks again."""
+        removed = 0
+        with self._fenced() as conn:
+            for batch in _batches(blob_ids):
+                removed += conn.execute(delete_stmt(Blob).where(Blob.id.in_(batch))).rowcount or 0
+        return removed
+
     def reset(self) -> None:
         """Empty every table (before a rebuild from the backend)."""
         with self._fenced() as conn:

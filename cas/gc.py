@@ -1,0 +1,189 @@
+"""Garbage collection that runs beside writers and never frees what a writer is about to use.
+
+The argument is in docs/GC.md. In short, each run:
+
+1. takes a new epoch (committed before anything is read);
+2. marks every blob reachable from all snapshots, index rows *and* snapshot objects;
+3. in one fenced transaction: rescues condemned packs that turned out reachable, tombstones packs
+   condemned in an earlier epoch that are still unreachable (older than the grace period), and
+   condemns live packs with nothing reachable (older than the grace period);
+4. deletes tombstoned objects from the backend, then clears their tombstones.
+
+Writers never deduplicate against condemned packs, and a snapshot's commit re-checks, under the
+same fence, that every blob it references still has a row, rescuing condemned packs it uses.
+Mostly-dead packs are repacked: their live blobs are copied to new packs and their rows moved, so
+the old pack becomes unreachable and goes through the same two steps.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from cas.blobwriter import BlobWriter
+from cas.errors import CasError, IntegrityError
+from cas.packs import pack_key
+from cas.repository import Repository
+from cas.walk import reachable_blobs, snapshot_roots
+from manifests.index import CONDEMNED, LIVE, BlobLocation
+
+log = logging.getLogger("cas")
+DEFAULT_GRACE = dt.timedelta(hours=1)
+
+
+@dataclass
+class GcReport:
+    epoch: int = 0
+    dry_run: bool = False
+    snapshots: int = 0
+    reachable_blobs: int = 0
+    packs: int = 0
+    orphans_adopted: int = 0
+    condemned: list[str] = field(default_factory=list)
+    rescued: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    deleted_bytes: int = 0
+    repacked: list[str] = field(default_factory=list)
+    repacked_bytes: int = 0
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "epoch": self.epoch, "dry_run": self.dry_run, "snapshots": self.snapshots,
+            "reachable_blobs": self.reachable_blobs, "packs": self.packs, "orphans_adopted": self.orphans_adopted,
+            "condemned": self.condemned, "rescued": self.rescued, "deleted": self.deleted,
+            "deleted_bytes": self.deleted_bytes, "repacked": self.repacked, "repacked_bytes": self.repacked_bytes,
+            "reasons": self.reasons,
+        }
+
+
+def collect_garbage(
+    repo: Repository,
+    *,
+    grace: dt.timedelta = DEFAULT_GRACE,
+    dry_run: bool = False,
+    repack_below: float = 0.5,
+) -> GcReport:
+    """One GC run. ``repack_below``: repack live packs whose reachable share of bytes is under it."""
+    index = repo.index
+    report = GcReport(dry_run=dry_run)
+    report.epoch = index.next_epoch() if not dry_run else -1
+
+    roots, unreadable = snapshot_roots(repo)
+    if unreadable:
+        raise IntegrityError(
+            f"snapshot record {unreadable[0][0]} cannot be read ({unreadable[0][1]}); "
+            "run 'cas verify' and 'cas repair' before garbage collection"
+        )
+    reachable, broken = reachable_blobs(repo, roots)
+    damaged = {r.execution_id for r in roots if r.damaged}
+    unexplained = [b for b in broken if b[0] not in damaged]
+    if unexplained:
+        raise IntegrityError(
+            f"execution {unexplained[0][0]}: tree {unexplained[0][1]}; cannot tell what it uses, so nothing "
+            "is collected: run 'cas verify' and 'cas repair' first"
+        )
+    report.snapshots = len(roots)
+    report.reachable_blobs = len(reachable)
+
+    packs = {p.id: p for p in index.pack_rows()}
+    tombstoned = set(index.tombstones())
+    on_backend = {info.key.rsplit("/", 1)[-1]: info.size for info in repo.backend.list("data/")}
+    orphans = {pid: size for pid, size in on_backend.items() if pid not in packs and pid not in tombstoned}
+    if orphans and not dry_run:
+        report.orphans_adopted = index.adopt_orphans(orphans, report.epoch)
+    for pid in orphans:
+        report.reasons[pid] = "on the backend but in no index row (left by an interrupted writer)"
+
+    live_bytes: dict[str, int] = defaultdict(int)
+    total_bytes: dict[str, int] = defaultdict(int)
+    live_blobs: dict[str, list[BlobLocation]] = defaultdict(list)
+    for loc in index.iter_blob_rows():
+        total_bytes[loc.pack_id] += loc.length
+        if loc.id in reachable:
+            live_bytes[loc.pack_id] += loc.length
+            live_blobs[loc.pack_id].append(loc)
+    report.packs = len(packs)
+
+    condemn, rescue, delete, repack = [], [], [], []
+    now = dt.datetime.now(dt.timezone.utc)
+    for pack in packs.values():
+        if pack.state == CONDEMNED:
+            if live_bytes[pack.id]:
+                rescue.append(pack.id)
+            else:
+                delete.append(pack.id)
+                report.reasons.setdefault(pack.id, "condemned earlier and still unreachable")
+        elif not live_bytes[pack.id]:
+            condemn.append(pack.id)
+            report.reasons[pack.id] = "no snapshot references any of its blobs"
+        elif (
+            live_bytes[pack.id] < repack_below * max(1, total_bytes[pack.id])
+            and pack.created_at is not None and now - pack.created_at >= grace
+        ):
+            repack.append(pack.id)
+            share = live_bytes[pack.id] / max(1, total_bytes[pack.id])
+            report.reasons[pack.id] = f"only {share:.0%} of its bytes are still referenced"
+    if orphans:
+        delete.extend(orphans)  # condemned now; deletable by a later run, never by this one
+
+    if dry_run:
+        report.condemned = sorted(condemn)
+        report.rescued = sorted(rescue)
+        report.deleted = sorted(p for p in delete if p in packs and packs[p].condemned_epoch is not None
+                                and packs[p].condemned_at is not None and now - packs[p].condemned_at >= grace)
+        report.deleted_bytes = sum(packs[p].size for p in report.deleted)
+        report.repacked = sorted(repack)
+        report.repacked_bytes = sum(live_bytes[p] for p in repack)
+        return report
+
+    if repack:
+        report.repacked, report.repacked_bytes = _repack(repo, repack, live_blobs)
+
+    decision = index.gc_apply(report.epoch, condemn=condemn, rescue=rescue, delete=delete, grace=grace)
+    report.condemned = sorted(decision.condemned)
+    report.rescued = sorted(decision.rescued)
+    sizes = {**{pid: p.size for pid, p in packs.items()}, **orphans}
+    for pack_id in set(decision.tombstoned) | tombstoned:
+        try:
+            repo.backend.delete(pack_key(pack_id))
+        except FileNotFoundError:
+            pass
+        except CasError as exc:
+            log.warning("could not delete pack %s (will retry next run): %s", pack_id[:16], exc)
+            continue
+        index.clear_tombstone(pack_id)
+        report.deleted.append(pack_id)
+        report.deleted_bytes += sizes.get(pack_id, 0)
+    report.deleted.sort()
+    return report
+
+
+def _repack(repo: Repository, pack_ids: list[str], live_blobs: dict[str, list[BlobLocation]]) -> tuple[list[str], int]:
+    """Copy the reachable blobs of mostly-dead packs into new packs and point their rows there."""
+    done: list[str] = []
+    moved_bytes = 0
+    for pack_id in pack_ids:
+        blobs = sorted(live_blobs[pack_id], key=lambda b: b.offset)
+        try:
+            data = repo.backend.get(pack_key(pack_id))
+        except CasError as exc:
+            log.warning("cannot repack %s: %s", pack_id[:16], exc)
+            continue
+        from cas.repository import verify_blob
+
+        with BlobWriter(repo, dedup=False) as writer:
+            for loc in blobs:
+                raw = verify_blob(loc.id, loc, data[loc.offset : loc.offset + loc.length])
+                writer.add(loc.id, loc.kind, raw)
+            writer.flush()
+            new_locations = writer.written
+        repo.index.move_blobs(new_locations, {loc.id: pack_id for loc in blobs})
+        done.append(pack_id)
+        moved_bytes += sum(b.length for b in blobs)
+    return done, moved_bytes
+
+
+__all__ = ["DEFAULT_GRACE", "GcReport", "LIVE", "collect_garbage"]

@@ -1,0 +1,88 @@
+"""Walking what snapshots reference: the roots (index rows and snapshot objects) and their trees."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from cas.errors import CasError, IntegrityError
+from cas.records import SNAPSHOT_PREFIX, SnapshotRecord
+from cas.repository import Repository
+from cas.trees import DIR, FILE, Entry
+
+
+@dataclass(frozen=True)
+class Root:
+    execution_id: str
+    tree: str
+    damaged: bool
+    in_index: bool
+    on_backend: bool
+
+
+def snapshot_roots(repo: Repository) -> tuple[list[Root], list[tuple[str, str]]]:
+    """Every snapshot named by an index row or a snapshot object, and records that could not be read.
+
+    Objects count as roots even when the index lacks them (a writer that crashed between claiming
+    its ID and inserting its row, or another host's index), so GC never frees what they use.
+    """
+    rows = {r.execution_id: r for r in repo.index.snapshots()}
+    objects = {info.key[len(SNAPSHOT_PREFIX):] for info in repo.backend.list(SNAPSHOT_PREFIX)}
+    roots: list[Root] = []
+    unreadable: list[tuple[str, str]] = []
+    for execution_id in sorted(set(rows) | objects):
+        row = rows.get(execution_id)
+        if row is not None:
+            roots.append(Root(execution_id, row.root_tree, row.damaged, True, execution_id in objects))
+            continue
+        try:
+            record = SnapshotRecord.from_json(repo.backend.get(SNAPSHOT_PREFIX + execution_id))
+        except FileNotFoundError:
+            continue  # forgotten between the listing and the read
+        except CasError as exc:
+            unreadable.append((execution_id, str(exc)))
+            continue
+        roots.append(Root(execution_id, record.root, False, False, True))
+    return roots, unreadable
+
+
+def walk_tree(repo: Repository, tree: str, prefix: str = "") -> Iterator[tuple[str, Entry | None, str]]:
+    """Depth-first ``(path, entry, tree id holding it)``; a tree that cannot be read yields
+    ``(path, None, tree id)`` and the walk goes on with its siblings."""
+    try:
+        entries = repo.read_tree(tree)
+    except CasError:
+        yield prefix or "/", None, tree
+        return
+    for entry in entries:
+        path = prefix + entry.name
+        yield path, entry, tree
+        if entry.type == DIR:
+            yield from walk_tree(repo, entry.tree, path + "/")
+
+
+def reachable_blobs(repo: Repository, roots: list[Root]) -> tuple[set[str], list[tuple[str, str]]]:
+    """Blob IDs reachable from ``roots`` (trees once each) and ``(execution id, path)`` of unreadable trees."""
+    seen_trees: set[str] = set()
+    reachable: set[str] = set()
+    broken: list[tuple[str, str]] = []
+
+    def visit(execution_id: str, tree: str, prefix: str) -> None:
+        if tree in seen_trees:
+            return
+        seen_trees.add(tree)
+        reachable.add(tree)
+        try:
+            entries = repo.read_tree(tree)
+        except (CasError, IntegrityError) as exc:
+            broken.append((execution_id, f"{prefix or '/'}: {exc}"))
+            return
+        for entry in entries:
+            if entry.type == FILE:
+                reachable.update(entry.chunks)
+            elif entry.type == DIR:
+                visit(execution_id, entry.tree, prefix + entry.name + "/")
+
+    for root in roots:
+        visit(root.execution_id, root.tree, "")
+    return reachable, broken
