@@ -176,13 +176,13 @@ class HdfsBackend(Backend):
     def _discard(self, tmp: str) -> None:
         try:
             self._client._delete(tmp, recursive="false")
-        except Exception as exc:  # the original failure matters more than the leftover
+        except Exception as exc:  # noqa: BLE001 - the put's own failure matters more than a leftover
             _log.warning("could not remove temporary HDFS file %s: %s", tmp, exc)
 
     def _is_directory(self, path: str) -> bool:
         try:
             status = self._client._get_file_status(path).json()["FileStatus"]
-        except Exception:
+        except Exception:  # noqa: BLE001 - only asked to explain another failure, which is raised
             return False
         return bool(status.get("type") == "DIRECTORY")
 
@@ -239,14 +239,22 @@ class HdfsBackend(Backend):
                     yield ObjectInfo(rel, int(status["length"]))
 
     def _list_directory(self, directory: str) -> Iterator[dict[str, Any]]:
-        """Entries of one directory, a page at a time (LISTSTATUS_BATCH); none if it is absent."""
+        """Entries of one directory, a page at a time (LISTSTATUS_BATCH); none if it is absent.
+
+        A NameNode older than Hadoop 2.8 does not know LISTSTATUS_BATCH and answers
+        IllegalArgumentException; then the whole directory comes in one LISTSTATUS.
+        """
         start_after: str | None = None
         while True:
             params = {"startAfter": start_after} if start_after is not None else {}
             try:
                 body = _list_status_batch(self._client, directory, **params).json()
             except Exception as exc:
-                if _remote_name(exc) == "FileNotFoundException":
+                name = _remote_name(exc)
+                if name == "FileNotFoundException":
+                    return
+                if name == "IllegalArgumentException" and start_after is None:
+                    yield from self._list_directory_whole(directory)
                     return
                 raise _translate(exc, directory) from exc
             listing = body["DirectoryListing"]
@@ -257,6 +265,17 @@ class HdfsBackend(Backend):
             if not entries or not listing.get("remainingEntries"):
                 return
             start_after = entries[-1]["pathSuffix"]
+
+    def _list_directory_whole(self, directory: str) -> Iterator[dict[str, Any]]:
+        try:
+            body = self._client._list_status(directory).json()
+        except Exception as exc:
+            if _remote_name(exc) == "FileNotFoundException":
+                return
+            raise _translate(exc, directory) from exc
+        entries = body["FileStatuses"]["FileStatus"]
+        if not (len(entries) == 1 and entries[0].get("pathSuffix") == ""):
+            yield from entries
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -370,8 +389,14 @@ def from_url(url: str, **options: object) -> HdfsBackend:
             "the identity comes from the ticket or token, so drop the user"
         )
 
-    client = _make_client(endpoint, user=user, token=str(token) if token else None, kerberos=kerberos,
-                          mutual_auth=str(merged.get("mutual_auth") or "OPTIONAL"), timeout=timeout)
+    client = _make_client(
+        endpoint,
+        user=user,
+        token=str(token) if token else None,
+        kerberos=kerberos,
+        mutual_auth=str(merged.get("mutual_auth") or "OPTIONAL"),
+        timeout=timeout,
+    )
     location = f"{parts.scheme}://{host_port if host else ''}{posixpath.normpath('/' + root.strip('/'))}"
     details = []
     if user:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import threading
 import time
 import uuid
@@ -14,7 +15,11 @@ from backends import open_backend
 from backends.errors import AlreadyExists, ConfigurationError, NotFound, PermissionDenied, Unavailable
 from backends.hdfs import TMP_PREFIX, HdfsBackend, from_url
 from cas.testing import BackendContract
-from tests.servers.hdfs import HdfsCluster, free_port, hdfs_cluster  # noqa: F401
+from tests.servers import hdfs as hdfs_servers
+from tests.servers.hdfs import HdfsCluster, free_port
+
+# The session-scoped MiniDFSCluster, imported explicitly (a fixture must be a module attribute).
+hdfs_cluster = hdfs_servers.hdfs_cluster
 
 
 class WebHdfsAccess:
@@ -43,7 +48,9 @@ class WebHdfsAccess:
         assert done.status_code == 201, done.text
 
     def names(self, key: str = "") -> list[str]:
-        response = self.http.get(self._url(key), params={"op": "LISTSTATUS", "user.name": self.user}, timeout=30)
+        response = self.http.get(
+            self._url(key), params={"op": "LISTSTATUS", "user.name": self.user}, timeout=30
+        )
         response.raise_for_status()
         return sorted(s["pathSuffix"] for s in response.json()["FileStatuses"]["FileStatus"])
 
@@ -85,6 +92,19 @@ def test_unreachable_namenode_is_unavailable_quickly() -> None:
         assert caught.value.temporary
         assert caught.value.__cause__ is not None
     assert time.monotonic() - started < 5
+
+
+def test_silent_namenode_times_out_as_unavailable() -> None:
+    """A namenode that accepts connections and never answers: the timeout option bounds the wait."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        be = from_url(f"hdfs://127.0.0.1:{port}/user/cas/x", hdfs_user="cas", timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            be.stat("k")
+        assert time.monotonic() - started < 3
 
 
 def test_temporary_files_are_never_listed(backend: HdfsBackend, raw: WebHdfsAccess) -> None:
