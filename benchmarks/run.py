@@ -271,6 +271,8 @@ def run(args: argparse.Namespace) -> int:
     errors: dict[str, list[str]] = {t.name: [] for t in tools}
 
     def step(t: Tool, name: str, cmd: list[str], cwd: Path) -> Measurement:
+        # Flush dirty pages first (untimed) so no step pays for the previous step's writeback.
+        os.sync()
         m = measure(t.name, name, cmd, cwd, t.env(), log_dir, args.timeout)
         measurements[t.name].append(m)
         status = "ok" if m.ok else ("TIMEOUT" if m.timed_out else f"FAILED rc={m.returncode}")

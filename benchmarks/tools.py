@@ -87,7 +87,7 @@ class Cas(Tool):
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
-        env.setdefault("XDG_CACHE_HOME", str(self.cache))
+        env["CAS_HOME"] = str(self.cache)  # its files cache lives there, like restic's and borg's caches
         return env
 
     def setup_cmds(self) -> list[tuple[list[str], Path]]:

@@ -98,7 +98,7 @@ def tree_size(path: Path) -> tuple[int, int]:
     if path.is_file() and not path.is_symlink():
         return 1, path.stat().st_size
     for root, dirs, names in os.walk(path):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")  # never copied into the workload
         for n in names:
             p = os.path.join(root, n)
             st = os.lstat(p)

@@ -330,11 +330,12 @@ class Index:
             return 0
         now = dt.datetime.now(dt.timezone.utc)
         with self._fenced() as conn:
+            stamp = int(conn.scalar(select(Fence.epoch).where(Fence.id == 1)))
             result = conn.execute(
                 self._insert_ignore(Pack, ["id"]),
                 [
                     {"id": pid, "size": size, "blob_count": 0, "created_at": now, "state": CONDEMNED,
-                     "condemned_epoch": epoch, "condemned_at": now}
+                     "condemned_epoch": stamp, "condemned_at": now}
                     for pid, size in pack_sizes.items()
                 ],
             )
@@ -352,9 +353,9 @@ class Index:
         """Apply one GC run's verdicts in one fenced transaction, re-checking each against the rows.
 
         * ``rescue``: condemned packs that hold reachable blobs become live again.
-        * ``delete``: packs to tombstone; only those still condemned, condemned in an *earlier*
-          epoch (so the run's mark began after the condemnation committed) and longer ago than
-          ``grace``. Their blob and pack rows are removed and a tombstone is written.
+        * ``delete``: packs to tombstone; only those still condemned, stamped with an epoch below
+          ``epoch`` (so this run's mark began after the condemnation committed) and condemned
+          longer ago than ``grace``. Their blob and pack rows are removed and a tombstone is written.
         * ``condemn``: live packs with nothing reachable, older than ``grace``.
         """
         now = dt.datetime.now(dt.timezone.utc)
@@ -381,10 +382,13 @@ class Index:
                 conn.execute(delete_stmt(Blob).where(Blob.pack_id.in_(chosen)))
                 conn.execute(delete_stmt(Pack).where(Pack.id.in_(chosen)))
                 tombstoned.extend(chosen)
+            # Stamp condemnations with the fence's epoch *now*, not this run's: a run that started
+            # before this commit has a smaller epoch and so can never tombstone these packs.
+            stamp = int(conn.scalar(select(Fence.epoch).where(Fence.id == 1)))
             for batch in _batches(condemn):
                 rows = conn.execute(
                     update(Pack).where(Pack.id.in_(batch), Pack.state == LIVE, Pack.created_at <= cutoff)
-                    .values(state=CONDEMNED, condemned_epoch=epoch, condemned_at=now).returning(Pack.id)
+                    .values(state=CONDEMNED, condemned_epoch=stamp, condemned_at=now).returning(Pack.id)
                 )
                 condemned.extend(rows.scalars())
         return GcDecision(tombstoned, condemned, rescued)
