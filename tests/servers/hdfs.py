@@ -131,7 +131,7 @@ def hdfs_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HdfsClust
     missing = [tool for tool in ("java", "javac", "mvn") if shutil.which(tool) is None]
     if missing:
         pytest.fail(
-            f"the HDFS tests need a JDK 17 and Maven, but {', '.join(missing)} is not on PATH: "
+            f"the HDFS tests need a JDK 17 and Maven; missing from PATH: {', '.join(missing)}. Install: "
             "apt-get install openjdk-17-jdk-headless maven (or set CAS_SKIP_HDFS=1 to skip them)"
         )
     build_launcher()
