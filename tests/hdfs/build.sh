@@ -25,7 +25,7 @@ done
 classpath_current() {
     [[ -s "$classpath_file" && "$classpath_file" -nt "$here/pom.xml" ]] || return 1
     local jar
-    IFS=':' read -r -a jars < "$classpath_file"
+    IFS=":" read -r -a jars < "$classpath_file" || true  # no newline at the end of the file
     for jar in "${jars[@]}"; do
         [[ -f "$jar" ]] || return 1
     done
