@@ -150,7 +150,14 @@ class BlobWriter:
         try:
             self.repo.backend.put(key, data, overwrite=False)
         except AlreadyExists:
-            pass  # same name means same bytes: another writer uploaded this exact pack
+            # Same name should mean same bytes (another writer stored this exact pack), but the
+            # object may be a damaged copy: check, and replace it only if it is not ours.
+            try:
+                same = self.repo.backend.get(key) == data
+            except FileNotFoundError:
+                same = False
+            if not same:
+                self.repo.backend.put(key, data, overwrite=True)
         deadline = time.monotonic() + _TOMBSTONE_WAIT
         while True:
             try:

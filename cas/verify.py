@@ -42,6 +42,7 @@ class VerifyReport:
     blobs_checked: int = 0
     problems: list[Problem] = field(default_factory=list)
     missing_packs: set[str] = field(default_factory=set)
+    corrupt_packs: set[str] = field(default_factory=set)
     corrupt_blobs: set[str] = field(default_factory=set)
     damaged: set[str] = field(default_factory=set)
     known_damage: list[Problem] = field(default_factory=list)
@@ -107,24 +108,31 @@ def _read_pack(repo: Repository, pack_id: str, report: VerifyReport) -> None:
         report.missing_packs.add(pack_id)
         return
     report.packs_read += 1
+    indexed = repo.index.blobs_in_pack(pack_id)
+    # A corrupt pack that no index row uses any more (repair moved its good blobs) is garbage
+    # waiting for gc, not a problem.
+    sink = report.problems if indexed else report.known_damage
     if hexdigest(data) != pack_id:
-        report.problems.append(Problem("", "", f"pack {pack_id[:16]} does not match its name (corrupt)"))
+        report.corrupt_packs.add(pack_id)
+        sink.append(Problem("", "", f"pack {pack_id[:16]} does not match its name (corrupt)"))
     try:
         entries = split_pack(data)
     except CasError as exc:
-        report.problems.append(Problem("", "", f"pack {pack_id[:16]}: {exc}"))
-        rows = [b.id for b in repo.index.blobs_in_pack(pack_id)]
-        report.corrupt_blobs.update(rows)
-        return
-    for e in entries:
+        report.corrupt_packs.add(pack_id)
+        sink.append(Problem("", "", f"pack {pack_id[:16]}: {exc}"))
+        entries = []
+    # Check the blobs the index says are here at the places it says, which is what restore reads.
+    for loc in indexed:
         report.blobs_checked += 1
         try:
-            raw = decode(e.codec, data[e.offset : e.offset + e.length], e.raw_length)
-            ok = hexdigest(raw) == e.id
+            raw = decode(loc.codec, data[loc.offset : loc.offset + loc.length], loc.raw_length)
+            ok = hexdigest(raw) == loc.id
         except CasError:
             ok = False
         if not ok:
-            report.corrupt_blobs.add(e.id)
+            report.corrupt_blobs.add(loc.id)
+            report.corrupt_packs.add(pack_id)
+    del entries
 
 
 def _check_snapshot(repo: Repository, root: Root, report: VerifyReport) -> None:
@@ -173,13 +181,15 @@ def _check_snapshot(repo: Repository, root: Root, report: VerifyReport) -> None:
 @dataclass
 class RepairReport:
     rows_dropped: int = 0
+    salvaged_blobs: int = 0
     snapshots_marked_damaged: list[str] = field(default_factory=list)
     objects_rewritten: list[str] = field(default_factory=list)
     rows_added: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "rows_dropped": self.rows_dropped, "snapshots_marked_damaged": self.snapshots_marked_damaged,
+            "rows_dropped": self.rows_dropped, "salvaged_blobs": self.salvaged_blobs,
+            "snapshots_marked_damaged": self.snapshots_marked_damaged,
             "objects_rewritten": self.objects_rewritten, "rows_added": self.rows_added,
         }
 
@@ -188,6 +198,8 @@ def repair(repo: Repository, report: VerifyReport) -> RepairReport:
     """Act on what :func:`verify` found. Never deletes a pack or a snapshot object."""
     out = RepairReport()
     index = repo.index
+    for pack_id in sorted(report.corrupt_packs - report.missing_packs):
+        out.salvaged_blobs += _salvage(repo, pack_id, report.corrupt_blobs)
     if report.missing_packs:
         out.rows_dropped += index.forget_blobs_in_packs(sorted(report.missing_packs))
     if report.corrupt_blobs:
@@ -218,6 +230,39 @@ def repair(repo: Repository, report: VerifyReport) -> RepairReport:
             index.mark_damaged(execution_id)
             out.snapshots_marked_damaged.append(execution_id)
     return out
+
+
+def _salvage(repo: Repository, pack_id: str, corrupt: set[str]) -> int:
+    """Copy the intact blobs of a damaged pack into new packs and move their rows there.
+
+    The damaged pack then has no rows and garbage collection removes it; the intact blobs it held
+    are not lost with it.
+    """
+    from cas.blobwriter import BlobWriter
+    from cas.repository import verify_blob
+
+    rows = repo.index.blobs_in_pack(pack_id)
+    try:
+        data = repo.backend.get(pack_key(pack_id))
+    except CasError:
+        return 0
+    good = []
+    with BlobWriter(repo, dedup=False) as writer:
+        for loc in rows:
+            if loc.id in corrupt:
+                continue
+            try:
+                raw = verify_blob(loc.id, loc, data[loc.offset : loc.offset + loc.length])
+            except CasError:
+                corrupt.add(loc.id)
+                continue
+            writer.add(loc.id, loc.kind, raw)
+            good.append(loc)
+        writer.flush()
+        moved = writer.written
+    repo.index.move_blobs(moved, {loc.id: pack_id for loc in good})
+    repo.index.forget_blobs_in_packs([pack_id])
+    return len(good)
 
 
 def row_of(record: SnapshotRecord, damaged: bool = False) -> SnapshotRow:

@@ -1,0 +1,146 @@
+"""verify, repair and rebuild-index, with the backend as the ground truth."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cas import IntegrityError, Store
+from cas.packs import pack_key
+from tests.treeutil import describe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+    monkeypatch.setenv("CAS_HOME", str(tmp_path / "home"))
+    s = Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'index.sqlite'}",
+                   chunk_min=1024, chunk_avg=4096, chunk_max=16384, pack_size=1 << 20)
+    yield s
+    s.close()
+
+
+def _two_runs(store: Store, tmp_path: Path) -> tuple[Path, Path]:
+    rng = random.Random(3)
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "shared.bin").write_bytes(rng.randbytes(30_000))
+    store.snapshot(a, "run-a")
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "own.bin").write_bytes(rng.randbytes(30_000))
+    store.snapshot(b, "run-b")
+    return a, b
+
+
+def _pack_of(store: Store, execution_id: str, path: str) -> str:
+    entry = store.entry(execution_id, path)
+    assert entry is not None
+    return store.repo.locate(entry.chunks)[entry.chunks[0]].pack_id
+
+
+def _pack_file(store: Store, pack_id: str) -> Path:
+    return Path(store.repo.backend.root, *pack_key(pack_id).split("/"))  # type: ignore[attr-defined]
+
+
+def test_clean_repository_verifies(store: Store, tmp_path: Path) -> None:
+    _two_runs(store, tmp_path)
+    report = store.verify(read_data=True)
+    assert report.ok and report.snapshots == 2 and report.blobs_checked > 0
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_damage_is_named_by_execution_and_path_and_repair_is_consistent(
+    store: Store, tmp_path: Path, damage: str
+) -> None:
+    _a, b = _two_runs(store, tmp_path)
+    victim = _pack_of(store, "run-a", "shared.bin")
+    path = _pack_file(store, victim)
+    if damage == "flip":
+        data = bytearray(path.read_bytes())
+        data[10] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[:1000])
+    else:
+        path.unlink()
+
+    report = store.verify(read_data=True)
+    assert not report.ok
+    assert ("run-a", "shared.bin") in {(p.execution_id, p.path) for p in report.problems}
+    assert "run-b" not in report.damaged
+
+    store.restore("run-b", tmp_path / "out-b")  # the other execution is untouched
+    assert describe(str(tmp_path / "out-b")) == describe(str(b))
+
+    found, fixed = store.repair(read_data=True)
+    assert "run-a" in fixed.snapshots_marked_damaged
+    assert store.get("run-a").damaged
+    assert path.exists() or damage == "delete"  # repair never deletes stored data
+    after = store.verify(read_data=True)
+    assert after.ok, [str(p) for p in after.problems]
+    assert any(p.execution_id == "run-a" for p in after.known_damage)
+    with pytest.raises(IntegrityError, match="shared.bin"):
+        store.restore("run-a", tmp_path / "out-a")
+
+    # A later snapshot of the same content stores it again instead of reusing the lost chunks.
+    again = store.snapshot(tmp_path / "a", "run-a2", use_files_cache=False)
+    assert again.stats["new_bytes"] > 0
+    store.restore("run-a2", tmp_path / "out-a2")
+    assert store.verify().ok
+
+
+def test_rebuild_index_from_the_backend_alone(store: Store, tmp_path: Path) -> None:
+    a, b = _two_runs(store, tmp_path)
+    os.unlink(tmp_path / "index.sqlite")
+    fresh = Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'index.sqlite'}")
+    assert fresh.list() == []
+    report = fresh.rebuild_index()
+    assert report.snapshots == 2 and report.packs > 0 and not report.skipped
+    for execution_id, src in (("run-a", a), ("run-b", b)):
+        fresh.restore(execution_id, tmp_path / f"out-{execution_id}")
+        assert describe(str(tmp_path / f"out-{execution_id}")) == describe(str(src))
+    assert fresh.verify(read_data=True).ok
+    fresh.close()
+
+
+def test_a_host_with_its_own_index_finds_other_hosts_snapshots(store: Store, tmp_path: Path) -> None:
+    _a, b = _two_runs(store, tmp_path)
+    other = Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'other-host.sqlite'}")
+    other.restore("run-b", tmp_path / "out")  # not in its index: synced from the backend on demand
+    assert describe(str(tmp_path / "out")) == describe(str(b))
+    assert {s.execution_id for s in other.list()} == {"run-a", "run-b"}
+    other.close()
+
+
+def test_snapshot_object_without_row_is_a_root_and_repair_indexes_it(store: Store, tmp_path: Path) -> None:
+    _a, b = _two_runs(store, tmp_path)
+    store.repo.index.remove_snapshot("run-b")  # as if the writer died between object and row
+    import datetime as dt
+
+    for _ in range(3):
+        assert not store.gc(grace=dt.timedelta(0)).deleted
+    report = store.verify()
+    assert "run-b" in report.objects_without_rows
+    _found, fixed = store.repair()
+    assert fixed.rows_added == ["run-b"]
+    assert store.verify().ok
+
+
+def test_cli_verify_exit_status(store: Store, tmp_path: Path) -> None:
+    _two_runs(store, tmp_path)
+    env = {**os.environ, "CAS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "cas", "--repo", str(tmp_path / "repo"), "--index",
+            f"sqlite:///{tmp_path / 'index.sqlite'}", "verify", "--read-data"]
+    assert subprocess.run(args, env=env, capture_output=True).returncode == 0
+    _pack_file(store, _pack_of(store, "run-a", "shared.bin")).unlink()
+    proc = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "run-a:shared.bin" in proc.stdout
