@@ -36,7 +36,13 @@ if [[ "${1:-}" == "--force" ]]; then
 fi
 
 if ! classpath_current; then
-    mvn -B -q -Dstyle.color=never -f "$here/pom.xml" validate
+    mkdir -p "$target"
+    # Maven's output only matters when it fails (quiet mode still prints colour resets).
+    if ! mvn -B -q -Dstyle.color=never -f "$here/pom.xml" validate > "$target/mvn.log" 2>&1; then
+        cat "$target/mvn.log" >&2
+        echo "tests/hdfs/build.sh: Maven could not resolve the Hadoop minicluster (log above)" >&2
+        exit 1
+    fi
 fi
 
 if [[ ! -f "$class_file" || "$source_file" -nt "$class_file" || "$classpath_file" -nt "$class_file" ]]; then
