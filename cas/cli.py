@@ -364,6 +364,9 @@ def cmd_verify(store: Store, args: argparse.Namespace) -> int:
         f"{report.snapshots} snapshots, {report.packs} packs"
         + (f", {report.packs_read} packs read, {report.blobs_checked} blobs re-hashed" if args.read_data else "")
     )
+    if report.objects_without_rows:
+        summary += (f"\n{len(report.objects_without_rows)} snapshots are on the backend but not in this index "
+                    "(checked; 'cas rebuild-index --sync' adds them)")
     text = "\n".join([summary] + [str(p) for p in report.problems[:200]]
                      + ([f"... and {len(report.problems) - 200} more"] if len(report.problems) > 200 else [])
                      + ["no problems found" if report.ok else f"{len(report.problems)} problems found"])

@@ -8,6 +8,7 @@ holds an unreferenced copy that garbage collection reclaims).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -139,7 +140,10 @@ class Index:
         from alembic.runtime.migration import MigrationContext
 
         try:
-            with self.engine.begin() as conn:
+            with self._migration_lock(), self.engine.begin() as conn:
+                if self.engine.dialect.name == "postgresql":
+                    # Two processes opening a new database must not both create the tables.
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7262730)")
                 current = MigrationContext.configure(conn).get_current_revision()
                 if current == SCHEMA_HEAD:
                     return
@@ -154,6 +158,22 @@ class Index:
                 command.upgrade(config, "head")
         except OperationalError as exc:
             raise Unavailable(f"cannot open index {self.describe()}: {_first_line(exc)}") from exc
+
+    @contextlib.contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        """On SQLite, a lock file beside the database serialises migrations between processes."""
+        database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        if not database or database == ":memory:":
+            yield
+            return
+        import fcntl
+
+        with open(database + ".migrate-lock", "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     # -- blobs and packs ------------------------------------------------------------------------
 

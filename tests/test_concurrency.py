@@ -1,0 +1,252 @@
+"""Many writers, one repository: processes snapshotting at once while gc and forget run.
+
+Two set-ups: SQLite + local directory (writers on one host), and PostgreSQL + S3 (moto).
+Afterwards `verify --read-data` is clean and every snapshot that was not forgotten restores exactly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import multiprocessing as mp
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cas import AlreadyExists, Store
+from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
+from tests.servers.s3 import moto_server  # noqa: F401
+
+ROOT = Path(__file__).resolve().parent.parent
+CHUNKS = {"chunk_min": 1024, "chunk_avg": 4096, "chunk_max": 16384, "pack_size": 1 << 20}
+WRITERS = 3
+SNAPSHOTS_PER_WRITER = 4
+
+
+def _open(spec: dict[str, Any]) -> Store:
+    os.environ["CAS_HOME"] = spec["home"]
+    if spec.get("s3"):
+        from backends import open_backend
+
+        backend = open_backend(spec["repo"], **spec["s3"])
+        return Store.open(backend, index=spec["index"], **CHUNKS)
+    return Store.open(spec["repo"], index=spec["index"], **CHUNKS)
+
+
+def _digest_tree(root: Path) -> dict[str, str]:
+    import blake3
+
+    return {
+        str(p.relative_to(root)): blake3.blake3(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def _writer(spec: dict[str, Any], worker: int, out: str) -> None:
+    store = _open(spec)
+    rng = random.Random(worker)
+    base = Path(spec["work"]) / "base"
+    tree = Path(spec["work"]) / f"w{worker}"
+    shutil.copytree(base, tree)
+    results = {}
+    for i in range(SNAPSHOTS_PER_WRITER):
+        (tree / f"own-{worker}.bin").write_bytes(rng.randbytes(30_000))  # unique per snapshot
+        (tree / "shared-edit.bin").write_bytes(random.Random(i).randbytes(20_000))  # same across writers
+        execution_id = f"w{worker}-s{i}"
+        store.snapshot(tree, execution_id, use_files_cache=bool(i % 2))
+        results[execution_id] = _digest_tree(tree)
+    Path(out).write_text(json.dumps(results))
+    store.close()
+
+
+def _collector(spec: dict[str, Any], stop: Any, counts: Any) -> None:
+    store = _open(spec)
+    while not stop.is_set():
+        report = store.gc(grace=dt.timedelta(0))
+        counts["gc_runs"] = counts.get("gc_runs", 0) + 1
+        counts["deleted"] = counts.get("deleted", 0) + len(report.deleted)
+        counts["deleted_bytes"] = counts.get("deleted_bytes", 0) + report.deleted_bytes
+        time.sleep(0.05)
+    store.close()
+
+
+def _forgetter(spec: dict[str, Any], stop: Any, forgotten: Any) -> None:
+    store = _open(spec)
+    while not stop.is_set():
+        # Forget writer 0's snapshots except its newest, as they appear.
+        mine = [s.execution_id for s in store.list() if s.execution_id.startswith("w0-")]
+        for execution_id in mine[1:]:
+            if execution_id not in forgotten:
+                store.forget([execution_id])
+                forgotten.append(execution_id)
+        time.sleep(0.1)
+    store.close()
+
+
+def _run_stress(spec: dict[str, Any], tmp_path: Path) -> dict[str, int]:
+    base = Path(spec["work"]) / "base"
+    base.mkdir(parents=True)
+    rng = random.Random(0)
+    for i in range(8):
+        (base / f"dep-{i}.bin").write_bytes(rng.randbytes(25_000))
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        stop = manager.Event()
+        counts = manager.dict()
+        forgotten = manager.list()
+        gc_proc = ctx.Process(target=_collector, args=(spec, stop, counts))
+        forget_proc = ctx.Process(target=_forgetter, args=(spec, stop, forgotten))
+        outs = [str(tmp_path / f"w{i}.json") for i in range(WRITERS)]
+        writers = [ctx.Process(target=_writer, args=(spec, i, outs[i])) for i in range(WRITERS)]
+        gc_proc.start()
+        forget_proc.start()
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join(300)
+            assert w.exitcode == 0, f"writer exited with {w.exitcode}"
+        time.sleep(0.3)
+        stop.set()
+        gc_proc.join(120)
+        forget_proc.join(120)
+        assert gc_proc.exitcode == 0 and forget_proc.exitcode == 0
+        stats = dict(counts)
+        gone = set(forgotten)
+
+    expected: dict[str, dict[str, str]] = {}
+    for out in outs:
+        expected.update(json.loads(Path(out).read_text()))
+    store = _open(spec)
+    try:
+        # Two more GC runs so anything condemned during the stress is actually deleted now.
+        for _ in range(2):
+            report = store.gc(grace=dt.timedelta(0))
+            stats["deleted"] = stats.get("deleted", 0) + len(report.deleted)
+            stats["deleted_bytes"] = stats.get("deleted_bytes", 0) + report.deleted_bytes
+        check = store.verify(read_data=True)
+        assert check.ok, [str(p) for p in check.problems]
+        live = {s.execution_id for s in store.list()}
+        assert live == set(expected) - gone
+        for execution_id in sorted(live):
+            dest = tmp_path / "restore" / execution_id
+            store.restore(execution_id, dest)
+            assert _digest_tree(dest) == expected[execution_id], execution_id
+        stats["snapshots_kept"] = len(live)
+        stats["snapshots_forgotten"] = len(gone)
+    finally:
+        store.close()
+    print(f"stress: {stats}")
+    return stats
+
+
+@pytest.mark.slow
+def test_stress_sqlite_local(tmp_path: Path) -> None:
+    spec = {"repo": str(tmp_path / "repo"), "index": f"sqlite:///{tmp_path / 'index.sqlite'}",
+            "home": str(tmp_path / "home"), "work": str(tmp_path / "work")}
+    stats = _run_stress(spec, tmp_path)
+    assert stats["gc_runs"] >= 2 and stats["snapshots_forgotten"] >= 1
+
+
+@pytest.mark.slow
+def test_stress_postgres_s3(tmp_path: Path, postgres_url: str, moto_server: Any) -> None:  # noqa: F811
+    client = moto_server.client()
+    bucket = "stress-" + os.urandom(4).hex()
+    client.create_bucket(Bucket=bucket)
+    spec = {"repo": f"s3://{bucket}/cas", "s3": moto_server.backend_options(), "index": postgres_url,
+            "home": str(tmp_path / "home"), "work": str(tmp_path / "work")}
+    stats = _run_stress(spec, tmp_path)
+    assert stats["gc_runs"] >= 2 and stats["snapshots_forgotten"] >= 1
+
+
+def _claim(spec: dict[str, Any], tree: str, out: str) -> None:
+    store = _open(spec)
+    try:
+        store.snapshot(tree, "contested", use_files_cache=False)
+        Path(out).write_text("won")
+    except AlreadyExists:
+        Path(out).write_text("lost")
+    store.close()
+
+
+@pytest.mark.parametrize("index_kind", ["sqlite", "postgresql"])
+def test_two_writers_claiming_one_execution_id(tmp_path: Path, index_kind: str, request: pytest.FixtureRequest) -> None:
+    index = (f"sqlite:///{tmp_path / 'index.sqlite'}" if index_kind == "sqlite"
+             else request.getfixturevalue("postgres_url"))
+    spec = {"repo": str(tmp_path / "repo"), "index": index, "home": str(tmp_path / "home")}
+    trees = []
+    for i in range(2):
+        t = tmp_path / f"t{i}"
+        t.mkdir()
+        (t / "f").write_bytes(os.urandom(50_000))
+        trees.append(str(t))
+    ctx = mp.get_context("spawn")
+    outs = [str(tmp_path / f"o{i}") for i in range(2)]
+    procs = [ctx.Process(target=_claim, args=(spec, trees[i], outs[i])) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert sorted(Path(o).read_text() for o in outs) == ["lost", "won"]
+
+
+_KILL_WRITER = """
+import os, sys
+sys.path.insert(0, {root!r})
+os.environ["CAS_HOME"] = {home!r}
+from cas import Store
+s = Store.open({repo!r}, index={index!r}, chunk_min=1024, chunk_avg=4096, chunk_max=16384, pack_size=1 << 20)
+print("ready", flush=True)
+s.snapshot({src!r}, {eid!r}, use_files_cache=False)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_writers_killed_at_random_points_leave_a_consistent_repository(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(11)
+    for i in range(40):
+        (src / f"f{i:02d}.bin").write_bytes(rng.randbytes(60_000))
+    repo, index, home = str(tmp_path / "repo"), f"sqlite:///{tmp_path / 'index.sqlite'}", str(tmp_path / "home")
+    trials = 8
+    killed = 0
+    for trial in range(trials):
+        (src / "changing.bin").write_bytes(rng.randbytes(200_000))
+        eid = f"crash-{trial}"
+        code = _KILL_WRITER.format(root=str(ROOT), home=home, repo=repo, index=index, src=str(src), eid=eid)
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.0, 0.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed += proc.returncode == -signal.SIGKILL
+
+        store = Store.open(repo, index=index)
+        report = store.verify()
+        assert report.ok, [str(p) for p in report.problems]
+        # The killed execution ID can be snapshotted (again, or for the first time).
+        store.snapshot(src, eid, use_files_cache=False)
+        store.restore(eid, tmp_path / "out" / eid)
+        assert _digest_tree(tmp_path / "out" / eid) == _digest_tree(src)
+        store.close()
+    store = Store.open(repo, index=index)
+    for _ in range(2):
+        store.gc(grace=dt.timedelta(0))
+    # Whatever the killed writers left is gone: every pack on the backend is indexed and referenced.
+    on_backend = {i.key.rsplit("/", 1)[-1] for i in store.repo.backend.list("data/")}
+    assert on_backend == {p.id for p in store.repo.index.pack_rows()}
+    assert store.gc(grace=dt.timedelta(0), dry_run=True).condemned == []
+    assert store.verify(read_data=True).ok
+    store.close()
+    assert killed >= trials // 2
