@@ -4,6 +4,7 @@
 # The S3 server (moto), the OSS protocol server and the HDFS MiniDFSCluster are started by the test
 # suite's fixtures; Java and Maven come with the machine image, or are installed here.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 apt_updated=0
 need() {  # need <command> <debian packages...>
@@ -13,7 +14,7 @@ need() {  # need <command> <debian packages...>
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
 }
 
-need java openjdk-17-jdk-headless
+need javac openjdk-17-jdk-headless
 need mvn maven
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need __no_such_command__ postgresql
 
@@ -30,3 +31,6 @@ pg_isready -h 127.0.0.1 -p 5432
 su postgres -c "psql -q -tc \"SELECT 1 FROM pg_roles WHERE rolname='cas'\" | grep -q 1 || psql -q -c \"CREATE ROLE cas LOGIN PASSWORD 'cas' CREATEDB\""
 su postgres -c "psql -q -tc \"SELECT 1 FROM pg_database WHERE datname='cas'\" | grep -q 1 || createdb -O cas cas"
 echo "services: PostgreSQL $version on 127.0.0.1:5432 (role cas, database cas)"
+
+# Resolve Hadoop's MiniDFSCluster from Maven Central (cached in ~/.m2) before the tests start it.
+bash tests/hdfs/build.sh

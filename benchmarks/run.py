@@ -472,6 +472,14 @@ def render_markdown(results: dict[str, object], labels: list[str]) -> str:
         f"(per execution ~{int(cfg['code_bytes']) / 2**20:.0f} MiB code, ~{int(cfg['deps_bytes']) / 2**20:.0f} MiB deps, "  # type: ignore[call-overload]
         f"{int(cfg['model_bytes']) / 2**20:.0f} MiB checkpoint of which {float(cfg['changed_fraction']):.0%} of tensors change).\n"  # type: ignore[call-overload,arg-type]
     )
+    upgrade: dict[str, str] = wlj.get("upgrade") or {}  # type: ignore[assignment]
+    pkgs: list[str] = wlj.get("deps_packages") or []  # type: ignore[assignment]
+    lines.append(
+        f"Code from `{wlj['code_source']}`; deps: {len(pkgs)} site-packages entries from `{wlj['deps_source']}`"
+        + (f", `{upgrade.get('package')}` upgraded in {labels[max(1, len(labels) // 2)]} "
+           f"(content of `{upgrade.get('replaced_by_content_of')}`)" if upgrade and len(labels) > 1 else "")
+        + f"; tensors: {wlj['tensor_generator']}.\n"
+    )
     header = "| metric | " + " | ".join(names) + " |"
     lines.append(header)
     lines.append("|---|" + "---|" * len(names))

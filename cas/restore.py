@@ -95,6 +95,8 @@ class Restorer:
         return fd
 
     def _restore_dir(self, dir_fd: int, entries: list[Entry], prefix: str) -> None:
+        if self.overwrite:
+            self._remove_stale_temporaries(dir_fd)
         locations = self.repo.locate(c for e in entries if e.type == FILE for c in e.chunks)
         pending: list[tuple[str, Future[int]]] = []
         try:
@@ -119,6 +121,17 @@ class Restorer:
                         self.progress(self.report.files, self.report.bytes)
                 except (CasError, OSError) as exc:
                     self._fail(path, exc)
+
+    def _remove_stale_temporaries(self, dir_fd: int) -> None:
+        """Delete what an interrupted restore left here (our temporaries are never valid files)."""
+        for name in os.listdir(dir_fd):
+            if name.startswith(_TMP_PREFIX):
+                try:
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    if not stat.S_ISDIR(st.st_mode):
+                        os.unlink(name, dir_fd=dir_fd)
+                except OSError:
+                    pass
 
     def _directory(self, parent_fd: int, entry: Entry, path: str) -> None:
         try:
