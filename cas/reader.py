@@ -20,13 +20,22 @@ MAX_RUN_BYTES = 32 * 1024 * 1024
 
 
 def file_chunks(repo: Repository, entry: Entry, locations: dict[str, BlobLocation], path: str) -> Iterator[bytes]:
-    """The verified chunks of a file entry, in order. Raises IntegrityError naming ``path``."""
-    runs: list[list[tuple[str, BlobLocation]]] = []
+    """The verified chunks of a file entry, in order. Raises IntegrityError naming ``path``.
+
+    Chunks in the repository's local chunk cache (if it has one) are read from there; the rest are
+    fetched in runs and added to it.
+    """
+    cache = repo.chunk_cache
+    # Segments in file order: a cached chunk ID, or a run of chunks to fetch with one range read.
+    segments: list[str | list[tuple[str, BlobLocation]]] = []
     for chunk_id in entry.chunks:
+        if cache is not None and chunk_id in cache:
+            segments.append(chunk_id)
+            continue
         loc = locations.get(chunk_id)
         if loc is None or loc.kind != KIND_DATA:
             raise IntegrityError(f"{path}: chunk {chunk_id[:16]} is missing from the repository")
-        run = runs[-1] if runs else None
+        run = segments[-1] if segments and isinstance(segments[-1], list) else None
         if (
             run is not None
             and run[-1][1].pack_id == loc.pack_id
@@ -35,20 +44,37 @@ def file_chunks(repo: Repository, entry: Entry, locations: dict[str, BlobLocatio
         ):
             run.append((chunk_id, loc))
         else:
-            runs.append([(chunk_id, loc)])
-    for run in runs:
-        start = run[0][1].offset
-        end = run[-1][1].offset + run[-1][1].length
+            segments.append([(chunk_id, loc)])
+    for segment in segments:
+        if isinstance(segment, str):
+            data = cache.get(segment) if cache is not None else None
+            if data is None:  # evicted or damaged since we looked: fetch it alone
+                loc = locations.get(segment) or repo.locate([segment]).get(segment)
+                if loc is None:
+                    raise IntegrityError(f"{path}: chunk {segment[:16]} is missing from the repository")
+                yield from _fetch_run(repo, [(segment, loc)], path)
+            else:
+                yield data
+            continue
+        yield from _fetch_run(repo, segment, path)
+
+
+def _fetch_run(repo: Repository, run: list[tuple[str, BlobLocation]], path: str) -> Iterator[bytes]:
+    start = run[0][1].offset
+    end = run[-1][1].offset + run[-1][1].length
+    try:
+        data = repo.backend.get(pack_key(run[0][1].pack_id), start, end - start)
+    except FileNotFoundError:
+        raise IntegrityError(f"{path}: pack {run[0][1].pack_id[:16]} is missing from the backend") from None
+    for chunk_id, loc in run:
+        payload = data[loc.offset - start : loc.offset - start + loc.length]
         try:
-            data = repo.backend.get(pack_key(run[0][1].pack_id), start, end - start)
-        except FileNotFoundError:
-            raise IntegrityError(f"{path}: pack {run[0][1].pack_id[:16]} is missing from the backend") from None
-        for chunk_id, loc in run:
-            payload = data[loc.offset - start : loc.offset - start + loc.length]
-            try:
-                yield verify_blob(chunk_id, loc, payload)
-            except IntegrityError as exc:
-                raise IntegrityError(f"{path}: {exc}") from None
+            raw = verify_blob(chunk_id, loc, payload)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{path}: {exc}") from None
+        if repo.chunk_cache is not None:
+            repo.chunk_cache.put(chunk_id, raw)
+        yield raw
 
 
 def verified_content(repo: Repository, entry: Entry, locations: dict[str, BlobLocation], path: str) -> Iterator[bytes]:

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 from backends import open_backend, redact_url
 from backends.base import Backend
+from cas.chunkcache import ChunkCache
 from cas.compression import decode
 from cas.config import CONFIG_KEY, RepoConfig
 from cas.errors import AlreadyExists, IntegrityError, NotFound
@@ -42,10 +43,13 @@ def default_index_url(repo_id: str) -> str:
 
 
 class Repository:
-    def __init__(self, backend: Backend, config: RepoConfig, index: Index) -> None:
+    def __init__(
+        self, backend: Backend, config: RepoConfig, index: Index, chunk_cache: ChunkCache | None = None
+    ) -> None:
         self.backend = backend
         self.config = config
         self.index = index
+        self.chunk_cache = chunk_cache
 
     @classmethod
     def open(
@@ -55,12 +59,23 @@ class Repository:
         index: str | Index | None = None,
         create: bool = True,
         config_overrides: dict[str, int] | None = None,
+        chunk_cache: str | bool | None = None,
     ) -> Repository:
+        """``chunk_cache``: a directory, True for ``$CAS_HOME/cache/chunks``, False for none, or None
+        for the default: on for remote backends, off for a local directory (nothing to save)."""
         backend = repo if isinstance(repo, Backend) else open_backend(repo or default_repo_url())
         config = load_or_create_config(backend, create=create, overrides=config_overrides or {})
         if not isinstance(index, Index):
             index = Index.open(index or os.environ.get("CAS_INDEX") or default_index_url(config.repo_id))
-        return cls(backend, config, index)
+        if chunk_cache is None:
+            chunk_cache = os.environ.get("CAS_CHUNK_CACHE", "") not in ("0", "off", "no") and not (
+                backend.describe().startswith("file://")
+            )
+        cache = None
+        if chunk_cache:
+            root = chunk_cache if isinstance(chunk_cache, str) else os.path.join(default_home(), "cache", "chunks")
+            cache = ChunkCache(root)
+        return cls(backend, config, index, cache)
 
     def describe(self) -> str:
         return redact_url(self.backend.describe())
@@ -89,7 +104,12 @@ class Repository:
             raise NotFound(f"tree {tree_id} is not in the index (run 'cas rebuild-index'?)")
         if location.kind != KIND_TREE:
             raise IntegrityError(f"blob {tree_id} is not a tree node")
-        return decode_tree(self.read_blob(tree_id, location))
+        data = self.chunk_cache.get(tree_id) if self.chunk_cache is not None else None
+        if data is None:
+            data = self.read_blob(tree_id, location)
+            if self.chunk_cache is not None:
+                self.chunk_cache.put(tree_id, data)
+        return decode_tree(data)
 
 
 def verify_blob(blob_id: str, location: BlobLocation, payload: bytes) -> bytes:

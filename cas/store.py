@@ -83,10 +83,17 @@ class Store:
         *,
         index: str | Index | None = None,
         create: bool = True,
+        chunk_cache: str | bool | None = None,
         **config: int,
     ) -> Store:
-        """Open (and by default create) a repository. ``config`` sets chunk/pack parameters on creation."""
-        return cls(Repository.open(repo, index=index, create=create, config_overrides=config))
+        """Open (and by default create) a repository. ``config`` sets chunk/pack parameters on creation.
+
+        ``chunk_cache``: a directory shared by processes on this host for verified chunks read from a
+        remote backend (default: ``$CAS_HOME/cache/chunks`` for remote backends, none for local ones).
+        """
+        return cls(
+            Repository.open(repo, index=index, create=create, config_overrides=config, chunk_cache=chunk_cache)
+        )
 
     def close(self) -> None:
         self.repo.close()

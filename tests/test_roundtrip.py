@@ -182,3 +182,38 @@ def test_resnapshot_uses_files_cache_and_stays_exact(store: Store, tmp_path: Pat
     assert second.stats["files_from_cache"] == 4
     store.restore("cache-2", tmp_path / "out")
     assert (tmp_path / "out" / "f0").read_bytes() == (src / "f0").read_bytes()
+
+
+def test_chunk_cache_serves_repeated_restores_and_survives_damage(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+    from backends.local import LocalBackend
+
+    class CountingBackend(LocalBackend):
+        gets = 0
+
+        def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+            if key.startswith("data/"):
+                CountingBackend.gets += 1
+            return super().get(key, offset, length)
+
+    src = tmp_path / "deps"
+    src.mkdir()
+    for i in range(5):
+        (src / f"lib{i}.so").write_bytes(os.urandom(20_000))
+    backend = CountingBackend(tmp_path / "repo")
+    with Store.open(backend, index=f"sqlite:///{tmp_path / 'i.sqlite'}", chunk_cache=str(tmp_path / "cc"),
+                    **SMALL_CHUNKS) as store:
+        store.snapshot(src, "exec-1")
+        store.snapshot(src, "exec-2")
+        store.restore("exec-1", tmp_path / "o1")
+        first = CountingBackend.gets
+        assert first > 0
+        store.restore("exec-2", tmp_path / "o2")  # same chunks: all from the cache
+        assert CountingBackend.gets == first
+        # A damaged cache entry is detected, dropped and fetched again, never restored.
+        victim = next((tmp_path / "cc").rglob("*"), None)
+        entries = [p for p in (tmp_path / "cc").rglob("*") if p.is_file()]
+        entries[0].write_bytes(b"garbage")
+        store.restore("exec-2", tmp_path / "o3")
+        assert CountingBackend.gets > first
+        assert victim is not None
+    assert describe(str(tmp_path / "o3")) == describe(str(src))
