@@ -266,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
     tools: list[Tool] = [TOOLS[n](WORK) for n in names]
     for t in tools:
         t.reset()
+    versions = {t.name: t.version() for t in tools}  # before the run: cas/ may change under us
     log_dir = WORK / "logs"
     measurements: dict[str, list[Measurement]] = {t.name: [] for t in tools}
     errors: dict[str, list[str]] = {t.name: [] for t in tools}
@@ -339,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
         "total_seconds": total_seconds,
         "quick": args.quick,
         "machine": machine_info(),
-        "tool_versions": {t.name: t.version() for t in tools},
+        "tool_versions": versions,
         "workload": workload.to_json(),
         "logical_bytes": logical,
         "summary": summary,

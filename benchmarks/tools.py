@@ -128,7 +128,11 @@ class Cas(Tool):
 
     def version(self) -> str:
         rev = _first_line(["git", "-C", str(REPO_ROOT), "log", "-1", "--format=%h %cI", "--", "cas"])
-        return f"cas (python -m cas.cli, commit {rev})"
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "cas", "manifests", "backends"],
+            capture_output=True, text=True,
+        ).stdout.strip()
+        return f"cas (python -m cas.cli, last commit to cas/ {rev}{', with uncommitted changes' if dirty else ''})"
 
 
 class Restic(Tool):
