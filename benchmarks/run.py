@@ -532,7 +532,8 @@ def render_chart(results: dict[str, object], labels: list[str], path: Path) -> N
     ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(time_keys))], [lab for _, lab in time_keys])
     ax.set_ylabel("seconds")
     ax.set_title("time per step (lower is better)")
-    ax.legend()
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.15)
+    ax.legend(loc="upper center", ncol=len(names))
     for ax, key, title, scale in (
         (axes[1], "stored_bytes", "stored after the series (MiB)", 2**20),
         (axes[2], "peak_rss_kib", "peak RSS, any command (MiB)", 1024),
@@ -560,8 +561,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed for one tool command")
     p.add_argument("--reuse-workload", action="store_true", help="keep benchmarks/work/execs if built with the same options")
     p.add_argument("--keep", action="store_true", help="keep restored trees under benchmarks/work/restore")
-    p.add_argument("--results", default=str(RESULTS), help="directory for results.md, results.json, chart.png")
+    p.add_argument("--results", default=None, help="directory for results.md, results.json, chart.png "
+                   "(default benchmarks/results, or benchmarks/results/quick with --quick)")
     args = p.parse_args(argv)
+    if args.results is None:
+        args.results = str(RESULTS / "quick" if args.quick else RESULTS)
     return run(args)
 
 
