@@ -66,7 +66,7 @@ class RepoConfig:
             raise IntegrityError("repository config is too large")
         try:
             raw = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise IntegrityError("repository config is not valid JSON") from exc
         if not isinstance(raw, dict):
             raise IntegrityError("repository config is not a JSON object")

@@ -40,10 +40,17 @@ def check_labels(labels: object, error: type[Exception] = ConfigurationError) ->
         if (
             not isinstance(value, str)
             or len(value) > MAX_LABEL_VALUE
-            or any(ord(c) < 32 or ord(c) == 127 for c in value)
+            or any(_unprintable(c) for c in value)
         ):
             raise error(f"invalid value for label {key!r}: at most {MAX_LABEL_VALUE} printable characters")
     return dict(labels)
+
+
+def _unprintable(c: str) -> bool:
+    """C0/C1 control characters (terminal escapes) and lone surrogates (not text: they come from
+    undecodable bytes on a command line and cannot be stored as valid UTF-8 or strict JSON)."""
+    code = ord(c)
+    return code < 32 or 127 <= code <= 159 or 0xD800 <= code <= 0xDFFF
 
 
 def snapshot_key(execution_id: str) -> str:
@@ -81,7 +88,7 @@ class SnapshotRecord:
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise IntegrityError("snapshot record is not valid JSON") from exc
-        if not isinstance(doc, dict) or doc.get("v") != RECORD_VERSION:
+        if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] != RECORD_VERSION:
             raise IntegrityError("snapshot record has an unknown version")
         execution_id = check_execution_id(doc.get("execution_id"), IntegrityError)
         root = doc.get("root")

@@ -70,7 +70,10 @@ def decode_tree(data: bytes) -> list[Entry]:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise IntegrityError("tree node is not valid JSON") from exc
-    if not isinstance(doc, dict) or doc.get("v") != TREE_VERSION or not isinstance(doc.get("entries"), list):
+    # ``type(...) is int``: JSON ``true`` and ``1.0`` compare equal to 1 but are not version 1.
+    if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] != TREE_VERSION:
+        raise IntegrityError("tree node has an unknown version or shape")
+    if not isinstance(doc.get("entries"), list):
         raise IntegrityError("tree node has an unknown version or shape")
     raw_entries = doc["entries"]
     if len(raw_entries) > MAX_ENTRIES:
