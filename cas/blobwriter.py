@@ -13,7 +13,6 @@ caller reading and cutting files.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +25,9 @@ from cas.repository import Repository
 from manifests.index import BlobLocation, PackBeingDeleted
 
 _TOMBSTONE_WAIT = 120.0
+_DEDUP_BATCH = 400
+_PENDING_BYTES = 32 * 1024 * 1024
+_GROUP_BYTES = 2 * 1024 * 1024
 
 
 @dataclass
@@ -43,7 +45,10 @@ class WriteStats:
 class BlobWriter:
     """Deduplicating blob sink for one writer. Not thread-safe: call from one thread.
 
-    :meth:`add` returns at once; the blob is durable only after :meth:`flush` returns.
+    :meth:`add` returns at once. Blobs are buffered and their existence checked against the index
+    in batches (one query per few hundred blobs, not one per blob); new ones are encoded on the
+    thread pool in groups, so per-blob overhead stays small for trees of many small files. A blob is
+    durable only after :meth:`flush` returns.
     """
 
     def __init__(
@@ -59,16 +64,17 @@ class BlobWriter:
         self._workers = workers or max(2, os.cpu_count() or 2)
         self._encoders = ThreadPoolExecutor(self._workers, thread_name_prefix="cas-encode")
         self._uploaders = ThreadPoolExecutor(uploads, thread_name_prefix="cas-upload")
-        self._max_encoding = self._workers * 4
+        self._max_encoding = self._workers * 3
         self._max_uploading = uploads + 1
         self._seen: set[str] = set()
-        self._encoding: dict[int, deque[tuple[str, int, Future[tuple[int, bytes]]]]] = {
+        self._pending: list[tuple[str, int, bytes | memoryview]] = []
+        self._pending_bytes = 0
+        self._encoding: dict[int, deque[Future[list[tuple[str, int, int, bytes]]]]] = {
             KIND_DATA: deque(),
             KIND_TREE: deque(),
         }
         self._builders = {KIND_DATA: PackBuilder(), KIND_TREE: PackBuilder()}
         self._uploads: deque[Future[None]] = deque()
-        self._lock = threading.Lock()
         self._closed = False
 
     def known(self, blob_ids: list[str]) -> set[str]:
@@ -78,25 +84,19 @@ class BlobWriter:
         self._seen.update(found)
         return {b for b in blob_ids if b in self._seen}
 
-    def add(self, blob_id: str, kind: int, data: bytes | memoryview, *, checked: bool = False) -> bool:
-        """Queue a blob unless it is stored already; True if it was new.
-
-        ``checked`` says the caller already asked :meth:`known` about this ID.
-        """
+    def add(self, blob_id: str, kind: int, data: bytes | memoryview) -> None:
+        """Queue a blob; it is dropped later if the index already has it."""
         if blob_id in self._seen:
-            return False
-        if self.dedup and not checked and self.repo.index.known_blobs([blob_id]):
-            self._seen.add(blob_id)
-            return False
+            return
         self._seen.add(blob_id)
-        queue = self._encoding[kind]
-        queue.append((blob_id, len(data), self._encoders.submit(encode, data, self.level)))
-        while len(queue) > self._max_encoding:
-            self._take_one(kind)
-        return True
+        self._pending.append((blob_id, kind, data))
+        self._pending_bytes += len(data)
+        if len(self._pending) >= _DEDUP_BATCH or self._pending_bytes >= _PENDING_BYTES:
+            self._resolve()
 
     def flush(self) -> None:
         """Make every added blob durable: encoded, packed, uploaded and indexed."""
+        self._resolve()
         for kind in (KIND_DATA, KIND_TREE):
             while self._encoding[kind]:
                 self._take_one(kind)
@@ -119,19 +119,44 @@ class BlobWriter:
 
     # -- internals ------------------------------------------------------------------------------
 
+    def _resolve(self) -> None:
+        """Drop pending blobs the index has; hand the rest to the encoders in groups."""
+        batch, self._pending, self._pending_bytes = self._pending, [], 0
+        if not batch:
+            return
+        known = self.repo.index.known_blobs([b[0] for b in batch]) if self.dedup else set()
+        groups: dict[int, list[tuple[str, bytes | memoryview]]] = {KIND_DATA: [], KIND_TREE: []}
+        sizes = {KIND_DATA: 0, KIND_TREE: 0}
+        for blob_id, kind, data in batch:
+            if blob_id in known:
+                continue
+            groups[kind].append((blob_id, data))
+            sizes[kind] += len(data)
+            if sizes[kind] >= _GROUP_BYTES:
+                self._submit(kind, groups[kind])
+                groups[kind], sizes[kind] = [], 0
+        for kind, group in groups.items():
+            if group:
+                self._submit(kind, group)
+
+    def _submit(self, kind: int, group: list[tuple[str, bytes | memoryview]]) -> None:
+        queue = self._encoding[kind]
+        queue.append(self._encoders.submit(_encode_group, group, self.level))
+        while len(queue) > self._max_encoding:
+            self._take_one(kind)
+
     def _take_one(self, kind: int) -> None:
-        blob_id, raw_length, future = self._encoding[kind].popleft()
-        codec, payload = future.result()
-        builder = self._builders[kind]
-        builder.add(blob_id, kind, codec, payload, raw_length)
-        self.stats.new_blobs += 1
-        if kind == KIND_DATA:
-            self.stats.new_raw_bytes += raw_length
-        else:
-            self.stats.new_tree_bytes += raw_length
-        self.stats.new_stored_bytes += len(payload)
-        if builder.size >= self.pack_size:
-            self._seal(kind)
+        for blob_id, raw_length, codec, payload in self._encoding[kind].popleft().result():
+            builder = self._builders[kind]
+            builder.add(blob_id, kind, codec, payload, raw_length)
+            self.stats.new_blobs += 1
+            if kind == KIND_DATA:
+                self.stats.new_raw_bytes += raw_length
+            else:
+                self.stats.new_tree_bytes += raw_length
+            self.stats.new_stored_bytes += len(payload)
+            if builder.size >= self.pack_size:
+                self._seal(kind)
 
     def _seal(self, kind: int) -> None:
         builder = self._builders[kind]
@@ -172,3 +197,11 @@ class BlobWriter:
                     time.sleep(0.2)
                     continue
                 self.repo.backend.put(key, data, overwrite=True)
+
+
+def _encode_group(group: list[tuple[str, bytes | memoryview]], level: int) -> list[tuple[str, int, int, bytes]]:
+    out = []
+    for blob_id, data in group:
+        codec, payload = encode(data, level)
+        out.append((blob_id, len(data), codec, payload))
+    return out

@@ -27,36 +27,45 @@ class CachedFile:
 
 
 class FilesCache:
+    """Rows keyed by (directory, name), loaded one directory at a time (one query per directory)."""
+
     def __init__(self, path: str) -> None:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         self._db = sqlite3.connect(path, timeout=30, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS files (path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
-            " ctime_ns INTEGER, inode INTEGER, dev INTEGER, digest TEXT, chunks TEXT)"
+            "CREATE TABLE IF NOT EXISTS files (dir BLOB, name BLOB, size INTEGER, mtime_ns INTEGER,"
+            " ctime_ns INTEGER, inode INTEGER, dev INTEGER, digest TEXT, chunks TEXT, PRIMARY KEY (dir, name))"
         )
         self._pending: list[tuple[object, ...]] = []
         self._cutoff = time.time_ns() - _RACY_NS
 
-    def lookup(self, path: str, st: os.stat_result) -> CachedFile | None:
-        row = self._db.execute(
-            "SELECT size, mtime_ns, ctime_ns, inode, dev, digest, chunks FROM files WHERE path = ?",
-            (os.fsencode(os.path.abspath(path)),),
-        ).fetchone()
-        if row is None or tuple(row[:5]) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev):
-            return None
-        try:
-            chunks = tuple(json.loads(row[6]))
-        except ValueError:
-            return None
-        return CachedFile(row[5], chunks)
+    def load_directory(self, directory: str) -> dict[str, tuple[tuple[int, ...], CachedFile]]:
+        """``name -> ((size, mtime, ctime, inode, dev), cached file)`` for one directory."""
+        rows = self._db.execute(
+            "SELECT name, size, mtime_ns, ctime_ns, inode, dev, digest, chunks FROM files WHERE dir = ?",
+            (os.fsencode(os.path.abspath(directory)),),
+        ).fetchall()
+        out = {}
+        for name, size, mtime, ctime, inode, dev, digest, chunks in rows:
+            try:
+                out[os.fsdecode(name)] = ((size, mtime, ctime, inode, dev), CachedFile(digest, tuple(json.loads(chunks))))
+            except ValueError:
+                continue
+        return out
+
+    @staticmethod
+    def matches(key: tuple[int, ...], st: os.stat_result) -> bool:
+        return key == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
     def remember(self, path: str, st: os.stat_result, size: int, digest: str, chunks: tuple[str, ...]) -> None:
         if size != st.st_size or st.st_mtime_ns >= self._cutoff:
             return
+        directory, name = os.path.split(os.path.abspath(path))
         self._pending.append(
             (
-                os.fsencode(os.path.abspath(path)),
+                os.fsencode(directory),
+                os.fsencode(name),
                 st.st_size,
                 st.st_mtime_ns,
                 st.st_ctime_ns,
@@ -71,7 +80,7 @@ class FilesCache:
         """Record what this snapshot read; call only after its chunks are durable."""
         if self._pending:
             with self._db:
-                self._db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)", self._pending)
+                self._db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?)", self._pending)
             self._pending = []
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from cas.blobwriter import BlobWriter
 from cas.chunking import Chunker
 from cas.errors import CasError, ConfigurationError, NotFound, PermissionDenied
-from cas.filescache import FilesCache
+from cas.filescache import CachedFile, FilesCache
 from cas.hashing import hexdigest, new_hasher
 from cas.packs import KIND_DATA, KIND_TREE
 from cas.trees import DIR, FILE, SYMLINK, Entry, encode_tree, name_key
@@ -89,16 +89,26 @@ class TreeBuilder:
                 items = sorted(it, key=lambda d: name_key(d.name))
         except PermissionError:
             raise PermissionDenied(f"cannot read directory {path}: permission denied") from None
-        entries: list[Entry] = []
+        stats: list[tuple[os.DirEntry[str], os.stat_result]] = []
         for item in items:
-            full = os.path.join(path, item.name)
             try:
-                st = item.stat(follow_symlinks=False)
+                stats.append((item, item.stat(follow_symlinks=False)))
             except FileNotFoundError:
                 continue  # vanished while we walked: it is not part of the snapshot
+        reusable = self._reusable_files(path, stats)
+        entries: list[Entry] = []
+        for item, st in stats:
+            full = os.path.join(path, item.name)
             mode = st.st_mode
             if stat.S_ISREG(mode):
-                entries.append(self._file(full, item.name, st))
+                cached = reusable.get(item.name)
+                if cached is not None:
+                    self.referenced.update(cached.chunks)
+                    self._count_file(st.st_size, from_cache=True)
+                    entries.append(Entry(item.name, FILE, stat.S_IMODE(mode), st.st_mtime_ns, size=st.st_size,
+                                         digest=cached.digest, chunks=cached.chunks))
+                else:
+                    entries.append(self._file(full, item.name, st))
             elif stat.S_ISDIR(mode):
                 tree = self._directory(full)
                 self.stats.dirs += 1
@@ -116,6 +126,26 @@ class TreeBuilder:
                 log.warning("skipping special file (device, socket or FIFO): %s", full)
         return self._store_tree(entries)
 
+    def _reusable_files(
+        self, path: str, stats: list[tuple[os.DirEntry[str], os.stat_result]]
+    ) -> dict[str, CachedFile]:
+        """Files of this directory the files cache vouches for and whose chunks are all still live,
+        checked with one cache query and one index query for the whole directory."""
+        if self.files_cache is None:
+            return {}
+        rows = self.files_cache.load_directory(path)
+        if not rows:
+            return {}
+        candidates: dict[str, CachedFile] = {}
+        for item, st in stats:
+            row = rows.get(item.name)
+            if row is not None and stat.S_ISREG(st.st_mode) and FilesCache.matches(row[0], st) and row[1].chunks:
+                candidates[item.name] = row[1]
+        if not candidates:
+            return {}
+        known = self.writer.known([c for f in candidates.values() for c in f.chunks])
+        return {name: f for name, f in candidates.items() if all(c in known for c in f.chunks)}
+
     def _store_tree(self, entries: list[Entry]) -> str:
         data = encode_tree(entries)
         tree_id = hexdigest(data)
@@ -125,13 +155,6 @@ class TreeBuilder:
 
     def _file(self, path: str, name: str, st: os.stat_result) -> Entry:
         mode = stat.S_IMODE(st.st_mode)
-        cached = self.files_cache.lookup(path, st) if self.files_cache else None
-        if cached is not None and cached.chunks:
-            known = self.writer.known(list(cached.chunks))
-            if len(known) == len(set(cached.chunks)):
-                self.referenced.update(cached.chunks)
-                self._count_file(st.st_size, from_cache=True)
-                return Entry(name, FILE, mode, st.st_mtime_ns, size=st.st_size, digest=cached.digest, chunks=cached.chunks)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
         except PermissionError:

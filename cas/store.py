@@ -144,7 +144,7 @@ class Store:
         files_cache = None
         if use_files_cache:
             files_cache = FilesCache(
-                os.path.join(default_home(), "cache", f"files-{self.repo.config.repo_id}.sqlite")
+                os.path.join(default_home(), "cache", f"files-v2-{self.repo.config.repo_id}.sqlite")
             )
         try:
             with BlobWriter(self.repo) as writer:
