@@ -31,9 +31,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import setup_tools  # noqa: E402
-import workload as wl  # noqa: E402
-from tools import TOOLS, Tool  # noqa: E402
+import setup_tools
+import workload as wl
+from tools import TOOLS, Tool
 
 WORK = HERE / "work"
 RESULTS = HERE / "results"
@@ -408,7 +408,7 @@ def summarize(
     for t in tools:
         ms = {m.step: m for m in measurements[t.name]}
 
-        def secs(step: str) -> float | None:
+        def secs(step: str, ms: dict[str, Measurement] = ms) -> float | None:
             m = ms.get(step)
             return m.seconds if m is not None and m.ok else None
 
@@ -432,7 +432,7 @@ def summarize(
         out[t.name] = row
     if "restic" in out:
         base = out["restic"]
-        for name, row in out.items():
+        for row in out.values():
             ratios: dict[str, float | None] = {}
             for key in [k for k in row if k.endswith(("_s", "_kib")) or k in ("stored_bytes", "dedup_ratio")]:
                 a, b = row[key], base.get(key)
@@ -489,7 +489,7 @@ def render_markdown(results: dict[str, object], labels: list[str]) -> str:
         for n in names:
             row = summary[n]
             cell = fmt_value(key, unit, row.get(key))
-            ratio = (row.get("ratio_to_restic") or {}).get(key) if has_restic else None  # type: ignore[union-attr]
+            ratio = (row.get("ratio_to_restic") or {}).get(key) if has_restic else None  # type: ignore[attr-defined,union-attr]
             if ratio is not None and n != "restic":
                 cell += f" ({ratio:.2f}x restic)"
             cells.append(cell)

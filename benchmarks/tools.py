@@ -68,7 +68,7 @@ class Tool:
 
 def _first_line(cmd: list[str], env: dict[str, str] | None = None) -> str:
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)
         return (out.stdout or out.stderr).strip().splitlines()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
         return "?"
@@ -93,7 +93,7 @@ class Cas(Tool):
     def setup_cmds(self) -> list[tuple[list[str], Path]]:
         # Only if the CLI has an explicit init command; otherwise the first snapshot creates the repo.
         help_text = subprocess.run(
-            [sys.executable, "-m", "cas.cli", "--help"], capture_output=True, text=True, cwd=REPO_ROOT, env=self.env()
+            [sys.executable, "-m", "cas.cli", "--help"], capture_output=True, text=True, cwd=REPO_ROOT, env=self.env(), check=False
         ).stdout
         commands: set[str] = set()
         m = re.search(r"\{([A-Za-z0-9_,-]+)\}", help_text)
@@ -116,7 +116,7 @@ class Cas(Tool):
 
     def extra_stats(self) -> dict[str, object]:
         out = subprocess.run(
-            [*self.cli(), "--json", "stats"], capture_output=True, text=True, cwd=REPO_ROOT, env=self.env(), timeout=600
+            [*self.cli(), "--json", "stats"], capture_output=True, text=True, cwd=REPO_ROOT, env=self.env(), timeout=600, check=False
         )
         if out.returncode != 0:
             return {"stats_error": (out.stderr or out.stdout)[-2000:]}
@@ -130,7 +130,7 @@ class Cas(Tool):
         rev = _first_line(["git", "-C", str(REPO_ROOT), "log", "-1", "--format=%h %cI", "--", "cas"])
         dirty = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "cas", "manifests", "backends"],
-            capture_output=True, text=True,
+            capture_output=True, text=True, check=False,
         ).stdout.strip()
         return f"cas (python -m cas.cli, last commit to cas/ {rev}{', with uncommitted changes' if dirty else ''})"
 
@@ -143,7 +143,7 @@ class Restic(Tool):
         super().__init__(base)
         help_text = _first_line(["restic", "version"])
         self._version = help_text
-        init_help = subprocess.run(["restic", "init", "--help"], capture_output=True, text=True).stdout
+        init_help = subprocess.run(["restic", "init", "--help"], capture_output=True, text=True, check=False).stdout
         self.no_password = "--insecure-no-password" in init_help
 
     def env(self) -> dict[str, str]:

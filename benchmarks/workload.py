@@ -83,7 +83,7 @@ class Workload:
     def from_json(data: dict[str, object]) -> Workload:
         d = dict(data)
         d["config"] = WorkloadConfig(**d["config"])  # type: ignore[arg-type]
-        d["executions"] = [ExecutionInfo(**e) for e in d["executions"]]  # type: ignore[union-attr]
+        d["executions"] = [ExecutionInfo(**e) for e in d["executions"]]  # type: ignore[attr-defined,union-attr]
         return Workload(**d)  # type: ignore[arg-type]
 
 
@@ -327,7 +327,7 @@ def build(work: Path, config: WorkloadConfig) -> Workload:
             changes.append(f"code from {src}, {len(deps)} packages from {sp}")
         else:
             top = str(prev)
-            shutil.copytree(prev, d, symlinks=True, ignore=lambda dd, names: ["model"] if dd == top else [])
+            shutil.copytree(prev, d, symlinks=True, ignore=lambda dd, names, top=top: ["model"] if dd == top else [])
             changes += edit_code(d / "code", rnd, config.edited_files, i + 1)
             if i == upgrade_at and upgrade:
                 target = d / "deps" / upgrade["package"]
