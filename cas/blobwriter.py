@@ -77,13 +77,6 @@ class BlobWriter:
         self._uploads: deque[Future[None]] = deque()
         self._closed = False
 
-    def known(self, blob_ids: list[str]) -> set[str]:
-        """Which of these blobs are already stored or queued (one index query for the batch)."""
-        unseen = [b for b in blob_ids if b not in self._seen]
-        found = self.repo.index.known_blobs(unseen) if unseen else set()
-        self._seen.update(found)
-        return {b for b in blob_ids if b in self._seen}
-
     def add(self, blob_id: str, kind: int, data: bytes | memoryview) -> None:
         """Queue a blob; it is dropped later if the index already has it."""
         if blob_id in self._seen:

@@ -128,6 +128,7 @@ class Store:
             missing = self._commit(record, referenced)
             if not missing:
                 return self.get(execution_id)
+            use_files_cache = False  # cached chunk lists may name what was collected: read files again
             log.warning(
                 "garbage collection removed %d blobs this snapshot reused; storing them again (attempt %d)",
                 len(missing), attempt + 2,

@@ -188,11 +188,10 @@ class Index:
         with self._read() as conn:
             for start in range(0, len(wanted), _LOOKUP_BATCH):
                 batch = wanted[start : start + _LOOKUP_BATCH]
-                query = (
-                    select(Blob.id)
-                    .join(Pack, Pack.id == Blob.pack_id)
-                    .where(Blob.id.in_(batch), Pack.state == LIVE)
-                )
+                # Look blobs up by primary key and exclude the (few) condemned packs; a join lets
+                # SQLite's planner scan all live packs instead.
+                condemned = select(Pack.id).where(Pack.state == CONDEMNED)
+                query = select(Blob.id).where(Blob.id.in_(batch), Blob.pack_id.not_in(condemned))
                 found.update(conn.scalars(query))
         return found
 

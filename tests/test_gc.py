@@ -178,3 +178,19 @@ def test_forget_keep_policies_via_cli_shape(store: Store, tmp_path: Path) -> Non
     store.forget([s.execution_id for s in store.list()[2:]])
     assert [s.execution_id for s in store.list()] == ["run-3", "run-2"]
     assert not store.repo.backend.exists("snapshots/run-0")
+
+
+def test_files_cache_naming_collected_chunks_is_not_trusted(store: Store, tmp_path: Path) -> None:
+    src = _tree(tmp_path / "a", seed=9)
+    old = 1_600_000_000_000_000_000
+    for p in src.iterdir():
+        os.utime(p, ns=(old, old))  # old enough for the files cache to remember them
+    store.snapshot(src, "run-a")
+    store.forget(["run-a"])
+    store.gc(grace=NOW)
+    assert store.gc(grace=NOW).deleted  # the cached files' chunks are gone now
+    snap = store.snapshot(src, "run-b")  # the cache still vouches for every file
+    assert snap.stats["new_bytes"] > 0
+    store.restore("run-b", tmp_path / "out")
+    assert describe(str(tmp_path / "out")) == describe(str(src))
+    assert store.verify(read_data=True).ok
