@@ -26,7 +26,7 @@ from manifests.index import BlobLocation, PackBeingDeleted
 
 _TOMBSTONE_WAIT = 120.0
 _DEDUP_BATCH = 400
-_PENDING_BYTES = 32 * 1024 * 1024
+_PENDING_BYTES = 8 * 1024 * 1024
 _GROUP_BYTES = 2 * 1024 * 1024
 
 
@@ -57,15 +57,15 @@ class BlobWriter:
         self.repo = repo
         self.dedup = dedup
         self.written: list[BlobLocation] = []
-        """Locations of every blob this writer stored (complete after :meth:`flush`)."""
+        """With ``dedup=False`` (repacking): locations of every blob stored, complete after :meth:`flush`."""
         self.level = repo.config.compression_level
         self.pack_size = repo.config.pack_size
         self.stats = WriteStats()
         self._workers = workers or max(2, os.cpu_count() or 2)
         self._encoders = ThreadPoolExecutor(self._workers, thread_name_prefix="cas-encode")
         self._uploaders = ThreadPoolExecutor(uploads, thread_name_prefix="cas-upload")
-        self._max_encoding = self._workers * 3
-        self._max_uploading = uploads + 1
+        self._max_encoding = self._workers * 2
+        self._max_uploading = uploads
         self._seen: set[str] = set()
         self._pending: list[tuple[str, int, bytes | memoryview]] = []
         self._pending_bytes = 0
@@ -154,16 +154,17 @@ class BlobWriter:
     def _seal(self, kind: int) -> None:
         builder = self._builders[kind]
         self._builders[kind] = PackBuilder()
-        pack_id, data, entries = builder.finish()
+        pack_id, data, entries = builder.seal()
         self.stats.packs += 1
         self.stats.pack_bytes += len(data)
         while len(self._uploads) >= self._max_uploading:
             self._uploads.popleft().result()
         rows = [BlobLocation(e.id, e.kind, pack_id, e.offset, e.length, e.raw_length, e.codec) for e in entries]
-        self.written.extend(rows)
+        if not self.dedup:
+            self.written.extend(rows)
         self._uploads.append(self._uploaders.submit(self._upload, pack_id, data, rows))
 
-    def _upload(self, pack_id: str, data: bytes, rows: list[BlobLocation]) -> None:
+    def _upload(self, pack_id: str, data: memoryview, rows: list[BlobLocation]) -> None:
         key = pack_key(pack_id)
         try:
             self.repo.backend.put(key, data, overwrite=False)

@@ -51,40 +51,43 @@ class PackEntry:
 
 
 class PackBuilder:
-    """Accumulates encoded blobs in memory until :meth:`finish` seals them into a pack."""
+    """Accumulates encoded blobs in one growing buffer until :meth:`finish` seals them into a pack.
+
+    The pack's bytes exist once: blobs are appended to the buffer as they arrive (their encoded
+    copies can then be freed), and :meth:`finish` returns a view of that same buffer.
+    """
 
     def __init__(self) -> None:
-        self._parts: list[bytes] = []
-        self._size = 0
+        self._buffer = bytearray()
         self.entries: list[PackEntry] = []
-        self._ids: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.entries)
 
     @property
     def size(self) -> int:
-        return self._size
-
-    def __contains__(self, blob_id: str) -> bool:
-        return blob_id in self._ids
+        return len(self._buffer)
 
     def add(self, blob_id: str, kind: int, codec: int, payload: bytes, raw_length: int) -> None:
-        self.entries.append(PackEntry(blob_id, kind, codec, self._size, len(payload), raw_length))
-        self._ids.add(blob_id)
-        self._parts.append(payload)
-        self._size += len(payload)
+        self.entries.append(PackEntry(blob_id, kind, codec, len(self._buffer), len(payload), raw_length))
+        self._buffer += payload
 
     def finish(self) -> tuple[str, bytes, list[PackEntry]]:
         """Return ``(pack_id, pack_bytes, entries)``; the builder must not be used afterwards."""
-        trailer = bytearray(_HEADER.pack(TRAILER_MAGIC, PACK_VERSION, len(self.entries)))
+        pack_id, view, entries = self.seal()
+        return pack_id, bytes(view), entries
+
+    def seal(self) -> tuple[str, memoryview, list[PackEntry]]:
+        """Like :meth:`finish`, returning a read-only view of the buffer instead of a copy."""
+        buffer = self._buffer
+        data_size = len(buffer)
+        buffer += _HEADER.pack(TRAILER_MAGIC, PACK_VERSION, len(self.entries))
         for e in self.entries:
-            trailer += _ENTRY.pack(e.kind, e.codec, bytes.fromhex(e.id), e.offset, e.length, e.raw_length)
-        self._parts.append(bytes(trailer))
-        self._parts.append(_FOOTER.pack(len(trailer), MAGIC))
-        data = b"".join(self._parts)
-        self._parts = []
-        return hexdigest(data), data, self.entries
+            buffer += _ENTRY.pack(e.kind, e.codec, bytes.fromhex(e.id), e.offset, e.length, e.raw_length)
+        buffer += _FOOTER.pack(len(buffer) - data_size, MAGIC)
+        self._buffer = bytearray()
+        view = memoryview(buffer).toreadonly()
+        return hexdigest(view), view, self.entries
 
 
 def parse_footer(footer: bytes) -> int:

@@ -135,6 +135,8 @@ class Index:
 
     def migrate(self) -> None:
         """Bring the schema to the head revision; refuse a database written by newer code."""
+        if self._schema_is_current():
+            return
         from alembic import command
         from alembic.config import Config
         from alembic.runtime.migration import MigrationContext
@@ -174,6 +176,14 @@ class Index:
                 yield
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _schema_is_current(self) -> bool:
+        """A quick look at Alembic's version table, so opening an up-to-date index imports no Alembic."""
+        try:
+            with self.engine.connect() as conn:
+                return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == SCHEMA_HEAD
+        except SQLAlchemyError:
+            return False
 
     # -- blobs and packs ------------------------------------------------------------------------
 

@@ -40,14 +40,26 @@ from cas import CasError, Store
 from cas.compression import CODEC_RAW, CODEC_ZSTD, decode, encode
 from cas.config import RepoConfig
 from cas.hashing import hexdigest
-from cas.packs import FOOTER_SIZE, KIND_DATA, KIND_TREE, MAX_BLOB_SIZE, PackBuilder, parse_footer, parse_trailer, split_pack
+from cas.packs import (
+    FOOTER_SIZE,
+    KIND_DATA,
+    KIND_TREE,
+    MAX_BLOB_SIZE,
+    PackBuilder,
+    parse_footer,
+    parse_trailer,
+    split_pack,
+)
 from cas.records import SnapshotRecord
 from cas.trees import DIR, FILE, SYMLINK, Entry, check_name, decode_tree, encode_tree, name_key
-from tests.engine import cas_home, store  # noqa: F401
+from tests import engine
 from tests.hostile.forge import commit, put_blob
 from tests.treeutil import describe
 
 T = TypeVar("T")
+
+store = engine.store
+cas_home = engine.cas_home
 
 EXAMPLES = int(os.environ.get("CAS_FUZZ_EXAMPLES", "2000"))
 E2E_EXAMPLES = max(10, EXAMPLES // 10)
@@ -253,6 +265,9 @@ def mutated_json(draw: st.DrawFn, original: bytes) -> bytes:
     doc = json.loads(original)
     for _ in range(draw(st.integers(1, 3))):
         slots = _slots(doc, [])
+        if not slots:
+            doc = draw(json_values)
+            continue
         container, key = draw(st.sampled_from(slots))
         op = draw(st.sampled_from(["replace", "replace", "delete", "add", "dup", "swap", "tweak"]))
         if op == "replace":
