@@ -58,6 +58,7 @@ class Measurement:
     sys_seconds: float
     returncode: int
     timed_out: bool
+    load_before: float
     output_tail: str
 
     @property
@@ -71,6 +72,7 @@ def measure(tool: str, step: str, cmd: list[str], cwd: Path, env: dict[str, str]
     log_dir.mkdir(parents=True, exist_ok=True)
     out_path = log_dir / f"{tool}-{step}.log"
     timed_out = threading.Event()
+    load_before = os.getloadavg()[0]
     with open(out_path, "w+b") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -103,6 +105,7 @@ def measure(tool: str, step: str, cmd: list[str], cwd: Path, env: dict[str, str]
         sys_seconds=ru.ru_stime,
         returncode=proc.returncode,
         timed_out=timed_out.is_set(),
+        load_before=load_before,
         output_tail=text[-4000:],
     )
 
@@ -388,6 +391,8 @@ METRICS: list[tuple[str, str, str]] = [
     ("later_snapshots_s", "later snapshots (sum)", "s"),
     ("resnapshot_s", "re-snapshot, unchanged tree", "s"),
     ("restore_s", "restore last execution", "s"),
+    ("cpu_snapshots_s", "CPU time (user+sys), the series' snapshots", "s"),
+    ("cpu_restore_s", "CPU time (user+sys), restore", "s"),
     ("stored_bytes", "stored bytes after the series", "MiB"),
     ("dedup_ratio", "dedup ratio (logical / stored)", "x"),
     ("peak_rss_snapshot_kib", "peak RSS, snapshots", "MiB"),
@@ -422,6 +427,8 @@ def summarize(
             "restore_s": secs("restore"),
             "stored_bytes": sb,
             "dedup_ratio": (logical / sb) if sb else None,
+            "cpu_snapshots_s": sum(m.user_seconds + m.sys_seconds for m in snaps if m.step != "resnapshot") or None,
+            "cpu_restore_s": (ms["restore"].user_seconds + ms["restore"].sys_seconds) if "restore" in ms else None,
             "peak_rss_snapshot_kib": max((m.max_rss_kib for m in snaps), default=None),
             "peak_rss_restore_kib": ms["restore"].max_rss_kib if "restore" in ms else None,
             "peak_rss_kib": max((m.max_rss_kib for m in measurements[t.name]), default=None),
@@ -499,6 +506,20 @@ def render_markdown(results: dict[str, object], labels: list[str]) -> str:
     lines.append("Ratios are to restic's figure in the same run (lower is better for times, bytes and memory; "
                  "higher is better for the dedup ratio). Each step ran tool after tool in the order of the columns; "
                  "all files were in the page cache (caches are not dropped).\n")
+    loads: list[float] = [
+        float(m["load_before"])  # type: ignore[arg-type]
+        for ms in results["measurements"].values()  # type: ignore[attr-defined]
+        for m in ms
+    ]
+    if loads:
+        cpus = int(machine["cpus"] or 1)  # type: ignore[call-overload]
+        busy = max(loads) > cpus
+        lines.append(
+            f"{'**Busy machine**: ' if busy else ''}1-minute load average before the steps: "
+            f"{min(loads):.1f} to {max(loads):.1f} on {cpus} CPUs (this includes the benchmark's own previous steps)"
+            + (" (other processes ran during the run: wall times are noisy, CPU times less so)." if busy else ".")
+            + "\n"
+        )
     versions: dict[str, str] = results["tool_versions"]  # type: ignore[assignment]
     lines.append("Versions: " + "; ".join(f"{k}: {v}" for k, v in versions.items()) + "\n")
     ver: dict[str, dict[str, object]] = results["verification"]  # type: ignore[assignment]
