@@ -20,6 +20,7 @@ _EXECUTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,63}")
 MAX_LABEL_VALUE = 256
 MAX_LABELS = 64
+_MAX_INT64 = (1 << 63) - 1  # stats go into BIGINT columns of the index
 
 
 def check_execution_id(value: object, error: type[Exception] = ConfigurationError) -> str:
@@ -106,7 +107,7 @@ class SnapshotRecord:
             ints[name] = value
         stats = doc.get("stats")
         if not isinstance(stats, dict) or not all(
-            isinstance(k, str) and type(v) is int and v >= 0 for k, v in stats.items()
+            isinstance(k, str) and type(v) is int and 0 <= v <= _MAX_INT64 for k, v in stats.items()
         ):
             raise IntegrityError(f"snapshot {execution_id} has invalid stats")
         labels = check_labels(doc.get("labels"), IntegrityError)

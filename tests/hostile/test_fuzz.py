@@ -459,6 +459,17 @@ def test_label_values_that_are_not_printable_text_are_refused(value: str) -> Non
         SnapshotRecord.from_json(json.dumps(record).encode())
 
 
+def test_stats_beyond_64_bits_are_refused() -> None:
+    # Found by test_fuzz_sync_of_mutated_snapshot_records: a stats value of 2**63 or more passed
+    # the record parser and made `cas rebuild-index` fail with SQLite's OverflowError.
+    record = json.loads(RECORD)
+    record["stats"]["stored_bytes"] = 1 << 63
+    with pytest.raises(CasError, match="stats"):
+        SnapshotRecord.from_json(json.dumps(record).encode())
+    record["stats"]["stored_bytes"] = (1 << 63) - 1
+    assert SnapshotRecord.from_json(json.dumps(record).encode()).stats["stored_bytes"] == (1 << 63) - 1
+
+
 # -- end to end: mutated objects in a real repository -------------------------------------------
 
 
