@@ -516,8 +516,8 @@ def render_markdown(results: dict[str, object], labels: list[str]) -> str:
         busy = max(loads) > cpus
         lines.append(
             f"{'**Busy machine**: ' if busy else ''}1-minute load average before the steps: "
-            f"{min(loads):.1f} to {max(loads):.1f} on {cpus} CPUs (this includes the benchmark's own previous steps)"
-            + (" (other processes ran during the run: wall times are noisy, CPU times less so)." if busy else ".")
+            f"{min(loads):.1f} to {max(loads):.1f} on {cpus} CPUs, the benchmark's own previous steps included"
+            + ("; other processes ran during the run: wall times are noisy, CPU times less so." if busy else ".")
             + "\n"
         )
     versions: dict[str, str] = results["tool_versions"]  # type: ignore[assignment]
