@@ -98,8 +98,9 @@ class Repository:
         payload = self.backend.get(pack_key(location.pack_id), location.offset, location.length)
         return verify_blob(blob_id, location, payload)
 
-    def read_tree(self, tree_id: str) -> list[Entry]:
-        location = self.index.locate([tree_id]).get(tree_id)
+    def read_tree(self, tree_id: str, location: BlobLocation | None = None) -> list[Entry]:
+        if location is None:
+            location = self.index.locate([tree_id]).get(tree_id)
         if location is None:
             raise NotFound(f"tree {tree_id} is not in the index (run 'cas rebuild-index'?)")
         if location.kind != KIND_TREE:
