@@ -44,8 +44,10 @@ def ensure_matplotlib() -> None:
     if importlib.util.find_spec("matplotlib") is not None:
         return
     _log("pip install matplotlib")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "matplotlib"], check=True)
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "matplotlib"], check=False)
     importlib.invalidate_caches()
+    if done.returncode != 0:
+        _log("matplotlib could not be installed: no chart.png this run (the table is still written)")
 
 
 def ensure_all(tools: list[str]) -> None:
