@@ -449,3 +449,55 @@ def test_restore_killed_at_random_times_completes_when_run_again(store: Store, t
         assert temporaries(dest) == [], "a restore with --overwrite left stale .cas-tmp-* entries"
     assert interrupted >= 3, f"only {interrupted} of 5 kills landed mid-restore"
     print(f"kill mid-restore: {interrupted} of 5 kills interrupted, {left_behind} left temporaries to clean")
+
+
+# -- a local process racing the restore ---------------------------------------------------------
+
+
+def test_directories_swapped_for_symlinks_during_restore_are_never_followed(store: Store, tmp_path: Path) -> None:
+    """Another process keeps replacing the directories being restored with symlinks to outside:
+    every open is relative to a verified directory handle with O_NOFOLLOW, so nothing lands there."""
+    source = tmp_path / "project"
+    for i in range(12):
+        (source / f"d{i:02d}" / "inner").mkdir(parents=True)
+        for j in range(6):
+            (source / f"d{i:02d}" / f"f{j}").write_bytes(os.urandom(300))
+            (source / f"d{i:02d}" / "inner" / f"g{j}").write_bytes(os.urandom(200))
+    store.snapshot(source, "run-1")
+    arena = tmp_path / "arena"
+    outside = arena / "outside"
+    outside.mkdir(parents=True)
+    (outside / "keep.txt").write_text("keep")
+    before = describe(str(outside))
+    swaps = 0
+    for trial in range(4):
+        dest = arena / f"dest{trial}"
+        dest.mkdir()
+        stop = threading.Event()
+
+        def attack(dest: Path = dest, stop: threading.Event = stop) -> None:
+            nonlocal swaps
+            n = 0
+            while not stop.is_set():
+                for i in range(12):
+                    for rel in (f"d{i:02d}", f"d{i:02d}/inner"):
+                        target = dest / rel
+                        n += 1
+                        try:
+                            os.rename(target, dest / f"moved-{n}")
+                            os.symlink(outside, target)
+                            swaps += 1
+                        except OSError:
+                            pass
+
+        attacker = threading.Thread(target=attack)
+        attacker.start()
+        try:
+            store.restore("run-1", dest, overwrite=True)
+        except CasError as exc:
+            one_line(exc)
+        finally:
+            stop.set()
+            attacker.join()
+        assert describe(str(outside)) == before, "the restore wrote through a symlink swapped in by another process"
+    assert swaps > 0, "the attacker never managed to swap a directory"
