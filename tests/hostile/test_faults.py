@@ -7,6 +7,7 @@ final name; no ``.cas-tmp-*`` temporaries may be left behind; and what was store
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import random
 import signal
@@ -408,6 +409,10 @@ def cli(store_root: Path, *args: str) -> list[str]:
             "--index", f"sqlite:///{store_root / 'index.sqlite'}", *args]
 
 
+def started(dest: Path) -> bool:
+    return dest.exists() and len(os.listdir(dest)) > 0
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -431,7 +436,7 @@ def test_restore_killed_at_random_times_completes_when_run_again(store: Store, t
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             # Kill once the restore has started writing, after a random further delay.
-            wait_for(lambda dest=dest: dest.exists() and len(os.listdir(dest)) > 0, 30)
+            wait_for(functools.partial(started, dest), 30)
             time.sleep(rng.uniform(0, 0.15))
             proc.send_signal(signal.SIGKILL)
         finally:
