@@ -20,6 +20,8 @@ Behaviour worth knowing:
 
 from __future__ import annotations
 
+import re
+
 import logging
 import posixpath
 import uuid
@@ -76,8 +78,23 @@ _REMOTE_EXCEPTIONS: Mapping[str, type[CasError]] = {
 }
 
 
+_SECRET_PARAMS = re.compile(r"((?:delegation|token|doas_token)=)[^&\s'\"]+", re.IGNORECASE)
+
+
+def _scrub(text: str) -> str:
+    """Remove delegation tokens that requests/HdfsCLI put into messages with the request URL."""
+    return _SECRET_PARAMS.sub(r"\1***", text)
+
+
 def _translate(exc: BaseException, what: str) -> CasError:
     """The domain error for a failure of an operation on ``what`` (a key or a path)."""
+    error = _translate_raw(exc, what)
+    if not isinstance(exc, CasError):
+        error.args = tuple(_scrub(str(a)) for a in error.args)
+    return error
+
+
+def _translate_raw(exc: BaseException, what: str) -> CasError:
     if isinstance(exc, CasError):
         return exc
     from hdfs.util import HdfsError

@@ -60,7 +60,7 @@ class LocalBackend(Backend):
         if not overwrite and os.path.lexists(path):
             raise AlreadyExists(f"object already exists: {key}")
         try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
+            _makedirs_private(directory)
             fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=directory)
         except OSError as exc:
             raise _translate(exc, key) from exc
@@ -136,6 +136,20 @@ class LocalBackend(Backend):
             os.unlink(self._path(key))
         except OSError as exc:
             raise _translate(exc, key) from exc
+
+
+def _makedirs_private(path: str) -> None:
+    """Like ``os.makedirs(path, 0o700)``, but every level it creates is 0700, not just the last."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        _makedirs_private(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
 
 
 def _fsync_dir(path: str) -> None:

@@ -363,10 +363,7 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
         try:
             store.get(ref.execution_id)
         except NotFound:
-            raise NotFound(
-                f"{ref.uri}: execution {ref.execution_id} is not in the index {store.repo.index.describe()}; "
-                "if it was uploaded from another host, give every host the same index_url"
-            ) from None
+            raise NotFound(f"{ref.uri}: nothing is stored under this URI (execution {ref.execution_id})") from None
         tmp = tempfile.mkdtemp(prefix=_DOWNLOAD_PREFIX, dir=local_dir)
         try:
             if ref.digest is not None:

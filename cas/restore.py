@@ -117,7 +117,9 @@ class Restorer:
                 except (CasError, OSError) as exc:
                     self._fail(path, exc)
         finally:
-            # Wait for every file of this directory before the caller closes dir_fd.
+            # Wait for *every* file of this directory before the caller closes dir_fd (a worker
+            # must never use a closed, possibly reused, descriptor); a fatal error is raised after.
+            fatal: BaseException | None = None
             for path, future in pending:
                 try:
                     self.report.bytes += future.result()
@@ -125,7 +127,14 @@ class Restorer:
                     if self.progress:
                         self.progress(self.report.files, self.report.bytes)
                 except (CasError, OSError) as exc:
-                    self._fail(path, exc)
+                    try:
+                        self._fail(path, exc)
+                    except Unavailable as stop:
+                        fatal = fatal or stop
+                except BaseException as exc:  # noqa: BLE001 - re-raised once all files are done
+                    fatal = fatal or exc
+            if fatal is not None:
+                raise fatal
 
     def _remove_stale_temporaries(self, dir_fd: int) -> None:
         """Delete what an interrupted restore left here (our temporaries are never valid files)."""

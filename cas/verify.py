@@ -12,7 +12,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from cas.errors import CasError
+from cas.errors import CasError, IntegrityError
 from cas.packs import FOOTER_SIZE, parse_footer, parse_trailer, split_pack, pack_key
 from cas.records import SnapshotRecord, snapshot_key
 from cas.repository import Repository
@@ -223,6 +223,8 @@ def repair(repo: Repository, report: VerifyReport) -> RepairReport:
     for execution_id in report.objects_without_rows:
         try:
             record = SnapshotRecord.from_json(repo.backend.get(snapshot_key(execution_id)))
+            if record.execution_id != execution_id:
+                continue
             index.add_snapshot(row_of(record))
             out.rows_added.append(execution_id)
         except CasError:
@@ -325,6 +327,8 @@ def rebuild_index(repo: Repository, *, full: bool = False) -> RebuildReport:
             continue
         try:
             record = SnapshotRecord.from_json(repo.backend.get(snapshot_key(root.execution_id)))
+            if record.execution_id != root.execution_id:
+                raise IntegrityError(f"the record names execution {record.execution_id}")
             index.add_snapshot(row_of(record))
             out.snapshots += 1
         except CasError as exc:

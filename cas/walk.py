@@ -42,6 +42,9 @@ def snapshot_roots(repo: Repository) -> tuple[list[Root], list[tuple[str, str]]]
         except CasError as exc:
             unreadable.append((execution_id, str(exc)))
             continue
+        if record.execution_id != execution_id:
+            unreadable.append((execution_id, f"the record names execution {record.execution_id}"))
+            continue
         roots.append(Root(execution_id, record.root, False, False, True))
     return roots, unreadable
 

@@ -247,7 +247,7 @@ def test_missing_object_raises_and_leaves_nothing(factory: Factory, tmp_path: Pa
     manager = factory("cas.aiflow.LocalBlobManager", {"root_directory": str(tmp_path / "root")})
     uri = f"{tmp_path / 'root'}/cas/file-{'ab' * 32}/model.bin"
     out = tmp_path / "out"
-    with pytest.raises(NotFound, match="not in the index"):
+    with pytest.raises(NotFound, match="nothing is stored under this URI"):
         manager.download(uri, str(out))
     assert not (out / "model.bin").exists() and _leftovers(out) == []
 
@@ -637,16 +637,17 @@ print(open(mgr.download(uri, {str(tmp_path / "d")!r})).read())
     assert result.stdout.strip() == "hi"
 
 
-def test_other_hosts_need_a_shared_index(
+def test_other_hosts_resolve_uris_with_their_own_or_a_shared_index(
     factory: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Per-host default index: another host cannot resolve the URI (clear error); a shared index_url can."""
+    """Per-host default index: another host syncs its index from the backend on a miss; a shared
+    index_url works directly."""
     root = str(tmp_path / "shared-root")
     src = _write(tmp_path / "model.bin", b"weights" * 1000)
     uri = factory("cas.aiflow.LocalBlobManager", {"root_directory": root}).upload(str(src))
     monkeypatch.setenv("CAS_HOME", str(tmp_path / "other-host"))
-    with pytest.raises(NotFound, match="same index_url"):
-        factory("cas.aiflow.LocalBlobManager", {"root_directory": root}).download(uri, str(tmp_path / "a"))
+    path = factory("cas.aiflow.LocalBlobManager", {"root_directory": root}).download(uri, str(tmp_path / "a"))
+    assert Path(path).read_bytes() == src.read_bytes()
 
     shared = {"root_directory": root, "index_url": f"sqlite:///{tmp_path / 'shared.sqlite'}"}
     uri = factory("cas.aiflow.LocalBlobManager", shared).upload(str(src))

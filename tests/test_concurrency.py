@@ -215,11 +215,19 @@ def test_writers_killed_at_random_points_leave_a_consistent_repository(tmp_path:
     src = tmp_path / "src"
     src.mkdir()
     rng = random.Random(11)
-    for i in range(40):
-        (src / f"f{i:02d}.bin").write_bytes(rng.randbytes(60_000))
+    for i in range(80):
+        (src / f"f{i:02d}.bin").write_bytes(rng.randbytes(100_000))
     repo, index, home = str(tmp_path / "repo"), f"sqlite:///{tmp_path / 'index.sqlite'}", str(tmp_path / "home")
     trials = 8
     killed = 0
+    # How long one uninterrupted snapshot takes here, so the kills land inside the work.
+    code = _KILL_WRITER.format(root=str(ROOT), home=home, repo=repo, index=index, src=str(src), eid="timing")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    started = time.monotonic()
+    assert proc.stdout.readline().strip() == "done"
+    duration = time.monotonic() - started
+    proc.wait()
     for trial in range(trials):
         (src / "changing.bin").write_bytes(rng.randbytes(200_000))
         eid = f"crash-{trial}"
@@ -227,7 +235,7 @@ def test_writers_killed_at_random_points_leave_a_consistent_repository(tmp_path:
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.0, 0.6))
+        time.sleep(rng.uniform(0.0, duration * 0.9))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed += proc.returncode == -signal.SIGKILL
@@ -249,4 +257,4 @@ def test_writers_killed_at_random_points_leave_a_consistent_repository(tmp_path:
     assert store.gc(grace=dt.timedelta(0), dry_run=True).condemned == []
     assert store.verify(read_data=True).ok
     store.close()
-    assert killed >= trials // 2
+    assert killed >= 2, f"only {killed} of {trials} writers were still running when killed"
