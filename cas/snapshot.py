@@ -159,6 +159,20 @@ class TreeBuilder:
             raise PermissionDenied(f"cannot read {path}: permission denied") from None
         except FileNotFoundError:
             raise NotFound(f"file vanished during snapshot: {path}") from None
+        if st.st_size < self.chunker.min_size:
+            small = self._small_file(fd, path)
+            if small is not None:
+                fst, data = small
+                chunk_id = hexdigest(data)
+                chunks_ = (chunk_id,) if data else ()
+                if data:
+                    self.referenced.add(chunk_id)
+                    self.writer.add(chunk_id, KIND_DATA, data)
+                if self.files_cache is not None:
+                    self.files_cache.remember(path, fst, len(data), chunk_id, chunks_)
+                self._count_file(len(data), from_cache=False)
+                return Entry(name, FILE, mode, fst.st_mtime_ns, size=len(data), digest=chunk_id, chunks=chunks_)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
         with os.fdopen(fd, "rb", buffering=0) as f:
             fst = os.fstat(f.fileno())
             chunks: list[str] = []
@@ -178,6 +192,22 @@ class TreeBuilder:
             self.files_cache.remember(path, fst, size, digest, tuple(chunks))
         self._count_file(size, from_cache=False)
         return Entry(name, FILE, mode, fst.st_mtime_ns, size=size, digest=digest, chunks=tuple(chunks))
+
+    def _small_file(self, fd: int, path: str) -> tuple[os.stat_result, bytes] | None:
+        """Read a file below the minimum chunk size in one call and close ``fd``; None (fd closed)
+        if it turned out larger, so the caller reads it the general way."""
+        try:
+            fst = os.fstat(fd)
+            limit = self.chunker.min_size
+            data = os.read(fd, limit)
+            while len(data) < limit:
+                more = os.read(fd, limit - len(data))
+                if not more:
+                    return fst, data
+                data += more
+            return None if os.read(fd, 1) else (fst, data)
+        finally:
+            os.close(fd)
 
     def _count_file(self, size: int, *, from_cache: bool) -> None:
         self.stats.files += 1

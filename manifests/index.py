@@ -211,13 +211,16 @@ class Index:
         These are the hot paths of snapshot and restore (one call per directory or per few hundred
         blobs); building them as driver SQL skips SQLAlchemy's per-call compilation.
         """
+        with self._read() as conn:
+            yield from self._lookup_on(conn, sql, ids)
+
+    def _lookup_on(self, conn, sql: str, ids: Iterable[str]) -> Iterator[tuple]:  # type: ignore[no-untyped-def,type-arg]
         wanted = list(dict.fromkeys(ids))
         mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
-        with self._read() as conn:
-            for start in range(0, len(wanted), _LOOKUP_BATCH):
-                batch = wanted[start : start + _LOOKUP_BATCH]
-                statement = sql + "(" + ",".join([mark] * len(batch)) + ")"
-                yield from conn.exec_driver_sql(statement, tuple(batch)).fetchall()
+        for start in range(0, len(wanted), _LOOKUP_BATCH):
+            batch = wanted[start : start + _LOOKUP_BATCH]
+            statement = sql + "(" + ",".join([mark] * len(batch)) + ")"
+            yield from conn.exec_driver_sql(statement, tuple(batch)).fetchall()
 
     def add_pack(self, pack_id: str, size: int, blobs: Sequence[BlobLocation]) -> None:
         """Record a pack that is already on the backend, and the blobs it holds, in one transaction."""
@@ -268,11 +271,9 @@ class Index:
         """
         wanted = list(dict.fromkeys(blob_ids))
         with self._fenced() as conn:
-            located: dict[str, str] = {}
-            for start in range(0, len(wanted), _LOOKUP_BATCH):
-                batch = wanted[start : start + _LOOKUP_BATCH]
-                for blob_id, pack_id in conn.execute(select(Blob.id, Blob.pack_id).where(Blob.id.in_(batch))):
-                    located[blob_id] = pack_id
+            located: dict[str, str] = dict(
+                self._lookup_on(conn, "SELECT id, pack_id FROM blobs WHERE id IN ", wanted)  # type: ignore[arg-type]
+            )
             missing = {b for b in wanted if b not in located}
             if missing:
                 return missing
