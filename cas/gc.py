@@ -70,6 +70,12 @@ def collect_garbage(
     index = repo.index
     report = GcReport(dry_run=dry_run)
     report.epoch = index.next_epoch() if not dry_run else -1
+    if not dry_run:
+        # Index what is on the backend but not in this index (other hosts' packs and snapshots, if
+        # they use their own index), so it is judged by reachability like everything else.
+        from cas.verify import rebuild_index
+
+        rebuild_index(repo)
 
     roots, unreadable = snapshot_roots(repo)
     if unreadable:
