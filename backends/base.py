@@ -8,9 +8,10 @@ packs, compression and manifests live above this layer.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
+from urllib.parse import unquote, urlsplit
 
 from backends.errors import ConfigurationError
 
@@ -103,3 +104,24 @@ def read_all(data: bytes | memoryview | BinaryIO) -> bytes:
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
     return data.read()
+
+
+def split_bucket_url(
+    url: str, scheme: str, options: Mapping[str, object], known: Iterable[str], credentials_hint: str
+) -> tuple[str, str]:
+    """``(bucket, path)`` of an object-store URL such as ``s3://bucket/prefix``, refusing what does not
+    belong in it (credentials, a query) and options the driver does not know."""
+    parts = urlsplit(url)
+    if parts.scheme != scheme:
+        raise ConfigurationError(f"not an {scheme}:// URL: {parts.scheme}://...")
+    if "@" in parts.netloc:
+        raise ConfigurationError(f"credentials do not belong in an {scheme}:// URL; {credentials_hint}")
+    if parts.query or parts.fragment:
+        raise ConfigurationError(f"{scheme}:// URLs take no query or fragment; pass settings as options")
+    known = set(known)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown {scheme.upper()} option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return parts.netloc, unquote(parts.path)

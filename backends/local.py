@@ -78,7 +78,7 @@ class LocalBackend(Backend):
                 # link() refuses an existing name, so two racing writers cannot both win.
                 os.link(tmp, path)
                 os.unlink(tmp)
-            _fsync_dir(directory)
+            fsync_directory(directory)
         except BaseException as exc:
             try:
                 os.unlink(tmp)
@@ -152,7 +152,8 @@ def _makedirs_private(path: str) -> None:
             raise
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_directory(path: str) -> None:
+    """Make a rename or link in ``path`` durable (best effort: some filesystems refuse)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:

@@ -36,9 +36,8 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, BinaryIO, NoReturn, TypeVar
-from urllib.parse import unquote, urlsplit
 
-from backends.base import Backend, Capabilities, ObjectInfo, check_key
+from backends.base import Backend, Capabilities, ObjectInfo, check_key, split_bucket_url
 from backends.errors import (
     AlreadyExists,
     CasError,
@@ -470,31 +469,20 @@ def from_url(url: str, **options: object) -> OssBackend:
     ``connect_timeout``, ``read_timeout``. A missing setting raises :class:`ConfigurationError`
     naming it.
     """
-    parts = urlsplit(url)
-    if parts.scheme != "oss":
-        raise ConfigurationError(f"not an oss:// URL: {parts.scheme}://...")
-    if "@" in parts.netloc:
+    url_bucket, path = split_bucket_url(
+        url, "oss", options, _OPTIONS,
+        "use the access_key_id/access_key_secret options or OSS_ACCESS_KEY_ID/OSS_ACCESS_KEY_SECRET",
+    )
+    bucket = url_bucket or options.get("bucket")
+    if url_bucket and options.get("bucket") and options["bucket"] != url_bucket:
         raise ConfigurationError(
-            "credentials do not belong in an oss:// URL; use the access_key_id/access_key_secret options "
-            "or OSS_ACCESS_KEY_ID/OSS_ACCESS_KEY_SECRET"
-        )
-    if parts.query or parts.fragment:
-        raise ConfigurationError("oss:// URLs take no query or fragment; pass settings as options")
-    unknown = sorted(set(options) - _OPTIONS)
-    if unknown:
-        raise ConfigurationError(
-            f"unknown OSS option(s) {', '.join(unknown)}; known: {', '.join(sorted(_OPTIONS))}"
-        )
-    bucket = parts.netloc or options.get("bucket")
-    if parts.netloc and options.get("bucket") and options["bucket"] != parts.netloc:
-        raise ConfigurationError(
-            f"bucket {parts.netloc!r} in the URL disagrees with option bucket {options['bucket']!r}"
+            f"bucket {url_bucket!r} in the URL disagrees with option bucket {options['bucket']!r}"
         )
     if not bucket or not isinstance(bucket, str):
         raise ConfigurationError(
             "OSS option bucket is not set (give it as oss://bucket/prefix or the bucket option)"
         )
-    prefix = unquote(parts.path).strip("/") or str(options.get("root_directory") or "").strip("/")
+    prefix = path.strip("/") or str(options.get("root_directory") or "").strip("/")
     return OssBackend(
         bucket,
         prefix,

@@ -28,9 +28,8 @@ import math
 import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
-from urllib.parse import unquote, urlsplit
 
-from backends.base import Backend, Capabilities, ObjectInfo, check_key
+from backends.base import Backend, Capabilities, ObjectInfo, check_key, split_bucket_url
 from backends.errors import (
     AlreadyExists,
     CasError,
@@ -542,26 +541,15 @@ def _number(options: dict[str, Any], name: str, kind: type[int | float]) -> None
 
 def from_url(url: str, **options: Any) -> S3Backend:
     """Open ``s3://bucket[/prefix]``; ``options`` are :class:`S3Backend`'s keyword arguments."""
-    parts = urlsplit(url)
-    if parts.scheme != "s3":
-        raise ConfigurationError(f"not an s3:// URL: {parts.scheme}://...")
-    if "@" in parts.netloc:
-        raise ConfigurationError(
-            "credentials do not belong in an s3:// URL; use the AWS credential chain or the "
-            "access_key_id/secret_access_key options"
-        )
-    if parts.query or parts.fragment:
-        raise ConfigurationError("s3:// URLs take no query or fragment; pass settings as options")
-    unknown = sorted(set(options) - _OPTIONS)
-    if unknown:
-        raise ConfigurationError(
-            f"unknown S3 option(s) {', '.join(unknown)}; known: {', '.join(sorted(_OPTIONS))}"
-        )
+    bucket, path = split_bucket_url(
+        url, "s3", options, _OPTIONS,
+        "use the AWS credential chain or the access_key_id/secret_access_key options",
+    )
     for name in ("multipart_threshold", "part_size", "sdk_attempts", "max_pool_connections"):
         _number(options, name, int)
     for name in ("connect_timeout", "read_timeout"):
         _number(options, name, float)
-    return S3Backend(parts.netloc, unquote(parts.path), **options)
+    return S3Backend(bucket, path, **options)
 
 
 __all__ = ["S3Backend", "from_url"]

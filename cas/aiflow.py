@@ -48,6 +48,7 @@ from typing import Any, ClassVar, Dict  # noqa: UP035 - AIFlow's interface spell
 
 from backends import open_backend, redact_url
 from backends.base import Backend
+from backends.local import fsync_directory
 from cas.errors import AlreadyExists, ConfigurationError, IntegrityError, NotFound
 from cas.hashing import is_digest, new_hasher
 from cas.records import check_execution_id, check_labels
@@ -388,7 +389,7 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
                     os.rmdir(final)
                 os.rename(produced, final)
                 _write_marker(marker, ref.execution_id)
-            _fsync_dir(local_dir)
+            fsync_directory(local_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -605,19 +606,6 @@ def _write_marker(path: str, execution_id: str) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(execution_id)
     os.replace(tmp, path)
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from cas.filescache import FilesCache
 from cas.gc import DEFAULT_GRACE, GcReport, collect_garbage
 from cas.verify import RebuildReport, RepairReport, VerifyReport, rebuild_index, repair, verify
 from cas.reader import FileStream
-from cas.records import SnapshotRecord, check_execution_id, check_labels, snapshot_key
+from cas.records import SnapshotRecord, check_execution_id, check_labels, index_row, snapshot_key
 from cas.repository import Repository, default_home
 from cas.restore import RestoreReport, Restorer, failure_error
 from cas.snapshot import ProgressFn, TreeBuilder
@@ -216,16 +216,7 @@ class Store:
             log.warning("could not withdraw %s after a failed commit: %s", key, exc)
 
     def _index_record(self, record: SnapshotRecord, referenced: set[str]) -> set[str]:
-        row = SnapshotRow(
-            execution_id=record.execution_id,
-            root_tree=record.root,
-            time_ns=record.time_ns,
-            labels=record.labels,
-            stats={**record.stats, "root_mode": record.root_mode, "root_mtime_ns": record.root_mtime_ns},
-            logical_bytes=record.stats.get("logical_bytes", 0),
-            new_bytes=record.stats.get("new_bytes", 0),
-            stored_bytes=record.stats.get("stored_bytes", 0),
-        )
+        row = index_row(record)
         try:
             return self.repo.index.commit_snapshot(row, referenced)
         except AlreadyExists:

@@ -9,18 +9,17 @@ snapshots that lost data are marked damaged, and missing snapshot objects or row
 from __future__ import annotations
 
 import random
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 from cas.errors import CasError, IntegrityError
 from cas.packs import FOOTER_SIZE, parse_footer, parse_trailer, split_pack, pack_key
-from cas.records import SnapshotRecord, snapshot_key
+from cas.records import SnapshotRecord, index_row, snapshot_key
 from cas.repository import Repository
 from cas.trees import DIR, FILE
 from cas.compression import decode
 from cas.hashing import hexdigest
 from cas.walk import Root, snapshot_roots
-from manifests.index import BlobLocation, SnapshotRow
+from manifests.index import BlobLocation
 
 
 @dataclass(frozen=True)
@@ -225,7 +224,7 @@ def repair(repo: Repository, report: VerifyReport) -> RepairReport:
             record = SnapshotRecord.from_json(repo.backend.get(snapshot_key(execution_id)))
             if record.execution_id != execution_id:
                 continue
-            index.add_snapshot(row_of(record))
+            index.add_snapshot(index_row(record))
             out.rows_added.append(execution_id)
         except CasError:
             continue
@@ -267,20 +266,6 @@ def _salvage(repo: Repository, pack_id: str, corrupt: set[str]) -> int:
     repo.index.move_blobs(moved, {loc.id: pack_id for loc in good})
     repo.index.forget_blobs_in_packs([pack_id])
     return len(good)
-
-
-def row_of(record: SnapshotRecord, damaged: bool = False) -> SnapshotRow:
-    return SnapshotRow(
-        execution_id=record.execution_id,
-        root_tree=record.root,
-        time_ns=record.time_ns,
-        labels=record.labels,
-        stats={**record.stats, "root_mode": record.root_mode, "root_mtime_ns": record.root_mtime_ns},
-        logical_bytes=record.stats.get("logical_bytes", 0),
-        new_bytes=record.stats.get("new_bytes", 0),
-        stored_bytes=record.stats.get("stored_bytes", 0),
-        damaged=damaged,
-    )
 
 
 @dataclass
@@ -329,7 +314,7 @@ def rebuild_index(repo: Repository, *, full: bool = False) -> RebuildReport:
             record = SnapshotRecord.from_json(repo.backend.get(snapshot_key(root.execution_id)))
             if record.execution_id != root.execution_id:
                 raise IntegrityError(f"the record names execution {record.execution_id}")
-            index.add_snapshot(row_of(record))
+            index.add_snapshot(index_row(record))
             out.snapshots += 1
         except CasError as exc:
             out.skipped.append(f"snapshot {root.execution_id}: {exc}")
