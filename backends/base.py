@@ -99,6 +99,19 @@ def check_key(key: str) -> str:
     return key
 
 
+def read_up_to(stream: BinaryIO, size: int) -> bytes:
+    """Up to ``size`` bytes of ``stream``; fewer only at its end (``read`` may return short counts)."""
+    chunks: list[bytes] = []
+    remaining = size
+    while remaining > 0:
+        chunk = stream.read(remaining)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 def read_all(data: bytes | memoryview | BinaryIO) -> bytes:
     """Bytes of a put's payload, for backends whose SDK wants them whole."""
     if isinstance(data, (bytes, bytearray, memoryview)):

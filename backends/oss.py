@@ -37,7 +37,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, BinaryIO, NoReturn, TypeVar
 
-from backends.base import Backend, Capabilities, ObjectInfo, check_key, split_bucket_url
+from backends.base import Backend, Capabilities, ObjectInfo, check_key, read_up_to, split_bucket_url
 from backends.errors import (
     AlreadyExists,
     CasError,
@@ -226,7 +226,7 @@ class OssBackend(Backend):
             else:
                 self._put_multipart(name, key, _slices(view, self.part_size), headers)
             return
-        head = _read_up_to(data, self.multipart_threshold + 1)
+        head = read_up_to(data, self.multipart_threshold + 1)
         if len(head) <= self.multipart_threshold:
             self._put_single(name, key, head, headers)
             return
@@ -399,19 +399,6 @@ def _md5(body: bytes) -> str:
     return base64.b64encode(hashlib.md5(body).digest()).decode("ascii")
 
 
-def _read_up_to(stream: BinaryIO, size: int) -> bytes:
-    """Read until ``size`` bytes or end of file (``read`` may return short)."""
-    chunks: list[bytes] = []
-    remaining = size
-    while remaining > 0:
-        chunk = stream.read(remaining)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
 def _slices(view: memoryview, part_size: int) -> Iterator[bytes]:
     """Parts of an in-memory payload, copied one part at a time."""
     for start in range(0, len(view), part_size):
@@ -427,7 +414,7 @@ def _stream_parts(head: bytes, stream: BinaryIO, part_size: int) -> Iterator[byt
     rest = bytes(pending)
     del pending, head
     while True:
-        part = rest + _read_up_to(stream, part_size - len(rest))
+        part = rest + read_up_to(stream, part_size - len(rest))
         rest = b""
         if not part:
             return

@@ -29,7 +29,7 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from backends.base import Backend, Capabilities, ObjectInfo, check_key, split_bucket_url
+from backends.base import Backend, Capabilities, ObjectInfo, check_key, read_up_to, split_bucket_url
 from backends.errors import (
     AlreadyExists,
     CasError,
@@ -257,7 +257,7 @@ class S3Backend(Backend):
         head: list[bytes] = []
         buffered = 0
         while buffered <= self.multipart_threshold:
-            block = _read_exactly(data, min(self.part_size, self.multipart_threshold + 1 - buffered))
+            block = read_up_to(data, min(self.part_size, self.multipart_threshold + 1 - buffered))
             if not block:
                 break
             head.append(block)
@@ -413,19 +413,6 @@ class _Secrets:
         return f"<{len(self.values)} redacted>"
 
 
-def _read_exactly(stream: BinaryIO, size: int) -> bytes:
-    """Up to ``size`` bytes; fewer only at end of stream (``read`` may return short counts)."""
-    chunks: list[bytes] = []
-    remaining = size
-    while remaining > 0:
-        chunk = stream.read(remaining)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
 def _stream_parts(head: list[bytes], stream: BinaryIO, part_size: int) -> Iterator[bytes]:
     """Parts of exactly ``part_size`` bytes (the last may be shorter): ``head`` then the stream.
 
@@ -439,7 +426,7 @@ def _stream_parts(head: list[bytes], stream: BinaryIO, part_size: int) -> Iterat
             yield bytes(pending[:part_size])
             del pending[:part_size]
     while True:
-        block = _read_exactly(stream, part_size - len(pending))
+        block = read_up_to(stream, part_size - len(pending))
         pending += block
         if len(pending) >= part_size or (not block and pending):
             yield bytes(pending)
