@@ -250,6 +250,9 @@ def run(args: argparse.Namespace) -> int:
 
     setup_tools.ensure_all(names)
 
+    tools: list[Tool] = [TOOLS[n](WORK) for n in names]
+    versions = {t.name: t.version() for t in tools}  # at the start: cas/ may change under us
+
     config = wl.WorkloadConfig.quick() if args.quick else wl.WorkloadConfig()
     if args.scale != 1.0:
         config = config.scaled(args.scale)
@@ -266,10 +269,8 @@ def run(args: argparse.Namespace) -> int:
     for sub in ("repos", "cache", "restore", "logs"):
         if (WORK / sub).exists():
             shutil.rmtree(WORK / sub)
-    tools: list[Tool] = [TOOLS[n](WORK) for n in names]
     for t in tools:
         t.reset()
-    versions = {t.name: t.version() for t in tools}  # before the run: cas/ may change under us
     log_dir = WORK / "logs"
     measurements: dict[str, list[Measurement]] = {t.name: [] for t in tools}
     errors: dict[str, list[str]] = {t.name: [] for t in tools}
