@@ -20,6 +20,7 @@ import errno
 import os
 import secrets
 import stat
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,9 +35,18 @@ _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os,
 _TMP_PREFIX = ".cas-tmp-"
 #: Preallocating helps large files stay contiguous; for small ones it is only an extra syscall.
 _PREALLOCATE_FROM = 16 * 1024 * 1024
+_OPEN_DIRS = 64
 _FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE}
 
 ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class _DirJob:
+    fd: int
+    owned: bool
+    meta: tuple[int, int] | None
+    pending: list[tuple[str, Future[int]]] = field(default_factory=list)
 
 
 @dataclass
@@ -64,6 +74,7 @@ class Restorer:
         self.progress = progress
         self.report = RestoreReport()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-restore")
+        self._jobs: deque[_DirJob] = deque()
 
     def restore(self, entries: list[Entry], dest: str, root_meta: tuple[int, int] | None) -> RestoreReport:
         """Restore ``entries`` into directory ``dest``; ``root_meta`` is (mode, mtime_ns) for ``dest``.
@@ -73,10 +84,12 @@ class Restorer:
         """
         dest_fd = self._open_destination(dest)
         try:
-            self._restore_dir(dest_fd, entries, "")
+            self._restore_dir(dest_fd, entries, "", None, owned=False)
+            self._drain(0)
             if root_meta is not None and not self.report.failures:
                 self._apply_dir_meta(dest_fd, root_meta[0], root_meta[1])
         finally:
+            self._abandon()
             os.close(dest_fd)
             self._pool.shutdown(wait=True, cancel_futures=True)
         return self.report
@@ -96,31 +109,73 @@ class Restorer:
             raise AlreadyExists(f"destination {dest} is not empty; pass --overwrite to restore into it")
         return fd
 
-    def _restore_dir(self, dir_fd: int, entries: list[Entry], prefix: str) -> None:
-        if self.overwrite:
-            self._remove_stale_temporaries(dir_fd)
-        # One index query for this directory: its files' chunks and its subdirectories' trees.
-        locations = self.repo.locate(
-            c for e in entries for c in (e.chunks if e.type == FILE else (e.tree,) if e.type == DIR else ())
-        )
-        pending: list[tuple[str, Future[int]]] = []
+    def _restore_dir(
+        self, dir_fd: int, entries: list[Entry], prefix: str, meta: tuple[int, int] | None, *, owned: bool
+    ) -> None:
+        """Create this directory's entries, hand its files to the pool, recurse, and queue the
+        directory to be finished (files awaited, mode and mtime applied, descriptor closed).
+
+        There is no barrier per directory: files of many directories are written at once, and a
+        directory is finished once it is among the oldest queued (at most :data:`_OPEN_DIRS` wait).
+        Only a directory's own entries change its mtime, so it can be finished before its subtrees.
+        """
+        job = _DirJob(dir_fd, owned, meta)
         try:
+            if self.overwrite:
+                self._remove_stale_temporaries(dir_fd)
+            # One index query for this directory: its files' chunks and its subdirectories' trees.
+            locations = self.repo.locate(
+                c for e in entries for c in (e.chunks if e.type == FILE else (e.tree,) if e.type == DIR else ())
+            )
+            subdirs: list[tuple[Entry, str]] = []
             for entry in entries:
                 path = prefix + entry.name
                 try:
                     if entry.type == DIR:
-                        self._directory(dir_fd, entry, path, locations)
+                        self._make_directory(dir_fd, entry, path)
+                        subdirs.append((entry, path))
                     elif entry.type == SYMLINK:
                         self._symlink(dir_fd, entry, path)
                     else:
-                        pending.append((path, self._pool.submit(self._file, dir_fd, entry, path, locations)))
+                        job.pending.append((path, self._pool.submit(self._file, dir_fd, entry, path, locations)))
                 except (CasError, OSError) as exc:
                     self._fail(path, exc)
-        finally:
-            # Wait for *every* file of this directory before the caller closes dir_fd (a worker
-            # must never use a closed, possibly reused, descriptor); a fatal error is raised after.
-            fatal: BaseException | None = None
-            for path, future in pending:
+            for entry, path in subdirs:
+                try:
+                    fd = os.open(entry.name, _DIR_FLAGS, dir_fd=dir_fd)
+                except OSError as exc:
+                    self._fail(path, exc)
+                    continue
+                try:
+                    os.fchmod(fd, 0o700)
+                    children = self.repo.read_tree(entry.tree, locations.get(entry.tree))
+                except (CasError, OSError) as exc:
+                    os.close(fd)
+                    self._fail(path, exc)
+                    continue
+                self._restore_dir(fd, children, path + "/", (entry.mode, entry.mtime_ns), owned=True)
+                self.report.dirs += 1
+        except BaseException:
+            self._finish(job, quiet=True)
+            raise
+        self._jobs.append(job)
+        self._drain(_OPEN_DIRS)
+
+    def _drain(self, keep: int) -> None:
+        while len(self._jobs) > keep:
+            self._finish(self._jobs.popleft())
+
+    def _abandon(self) -> None:
+        """After a fatal error: wait for whatever is still being written, close every descriptor."""
+        while self._jobs:
+            self._finish(self._jobs.popleft(), quiet=True)
+
+    def _finish(self, job: _DirJob, *, quiet: bool = False) -> None:
+        """Wait for *every* file of the directory before closing its descriptor (a worker must never
+        use a closed, possibly reused, descriptor); a fatal error is raised after, unless ``quiet``."""
+        fatal: BaseException | None = None
+        try:
+            for path, future in job.pending:
                 try:
                     self.report.bytes += future.result()
                     self.report.files += 1
@@ -133,8 +188,16 @@ class Restorer:
                         fatal = fatal or stop
                 except BaseException as exc:  # noqa: BLE001 - re-raised once all files are done
                     fatal = fatal or exc
-            if fatal is not None:
-                raise fatal
+            if fatal is None and not quiet and job.meta is not None:
+                try:
+                    self._apply_dir_meta(job.fd, *job.meta)
+                except OSError as exc:
+                    self._fail("(directory)", exc)
+        finally:
+            if job.owned:
+                os.close(job.fd)
+        if fatal is not None and not quiet:
+            raise fatal
 
     def _remove_stale_temporaries(self, dir_fd: int) -> None:
         """Delete what an interrupted restore left here (our temporaries are never valid files)."""
@@ -147,7 +210,7 @@ class Restorer:
                 except OSError:
                     pass
 
-    def _directory(self, parent_fd: int, entry: Entry, path: str, locations: dict) -> None:  # type: ignore[type-arg]
+    def _make_directory(self, parent_fd: int, entry: Entry, path: str) -> None:
         try:
             os.mkdir(entry.name, 0o700, dir_fd=parent_fd)
         except FileExistsError:
@@ -157,15 +220,6 @@ class Restorer:
             if not stat.S_ISDIR(st.st_mode):
                 os.unlink(entry.name, dir_fd=parent_fd)  # removes a link or file, never what it points at
                 os.mkdir(entry.name, 0o700, dir_fd=parent_fd)
-        fd = os.open(entry.name, _DIR_FLAGS, dir_fd=parent_fd)
-        try:
-            os.fchmod(fd, 0o700)
-            children = self.repo.read_tree(entry.tree, locations.get(entry.tree))
-            self._restore_dir(fd, children, path + "/")
-            self._apply_dir_meta(fd, entry.mode, entry.mtime_ns)
-            self.report.dirs += 1
-        finally:
-            os.close(fd)
 
     def _symlink(self, dir_fd: int, entry: Entry, path: str) -> None:
         tmp = _TMP_PREFIX + secrets.token_hex(8)
