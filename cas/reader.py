@@ -19,12 +19,60 @@ from manifests.index import BlobLocation
 MAX_RUN_BYTES = 32 * 1024 * 1024
 
 
-def file_chunks(repo: Repository, entry: Entry, locations: dict[str, BlobLocation], path: str) -> Iterator[bytes]:
+def prefetch(repo: Repository, locations: list[BlobLocation], *, max_gap: int = 256 * 1024) -> dict[str, bytes]:
+    """Verified raw chunks for many small files at once: one ranged read per stretch of a pack.
+
+    Chunks that sit near each other in a pack (a directory's small files usually do) are fetched
+    together, gaps up to ``max_gap`` included. A chunk that fails verification is left out, so the
+    file that needs it is fetched on its own and reports the error under its own path.
+    """
+    out: dict[str, bytes] = {}
+    ordered = sorted({loc.id: loc for loc in locations if loc.kind == KIND_DATA}.values(),
+                     key=lambda loc: (loc.pack_id, loc.offset))
+    start = 0
+    while start < len(ordered):
+        end = start + 1
+        first = ordered[start]
+        while (
+            end < len(ordered)
+            and ordered[end].pack_id == first.pack_id
+            and ordered[end].offset - (ordered[end - 1].offset + ordered[end - 1].length) <= max_gap
+            and ordered[end].offset + ordered[end].length - first.offset <= MAX_RUN_BYTES
+        ):
+            end += 1
+        run = ordered[start:end]
+        start = end
+        begin = run[0].offset
+        try:
+            data = repo.backend.get(pack_key(first.pack_id), begin, run[-1].offset + run[-1].length - begin)
+        except FileNotFoundError:
+            continue
+        for loc in run:
+            try:
+                out[loc.id] = verify_blob(loc.id, loc, data[loc.offset - begin : loc.offset - begin + loc.length])
+            except IntegrityError:
+                continue
+            if repo.chunk_cache is not None:
+                repo.chunk_cache.put(loc.id, out[loc.id])
+    return out
+
+
+def file_chunks(
+    repo: Repository,
+    entry: Entry,
+    locations: dict[str, BlobLocation],
+    path: str,
+    prefetched: dict[str, bytes] | None = None,
+) -> Iterator[bytes]:
     """The verified chunks of a file entry, in order. Raises IntegrityError naming ``path``.
 
     Chunks in the repository's local chunk cache (if it has one) are read from there; the rest are
     fetched in runs and added to it.
     """
+    if prefetched and all(c in prefetched for c in entry.chunks):
+        for chunk_id in entry.chunks:
+            yield prefetched[chunk_id]
+        return
     cache = repo.chunk_cache
     # Segments in file order: a cached chunk ID, or a run of chunks to fetch with one range read.
     segments: list[str | list[tuple[str, BlobLocation]]] = []
@@ -77,7 +125,13 @@ def _fetch_run(repo: Repository, run: list[tuple[str, BlobLocation]], path: str)
         yield raw
 
 
-def verified_content(repo: Repository, entry: Entry, locations: dict[str, BlobLocation], path: str) -> Iterator[bytes]:
+def verified_content(
+    repo: Repository,
+    entry: Entry,
+    locations: dict[str, BlobLocation],
+    path: str,
+    prefetched: dict[str, bytes] | None = None,
+) -> Iterator[bytes]:
     """Like :func:`file_chunks`, and at the end also checks the whole file's size and digest.
 
     A one-chunk file's digest is its chunk ID, which :func:`file_chunks` has verified already.
@@ -85,7 +139,7 @@ def verified_content(repo: Repository, entry: Entry, locations: dict[str, BlobLo
     single = len(entry.chunks) == 1
     hasher = new_hasher()
     size = 0
-    for data in file_chunks(repo, entry, locations, path):
+    for data in file_chunks(repo, entry, locations, path, prefetched):
         if not single:
             hasher.update(data)
         size += len(data)

@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cas.errors import AlreadyExists, CasError, ConfigurationError, IntegrityError, Unavailable
-from cas.reader import verified_content
+from cas.reader import prefetch, verified_content
 from cas.repository import Repository
 from cas.trees import DIR, FILE, SYMLINK, Entry
 
@@ -36,6 +36,8 @@ _TMP_PREFIX = ".cas-tmp-"
 #: Preallocating helps large files stay contiguous; for small ones it is only an extra syscall.
 _PREALLOCATE_FROM = 16 * 1024 * 1024
 _OPEN_DIRS = 64
+#: Files up to this size have their chunks fetched together, per directory (see reader.prefetch).
+_PREFETCH_FILE_SIZE = 1024 * 1024
 _FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE}
 
 ProgressFn = Callable[[int, int], None]
@@ -127,6 +129,10 @@ class Restorer:
             locations = self.repo.locate(
                 c for e in entries for c in (e.chunks if e.type == FILE else (e.tree,) if e.type == DIR else ())
             )
+            small = [locations[c] for e in entries if e.type == FILE and e.size <= _PREFETCH_FILE_SIZE
+                     for c in e.chunks if c in locations and (self.repo.chunk_cache is None
+                                                               or c not in self.repo.chunk_cache)]
+            prefetched = prefetch(self.repo, small) if len(small) > 1 else None
             subdirs: list[tuple[Entry, str]] = []
             for entry in entries:
                 path = prefix + entry.name
@@ -137,7 +143,9 @@ class Restorer:
                     elif entry.type == SYMLINK:
                         self._symlink(dir_fd, entry, path)
                     else:
-                        job.pending.append((path, self._pool.submit(self._file, dir_fd, entry, path, locations)))
+                        job.pending.append(
+                            (path, self._pool.submit(self._file, dir_fd, entry, path, locations, prefetched))
+                        )
                 except (CasError, OSError) as exc:
                     self._fail(path, exc)
             for entry, path in subdirs:
@@ -232,7 +240,9 @@ class Restorer:
             raise
         self.report.symlinks += 1
 
-    def _file(self, dir_fd: int, entry: Entry, path: str, locations: dict) -> int:  # type: ignore[type-arg]
+    def _file(
+        self, dir_fd: int, entry: Entry, path: str, locations: dict, prefetched: dict | None  # type: ignore[type-arg]
+    ) -> int:
         tmp = _TMP_PREFIX + secrets.token_hex(8)
         fd = os.open(tmp, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
         try:
@@ -244,7 +254,7 @@ class Restorer:
                         if exc.errno in _FATAL_ERRNOS:
                             raise
                 written = 0
-                for data in verified_content(self.repo, entry, locations, path):
+                for data in verified_content(self.repo, entry, locations, path, prefetched):
                     view = memoryview(data)
                     while view:
                         n = os.write(fd, view)
