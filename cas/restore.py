@@ -17,6 +17,7 @@ asked for. Files are written by a small thread pool.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import secrets
 import stat
@@ -77,6 +78,8 @@ class Restorer:
         self.report = RestoreReport()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-restore")
         self._jobs: deque[_DirJob] = deque()
+        self._tmp_tag = secrets.token_hex(6)
+        self._tmp_counter = itertools.count()
 
     def restore(self, entries: list[Entry], dest: str, root_meta: tuple[int, int] | None) -> RestoreReport:
         """Restore ``entries`` into directory ``dest``; ``root_meta`` is (mode, mtime_ns) for ``dest``.
@@ -230,7 +233,7 @@ class Restorer:
                 os.mkdir(entry.name, 0o700, dir_fd=parent_fd)
 
     def _symlink(self, dir_fd: int, entry: Entry, path: str) -> None:
-        tmp = _TMP_PREFIX + secrets.token_hex(8)
+        tmp = self._temporary_name()
         os.symlink(entry.target, tmp, dir_fd=dir_fd)
         try:
             os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
@@ -243,7 +246,7 @@ class Restorer:
     def _file(
         self, dir_fd: int, entry: Entry, path: str, locations: dict, prefetched: dict | None  # type: ignore[type-arg]
     ) -> int:
-        tmp = _TMP_PREFIX + secrets.token_hex(8)
+        tmp = self._temporary_name()
         fd = os.open(tmp, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
         try:
             try:
@@ -270,14 +273,14 @@ class Restorer:
             raise
         return written
 
+    def _temporary_name(self) -> str:
+        # Unique per restore without a syscall per file; O_EXCL catches the (foreign) collision.
+        return f"{_TMP_PREFIX}{self._tmp_tag}-{next(self._tmp_counter)}"
+
     def _place(self, dir_fd: int, tmp: str, name: str, path: str) -> None:
-        if not self.overwrite:
-            try:
-                os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                pass
-            else:
-                raise AlreadyExists(f"{path} already exists in the destination")
+        """Rename a finished temporary into place. Without ``overwrite`` the destination was empty
+        when the restore began and tree names are unique, so a name can only exist here if some
+        other process made it meanwhile; rename replaces that entry (never writes through it)."""
         try:
             os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except IsADirectoryError:
