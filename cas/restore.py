@@ -37,6 +37,7 @@ _TMP_PREFIX = ".cas-tmp-"
 #: Preallocating helps large files stay contiguous; for small ones it is only an extra syscall.
 _PREALLOCATE_FROM = 16 * 1024 * 1024
 _OPEN_DIRS = 64
+_HAS_TMPFILE = [hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")]
 #: Files up to this size have their chunks fetched together, per directory (see reader.prefetch).
 _PREFETCH_FILE_SIZE = 1024 * 1024
 _FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE}
@@ -246,8 +247,11 @@ class Restorer:
     def _file(
         self, dir_fd: int, entry: Entry, path: str, locations: dict, prefetched: dict | None  # type: ignore[type-arg]
     ) -> int:
-        tmp = self._temporary_name()
-        fd = os.open(tmp, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
+        tmp: str | None = None
+        fd = self._unnamed_file(dir_fd)
+        if fd is None:
+            tmp = self._temporary_name()
+            fd = os.open(tmp, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
         try:
             try:
                 if entry.size >= _PREALLOCATE_FROM:
@@ -265,13 +269,41 @@ class Restorer:
                     written += len(data)
                 os.fchmod(fd, self._mode(entry.mode))
                 os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+                if tmp is None:
+                    tmp = self._link_unnamed(fd, dir_fd, entry.name)
             finally:
                 os.close(fd)
-            self._place(dir_fd, tmp, entry.name, path)
+            if tmp is not None:
+                self._place(dir_fd, tmp, entry.name, path)
         except BaseException:
-            _unlink_quietly(dir_fd, tmp)
+            if tmp is not None:
+                _unlink_quietly(dir_fd, tmp)
             raise
         return written
+
+    def _unnamed_file(self, dir_fd: int) -> int | None:
+        """An O_TMPFILE file in the directory: it has no name until linked, so an interrupted
+        restore leaves nothing behind, and it costs one directory operation instead of two."""
+        if not _HAS_TMPFILE[0]:
+            return None
+        try:
+            return os.open(".", os.O_TMPFILE | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o600, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                _HAS_TMPFILE[0] = False  # the filesystem cannot: use named temporaries
+                return None
+            raise
+
+    def _link_unnamed(self, fd: int, dir_fd: int, name: str) -> str | None:
+        """Give the finished unnamed file its final name; if the name is taken (``--overwrite``),
+        link it under a temporary name instead and return that, for :meth:`_place` to rename."""
+        try:
+            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+            return None
+        except FileExistsError:
+            tmp = self._temporary_name()
+            os.link(f"/proc/self/fd/{fd}", tmp, dst_dir_fd=dir_fd, follow_symlinks=True)
+            return tmp
 
     def _temporary_name(self) -> str:
         # Unique per restore without a syscall per file; O_EXCL catches the (foreign) collision.
