@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 from backends import open_backend, redact_url
 from backends.base import Backend
+from backends.retry import RetryingBackend
 from cas.chunkcache import ChunkCache
 from cas.compression import decode
 from cas.config import CONFIG_KEY, RepoConfig
@@ -63,7 +64,13 @@ class Repository:
     ) -> Repository:
         """``chunk_cache``: a directory, True for ``$CAS_HOME/cache/chunks``, False for none, or None
         for the default: on for remote backends, off for a local directory (nothing to save)."""
-        backend = repo if isinstance(repo, Backend) else open_backend(repo or default_repo_url())
+        if isinstance(repo, Backend):
+            backend = repo  # the caller composed it (retries, faults...) as it wants
+        else:
+            backend = open_backend(repo or default_repo_url())
+            if not backend.describe().startswith("file://"):
+                # Remote services fail transiently; retry those errors (only those), bounded.
+                backend = RetryingBackend(backend, attempts=4)
         config = load_or_create_config(backend, create=create, overrides=config_overrides or {})
         if not isinstance(index, Index):
             index = Index.open(index or os.environ.get("CAS_INDEX") or default_index_url(config.repo_id))
