@@ -6,6 +6,8 @@ export CAS_HOME="${CAS_HOME:-$(mktemp -d /tmp/cas-demo.XXXXXX)}"
 work="$(mktemp -d /tmp/cas-demo-work.XXXXXX)"
 project="$work/my-project"
 here="$(cd "$(dirname "$0")/.." && pwd)"
+# The installed `cas` script may not be on PATH yet (pyenv needs a rehash); the module always is.
+cas() { python3 -m cas "$@"; }
 
 echo "== building a sample project in $project (this checkout's code + a 32 MiB float32 checkpoint)"
 mkdir -p "$project/src" "$project/checkpoints" "$project/empty-dir"
