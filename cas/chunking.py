@@ -46,8 +46,12 @@ class Chunker:
             carry = data + rest
         else:
             carry = b""
+        # Read what the file is said to hold (+1 to see its end) rather than a whole block: a short
+        # bytes object shrunk from 8 MiB fragments the heap, once per file.
+        want = min(_READ_BLOCK, max(size_hint, 0) + 1)
         while True:
-            block = stream.read(_READ_BLOCK)
+            block = stream.read(want)
+            want = _READ_BLOCK
             data = carry + block if carry else block
             at_end = not block
             if not data:
