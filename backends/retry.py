@@ -101,10 +101,16 @@ class RetryingBackend(Backend):
             try:
                 return fn()
             except Exception as exc:
-                failures += 1
-                if not getattr(exc, "temporary", False) or failures >= self.attempts:
-                    raise
-                self._pause(failures, what, exc)
+                failures = self._failed(failures, what, exc)
+
+    def _failed(self, failures: int, what: str, exc: Exception) -> int:
+        """One more failure of ``what``: re-raise ``exc`` if it is permanent or attempts are used
+        up, otherwise wait the backoff. Returns the new failure count."""
+        failures += 1
+        if not getattr(exc, "temporary", False) or failures >= self.attempts:
+            raise exc
+        self._pause(failures, what, exc)
+        return failures
 
     # -- Backend -----------------------------------------------------------------------------
 
@@ -132,10 +138,7 @@ class RetryingBackend(Backend):
                     return
                 raise
             except Exception as exc:
-                failures += 1
-                if not getattr(exc, "temporary", False) or failures >= self.attempts:
-                    raise
-                self._pause(failures, f"put {key}", exc)
+                failures = self._failed(failures, f"put {key}", exc)
 
     def _holds(self, key: str, data: bytes | memoryview | BinaryIO, start: int) -> bool:
         """Whether ``key`` stores exactly ``data`` (compared block by block, sizes first)."""
@@ -181,10 +184,7 @@ class RetryingBackend(Backend):
                         yield info
                 return
             except Exception as exc:
-                failures += 1
-                if not getattr(exc, "temporary", False) or failures >= self.attempts:
-                    raise
-                self._pause(failures, f"list {prefix!r}", exc)
+                failures = self._failed(failures, f"list {prefix!r}", exc)
 
     def delete(self, key: str) -> None:
         """Remove ``key``: :class:`NotFound` if it is absent when the call starts.
@@ -203,10 +203,7 @@ class RetryingBackend(Backend):
                     return
                 raise
             except Exception as exc:
-                failures += 1
-                if not getattr(exc, "temporary", False) or failures >= self.attempts:
-                    raise
-                self._pause(failures, f"delete {key}", exc)
+                failures = self._failed(failures, f"delete {key}", exc)
 
 
 def _seekable(stream: BinaryIO) -> bool:

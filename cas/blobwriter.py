@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from cas.compression import encode
-from cas.errors import AlreadyExists
+from cas.errors import AlreadyExists, IntegrityError
 from cas.packs import KIND_DATA, KIND_TREE, PackBuilder, pack_key
 from cas.repository import Repository
 from manifests.index import BlobLocation, PackBeingDeleted
@@ -199,3 +199,30 @@ def _encode_group(group: list[tuple[str, bytes | memoryview]], level: int) -> li
         codec, payload = encode(data, level)
         out.append((blob_id, len(data), codec, payload))
     return out
+
+
+def relocate_blobs(repo: Repository, pack_id: str, blobs: list[BlobLocation]) -> tuple[list[BlobLocation], set[str]]:
+    """Copy ``blobs`` out of one pack into new packs and point their index rows there.
+
+    Used by garbage collection (repacking mostly-dead packs) and by repair (salvaging the intact
+    blobs of a damaged pack). Each blob is verified on the way; those that fail are left where they
+    were and returned as unreadable. Rows move only where they still name ``pack_id`` (fenced).
+    Returns ``(blobs copied, IDs that could not be read)``; a pack that cannot be read copies nothing.
+    """
+    from cas.repository import verify_blob
+
+    data = repo.backend.get(pack_key(pack_id))
+    copied: list[BlobLocation] = []
+    unreadable: set[str] = set()
+    with BlobWriter(repo, dedup=False) as writer:
+        for loc in sorted(blobs, key=lambda b: b.offset):
+            try:
+                raw = verify_blob(loc.id, loc, data[loc.offset : loc.offset + loc.length])
+            except IntegrityError:
+                unreadable.add(loc.id)
+                continue
+            writer.add(loc.id, loc.kind, raw)
+            copied.append(loc)
+        writer.flush()
+        repo.index.move_blobs(writer.written, {loc.id: pack_id for loc in copied})
+    return copied, unreadable

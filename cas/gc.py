@@ -22,12 +22,12 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from cas.blobwriter import BlobWriter
+from cas.blobwriter import relocate_blobs
 from cas.errors import CasError, IntegrityError
 from cas.packs import pack_key
 from cas.repository import Repository
 from cas.walk import reachable_blobs, snapshot_roots
-from manifests.index import CONDEMNED, LIVE, BlobLocation
+from manifests.index import CONDEMNED, BlobLocation
 
 log = logging.getLogger("cas")
 DEFAULT_GRACE = dt.timedelta(hours=1)
@@ -172,24 +172,16 @@ def _repack(repo: Repository, pack_ids: list[str], live_blobs: dict[str, list[Bl
     done: list[str] = []
     moved_bytes = 0
     for pack_id in pack_ids:
-        blobs = sorted(live_blobs[pack_id], key=lambda b: b.offset)
         try:
-            data = repo.backend.get(pack_key(pack_id))
+            copied, unreadable = relocate_blobs(repo, pack_id, live_blobs[pack_id])
         except CasError as exc:
             log.warning("cannot repack %s: %s", pack_id[:16], exc)
             continue
-        from cas.repository import verify_blob
-
-        with BlobWriter(repo, dedup=False) as writer:
-            for loc in blobs:
-                raw = verify_blob(loc.id, loc, data[loc.offset : loc.offset + loc.length])
-                writer.add(loc.id, loc.kind, raw)
-            writer.flush()
-            new_locations = writer.written
-        repo.index.move_blobs(new_locations, {loc.id: pack_id for loc in blobs})
+        if unreadable:
+            log.warning("pack %s holds %d damaged blobs; run 'cas verify --read-data'", pack_id[:16], len(unreadable))
         done.append(pack_id)
-        moved_bytes += sum(b.length for b in blobs)
+        moved_bytes += sum(b.length for b in copied)
     return done, moved_bytes
 
 
-__all__ = ["DEFAULT_GRACE", "GcReport", "LIVE", "collect_garbage"]
+__all__ = ["DEFAULT_GRACE", "GcReport", "collect_garbage"]

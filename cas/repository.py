@@ -11,7 +11,6 @@ Reading a blob always checks it against its BLAKE3 ID: corrupt data raises, it i
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable
 
@@ -142,8 +141,3 @@ def load_or_create_config(backend: Backend, *, create: bool, overrides: dict[str
         # Another process created it first; use theirs.
         return RepoConfig.from_json(backend.get(CONFIG_KEY, 0, _MAX_CONFIG_READ + 1))
     return config
-
-
-def fingerprint(text: str) -> str:
-    """A short stable name for a string, for cache file names (not for content addressing)."""
-    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from cas.blobwriter import BlobWriter
 from cas.chunking import Chunker
-from cas.errors import CasError, ConfigurationError, NotFound, PermissionDenied
+from cas.errors import ConfigurationError, NotFound, PermissionDenied
 from cas.filescache import CachedFile, FilesCache
 from cas.hashing import hexdigest, new_hasher
 from cas.packs import KIND_DATA, KIND_TREE
@@ -220,4 +220,4 @@ class TreeBuilder:
             self.progress(self.stats.files, self.stats.logical_bytes)
 
 
-__all__ = ["CasError", "TreeBuilder", "TreeResult", "WalkStats"]
+__all__ = ["TreeBuilder", "TreeResult", "WalkStats"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from cas.blobwriter import relocate_blobs
 from cas.errors import CasError, IntegrityError
 from cas.packs import FOOTER_SIZE, parse_footer, parse_trailer, split_pack, pack_key
 from cas.records import SnapshotRecord, index_row, snapshot_key
@@ -157,7 +158,7 @@ def _check_snapshot(repo: Repository, root: Root, report: VerifyReport) -> None:
         issue = blob_problem(tree, loc)
         if issue is None:
             try:
-                entries = repo.read_tree(tree)
+                entries = repo.read_tree(tree, loc)
             except CasError as exc:
                 issue = str(exc)
         if issue is not None:
@@ -236,36 +237,19 @@ def repair(repo: Repository, report: VerifyReport) -> RepairReport:
 
 
 def _salvage(repo: Repository, pack_id: str, corrupt: set[str]) -> int:
-    """Copy the intact blobs of a damaged pack into new packs and move their rows there.
+    """Move the intact blobs of a damaged pack to new packs and drop the rest of its rows.
 
     The damaged pack then has no rows and garbage collection removes it; the intact blobs it held
     are not lost with it.
     """
-    from cas.blobwriter import BlobWriter
-    from cas.repository import verify_blob
-
-    rows = repo.index.blobs_in_pack(pack_id)
+    rows = [loc for loc in repo.index.blobs_in_pack(pack_id) if loc.id not in corrupt]
     try:
-        data = repo.backend.get(pack_key(pack_id))
+        copied, unreadable = relocate_blobs(repo, pack_id, rows)
     except CasError:
         return 0
-    good = []
-    with BlobWriter(repo, dedup=False) as writer:
-        for loc in rows:
-            if loc.id in corrupt:
-                continue
-            try:
-                raw = verify_blob(loc.id, loc, data[loc.offset : loc.offset + loc.length])
-            except CasError:
-                corrupt.add(loc.id)
-                continue
-            writer.add(loc.id, loc.kind, raw)
-            good.append(loc)
-        writer.flush()
-        moved = writer.written
-    repo.index.move_blobs(moved, {loc.id: pack_id for loc in good})
+    corrupt.update(unreadable)
     repo.index.forget_blobs_in_packs([pack_id])
-    return len(good)
+    return len(copied)
 
 
 @dataclass
@@ -323,8 +307,6 @@ def rebuild_index(repo: Repository, *, full: bool = False) -> RebuildReport:
 
 def read_trailer(repo: Repository, pack_id: str, size: int) -> list:  # type: ignore[type-arg]
     """A pack's entries from two ranged reads (footer, then trailer), without reading its data."""
-    from cas.errors import IntegrityError
-
     if size < FOOTER_SIZE:
         raise IntegrityError("pack is too short to hold a footer")
     trailer_len = parse_footer(repo.backend.get(pack_key(pack_id), size - FOOTER_SIZE, FOOTER_SIZE))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cas.errors import CasError, IntegrityError
 from cas.records import SNAPSHOT_PREFIX, SnapshotRecord
 from cas.repository import Repository
-from cas.trees import DIR, FILE, Entry
+from cas.trees import DIR, FILE
 
 
 @dataclass(frozen=True)
@@ -47,21 +46,6 @@ def snapshot_roots(repo: Repository) -> tuple[list[Root], list[tuple[str, str]]]
             continue
         roots.append(Root(execution_id, record.root, False, False, True))
     return roots, unreadable
-
-
-def walk_tree(repo: Repository, tree: str, prefix: str = "") -> Iterator[tuple[str, Entry | None, str]]:
-    """Depth-first ``(path, entry, tree id holding it)``; a tree that cannot be read yields
-    ``(path, None, tree id)`` and the walk goes on with its siblings."""
-    try:
-        entries = repo.read_tree(tree)
-    except CasError:
-        yield prefix or "/", None, tree
-        return
-    for entry in entries:
-        path = prefix + entry.name
-        yield path, entry, tree
-        if entry.type == DIR:
-            yield from walk_tree(repo, entry.tree, path + "/")
 
 
 def reachable_blobs(repo: Repository, roots: list[Root]) -> tuple[set[str], list[tuple[str, str]]]:
