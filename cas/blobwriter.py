@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from cas.compression import encode
 from cas.errors import AlreadyExists, IntegrityError
-from cas.packs import KIND_DATA, KIND_TREE, PackBuilder, pack_key
+from cas.packs import KIND_DATA, KIND_TREE, MAX_BLOB_SIZE, PackBuilder, pack_key
 from cas.repository import Repository
 from manifests.index import BlobLocation, PackBeingDeleted
 
@@ -79,6 +79,9 @@ class BlobWriter:
 
     def add(self, blob_id: str, kind: int, data: bytes | memoryview) -> None:
         """Queue a blob; it is dropped later if the index already has it."""
+        if len(data) > MAX_BLOB_SIZE:
+            # Readers refuse larger blobs as corrupt (packs.parse_trailer): never write one.
+            raise IntegrityError(f"blob {blob_id[:16]} is {len(data)} bytes, over the format's limit of {MAX_BLOB_SIZE}")
         if blob_id in self._seen:
             return
         self._seen.add(blob_id)

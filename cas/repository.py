@@ -23,7 +23,7 @@ from cas.config import CONFIG_KEY, RepoConfig
 from cas.errors import AlreadyExists, IntegrityError, NotFound
 from cas.hashing import hexdigest
 from cas.packs import KIND_TREE, pack_key
-from cas.trees import Entry, decode_tree
+from cas.trees import Entry, decode_node, join_parts
 from manifests.index import BlobLocation, Index
 
 _MAX_CONFIG_READ = 64 * 1024
@@ -105,6 +105,26 @@ class Repository:
         return verify_blob(blob_id, location, payload)
 
     def read_tree(self, tree_id: str, location: BlobLocation | None = None) -> list[Entry]:
+        """A directory's entries, whether it is stored as one node or as parts."""
+        return self.read_directory(tree_id, location)[0]
+
+    def read_directory(
+        self, tree_id: str, location: BlobLocation | None = None
+    ) -> tuple[list[Entry], tuple[str, ...]]:
+        """A directory's entries and the IDs of its part nodes (empty when it is one node)."""
+        node = decode_node(self._tree_bytes(tree_id, location))
+        if isinstance(node, list):
+            return node, ()
+        located = self.index.locate(node)
+        parts = []
+        for part_id in node:
+            part = decode_node(self._tree_bytes(part_id, located.get(part_id)))
+            if not isinstance(part, list):
+                raise IntegrityError(f"tree part {part_id[:16]} is itself split (parts do not nest)")
+            parts.append(part)
+        return join_parts(parts), node
+
+    def _tree_bytes(self, tree_id: str, location: BlobLocation | None) -> bytes:
         if location is None:
             location = self.index.locate([tree_id]).get(tree_id)
         if location is None:
@@ -116,7 +136,7 @@ class Repository:
             data = self.read_blob(tree_id, location)
             if self.chunk_cache is not None:
                 self.chunk_cache.put(tree_id, data)
-        return decode_tree(data)
+        return data
 
 
 def verify_blob(blob_id: str, location: BlobLocation, payload: bytes) -> bytes:

@@ -20,7 +20,7 @@ from cas.errors import ConfigurationError, NotFound, PermissionDenied
 from cas.filescache import CachedFile, FilesCache
 from cas.hashing import hexdigest, new_hasher
 from cas.packs import KIND_DATA, KIND_TREE
-from cas.trees import DIR, FILE, SYMLINK, Entry, encode_tree, name_key
+from cas.trees import DIR, FILE, SYMLINK, Entry, TooLarge, encode_directory, name_key
 
 log = logging.getLogger("cas")
 
@@ -145,11 +145,14 @@ class TreeBuilder:
         return candidates
 
     def _store_tree(self, entries: list[Entry]) -> str:
-        data = encode_tree(entries)
-        tree_id = hexdigest(data)
-        self.referenced.add(tree_id)
-        self.writer.add(tree_id, KIND_TREE, data)
-        return tree_id
+        try:
+            return encode_directory(entries, self._store_node)
+        except TooLarge as exc:
+            raise ConfigurationError(f"cannot snapshot a directory: {exc}") from None
+
+    def _store_node(self, node_id: str, data: bytes) -> None:
+        self.referenced.add(node_id)
+        self.writer.add(node_id, KIND_TREE, data)
 
     def _file(self, path: str, name: str, st: os.stat_result) -> Entry:
         mode = stat.S_IMODE(st.st_mode)

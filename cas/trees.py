@@ -1,5 +1,11 @@
 """Tree nodes: the canonical encoding of one directory's entries.
 
+A directory is one *entries node*, or, when its entries would encode to more than
+:data:`SPLIT_BYTES`, several entries nodes (parts, each holding a run of the sorted entries) named
+by one *parts node*. Part boundaries are content-defined (after an entry whose name hashes to a
+boundary, once the part holds :data:`PART_MIN_BYTES`), so adding a file to a huge directory rewrites
+one part, not every part after it. Parts never nest: a parts node names entries nodes only.
+
 A node is UTF-8 JSON with sorted keys and no insignificant whitespace, entries sorted by the bytes
 of their names, so equal directories encode to equal bytes and get equal BLAKE3 IDs (a Merkle tree:
 an unchanged subdirectory is the same node in every snapshot). Names that are not valid UTF-8 are
@@ -15,10 +21,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import blake3
+
 from cas.errors import IntegrityError
-from cas.hashing import is_digest
+from cas.hashing import hexdigest, is_digest
 
 TREE_VERSION = 1
 FILE = "file"
@@ -29,6 +38,18 @@ MAX_NAME_BYTES = 4096
 MAX_TARGET_BYTES = 65536
 MAX_FILE_SIZE = 1 << 62
 MAX_ENTRIES = 10_000_000
+MAX_NODE_BYTES = 64 * 1024 * 1024
+"""The largest tree node (entries or parts node) a writer produces and every reader accepts: the
+pack format's blob limit (``packs.MAX_BLOB_SIZE``), which the writer enforces with a clear error."""
+SPLIT_BYTES = 4 * 1024 * 1024
+"""A directory whose single node would exceed this is stored as parts."""
+PART_MIN_BYTES = 512 * 1024
+PART_MAX_BYTES = 4 * 1024 * 1024
+_BOUNDARY_MASK = 0x3FF  # about one name in 1,024 ends a part, once the part holds PART_MIN_BYTES
+MAX_PARTS = MAX_ENTRIES
+_ENTRIES_OPEN = b'{"entries":['
+_ENTRIES_CLOSE = b'],"v":1}'
+_PARTS_OPEN = b'{"parts":['
 _MTIME_LIMIT = 1 << 63
 
 
@@ -59,13 +80,155 @@ def name_key(name: str) -> bytes:
     return os.fsencode(name)
 
 
+def encode_entry(entry: Entry) -> bytes:
+    return json.dumps(entry.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
 def encode_tree(entries: list[Entry]) -> bytes:
+    """One entries node (the canonical JSON of ``{"entries": [...], "v": 1}``), whatever its size."""
     ordered = sorted(entries, key=lambda e: name_key(e.name))
-    doc = {"v": TREE_VERSION, "entries": [e.to_json() for e in ordered]}
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return _ENTRIES_OPEN + b",".join(encode_entry(e) for e in ordered) + _ENTRIES_CLOSE
+
+
+class TooLarge(ValueError):
+    """The writer cannot represent this directory within the format's limits."""
+
+
+class DirectoryEncoder:
+    """Encodes one directory's entries, given in name order, into tree nodes.
+
+    ``emit(node_id, node_bytes)`` receives every node to store (parts first, then the node that
+    names the directory); :meth:`finish` returns the directory's tree ID. Memory is bounded by one
+    part (plus :data:`SPLIT_BYTES` while it is not yet known whether the directory needs parts),
+    not by the directory's size.
+    """
+
+    def __init__(self, emit: Callable[[str, bytes], None]) -> None:
+        self._emit = emit
+        self._part: list[bytes] = []
+        self._part_bytes = 0
+        self._held: list[list[bytes]] = []  # finished parts not emitted while the whole may fit one node
+        self._held_bytes = 0
+        self._parts: list[str] = []
+        self._count = 0
+        self._last: bytes | None = None
+
+    def add(self, entry: Entry) -> None:
+        key = name_key(entry.name)
+        if self._last is not None and key <= self._last:
+            raise ValueError("entries must be added in strictly increasing name order")
+        self._last = key
+        self._count += 1
+        if self._count > MAX_ENTRIES:
+            raise TooLarge(f"more than {MAX_ENTRIES:,} entries in one directory")
+        encoded = encode_entry(entry)
+        if len(encoded) + len(_ENTRIES_OPEN) + len(_ENTRIES_CLOSE) > MAX_NODE_BYTES:
+            raise TooLarge(
+                f"{entry.name!r} lists {len(entry.chunks):,} chunks, more than one tree node can hold "
+                f"({MAX_NODE_BYTES // (1024 * 1024)} MiB)"
+            )
+        if self._part_bytes + len(encoded) + 1 > PART_MAX_BYTES and self._part:
+            self._end_part()
+        self._part.append(encoded)
+        self._part_bytes += len(encoded) + 1
+        if self._part_bytes >= PART_MIN_BYTES and _is_boundary(key):
+            self._end_part()
+
+    def _end_part(self) -> None:
+        part, self._part, self._part_bytes = self._part, [], 0
+        if self._held is not None:
+            self._held.append(part)
+            self._held_bytes += sum(len(e) + 1 for e in part)
+            if self._held_bytes <= SPLIT_BYTES:
+                return
+            held, self._held = self._held, None  # type: ignore[assignment]
+            for earlier in held:
+                self._store_part(earlier)
+            return
+        self._store_part(part)
+
+    def _store_part(self, entries: list[bytes]) -> None:
+        data = _ENTRIES_OPEN + b",".join(entries) + _ENTRIES_CLOSE
+        part_id = hexdigest(data)
+        self._emit(part_id, data)
+        self._parts.append(part_id)
+
+    def finish(self) -> str:
+        if self._held is not None:
+            everything = [e for part in self._held for e in part] + self._part
+            if sum(len(e) + 1 for e in everything) <= SPLIT_BYTES:
+                data = _ENTRIES_OPEN + b",".join(everything) + _ENTRIES_CLOSE
+                tree_id = hexdigest(data)
+                self._emit(tree_id, data)
+                return tree_id
+            held, self._held = self._held, None  # type: ignore[assignment]
+            for part in held:
+                self._store_part(part)
+        if self._part:
+            self._store_part(self._part)
+            self._part = []
+        data = _PARTS_OPEN + b",".join(b'"' + p.encode("ascii") + b'"' for p in self._parts) + _ENTRIES_CLOSE
+        if len(data) > MAX_NODE_BYTES:
+            raise TooLarge(f"directory needs {len(self._parts):,} tree parts, more than one node can name")
+        tree_id = hexdigest(data)
+        self._emit(tree_id, data)
+        return tree_id
+
+
+def _is_boundary(key: bytes) -> bool:
+    return not (int.from_bytes(blake3.blake3(key).digest(2), "little") & _BOUNDARY_MASK)
+
+
+def encode_directory(entries: list[Entry], emit: Callable[[str, bytes], None]) -> str:
+    """Encode a whole directory (any order) with :class:`DirectoryEncoder`; returns its tree ID."""
+    encoder = DirectoryEncoder(emit)
+    for entry in sorted(entries, key=lambda e: name_key(e.name)):
+        encoder.add(entry)
+    return encoder.finish()
+
+
+def decode_node(data: bytes) -> list[Entry] | tuple[str, ...]:
+    """An entries node as its entries, or a parts node as the IDs of its parts (in order)."""
+    if len(data) > MAX_NODE_BYTES:
+        raise IntegrityError("tree node is larger than the format allows")
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise IntegrityError("tree node is not valid JSON") from exc
+    # ``type(...) is int``: JSON ``true`` and ``1.0`` compare equal to 1 but are not version 1.
+    if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] != TREE_VERSION:
+        raise IntegrityError("tree node has an unknown version or shape")
+    if set(doc) == {"parts", "v"}:
+        parts = doc["parts"]
+        if not isinstance(parts, list) or not parts or len(parts) > MAX_PARTS or not all(is_digest(p) for p in parts):
+            raise IntegrityError("tree parts node is malformed")
+        if len(set(parts)) != len(parts):
+            raise IntegrityError("tree parts node names a part twice")
+        return tuple(parts)
+    return decode_tree(data)
+
+
+def join_parts(parts: list[list[Entry]]) -> list[Entry]:
+    """The entries of a split directory, checking that its parts are non-empty and in order."""
+    out: list[Entry] = []
+    last: bytes | None = None
+    for entries in parts:
+        if not entries:
+            raise IntegrityError("tree part is empty")
+        first = name_key(entries[0].name)
+        if last is not None and first <= last:
+            raise IntegrityError("tree parts overlap or are out of order")
+        last = name_key(entries[-1].name)
+        out.extend(entries)
+        if len(out) > MAX_ENTRIES:
+            raise IntegrityError("tree node has too many entries")
+    return out
 
 
 def decode_tree(data: bytes) -> list[Entry]:
+    """An entries node's entries (a parts node is refused here: see :func:`decode_node`)."""
+    if len(data) > MAX_NODE_BYTES:
+        raise IntegrityError("tree node is larger than the format allows")
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:

@@ -158,9 +158,12 @@ def _check_snapshot(repo: Repository, root: Root, report: VerifyReport) -> None:
         issue = blob_problem(tree, loc)
         if issue is None:
             try:
-                entries = repo.read_tree(tree, loc)
+                entries, parts = repo.read_directory(tree, loc)
             except CasError as exc:
                 issue = str(exc)
+            else:
+                part_locations = repo.index.locate(parts)
+                issue = next(filter(None, (blob_problem(p, part_locations.get(p)) for p in parts)), None)
         if issue is not None:
             sink.append(Problem(root.execution_id, prefix or "/", f"directory unreadable: {issue}"))
             report.damaged.add(root.execution_id)

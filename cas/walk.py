@@ -49,27 +49,30 @@ def snapshot_roots(repo: Repository) -> tuple[list[Root], list[tuple[str, str]]]
 
 
 def reachable_blobs(repo: Repository, roots: list[Root]) -> tuple[set[str], list[tuple[str, str]]]:
-    """Blob IDs reachable from ``roots`` (trees once each) and ``(execution id, path)`` of unreadable trees."""
+    """Blob IDs reachable from ``roots`` (trees once each) and ``(execution id, path)`` of unreadable trees.
+
+    Iterative, so a tree of any depth the writer accepted is walked.
+    """
     seen_trees: set[str] = set()
     reachable: set[str] = set()
     broken: list[tuple[str, str]] = []
-
-    def visit(execution_id: str, tree: str, prefix: str) -> None:
-        if tree in seen_trees:
-            return
-        seen_trees.add(tree)
-        reachable.add(tree)
-        try:
-            entries = repo.read_tree(tree)
-        except (CasError, IntegrityError) as exc:
-            broken.append((execution_id, f"{prefix or '/'}: {exc}"))
-            return
-        for entry in entries:
-            if entry.type == FILE:
-                reachable.update(entry.chunks)
-            elif entry.type == DIR:
-                visit(execution_id, entry.tree, prefix + entry.name + "/")
-
     for root in roots:
-        visit(root.execution_id, root.tree, "")
+        stack = [(root.tree, "")]
+        while stack:
+            tree, prefix = stack.pop()
+            if tree in seen_trees:
+                continue
+            seen_trees.add(tree)
+            reachable.add(tree)
+            try:
+                entries, parts = repo.read_directory(tree)
+            except (CasError, IntegrityError) as exc:
+                broken.append((root.execution_id, f"{prefix or '/'}: {exc}"))
+                continue
+            reachable.update(parts)
+            for entry in entries:
+                if entry.type == FILE:
+                    reachable.update(entry.chunks)
+                elif entry.type == DIR:
+                    stack.append((entry.tree, prefix + entry.name + "/"))
     return reachable, broken
