@@ -131,7 +131,10 @@ def _error(message: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    with Store.open(args.repo, index=args.index) as store:
+    # A full rebuild re-reads everything from this backend, so it may take over an index that
+    # describes this repository at another location (it moved).
+    rebind = args.command == "rebuild-index" and not args.sync
+    with Store.open(args.repo, index=args.index, rebind_index=rebind) as store:
         handler: Callable[[Store, argparse.Namespace], int] = _COMMANDS[args.command]
         return handler(store, args)
 
@@ -367,9 +370,16 @@ def cmd_verify(store: Store, args: argparse.Namespace) -> int:
     if report.objects_without_rows:
         summary += (f"\n{len(report.objects_without_rows)} snapshots are on the backend but not in this index "
                     "(checked; 'cas rebuild-index --sync' adds them)")
-    text = "\n".join([summary] + [str(p) for p in report.problems[:200]]
-                     + ([f"... and {len(report.problems) - 200} more"] if len(report.problems) > 200 else [])
-                     + ["no problems found" if report.ok else f"{len(report.problems)} problems found"])
+    if report.stale_damage:
+        summary += (f"\n{len(report.stale_damage)} snapshots marked damaged are intact now "
+                    "('cas repair' clears the mark): " + ", ".join(report.stale_damage))
+    problems = report.problems + report.known_damage
+    count = len(problems)
+    text = "\n".join([summary] + [str(p) for p in problems[:200]]
+                     + ([f"... and {count - 200} more"] if count > 200 else [])
+                     + ["no problems found" if report.ok else f"{count} problems found"
+                        + (f" ({len(report.known_damage)} in snapshots already marked damaged)"
+                           if report.known_damage else "")])
     _emit(args, report.to_dict(), text)
     return 0 if report.ok else EXIT_ERROR
 
@@ -390,6 +400,9 @@ def cmd_repair(store: Store, args: argparse.Namespace) -> int:
     lines += [f"marked damaged: {e}" for e in fixed.snapshots_marked_damaged]
     lines += [f"rewrote snapshot object: {e}" for e in fixed.objects_rewritten]
     lines += [f"indexed snapshot: {e}" for e in fixed.rows_added]
+    lines += [f"intact again, damaged mark cleared: {e}" for e in fixed.damage_cleared]
+    if fixed.rows_reindexed:
+        lines.insert(1, f"re-indexed {fixed.rows_reindexed} blobs from pack trailers")
     _emit(args, {"found": found.to_dict(), "repaired": fixed.to_dict()}, "\n".join(lines))
     return 0
 

@@ -26,6 +26,7 @@ from cas.blobwriter import relocate_blobs
 from cas.errors import CasError, IntegrityError
 from cas.packs import pack_key
 from cas.repository import Repository
+from cas.sync import rebuild_index, reindex_blobs
 from cas.walk import reachable_blobs, snapshot_roots
 from manifests.index import CONDEMNED, BlobLocation
 
@@ -73,8 +74,6 @@ def collect_garbage(
     if not dry_run:
         # Index what is on the backend but not in this index (other hosts' packs and snapshots, if
         # they use their own index), so it is judged by reachability like everything else.
-        from cas.verify import rebuild_index
-
         rebuild_index(repo)
 
     roots, unreadable = snapshot_roots(repo)
@@ -94,23 +93,37 @@ def collect_garbage(
     report.snapshots = len(roots)
     report.reachable_blobs = len(reachable)
 
+    live_bytes, total_bytes, live_blobs, unindexed = _pack_usage(repo, reachable)
+    if unindexed:
+        # Reachable blobs without a row: the index lost rows (a restored backup, a damaged file).
+        # Judging packs by rows alone would condemn intact packs that snapshots need, so first find
+        # those blobs in the packs' own trailers and index them again.
+        found = reindex_blobs(repo, unindexed, write=not dry_run)
+        lost = unindexed - set(found)
+        if lost:
+            intact_roots = [r for r in roots if not r.damaged]
+            needed = lost & reachable_blobs(repo, intact_roots)[0] if damaged else lost
+            if needed:
+                raise IntegrityError(
+                    f"{len(needed)} blobs that snapshots reference are in no index row and no pack; nothing "
+                    "is collected: run 'cas verify' and 'cas repair' first"
+                )
+        if dry_run:
+            for pack_id in set(found.values()):
+                live_bytes[pack_id] += 1  # holds reachable blobs: neither condemned nor deleted
+        else:
+            live_bytes, total_bytes, live_blobs, _ = _pack_usage(repo, reachable)
+        report.reasons.update({p: "holds reachable blobs whose index rows were lost (re-indexed)"
+                               for p in set(found.values())})
+
     packs = {p.id: p for p in index.pack_rows()}
     tombstoned = set(index.tombstones())
-    on_backend = {info.key.rsplit("/", 1)[-1]: info.size for info in repo.backend.list("data/")}
+    on_backend = repo.list_packs()
     orphans = {pid: size for pid, size in on_backend.items() if pid not in packs and pid not in tombstoned}
     if orphans and not dry_run:
         report.orphans_adopted = index.adopt_orphans(orphans, report.epoch)
     for pid in orphans:
         report.reasons[pid] = "on the backend but in no index row (left by an interrupted writer)"
-
-    live_bytes: dict[str, int] = defaultdict(int)
-    total_bytes: dict[str, int] = defaultdict(int)
-    live_blobs: dict[str, list[BlobLocation]] = defaultdict(list)
-    for loc in index.iter_blob_rows():
-        total_bytes[loc.pack_id] += loc.length
-        if loc.id in reachable:
-            live_bytes[loc.pack_id] += loc.length
-            live_blobs[loc.pack_id].append(loc)
     report.packs = len(packs)
 
     condemn, rescue, delete, repack = [], [], [], []
@@ -148,6 +161,36 @@ def collect_garbage(
     if repack:
         report.repacked, report.repacked_bytes = _repack(repo, repack, live_blobs)
 
+    # The last word on deleting a pack is its own trailer, not the index: a pack that holds any
+    # reachable blob is never tombstoned, whatever rows say (docs/GC.md, "Why nothing is lost").
+    cutoff = now - grace
+    for pack_id in list(delete):
+        pack = packs.get(pack_id)
+        if pack is None or pack.condemned_epoch is None or pack.condemned_epoch >= report.epoch:
+            continue  # not deletable by this run anyway (gc_apply re-checks)
+        if pack.condemned_at is None or pack.condemned_at > cutoff:
+            continue
+        try:
+            entries = repo.read_trailer(pack_id, on_backend.get(pack_id, pack.size))
+        except FileNotFoundError:
+            continue  # already gone: the tombstone only clears its rows
+        except CasError as exc:
+            delete.remove(pack_id)
+            report.reasons[pack_id] = f"kept: its trailer cannot be read ({exc}); run 'cas verify --read-data'"
+            log.warning("not deleting pack %s: its trailer cannot be read (%s)", pack_id[:16], exc)
+            continue
+        held = [BlobLocation(e.id, e.kind, pack_id, e.offset, e.length, e.raw_length, e.codec)
+                for e in entries if e.id in reachable]
+        # A copy elsewhere (a repacked or concurrently written duplicate) with its row is what
+        # snapshots read; only blobs with no row in another pack depend on this one.
+        elsewhere = {b for b, loc in index.locate([h.id for h in held]).items() if loc.pack_id != pack_id}
+        intact = [loc for loc in held if loc.id not in elsewhere and repo.blob_is_intact(loc.id, loc)]
+        if intact:
+            delete.remove(pack_id)
+            rescue.append(pack_id)
+            index.add_blob_rows(pack_id, intact)
+            report.reasons[pack_id] = f"kept: its trailer lists {len(intact)} intact reachable blobs (re-indexed)"
+
     decision = index.gc_apply(report.epoch, condemn=condemn, rescue=rescue, delete=delete, grace=grace)
     report.condemned = sorted(decision.condemned)
     report.rescued = sorted(decision.rescued)
@@ -165,6 +208,23 @@ def collect_garbage(
         report.deleted_bytes += sizes.get(pack_id, 0)
     report.deleted.sort()
     return report
+
+
+def _pack_usage(
+    repo: Repository, reachable: set[str]
+) -> tuple[dict[str, int], dict[str, int], dict[str, list[BlobLocation]], set[str]]:
+    """Per pack: reachable bytes, all bytes, reachable blob rows; and the reachable blobs with no row."""
+    live_bytes: dict[str, int] = defaultdict(int)
+    total_bytes: dict[str, int] = defaultdict(int)
+    live_blobs: dict[str, list[BlobLocation]] = defaultdict(list)
+    indexed: set[str] = set()
+    for loc in repo.index.iter_blob_rows():
+        total_bytes[loc.pack_id] += loc.length
+        if loc.id in reachable:
+            indexed.add(loc.id)
+            live_bytes[loc.pack_id] += loc.length
+            live_blobs[loc.pack_id].append(loc)
+    return live_bytes, total_bytes, live_blobs, reachable - indexed
 
 
 def _repack(repo: Repository, pack_ids: list[str], live_blobs: dict[str, list[BlobLocation]]) -> tuple[list[str], int]:

@@ -12,7 +12,7 @@ Reading a blob always checks it against its BLAKE3 ID: corrupt data raises, it i
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from backends import open_backend, redact_url
 from backends.base import Backend
@@ -20,13 +20,14 @@ from backends.retry import RetryingBackend
 from cas.chunkcache import ChunkCache
 from cas.compression import decode
 from cas.config import CONFIG_KEY, RepoConfig
-from cas.errors import AlreadyExists, IntegrityError, NotFound
+from cas.errors import AlreadyExists, CasError, IntegrityError, NotFound
 from cas.hashing import hexdigest
-from cas.packs import KIND_TREE, pack_key
+from cas.packs import FOOTER_SIZE, KIND_TREE, PackEntry, pack_key, parse_footer, parse_trailer
 from cas.trees import Entry, decode_node, join_parts
 from manifests.index import BlobLocation, Index
 
 _MAX_CONFIG_READ = 64 * 1024
+PACK_PREFIX = "data/"
 
 
 def default_home() -> str:
@@ -37,9 +38,20 @@ def default_repo_url() -> str:
     return os.environ.get("CAS_REPO") or os.path.join(default_home(), "repo")
 
 
-def default_index_url(repo_id: str) -> str:
-    """A per-host SQLite index for a repository that was opened without ``--index``."""
-    return "sqlite:///" + os.path.join(default_home(), "index", f"{repo_id}.sqlite")
+def default_index_url(repo_id: str, location: str) -> str:
+    """A per-host SQLite index for a repository that was opened without ``--index``: one per
+    repository *and* location, so a copy of a repository (same ID elsewhere) never shares it."""
+    tag = hexdigest(location.encode("utf-8", "surrogateescape"))[:16]
+    return "sqlite:///" + os.path.join(default_home(), "index", f"{repo_id}-{tag}.sqlite")
+
+
+def backend_location(backend: Backend) -> str:
+    """Where a backend's data is, as an index records it: its URL without wrappers (``faulty+``),
+    endpoint notes or secrets. Two hosts reaching one bucket through different endpoints agree."""
+    text = backend.describe().split(" (", 1)[0]
+    while "+" in text.split("://", 1)[0]:
+        text = text.split("+", 1)[1]
+    return text
 
 
 class Repository:
@@ -50,6 +62,8 @@ class Repository:
         self.config = config
         self.index = index
         self.chunk_cache = chunk_cache
+        self._unindexed: dict[str, BlobLocation] | None = None
+        self._all_trailers: dict[str, BlobLocation] | None = None
 
     @classmethod
     def open(
@@ -60,9 +74,13 @@ class Repository:
         create: bool = True,
         config_overrides: dict[str, int] | None = None,
         chunk_cache: str | bool | None = None,
+        rebind_index: bool = False,
     ) -> Repository:
         """``chunk_cache``: a directory, True for ``$CAS_HOME/cache/chunks``, False for none, or None
-        for the default: on for remote backends, off for a local directory (nothing to save)."""
+        for the default: on for remote backends, off for a local directory (nothing to save).
+
+        The index must describe this repository at this location (:meth:`Index.bind`);
+        ``rebind_index`` accepts a different location (for rebuilding the index from this backend)."""
         if isinstance(repo, Backend):
             backend = repo  # the caller composed it (retries, faults...) as it wants
         else:
@@ -71,8 +89,14 @@ class Repository:
                 # Remote services fail transiently; retry those errors (only those), bounded.
                 backend = RetryingBackend(backend, attempts=4)
         config = load_or_create_config(backend, create=create, overrides=config_overrides or {})
+        location = backend_location(backend)
         if not isinstance(index, Index):
-            index = Index.open(index or os.environ.get("CAS_INDEX") or default_index_url(config.repo_id))
+            index = Index.open(index or os.environ.get("CAS_INDEX") or default_index_url(config.repo_id, location))
+        try:
+            new_index = index.bind(config.repo_id, location, rebind=rebind_index)
+        except BaseException:
+            index.close()
+            raise
         if chunk_cache is None:
             chunk_cache = os.environ.get("CAS_CHUNK_CACHE", "") not in ("0", "off", "no") and not (
                 backend.describe().startswith("file://")
@@ -81,7 +105,13 @@ class Repository:
         if chunk_cache:
             root = chunk_cache if isinstance(chunk_cache, str) else os.path.join(default_home(), "cache", "chunks")
             cache = ChunkCache(root)
-        return cls(backend, config, index, cache)
+        repo = cls(backend, config, index, cache)
+        if new_index:
+            # A new index starts as a copy of what the backend holds (through the fenced commit path).
+            from cas.sync import rebuild_index
+
+            rebuild_index(repo)
+        return repo
 
     def describe(self) -> str:
         return redact_url(self.backend.describe())
@@ -92,13 +122,80 @@ class Repository:
 
     # -- reading blobs ---------------------------------------------------------------------------
 
+    def location(self) -> str:
+        return backend_location(self.backend)
+
+    def list_packs(self) -> dict[str, int]:
+        """Every pack on the backend: ID -> size."""
+        return {info.key.rsplit("/", 1)[-1]: info.size for info in self.backend.list(PACK_PREFIX)}
+
+    def read_trailer(self, pack_id: str, size: int) -> list[PackEntry]:
+        """A pack's entries from two ranged reads (footer, then trailer), without reading its data."""
+        if size < FOOTER_SIZE:
+            raise IntegrityError("pack is too short to hold a footer")
+        trailer_len = parse_footer(self.backend.get(pack_key(pack_id), size - FOOTER_SIZE, FOOTER_SIZE))
+        data_size = size - FOOTER_SIZE - trailer_len
+        if data_size < 0:
+            raise IntegrityError("pack trailer is longer than the pack")
+        return parse_trailer(self.backend.get(pack_key(pack_id), data_size, trailer_len), data_size)
+
     def locate(self, blob_ids: Iterable[str]) -> dict[str, BlobLocation]:
-        return self.index.locate(blob_ids)
+        """Where blobs are. Blobs the index lacks (packs another host stored, not yet synced) are
+        found in the trailers of the packs the index does not know, read once per repository object;
+        reading never writes to the index."""
+        wanted = list(blob_ids)
+        found = self.index.locate(wanted)
+        if len(found) < len(set(wanted)):
+            unindexed = self._unindexed_blobs()
+            for blob_id in wanted:
+                if blob_id not in found and blob_id in unindexed:
+                    found[blob_id] = unindexed[blob_id]
+        return found
+
+    def _unindexed_blobs(self) -> dict[str, BlobLocation]:
+        if self._unindexed is None:
+            known = {p.id for p in self.index.pack_rows()}
+            self._unindexed = self._trailer_map(lambda pack_id: pack_id not in known)
+        return self._unindexed
+
+    def find_in_trailers(self, blob_ids: Iterable[str]) -> dict[str, BlobLocation]:
+        """Where blobs are according to the trailers of *every* pack on the backend (read once per
+        repository object): the ground truth when index rows may have been lost. Only blobs whose
+        bytes are read back and match their ID are returned (a trailer may list a corrupt blob)."""
+        if self._all_trailers is None:
+            tombstoned = set(self.index.tombstones())
+            self._all_trailers = self._trailer_map(lambda pack_id: pack_id not in tombstoned)
+        found = {}
+        for blob_id in blob_ids:
+            loc = self._all_trailers.get(blob_id)
+            if loc is not None and self.blob_is_intact(blob_id, loc):
+                found[blob_id] = loc
+        return found
+
+    def blob_is_intact(self, blob_id: str, location: BlobLocation) -> bool:
+        try:
+            self.read_blob(blob_id, location)
+        except (IntegrityError, NotFound):
+            return False
+        return True
+
+    def _trailer_map(self, wanted: Callable[[str], bool]) -> dict[str, BlobLocation]:
+        out: dict[str, BlobLocation] = {}
+        for pack_id, size in sorted(self.list_packs().items()):
+            if not wanted(pack_id):
+                continue
+            try:
+                entries = self.read_trailer(pack_id, size)
+            except CasError:
+                continue  # verify reports it; a reader just cannot use it
+            for e in entries:
+                out.setdefault(e.id, BlobLocation(e.id, e.kind, pack_id, e.offset, e.length, e.raw_length, e.codec))
+        return out
 
     def read_blob(self, blob_id: str, location: BlobLocation | None = None) -> bytes:
         """The verified raw bytes of a blob; :class:`IntegrityError` if they do not hash to its ID."""
         if location is None:
-            location = self.index.locate([blob_id]).get(blob_id)
+            location = self.locate([blob_id]).get(blob_id)
             if location is None:
                 raise NotFound(f"blob {blob_id} is not in the index (run 'cas rebuild-index'?)")
         payload = self.backend.get(pack_key(location.pack_id), location.offset, location.length)
@@ -115,7 +212,7 @@ class Repository:
         node = decode_node(self._tree_bytes(tree_id, location))
         if isinstance(node, list):
             return node, ()
-        located = self.index.locate(node)
+        located = self.locate(node)
         parts = []
         for part_id in node:
             part = decode_node(self._tree_bytes(part_id, located.get(part_id)))
@@ -126,7 +223,7 @@ class Repository:
 
     def _tree_bytes(self, tree_id: str, location: BlobLocation | None) -> bytes:
         if location is None:
-            location = self.index.locate([tree_id]).get(tree_id)
+            location = self.locate([tree_id]).get(tree_id)
         if location is None:
             raise NotFound(f"tree {tree_id} is not in the index (run 'cas rebuild-index'?)")
         if location.kind != KIND_TREE:

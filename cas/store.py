@@ -25,7 +25,8 @@ from cas.chunking import Chunker
 from cas.errors import AlreadyExists, CasError, ConfigurationError, IntegrityError, NotFound, Unavailable
 from cas.filescache import FilesCache
 from cas.gc import DEFAULT_GRACE, GcReport, collect_garbage
-from cas.verify import RebuildReport, RepairReport, VerifyReport, rebuild_index, repair, verify
+from cas.sync import RebuildReport, rebuild_index
+from cas.verify import RepairReport, VerifyReport, repair, verify
 from cas.reader import FileStream
 from cas.records import SnapshotRecord, check_execution_id, check_labels, index_row, snapshot_key
 from cas.repository import Repository, default_home
@@ -84,6 +85,7 @@ class Store:
         index: str | Index | None = None,
         create: bool = True,
         chunk_cache: str | bool | None = None,
+        rebind_index: bool = False,
         **config: int,
     ) -> Store:
         """Open (and by default create) a repository. ``config`` sets chunk/pack parameters on creation.
@@ -92,7 +94,10 @@ class Store:
         remote backend (default: ``$CAS_HOME/cache/chunks`` for remote backends, none for local ones).
         """
         return cls(
-            Repository.open(repo, index=index, create=create, config_overrides=config, chunk_cache=chunk_cache)
+            Repository.open(
+                repo, index=index, create=create, config_overrides=config, chunk_cache=chunk_cache,
+                rebind_index=rebind_index,
+            )
         )
 
     def close(self) -> None:
@@ -196,9 +201,9 @@ class Store:
                 raise AlreadyExists(
                     f"execution ID {record.execution_id} already holds a different tree; choose a new ID"
                 ) from None
-            if self.repo.index.snapshot(record.execution_id) is None:
-                self._index_record(existing, referenced)
-            return set()
+            # Ours from an earlier attempt, or another writer's with the same tree: commit it (again)
+            # through the fenced check, which also rescues any condemned pack it uses.
+            return self._index_record(existing, referenced)
         try:
             missing = self._index_record(record, referenced)
         except BaseException:
@@ -216,26 +221,25 @@ class Store:
             log.warning("could not withdraw %s after a failed commit: %s", key, exc)
 
     def _index_record(self, record: SnapshotRecord, referenced: set[str]) -> set[str]:
-        row = index_row(record)
-        try:
-            return self.repo.index.commit_snapshot(row, referenced)
-        except AlreadyExists:
-            indexed = self.repo.index.snapshot(record.execution_id)
-            if indexed is None or indexed.root_tree != record.root:
-                raise
-            return set()
+        """The fenced commit: a row that a sync already inserted for this record is success, and the
+        rescue of condemned packs commits either way."""
+        return self.repo.index.commit_snapshot(index_row(record), referenced)
 
     def forget(self, execution_ids: list[str]) -> list[str]:
-        """Remove snapshots (their index rows and objects). Their data goes at the next ``gc``."""
+        """Remove snapshots (their objects, then their index rows). Their data goes at the next ``gc``.
+
+        The object goes first: a sync that runs meanwhile re-checks, inside its fenced commit, that
+        the object still exists, so it cannot bring the row back (docs/GC.md).
+        """
         for execution_id in execution_ids:
             self.get(execution_id)
         forgotten = []
         for execution_id in execution_ids:
-            self.repo.index.remove_snapshot(execution_id)
             try:
                 self.repo.backend.delete(snapshot_key(execution_id))
             except FileNotFoundError:
                 pass
+            self.repo.index.remove_snapshot(execution_id)
             forgotten.append(execution_id)
         return forgotten
 
@@ -256,16 +260,14 @@ class Store:
         return [_snapshot_of_row(r) for r in self.repo.index.snapshots()]
 
     def get(self, execution_id: str) -> Snapshot:
-        """The snapshot of an execution. If this host's index lacks it but the backend has it
-        (another host wrote it), the index is synced from the backend first."""
+        """The snapshot of an execution, from the index, or from its object on the backend when this
+        host's index lacks it (another host wrote it). Reading never writes to the index: ``sync``
+        does, through the fenced commit."""
         check_execution_id(execution_id, NotFound)
         row = self.repo.index.snapshot(execution_id)
-        if row is None and self.repo.backend.exists(snapshot_key(execution_id)):
-            self.sync()
-            row = self.repo.index.snapshot(execution_id)
-        if row is None:
-            raise NotFound(f"unknown execution ID: {execution_id}")
-        return _snapshot_of_row(row)
+        if row is not None:
+            return _snapshot_of_row(row)
+        return _snapshot_of(self._load_record(execution_id))
 
     # -- maintenance --------------------------------------------------------------------------
 
@@ -274,7 +276,7 @@ class Store:
         return rebuild_index(self.repo)
 
     def rebuild_index(self) -> RebuildReport:
-        """Empty the index and rebuild it from the backend alone."""
+        """Empty the index and rebuild it from the backend alone (binding it to this backend)."""
         return rebuild_index(self.repo, full=True)
 
     def verify(self, *, read_data: bool = False, sample: float = 1.0) -> VerifyReport:

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 from cas.blobwriter import relocate_blobs
 from cas.errors import CasError, IntegrityError
-from cas.packs import FOOTER_SIZE, parse_footer, parse_trailer, split_pack, pack_key
-from cas.records import SnapshotRecord, index_row, snapshot_key
+from cas.packs import split_pack, pack_key
+from cas.records import SnapshotRecord, snapshot_key
+from cas.sync import commit_record, reindex_blobs
 from cas.repository import Repository
 from cas.trees import DIR, FILE
 from cas.compression import decode
@@ -46,13 +47,22 @@ class VerifyReport:
     corrupt_blobs: set[str] = field(default_factory=set)
     damaged: set[str] = field(default_factory=set)
     known_damage: list[Problem] = field(default_factory=list)
-    """Problems inside snapshots already marked damaged by ``repair``: reported, not failures."""
+    """Problems inside snapshots already marked damaged by ``repair``: failures too (they cannot be
+    restored whole), listed apart so a report shows what is new."""
+    notes: list[Problem] = field(default_factory=list)
+    """Not failures: a corrupt pack no index row uses (garbage for ``gc``)."""
+    unindexed_blobs: dict[str, str] = field(default_factory=dict)
+    """Blobs a snapshot references that have no index row but are in a pack's trailer (blob -> pack):
+    the index lost rows; ``repair`` re-indexes them."""
+    stale_damage: list[str] = field(default_factory=list)
+    """Snapshots marked damaged that check intact now (their data was stored again); ``repair`` clears
+    the mark."""
     rows_without_objects: list[str] = field(default_factory=list)
     objects_without_rows: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and not self.known_damage
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -63,6 +73,9 @@ class VerifyReport:
             "not_in_index": self.objects_without_rows,
             "known_damage": [{"execution_id": p.execution_id, "path": p.path, "message": p.message}
                              for p in self.known_damage],
+            "notes": [str(p) for p in self.notes],
+            "unindexed_blobs": len(self.unindexed_blobs),
+            "stale_damage": self.stale_damage,
         }
 
 
@@ -113,7 +126,7 @@ def _read_pack(repo: Repository, pack_id: str, report: VerifyReport) -> None:
     indexed = repo.index.blobs_in_pack(pack_id)
     # A corrupt pack that no index row uses any more (repair moved its good blobs) is garbage
     # waiting for gc, not a problem.
-    sink = report.problems if indexed else report.known_damage
+    sink = report.problems if indexed else report.notes
     if hexdigest(data) != pack_id:
         report.corrupt_packs.add(pack_id)
         sink.append(Problem("", "", f"pack {pack_id[:16]} does not match its name (corrupt)"))
@@ -138,23 +151,42 @@ def _read_pack(repo: Repository, pack_id: str, report: VerifyReport) -> None:
 
 
 def _check_snapshot(repo: Repository, root: Root, report: VerifyReport) -> None:
-    """Walk one snapshot's trees; every blob must have a row whose pack exists and is not corrupt."""
+    """Walk one snapshot's trees; every blob must have a row whose pack exists and is not corrupt.
+
+    A blob without a row is looked up in the packs' trailers before it counts as lost: an index that
+    lost rows (a restored backup) is an index problem that ``repair`` fixes, not a damaged snapshot.
+    """
     bad = report.missing_packs
     sink = report.known_damage if root.damaged else report.problems
+    found_before = len(sink)
+
+    def locate(blob_ids: list[str]) -> dict[str, BlobLocation]:
+        located = repo.index.locate(blob_ids)
+        lacking = [b for b in blob_ids if b not in located]
+        if lacking:
+            for blob_id, loc in repo.find_in_trailers(lacking).items():
+                located[blob_id] = loc
+                if blob_id not in report.unindexed_blobs:
+                    report.unindexed_blobs[blob_id] = loc.pack_id
+                    report.problems.append(Problem(
+                        root.execution_id, "", f"blob {blob_id[:16]} has no index row (it is in pack "
+                        f"{loc.pack_id[:16]}; 'cas repair' re-indexes it)"))
+        return located
 
     def blob_problem(blob_id: str, loc: BlobLocation | None) -> str | None:
         if loc is None:
-            return f"blob {blob_id[:16]} is not in the index"
+            return f"blob {blob_id[:16]} is in no index row and no pack"
         if loc.pack_id in bad:
             return f"blob {blob_id[:16]} is in missing pack {loc.pack_id[:16]}"
         if blob_id in report.corrupt_blobs:
             return f"blob {blob_id[:16]} is corrupt"
         return None
 
+    damaged = False
     stack = [(root.tree, "")]
     while stack:
         tree, prefix = stack.pop()
-        loc = repo.index.locate([tree]).get(tree)
+        loc = locate([tree]).get(tree)
         issue = blob_problem(tree, loc)
         if issue is None:
             try:
@@ -162,14 +194,14 @@ def _check_snapshot(repo: Repository, root: Root, report: VerifyReport) -> None:
             except CasError as exc:
                 issue = str(exc)
             else:
-                part_locations = repo.index.locate(parts)
+                part_locations = locate(list(parts))
                 issue = next(filter(None, (blob_problem(p, part_locations.get(p)) for p in parts)), None)
         if issue is not None:
             sink.append(Problem(root.execution_id, prefix or "/", f"directory unreadable: {issue}"))
-            report.damaged.add(root.execution_id)
+            damaged = True
             continue
         chunk_ids = [c for e in entries if e.type == FILE for c in e.chunks]
-        locations = repo.index.locate(chunk_ids)
+        locations = locate(chunk_ids)
         for entry in entries:
             path = prefix + entry.name
             if entry.type == DIR:
@@ -179,20 +211,27 @@ def _check_snapshot(repo: Repository, root: Root, report: VerifyReport) -> None:
                     issue = blob_problem(chunk, locations.get(chunk))
                     if issue:
                         sink.append(Problem(root.execution_id, path, issue))
-                        report.damaged.add(root.execution_id)
+                        damaged = True
                         break
+    if damaged:
+        report.damaged.add(root.execution_id)
+    elif root.damaged and len(sink) == found_before:
+        report.stale_damage.append(root.execution_id)
 
 
 @dataclass
 class RepairReport:
+    rows_reindexed: int = 0
     rows_dropped: int = 0
     salvaged_blobs: int = 0
     snapshots_marked_damaged: list[str] = field(default_factory=list)
     objects_rewritten: list[str] = field(default_factory=list)
     rows_added: list[str] = field(default_factory=list)
+    damage_cleared: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return {
+            "rows_reindexed": self.rows_reindexed, "damage_cleared": self.damage_cleared,
             "rows_dropped": self.rows_dropped, "salvaged_blobs": self.salvaged_blobs,
             "snapshots_marked_damaged": self.snapshots_marked_damaged,
             "objects_rewritten": self.objects_rewritten, "rows_added": self.rows_added,
@@ -203,6 +242,8 @@ def repair(repo: Repository, report: VerifyReport) -> RepairReport:
     """Act on what :func:`verify` found. Never deletes a pack or a snapshot object."""
     out = RepairReport()
     index = repo.index
+    if report.unindexed_blobs:
+        out.rows_reindexed = len(reindex_blobs(repo, set(report.unindexed_blobs)))
     for pack_id in sorted(report.corrupt_packs - report.missing_packs):
         out.salvaged_blobs += _salvage(repo, pack_id, report.corrupt_blobs)
     if report.missing_packs:
@@ -228,14 +269,17 @@ def repair(repo: Repository, report: VerifyReport) -> RepairReport:
             record = SnapshotRecord.from_json(repo.backend.get(snapshot_key(execution_id)))
             if record.execution_id != execution_id:
                 continue
-            index.add_snapshot(index_row(record))
-            out.rows_added.append(execution_id)
+            if commit_record(repo, record):
+                out.rows_added.append(execution_id)
         except CasError:
             continue
     for execution_id in sorted(report.damaged):
         if index.snapshot(execution_id) is not None:
             index.mark_damaged(execution_id)
             out.snapshots_marked_damaged.append(execution_id)
+    for execution_id in report.stale_damage:
+        index.mark_damaged(execution_id, False)
+        out.damage_cleared.append(execution_id)
     return out
 
 
@@ -253,68 +297,3 @@ def _salvage(repo: Repository, pack_id: str, corrupt: set[str]) -> int:
     corrupt.update(unreadable)
     repo.index.forget_blobs_in_packs([pack_id])
     return len(copied)
-
-
-@dataclass
-class RebuildReport:
-    packs: int = 0
-    blobs: int = 0
-    snapshots: int = 0
-    skipped: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, object]:
-        return {"packs": self.packs, "blobs": self.blobs, "snapshots": self.snapshots, "skipped": self.skipped}
-
-
-def rebuild_index(repo: Repository, *, full: bool = False) -> RebuildReport:
-    """Fill the index from the backend alone: pack trailers and snapshot objects.
-
-    Without ``full``, only what the index lacks is read (a sync: how a host with its own index
-    learns what other hosts stored). With ``full``, the index is emptied first.
-    """
-    out = RebuildReport()
-    index = repo.index
-    if full:
-        index.reset()
-    known_packs = {p.id for p in index.pack_rows()}
-    tombstoned = set(index.tombstones())
-    for info in repo.backend.list("data/"):
-        pack_id = info.key.rsplit("/", 1)[-1]
-        if pack_id in known_packs or pack_id in tombstoned:
-            continue
-        try:
-            entries = read_trailer(repo, pack_id, info.size)
-        except CasError as exc:
-            out.skipped.append(f"pack {pack_id[:16]}: {exc}")
-            continue
-        rows = [BlobLocation(e.id, e.kind, pack_id, e.offset, e.length, e.raw_length, e.codec) for e in entries]
-        index.add_pack(pack_id, info.size, rows)
-        out.packs += 1
-        out.blobs += len(rows)
-    known_snapshots = {r.execution_id for r in index.snapshots()}
-    roots, unreadable = snapshot_roots(repo)
-    out.skipped.extend(f"snapshot {eid}: {msg}" for eid, msg in unreadable)
-    for root in roots:
-        if root.execution_id in known_snapshots:
-            continue
-        try:
-            record = SnapshotRecord.from_json(repo.backend.get(snapshot_key(root.execution_id)))
-            if record.execution_id != root.execution_id:
-                raise IntegrityError(f"the record names execution {record.execution_id}")
-            index.add_snapshot(index_row(record))
-            out.snapshots += 1
-        except CasError as exc:
-            out.skipped.append(f"snapshot {root.execution_id}: {exc}")
-    return out
-
-
-def read_trailer(repo: Repository, pack_id: str, size: int) -> list:  # type: ignore[type-arg]
-    """A pack's entries from two ranged reads (footer, then trailer), without reading its data."""
-    if size < FOOTER_SIZE:
-        raise IntegrityError("pack is too short to hold a footer")
-    trailer_len = parse_footer(repo.backend.get(pack_key(pack_id), size - FOOTER_SIZE, FOOTER_SIZE))
-    data_size = size - FOOTER_SIZE - trailer_len
-    if data_size < 0:
-        raise IntegrityError("pack trailer is longer than the pack")
-    trailer = repo.backend.get(pack_key(pack_id), data_size, trailer_len)
-    return parse_trailer(trailer, data_size)

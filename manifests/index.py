@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +20,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
-from backends.errors import AlreadyExists, ConfigurationError, MissingDependency, Unavailable
-from manifests.models import Blob, Fence, Pack, Snapshot, Tombstone
+from backends.errors import AlreadyExists, ConfigurationError, MissingDependency, NotFound, Unavailable
+from manifests.models import Blob, Fence, Pack, RepositoryBinding, Snapshot, Tombstone
 
 LIVE = 0
 CONDEMNED = 1
@@ -30,11 +30,16 @@ CONDEMNED = 1
 delete_stmt = delete  # gc_apply has a parameter named ``delete``
 
 
+class SnapshotWithdrawn(NotFound):
+    """The snapshot object was removed (forgotten, or withdrawn by its writer) before its row could be
+    committed; nothing was inserted."""
+
+
 class PackBeingDeleted(Unavailable):
     """Garbage collection is deleting a pack with this name; upload it again once that finished."""
 
 
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _LOOKUP_BATCH = 500
 
@@ -185,6 +190,43 @@ class Index:
         except SQLAlchemyError:
             return False
 
+    # -- the repository this index describes -------------------------------------------------------
+
+    def bind(self, repo_id: str, location: str, *, rebind: bool = False) -> bool:
+        """Check that this index describes the repository ``repo_id`` at ``location``; record it when
+        the index describes none yet. Returns True if it was bound now (a new index).
+
+        A copy of a repository (``cp -a``, a bucket sync) keeps its ID; an index used with the copy
+        would offer chunks the copy may not hold, so a different location is refused unless
+        ``rebind`` (the repository moved, or the index is being rebuilt from this backend).
+        """
+        now = dt.datetime.now(dt.timezone.utc)
+        with self._write() as conn:
+            bound = conn.execute(select(RepositoryBinding).where(RepositoryBinding.id == 1)).first()
+            if bound is None:
+                conn.execute(
+                    self._insert_ignore(RepositoryBinding, ["id"]),
+                    [{"id": 1, "repo_id": repo_id, "location": location, "bound_at": now}],
+                )
+                return True
+            if bound.repo_id == repo_id and bound.location == location:
+                return False
+            if rebind:
+                conn.execute(
+                    update(RepositoryBinding).where(RepositoryBinding.id == 1)
+                    .values(repo_id=repo_id, location=location, bound_at=now)
+                )
+                return False
+        if bound.repo_id != repo_id:
+            raise ConfigurationError(
+                f"index {self.describe()} describes another repository (ID {bound.repo_id} at {bound.location}), "
+                f"not {repo_id} at {location}: use the index of this repository"
+            )
+        raise ConfigurationError(
+            f"index {self.describe()} describes this repository at {bound.location}, not at {location} "
+            "(a copy?): give a copy its own --index; if the repository moved, 'cas rebuild-index' rebinds the index"
+        )
+
     # -- blobs and packs ------------------------------------------------------------------------
 
     def known_blobs(self, ids: Iterable[str]) -> set[str]:
@@ -249,6 +291,25 @@ class Index:
                     ],
                 )
 
+    def add_blob_rows(self, pack_id: str, blobs: Sequence[BlobLocation]) -> int:
+        """Re-index blobs of a pack the index already knows (rows lost from a damaged or restored
+        database), from the pack's trailer; rows that exist are kept. Returns how many were added."""
+        added = 0
+        with self._fenced() as conn:
+            if not conn.scalar(select(Pack.id).where(Pack.id == pack_id)):
+                return 0
+            for start in range(0, len(blobs), _LOOKUP_BATCH):
+                result = conn.execute(
+                    self._insert_ignore(Blob, ["id"]),
+                    [
+                        {"id": b.id, "kind": b.kind, "pack_id": pack_id, "offset": b.offset, "length": b.length,
+                         "raw_length": b.raw_length, "codec": b.codec}
+                        for b in blobs[start : start + _LOOKUP_BATCH]
+                    ],
+                )
+                added += int(result.rowcount or 0)
+        return added
+
     def packs(self) -> dict[str, int]:
         with self._read() as conn:
             return {row.id: row.size for row in conn.execute(select(Pack.id, Pack.size))}
@@ -262,12 +323,26 @@ class Index:
 
     # -- snapshots ------------------------------------------------------------------------------
 
-    def commit_snapshot(self, row: SnapshotRow, blob_ids: Iterable[str]) -> set[str]:
+    def commit_snapshot(
+        self,
+        row: SnapshotRow,
+        blob_ids: Iterable[str],
+        *,
+        damaged_if_missing: bool = False,
+        still_claimed: Callable[[], bool] | None = None,
+    ) -> set[str]:
         """Insert a snapshot row if every blob it references is still stored; return those that are not.
 
-        Runs under the fence, so it is ordered against garbage collection: blobs in packs GC has
-        condemned are rescued (their packs made live again, they still exist), blobs whose packs GC
-        already tombstoned are returned and nothing is inserted (the caller writes them again).
+        This is the only way a snapshot row enters the index (a writer's commit, a sync, a rebuild,
+        a repair). It runs under the fence, so it is ordered against garbage collection: blobs in
+        packs GC has condemned are rescued (their packs made live again, they still exist), blobs whose
+        packs GC already tombstoned are returned and nothing is inserted (the caller writes them again)
+        -- or, with ``damaged_if_missing``, the row is inserted marked damaged.
+
+        A row that already exists with the same root tree is success: the rescue still commits, and a
+        damaged mark is cleared when every blob is now stored. A different root is AlreadyExists.
+        ``still_claimed`` is called last, inside the transaction: if it returns False (the snapshot
+        object was forgotten meanwhile) nothing is committed and :class:`SnapshotWithdrawn` is raised.
         """
         wanted = list(dict.fromkeys(blob_ids))
         with self._fenced() as conn:
@@ -275,7 +350,7 @@ class Index:
                 self._lookup_on(conn, "SELECT id, pack_id FROM blobs WHERE id IN ", wanted)  # type: ignore[arg-type]
             )
             missing = {b for b in wanted if b not in located}
-            if missing:
+            if missing and not damaged_if_missing:
                 return missing
             packs = list(set(located.values()))
             for start in range(0, len(packs), _LOOKUP_BATCH):
@@ -285,13 +360,21 @@ class Index:
                     .where(Pack.id.in_(batch), Pack.state == CONDEMNED)
                     .values(state=LIVE, condemned_epoch=None, condemned_at=None)
                 )
-            self._insert_snapshot(conn, row)
-        return set()
-
-    def add_snapshot(self, row: SnapshotRow) -> None:
-        """Insert a snapshot row; :class:`AlreadyExists` if the execution ID is taken."""
-        with self._write() as conn:
-            self._insert_snapshot(conn, row)
+            try:
+                self._insert_snapshot(conn, row if not missing else _with_damaged(row))
+            except AlreadyExists:
+                existing = conn.execute(
+                    select(Snapshot.root_tree, Snapshot.damaged).where(Snapshot.execution_id == row.execution_id)
+                ).first()
+                if existing is None or existing.root_tree != row.root_tree:
+                    raise
+                if existing.damaged and not missing:
+                    conn.execute(
+                        update(Snapshot).where(Snapshot.execution_id == row.execution_id).values(damaged=False)
+                    )
+            if still_claimed is not None and not still_claimed():
+                raise SnapshotWithdrawn(f"snapshot {row.execution_id} was removed from the backend meanwhile")
+        return missing
 
     def _insert_snapshot(self, conn, row: SnapshotRow) -> None:  # type: ignore[no-untyped-def]
         values = {
@@ -325,13 +408,14 @@ class Index:
             return [_snapshot_row(r) for r in rows]
 
     def remove_snapshot(self, execution_id: str) -> bool:
-        with self._write() as conn:
+        """Fenced, so a sync's commit of the same ID is ordered before or after it (never inside)."""
+        with self._fenced() as conn:
             result = conn.execute(delete(Snapshot).where(Snapshot.execution_id == execution_id))
         return bool(result.rowcount)
 
-    def mark_damaged(self, execution_id: str) -> None:
+    def mark_damaged(self, execution_id: str, damaged: bool = True) -> None:
         with self._write() as conn:
-            conn.execute(update(Snapshot).where(Snapshot.execution_id == execution_id).values(damaged=True))
+            conn.execute(update(Snapshot).where(Snapshot.execution_id == execution_id).values(damaged=damaged))
 
     # -- garbage collection (see docs/GC.md) ----------------------------------------------------
 
@@ -473,6 +557,7 @@ class Index:
         """Empty every table (before a rebuild from the backend)."""
         with self._fenced() as conn:
             conn.execute(delete_stmt(Snapshot))
+            conn.execute(delete_stmt(RepositoryBinding))
             conn.execute(delete_stmt(Blob))
             conn.execute(delete_stmt(Pack))
             conn.execute(delete_stmt(Tombstone))
@@ -578,6 +663,12 @@ def _make_engine(url: str) -> Engine:
             cur.close()
 
     return engine
+
+
+def _with_damaged(row: SnapshotRow) -> SnapshotRow:
+    from dataclasses import replace
+
+    return replace(row, damaged=True)
 
 
 def _snapshot_row(row) -> SnapshotRow:  # type: ignore[no-untyped-def]

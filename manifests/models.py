@@ -6,7 +6,7 @@ so it can always be rebuilt from the backend alone. It is never the only copy of
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, JSON, SmallInteger, String
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, JSON, SmallInteger, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -36,6 +36,19 @@ class Tombstone(Base):
 
     pack_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[object] = mapped_column(DateTime(timezone=True))
+
+
+class RepositoryBinding(Base):
+    """One row: the repository this index describes (its ID and where it is). An index is a cache of
+    one repository's backend; used with a copy of it elsewhere, it would offer chunks that the copy
+    does not hold, so opening it with another repository is refused (see :meth:`Index.bind`)."""
+
+    __tablename__ = "repository"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repo_id: Mapped[str] = mapped_column(String(64))
+    location: Mapped[str] = mapped_column(Text)
+    bound_at: Mapped[object] = mapped_column(DateTime(timezone=True))
 
 
 class Fence(Base):

@@ -85,7 +85,8 @@ def test_damage_is_named_by_execution_and_path_and_repair_is_consistent(
     assert store.get("run-a").damaged
     assert path.exists() or damage == "delete"  # repair never deletes stored data
     after = store.verify(read_data=True)
-    assert after.ok, [str(p) for p in after.problems]
+    assert after.problems == [], [str(p) for p in after.problems]  # nothing new...
+    assert not after.ok  # ...but a damaged snapshot that cannot be restored is never "ok"
     assert any(p.execution_id == "run-a" for p in after.known_damage)
     with pytest.raises(IntegrityError, match="shared.bin"):
         store.restore("run-a", tmp_path / "out-a")
@@ -94,14 +95,20 @@ def test_damage_is_named_by_execution_and_path_and_repair_is_consistent(
     again = store.snapshot(tmp_path / "a", "run-a2", use_files_cache=False)
     assert again.stats["new_bytes"] > 0
     store.restore("run-a2", tmp_path / "out-a2")
-    assert store.verify().ok
+    # That also makes run-a whole again: verify says its damaged mark is stale, repair clears it.
+    store.restore("run-a", tmp_path / "out-a-again")
+    assert describe(str(tmp_path / "out-a-again")) == describe(str(tmp_path / "a"))
+    healed = store.verify(read_data=True)
+    assert healed.ok and healed.stale_damage == ["run-a"]
+    _, fixed = store.repair()
+    assert fixed.damage_cleared == ["run-a"] and not store.get("run-a").damaged
 
 
 def test_rebuild_index_from_the_backend_alone(store: Store, tmp_path: Path) -> None:
     a, b = _two_runs(store, tmp_path)
     os.unlink(tmp_path / "index.sqlite")
     fresh = Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'index.sqlite'}")
-    assert fresh.list() == []
+    assert {s.execution_id for s in fresh.list()} == {"run-a", "run-b"}  # a new index starts as a sync
     report = fresh.rebuild_index()
     assert report.snapshots == 2 and report.packs > 0 and not report.skipped
     for execution_id, src in (("run-a", a), ("run-b", b)):
