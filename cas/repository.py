@@ -62,8 +62,8 @@ class Repository:
         self.config = config
         self.index = index
         self.chunk_cache = chunk_cache
-        self._unindexed: dict[str, BlobLocation] | None = None
-        self._all_trailers: dict[str, BlobLocation] | None = None
+        self._trailers: dict[str, BlobLocation] = {}
+        self._trailer_packs: set[str] = set()
 
     @classmethod
     def open(
@@ -140,37 +140,44 @@ class Repository:
         return parse_trailer(self.backend.get(pack_key(pack_id), data_size, trailer_len), data_size)
 
     def locate(self, blob_ids: Iterable[str]) -> dict[str, BlobLocation]:
-        """Where blobs are. Blobs the index lacks (packs another host stored, not yet synced) are
-        found in the trailers of the packs the index does not know, read once per repository object;
-        reading never writes to the index."""
+        """Where blobs are. Blobs the index lacks (packs another host stored and this index has not
+        synced, or rows a damaged index lost) are looked up in the packs' trailers; reading never
+        writes to the index, and every blob read is verified against its ID anyway."""
         wanted = list(blob_ids)
         found = self.index.locate(wanted)
         if len(found) < len(set(wanted)):
-            unindexed = self._unindexed_blobs()
-            for blob_id in wanted:
-                if blob_id not in found and blob_id in unindexed:
-                    found[blob_id] = unindexed[blob_id]
+            found.update(self._from_trailers([b for b in wanted if b not in found]))
         return found
-
-    def _unindexed_blobs(self) -> dict[str, BlobLocation]:
-        if self._unindexed is None:
-            known = {p.id for p in self.index.pack_rows()}
-            self._unindexed = self._trailer_map(lambda pack_id: pack_id not in known)
-        return self._unindexed
 
     def find_in_trailers(self, blob_ids: Iterable[str]) -> dict[str, BlobLocation]:
-        """Where blobs are according to the trailers of *every* pack on the backend (read once per
-        repository object): the ground truth when index rows may have been lost. Only blobs whose
-        bytes are read back and match their ID are returned (a trailer may list a corrupt blob)."""
-        if self._all_trailers is None:
-            tombstoned = set(self.index.tombstones())
-            self._all_trailers = self._trailer_map(lambda pack_id: pack_id not in tombstoned)
-        found = {}
-        for blob_id in blob_ids:
-            loc = self._all_trailers.get(blob_id)
-            if loc is not None and self.blob_is_intact(blob_id, loc):
-                found[blob_id] = loc
-        return found
+        """Where blobs are according to the trailers of every pack on the backend: the ground truth
+        when index rows may have been lost. Only blobs whose bytes are read back and match their ID
+        are returned (a trailer may list a corrupt blob)."""
+        return {
+            blob_id: loc for blob_id, loc in self._from_trailers(list(blob_ids)).items()
+            if self.blob_is_intact(blob_id, loc)
+        }
+
+    def _from_trailers(self, blob_ids: list[str]) -> dict[str, BlobLocation]:
+        """Blobs found in pack trailers. The trailers read are kept for the life of this object; a
+        miss lists the backend again and reads only the trailers of packs not seen before."""
+        found = {b: self._trailers[b] for b in blob_ids if b in self._trailers}
+        if len(found) == len(set(blob_ids)):
+            return found
+        tombstoned = set(self.index.tombstones())
+        for pack_id, size in sorted(self.list_packs().items()):
+            if pack_id in self._trailer_packs or pack_id in tombstoned:
+                continue
+            self._trailer_packs.add(pack_id)
+            try:
+                entries = self.read_trailer(pack_id, size)
+            except CasError:
+                continue  # verify reports it; a reader just cannot use it
+            for e in entries:
+                self._trailers.setdefault(
+                    e.id, BlobLocation(e.id, e.kind, pack_id, e.offset, e.length, e.raw_length, e.codec)
+                )
+        return {b: self._trailers[b] for b in blob_ids if b in self._trailers}
 
     def blob_is_intact(self, blob_id: str, location: BlobLocation) -> bool:
         try:
