@@ -235,3 +235,67 @@ def test_aiflow_031_client_and_server_upload_and_download_through_cas(
     # stores less than the whole zip again, but with the repository's ~1 MiB average chunks a
     # deflated zip of a few MB dedups only partly (docs/aiflow.md has the numbers).
     assert c[1] < a[1]
+
+
+# -- ai-flow-nightly 2023.12.31: its client upload and task-manager download code -------------------
+
+
+def test_aiflow_nightly_upload_and_task_download_through_cas(
+    envs: dict[str, aiflow_envs.AIFlowEnv], cas_exe: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    import yaml  # type: ignore[import-untyped]
+
+    env = envs["aiflow-nightly"]
+    payload = next((envs["aiflow-0.3.1"].root / "lib").glob("python3.*/site-packages/airflow"))
+    managers = {
+        "aiflow": {"blob_manager_class": "ai_flow.blob_manager.impl.local_blob_manager.LocalBlobManager",
+                   "blob_manager_config": {"root_directory": str(tmp_path / "aiflow-blobs")}},
+        "cas": {"blob_manager_class": "cas_aiflow_bridge.LocalBlobManager",
+                "blob_manager_config": {"root_directory": str(tmp_path / "cas-blobs"),
+                                        "cas_executable": str(cas_exe)}},
+    }  # fmt: skip
+    written: dict[str, list[int]] = {}
+    for label, blob in managers.items():
+        home = tmp_path / label / "aiflow-home"
+        home.mkdir(parents=True)
+        (home / "aiflow_client.yaml").write_text(
+            yaml.safe_dump({"server_address": "localhost:50051", "blob_manager": blob}, sort_keys=False)
+        )
+        proc_env = {**_env(tmp_path), "AIFLOW_HOME": str(home)}
+        source = tmp_path / label / "src"
+        source.mkdir()
+        shutil.copy(E2E / "workflow_nightly.py", source / "train.py")
+        artifact = source / "deps"
+        shutil.copytree(payload, artifact, ignore=shutil.ignore_patterns("__pycache__"))
+        root = Path(blob["blob_manager_config"]["root_directory"])
+        written[label] = []
+        for version in (1, 2):
+            if version == 2:
+                with (source / "train.py").open("a") as f:
+                    f.write("# version 2: tuned a hyperparameter\n")
+            before = _bytes_under(root)
+            result = subprocess.run([str(env.python), str(E2E / "nightly_flow.py"), str(source / "train.py"),
+                                     str(artifact)], capture_output=True, text=True, env=proc_env, timeout=300,
+                                    check=False)  # fmt: skip
+            assert result.returncode == 0, result.stderr[-3000:]
+            out = json.loads(result.stdout.strip().splitlines()[-1])
+            assert out["blob_manager"] == blob["blob_manager_class"]
+            assert out["workflows"] == ["train"]
+            expected = {"train.py": (source / "train.py").read_bytes(),
+                        **{f"deps/{k}": v for k, v in _tree(artifact).items()}, "deps": None}  # fmt: skip
+            got = {k: v for k, v in _tree(Path(out["working_dir"]) / "train").items() if "__pycache__" not in k}
+            assert got == expected
+            if label == "cas":
+                assert out["uri"].startswith(f"{root}/cas/file-")
+                written[label].append(_bytes_under(root) - before)
+            else:  # AIFlow's manager moves the zip to <root>/train.zip, replacing the previous one
+                written[label].append(Path(out["uri"]).stat().st_size)
+    a, c = written["aiflow"], written["cas"]
+    print(
+        f"\nbytes written to the blob root per upload (ai-flow-nightly client upload -> task download): "
+        f"AIFlow LocalBlobManager {a[0]:,} + {a[1]:,} = {sum(a):,} B; "
+        f"cas_aiflow_bridge.LocalBlobManager {c[0]:,} + {c[1]:,} = {sum(c):,} B"
+    )
+    assert c[1] < a[1]
