@@ -1,7 +1,7 @@
 # Set-up and entry points. `make demo` and `make test` work on a fresh machine.
 PYTHON ?= python3
 
-.PHONY: install demo test services bench
+.PHONY: install demo test services bench aiflow-envs
 
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[all,test]'
@@ -17,3 +17,8 @@ test: install services
 
 bench: install
 	$(PYTHON) benchmarks/run.py
+
+# The real AIFlow environments of tests/test_aiflow_e2e.py (Python 3.7 + ai-flow 0.3.1, Python 3.8 +
+# ai-flow-nightly, each with the bridge); the tests build them on first use, this builds them ahead.
+aiflow-envs:
+	$(PYTHON) -m tests.aiflow_envs

@@ -74,7 +74,6 @@ CONTENT_NAME = "content"
 _COPY_BLOCK = 1 << 20
 _STAGED_MODE = 0o644
 _DOWNLOAD_PREFIX = ".cas-download-"
-_LOCK_PREFIX = ".cas-lock-"
 _DONE_PREFIX = ".cas-done-"
 
 
@@ -150,6 +149,8 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
         self._backend = self._open_backend()
         self.last_snapshot: Snapshot | None = None
         """The snapshot written by the latest ``upload``/``upload_project`` of this instance (its stats)."""
+        self.last_download_fetched: bool | None = None
+        """Whether the latest ``download`` of this instance fetched (False: a verified copy was there)."""
 
     # -- configuration ----------------------------------------------------------------------------
 
@@ -257,11 +258,13 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
         os.makedirs(local_dir, exist_ok=True)
         final = os.path.join(local_dir, ref.name)
         tag = _name_tag(ref.name)
-        with _exclusive_lock(os.path.join(local_dir, _LOCK_PREFIX + tag)):
+        with _exclusive_lock(local_dir):
             if self._is_complete(ref, final, os.path.join(local_dir, _DONE_PREFIX + tag)):
                 self._log.debug("%s is already at %s", ref.uri, final)
+                self.last_download_fetched = False
                 return final
             self._fetch(ref, local_dir, final, os.path.join(local_dir, _DONE_PREFIX + tag))
+            self.last_download_fetched = True
         self._log.info("downloaded %s to %s", ref.uri, final)
         return final
 
@@ -609,16 +612,18 @@ def _write_marker(path: str, execution_id: str) -> None:
 
 
 @contextlib.contextmanager
-def _exclusive_lock(path: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if needed, never removed).
+def _exclusive_lock(directory: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the directory ``directory`` itself.
 
-    Each call opens its own file description, so threads of one process exclude each other as
-    processes do. Waiting blocks in the kernel; the lock dies with its holder. The file is kept:
-    removing it would let a waiter lock an unlinked file while a newcomer locks a new one.
+    Locking the directory, not a lock file in it, leaves nothing in ``local_dir`` but the result
+    (downloads into one directory are serialised, whatever their names). Each call opens its own
+    file description, so threads of one process exclude each other as processes do. Waiting
+    blocks in the kernel; the lock dies with its holder.
     """
     import fcntl  # POSIX only, like AIFlow's own managers
 
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(directory, flags)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

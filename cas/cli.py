@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("repair", help="fix what verify finds, without deleting stored data")
     s.add_argument("--read-data", action="store_true")
+
+    # -- AIFlow bridge commands (cas/aiflow_cli.py): `cas aiflow check|upload|download|...` --
+    from cas import aiflow_cli
+
+    aiflow_cli.add_parser(sub)
+    # -- end AIFlow bridge commands --
     return p
 
 
@@ -131,6 +137,10 @@ def _error(message: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "aiflow":  # AIFlow bridge: opens the repository its config names, not --repo's
+        from cas import aiflow_cli
+
+        return aiflow_cli.run(args)
     # A full rebuild re-reads everything from this backend, so it may take over an index that
     # describes this repository at another location (it moved).
     rebind = args.command == "rebuild-index" and not args.sync
