@@ -167,11 +167,11 @@ def test_gc_verdicts_wait_for_a_writer_holding_the_fence(open_store, index_url: 
     in_commit.open()
     w.outcome()
     report = g.outcome()
+    assert not packs & set(report.deleted), "GC deleted packs a committed snapshot uses"
+    _assert_restores(writer, "run-b", src, tmp_path / "out")
     assert events[-2:] == ["commit run-b", f"gc_apply epoch {report.epoch}"], (
         f"GC's verdicts did not wait for the writer's commit: {events}"
     )
-    assert not packs & set(report.deleted), "GC deleted packs a committed snapshot uses"
-    _assert_restores(writer, "run-b", src, tmp_path / "out")
 
 
 # -- the commit rescues condemned packs it uses ---------------------------------------------------
