@@ -361,7 +361,7 @@ class _ResettingProxy:
         self.endpoint_url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def __enter__(self) -> _ResettingProxy:
+    def __enter__(self) -> _ResettingProxy:  # noqa: PYI034 - final class in practice
         return self
 
     def __exit__(self, *exc: object) -> None:
