@@ -447,15 +447,16 @@ class Index:
         now = dt.datetime.now(dt.timezone.utc)
         with self._fenced() as conn:
             stamp = int(conn.scalar(select(Fence.epoch).where(Fence.id == 1)))
-            result = conn.execute(
-                self._insert_ignore(Pack, ["id"]),
+            # RETURNING, not rowcount: psycopg reports -1 for an executemany.
+            inserted = conn.execute(
+                self._insert_ignore(Pack, ["id"]).returning(Pack.id),
                 [
                     {"id": pid, "size": size, "blob_count": 0, "created_at": now, "state": CONDEMNED,
                      "condemned_epoch": stamp, "condemned_at": now}
                     for pid, size in pack_sizes.items()
                 ],
-            )
-        return int(result.rowcount or 0)
+            ).all()
+        return len(inserted)
 
     def gc_apply(
         self,

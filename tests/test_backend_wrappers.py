@@ -150,16 +150,21 @@ def test_put_if_absent_whose_reply_was_lost_succeeds(tmp_path: Path) -> None:
     assert [f.kind for f in faulty.faults] == ["after", "after"]
 
 
-def test_put_if_absent_after_lost_reply_still_refuses_other_content(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "mine", [b"mine, longer than theirs", b"someone else'S"], ids=["other size", "same size, other bytes"]
+)
+def test_put_if_absent_after_lost_reply_still_refuses_other_content(tmp_path: Path, mine: bytes) -> None:
+    """After a temporary failure, AlreadyExists is success only if the stored object holds exactly
+    our bytes: a different size is refused on the size, the same size is compared byte by byte."""
     local = LocalBackend(tmp_path / "r")
     local.put("k", b"someone else's")
-    faulty = FaultyBackend(local, fail_rate=1.0, after_rate=0.0, operations={"put"})
-    faulty_once = _FailFirst(faulty.inner)
-    be = RetryingBackend(faulty_once, sleep=_no_sleep)
+    inner = _FailFirst(local)  # the first put fails (temporary), the retry meets AlreadyExists
+    be = RetryingBackend(inner, sleep=_no_sleep)
     with pytest.raises(AlreadyExists):
-        be.put("k", b"mine!!!!!!!!!!", overwrite=False)
-    with pytest.raises(AlreadyExists):
-        be.put("k", b"someone else'S", overwrite=False)  # same size, different bytes
+        be.put("k", mine, overwrite=False)
+    assert inner.calls == 2
+    if len(mine) == len(b"someone else's"):
+        assert inner.gets, "same size: the stored bytes must have been read and compared"
     assert local.get("k") == b"someone else's"
 
 
@@ -213,6 +218,7 @@ class _FailFirst(Backend):
         self.inner = inner
         self.consume = consume
         self.calls = 0
+        self.gets = 0
 
     def put(self, key: str, data: bytes | memoryview | BinaryIO, *, overwrite: bool = True) -> None:
         self.calls += 1
@@ -223,6 +229,7 @@ class _FailFirst(Backend):
         self.inner.put(key, data, overwrite=overwrite)
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        self.gets += 1
         return self.inner.get(key, offset, length)
 
     def stat(self, key: str) -> ObjectInfo:

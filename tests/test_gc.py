@@ -15,6 +15,7 @@ import pytest
 
 from cas import Store
 from cas.packs import pack_key
+from manifests.index import CONDEMNED, LIVE
 from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
 from tests.treeutil import describe
 
@@ -103,7 +104,12 @@ def test_writer_that_reused_a_condemned_pack_rescues_it(store: Store, tmp_path: 
     finally:
         Store._commit = original  # type: ignore[method-assign]
     assert snap.stats["new_bytes"] == 0  # everything was reused
-    for _ in range(3):
+    # The commit itself made them live again, before any later GC could see the snapshot (a GC
+    # whose mark missed the snapshot would otherwise delete them: tests/test_guarantees.py).
+    assert {p.state for p in store.repo.index.pack_rows()} == {LIVE}
+    after = store.gc(grace=NOW)
+    assert not after.rescued and not after.deleted  # nothing left for GC to rescue
+    for _ in range(2):
         assert not store.gc(grace=NOW).deleted
     store.restore("run-b", tmp_path / "out")
     assert describe(str(tmp_path / "out")) == describe(str(src))
@@ -137,19 +143,41 @@ def test_writer_whose_reused_pack_was_deleted_stores_again(store: Store, tmp_pat
 
 def test_orphan_pack_from_an_interrupted_writer_is_reclaimed(store: Store, tmp_path: Path) -> None:
     store.snapshot(_tree(tmp_path / "a", seed=1), "run-a")
-    from cas.blobwriter import BlobWriter
     from cas.packs import PackBuilder
 
     builder = PackBuilder()
     builder.add("ab" * 32, 0, 0, b"orphan bytes", 12)
     pack_id, data, _ = builder.finish()
-    store.repo.backend.put(pack_key(pack_id), data)  # uploaded, never indexed: the writer died
+    # Uploaded in part and never indexed: the writer died mid-upload on a backend without atomic
+    # puts. Its trailer cannot be read, so GC's sync cannot index it: GC adopts it as an orphan.
+    store.repo.backend.put(pack_key(pack_id), bytes(data)[: len(data) // 2])
     first = store.gc(grace=NOW)
-    assert pack_id in first.reasons and pack_id not in first.deleted
+    assert "interrupted writer" in first.reasons[pack_id]
+    adopted = {p.id: p for p in store.repo.index.pack_rows()}.get(pack_id)
+    assert adopted is not None and adopted.state == CONDEMNED and adopted.condemned_epoch == first.epoch
+    assert first.orphans_adopted == 1
+    assert pack_id not in first.deleted  # condemned in this run's epoch: only a later run deletes it
+    assert store.repo.backend.exists(pack_key(pack_id))
     second = store.gc(grace=NOW)
     assert pack_id in second.deleted
     assert not store.repo.backend.exists(pack_key(pack_id))
-    assert BlobWriter  # the writer class that normally indexes packs it uploads
+    assert store.verify(read_data=True).ok
+
+
+def test_complete_unindexed_pack_is_indexed_then_collected(store: Store, tmp_path: Path) -> None:
+    """A whole pack that no row names (writer died between upload and index insert) is indexed by
+    GC's sync, then goes through condemn and delete like any unreferenced pack."""
+    store.snapshot(_tree(tmp_path / "a", seed=1), "run-a")
+    from cas.packs import PackBuilder
+
+    builder = PackBuilder()
+    builder.add("cd" * 32, 0, 0, b"orphan bytes", 12)
+    pack_id, data, _ = builder.finish()
+    store.repo.backend.put(pack_key(pack_id), data)
+    first = store.gc(grace=NOW)
+    assert pack_id in first.condemned and pack_id not in first.deleted
+    assert pack_id in store.gc(grace=NOW).deleted
+    assert not store.repo.backend.exists(pack_key(pack_id))
 
 
 def test_mostly_dead_pack_is_repacked_and_data_survives(store: Store, tmp_path: Path) -> None:

@@ -210,10 +210,12 @@ def test_chunk_cache_serves_repeated_restores_and_survives_damage(tmp_path: Path
         store.restore("exec-2", tmp_path / "o2")  # same chunks: all from the cache
         assert CountingBackend.gets == first
         # A damaged cache entry is detected, dropped and fetched again, never restored.
-        victim = next((tmp_path / "cc").rglob("*"), None)
-        entries = [p for p in (tmp_path / "cc").rglob("*") if p.is_file()]
-        entries[0].write_bytes(b"garbage")
+        entries = sorted(p for p in (tmp_path / "cc").rglob("*") if p.is_file())
+        assert entries
+        victim = entries[0]
+        good = victim.read_bytes()
+        victim.write_bytes(b"garbage")
         store.restore("exec-2", tmp_path / "o3")
-        assert CountingBackend.gets > first
-        assert victim is not None
+        assert CountingBackend.gets > first  # the damaged chunk came from the backend again
+        assert victim.read_bytes() == good  # and the cache holds the verified chunk once more
     assert describe(str(tmp_path / "o3")) == describe(str(src))
