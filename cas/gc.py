@@ -174,10 +174,9 @@ def collect_garbage(
             entries = repo.read_trailer(pack_id, on_backend.get(pack_id, pack.size))
         except FileNotFoundError:
             continue  # already gone: the tombstone only clears its rows
-        except CasError as exc:
-            delete.remove(pack_id)
-            report.reasons[pack_id] = f"kept: its trailer cannot be read ({exc}); run 'cas verify --read-data'"
-            log.warning("not deleting pack %s: its trailer cannot be read (%s)", pack_id[:16], exc)
+        except CasError:
+            # Not a readable pack (a half-uploaded one). It holds no blob a snapshot needs: every
+            # reachable blob was found above with a row or in an intact pack, or GC stopped.
             continue
         held = [BlobLocation(e.id, e.kind, pack_id, e.offset, e.length, e.raw_length, e.codec)
                 for e in entries if e.id in reachable]

@@ -9,6 +9,7 @@ holds an unreferenced copy that garbage collection reclaims).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -204,11 +205,16 @@ class Index:
         with self._write() as conn:
             bound = conn.execute(select(RepositoryBinding).where(RepositoryBinding.id == 1)).first()
             if bound is None:
-                conn.execute(
+                inserted = conn.execute(
                     self._insert_ignore(RepositoryBinding, ["id"]),
                     [{"id": 1, "repo_id": repo_id, "location": location, "bound_at": now}],
-                )
-                return True
+                ).rowcount
+                # Another process may have bound it first (rowcount 0, or -1 where the driver cannot
+                # tell): what counts is the row that is there now.
+                bound = conn.execute(select(RepositoryBinding).where(RepositoryBinding.id == 1)).one()
+                new = inserted != 0
+                if bound.repo_id == repo_id and bound.location == location:
+                    return new
             if bound.repo_id == repo_id and bound.location == location:
                 return False
             if rebind:
@@ -667,9 +673,7 @@ def _make_engine(url: str) -> Engine:
 
 
 def _with_damaged(row: SnapshotRow) -> SnapshotRow:
-    from dataclasses import replace
-
-    return replace(row, damaged=True)
+    return dataclasses.replace(row, damaged=True)
 
 
 def _snapshot_row(row) -> SnapshotRow:  # type: ignore[no-untyped-def]
