@@ -72,12 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("forget", help="remove snapshots (their data is freed by 'cas gc')")
     s.add_argument("execution_ids", nargs="*")
     s.add_argument("--keep-last", type=int, default=None, metavar="N", help="forget all but the newest N")
-    s.add_argument("--keep-within", default=None, metavar="DURATION", help="keep snapshots newer than e.g. 30d, 12h")
+    s.add_argument("--keep-within", type=_duration_option, default=None, metavar="DURATION", help="keep snapshots newer than e.g. 30d, 12h")
     s.add_argument("--dry-run", action="store_true")
 
     s = sub.add_parser("gc", help="free packs no snapshot references (safe while snapshots are written)")
     s.add_argument("--dry-run", action="store_true", help="say what would be freed, and why")
-    s.add_argument("--grace", default="1h", metavar="DURATION", help="never touch packs younger than this (default 1h)")
+    s.add_argument("--grace", type=_duration_option, default="1h", metavar="DURATION", help="never touch packs younger than this (default 1h)")
 
     s = sub.add_parser("verify", help="check snapshots, index and packs; non-zero exit if anything is wrong")
     s.add_argument("--read-data", action="store_true", help="download and re-hash stored data")
@@ -296,15 +296,33 @@ def cmd_stats(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+#: The longest duration --grace and --keep-within accept: far beyond any sensible value, and small
+#: enough that "now minus it" stays a valid date and a nanosecond count.
+MAX_DURATION = dt.timedelta(days=36500)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
 def parse_duration(text: str) -> dt.timedelta:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` or plain seconds; 0 up to :data:`MAX_DURATION`."""
     text = text.strip()
+    number, unit = (text[:-1], _UNITS[text[-1]]) if text and text[-1] in _UNITS else (text, 1)
     try:
-        if text and text[-1] in units:
-            return dt.timedelta(seconds=float(text[:-1]) * units[text[-1]])
-        return dt.timedelta(seconds=float(text))
+        seconds = float(number) * unit
     except ValueError:
         raise ConfigurationError(f"invalid duration {text!r}: use a number with s, m, h, d or w, e.g. 30d") from None
+    if not 0 <= seconds <= MAX_DURATION.total_seconds():  # also refuses nan and inf
+        raise ConfigurationError(
+            f"duration {text!r} is out of range: use 0 up to {MAX_DURATION.days}d (100 years)"
+        )
+    return dt.timedelta(seconds=seconds)
+
+
+def _duration_option(text: str) -> dt.timedelta:
+    """argparse ``type`` for durations: a bad one is a usage error naming the option (exit 2)."""
+    try:
+        return parse_duration(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_forget(store: Store, args: argparse.Namespace) -> int:
@@ -317,7 +335,7 @@ def cmd_forget(store: Store, args: argparse.Namespace) -> int:
                 raise ConfigurationError("--keep-last must be 0 or more")
             keep.update(s.execution_id for s in snaps[: args.keep_last])
         if args.keep_within is not None:
-            cutoff = time.time_ns() - int(parse_duration(args.keep_within).total_seconds() * 1e9)
+            cutoff = time.time_ns() - int(args.keep_within.total_seconds() * 1e9)
             keep.update(s.execution_id for s in snaps if s.time_ns >= cutoff)
         chosen.extend(s.execution_id for s in snaps if s.execution_id not in keep and s.execution_id not in chosen)
     elif not chosen:
@@ -333,7 +351,7 @@ def cmd_forget(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_gc(store: Store, args: argparse.Namespace) -> int:
-    report = store.gc(grace=parse_duration(args.grace), dry_run=args.dry_run)
+    report = store.gc(grace=args.grace, dry_run=args.dry_run)
     verb = "would" if args.dry_run else "did"
     lines = [
         f"{report.snapshots} snapshots, {report.reachable_blobs} reachable blobs, {report.packs} packs",
