@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from cas.errors import CasError, ConfigurationError, IntegrityError
 from cas.store import Store
 from cas.trees import DIR, FILE, SYMLINK
+from manifests.index import IndexDamaged, set_aside
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -131,6 +132,8 @@ def _error(message: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "rebuild-index":
+        return _rebuild_index(args)
     with Store.open(args.repo, index=args.index) as store:
         handler: Callable[[Store, argparse.Namespace], int] = _COMMANDS[args.command]
         return handler(store, args)
@@ -392,11 +395,34 @@ def cmd_verify(store: Store, args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_ERROR
 
 
-def cmd_rebuild_index(store: Store, args: argparse.Namespace) -> int:
+def _rebuild_index(args: argparse.Namespace) -> int:
+    """``cas rebuild-index``; a damaged SQLite index file is set aside and rebuilt from the backend
+    (the ground truth), whether opening it or the rebuild found the damage."""
+    try:
+        with Store.open(args.repo, index=args.index) as store:
+            store.repo.index.check_intact()
+            return cmd_rebuild_index(store, args)
+    except IndexDamaged as exc:
+        if exc.path is None:
+            raise
+        damaged = exc.path
+    aside = set_aside(damaged)
+    logging.getLogger("cas").warning(
+        "index %s is damaged; moved it to %s and rebuilding it from the repository", damaged, aside
+    )
+    args.sync = False
+    with Store.open(args.repo, index=args.index) as store:
+        return cmd_rebuild_index(store, args, set_aside_as=aside)
+
+
+def cmd_rebuild_index(store: Store, args: argparse.Namespace, set_aside_as: str | None = None) -> int:
     report = store.sync() if args.sync else store.rebuild_index()
     text = f"indexed {report.packs} packs ({report.blobs} blobs) and {report.snapshots} snapshots"
     text += "".join(f"\nskipped {s}" for s in report.skipped)
-    _emit(args, report.to_dict(), text)
+    data = report.to_dict()
+    if set_aside_as is not None:
+        data["damaged_index_moved_to"] = set_aside_as
+    _emit(args, data, text)
     return 0 if not report.skipped else EXIT_ERROR
 
 

@@ -69,6 +69,7 @@ class VerifyReport:
 def verify(repo: Repository, *, read_data: bool = False, sample: float = 1.0, seed: int | None = None) -> VerifyReport:
     report = VerifyReport()
     index = repo.index
+    index.check_intact()  # damage no query touches would otherwise pass unseen
     on_backend = {info.key.rsplit("/", 1)[-1]: info.size for info in repo.backend.list("data/")}
     indexed_packs = {p.id: p for p in index.pack_rows()}
     report.packs = len(on_backend)

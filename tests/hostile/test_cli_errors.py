@@ -35,3 +35,95 @@ def test_largest_duration_is_accepted(cas: Cas, project: Path) -> None:
     cas.ok("snapshot", str(project), "-e", "run-1")
     assert json.loads(cas.ok("--json", "gc", "--dry-run", "--grace", "36500d"))["deleted"] == []
     assert json.loads(cas.ok("--json", "forget", "--dry-run", "--keep-within", "36500d")) == {"would_forget": []}
+
+
+# -- a damaged index ----------------------------------------------------------------------------
+
+
+def _index_file(cas: Cas) -> Path:
+    (path,) = (cas.base / "home" / "index").glob("*.sqlite")
+    return path
+
+
+def _damage(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    page = 4096
+    assert len(data) > 4 * page, "the index is too small for this test's damage"
+    if how == "header":
+        data[:100] = bytes(range(100))
+    elif how == "every page but the first":
+        data[page:] = bytes(i % 251 for i in range(len(data) - page))
+    else:  # one page in the middle: only a full check of the file finds it
+        middle = (len(data) // page // 2) * page
+        data[middle : middle + page] = b"\xff" * page
+    path.write_bytes(bytes(data))
+    for extra in ("-wal", "-shm"):
+        Path(str(path) + extra).unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("how", ["header", "every page but the first", "one page"])
+def test_a_damaged_sqlite_index_is_named_and_rebuild_index_recovers_it(cas: Cas, project: Path, how: str) -> None:
+    cas.ok("snapshot", str(project), "-e", "run-1", "--label", "k=v")
+    cas.ok("snapshot", str(project), "-e", "run-2")
+    index = _index_file(cas)
+    _damage(index, how)
+    commands = [("verify",), ("repair",)]
+    if how != "one page":
+        commands += [("stats",), ("log",), ("ls", "run-1"), ("restore", "run-1", str(cas.base / "out")),
+                     ("snapshot", str(project), "-e", "run-3"), ("forget", "run-1"), ("gc",)]
+    for args in commands:
+        line = cas.fails(*args)
+        assert f"index {index} is damaged" in line and "cas rebuild-index" in line, (args, line)
+    proc = cas("rebuild-index")
+    assert proc.returncode == 0, proc.stderr
+    assert "is damaged; moved it to" in proc.stderr and "Traceback" not in proc.stderr
+    (aside,) = index.parent.glob(index.name + ".damaged-*[0-9]Z")
+    assert aside.read_bytes()[:16] != b"SQLite format 3\0" or how != "header"  # the damaged file, kept
+    log = {s["execution_id"]: s for s in json.loads(cas.ok("--json", "log"))}
+    assert set(log) == {"run-1", "run-2"} and log["run-1"]["labels"] == {"k": "v"}
+    assert json.loads(cas.ok("--json", "verify", "--read-data"))["ok"]
+    cas.ok("restore", "run-1", str(cas.base / "restored"))
+    assert (cas.base / "restored" / "a.txt").read_text() == "a\n"
+
+
+def test_rebuild_index_with_json_names_where_the_damaged_index_went(cas: Cas, project: Path) -> None:
+    cas.ok("snapshot", str(project), "-e", "run-1")
+    index = _index_file(cas)
+    _damage(index, "header")
+    report = json.loads(cas.ok("--json", "rebuild-index", "--sync"))
+    assert report["snapshots"] == 1 and Path(report["damaged_index_moved_to"]).is_file()
+    assert report["damaged_index_moved_to"].startswith(f"{index}.damaged-")
+
+
+def test_undecodable_text_in_the_index_is_damage_and_never_echoed(cas: Cas, project: Path) -> None:
+    import sqlite3
+
+    cas.ok("snapshot", str(project), "-e", "run-1")
+    index = _index_file(cas)
+    with sqlite3.connect(index) as db:  # a label whose stored text is not UTF-8 and holds an escape
+        db.execute("UPDATE snapshots SET labels = CAST(X'7b2261223a221b5b324aff227d' AS TEXT)")
+    db.close()
+    for args in (("log",), ("verify",), ("--json", "log")):
+        proc = cas(*args)
+        assert "\x1b" not in proc.stderr + proc.stdout, proc.stderr
+        assert "is damaged" in cas.fails(*args)
+    cas.ok("rebuild-index")
+    assert [s["labels"] for s in json.loads(cas.ok("--json", "log"))] == [{}]
+
+
+# -- index URLs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg2://cas:pg-s3cret-Value@[::1/cas",
+        "postgresql://cas:pg-s3cret-Value@127.0.0.1/cas?connect_timeout=abc",
+        "postgresql://cas:pg-s3cret-Value@127.0.0.1/cas?sslmode=sideways",
+    ],
+)
+def test_bad_index_urls_are_one_line_without_the_password(cas: Cas, url: str) -> None:
+    proc = cas("--index", url, "log")
+    assert proc.returncode in (1, 2), proc.stderr
+    line = cas.fails("--index", url, "log")
+    assert "index" in line and "s3cret" not in line and ":***@" in line, line
