@@ -127,3 +127,34 @@ def test_bad_index_urls_are_one_line_without_the_password(cas: Cas, url: str) ->
     assert proc.returncode in (1, 2), proc.stderr
     line = cas.fails("--index", url, "log")
     assert "index" in line and "s3cret" not in line and ":***@" in line, line
+
+
+# -- credentials in service endpoints -----------------------------------------------------------
+
+ENDPOINT_SECRET = "endpoint-s3cret-Value-42"
+
+
+def test_credentials_in_endpoint_urls_stay_out_of_errors(tmp_path: Path) -> None:
+    from tests.servers.s3 import free_port
+
+    closed = free_port()
+    endpoint = f"http://user:{ENDPOINT_SECRET}@127.0.0.1:{closed}"
+    run = Cas(tmp_path, {
+        "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "not-the-subject", "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "OSS_ACCESS_KEY_ID": "id", "OSS_ACCESS_KEY_SECRET": "not-the-subject", "OSS_ENDPOINT": endpoint,
+    })
+    repos = ["s3://bucket/prefix", "oss://bucket/prefix"]
+    try:
+        import hdfs  # noqa: F401
+
+        repos.append(f"webhdfs://127.0.0.1:{closed}/root?hdfs_url=http://{ENDPOINT_SECRET}@127.0.0.1:{closed}")
+    except ImportError:
+        pass
+    for repo in repos:
+        for args in (("log",), ("--json", "log"), ("--json", "snapshot", str(tmp_path), "-e", "run-1")):
+            proc = run(*args, repo=repo)
+            assert proc.returncode == 1, (repo, proc.stderr)
+            assert proc.stderr.startswith("cas: error:") and proc.stderr.count("\n") == 1, proc.stderr
+            assert ENDPOINT_SECRET not in proc.stdout + proc.stderr, proc.stderr
+            assert "s3cret" not in proc.stdout + proc.stderr, proc.stderr
