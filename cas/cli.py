@@ -94,11 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.ERROR if (args.quiet or args.json) else logging.WARNING,
-        format="cas: warning: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_EscapingFormatter("cas: warning: %(message)s"))
+    logging.basicConfig(level=logging.ERROR if (args.quiet or args.json) else logging.WARNING, handlers=[handler])
     try:
         return _run(args)
     except IntegrityError as exc:
@@ -106,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         failures = getattr(exc, "failures", None)
         if failures and not args.quiet:
             for path, message in failures[5:50]:
-                sys.stderr.write(f"cas:   {message}\n")
+                sys.stderr.write(f"cas:   {escape(message)}\n")
         return EXIT_PARTIAL if failures else EXIT_ERROR
     except CasError as exc:
         _error(str(exc))
@@ -122,13 +120,34 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - last resort: never a traceback unless asked
         if os.environ.get("CAS_DEBUG"):
             raise
-        _error(f"internal error: {type(exc).__name__}: {exc} (set CAS_DEBUG=1 for a traceback)")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _error(f"internal error: {type(exc).__name__}: {first} (set CAS_DEBUG=1 for a traceback)")
         return 70
 
 
 def _error(message: str) -> None:
-    first = message.strip().splitlines()[0] if message.strip() else "error"
-    sys.stderr.write(f"cas: error: {first}\n")
+    """One line on stderr. Names in messages come from repositories and file systems, so anything
+    unprintable (newlines, terminal escapes) is shown escaped instead of cutting or driving the line."""
+    sys.stderr.write(f"cas: error: {escape(message.strip()) or 'error'}\n")
+
+
+def escape(text: str) -> str:
+    """``text`` with each unprintable character (C0/C1 controls, DEL, bidi and other format
+    characters, undecodable bytes) as its Python escape, e.g. ``\\n``, ``\\x1b``, ``\\u202e``."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def quote_name(name: str) -> str:
+    """A path or name from a repository as listed on a terminal: as it is when printable, otherwise
+    (or when it holds a quote or a backslash) as a Python string literal, e.g. ``'a\\nb'``. So a
+    listing is one line per entry, never carries terminal escapes, and a quoted name cannot pass for
+    a plain one. ``--json`` output keeps exact names."""
+    return name if name.isprintable() and not any(c in name for c in "'\"\\") else repr(name)
+
+
+class _EscapingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return escape(super().format(record))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -205,11 +224,11 @@ def cmd_log(store: Store, args: argparse.Namespace) -> int:
 
     for s in snaps:
         when = dt.datetime.fromtimestamp(s.time_ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        labels = escape(",".join(f"{k}={v}" for k, v in sorted(s.labels.items())))
         if s.damaged:
             labels = "DAMAGED " + labels
         lines.append(
-            f"{s.execution_id:<24} {when:<20} {s.stats.get('files', 0):>7} {_human(s.logical_bytes):>11} "
+            f"{quote_name(s.execution_id):<24} {when:<20} {s.stats.get('files', 0):>7} {_human(s.logical_bytes):>11} "
             f"{_human(s.new_bytes):>11}  {labels}"
         )
     _emit(args, [s.to_dict() for s in snaps], "\n".join(lines) if snaps else "no snapshots")
@@ -227,8 +246,8 @@ def cmd_ls(store: Store, args: argparse.Namespace) -> int:
             row["target"] = e.target
         rows.append(row)
         kind = {FILE: "-", DIR: "d", SYMLINK: "l"}[e.type]
-        suffix = f" -> {e.target}" if e.type == SYMLINK else ("/" if e.type == DIR else "")
-        lines.append(f"{kind}{e.mode:04o} {e.size if e.type == FILE else 0:>12}  {path}{suffix}")
+        suffix = f" -> {quote_name(e.target)}" if e.type == SYMLINK else ("/" if e.type == DIR else "")
+        lines.append(f"{kind}{e.mode:04o} {e.size if e.type == FILE else 0:>12}  {quote_name(path)}{suffix}")
     _emit(args, rows, "\n".join(lines))
     return 0
 
@@ -239,7 +258,7 @@ def cmd_diff(store: Store, args: argparse.Namespace) -> int:
     _emit(
         args,
         [{"path": c.path, "change": c.kind} for c in changes],
-        "\n".join(f"{marks[c.kind]} {c.path}" for c in changes) or "no differences",
+        "\n".join(f"{marks[c.kind]} {quote_name(c.path)}" for c in changes) or "no differences",
     )
     return 0
 
@@ -268,7 +287,7 @@ def cmd_restore(store: Store, args: argparse.Namespace) -> int:
         )
     data = {"files": report.files, "dirs": report.dirs, "symlinks": report.symlinks, "bytes": report.bytes}
     _emit(args, data, f"restored {report.files} files, {report.dirs} directories, {report.symlinks} symlinks, "
-          f"{_human(report.bytes)} into {args.dest}")
+          f"{_human(report.bytes)} into {escape(args.dest)}")
     return 0
 
 
@@ -346,10 +365,10 @@ def cmd_forget(store: Store, args: argparse.Namespace) -> int:
     if args.dry_run:
         for execution_id in chosen:
             store.get(execution_id)
-        _emit(args, {"would_forget": chosen}, "\n".join(f"would forget {e}" for e in chosen) or "nothing to forget")
+        _emit(args, {"would_forget": chosen}, "\n".join(f"would forget {quote_name(e)}" for e in chosen) or "nothing to forget")
         return 0
     forgotten = store.forget(chosen)
-    _emit(args, {"forgotten": forgotten}, "\n".join(f"forgot {e}" for e in forgotten) or "nothing to forget")
+    _emit(args, {"forgotten": forgotten}, "\n".join(f"forgot {quote_name(e)}" for e in forgotten) or "nothing to forget")
     return 0
 
 
@@ -366,7 +385,7 @@ def cmd_gc(store: Store, args: argparse.Namespace) -> int:
         lines.append(f"rescued {len(report.rescued)} condemned packs that a new snapshot uses")
     if args.dry_run:
         for pack_id in sorted(set(report.condemned) | set(report.deleted) | set(report.repacked)):
-            lines.append(f"  {pack_id[:16]}  {report.reasons.get(pack_id, '')}")
+            lines.append(escape(f"  {pack_id[:16]}  {report.reasons.get(pack_id, '')}"))
     _emit(args, report.to_dict(), "\n".join(lines))
     return 0
 
@@ -388,7 +407,7 @@ def cmd_verify(store: Store, args: argparse.Namespace) -> int:
     if report.objects_without_rows:
         summary += (f"\n{len(report.objects_without_rows)} snapshots are on the backend but not in this index "
                     "(checked; 'cas rebuild-index --sync' adds them)")
-    text = "\n".join([summary] + [str(p) for p in report.problems[:200]]
+    text = "\n".join([summary] + [escape(str(p)) for p in report.problems[:200]]
                      + ([f"... and {len(report.problems) - 200} more"] if len(report.problems) > 200 else [])
                      + ["no problems found" if report.ok else f"{len(report.problems)} problems found"])
     _emit(args, report.to_dict(), text)
@@ -418,7 +437,7 @@ def _rebuild_index(args: argparse.Namespace) -> int:
 def cmd_rebuild_index(store: Store, args: argparse.Namespace, set_aside_as: str | None = None) -> int:
     report = store.sync() if args.sync else store.rebuild_index()
     text = f"indexed {report.packs} packs ({report.blobs} blobs) and {report.snapshots} snapshots"
-    text += "".join(f"\nskipped {s}" for s in report.skipped)
+    text += "".join(f"\nskipped {escape(s)}" for s in report.skipped)
     data = report.to_dict()
     if set_aside_as is not None:
         data["damaged_index_moved_to"] = set_aside_as
@@ -431,9 +450,9 @@ def cmd_repair(store: Store, args: argparse.Namespace) -> int:
     lines = [f"{len(found.problems)} problems found"]
     if fixed.rows_dropped:
         lines.append(f"dropped {fixed.rows_dropped} index rows of lost or corrupt blobs")
-    lines += [f"marked damaged: {e}" for e in fixed.snapshots_marked_damaged]
-    lines += [f"rewrote snapshot object: {e}" for e in fixed.objects_rewritten]
-    lines += [f"indexed snapshot: {e}" for e in fixed.rows_added]
+    lines += [f"marked damaged: {quote_name(e)}" for e in fixed.snapshots_marked_damaged]
+    lines += [f"rewrote snapshot object: {quote_name(e)}" for e in fixed.objects_rewritten]
+    lines += [f"indexed snapshot: {quote_name(e)}" for e in fixed.rows_added]
     _emit(args, {"found": found.to_dict(), "repaired": fixed.to_dict()}, "\n".join(lines))
     return 0
 

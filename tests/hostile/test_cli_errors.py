@@ -158,3 +158,52 @@ def test_credentials_in_endpoint_urls_stay_out_of_errors(tmp_path: Path) -> None
             assert proc.stderr.startswith("cas: error:") and proc.stderr.count("\n") == 1, proc.stderr
             assert ENDPOINT_SECRET not in proc.stdout + proc.stderr, proc.stderr
             assert "s3cret" not in proc.stdout + proc.stderr, proc.stderr
+
+
+# -- names from the repository on a terminal ----------------------------------------------------
+
+HOSTILE_NAMES = ["new\nline", "\x1b[31mred", "\u202eevil.txt", "'quoted", "bell\x07", "c1\x9bx"]
+
+
+def _unprintable(text: str) -> list[str]:
+    return [c for line in text.split("\n") for c in line if not c.isprintable()]
+
+
+def test_names_with_control_characters_are_quoted_on_the_terminal_and_exact_in_json(cas: Cas, tmp_path: Path) -> None:
+    import os
+
+    src = tmp_path / "hostile"
+    (src / "sub").mkdir(parents=True)
+    for i, name in enumerate(HOSTILE_NAMES):
+        (src / "sub" / name).write_text(f"{i}\n")
+    (src / os.fsdecode(b"raw\xffbyte")).write_text("x\n")
+    os.symlink("\x1b]0;title\x07", src / "link")
+    os.mkfifo(src / "fifo\x1b[2J")
+    (tmp_path / "empty").mkdir()
+    cas.ok("snapshot", str(tmp_path / "empty"), "-e", "empty")
+    proc = cas("snapshot", str(src), "-e", "run-1")
+    assert proc.returncode == 0 and "special file" in proc.stderr, proc.stderr
+    assert not _unprintable(proc.stderr), proc.stderr
+    outputs = {
+        "ls": cas.ok("ls", "-r", "run-1"),
+        "diff": cas.ok("diff", "empty", "run-1"),
+    }
+    for what, out in outputs.items():
+        assert not _unprintable(out), (what, out)
+        assert len(out.split("\n")) == len(HOSTILE_NAMES) + 4, (what, out)  # one line per entry (and the end)
+        for name in HOSTILE_NAMES:
+            assert repr("sub/" + name) in out, (what, name, out)
+    assert repr("\x1b]0;title\x07") in outputs["ls"]
+    listing = {r["path"]: r for r in json.loads(cas.ok("--json", "ls", "-r", "run-1"))}
+    assert {"sub/" + n for n in HOSTILE_NAMES} <= set(listing)
+    assert listing["link"]["target"] == "\x1b]0;title\x07"
+    assert {d["path"] for d in json.loads(cas.ok("--json", "diff", "empty", "run-1"))} >= {"sub/" + n for n in HOSTILE_NAMES}
+    # A restore that fails on these names lists them escaped, one line each.
+    dest = tmp_path / "dest"
+    for name in HOSTILE_NAMES:
+        (dest / "sub" / name / "in-the-way").mkdir(parents=True)
+    proc = cas("restore", "--overwrite", "run-1", str(dest))
+    assert proc.returncode == 3, proc.stderr
+    assert not _unprintable(proc.stderr), proc.stderr
+    assert len(proc.stderr.splitlines()) == 2 and "6 entries could not be restored" in proc.stderr, proc.stderr
+    assert "\\x1b[31mred" in proc.stderr and "new\\nline" in proc.stderr
