@@ -207,3 +207,27 @@ def test_names_with_control_characters_are_quoted_on_the_terminal_and_exact_in_j
     assert not _unprintable(proc.stderr), proc.stderr
     assert len(proc.stderr.splitlines()) == 2 and "6 entries could not be restored" in proc.stderr, proc.stderr
     assert "\\x1b[31mred" in proc.stderr and "new\\nline" in proc.stderr
+
+
+# -- a truncated pack ---------------------------------------------------------------------------
+
+
+def test_verify_without_read_data_finds_a_truncated_pack_and_repair_acts_on_it(cas: Cas, tmp_path: Path) -> None:
+    import os
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "early.txt").write_text("early\n")
+    (src / "big.bin").write_bytes(os.urandom(600_000))
+    cas.ok("snapshot", str(src), "-e", "run-1")
+    packs = sorted((cas.base / "repo" / "data").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else -1)
+    data_pack = packs[-1]
+    os.truncate(data_pack, data_pack.stat().st_size // 2)
+    report = json.loads(cas("--json", "verify").stdout)
+    assert not report["ok"] and report["damaged_executions"] == ["run-1"], report
+    assert any("truncated" in p["message"] for p in report["problems"]), report
+    assert "truncated" in cas("verify").stdout
+    repaired = json.loads(cas.ok("--json", "repair"))["repaired"]
+    assert repaired["snapshots_marked_damaged"] == ["run-1"], repaired
+    assert json.loads(cas.ok("--json", "verify"))["ok"]
+    assert json.loads(cas.ok("--json", "log"))[0]["damaged"]
