@@ -119,6 +119,29 @@ def read_all(data: bytes | memoryview | BinaryIO) -> bytes:
     return data.read()
 
 
+def endpoint_secrets(url: str | None) -> tuple[str, ...]:
+    """Credentials written into a service endpoint URL (``http://user:secret@host``), to scrub from
+    every message: SDKs print the endpoint, userinfo included, when a request fails. The whole
+    userinfo counts as secret (a token is sometimes given as the user name), also percent-decoded."""
+    if not url:
+        return ()
+    netloc = urlsplit(url).netloc
+    if "@" not in netloc:
+        return ()
+    userinfo = netloc.rsplit("@", 1)[0]
+    password = userinfo.split(":", 1)[1] if ":" in userinfo else ""
+    found = {userinfo, unquote(userinfo), password, unquote(password)} - {""}
+    return tuple(sorted(found, key=len, reverse=True))  # longest first, so a part never hides the whole
+
+
+def redact_endpoint(url: str) -> str:
+    """A service endpoint URL without any userinfo, safe to print."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
 def split_bucket_url(
     url: str, scheme: str, options: Mapping[str, object], known: Iterable[str], credentials_hint: str
 ) -> tuple[str, str]:

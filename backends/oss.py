@@ -37,7 +37,16 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, BinaryIO, NoReturn, TypeVar
 
-from backends.base import Backend, Capabilities, ObjectInfo, check_key, read_up_to, split_bucket_url
+from backends.base import (
+    Backend,
+    Capabilities,
+    ObjectInfo,
+    check_key,
+    endpoint_secrets,
+    read_up_to,
+    redact_endpoint,
+    split_bucket_url,
+)
 from backends.errors import (
     AlreadyExists,
     CasError,
@@ -174,7 +183,8 @@ class OssBackend(Backend):
         self.part_size = part_size
         self.multipart_threshold = multipart_threshold
         self._root = self.prefix + "/" if self.prefix else ""
-        self._secret = access_key_secret
+        # Scrubbed from every message: the key secret and any credentials written into the endpoint.
+        self._secret = (access_key_secret, *endpoint_secrets(self.endpoint))
         self._oss2 = oss2
         self._transport_error: type[Exception] = requests.RequestException
         try:
@@ -191,10 +201,8 @@ class OssBackend(Backend):
 
     def describe(self) -> str:
         """``oss://bucket/prefix (endpoint ...)``; never a credential."""
-        from backends import redact_url
-
         url = f"oss://{self.bucket_name}/{self.prefix}" if self.prefix else f"oss://{self.bucket_name}"
-        return f"{url} (endpoint {redact_url(self.endpoint)})"
+        return f"{url} (endpoint {redact_endpoint(self.endpoint)})"
 
     def _name(self, key: str) -> str:
         return self._root + check_key(key)
@@ -357,7 +365,7 @@ class OssBackend(Backend):
             inner.close()
 
 
-def _translate(exc: Exception, operation: str, key: str, where: str, secret: str) -> CasError:
+def _translate(exc: Exception, operation: str, key: str, where: str, secret: tuple[str, ...]) -> CasError:
     """The domain error for an ``oss2`` exception, with OSS's request id and never the secret."""
     if not hasattr(exc, "status"):  # a requests error that escaped oss2 while reading a body
         what = f"OSS {operation} of {key}" if key else f"OSS {operation}"
@@ -391,8 +399,11 @@ def _translate(exc: Exception, operation: str, key: str, where: str, secret: str
     return cls(_redact(text, secret), request_id=request_id)
 
 
-def _redact(text: str, secret: str) -> str:
-    return text.replace(secret, "***") if secret else text
+def _redact(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def _md5(body: bytes) -> str:

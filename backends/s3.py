@@ -29,7 +29,16 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from backends.base import Backend, Capabilities, ObjectInfo, check_key, read_up_to, split_bucket_url
+from backends.base import (
+    Backend,
+    Capabilities,
+    ObjectInfo,
+    check_key,
+    endpoint_secrets,
+    read_up_to,
+    redact_endpoint,
+    split_bucket_url,
+)
 from backends.errors import (
     AlreadyExists,
     CasError,
@@ -190,7 +199,9 @@ class S3Backend(Backend):
         if (access_key_id is None) != (secret_access_key is None):
             raise ConfigurationError("S3 access_key_id and secret_access_key must be given together")
         # Kept only to scrub them from messages, behind a repr that never shows them.
-        self._secrets = _Secrets(tuple(s for s in (secret_access_key, session_token) if s))
+        self._secrets = _Secrets(
+            tuple(s for s in (secret_access_key, session_token) if s) + endpoint_secrets(endpoint_url)
+        )
 
         try:
             import boto3  # type: ignore[import-untyped]
@@ -225,9 +236,7 @@ class S3Backend(Backend):
         """``s3://bucket/prefix``, plus the endpoint when it is not AWS's; never a secret."""
         url = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         if self.endpoint_url:
-            from backends import redact_url
-
-            url += f" (endpoint {redact_url(self.endpoint_url)})"
+            url += f" (endpoint {redact_endpoint(self.endpoint_url)})"
         return url
 
     def _key(self, key: str) -> str:

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from cas.errors import CasError, ConfigurationError, IntegrityError
 from cas.store import Store
 from cas.trees import DIR, FILE, SYMLINK
+from manifests.index import IndexDamaged, set_aside
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -72,12 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("forget", help="remove snapshots (their data is freed by 'cas gc')")
     s.add_argument("execution_ids", nargs="*")
     s.add_argument("--keep-last", type=int, default=None, metavar="N", help="forget all but the newest N")
-    s.add_argument("--keep-within", default=None, metavar="DURATION", help="keep snapshots newer than e.g. 30d, 12h")
+    s.add_argument("--keep-within", type=_duration_option, default=None, metavar="DURATION", help="keep snapshots newer than e.g. 30d, 12h")
     s.add_argument("--dry-run", action="store_true")
 
     s = sub.add_parser("gc", help="free packs no snapshot references (safe while snapshots are written)")
     s.add_argument("--dry-run", action="store_true", help="say what would be freed, and why")
-    s.add_argument("--grace", default="1h", metavar="DURATION", help="never touch packs younger than this (default 1h)")
+    s.add_argument("--grace", type=_duration_option, default="1h", metavar="DURATION", help="never touch packs younger than this (default 1h)")
 
     s = sub.add_parser("verify", help="check snapshots, index and packs; non-zero exit if anything is wrong")
     s.add_argument("--read-data", action="store_true", help="download and re-hash stored data")
@@ -99,11 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.ERROR if (args.quiet or args.json) else logging.WARNING,
-        format="cas: warning: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_EscapingFormatter("cas: warning: %(message)s"))
+    logging.basicConfig(level=logging.ERROR if (args.quiet or args.json) else logging.WARNING, handlers=[handler])
     try:
         return _run(args)
     except IntegrityError as exc:
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         failures = getattr(exc, "failures", None)
         if failures and not args.quiet:
             for path, message in failures[5:50]:
-                sys.stderr.write(f"cas:   {message}\n")
+                sys.stderr.write(f"cas:   {escape(message)}\n")
         return EXIT_PARTIAL if failures else EXIT_ERROR
     except CasError as exc:
         _error(str(exc))
@@ -127,13 +126,34 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - last resort: never a traceback unless asked
         if os.environ.get("CAS_DEBUG"):
             raise
-        _error(f"internal error: {type(exc).__name__}: {exc} (set CAS_DEBUG=1 for a traceback)")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _error(f"internal error: {type(exc).__name__}: {first} (set CAS_DEBUG=1 for a traceback)")
         return 70
 
 
 def _error(message: str) -> None:
-    first = message.strip().splitlines()[0] if message.strip() else "error"
-    sys.stderr.write(f"cas: error: {first}\n")
+    """One line on stderr. Names in messages come from repositories and file systems, so anything
+    unprintable (newlines, terminal escapes) is shown escaped instead of cutting or driving the line."""
+    sys.stderr.write(f"cas: error: {escape(message.strip()) or 'error'}\n")
+
+
+def escape(text: str) -> str:
+    """``text`` with each unprintable character (C0/C1 controls, DEL, bidi and other format
+    characters, undecodable bytes) as its Python escape, e.g. ``\\n``, ``\\x1b``, ``\\u202e``."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def quote_name(name: str) -> str:
+    """A path or name from a repository as listed on a terminal: as it is when printable, otherwise
+    (or when it holds a quote or a backslash) as a Python string literal, e.g. ``'a\\nb'``. So a
+    listing is one line per entry, never carries terminal escapes, and a quoted name cannot pass for
+    a plain one. ``--json`` output keeps exact names."""
+    return name if name.isprintable() and not any(c in name for c in "'\"\\") else repr(name)
+
+
+class _EscapingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return escape(super().format(record))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -141,10 +161,9 @@ def _run(args: argparse.Namespace) -> int:
         from cas import aiflow_cli
 
         return aiflow_cli.run(args)
-    # A full rebuild re-reads everything from this backend, so it may take over an index that
-    # describes this repository at another location (it moved).
-    rebind = args.command == "rebuild-index" and not args.sync
-    with Store.open(args.repo, index=args.index, rebind_index=rebind) as store:
+    if args.command == "rebuild-index":
+        return _rebuild_index(args)
+    with Store.open(args.repo, index=args.index) as store:
         handler: Callable[[Store, argparse.Namespace], int] = _COMMANDS[args.command]
         return handler(store, args)
 
@@ -215,11 +234,11 @@ def cmd_log(store: Store, args: argparse.Namespace) -> int:
 
     for s in snaps:
         when = dt.datetime.fromtimestamp(s.time_ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        labels = escape(",".join(f"{k}={v}" for k, v in sorted(s.labels.items())))
         if s.damaged:
             labels = "DAMAGED " + labels
         lines.append(
-            f"{s.execution_id:<24} {when:<20} {s.stats.get('files', 0):>7} {_human(s.logical_bytes):>11} "
+            f"{quote_name(s.execution_id):<24} {when:<20} {s.stats.get('files', 0):>7} {_human(s.logical_bytes):>11} "
             f"{_human(s.new_bytes):>11}  {labels}"
         )
     _emit(args, [s.to_dict() for s in snaps], "\n".join(lines) if snaps else "no snapshots")
@@ -237,8 +256,8 @@ def cmd_ls(store: Store, args: argparse.Namespace) -> int:
             row["target"] = e.target
         rows.append(row)
         kind = {FILE: "-", DIR: "d", SYMLINK: "l"}[e.type]
-        suffix = f" -> {e.target}" if e.type == SYMLINK else ("/" if e.type == DIR else "")
-        lines.append(f"{kind}{e.mode:04o} {e.size if e.type == FILE else 0:>12}  {path}{suffix}")
+        suffix = f" -> {quote_name(e.target)}" if e.type == SYMLINK else ("/" if e.type == DIR else "")
+        lines.append(f"{kind}{e.mode:04o} {e.size if e.type == FILE else 0:>12}  {quote_name(path)}{suffix}")
     _emit(args, rows, "\n".join(lines))
     return 0
 
@@ -249,7 +268,7 @@ def cmd_diff(store: Store, args: argparse.Namespace) -> int:
     _emit(
         args,
         [{"path": c.path, "change": c.kind} for c in changes],
-        "\n".join(f"{marks[c.kind]} {c.path}" for c in changes) or "no differences",
+        "\n".join(f"{marks[c.kind]} {quote_name(c.path)}" for c in changes) or "no differences",
     )
     return 0
 
@@ -278,7 +297,7 @@ def cmd_restore(store: Store, args: argparse.Namespace) -> int:
         )
     data = {"files": report.files, "dirs": report.dirs, "symlinks": report.symlinks, "bytes": report.bytes}
     _emit(args, data, f"restored {report.files} files, {report.dirs} directories, {report.symlinks} symlinks, "
-          f"{_human(report.bytes)} into {args.dest}")
+          f"{_human(report.bytes)} into {escape(args.dest)}")
     return 0
 
 
@@ -309,15 +328,33 @@ def cmd_stats(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+#: The longest duration --grace and --keep-within accept: far beyond any sensible value, and small
+#: enough that "now minus it" stays a valid date and a nanosecond count.
+MAX_DURATION = dt.timedelta(days=36500)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
 def parse_duration(text: str) -> dt.timedelta:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` or plain seconds; 0 up to :data:`MAX_DURATION`."""
     text = text.strip()
+    number, unit = (text[:-1], _UNITS[text[-1]]) if text and text[-1] in _UNITS else (text, 1)
     try:
-        if text and text[-1] in units:
-            return dt.timedelta(seconds=float(text[:-1]) * units[text[-1]])
-        return dt.timedelta(seconds=float(text))
+        seconds = float(number) * unit
     except ValueError:
         raise ConfigurationError(f"invalid duration {text!r}: use a number with s, m, h, d or w, e.g. 30d") from None
+    if not 0 <= seconds <= MAX_DURATION.total_seconds():  # also refuses nan and inf
+        raise ConfigurationError(
+            f"duration {text!r} is out of range: use 0 up to {MAX_DURATION.days}d (100 years)"
+        )
+    return dt.timedelta(seconds=seconds)
+
+
+def _duration_option(text: str) -> dt.timedelta:
+    """argparse ``type`` for durations: a bad one is a usage error naming the option (exit 2)."""
+    try:
+        return parse_duration(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_forget(store: Store, args: argparse.Namespace) -> int:
@@ -330,7 +367,7 @@ def cmd_forget(store: Store, args: argparse.Namespace) -> int:
                 raise ConfigurationError("--keep-last must be 0 or more")
             keep.update(s.execution_id for s in snaps[: args.keep_last])
         if args.keep_within is not None:
-            cutoff = time.time_ns() - int(parse_duration(args.keep_within).total_seconds() * 1e9)
+            cutoff = time.time_ns() - int(args.keep_within.total_seconds() * 1e9)
             keep.update(s.execution_id for s in snaps if s.time_ns >= cutoff)
         chosen.extend(s.execution_id for s in snaps if s.execution_id not in keep and s.execution_id not in chosen)
     elif not chosen:
@@ -338,15 +375,15 @@ def cmd_forget(store: Store, args: argparse.Namespace) -> int:
     if args.dry_run:
         for execution_id in chosen:
             store.get(execution_id)
-        _emit(args, {"would_forget": chosen}, "\n".join(f"would forget {e}" for e in chosen) or "nothing to forget")
+        _emit(args, {"would_forget": chosen}, "\n".join(f"would forget {quote_name(e)}" for e in chosen) or "nothing to forget")
         return 0
     forgotten = store.forget(chosen)
-    _emit(args, {"forgotten": forgotten}, "\n".join(f"forgot {e}" for e in forgotten) or "nothing to forget")
+    _emit(args, {"forgotten": forgotten}, "\n".join(f"forgot {quote_name(e)}" for e in forgotten) or "nothing to forget")
     return 0
 
 
 def cmd_gc(store: Store, args: argparse.Namespace) -> int:
-    report = store.gc(grace=parse_duration(args.grace), dry_run=args.dry_run)
+    report = store.gc(grace=args.grace, dry_run=args.dry_run)
     verb = "would" if args.dry_run else "did"
     lines = [
         f"{report.snapshots} snapshots, {report.reachable_blobs} reachable blobs, {report.packs} packs",
@@ -358,7 +395,7 @@ def cmd_gc(store: Store, args: argparse.Namespace) -> int:
         lines.append(f"rescued {len(report.rescued)} condemned packs that a new snapshot uses")
     if args.dry_run:
         for pack_id in sorted(set(report.condemned) | set(report.deleted) | set(report.repacked)):
-            lines.append(f"  {pack_id[:16]}  {report.reasons.get(pack_id, '')}")
+            lines.append(escape(f"  {pack_id[:16]}  {report.reasons.get(pack_id, '')}"))
     _emit(args, report.to_dict(), "\n".join(lines))
     return 0
 
@@ -382,10 +419,10 @@ def cmd_verify(store: Store, args: argparse.Namespace) -> int:
                     "(checked; 'cas rebuild-index --sync' adds them)")
     if report.stale_damage:
         summary += (f"\n{len(report.stale_damage)} snapshots marked damaged are intact now "
-                    "('cas repair' clears the mark): " + ", ".join(report.stale_damage))
+                    "('cas repair' clears the mark): " + ", ".join(quote_name(e) for e in report.stale_damage))
     problems = report.problems + report.known_damage
     count = len(problems)
-    text = "\n".join([summary] + [str(p) for p in problems[:200]]
+    text = "\n".join([summary] + [escape(str(p)) for p in problems[:200]]
                      + ([f"... and {count - 200} more"] if count > 200 else [])
                      + ["no problems found" if report.ok else f"{count} problems found"
                         + (f" ({len(report.known_damage)} in snapshots already marked damaged)"
@@ -394,11 +431,35 @@ def cmd_verify(store: Store, args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_ERROR
 
 
-def cmd_rebuild_index(store: Store, args: argparse.Namespace) -> int:
+def _rebuild_index(args: argparse.Namespace) -> int:
+    """``cas rebuild-index``; a damaged SQLite index file is set aside and rebuilt from the backend
+    (the ground truth), whether opening it or the rebuild found the damage."""
+    rebind = not args.sync  # a full rebuild may take over an index of this repository elsewhere (it moved)
+    try:
+        with Store.open(args.repo, index=args.index, rebind_index=rebind) as store:
+            store.repo.index.check_intact()
+            return cmd_rebuild_index(store, args)
+    except IndexDamaged as exc:
+        if exc.path is None:
+            raise
+        damaged = exc.path
+    aside = set_aside(damaged)
+    logging.getLogger("cas").warning(
+        "index %s is damaged; moved it to %s and rebuilding it from the repository", damaged, aside
+    )
+    args.sync = False
+    with Store.open(args.repo, index=args.index, rebind_index=True) as store:
+        return cmd_rebuild_index(store, args, set_aside_as=aside)
+
+
+def cmd_rebuild_index(store: Store, args: argparse.Namespace, set_aside_as: str | None = None) -> int:
     report = store.sync() if args.sync else store.rebuild_index()
     text = f"indexed {report.packs} packs ({report.blobs} blobs) and {report.snapshots} snapshots"
-    text += "".join(f"\nskipped {s}" for s in report.skipped)
-    _emit(args, report.to_dict(), text)
+    text += "".join(f"\nskipped {escape(s)}" for s in report.skipped)
+    data = report.to_dict()
+    if set_aside_as is not None:
+        data["damaged_index_moved_to"] = set_aside_as
+    _emit(args, data, text)
     return 0 if not report.skipped else EXIT_ERROR
 
 
@@ -407,10 +468,10 @@ def cmd_repair(store: Store, args: argparse.Namespace) -> int:
     lines = [f"{len(found.problems)} problems found"]
     if fixed.rows_dropped:
         lines.append(f"dropped {fixed.rows_dropped} index rows of lost or corrupt blobs")
-    lines += [f"marked damaged: {e}" for e in fixed.snapshots_marked_damaged]
-    lines += [f"rewrote snapshot object: {e}" for e in fixed.objects_rewritten]
-    lines += [f"indexed snapshot: {e}" for e in fixed.rows_added]
-    lines += [f"intact again, damaged mark cleared: {e}" for e in fixed.damage_cleared]
+    lines += [f"marked damaged: {quote_name(e)}" for e in fixed.snapshots_marked_damaged]
+    lines += [f"rewrote snapshot object: {quote_name(e)}" for e in fixed.objects_rewritten]
+    lines += [f"indexed snapshot: {quote_name(e)}" for e in fixed.rows_added]
+    lines += [f"intact again, damaged mark cleared: {quote_name(e)}" for e in fixed.damage_cleared]
     if fixed.rows_reindexed:
         lines.insert(1, f"re-indexed {fixed.rows_reindexed} blobs from pack trailers")
     _emit(args, {"found": found.to_dict(), "repaired": fixed.to_dict()}, "\n".join(lines))

@@ -17,6 +17,7 @@ asked for. Files are written by a small thread pool.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import os
 import secrets
@@ -27,6 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cas.errors import AlreadyExists, CasError, ConfigurationError, IntegrityError, Unavailable
+from cas.hashing import hexdigest
 from cas.reader import prefetch, verified_content
 from cas.repository import Repository
 from cas.trees import DIR, FILE, SYMLINK, Entry
@@ -254,19 +256,28 @@ class Restorer:
             fd = os.open(tmp, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
         try:
             try:
-                if entry.size >= _PREALLOCATE_FROM:
+                if entry.size >= _PREALLOCATE_FROM and not _has_zero_runs(entry, locations):
                     try:
                         os.posix_fallocate(fd, 0, entry.size)
                     except OSError as exc:
                         if exc.errno in _FATAL_ERRNOS:
                             raise
                 written = 0
+                holes = False
                 for data in verified_content(self.repo, entry, locations, path, prefetched):
-                    view = memoryview(data)
-                    while view:
-                        n = os.write(fd, view)
-                        view = view[n:]
+                    if _all_zero(data):
+                        # A hole, as the file most likely had: skip it (a file system without holes
+                        # fills the gap with zeros when the next data or the final size is written).
+                        os.lseek(fd, len(data), os.SEEK_CUR)
+                        holes = True
+                    else:
+                        view = memoryview(data)
+                        while view:
+                            n = os.write(fd, view)
+                            view = view[n:]
                     written += len(data)
+                if holes:
+                    os.ftruncate(fd, written)  # the file may end in a hole
                 os.fchmod(fd, self._mode(entry.mode))
                 os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
                 if tmp is None:
@@ -337,6 +348,36 @@ class Restorer:
         else:
             message = str(exc)
         self.report.failures.append((path, message))
+
+
+def _all_zero(data: bytes) -> bool:
+    """Whether a chunk is all zero bytes; the first and last bytes rule out nearly all others cheaply."""
+    if not data or data[0] or data[-1]:
+        return False
+    return (data if isinstance(data, bytes) else bytes(data)).count(0) == len(data)
+
+
+@functools.lru_cache(maxsize=16)
+def _zero_chunk_id(length: int) -> str:
+    return hexdigest(bytes(length))
+
+
+def _has_zero_runs(entry: Entry, locations: dict) -> bool:  # type: ignore[type-arg]
+    """Whether a file holds a chunk of zeros that repeats, i.e. a long run of zeros, likely a hole.
+
+    Such a file is not preallocated, so its holes stay holes. Only repeated chunks are checked (a
+    long zero run is cut into identical chunks), each against the ID of that many zero bytes.
+    """
+    seen: set[str] = set()
+    checked: set[str] = set()
+    for chunk_id in entry.chunks:
+        if chunk_id in seen and chunk_id not in checked:
+            checked.add(chunk_id)
+            loc = locations.get(chunk_id)
+            if loc is not None and _zero_chunk_id(loc.raw_length) == chunk_id:
+                return True
+        seen.add(chunk_id)
+    return False
 
 
 def _unlink_quietly(dir_fd: int, name: str) -> None:

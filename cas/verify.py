@@ -82,13 +82,20 @@ class VerifyReport:
 def verify(repo: Repository, *, read_data: bool = False, sample: float = 1.0, seed: int | None = None) -> VerifyReport:
     report = VerifyReport()
     index = repo.index
+    index.check_intact()  # damage no query touches would otherwise pass unseen
     on_backend = {info.key.rsplit("/", 1)[-1]: info.size for info in repo.backend.list("data/")}
     indexed_packs = {p.id: p for p in index.pack_rows()}
     report.packs = len(on_backend)
-    for pack_id in indexed_packs:
+    for pack_id, row in indexed_packs.items():
         if pack_id not in on_backend:
             report.missing_packs.add(pack_id)
             report.problems.append(Problem("", "", f"pack {pack_id[:16]} is in the index but not on the backend"))
+        elif on_backend[pack_id] != row.size:  # truncated or grown: damaged, found without reading it
+            size = on_backend[pack_id]
+            report.corrupt_packs.add(pack_id)
+            report.corrupt_blobs.update(b.id for b in index.blobs_in_pack(pack_id) if b.offset + b.length > size)
+            report.problems.append(Problem("", "", f"pack {pack_id[:16]} is {size} bytes on the backend but "
+                                                   f"{row.size} in the index (truncated or damaged)"))
 
     if read_data:
         chosen = sorted(on_backend)

@@ -12,16 +12,20 @@ import contextlib
 import dataclasses
 import datetime as dt
 import os
+import re
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
-from backends.errors import AlreadyExists, ConfigurationError, MissingDependency, NotFound, Unavailable
+from backends.errors import (
+    AlreadyExists, CasError, ConfigurationError, IntegrityError, MissingDependency, NotFound, Unavailable,
+)
 from manifests.models import Blob, Fence, Pack, RepositoryBinding, Snapshot, Tombstone
 
 LIVE = 0
@@ -34,6 +38,19 @@ delete_stmt = delete  # gc_apply has a parameter named ``delete``
 class SnapshotWithdrawn(NotFound):
     """The snapshot object was removed (forgotten, or withdrawn by its writer) before its row could be
     committed; nothing was inserted."""
+
+
+class IndexDamaged(IntegrityError):
+    """The index database itself is damaged (SQLite: not a database, malformed pages, undecodable text).
+
+    ``path`` is the SQLite file, or None for a server database. The message says how to recover:
+    the backend is the ground truth, so the index is rebuilt from it (``cas rebuild-index`` sets a
+    damaged SQLite file aside first, see :func:`set_aside`).
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class PackBeingDeleted(Unavailable):
@@ -105,7 +122,8 @@ def redact(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
-        return "<unparseable index URL>"
+        # Unparseable (a bad port, an unclosed "["): still hide what looks like a password.
+        return _escape(re.sub(r"(://[^/@:]*):[^@]*@", r"\1:***@", url))
 
 
 class Index:
@@ -121,7 +139,7 @@ class Index:
             engine = _make_engine(url)
         except NoSuchModuleError as exc:
             raise ConfigurationError(f"unknown index database in {redact(url)}: {exc}") from exc
-        except ArgumentError as exc:
+        except (ArgumentError, ValueError) as exc:
             raise ConfigurationError(f"invalid index URL {redact(url)}") from exc
         except ImportError as exc:
             raise MissingDependency(
@@ -133,6 +151,33 @@ class Index:
 
     def describe(self) -> str:
         return redact(self.url)
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The database file of a SQLite index (None for a server database or an in-memory one)."""
+        database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        return None if not database or database == ":memory:" else database
+
+    def check(self) -> list[str]:
+        """Problems SQLite's ``quick_check`` finds in the database file (none for a server database).
+
+        Damage that no query has touched yet is found here; reads over it may otherwise return
+        wrong rows without any error.
+        """
+        if self.engine.dialect.name != "sqlite":
+            return []
+        with self._read() as conn:
+            rows = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA quick_check(20)")]
+        if rows == ["ok"]:
+            return []
+        lines = (line.strip() for row in rows for line in row.splitlines())
+        return [_escape(line) for line in lines if line and not line.startswith("*** in database")]
+
+    def check_intact(self) -> None:
+        """Raise :class:`IndexDamaged` if :meth:`check` finds anything."""
+        problems = self.check()
+        if problems:
+            raise _damaged(self, problems[0])
 
     def close(self) -> None:
         self.engine.dispose()
@@ -164,14 +209,14 @@ class Index:
                 config.set_main_option("script_location", str(_MIGRATIONS))
                 config.attributes["connection"] = conn
                 command.upgrade(config, "head")
-        except OperationalError as exc:
-            raise Unavailable(f"cannot open index {self.describe()}: {_first_line(exc)}") from exc
+        except DBAPIError as exc:
+            raise _translate(self, exc, "cannot open index {index}") from exc
 
     @contextlib.contextmanager
     def _migration_lock(self) -> Iterator[None]:
         """On SQLite, a lock file beside the database serialises migrations between processes."""
-        database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
-        if not database or database == ":memory:":
+        database = self.sqlite_path
+        if database is None:
             yield
             return
         import fcntl
@@ -636,18 +681,68 @@ class _Guard:
                 # Taking the fence row's lock orders this transaction against every other fenced one.
                 conn.execute(update(Fence).where(Fence.id == 1).values(epoch=Fence.epoch))
             return conn
-        except OperationalError as exc:
+        except DBAPIError as exc:
             self.ctx.__exit__(type(exc), exc, exc.__traceback__)
-            raise Unavailable(f"index {self.index.describe()} unavailable: {_first_line(exc)}") from exc
+            raise _translate(self.index, exc, "index {index} unavailable") from exc
 
     def __exit__(self, exc_type, exc, tb):  # type: ignore[no-untyped-def]
         try:
             result = self.ctx.__exit__(exc_type, exc, tb)
-        except OperationalError as err:
-            raise Unavailable(f"index {self.index.describe()} unavailable: {_first_line(err)}") from err
-        if isinstance(exc, OperationalError):
-            raise Unavailable(f"index {self.index.describe()} failed: {_first_line(exc)}") from exc
+        except DBAPIError as err:
+            raise _translate(self.index, err, "index {index} unavailable") from err
+        if isinstance(exc, DBAPIError):
+            raise _translate(self.index, exc, "index {index} failed") from exc
         return result
+
+
+# SQLite's primary result codes for a damaged file; the extended codes keep them in the low byte.
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+
+def _translate(index: Index, exc: DBAPIError, what: str) -> CasError:
+    """The project's error for a driver failure: damage, unavailability or anything else, in one line
+    that never holds the index's password or raw bytes from the database."""
+    orig = exc.orig
+    detail = _first_line(exc)
+    password = index.engine.url.password
+    if password:
+        detail = detail.replace(str(password), "***")
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", None)
+        if "Could not decode to UTF-8" in str(orig):
+            return _damaged(index, "a text value is not valid UTF-8")  # and never echo those bytes
+        if (code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)) or (
+            code is None and ("malformed" in detail or "not a database" in detail)
+        ):
+            return _damaged(index, detail)
+    message = what.format(index=index.describe()) + f": {detail}"
+    return Unavailable(message) if isinstance(exc, OperationalError) else CasError(message)
+
+
+def _damaged(index: Index, detail: str) -> IndexDamaged:
+    path = index.sqlite_path
+    if path is not None:
+        how = "run 'cas rebuild-index' to set it aside and rebuild the index from the repository"
+    else:
+        how = "repair the database, or run 'cas rebuild-index' with --index naming an empty one"
+    return IndexDamaged(f"index {path or index.describe()} is damaged ({detail}); {how}", path=path)
+
+
+def set_aside(path: str) -> str:
+    """Rename a damaged SQLite index (and its WAL and shared-memory files) to
+    ``<path>.damaged-<UTC time>``, out of the way of a new one; return the new name."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside = f"{path}.damaged-{stamp}"
+    suffix = 1
+    while os.path.lexists(aside):
+        suffix += 1
+        aside = f"{path}.damaged-{stamp}-{suffix}"
+    for extra in ("-wal", "-shm"):
+        if os.path.lexists(path + extra):
+            os.rename(path + extra, aside + extra)
+    os.rename(path, aside)
+    return aside
 
 
 def _make_engine(url: str) -> Engine:
@@ -705,7 +800,12 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 
 def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc)
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return _escape(text.strip().splitlines()[0]) if text.strip() else type(exc).__name__
 
 
-__all__ = ["BlobLocation", "Index", "IndexStats", "SnapshotRow", "SQLAlchemyError", "redact"]
+def _escape(text: str) -> str:
+    """``text`` with unprintable characters (terminal escapes, bidi controls) as Python escapes."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+__all__ = ["BlobLocation", "Index", "IndexDamaged", "IndexStats", "SnapshotRow", "SQLAlchemyError", "redact", "set_aside"]
