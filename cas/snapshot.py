@@ -224,6 +224,12 @@ class TreeBuilder:
             with os.scandir(fd) as it:
                 for item in it:
                     names.append(os.fsencode(item.name))
+        except PermissionError:
+            os.close(fd)
+            raise PermissionDenied(f"cannot read directory {self._display(rel)}: permission denied") from None
+        except OSError as exc:
+            os.close(fd)
+            raise CasError(f"cannot read directory {self._display(rel)}: {exc.strerror or exc}") from None
         except BaseException:
             os.close(fd)
             raise
@@ -239,7 +245,10 @@ class TreeBuilder:
 
     def _reopen_parent(self, child: _Dir, parent: _Dir) -> int:
         assert child.fd is not None
-        fd = os.open("..", _DIR_FLAGS, dir_fd=child.fd)
+        try:
+            fd = os.open("..", _DIR_FLAGS, dir_fd=child.fd)
+        except OSError as exc:
+            raise CasError(f"cannot reopen {self._display(parent.rel)}: {exc.strerror or exc}") from None
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != parent.ident:
             os.close(fd)
