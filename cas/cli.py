@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from cas.errors import CasError, ConfigurationError, IntegrityError
+from cas.snapshot import OnChange
 from cas.store import Store
 from cas.trees import DIR, FILE, SYMLINK
 from manifests.index import IndexDamaged, set_aside
@@ -45,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--execution-id", "-e", required=True)
     s.add_argument("--label", "-l", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--no-files-cache", action="store_true", help="read every file even if unchanged")
+    s.add_argument(
+        "--on-change", choices=[c.value for c in OnChange], default=OnChange.WARN.value,
+        help="a file that keeps changing while it is read (after 3 re-reads): store it as last read with a "
+        "warning (warn, the default), re-read it for up to ~10 s and fail if it never holds still (retry), "
+        "or fail (fail)",
+    )
 
     sub.add_parser("log", help="executions, newest first")
 
@@ -216,7 +223,8 @@ def cmd_snapshot(store: Store, args: argparse.Namespace) -> int:
     labels = _parse_labels(args.label)
     with _progress(args, "snapshot") as progress:
         snap = store.snapshot(
-            args.path, args.execution_id, labels=labels, use_files_cache=not args.no_files_cache, progress=progress
+            args.path, args.execution_id, labels=labels, use_files_cache=not args.no_files_cache, progress=progress,
+            on_change=args.on_change,
         )
     st = snap.stats
     text = (

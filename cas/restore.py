@@ -32,6 +32,7 @@ from cas.hashing import hexdigest
 from cas.reader import prefetch, verified_content
 from cas.repository import Repository
 from cas.trees import DIR, FILE, SYMLINK, Entry
+from manifests.index import BlobLocation
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -39,6 +40,7 @@ _TMP_PREFIX = ".cas-tmp-"
 #: Preallocating helps large files stay contiguous; for small ones it is only an extra syscall.
 _PREALLOCATE_FROM = 16 * 1024 * 1024
 _OPEN_DIRS = 64
+_OPEN_ANCESTORS = 64
 _HAS_TMPFILE = [hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")]
 #: Files up to this size have their chunks fetched together, per directory (see reader.prefetch).
 _PREFETCH_FILE_SIZE = 1024 * 1024
@@ -49,10 +51,23 @@ ProgressFn = Callable[[int, int], None]
 
 @dataclass
 class _DirJob:
-    fd: int
+    fd: int | None
+    """None while released (an ancestor far up the walk's path, see ``_restore_tree``)."""
     owned: bool
     meta: tuple[int, int] | None
     pending: list[tuple[str, Future[int]]] = field(default_factory=list)
+    ident: tuple[int, int] = (0, 0)
+    """``(st_dev, st_ino)``, to check a descriptor reopened through ``..``."""
+
+
+@dataclass(eq=False)
+class _Level:
+    """A directory on the walk's path: its subdirectories still to restore."""
+
+    job: _DirJob
+    subdirs: list[tuple[Entry, str]]
+    trees: dict[str, BlobLocation]
+    next: int = 0
 
 
 @dataclass
@@ -92,7 +107,7 @@ class Restorer:
         """
         dest_fd = self._open_destination(dest)
         try:
-            self._restore_dir(dest_fd, entries, "", None, owned=False)
+            self._restore_tree(dest_fd, entries)
             self._drain(0)
             if root_meta is not None and not self.report.failures:
                 self._apply_dir_meta(dest_fd, root_meta[0], root_meta[1])
@@ -117,17 +132,67 @@ class Restorer:
             raise AlreadyExists(f"destination {dest} is not empty; pass --overwrite to restore into it")
         return fd
 
-    def _restore_dir(
-        self, dir_fd: int, entries: list[Entry], prefix: str, meta: tuple[int, int] | None, *, owned: bool
-    ) -> None:
-        """Create this directory's entries, hand its files to the pool, recurse, and queue the
-        directory to be finished (files awaited, mode and mtime applied, descriptor closed).
+    def _restore_tree(self, dest_fd: int, entries: list[Entry]) -> None:
+        """Restore ``entries`` into ``dest_fd`` depth first, without recursion (a stored tree may be
+        of any depth).
 
-        There is no barrier per directory: files of many directories are written at once, and a
-        directory is finished once it is among the oldest queued (at most :data:`_OPEN_DIRS` wait).
-        Only a directory's own entries change its mtime, so it can be finished before its subtrees.
+        Each directory's entries are created and its files handed to the pool when the walk enters
+        it; the directory is queued to be finished (files awaited, mode and mtime applied, descriptor
+        closed) once its subdirectories are done. There is no barrier per directory: files of many
+        directories are written at once, and a directory is finished once it is among the oldest
+        queued (at most :data:`_OPEN_DIRS` wait). Only a directory's own entries change its mtime,
+        so it can be finished before its subtrees. Of the directories on the walk's path, only the
+        deepest :data:`_OPEN_ANCESTORS` stay open: a higher one has its files awaited and is closed,
+        then reopened through ``..`` (checked to be the same directory) when the walk climbs back.
         """
-        job = _DirJob(dir_fd, owned, meta)
+        stack: list[_Level] = []
+        try:
+            stack.append(self._start_dir(_DirJob(dest_fd, False, None), entries, ""))
+            while stack:
+                level = stack[-1]
+                if level.next < len(level.subdirs):
+                    entry, path = level.subdirs[level.next]
+                    level.next += 1
+                    assert level.job.fd is not None
+                    child = self._enter(level.job.fd, entry, path, level.trees)
+                    if child is not None:
+                        stack.append(child)
+                        if len(stack) > _OPEN_ANCESTORS:
+                            self._release(stack[-_OPEN_ANCESTORS - 1].job)
+                    continue
+                if len(stack) > 1 and stack[-2].job.fd is None:
+                    self._reopen(stack[-2].job, level.job)
+                stack.pop()
+                self._jobs.append(level.job)
+                self._drain(_OPEN_DIRS)
+        except BaseException:
+            for level in reversed(stack):
+                self._finish(level.job, quiet=True)
+            raise
+
+    def _enter(self, parent_fd: int, entry: Entry, path: str, trees: dict[str, BlobLocation]) -> _Level | None:
+        """Open the subdirectory ``entry`` and create its entries; None if that failed (recorded)."""
+        try:
+            fd = os.open(entry.name, _DIR_FLAGS, dir_fd=parent_fd)
+        except OSError as exc:
+            self._fail(path, exc)
+            return None
+        try:
+            os.fchmod(fd, 0o700)
+            st = os.fstat(fd)
+            children = self.repo.read_tree(entry.tree, trees.get(entry.tree))
+        except (CasError, OSError) as exc:
+            os.close(fd)
+            self._fail(path, exc)
+            return None
+        self.report.dirs += 1
+        job = _DirJob(fd, True, (entry.mode, entry.mtime_ns), ident=(st.st_dev, st.st_ino))
+        return self._start_dir(job, children, path + "/")
+
+    def _start_dir(self, job: _DirJob, entries: list[Entry], prefix: str) -> _Level:
+        """Create a directory's entries (its files on the pool); the job is finished here on error."""
+        dir_fd = job.fd
+        assert dir_fd is not None
         try:
             if self.overwrite:
                 self._remove_stale_temporaries(dir_fd)
@@ -154,26 +219,32 @@ class Restorer:
                         )
                 except (CasError, OSError) as exc:
                     self._fail(path, exc)
-            for entry, path in subdirs:
-                try:
-                    fd = os.open(entry.name, _DIR_FLAGS, dir_fd=dir_fd)
-                except OSError as exc:
-                    self._fail(path, exc)
-                    continue
-                try:
-                    os.fchmod(fd, 0o700)
-                    children = self.repo.read_tree(entry.tree, locations.get(entry.tree))
-                except (CasError, OSError) as exc:
-                    os.close(fd)
-                    self._fail(path, exc)
-                    continue
-                self._restore_dir(fd, children, path + "/", (entry.mode, entry.mtime_ns), owned=True)
-                self.report.dirs += 1
         except BaseException:
             self._finish(job, quiet=True)
             raise
-        self._jobs.append(job)
-        self._drain(_OPEN_DIRS)
+        trees = {e.tree: locations[e.tree] for e, _ in subdirs if e.tree in locations}
+        return _Level(job, subdirs, trees)
+
+    def _release(self, job: _DirJob) -> None:
+        """Close an ancestor's descriptor to bound how many are open, after its files are written
+        (a worker must never use a closed, possibly reused, descriptor)."""
+        if not job.owned or job.fd is None:
+            return
+        fatal = self._settle(job)
+        os.close(job.fd)
+        job.fd = None
+        if fatal is not None:
+            raise fatal
+
+    def _reopen(self, job: _DirJob, child: _DirJob) -> None:
+        """Reopen a released directory through its child's ``..``, refusing another directory."""
+        assert child.fd is not None
+        fd = os.open("..", _DIR_FLAGS, dir_fd=child.fd)
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != job.ident:
+            os.close(fd)
+            raise Unavailable("restore stopped: a directory of the destination was moved during the restore")
+        job.fd = fd
 
     def _drain(self, keep: int) -> None:
         while len(self._jobs) > keep:
@@ -189,29 +260,37 @@ class Restorer:
         use a closed, possibly reused, descriptor); a fatal error is raised after, unless ``quiet``."""
         fatal: BaseException | None = None
         try:
-            for path, future in job.pending:
-                try:
-                    self.report.bytes += future.result()
-                    self.report.files += 1
-                    if self.progress:
-                        self.progress(self.report.files, self.report.bytes)
-                except (CasError, OSError) as exc:
-                    try:
-                        self._fail(path, exc)
-                    except Unavailable as stop:
-                        fatal = fatal or stop
-                except BaseException as exc:  # noqa: BLE001 - re-raised once all files are done
-                    fatal = fatal or exc
-            if fatal is None and not quiet and job.meta is not None:
+            fatal = self._settle(job)
+            if fatal is None and not quiet and job.meta is not None and job.fd is not None:
                 try:
                     self._apply_dir_meta(job.fd, *job.meta)
                 except OSError as exc:
                     self._fail("(directory)", exc)
         finally:
-            if job.owned:
+            if job.owned and job.fd is not None:
                 os.close(job.fd)
+                job.fd = None
         if fatal is not None and not quiet:
             raise fatal
+
+    def _settle(self, job: _DirJob) -> BaseException | None:
+        """Wait for the directory's files and record them; the first fatal error is returned."""
+        fatal: BaseException | None = None
+        pending, job.pending = job.pending, []
+        for path, future in pending:
+            try:
+                self.report.bytes += future.result()
+                self.report.files += 1
+                if self.progress:
+                    self.progress(self.report.files, self.report.bytes)
+            except (CasError, OSError) as exc:
+                try:
+                    self._fail(path, exc)
+                except Unavailable as stop:
+                    fatal = fatal or stop
+            except BaseException as exc:  # noqa: BLE001 - re-raised once all files are done
+                fatal = fatal or exc
+        return fatal
 
     def _remove_stale_temporaries(self, dir_fd: int) -> None:
         """Delete what an interrupted restore left here (our temporaries are never valid files)."""

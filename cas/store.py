@@ -31,7 +31,7 @@ from cas.reader import FileStream
 from cas.records import SnapshotRecord, check_execution_id, check_labels, index_row, snapshot_key
 from cas.repository import Repository, default_home
 from cas.restore import RestoreReport, Restorer, failure_error
-from cas.snapshot import ProgressFn, TreeBuilder
+from cas.snapshot import OnChange, ProgressFn, TreeBuilder
 from cas.trees import DIR, Entry
 from manifests.index import Index, IndexStats, SnapshotRow
 
@@ -119,8 +119,12 @@ class Store:
         labels: dict[str, str] | None = None,
         use_files_cache: bool = True,
         progress: ProgressFn | None = None,
+        on_change: OnChange | str = OnChange.WARN,
     ) -> Snapshot:
         """Store the tree at ``path`` under ``execution_id``.
+
+        ``on_change``: what to do with a file that changed while it was read, each of
+        :data:`~cas.snapshot.CHANGE_RETRIES` times it was read again (see :class:`OnChange`).
 
         Taking an ID that exists returns the existing snapshot when the tree is identical and raises
         :class:`AlreadyExists` otherwise.
@@ -129,7 +133,8 @@ class Store:
         labels = check_labels(labels or {})
         path = os.fspath(path)
         for attempt in range(_COMMIT_ATTEMPTS):
-            record, referenced = self._store_tree(path, execution_id, labels, use_files_cache, progress)
+            record, referenced = self._store_tree(path, execution_id, labels, use_files_cache, progress,
+                                                  OnChange(on_change))
             missing = self._commit(record, referenced)
             if not missing:
                 return self.get(execution_id)
@@ -144,7 +149,7 @@ class Store:
 
     def _store_tree(
         self, path: str, execution_id: str, labels: dict[str, str], use_files_cache: bool,
-        progress: ProgressFn | None,
+        progress: ProgressFn | None, on_change: OnChange,
     ) -> tuple[SnapshotRecord, set[str]]:
         """Steps 1-3 of the write order: every chunk and tree node durable and indexed."""
         files_cache = None
@@ -154,7 +159,8 @@ class Store:
             )
         try:
             with BlobWriter(self.repo) as writer:
-                builder = TreeBuilder(writer, Chunker(self.repo.config), files_cache=files_cache, progress=progress)
+                builder = TreeBuilder(writer, Chunker(self.repo.config), files_cache=files_cache, progress=progress,
+                                      on_change=on_change)
                 result = builder.build(path)
                 writer.flush()
             if files_cache is not None:
@@ -168,6 +174,7 @@ class Store:
             "dirs": walk.dirs,
             "symlinks": walk.symlinks,
             "skipped": walk.skipped,
+            "changed": walk.changed,
             "logical_bytes": walk.logical_bytes,
             "new_bytes": writer.stats.new_raw_bytes,
             "stored_bytes": writer.stats.new_stored_bytes,
@@ -316,10 +323,17 @@ class Store:
         yield from self._walk(tree, prefix + "/" if prefix else "", recursive)
 
     def _walk(self, tree: str, prefix: str, recursive: bool) -> Iterator[tuple[str, Entry]]:
-        for e in self.repo.read_tree(tree):
-            yield prefix + e.name, e
+        """Depth first, in name order, without recursion (a stored tree may be of any depth)."""
+        stack = [(iter(self.repo.read_tree(tree)), prefix)]
+        while stack:
+            entries, where = stack[-1]
+            e = next(entries, None)
+            if e is None:
+                stack.pop()
+                continue
+            yield where + e.name, e
             if recursive and e.type == DIR:
-                yield from self._walk(e.tree, prefix + e.name + "/", recursive)
+                stack.append((iter(self.repo.read_tree(e.tree)), where + e.name + "/"))
 
     def open_file(self, execution_id: str, path: str) -> BinaryIO:
         """A readable stream of one stored file; reading corrupt data raises IntegrityError."""
@@ -333,33 +347,45 @@ class Store:
     def diff(self, old_id: str, new_id: str) -> list[Change]:
         """Paths added, removed or changed between two executions (unchanged subtrees skipped)."""
         old, new = self.get(old_id), self.get(new_id)
-        changes: list[Change] = []
-        self._diff_trees(old.root, new.root, "", changes)
-        return changes
+        return self._diff_trees(old.root, new.root)
 
-    def _diff_trees(self, old: str | None, new: str | None, prefix: str, out: list[Change]) -> None:
-        if old == new:
-            return
-        a = {e.name: e for e in self.repo.read_tree(old)} if old else {}
-        b = {e.name: e for e in self.repo.read_tree(new)} if new else {}
-        for name in sorted(set(a) | set(b), key=os.fsencode):
-            path = prefix + name
-            ea, eb = a.get(name), b.get(name)
-            if ea is not None and eb is not None and ea.type == DIR and eb.type == DIR:
-                self._diff_trees(ea.tree, eb.tree, path + "/", out)
-                if (ea.mode, ea.mtime_ns) != (eb.mode, eb.mtime_ns) and ea.tree == eb.tree:
-                    out.append(Change(path + "/", "changed"))
+    def _diff_trees(self, old_root: str, new_root: str) -> list[Change]:
+        """Changes in path order: a directory's own change after those inside it, an added or
+        removed directory before its contents. Iterative: a stored tree may be of any depth."""
+        out: list[Change] = []
+        # Work items, last first: a pair of trees to compare under a prefix, or a change to emit.
+        stack: list[tuple[str | None, str | None, str] | Change] = [(old_root, new_root, "")]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, Change):
+                out.append(item)
                 continue
-            if ea is None:
-                out.append(Change(path, "added"))
-                if eb is not None and eb.type == DIR:
-                    self._diff_trees(None, eb.tree, path + "/", out)
-            elif eb is None:
-                out.append(Change(path, "removed"))
-                if ea.type == DIR:
-                    self._diff_trees(ea.tree, None, path + "/", out)
-            elif ea != eb:
-                out.append(Change(path, "changed"))
+            old, new, prefix = item
+            if old == new:
+                continue
+            a = {e.name: e for e in self.repo.read_tree(old)} if old else {}
+            b = {e.name: e for e in self.repo.read_tree(new)} if new else {}
+            todo: list[tuple[str | None, str | None, str] | Change] = []
+            for name in sorted(set(a) | set(b), key=os.fsencode):
+                path = prefix + name
+                ea, eb = a.get(name), b.get(name)
+                if ea is not None and eb is not None and ea.type == DIR and eb.type == DIR:
+                    todo.append((ea.tree, eb.tree, path + "/"))
+                    if (ea.mode, ea.mtime_ns) != (eb.mode, eb.mtime_ns) and ea.tree == eb.tree:
+                        todo.append(Change(path + "/", "changed"))
+                    continue
+                if ea is None:
+                    todo.append(Change(path, "added"))
+                    if eb is not None and eb.type == DIR:
+                        todo.append((None, eb.tree, path + "/"))
+                elif eb is None:
+                    todo.append(Change(path, "removed"))
+                    if ea.type == DIR:
+                        todo.append((ea.tree, None, path + "/"))
+                elif ea != eb:
+                    todo.append(Change(path, "changed"))
+            stack.extend(reversed(todo))
+        return out
 
     def restore(
         self,
