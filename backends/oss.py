@@ -447,6 +447,16 @@ def _option(options: Mapping[str, object], name: str) -> str:
     return value
 
 
+def environment_fallbacks() -> dict[str, tuple[str, str]]:
+    """The options :func:`from_url` takes from the environment when they are not given: option
+    name -> (environment variable, its value now or "" when unset), always in the same order.
+
+    For callers that check a configuration before opening a backend (the AIFlow managers), so they
+    and :func:`from_url` agree on which variables stand in for which options.
+    """
+    return {name: (env, os.environ.get(env, "")) for name, env in _ENV.items()}
+
+
 def _number(options: Mapping[str, object], name: str, kind: Callable[[Any], _N], default: _N) -> _N:
     value = options.get(name)
     if value is None:
@@ -494,4 +504,4 @@ def from_url(url: str, **options: object) -> OssBackend:
     )
 
 
-__all__ = ["OssBackend", "from_url"]
+__all__ = ["OssBackend", "environment_fallbacks", "from_url"]

@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("repair", help="fix what verify finds, without deleting stored data")
     s.add_argument("--read-data", action="store_true")
 
-    # -- AIFlow bridge commands (cas/aiflow_cli.py): `cas aiflow check|upload|download|...` --
-    from cas import aiflow_cli
+    # -- AIFlow bridge commands (cas/aiflow/cli.py): `cas aiflow check|upload|download|...` --
+    from cas.aiflow import cli as aiflow_cli
 
     aiflow_cli.add_parser(sub)
     # -- end AIFlow bridge commands --
@@ -165,7 +165,7 @@ class _EscapingFormatter(logging.Formatter):
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "aiflow":  # AIFlow bridge: opens the repository its config names, not --repo's
-        from cas import aiflow_cli
+        from cas.aiflow import cli as aiflow_cli
 
         return aiflow_cli.run(args)
     if args.command == "rebuild-index":

@@ -50,9 +50,11 @@ def iface() -> ModuleType:
             f"ai-flow=={aiflow_interface.AIFLOW_VERSION} from PyPI once, or its wheel at {aiflow_interface.CACHE_DIR}"
         )
     import cas.aiflow
+    import cas.aiflow.managers
 
     if not issubclass(cas.aiflow.CasBlobManager, module.BlobManager):
-        importlib.reload(cas.aiflow)  # imported before AIFlow was importable
+        importlib.reload(cas.aiflow.managers)  # imported before AIFlow was importable
+    assert issubclass(cas.aiflow.CasBlobManager, module.BlobManager)
     return module
 
 
@@ -627,7 +629,8 @@ def test_works_without_aiflow(tmp_path: Path) -> None:
     code = f"""
 import sys
 import cas.aiflow as m
-assert m._AIFlowBlobManager is None and not any(n.startswith("ai_flow") for n in sys.modules)
+import cas.aiflow.managers
+assert cas.aiflow.managers._AIFlowBlobManager is None and not any(n.startswith("ai_flow") for n in sys.modules)
 mgr = m.LocalBlobManager({{"root_directory": {str(tmp_path / "r")!r}}})
 open({str(tmp_path / "f.txt")!r}, "w").write("hi")
 uri = mgr.upload({str(tmp_path / "f.txt")!r})

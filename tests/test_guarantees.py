@@ -307,7 +307,7 @@ def test_forged_file_digest_is_refused_on_restore_and_read(open_store, tmp_path:
 
 
 def test_aiflow_download_refuses_an_execution_whose_content_is_not_the_uri_digest(tmp_path: Path) -> None:
-    """cas/aiflow.py _fetch: the restored bytes are hashed against the digest the URI names.
+    """cas/aiflow/download.py fetch: the restored bytes are hashed against the digest the URI names.
 
     A forged execution ``file-<D>`` holds a consistent tree (its own digests are right) whose
     content is not D. Restore's checks all pass; only the URI check can refuse it. Nothing may

@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional
 __version__ = "0.1.0"
 
 PROTOCOL = 1
-"""The ``cas aiflow`` protocol this bridge speaks (``cas.aiflow_cli.PROTOCOL``)."""
+"""The ``cas aiflow`` protocol this bridge speaks (``cas.aiflow.cli.PROTOCOL``)."""
 
 INSTALL_HINT = (
     "install cas in its own Python >= 3.10 environment "

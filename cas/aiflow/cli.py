@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> dict[str, Any]:
-    import cas.aiflow
+    from cas.aiflow import managers
 
     config = _load_config(args.config)
     if args.manager == "CasBlobManager":
@@ -82,7 +82,7 @@ def _dispatch(args: argparse.Namespace) -> dict[str, Any]:
             config["repo"] = args.repo
         if args.index and "index_url" not in config:
             config["index_url"] = args.index
-    manager = getattr(cas.aiflow, args.manager)(config)
+    manager = getattr(managers, args.manager)(config)
     try:
         command = args.aiflow_command
         if command == "check":
