@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from cas.errors import CasError, ConfigurationError, IntegrityError
-from cas.snapshot import OnChange
+from cas.ops.tree_builder import OnChange
 from cas.store import Store
-from cas.trees import DIR, FILE, SYMLINK
+from cas.format.trees import DIR, FILE, SYMLINK
 from manifests.index import IndexDamaged, set_aside
 
 EXIT_ERROR = 1

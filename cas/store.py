@@ -20,19 +20,19 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from backends.base import Backend
-from cas.blobwriter import BlobWriter
-from cas.chunking import Chunker
+from cas.repo.blobwriter import BlobWriter
+from cas.format.chunking import Chunker
 from cas.errors import AlreadyExists, CasError, ConfigurationError, IntegrityError, NotFound, Unavailable
-from cas.filescache import FilesCache
-from cas.gc import DEFAULT_GRACE, GcReport, collect_garbage
-from cas.sync import RebuildReport, rebuild_index
-from cas.verify import RepairReport, VerifyReport, repair, verify
-from cas.reader import FileStream
-from cas.records import SnapshotRecord, check_execution_id, check_labels, index_row, snapshot_key
-from cas.repository import Repository, default_home
-from cas.restore import RestoreReport, Restorer, failure_error
-from cas.snapshot import OnChange, ProgressFn, TreeBuilder
-from cas.trees import DIR, Entry
+from cas.repo.filescache import FilesCache
+from cas.ops.gc import DEFAULT_GRACE, GcReport, collect_garbage
+from cas.ops.sync import RebuildReport, rebuild_index
+from cas.ops.verify import RepairReport, VerifyReport, repair, verify
+from cas.repo.reader import FileStream
+from cas.format.records import SnapshotRecord, check_execution_id, check_labels, index_row, snapshot_key
+from cas.repo.repository import Repository, default_home
+from cas.ops.restore import RestoreReport, Restorer, failure_error
+from cas.ops.tree_builder import OnChange, ProgressFn, TreeBuilder
+from cas.format.trees import DIR, Entry
 from manifests.index import Index, IndexStats, SnapshotRow
 
 log = logging.getLogger("cas")
@@ -124,7 +124,7 @@ class Store:
         """Store the tree at ``path`` under ``execution_id``.
 
         ``on_change``: what to do with a file that changed while it was read, each of
-        :data:`~cas.snapshot.CHANGE_RETRIES` times it was read again (see :class:`OnChange`).
+        :data:`~cas.ops.tree_builder.CHANGE_RETRIES` times it was read again (see :class:`OnChange`).
 
         Taking an ID that exists returns the existing snapshot when the tree is identical and raises
         :class:`AlreadyExists` otherwise.

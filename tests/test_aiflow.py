@@ -29,7 +29,7 @@ import pytest
 from backends.base import Backend, Capabilities, ObjectInfo
 from backends.local import LocalBackend
 from cas.errors import ConfigurationError, IntegrityError, NotFound
-from cas.hashing import hexdigest
+from cas.format.hashing import hexdigest
 from tests import aiflow_interface
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

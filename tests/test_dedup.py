@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cas import Store
-from cas.chunking import Chunker
-from cas.config import RepoConfig
+from cas.format.chunking import Chunker
+from cas.format.config import RepoConfig
 from tests.engine import cas_home, store  # noqa: F401
 
 _CONFIG = RepoConfig.new(chunk_min=256, chunk_avg=1024, chunk_max=4096)

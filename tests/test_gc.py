@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cas import Store
-from cas.packs import pack_key
+from cas.format.packs import pack_key
 from manifests.index import CONDEMNED, LIVE
 from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
 from tests.treeutil import describe
@@ -143,7 +143,7 @@ def test_writer_whose_reused_pack_was_deleted_stores_again(store: Store, tmp_pat
 
 def test_orphan_pack_from_an_interrupted_writer_is_reclaimed(store: Store, tmp_path: Path) -> None:
     store.snapshot(_tree(tmp_path / "a", seed=1), "run-a")
-    from cas.packs import PackBuilder
+    from cas.format.packs import PackBuilder
 
     builder = PackBuilder()
     builder.add("ab" * 32, 0, 0, b"orphan bytes", 12)
@@ -168,7 +168,7 @@ def test_complete_unindexed_pack_is_indexed_then_collected(store: Store, tmp_pat
     """A whole pack that no row names (writer died between upload and index insert) is indexed by
     GC's sync, then goes through condemn and delete like any unreferenced pack."""
     store.snapshot(_tree(tmp_path / "a", seed=1), "run-a")
-    from cas.packs import PackBuilder
+    from cas.format.packs import PackBuilder
 
     builder = PackBuilder()
     builder.add("cd" * 32, 0, 0, b"orphan bytes", 12)

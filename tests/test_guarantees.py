@@ -21,7 +21,7 @@ from backends.errors import PermissionDenied
 from backends.local import LocalBackend
 from cas import Store
 from cas.errors import CasError, IntegrityError
-from cas.hashing import hexdigest
+from cas.format.hashing import hexdigest
 from tests.hostile import forge
 from tests.interleave import GatedBackend, GatedIndex, Worker, wait_until
 from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401

@@ -24,7 +24,7 @@ import pytest
 from backends.base import Backend
 from backends.local import LocalBackend
 from cas import Store
-from cas.trees import MAX_NODE_BYTES, SPLIT_BYTES
+from cas.format.trees import MAX_NODE_BYTES, SPLIT_BYTES
 from tests.treeutil import describe
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,7 +30,7 @@ from backends.local import fsync_directory
 from cas.aiflow.staging import COPY_BLOCK
 from cas.aiflow.uris import CONTENT_NAME, BlobRef
 from cas.errors import AlreadyExists, IntegrityError, NotFound
-from cas.hashing import new_hasher
+from cas.format.hashing import new_hasher
 
 DOWNLOAD_PREFIX = ".cas-download-"
 DONE_PREFIX = ".cas-done-"

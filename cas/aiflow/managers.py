@@ -43,8 +43,8 @@ from cas.aiflow.uris import (
     uri_prefix,
 )
 from cas.errors import AlreadyExists, ConfigurationError, IntegrityError, NotFound
-from cas.records import check_labels
-from cas.repository import default_home
+from cas.format.records import check_labels
+from cas.repo.repository import default_home
 from cas.store import Snapshot, Store
 
 try:  # Subclass AIFlow's interface when AIFlow is installed; never require it.

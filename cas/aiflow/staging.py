@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 
 from cas.aiflow.uris import CONTENT_NAME
-from cas.hashing import new_hasher
+from cas.format.hashing import new_hasher
 
 COPY_BLOCK = 1 << 20
 """Bytes read at a time when copying or hashing a file."""

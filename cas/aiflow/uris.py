@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass
 
 from cas.errors import ConfigurationError
-from cas.hashing import is_digest
-from cas.records import check_execution_id
+from cas.format.hashing import is_digest
+from cas.format.records import check_execution_id
 
 URI_MARKER = "cas"
 """The path segment between the root and the execution ID in every URI these classes issue."""

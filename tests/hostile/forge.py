@@ -1,6 +1,6 @@
 """Writing malicious repositories directly, as an attacker with write access to the backend would.
 
-Nothing here goes through :func:`cas.trees.encode_tree` or the snapshot walker: tree nodes are raw
+Nothing here goes through :func:`cas.format.trees.encode_tree` or the snapshot walker: tree nodes are raw
 JSON, stored as blobs and committed as snapshots, so the reader's defences are what is tested.
 """
 
@@ -10,10 +10,10 @@ import json
 import time
 
 from cas import Store
-from cas.blobwriter import BlobWriter
-from cas.hashing import hexdigest
-from cas.packs import KIND_DATA, KIND_TREE
-from cas.records import SnapshotRecord
+from cas.repo.blobwriter import BlobWriter
+from cas.format.hashing import hexdigest
+from cas.format.packs import KIND_DATA, KIND_TREE
+from cas.format.records import SnapshotRecord
 
 EMPTY_DIGEST = hexdigest(b"")
 

@@ -23,14 +23,14 @@ from typing import Any
 
 import pytest
 
-import cas.restore
+import cas.ops.restore
 from backends.base import Backend, Capabilities, ObjectInfo
 from backends.faulty import FaultyBackend
 from backends.local import LocalBackend
 from backends.retry import RetryingBackend
 from cas import CasError, IntegrityError, Store, Unavailable
-from cas.packs import pack_key
-from cas.repository import Repository
+from cas.format.packs import pack_key
+from cas.repo.repository import Repository
 from tests import engine
 from tests.treeutil import describe
 
@@ -371,7 +371,7 @@ def test_disk_full_during_restore_on_a_real_small_filesystem(
 
 
 class _OsWithFullDisk(ModuleType):
-    """``os`` as cas.restore sees it, except that writes fail with ENOSPC after ``budget`` bytes."""
+    """``os`` as cas.ops.restore sees it, except that writes fail with ENOSPC after ``budget`` bytes."""
 
     def __init__(self, budget: int) -> None:
         super().__init__("os")
@@ -399,7 +399,7 @@ def test_disk_full_during_restore_injected(
 ) -> None:
     source = big_project(tmp_path)
     store.snapshot(source, "run-1")
-    monkeypatch.setattr(cas.restore, "os", _OsWithFullDisk(budget))
+    monkeypatch.setattr(cas.ops.restore, "os", _OsWithFullDisk(budget))
     dest = tmp_path / "dest"
     with pytest.raises(CasError) as caught:
         store.restore("run-1", dest)

@@ -37,10 +37,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cas import CasError, Store
-from cas.compression import CODEC_RAW, CODEC_ZSTD, decode, encode
-from cas.config import RepoConfig
-from cas.hashing import hexdigest
-from cas.packs import (
+from cas.format.compression import CODEC_RAW, CODEC_ZSTD, decode, encode
+from cas.format.config import RepoConfig
+from cas.format.hashing import hexdigest
+from cas.format.packs import (
     FOOTER_SIZE,
     KIND_DATA,
     KIND_TREE,
@@ -50,8 +50,8 @@ from cas.packs import (
     parse_trailer,
     split_pack,
 )
-from cas.records import SnapshotRecord
-from cas.trees import DIR, FILE, SYMLINK, Entry, check_name, decode_tree, encode_tree, name_key
+from cas.format.records import SnapshotRecord
+from cas.format.trees import DIR, FILE, SYMLINK, Entry, check_name, decode_tree, encode_tree, name_key
 from tests import engine
 from tests.hostile.forge import commit, put_blob
 from tests.treeutil import describe

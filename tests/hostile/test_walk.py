@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from cas import Store
-from cas.blobwriter import BlobWriter
-from cas.hashing import hexdigest
-from cas.packs import KIND_DATA, KIND_TREE
-from cas.trees import MAX_NODE_BYTES, decode_node
+from cas.repo.blobwriter import BlobWriter
+from cas.format.hashing import hexdigest
+from cas.format.packs import KIND_DATA, KIND_TREE
+from cas.format.trees import MAX_NODE_BYTES, decode_node
 from tests.hostile.forge import commit
 from tests.hostile.racing import run_racing, write_victim
 from tests.hostile.test_inputs import Cas

@@ -14,10 +14,10 @@ import logging
 from dataclasses import dataclass, field
 
 from cas.errors import CasError, IntegrityError, NotFound
-from cas.records import SnapshotRecord, index_row, snapshot_key
-from cas.repository import Repository
-from cas.trees import DIR, FILE
-from cas.walk import snapshot_roots
+from cas.format.records import SnapshotRecord, index_row, snapshot_key
+from cas.repo.repository import Repository
+from cas.format.trees import DIR, FILE
+from cas.ops.roots import snapshot_roots
 from manifests.index import BlobLocation, SnapshotWithdrawn
 
 log = logging.getLogger("cas")

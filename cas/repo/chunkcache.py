@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 
-from cas.hashing import hexdigest, is_digest
+from cas.format.hashing import hexdigest, is_digest
 
 
 class ChunkCache:

@@ -18,8 +18,8 @@ import struct
 from dataclasses import dataclass
 
 from cas.errors import IntegrityError
-from cas.hashing import hexdigest
-from cas.compression import CODECS
+from cas.format.hashing import hexdigest
+from cas.format.compression import CODECS
 
 PACK_VERSION = 1
 MAGIC = b"CASPACK1"

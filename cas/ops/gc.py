@@ -22,12 +22,12 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from cas.blobwriter import relocate_blobs
+from cas.repo.blobwriter import relocate_blobs
 from cas.errors import CasError, IntegrityError
-from cas.packs import pack_key
-from cas.repository import Repository
-from cas.sync import rebuild_index, reindex_blobs
-from cas.walk import reachable_blobs, snapshot_roots
+from cas.format.packs import pack_key
+from cas.repo.repository import Repository
+from cas.ops.sync import rebuild_index, reindex_blobs
+from cas.ops.roots import reachable_blobs, snapshot_roots
 from manifests.index import CONDEMNED, BlobLocation
 
 log = logging.getLogger("cas")

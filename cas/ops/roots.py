@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cas.errors import CasError, IntegrityError
-from cas.records import SNAPSHOT_PREFIX, SnapshotRecord
-from cas.repository import Repository
-from cas.trees import DIR, FILE
+from cas.format.records import SNAPSHOT_PREFIX, SnapshotRecord
+from cas.repo.repository import Repository
+from cas.format.trees import DIR, FILE
 
 
 @dataclass(frozen=True)

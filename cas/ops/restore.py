@@ -2,7 +2,7 @@
 
 Safety by construction:
 
-* every name comes from :func:`cas.trees.decode_tree`, which refuses ``/``, NUL, ``.``, ``..``,
+* every name comes from :func:`cas.format.trees.decode_tree`, which refuses ``/``, NUL, ``.``, ``..``,
   empty and duplicate names, so an entry always names one component inside its directory;
 * directories are opened relative to their parent's descriptor with ``O_NOFOLLOW``: a symlink in
   the way (planted, or restored earlier) is never followed; files and symlinks are created under a
@@ -28,10 +28,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cas.errors import AlreadyExists, CasError, ConfigurationError, IntegrityError, Unavailable
-from cas.hashing import hexdigest
-from cas.reader import prefetch, verified_content
-from cas.repository import Repository
-from cas.trees import DIR, FILE, SYMLINK, Entry
+from cas.format.hashing import hexdigest
+from cas.repo.reader import prefetch, verified_content
+from cas.repo.repository import Repository
+from cas.format.trees import DIR, FILE, SYMLINK, Entry
 from manifests.index import BlobLocation
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)

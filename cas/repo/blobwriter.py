@@ -18,10 +18,10 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from cas.compression import encode
+from cas.format.compression import encode
 from cas.errors import AlreadyExists, IntegrityError
-from cas.packs import KIND_DATA, KIND_TREE, MAX_BLOB_SIZE, PackBuilder, pack_key
-from cas.repository import Repository
+from cas.format.packs import KIND_DATA, KIND_TREE, MAX_BLOB_SIZE, PackBuilder, pack_key
+from cas.repo.repository import Repository
 from manifests.index import BlobLocation, PackBeingDeleted
 
 _TOMBSTONE_WAIT = 120.0
@@ -212,7 +212,7 @@ def relocate_blobs(repo: Repository, pack_id: str, blobs: list[BlobLocation]) ->
     were and returned as unreadable. Rows move only where they still name ``pack_id`` (fenced).
     Returns ``(blobs copied, IDs that could not be read)``; a pack that cannot be read copies nothing.
     """
-    from cas.repository import verify_blob
+    from cas.repo.repository import verify_blob
 
     data = repo.backend.get(pack_key(pack_id))
     copied: list[BlobLocation] = []

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from cas.errors import ConfigurationError, IntegrityError
-from cas.hashing import is_digest
+from cas.format.hashing import is_digest
 from manifests.index import SnapshotRow
 
 RECORD_VERSION = 1

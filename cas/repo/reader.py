@@ -10,10 +10,10 @@ import io
 from collections.abc import Iterator
 
 from cas.errors import IntegrityError
-from cas.hashing import new_hasher
-from cas.packs import KIND_DATA, pack_key
-from cas.repository import Repository, verify_blob
-from cas.trees import FILE, Entry
+from cas.format.hashing import new_hasher
+from cas.format.packs import KIND_DATA, pack_key
+from cas.repo.repository import Repository, verify_blob
+from cas.format.trees import FILE, Entry
 from manifests.index import BlobLocation
 
 MAX_RUN_BYTES = 32 * 1024 * 1024

@@ -17,13 +17,13 @@ from collections.abc import Callable, Iterable
 from backends import open_backend, redact_url
 from backends.base import Backend
 from backends.retry import RetryingBackend
-from cas.chunkcache import ChunkCache
-from cas.compression import decode
-from cas.config import CONFIG_KEY, RepoConfig
+from cas.repo.chunkcache import ChunkCache
+from cas.format.compression import decode
+from cas.format.config import CONFIG_KEY, RepoConfig
 from cas.errors import AlreadyExists, CasError, IntegrityError, NotFound
-from cas.hashing import hexdigest
-from cas.packs import FOOTER_SIZE, KIND_TREE, PackEntry, pack_key, parse_footer, parse_trailer
-from cas.trees import Entry, decode_node, join_parts
+from cas.format.hashing import hexdigest
+from cas.format.packs import FOOTER_SIZE, KIND_TREE, PackEntry, pack_key, parse_footer, parse_trailer
+from cas.format.trees import Entry, decode_node, join_parts
 from manifests.index import BlobLocation, Index
 
 _MAX_CONFIG_READ = 64 * 1024
@@ -108,7 +108,7 @@ class Repository:
         repo = cls(backend, config, index, cache)
         if new_index:
             # A new index starts as a copy of what the backend holds (through the fenced commit path).
-            from cas.sync import rebuild_index
+            from cas.ops.sync import rebuild_index
 
             rebuild_index(repo)
         return repo

@@ -11,16 +11,16 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from cas.blobwriter import relocate_blobs
+from cas.repo.blobwriter import relocate_blobs
 from cas.errors import CasError, IntegrityError
-from cas.packs import split_pack, pack_key
-from cas.records import SnapshotRecord, snapshot_key
-from cas.sync import commit_record, reindex_blobs
-from cas.repository import Repository
-from cas.trees import DIR, FILE
-from cas.compression import decode
-from cas.hashing import hexdigest
-from cas.walk import Root, snapshot_roots
+from cas.format.packs import split_pack, pack_key
+from cas.format.records import SnapshotRecord, snapshot_key
+from cas.ops.sync import commit_record, reindex_blobs
+from cas.repo.repository import Repository
+from cas.format.trees import DIR, FILE
+from cas.format.compression import decode
+from cas.format.hashing import hexdigest
+from cas.ops.roots import Root, snapshot_roots
 from manifests.index import BlobLocation
 
 

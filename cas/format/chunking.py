@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 from pyfastcdc import FastCDC
 
-from cas.config import RepoConfig
+from cas.format.config import RepoConfig
 
 _READ_BLOCK = 8 * 1024 * 1024
 

@@ -31,13 +31,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cas.blobwriter import BlobWriter
-from cas.chunking import Chunker
+from cas.repo.blobwriter import BlobWriter
+from cas.format.chunking import Chunker
 from cas.errors import CasError, ConfigurationError, NotFound, PermissionDenied
-from cas.filescache import CachedFile, FilesCache
-from cas.hashing import hexdigest, new_hasher
-from cas.packs import KIND_DATA, KIND_TREE
-from cas.trees import DIR, FILE, SYMLINK, DirectoryEncoder, Entry, TooLarge, encode_directory
+from cas.repo.filescache import CachedFile, FilesCache
+from cas.format.hashing import hexdigest, new_hasher
+from cas.format.packs import KIND_DATA, KIND_TREE
+from cas.format.trees import DIR, FILE, SYMLINK, DirectoryEncoder, Entry, TooLarge, encode_directory
 
 log = logging.getLogger("cas")
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import blake3
 
 from cas.errors import IntegrityError
-from cas.hashing import hexdigest, is_digest
+from cas.format.hashing import hexdigest, is_digest
 
 TREE_VERSION = 1
 FILE = "file"
