@@ -1,4 +1,8 @@
-"""cas: a content-addressed, deduplicated artifact store for ML workflows."""
+"""cas: a content-addressed, deduplicated artifact store for ML workflows.
+
+The public API is :class:`Store` and the types it hands out: :class:`Snapshot`, :class:`Change`,
+the reports of each operation, and the error set.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,18 @@ from cas.errors import (
     IntegrityError,
     MissingDependency,
     NotFound,
+    PartialRestore,
     PermissionDenied,
     Unavailable,
 )
-from cas.store import Change, Snapshot, Store
+from cas.ops.browse import Change
+from cas.ops.gc import GcReport
+from cas.ops.repair import RepairReport
+from cas.ops.restore import RestoreReport
+from cas.ops.sync import RebuildReport
+from cas.ops.tree_builder import OnChange
+from cas.ops.verify import VerifyReport
+from cas.store import Snapshot, Store
 
 __version__ = "0.1.0"
 
@@ -21,11 +33,18 @@ __all__ = [
     "CasError",
     "Change",
     "ConfigurationError",
+    "GcReport",
     "IntegrityError",
     "MissingDependency",
     "NotFound",
+    "OnChange",
+    "PartialRestore",
     "PermissionDenied",
+    "RebuildReport",
+    "RepairReport",
+    "RestoreReport",
     "Snapshot",
     "Store",
     "Unavailable",
+    "VerifyReport",
 ]

@@ -12,11 +12,11 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from cas.errors import CasError, ConfigurationError, IntegrityError
+from cas.ops.retention import KeepPolicy
+from cas.errors import CasError, ConfigurationError, PartialRestore
 from cas.ops.tree_builder import OnChange
 from cas.store import Store
 from cas.format.trees import DIR, FILE, SYMLINK
@@ -112,13 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR if (args.quiet or args.json) else logging.WARNING, handlers=[handler])
     try:
         return _run(args)
-    except IntegrityError as exc:
+    except PartialRestore as exc:
         _error(str(exc))
-        failures = getattr(exc, "failures", None)
-        if failures and not args.quiet:
-            for path, message in failures[5:50]:
+        if not args.quiet:
+            for _path, message in exc.failures[5:50]:
                 sys.stderr.write(f"cas:   {escape(message)}\n")
-        return EXIT_PARTIAL if failures else EXIT_ERROR
+        return EXIT_PARTIAL
     except CasError as exc:
         _error(str(exc))
         return EXIT_ERROR
@@ -368,16 +367,8 @@ def _duration_option(text: str) -> dt.timedelta:
 def cmd_forget(store: Store, args: argparse.Namespace) -> int:
     chosen = list(dict.fromkeys(args.execution_ids))
     if args.keep_last is not None or args.keep_within is not None:
-        snaps = store.list()  # newest first
-        keep: set[str] = set()
-        if args.keep_last is not None:
-            if args.keep_last < 0:
-                raise ConfigurationError("--keep-last must be 0 or more")
-            keep.update(s.execution_id for s in snaps[: args.keep_last])
-        if args.keep_within is not None:
-            cutoff = time.time_ns() - int(args.keep_within.total_seconds() * 1e9)
-            keep.update(s.execution_id for s in snaps if s.time_ns >= cutoff)
-        chosen.extend(s.execution_id for s in snaps if s.execution_id not in keep and s.execution_id not in chosen)
+        policy = KeepPolicy(last=args.keep_last, within=args.keep_within)
+        chosen.extend(e for e in policy.to_forget(store.list()) if e not in chosen)
     elif not chosen:
         raise ConfigurationError("name execution IDs to forget, or use --keep-last / --keep-within")
     if args.dry_run:

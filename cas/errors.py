@@ -13,6 +13,18 @@ from backends.errors import (
     Unavailable,
 )
 
+
+
+class PartialRestore(IntegrityError):
+    """A restore that finished with some entries not restored (each listed in ``failures`` as
+    ``(path, message)``); everything else was restored. An IntegrityError, since the stored data of
+    those entries could not be used; the CLI exits 3."""
+
+    def __init__(self, message: str, failures: list[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.failures = failures
+
+
 __all__ = [
     "AlreadyExists",
     "CasError",
@@ -20,6 +32,7 @@ __all__ = [
     "IntegrityError",
     "MissingDependency",
     "NotFound",
+    "PartialRestore",
     "PermissionDenied",
     "Unavailable",
 ]

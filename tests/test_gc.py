@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cas import Store
+from cas.ops import snapshot as snapshot_op
 from cas.format.packs import pack_key
 from manifests.index import CONDEMNED, LIVE
 from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
@@ -91,18 +92,18 @@ def test_writer_that_reused_a_condemned_pack_rescues_it(store: Store, tmp_path: 
     store.forget(["run-a"])
     # A writer starts, finds every chunk stored (live), and reuses it; GC condemns the packs
     # before the writer commits. The commit must rescue them, and later GCs must keep them.
-    original = Store._commit
+    original = snapshot_op.commit
 
-    def commit_after_gc(self: Store, record, referenced):  # type: ignore[no-untyped-def]
-        condemned = self.gc(grace=NOW).condemned
+    def commit_after_gc(repo, record, referenced):  # type: ignore[no-untyped-def]
+        condemned = store.gc(grace=NOW).condemned
         assert condemned, "GC should have condemned the reused packs"
-        return original(self, record, referenced)
+        return original(repo, record, referenced)
 
-    Store._commit = commit_after_gc  # type: ignore[method-assign]
+    snapshot_op.commit = commit_after_gc  # type: ignore[assignment]
     try:
         snap = store.snapshot(src, "run-b", use_files_cache=False)
     finally:
-        Store._commit = original  # type: ignore[method-assign]
+        snapshot_op.commit = original  # type: ignore[assignment]
     assert snap.stats["new_bytes"] == 0  # everything was reused
     # The commit itself made them live again, before any later GC could see the snapshot (a GC
     # whose mark missed the snapshot would otherwise delete them: tests/test_guarantees.py).
@@ -119,21 +120,21 @@ def test_writer_whose_reused_pack_was_deleted_stores_again(store: Store, tmp_pat
     src = _tree(tmp_path / "a", seed=1)
     store.snapshot(src, "run-a")
     store.forget(["run-a"])
-    original = Store._commit
+    original = snapshot_op.commit
     calls = []
 
-    def commit_after_two_gcs(self: Store, record, referenced):  # type: ignore[no-untyped-def]
+    def commit_after_two_gcs(repo, record, referenced):  # type: ignore[no-untyped-def]
         if not calls:
-            self.gc(grace=NOW)
-            assert self.gc(grace=NOW).deleted, "the second GC should delete the condemned packs"
+            store.gc(grace=NOW)
+            assert store.gc(grace=NOW).deleted, "the second GC should delete the condemned packs"
         calls.append(record.execution_id)
-        return original(self, record, referenced)
+        return original(repo, record, referenced)
 
-    Store._commit = commit_after_two_gcs  # type: ignore[method-assign]
+    snapshot_op.commit = commit_after_two_gcs  # type: ignore[assignment]
     try:
         snap = store.snapshot(src, "run-b", use_files_cache=False)
     finally:
-        Store._commit = original  # type: ignore[method-assign]
+        snapshot_op.commit = original  # type: ignore[assignment]
     assert calls == ["run-b", "run-b"]  # the first commit found its blobs gone and was redone
     assert snap.stats["new_bytes"] > 0
     store.restore("run-b", tmp_path / "out")

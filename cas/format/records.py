@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 from cas.errors import ConfigurationError, IntegrityError
 from cas.format.hashing import is_digest
-from manifests.index import SnapshotRow
 
 RECORD_VERSION = 1
 SNAPSHOT_PREFIX = "snapshots/"
@@ -113,18 +112,3 @@ class SnapshotRecord:
             raise IntegrityError(f"snapshot {execution_id} has invalid stats")
         labels = check_labels(doc.get("labels"), IntegrityError)
         return cls(execution_id, root, labels=labels, stats=stats, **ints)  # type: ignore[arg-type]
-
-
-def index_row(record: SnapshotRecord, damaged: bool = False) -> SnapshotRow:
-    """The index row of a snapshot record (the root's mode and mtime travel in its stats)."""
-    return SnapshotRow(
-        execution_id=record.execution_id,
-        root_tree=record.root,
-        time_ns=record.time_ns,
-        labels=record.labels,
-        stats={**record.stats, "root_mode": record.root_mode, "root_mtime_ns": record.root_mtime_ns},
-        logical_bytes=record.stats.get("logical_bytes", 0),
-        new_bytes=record.stats.get("new_bytes", 0),
-        stored_bytes=record.stats.get("stored_bytes", 0),
-        damaged=damaged,
-    )

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from cas.errors import AlreadyExists, CasError, ConfigurationError, IntegrityError, Unavailable
+from cas.errors import PartialRestore, AlreadyExists, CasError, ConfigurationError, IntegrityError, Unavailable
 from cas.format.hashing import hexdigest
 from cas.repo.reader import prefetch, verified_content
 from cas.repo.repository import Repository
@@ -466,9 +466,7 @@ def _unlink_quietly(dir_fd: int, name: str) -> None:
         pass
 
 
-def failure_error(report: RestoreReport) -> IntegrityError:
+def failure_error(report: RestoreReport) -> PartialRestore:
     shown = "; ".join(msg for _path, msg in report.failures[:5])
     more = f" (and {len(report.failures) - 5} more)" if len(report.failures) > 5 else ""
-    err = IntegrityError(f"{len(report.failures)} entries could not be restored: {shown}{more}")
-    err.failures = report.failures  # type: ignore[attr-defined]
-    return err
+    return PartialRestore(f"{len(report.failures)} entries could not be restored: {shown}{more}", report.failures)

@@ -14,11 +14,12 @@ import logging
 from dataclasses import dataclass, field
 
 from cas.errors import CasError, IntegrityError, NotFound
-from cas.format.records import SnapshotRecord, index_row, snapshot_key
+from cas.format.records import SnapshotRecord, snapshot_key
+from cas.ops.commit import commit_record
 from cas.repo.repository import Repository
 from cas.format.trees import DIR, FILE
 from cas.ops.roots import snapshot_roots
-from manifests.index import BlobLocation, SnapshotWithdrawn
+from manifests.index import BlobLocation
 
 log = logging.getLogger("cas")
 
@@ -34,53 +35,6 @@ class RebuildReport:
     def to_dict(self) -> dict[str, object]:
         return {"packs": self.packs, "blobs": self.blobs, "snapshots": self.snapshots,
                 "damaged": self.damaged, "skipped": self.skipped}
-
-
-def referenced_blobs(repo: Repository, root_tree: str) -> tuple[set[str], list[str]]:
-    """Every blob one snapshot references (tree nodes, their parts, chunks), and the paths of trees
-    that could not be read. Iterative: any depth."""
-    seen: set[str] = set()
-    blobs: set[str] = set()
-    broken: list[str] = []
-    stack = [(root_tree, "")]
-    while stack:
-        tree, prefix = stack.pop()
-        if tree in seen:
-            continue
-        seen.add(tree)
-        blobs.add(tree)
-        try:
-            entries, parts = repo.read_directory(tree)
-        except CasError as exc:
-            broken.append(f"{prefix or '/'}: {exc}")
-            continue
-        blobs.update(parts)
-        for entry in entries:
-            if entry.type == FILE:
-                blobs.update(entry.chunks)
-            elif entry.type == DIR:
-                stack.append((entry.tree, prefix + entry.name + "/"))
-    return blobs, broken
-
-
-def commit_record(repo: Repository, record: SnapshotRecord) -> bool:
-    """Index a snapshot object found on the backend; True if its row is in the index afterwards.
-
-    The row is committed through the writer's fenced commit with every blob the snapshot references;
-    if some are stored nowhere (or a tree is unreadable) the row goes in marked damaged, so ``verify``
-    and ``repair`` name it. Returns False if the object was removed meanwhile (forgotten).
-    """
-    blobs, broken = referenced_blobs(repo, record.root)
-    key = snapshot_key(record.execution_id)
-    try:
-        missing = repo.index.commit_snapshot(
-            index_row(record), blobs, damaged_if_missing=True, still_claimed=lambda: repo.backend.exists(key)
-        )
-    except SnapshotWithdrawn:
-        return False
-    if broken and not missing:
-        repo.index.mark_damaged(record.execution_id)
-    return True
 
 
 def index_packs(repo: Repository, report: RebuildReport) -> None:
@@ -161,4 +115,4 @@ def rebuild_index(repo: Repository, *, full: bool = False) -> RebuildReport:
     return out
 
 
-__all__ = ["RebuildReport", "commit_record", "rebuild_index", "referenced_blobs", "reindex_blobs"]
+__all__ = ["RebuildReport", "rebuild_index", "reindex_blobs"]

@@ -10,6 +10,7 @@ import json
 import time
 
 from cas import Store
+from cas.ops import snapshot as snapshot_op
 from cas.repo.blobwriter import BlobWriter
 from cas.format.hashing import hexdigest
 from cas.format.packs import KIND_DATA, KIND_TREE
@@ -42,4 +43,4 @@ def file_entry(store: Store, name: str, content: bytes = b"pwned", **extra: obje
 
 
 def commit(store: Store, execution_id: str, root: str) -> None:
-    store._commit(SnapshotRecord(execution_id, root, 0o755, 0, time.time_ns()), {root})
+    snapshot_op.commit(store.repo, SnapshotRecord(execution_id, root, 0o755, 0, time.time_ns()), {root})

@@ -1,0 +1,159 @@
+"""Taking a snapshot: store a tree (steps 1-3 of the write order), then commit it (steps 4-5).
+
+Write order (docs/FORMAT.md): packs, their index rows, tree packs and rows, then the snapshot
+object (put-if-absent: the execution ID is claimed once, on the backend), then the snapshot row
+through the fenced commit (docs/GC.md). A crash anywhere leaves every committed snapshot restorable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from cas.errors import AlreadyExists, CasError, IntegrityError, NotFound, Unavailable
+from cas.format.chunking import Chunker
+from cas.format.records import SnapshotRecord, snapshot_key
+from cas.ops.commit import commit_with_blobs
+from cas.ops.tree_builder import OnChange, ProgressFn, TreeBuilder
+from cas.repo.blobwriter import BlobWriter
+from cas.repo.filescache import FilesCache
+from cas.repo.repository import Repository, default_home
+
+log = logging.getLogger("cas")
+COMMIT_ATTEMPTS = 3
+
+
+def take_snapshot(
+    repo: Repository,
+    path: str,
+    execution_id: str,
+    labels: dict[str, str],
+    *,
+    use_files_cache: bool = True,
+    progress: ProgressFn | None = None,
+    on_change: OnChange = OnChange.WARN,
+) -> None:
+    """Store the tree at ``path`` and commit it under ``execution_id`` (validated by the caller).
+
+    If garbage collection removes blobs the snapshot reused before its commit, nothing is committed
+    and the tree is stored again (without the files cache), up to :data:`COMMIT_ATTEMPTS` times.
+    """
+    for attempt in range(COMMIT_ATTEMPTS):
+        record, referenced = store_tree(repo, path, execution_id, labels, use_files_cache, progress, on_change)
+        missing = commit(repo, record, referenced)
+        if not missing:
+            return
+        use_files_cache = False  # cached chunk lists may name what was collected: read files again
+        log.warning(
+            "garbage collection removed %d blobs this snapshot reused; storing them again (attempt %d)",
+            len(missing), attempt + 2,
+        )
+    raise Unavailable(
+        f"snapshot {execution_id} lost a race with garbage collection {COMMIT_ATTEMPTS} times; try again"
+    )
+
+
+def store_tree(
+    repo: Repository, path: str, execution_id: str, labels: dict[str, str], use_files_cache: bool,
+    progress: ProgressFn | None, on_change: OnChange,
+) -> tuple[SnapshotRecord, set[str]]:
+    """Steps 1-3 of the write order: every chunk and tree node durable and indexed. Returns the
+    record to commit and every blob it references."""
+    files_cache = None
+    if use_files_cache:
+        files_cache = FilesCache(os.path.join(default_home(), "cache", f"files-v2-{repo.config.repo_id}.sqlite"))
+    try:
+        with BlobWriter(repo) as writer:
+            builder = TreeBuilder(writer, Chunker(repo.config), files_cache=files_cache, progress=progress,
+                                  on_change=on_change)
+            result = builder.build(path)
+            writer.flush()
+        if files_cache is not None:
+            files_cache.commit()
+    finally:
+        if files_cache is not None:
+            files_cache.close()
+    walk = result.stats
+    stats = {
+        "files": walk.files,
+        "dirs": walk.dirs,
+        "symlinks": walk.symlinks,
+        "skipped": walk.skipped,
+        "changed": walk.changed,
+        "logical_bytes": walk.logical_bytes,
+        "new_bytes": writer.stats.new_raw_bytes,
+        "stored_bytes": writer.stats.new_stored_bytes,
+        "new_blobs": writer.stats.new_blobs,
+        "new_tree_bytes": writer.stats.new_tree_bytes,
+        "files_from_cache": walk.files_from_cache,
+    }
+    record = SnapshotRecord(
+        execution_id, result.root, result.root_mode, result.root_mtime_ns, time.time_ns(), labels=labels, stats=stats,
+    )
+    return record, builder.referenced
+
+
+def commit(repo: Repository, record: SnapshotRecord, referenced: set[str]) -> set[str]:
+    """Steps 4-5: claim the execution ID on the backend, then insert the row under the GC fence.
+
+    Returns the referenced blobs GC deleted meanwhile (then nothing is committed and the snapshot
+    object is withdrawn), or an empty set.
+    """
+    key = snapshot_key(record.execution_id)
+    try:
+        repo.backend.put(key, record.to_json(), overwrite=False)
+    except AlreadyExists:
+        existing = load_record(repo, record.execution_id)
+        if existing.root != record.root:
+            raise AlreadyExists(
+                f"execution ID {record.execution_id} already holds a different tree; choose a new ID"
+            ) from None
+        # Ours from an earlier attempt, or another writer's with the same tree: commit it (again)
+        # through the fenced check, which also rescues any condemned pack it uses.
+        return commit_with_blobs(repo, existing, referenced)
+    try:
+        missing = commit_with_blobs(repo, record, referenced)
+    except BaseException:
+        # The row did not go in; withdraw the claim so the ID is not left half-taken.
+        _withdraw(repo, key)
+        raise
+    if missing:
+        _withdraw(repo, key)
+    return missing
+
+
+def load_record(repo: Repository, execution_id: str) -> SnapshotRecord:
+    """The snapshot record on the backend; NotFound if there is none."""
+    try:
+        data = repo.backend.get(snapshot_key(execution_id))
+    except FileNotFoundError:
+        raise NotFound(f"unknown execution ID: {execution_id}") from None
+    record = SnapshotRecord.from_json(data)
+    if record.execution_id != execution_id:
+        raise IntegrityError(f"snapshot object for {execution_id} names {record.execution_id}")
+    return record
+
+
+def forget(repo: Repository, execution_ids: list[str]) -> list[str]:
+    """Remove snapshots: their objects, then their index rows. Their data goes at the next ``gc``.
+
+    The object goes first: a sync that runs meanwhile re-checks, inside its fenced commit, that the
+    object still exists, so it cannot bring the row back (docs/GC.md).
+    """
+    forgotten = []
+    for execution_id in execution_ids:
+        try:
+            repo.backend.delete(snapshot_key(execution_id))
+        except FileNotFoundError:
+            pass
+        repo.index.remove_snapshot(execution_id)
+        forgotten.append(execution_id)
+    return forgotten
+
+
+def _withdraw(repo: Repository, key: str) -> None:
+    try:
+        repo.backend.delete(key)
+    except CasError as exc:
+        log.warning("could not withdraw %s after a failed commit: %s", key, exc)
