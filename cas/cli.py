@@ -1,7 +1,8 @@
 """The ``cas`` command line. Every failure is one line on stderr and a non-zero exit status.
 
 Exit status: 0 success, 1 a cas error (not found, integrity, refused...), 2 bad usage,
-3 a restore or snapshot that finished with some entries failed, 130 interrupted.
+3 a restore that finished with some entries failed, 70 an internal error (a bug in cas: the line
+says so; ``CAS_DEBUG=1`` shows the traceback), 130 interrupted.
 """
 
 from __future__ import annotations

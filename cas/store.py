@@ -80,12 +80,18 @@ class Store:
         ``chunk_cache``: a directory shared by processes on this host for verified chunks read from a
         remote backend (default: ``$CAS_HOME/cache/chunks`` for remote backends, none for local ones).
         """
-        return cls(
-            Repository.open(
-                repo, index=index, create=create, config_overrides=config, chunk_cache=chunk_cache,
-                rebind_index=rebind_index,
-            )
+        repository = Repository.open(
+            repo, index=index, create=create, config_overrides=config, chunk_cache=chunk_cache,
+            rebind_index=rebind_index,
         )
+        if repository.index_is_new:
+            # A new index starts as a copy of what the backend holds (through the fenced commit).
+            try:
+                rebuild_index(repository)
+            except BaseException:
+                repository.close()
+                raise
+        return cls(repository)
 
     def close(self) -> None:
         self.repo.close()

@@ -15,7 +15,7 @@ import pytest
 
 from cas import Store
 from cas.ops import snapshot as snapshot_op
-from cas.format.packs import pack_key
+from cas.format.keys import pack_key
 from manifests.index import CONDEMNED, LIVE
 from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
 from tests.treeutil import describe
@@ -148,7 +148,7 @@ def test_orphan_pack_from_an_interrupted_writer_is_reclaimed(store: Store, tmp_p
 
     builder = PackBuilder()
     builder.add("ab" * 32, 0, 0, b"orphan bytes", 12)
-    pack_id, data, _ = builder.finish()
+    pack_id, data, _ = builder.seal()
     # Uploaded in part and never indexed: the writer died mid-upload on a backend without atomic
     # puts. Its trailer cannot be read, so GC's sync cannot index it: GC adopts it as an orphan.
     store.repo.backend.put(pack_key(pack_id), bytes(data)[: len(data) // 2])
@@ -173,7 +173,7 @@ def test_complete_unindexed_pack_is_indexed_then_collected(store: Store, tmp_pat
 
     builder = PackBuilder()
     builder.add("cd" * 32, 0, 0, b"orphan bytes", 12)
-    pack_id, data, _ = builder.finish()
+    pack_id, data, _ = builder.seal()
     store.repo.backend.put(pack_key(pack_id), data)
     first = store.gc(grace=NOW)
     assert pack_id in first.condemned and pack_id not in first.deleted

@@ -9,7 +9,7 @@ import pytest
 
 from cas import IntegrityError, NotFound, Store
 from cas.errors import ConfigurationError
-from cas.format.packs import pack_key
+from cas.format.keys import pack_key
 from tests.engine import cas_home, store  # noqa: F401
 
 

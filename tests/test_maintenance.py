@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cas import IntegrityError, Store
-from cas.format.packs import pack_key
+from cas.format.keys import pack_key
 from tests.treeutil import describe
 
 ROOT = Path(__file__).resolve().parent.parent

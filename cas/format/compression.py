@@ -12,10 +12,9 @@ import threading
 import zstandard
 
 from cas.errors import IntegrityError
+from cas.types import Codec
 
-CODEC_RAW = 0
-CODEC_ZSTD = 1
-CODECS = (CODEC_RAW, CODEC_ZSTD)
+CODECS = tuple(Codec)
 
 _local = threading.local()
 
@@ -41,14 +40,14 @@ def encode(data: bytes | memoryview, level: int) -> tuple[int, bytes]:
     """Return ``(codec, payload)``; raw when zstd would not make the data smaller."""
     packed = _compressor(level).compress(data)
     if len(packed) < len(data):
-        return CODEC_ZSTD, packed
-    return CODEC_RAW, bytes(data)
+        return Codec.ZSTD, packed
+    return Codec.RAW, bytes(data)
 
 
 def decode(codec: int, payload: bytes, raw_length: int) -> bytes:
-    if codec == CODEC_RAW:
+    if codec == Codec.RAW:
         data = payload
-    elif codec == CODEC_ZSTD:
+    elif codec == Codec.ZSTD:
         try:
             # The frame header's size wins over max_output_size, so check it before allocating.
             claimed = zstandard.frame_content_size(payload)

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 from cas.errors import ConfigurationError, IntegrityError
 
 FORMAT_VERSION = 1
-CONFIG_KEY = "config"
 _MAX_CONFIG_BYTES = 64 * 1024
 
 KiB = 1024

@@ -18,15 +18,14 @@ import struct
 from dataclasses import dataclass
 
 from cas.errors import IntegrityError
+from cas.types import BlobKind
 from cas.format.hashing import hexdigest
 from cas.format.compression import CODECS
 
 PACK_VERSION = 1
 MAGIC = b"CASPACK1"
 TRAILER_MAGIC = b"CPTR"
-KIND_DATA = 0
-KIND_TREE = 1
-KINDS = (KIND_DATA, KIND_TREE)
+KINDS = tuple(BlobKind)
 
 _HEADER = struct.Struct("<4sHI")
 _ENTRY = struct.Struct("<BB32sQII")
@@ -35,9 +34,6 @@ FOOTER_SIZE = _FOOTER.size
 MAX_BLOB_SIZE = 64 * 1024 * 1024
 MAX_ENTRIES = 1 << 20
 
-
-def pack_key(pack_id: str) -> str:
-    return f"data/{pack_id[:2]}/{pack_id}"
 
 
 @dataclass(frozen=True)
@@ -72,13 +68,9 @@ class PackBuilder:
         self.entries.append(PackEntry(blob_id, kind, codec, len(self._buffer), len(payload), raw_length))
         self._buffer += payload
 
-    def finish(self) -> tuple[str, bytes, list[PackEntry]]:
-        """Return ``(pack_id, pack_bytes, entries)``; the builder must not be used afterwards."""
-        pack_id, view, entries = self.seal()
-        return pack_id, bytes(view), entries
-
     def seal(self) -> tuple[str, memoryview, list[PackEntry]]:
-        """Like :meth:`finish`, returning a read-only view of the buffer instead of a copy."""
+        """Return ``(pack_id, pack_bytes, entries)``, the bytes as a read-only view of the builder's
+        one buffer (not a copy); the builder must not be used afterwards."""
         buffer = self._buffer
         data_size = len(buffer)
         buffer += _HEADER.pack(TRAILER_MAGIC, PACK_VERSION, len(self.entries))

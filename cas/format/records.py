@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 from cas.errors import ConfigurationError, IntegrityError
 from cas.format.hashing import is_digest
+from cas.format.keys import SNAPSHOT_PREFIX
 
 RECORD_VERSION = 1
-SNAPSHOT_PREFIX = "snapshots/"
 MAX_RECORD_BYTES = 1 << 20
 _EXECUTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,63}")

@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 import blake3
 
 from cas.errors import IntegrityError
+from cas.types import EntryType
 from cas.format.hashing import hexdigest, is_digest
 
 TREE_VERSION = 1
-FILE = "file"
-DIR = "dir"
-SYMLINK = "symlink"
-_TYPES = (FILE, DIR, SYMLINK)
+FILE = EntryType.FILE
+DIR = EntryType.DIR
+SYMLINK = EntryType.SYMLINK
+_TYPES = tuple(EntryType)
 MAX_NAME_BYTES = 4096
 MAX_TARGET_BYTES = 65536
 MAX_FILE_SIZE = 1 << 62
@@ -56,7 +57,7 @@ _MTIME_LIMIT = 1 << 63
 @dataclass(frozen=True)
 class Entry:
     name: str
-    type: str
+    type: EntryType
     mode: int
     mtime_ns: int
     size: int = 0

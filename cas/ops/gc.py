@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 
 from cas.repo.blobwriter import relocate_blobs
 from cas.errors import CasError, IntegrityError
-from cas.format.packs import pack_key
+from cas.format.keys import pack_key
 from cas.repo.repository import Repository
 from cas.ops.sync import rebuild_index, reindex_blobs
 from cas.ops.roots import reachable_blobs, snapshot_roots
-from manifests.index import CONDEMNED, BlobLocation
+from cas.types import BlobLocation
+from manifests.index import CONDEMNED
 
 log = logging.getLogger("cas")
 DEFAULT_GRACE = dt.timedelta(hours=1)

@@ -32,7 +32,7 @@ from cas.format.hashing import hexdigest
 from cas.repo.reader import prefetch, verified_content
 from cas.repo.repository import Repository
 from cas.format.trees import DIR, FILE, SYMLINK, Entry
-from manifests.index import BlobLocation
+from cas.types import BlobLocation
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cas.errors import CasError, IntegrityError
-from cas.format.records import SNAPSHOT_PREFIX, SnapshotRecord
+from cas.format.records import SnapshotRecord
+from cas.format.keys import SNAPSHOT_PREFIX
 from cas.repo.repository import Repository
 from cas.format.trees import DIR, FILE
 

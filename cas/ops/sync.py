@@ -19,7 +19,7 @@ from cas.ops.commit import commit_record
 from cas.repo.repository import Repository
 from cas.format.trees import DIR, FILE
 from cas.ops.roots import snapshot_roots
-from manifests.index import BlobLocation
+from cas.types import BlobLocation
 
 log = logging.getLogger("cas")
 

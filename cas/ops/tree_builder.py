@@ -36,7 +36,7 @@ from cas.format.chunking import Chunker
 from cas.errors import CasError, ConfigurationError, NotFound, PermissionDenied
 from cas.repo.filescache import CachedFile, FilesCache
 from cas.format.hashing import hexdigest, new_hasher
-from cas.format.packs import KIND_DATA, KIND_TREE
+from cas.types import BlobKind
 from cas.format.trees import DIR, FILE, SYMLINK, DirectoryEncoder, Entry, TooLarge, encode_directory
 
 log = logging.getLogger("cas")
@@ -497,7 +497,7 @@ class TreeBuilder:
         chunk_id = hexdigest(data)
         if not data:
             return 0, chunk_id, ()
-        self.writer.add(chunk_id, KIND_DATA, data)
+        self.writer.add(chunk_id, BlobKind.DATA, data)
         return len(data), chunk_id, (chunk_id,)
 
     def _read_chunked(self, fd: int, size_hint: int) -> tuple[int, str, tuple[str, ...]]:
@@ -512,7 +512,7 @@ class TreeBuilder:
                 hasher.update(piece)
                 size += len(piece)
                 chunks.append(chunk_id)
-                self.writer.add(chunk_id, KIND_DATA, piece)
+                self.writer.add(chunk_id, BlobKind.DATA, piece)
         digest = chunks[0] if len(chunks) == 1 else hasher.hexdigest()
         return size, digest, tuple(chunks)
 
@@ -526,7 +526,7 @@ class TreeBuilder:
 
     def _store_node(self, node_id: str, data: bytes) -> None:
         self.referenced.add(node_id)
-        self.writer.add(node_id, KIND_TREE, data)
+        self.writer.add(node_id, BlobKind.TREE, data)
 
     def _count_file(self, size: int, *, from_cache: bool) -> None:
         self.stats.files += 1

@@ -10,13 +10,14 @@ import random
 from dataclasses import dataclass, field
 
 from cas.errors import CasError
-from cas.format.packs import split_pack, pack_key
+from cas.format.packs import split_pack
+from cas.format.keys import pack_key
 from cas.repo.repository import Repository
 from cas.format.trees import DIR, FILE
 from cas.format.compression import decode
 from cas.format.hashing import hexdigest
 from cas.ops.roots import Root, snapshot_roots
-from manifests.index import BlobLocation
+from cas.types import BlobLocation
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def verify(repo: Repository, *, read_data: bool = False, sample: float = 1.0, se
     report = VerifyReport()
     index = repo.index
     index.check_intact()  # damage no query touches would otherwise pass unseen
-    on_backend = {info.key.rsplit("/", 1)[-1]: info.size for info in repo.backend.list("data/")}
+    on_backend = repo.list_packs()
     indexed_packs = {p.id: p for p in index.pack_rows()}
     report.packs = len(on_backend)
     for pack_id, row in indexed_packs.items():

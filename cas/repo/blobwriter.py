@@ -20,9 +20,12 @@ from dataclasses import dataclass
 
 from cas.format.compression import encode
 from cas.errors import AlreadyExists, IntegrityError
-from cas.format.packs import KIND_DATA, KIND_TREE, MAX_BLOB_SIZE, PackBuilder, pack_key
+from cas.format.packs import MAX_BLOB_SIZE, PackBuilder
+from cas.format.keys import pack_key
+from cas.types import BlobKind
 from cas.repo.repository import Repository
-from manifests.index import BlobLocation, PackBeingDeleted
+from cas.types import BlobLocation
+from manifests.index import PackBeingDeleted
 
 _TOMBSTONE_WAIT = 120.0
 _DEDUP_BATCH = 400
@@ -70,10 +73,10 @@ class BlobWriter:
         self._pending: list[tuple[str, int, bytes | memoryview]] = []
         self._pending_bytes = 0
         self._encoding: dict[int, deque[Future[list[tuple[str, int, int, bytes]]]]] = {
-            KIND_DATA: deque(),
-            KIND_TREE: deque(),
+            BlobKind.DATA: deque(),
+            BlobKind.TREE: deque(),
         }
-        self._builders = {KIND_DATA: PackBuilder(), KIND_TREE: PackBuilder()}
+        self._builders = {BlobKind.DATA: PackBuilder(), BlobKind.TREE: PackBuilder()}
         self._uploads: deque[Future[None]] = deque()
         self._closed = False
 
@@ -93,7 +96,7 @@ class BlobWriter:
     def flush(self) -> None:
         """Make every added blob durable: encoded, packed, uploaded and indexed."""
         self._resolve()
-        for kind in (KIND_DATA, KIND_TREE):
+        for kind in (BlobKind.DATA, BlobKind.TREE):
             while self._encoding[kind]:
                 self._take_one(kind)
             if len(self._builders[kind]):
@@ -121,8 +124,8 @@ class BlobWriter:
         if not batch:
             return
         known = self.repo.index.known_blobs([b[0] for b in batch]) if self.dedup else set()
-        groups: dict[int, list[tuple[str, bytes | memoryview]]] = {KIND_DATA: [], KIND_TREE: []}
-        sizes = {KIND_DATA: 0, KIND_TREE: 0}
+        groups: dict[int, list[tuple[str, bytes | memoryview]]] = {BlobKind.DATA: [], BlobKind.TREE: []}
+        sizes = {BlobKind.DATA: 0, BlobKind.TREE: 0}
         for blob_id, kind, data in batch:
             if blob_id in known:
                 continue
@@ -146,7 +149,7 @@ class BlobWriter:
             builder = self._builders[kind]
             builder.add(blob_id, kind, codec, payload, raw_length)
             self.stats.new_blobs += 1
-            if kind == KIND_DATA:
+            if kind == BlobKind.DATA:
                 self.stats.new_raw_bytes += raw_length
             else:
                 self.stats.new_tree_bytes += raw_length

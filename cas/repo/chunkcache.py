@@ -18,8 +18,6 @@ class ChunkCache:
     def __init__(self, root: str) -> None:
         self.root = root
         os.makedirs(root, mode=0o700, exist_ok=True)
-        self.hits = 0
-        self.misses = 0
 
     def _path(self, chunk_id: str) -> str:
         if not is_digest(chunk_id):
@@ -35,16 +33,13 @@ class ChunkCache:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError:
-            self.misses += 1
             return None
         if hexdigest(data) != chunk_id:
             try:
                 os.unlink(path)
             except OSError:
                 pass
-            self.misses += 1
             return None
-        self.hits += 1
         return data
 
     def put(self, chunk_id: str, data: bytes) -> None:

@@ -11,10 +11,11 @@ from collections.abc import Iterator
 
 from cas.errors import IntegrityError
 from cas.format.hashing import new_hasher
-from cas.format.packs import KIND_DATA, pack_key
+from cas.format.keys import pack_key
+from cas.types import BlobKind
 from cas.repo.repository import Repository, verify_blob
 from cas.format.trees import FILE, Entry
-from manifests.index import BlobLocation
+from cas.types import BlobLocation
 
 MAX_RUN_BYTES = 32 * 1024 * 1024
 
@@ -27,7 +28,7 @@ def prefetch(repo: Repository, locations: list[BlobLocation], *, max_gap: int = 
     file that needs it is fetched on its own and reports the error under its own path.
     """
     out: dict[str, bytes] = {}
-    ordered = sorted({loc.id: loc for loc in locations if loc.kind == KIND_DATA}.values(),
+    ordered = sorted({loc.id: loc for loc in locations if loc.kind == BlobKind.DATA}.values(),
                      key=lambda loc: (loc.pack_id, loc.offset))
     start = 0
     while start < len(ordered):
@@ -81,7 +82,7 @@ def file_chunks(
             segments.append(chunk_id)
             continue
         loc = locations.get(chunk_id)
-        if loc is None or loc.kind != KIND_DATA:
+        if loc is None or loc.kind != BlobKind.DATA:
             raise IntegrityError(f"{path}: chunk {chunk_id[:16]} is missing from the repository")
         run = segments[-1] if segments and isinstance(segments[-1], list) else None
         if (

@@ -19,15 +19,17 @@ from backends.base import Backend
 from backends.retry import RetryingBackend
 from cas.repo.chunkcache import ChunkCache
 from cas.format.compression import decode
-from cas.format.config import CONFIG_KEY, RepoConfig
+from cas.format.config import RepoConfig
+from cas.format.keys import CONFIG_KEY, PACK_PREFIX, pack_id_of, pack_key
 from cas.errors import AlreadyExists, CasError, IntegrityError, NotFound
 from cas.format.hashing import hexdigest
-from cas.format.packs import FOOTER_SIZE, KIND_TREE, PackEntry, pack_key, parse_footer, parse_trailer
+from cas.format.packs import FOOTER_SIZE, PackEntry, parse_footer, parse_trailer
+from cas.types import BlobKind
 from cas.format.trees import Entry, decode_node, join_parts
-from manifests.index import BlobLocation, Index
+from cas.types import BlobLocation
+from manifests.index import Index
 
 _MAX_CONFIG_READ = 64 * 1024
-PACK_PREFIX = "data/"
 
 
 def default_home() -> str:
@@ -62,6 +64,8 @@ class Repository:
         self.config = config
         self.index = index
         self.chunk_cache = chunk_cache
+        self.index_is_new = False
+        """True when this open bound a new index to the repository: it is empty until synced."""
         self._trailers: dict[str, BlobLocation] = {}
         self._trailer_packs: set[str] = set()
 
@@ -106,11 +110,7 @@ class Repository:
             root = chunk_cache if isinstance(chunk_cache, str) else os.path.join(default_home(), "cache", "chunks")
             cache = ChunkCache(root)
         repo = cls(backend, config, index, cache)
-        if new_index:
-            # A new index starts as a copy of what the backend holds (through the fenced commit path).
-            from cas.ops.sync import rebuild_index
-
-            rebuild_index(repo)
+        repo.index_is_new = new_index
         return repo
 
     def describe(self) -> str:
@@ -127,7 +127,7 @@ class Repository:
 
     def list_packs(self) -> dict[str, int]:
         """Every pack on the backend: ID -> size."""
-        return {info.key.rsplit("/", 1)[-1]: info.size for info in self.backend.list(PACK_PREFIX)}
+        return {pack_id_of(info.key): info.size for info in self.backend.list(PACK_PREFIX)}
 
     def read_trailer(self, pack_id: str, size: int) -> list[PackEntry]:
         """A pack's entries from two ranged reads (footer, then trailer), without reading its data."""
@@ -144,7 +144,7 @@ class Repository:
         synced, or rows a damaged index lost) are looked up in the packs' trailers; reading never
         writes to the index, and every blob read is verified against its ID anyway."""
         wanted = list(blob_ids)
-        found = self.index.locate(wanted)
+        found = {blob_id: _location(row) for blob_id, row in self.index.locate(wanted).items()}
         if len(found) < len(set(wanted)):
             found.update(self._from_trailers([b for b in wanted if b not in found]))
         return found
@@ -233,7 +233,7 @@ class Repository:
             location = self.locate([tree_id]).get(tree_id)
         if location is None:
             raise NotFound(f"tree {tree_id} is not in the index (run 'cas rebuild-index'?)")
-        if location.kind != KIND_TREE:
+        if location.kind != BlobKind.TREE:
             raise IntegrityError(f"blob {tree_id} is not a tree node")
         data = self.chunk_cache.get(tree_id) if self.chunk_cache is not None else None
         if data is None:
@@ -241,6 +241,11 @@ class Repository:
             if self.chunk_cache is not None:
                 self.chunk_cache.put(tree_id, data)
         return data
+
+
+def _location(row: object) -> BlobLocation:
+    """The engine's location of a blob from an index row (the index has its own row type)."""
+    return BlobLocation(row.id, row.kind, row.pack_id, row.offset, row.length, row.raw_length, row.codec)  # type: ignore[attr-defined]
 
 
 def verify_blob(blob_id: str, location: BlobLocation, payload: bytes) -> bytes:

@@ -13,13 +13,13 @@ from cas import Store
 from cas.ops import snapshot as snapshot_op
 from cas.repo.blobwriter import BlobWriter
 from cas.format.hashing import hexdigest
-from cas.format.packs import KIND_DATA, KIND_TREE
+from cas.types import BlobKind
 from cas.format.records import SnapshotRecord
 
 EMPTY_DIGEST = hexdigest(b"")
 
 
-def put_blob(store: Store, data: bytes, kind: int = KIND_DATA) -> str:
+def put_blob(store: Store, data: bytes, kind: int = BlobKind.DATA) -> str:
     blob_id = hexdigest(data)
     with BlobWriter(store.repo) as writer:
         writer.add(blob_id, kind, data)
@@ -29,7 +29,7 @@ def put_blob(store: Store, data: bytes, kind: int = KIND_DATA) -> str:
 
 def put_tree(store: Store, entries: list[dict[str, object]]) -> str:
     raw = json.dumps({"v": 1, "entries": entries}, separators=(",", ":")).encode()
-    return put_blob(store, raw, KIND_TREE)
+    return put_blob(store, raw, BlobKind.TREE)
 
 
 def file_entry(store: Store, name: str, content: bytes = b"pwned", **extra: object) -> dict[str, object]:

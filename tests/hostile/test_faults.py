@@ -29,7 +29,7 @@ from backends.faulty import FaultyBackend
 from backends.local import LocalBackend
 from backends.retry import RetryingBackend
 from cas import CasError, IntegrityError, Store, Unavailable
-from cas.format.packs import pack_key
+from cas.format.keys import pack_key
 from cas.repo.repository import Repository
 from tests import engine
 from tests.treeutil import describe

@@ -37,13 +37,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cas import CasError, Store
-from cas.format.compression import CODEC_RAW, CODEC_ZSTD, decode, encode
+from cas.format.compression import decode, encode
+from cas.types import BlobKind, Codec
 from cas.format.config import RepoConfig
 from cas.format.hashing import hexdigest
 from cas.format.packs import (
     FOOTER_SIZE,
-    KIND_DATA,
-    KIND_TREE,
     MAX_BLOB_SIZE,
     PackBuilder,
     parse_footer,
@@ -156,8 +155,8 @@ def real_pack() -> bytes:
     builder = PackBuilder()
     for i, raw in enumerate((b"hello world " * 50, os.urandom(300), b"", b"x")):
         codec, payload = encode(raw, 3)
-        builder.add(hexdigest(raw), KIND_DATA if i % 2 == 0 else KIND_TREE, codec, payload, len(raw))
-    return builder.finish()[1]
+        builder.add(hexdigest(raw), BlobKind.DATA if i % 2 == 0 else BlobKind.TREE, codec, payload, len(raw))
+    return bytes(builder.seal()[1])
 
 
 def real_tree() -> bytes:
@@ -317,7 +316,7 @@ def check_pack_entries(data: bytes, result: object) -> None:
     data_size = len(data) - FOOTER_SIZE - trailer_len
     offset = 0
     for e in result:
-        assert e.offset == offset and e.kind in (KIND_DATA, KIND_TREE) and e.codec in (CODEC_RAW, CODEC_ZSTD)
+        assert e.offset == offset and e.kind in (BlobKind.DATA, BlobKind.TREE) and e.codec in (Codec.RAW, Codec.ZSTD)
         assert 0 <= e.length <= MAX_BLOB_SIZE and 0 <= e.raw_length <= MAX_BLOB_SIZE and len(e.id) == 64
         offset += e.length
     assert offset == data_size
@@ -402,14 +401,14 @@ ZSTD_FRAME = encode(ZSTD_SAMPLE, 3)[1]
                   st.sampled_from([b"", b"a", ZSTD_SAMPLE, b"\0" * 100_000])),
         st.binary(max_size=64),
     ),
-    st.sampled_from([CODEC_ZSTD, CODEC_ZSTD, CODEC_RAW, 2, 255]),
+    st.sampled_from([Codec.ZSTD, Codec.ZSTD, Codec.RAW, 2, 255]),
     st.one_of(st.just(len(ZSTD_SAMPLE)), st.integers(0, MAX_BLOB_SIZE), st.sampled_from([0, 1, MAX_BLOB_SIZE])),
 )
 def test_fuzz_decode(payload: bytes, codec: int, raw_length: int) -> None:
     result = clean("compression.decode", lambda: decode(codec, payload, raw_length))
     if isinstance(result, bytes):
         assert len(result) == raw_length
-        if codec == CODEC_RAW:
+        if codec == Codec.RAW:
             assert result == payload
 
 
@@ -419,7 +418,7 @@ def test_zstd_frames_claiming_huge_sizes_are_refused_before_allocating() -> None
         assert zstandard.frame_content_size(frame) == claimed
         before = peak_rss()
         with pytest.raises(CasError, match="claims"):
-            decode(CODEC_ZSTD, frame, MAX_BLOB_SIZE)
+            decode(Codec.ZSTD, frame, MAX_BLOB_SIZE)
         assert peak_rss() - before < 32 << 20
 
 
@@ -427,7 +426,7 @@ def test_zstd_bomb_without_a_content_size_is_bounded_by_the_recorded_length() ->
     bomb = zstandard.ZstdCompressor(write_content_size=False).compress(b"\0" * (64 << 20))
     for raw_length in (0, 1, 4096):
         with pytest.raises(CasError):
-            decode(CODEC_ZSTD, bomb, raw_length)
+            decode(Codec.ZSTD, bomb, raw_length)
 
 
 # -- examples the fuzzer found (regular tests) --------------------------------------------------
@@ -557,13 +556,13 @@ def test_fuzz_restore_of_mutated_tree_nodes(store: Store, tmp_path: Path) -> Non
         which, data = case
         execution_id = f"fz-tree-{next(counter)}"
         if which == 0:
-            root = put_blob(store, data, KIND_TREE)
+            root = put_blob(store, data, BlobKind.TREE)
         else:
             # Swap the mutated node in for a subdirectory of an otherwise real root.
-            sub = put_blob(store, data, KIND_TREE)
+            sub = put_blob(store, data, BlobKind.TREE)
             entries = [e if e.tree != trees[which] else Entry(e.name, DIR, e.mode, e.mtime_ns, tree=sub)
                        for e in decode_tree(originals[0])]
-            root = put_blob(store, encode_tree(entries), KIND_TREE)
+            root = put_blob(store, encode_tree(entries), BlobKind.TREE)
         commit(store, execution_id, root)
         dest = arena.fresh()
         clean("restore(tree)", lambda: store.restore(execution_id, dest))

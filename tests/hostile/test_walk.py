@@ -21,7 +21,7 @@ import pytest
 from cas import Store
 from cas.repo.blobwriter import BlobWriter
 from cas.format.hashing import hexdigest
-from cas.format.packs import KIND_DATA, KIND_TREE
+from cas.types import BlobKind
 from cas.format.trees import MAX_NODE_BYTES, decode_node
 from tests.hostile.forge import commit
 from tests.hostile.racing import run_racing, write_victim
@@ -255,7 +255,7 @@ def test_a_tree_thousands_of_levels_deep_is_stored_and_read_back(cas: Cas) -> No
 
 def _put_node(writer: BlobWriter, entry: dict[str, object]) -> str:
     data = json.dumps({"v": 1, "entries": [entry]}, separators=(",", ":")).encode()
-    writer.add(hexdigest(data), KIND_TREE, data)
+    writer.add(hexdigest(data), BlobKind.TREE, data)
     return hexdigest(data)
 
 
@@ -270,7 +270,7 @@ def test_a_forged_tree_deeper_than_any_written_is_read_by_every_command(cas: Cas
             roots = {}
             for execution_id in ("old", "new"):
                 data = execution_id.encode()
-                writer.add(hexdigest(data), KIND_DATA, data)
+                writer.add(hexdigest(data), BlobKind.DATA, data)
                 leaf = {"name": "leaf.txt", "type": "file", "mode": 0o644, "mtime_ns": 0, "size": len(data),
                         "digest": hexdigest(data), "chunks": [hexdigest(data)]}
                 tree = _put_node(writer, leaf)
