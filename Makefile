@@ -12,7 +12,7 @@ demo: install
 services:
 	bash .ci/services.sh
 
-# The AIFlow environments (tests/test_aiflow_e2e.py, which runs last) build in the background
+# The AIFlow environments (tests/aiflow/test_e2e.py, which runs last) build in the background
 # while the rest of the suite runs; the tests wait for the build's lock.
 test: install services
 	mkdir -p tests/.cache
@@ -22,7 +22,7 @@ test: install services
 bench: install
 	$(PYTHON) benchmarks/run.py
 
-# The real AIFlow environments of tests/test_aiflow_e2e.py (Python 3.7 + ai-flow 0.3.1, Python 3.8 +
+# The real AIFlow environments of tests/aiflow/test_e2e.py (Python 3.7 + ai-flow 0.3.1, Python 3.8 +
 # ai-flow-nightly, each with the bridge); the tests build them on first use, this builds them ahead.
 aiflow-envs:
 	$(PYTHON) -m tests.aiflow_envs

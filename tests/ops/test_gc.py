@@ -106,7 +106,7 @@ def test_writer_that_reused_a_condemned_pack_rescues_it(store: Store, tmp_path: 
         snapshot_op.commit = original  # type: ignore[assignment]
     assert snap.stats["new_bytes"] == 0  # everything was reused
     # The commit itself made them live again, before any later GC could see the snapshot (a GC
-    # whose mark missed the snapshot would otherwise delete them: tests/test_guarantees.py).
+    # whose mark missed the snapshot would otherwise delete them: tests/ops/test_guarantees.py).
     assert {p.state for p in store.repo.index.pack_rows()} == {LIVE}
     after = store.gc(grace=NOW)
     assert not after.rescued and not after.deleted  # nothing left for GC to rescue

@@ -4,7 +4,7 @@
 2. GC judging packs by index rows that a damaged or restored index had lost;
 3. two copies of one repository sharing one default index;
 4. a sync committing a writer's row outside the writer's fenced commit, and a sync undoing a forget.
-The state machine in tests/test_no_loss_model.py drives all of these operations at random.
+The state machine in tests/ops/test_no_loss_model.py drives all of these operations at random.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from cas import Store
 from cas.format.trees import MAX_NODE_BYTES, SPLIT_BYTES
 from tests.treeutil import describe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOW = dt.timedelta(0)
 DEADLOCK_GUARD = 60.0
 

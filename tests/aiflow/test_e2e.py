@@ -25,7 +25,7 @@ import pytest
 
 from tests import aiflow_envs
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 E2E = REPO_ROOT / "tests" / "aiflow_e2e"
 
 

@@ -15,7 +15,7 @@ from cas import IntegrityError, Store
 from cas.format.keys import pack_key
 from tests.treeutil import describe
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from cas import AlreadyExists, Store
 from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
 from tests.servers.s3 import moto_server  # noqa: F401
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHUNKS = {"chunk_min": 1024, "chunk_avg": 4096, "chunk_max": 16384, "pack_size": 1 << 20}
 WRITERS = 3
 SNAPSHOTS_PER_WRITER = 4

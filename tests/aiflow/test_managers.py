@@ -32,7 +32,7 @@ from cas.errors import ConfigurationError, IntegrityError, NotFound
 from cas.format.hashing import hexdigest
 from tests import aiflow_interface
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 Factory = Callable[[str, dict[str, Any]], Any]
 
 
@@ -477,7 +477,7 @@ def _download_in_child(
             BlobManagerFactory,
         )
 
-        from tests.test_aiflow import _counting_config as counting
+        from tests.aiflow.test_managers import _counting_config as counting
 
         manager = BlobManagerFactory.create_blob_manager("cas.aiflow.CasBlobManager", counting(*cfg))
         barrier.wait(30)
