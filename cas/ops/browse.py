@@ -9,12 +9,18 @@ import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from cas.errors import ConfigurationError, NotFound
 from cas.format.trees import DIR, Entry
 from cas.repo.reader import FileStream
 from cas.repo.repository import Repository
+
+
+class TreeSource(Protocol):
+    """What browsing needs of a repository: directories by tree ID."""
+
+    def read_tree(self, tree_id: str) -> list[Entry]: ...
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,7 @@ def split_path(path: str) -> list[str]:
     return parts
 
 
-def find_entry(repo: Repository, root: str, path: str, execution_id: str) -> Entry | None:
+def find_entry(repo: TreeSource, root: str, path: str, execution_id: str) -> Entry | None:
     """The tree entry at ``path`` under the tree ``root`` ('' is the root itself, returned as None)."""
     parts = split_path(path)
     if not parts:
@@ -47,7 +53,7 @@ def find_entry(repo: Repository, root: str, path: str, execution_id: str) -> Ent
     return found
 
 
-def walk(repo: Repository, tree: str, prefix: str, recursive: bool) -> Iterator[tuple[str, Entry]]:
+def walk(repo: TreeSource, tree: str, prefix: str, recursive: bool) -> Iterator[tuple[str, Entry]]:
     """``(path, entry)`` depth first, in name order."""
     stack = [(iter(repo.read_tree(tree)), prefix)]
     while stack:
@@ -66,7 +72,7 @@ def open_file(repo: Repository, entry: Entry, path: str) -> BinaryIO:
     return io.BufferedReader(FileStream(repo, entry, path), buffer_size=1 << 20)  # type: ignore[return-value]
 
 
-def diff_trees(repo: Repository, old_root: str, new_root: str) -> list[Change]:
+def diff_trees(repo: TreeSource, old_root: str, new_root: str) -> list[Change]:
     """Changes in path order: a directory's own change after those inside it, an added or removed
     directory before its contents; unchanged subtrees (equal IDs) are skipped."""
     out: list[Change] = []
