@@ -139,7 +139,7 @@ class Store:
 
     def list(self) -> list[Snapshot]:
         """Snapshots in the index, newest first."""
-        return [_snapshot_of_row(r) for r in self.repo.index.snapshots()]
+        return [_snapshot_from_row(r) for r in self.repo.index.snapshots()]
 
     def get(self, execution_id: str) -> Snapshot:
         """The snapshot of an execution, from the index, or from its object on the backend when this
@@ -148,8 +148,8 @@ class Store:
         check_execution_id(execution_id, NotFound)
         row = self.repo.index.snapshot(execution_id)
         if row is not None:
-            return _snapshot_of_row(row)
-        return _snapshot_of(snapshot_op.load_record(self.repo, execution_id))
+            return _snapshot_from_row(row)
+        return _snapshot_from_record(snapshot_op.load_record(self.repo, execution_id))
 
     def entry(self, execution_id: str, path: str = "") -> Entry | None:
         """The tree entry at ``path`` ('' is the root, returned as None)."""
@@ -227,10 +227,10 @@ class Store:
         return collect_garbage(self.repo, grace=grace, dry_run=dry_run)
 
 
-def _snapshot_of(record: SnapshotRecord) -> Snapshot:
+def _snapshot_from_record(record: SnapshotRecord) -> Snapshot:
     stats = {**record.stats, "root_mode": record.root_mode, "root_mtime_ns": record.root_mtime_ns}
     return Snapshot(record.execution_id, record.root, record.time_ns, dict(record.labels), stats)
 
 
-def _snapshot_of_row(row: SnapshotRow) -> Snapshot:
+def _snapshot_from_row(row: SnapshotRow) -> Snapshot:
     return Snapshot(row.execution_id, row.root_tree, row.time_ns, dict(row.labels), dict(row.stats), row.damaged)
