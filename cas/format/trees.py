@@ -190,15 +190,7 @@ def encode_directory(entries: list[Entry], emit: Callable[[str, bytes], None]) -
 
 def decode_node(data: bytes) -> list[Entry] | tuple[str, ...]:
     """An entries node as its entries, or a parts node as the IDs of its parts (in order)."""
-    if len(data) > MAX_NODE_BYTES:
-        raise IntegrityError("tree node is larger than the format allows")
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise IntegrityError("tree node is not valid JSON") from exc
-    # ``type(...) is int``: JSON ``true`` and ``1.0`` compare equal to 1 but are not version 1.
-    if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] != TREE_VERSION:
-        raise IntegrityError("tree node has an unknown version or shape")
+    doc = _load_node(data)
     if set(doc) == {"parts", "v"}:
         parts = doc["parts"]
         if not isinstance(parts, list) or not parts or len(parts) > MAX_PARTS or not all(is_digest(p) for p in parts):
@@ -206,7 +198,7 @@ def decode_node(data: bytes) -> list[Entry] | tuple[str, ...]:
         if len(set(parts)) != len(parts):
             raise IntegrityError("tree parts node names a part twice")
         return tuple(parts)
-    return decode_tree(data)
+    return _entries_of(doc)
 
 
 def join_parts(parts: list[list[Entry]]) -> list[Entry]:
@@ -228,6 +220,11 @@ def join_parts(parts: list[list[Entry]]) -> list[Entry]:
 
 def decode_tree(data: bytes) -> list[Entry]:
     """An entries node's entries (a parts node is refused here: see :func:`decode_node`)."""
+    return _entries_of(_load_node(data))
+
+
+def _load_node(data: bytes) -> dict:  # type: ignore[type-arg]
+    """The JSON object of a tree node of this version, or IntegrityError."""
     if len(data) > MAX_NODE_BYTES:
         raise IntegrityError("tree node is larger than the format allows")
     try:
@@ -237,6 +234,10 @@ def decode_tree(data: bytes) -> list[Entry]:
     # ``type(...) is int``: JSON ``true`` and ``1.0`` compare equal to 1 but are not version 1.
     if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] != TREE_VERSION:
         raise IntegrityError("tree node has an unknown version or shape")
+    return doc
+
+
+def _entries_of(doc: dict) -> list[Entry]:  # type: ignore[type-arg]
     if not isinstance(doc.get("entries"), list):
         raise IntegrityError("tree node has an unknown version or shape")
     raw_entries = doc["entries"]

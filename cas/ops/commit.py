@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from cas.errors import CasError
 from cas.format.records import SnapshotRecord, snapshot_key
-from cas.format.trees import DIR, FILE
+from cas.ops.roots import collect_blobs
 from cas.repo.repository import Repository
 from manifests.index import SnapshotRow, SnapshotWithdrawn
 
@@ -35,29 +35,9 @@ def commit_with_blobs(repo: Repository, record: SnapshotRecord, referenced: set[
 
 
 def referenced_blobs(repo: Repository, root_tree: str) -> tuple[set[str], list[str]]:
-    """Every blob one snapshot references (tree nodes, their parts, chunks), and the paths of trees
-    that could not be read. Iterative: any depth."""
-    seen: set[str] = set()
+    """Every blob one snapshot references, and ``"path: error"`` for each tree that could not be read."""
     blobs: set[str] = set()
-    broken: list[str] = []
-    stack = [(root_tree, "")]
-    while stack:
-        tree, prefix = stack.pop()
-        if tree in seen:
-            continue
-        seen.add(tree)
-        blobs.add(tree)
-        try:
-            entries, parts = repo.read_directory(tree)
-        except CasError as exc:
-            broken.append(f"{prefix or '/'}: {exc}")
-            continue
-        blobs.update(parts)
-        for entry in entries:
-            if entry.type == FILE:
-                blobs.update(entry.chunks)
-            elif entry.type == DIR:
-                stack.append((entry.tree, prefix + entry.name + "/"))
+    broken = collect_blobs(repo, root_tree, blobs, set())
     return blobs, broken
 
 

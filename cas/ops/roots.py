@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cas.errors import CasError, IntegrityError
+from cas.errors import CasError
 from cas.format.records import SnapshotRecord
 from cas.format.keys import SNAPSHOT_PREFIX
 from cas.repo.repository import Repository
@@ -49,31 +49,39 @@ def snapshot_roots(repo: Repository) -> tuple[list[Root], list[tuple[str, str]]]
     return roots, unreadable
 
 
-def reachable_blobs(repo: Repository, roots: list[Root]) -> tuple[set[str], list[tuple[str, str]]]:
-    """Blob IDs reachable from ``roots`` (trees once each) and ``(execution id, path)`` of unreadable trees.
+def collect_blobs(
+    repo: Repository, tree: str, into: set[str], seen_trees: set[str]
+) -> list[str]:
+    """Add every blob reachable from ``tree`` (tree nodes, their parts, chunks) to ``into``, walking
+    each tree of ``seen_trees`` once; returns ``"path: error"`` for each tree that could not be read.
+    Iterative, so a tree of any depth the writer accepted is walked."""
+    broken: list[str] = []
+    stack = [(tree, "")]
+    while stack:
+        tree, prefix = stack.pop()
+        if tree in seen_trees:
+            continue
+        seen_trees.add(tree)
+        into.add(tree)
+        try:
+            entries, parts = repo.read_directory(tree)
+        except CasError as exc:
+            broken.append(f"{prefix or '/'}: {exc}")
+            continue
+        into.update(parts)
+        for entry in entries:
+            if entry.type == FILE:
+                into.update(entry.chunks)
+            elif entry.type == DIR:
+                stack.append((entry.tree, prefix + entry.name + "/"))
+    return broken
 
-    Iterative, so a tree of any depth the writer accepted is walked.
-    """
+
+def reachable_blobs(repo: Repository, roots: list[Root]) -> tuple[set[str], list[tuple[str, str]]]:
+    """Blob IDs reachable from ``roots`` (trees once each) and ``(execution id, path)`` of unreadable trees."""
     seen_trees: set[str] = set()
     reachable: set[str] = set()
     broken: list[tuple[str, str]] = []
     for root in roots:
-        stack = [(root.tree, "")]
-        while stack:
-            tree, prefix = stack.pop()
-            if tree in seen_trees:
-                continue
-            seen_trees.add(tree)
-            reachable.add(tree)
-            try:
-                entries, parts = repo.read_directory(tree)
-            except (CasError, IntegrityError) as exc:
-                broken.append((root.execution_id, f"{prefix or '/'}: {exc}"))
-                continue
-            reachable.update(parts)
-            for entry in entries:
-                if entry.type == FILE:
-                    reachable.update(entry.chunks)
-                elif entry.type == DIR:
-                    stack.append((entry.tree, prefix + entry.name + "/"))
+        broken.extend((root.execution_id, where) for where in collect_blobs(repo, root.tree, reachable, seen_trees))
     return reachable, broken
