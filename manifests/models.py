@@ -6,7 +6,7 @@ so it can always be rebuilt from the backend alone. It is never the only copy of
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, JSON, SmallInteger, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, SmallInteger, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -24,7 +24,8 @@ class Pack(Base):
     blob_count: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[object] = mapped_column(DateTime(timezone=True))
     state: Mapped[int] = mapped_column(SmallInteger, default=0)
-    """0 live; 1 condemned by garbage collection (not offered for deduplication, still readable)."""
+    """A :class:`~manifests.rows.PackState`: 0 live; 1 condemned by garbage collection (not offered for
+    deduplication, still readable)."""
     condemned_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
     condemned_at: Mapped[object | None] = mapped_column(DateTime(timezone=True), nullable=True)
 

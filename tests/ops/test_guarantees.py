@@ -135,7 +135,7 @@ def _writer_reusing_packs_that_gc_then_condemns(
 
 
 def test_gc_verdicts_wait_for_a_writer_holding_the_fence(open_store, index_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """manifests/index.py _Guard.__enter__: the fence row lock.
+    """manifests/database.py Guard.__enter__: the fence row lock.
 
     A writer's commit has read its blob rows (all present, in condemned packs) and is about to
     rescue them; a GC run whose mark missed the writer wants to tombstone those packs. The GC's
@@ -178,7 +178,7 @@ def test_gc_verdicts_wait_for_a_writer_holding_the_fence(open_store, index_url: 
 
 
 def test_commit_rescues_condemned_packs_before_a_gc_that_missed_it_applies(open_store, index_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """manifests/index.py commit_snapshot: condemned packs a snapshot uses are made live.
+    """manifests/snapshots.py commit_snapshot: condemned packs a snapshot uses are made live.
 
     A GC run reads the pack rows (run-a's packs condemned, nothing referencing them) and stops
     before its verdicts; the writer commits run-b, which reuses those packs; then the GC applies.
@@ -204,7 +204,7 @@ def test_commit_rescues_condemned_packs_before_a_gc_that_missed_it_applies(open_
 
 
 def test_gc_never_tombstones_a_pack_condemned_after_its_mark_began(open_store, index_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """manifests/index.py gc_apply: ``Pack.condemned_epoch < epoch``.
+    """manifests/collection.py gc_apply: ``Pack.condemned_epoch < epoch``.
 
     Two GC runs overlap a writer (docs/GC.md, "Why nothing is lost"): run C reads the packs live
     and unreferenced and stops; another run condemns them; run G marks (no snapshot uses them),

@@ -1,0 +1,116 @@
+"""What every part of the :class:`~manifests.index.Index` stands on: the open database, its three
+kinds of transaction (read, write, fenced), insert-or-ignore, and batched lookups by ID."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from sqlalchemy.engine import Engine
+
+from backends.errors import ConfigurationError
+from manifests import database
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+LOOKUP_BATCH = 500
+"""IDs per ``IN (...)`` list: below SQLite's and PostgreSQL's limits on bound parameters."""
+
+
+class IndexConnection:
+    """Open with :meth:`open`; safe to share between threads (each call uses its own connection)."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+
+    @classmethod
+    def open(cls, url: str) -> Self:
+        index = cls(database.open_engine(url), url)
+        index.migrate()
+        return index
+
+    def describe(self) -> str:
+        return database.redact(self.url)
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The database file of a SQLite index (None for a server database or an in-memory one)."""
+        return database.sqlite_file(self.engine)
+
+    def migrate(self) -> None:
+        """Bring the schema to the head revision; refuse a database written by newer code."""
+        database.migrate(self.engine, self.url)
+
+    def check(self) -> list[str]:
+        """Problems SQLite's ``quick_check`` finds in the database file (none for a server database).
+
+        Damage that no query has touched yet is found here; reads over it may otherwise return
+        wrong rows without any error.
+        """
+        if self.engine.dialect.name != "sqlite":
+            return []
+        with self._read() as conn:
+            rows = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA quick_check(20)")]
+        if rows == ["ok"]:
+            return []
+        lines = (line.strip() for row in rows for line in row.splitlines())
+        return [database.escape(line) for line in lines if line and not line.startswith("*** in database")]
+
+    def check_intact(self) -> None:
+        """Raise :class:`~manifests.errors.IndexDamaged` if :meth:`check` finds anything."""
+        problems = self.check()
+        if problems:
+            raise database.damaged(self.engine, self.url, problems[0])
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- transactions -----------------------------------------------------------------------------
+
+    def _read(self):  # type: ignore[no-untyped-def]
+        return database.Guard(self.engine, self.url, self.engine.connect())
+
+    def _write(self):  # type: ignore[no-untyped-def]
+        return database.Guard(self.engine, self.url, self.engine.begin())
+
+    def _fenced(self):  # type: ignore[no-untyped-def]
+        """A write transaction ordered against every other fenced one (docs/GC.md, "The fence")."""
+        return database.Guard(self.engine, self.url, self.engine.begin(), fence=True)
+
+    # -- statements -------------------------------------------------------------------------------
+
+    def _insert_ignore(self, model: type, keys: list[str]):  # type: ignore[no-untyped-def]
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            raise ConfigurationError(f"index database {dialect!r} is not supported (use SQLite or PostgreSQL)")
+        return dialect_insert(model).on_conflict_do_nothing(index_elements=keys)
+
+    def _lookup(self, sql: str, ids: Iterable[str]) -> Iterator[tuple]:  # type: ignore[type-arg]
+        """Rows of ``sql + (ids...)`` in batches, as plain driver SQL with bound parameters.
+
+        These are the hot paths of snapshot and restore (one call per directory or per few hundred
+        blobs); building them as driver SQL skips SQLAlchemy's per-call compilation.
+        """
+        with self._read() as conn:
+            yield from self._lookup_on(conn, sql, ids)
+
+    def _lookup_on(self, conn, sql: str, ids: Iterable[str]) -> Iterator[tuple]:  # type: ignore[no-untyped-def,type-arg]
+        wanted = list(dict.fromkeys(ids))
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        for start in range(0, len(wanted), LOOKUP_BATCH):
+            batch = wanted[start : start + LOOKUP_BATCH]
+            statement = sql + "(" + ",".join([mark] * len(batch)) + ")"
+            yield from conn.exec_driver_sql(statement, tuple(batch)).fetchall()
+
+
+def batches(items: Sequence[str]) -> Iterator[list[str]]:
+    """``items`` in lists of at most :data:`LOOKUP_BATCH`."""
+    items = list(items)
+    for start in range(0, len(items), LOOKUP_BATCH):
+        yield items[start : start + LOOKUP_BATCH]

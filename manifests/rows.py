@@ -1,0 +1,104 @@
+"""The small frozen values the index hands out and takes in; no SQL here.
+
+Kinds and codecs are stored as the integers the engine gives (docs/FORMAT.md, "Blobs and codecs");
+the index never interprets them except to count chunks and trees in :class:`IndexStats`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class PackState(enum.IntEnum):
+    """``packs.state``: whether writers may deduplicate against a pack's blobs (docs/GC.md)."""
+
+    LIVE = 0
+    CONDEMNED = 1
+    """Garbage collection judged it unreachable: still readable, never offered for deduplication."""
+
+
+class BlobLocationLike(Protocol):
+    """What the index reads from a blob location it is given: the engine's own location type or a
+    :class:`BlobRow` both qualify. ``pack_id`` is read only where the pack is not given separately."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def kind(self) -> int: ...
+    @property
+    def pack_id(self) -> str: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def raw_length(self) -> int: ...
+    @property
+    def codec(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class BlobRow:
+    """A ``blobs`` row: where a chunk or tree node is stored and how it is encoded."""
+
+    id: str
+    kind: int
+    pack_id: str
+    offset: int
+    length: int  # stored (encoded) bytes at ``offset`` in the pack
+    raw_length: int  # bytes once decoded
+    codec: int
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    """A ``snapshots`` row: an execution's root tree and what storing it cost."""
+
+    execution_id: str
+    root_tree: str
+    time_ns: int  # when the snapshot was taken, ns since the epoch (UTC)
+    labels: dict[str, str]
+    stats: dict[str, int]  # the engine's counters, opaque to the index
+    logical_bytes: int
+    new_bytes: int
+    stored_bytes: int
+    damaged: bool = False  # repair found blobs of it missing; cleared when they are stored again
+
+
+@dataclass(frozen=True)
+class PackRow:
+    """A ``packs`` row as garbage collection, sync and verify read it."""
+
+    id: str
+    size: int
+    state: int  # a PackState value
+    condemned_epoch: int | None  # the fence's epoch when condemned (None while live)
+    created_at: dt.datetime
+    condemned_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class GcDecision:
+    """What one GC verdict transaction did, after re-checking each verdict against the rows."""
+
+    tombstoned: list[str]
+    condemned: list[str]
+    rescued: list[str]
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    """Totals over the whole index (``cas stats``)."""
+
+    snapshots: int
+    packs: int
+    pack_bytes: int
+    blobs: int
+    chunks: int
+    trees: int
+    chunk_raw_bytes: int
+    chunk_stored_bytes: int
+    logical_bytes: int

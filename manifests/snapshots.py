@@ -1,0 +1,119 @@
+"""Snapshot rows: the fenced, blob-checking commit (the only way a row enters), reads, removal."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Iterable
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError as SQLIntegrityError
+
+from backends.errors import AlreadyExists
+from manifests.collection import rescue_condemned
+from manifests.connection import IndexConnection, batches
+from manifests.errors import SnapshotWithdrawn
+from manifests.models import Snapshot
+from manifests.rows import SnapshotRow
+
+
+class SnapshotIndex(IndexConnection):
+    """The part of :class:`~manifests.index.Index` that holds snapshot rows."""
+
+    def commit_snapshot(
+        self,
+        row: SnapshotRow,
+        blob_ids: Iterable[str],
+        *,
+        damaged_if_missing: bool = False,
+        still_claimed: Callable[[], bool] | None = None,
+    ) -> set[str]:
+        """Insert a snapshot row if every blob it references is still stored; return those that are not.
+
+        This is the only way a snapshot row enters the index (a writer's commit, a sync, a rebuild,
+        a repair). It runs under the fence, so it is ordered against garbage collection: blobs in
+        packs GC has condemned are rescued (their packs made live again, they still exist), blobs whose
+        packs GC already tombstoned are returned and nothing is inserted (the caller writes them again)
+        -- or, with ``damaged_if_missing``, the row is inserted marked damaged.
+
+        A row that already exists with the same root tree is success: the rescue still commits, and a
+        damaged mark is cleared when every blob is now stored. A different root is AlreadyExists.
+        ``still_claimed`` is called last, inside the transaction: if it returns False (the snapshot
+        object was forgotten meanwhile) nothing is committed and :class:`SnapshotWithdrawn` is raised.
+        """
+        wanted = list(dict.fromkeys(blob_ids))
+        with self._fenced() as conn:
+            located: dict[str, str] = dict(
+                self._lookup_on(conn, "SELECT id, pack_id FROM blobs WHERE id IN ", wanted)  # type: ignore[arg-type]
+            )
+            missing = {b for b in wanted if b not in located}
+            if missing and not damaged_if_missing:
+                return missing
+            for batch in batches(list(set(located.values()))):
+                conn.execute(rescue_condemned(batch))
+            try:
+                self._insert_snapshot(conn, row if not missing else dataclasses.replace(row, damaged=True))
+            except AlreadyExists:
+                existing = conn.execute(
+                    select(Snapshot.root_tree, Snapshot.damaged).where(Snapshot.execution_id == row.execution_id)
+                ).first()
+                if existing is None or existing.root_tree != row.root_tree:
+                    raise
+                if existing.damaged and not missing:
+                    conn.execute(
+                        update(Snapshot).where(Snapshot.execution_id == row.execution_id).values(damaged=False)
+                    )
+            if still_claimed is not None and not still_claimed():
+                raise SnapshotWithdrawn(f"snapshot {row.execution_id} was removed from the backend meanwhile")
+        return missing
+
+    def _insert_snapshot(self, conn, row: SnapshotRow) -> None:  # type: ignore[no-untyped-def]
+        values = {
+            "execution_id": row.execution_id,
+            "root_tree": row.root_tree,
+            "created_at": dt.datetime.fromtimestamp(row.time_ns / 1e9, dt.timezone.utc),
+            "time_ns": row.time_ns,
+            "labels": row.labels,
+            "stats": row.stats,
+            "logical_bytes": row.logical_bytes,
+            "new_bytes": row.new_bytes,
+            "stored_bytes": row.stored_bytes,
+            "damaged": row.damaged,
+        }
+        # A savepoint, so a duplicate ID fails this insert only and not the caller's transaction.
+        try:
+            with conn.begin_nested():
+                conn.execute(insert(Snapshot), [values])
+        except SQLIntegrityError as exc:
+            raise AlreadyExists(f"execution ID already exists in the index: {row.execution_id}") from exc
+
+    def snapshot(self, execution_id: str) -> SnapshotRow | None:
+        with self._read() as conn:
+            row = conn.execute(select(Snapshot).where(Snapshot.execution_id == execution_id)).first()
+        return None if row is None else _snapshot_row(row)
+
+    def snapshots(self) -> list[SnapshotRow]:
+        """All snapshots, newest first."""
+        with self._read() as conn:
+            rows = conn.execute(select(Snapshot).order_by(Snapshot.time_ns.desc(), Snapshot.execution_id))
+            return [_snapshot_row(r) for r in rows]
+
+    def remove_snapshot(self, execution_id: str) -> bool:
+        """Fenced, so a sync's commit of the same ID is ordered before or after it (never inside)."""
+        with self._fenced() as conn:
+            result = conn.execute(delete(Snapshot).where(Snapshot.execution_id == execution_id))
+        return bool(result.rowcount)
+
+
+def _snapshot_row(row) -> SnapshotRow:  # type: ignore[no-untyped-def]
+    return SnapshotRow(
+        execution_id=row.execution_id,
+        root_tree=row.root_tree,
+        time_ns=row.time_ns,
+        labels=dict(row.labels or {}),
+        stats=dict(row.stats or {}),
+        logical_bytes=row.logical_bytes,
+        new_bytes=row.new_bytes,
+        stored_bytes=row.stored_bytes,
+        damaged=bool(row.damaged),
+    )

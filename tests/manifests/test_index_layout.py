@@ -1,0 +1,86 @@
+"""The index's package on its own: what it may import, and what its inputs and values are.
+
+``manifests/`` sits between ``backends/`` and ``cas/`` (docs/INDEX.md): it imports nothing of ``cas``
+and of ``backends`` only the domain errors, and it takes blob locations as any object with their
+fields, so the engine can hand it its own location type.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import sys
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+from manifests.index import CONDEMNED, LIVE, BlobLocation, Index
+from manifests.rows import BlobRow, PackState
+
+ROOT = Path(__file__).resolve().parents[2]
+THIRD_PARTY = {"sqlalchemy", "alembic"}
+
+# Not the engine's type, not a dataclass: only the attributes the index reads.
+ForeignLocation = namedtuple("ForeignLocation", "id kind pack_id offset length raw_length codec")
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_manifests_imports_only_itself_the_domain_errors_and_its_libraries() -> None:
+    files = sorted((ROOT / "manifests").rglob("*.py"))
+    assert len(files) > 10
+    for path in files:
+        for name in _imports(path):
+            top = name.split(".")[0]
+            allowed = (
+                top in sys.stdlib_module_names or top in THIRD_PARTY or top == "manifests"
+                or name == "backends.errors" or top == "typing_extensions"
+            )
+            assert allowed, f"{path.relative_to(ROOT)} imports {name}"
+
+
+def test_pack_states_keep_their_stored_values() -> None:
+    assert (PackState.LIVE, PackState.CONDEMNED) == (0, 1)
+    assert (LIVE, CONDEMNED) == (PackState.LIVE, PackState.CONDEMNED)
+    assert BlobLocation is BlobRow
+
+
+@pytest.fixture
+def index(tmp_path: Path):  # type: ignore[no-untyped-def]
+    opened = Index.open(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    yield opened
+    opened.close()
+
+
+def test_blob_locations_are_taken_by_their_attributes(index: Index) -> None:
+    pack, other = "a" * 64, "b" * 64
+    blobs = [ForeignLocation(f"{n:064x}", n % 2, "ignored", 100 * n, 90, 200, 1) for n in range(3)]
+    index.add_pack(pack, 300, blobs)
+    assert index.locate([b.id for b in blobs]) == {
+        b.id: BlobRow(b.id, b.kind, pack, b.offset, b.length, b.raw_length, b.codec) for b in blobs
+    }
+    index.add_pack(other, 100, [])
+    assert index.add_blob_rows(other, [ForeignLocation("c" * 64, 0, "ignored", 0, 10, 10, 0)]) == 1
+    moved = ForeignLocation(blobs[0].id, 0, other, 50, 80, 200, 1)
+    assert index.move_blobs([moved], {blobs[0].id: pack}) == 1
+    assert index.locate([blobs[0].id])[blobs[0].id] == BlobRow(*moved)
+    assert index.move_blobs([moved], {blobs[0].id: pack}) == 0  # no longer in the pack it was read from
+
+
+def test_pack_rows_report_states_that_compare_with_pack_state(index: Index) -> None:
+    index.add_pack("a" * 64, 10, [])
+    assert index.adopt_orphans({"b" * 64: 20}, epoch=index.next_epoch()) == 1
+    states = {row.id[0]: row for row in index.pack_rows()}
+    assert states["a"].state == PackState.LIVE and states["a"].condemned_epoch is None
+    assert states["b"].state == PackState.CONDEMNED and states["b"].condemned_at is not None
+    assert states["b"].created_at.tzinfo == dt.timezone.utc
+    assert index.known_blobs([]) == set()
