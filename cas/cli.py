@@ -21,7 +21,8 @@ from cas.errors import CasError, ConfigurationError, PartialRestore
 from cas.ops.tree_builder import OnChange
 from cas.store import Store
 from cas.format.trees import DIR, FILE, SYMLINK
-from manifests.index import IndexDamaged, set_aside
+from manifests.database import set_aside
+from manifests.errors import IndexDamaged
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2

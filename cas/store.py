@@ -29,7 +29,8 @@ from cas.ops.sync import RebuildReport, rebuild_index
 from cas.ops.tree_builder import OnChange, ProgressFn
 from cas.ops.verify import VerifyReport, verify
 from cas.repo.repository import Repository
-from manifests.index import Index, IndexStats, SnapshotRow
+from manifests.index import Index
+from manifests.rows import IndexStats, SnapshotRow
 
 
 @dataclass(frozen=True)

@@ -40,16 +40,8 @@ class Index(BlobIndex, SnapshotIndex, GcIndex, RepairIndex, StatsIndex, BindingI
     """Open with :meth:`open`; safe to share between threads (each call uses its own connection)."""
 
 
-# Compatibility: the names cas/ and tests/ import from here, until they import them from their homes.
-BlobLocation = BlobRow
-LIVE = PackState.LIVE
-CONDEMNED = PackState.CONDEMNED
-
 __all__ = [
-    "CONDEMNED",
-    "LIVE",
     "SCHEMA_HEAD",
-    "BlobLocation",
     "BlobLocationLike",
     "BlobRow",
     "GcDecision",

@@ -9,7 +9,8 @@ from cas.errors import CasError
 from cas.format.records import SnapshotRecord, snapshot_key
 from cas.ops.roots import collect_blobs
 from cas.repo.repository import Repository
-from manifests.index import SnapshotRow, SnapshotWithdrawn
+from manifests.errors import SnapshotWithdrawn
+from manifests.rows import SnapshotRow
 
 
 def snapshot_row(record: SnapshotRecord, damaged: bool = False) -> SnapshotRow:

@@ -29,7 +29,7 @@ from cas.repo.repository import Repository
 from cas.ops.sync import rebuild_index, reindex_blobs
 from cas.ops.roots import reachable_blobs, snapshot_roots
 from cas.types import BlobLocation
-from manifests.index import CONDEMNED
+from manifests.rows import PackState
 
 log = logging.getLogger("cas")
 DEFAULT_GRACE = dt.timedelta(hours=1)
@@ -130,7 +130,7 @@ def collect_garbage(
     condemn, rescue, delete, repack = [], [], [], []
     now = dt.datetime.now(dt.timezone.utc)
     for pack in packs.values():
-        if pack.state == CONDEMNED:
+        if pack.state == PackState.CONDEMNED:
             if live_bytes[pack.id]:
                 rescue.append(pack.id)
             else:

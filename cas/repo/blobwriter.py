@@ -25,7 +25,7 @@ from cas.format.keys import pack_key
 from cas.types import BlobKind
 from cas.repo.repository import Repository
 from cas.types import BlobLocation
-from manifests.index import PackBeingDeleted
+from manifests.errors import PackBeingDeleted
 
 _TOMBSTONE_WAIT = 120.0
 _DEDUP_BATCH = 400

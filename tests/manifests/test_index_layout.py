@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from manifests.index import CONDEMNED, LIVE, BlobLocation, Index
+from manifests.index import Index
 from manifests.rows import BlobRow, PackState
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,8 +50,6 @@ def test_manifests_imports_only_itself_the_domain_errors_and_its_libraries() -> 
 
 def test_pack_states_keep_their_stored_values() -> None:
     assert (PackState.LIVE, PackState.CONDEMNED) == (0, 1)
-    assert (LIVE, CONDEMNED) == (PackState.LIVE, PackState.CONDEMNED)
-    assert BlobLocation is BlobRow
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 from cas import Store
 from cas.ops import snapshot as snapshot_op
 from cas.format.keys import pack_key
-from manifests.index import CONDEMNED, LIVE
+from manifests.rows import PackState
 from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
 from tests.treeutil import describe
 
@@ -107,7 +107,7 @@ def test_writer_that_reused_a_condemned_pack_rescues_it(store: Store, tmp_path: 
     assert snap.stats["new_bytes"] == 0  # everything was reused
     # The commit itself made them live again, before any later GC could see the snapshot (a GC
     # whose mark missed the snapshot would otherwise delete them: tests/ops/test_guarantees.py).
-    assert {p.state for p in store.repo.index.pack_rows()} == {LIVE}
+    assert {p.state for p in store.repo.index.pack_rows()} == {PackState.LIVE}
     after = store.gc(grace=NOW)
     assert not after.rescued and not after.deleted  # nothing left for GC to rescue
     for _ in range(2):
@@ -155,7 +155,7 @@ def test_orphan_pack_from_an_interrupted_writer_is_reclaimed(store: Store, tmp_p
     first = store.gc(grace=NOW)
     assert "interrupted writer" in first.reasons[pack_id]
     adopted = {p.id: p for p in store.repo.index.pack_rows()}.get(pack_id)
-    assert adopted is not None and adopted.state == CONDEMNED and adopted.condemned_epoch == first.epoch
+    assert adopted is not None and adopted.state == PackState.CONDEMNED and adopted.condemned_epoch == first.epoch
     assert first.orphans_adopted == 1
     assert pack_id not in first.deleted  # condemned in this run's epoch: only a later run deletes it
     assert store.repo.backend.exists(pack_key(pack_id))
