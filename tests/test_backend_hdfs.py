@@ -14,9 +14,10 @@ import requests
 from backends import open_backend
 from backends.errors import AlreadyExists, ConfigurationError, NotFound, PermissionDenied, Unavailable
 from backends.hdfs import TMP_PREFIX, HdfsBackend, from_url
-from cas.testing import BackendContract
+from backends.testing import BackendContract
 from tests.servers import hdfs as hdfs_servers
 from tests.servers.hdfs import HdfsCluster, free_port
+from tests.test_backend_engine import EngineThroughBackend
 
 # The session-scoped MiniDFSCluster, imported explicitly (a fixture must be a module attribute).
 hdfs_cluster = hdfs_servers.hdfs_cluster
@@ -73,7 +74,7 @@ def raw(hdfs_cluster: HdfsCluster, root: str) -> WebHdfsAccess:
     return WebHdfsAccess(hdfs_cluster, root, hdfs_cluster.user)
 
 
-class TestHdfsBackend(BackendContract):
+class TestHdfsBackend(BackendContract, EngineThroughBackend):
     pass
 
 

@@ -28,7 +28,8 @@ from backends.errors import (
 from backends.faulty import Fault, FaultyBackend
 from backends.local import LocalBackend
 from backends.retry import RetryingBackend
-from cas.testing import BackendContract
+from backends.testing import BackendContract, check_against_model
+from tests.test_backend_engine import EngineThroughBackend
 from tests.test_backend_local import _FilesystemAccess
 
 
@@ -36,7 +37,7 @@ def _no_sleep(delay: float) -> None:
     pass
 
 
-class TestRetryingFaultyLocal(BackendContract):
+class TestRetryingFaultyLocal(BackendContract, EngineThroughBackend):
     @pytest.fixture(params=[1, 2, 3])
     def backend(self, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
         faulty = FaultyBackend(LocalBackend(tmp_path / "repo"), fail_rate=0.2, seed=request.param)
@@ -45,6 +46,18 @@ class TestRetryingFaultyLocal(BackendContract):
     @pytest.fixture
     def raw(self, tmp_path: Path) -> _FilesystemAccess:
         return _FilesystemAccess(tmp_path / "repo")
+
+
+def test_retrying_faulty_local_matches_a_dict_model(tmp_path: Path) -> None:
+    """A fifth of all calls fail, half of them after taking effect: retries must hide every one."""
+    runs = iter(range(1_000_000))
+
+    def new_backend() -> Backend:
+        run = next(runs)
+        faulty = FaultyBackend(LocalBackend(tmp_path / f"run-{run}"), fail_rate=0.2, seed=run)
+        return RetryingBackend(faulty, attempts=8, sleep=_no_sleep, rng=random.Random(run))
+
+    check_against_model(new_backend)
 
 
 def test_contract_run_really_injected_faults(tmp_path: Path) -> None:
