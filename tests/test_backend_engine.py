@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.base import Backend
+from backends.base import Backend, Capabilities
 from backends.local import LocalBackend
 
 
@@ -50,3 +50,21 @@ class TestEngineOverLocal(EngineThroughBackend):
     @pytest.fixture
     def backend(self, tmp_path: Path) -> LocalBackend:
         return LocalBackend(tmp_path / "repo")
+
+
+def test_engine_reads_remote_from_capabilities(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries and the chunk cache follow ``capabilities.remote``, not the backend's URL."""
+    from cas import Store
+
+    monkeypatch.setenv("CAS_HOME", str(tmp_path / "cas-home"))
+    monkeypatch.delenv("CAS_CHUNK_CACHE", raising=False)
+    index = f"sqlite:///{tmp_path / 'index.sqlite'}"
+    with Store.open(str(tmp_path / "repo"), index=index) as store:
+        assert isinstance(store.repo.backend, LocalBackend)  # opened by URL, not wrapped in retries
+        assert store.repo.chunk_cache is None
+
+    class FarAway(LocalBackend):
+        capabilities = Capabilities(remote=True)
+
+    with Store.open(FarAway(tmp_path / "repo"), index=index) as store:
+        assert store.repo.chunk_cache is not None

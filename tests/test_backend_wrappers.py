@@ -7,6 +7,7 @@ hold. The remaining tests pin down the retry policy itself.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import random
@@ -16,7 +17,7 @@ from typing import BinaryIO
 
 import pytest
 
-from backends.base import Backend, ObjectInfo
+from backends.base import Backend, Capabilities, ObjectInfo
 from backends.errors import (
     AlreadyExists,
     ConfigurationError,
@@ -27,6 +28,7 @@ from backends.errors import (
 )
 from backends.faulty import Fault, FaultyBackend
 from backends.local import LocalBackend
+from backends.local import _translate as local_translate
 from backends.retry import RetryingBackend
 from backends.testing import BackendContract, check_against_model
 from tests.test_backend_engine import EngineThroughBackend
@@ -328,6 +330,35 @@ def test_faulty_rejects_bad_rates(tmp_path: Path) -> None:
 
 def test_wrappers_describe_and_capabilities(tmp_path: Path) -> None:
     local = LocalBackend(tmp_path / "r")
-    be = RetryingBackend(FaultyBackend(local))
+    assert not local.capabilities.remote
+    faulty = FaultyBackend(local)
+    assert faulty.capabilities == Capabilities(remote=True, put_if_absent=local.capabilities.put_if_absent)
+    be = RetryingBackend(faulty)
     assert be.describe() == f"faulty+{local.describe()}"
-    assert be.capabilities == local.capabilities
+    assert be.capabilities == faulty.capabilities
+    assert RetryingBackend(local).capabilities == local.capabilities
+
+
+@pytest.mark.parametrize(
+    ("number", "temporary"),
+    [(errno.ENOSPC, False), (errno.EDQUOT, False), (errno.ENOTDIR, False), (errno.EIO, True)],
+)
+def test_local_errors_say_whether_a_retry_can_help(number: int, temporary: bool) -> None:
+    """One class, Unavailable, and a per-error answer: a full disk stays full."""
+    error = local_translate(OSError(number, os.strerror(number)), "k")
+    assert isinstance(error, Unavailable) and error.temporary is temporary
+    inner = _Scripted([error])
+    inner.stored["k"] = b"v"
+    be = RetryingBackend(inner, attempts=3, sleep=_no_sleep)
+    if temporary:
+        assert be.get("k") == b"v"
+    else:
+        with pytest.raises(Unavailable):
+            be.get("k")
+    assert inner.calls == (2 if temporary else 1)
+
+
+def test_temporary_is_decided_per_error_without_changing_the_class() -> None:
+    assert Unavailable("x").temporary and not Unavailable("x", temporary=False).temporary
+    assert NotFound("x", temporary=True).temporary and not NotFound("x").temporary
+    assert Unavailable.temporary

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import pytest
 
-from backends.base import Backend
+from backends.base import Backend, Capabilities
 from backends.errors import AlreadyExists, CasError, NotFound
 
 
@@ -32,6 +32,11 @@ class RawAccess(Protocol):
 
 #: Large enough to force multipart uploads on S3/OSS drivers whose part size is set low in tests.
 MULTIPART_SIZE = 11 * 1024 * 1024 + 17
+
+
+def _needs_put_if_absent(backend: Backend) -> None:
+    if not backend.capabilities.put_if_absent:
+        pytest.skip("the backend does not claim put_if_absent")
 
 
 class BackendContract:
@@ -80,13 +85,18 @@ class BackendContract:
         backend.put("k", b"two")
         assert backend.get("k") == b"two"
 
+    def test_capabilities_are_declared(self, backend: Backend) -> None:
+        assert isinstance(backend.capabilities, Capabilities)
+
     def test_put_if_absent_refuses_and_keeps_original(self, backend: Backend, raw: RawAccess) -> None:
+        _needs_put_if_absent(backend)
         backend.put("k", b"original", overwrite=False)
         with pytest.raises(AlreadyExists):
             backend.put("k", b"intruder", overwrite=False)
         assert raw.read("k") == b"original"
 
     def test_put_if_absent_race_has_one_winner(self, backend: Backend) -> None:
+        _needs_put_if_absent(backend)
         results: list[str] = []
         lock = threading.Lock()
 
