@@ -397,10 +397,8 @@ def from_url(url: str, **options: object) -> HdfsBackend:
             "the identity comes from the ticket or token, so drop the user"
         )
 
-    session = _new_session()
-    client = _make_client(
+    client, session = _make_client(
         endpoint,
-        session=session,
         user=user,
         token=str(token) if token else None,
         kerberos=kerberos,
@@ -422,18 +420,6 @@ def from_url(url: str, **options: object) -> HdfsBackend:
     return HdfsBackend(client, root, location=location, session=session)
 
 
-def _new_session() -> requests.Session:
-    """The HTTP session the client runs on, ours so :meth:`HdfsBackend.close` can close it."""
-    try:
-        import requests
-    except ImportError as exc:
-        raise MissingDependency(
-            f"the hdfs:// backend needs the 'hdfs' package ({exc.name} is missing): "
-            "pip install 'cas-store[hdfs]'"
-        ) from exc
-    return requests.Session()
-
-
 def _make_client(
     endpoint: str,
     *,
@@ -442,8 +428,9 @@ def _make_client(
     kerberos: bool,
     mutual_auth: str,
     timeout: float | tuple[float, float],
-    session: requests.Session,
-) -> Client:
+) -> tuple[Client, requests.Session]:
+    """The HdfsCLI client for the chosen authentication, and the HTTP session it runs on (ours, so
+    :meth:`HdfsBackend.close` can close it)."""
     try:
         import hdfs  # noqa: F401 - fail here, with the install hint, if HdfsCLI is missing
     except ImportError as exc:
@@ -451,7 +438,10 @@ def _make_client(
             f"the hdfs:// backend needs the 'hdfs' package ({exc.name} is missing): "
             "pip install 'cas-store[hdfs]'"
         ) from exc
+    import requests
     from hdfs.client import InsecureClient, TokenClient
+
+    session = requests.Session()
 
     if kerberos:
         try:
@@ -461,7 +451,8 @@ def _make_client(
                 f"kerberos=true needs {exc.name or 'requests-kerberos'}: pip install requests-kerberos"
             ) from exc
         client: Client = KerberosClient(endpoint, mutual_auth=mutual_auth, timeout=timeout, session=session)
-        return client
-    if token:
-        return TokenClient(endpoint, token, timeout=timeout, session=session)
-    return InsecureClient(endpoint, user=user, timeout=timeout, session=session)
+    elif token:
+        client = TokenClient(endpoint, token, timeout=timeout, session=session)
+    else:
+        client = InsecureClient(endpoint, user=user, timeout=timeout, session=session)
+    return client, session
