@@ -11,10 +11,11 @@ import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from backends.base import Backend, Capabilities, ObjectInfo
 from backends.errors import ConfigurationError, MissingDependency
+from backends.redact import redact_url
 
 
 @dataclass(frozen=True)
@@ -67,28 +68,6 @@ def open_backend(url: str, **options: object) -> Backend:
         ) from exc
     factory: Callable[..., Backend] = getattr(module, entry.factory)
     return factory(url, **options)
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password or secret query value replaced, safe to print."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
-    query = parts.query
-    if query:
-        kept = []
-        for item in query.split("&"):
-            name = item.split("=", 1)[0]
-            lowered = name.lower()
-            if any(s in lowered for s in ("secret", "password", "token", "key")):
-                kept.append(f"{name}=***")
-            else:
-                kept.append(item)
-        query = "&".join(kept)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 __all__ = ["Backend", "Capabilities", "ObjectInfo", "open_backend", "redact_url", "register", "schemes"]

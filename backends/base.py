@@ -8,23 +8,26 @@ packs, compression and manifests live above this layer.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
-from urllib.parse import unquote, urlsplit
 
 from backends.errors import ConfigurationError
 
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a backend guarantees, as data rather than ``hasattr`` probing."""
+    """What a backend is, as data the layers above read (rather than ``hasattr`` probing or
+    parsing :meth:`Backend.describe`). The defaults are the cautious answers for a driver that
+    does not say: a service across a network that decides put-if-absent itself."""
 
-    atomic_put: bool = True
-    """A put is visible whole or not at all under its final name."""
-    conditional_put: bool = True
-    """``put(..., overwrite=False)`` is decided by the server, not by a stat-then-put race."""
-    range_reads: bool = True
+    remote: bool = True
+    """Calls cross a network: they cost a round trip and may fail transiently. The engine wraps a
+    remote backend it opens in :class:`backends.retry.RetryingBackend` and keeps a local cache of
+    the chunks it reads; a local directory gets neither."""
+    put_if_absent: bool = True
+    """``put(..., overwrite=False)`` is decided by the storage in one step, so of racing writers
+    exactly one wins (the engine claims execution IDs this way); the contract suite checks it."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,8 @@ class Backend(abc.ABC):
     """Contract every storage driver implements.
 
     All methods are safe to call from several threads at once. ``put`` must never leave a partial
-    object visible under ``key``; a retried put of the same bytes is harmless.
+    object visible under ``key``; a retried put of the same bytes is harmless. A driver states
+    what it is in :attr:`capabilities`; a wrapper passes on its inner backend's.
     """
 
     capabilities: Capabilities = Capabilities()
@@ -77,11 +81,7 @@ class Backend(abc.ABC):
             return False
         return True
 
-    def delete_many(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            self.delete(key)
-
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections. Idempotent."""
 
     def describe(self) -> str:
@@ -97,67 +97,3 @@ def check_key(key: str) -> str:
     if any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in ("", ".", ".."):
         raise ConfigurationError(f"invalid object key {key!r}")
     return key
-
-
-def read_up_to(stream: BinaryIO, size: int) -> bytes:
-    """Up to ``size`` bytes of ``stream``; fewer only at its end (``read`` may return short counts)."""
-    chunks: list[bytes] = []
-    remaining = size
-    while remaining > 0:
-        chunk = stream.read(remaining)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def read_all(data: bytes | memoryview | BinaryIO) -> bytes:
-    """Bytes of a put's payload, for backends whose SDK wants them whole."""
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return bytes(data)
-    return data.read()
-
-
-def endpoint_secrets(url: str | None) -> tuple[str, ...]:
-    """Credentials written into a service endpoint URL (``http://user:secret@host``), to scrub from
-    every message: SDKs print the endpoint, userinfo included, when a request fails. The whole
-    userinfo counts as secret (a token is sometimes given as the user name), also percent-decoded."""
-    if not url:
-        return ()
-    netloc = urlsplit(url).netloc
-    if "@" not in netloc:
-        return ()
-    userinfo = netloc.rsplit("@", 1)[0]
-    password = userinfo.split(":", 1)[1] if ":" in userinfo else ""
-    found = {userinfo, unquote(userinfo), password, unquote(password)} - {""}
-    return tuple(sorted(found, key=len, reverse=True))  # longest first, so a part never hides the whole
-
-
-def redact_endpoint(url: str) -> str:
-    """A service endpoint URL without any userinfo, safe to print."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
-
-
-def split_bucket_url(
-    url: str, scheme: str, options: Mapping[str, object], known: Iterable[str], credentials_hint: str
-) -> tuple[str, str]:
-    """``(bucket, path)`` of an object-store URL such as ``s3://bucket/prefix``, refusing what does not
-    belong in it (credentials, a query) and options the driver does not know."""
-    parts = urlsplit(url)
-    if parts.scheme != scheme:
-        raise ConfigurationError(f"not an {scheme}:// URL: {parts.scheme}://...")
-    if "@" in parts.netloc:
-        raise ConfigurationError(f"credentials do not belong in an {scheme}:// URL; {credentials_hint}")
-    if parts.query or parts.fragment:
-        raise ConfigurationError(f"{scheme}:// URLs take no query or fragment; pass settings as options")
-    known = set(known)
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigurationError(
-            f"unknown {scheme.upper()} option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
-    return parts.netloc, unquote(parts.path)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO, Literal, TypeVar
 
 from backends.base import Backend, Capabilities, ObjectInfo
@@ -41,7 +41,8 @@ class FaultyBackend(Backend):
 
     ``operations`` limits which methods may fail (all five by default). ``list`` failing
     "after" yields part of the listing and then raises, as a connection dropped between pages
-    would. ``exists`` and ``delete_many`` go through ``stat`` and ``delete`` and so fail too.
+    would. ``exists`` goes through ``stat`` and so fails too. Whatever it wraps, it is
+    :attr:`Capabilities.remote`: it fails the way a network does.
     """
 
     def __init__(
@@ -64,7 +65,7 @@ class FaultyBackend(Backend):
         if unknown:
             raise ConfigurationError(f"unknown operations {sorted(unknown)}; known: {sorted(ALL_OPERATIONS)}")
         self.inner = inner
-        self.capabilities: Capabilities = inner.capabilities
+        self.capabilities: Capabilities = replace(inner.capabilities, remote=True)
         self.fail_rate = fail_rate
         self.truncate_rate = truncate_rate
         self.after_rate = after_rate

@@ -20,8 +20,6 @@ Behaviour worth knowing:
 
 from __future__ import annotations
 
-import re
-
 import logging
 import posixpath
 import uuid
@@ -39,8 +37,11 @@ from backends.errors import (
     PermissionDenied,
     Unavailable,
 )
+from backends.options import truthy
+from backends.redact import scrub_tokens
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    import requests
     from hdfs.client import Client
 
 _log = logging.getLogger(__name__)
@@ -76,21 +77,17 @@ _REMOTE_EXCEPTIONS: Mapping[str, type[CasError]] = {
     "IllegalArgumentException": ConfigurationError,
     "HadoopIllegalArgumentException": ConfigurationError,
 }
-
-
-_SECRET_PARAMS = re.compile(r"((?:delegation|token|doas_token)=)[^&\s'\"]+", re.IGNORECASE)
-
-
-def _scrub(text: str) -> str:
-    """Remove delegation tokens that requests/HdfsCLI put into messages with the request URL."""
-    return _SECRET_PARAMS.sub(r"\1***", text)
+#: Unavailable, but not temporary: a retry meets the same quota until someone raises or frees it.
+_PERMANENT_REMOTE_EXCEPTIONS = frozenset(
+    {"DSQuotaExceededException", "NSQuotaExceededException", "QuotaExceededException"}
+)
 
 
 def _translate(exc: BaseException, what: str) -> CasError:
     """The domain error for a failure of an operation on ``what`` (a key or a path)."""
     error = _translate_raw(exc, what)
     if not isinstance(exc, CasError):
-        error.args = tuple(_scrub(str(a)) for a in error.args)
+        error.args = tuple(scrub_tokens(str(a)) for a in error.args)
     return error
 
 
@@ -109,6 +106,8 @@ def _translate_raw(exc: BaseException, what: str) -> CasError:
         error = _REMOTE_EXCEPTIONS.get(name or "", Unavailable)
         if error is NotFound:
             return NotFound(f"object not found: {what}")
+        if name in _PERMANENT_REMOTE_EXCEPTIONS:
+            return Unavailable(f"HDFS {name} on {what}: {message}", temporary=False)
         return error(f"HDFS {name or 'error'} on {what}: {message}")
     if isinstance(exc, (RequestException, Urllib3Error, ConnectionError, TimeoutError)):
         return Unavailable(f"HDFS unreachable for {what}: {type(exc).__name__}: {exc}")
@@ -124,11 +123,13 @@ def _remote_name(exc: BaseException) -> str | None:
 class HdfsBackend(Backend):
     """Objects under ``root`` on an HDFS reached through ``client`` (an HdfsCLI client)."""
 
-    capabilities = Capabilities(atomic_put=True, conditional_put=True, range_reads=True)
+    capabilities = Capabilities(remote=True, put_if_absent=True)
 
-    def __init__(self, client: Client, root: str, *, location: str) -> None:
+    def __init__(self, client: Client, root: str, *, location: str, session: requests.Session) -> None:
+        """``session`` is the one ``client`` was built with; :meth:`close` closes it."""
         root = posixpath.normpath("/" + root.strip("/"))
         self._client = client
+        self._session = session
         self.root = root
         self._location = location
 
@@ -136,9 +137,7 @@ class HdfsBackend(Backend):
         return self._location
 
     def close(self) -> None:
-        session = getattr(self._client, "_session", None)
-        if session is not None:
-            session.close()
+        self._session.close()
 
     # Paths
 
@@ -181,6 +180,9 @@ class HdfsBackend(Backend):
         client = self._client
         try:
             client.write(tmp, data=_request_body(data), overwrite=False)
+            # Private API, unavoidably: HdfsCLI's public rename() sends no renameoptions, so it is the
+            # plain RENAME whose answers are ambiguous (see above). _rename is its own request
+            # machinery (hosts, session, authentication, error parsing) with the options added.
             client._rename(tmp, destination=path, renameoptions="OVERWRITE" if overwrite else "NONE")
         except Exception as exc:
             self._discard(tmp)
@@ -192,13 +194,13 @@ class HdfsBackend(Backend):
 
     def _discard(self, tmp: str) -> None:
         try:
-            self._client._delete(tmp, recursive="false")
+            self._client.delete(tmp)
         except Exception as exc:  # noqa: BLE001 - the put's own failure matters more than a leftover
             _log.warning("could not remove temporary HDFS file %s: %s", tmp, exc)
 
     def _is_directory(self, path: str) -> bool:
         try:
-            status = self._client._get_file_status(path).json()["FileStatus"]
+            status = self._client.status(path)
         except Exception:  # noqa: BLE001 - only asked to explain another failure, which is raised
             return False
         return bool(status.get("type") == "DIRECTORY")
@@ -209,15 +211,9 @@ class HdfsBackend(Backend):
             raise ConfigurationError(f"negative length {length} reading {key}")
         if offset < 0:
             offset = max(0, self.stat(key).size + offset)
-        params: dict[str, Any] = {"offset": offset}
-        if length is not None:
-            params["length"] = length
         try:
-            response = self._client._open(path, **params)
-            try:
-                return b"".join(response.iter_content(_READ_BLOCK))
-            finally:
-                response.close()
+            with self._client.read(path, offset=offset, length=length, chunk_size=_READ_BLOCK) as chunks:
+                return b"".join(chunks)
         except Exception as exc:
             # WebHDFS answers an offset at or past the end with a bare IOException, where the
             # contract wants the (empty) rest of the object.
@@ -227,8 +223,7 @@ class HdfsBackend(Backend):
 
     def stat(self, key: str) -> ObjectInfo:
         path = self._path(key)
-        response = self._call(key, lambda: self._client._get_file_status(path))
-        status = response.json()["FileStatus"]
+        status = self._call(key, lambda: self._client.status(path))
         if status.get("type") != "FILE":
             raise NotFound(f"object not found: {key} (a directory)")
         return ObjectInfo(key, int(status["length"]))
@@ -285,6 +280,8 @@ class HdfsBackend(Backend):
 
     def _list_directory_whole(self, directory: str) -> Iterator[dict[str, Any]]:
         try:
+            # Private API: the public list() raises for a path that is a file (and asks for its
+            # status again), where this fallback needs the raw LISTSTATUS answer.
             body = self._client._list_status(directory).json()
         except Exception as exc:
             if _remote_name(exc) == "FileNotFoundException":
@@ -297,8 +294,7 @@ class HdfsBackend(Backend):
     def delete(self, key: str) -> None:
         path = self._path(key)
         self.stat(key)  # a directory is not an object: never remove one, say NotFound
-        response = self._call(key, lambda: self._client._delete(path, recursive="false"))
-        if not response.json().get("boolean"):
+        if not self._call(key, lambda: self._client.delete(path)):
             raise NotFound(f"object not found: {key}")
 
 
@@ -322,7 +318,8 @@ _list_status_batch_handler: Callable[..., Any] | None = None
 
 def _list_status_batch(client: Client, path: str, **params: Any) -> Any:
     """WebHDFS LISTSTATUS_BATCH, which HdfsCLI has no method for, through its request machinery
-    (same hosts, session, authentication and error handling as its own methods)."""
+    (same hosts, session, authentication and error handling as its own methods). Private API,
+    unavoidably: writing our own would duplicate HdfsCLI's HA failover and Kerberos handling."""
     global _list_status_batch_handler
     if _list_status_batch_handler is None:
         from hdfs.client import _Request
@@ -334,12 +331,6 @@ def _list_status_batch(client: Client, path: str, **params: Any) -> Any:
 # Construction
 
 _KNOWN_OPTIONS = ("hdfs_user", "user", "hdfs_url", "timeout", "kerberos", "token", "mutual_auth", "create")
-
-
-def _truthy(value: object) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
 
 
 def _timeout(value: object) -> float | tuple[float, float]:
@@ -396,7 +387,7 @@ def from_url(url: str, **options: object) -> HdfsBackend:
     user_value = merged.get("hdfs_user") or merged.get("user") or parts.username
     user = str(user_value) if user_value else None
     token = merged.get("token")
-    kerberos = _truthy(merged.get("kerberos", False))
+    kerberos = truthy(merged.get("kerberos", False))
     timeout = _timeout(merged.get("timeout"))
     if token and kerberos:
         raise ConfigurationError("HDFS options token and kerberos exclude each other; give one")
@@ -406,7 +397,7 @@ def from_url(url: str, **options: object) -> HdfsBackend:
             "the identity comes from the ticket or token, so drop the user"
         )
 
-    client = _make_client(
+    client, session = _make_client(
         endpoint,
         user=user,
         token=str(token) if token else None,
@@ -426,7 +417,7 @@ def from_url(url: str, **options: object) -> HdfsBackend:
         details.append("via " + ";".join(_strip_userinfo(u) for u in endpoint.split(";") if u))
     if details:
         location += " (" + ", ".join(details) + ")"
-    return HdfsBackend(client, root, location=location)
+    return HdfsBackend(client, root, location=location, session=session)
 
 
 def _make_client(
@@ -437,7 +428,9 @@ def _make_client(
     kerberos: bool,
     mutual_auth: str,
     timeout: float | tuple[float, float],
-) -> Client:
+) -> tuple[Client, requests.Session]:
+    """The HdfsCLI client for the chosen authentication, and the HTTP session it runs on (ours, so
+    :meth:`HdfsBackend.close` can close it)."""
     try:
         import hdfs  # noqa: F401 - fail here, with the install hint, if HdfsCLI is missing
     except ImportError as exc:
@@ -445,7 +438,10 @@ def _make_client(
             f"the hdfs:// backend needs the 'hdfs' package ({exc.name} is missing): "
             "pip install 'cas-store[hdfs]'"
         ) from exc
+    import requests
     from hdfs.client import InsecureClient, TokenClient
+
+    session = requests.Session()
 
     if kerberos:
         try:
@@ -454,8 +450,9 @@ def _make_client(
             raise MissingDependency(
                 f"kerberos=true needs {exc.name or 'requests-kerberos'}: pip install requests-kerberos"
             ) from exc
-        client: Client = KerberosClient(endpoint, mutual_auth=mutual_auth, timeout=timeout)
-        return client
-    if token:
-        return TokenClient(endpoint, token, timeout=timeout)
-    return InsecureClient(endpoint, user=user, timeout=timeout)
+        client: Client = KerberosClient(endpoint, mutual_auth=mutual_auth, timeout=timeout, session=session)
+    elif token:
+        client = TokenClient(endpoint, token, timeout=timeout, session=session)
+    else:
+        client = InsecureClient(endpoint, user=user, timeout=timeout, session=session)
+    return client, session

@@ -21,6 +21,12 @@ _TMP_PREFIX = ".tmp-"
 _COPY_BLOCK = 8 << 20
 
 
+#: Failures of the storage that a retry cannot fix: they stay until someone frees space or renames.
+_PERMANENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENAMETOOLONG, errno.ENOTDIR, errno.ELOOP}
+)
+
+
 def _translate(exc: OSError, key: str) -> Exception:
     if isinstance(exc, CasError):  # ours already (AlreadyExists is also an OSError)
         return exc
@@ -30,11 +36,14 @@ def _translate(exc: OSError, key: str) -> Exception:
         return AlreadyExists(f"object already exists: {key}")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return PermissionDenied(f"permission denied for {key}: {exc.strerror}")
-    return Unavailable(f"local storage error on {key}: {exc.strerror or exc}")
+    return Unavailable(
+        f"local storage error on {key}: {exc.strerror or exc}",
+        temporary=exc.errno not in _PERMANENT_ERRNOS,
+    )
 
 
 class LocalBackend(Backend):
-    capabilities = Capabilities(atomic_put=True, conditional_put=True, range_reads=True)
+    capabilities = Capabilities(remote=False, put_if_absent=True)
 
     def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
         self.root = os.path.abspath(os.fspath(root))

@@ -1,7 +1,8 @@
 """Retry wrapper: any backend, retried on temporary errors with capped exponential backoff.
 
-Whether to retry is asked of the error alone (``exc.temporary``); permanent errors (not found,
-already exists, permission denied, bad configuration, integrity) are raised at once. Each call
+Whether to retry is asked of the error alone (``exc.temporary``, decided per error: a full disk is
+:class:`Unavailable` yet not temporary); permanent errors (not found, already exists, permission
+denied, bad configuration, integrity) are raised at once. Each call
 makes at most ``attempts`` tries, sleeping a "full jitter" delay between them: a uniform random
 time in ``[0, min(max_delay, base_delay * 2**n))`` after the n-th failure, so many clients that
 failed together do not come back together.

@@ -13,10 +13,11 @@ import requests
 
 from backends import open_backend
 from backends.errors import AlreadyExists, ConfigurationError, NotFound, PermissionDenied, Unavailable
-from backends.hdfs import TMP_PREFIX, HdfsBackend, from_url
-from cas.testing import BackendContract
+from backends.hdfs import TMP_PREFIX, HdfsBackend, _translate, from_url
+from backends.testing import BackendContract
 from tests.servers import hdfs as hdfs_servers
 from tests.servers.hdfs import HdfsCluster, free_port
+from tests.test_backend_engine import EngineThroughBackend
 
 # The session-scoped MiniDFSCluster, imported explicitly (a fixture must be a module attribute).
 hdfs_cluster = hdfs_servers.hdfs_cluster
@@ -73,7 +74,7 @@ def raw(hdfs_cluster: HdfsCluster, root: str) -> WebHdfsAccess:
     return WebHdfsAccess(hdfs_cluster, root, hdfs_cluster.user)
 
 
-class TestHdfsBackend(BackendContract):
+class TestHdfsBackend(BackendContract, EngineThroughBackend):
     pass
 
 
@@ -214,3 +215,13 @@ def test_bad_options_are_configuration_errors() -> None:
         from_url("hdfs://nn.example:9870/x", timeout="soon")
     with pytest.raises(ConfigurationError):
         from_url("hdfs:///x")
+
+
+@pytest.mark.parametrize("name", ["DSQuotaExceededException", "NSQuotaExceededException"])
+def test_exceeded_quota_is_unavailable_but_not_temporary(name: str) -> None:
+    """The NameNode's answer to a full quota (MiniDFSCluster cannot set one over WebHDFS)."""
+    from hdfs.util import HdfsError
+
+    error = _translate(HdfsError("The quota of /user/cas is exceeded", exception=name), "k")
+    assert isinstance(error, Unavailable) and not error.temporary
+    assert _translate(HdfsError("busy", exception="RetriableException"), "k").temporary

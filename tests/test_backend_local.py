@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
 import pytest
 
 from backends.local import LocalBackend
-from cas.testing import BackendContract
+from backends.testing import BackendContract, check_against_model
 
 
 class _FilesystemAccess:
@@ -41,3 +42,8 @@ def test_no_temporary_files_left_after_put(tmp_path: Path) -> None:
     be = LocalBackend(tmp_path / "r")
     be.put("a/b", b"x" * 1000, overwrite=False)
     assert sorted(p.name for p in (tmp_path / "r" / "a").iterdir()) == ["b"]
+
+
+def test_local_backend_matches_a_dict_model(tmp_path: Path) -> None:
+    runs = itertools.count()
+    check_against_model(lambda: LocalBackend(tmp_path / f"run-{next(runs)}"))

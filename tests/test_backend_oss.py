@@ -42,9 +42,10 @@ from backends.errors import (
     Unavailable,
 )
 from backends.oss import OssBackend, from_url
-from cas.testing import BackendContract
+from backends.testing import BackendContract, check_against_model
 from tests.oss_server import OssProtocolServer, crc64ecma, v1_signature, v1_string_to_sign
 from tests.servers.oss import ACCESS_KEY_ID, ACCESS_KEY_SECRET, new_bucket, oss_server  # noqa: F401
+from tests.test_backend_engine import EngineThroughBackend
 
 PREFIX = "repo"
 #: Small parts so the contract's large object (11 MiB) goes up in a dozen parts.
@@ -99,7 +100,7 @@ def oss_backend(oss_server: OssProtocolServer, bucket: str) -> Iterator[OssBacke
     be.close()
 
 
-class TestOssBackend(BackendContract):
+class TestOssBackend(BackendContract, EngineThroughBackend):
     @pytest.fixture
     def backend(self, oss_backend: OssBackend) -> OssBackend:
         return oss_backend
@@ -107,6 +108,13 @@ class TestOssBackend(BackendContract):
     @pytest.fixture
     def raw(self, oss_server: OssProtocolServer, bucket: str) -> _ServerStorage:
         return _ServerStorage(oss_server, bucket)
+
+
+def test_oss_backend_matches_a_dict_model(oss_server: OssProtocolServer, bucket: str) -> None:
+    """Each run gets its own prefix in the bucket, so it starts empty."""
+    check_against_model(
+        lambda: from_url(f"oss://{bucket}/model-{uuid.uuid4().hex[:12]}", **_options(oss_server))
+    )
 
 
 # -- OSS-specific backend behaviour -----------------------------------------------------------
@@ -708,7 +716,7 @@ class _Oss2Access:
 @pytest.mark.skipif(
     not all(_REAL.values()), reason="set CAS_TEST_OSS_{ENDPOINT,BUCKET,ACCESS_KEY_ID,ACCESS_KEY_SECRET}"
 )
-class TestRealOss(BackendContract):
+class TestRealOss(BackendContract, EngineThroughBackend):
     @pytest.fixture
     def prefix(self) -> str:
         return f"cas-test/{uuid.uuid4().hex}"

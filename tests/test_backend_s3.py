@@ -30,9 +30,10 @@ from backends.errors import (
 )
 from backends.retry import RetryingBackend
 from backends.s3 import MIN_PART_SIZE, S3Backend, _translate, from_url
-from cas.testing import MULTIPART_SIZE, BackendContract
+from backends.testing import MULTIPART_SIZE, BackendContract, check_against_model
 from tests.servers import s3 as s3_servers
 from tests.servers.s3 import HOST, DroppingProxy, MotoServer, free_port
+from tests.test_backend_engine import EngineThroughBackend
 
 # The session fixtures, bound here so pytest finds them (a non-root conftest may not use
 # pytest_plugins). Bound by assignment, not import, so parameters of the same name are not
@@ -81,7 +82,7 @@ class _BotoAccess:
         self.client.put_object(Bucket=self.bucket, Key=self.root + key, Body=data)
 
 
-class TestS3Backend(BackendContract):
+class TestS3Backend(BackendContract, EngineThroughBackend):
     @pytest.fixture
     def backend(self, moto_server: MotoServer, bucket: str) -> Iterator[S3Backend]:
         be = from_url(f"s3://{bucket}/{PREFIX}", **moto_server.backend_options(), **SMALL_PARTS)
@@ -96,6 +97,11 @@ class TestS3Backend(BackendContract):
 def _backend(server: MotoServer, bucket: str, prefix: str = PREFIX, **options: Any) -> S3Backend:
     opts = {**server.backend_options(), **SMALL_PARTS, **options}
     return from_url(f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}", **opts)
+
+
+def test_s3_backend_matches_a_dict_model(moto_server: MotoServer, bucket: str) -> None:
+    """Each run gets its own prefix in the bucket, so it starts empty."""
+    check_against_model(lambda: _backend(moto_server, bucket, prefix=f"model-{uuid.uuid4().hex[:12]}"))
 
 
 # -- layout, URLs, options ---------------------------------------------------------------------

@@ -7,6 +7,7 @@ hold. The remaining tests pin down the retry policy itself.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import random
@@ -16,7 +17,7 @@ from typing import BinaryIO
 
 import pytest
 
-from backends.base import Backend, ObjectInfo
+from backends.base import Backend, Capabilities, ObjectInfo
 from backends.errors import (
     AlreadyExists,
     ConfigurationError,
@@ -27,8 +28,10 @@ from backends.errors import (
 )
 from backends.faulty import Fault, FaultyBackend
 from backends.local import LocalBackend
+from backends.local import _translate as local_translate
 from backends.retry import RetryingBackend
-from cas.testing import BackendContract
+from backends.testing import BackendContract, check_against_model
+from tests.test_backend_engine import EngineThroughBackend
 from tests.test_backend_local import _FilesystemAccess
 
 
@@ -36,7 +39,7 @@ def _no_sleep(delay: float) -> None:
     pass
 
 
-class TestRetryingFaultyLocal(BackendContract):
+class TestRetryingFaultyLocal(BackendContract, EngineThroughBackend):
     @pytest.fixture(params=[1, 2, 3])
     def backend(self, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
         faulty = FaultyBackend(LocalBackend(tmp_path / "repo"), fail_rate=0.2, seed=request.param)
@@ -45,6 +48,18 @@ class TestRetryingFaultyLocal(BackendContract):
     @pytest.fixture
     def raw(self, tmp_path: Path) -> _FilesystemAccess:
         return _FilesystemAccess(tmp_path / "repo")
+
+
+def test_retrying_faulty_local_matches_a_dict_model(tmp_path: Path) -> None:
+    """A fifth of all calls fail, half of them after taking effect: retries must hide every one."""
+    runs = iter(range(1_000_000))
+
+    def new_backend() -> Backend:
+        run = next(runs)
+        faulty = FaultyBackend(LocalBackend(tmp_path / f"run-{run}"), fail_rate=0.2, seed=run)
+        return RetryingBackend(faulty, attempts=8, sleep=_no_sleep, rng=random.Random(run))
+
+    check_against_model(new_backend)
 
 
 def test_contract_run_really_injected_faults(tmp_path: Path) -> None:
@@ -315,6 +330,35 @@ def test_faulty_rejects_bad_rates(tmp_path: Path) -> None:
 
 def test_wrappers_describe_and_capabilities(tmp_path: Path) -> None:
     local = LocalBackend(tmp_path / "r")
-    be = RetryingBackend(FaultyBackend(local))
+    assert not local.capabilities.remote
+    faulty = FaultyBackend(local)
+    assert faulty.capabilities == Capabilities(remote=True, put_if_absent=local.capabilities.put_if_absent)
+    be = RetryingBackend(faulty)
     assert be.describe() == f"faulty+{local.describe()}"
-    assert be.capabilities == local.capabilities
+    assert be.capabilities == faulty.capabilities
+    assert RetryingBackend(local).capabilities == local.capabilities
+
+
+@pytest.mark.parametrize(
+    ("number", "temporary"),
+    [(errno.ENOSPC, False), (errno.EDQUOT, False), (errno.ENOTDIR, False), (errno.EIO, True)],
+)
+def test_local_errors_say_whether_a_retry_can_help(number: int, temporary: bool) -> None:
+    """One class, Unavailable, and a per-error answer: a full disk stays full."""
+    error = local_translate(OSError(number, os.strerror(number)), "k")
+    assert isinstance(error, Unavailable) and error.temporary is temporary
+    inner = _Scripted([error])
+    inner.stored["k"] = b"v"
+    be = RetryingBackend(inner, attempts=3, sleep=_no_sleep)
+    if temporary:
+        assert be.get("k") == b"v"
+    else:
+        with pytest.raises(Unavailable):
+            be.get("k")
+    assert inner.calls == (2 if temporary else 1)
+
+
+def test_temporary_is_decided_per_error_without_changing_the_class() -> None:
+    assert Unavailable("x").temporary and not Unavailable("x", temporary=False).temporary
+    assert NotFound("x", temporary=True).temporary and not NotFound("x").temporary
+    assert Unavailable.temporary

@@ -23,7 +23,7 @@ from typing import Any
 
 from backends import redact_url
 from backends.base import Backend
-from backends.oss import environment_fallbacks as oss_environment_fallbacks
+from backends.oss_config import environment_fallbacks as oss_environment_fallbacks
 from cas.errors import ConfigurationError
 
 REPO_DIR = "cas"
@@ -89,7 +89,7 @@ def local_location(config: Mapping[str, Any], owner: str) -> Location:
 def oss_location(config: Mapping[str, Any], owner: str) -> Location:
     """``OssBlobManager``: ``bucket``, ``root_directory`` (required); the credentials
     ``access_key_id``, ``access_key_secret``, ``endpoint``, each required unless the environment
-    variable :func:`backends.oss.environment_fallbacks` names for it is set (then the backend reads
+    variable :func:`backends.oss_config.environment_fallbacks` names for it is set (then the backend reads
     it); and :data:`OSS_PASSED_THROUGH`."""
     required(config, "bucket", owner)
     required(config, "root_directory", owner)

@@ -89,7 +89,7 @@ class Repository:
             backend = repo  # the caller composed it (retries, faults...) as it wants
         else:
             backend = open_backend(repo or default_repo_url())
-            if not backend.describe().startswith("file://"):
+            if backend.capabilities.remote:
                 # Remote services fail transiently; retry those errors (only those), bounded.
                 backend = RetryingBackend(backend, attempts=4)
         config = load_or_create_config(backend, create=create, overrides=config_overrides or {})
@@ -102,8 +102,8 @@ class Repository:
             index.close()
             raise
         if chunk_cache is None:
-            chunk_cache = os.environ.get("CAS_CHUNK_CACHE", "") not in ("0", "off", "no") and not (
-                backend.describe().startswith("file://")
+            chunk_cache = os.environ.get("CAS_CHUNK_CACHE", "") not in ("0", "off", "no") and (
+                backend.capabilities.remote
             )
         cache = None
         if chunk_cache:

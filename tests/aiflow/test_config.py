@@ -1,6 +1,6 @@
 """cas.aiflow.config: AIFlow's config keys -> repository, backend options and URI root, without a server.
 
-The OSS credentials' environment fallback is checked here against backends.oss, whose table the
+The OSS credentials' environment fallback is checked here against backends.oss_config, whose table the
 adapter asks (``environment_fallbacks``) instead of keeping its own.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from backends import oss
+from backends import oss_config as oss
 from cas.aiflow.config import hdfs_location, local_location, oss_location, s3_location
 from cas.errors import ConfigurationError
 

@@ -1,0 +1,66 @@
+"""Reading a driver's URL and options: what every ``*_config`` module shares.
+
+Options arrive as keyword arguments from code, or as strings from a URL's query, a config file or
+the environment, so numbers and flags are accepted in either form. Every refusal is a
+:class:`ConfigurationError` naming the driver and the option, and never echoes a credential.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
+from urllib.parse import unquote, urlsplit
+
+from backends.errors import ConfigurationError
+
+_N = TypeVar("_N", int, float)
+
+
+def number(options: Mapping[str, object], name: str, kind: Callable[[object], _N], default: _N, driver: str) -> _N:
+    """Option ``name`` as an ``int`` or ``float`` (``kind``), ``default`` when absent or None."""
+    value = options.get(name)
+    if value is None:
+        return default
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{driver} option {name} must be a number, got {value!r}") from None
+
+
+def positive_seconds(value: float, name: str, driver: str) -> float:
+    """``value`` if it is a positive, finite number of seconds."""
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigurationError(f"{driver} {name} must be a positive number of seconds, got {value}")
+    return value
+
+
+def truthy(value: object) -> bool:
+    """A flag given as a bool or as ``1``/``true``/``yes``/``on`` (any case)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def split_bucket_url(
+    url: str, scheme: str, options: Mapping[str, object], known: Iterable[str], credentials_hint: str
+) -> tuple[str, str]:
+    """``(bucket, path)`` of an object-store URL such as ``s3://bucket/prefix``, refusing what does not
+    belong in it (credentials, a query) and options the driver does not know."""
+    parts = urlsplit(url)
+    if parts.scheme != scheme:
+        raise ConfigurationError(f"not an {scheme}:// URL: {parts.scheme}://...")
+    if "@" in parts.netloc:
+        raise ConfigurationError(f"credentials do not belong in an {scheme}:// URL; {credentials_hint}")
+    if parts.query or parts.fragment:
+        raise ConfigurationError(f"{scheme}:// URLs take no query or fragment; pass settings as options")
+    known = set(known)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown {scheme.upper()} option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return parts.netloc, unquote(parts.path)
+
+
+__all__ = ["number", "positive_seconds", "split_bucket_url", "truthy"]
