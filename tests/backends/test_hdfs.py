@@ -17,7 +17,7 @@ from backends.hdfs import TMP_PREFIX, HdfsBackend, _translate, from_url
 from backends.testing import BackendContract
 from tests.servers import hdfs as hdfs_servers
 from tests.servers.hdfs import HdfsCluster, free_port
-from tests.test_backend_engine import EngineThroughBackend
+from tests.backends.test_engine import EngineThroughBackend
 
 # The session-scoped MiniDFSCluster, imported explicitly (a fixture must be a module attribute).
 hdfs_cluster = hdfs_servers.hdfs_cluster

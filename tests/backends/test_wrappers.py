@@ -31,8 +31,8 @@ from backends.local import LocalBackend
 from backends.local import _translate as local_translate
 from backends.retry import RetryingBackend
 from backends.testing import BackendContract, check_against_model
-from tests.test_backend_engine import EngineThroughBackend
-from tests.test_backend_local import _FilesystemAccess
+from tests.backends.test_engine import EngineThroughBackend
+from tests.backends.test_local import _FilesystemAccess
 
 
 def _no_sleep(delay: float) -> None:
