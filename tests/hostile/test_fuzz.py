@@ -526,7 +526,7 @@ def walk_files(store: Store, execution_id: str) -> list[str]:
         return []
 
 
-def read_all(store: Store, execution_id: str, path: str) -> bytes | CasError:
+def read_stored_file(store: Store, execution_id: str, path: str) -> bytes | CasError:
     def read() -> bytes:
         with store.open_file(execution_id, path) as stream:
             return stream.read()
@@ -571,7 +571,7 @@ def test_fuzz_restore_of_mutated_tree_nodes(store: Store, tmp_path: Path) -> Non
         for rel, content in files_of(dest).items():
             assert content in contents, f"{rel} holds bytes that no stored file had"
         for path in walk_files(store, execution_id)[:5]:
-            got = read_all(store, execution_id, path)
+            got = read_stored_file(store, execution_id, path)
             assert isinstance(got, CasError) or got in contents
         clean("diff", lambda: store.diff("base", execution_id))
         force_remove(dest)
@@ -608,7 +608,7 @@ def test_fuzz_restore_and_verify_of_mutated_packs(store: Store, tmp_path: Path) 
             else:
                 assert describe(str(dest)) == expected
             for path in ("big.bin", "sub/deeper/y", "small.txt"):
-                got = read_all(store, "base", path)
+                got = read_stored_file(store, "base", path)
                 assert isinstance(got, CasError) or got == expected_files[path]
             report = clean("verify(read_data)", lambda: store.verify(read_data=True))
             assert not isinstance(report, CasError)
