@@ -40,6 +40,9 @@ class Snapshot:
     time_ns: int
     labels: dict[str, str]
     stats: dict[str, int]
+    root_mode: int = 0o755
+    """The snapshotted directory's own permission bits and mtime, applied to a restore's destination."""
+    root_mtime_ns: int = 0
     damaged: bool = False
 
     @property
@@ -57,6 +60,8 @@ class Snapshot:
             "time_ns": self.time_ns,
             "labels": self.labels,
             "stats": self.stats,
+            "root_mode": self.root_mode,
+            "root_mtime_ns": self.root_mtime_ns,
             "damaged": self.damaged,
         }
 
@@ -195,7 +200,7 @@ class Store:
         entry = self.entry(execution_id, path or "")
         if entry is None:
             entries = self.repo.read_tree(snap.root)
-            meta = (snap.stats.get("root_mode", 0o755), snap.stats.get("root_mtime_ns", snap.time_ns))
+            meta = (snap.root_mode, snap.root_mtime_ns)
         else:
             entries, meta = [entry], None
         restorer = Restorer(self.repo, overwrite=overwrite, same_permissions=same_permissions, progress=progress)
@@ -229,9 +234,10 @@ class Store:
 
 
 def _snapshot_from_record(record: SnapshotRecord) -> Snapshot:
-    stats = {**record.stats, "root_mode": record.root_mode, "root_mtime_ns": record.root_mtime_ns}
-    return Snapshot(record.execution_id, record.root, record.time_ns, dict(record.labels), stats)
+    return Snapshot(record.execution_id, record.root, record.time_ns, dict(record.labels), dict(record.stats),
+                    record.root_mode, record.root_mtime_ns)
 
 
 def _snapshot_from_row(row: SnapshotRow) -> Snapshot:
-    return Snapshot(row.execution_id, row.root_tree, row.time_ns, dict(row.labels), dict(row.stats), row.damaged)
+    return Snapshot(row.execution_id, row.root_tree, row.time_ns, dict(row.labels), dict(row.stats),
+                    row.root_mode, row.root_mtime_ns, row.damaged)

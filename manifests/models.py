@@ -90,4 +90,6 @@ class Snapshot(Base):
     logical_bytes: Mapped[int] = mapped_column(BigInteger)
     new_bytes: Mapped[int] = mapped_column(BigInteger)
     stored_bytes: Mapped[int] = mapped_column(BigInteger)
+    root_mode: Mapped[int] = mapped_column(Integer, default=0o755)
+    root_mtime_ns: Mapped[int] = mapped_column(BigInteger, default=0)
     damaged: Mapped[bool] = mapped_column(Boolean, default=False)

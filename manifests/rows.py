@@ -65,6 +65,8 @@ class SnapshotRow:
     logical_bytes: int
     new_bytes: int
     stored_bytes: int
+    root_mode: int = 0o755  # the snapshotted directory's own permission bits
+    root_mtime_ns: int = 0  # and its mtime
     damaged: bool = False  # repair found blobs of it missing; cleared when they are stored again
 
 

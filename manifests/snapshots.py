@@ -78,6 +78,8 @@ class SnapshotIndex(IndexConnection):
             "logical_bytes": row.logical_bytes,
             "new_bytes": row.new_bytes,
             "stored_bytes": row.stored_bytes,
+            "root_mode": row.root_mode,
+            "root_mtime_ns": row.root_mtime_ns,
             "damaged": row.damaged,
         }
         # A savepoint, so a duplicate ID fails this insert only and not the caller's transaction.
@@ -115,5 +117,7 @@ def _snapshot_row(row) -> SnapshotRow:  # type: ignore[no-untyped-def]
         logical_bytes=row.logical_bytes,
         new_bytes=row.new_bytes,
         stored_bytes=row.stored_bytes,
+        root_mode=row.root_mode,
+        root_mtime_ns=row.root_mtime_ns,
         damaged=bool(row.damaged),
     )

@@ -14,13 +14,15 @@ from manifests.rows import SnapshotRow
 
 
 def snapshot_row(record: SnapshotRecord, damaged: bool = False) -> SnapshotRow:
-    """The index row of a snapshot record (the root's mode and mtime travel in its stats)."""
+    """The index row of a snapshot record."""
     return SnapshotRow(
         execution_id=record.execution_id,
         root_tree=record.root,
         time_ns=record.time_ns,
         labels=record.labels,
-        stats={**record.stats, "root_mode": record.root_mode, "root_mtime_ns": record.root_mtime_ns},
+        stats=dict(record.stats),
+        root_mode=record.root_mode,
+        root_mtime_ns=record.root_mtime_ns,
         logical_bytes=record.stats.get("logical_bytes", 0),
         new_bytes=record.stats.get("new_bytes", 0),
         stored_bytes=record.stats.get("stored_bytes", 0),

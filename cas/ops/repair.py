@@ -56,9 +56,8 @@ def repair(repo: Repository, report: VerifyReport) -> RepairReport:
         if row is None:
             continue
         record = SnapshotRecord(
-            execution_id, row.root_tree, int(row.stats.get("root_mode", 0o755)),
-            int(row.stats.get("root_mtime_ns", row.time_ns)), row.time_ns, labels=row.labels,
-            stats={k: v for k, v in row.stats.items() if k not in ("root_mode", "root_mtime_ns")},
+            execution_id, row.root_tree, row.root_mode, row.root_mtime_ns, row.time_ns, labels=row.labels,
+            stats=dict(row.stats),
         )
         try:
             repo.backend.put(snapshot_key(execution_id), record.to_json(), overwrite=False)
