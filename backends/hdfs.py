@@ -25,7 +25,6 @@ import posixpath
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 from backends.base import Backend, Capabilities, ObjectInfo, check_key
 from backends.errors import (
@@ -37,7 +36,7 @@ from backends.errors import (
     PermissionDenied,
     Unavailable,
 )
-from backends.options import truthy
+from backends import hdfs_config
 from backends.redact import scrub_tokens
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -48,9 +47,6 @@ _log = logging.getLogger(__name__)
 
 #: Names of in-flight uploads. Never a valid result of ``list``.
 TMP_PREFIX = ".cas-tmp-"
-DEFAULT_PORT = 9870
-DEFAULT_CONNECT_TIMEOUT = 10.0
-DEFAULT_READ_TIMEOUT = 120.0
 #: Slice size when a memoryview or bytearray payload is sent as a chunked stream.
 _SEND_BLOCK = 1024 * 1024
 _READ_BLOCK = 1024 * 1024
@@ -330,94 +326,16 @@ def _list_status_batch(client: Client, path: str, **params: Any) -> Any:
 
 # Construction
 
-_KNOWN_OPTIONS = ("hdfs_user", "user", "hdfs_url", "timeout", "kerberos", "token", "mutual_auth", "create")
-
-
-def _timeout(value: object) -> float | tuple[float, float]:
-    if value is None:
-        return (DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT)
-    try:
-        if isinstance(value, (tuple, list)):
-            connect, read = value
-            return (float(connect), float(read))
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"HDFS option timeout must be seconds, got {value!r}") from exc
-
-
-def _strip_userinfo(url: str) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return parts._replace(netloc=netloc, query="", fragment="").geturl()
-
 
 def from_url(url: str, **options: object) -> HdfsBackend:
-    """Open ``hdfs://host:port/path`` or ``webhdfs://host:port/path`` (host:port = WebHDFS HTTP).
-
-    Options (keyword arguments, or the same names in the URL's query string; keywords win):
-    ``hdfs_user``/``user`` the user name for simple authentication (default: the local user);
-    ``hdfs_url`` the WebHDFS base URL(s) to use instead of the URL's host, e.g.
-    ``https://nn1:9871;https://nn2:9871`` for HA; ``timeout`` seconds, or (connect, read);
-    ``kerberos`` true for SPNEGO (needs ``requests-kerberos``), with ``mutual_auth``;
-    ``token`` a Hadoop delegation token (a secret: it is never printed).
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("hdfs", "webhdfs"):
-        raise ConfigurationError(f"not an HDFS URL: {parts.scheme}://...")
-    merged: dict[str, object] = dict(parse_qsl(parts.query))
-    merged.update(options)
-    unknown = sorted(set(merged) - set(_KNOWN_OPTIONS))
-    if unknown:
-        raise ConfigurationError(
-            f"unknown HDFS option(s) {', '.join(unknown)}; known: {', '.join(_KNOWN_OPTIONS[:-1])}"
-        )
-    if not parts.hostname and not merged.get("hdfs_url"):
-        raise ConfigurationError(f"{parts.scheme}:// URL needs a namenode host:port (or the hdfs_url option)")
-    root = unquote(parts.path) or "/"
-    if any(p in (".", "..") for p in root.split("/")):
-        raise ConfigurationError(f"HDFS root path must not contain '.' or '..': {root}")
-
-    try:
-        port = parts.port or DEFAULT_PORT
-    except ValueError as exc:
-        raise ConfigurationError(f"bad port in {parts.scheme}:// URL") from exc
-    host = parts.hostname or ""
-    host_port = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    endpoint = str(merged.get("hdfs_url") or f"http://{host_port}")
-    user_value = merged.get("hdfs_user") or merged.get("user") or parts.username
-    user = str(user_value) if user_value else None
-    token = merged.get("token")
-    kerberos = truthy(merged.get("kerberos", False))
-    timeout = _timeout(merged.get("timeout"))
-    if token and kerberos:
-        raise ConfigurationError("HDFS options token and kerberos exclude each other; give one")
-    if user and (token or kerberos):
-        raise ConfigurationError(
-            "HDFS option hdfs_user/user applies to simple authentication only; with kerberos or token "
-            "the identity comes from the ticket or token, so drop the user"
-        )
-
+    """Open ``hdfs://host:port/path`` or ``webhdfs://host:port/path`` (host:port = WebHDFS HTTP); the
+    options are those of :func:`backends.hdfs_config.parse`."""
+    config = hdfs_config.parse(url, options)
     client, session = _make_client(
-        endpoint,
-        user=user,
-        token=str(token) if token else None,
-        kerberos=kerberos,
-        mutual_auth=str(merged.get("mutual_auth") or "OPTIONAL"),
-        timeout=timeout,
+        config.endpoint, user=config.user, token=config.token, kerberos=config.kerberos,
+        mutual_auth=config.mutual_auth, timeout=config.timeout,
     )
-    location = f"{parts.scheme}://{host_port if host else ''}{posixpath.normpath('/' + root.strip('/'))}"
-    details = []
-    if user:
-        details.append(f"user={user}")
-    if kerberos:
-        details.append("kerberos")
-    if token:
-        details.append("token=***")
-    if merged.get("hdfs_url"):
-        details.append("via " + ";".join(_strip_userinfo(u) for u in endpoint.split(";") if u))
-    if details:
-        location += " (" + ", ".join(details) + ")"
-    return HdfsBackend(client, root, location=location, session=session)
+    return HdfsBackend(client, config.root, location=config.location, session=session)
 
 
 def _make_client(
