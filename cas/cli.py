@@ -12,12 +12,14 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from cas.ops.retention import KeepPolicy
 from cas.errors import CasError, ConfigurationError, PartialRestore
+from cas.format.records import check_labels
 from cas.ops.tree_builder import OnChange
 from cas.store import Store
 from cas.format.trees import DIR, FILE, SYMLINK
@@ -55,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         "or fail (fail)",
     )
 
-    sub.add_parser("log", help="executions, newest first")
+    s = sub.add_parser("log", help="executions, newest first")
+    _add_filters(s, "list")
+    s.add_argument("--limit", type=_limit_option, default=None, metavar="N", help="at most the newest N that match")
 
     s = sub.add_parser("ls", help="list a stored tree")
     s.add_argument("execution_id")
@@ -83,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("execution_ids", nargs="*")
     s.add_argument("--keep-last", type=int, default=None, metavar="N", help="forget all but the newest N")
     s.add_argument("--keep-within", type=_duration_option, default=None, metavar="DURATION", help="keep snapshots newer than e.g. 30d, 12h")
-    s.add_argument("--dry-run", action="store_true")
+    s.add_argument("--keep-label", action=_LabelAction, default={}, metavar="KEY=VALUE",
+                   help="never forget a snapshot carrying this label (repeatable: any of them keeps it)")
+    _add_filters(s, "forget")
+    s.add_argument("--dry-run", action="store_true", help="say what would be forgotten")
 
     s = sub.add_parser("gc", help="free packs no snapshot references (safe while snapshots are written)")
     s.add_argument("--dry-run", action="store_true", help="say what would be freed, and why")
@@ -105,6 +112,76 @@ def build_parser() -> argparse.ArgumentParser:
     aiflow_cli.add_parser(sub)
     # -- end AIFlow bridge commands --
     return p
+
+
+def _add_filters(s: argparse.ArgumentParser, verb: str) -> None:
+    s.add_argument("--label", "-l", action=_LabelAction, default={}, metavar="KEY=VALUE",
+                   help=f"{verb} only snapshots carrying this label (repeatable: all must match)")
+    s.add_argument("--since", type=_when_option, default=None, metavar="WHEN",
+                   help=f"{verb} only snapshots taken at WHEN or later: an ISO date or time (UTC unless it has an "
+                   "offset), e.g. 2026-11-25, 2026-11-25T10:00, or a duration ago, e.g. 30d, 12h")
+    s.add_argument("--until", type=_when_option, default=None, metavar="WHEN",
+                   help=f"{verb} only snapshots taken before WHEN (same forms as --since)")
+
+
+class _LabelAction(argparse.Action):
+    """Repeated ``KEY=VALUE`` options into one dict; a malformed one, or one key given two values,
+    is a usage error (exit 2)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+        labels = dict(getattr(namespace, self.dest) or {})
+        try:
+            key, value = _parse_label(str(values))
+        except ConfigurationError as exc:
+            parser.error(f"argument {option_string}: {exc}")
+        if labels.get(key, value) != value:
+            parser.error(f"argument {option_string}: label {key!r} given twice with different values")
+        labels[key] = value
+        setattr(namespace, self.dest, labels)
+
+
+def _parse_label(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ConfigurationError(f"label {item!r} must be KEY=VALUE")
+    key, value = item.split("=", 1)
+    check_labels({key: value})
+    return key, value
+
+
+_RELATIVE = re.compile(r"\d+(\.\d*)?[smhdw]")
+
+
+def parse_when(text: str) -> dt.datetime | dt.timedelta:
+    """``--since``/``--until``: an ISO date or date and time (UTC unless it carries an offset or
+    ``Z``), or a duration with its unit (``30d``, ``12h``: that long before now, as :func:`parse_duration`)."""
+    text = text.strip()
+    if _RELATIVE.fullmatch(text):
+        return parse_duration(text)
+    try:
+        when = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in ("z", "Z") else text)
+    except ValueError:
+        raise ConfigurationError(
+            f"invalid time {text!r}: use an ISO date or time such as 2026-11-25 or 2026-11-25T10:00 "
+            "(UTC unless an offset is given), or a duration ago such as 30d or 12h"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.timezone.utc)
+
+
+def _when_option(text: str) -> dt.datetime | dt.timedelta:
+    try:
+        return parse_when(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _limit_option(text: str) -> int:
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise argparse.ArgumentTypeError(f"invalid limit {text!r}: use a whole number, 0 or more")
+    return limit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,7 +314,7 @@ def cmd_snapshot(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_log(store: Store, args: argparse.Namespace) -> int:
-    snaps = store.list()
+    snaps = store.list(labels=args.label, since=args.since, until=args.until, limit=args.limit)
     lines = [f"{'EXECUTION':<24} {'TIME (UTC)':<20} {'FILES':>7} {'LOGICAL':>11} {'NEW':>11}  LABELS"]
     import datetime as dt
 
@@ -367,12 +444,20 @@ def _duration_option(text: str) -> dt.timedelta:
 
 
 def cmd_forget(store: Store, args: argparse.Namespace) -> int:
-    chosen = list(dict.fromkeys(args.execution_ids))
-    if args.keep_last is not None or args.keep_within is not None:
-        policy = KeepPolicy(last=args.keep_last, within=args.keep_within)
-        chosen.extend(e for e in policy.to_forget(store.list()) if e not in chosen)
-    elif not chosen:
-        raise ConfigurationError("name execution IDs to forget, or use --keep-last / --keep-within")
+    """Forget the named IDs and the snapshots the filters select (all of them when only a keep rule
+    is given), except those a keep rule keeps; ``--keep-last`` counts among the selected ones and
+    ``--keep-label`` protects named IDs too."""
+    policy = KeepPolicy(last=args.keep_last, within=args.keep_within, labels=list(args.keep_label.items()))
+    named = list(dict.fromkeys(args.execution_ids))
+    chosen = [e for e in named if not policy.protects(store.get(e))]
+    filters = bool(args.label) or args.since is not None or args.until is not None
+    if filters or args.keep_last is not None or args.keep_within is not None:
+        selected = store.list(labels=args.label, since=args.since, until=args.until)
+        chosen.extend(e for e in policy.to_forget(selected) if e not in chosen)
+    elif not named:
+        sys.stderr.write("cas: name execution IDs to forget, or select them with --label/--since/--until or "
+                         "--keep-last/--keep-within (see 'cas forget --help')\n")
+        return EXIT_USAGE
     if args.dry_run:
         for execution_id in chosen:
             store.get(execution_id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -25,6 +25,7 @@ from cas.ops.browse import Change
 from cas.ops.gc import DEFAULT_GRACE, GcReport, collect_garbage
 from cas.ops.repair import RepairReport, repair
 from cas.ops.restore import RestoreReport, Restorer, failure_error
+from cas.ops.select import Selection, When
 from cas.ops.sync import RebuildReport, rebuild_index
 from cas.ops.tree_builder import OnChange, ProgressFn
 from cas.ops.verify import VerifyReport, verify
@@ -143,9 +144,19 @@ class Store:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def list(self) -> list[Snapshot]:
-        """Snapshots in the index, newest first."""
-        return [_snapshot_from_row(r) for r in self.repo.index.snapshots()]
+    def list(
+        self,
+        *,
+        labels: Mapping[str, str] | None = None,
+        since: When | None = None,
+        until: When | None = None,
+        limit: int | None = None,
+    ) -> list[Snapshot]:
+        """Snapshots in the index, newest first: those carrying every one of ``labels``, taken at
+        ``since`` or later and before ``until`` (datetimes, naive ones in UTC, or timedeltas meaning
+        that long ago), at most ``limit`` of them. See :class:`~cas.ops.select.Selection`."""
+        selection = Selection(labels=labels or {}, since=since, until=until, limit=limit)
+        return [_snapshot_from_row(r) for r in selection.rows(self.repo.index)]
 
     def get(self, execution_id: str) -> Snapshot:
         """The snapshot of an execution, from the index, or from its object on the backend when this

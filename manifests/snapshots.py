@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
@@ -94,11 +94,33 @@ class SnapshotIndex(IndexConnection):
             row = conn.execute(select(Snapshot).where(Snapshot.execution_id == execution_id)).first()
         return None if row is None else _snapshot_row(row)
 
-    def snapshots(self) -> list[SnapshotRow]:
-        """All snapshots, newest first."""
+    def snapshots(
+        self,
+        *,
+        labels: Mapping[str, str] | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        limit: int | None = None,
+    ) -> list[SnapshotRow]:
+        """Snapshots, newest first: those carrying every one of ``labels`` (key and value), taken at
+        ``since_ns`` or later and before ``until_ns``, at most ``limit`` of them; ``None`` for no bound.
+
+        Everything is filtered in the query: labels through the JSON column's path lookup (SQLite's
+        ``json_extract``, PostgreSQL's ``->>``), so ``limit`` counts matching rows only. Label keys
+        are the engine's checked names (letters, digits, ``._/-``), safe inside a JSON path.
+        """
+        query = select(Snapshot)
+        for key, value in (labels or {}).items():
+            query = query.where(Snapshot.labels[key].as_string() == value)
+        if since_ns is not None:
+            query = query.where(Snapshot.time_ns >= since_ns)
+        if until_ns is not None:
+            query = query.where(Snapshot.time_ns < until_ns)
+        query = query.order_by(Snapshot.time_ns.desc(), Snapshot.execution_id)
+        if limit is not None:
+            query = query.limit(limit)
         with self._read() as conn:
-            rows = conn.execute(select(Snapshot).order_by(Snapshot.time_ns.desc(), Snapshot.execution_id))
-            return [_snapshot_row(r) for r in rows]
+            return [_snapshot_row(r) for r in conn.execute(query)]
 
     def remove_snapshot(self, execution_id: str) -> bool:
         """Fenced, so a sync's commit of the same ID is ordered before or after it (never inside)."""
