@@ -12,16 +12,16 @@ import datetime as dt
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from cas.ops.retention import KeepPolicy
 from cas.errors import CasError, ConfigurationError, PartialRestore
-from cas.format.records import check_labels
 from cas.ops.tree_builder import OnChange
+from cas.options import LabelAction, duration_option, limit_option, parse_labels, when_option
 from cas.store import Store
+from cas.terminal import EscapingFormatter, escape, human_size, quote_name
 from cas.format.trees import DIR, FILE, SYMLINK
 from manifests.database import set_aside
 from manifests.errors import IndexDamaged
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("log", help="executions, newest first")
     _add_filters(s, "list")
-    s.add_argument("--limit", type=_limit_option, default=None, metavar="N", help="at most the newest N that match")
+    s.add_argument("--limit", type=limit_option, default=None, metavar="N", help="at most the newest N that match")
 
     s = sub.add_parser("ls", help="list a stored tree")
     s.add_argument("execution_id")
@@ -86,15 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("forget", help="remove snapshots (their data is freed by 'cas gc')")
     s.add_argument("execution_ids", nargs="*")
     s.add_argument("--keep-last", type=int, default=None, metavar="N", help="forget all but the newest N")
-    s.add_argument("--keep-within", type=_duration_option, default=None, metavar="DURATION", help="keep snapshots newer than e.g. 30d, 12h")
-    s.add_argument("--keep-label", action=_LabelAction, default={}, metavar="KEY=VALUE",
+    s.add_argument("--keep-within", type=duration_option, default=None, metavar="DURATION", help="keep snapshots newer than e.g. 30d, 12h")
+    s.add_argument("--keep-label", action=LabelAction, default={}, metavar="KEY=VALUE",
                    help="never forget a snapshot carrying this label (repeatable: any of them keeps it)")
     _add_filters(s, "forget")
     s.add_argument("--dry-run", action="store_true", help="say what would be forgotten")
 
     s = sub.add_parser("gc", help="free packs no snapshot references (safe while snapshots are written)")
     s.add_argument("--dry-run", action="store_true", help="say what would be freed, and why")
-    s.add_argument("--grace", type=_duration_option, default="1h", metavar="DURATION", help="never touch packs younger than this (default 1h)")
+    s.add_argument("--grace", type=duration_option, default="1h", metavar="DURATION", help="never touch packs younger than this (default 1h)")
 
     s = sub.add_parser("verify", help="check snapshots, index and packs; non-zero exit if anything is wrong")
     s.add_argument("--read-data", action="store_true", help="download and re-hash stored data")
@@ -115,79 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_filters(s: argparse.ArgumentParser, verb: str) -> None:
-    s.add_argument("--label", "-l", action=_LabelAction, default={}, metavar="KEY=VALUE",
+    s.add_argument("--label", "-l", action=LabelAction, default={}, metavar="KEY=VALUE",
                    help=f"{verb} only snapshots carrying this label (repeatable: all must match)")
-    s.add_argument("--since", type=_when_option, default=None, metavar="WHEN",
+    s.add_argument("--since", type=when_option, default=None, metavar="WHEN",
                    help=f"{verb} only snapshots taken at WHEN or later: an ISO date or time (UTC unless it has an "
                    "offset), e.g. 2026-11-25, 2026-11-25T10:00, or a duration ago, e.g. 30d, 12h")
-    s.add_argument("--until", type=_when_option, default=None, metavar="WHEN",
+    s.add_argument("--until", type=when_option, default=None, metavar="WHEN",
                    help=f"{verb} only snapshots taken before WHEN (same forms as --since)")
-
-
-class _LabelAction(argparse.Action):
-    """Repeated ``KEY=VALUE`` options into one dict; a malformed one, or one key given two values,
-    is a usage error (exit 2)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
-        labels = dict(getattr(namespace, self.dest) or {})
-        try:
-            key, value = _parse_label(str(values))
-        except ConfigurationError as exc:
-            parser.error(f"argument {option_string}: {exc}")
-        if labels.get(key, value) != value:
-            parser.error(f"argument {option_string}: label {key!r} given twice with different values")
-        labels[key] = value
-        setattr(namespace, self.dest, labels)
-
-
-def _parse_label(item: str) -> tuple[str, str]:
-    if "=" not in item:
-        raise ConfigurationError(f"label {item!r} must be KEY=VALUE")
-    key, value = item.split("=", 1)
-    check_labels({key: value})
-    return key, value
-
-
-_RELATIVE = re.compile(r"\d+(\.\d*)?[smhdw]")
-
-
-def parse_when(text: str) -> dt.datetime | dt.timedelta:
-    """``--since``/``--until``: an ISO date or date and time (UTC unless it carries an offset or
-    ``Z``), or a duration with its unit (``30d``, ``12h``: that long before now, as :func:`parse_duration`)."""
-    text = text.strip()
-    if _RELATIVE.fullmatch(text):
-        return parse_duration(text)
-    try:
-        when = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in ("z", "Z") else text)
-    except ValueError:
-        raise ConfigurationError(
-            f"invalid time {text!r}: use an ISO date or time such as 2026-11-25 or 2026-11-25T10:00 "
-            "(UTC unless an offset is given), or a duration ago such as 30d or 12h"
-        ) from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.timezone.utc)
-
-
-def _when_option(text: str) -> dt.datetime | dt.timedelta:
-    try:
-        return parse_when(text)
-    except ConfigurationError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _limit_option(text: str) -> int:
-    try:
-        limit = int(text)
-    except ValueError:
-        limit = -1
-    if limit < 0:
-        raise argparse.ArgumentTypeError(f"invalid limit {text!r}: use a whole number, 0 or more")
-    return limit
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_EscapingFormatter("cas: warning: %(message)s"))
+    handler.setFormatter(EscapingFormatter("cas: warning: %(message)s"))
     logging.basicConfig(level=logging.ERROR if (args.quiet or args.json) else logging.WARNING, handlers=[handler])
     try:
         return _run(args)
@@ -220,25 +160,6 @@ def _error(message: str) -> None:
     """One line on stderr. Names in messages come from repositories and file systems, so anything
     unprintable (newlines, terminal escapes) is shown escaped instead of cutting or driving the line."""
     sys.stderr.write(f"cas: error: {escape(message.strip()) or 'error'}\n")
-
-
-def escape(text: str) -> str:
-    """``text`` with each unprintable character (C0/C1 controls, DEL, bidi and other format
-    characters, undecodable bytes) as its Python escape, e.g. ``\\n``, ``\\x1b``, ``\\u202e``."""
-    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def quote_name(name: str) -> str:
-    """A path or name from a repository as listed on a terminal: as it is when printable, otherwise
-    (or when it holds a quote or a backslash) as a Python string literal, e.g. ``'a\\nb'``. So a
-    listing is one line per entry, never carries terminal escapes, and a quoted name cannot pass for
-    a plain one. ``--json`` output keeps exact names."""
-    return name if name.isprintable() and not any(c in name for c in "'\"\\") else repr(name)
-
-
-class _EscapingFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return escape(super().format(record))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -279,26 +200,8 @@ def _progress(args: argparse.Namespace, what: str) -> Iterator[Callable[[int, in
         yield update
 
 
-def _parse_labels(items: list[str]) -> dict[str, str]:
-    labels = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigurationError(f"label {item!r} must be KEY=VALUE")
-        key, value = item.split("=", 1)
-        labels[key] = value
-    return labels
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
 def cmd_snapshot(store: Store, args: argparse.Namespace) -> int:
-    labels = _parse_labels(args.label)
+    labels = parse_labels(args.label)
     with _progress(args, "snapshot") as progress:
         snap = store.snapshot(
             args.path, args.execution_id, labels=labels, use_files_cache=not args.no_files_cache, progress=progress,
@@ -306,8 +209,8 @@ def cmd_snapshot(store: Store, args: argparse.Namespace) -> int:
         )
     st = snap.stats
     text = (
-        f"snapshot {snap.execution_id}: {st.get('files', 0)} files, {_human(st.get('logical_bytes', 0))} "
-        f"({_human(st.get('new_bytes', 0))} new, {_human(st.get('stored_bytes', 0))} stored after compression)"
+        f"snapshot {snap.execution_id}: {st.get('files', 0)} files, {human_size(st.get('logical_bytes', 0))} "
+        f"({human_size(st.get('new_bytes', 0))} new, {human_size(st.get('stored_bytes', 0))} stored after compression)"
     )
     _emit(args, snap.to_dict(), text)
     return 0
@@ -324,8 +227,8 @@ def cmd_log(store: Store, args: argparse.Namespace) -> int:
         if s.damaged:
             labels = "DAMAGED " + labels
         lines.append(
-            f"{quote_name(s.execution_id):<24} {when:<20} {s.stats.get('files', 0):>7} {_human(s.logical_bytes):>11} "
-            f"{_human(s.new_bytes):>11}  {labels}"
+            f"{quote_name(s.execution_id):<24} {when:<20} {s.stats.get('files', 0):>7} {human_size(s.logical_bytes):>11} "
+            f"{human_size(s.new_bytes):>11}  {labels}"
         )
     _emit(args, [s.to_dict() for s in snaps], "\n".join(lines) if snaps else "no snapshots")
     return 0
@@ -383,7 +286,7 @@ def cmd_restore(store: Store, args: argparse.Namespace) -> int:
         )
     data = {"files": report.files, "dirs": report.dirs, "symlinks": report.symlinks, "bytes": report.bytes}
     _emit(args, data, f"restored {report.files} files, {report.dirs} directories, {report.symlinks} symlinks, "
-          f"{_human(report.bytes)} into {escape(args.dest)}")
+          f"{human_size(report.bytes)} into {escape(args.dest)}")
     return 0
 
 
@@ -402,9 +305,9 @@ def cmd_stats(store: Store, args: argparse.Namespace) -> int:
     }
     text = (
         f"snapshots       {st.snapshots}\n"
-        f"logical bytes   {_human(st.logical_bytes)}  (sum over all snapshots)\n"
-        f"unique bytes    {_human(st.chunk_raw_bytes)}  (distinct chunks, uncompressed)\n"
-        f"stored bytes    {_human(st.pack_bytes)}  (packs on the backend)\n"
+        f"logical bytes   {human_size(st.logical_bytes)}  (sum over all snapshots)\n"
+        f"unique bytes    {human_size(st.chunk_raw_bytes)}  (distinct chunks, uncompressed)\n"
+        f"stored bytes    {human_size(st.pack_bytes)}  (packs on the backend)\n"
         f"ratio           {ratio:.2f}x  (logical / stored)\n"
         f"chunks          {st.chunks}\n"
         f"trees           {st.trees}\n"
@@ -412,35 +315,6 @@ def cmd_stats(store: Store, args: argparse.Namespace) -> int:
     )
     _emit(args, data, text)
     return 0
-
-
-#: The longest duration --grace and --keep-within accept: far beyond any sensible value, and small
-#: enough that "now minus it" stays a valid date and a nanosecond count.
-MAX_DURATION = dt.timedelta(days=36500)
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> dt.timedelta:
-    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` or plain seconds; 0 up to :data:`MAX_DURATION`."""
-    text = text.strip()
-    number, unit = (text[:-1], _UNITS[text[-1]]) if text and text[-1] in _UNITS else (text, 1)
-    try:
-        seconds = float(number) * unit
-    except ValueError:
-        raise ConfigurationError(f"invalid duration {text!r}: use a number with s, m, h, d or w, e.g. 30d") from None
-    if not 0 <= seconds <= MAX_DURATION.total_seconds():  # also refuses nan and inf
-        raise ConfigurationError(
-            f"duration {text!r} is out of range: use 0 up to {MAX_DURATION.days}d (100 years)"
-        )
-    return dt.timedelta(seconds=seconds)
-
-
-def _duration_option(text: str) -> dt.timedelta:
-    """argparse ``type`` for durations: a bad one is a usage error naming the option (exit 2)."""
-    try:
-        return parse_duration(text)
-    except ConfigurationError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_forget(store: Store, args: argparse.Namespace) -> int:
@@ -474,8 +348,8 @@ def cmd_gc(store: Store, args: argparse.Namespace) -> int:
     lines = [
         f"{report.snapshots} snapshots, {report.reachable_blobs} reachable blobs, {report.packs} packs",
         f"{verb} condemn {len(report.condemned)} packs (deleted by a later run once past the grace period)",
-        f"{verb} delete {len(report.deleted)} packs, {_human(report.deleted_bytes)}",
-        f"{verb} repack {len(report.repacked)} packs ({_human(report.repacked_bytes)} still referenced)",
+        f"{verb} delete {len(report.deleted)} packs, {human_size(report.deleted_bytes)}",
+        f"{verb} repack {len(report.repacked)} packs ({human_size(report.repacked_bytes)} still referenced)",
     ]
     if report.rescued:
         lines.append(f"rescued {len(report.rescued)} condemned packs that a new snapshot uses")

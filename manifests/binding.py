@@ -22,6 +22,12 @@ class BindingIndex(IndexConnection):
         would offer chunks the copy may not hold, so a different location is refused unless
         ``rebind`` (the repository moved, or the index is being rebuilt from this backend).
         """
+        # Every command opens the index, so the usual case (bound to this repository) is one read,
+        # not a write transaction (a reader's database role may have no write rights at all).
+        with self._read() as conn:
+            bound = conn.execute(select(RepositoryBinding).where(RepositoryBinding.id == 1)).first()
+        if bound is not None and bound.repo_id == repo_id and bound.location == location:
+            return False
         now = dt.datetime.now(dt.timezone.utc)
         with self._write() as conn:
             bound = conn.execute(select(RepositoryBinding).where(RepositoryBinding.id == 1)).first()
