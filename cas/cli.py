@@ -18,6 +18,7 @@ from contextlib import contextmanager
 
 from cas.ops.retention import KeepPolicy
 from cas.errors import CasError, ConfigurationError, PartialRestore
+from cas.format.config import ChunkerName
 from cas.ops.tree_builder import OnChange
 from cas.options import LabelAction, duration_option, limit_option, parse_labels, when_option
 from cas.store import Store
@@ -55,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a file that keeps changing while it is read (after 3 re-reads): store it as last read with a "
         "warning (warn, the default), re-read it for up to ~10 s and fail if it never holds still (retry), "
         "or fail (fail)",
+    )
+    s.add_argument(
+        "--chunker", choices=[c.value for c in ChunkerName], default=None,
+        help="how to cut files into chunks (default: the repository's own; fastcdc-archives-1 cuts zips, tars "
+        "and safetensors files at their members, and is the default of repositories created since it exists)",
     )
 
     s = sub.add_parser("log", help="executions, newest first")
@@ -205,7 +211,7 @@ def cmd_snapshot(store: Store, args: argparse.Namespace) -> int:
     with _progress(args, "snapshot") as progress:
         snap = store.snapshot(
             args.path, args.execution_id, labels=labels, use_files_cache=not args.no_files_cache, progress=progress,
-            on_change=args.on_change,
+            on_change=args.on_change, chunker=args.chunker,
         )
     st = snap.stats
     text = (

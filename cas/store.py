@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 from backends.base import Backend
 from cas.errors import ConfigurationError, NotFound
+from cas.format.config import ChunkerName
 from cas.format.records import SnapshotRecord, check_execution_id, check_labels
 from cas.format.trees import DIR, Entry
 from cas.ops import browse, snapshot as snapshot_op
@@ -80,9 +81,10 @@ class Store:
         create: bool = True,
         chunk_cache: str | bool | None = None,
         rebind_index: bool = False,
-        **config: int,
+        **config: int | str,
     ) -> Store:
-        """Open (and by default create) a repository. ``config`` sets chunk/pack parameters on creation.
+        """Open (and by default create) a repository. ``config`` sets chunk/pack parameters and the
+        ``chunker`` (a :class:`~cas.format.config.ChunkerName` value) on creation.
 
         ``chunk_cache``: a directory shared by processes on this host for verified chunks read from a
         remote backend (default: ``$CAS_HOME/cache/chunks`` for remote backends, none for local ones).
@@ -120,8 +122,12 @@ class Store:
         use_files_cache: bool = True,
         progress: ProgressFn | None = None,
         on_change: OnChange | str = OnChange.WARN,
+        chunker: ChunkerName | str | None = None,
     ) -> Snapshot:
         """Store the tree at ``path`` under ``execution_id``.
+
+        ``chunker``: how files are cut into chunks; by default the repository's own
+        (``Store.open(..., chunker=...)`` sets it when creating one). See docs/FORMAT.md, Chunks.
 
         ``on_change``: what to do with a file that changed while it was read, each of
         :data:`~cas.ops.tree_builder.CHANGE_RETRIES` times it was read again (see :class:`OnChange`).
@@ -133,6 +139,7 @@ class Store:
         snapshot_op.take_snapshot(
             self.repo, os.fspath(path), execution_id, check_labels(labels or {}),
             use_files_cache=use_files_cache, progress=progress, on_change=OnChange(on_change),
+            chunker=_chunker_name(chunker),
         )
         return self.get(execution_id)
 
@@ -252,3 +259,13 @@ def _snapshot_from_record(record: SnapshotRecord) -> Snapshot:
 def _snapshot_from_row(row: SnapshotRow) -> Snapshot:
     return Snapshot(row.execution_id, row.root_tree, row.time_ns, dict(row.labels), dict(row.stats),
                     row.root_mode, row.root_mtime_ns, row.damaged)
+
+
+def _chunker_name(name: ChunkerName | str | None) -> ChunkerName | None:
+    if name is None:
+        return None
+    try:
+        return ChunkerName(name)
+    except ValueError:
+        known = ", ".join(c.value for c in ChunkerName)
+        raise ConfigurationError(f"unknown chunker {name!r} (known: {known})") from None

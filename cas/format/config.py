@@ -6,6 +6,7 @@ or identical content would be cut differently and stop deduplicating.
 
 from __future__ import annotations
 
+import enum
 import json
 import secrets
 from dataclasses import asdict, dataclass
@@ -19,6 +20,16 @@ KiB = 1024
 MiB = 1024 * KiB
 
 
+class ChunkerName(str, enum.Enum):
+    """How a repository cuts files into chunks (the config's ``chunker``; docs/FORMAT.md, Chunks)."""
+
+    FASTCDC = "fastcdc"
+    """Plain FastCDC. A config written before the field existed means this one."""
+    ARCHIVES = "fastcdc-archives-1"
+    """FastCDC, but zips, uncompressed tars and safetensors files are cut at their members."""
+
+
+
 @dataclass(frozen=True)
 class RepoConfig:
     version: int = FORMAT_VERSION
@@ -28,10 +39,11 @@ class RepoConfig:
     chunk_max: int = 4 * MiB
     compression_level: int = 3
     pack_size: int = 16 * MiB
+    chunker: str = ChunkerName.ARCHIVES.value
 
     @classmethod
-    def new(cls, **overrides: int) -> RepoConfig:
-        config = cls(repo_id=secrets.token_hex(16), **overrides)
+    def new(cls, **overrides: int | str) -> RepoConfig:
+        config = cls(repo_id=secrets.token_hex(16), **overrides)  # type: ignore[arg-type]
         config.validate(error=ConfigurationError)
         return config
 
@@ -55,6 +67,9 @@ class RepoConfig:
             raise error(f"compression_level {self.compression_level} outside -7..22")
         if not (MiB <= self.pack_size <= 1024 * MiB):
             raise error(f"pack_size {self.pack_size} outside 1 MiB..1 GiB")
+        if self.chunker not in {c.value for c in ChunkerName}:
+            known = ", ".join(c.value for c in ChunkerName)
+            raise error(f"chunker {self.chunker!r} is not one this cas knows ({known}); upgrade cas")
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
@@ -70,11 +85,13 @@ class RepoConfig:
         if not isinstance(raw, dict):
             raise IntegrityError("repository config is not a JSON object")
         fields = {f: raw.get(f) for f in cls.__dataclass_fields__}
+        if fields["chunker"] is None:
+            fields["chunker"] = ChunkerName.FASTCDC.value  # written before the field existed
         if any(v is None for v in fields.values()):
             missing = sorted(k for k, v in fields.items() if v is None)
             raise IntegrityError(f"repository config lacks {', '.join(missing)}")
         for name, value in fields.items():
-            expected = str if name == "repo_id" else int
+            expected = str if name in ("repo_id", "chunker") else int
             if type(value) is not expected:
                 raise IntegrityError(f"repository config field {name} has the wrong type")
         config = cls(**fields)  # type: ignore[arg-type]

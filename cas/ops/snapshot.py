@@ -13,6 +13,7 @@ import time
 
 from cas.errors import AlreadyExists, CasError, IntegrityError, NotFound, Unavailable
 from cas.format.chunking import Chunker
+from cas.format.config import ChunkerName
 from cas.format.records import SnapshotRecord, snapshot_key
 from cas.ops.commit import commit_with_blobs
 from cas.ops.tree_builder import OnChange, ProgressFn, TreeBuilder
@@ -33,14 +34,18 @@ def take_snapshot(
     use_files_cache: bool = True,
     progress: ProgressFn | None = None,
     on_change: OnChange = OnChange.WARN,
+    chunker: ChunkerName | None = None,
 ) -> None:
     """Store the tree at ``path`` and commit it under ``execution_id`` (validated by the caller).
+
+    ``chunker``: how files are cut (None: the repository config's chunker).
 
     If garbage collection removes blobs the snapshot reused before its commit, nothing is committed
     and the tree is stored again (without the files cache), up to :data:`COMMIT_ATTEMPTS` times.
     """
     for attempt in range(COMMIT_ATTEMPTS):
-        record, referenced = store_tree(repo, path, execution_id, labels, use_files_cache, progress, on_change)
+        record, referenced = store_tree(repo, path, execution_id, labels, use_files_cache, progress, on_change,
+                                        chunker=chunker)
         missing = commit(repo, record, referenced)
         if not missing:
             return
@@ -56,7 +61,7 @@ def take_snapshot(
 
 def store_tree(
     repo: Repository, path: str, execution_id: str, labels: dict[str, str], use_files_cache: bool,
-    progress: ProgressFn | None, on_change: OnChange,
+    progress: ProgressFn | None, on_change: OnChange, *, chunker: ChunkerName | None = None,
 ) -> tuple[SnapshotRecord, set[str]]:
     """Steps 1-3 of the write order: every chunk and tree node durable and indexed. Returns the
     record to commit and every blob it references."""
@@ -65,7 +70,7 @@ def store_tree(
         files_cache = FilesCache(os.path.join(default_home(), "cache", f"files-v2-{repo.config.repo_id}.sqlite"))
     try:
         with BlobWriter(repo) as writer:
-            builder = TreeBuilder(writer, Chunker(repo.config), files_cache=files_cache, progress=progress,
+            builder = TreeBuilder(writer, Chunker(repo.config, chunker), files_cache=files_cache, progress=progress,
                                   on_change=on_change)
             result = builder.build(path)
             writer.flush()

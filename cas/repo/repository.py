@@ -76,7 +76,7 @@ class Repository:
         *,
         index: str | Index | None = None,
         create: bool = True,
-        config_overrides: dict[str, int] | None = None,
+        config_overrides: dict[str, int | str] | None = None,
         chunk_cache: str | bool | None = None,
         rebind_index: bool = False,
     ) -> Repository:
@@ -257,7 +257,7 @@ def verify_blob(blob_id: str, location: BlobLocation, payload: bytes) -> bytes:
     return data
 
 
-def load_or_create_config(backend: Backend, *, create: bool, overrides: dict[str, int]) -> RepoConfig:
+def load_or_create_config(backend: Backend, *, create: bool, overrides: dict[str, int | str]) -> RepoConfig:
     try:
         return RepoConfig.from_json(backend.get(CONFIG_KEY, 0, _MAX_CONFIG_READ + 1))
     except FileNotFoundError:
