@@ -30,9 +30,9 @@ unexpected gives ``None``: the caller then cuts the file without regard to its s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
-import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -76,7 +76,7 @@ class Member:
     start: int
     end: int
     tag: int
-    """A hash (CRC-32) of the member's name, or :data:`DIRECTORY`. Equal names, equal tags."""
+    """A hash (64-bit BLAKE2b) of the member's name, or :data:`DIRECTORY`. Equal names, equal tags."""
 
 
 def read_layout(stream: BinaryIO, size: int) -> list[Member] | None:
@@ -128,7 +128,9 @@ def _read_at(stream: BinaryIO, base: int, offset: int, n: int) -> bytes:
 
 
 def _name_tag(name: bytes) -> int:
-    return zlib.crc32(name)
+    # A real hash: CRC-32 is linear, so the low bits of sequential names ("0001.po", "0002.po"...)
+    # repeat in a pattern, and group ends chosen from them would never fall back into step.
+    return int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "little")
 
 
 # -- zip ----------------------------------------------------------------------------------------
