@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import random
@@ -49,8 +48,10 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from cas import Store  # noqa: E402
-from cas.format.config import ChunkerName  # noqa: E402
+import itertools
+
+from cas import Store
+from cas.format.config import ChunkerName
 
 WORK = REPO_ROOT / "benchmarks" / "work"
 WHEEL = ("pygments", "2.17.1", "2.17.2")
@@ -146,7 +147,7 @@ def fetch_wheels(dest: Path) -> tuple[Path, Path] | None:
         if not found:
             cmd = [sys.executable, "-m", "pip", "download", f"{package}=={version}", "--no-deps", "--only-binary",
                    ":all:", "-q", "-d", str(dest)]
-            if subprocess.run(cmd, capture_output=True).returncode != 0:
+            if subprocess.run(cmd, capture_output=True, check=False).returncode != 0:
                 return None
             found = sorted(dest.glob(f"{package}-{version}-*.whl"))
         if not found:
@@ -164,7 +165,7 @@ def zip_parts(path: Path) -> tuple[list[bytes], bytes]:
         starts = sorted(i.header_offset for i in zf.infolist())
         directory_at = zf.start_dir  # type: ignore[attr-defined]
     bounds = starts + [directory_at]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:])], data[directory_at:]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)], data[directory_at:]
 
 
 def tar_parts(path: Path) -> tuple[list[bytes], bytes]:
@@ -175,7 +176,7 @@ def tar_parts(path: Path) -> tuple[list[bytes], bytes]:
     end = members[-1].offset_data + -(-members[-1].size // 512) * 512 if members[-1].isreg() else (
         members[-1].offset_data)
     bounds = starts + [end]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:])], data[end:]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)], data[end:]
 
 
 def safetensors_parts(path: Path) -> tuple[list[bytes], bytes]:
@@ -272,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--restic", default=shutil.which("restic"), help="restic binary (default: from PATH)")
     p.add_argument("--wheels", nargs=2, type=Path, metavar=("OLD", "NEW"), help="two wheels instead of Pygments'")
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    p.add_argument("--markdown", type=Path, help="also write the table here")
     args = p.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -287,12 +289,17 @@ def main(argv: list[str] | None = None) -> int:
                 "cas": new["new_bytes"], "cas_tree": new["new_tree_bytes"], "cas_chunks": new["new_blobs"],
                 "cas_fastcdc": old["new_bytes"], "restic": restic,
             })
-    print("| case | v2 size | changed | cas | ratio | cas tree node | cas fastcdc | ratio | restic | ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines = ["| case | v2 size | changed | cas | ratio | cas tree node | cas fastcdc | ratio | restic | ratio |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         restic_cells = f"{r['restic']:,} | {r['restic'] / r['changed']:.2f}x" if r["restic"] is not None else "n/a | n/a"
-        print(f"| {r['case']} | {r['v2_size']:,} | {r['changed']:,} | {r['cas']:,} | {r['cas'] / r['changed']:.2f}x"
-              f" | {r['cas_tree']:,} | {r['cas_fastcdc']:,} | {r['cas_fastcdc'] / r['changed']:.2f}x | {restic_cells} |")
+        lines.append(
+            f"| {r['case']} | {r['v2_size']:,} | {r['changed']:,} | {r['cas']:,} | {r['cas'] / r['changed']:.2f}x"
+            f" | {r['cas_tree']:,} | {r['cas_fastcdc']:,} | {r['cas_fastcdc'] / r['changed']:.2f}x | {restic_cells} |"
+        )
+    print("\n".join(lines))
+    if args.markdown:
+        args.markdown.write_text("\n".join(lines) + "\n")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

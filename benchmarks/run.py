@@ -585,10 +585,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep restored trees under benchmarks/work/restore")
     p.add_argument("--results", default=None, help="directory for results.md, results.json, chart.png "
                    "(default benchmarks/results, or benchmarks/results/quick with --quick)")
+    p.add_argument("--no-archives", action="store_true",
+                   help="skip the archive case (benchmarks/archive_dedup.py, written to archives.md)")
     args = p.parse_args(argv)
     if args.results is None:
         args.results = str(RESULTS / "quick" if args.quick else RESULTS)
-    return run(args)
+    status = run(args)
+    if not args.no_archives:
+        import archive_dedup
+
+        log("archives: v1 then v2 of zips, a tar and checkpoints (benchmarks/archive_dedup.py)")
+        out = Path(args.results)
+        status |= archive_dedup.main([*(["--quick"] if args.quick else []), "--json", str(out / "archives.json"),
+                                      "--markdown", str(out / "archives.md")])
+    return status
 
 
 if __name__ == "__main__":

@@ -1,23 +1,34 @@
 """Re-submitting an AIFlow project zip with one line edited stores about the edited member (issue 13).
 
 The project is the installed SQLAlchemy package (without ``__pycache__``), zipped as AIFlow's client
-zips a project (``make_dir_zipfile``: deflate, ``os.walk`` order, each directory as an entry), and
-uploaded through ``cas.aiflow.LocalBlobManager.upload`` before and after one line is appended to
-``orm/session.py``.
+zips a project and uploaded through ``cas.aiflow.LocalBlobManager.upload`` before and after one line
+is appended to ``orm/session.py``. The zips are made by AIFlow's own ``make_dir_zipfile`` (0.3.1's
+and the nightly's, run in the real AIFlow environments of :mod:`tests.aiflow_envs`), and by the same
+procedure in this interpreter (deflate, ``os.walk`` order, each directory as an entry).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import cas.aiflow
+from tests import aiflow_envs
 
 pytest.importorskip("sqlalchemy")
+
+Zipper = Callable[[Path, Path], None]
+
+_AIFLOW_ZIP_MODULE = {
+    aiflow_envs.AIFLOW_031.name: "ai_flow.util.file_util.zip_file_util",
+    aiflow_envs.AIFLOW_NIGHTLY.name: "ai_flow.common.util.file_util.zip_file_util",
+}
 
 
 def _zip_like_aiflow(project: Path, out: Path) -> None:
@@ -41,18 +52,46 @@ def _changed(path: Path, member: str) -> int:
     return starts[starts.index(at) + 1] - at + directory
 
 
+@pytest.fixture(scope="session")
+def envs() -> dict[str, aiflow_envs.AIFlowEnv]:
+    try:
+        return aiflow_envs.ensure_envs()
+    except aiflow_envs.EnvUnavailable as exc:
+        pytest.fail(f"a real AIFlow environment could not be made: {exc}", pytrace=False)
+
+
+def _aiflow_zipper(env: aiflow_envs.AIFlowEnv) -> Zipper:
+    module = _AIFLOW_ZIP_MODULE[env.spec.name]
+
+    def zip_project(project: Path, out: Path) -> None:
+        code = f"import sys; from {module} import make_dir_zipfile; make_dir_zipfile(sys.argv[1], sys.argv[2])"
+        subprocess.run([str(env.python), "-c", code, str(project), str(out)], check=True, timeout=300)
+
+    return zip_project
+
+
 def test_one_line_edit_of_a_zipped_project_stores_the_edited_member(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    _check_resubmission(_zip_like_aiflow, tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("env_name", sorted(_AIFLOW_ZIP_MODULE))
+def test_resubmission_zipped_by_aiflows_own_code(env_name: str, envs: dict[str, aiflow_envs.AIFlowEnv],
+                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _check_resubmission(_aiflow_zipper(envs[env_name]), tmp_path, monkeypatch)
+
+
+def _check_resubmission(zip_project: Zipper, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sqlalchemy
 
     monkeypatch.setenv("CAS_HOME", str(tmp_path / "cas-home"))
     monkeypatch.delenv("CAS_INDEX", raising=False)
     project = tmp_path / "work" / "sqlalchemy"
     shutil.copytree(Path(sqlalchemy.__file__).parent, project, ignore=shutil.ignore_patterns("__pycache__"))
-    _zip_like_aiflow(project, tmp_path / "v1.zip")
+    zip_project(project, tmp_path / "v1.zip")
     with open(project / "orm" / "session.py", "a") as f:
         f.write("# one more line\n")
-    _zip_like_aiflow(project, tmp_path / "v2.zip")
+    zip_project(project, tmp_path / "v2.zip")
     manager = cas.aiflow.LocalBlobManager({"root_directory": str(tmp_path / "blobs")})
     try:
         manager.upload(str(tmp_path / "v1.zip"))

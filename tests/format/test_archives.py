@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import random
 import struct
 import tarfile
@@ -14,7 +15,13 @@ from hypothesis import strategies as st
 
 from cas.format.archives import DIRECTORY, MAX_MEMBERS, Member, read_layout
 from tests.format.makers import (
-    make_safetensors, make_tar, make_zip, safetensors_bounds, safetensors_by_hand, tar_bounds, zip_bounds,
+    make_safetensors,
+    make_tar,
+    make_zip,
+    safetensors_bounds,
+    safetensors_by_hand,
+    tar_bounds,
+    zip_bounds,
 )
 
 
@@ -25,7 +32,7 @@ def layout(data: bytes) -> list[Member] | None:
     assert stream.tell() == 0, "the stream is returned where it was"
     if found is not None:
         assert found[0].start == 0 and found[-1].end == len(data)
-        assert all(a.end == b.start for a, b in zip(found, found[1:]))
+        assert all(a.end == b.start for a, b in itertools.pairwise(found))
     return found
 
 
@@ -263,14 +270,14 @@ def test_damaged_archives_give_a_tiling_or_nothing(data: bytes) -> None:
     found = read_layout(stream, len(data))  # never raises
     if found is not None:
         assert found[0].start == 0 and found[-1].end == len(data)
-        assert all(a.end == b.start for a, b in zip(found, found[1:]))
+        assert all(a.end == b.start for a, b in itertools.pairwise(found))
 
 
 def _as_zip64(data: bytes) -> bytes:
     """The same archive with zip64 end records and every central directory offset in a zip64 extra
     field (as writers do past 4 GiB), which zipfile reads."""
     end = _end_record(data)
-    _, _, _, count, size, directory_at = struct.unpack_from("<HHHHII", data, end + 4)
+    _, _, _, count, _size, directory_at = struct.unpack_from("<HHHHII", data, end + 4)
     entries, pos = [], directory_at
     for _ in range(count):
         name_len, extra_len, comment_len = struct.unpack_from("<HHH", data, pos + 28)

@@ -4,6 +4,7 @@ that stay put when another member changes."""
 from __future__ import annotations
 
 import io
+import itertools
 import random
 import tarfile
 import zipfile
@@ -14,7 +15,14 @@ from hypothesis import strategies as st
 
 from cas.format.chunking import GROUP_MAX, SMALL_MEMBER, Chunker
 from cas.format.config import ChunkerName, RepoConfig
-from tests.format.makers import make_tar, make_zip, safetensors_bounds, safetensors_by_hand, tar_bounds, zip_bounds
+from tests.format.makers import (
+    make_tar,
+    make_zip,
+    safetensors_bounds,
+    safetensors_by_hand,
+    tar_bounds,
+    zip_bounds,
+)
 from tests.format.test_archives import archives, damaged
 
 SMALL = RepoConfig.new(chunk_min=256, chunk_avg=1024, chunk_max=4096)
@@ -116,12 +124,12 @@ def test_every_member_of_a_small_member_size_starts_a_chunk(kind: str) -> None:
         bounds = [*starts, directory, len(data)]
     else:
         data = safetensors_by_hand(content)
-        starts, header_end = safetensors_bounds(data)
+        starts, _header_end = safetensors_bounds(data)
         bounds = [0, *starts, len(data)]
     pieces = cut(data)
     cuts = boundaries(pieces)
     small = SMALL.chunk_max // 4
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         if b - a >= small:
             assert a in cuts and b in cuts, (a, b)
         else:
@@ -170,7 +178,7 @@ def _build(kind: str, content: list[tuple[str, bytes]]) -> tuple[bytes, list[int
         starts, directory = tar_bounds(data)
         return data, [*starts, directory, len(data)]
     data = safetensors_by_hand(content)
-    starts, header_end = safetensors_bounds(data)
+    starts, _header_end = safetensors_bounds(data)
     return data, [0, *starts, len(data)]
 
 
@@ -182,11 +190,11 @@ def test_editing_one_member_leaves_every_other_chunk_alone(case: tuple[str, list
     edited = list(content)
     edited[which] = (content[which][0], new)
     v2, bounds = _build(kind, edited)
-    extents = [v2[a:b] for a, b in zip(bounds, bounds[1:])]
+    extents = [v2[a:b] for a, b in itertools.pairwise(bounds)]
     # What changed, by the archive's structure: v2's extents that are not extents of v1 (the edited
     # member, the directory or header), and the rest unchanged byte for byte.
     _, bounds1 = _build(kind, content)
-    old_extents = {v1[a:b] for a, b in zip(bounds1, bounds1[1:])}
+    old_extents = {v1[a:b] for a, b in itertools.pairwise(bounds1)}
     changed = sum(len(e) for e in extents if e not in old_extents)
     stored = new_bytes(cut(v1), cut(v2))
     small = SMALL.chunk_max // 4
@@ -230,6 +238,6 @@ def test_an_edit_among_equal_small_members_does_not_shift_the_groups_after_it(ki
     v1, bounds1 = _build(kind, content)
     content[40] = (content[40][0], content[40][1] + b"one more line\n" * 150)
     v2, bounds = _build(kind, content)
-    old_extents = {v1[a:b] for a, b in zip(bounds1, bounds1[1:])}
-    changed = sum(b - a for a, b in zip(bounds, bounds[1:]) if v2[a:b] not in old_extents)
+    old_extents = {v1[a:b] for a, b in itertools.pairwise(bounds1)}
+    changed = sum(b - a for a, b in itertools.pairwise(bounds) if v2[a:b] not in old_extents)
     assert new_bytes(cut(v1, DEFAULT), cut(v2, DEFAULT)) <= changed + 2 * GROUP_MAX
