@@ -145,10 +145,12 @@ class TreeIndex(IndexConnection):
         """Delete the rows of trees no snapshot row reaches (after GC, or forgotten snapshots);
         fenced, so a commit that reuses a tree is ordered before (the tree is reached) or after (its
         rows are written again). Returns how many rows went."""
+        # The CTE inside the subquery, not before DELETE: SQLite reports no rowcount for a WITH statement.
         sql = text(
+            "DELETE FROM tree_entries WHERE tree_id NOT IN ("
             "WITH RECURSIVE reach(id) AS (SELECT root_tree FROM snapshots"
             " UNION SELECT e.child FROM tree_entries e JOIN reach r ON e.tree_id = r.id WHERE e.child IS NOT NULL) "
-            "DELETE FROM tree_entries WHERE tree_id NOT IN (SELECT id FROM reach)"
+            "SELECT id FROM reach)"
         )
         with self._fenced() as conn:
             return conn.execute(sql).rowcount or 0
