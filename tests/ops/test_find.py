@@ -202,6 +202,25 @@ def test_ls_and_diff_answer_from_the_index(store: Store, tmp_path: Path, backend
     assert backend.calls == []
 
 
+def test_snapshots_without_tree_entries_are_answered_by_reading_trees(
+        store: Store, tmp_path: Path, backend: CountingBackend) -> None:
+    _take_three(store, tmp_path)
+    indexed_find = list(store.find("*.py"))
+    indexed_ls = [(p, e.type, e.size, e.digest) for p, e in store.ls("run-2", recursive=True)]
+    indexed_diff = store.diff("run-1", "run-2")
+    from sqlalchemy import text
+
+    with store.repo.index.engine.begin() as conn:  # as a row written before migration 0005 is
+        conn.execute(text("UPDATE snapshots SET trees_indexed = false WHERE execution_id = 'run-2'"))
+    backend.calls.clear()
+    assert list(store.find("*.py")) == indexed_find
+    assert [(p, e.type, e.size, e.digest) for p, e in store.ls("run-2", recursive=True)] == indexed_ls
+    assert store.diff("run-1", "run-2") == indexed_diff
+    assert backend.calls  # read from the backend this time
+    store.sync()
+    assert store.repo.index.snapshot("run-2").trees_indexed
+
+
 def test_gc_drops_rows_of_trees_no_snapshot_reaches_and_rebuild_restores_them(
         store: Store, tmp_path: Path) -> None:
     _take_three(store, tmp_path)
@@ -294,7 +313,12 @@ def test_index_answers_equal_reading_the_trees(
         tmp_path_factory: pytest.TempPathFactory, versions: list[dict], pattern: str) -> None:  # type: ignore[type-arg]
     """On SQLite (PostgreSQL runs the examples above)."""
     work = tmp_path_factory.mktemp("rt")
-    os.environ["CAS_HOME"] = str(work / "home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CAS_HOME", str(work / "home"))
+        _round_trip(work, versions, pattern)
+
+
+def _round_trip(work: Path, versions: list[dict], pattern: str) -> None:  # type: ignore[type-arg]
     with Store.open(str(work / "repo"), index=f"sqlite:///{work / 'i.sqlite'}") as store:
         ids = []
         for n, tree in enumerate(versions):
