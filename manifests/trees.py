@@ -119,7 +119,7 @@ class TreeIndex(IndexConnection):
         sql = text(_REACH + "SELECT e.tree_id, e.name, e.child FROM tree_entries e JOIN reach r ON e.tree_id = r.id"
                    " WHERE e.child IS NOT NULL").bindparams(bindparam("roots", expanding=True))
         with self._read() as conn:
-            return [(r[0], bytes(r[1]), r[2]) for r in conn.execute(sql, {"roots": list(roots)})]
+            return [(r[0], bytes(r[1]), r[2]) for r in conn.execute(sql, {"roots": list(roots)}).all()]
 
     def files_under(
         self, roots: Sequence[str], *, digest: str | None = None, name_suffix: bytes = b""
@@ -139,7 +139,7 @@ class TreeIndex(IndexConnection):
         sql = text(_REACH + "SELECT e.tree_id, e.name, e.size, e.digest FROM tree_entries e"
                    " JOIN reach r ON e.tree_id = r.id WHERE " + where).bindparams(bindparam("roots", expanding=True))
         with self._read() as conn:
-            return [(r[0], bytes(r[1]), r[2], r[3]) for r in conn.execute(sql, params)]
+            return [(r[0], bytes(r[1]), r[2], r[3]) for r in conn.execute(sql, params).all()]
 
     def prune_trees(self) -> int:
         """Delete the rows of trees no snapshot row reaches (after GC, or forgotten snapshots);

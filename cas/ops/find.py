@@ -173,51 +173,60 @@ def find(
     execution's in path order. Indexed targets are answered from ``index``; the others by reading
     their trees from ``trees``."""
     indexed = [t for t in targets if t.indexed]
-    per_target = _from_index(index, indexed, pattern, digest) if indexed else []
-    results = dict(zip([t.execution_id for t in indexed], per_target))
+    found = _from_index(index, indexed, pattern, digest) if indexed else []
+    bit = {t.execution_id: 1 << i for i, t in enumerate(indexed)}
     for target in targets:
         if target.indexed:
-            eid = target.execution_id
-            yield from (Found(eid, path, size, dg) for path, size, dg in results.pop(eid))
+            eid, one = target.execution_id, bit[target.execution_id]
+            yield from (Found(eid, path, size, dg) for path, size, dg, mask in found if mask & one)
         else:
             yield from _by_reading(trees, target, pattern, digest)
 
 
 def _from_index(
     index: FileIndex, targets: Sequence[Target], pattern: PathPattern | None, digest: str | None
-) -> list[list[tuple[str, int, str]]]:
-    """For each target, its matches ``(path, size, digest)`` in path order."""
+) -> list[tuple[str, int, str, int]]:
+    """The matches ``(path, size, digest, mask)`` in path order, bit i of ``mask`` set for each of
+    ``targets[i]`` that holds it."""
     roots = list(dict.fromkeys(t.root for t in targets))
-    children: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    children: dict[str, list[tuple[str, bytes, str]]] = defaultdict(list)
     for tree, name, child in index.directory_edges(roots):
-        children[tree].append((os.fsdecode(name), child))
+        children[tree].append((os.fsdecode(name), name, child))
     suffix = os.fsencode(pattern.suffix) if pattern is not None and pattern.suffix else b""
-    files: dict[str, list[tuple[str, int, str]]] = defaultdict(list)
+    files: dict[str, list[tuple[str, bytes, int, str]]] = defaultdict(list)
     for tree, name, size, dg in index.files_under(roots, digest=digest, name_suffix=suffix):
         text = os.fsdecode(name)
         if pattern is not None and pattern.basename and pattern.regex.fullmatch(text) is None:
             continue  # a name pattern is decided once per distinct directory, not once per path
-        files[tree].append((text, size, dg))
+        files[tree].append((text, name, size, dg))
     whole_path = pattern is not None and not pattern.basename
 
-    # Walk (directory, path) pairs level by level; ``mask`` has bit i set when targets[i] reaches it.
+    # Walk (directory, path) pairs level by level, each once; ``mask`` has bit i set when targets[i]
+    # reaches it, ``key`` is the path's components as bytes (the order a walk of the tree lists).
     level: dict[tuple[str, str], int] = defaultdict(int)
+    keys: dict[tuple[str, str], tuple[bytes, ...]] = {}
     for i, target in enumerate(targets):
         level[(target.root, "")] |= 1 << i
+        keys[(target.root, "")] = ()
     found: list[tuple[tuple[bytes, ...], str, int, str, int]] = []
     while level:
         below: dict[tuple[str, str], int] = defaultdict(int)
-        for (tree, prefix), mask in level.items():
-            for name, size, dg in files.get(tree, ()):
-                path = prefix + name
+        below_keys: dict[tuple[str, str], tuple[bytes, ...]] = {}
+        for node, mask in level.items():
+            tree, prefix = node
+            key = keys[node]
+            for text, name, size, dg in files.get(tree, ()):
+                path = prefix + text
                 if whole_path and pattern.regex.fullmatch(path) is None:  # type: ignore[union-attr]
                     continue
-                found.append((tuple(os.fsencode(path).split(b"/")), path, size, dg, mask))
-            for name, child in children.get(tree, ()):
-                below[(child, prefix + name + "/")] |= mask
-        level = below
-    found.sort()  # by components: depth first in name order, as a walk of the tree lists them
-    return [[(path, size, dg) for _, path, size, dg, mask in found if mask >> i & 1] for i in range(len(targets))]
+                found.append((key + (name,), path, size, dg, mask))
+            for text, name, child in children.get(tree, ()):
+                down = (child, prefix + text + "/")
+                below[down] |= mask
+                below_keys[down] = key + (name,)
+        level, keys = below, below_keys
+    found.sort(key=lambda f: f[0])
+    return [(path, size, dg, mask) for _, path, size, dg, mask in found]
 
 
 def _by_reading(
