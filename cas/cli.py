@@ -76,6 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("old")
     s.add_argument("new")
 
+    s = sub.add_parser("find", help="files matching a pattern or a digest, in every execution, newest first")
+    s.add_argument("pattern", nargs="?", default=None,
+                   help="glob on the path: without '/' it matches the file name at any depth (like find -name), "
+                   "with '/' the whole path from the root; '**' spans directories")
+    s.add_argument("--digest", default=None, metavar="HEX", help="only files with this content (BLAKE3)")
+    s.add_argument("--execution-id", "-e", action="append", default=None, metavar="ID",
+                   help="search this execution (repeatable; default all)")
+    _add_filters(s, "search")
+    s.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+
     s = sub.add_parser("cat", help="write one stored file to stdout")
     s.add_argument("execution_id")
     s.add_argument("path")
@@ -268,6 +278,29 @@ def cmd_diff(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_find(store: Store, args: argparse.Namespace) -> int:
+    if args.pattern is None and args.digest is None:
+        raise ConfigurationError("find needs a PATTERN, --digest HEX, or both")
+    found = store.find(args.pattern, digest=args.digest, execution_ids=args.execution_id, labels=args.label,
+                       since=args.since, until=args.until)
+    out = sys.stdout
+    # Streamed: a search over many executions may list millions of files.
+    if args.json:
+        out.write("[")
+        for n, f in enumerate(found):
+            out.write(("," if n else "") + json.dumps(
+                {"execution_id": f.execution_id, "path": f.path, "size": f.size, "digest": f.digest}, sort_keys=True))
+        out.write("]\n")
+        return 0
+    any_found = False
+    for f in found:
+        any_found = True
+        out.write(f"{quote_name(f.execution_id)}  {f.size:>12}  {f.digest}  {quote_name(f.path)}\n")
+    if not any_found and not args.quiet:
+        sys.stderr.write("cas: no files found\n")
+    return 0
+
+
 def cmd_cat(store: Store, args: argparse.Namespace) -> int:
     stream = store.open_file(args.execution_id, args.path)
     out = sys.stdout.buffer
@@ -454,6 +487,7 @@ _COMMANDS: dict[str, Callable[[Store, argparse.Namespace], int]] = {
     "log": cmd_log,
     "ls": cmd_ls,
     "diff": cmd_diff,
+    "find": cmd_find,
     "cat": cmd_cat,
     "restore": cmd_restore,
     "stats": cmd_stats,

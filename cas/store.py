@@ -22,12 +22,14 @@ from cas.format.config import ChunkerName
 from cas.format.records import SnapshotRecord, check_execution_id, check_labels
 from cas.format.trees import DIR, Entry
 from cas.ops import browse, snapshot as snapshot_op
-from cas.ops.browse import Change
+from cas.ops.browse import Change, TreeSource
+from cas.ops.find import Found, Target, check_digest, compile_pattern, find as find_files
 from cas.ops.gc import DEFAULT_GRACE, GcReport, collect_garbage
 from cas.ops.repair import RepairReport, repair
 from cas.ops.restore import RestoreReport, Restorer, failure_error
 from cas.ops.select import Selection, When
 from cas.ops.sync import RebuildReport, rebuild_index
+from cas.ops.tree_index import IndexedTrees, fill_tree_index
 from cas.ops.tree_builder import OnChange, ProgressFn
 from cas.ops.verify import VerifyReport, verify
 from cas.repo.repository import Repository
@@ -93,13 +95,16 @@ class Store:
             repo, index=index, create=create, config_overrides=config, chunk_cache=chunk_cache,
             rebind_index=rebind_index,
         )
-        if repository.index_is_new:
-            # A new index starts as a copy of what the backend holds (through the fenced commit).
-            try:
+        try:
+            if repository.index_is_new:
+                # A new index starts as a copy of what the backend holds (through the fenced commit).
                 rebuild_index(repository)
-            except BaseException:
-                repository.close()
-                raise
+            else:
+                # Snapshots indexed before tree entries existed (migration 0005) get them now, once.
+                fill_tree_index(repository, damaged=False)
+        except BaseException:
+            repository.close()
+            raise
         return cls(repository)
 
     def close(self) -> None:
@@ -180,14 +185,63 @@ class Store:
         return browse.find_entry(self.repo, self.get(execution_id).root, path, execution_id)
 
     def ls(self, execution_id: str, path: str = "", *, recursive: bool = False) -> Iterator[tuple[str, Entry]]:
-        """``(relative path, entry)`` pairs under ``path``, in name order."""
-        entry = self.entry(execution_id, path)
+        """``(relative path, entry)`` pairs under ``path``, in name order. Answered from the index's
+        tree entries when it has them (then entries carry no chunk lists), else by reading trees."""
+        root, trees = self._trees(execution_id)
+        entry = browse.find_entry(trees, root, path, execution_id)
         prefix = "/".join(browse.split_path(path))
         if entry is not None and entry.type != DIR:
             yield prefix, entry
             return
-        tree = self.get(execution_id).root if entry is None else entry.tree
-        yield from browse.walk(self.repo, tree, prefix + "/" if prefix else "", recursive)
+        tree = root if entry is None else entry.tree
+        yield from browse.walk(trees, tree, prefix + "/" if prefix else "", recursive)
+
+    def _trees(self, execution_id: str) -> tuple[str, TreeSource]:
+        """A snapshot's root tree, and where to read its trees: the index's tree entries when it
+        holds them all (``trees_indexed``), else the backend."""
+        row = self.repo.index.snapshot(execution_id)
+        if row is not None and row.trees_indexed:
+            return row.root_tree, IndexedTrees(self.repo.index)
+        return self.get(execution_id).root, self.repo
+
+    def find(
+        self,
+        pattern: str | None = None,
+        *,
+        digest: str | None = None,
+        execution_ids: list[str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        since: When | None = None,
+        until: When | None = None,
+    ) -> Iterator[Found]:
+        """Every file whose path matches the glob ``pattern`` and/or whose content has the BLAKE3
+        ``digest``, as ``Found(execution_id, path, size, digest)``: newest execution first, each
+        execution's files in path order. Searches the executions named (all if none), narrowed by
+        the filters of :meth:`list`. See :mod:`cas.ops.find` for the pattern's rules. Answered from
+        the index alone for snapshots whose tree entries it holds."""
+        if pattern is None and digest is None:
+            raise ConfigurationError("find needs a pattern, a digest, or both")
+        compiled = compile_pattern(pattern) if pattern is not None else None
+        wanted = check_digest(digest) if digest is not None else None
+        selection = Selection(labels=labels or {}, since=since, until=until)
+        targets: list[tuple[int, Target]] = []
+        if execution_ids is None:
+            targets = [(r.time_ns, Target(r.execution_id, r.root_tree, r.trees_indexed))
+                       for r in selection.rows(self.repo.index)]
+        else:
+            for execution_id in dict.fromkeys(execution_ids):
+                row = self.repo.index.snapshot(execution_id)
+                if row is not None:
+                    target = Target(execution_id, row.root_tree, row.trees_indexed)
+                    labels_of, time_ns = row.labels, row.time_ns
+                else:  # another host's snapshot, not yet synced: its record names its root
+                    snap = self.get(execution_id)
+                    target = Target(execution_id, snap.root, False)
+                    labels_of, time_ns = snap.labels, snap.time_ns
+                if selection.admits(labels_of, time_ns):
+                    targets.append((time_ns, target))
+            targets.sort(key=lambda t: (-t[0], t[1].execution_id))
+        return find_files(self.repo.index, self.repo, [t for _, t in targets], compiled, wanted)
 
     def open_file(self, execution_id: str, path: str) -> BinaryIO:
         """A readable stream of one stored file; reading corrupt data raises IntegrityError."""
@@ -197,8 +251,12 @@ class Store:
         return browse.open_file(self.repo, entry, path)
 
     def diff(self, old_id: str, new_id: str) -> list[Change]:
-        """Paths added, removed or changed between two executions (unchanged subtrees skipped)."""
-        return browse.diff_trees(self.repo, self.get(old_id).root, self.get(new_id).root)
+        """Paths added, removed or changed between two executions (unchanged subtrees skipped).
+        Answered from the index's tree entries when it holds both snapshots', else by reading trees."""
+        old_root, old_trees = self._trees(old_id)
+        new_root, new_trees = self._trees(new_id)
+        trees = old_trees if isinstance(old_trees, IndexedTrees) and isinstance(new_trees, IndexedTrees) else self.repo
+        return browse.diff_trees(trees, old_root, new_root)
 
     def restore(
         self,

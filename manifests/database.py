@@ -22,7 +22,7 @@ from backends.errors import CasError, ConfigurationError, MissingDependency, Una
 from manifests.errors import IndexDamaged
 from manifests.models import Fence
 
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 """The newest migration this code knows; a database at a revision it does not know is refused."""
 
 _MIGRATIONS = Path(__file__).with_name("migrations")

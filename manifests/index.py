@@ -11,6 +11,7 @@ holds an unreferenced copy that garbage collection reclaims). docs/INDEX.md desc
 ``connection.py``     opening, schema check, ``quick_check``; read, write and fenced transactions
 ``blobs.py``          blob and pack rows: ``known_blobs``, ``locate``, ``add_pack``, ...
 ``snapshots.py``      snapshot rows: the fenced ``commit_snapshot``, reads, ``remove_snapshot``
+``trees.py``          tree entries: ``add_trees``, ``tree_entries``, the walks of find, ``prune_trees``
 ``collection.py``     garbage collection: epochs, ``adopt_orphans``, ``gc_apply``, tombstones, moves
 ``repair.py``         ``forget_blobs*``, ``mark_damaged``, ``reset``
 ``stats.py``          ``stats``
@@ -31,7 +32,9 @@ from manifests.collection import GcIndex
 from manifests.database import SCHEMA_HEAD, redact, set_aside
 from manifests.errors import IndexDamaged, PackBeingDeleted, SnapshotWithdrawn
 from manifests.repair import RepairIndex
-from manifests.rows import BlobLocationLike, BlobRow, GcDecision, IndexStats, PackRow, PackState, SnapshotRow
+from manifests.rows import (
+    BlobLocationLike, BlobRow, GcDecision, IndexStats, PackRow, PackState, SnapshotRow, TreeEntryRow,
+)
 from manifests.snapshots import SnapshotIndex
 from manifests.stats import StatsIndex
 
@@ -54,6 +57,7 @@ __all__ = [
     "SQLAlchemyError",
     "SnapshotRow",
     "SnapshotWithdrawn",
+    "TreeEntryRow",
     "redact",
     "set_aside",
 ]

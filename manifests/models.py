@@ -6,7 +6,9 @@ so it can always be rebuilt from the backend alone. It is never the only copy of
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, SmallInteger, String, Text
+from sqlalchemy import (
+    JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, LargeBinary, SmallInteger, String, Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -93,3 +95,24 @@ class Snapshot(Base):
     root_mode: Mapped[int] = mapped_column(Integer, default=0o755)
     root_mtime_ns: Mapped[int] = mapped_column(BigInteger, default=0)
     damaged: Mapped[bool] = mapped_column(Boolean, default=False)
+    trees_indexed: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Every tree of the snapshot has its entries in ``tree_entries`` (false until filled)."""
+
+
+class TreeEntry(Base):
+    """One entry of one directory, keyed by the directory's tree ID: the logical entries (a directory
+    stored as parts is listed under its own ID, never under its parts'), deduplicated like the trees."""
+
+    __tablename__ = "tree_entries"
+
+    tree_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    """The name's bytes (``os.fsencode``): exact for any name, and ordered as the tree orders them."""
+    type: Mapped[str] = mapped_column(String(8))
+    mode: Mapped[int] = mapped_column(Integer)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    digest: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    target: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    child: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """A directory's own tree ID (null for files and symlinks): the edge a walk follows."""

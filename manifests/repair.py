@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from sqlalchemy import delete, update
 
 from manifests.connection import IndexConnection, batches
-from manifests.models import Blob, Pack, RepositoryBinding, Snapshot, Tombstone
+from manifests.models import Blob, Pack, RepositoryBinding, Snapshot, Tombstone, TreeEntry
 
 
 class RepairIndex(IndexConnection):
@@ -40,6 +40,7 @@ class RepairIndex(IndexConnection):
         """Empty every table (before a rebuild from the backend)."""
         with self._fenced() as conn:
             conn.execute(delete(Snapshot))
+            conn.execute(delete(TreeEntry))
             conn.execute(delete(RepositoryBinding))
             conn.execute(delete(Blob))
             conn.execute(delete(Pack))

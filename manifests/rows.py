@@ -68,6 +68,22 @@ class SnapshotRow:
     root_mode: int = 0o755  # the snapshotted directory's own permission bits
     root_mtime_ns: int = 0  # and its mtime
     damaged: bool = False  # repair found blobs of it missing; cleared when they are stored again
+    trees_indexed: bool = False  # every tree of it has its entries in ``tree_entries``
+
+
+@dataclass(frozen=True)
+class TreeEntryRow:
+    """A ``tree_entries`` row without its tree ID: one entry of a directory as the index keeps it
+    (no chunk list). ``type`` is the format's entry type string; ``name`` and ``target`` are bytes."""
+
+    name: bytes
+    type: str
+    mode: int
+    mtime_ns: int
+    size: int = 0
+    digest: str | None = None  # a file's BLAKE3
+    target: bytes | None = None  # a symlink's target
+    child: str | None = None  # a directory's tree ID
 
 
 @dataclass(frozen=True)

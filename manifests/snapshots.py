@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
@@ -15,9 +15,10 @@ from manifests.connection import IndexConnection, batches
 from manifests.errors import SnapshotWithdrawn
 from manifests.models import Snapshot
 from manifests.rows import SnapshotRow
+from manifests.trees import TreeIndex, TreeRows
 
 
-class SnapshotIndex(IndexConnection):
+class SnapshotIndex(TreeIndex, IndexConnection):
     """The part of :class:`~manifests.index.Index` that holds snapshot rows."""
 
     def commit_snapshot(
@@ -27,6 +28,8 @@ class SnapshotIndex(IndexConnection):
         *,
         damaged_if_missing: bool = False,
         still_claimed: Callable[[], bool] | None = None,
+        trees: TreeRows | None = None,
+        assumed_trees: Collection[str] = (),
     ) -> set[str]:
         """Insert a snapshot row if every blob it references is still stored; return those that are not.
 
@@ -40,6 +43,11 @@ class SnapshotIndex(IndexConnection):
         damaged mark is cleared when every blob is now stored. A different root is AlreadyExists.
         ``still_claimed`` is called last, inside the transaction: if it returns False (the snapshot
         object was forgotten meanwhile) nothing is committed and :class:`SnapshotWithdrawn` is raised.
+
+        ``trees``: the entries of the snapshot's trees that had no rows when the writer looked;
+        ``assumed_trees``: the ones it left out because they had rows. In the same transaction the
+        missing rows are written and the snapshot marked ``trees_indexed`` -- unless some assumed
+        tree lost its rows meanwhile (pruned), when the snapshot is left for the engine to fill.
         """
         wanted = list(dict.fromkeys(blob_ids))
         with self._fenced() as conn:
@@ -51,6 +59,12 @@ class SnapshotIndex(IndexConnection):
                 return missing
             for batch in batches(list(set(located.values()))):
                 conn.execute(rescue_condemned(batch))
+            if trees is not None:
+                have = {r[0] for r in self._lookup_on(
+                    conn, "SELECT DISTINCT tree_id FROM tree_entries WHERE tree_id IN ", assumed_trees)}
+                if len(have) == len(set(assumed_trees)):
+                    self._insert_trees(conn, trees)
+                    row = dataclasses.replace(row, trees_indexed=True)
             try:
                 self._insert_snapshot(conn, row if not missing else dataclasses.replace(row, damaged=True))
             except AlreadyExists:
@@ -62,6 +76,10 @@ class SnapshotIndex(IndexConnection):
                 if existing.damaged and not missing:
                     conn.execute(
                         update(Snapshot).where(Snapshot.execution_id == row.execution_id).values(damaged=False)
+                    )
+                if row.trees_indexed:
+                    conn.execute(
+                        update(Snapshot).where(Snapshot.execution_id == row.execution_id).values(trees_indexed=True)
                     )
             if still_claimed is not None and not still_claimed():
                 raise SnapshotWithdrawn(f"snapshot {row.execution_id} was removed from the backend meanwhile")
@@ -81,6 +99,7 @@ class SnapshotIndex(IndexConnection):
             "root_mode": row.root_mode,
             "root_mtime_ns": row.root_mtime_ns,
             "damaged": row.damaged,
+            "trees_indexed": row.trees_indexed,
         }
         # A savepoint, so a duplicate ID fails this insert only and not the caller's transaction.
         try:
@@ -142,4 +161,5 @@ def _snapshot_row(row) -> SnapshotRow:  # type: ignore[no-untyped-def]
         root_mode=row.root_mode,
         root_mtime_ns=row.root_mtime_ns,
         damaged=bool(row.damaged),
+        trees_indexed=bool(row.trees_indexed),
     )

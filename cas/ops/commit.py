@@ -8,6 +8,7 @@ from __future__ import annotations
 from cas.errors import CasError
 from cas.format.records import SnapshotRecord, snapshot_key
 from cas.ops.roots import collect_blobs
+from cas.ops.tree_index import TreeRowSpool, index_snapshot_trees
 from cas.repo.repository import Repository
 from manifests.errors import SnapshotWithdrawn
 from manifests.rows import SnapshotRow
@@ -30,11 +31,19 @@ def snapshot_row(record: SnapshotRecord, damaged: bool = False) -> SnapshotRow:
     )
 
 
-def commit_with_blobs(repo: Repository, record: SnapshotRecord, referenced: set[str]) -> set[str]:
+def commit_with_blobs(
+    repo: Repository, record: SnapshotRecord, referenced: set[str], spool: TreeRowSpool | None = None
+) -> set[str]:
     """A writer's commit: the row if every referenced blob still has one (rescuing condemned packs);
     else the blobs GC removed meanwhile, and nothing is inserted. A row a sync already inserted for
-    this record is success, and the rescue commits either way."""
-    return repo.index.commit_snapshot(snapshot_row(record), referenced)
+    this record is success, and the rescue commits either way. With ``spool`` (what the tree builder
+    encoded), the tree entries the index lacks go in with the row."""
+    if spool is None:
+        return repo.index.commit_snapshot(snapshot_row(record), referenced)
+    spool.finish()
+    return repo.index.commit_snapshot(
+        snapshot_row(record), referenced, trees=spool.trees(), assumed_trees=spool.assumed
+    )
 
 
 def referenced_blobs(repo: Repository, root_tree: str) -> tuple[set[str], list[str]]:
@@ -61,4 +70,6 @@ def commit_record(repo: Repository, record: SnapshotRecord) -> bool:
         return False
     if broken and not missing:
         repo.index.mark_damaged(record.execution_id)
+    if not broken:
+        index_snapshot_trees(repo, record.execution_id, record.root)
     return True

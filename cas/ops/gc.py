@@ -49,6 +49,8 @@ class GcReport:
     deleted_bytes: int = 0
     repacked: list[str] = field(default_factory=list)
     repacked_bytes: int = 0
+    tree_rows_pruned: int = 0
+    """Index rows of tree entries dropped because no snapshot reaches their trees any more."""
     reasons: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
@@ -57,6 +59,7 @@ class GcReport:
             "reachable_blobs": self.reachable_blobs, "packs": self.packs, "orphans_adopted": self.orphans_adopted,
             "condemned": self.condemned, "rescued": self.rescued, "deleted": self.deleted,
             "deleted_bytes": self.deleted_bytes, "repacked": self.repacked, "repacked_bytes": self.repacked_bytes,
+            "tree_rows_pruned": self.tree_rows_pruned,
             "reasons": self.reasons,
         }
 
@@ -192,6 +195,8 @@ def collect_garbage(
             report.reasons[pack_id] = f"kept: its trailer lists {len(intact)} intact reachable blobs (re-indexed)"
 
     decision = index.gc_apply(report.epoch, condemn=condemn, rescue=rescue, delete=delete, grace=grace)
+    # Tree entries of forgotten snapshots' trees go with them (whether or not their packs go yet).
+    report.tree_rows_pruned = index.prune_trees()
     report.condemned = sorted(decision.condemned)
     report.rescued = sorted(decision.rescued)
     sizes = {**{pid: p.size for pid, p in packs.items()}, **orphans}

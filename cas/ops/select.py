@@ -57,6 +57,14 @@ class Selection:
             labels=self.labels, since_ns=_to_ns(self.since, now), until_ns=_to_ns(self.until, now), limit=self.limit,
         )
 
+    def admits(self, labels: Mapping[str, str], time_ns: int, now_ns: int | None = None) -> bool:
+        """Whether a snapshot with these labels, taken at ``time_ns``, passes the filters (``limit``
+        aside): for snapshots known from their records, outside the index's query."""
+        now = time.time_ns() if now_ns is None else now_ns
+        since, until = _to_ns(self.since, now), _to_ns(self.until, now)
+        return (all(labels.get(k) == v for k, v in self.labels.items())
+                and (since is None or time_ns >= since) and (until is None or time_ns < until))
+
 
 def _to_ns(when: When | None, now_ns: int) -> int | None:
     if when is None:

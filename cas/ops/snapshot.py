@@ -16,6 +16,7 @@ from cas.format.chunking import Chunker
 from cas.format.config import ChunkerName
 from cas.format.records import SnapshotRecord, snapshot_key
 from cas.ops.commit import commit_with_blobs
+from cas.ops.tree_index import TreeRowSpool
 from cas.ops.tree_builder import OnChange, ProgressFn, TreeBuilder
 from cas.repo.blobwriter import BlobWriter
 from cas.repo.filescache import FilesCache
@@ -44,9 +45,13 @@ def take_snapshot(
     and the tree is stored again (without the files cache), up to :data:`COMMIT_ATTEMPTS` times.
     """
     for attempt in range(COMMIT_ATTEMPTS):
-        record, referenced = store_tree(repo, path, execution_id, labels, use_files_cache, progress, on_change,
-                                        chunker=chunker)
-        missing = commit(repo, record, referenced)
+        spool = TreeRowSpool(repo.index)
+        try:
+            record, referenced = store_tree(repo, path, execution_id, labels, use_files_cache, progress, on_change,
+                                            chunker=chunker, spool=spool)
+            missing = commit(repo, record, referenced, spool)
+        finally:
+            spool.close()
         if not missing:
             return
         use_files_cache = False  # cached chunk lists may name what was collected: read files again
@@ -62,16 +67,17 @@ def take_snapshot(
 def store_tree(
     repo: Repository, path: str, execution_id: str, labels: dict[str, str], use_files_cache: bool,
     progress: ProgressFn | None, on_change: OnChange, *, chunker: ChunkerName | None = None,
+    spool: TreeRowSpool | None = None,
 ) -> tuple[SnapshotRecord, set[str]]:
     """Steps 1-3 of the write order: every chunk and tree node durable and indexed. Returns the
-    record to commit and every blob it references."""
+    record to commit and every blob it references; ``spool`` receives every directory's entries."""
     files_cache = None
     if use_files_cache:
         files_cache = FilesCache(os.path.join(default_home(), "cache", f"files-v2-{repo.config.repo_id}.sqlite"))
     try:
         with BlobWriter(repo) as writer:
             builder = TreeBuilder(writer, Chunker(repo.config, chunker), files_cache=files_cache, progress=progress,
-                                  on_change=on_change)
+                                  on_change=on_change, on_directory=spool.add if spool is not None else None)
             result = builder.build(path)
             writer.flush()
         if files_cache is not None:
@@ -99,8 +105,11 @@ def store_tree(
     return record, builder.referenced
 
 
-def commit(repo: Repository, record: SnapshotRecord, referenced: set[str]) -> set[str]:
-    """Steps 4-5: claim the execution ID on the backend, then insert the row under the GC fence.
+def commit(
+    repo: Repository, record: SnapshotRecord, referenced: set[str], spool: TreeRowSpool | None = None
+) -> set[str]:
+    """Steps 4-5: claim the execution ID on the backend, then insert the row under the GC fence
+    (with the tree entries the index lacks, from ``spool``).
 
     Returns the referenced blobs GC deleted meanwhile (then nothing is committed and the snapshot
     object is withdrawn), or an empty set.
@@ -116,9 +125,9 @@ def commit(repo: Repository, record: SnapshotRecord, referenced: set[str]) -> se
             ) from None
         # Ours from an earlier attempt, or another writer's with the same tree: commit it (again)
         # through the fenced check, which also rescues any condemned pack it uses.
-        return commit_with_blobs(repo, existing, referenced)
+        return commit_with_blobs(repo, existing, referenced, spool)
     try:
-        missing = commit_with_blobs(repo, record, referenced)
+        missing = commit_with_blobs(repo, record, referenced, spool)
     except BaseException:
         # The row did not go in; withdraw the claim so the ID is not left half-taken.
         _withdraw(repo, key)

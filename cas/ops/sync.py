@@ -19,6 +19,7 @@ from cas.ops.commit import commit_record
 from cas.repo.repository import Repository
 from cas.format.trees import DIR, FILE
 from cas.ops.roots import snapshot_roots
+from cas.ops.tree_index import fill_tree_index
 from cas.types import BlobLocation
 
 log = logging.getLogger("cas")
@@ -29,12 +30,14 @@ class RebuildReport:
     packs: int = 0
     blobs: int = 0
     snapshots: int = 0
+    trees_indexed: int = 0
+    """Snapshots whose tree entries were filled (docs/INDEX.md, "tree_entries")."""
     damaged: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return {"packs": self.packs, "blobs": self.blobs, "snapshots": self.snapshots,
-                "damaged": self.damaged, "skipped": self.skipped}
+                "trees_indexed": self.trees_indexed, "damaged": self.damaged, "skipped": self.skipped}
 
 
 def index_packs(repo: Repository, report: RebuildReport) -> None:
@@ -112,6 +115,8 @@ def rebuild_index(repo: Repository, *, full: bool = False) -> RebuildReport:
             continue  # forgotten between the listing and the read
         except CasError as exc:
             out.skipped.append(f"snapshot {root.execution_id}: {exc}")
+    # Rows whose tree entries are missing: written before migration 0005, or left by an earlier failure.
+    out.trees_indexed = fill_tree_index(repo)[0]
     return out
 
 

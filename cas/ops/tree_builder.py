@@ -130,6 +130,8 @@ class _Dir:
     pos: int = 0
     cached: dict[bytes, tuple[tuple[int, ...], CachedFile]] = field(default_factory=dict)
     cached_to: int = 0
+    entries: list[Entry] | None = None
+    """Its entries so far, kept only for an ``on_directory`` callback."""
 
 
 class TreeBuilder:
@@ -141,7 +143,11 @@ class TreeBuilder:
         files_cache: FilesCache | None = None,
         progress: ProgressFn | None = None,
         on_change: OnChange | str = OnChange.WARN,
+        on_directory: Callable[[str, list[Entry]], None] | None = None,
     ) -> None:
+        """``on_directory(tree_id, entries)`` is called for each directory once it is encoded (the
+        index's tree entries are filled from it at commit)."""
+        self.on_directory = on_directory
         self.writer = writer
         self.chunker = chunker
         self.files_cache = files_cache
@@ -235,7 +241,7 @@ class TreeBuilder:
             raise
         names.sort()
         return _Dir(fd, rel, (st.st_dev, st.st_ino), name, st.st_mode, st.st_mtime_ns, names,
-                    DirectoryEncoder(self._store_node))
+                    DirectoryEncoder(self._store_node), entries=[] if self.on_directory else None)
 
     @staticmethod
     def _close(frame: _Dir) -> None:
@@ -257,13 +263,19 @@ class TreeBuilder:
 
     def _finish_dir(self, frame: _Dir) -> str:
         try:
-            return frame.encoder.finish()
+            tree = frame.encoder.finish()
         except TooLarge as exc:
             raise ConfigurationError(f"cannot snapshot directory {self._display(frame.rel)}: {exc}") from None
+        if self.on_directory is not None and frame.entries is not None:
+            self.on_directory(tree, frame.entries)
+            frame.entries = None
+        return tree
 
     def _add(self, frame: _Dir, entry: Entry) -> None:
         try:
             frame.encoder.add(entry)
+            if frame.entries is not None:
+                frame.entries.append(entry)
         except TooLarge as exc:
             raise ConfigurationError(f"cannot snapshot directory {self._display(frame.rel)}: {exc}") from None
 
@@ -520,9 +532,12 @@ class TreeBuilder:
 
     def _store_tree(self, entries: list[Entry]) -> str:
         try:
-            return encode_directory(entries, self._store_node)
+            tree = encode_directory(entries, self._store_node)
         except TooLarge as exc:
             raise ConfigurationError(f"cannot snapshot a directory: {exc}") from None
+        if self.on_directory is not None:
+            self.on_directory(tree, entries)
+        return tree
 
     def _store_node(self, node_id: str, data: bytes) -> None:
         self.referenced.add(node_id)

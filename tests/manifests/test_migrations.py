@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine
 
 from manifests.database import SCHEMA_HEAD
 from manifests.index import Index
+from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "manifests" / "migrations"
 
@@ -39,3 +45,78 @@ def test_root_metadata_moves_from_stats_to_columns(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "old.sqlite") as db:
         assert db.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_HEAD
     index.close()
+
+
+# -- 0005: tree entries, back-filled by the engine --------------------------------------------------
+
+PREVIOUS = "3286ce2"  # the last commit whose schema is 0004
+ROOT = MIGRATIONS.parents[1]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.sqlite'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def _previous_cas(tmp_path: Path) -> Path:
+    """The code of the previous schema, checked out of this repository's history."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs git and this repository's history to run the previous version")
+    out = tmp_path / "previous-cas"
+    out.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", PREVIOUS, "cas", "backends", "manifests"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    return out
+
+
+def test_an_index_written_by_the_previous_version_gets_tree_entries(
+        tmp_path: Path, index_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = _previous_cas(tmp_path)
+    repo = tmp_path / "repo"
+    env = {**os.environ, "CAS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(old)}
+
+    def old_cas(*args: str) -> None:
+        subprocess.run([sys.executable, "-m", "cas", "--repo", str(repo), "--index", index_url, *args],
+                       check=True, env=env, cwd=tmp_path, capture_output=True)
+
+    src = tmp_path / "src"
+    (src / "code" / "pkg").mkdir(parents=True)
+    (src / "code" / "pkg" / "a.py").write_text("a\n")
+    (src / "code" / "b.py").write_text("b\n")
+    (src / "data.bin").write_bytes(b"\x01" * 5000)
+    old_cas("snapshot", str(src), "-e", "old-1", "--label", "workflow=train")
+    (src / "code" / "pkg" / "a.py").write_text("a, changed\n")
+    (src / "code" / "c.py").write_text("c\n")
+    old_cas("snapshot", str(src), "-e", "old-2", "--label", "workflow=eval")
+    engine = create_engine(index_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0004"
+    engine.dispose()
+
+    from cas import Store
+    from cas.ops import browse
+    from tests.ops.test_find import CountingBackend, _by_reading
+
+    monkeypatch.setenv("CAS_HOME", env["CAS_HOME"])
+    backend = CountingBackend(str(repo))
+    with Store.open(backend, index=index_url) as store:  # migrates, then fills the tree entries
+        rows = store.repo.index.snapshots()
+        assert {r.execution_id for r in rows} == {"old-1", "old-2"} and all(r.trees_indexed for r in rows)
+        reference = _by_reading(store, ["old-2", "old-1"], "*.py")
+        listings = {e: [(p, x.type, x.size, x.digest) for p, x in browse.walk(store.repo, store.get(e).root, "", True)]
+                    for e in ("old-1", "old-2")}
+        changes = browse.diff_trees(store.repo, store.get("old-1").root, store.get("old-2").root)
+        backend.calls.clear()
+        assert list(store.find("*.py")) == reference
+        assert [f.path for f in reference if f.execution_id == "old-2"] == ["code/b.py", "code/c.py", "code/pkg/a.py"]
+        assert [f.execution_id for f in store.find("b.py", labels={"workflow": "train"})] == ["old-1"]
+        for eid, want in listings.items():
+            assert [(p, x.type, x.size, x.digest) for p, x in store.ls(eid, recursive=True)] == want
+        assert store.diff("old-1", "old-2") == changes
+        assert backend.calls == []
+        # New snapshots on the upgraded index carry their entries from the commit.
+        store.snapshot(src, "new-3")
+        assert store.repo.index.snapshot("new-3").trees_indexed

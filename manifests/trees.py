@@ -1,0 +1,156 @@
+"""Tree entries: each directory's entries keyed by its tree ID, so listing, finding and diffing are
+queries that read nothing from the backend (docs/INDEX.md, "tree_entries").
+
+Rows are deduplicated exactly like the trees: a tree ID's rows are written once, by the first
+snapshot that needs them, all in one transaction, and a directory that did not change adds nothing.
+That gives the invariant the readers rely on: **if a tree has rows, every tree below it has rows**
+(rows enter a whole snapshot at a time, and :meth:`TreeIndex.prune_trees` removes only trees no
+snapshot reaches, whose subtrees it therefore may remove too). A snapshot whose trees all have rows
+is marked ``trees_indexed``; an empty directory has no rows, which for a marked snapshot means empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import bindparam, text, update
+
+from manifests.connection import IndexConnection
+from manifests.models import Snapshot, TreeEntry
+from manifests.rows import TreeEntryRow
+
+TreeRows = Iterable[tuple[str, Sequence[TreeEntryRow]]]
+"""``(tree ID, its entries)`` for each directory, in any order; a tree given twice is written once."""
+
+_INSERT_BATCH = 2000
+_TREE_BATCH = 500
+
+# Every directory reachable from the trees named by :roots, each once (UNION deduplicates), so 200
+# snapshots of the same tree walk its directories once, not 200 times.
+_REACH = (
+    "WITH RECURSIVE reach(id) AS ("
+    " SELECT DISTINCT tree_id FROM tree_entries WHERE tree_id IN :roots"
+    " UNION SELECT e.child FROM tree_entries e JOIN reach r ON e.tree_id = r.id WHERE e.child IS NOT NULL) "
+)
+
+
+class TreeIndex(IndexConnection):
+    """The part of :class:`~manifests.index.Index` that holds tree entries."""
+
+    def indexed_trees(self, tree_ids: Iterable[str]) -> set[str]:
+        """Those of ``tree_ids`` that have rows (and so, by the invariant, their whole subtrees)."""
+        return {r[0] for r in self._lookup("SELECT DISTINCT tree_id FROM tree_entries WHERE tree_id IN ", tree_ids)}
+
+    def add_trees(self, execution_id: str, trees: TreeRows, assumed: Iterable[str] = ()) -> bool:
+        """Write the rows of a snapshot's trees that lack them and mark the snapshot ``trees_indexed``;
+        fenced, so it is ordered against :meth:`prune_trees`. ``trees`` must hold every tree of the
+        snapshot that had no rows when the caller looked, ``assumed`` those it left out because they
+        had. Returns False (and writes nothing) if the snapshot has no row or an assumed tree lost its
+        rows meanwhile (pruned: the caller may look again)."""
+        assumed = set(assumed)
+        with self._fenced() as conn:
+            if assumed and len({r[0] for r in self._lookup_on(
+                    conn, "SELECT DISTINCT tree_id FROM tree_entries WHERE tree_id IN ", assumed)}) != len(assumed):
+                return False
+            marked = conn.execute(
+                update(Snapshot).where(Snapshot.execution_id == execution_id).values(trees_indexed=True)
+            ).rowcount
+            if not marked:
+                return False  # nothing was written
+            self._insert_trees(conn, trees)
+        return True
+
+    def _insert_trees(self, conn, trees: TreeRows) -> int:  # type: ignore[no-untyped-def]
+        """Insert the rows of the trees that have none, inside the caller's transaction."""
+        inserted = 0
+        statement = self._insert_ignore(TreeEntry, ["tree_id", "name"])
+        batch: list[tuple[str, Sequence[TreeEntryRow]]] = []
+
+        def flush() -> int:
+            ids = [tree_id for tree_id, _ in batch]
+            known = {r[0] for r in self._lookup_on(conn, "SELECT DISTINCT tree_id FROM tree_entries WHERE tree_id IN ", ids)}
+            done: set[str] = set()
+            values = []
+            for tree_id, entries in batch:
+                if tree_id in known or tree_id in done:
+                    continue
+                done.add(tree_id)
+                values.extend(
+                    {"tree_id": tree_id, "name": e.name, "type": e.type, "mode": e.mode, "mtime_ns": e.mtime_ns,
+                     "size": e.size, "digest": e.digest, "target": e.target, "child": e.child}
+                    for e in entries
+                )
+            for start in range(0, len(values), _INSERT_BATCH):
+                conn.execute(statement, values[start : start + _INSERT_BATCH])
+            batch.clear()
+            return len(values)
+
+        for item in trees:
+            batch.append(item)
+            if len(batch) >= _TREE_BATCH:
+                inserted += flush()
+        if batch:
+            inserted += flush()
+        return inserted
+
+    def tree_entries(self, tree_id: str) -> list[TreeEntryRow]:
+        """The rows of one tree, in the tree's order (by name bytes); none for an empty or unknown tree."""
+        with self._read() as conn:
+            rows = conn.execute(
+                text("SELECT name, type, mode, mtime_ns, size, digest, target, child FROM tree_entries"
+                     " WHERE tree_id = :t"), {"t": tree_id},
+            ).all()
+        out = [TreeEntryRow(bytes(r[0]), r[1], r[2], r[3], r[4], r[5], None if r[6] is None else bytes(r[6]), r[7])
+               for r in rows]
+        out.sort(key=lambda e: e.name)  # bytes order, whatever the database's collation
+        return out
+
+    def unindexed_snapshots(self, *, damaged: bool = True) -> list[tuple[str, str]]:
+        """``(execution ID, root tree)`` of the snapshots whose trees have no rows yet, newest first;
+        without those marked damaged unless ``damaged``."""
+        sql = "SELECT execution_id, root_tree FROM snapshots WHERE NOT trees_indexed"
+        if not damaged:
+            sql += " AND NOT damaged"
+        with self._read() as conn:
+            return [(r[0], r[1]) for r in conn.execute(text(sql + " ORDER BY time_ns DESC, execution_id"))]
+
+    def directory_edges(self, roots: Sequence[str]) -> list[tuple[str, bytes, str]]:
+        """``(tree, name, subdirectory's tree)`` for every directory reachable from ``roots``, each once."""
+        sql = text(_REACH + "SELECT e.tree_id, e.name, e.child FROM tree_entries e JOIN reach r ON e.tree_id = r.id"
+                   " WHERE e.child IS NOT NULL").bindparams(bindparam("roots", expanding=True))
+        with self._read() as conn:
+            return [(r[0], bytes(r[1]), r[2]) for r in conn.execute(sql, {"roots": list(roots)}).all()]
+
+    def files_under(
+        self, roots: Sequence[str], *, digest: str | None = None, name_suffix: bytes = b""
+    ) -> list[tuple[str, bytes, int, str]]:
+        """``(tree, name, size, digest)`` of the files in every tree reachable from ``roots`` (each tree
+        once), only those with ``digest`` if given and whose name ends with ``name_suffix``."""
+        where = "e.type = 'file'"
+        params: dict[str, object] = {"roots": list(roots)}
+        if digest is not None:
+            where += " AND e.digest = :digest"
+            params["digest"] = digest
+        if name_suffix:
+            # Bytes on both databases: SQLite's substr and length count bytes of a BLOB, PostgreSQL's of a bytea.
+            where += " AND length(e.name) >= :n AND substr(e.name, length(e.name) - :n + 1) = :suffix"
+            params["n"] = len(name_suffix)
+            params["suffix"] = name_suffix
+        sql = text(_REACH + "SELECT e.tree_id, e.name, e.size, e.digest FROM tree_entries e"
+                   " JOIN reach r ON e.tree_id = r.id WHERE " + where).bindparams(bindparam("roots", expanding=True))
+        with self._read() as conn:
+            return [(r[0], bytes(r[1]), r[2], r[3]) for r in conn.execute(sql, params).all()]
+
+    def prune_trees(self) -> int:
+        """Delete the rows of trees no snapshot row reaches (after GC, or forgotten snapshots);
+        fenced, so a commit that reuses a tree is ordered before (the tree is reached) or after (its
+        rows are written again). Returns how many rows went."""
+        # The CTE inside the subquery, not before DELETE: SQLite reports no rowcount for a WITH statement.
+        sql = text(
+            "DELETE FROM tree_entries WHERE tree_id NOT IN ("
+            "WITH RECURSIVE reach(id) AS (SELECT root_tree FROM snapshots"
+            " UNION SELECT e.child FROM tree_entries e JOIN reach r ON e.tree_id = r.id WHERE e.child IS NOT NULL) "
+            "SELECT id FROM reach)"
+        )
+        with self._fenced() as conn:
+            return conn.execute(sql).rowcount or 0

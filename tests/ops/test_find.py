@@ -1,0 +1,372 @@
+"""``cas find``, and ``ls``/``diff`` answered from the index's tree entries (issue 15), on SQLite and
+PostgreSQL: the answers equal what reading the trees from the backend gives, and reading them
+makes no backend call at all (counted on a real local backend)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backends.local import LocalBackend
+from cas import Store
+from cas.errors import ConfigurationError, NotFound
+from cas.format import trees as tree_format
+from cas.format.hashing import hexdigest
+from cas.ops import browse
+from cas.ops.find import Found, compile_pattern
+from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
+from tests.test_cli import cas
+
+
+class CountingBackend(LocalBackend):
+    """A real local backend that counts the calls made to it."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.calls: list[str] = []
+
+    def get(self, key, offset=0, length=None):  # type: ignore[no-untyped-def]
+        self.calls.append(f"get {key}")
+        return super().get(key, offset, length)
+
+    def list(self, prefix=""):  # type: ignore[no-untyped-def]
+        self.calls.append(f"list {prefix}")
+        return super().list(prefix)
+
+    def stat(self, key):  # type: ignore[no-untyped-def]
+        self.calls.append(f"stat {key}")
+        return super().stat(key)
+
+    def exists(self, key):  # type: ignore[no-untyped-def]
+        self.calls.append(f"exists {key}")
+        return super().exists(key)
+
+    def put(self, key, data, *, overwrite=True):  # type: ignore[no-untyped-def]
+        self.calls.append(f"put {key}")
+        return super().put(key, data, overwrite=overwrite)
+
+    def delete(self, key):  # type: ignore[no-untyped-def]
+        self.calls.append(f"delete {key}")
+        return super().delete(key)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.sqlite'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> CountingBackend:
+    return CountingBackend(str(tmp_path / "repo"))
+
+
+@pytest.fixture
+def store(tmp_path: Path, index_url: str, backend: CountingBackend, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+    monkeypatch.setenv("CAS_HOME", str(tmp_path / "home"))
+    with Store.open(backend, index=index_url) as s:
+        yield s
+
+
+def _write(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+
+
+PROJECT = {
+    "train.py": b"train\n",
+    "code/model.py": b"model\n",
+    "code/util/io.py": b"io\n",
+    "code/util/io.pyc": b"compiled\n",
+    "code/README.md": b"readme\n",
+    "data/x.bin": b"\x00" * 100,
+    "data/deep/er/model.py": b"model\n",  # same content as code/model.py
+}
+
+
+def _take_three(store: Store, tmp_path: Path) -> Path:
+    """run-1 (train), run-2 (eval, one file changed, one added), run-3 (train, one file removed)."""
+    src = tmp_path / "project"
+    _write(src, PROJECT)
+    os.symlink("train.py", src / "main.py")
+    (src / "empty").mkdir()
+    store.snapshot(src, "run-1", labels={"workflow": "train"})
+    (src / "code" / "model.py").write_bytes(b"model v2\n")
+    (src / "code" / "util" / "new.py").write_bytes(b"new\n")
+    store.snapshot(src, "run-2", labels={"workflow": "eval"})
+    (src / "train.py").unlink()
+    store.snapshot(src, "run-3", labels={"workflow": "train"})
+    return src
+
+
+def _by_reading(store: Store, execution_ids: list[str], pattern: str | None, digest: str | None = None) -> list[Found]:
+    """The reference answer: walk each snapshot's trees as read from the backend."""
+    compiled = compile_pattern(pattern) if pattern else None
+    out = []
+    for eid in execution_ids:
+        for path, e in browse.walk(store.repo, store.get(eid).root, "", True):
+            if e.type == tree_format.FILE and (compiled is None or compiled.matches(path)) and (
+                    digest is None or e.digest == digest):
+                out.append(Found(eid, path, e.size, e.digest))
+    return out
+
+
+def test_find_by_name_path_and_digest_newest_first(store: Store, tmp_path: Path, backend: CountingBackend) -> None:
+    _take_three(store, tmp_path)
+    reference = _by_reading(store, ["run-3", "run-2", "run-1"], "*.py")
+    backend.calls.clear()
+    found = list(store.find("*.py"))
+    assert [(f.execution_id, f.path) for f in found] == [
+        ("run-3", "code/model.py"), ("run-3", "code/util/io.py"), ("run-3", "code/util/new.py"),
+        ("run-3", "data/deep/er/model.py"),
+        ("run-2", "code/model.py"), ("run-2", "code/util/io.py"), ("run-2", "code/util/new.py"),
+        ("run-2", "data/deep/er/model.py"), ("run-2", "train.py"),
+        ("run-1", "code/model.py"), ("run-1", "code/util/io.py"), ("run-1", "data/deep/er/model.py"),
+        ("run-1", "train.py"),
+    ]
+    model = hexdigest(b"model\n")
+    assert found[-4] == Found("run-1", "code/model.py", 6, model)
+    assert found == reference
+    # A pattern with '/' is the whole path from the root; '**' spans directories.
+    assert [f.path for f in store.find("code/*.py", execution_ids=["run-1"])] == ["code/model.py"]
+    assert [f.path for f in store.find("/code/*.py", execution_ids=["run-1"])] == ["code/model.py"]
+    assert [f.path for f in store.find("code/**/*.py", execution_ids=["run-1"])] == ["code/model.py", "code/util/io.py"]
+    assert [f.path for f in store.find("**/model.py", execution_ids=["run-1"])] == ["code/model.py", "data/deep/er/model.py"]
+    assert [f.path for f in store.find("data/**", execution_ids=["run-1"])] == ["data/deep/er/model.py", "data/x.bin"]
+    assert [f.path for f in store.find("io.py?", execution_ids=["run-1"])] == ["code/util/io.pyc"]
+    assert [f.path for f in store.find("[mt]*.py", execution_ids=["run-1"])] == [
+        "code/model.py", "data/deep/er/model.py", "train.py"]
+    assert list(store.find("main.py")) == [] and list(store.find("empty")) == []  # files only
+    # --digest: every execution holding this content, wherever it is.
+    assert [(f.execution_id, f.path) for f in store.find(digest=model.upper())] == [
+        ("run-3", "data/deep/er/model.py"), ("run-2", "data/deep/er/model.py"),
+        ("run-1", "code/model.py"), ("run-1", "data/deep/er/model.py"),
+    ]
+    assert [f.path for f in store.find("code/*", digest=model)] == ["code/model.py"]
+    assert backend.calls == []
+
+
+def test_find_filters_by_execution_labels_and_time(store: Store, tmp_path: Path, backend: CountingBackend) -> None:
+    _take_three(store, tmp_path)
+    backend.calls.clear()
+    assert [f.execution_id for f in store.find("train.py", labels={"workflow": "train"})] == ["run-1"]
+    assert {f.execution_id for f in store.find("*.py", labels={"workflow": "train"})} == {"run-1", "run-3"}
+    assert [f.execution_id for f in store.find("train.py", execution_ids=["run-1", "run-2"])] == ["run-2", "run-1"]
+    assert [f.execution_id for f in store.find("train.py", execution_ids=["run-1", "run-2"],
+                                               labels={"workflow": "eval"})] == ["run-2"]
+    t2 = store.get("run-2").time_ns
+    since = dt.datetime.fromtimestamp(t2 // 1000 / 1e6, dt.timezone.utc).replace(microsecond=t2 // 1000 % 1_000_000)
+    assert {f.execution_id for f in store.find("*.py", since=since)} == {"run-2", "run-3"}
+    assert {f.execution_id for f in store.find("*.py", until=since)} == {"run-1"}
+    assert list(store.find("*.py", since=dt.timedelta(seconds=-3600))) == []  # the future
+    assert backend.calls == []
+    with pytest.raises(NotFound):
+        list(store.find("*.py", execution_ids=["nope"]))
+    with pytest.raises(ConfigurationError):
+        store.find()
+    with pytest.raises(ConfigurationError):
+        store.find(digest="xyz")
+    with pytest.raises(ConfigurationError):
+        store.find("")
+
+
+def test_ls_and_diff_answer_from_the_index(store: Store, tmp_path: Path, backend: CountingBackend) -> None:
+    _take_three(store, tmp_path)
+    expected_ls = {eid: [(p, e.type, e.mode, e.mtime_ns, e.size, e.digest, e.target, e.tree)
+                         for p, e in browse.walk(store.repo, store.get(eid).root, "", True)]
+                   for eid in ("run-1", "run-2", "run-3")}
+    expected_diff = browse.diff_trees(store.repo, store.get("run-1").root, store.get("run-3").root)
+    backend.calls.clear()
+    for eid, want in expected_ls.items():
+        got = [(p, e.type, e.mode, e.mtime_ns, e.size, e.digest, e.target, e.tree)
+               for p, e in store.ls(eid, recursive=True)]
+        assert got == want
+    assert [p for p, _ in store.ls("run-1", "code")] == ["code/README.md", "code/model.py", "code/util"]
+    assert [p for p, _ in store.ls("run-1", "code/model.py")] == ["code/model.py"]
+    assert list(store.ls("run-1", "empty")) == []
+    assert store.diff("run-1", "run-3") == expected_diff
+    assert {(c.path, c.kind) for c in expected_diff} >= {
+        ("train.py", "removed"), ("code/model.py", "changed"), ("code/util/new.py", "added")}
+    with pytest.raises(NotFound):
+        list(store.ls("run-1", "code/nothing"))
+    assert backend.calls == []
+
+
+def test_snapshots_without_tree_entries_are_answered_by_reading_trees(
+        store: Store, tmp_path: Path, backend: CountingBackend) -> None:
+    _take_three(store, tmp_path)
+    indexed_find = list(store.find("*.py"))
+    indexed_ls = [(p, e.type, e.size, e.digest) for p, e in store.ls("run-2", recursive=True)]
+    indexed_diff = store.diff("run-1", "run-2")
+    from sqlalchemy import text
+
+    with store.repo.index.engine.begin() as conn:  # as a row written before migration 0005 is
+        conn.execute(text("UPDATE snapshots SET trees_indexed = false WHERE execution_id = 'run-2'"))
+    backend.calls.clear()
+    assert list(store.find("*.py")) == indexed_find
+    assert [(p, e.type, e.size, e.digest) for p, e in store.ls("run-2", recursive=True)] == indexed_ls
+    assert store.diff("run-1", "run-2") == indexed_diff
+    assert backend.calls  # read from the backend this time
+    store.sync()
+    assert store.repo.index.snapshot("run-2").trees_indexed
+
+
+def test_gc_drops_rows_of_trees_no_snapshot_reaches_and_rebuild_restores_them(
+        store: Store, tmp_path: Path) -> None:
+    _take_three(store, tmp_path)
+    index = store.repo.index
+    before = {eid: store.get(eid).root for eid in ("run-1", "run-2", "run-3")}
+    assert index.indexed_trees(before.values()) == set(before.values())
+    store.forget(["run-1"])
+    report = store.gc()
+    assert report.tree_rows_pruned > 0
+    assert index.indexed_trees(before.values()) == {before["run-2"], before["run-3"]}
+    assert list(store.find("train.py")) == [Found("run-2", "train.py", 6, hexdigest(b"train\n"))]
+    assert store.gc().tree_rows_pruned == 0
+    counts = _row_count(store)
+    store.rebuild_index()
+    assert _row_count(store) == counts
+    assert all(r.trees_indexed for r in index.snapshots())
+    assert list(store.find("*.py")) == _by_reading(store, ["run-3", "run-2"], "*.py")
+
+
+def _row_count(store: Store) -> int:
+    from sqlalchemy import text
+
+    with store.repo.index.engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM tree_entries")).scalar())
+
+
+def test_unchanged_directories_add_no_rows(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "p"
+    _write(src, {f"d{i}/f{j}": f"{i}/{j}".encode() for i in range(5) for j in range(10)})
+    store.snapshot(src, "a")
+    first = _row_count(store)
+    assert first == 5 + 50
+    (src / "d3" / "f0").write_bytes(b"changed")
+    store.snapshot(src, "b")
+    assert _row_count(store) == first + 5 + 10  # a new root and a new d3, nothing else
+    store.snapshot(src, "c")
+    assert _row_count(store) == first + 15
+
+
+def test_a_second_host_syncs_tree_entries(tmp_path: Path, store: Store, backend: CountingBackend) -> None:
+    _take_three(store, tmp_path)
+    other = Store.open(backend, index=f"sqlite:///{tmp_path / 'other.sqlite'}")
+    try:
+        assert all(r.trees_indexed for r in other.repo.index.snapshots())
+        backend.calls.clear()
+        assert list(other.find("*.py")) == list(store.find("*.py"))
+        assert other.diff("run-1", "run-2") == store.diff("run-1", "run-2")
+        assert backend.calls == []
+    finally:
+        other.close()
+
+
+def test_a_directory_stored_as_parts_is_listed_by_its_logical_entries(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "big"
+    src.mkdir()
+    names = [f"{i:06d}-" + "n" * 240 for i in range(13000)]
+    for name in names:
+        (src / name).write_bytes(b"")
+    store.snapshot(src, "big")
+    root = store.get("big").root
+    node = tree_format.decode_node(store.repo.read_blob(root))
+    assert isinstance(node, tuple) and len(node) > 1  # stored as parts
+    assert store.repo.index.indexed_trees(list(node)) == set()  # parts have no rows of their own
+    assert [p for p, _ in store.ls("big")] == names
+    assert len(list(store.find("*-n*"))) == 13000
+
+
+# -- round trips: random trees, index against reading ------------------------------------------
+
+_names = st.sampled_from(["a", "b", "c.py", "d.py", "e.txt", "sub", "x y", "ünï.py"])
+_trees = st.recursive(
+    st.binary(max_size=8),
+    lambda kids: st.dictionaries(_names, kids, max_size=4),
+    max_leaves=12,
+).filter(lambda t: isinstance(t, dict))
+
+
+def _materialise(root: Path, tree: dict) -> None:  # type: ignore[type-arg]
+    root.mkdir(parents=True, exist_ok=True)
+    for name, sub in tree.items():
+        if isinstance(sub, dict):
+            _materialise(root / name, sub)
+        else:
+            (root / name).write_bytes(sub)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(versions=st.lists(_trees, min_size=1, max_size=3), pattern=st.sampled_from(["*", "*.py", "sub/*", "**/a", "?"]))
+def test_index_answers_equal_reading_the_trees(
+        tmp_path_factory: pytest.TempPathFactory, versions: list[dict], pattern: str) -> None:  # type: ignore[type-arg]
+    """On SQLite (PostgreSQL runs the examples above)."""
+    work = tmp_path_factory.mktemp("rt")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CAS_HOME", str(work / "home"))
+        _round_trip(work, versions, pattern)
+
+
+def _round_trip(work: Path, versions: list[dict], pattern: str) -> None:  # type: ignore[type-arg]
+    with Store.open(str(work / "repo"), index=f"sqlite:///{work / 'i.sqlite'}") as store:
+        ids = []
+        for n, tree in enumerate(versions):
+            src = work / f"v{n}"
+            _materialise(src, tree)
+            store.snapshot(src, f"e{n}")
+            ids.append(f"e{n}")
+        newest_first = [s.execution_id for s in store.list()]
+        assert list(store.find(pattern)) == _by_reading(store, newest_first, pattern)
+        for eid in ids:
+            got = [(p, e.type, e.size, e.digest, e.tree) for p, e in store.ls(eid, recursive=True)]
+            want = [(p, e.type, e.size, e.digest, e.tree) for p, e in browse.walk(store.repo, store.get(eid).root, "", True)]
+            assert got == want
+        assert store.diff(ids[0], ids[-1]) == browse.diff_trees(
+            store.repo, store.get(ids[0]).root, store.get(ids[-1]).root)
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def test_find_on_the_command_line(tmp_path: Path) -> None:
+    src = tmp_path / "project"
+    _write(src, PROJECT)
+    base = ("--repo", str(tmp_path / "repo"))
+    cas(tmp_path, *base, "snapshot", str(src), "-e", "run-1", "--label", "workflow=train")
+    (src / "code" / "model.py").write_bytes(b"model v2\n")
+    cas(tmp_path, *base, "snapshot", str(src), "-e", "run-2", "--label", "workflow=eval")
+    lines = cas(tmp_path, *base, "find", "*.py", "--label", "workflow=train").stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["run-1"] * 4
+    assert lines[0].split() == ["run-1", "6", hexdigest(b"model\n"), "code/model.py"]
+    rows = json.loads(cas(tmp_path, *base, "find", "model.py", "--json").stdout)
+    assert [(r["execution_id"], r["path"]) for r in rows] == [
+        ("run-2", "code/model.py"), ("run-2", "data/deep/er/model.py"),
+        ("run-1", "code/model.py"), ("run-1", "data/deep/er/model.py")]
+    assert json.loads(cas(tmp_path, *base, "--json", "find", "model.py", "-e", "run-1").stdout)[0] == {
+        "execution_id": "run-1", "path": "code/model.py", "size": 6, "digest": hexdigest(b"model\n")}
+    by_digest = cas(tmp_path, *base, "find", "--digest", hexdigest(b"model\n"), "-e", "run-2").stdout.split()
+    assert by_digest == ["run-2", "6", hexdigest(b"model\n"), "data/deep/er/model.py"]
+    since = cas(tmp_path, *base, "find", "train.py", "--since", "1h", "--until", "2999-01-01").stdout
+    assert [line.split()[0] for line in since.splitlines()] == ["run-2", "run-1"]
+    none = cas(tmp_path, *base, "find", "nothing-like-this")
+    assert none.stdout == "" and "no files found" in none.stderr
+    for bad, message in [
+        ((), "find needs a PATTERN"),
+        (("--digest", "abc"), "64 hex digits"),
+        (("*.py", "-e", "run-9"), "unknown execution ID"),
+        (("x\\",), "lone"),
+    ]:
+        proc = cas(tmp_path, *base, "find", *bad, check=False)
+        assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
