@@ -15,6 +15,7 @@ from cas.errors import AlreadyExists, CasError, IntegrityError, NotFound, Unavai
 from cas.format.chunking import Chunker
 from cas.format.records import SnapshotRecord, snapshot_key
 from cas.ops.commit import commit_with_blobs
+from cas.ops.snapshot_filter import SnapshotFilter
 from cas.ops.tree_builder import OnChange, ProgressFn, TreeBuilder
 from cas.repo.blobwriter import BlobWriter
 from cas.repo.filescache import FilesCache
@@ -33,14 +34,17 @@ def take_snapshot(
     use_files_cache: bool = True,
     progress: ProgressFn | None = None,
     on_change: OnChange = OnChange.WARN,
+    filter: SnapshotFilter | None = None,
 ) -> None:
-    """Store the tree at ``path`` and commit it under ``execution_id`` (validated by the caller).
+    """Store the tree at ``path`` and commit it under ``execution_id`` (validated by the caller),
+    leaving out what ``filter`` says (nothing without one).
 
     If garbage collection removes blobs the snapshot reused before its commit, nothing is committed
     and the tree is stored again (without the files cache), up to :data:`COMMIT_ATTEMPTS` times.
     """
     for attempt in range(COMMIT_ATTEMPTS):
-        record, referenced = store_tree(repo, path, execution_id, labels, use_files_cache, progress, on_change)
+        record, referenced = store_tree(repo, path, execution_id, labels, use_files_cache, progress, on_change,
+                                        filter)
         missing = commit(repo, record, referenced)
         if not missing:
             return
@@ -56,7 +60,7 @@ def take_snapshot(
 
 def store_tree(
     repo: Repository, path: str, execution_id: str, labels: dict[str, str], use_files_cache: bool,
-    progress: ProgressFn | None, on_change: OnChange,
+    progress: ProgressFn | None, on_change: OnChange, filter: SnapshotFilter | None = None,
 ) -> tuple[SnapshotRecord, set[str]]:
     """Steps 1-3 of the write order: every chunk and tree node durable and indexed. Returns the
     record to commit and every blob it references."""
@@ -66,7 +70,7 @@ def store_tree(
     try:
         with BlobWriter(repo) as writer:
             builder = TreeBuilder(writer, Chunker(repo.config), files_cache=files_cache, progress=progress,
-                                  on_change=on_change)
+                                  on_change=on_change, filter=filter)
             result = builder.build(path)
             writer.flush()
         if files_cache is not None:
@@ -87,6 +91,7 @@ def store_tree(
         "new_blobs": writer.stats.new_blobs,
         "new_tree_bytes": writer.stats.new_tree_bytes,
         "files_from_cache": walk.files_from_cache,
+        **walk.excluded.to_stats(),
     }
     record = SnapshotRecord(
         execution_id, result.root, result.root_mode, result.root_mtime_ns, time.time_ns(), labels=labels, stats=stats,

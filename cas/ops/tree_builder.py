@@ -35,6 +35,8 @@ from cas.repo.blobwriter import BlobWriter
 from cas.format.chunking import Chunker
 from cas.errors import CasError, ConfigurationError, NotFound, PermissionDenied
 from cas.repo.filescache import CachedFile, FilesCache
+from cas.ops.ignore import IGNORE_FILE_NAME
+from cas.ops.snapshot_filter import DirScope, ExcludeReason, ExcludeStats, SnapshotFilter, WalkFilter, read_ignore_file
 from cas.format.hashing import hexdigest, new_hasher
 from cas.types import BlobKind
 from cas.format.trees import DIR, FILE, SYMLINK, DirectoryEncoder, Entry, TooLarge, encode_directory
@@ -42,6 +44,7 @@ from cas.format.trees import DIR, FILE, SYMLINK, DirectoryEncoder, Entry, TooLar
 log = logging.getLogger("cas")
 
 ProgressFn = Callable[[int, int], None]
+_IGNORE_NAME = os.fsencode(IGNORE_FILE_NAME)
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
@@ -83,6 +86,8 @@ class WalkStats:
     files_from_cache: int = 0
     skipped_paths: list[str] = field(default_factory=list)
     changed_paths: list[str] = field(default_factory=list)
+    excluded: ExcludeStats = field(default_factory=ExcludeStats)
+    """What the :class:`SnapshotFilter` left out, by reason."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,12 @@ class _Dir:
     pos: int = 0
     cached: dict[bytes, tuple[tuple[int, ...], CachedFile]] = field(default_factory=dict)
     cached_to: int = 0
+    scope: DirScope | None = None
+    """What the filter decides this directory's entries by (None without a filter)."""
+    included: bool = True
+    """False for a directory no ``--include`` pattern selected: stored only if something in it is."""
+    stored: int = 0
+    """Entries added to :attr:`encoder` so far."""
 
 
 class TreeBuilder:
@@ -141,13 +152,17 @@ class TreeBuilder:
         files_cache: FilesCache | None = None,
         progress: ProgressFn | None = None,
         on_change: OnChange | str = OnChange.WARN,
+        filter: SnapshotFilter | None = None,
     ) -> None:
+        """``filter`` decides what of a directory's contents is left out (nothing without one)."""
         self.writer = writer
         self.chunker = chunker
         self.files_cache = files_cache
         self.progress = progress
         self.on_change = OnChange(on_change)
         self.stats = WalkStats()
+        self.filter_options = filter
+        self._filter: WalkFilter | None = None
         self.referenced: set[str] = set()
         """Every blob the snapshot points at; checked under the GC fence at commit."""
         self._root = b""
@@ -175,6 +190,9 @@ class TreeBuilder:
             os.close(fd)
             raise
         if stat.S_ISDIR(st.st_mode):
+            if self.filter_options is not None:
+                self._filter = self.filter_options.start(st.st_dev)
+                self.stats.excluded = self._filter.stats
             root = self._walk(fd, st)
         elif stat.S_ISREG(st.st_mode):
             os.close(fd)
@@ -189,7 +207,7 @@ class TreeBuilder:
 
     def _walk(self, root_fd: int, st: os.stat_result) -> str:
         """Store the directory open as ``root_fd`` (which this takes over) and everything under it."""
-        stack = [self._open_dir(root_fd, b"", "", st)]
+        stack = [self._open_dir(root_fd, b"", "", st, None, True)]
         try:
             while True:
                 top = stack[-1]
@@ -206,24 +224,39 @@ class TreeBuilder:
                 tree = self._finish_dir(top)
                 stack.pop()
                 if not stack:
+                    assert tree is not None  # the root is always stored
                     return tree
                 parent = stack[-1]
                 if parent.fd is None:
                     parent.fd = self._reopen_parent(top, parent)
                 self._close(top)
+                if tree is None:
+                    continue
                 self.stats.dirs += 1
                 self._add(parent, Entry(top.name, DIR, stat.S_IMODE(top.mode), top.mtime_ns, tree=tree))
         finally:
             for frame in stack:
                 self._close(frame)
 
-    def _open_dir(self, fd: int, rel: bytes, name: str, st: os.stat_result) -> _Dir:
-        """A frame for the directory open as ``fd`` (closed here if listing it fails)."""
+    def _open_dir(
+        self, fd: int, rel: bytes, name: str, st: os.stat_result, parent: DirScope | None, included: bool
+    ) -> _Dir:
+        """A frame for the directory open as ``fd`` (closed here if listing it fails); ``parent``
+        and ``included`` are what the filter decided for it (ignored without a filter)."""
+        scope = None
         try:
             names = []
             with os.scandir(fd) as it:
                 for item in it:
                     names.append(os.fsencode(item.name))
+            if self._filter is not None:
+                text = None
+                if self._filter.reads_ignore_files and _IGNORE_NAME in names:
+                    text = read_ignore_file(fd, self._display(rel))
+                scope = self._filter.enter(parent or self._filter.root_scope(), os.fsdecode(rel), included, text)
+        except CasError:
+            os.close(fd)
+            raise
         except PermissionError:
             os.close(fd)
             raise PermissionDenied(f"cannot read directory {self._display(rel)}: permission denied") from None
@@ -235,7 +268,7 @@ class TreeBuilder:
             raise
         names.sort()
         return _Dir(fd, rel, (st.st_dev, st.st_ino), name, st.st_mode, st.st_mtime_ns, names,
-                    DirectoryEncoder(self._store_node))
+                    DirectoryEncoder(self._store_node), scope=scope, included=included)
 
     @staticmethod
     def _close(frame: _Dir) -> None:
@@ -255,13 +288,18 @@ class TreeBuilder:
             raise Unstable(f"{self._display(parent.rel)} was moved during the snapshot; snapshot it again")
         return fd
 
-    def _finish_dir(self, frame: _Dir) -> str:
+    def _finish_dir(self, frame: _Dir) -> str | None:
+        """The directory's tree ID; None for one left out (not included, and nothing in it stored)."""
+        if not frame.included and not frame.stored and self._filter is not None:
+            self._filter.count(ExcludeReason.INCLUDE, 0)
+            return None
         try:
             return frame.encoder.finish()
         except TooLarge as exc:
             raise ConfigurationError(f"cannot snapshot directory {self._display(frame.rel)}: {exc}") from None
 
     def _add(self, frame: _Dir, entry: Entry) -> None:
+        frame.stored += 1
         try:
             frame.encoder.add(entry)
         except TooLarge as exc:
@@ -290,6 +328,16 @@ class TreeBuilder:
             except FileNotFoundError:
                 return None  # vanished while we walked: it is not part of the snapshot
             mode = st.st_mode
+            decision = None
+            if self._filter is not None:
+                assert frame.scope is not None
+                decision = self._filter.decide(frame.scope, os.fsdecode(rel), st)
+                if decision.reason is not None:
+                    return None
+                if decision.other_fs:
+                    self.stats.dirs += 1
+                    self._add(frame, Entry(text, DIR, stat.S_IMODE(mode), st.st_mtime_ns, tree=self._store_tree([])))
+                    return None
             try:
                 if stat.S_ISREG(mode):
                     cached = self._cached(frame, name, st)
@@ -320,7 +368,8 @@ class TreeBuilder:
                     except BaseException:
                         os.close(fd)
                         raise
-                    return self._open_dir(fd, rel, text, dst)
+                    return self._open_dir(fd, rel, text, dst, frame.scope,
+                                          decision.included if decision is not None else True)
                 elif stat.S_ISLNK(mode):
                     try:
                         target = os.fsdecode(os.readlink(name, dir_fd=dir_fd))
