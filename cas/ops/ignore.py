@@ -61,6 +61,44 @@ def _matcher(line: str, regex: re.Pattern[str]) -> Matcher:
                        "this version of pathspec is not supported")
 
 
+def _as_git_reads(line: str) -> str:
+    """The line as git uses it: without a carriage return before the newline, and without trailing
+    spaces unless escaped with a backslash. pathspec strips any trailing whitespace itself (a tab
+    too, which git keeps), so a last character that is such whitespace is written as a one
+    character class, which matches the same and is not stripped. Three or more asterisks making up
+    a whole component match as two do in git's wildmatch (pathspec takes them as one)."""
+    if line.endswith("\r"):
+        line = line[:-1]
+    end = len(line)
+    i, last_space = 0, None
+    while i < end:
+        ch = line[i]
+        if ch == " ":
+            if last_space is None:
+                last_space = i
+        elif ch == "\\":
+            i += 1
+            if i == end:
+                break
+            last_space = None
+        else:
+            last_space = None
+        i += 1
+    if last_space is not None:
+        line = line[:last_space]
+    if line and line[-1].isspace() and line[-1] != " ":
+        body = line[:-1]
+        escapes = len(body) - len(body.rstrip("\\"))
+        if escapes % 2:
+            body = body[:-1]  # an escaped tab is a tab
+        line = f"{body}[{line[-1]}]"
+    if "***" in line:
+        negation = "!" if line.startswith("!") else ""
+        parts = line[len(negation):].split("/")
+        line = negation + "/".join("**" if len(p) > 2 and p.strip("*") == "" else p for p in parts)
+    return line
+
+
 class PatternList:
     """One list of gitignore-style patterns, relative to the directory ``base`` ('' for the root
     of the walk; a path with ``/`` separators otherwise)."""
@@ -75,6 +113,7 @@ class PatternList:
         for line in lines:
             if line.startswith("\ufeff") and not rules:
                 line = line[1:]  # git skips a UTF-8 byte order mark at the start of the file
+            line = _as_git_reads(line)
             try:
                 pattern = GitIgnoreSpecPattern(line)
             except GitIgnorePatternError:

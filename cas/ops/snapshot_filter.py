@@ -152,11 +152,11 @@ class WalkFilter:
     def reads_ignore_files(self) -> bool:
         return self.options.ignore_files
 
-    def root_scope(self) -> DirScope:
-        return DirScope((), self._include is None)
-
-    def enter(self, parent: DirScope, rel: str, included: bool, ignore_text: str | None) -> DirScope:
-        """The scope of the directory ``rel`` (decided ``included``), given its ignore file's text."""
+    def enter(self, parent: DirScope | None, rel: str, included: bool, ignore_text: str | None) -> DirScope:
+        """The scope of the directory ``rel`` (decided ``included``; for the root, ``parent`` is None
+        and it is included only without include patterns), given its ignore file's text."""
+        if parent is None:
+            parent, included = DirScope(), self._include is None
         files = parent.ignore_files
         if ignore_text is not None:
             patterns = PatternList.from_text(ignore_text, base=rel, source=_join(rel, IGNORE_FILE_NAME))

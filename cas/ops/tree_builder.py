@@ -253,7 +253,7 @@ class TreeBuilder:
                 text = None
                 if self._filter.reads_ignore_files and _IGNORE_NAME in names:
                     text = read_ignore_file(fd, self._display(rel))
-                scope = self._filter.enter(parent or self._filter.root_scope(), os.fsdecode(rel), included, text)
+                scope = self._filter.enter(parent, os.fsdecode(rel), included, text)
         except CasError:
             os.close(fd)
             raise
