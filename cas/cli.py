@@ -248,7 +248,8 @@ def cmd_snapshot(store: Store, args: argparse.Namespace) -> int:
         f"({human_size(st.get('new_bytes', 0))} new, {human_size(st.get('stored_bytes', 0))} stored after compression)"
     )
     if st.get("excluded"):
-        text += f"; {st['excluded']} entries excluded ({human_size(st.get('excluded_bytes', 0))} in files)"
+        count = st["excluded"]
+        text += f"; {count} {'entry' if count == 1 else 'entries'} excluded ({human_size(st.get('excluded_bytes', 0))} in files)"
     _emit(args, snap.to_dict(), text)
     return 0
 
