@@ -21,6 +21,7 @@ from cas.ops.browse import Change
 from cas.ops.gc import GcReport
 from cas.ops.repair import RepairReport
 from cas.ops.restore import RestoreReport
+from cas.ops.snapshot_filter import SnapshotFilter
 from cas.ops.sync import RebuildReport
 from cas.ops.tree_builder import OnChange
 from cas.ops.verify import VerifyReport
@@ -44,6 +45,7 @@ __all__ = [
     "RepairReport",
     "RestoreReport",
     "Snapshot",
+    "SnapshotFilter",
     "Store",
     "Unavailable",
     "VerifyReport",

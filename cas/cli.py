@@ -20,7 +20,9 @@ from cas.ops.retention import KeepPolicy
 from cas.errors import CasError, ConfigurationError, PartialRestore
 from cas.format.config import ChunkerName
 from cas.ops.tree_builder import OnChange
-from cas.options import LabelAction, duration_option, limit_option, parse_labels, when_option
+from cas.options import LabelAction, duration_option, limit_option, parse_labels, size_option, when_option
+from cas.ops.snapshot_filter import SnapshotFilter
+from cas.ops.tree_filter import TreeFilter
 from cas.store import Store
 from cas.terminal import EscapingFormatter, escape, human_size, quote_name
 from cas.format.trees import DIR, FILE, SYMLINK
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how to cut files into chunks (default: the repository's own; fastcdc-archives-1 cuts zips, tars "
         "and safetensors files at their members, and is the default of repositories created since it exists)",
     )
+    _add_snapshot_filter(s)
 
     s = sub.add_parser("log", help="executions, newest first")
     _add_filters(s, "list")
@@ -71,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("execution_id")
     s.add_argument("path", nargs="?", default="")
     s.add_argument("--recursive", "-r", action="store_true")
+    _add_tree_filter(s, "list")
 
     s = sub.add_parser("diff", help="paths added, removed or changed between two executions")
     s.add_argument("old")
@@ -96,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--path", default=None, help="restore only this file or subtree, as DEST/<its name>")
     s.add_argument("--overwrite", action="store_true", help="restore into a non-empty directory")
     s.add_argument("--same-permissions", action="store_true", help="keep setuid/setgid bits")
+    _add_tree_filter(s, "restore")
 
     sub.add_parser("stats", help="logical and stored bytes, dedup ratio, chunk and pack counts")
 
@@ -138,6 +143,36 @@ def _add_filters(s: argparse.ArgumentParser, verb: str) -> None:
                    "offset), e.g. 2026-11-25, 2026-11-25T10:00, or a duration ago, e.g. 30d, 12h")
     s.add_argument("--until", type=when_option, default=None, metavar="WHEN",
                    help=f"{verb} only snapshots taken before WHEN (same forms as --since)")
+
+
+def _add_snapshot_filter(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="leave out what this gitignore-style pattern, relative to PATH, matches (repeatable)")
+    s.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                   help="store only what these gitignore-style patterns match, and the directories leading to it "
+                   "(repeatable); exclusions still apply within it")
+    s.add_argument("--ignore-file", action="append", default=[], metavar="FILE",
+                   help="also read ignore patterns from FILE, relative to PATH, below every .casignore in precedence "
+                   "(repeatable)")
+    s.add_argument("--no-ignore-files", action="store_true", help="do not honour .casignore files in the tree")
+    s.add_argument("--exclude-larger-than", type=size_option, default=None, metavar="SIZE",
+                   help="leave out files larger than SIZE, e.g. 500M, 2G (units of 1024)")
+    s.add_argument("--one-file-system", "-x", action="store_true",
+                   help="do not enter other file systems (mount points are stored as empty directories)")
+
+
+def _snapshot_filter(args: argparse.Namespace) -> SnapshotFilter:
+    return SnapshotFilter(exclude=args.exclude, include=args.include, ignore_files=not args.no_ignore_files,
+                          extra_ignore_files=args.ignore_file, exclude_larger_than=args.exclude_larger_than,
+                          one_file_system=args.one_file_system)
+
+
+def _add_tree_filter(s: argparse.ArgumentParser, verb: str) -> None:
+    s.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                   help=f"{verb} only what these gitignore-style patterns, relative to the snapshot's root, match, and "
+                   "the directories leading to it (repeatable)")
+    s.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help=f"do not {verb} what this gitignore-style pattern matches (repeatable; wins over --include)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,13 +256,16 @@ def cmd_snapshot(store: Store, args: argparse.Namespace) -> int:
     with _progress(args, "snapshot") as progress:
         snap = store.snapshot(
             args.path, args.execution_id, labels=labels, use_files_cache=not args.no_files_cache, progress=progress,
-            on_change=args.on_change, chunker=args.chunker,
+            on_change=args.on_change, chunker=args.chunker, filter=_snapshot_filter(args),
         )
     st = snap.stats
     text = (
         f"snapshot {snap.execution_id}: {st.get('files', 0)} files, {human_size(st.get('logical_bytes', 0))} "
         f"({human_size(st.get('new_bytes', 0))} new, {human_size(st.get('stored_bytes', 0))} stored after compression)"
     )
+    if st.get("excluded"):
+        count = st["excluded"]
+        text += f"; {count} {'entry' if count == 1 else 'entries'} excluded ({human_size(st.get('excluded_bytes', 0))} in files)"
     _emit(args, snap.to_dict(), text)
     return 0
 
@@ -253,7 +291,8 @@ def cmd_log(store: Store, args: argparse.Namespace) -> int:
 def cmd_ls(store: Store, args: argparse.Namespace) -> int:
     rows = []
     lines = []
-    for path, e in store.ls(args.execution_id, args.path, recursive=args.recursive):
+    tree_filter = TreeFilter(include=args.include, exclude=args.exclude)
+    for path, e in store.ls(args.execution_id, args.path, recursive=args.recursive, filter=tree_filter):
         row = {"path": path, "type": e.type, "mode": e.mode, "mtime_ns": e.mtime_ns}
         if e.type == FILE:
             row.update(size=e.size, digest=e.digest)
@@ -322,6 +361,7 @@ def cmd_restore(store: Store, args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             same_permissions=args.same_permissions,
             progress=progress,
+            filter=TreeFilter(include=args.include, exclude=args.exclude),
         )
     data = {"files": report.files, "dirs": report.dirs, "symlinks": report.symlinks, "bytes": report.bytes}
     _emit(args, data, f"restored {report.files} files, {report.dirs} directories, {report.symlinks} symlinks, "

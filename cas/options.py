@@ -1,4 +1,4 @@
-"""Values of command-line options: durations, points in time, labels and limits.
+"""Values of command-line options: durations, points in time, labels, limits and sizes.
 
 Each parser raises :class:`ConfigurationError` with a one-line message; the ``*_option`` functions
 are argparse ``type=`` adapters that turn it into a usage error (exit 2) naming the option.
@@ -106,3 +106,23 @@ def limit_option(text: str) -> int:
 def parse_labels(items: list[str]) -> dict[str, str]:
     """``KEY=VALUE`` items (``snapshot --label``) into a dict; each checked as :func:`parse_label` does."""
     return dict(parse_label(item) for item in items)
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """A number of bytes: ``500``, ``64K``, ``1.5M``, ``2G``, ``1T`` (units of 1024; a ``B`` or
+    ``iB`` after the unit is allowed, so ``10MB`` and ``10MiB`` are both 10 x 1024 x 1024)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ConfigurationError(f"invalid size {text!r}: use a number of bytes, optionally with K, M, G or T, e.g. 100M")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def size_option(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -28,6 +28,8 @@ from cas.ops.gc import DEFAULT_GRACE, GcReport, collect_garbage
 from cas.ops.repair import RepairReport, repair
 from cas.ops.restore import RestoreReport, Restorer, failure_error
 from cas.ops.select import Selection, When
+from cas.ops.snapshot_filter import SnapshotFilter
+from cas.ops.tree_filter import TreeFilter
 from cas.ops.sync import RebuildReport, rebuild_index
 from cas.ops.tree_index import IndexedTrees, fill_tree_index
 from cas.ops.tree_builder import OnChange, ProgressFn
@@ -128,11 +130,16 @@ class Store:
         progress: ProgressFn | None = None,
         on_change: OnChange | str = OnChange.WARN,
         chunker: ChunkerName | str | None = None,
+        filter: SnapshotFilter | None = None,
     ) -> Snapshot:
         """Store the tree at ``path`` under ``execution_id``.
 
         ``chunker``: how files are cut into chunks; by default the repository's own
         (``Store.open(..., chunker=...)`` sets it when creating one). See docs/FORMAT.md, Chunks.
+
+        ``filter``: what to leave out (:class:`~cas.ops.snapshot_filter.SnapshotFilter`: ignore
+        files, exclude and include patterns, a size limit, other file systems). The default honours
+        ``.casignore`` files and nothing else; what was left out is counted in the snapshot's stats.
 
         ``on_change``: what to do with a file that changed while it was read, each of
         :data:`~cas.ops.tree_builder.CHANGE_RETRIES` times it was read again (see :class:`OnChange`).
@@ -144,7 +151,7 @@ class Store:
         snapshot_op.take_snapshot(
             self.repo, os.fspath(path), execution_id, check_labels(labels or {}),
             use_files_cache=use_files_cache, progress=progress, on_change=OnChange(on_change),
-            chunker=_chunker_name(chunker),
+            chunker=_chunker_name(chunker), filter=SnapshotFilter() if filter is None else filter,
         )
         return self.get(execution_id)
 
@@ -184,16 +191,32 @@ class Store:
         """The tree entry at ``path`` ('' is the root, returned as None)."""
         return browse.find_entry(self.repo, self.get(execution_id).root, path, execution_id)
 
-    def ls(self, execution_id: str, path: str = "", *, recursive: bool = False) -> Iterator[tuple[str, Entry]]:
-        """``(relative path, entry)`` pairs under ``path``, in name order. Answered from the index's
-        tree entries when it has them (then entries carry no chunk lists), else by reading trees."""
+    def ls(
+        self, execution_id: str, path: str = "", *, recursive: bool = False, filter: TreeFilter | None = None
+    ) -> Iterator[tuple[str, Entry]]:
+        """``(relative path, entry)`` pairs under ``path``, in name order; with ``filter``, what a
+        restore with that filter would write (see :mod:`cas.ops.tree_filter`). Answered from the
+        index's tree entries when it has them (then entries carry no chunk lists), else by reading
+        trees."""
         root, trees = self._trees(execution_id)
         entry = browse.find_entry(trees, root, path, execution_id)
-        prefix = "/".join(browse.split_path(path))
+        parts = browse.split_path(path)
+        prefix = "/".join(parts)
+        tree = root if entry is None else entry.tree
+        if filter:
+            rules = filter.rules()
+            included = rules.inside(parts if entry is None or entry.type == DIR else parts[:-1])
+            if included is None:
+                return
+            if entry is not None and entry.type != DIR:
+                yield from rules.walk(trees, [entry], prefix[: -len(entry.name)], included)
+            else:
+                yield from rules.walk(trees, trees.read_tree(tree), prefix + "/" if prefix else "", included,
+                                      recursive=recursive)
+            return
         if entry is not None and entry.type != DIR:
             yield prefix, entry
             return
-        tree = root if entry is None else entry.tree
         yield from browse.walk(trees, tree, prefix + "/" if prefix else "", recursive)
 
     def _trees(self, execution_id: str) -> tuple[str, TreeSource]:
@@ -267,8 +290,11 @@ class Store:
         overwrite: bool = False,
         same_permissions: bool = False,
         progress: ProgressFn | None = None,
+        filter: TreeFilter | None = None,
     ) -> RestoreReport:
-        """Restore an execution (or one path of it, as ``dest/<its name>``) into ``dest``.
+        """Restore an execution (or one path of it, as ``dest/<its name>``) into ``dest``; with
+        ``filter``, only what it keeps (patterns relative to the snapshot's root, see
+        :mod:`cas.ops.tree_filter`).
 
         Raises :class:`PartialRestore` listing what could not be restored, after restoring everything else.
         """
@@ -279,7 +305,15 @@ class Store:
             meta = (snap.root_mode, snap.root_mtime_ns)
         else:
             entries, meta = [entry], None
-        restorer = Restorer(self.repo, overwrite=overwrite, same_permissions=same_permissions, progress=progress)
+        select = None
+        if filter:
+            rules = filter.rules()
+            parents = browse.split_path(path or "")[:-1]
+            included = rules.inside(parents)
+            base = "/".join(parents) + "/" if parents else ""
+            select = (lambda rel, e: False) if included is None else rules.predicate(self.repo, entries, base, included)
+        restorer = Restorer(self.repo, overwrite=overwrite, same_permissions=same_permissions, progress=progress,
+                            select=select)
         report = restorer.restore(entries, os.fspath(dest), meta)
         if report.failures:
             raise failure_error(report)

@@ -45,6 +45,7 @@ from cas.aiflow.uris import (
 from cas.errors import AlreadyExists, ConfigurationError, IntegrityError, NotFound
 from cas.format.records import check_labels
 from cas.repo.repository import default_home
+from cas.ops.snapshot_filter import SnapshotFilter
 from cas.store import Snapshot, Store
 
 try:  # Subclass AIFlow's interface when AIFlow is installed; never require it.
@@ -208,6 +209,9 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
     def upload_project(self, workflow_snapshot_id: str, project_path: str) -> str:
         """Snapshot the project directory as a tree; return ``<root>/cas/project-<id>/<dir name>``.
 
+        ``.casignore`` files in the project leave out what they match, with ``.gitignore`` rules
+        (:mod:`cas.ops.snapshot_filter`); the snapshot's stats count what was left out.
+
         Files equal to ones already stored (by any earlier project or execution) are not stored
         again. Reusing a workflow snapshot ID for a different tree raises :class:`AlreadyExists`;
         for an identical tree it returns the same URI.
@@ -220,7 +224,7 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
         labels = {"aiflow.kind": "project"}
         _add_label(labels, "aiflow.workflow_snapshot_id", str(workflow_snapshot_id))
         _add_label(labels, "aiflow.name", name)
-        snap = self.store.snapshot(path, execution_id, labels=labels)
+        snap = self.store.snapshot(path, execution_id, labels=labels, filter=SnapshotFilter(ignore_files=True))
         self.last_snapshot = snap
         uri = make_uri(self._uri_prefix, execution_id, name)
         self._log.info("uploaded project %s as %s (%d new bytes)", path, uri, snap.new_bytes)

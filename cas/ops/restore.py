@@ -88,8 +88,12 @@ class Restorer:
         same_permissions: bool = False,
         workers: int = 4,
         progress: ProgressFn | None = None,
+        select: Callable[[str, Entry], bool] | None = None,
     ) -> None:
+        """``select(path, entry)``, if given, says whether to restore an entry (``path`` relative to
+        the destination); it is asked about a directory's entries when the directory is entered."""
         self.repo = repo
+        self.select = select
         self.overwrite = overwrite
         self.same_permissions = same_permissions
         self.progress = progress
@@ -193,6 +197,8 @@ class Restorer:
         """Create a directory's entries (its files on the pool); the job is finished here on error."""
         dir_fd = job.fd
         assert dir_fd is not None
+        if self.select is not None:
+            entries = [e for e in entries if self.select(prefix + e.name, e)]
         try:
             if self.overwrite:
                 self._remove_stale_temporaries(dir_fd)

@@ -17,6 +17,7 @@ from cas.format.config import ChunkerName
 from cas.format.records import SnapshotRecord, snapshot_key
 from cas.ops.commit import commit_with_blobs
 from cas.ops.tree_index import TreeRowSpool
+from cas.ops.snapshot_filter import SnapshotFilter
 from cas.ops.tree_builder import OnChange, ProgressFn, TreeBuilder
 from cas.repo.blobwriter import BlobWriter
 from cas.repo.filescache import FilesCache
@@ -36,8 +37,10 @@ def take_snapshot(
     progress: ProgressFn | None = None,
     on_change: OnChange = OnChange.WARN,
     chunker: ChunkerName | None = None,
+    filter: SnapshotFilter | None = None,
 ) -> None:
-    """Store the tree at ``path`` and commit it under ``execution_id`` (validated by the caller).
+    """Store the tree at ``path`` and commit it under ``execution_id`` (validated by the caller),
+    leaving out what ``filter`` says (nothing without one).
 
     ``chunker``: how files are cut (None: the repository config's chunker).
 
@@ -48,7 +51,7 @@ def take_snapshot(
         spool = TreeRowSpool(repo.index)
         try:
             record, referenced = store_tree(repo, path, execution_id, labels, use_files_cache, progress, on_change,
-                                            chunker=chunker, spool=spool)
+                                            chunker=chunker, spool=spool, filter=filter)
             missing = commit(repo, record, referenced, spool)
         finally:
             spool.close()
@@ -67,7 +70,7 @@ def take_snapshot(
 def store_tree(
     repo: Repository, path: str, execution_id: str, labels: dict[str, str], use_files_cache: bool,
     progress: ProgressFn | None, on_change: OnChange, *, chunker: ChunkerName | None = None,
-    spool: TreeRowSpool | None = None,
+    spool: TreeRowSpool | None = None, filter: SnapshotFilter | None = None,
 ) -> tuple[SnapshotRecord, set[str]]:
     """Steps 1-3 of the write order: every chunk and tree node durable and indexed. Returns the
     record to commit and every blob it references; ``spool`` receives every directory's entries."""
@@ -77,7 +80,8 @@ def store_tree(
     try:
         with BlobWriter(repo) as writer:
             builder = TreeBuilder(writer, Chunker(repo.config, chunker), files_cache=files_cache, progress=progress,
-                                  on_change=on_change, on_directory=spool.add if spool is not None else None)
+                                  on_change=on_change, on_directory=spool.add if spool is not None else None,
+                                  filter=filter)
             result = builder.build(path)
             writer.flush()
         if files_cache is not None:
@@ -98,6 +102,7 @@ def store_tree(
         "new_blobs": writer.stats.new_blobs,
         "new_tree_bytes": writer.stats.new_tree_bytes,
         "files_from_cache": walk.files_from_cache,
+        **walk.excluded.to_stats(),
     }
     record = SnapshotRecord(
         execution_id, result.root, result.root_mode, result.root_mtime_ns, time.time_ns(), labels=labels, stats=stats,

@@ -35,6 +35,8 @@ from cas.repo.blobwriter import BlobWriter
 from cas.format.chunking import Chunker
 from cas.errors import CasError, ConfigurationError, NotFound, PermissionDenied
 from cas.repo.filescache import CachedFile, FilesCache
+from cas.ops.ignore import IGNORE_FILE_NAME
+from cas.ops.snapshot_filter import DirScope, ExcludeReason, ExcludeStats, SnapshotFilter, WalkFilter, read_ignore_file
 from cas.format.hashing import hexdigest, new_hasher
 from cas.types import BlobKind
 from cas.format.trees import DIR, FILE, SYMLINK, DirectoryEncoder, Entry, TooLarge, encode_directory
@@ -42,6 +44,7 @@ from cas.format.trees import DIR, FILE, SYMLINK, DirectoryEncoder, Entry, TooLar
 log = logging.getLogger("cas")
 
 ProgressFn = Callable[[int, int], None]
+_IGNORE_NAME = os.fsencode(IGNORE_FILE_NAME)
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
@@ -83,6 +86,8 @@ class WalkStats:
     files_from_cache: int = 0
     skipped_paths: list[str] = field(default_factory=list)
     changed_paths: list[str] = field(default_factory=list)
+    excluded: ExcludeStats = field(default_factory=ExcludeStats)
+    """What the :class:`SnapshotFilter` left out, by reason."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,12 @@ class _Dir:
     cached_to: int = 0
     entries: list[Entry] | None = None
     """Its entries so far, kept only for an ``on_directory`` callback."""
+    scope: DirScope | None = None
+    """What the filter decides this directory's entries by (None without a filter)."""
+    included: bool = True
+    """False for a directory no ``--include`` pattern selected: stored only if something in it is."""
+    stored: int = 0
+    """Entries added to :attr:`encoder` so far."""
 
 
 class TreeBuilder:
@@ -144,9 +155,11 @@ class TreeBuilder:
         progress: ProgressFn | None = None,
         on_change: OnChange | str = OnChange.WARN,
         on_directory: Callable[[str, list[Entry]], None] | None = None,
+        filter: SnapshotFilter | None = None,
     ) -> None:
         """``on_directory(tree_id, entries)`` is called for each directory once it is encoded (the
-        index's tree entries are filled from it at commit)."""
+        index's tree entries are filled from it at commit). ``filter`` decides what of a directory's
+        contents is left out (nothing without one)."""
         self.on_directory = on_directory
         self.writer = writer
         self.chunker = chunker
@@ -154,6 +167,8 @@ class TreeBuilder:
         self.progress = progress
         self.on_change = OnChange(on_change)
         self.stats = WalkStats()
+        self.filter_options = filter
+        self._filter: WalkFilter | None = None
         self.referenced: set[str] = set()
         """Every blob the snapshot points at; checked under the GC fence at commit."""
         self._root = b""
@@ -181,6 +196,9 @@ class TreeBuilder:
             os.close(fd)
             raise
         if stat.S_ISDIR(st.st_mode):
+            if self.filter_options is not None:
+                self._filter = self.filter_options.start(st.st_dev)
+                self.stats.excluded = self._filter.stats
             root = self._walk(fd, st)
         elif stat.S_ISREG(st.st_mode):
             os.close(fd)
@@ -195,7 +213,7 @@ class TreeBuilder:
 
     def _walk(self, root_fd: int, st: os.stat_result) -> str:
         """Store the directory open as ``root_fd`` (which this takes over) and everything under it."""
-        stack = [self._open_dir(root_fd, b"", "", st)]
+        stack = [self._open_dir(root_fd, b"", "", st, None, True)]
         try:
             while True:
                 top = stack[-1]
@@ -212,24 +230,39 @@ class TreeBuilder:
                 tree = self._finish_dir(top)
                 stack.pop()
                 if not stack:
+                    assert tree is not None  # the root is always stored
                     return tree
                 parent = stack[-1]
                 if parent.fd is None:
                     parent.fd = self._reopen_parent(top, parent)
                 self._close(top)
+                if tree is None:
+                    continue
                 self.stats.dirs += 1
                 self._add(parent, Entry(top.name, DIR, stat.S_IMODE(top.mode), top.mtime_ns, tree=tree))
         finally:
             for frame in stack:
                 self._close(frame)
 
-    def _open_dir(self, fd: int, rel: bytes, name: str, st: os.stat_result) -> _Dir:
-        """A frame for the directory open as ``fd`` (closed here if listing it fails)."""
+    def _open_dir(
+        self, fd: int, rel: bytes, name: str, st: os.stat_result, parent: DirScope | None, included: bool
+    ) -> _Dir:
+        """A frame for the directory open as ``fd`` (closed here if listing it fails); ``parent``
+        and ``included`` are what the filter decided for it (ignored without a filter)."""
+        scope = None
         try:
             names = []
             with os.scandir(fd) as it:
                 for item in it:
                     names.append(os.fsencode(item.name))
+            if self._filter is not None:
+                text = None
+                if self._filter.reads_ignore_files and _IGNORE_NAME in names:
+                    text = read_ignore_file(fd, self._display(rel))
+                scope = self._filter.enter(parent, os.fsdecode(rel), included, text)
+        except CasError:
+            os.close(fd)
+            raise
         except PermissionError:
             os.close(fd)
             raise PermissionDenied(f"cannot read directory {self._display(rel)}: permission denied") from None
@@ -241,7 +274,8 @@ class TreeBuilder:
             raise
         names.sort()
         return _Dir(fd, rel, (st.st_dev, st.st_ino), name, st.st_mode, st.st_mtime_ns, names,
-                    DirectoryEncoder(self._store_node), entries=[] if self.on_directory else None)
+                    DirectoryEncoder(self._store_node), entries=[] if self.on_directory else None,
+                    scope=scope, included=included)
 
     @staticmethod
     def _close(frame: _Dir) -> None:
@@ -261,7 +295,11 @@ class TreeBuilder:
             raise Unstable(f"{self._display(parent.rel)} was moved during the snapshot; snapshot it again")
         return fd
 
-    def _finish_dir(self, frame: _Dir) -> str:
+    def _finish_dir(self, frame: _Dir) -> str | None:
+        """The directory's tree ID; None for one left out (not included, and nothing in it stored)."""
+        if not frame.included and not frame.stored and self._filter is not None:
+            self._filter.count(ExcludeReason.INCLUDE, 0)
+            return None
         try:
             tree = frame.encoder.finish()
         except TooLarge as exc:
@@ -272,6 +310,7 @@ class TreeBuilder:
         return tree
 
     def _add(self, frame: _Dir, entry: Entry) -> None:
+        frame.stored += 1
         try:
             frame.encoder.add(entry)
             if frame.entries is not None:
@@ -302,6 +341,16 @@ class TreeBuilder:
             except FileNotFoundError:
                 return None  # vanished while we walked: it is not part of the snapshot
             mode = st.st_mode
+            decision = None
+            if self._filter is not None:
+                assert frame.scope is not None
+                decision = self._filter.decide(frame.scope, os.fsdecode(rel), st)
+                if decision.reason is not None:
+                    return None
+                if decision.other_fs:
+                    self.stats.dirs += 1
+                    self._add(frame, Entry(text, DIR, stat.S_IMODE(mode), st.st_mtime_ns, tree=self._store_tree([])))
+                    return None
             try:
                 if stat.S_ISREG(mode):
                     cached = self._cached(frame, name, st)
@@ -332,7 +381,8 @@ class TreeBuilder:
                     except BaseException:
                         os.close(fd)
                         raise
-                    return self._open_dir(fd, rel, text, dst)
+                    return self._open_dir(fd, rel, text, dst, frame.scope,
+                                          decision.included if decision is not None else True)
                 elif stat.S_ISLNK(mode):
                     try:
                         target = os.fsdecode(os.readlink(name, dir_fd=dir_fd))

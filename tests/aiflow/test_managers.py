@@ -230,6 +230,23 @@ def test_project_upload_download_roundtrip(
     manager.cleanup_project("17", uri)
 
 
+def test_project_upload_honours_casignore(factory: Factory, tmp_path: Path) -> None:
+    manager = factory("cas.aiflow.LocalBlobManager", {"root_directory": str(tmp_path / "root")})
+    project = tmp_path / "proj"
+    _write(project / ".casignore", b"__pycache__/\n*.ckpt\n!best.ckpt\n")
+    _write(project / "train.py", b"print('train')\n")
+    _write(project / "__pycache__" / "train.cpython-311.pyc", b"bytecode")
+    _write(project / "step-100.ckpt", os.urandom(5000))
+    _write(project / "best.ckpt", b"weights")
+    _write(project / "sub" / ".casignore", b"local.cfg\n")
+    _write(project / "sub" / "local.cfg", b"secret=1")
+    uri = manager.upload_project("5", str(project))
+    stats = manager.last_snapshot.stats
+    assert (stats["excluded_by_ignore_file"], stats["excluded_by_ignore_file_bytes"]) == (3, 5000 + 8)
+    path = Path(manager.download_project("5", uri, str(tmp_path / "dl")))
+    assert set(_tree(path)) == {".casignore", "best.ckpt", "train.py", "sub", "sub/.casignore"}
+
+
 def _tree(root: Path) -> dict[str, object]:
     """Everything a restore must reproduce: names, kinds, bytes, link targets, exec bits."""
     out: dict[str, object] = {}

@@ -1,0 +1,158 @@
+"""Lists of gitignore-style patterns, decided by git's rules exactly.
+
+``pathspec`` compiles each line (wildcards, ``**``, character classes, escapes, trailing spaces,
+``!`` negation, comments); this module decides which line of a list speaks for a path the way
+git's ``dir.c`` does:
+
+* a pattern is tested against the path itself, never against its parents: a walk never looks
+  inside an excluded directory, so whatever a parent's exclusion implies was already decided.
+  (pathspec, made to filter flat lists of files, also lets ``foo`` match ``foo/bar``; that is why
+  its ``GitIgnoreSpec`` is not used to decide, only its compiled patterns);
+* a pattern ending in ``/`` matches directories only; one with a ``/`` elsewhere is anchored to
+  the list's directory, one without matches the name at any depth below it;
+* in a list, the last pattern that matches decides: ignored, or for a ``!`` pattern, not ignored.
+
+Between lists (:func:`decide`) the first list with a matching pattern decides, so a caller passes
+them highest precedence first (for ignore files: the deepest directory's first, as git does).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+
+from pathspec.patterns.gitignore.base import GitIgnorePatternError
+from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
+
+IGNORE_FILE_NAME = ".casignore"
+
+# The tails pathspec (1.x) ends its regular expressions with: "foo" matches "foo" or, through the
+# directory marker, anything below it; "foo/" only through the marker.
+_MARK = "(?P<ps_d>/)"
+_MARK_OR_END = f"(?:{_MARK}|$)"
+
+Matcher = Callable[[str, bool], bool]
+"""``(path relative to the list's directory, is a directory) -> the pattern matches it itself``."""
+
+
+def _matcher(line: str, regex: re.Pattern[str]) -> Matcher:
+    """How one compiled pattern matches a path itself (not through one of its parents)."""
+    text = regex.pattern
+    if text == ".":  # "*", "**": everything
+        return lambda rel, is_dir: True
+    if text == _MARK:  # "*/", "**/": every directory
+        return lambda rel, is_dir: is_dir
+    if text == "/":  # "**/*/**": everything below the first level
+        return lambda rel, is_dir: "/" in rel
+    if text.endswith(_MARK_OR_END):  # no trailing slash: the whole path, a file or a directory
+        return lambda rel, is_dir: regex.fullmatch(rel + "/" if is_dir else rel) is not None
+    if text.endswith(_MARK):
+        body = line.rstrip(" ")
+        if body.endswith("/**/"):
+            # "a/**/": directories strictly below a (pathspec writes it as it writes "/a/").
+            return lambda rel, is_dir: is_dir and regex.search(rel) is not None
+        # "a/", "a/b/": directories only.
+        return lambda rel, is_dir: is_dir and regex.fullmatch(rel + "/") is not None
+    if text.endswith("/"):
+        # "a/**": everything strictly below a; matched on the path without a trailing slash, the
+        # "/" the expression ends with can only be one inside it.
+        return lambda rel, is_dir: regex.search(rel) is not None
+    raise RuntimeError(f"unexpected expression {text!r} from pathspec for pattern {line!r}; "
+                       "this version of pathspec is not supported")
+
+
+def _as_git_reads(line: str) -> str:
+    """The line as git uses it: without a carriage return before the newline, and without trailing
+    spaces unless escaped with a backslash. pathspec strips any trailing whitespace itself (a tab
+    too, which git keeps), so a last character that is such whitespace is written as a one
+    character class, which matches the same and is not stripped. Three or more asterisks making up
+    a whole component match as two do in git's wildmatch (pathspec takes them as one)."""
+    if line.endswith("\r"):
+        line = line[:-1]
+    end = len(line)
+    i, last_space = 0, None
+    while i < end:
+        ch = line[i]
+        if ch == " ":
+            if last_space is None:
+                last_space = i
+        elif ch == "\\":
+            i += 1
+            if i == end:
+                break
+            last_space = None
+        else:
+            last_space = None
+        i += 1
+    if last_space is not None:
+        line = line[:last_space]
+    if line and line[-1].isspace() and line[-1] != " ":
+        body = line[:-1]
+        escapes = len(body) - len(body.rstrip("\\"))
+        if escapes % 2:
+            body = body[:-1]  # an escaped tab is a tab
+        line = f"{body}[{line[-1]}]"
+    if "***" in line:
+        negation = "!" if line.startswith("!") else ""
+        parts = line[len(negation):].split("/")
+        line = negation + "/".join("**" if len(p) > 2 and p.strip("*") == "" else p for p in parts)
+    return line
+
+
+class PatternList:
+    """One list of gitignore-style patterns, relative to the directory ``base`` ('' for the root
+    of the walk; a path with ``/`` separators otherwise)."""
+
+    __slots__ = ("_prefix", "_rules", "base", "source")
+
+    def __init__(self, lines: Iterable[str], *, base: str = "", source: str = "") -> None:
+        self.base = base
+        self.source = source
+        self._prefix = base + "/" if base else ""
+        rules: list[tuple[bool, Matcher]] = []
+        for line in lines:
+            if line.startswith("\ufeff") and not rules:
+                line = line[1:]  # git skips a UTF-8 byte order mark at the start of the file
+            line = _as_git_reads(line)
+            try:
+                pattern = GitIgnoreSpecPattern(line)
+            except GitIgnorePatternError:
+                continue  # git ignores a pattern it cannot use (e.g. "!" alone)
+            if pattern.include is None or pattern.regex is None:
+                continue  # blank line, comment, invalid range
+            rules.append((pattern.include, _matcher(line, pattern.regex)))
+        rules.reverse()  # the last matching pattern decides: try them from the end
+        self._rules = tuple(rules)
+
+    @classmethod
+    def from_text(cls, text: str, *, base: str = "", source: str = "") -> PatternList:
+        """The patterns of an ignore file's text: one per line (``\\n``-separated, as git reads them)."""
+        return cls(text.split("\n"), base=base, source=source)
+
+    def __bool__(self) -> bool:
+        return bool(self._rules)
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def decide(self, path: str, is_dir: bool) -> bool | None:
+        """True if the last pattern matching ``path`` (relative to the walk's root, and below
+        :attr:`base`) says ignored, False if it is a ``!`` pattern, None if none matches."""
+        rel = path[len(self._prefix):] if self._prefix else path
+        for ignored, matches in self._rules:
+            if matches(rel, is_dir):
+                return ignored
+        return None
+
+
+def decide(lists: Sequence[PatternList], path: str, is_dir: bool) -> tuple[bool, PatternList | None]:
+    """Whether ``path`` is ignored by ``lists`` (highest precedence first), and the list that
+    decided (None when no pattern matched)."""
+    for patterns in lists:
+        verdict = patterns.decide(path, is_dir)
+        if verdict is not None:
+            return verdict, patterns
+    return False, None
+
+
+__all__ = ["IGNORE_FILE_NAME", "PatternList", "decide"]
