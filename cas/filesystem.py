@@ -76,10 +76,7 @@ class CasFileSystem(AbstractFileSystem):  # type: ignore[misc]
     def _strip_protocol(cls, path: Any) -> str:
         if isinstance(path, list):
             return [cls._strip_protocol(p) for p in path]  # type: ignore[return-value]
-        text = str(path)
-        if text.startswith("cas://"):
-            text = text[len("cas://"):]
-        return text.strip("/")
+        return str(path).removeprefix("cas://").strip("/")
 
     @staticmethod
     def _get_kwargs_from_urls(path: str) -> dict[str, Any]:

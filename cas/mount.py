@@ -58,7 +58,9 @@ def _errors(op: Callable[..., _T]) -> Callable[..., _T]:
             raise OSError(errno.EISDIR, "is a directory") from None
         except (CasError, OSError) as exc:
             code = exc.errno if isinstance(exc, OSError) and exc.errno and not isinstance(exc, CasError) else errno.EIO
-            log.error("%s: %s failed: %s", path.lstrip("/") or "/", op.__name__, exc)
+            where = path.lstrip("/") or "/"
+            text = str(exc) if str(exc).startswith(where + ":") else f"{where}: {exc}"
+            log.error("%s failed (%s): %s", op.__name__, errno.errorcode.get(code, code), text)
             raise OSError(code, os.strerror(code)) from None
 
     return wrapper

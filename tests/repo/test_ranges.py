@@ -18,7 +18,7 @@ from cas import Store
 from cas.errors import ReadError
 from cas.format.keys import pack_key
 from cas.repo.ranges import RangeReader
-from tests.engine import SMALL_CHUNKS, cas_home, store  # noqa: F401 - fixtures
+from tests.engine import cas_home, store  # noqa: F401 - fixtures
 from tests.hostile import forge
 
 MiB = 1 << 20
