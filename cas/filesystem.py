@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
+from backends.base import Backend
 from cas.errors import MissingDependency
 from cas.format.trees import DIR, FILE, SYMLINK
 from cas.ops.view import Node, SnapshotView
@@ -58,7 +59,7 @@ class CasFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     def __init__(
         self,
-        repo: str | None = None,
+        repo: str | Backend | None = None,
         index: str | None = None,
         executions: list[str] | None = None,
         chunk_cache: str | bool | None = None,

@@ -40,6 +40,7 @@ executions does (a new snapshot appears at the top level within this time)."""
 
 _T = TypeVar("_T")
 _KIND = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}
+_DIR_MODE = {"st_mode": stat.S_IFDIR}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
@@ -97,8 +98,10 @@ class Operations:
         return self._attrs(self.view.lookup(path))
 
     @_errors
-    def readdir(self, path: str, fh: int) -> list[str]:
-        return [".", ".."] + [n.name for n in self.view.children(self.view.lookup(path))]
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
+        # With each entry's type (d_type), `find -type f` and `ls` need not stat every file.
+        nodes = self.view.children(self.view.lookup(path))
+        return [(".", _DIR_MODE, 0), ("..", _DIR_MODE, 0)] + [(n.name, {"st_mode": _KIND[n.type]}, 0) for n in nodes]
 
     @_errors
     def readlink(self, path: str) -> str:

@@ -59,18 +59,27 @@ class RangeReader:
             sequential = offset == self._next_sequential
             first = bisect.bisect_right(self._starts, offset) - 1
             last = bisect.bisect_left(self._starts, end) - 1  # the chunk holding byte end - 1
-            want_end = end
-            if sequential:
+            have = all(i in self._kept for i in range(first, last + 1))
+            if not sequential:
+                self._readahead = MIN_READAHEAD
+                if not have:
+                    self._fetch(first, last, last)
+            elif not have or self._kept_after(last) < self._readahead // 2:
+                # Sequential and running out of read-ahead: fetch the next window in one go (not
+                # one chunk per read as the window's far edge moves), and widen it next time.
                 want_end = min(self.size, end + self._readahead)
                 self._readahead = min(MAX_READAHEAD, self._readahead * 2)
-            else:
-                self._readahead = MIN_READAHEAD
-            fetch_last = bisect.bisect_left(self._starts, want_end) - 1
-            self._fetch(first, last, fetch_last)
-            out = b"".join(self._kept[i] for i in range(first, last + 1))
+                self._fetch(first, last, bisect.bisect_left(self._starts, want_end) - 1)
             self._next_sequential = end
-            base = self._starts[first]
-            return out[offset - base : end - base]
+            if first == last:  # the common case: one slice of one chunk, one copy
+                base = self._starts[first]
+                return self._kept[first][offset - base : end - base]
+            parts = []
+            for i in range(first, last + 1):
+                view = memoryview(self._kept[i])
+                base = self._starts[i]
+                parts.append(view[max(0, offset - base) : min(len(view), end - base)])
+            return b"".join(parts)
 
     def _fetch(self, first: int, last: int, fetch_last: int) -> None:
         """Make chunks ``first..last`` present in memory, with ``last+1..fetch_last`` as read-ahead
@@ -96,6 +105,14 @@ class RangeReader:
             if oldest <= last:
                 break
             self._forget(oldest)
+
+    def _kept_after(self, last: int) -> int:
+        """Bytes held in memory for the chunks right after ``last``."""
+        total, i = 0, last + 1
+        while i in self._kept:
+            total += len(self._kept[i])
+            i += 1
+        return total
 
     def _forget(self, i: int) -> None:
         self._kept_bytes -= len(self._kept.pop(i))
