@@ -154,6 +154,15 @@ def measure_mount(tool: MountTool, work: Path, source: Path, tensor: tuple[str, 
         unmount(mnt)
 
 
+def median_of(runs: list[dict[str, object]]) -> dict[str, object]:
+    """Each timing's median over the runs (every run's values kept under ``runs``)."""
+    out: dict[str, object] = {"runs": runs, "files": runs[0]["files"]}
+    for key in ("ready_s", "find_s", "tensor_read_s", "cat_code_s"):
+        values = sorted(float(r[key]) for r in runs)  # type: ignore[arg-type]
+        out[key] = values[len(values) // 2]
+    return out
+
+
 def shlex_quote(path: Path) -> str:
     import shlex
 
@@ -259,7 +268,8 @@ def first_line(cmd: list[str]) -> str:
 def render(results: dict[str, object]) -> str:
     rows = results["mount"]  # type: ignore[index]
     restic = rows.get("restic", {})  # type: ignore[union-attr]
-    lines = ["| tool | mount ready | find -type f (files) | 4 MiB tensor read | cat code/ |", "|---|---|---|---|---|"]
+    size = results["tensor"][2] / (1 << 20)  # type: ignore[index]
+    lines = [f"| tool | mount ready | find -type f (files) | {size:g} MiB tensor read | cat code/ |", "|---|---|---|---|---|"]
     for name, r in rows.items():  # type: ignore[union-attr]
         if "error" in r:
             lines.append(f"| {name} | {r['error']} | | | |")
@@ -273,12 +283,13 @@ def render(results: dict[str, object]) -> str:
                      f"{cell('cat_code_s')} |")
     fs = results.get("fsspec")
     if isinstance(fs, dict):
-        lines += ["", f"fsspec, cold: the 4 MiB tensor read made {fs['backend_gets_for_read']} backend reads "
+        lines += ["", f"fsspec, cold: the {size:g} MiB tensor read made {fs['backend_gets_for_read']} backend reads "
                   f"({fs['bytes_fetched_for_read']} bytes) for {fs['chunks_covering_range']} chunks covering the range "
                   f"(of {fs['chunks_in_file']} in the file); opening the file took {fs['backend_gets_for_lookup']} "
                   "reads (tree nodes)."]
-    lines += ["", f"load average before: {results['loadavg']}; the machine is shared, times are noisy: "
-              "compare ratios within one run."]
+    load = ", ".join(f"{x:.1f}" for x in results["loadavg"])  # type: ignore[attr-defined]
+    lines += ["", f"Medians of {results['repeat']} fresh mounts per tool. Load average before the run: {load} "
+              f"on {os.cpu_count()} cores; on a shared machine times are noisy: compare ratios within one run."]
     return "\n".join(lines)
 
 
@@ -291,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rustic", default=None, help="rustic binary (default: rustic on PATH)")
     p.add_argument("--reuse-workload", action="store_true", help="reuse the workload of the last run with these options")
     p.add_argument("--execution", default="exec-01", help=argparse.SUPPRESS)
+    p.add_argument("--repeat", type=int, default=3, help="fresh mounts per tool; medians are reported (default 3)")
     p.add_argument("--results", type=Path, default=None)
     args = p.parse_args(argv)
     args.tools = args.tools.split(",")
@@ -302,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     tensor = middle_tensor(source / "model" / "model.safetensors")
     log(f"execution {args.execution}: {workload.executions[-1].files} files, tensor {tensor[0]} at {tensor[1]}")
     results: dict[str, object] = {"loadavg": os.getloadavg(), "tensor": tensor, "execution": args.execution,
+                                  "repeat": args.repeat,
                                   "mount": {}, "versions": {}}
     chosen = tools(args, work)
     for name in args.tools:
@@ -315,8 +328,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             log(f"{tool.name}: storing {source}")
             tool.store(source)
-            log(f"{tool.name}: mounting")
-            results["mount"][tool.name] = measure_mount(tool, work, source, tensor)  # type: ignore[index]
+            runs = []
+            for attempt in range(args.repeat):
+                log(f"{tool.name}: mount {attempt + 1} of {args.repeat}")
+                runs.append(measure_mount(tool, work, source, tensor))
+            results["mount"][tool.name] = median_of(runs)  # type: ignore[index]
             log(f"{tool.name}: {results['mount'][tool.name]}")  # type: ignore[index]
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             results["mount"][tool.name] = {"error": str(exc).splitlines()[0][:300]}  # type: ignore[index]

@@ -23,6 +23,7 @@ import shutil
 import stat
 import subprocess
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from functools import wraps
 from typing import Any, TypeVar
@@ -76,6 +77,7 @@ class Operations:
         self.view = view
         self._uid, self._gid = os.getuid(), os.getgid()
         self._files: dict[int, RangeReader] = {}
+        self._listings: OrderedDict[str, list[tuple[str, dict[str, int], int]]] = OrderedDict()
         self._handles = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -99,9 +101,21 @@ class Operations:
 
     @_errors
     def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
-        # With each entry's type (d_type), `find -type f` and `ls` need not stat every file.
-        nodes = self.view.children(self.view.lookup(path))
-        return [(".", _DIR_MODE, 0), ("..", _DIR_MODE, 0)] + [(n.name, {"st_mode": _KIND[n.type]}, 0) for n in nodes]
+        # With each entry's type (d_type), `find -type f` and `ls` need not stat every file. The
+        # kernel reads a directory in more than one call: a stored directory (by tree ID) never
+        # changes, so its listing is kept for the next call.
+        node = self.view.lookup(path)
+        with self._lock:
+            listing = self._listings.get(node.tree) if node.tree else None
+        if listing is None:
+            listing = [(".", _DIR_MODE, 0), ("..", _DIR_MODE, 0)]
+            listing += [(n.name, {"st_mode": _KIND[n.type]}, 0) for n in self.view.children(node)]
+            if node.tree:
+                with self._lock:
+                    self._listings[node.tree] = listing
+                    while len(self._listings) > 256:
+                        self._listings.popitem(last=False)
+        return listing
 
     @_errors
     def readlink(self, path: str) -> str:

@@ -25,7 +25,7 @@ from cas.format.trees import DIR, FILE, SYMLINK, Entry
 from cas.ops.browse import TreeSource
 from cas.repo.ranges import RangeReader
 from cas.repo.repository import Repository
-from cas.types import EntryType
+from cas.types import BlobLocation, EntryType
 
 TOP_MODE = 0o555
 SNAPSHOT_TTL_S = 5.0
@@ -82,6 +82,32 @@ class Node:
         return self.entry.digest if self.entry is not None else ""
 
 
+class RepositoryTrees:
+    """A :class:`TreeSource` reading tree nodes from a repository. Reading a directory locates all
+    its subdirectories' nodes in one index query, ready for when they are read (a walk down the
+    tree then costs one query per directory that has subdirectories, not one per directory)."""
+
+    MAX_KNOWN = 100_000
+
+    def __init__(self, repo: Repository) -> None:
+        self._repo = repo
+        self._known: dict[str, BlobLocation] = {}
+        self._lock = threading.Lock()
+
+    def read_tree(self, tree_id: str) -> list[Entry]:
+        with self._lock:
+            location = self._known.pop(tree_id, None)
+        entries = self._repo.read_tree(tree_id, location)
+        subtrees = [e.tree for e in entries if e.type == DIR]
+        if subtrees:
+            found = self._repo.locate(subtrees)
+            with self._lock:
+                if len(self._known) + len(found) > self.MAX_KNOWN:
+                    self._known.clear()
+                self._known.update(found)
+        return entries
+
+
 class CachedTrees:
     """A :class:`TreeSource` keeping the last ``capacity`` directories read (by tree ID) in memory,
     with their entries by name."""
@@ -128,7 +154,7 @@ class SnapshotView:
     ) -> None:
         self.repo = repo
         self._snapshots = snapshots
-        self._trees = CachedTrees(trees if trees is not None else repo)
+        self._trees = CachedTrees(trees if trees is not None else RepositoryTrees(repo))
         self._only = None if executions is None else list(dict.fromkeys(executions))
         for execution_id in self._only or ():
             snapshots.get(execution_id)  # an unknown ID is an error now, not an empty directory later
