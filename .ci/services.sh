@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install and start what the integration tests need that the test suite does not start itself.
 #   PostgreSQL: the Debian cluster, with a 'cas' role and database, on 127.0.0.1:5432.
+#   FUSE: libfuse 3 and fusermount3 (Debian's fuse3) for 'cas mount' (tests/test_mount.py).
 # The S3 server (moto), the OSS protocol server and the HDFS MiniDFSCluster are started by the test
 # suite's fixtures; Java and Maven come with the machine image, or are installed here.
 set -euo pipefail
@@ -16,6 +17,7 @@ need() {  # need <command> <debian packages...>
 
 need javac openjdk-17-jdk-headless
 need mvn maven
+need fusermount3 fuse3
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need __no_such_command__ postgresql
 
 version="$(ls /usr/lib/postgresql | sort -V | tail -n 1)"

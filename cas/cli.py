@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("repair", help="fix what verify finds, without deleting stored data")
     s.add_argument("--read-data", action="store_true")
 
+    s = sub.add_parser("mount", help="serve executions read-only at MOUNTPOINT through FUSE, until Ctrl-C or 'fusermount -u'")
+    s.add_argument("mountpoint")
+    s.add_argument("--execution", "-e", action="append", default=None, metavar="ID",
+                   help="serve only this execution (repeatable; default: every execution, new ones included)")
+
     # -- AIFlow bridge commands (cas/aiflow/cli.py): `cas aiflow check|upload|download|...` --
     from cas.aiflow import cli as aiflow_cli
 
@@ -517,6 +522,21 @@ def cmd_repair(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mount(store: Store, args: argparse.Namespace) -> int:
+    from cas import mount
+
+    view = store.view(args.execution)
+
+    def ready() -> None:
+        if not args.quiet:
+            sys.stderr.write(f"cas: serving {escape(args.mountpoint)} read-only; stop with Ctrl-C or "
+                             f"'fusermount -u {escape(args.mountpoint)}'\n")
+            sys.stderr.flush()
+
+    mount.serve(view, args.mountpoint, on_ready=ready)
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[Store, argparse.Namespace], int]] = {
     "forget": cmd_forget,
     "gc": cmd_gc,
@@ -531,6 +551,7 @@ _COMMANDS: dict[str, Callable[[Store, argparse.Namespace], int]] = {
     "cat": cmd_cat,
     "restore": cmd_restore,
     "stats": cmd_stats,
+    "mount": cmd_mount,
 }
 
 if __name__ == "__main__":

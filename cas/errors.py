@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 from backends.errors import (
     AlreadyExists,
     CasError,
@@ -25,6 +27,20 @@ class PartialRestore(IntegrityError):
         self.failures = failures
 
 
+class ReadError(IntegrityError, OSError):
+    """A read through a file interface (a range reader, fsspec, the mount) met stored data that
+    failed verification or is missing: an I/O error (``errno`` EIO) for that read, naming the file.
+    No bytes of the failed read are returned."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.EIO
+        self.strerror = message
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 __all__ = [
     "AlreadyExists",
     "CasError",
@@ -34,5 +50,6 @@ __all__ = [
     "NotFound",
     "PartialRestore",
     "PermissionDenied",
+    "ReadError",
     "Unavailable",
 ]

@@ -34,6 +34,7 @@ from cas.ops.sync import RebuildReport, rebuild_index
 from cas.ops.tree_index import IndexedTrees, fill_tree_index
 from cas.ops.tree_builder import OnChange, ProgressFn
 from cas.ops.verify import VerifyReport, verify
+from cas.ops.view import SnapshotView
 from cas.repo.repository import Repository
 from manifests.index import Index
 from manifests.rows import IndexStats, SnapshotRow
@@ -272,6 +273,11 @@ class Store:
         if entry is None or entry.type == DIR:
             raise ConfigurationError(f"{path or '/'} is a directory in execution {execution_id}")
         return browse.open_file(self.repo, entry, path)
+
+    def view(self, executions: list[str] | None = None) -> SnapshotView:
+        """Executions as one read-only tree of paths ``EXECUTION_ID/path`` (what fsspec and the
+        mount serve); ``executions`` limits it to those IDs."""
+        return SnapshotView(self.repo, self, executions=executions)
 
     def diff(self, old_id: str, new_id: str) -> list[Change]:
         """Paths added, removed or changed between two executions (unchanged subtrees skipped).

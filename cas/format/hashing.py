@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import blake3
 
 DIGEST_HEX_LEN = 64
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def hexdigest(data: bytes | bytearray | memoryview) -> str:
@@ -16,8 +19,6 @@ def new_hasher() -> blake3.blake3:
 
 
 def is_digest(text: object) -> bool:
-    return (
-        isinstance(text, str)
-        and len(text) == DIGEST_HEX_LEN
-        and all(c in "0123456789abcdef" for c in text)
-    )
+    """A BLAKE3 hex digest as cas writes it: 64 lowercase hex digits (one regex match: tree
+    decoding checks every chunk ID with it)."""
+    return isinstance(text, str) and _DIGEST.fullmatch(text) is not None

@@ -1,0 +1,218 @@
+"""``cas mount``: stored executions served read-only through FUSE, for tools that are not Python.
+
+``MOUNTPOINT/<execution>/...`` shows each execution's tree with the modes, mtimes, sizes and
+symlinks it was stored with (setuid, setgid and sticky bits dropped; files owned by the user who
+mounted). Names come from :class:`cas.ops.view.SnapshotView`, so none can climb out of the
+mountpoint, and symlinks are returned as links (the kernel resolves them like any link; cas never
+follows one). A file read fetches only the chunks covering it, each verified; a chunk that fails
+verification makes that read fail with EIO and is logged with the file's path.
+
+The mount runs in the foreground until Ctrl-C (SIGINT), SIGTERM or ``fusermount -u MOUNTPOINT``;
+however it ends, the mountpoint is unmounted before :func:`serve` returns or raises.
+
+mfusepy (the ``[mount]`` extra) and libfuse are loaded here and nowhere else in cas.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from functools import wraps
+from typing import Any, TypeVar
+
+from cas.errors import CasError, ConfigurationError, MissingDependency, NotFound
+from cas.format.trees import DIR, FILE, SYMLINK
+from cas.ops.view import Node, SnapshotView
+from cas.repo.ranges import RangeReader
+
+log = logging.getLogger("cas.mount")
+
+CACHE_SECONDS = 60
+"""How long the kernel may keep names and attributes: stored trees never change, only the list of
+executions does (a new snapshot appears at the top level within this time)."""
+
+_T = TypeVar("_T")
+_KIND = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}
+_DIR_MODE = {"st_mode": stat.S_IFDIR}
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+
+def _errors(op: Callable[..., _T]) -> Callable[..., _T]:
+    """Turn cas's errors into the errno FUSE answers with; an I/O failure is logged with its path."""
+
+    @wraps(op)
+    def wrapper(self: Operations, path: str, *args: Any) -> _T:
+        try:
+            return op(self, path, *args)
+        except NotFound:
+            raise OSError(errno.ENOENT, "not found") from None
+        except NotADirectoryError:
+            raise OSError(errno.ENOTDIR, "not a directory") from None
+        except IsADirectoryError:
+            raise OSError(errno.EISDIR, "is a directory") from None
+        except (CasError, OSError) as exc:
+            code = exc.errno if isinstance(exc, OSError) and exc.errno and not isinstance(exc, CasError) else errno.EIO
+            where = path.lstrip("/") or "/"
+            text = str(exc) if str(exc).startswith(where + ":") else f"{where}: {exc}"
+            log.error("%s failed (%s): %s", op.__name__, errno.errorcode.get(code, code), text)
+            raise OSError(code, os.strerror(code)) from None
+
+    return wrapper
+
+
+class Operations:
+    """The FUSE callbacks (mfusepy calls them by name; paths are '/'-rooted and '/'-separated)."""
+
+    use_ns = True
+
+    def __init__(self, view: SnapshotView) -> None:
+        self.view = view
+        self._uid, self._gid = os.getuid(), os.getgid()
+        self._files: dict[int, RangeReader] = {}
+        self._listings: OrderedDict[str, list[tuple[str, dict[str, int], int]]] = OrderedDict()
+        self._handles = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def _attrs(self, node: Node) -> dict[str, int]:
+        mode = _KIND[node.type] | (0o777 if node.type == SYMLINK else node.mode & 0o777)
+        return {
+            "st_mode": mode,
+            "st_nlink": 2 if node.type == DIR else 1,
+            "st_size": node.size,
+            "st_blocks": (node.size + 511) // 512,
+            "st_uid": self._uid,
+            "st_gid": self._gid,
+            "st_mtime": node.mtime_ns,
+            "st_ctime": node.mtime_ns,
+            "st_atime": node.mtime_ns,
+        }
+
+    @_errors
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+        return self._attrs(self.view.lookup(path))
+
+    @_errors
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
+        # With each entry's type (d_type), `find -type f` and `ls` need not stat every file. The
+        # kernel reads a directory in more than one call: a stored directory (by tree ID) never
+        # changes, so its listing is kept for the next call.
+        node = self.view.lookup(path)
+        with self._lock:
+            listing = self._listings.get(node.tree) if node.tree else None
+        if listing is None:
+            listing = [(".", _DIR_MODE, 0), ("..", _DIR_MODE, 0)]
+            listing += [(n.name, {"st_mode": _KIND[n.type]}, 0) for n in self.view.children(node)]
+            if node.tree:
+                with self._lock:
+                    self._listings[node.tree] = listing
+                    while len(self._listings) > 256:
+                        self._listings.popitem(last=False)
+        return listing
+
+    @_errors
+    def readlink(self, path: str) -> str:
+        node = self.view.lookup(path)
+        if node.type != SYMLINK:
+            raise OSError(errno.EINVAL, "not a symlink")
+        return node.target
+
+    @_errors
+    def open(self, path: str, flags: int) -> int:
+        if flags & _WRITE_FLAGS:
+            raise OSError(errno.EROFS, "read-only")
+        reader = self.view.open(self.view.lookup(path))
+        with self._lock:
+            fh = next(self._handles)
+            self._files[fh] = reader
+        return fh
+
+    @_errors
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        with self._lock:
+            reader = self._files.get(fh)
+        if reader is None:
+            raise OSError(errno.EBADF, "bad file handle")
+        return reader.read(offset, size)
+
+    def release(self, path: str, fh: int) -> int:
+        with self._lock:
+            self._files.pop(fh, None)
+        return 0
+
+    def statfs(self, path: str) -> dict[str, int]:
+        return {"f_bsize": 4096, "f_frsize": 4096, "f_namemax": 4096}
+
+
+def serve(view: SnapshotView, mountpoint: str, *, on_ready: Callable[[], None] | None = None) -> None:
+    """Mount ``view`` at ``mountpoint`` and serve it until unmounted or interrupted."""
+    fuse = _load_fuse()
+    mountpoint = os.path.abspath(mountpoint)
+    if not os.path.isdir(mountpoint):
+        raise ConfigurationError(f"mountpoint {mountpoint} is not a directory")
+    if is_mounted(mountpoint):
+        raise ConfigurationError(f"{mountpoint} is already a mountpoint")
+    operations = Operations(view)
+    try:
+        if on_ready is not None:
+            on_ready()
+        fuse.FUSE(
+            operations, mountpoint, foreground=True, ro=True, nosuid=True, nodev=True,
+            default_permissions=True, kernel_cache=True, fsname="cas", subtype="cas",
+            attr_timeout=CACHE_SECONDS, entry_timeout=CACHE_SECONDS,
+        )
+    except RuntimeError as exc:  # libfuse's own failure (mount refused, /dev/fuse missing...)
+        raise CasError(f"could not mount {mountpoint}: libfuse returned {exc} (see the message above)") from None
+    finally:
+        unmount(mountpoint)
+
+
+def is_mounted(mountpoint: str) -> bool:
+    """Whether ``mountpoint`` is in this host's mount table (a dead FUSE mount included, which
+    ``os.path.ismount`` cannot stat)."""
+    wanted = os.path.abspath(mountpoint)
+    return any(point == wanted for point in _mount_points())
+
+
+def _mount_points() -> Iterator[str]:
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 1:
+                    # Spaces and other bytes in mount points are octal escapes there.
+                    yield fields[1].encode("latin-1", "surrogateescape").decode("unicode_escape")
+    except OSError:
+        return
+
+
+def unmount(mountpoint: str) -> None:
+    """Detach a FUSE mount left at ``mountpoint`` (lazily: busy files do not keep it alive). Does
+    nothing when it is not mounted."""
+    if not is_mounted(mountpoint):
+        return
+    for tool in ("fusermount3", "fusermount"):
+        path = shutil.which(tool)
+        if path is None:
+            continue
+        done = subprocess.run([path, "-u", "-z", mountpoint], capture_output=True, check=False)
+        if done.returncode == 0 or not is_mounted(mountpoint):
+            return
+    log.error("could not unmount %s: run 'fusermount -u %s'", mountpoint, mountpoint)
+
+
+def _load_fuse() -> Any:
+    try:
+        import mfusepy
+    except ImportError as exc:
+        raise MissingDependency("cas mount needs mfusepy: pip install 'cas-store[mount]'") from exc
+    except OSError as exc:  # mfusepy found no libfuse
+        raise MissingDependency(f"cas mount needs libfuse ({exc}): apt-get install fuse3") from exc
+    return mfusepy

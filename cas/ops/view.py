@@ -1,0 +1,249 @@
+"""Executions as one read-only directory tree, for the file interfaces (fsspec and the mount).
+
+Paths are ``EXECUTION_ID/path/in/tree``; the top level ('') lists the executions. A path is split
+on '/' and looked up name by name in the stored trees, so a name can never climb out of its
+execution ('..' is not found; stored names cannot hold '/' or be '.' or '..', see
+:func:`cas.format.trees.decode_tree`). Symlinks are entries like any other: the view reports their
+target and never follows one.
+
+Directories come from a :class:`~cas.ops.browse.TreeSource` (entries by tree ID). Trees are
+content-addressed, so what was read for an ID is true forever; :class:`CachedTrees` keeps the most
+recent directories in memory. An index table of tree entries can stand in for reading trees.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from cas.errors import ConfigurationError, NotFound
+from cas.format.trees import DIR, FILE, SYMLINK, Entry
+from cas.ops.browse import TreeSource
+from cas.repo.ranges import RangeReader
+from cas.repo.repository import Repository
+from cas.types import BlobLocation, EntryType
+
+TOP_MODE = 0o555
+SNAPSHOT_TTL_S = 5.0
+"""How long the list of executions (and each execution's root) is reused before asking again."""
+
+
+class SnapshotLike(Protocol):
+    """The fields of a snapshot the view shows (``cas.Snapshot`` has them)."""
+
+    @property
+    def execution_id(self) -> str: ...
+    @property
+    def root(self) -> str: ...
+    @property
+    def time_ns(self) -> int: ...
+    @property
+    def root_mode(self) -> int: ...
+    @property
+    def root_mtime_ns(self) -> int: ...
+
+
+class SnapshotSource(Protocol):
+    """Where the view finds executions (``cas.Store`` is one)."""
+
+    def list(self) -> Iterable[SnapshotLike]: ...
+
+    def get(self, execution_id: str) -> SnapshotLike: ...
+
+
+@dataclass(frozen=True)
+class Node:
+    """One path of the view: the top level, an execution's root, or an entry inside one."""
+
+    path: str
+    type: EntryType
+    mode: int
+    mtime_ns: int
+    size: int = 0
+    entry: Entry | None = None
+    """The tree entry (None for the top level and for an execution's root)."""
+    tree: str = ""
+    """A directory's tree ID ('' for the top level)."""
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def target(self) -> str:
+        return self.entry.target if self.entry is not None else ""
+
+    @property
+    def digest(self) -> str:
+        return self.entry.digest if self.entry is not None else ""
+
+
+class RepositoryTrees:
+    """A :class:`TreeSource` reading tree nodes from a repository. Reading a directory locates all
+    its subdirectories' nodes in one index query, ready for when they are read (a walk down the
+    tree then costs one query per directory that has subdirectories, not one per directory)."""
+
+    MAX_KNOWN = 100_000
+
+    def __init__(self, repo: Repository) -> None:
+        self._repo = repo
+        self._known: dict[str, BlobLocation] = {}
+        self._lock = threading.Lock()
+
+    def read_tree(self, tree_id: str) -> list[Entry]:
+        with self._lock:
+            location = self._known.pop(tree_id, None)
+        entries = self._repo.read_tree(tree_id, location)
+        subtrees = [e.tree for e in entries if e.type == DIR]
+        if subtrees:
+            found = self._repo.locate(subtrees)
+            with self._lock:
+                if len(self._known) + len(found) > self.MAX_KNOWN:
+                    self._known.clear()
+                self._known.update(found)
+        return entries
+
+
+class CachedTrees:
+    """A :class:`TreeSource` keeping the last ``capacity`` directories read (by tree ID) in memory,
+    with their entries by name."""
+
+    def __init__(self, source: TreeSource, capacity: int = 4096) -> None:
+        self._source = source
+        self._capacity = capacity
+        self._cache: OrderedDict[str, tuple[list[Entry], dict[str, Entry]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def read_tree(self, tree_id: str) -> list[Entry]:
+        return self._directory(tree_id)[0]
+
+    def entry(self, tree_id: str, name: str) -> Entry | None:
+        return self._directory(tree_id)[1].get(name)
+
+    def _directory(self, tree_id: str) -> tuple[list[Entry], dict[str, Entry]]:
+        with self._lock:
+            found = self._cache.get(tree_id)
+            if found is not None:
+                self._cache.move_to_end(tree_id)
+                return found
+        entries = self._source.read_tree(tree_id)
+        found = (entries, {e.name: e for e in entries})
+        with self._lock:
+            self._cache[tree_id] = found
+            while len(self._cache) > self._capacity:
+                self._cache.popitem(last=False)
+        return found
+
+
+class SnapshotView:
+    """Look up, list and open paths across executions. Safe to share between threads.
+
+    ``executions`` limits the view to those IDs (each must exist); None shows every execution.
+    """
+
+    def __init__(
+        self,
+        repo: Repository,
+        snapshots: SnapshotSource,
+        trees: TreeSource | None = None,
+        executions: Iterable[str] | None = None,
+    ) -> None:
+        self.repo = repo
+        self._snapshots = snapshots
+        self._trees = CachedTrees(trees if trees is not None else RepositoryTrees(repo))
+        self._only = None if executions is None else list(dict.fromkeys(executions))
+        for execution_id in self._only or ():
+            snapshots.get(execution_id)  # an unknown ID is an error now, not an empty directory later
+        self._lock = threading.Lock()
+        self._roots: dict[str, SnapshotLike] = {}
+        self._roots_at = -SNAPSHOT_TTL_S
+
+    # -- executions ---------------------------------------------------------------------------
+
+    def _executions(self) -> dict[str, SnapshotLike]:
+        with self._lock:
+            if time.monotonic() - self._roots_at < SNAPSHOT_TTL_S:
+                return self._roots
+        if self._only is None:
+            roots = {s.execution_id: s for s in self._snapshots.list()}
+        else:
+            roots = {}
+            for execution_id in self._only:
+                try:
+                    roots[execution_id] = self._snapshots.get(execution_id)
+                except NotFound:
+                    continue  # forgotten since the view was made
+        with self._lock:
+            self._roots, self._roots_at = roots, time.monotonic()
+        return roots
+
+    def _execution(self, execution_id: str) -> SnapshotLike:
+        snap = self._executions().get(execution_id)
+        if snap is None and self._only is None:
+            try:  # not in this host's index (yet): its record on the backend
+                snap = self._snapshots.get(execution_id)
+            except (NotFound, ConfigurationError):
+                snap = None
+        if snap is None:
+            raise NotFound(f"no execution {execution_id!r}")
+        return snap
+
+    # -- paths --------------------------------------------------------------------------------
+
+    def lookup(self, path: str) -> Node:
+        """The node at ``path``; :class:`NotFound` (a FileNotFoundError) when there is none."""
+        parts = split(path)
+        if not parts:
+            snaps = self._executions().values()
+            newest = max((s.time_ns for s in snaps), default=0)
+            return Node("", DIR, TOP_MODE, newest)
+        snap = self._execution(parts[0])
+        node = Node(parts[0], DIR, snap.root_mode, snap.root_mtime_ns, tree=snap.root)
+        for name in parts[1:]:
+            if node.type != DIR:
+                raise NotFound(f"{'/'.join(parts)}: {node.path} is not a directory")
+            entry = self._trees.entry(node.tree, name)
+            if entry is None:
+                raise NotFound(f"{'/'.join(parts)} does not exist")
+            node = _node(node.path + "/" + name, entry)
+        return node
+
+    def children(self, node: Node) -> list[Node]:
+        """The nodes in a directory, in name order; NotADirectoryError for anything else."""
+        if node.type != DIR:
+            raise NotADirectoryError(f"{node.path} is not a directory")
+        if node.path == "":
+            return [Node(s.execution_id, DIR, s.root_mode, s.root_mtime_ns, tree=s.root)
+                    for _, s in sorted(self._executions().items())]
+        return [_node(node.path + "/" + e.name, e) for e in self._trees.read_tree(node.tree)]
+
+    def open(self, node: Node) -> RangeReader:
+        """Random access to a file node's content; each chunk read is verified."""
+        if node.type == DIR:
+            raise IsADirectoryError(f"{node.path or '/'} is a directory")
+        if node.type == SYMLINK:
+            raise ConfigurationError(f"{node.path} is a symlink to {node.target!r}; cas does not follow links")
+        assert node.entry is not None
+        return RangeReader(self.repo, node.entry, node.path)
+
+
+def split(path: str) -> list[str]:
+    """The names in a view path ('' and '.' components dropped). '..' names nothing: stored trees
+    cannot hold it, so it is reported as not found rather than resolved."""
+    parts = [p for p in path.strip("/").split("/") if p and p != "."]
+    if ".." in parts:
+        raise NotFound(f"{path}: '..' is not resolved in a snapshot path")
+    return parts
+
+
+def _node(path: str, entry: Entry) -> Node:
+    if entry.type == FILE:
+        return Node(path, FILE, entry.mode, entry.mtime_ns, entry.size, entry)
+    if entry.type == SYMLINK:
+        return Node(path, SYMLINK, entry.mode, entry.mtime_ns, len(entry.target.encode("utf-8", "surrogateescape")),
+                    entry)
+    return Node(path, DIR, entry.mode, entry.mtime_ns, 0, entry, entry.tree)

@@ -1,0 +1,141 @@
+"""Range reads of stored files: the right bytes for any range, only the covering chunks fetched,
+and a corrupt or lying chunk an error naming the file, never other bytes."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backends.counting import CountingBackend
+from backends.local import LocalBackend
+from cas import Store
+from cas.errors import ReadError
+from cas.format.keys import pack_key
+from cas.repo.ranges import RangeReader
+from tests.engine import cas_home, store  # noqa: F401 - fixtures
+from tests.hostile import forge
+
+MiB = 1 << 20
+_executions = itertools.count()
+
+
+def _stored(store: Store, tmp_path: Path, data: bytes, name: str = "f.bin", execution: str = "run-1") -> RangeReader:
+    src = tmp_path / f"src-{execution}"
+    src.mkdir(exist_ok=True)
+    (src / name).write_bytes(data)
+    store.snapshot(src, execution)
+    node = store.view().lookup(f"{execution}/{name}")
+    return store.view().open(node)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    content=st.binary(min_size=0, max_size=6000),
+    reads=st.lists(st.tuples(st.integers(0, 7000), st.integers(0, 3000)), max_size=12),
+    sequential=st.booleans(),
+)
+def test_any_read_returns_the_files_bytes(
+    store: Store, tmp_path: Path, content: bytes, reads: list[tuple[int, int]], sequential: bool
+) -> None:
+    reader = _stored(store, tmp_path, content, execution=f"run-{next(_executions)}")
+    if sequential:  # consecutive reads from 0, as a reader walking the file does (read-ahead)
+        offset = 0
+        for _, length in reads:
+            assert reader.read(offset, length) == content[offset : offset + length]
+            offset += length
+    for offset, length in reads:
+        assert reader.read(offset, length) == content[offset : offset + length]
+
+
+@pytest.fixture
+def counted(tmp_path: Path, cas_home: Path) -> tuple[Store, CountingBackend]:  # noqa: F811
+    """A store with the default 1 MiB average chunks, no chunk cache, its backend counted."""
+    backend = CountingBackend(LocalBackend(str(tmp_path / "repo")))
+    s = Store.open(backend, index=f"sqlite:///{tmp_path / 'index.sqlite'}", chunk_cache=False)
+    yield s, backend
+    s.close()
+
+
+def test_a_4_mib_read_in_the_middle_fetches_only_the_chunks_covering_it(
+    counted: tuple[Store, CountingBackend], tmp_path: Path
+) -> None:
+    s, backend = counted
+    data = random.Random(7).randbytes(48 * MiB)
+    reader = _stored(s, tmp_path, data, "model.safetensors")
+    offset, length = 21 * MiB + 12345, 4 * MiB
+    locations = s.repo.locate(reader.entry.chunks)
+    covering, position = [], 0
+    for chunk_id in reader.entry.chunks:
+        size = locations[chunk_id].raw_length
+        if position < offset + length and position + size > offset:
+            covering.append(locations[chunk_id])
+        position += size
+    backend.reset()
+
+    assert reader.read(offset, length) == data[offset : offset + length]
+
+    assert backend.calls["get"] == len(backend.gets) <= len(covering) <= 6
+    fetched = sum(n for _key, _offset, n in backend.gets)
+    assert fetched == sum(loc.length for loc in covering)
+    assert {(pack_key(loc.pack_id), loc.offset) for loc in covering} >= {(k, o) for k, o, _n in backend.gets}
+
+
+def test_sequential_reads_read_ahead_and_random_reads_do_not(
+    counted: tuple[Store, CountingBackend], tmp_path: Path
+) -> None:
+    s, backend = counted
+    data = os.urandom(24 * MiB)
+    reader = _stored(s, tmp_path, data)
+    backend.reset()
+    out = bytearray()
+    while len(out) < len(data):
+        out += reader.read(len(out), 128 * 1024)  # a FUSE-sized reader walking the file
+    assert out == data
+    walked = backend.calls["get"]
+    assert walked <= len(reader.entry.chunks) // 2, "sequential reads should fetch several chunks per get"
+
+    backend.reset()
+    reader.read(3 * MiB, 1000)
+    reader.read(17 * MiB, 1000)  # not where the last read ended: only its own chunk
+    assert backend.calls["get"] == 2
+    assert sum(n for _k, _o, n in backend.gets) <= 2 * 4 * MiB
+
+
+def test_a_corrupt_chunk_fails_the_reads_that_need_it_and_names_the_file(store: Store, tmp_path: Path) -> None:
+    data = os.urandom(20_000)
+    reader = _stored(store, tmp_path, data, "weights.bin")
+    chunks = reader.entry.chunks
+    assert len(chunks) > 4
+    bad = store.repo.locate([chunks[2]])[chunks[2]]
+    pack = Path(store.repo.backend.root) / pack_key(bad.pack_id)
+    raw = bytearray(pack.read_bytes())
+    raw[bad.offset + bad.length // 2] ^= 0xFF
+    pack.write_bytes(bytes(raw))
+    starts = [0]
+    for c in chunks:
+        starts.append(starts[-1] + store.repo.locate([c])[c].raw_length)
+
+    reader = store.view().open(store.view().lookup("run-1/weights.bin"))
+    with pytest.raises(ReadError, match="weights.bin") as info:
+        reader.read(starts[2] + 1, 10)
+    assert info.value.errno == 5  # EIO
+    with pytest.raises(ReadError):
+        reader.read(0, len(data))
+    assert reader.read(starts[4], 100) == data[starts[4] : starts[4] + 100]
+    # Read-ahead that meets the bad chunk does not fail a read that does not need it.
+    assert reader.read(0, 10) == data[:10]
+    assert reader.read(10, starts[2] - 10) == data[10 : starts[2]]
+
+
+def test_a_size_the_chunks_do_not_add_up_to_is_refused(store: Store) -> None:
+    content = b"x" * 1000
+    entry = forge.file_entry(store, "liar.bin", content, size=5000)
+    forge.commit(store, "liar", forge.put_tree(store, [entry]))
+    with pytest.raises(ReadError, match="liar.bin"):
+        store.view().open(store.view().lookup("liar/liar.bin"))

@@ -1,0 +1,235 @@
+"""``cas mount`` for real: a ``cas mount`` process serving a FUSE mount, read with real syscalls.
+
+Needs /dev/fuse, libfuse (Debian's fuse3) and mfusepy, which CI installs (.ci/services.sh, the
+``[mount]`` extra).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from cas import Store
+from cas.format.keys import pack_key
+from cas.mount import is_mounted
+from tests.hostile import forge
+from tests.treeutil import describe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+    monkeypatch.setenv("CAS_HOME", str(tmp_path / "home"))
+    s = Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'index.sqlite'}",
+                   chunk_min=256, chunk_avg=1024, chunk_max=4096)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    src = tmp_path / "project"
+    (src / "code" / "pkg").mkdir(parents=True)
+    (src / "model").mkdir()
+    (src / "empty").mkdir()
+    (src / "code" / "train.py").write_text("print('train')\n" * 30)
+    (src / "code" / "pkg" / "__init__.py").write_text("")
+    (src / "model" / "weights.bin").write_bytes(os.urandom(200_000))
+    (src / "odd name \u00e9 \\ 'quoted'.txt").write_text("odd\n")
+    os.symlink("code/train.py", src / "main.py")
+    os.symlink("/nonexistent/absolute", src / "dangling")
+    os.chmod(src / "code" / "train.py", 0o751)
+    os.chmod(src / "code" / "pkg", 0o700)
+    os.utime(src / "code" / "train.py", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    os.utime(src / "code", ns=(1_500_000_000_000_000_001, 1_500_000_000_000_000_001))
+    return src
+
+
+@contextmanager
+def mounted(tmp_path: Path, store: Store, *args: str) -> Iterator[tuple[Path, subprocess.Popen[bytes], Path]]:
+    """A ``cas mount`` process and its mountpoint; unmounted and reaped at the end whatever happens."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir(exist_ok=True)
+    log = tmp_path / "mount.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "cas", "--repo", store.repo.backend.root, "--index",
+           f"sqlite:///{tmp_path / 'index.sqlite'}", "mount", str(mnt), *args]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=out, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not is_mounted(str(mnt)):
+            if proc.poll() is not None:
+                raise AssertionError(f"cas mount exited {proc.returncode}: {log.read_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not mounted after 60 s: {log.read_text()}")
+            time.sleep(0.05)
+        yield mnt, proc, log
+    finally:
+        if proc.poll() is None:
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, check=False)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, check=False)
+
+
+def cas(tmp_path: Path, store: Store, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "cas", "--repo", store.repo.backend.root, "--index",
+                           f"sqlite:///{tmp_path / 'index.sqlite'}", *args],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+def test_the_tree_is_served_as_stored(tmp_path: Path, repo: Store, project: Path) -> None:
+    repo.snapshot(project, "run-42")
+    repo.snapshot(project / "code", "run-43")
+    with mounted(tmp_path, repo) as (mnt, _proc, _log):
+        assert sorted(os.listdir(mnt)) == ["run-42", "run-43"]
+        # types, permission bits, mtimes (to the nanosecond), symlink targets and contents
+        assert describe(str(mnt / "run-42")) == describe(str(project))
+        assert describe(str(mnt / "run-43")) == describe(str(project / "code"))
+        link = os.lstat(mnt / "run-42" / "dangling")
+        assert stat.S_ISLNK(link.st_mode) and os.readlink(mnt / "run-42" / "dangling") == "/nonexistent/absolute"
+        st = os.stat(mnt / "run-42" / "model" / "weights.bin")
+        assert st.st_size == 200_000 and st.st_uid == os.getuid()
+        assert (mnt / "run-42" / "main.py").read_text() == (project / "code" / "train.py").read_text()
+        with pytest.raises(FileNotFoundError):
+            os.stat(mnt / "run-44")
+
+
+def test_range_reads_return_the_files_bytes(tmp_path: Path, repo: Store, project: Path) -> None:
+    repo.snapshot(project, "run-42")
+    data = (project / "model" / "weights.bin").read_bytes()
+    with mounted(tmp_path, repo) as (mnt, _proc, _log):
+        fd = os.open(mnt / "run-42" / "model" / "weights.bin", os.O_RDONLY)
+        try:
+            for offset, length in [(123_457, 4096), (0, 1), (199_990, 100), (77_777, 60_000), (250_000, 10)]:
+                assert os.pread(fd, length, offset) == data[offset : offset + length]
+        finally:
+            os.close(fd)
+
+
+def test_writes_are_refused(tmp_path: Path, repo: Store, project: Path) -> None:
+    repo.snapshot(project, "run-42")
+    with mounted(tmp_path, repo) as (mnt, _proc, _log):
+        attempts = [
+            lambda: os.open(mnt / "run-42" / "new.txt", os.O_WRONLY | os.O_CREAT, 0o644),
+            lambda: os.open(mnt / "run-42" / "code" / "train.py", os.O_RDWR),
+            lambda: os.mkdir(mnt / "run-42" / "dir"),
+            lambda: os.unlink(mnt / "run-42" / "code" / "train.py"),
+            lambda: os.rename(mnt / "run-42" / "main.py", mnt / "run-42" / "other.py"),
+            lambda: os.chmod(mnt / "run-42" / "code" / "train.py", 0o777),
+            lambda: os.symlink("x", mnt / "run-42" / "link2"),
+            lambda: os.mkdir(mnt / "run-44"),
+        ]
+        for attempt in attempts:
+            with pytest.raises(OSError) as info:
+                attempt()
+            assert info.value.errno == errno.EROFS
+        assert describe(str(mnt / "run-42")) == describe(str(project))
+
+
+def test_only_the_named_executions_are_served(tmp_path: Path, repo: Store, project: Path) -> None:
+    repo.snapshot(project, "run-1")
+    repo.snapshot(project, "run-2")
+    with mounted(tmp_path, repo, "--execution", "run-2") as (mnt, _proc, _log):
+        assert os.listdir(mnt) == ["run-2"]
+        with pytest.raises(FileNotFoundError):
+            os.stat(mnt / "run-1")
+
+
+def test_hostile_trees_never_escape_and_symlinks_are_not_followed(tmp_path: Path, repo: Store) -> None:
+    good = forge.put_tree(repo, [forge.file_entry(repo, "ok.txt", b"fine\n")])
+    for i, bad_name in enumerate(["../escape", "a/b", "..", "."]):
+        bad = forge.put_tree(repo, [forge.file_entry(repo, bad_name)])
+        root = forge.put_tree(repo, [
+            {"name": "good", "type": "dir", "mode": 0o755, "mtime_ns": 0, "tree": good},
+            {"name": "hostile", "type": "dir", "mode": 0o755, "mtime_ns": 0, "tree": bad},
+            {"name": "passwd", "type": "symlink", "mode": 0o777, "mtime_ns": 0, "target": "../../../../etc/passwd"},
+            forge.file_entry(repo, "suid", b"#!/bin/sh\n", mode=0o4755),
+        ])
+        forge.commit(repo, f"evil-{i}", root)
+    with mounted(tmp_path, repo) as (mnt, _proc, log):
+        outside_before = sorted(os.listdir(tmp_path))
+        for i in range(4):
+            base = mnt / f"evil-{i}"
+            assert sorted(os.listdir(base)) == ["good", "hostile", "passwd", "suid"]
+            with pytest.raises(OSError) as info:
+                os.listdir(base / "hostile")
+            assert info.value.errno == errno.EIO
+            assert (base / "good" / "ok.txt").read_bytes() == b"fine\n"
+            st = os.lstat(base / "passwd")
+            assert stat.S_ISLNK(st.st_mode) and os.readlink(base / "passwd") == "../../../../etc/passwd"
+            assert stat.S_IMODE(os.stat(base / "suid").st_mode) == 0o755  # setuid dropped
+            with pytest.raises(OSError):
+                os.stat(base / "hostile" / "escape")
+        assert sorted(os.listdir(tmp_path)) == outside_before
+    assert "evil-0/hostile" in log.read_text()
+
+
+def test_a_corrupt_chunk_is_eio_for_that_read_and_logged_with_the_file(tmp_path: Path, repo: Store,
+                                                                      project: Path) -> None:
+    repo.snapshot(project, "run-42")
+    entry = repo.entry("run-42", "model/weights.bin")
+    assert entry is not None
+    loc = repo.repo.locate([entry.chunks[5]])[entry.chunks[5]]
+    pack = Path(repo.repo.backend.root) / pack_key(loc.pack_id)
+    raw = bytearray(pack.read_bytes())
+    raw[loc.offset + 3] ^= 0x01
+    pack.write_bytes(bytes(raw))
+    data = (project / "model" / "weights.bin").read_bytes()
+    with mounted(tmp_path, repo) as (mnt, _proc, log):
+        with pytest.raises(OSError) as info:
+            (mnt / "run-42" / "model" / "weights.bin").read_bytes()
+        assert info.value.errno == errno.EIO
+        fd = os.open(mnt / "run-42" / "model" / "weights.bin", os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+        try:
+            assert os.pread(fd, 512, 0) == data[:512]  # the intact chunks still read
+        finally:
+            os.close(fd)
+        assert (mnt / "run-42" / "code" / "train.py").read_bytes() == (project / "code" / "train.py").read_bytes()
+    assert "run-42/model/weights.bin" in log.read_text()
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "fusermount"])
+def test_it_stops_cleanly_and_leaves_no_mount(tmp_path: Path, repo: Store, project: Path, stop: str) -> None:
+    repo.snapshot(project, "run-42")
+    with mounted(tmp_path, repo) as (mnt, proc, log):
+        assert os.listdir(mnt) == ["run-42"]
+        if stop == "fusermount":
+            subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+        else:
+            proc.send_signal(getattr(signal, stop))
+        assert proc.wait(timeout=30) == 0, log.read_text()
+        assert not is_mounted(str(mnt))
+        assert os.listdir(mnt) == []
+        assert "Traceback" not in log.read_text()
+
+
+def test_bad_mountpoints_and_unknown_executions_are_one_line_errors(tmp_path: Path, repo: Store,
+                                                                   project: Path) -> None:
+    repo.snapshot(project, "run-42")
+    (tmp_path / "mnt").mkdir()
+    for args, wanted in [
+        (["mount", str(tmp_path / "missing")], "not a directory"),
+        (["mount", str(project / "code" / "train.py")], "not a directory"),
+        (["mount", str(tmp_path / "mnt"), "--execution", "run-99"], "run-99"),
+    ]:
+        out = cas(tmp_path, repo, *args)
+        assert out.returncode == 1, out.stderr
+        assert out.stderr.count("\n") == 1 and wanted in out.stderr and "Traceback" not in out.stderr
+        assert not is_mounted(str(tmp_path / "mnt"))
