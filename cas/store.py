@@ -80,16 +80,19 @@ class Store:
         create: bool = True,
         chunk_cache: str | bool | None = None,
         rebind_index: bool = False,
+        chunk_cache_max: int | None = None,
         **config: int,
     ) -> Store:
         """Open (and by default create) a repository. ``config`` sets chunk/pack parameters on creation.
 
         ``chunk_cache``: a directory shared by processes on this host for verified chunks read from a
         remote backend (default: ``$CAS_HOME/cache/chunks`` for remote backends, none for local ones).
+        ``chunk_cache_max``: its cap in bytes, least recently used chunks evicted beyond it (default
+        ``$CAS_CACHE_MAX``, else 10 GiB or a tenth of the free disk space, whichever is smaller).
         """
         repository = Repository.open(
             repo, index=index, create=create, config_overrides=config, chunk_cache=chunk_cache,
-            rebind_index=rebind_index,
+            rebind_index=rebind_index, chunk_cache_max=chunk_cache_max,
         )
         if repository.index_is_new:
             # A new index starts as a copy of what the backend holds (through the fenced commit).
