@@ -106,3 +106,13 @@ def limit_option(text: str) -> int:
 def parse_labels(items: list[str]) -> dict[str, str]:
     """``KEY=VALUE`` items (``snapshot --label``) into a dict; each checked as :func:`parse_label` does."""
     return dict(parse_label(item) for item in items)
+
+
+def size_option(text: str) -> int:
+    """argparse ``type`` for sizes (``10GiB``, ``500MB``, ``2G``, bytes): a bad one is a usage error."""
+    from cas.repo.chunkcache import parse_size
+
+    try:
+        return parse_size(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

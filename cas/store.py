@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from backends.base import Backend
-from cas.errors import ConfigurationError, NotFound
+from cas.errors import ConfigurationError, IntegrityError, NotFound
 from cas.format.records import SnapshotRecord, check_execution_id, check_labels
 from cas.format.trees import DIR, Entry
 from cas.ops import browse, snapshot as snapshot_op
 from cas.ops.browse import Change
 from cas.ops.gc import DEFAULT_GRACE, GcReport, collect_garbage
+from cas.ops.prefetch import PrefetchReport, prefetch
 from cas.ops.repair import RepairReport, repair
 from cas.ops.restore import RestoreReport, Restorer, failure_error
 from cas.ops.select import Selection, When
@@ -123,11 +124,14 @@ class Store:
         use_files_cache: bool = True,
         progress: ProgressFn | None = None,
         on_change: OnChange | str = OnChange.WARN,
+        files_cache_ttl: dt.timedelta | None = None,
     ) -> Snapshot:
         """Store the tree at ``path`` under ``execution_id``.
 
         ``on_change``: what to do with a file that changed while it was read, each of
         :data:`~cas.ops.tree_builder.CHANGE_RETRIES` times it was read again (see :class:`OnChange`).
+        ``files_cache_ttl``: the files cache forgets paths no snapshot has seen for this long
+        (default 30 days).
 
         Taking an ID that exists returns the existing snapshot when the tree is identical and raises
         :class:`AlreadyExists` otherwise.
@@ -136,6 +140,7 @@ class Store:
         snapshot_op.take_snapshot(
             self.repo, os.fspath(path), execution_id, check_labels(labels or {}),
             use_files_cache=use_files_cache, progress=progress, on_change=OnChange(on_change),
+            files_cache_max_age=files_cache_ttl,
         )
         return self.get(execution_id)
 
@@ -225,6 +230,20 @@ class Store:
 
     def stats(self) -> IndexStats:
         return self.repo.index.stats()
+
+    def prefetch(self, execution_ids: list[str]) -> PrefetchReport:
+        """Fill this host's chunk cache with every chunk the executions' files need, so restoring
+        them later reads nothing from the backend (while the cache's cap holds them). A chunk
+        another process is fetching is not fetched again (see :mod:`cas.ops.prefetch`).
+
+        Raises :class:`IntegrityError` naming what could not be fetched, after fetching the rest.
+        """
+        roots = [self.get(execution_id).root for execution_id in execution_ids]
+        report = prefetch(self.repo, roots)
+        if report.failures:
+            more = f" (and {len(report.failures) - 1} more)" if len(report.failures) > 1 else ""
+            raise IntegrityError(f"prefetch: {report.failures[0]}{more}")
+        return report
 
     # -- maintenance --------------------------------------------------------------------------
 

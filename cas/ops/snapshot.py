@@ -7,6 +7,7 @@ through the fenced commit (docs/GC.md). A crash anywhere leaves every committed 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import time
@@ -33,14 +34,17 @@ def take_snapshot(
     use_files_cache: bool = True,
     progress: ProgressFn | None = None,
     on_change: OnChange = OnChange.WARN,
+    files_cache_max_age: dt.timedelta | None = None,
 ) -> None:
     """Store the tree at ``path`` and commit it under ``execution_id`` (validated by the caller).
+    ``files_cache_max_age``: see :class:`~cas.repo.filescache.FilesCache`.
 
     If garbage collection removes blobs the snapshot reused before its commit, nothing is committed
     and the tree is stored again (without the files cache), up to :data:`COMMIT_ATTEMPTS` times.
     """
     for attempt in range(COMMIT_ATTEMPTS):
-        record, referenced = store_tree(repo, path, execution_id, labels, use_files_cache, progress, on_change)
+        record, referenced = store_tree(repo, path, execution_id, labels, use_files_cache, progress, on_change,
+                                        files_cache_max_age)
         missing = commit(repo, record, referenced)
         if not missing:
             return
@@ -56,13 +60,14 @@ def take_snapshot(
 
 def store_tree(
     repo: Repository, path: str, execution_id: str, labels: dict[str, str], use_files_cache: bool,
-    progress: ProgressFn | None, on_change: OnChange,
+    progress: ProgressFn | None, on_change: OnChange, files_cache_max_age: dt.timedelta | None = None,
 ) -> tuple[SnapshotRecord, set[str]]:
     """Steps 1-3 of the write order: every chunk and tree node durable and indexed. Returns the
     record to commit and every blob it references."""
     files_cache = None
     if use_files_cache:
-        files_cache = FilesCache(os.path.join(default_home(), "cache", f"files-v2-{repo.config.repo_id}.sqlite"))
+        files_cache = FilesCache(os.path.join(default_home(), "cache", f"files-v2-{repo.config.repo_id}.sqlite"),
+                                 files_cache_max_age)
     try:
         with BlobWriter(repo) as writer:
             builder = TreeBuilder(writer, Chunker(repo.config), files_cache=files_cache, progress=progress,
