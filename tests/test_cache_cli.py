@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cli(env: dict[str, str], *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "cas", *args], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-m", "cas", *args], check=False, capture_output=True, text=True, env=env)
     assert proc.returncode == code, proc.stderr
     return proc
 

@@ -138,7 +138,11 @@ class ChunkCache:
         if max_bytes is None and os.environ.get(ENV_MAX):
             max_bytes = parse_size(os.environ[ENV_MAX])
         if max_bytes is None:
-            max_bytes = default_max_bytes(self.root, self._total())
+            try:
+                held = self._total()
+            except sqlite3.Error:
+                held = 0
+            max_bytes = default_max_bytes(self.root, held)
         if max_bytes < 0:
             raise ConfigurationError("the cache size must not be negative")
         self.max_bytes = max_bytes
@@ -148,16 +152,34 @@ class ChunkCache:
     def _conn(self) -> sqlite3.Connection:
         """This process's ledger connection (opened again in a forked child). Call under _lock."""
         if self._db is None or self._pid != os.getpid():
-            db = sqlite3.connect(
-                os.path.join(self.root, LEDGER), timeout=60, isolation_level=None, check_same_thread=False
-            )
+            try:
+                db = self._open_ledger()
+            except sqlite3.OperationalError:
+                raise  # busy beyond the timeout, or the directory is not writable: not damage
+            except sqlite3.DatabaseError:
+                # Not a database (any more): the ledger is only accounting, rebuilt from the files.
+                for suffix in ("", "-wal", "-shm"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.root, LEDGER + suffix))
+                db = self._open_ledger()
+            self._db, self._pid = db, os.getpid()
+        return self._db
+
+    def _open_ledger(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            os.path.join(self.root, LEDGER), timeout=60, isolation_level=None, check_same_thread=False
+        )
+        try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # losing the last commits on power loss costs only time
-            self._db, self._pid = db, os.getpid()
             with self._transaction(db):
                 if db.execute("PRAGMA user_version").fetchone()[0] == 0:
                     self._create(db)
-        return self._db
+            db.execute("SELECT value FROM totals WHERE name = 'bytes'").fetchone()
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     @staticmethod
     @contextlib.contextmanager

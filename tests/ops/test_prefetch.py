@@ -95,19 +95,19 @@ def test_prefetch_then_restore_with_the_backend_unreachable(s3_repo: dict[str, A
 def test_prefetch_through_the_cli(s3_repo: dict[str, Any], tmp_path: Path) -> None:
     env = {**os.environ, **s3_repo["env"], "PYTHONPATH": str(ROOT)}
     base = [sys.executable, "-m", "cas", "--repo", s3_repo["url"], "--index", s3_repo["index"]]
-    proc = subprocess.run([*base, "--json", "prefetch", "exec-1", "exec-2"], capture_output=True, text=True, env=env)
+    proc = subprocess.run([*base, "--json", "prefetch", "exec-1", "exec-2"], check=False, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["fetched_chunks"] == report["chunks"] == report["cached"] > 0
-    proc = subprocess.run([*base, "prefetch", "exec-1"], capture_output=True, text=True, env=env)
+    proc = subprocess.run([*base, "prefetch", "exec-1"], check=False, capture_output=True, text=True, env=env)
     assert proc.returncode == 0 and "fetched 0 " in proc.stdout
     _offline_restore(s3_repo, "exec-2", tmp_path / "out")
 
     # A cap too small for the executions: said on stderr, still exit 0 (the cache is best effort).
-    proc = subprocess.run([*base, "--cache-max", "64KiB", "prefetch", "exec-0"], capture_output=True, text=True,
+    proc = subprocess.run([*base, "--cache-max", "64KiB", "prefetch", "exec-0"], check=False, capture_output=True, text=True,
                           env=env)
     assert proc.returncode == 0 and "too small" in proc.stderr
-    proc = subprocess.run([*base, "prefetch", "no-such-exec"], capture_output=True, text=True, env=env)
+    proc = subprocess.run([*base, "prefetch", "no-such-exec"], check=False, capture_output=True, text=True, env=env)
     assert proc.returncode == 1 and proc.stderr.startswith("cas: error:") and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 

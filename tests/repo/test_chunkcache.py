@@ -180,3 +180,17 @@ def test_sizes(text: str, expected: int) -> None:
 def test_bad_sizes(text: str) -> None:
     with pytest.raises(ConfigurationError, match="size"):
         parse_size(text)
+
+
+def test_a_damaged_ledger_is_rebuilt_from_the_entries(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    cache = ChunkCache(str(root), max_bytes=1 << 20)
+    blobs = [os.urandom(3000) for _ in range(3)]
+    for blob in blobs:
+        cache.put(hexdigest(blob), blob)
+    cache.close()
+    (root / "ledger.sqlite").write_bytes(b"this is not a database" * 100)
+    cache = ChunkCache(str(root), max_bytes=1 << 20)
+    assert cache.stats().entries == 3 and cache.stats().bytes == 3 * allocated(3000)
+    assert all(cache.get(hexdigest(b)) == b for b in blobs)
+    cache.close()
