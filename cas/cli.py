@@ -23,6 +23,9 @@ from cas.ops.tree_builder import OnChange
 from cas.options import LabelAction, duration_option, limit_option, parse_labels, size_option, when_option
 from cas.ops.snapshot_filter import SnapshotFilter
 from cas.ops.tree_filter import TreeFilter
+from cas.repo.chunkcache import ChunkCache
+from cas.repo.filescache import expire_files_caches, files_cache_bytes, remove_files_caches
+from cas.repo.repository import default_chunk_cache_dir
 from cas.store import Store
 from cas.terminal import EscapingFormatter, escape, human_size, quote_name
 from cas.format.trees import DIR, FILE, SYMLINK
@@ -46,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", default=os.environ.get("CAS_INDEX"), help="SQLAlchemy URL of the index (env CAS_INDEX)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress or warnings")
+    p.add_argument("--cache-max", type=size_option, default=None, metavar="SIZE",
+                   help="cap of this host's chunk cache, e.g. 10GiB (env CAS_CACHE_MAX; default: 10 GiB or a "
+                   "tenth of the free disk space, whichever is smaller)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("snapshot", help="store a directory (or file) under an execution ID")
@@ -53,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--execution-id", "-e", required=True)
     s.add_argument("--label", "-l", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--no-files-cache", action="store_true", help="read every file even if unchanged")
+    s.add_argument("--files-cache-ttl", type=duration_option, default=os.environ.get("CAS_FILES_CACHE_TTL"),
+                   metavar="DURATION", help="forget files-cache entries of paths no snapshot has seen for this "
+                   "long (env CAS_FILES_CACHE_TTL; default 30d)")
     s.add_argument(
         "--on-change", choices=[c.value for c in OnChange], default=OnChange.WARN.value,
         help="a file that keeps changing while it is read (after 3 re-reads): store it as last read with a "
@@ -131,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("mountpoint")
     s.add_argument("--execution", "-e", action="append", default=None, metavar="ID",
                    help="serve only this execution (repeatable; default: every execution, new ones included)")
+    # -- chunk cache and prefetch (issue 14) --
+    s = sub.add_parser("prefetch", help="fill this host's chunk cache with what executions need")
+    s.add_argument("execution_ids", nargs="+", metavar="ID")
+    s = sub.add_parser("cache", help="this host's chunk cache and files caches: size, cap, entries, hit rate")
+    actions = s.add_subparsers(dest="cache_action", parser_class=_Parser)
+    a = actions.add_parser("prune", help="evict least recently used chunks down to the cap (or --max-size), "
+                           "drop files-cache entries not seen for --files-cache-ttl, remove leftovers")
+    a.add_argument("--max-size", type=size_option, default=None, metavar="SIZE")
+    a.add_argument("--files-cache-ttl", type=duration_option, default=os.environ.get("CAS_FILES_CACHE_TTL"),
+                   metavar="DURATION", help="env CAS_FILES_CACHE_TTL; default 30d")
+    actions.add_parser("clear", help="remove every cached chunk and the files caches")
+    # -- end chunk cache and prefetch --
 
     # -- AIFlow bridge commands (cas/aiflow/cli.py): `cas aiflow check|upload|download|...` --
     from cas.aiflow import cli as aiflow_cli
@@ -225,7 +246,9 @@ def _run(args: argparse.Namespace) -> int:
         return aiflow_cli.run(args)
     if args.command == "rebuild-index":
         return _rebuild_index(args)
-    with Store.open(args.repo, index=args.index) as store:
+    if args.command == "cache":  # this host's caches: no repository needed
+        return cmd_cache(args)
+    with Store.open(args.repo, index=args.index, chunk_cache_max=args.cache_max) as store:
         handler: Callable[[Store, argparse.Namespace], int] = _COMMANDS[args.command]
         return handler(store, args)
 
@@ -262,6 +285,7 @@ def cmd_snapshot(store: Store, args: argparse.Namespace) -> int:
         snap = store.snapshot(
             args.path, args.execution_id, labels=labels, use_files_cache=not args.no_files_cache, progress=progress,
             on_change=args.on_change, chunker=args.chunker, filter=_snapshot_filter(args),
+            files_cache_ttl=args.files_cache_ttl,
         )
     st = snap.stats
     text = (
@@ -398,6 +422,56 @@ def cmd_stats(store: Store, args: argparse.Namespace) -> int:
         f"packs           {st.packs}"
     )
     _emit(args, data, text)
+    return 0
+
+
+def cmd_prefetch(store: Store, args: argparse.Namespace) -> int:
+    report = store.prefetch(list(dict.fromkeys(args.execution_ids)))
+    text = (f"{report.chunks} chunks ({human_size(report.bytes)}) needed: {report.already_cached} were cached, "
+            f"fetched {report.fetched_chunks} ({human_size(report.fetched_bytes)} from {report.packs} packs)")
+    if report.waited_for:
+        text += f", {report.waited_for} packs were being fetched by another process"
+    if report.cached < report.chunks:
+        logging.getLogger("cas").warning(
+            "the cache holds %d of the %d chunks: its cap (%s) is too small for these executions (--cache-max)",
+            report.cached, report.chunks, human_size(store.repo.chunk_cache.max_bytes if store.repo.chunk_cache else 0),
+        )
+    _emit(args, report.to_dict(), text)
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``cas cache [prune|clear]``: the chunk cache of ``$CAS_HOME/cache/chunks`` and the files caches."""
+    cache_dir = os.path.dirname(default_chunk_cache_dir())
+    cache = ChunkCache(default_chunk_cache_dir(), args.cache_max)
+    try:
+        done: dict[str, object] = {}
+        if args.cache_action == "prune":
+            done["evicted"] = cache.prune(args.max_size)
+            done["files_cache_expired"] = expire_files_caches(cache_dir, args.files_cache_ttl)
+        elif args.cache_action == "clear":
+            done["removed"] = cache.clear()
+            done["files_caches_removed"] = remove_files_caches(cache_dir)
+        st = cache.stats()
+    finally:
+        cache.close()
+    files_bytes = files_cache_bytes(cache_dir)
+    data = {**st.to_dict(), "files_cache_bytes": files_bytes, **done}
+    share = f" ({100 * st.bytes / st.max_bytes:.0f}%)" if st.max_bytes else ""
+    rate = f"{100 * st.hit_rate:.1f}%" if st.hit_rate is not None else "-"
+    lines = []
+    if "evicted" in done:
+        lines.append(f"evicted {done['evicted']} chunks; forgot {done['files_cache_expired']} files-cache entries")
+    if "removed" in done:
+        lines.append(f"removed {done['removed']} chunks and {done['files_caches_removed']} files caches")
+    lines += [
+        f"chunk cache   {escape(st.root)}",
+        f"size          {human_size(st.bytes)} of {human_size(st.max_bytes)} cap{share}",
+        f"entries       {st.entries}",
+        f"hit rate      {rate}  ({st.hits} hits, {st.misses} misses)",
+        f"files cache   {human_size(files_bytes)}",
+    ]
+    _emit(args, data, "\n".join(lines))
     return 0
 
 
@@ -552,6 +626,7 @@ _COMMANDS: dict[str, Callable[[Store, argparse.Namespace], int]] = {
     "restore": cmd_restore,
     "stats": cmd_stats,
     "mount": cmd_mount,
+    "prefetch": cmd_prefetch,
 }
 
 if __name__ == "__main__":

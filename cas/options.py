@@ -12,6 +12,7 @@ import re
 
 from cas.errors import ConfigurationError
 from cas.format.records import check_labels
+from cas.repo.chunkcache import parse_size
 
 #: The longest duration --grace and --keep-within accept: far beyond any sensible value, and small
 #: enough that "now minus it" stays a valid date and a nanosecond count.
@@ -108,20 +109,8 @@ def parse_labels(items: list[str]) -> dict[str, str]:
     return dict(parse_label(item) for item in items)
 
 
-_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """A number of bytes: ``500``, ``64K``, ``1.5M``, ``2G``, ``1T`` (units of 1024; a ``B`` or
-    ``iB`` after the unit is allowed, so ``10MB`` and ``10MiB`` are both 10 x 1024 x 1024)."""
-    match = _SIZE.fullmatch(text.strip())
-    if match is None:
-        raise ConfigurationError(f"invalid size {text!r}: use a number of bytes, optionally with K, M, G or T, e.g. 100M")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
-
-
 def size_option(text: str) -> int:
+    """argparse ``type`` for sizes (``10GiB``, ``500MB``, ``2G``, bytes): a bad one is a usage error."""
     try:
         return parse_size(text)
     except ConfigurationError as exc:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from backends.base import Backend
-from cas.errors import ConfigurationError, NotFound
+from cas.errors import ConfigurationError, IntegrityError, NotFound
 from cas.format.config import ChunkerName
 from cas.format.records import SnapshotRecord, check_execution_id, check_labels
 from cas.format.trees import DIR, Entry
@@ -25,6 +25,7 @@ from cas.ops import browse, snapshot as snapshot_op
 from cas.ops.browse import Change, TreeSource
 from cas.ops.find import Found, Target, check_digest, compile_pattern, find as find_files
 from cas.ops.gc import DEFAULT_GRACE, GcReport, collect_garbage
+from cas.ops.prefetch import PrefetchReport, prefetch
 from cas.ops.repair import RepairReport, repair
 from cas.ops.restore import RestoreReport, Restorer, failure_error
 from cas.ops.select import Selection, When
@@ -86,6 +87,7 @@ class Store:
         create: bool = True,
         chunk_cache: str | bool | None = None,
         rebind_index: bool = False,
+        chunk_cache_max: int | None = None,
         **config: int | str,
     ) -> Store:
         """Open (and by default create) a repository. ``config`` sets chunk/pack parameters and the
@@ -93,10 +95,12 @@ class Store:
 
         ``chunk_cache``: a directory shared by processes on this host for verified chunks read from a
         remote backend (default: ``$CAS_HOME/cache/chunks`` for remote backends, none for local ones).
+        ``chunk_cache_max``: its cap in bytes, least recently used chunks evicted beyond it (default
+        ``$CAS_CACHE_MAX``, else 10 GiB or a tenth of the free disk space, whichever is smaller).
         """
         repository = Repository.open(
             repo, index=index, create=create, config_overrides=config, chunk_cache=chunk_cache,
-            rebind_index=rebind_index,
+            rebind_index=rebind_index, chunk_cache_max=chunk_cache_max,
         )
         try:
             if repository.index_is_new:
@@ -132,6 +136,7 @@ class Store:
         on_change: OnChange | str = OnChange.WARN,
         chunker: ChunkerName | str | None = None,
         filter: SnapshotFilter | None = None,
+        files_cache_ttl: dt.timedelta | None = None,
     ) -> Snapshot:
         """Store the tree at ``path`` under ``execution_id``.
 
@@ -144,6 +149,8 @@ class Store:
 
         ``on_change``: what to do with a file that changed while it was read, each of
         :data:`~cas.ops.tree_builder.CHANGE_RETRIES` times it was read again (see :class:`OnChange`).
+        ``files_cache_ttl``: the files cache forgets paths no snapshot has seen for this long
+        (default 30 days).
 
         Taking an ID that exists returns the existing snapshot when the tree is identical and raises
         :class:`AlreadyExists` otherwise.
@@ -153,6 +160,7 @@ class Store:
             self.repo, os.fspath(path), execution_id, check_labels(labels or {}),
             use_files_cache=use_files_cache, progress=progress, on_change=OnChange(on_change),
             chunker=_chunker_name(chunker), filter=SnapshotFilter() if filter is None else filter,
+            files_cache_max_age=files_cache_ttl,
         )
         return self.get(execution_id)
 
@@ -327,6 +335,20 @@ class Store:
 
     def stats(self) -> IndexStats:
         return self.repo.index.stats()
+
+    def prefetch(self, execution_ids: list[str]) -> PrefetchReport:
+        """Fill this host's chunk cache with every chunk the executions' files need, so restoring
+        them later reads nothing from the backend (while the cache's cap holds them). A chunk
+        another process is fetching is not fetched again (see :mod:`cas.ops.prefetch`).
+
+        Raises :class:`IntegrityError` naming what could not be fetched, after fetching the rest.
+        """
+        roots = [self.get(execution_id).root for execution_id in execution_ids]
+        report = prefetch(self.repo, roots)
+        if report.failures:
+            more = f" (and {len(report.failures) - 1} more)" if len(report.failures) > 1 else ""
+            raise IntegrityError(f"prefetch: {report.failures[0]}{more}")
+        return report
 
     # -- maintenance --------------------------------------------------------------------------
 

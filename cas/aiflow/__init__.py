@@ -18,9 +18,10 @@ a name that only these classes resolve, not a path that exists there.
 Guarantees (each fixes something AIFlow's own managers get wrong): upload reads the caller's file
 and never moves or alters it; a download is written under a temporary name and renamed into place
 only when complete and verified against the URI's digest; concurrent downloads of one URI into one
-directory, by threads or processes of one host, are serialised by an ``fcntl.flock`` lock so the
-first fetches and the others find its verified result; every failure raises; a URI not under this
-manager's root is refused; a missing required key raises at construction, naming the key.
+directory, by threads or processes of one host, are serialised by an ``fcntl.flock`` lock (a file
+under ``$CAS_HOME/locks``, never in the caller's directory) so the first fetches and the others
+find its verified result; every failure raises; a URI not under this manager's root is refused; a
+missing required key raises at construction, naming the key.
 
 Index. Without ``index_url`` the engine's default index is used: ``$CAS_INDEX`` if set, else a
 per-host SQLite database under ``$CAS_HOME``. That index only knows what was uploaded on this host,

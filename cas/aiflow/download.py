@@ -3,8 +3,11 @@ complete and checked against the URI.
 
 Protocol, for ``ref`` into ``local_dir`` (final path ``local_dir/<ref.name>``):
 
-1. Take an exclusive ``fcntl.flock`` on ``local_dir`` itself (:func:`exclusive_lock`). Threads
-   and processes of one host downloading into one directory are serialised; no lock file is left.
+1. Take the download lock of ``(local_dir, ref.name)`` (:func:`download_lock`): an exclusive
+   ``fcntl.flock`` on ``$CAS_HOME/locks/download-<hash of the directory's real path and the
+   name>.lock``. Threads and processes of one host downloading one name into one directory are
+   serialised (other names proceed); nothing is ever created in ``local_dir`` for the lock, and the
+   lock file is removed by its holder (:mod:`cas.repo.locks`).
 2. If the final path already holds the result (:func:`is_complete`), return without fetching: for
    a ``file-`` URI a regular file whose BLAKE3 is the URI's digest; for a tree, a directory next
    to a ``.cas-done-<tag>`` marker naming the execution.
@@ -31,6 +34,8 @@ from cas.aiflow.staging import COPY_BLOCK
 from cas.aiflow.uris import CONTENT_NAME, BlobRef
 from cas.errors import AlreadyExists, IntegrityError, NotFound
 from cas.format.hashing import new_hasher
+from cas.repo.locks import exclusive
+from cas.repo.repository import default_home
 
 DOWNLOAD_PREFIX = ".cas-download-"
 DONE_PREFIX = ".cas-done-"
@@ -54,7 +59,7 @@ def download(ref: BlobRef, local_dir: str, store: Callable[[], RestoringStore]) 
     """
     final = os.path.join(local_dir, ref.name)
     marker = os.path.join(local_dir, DONE_PREFIX + name_tag(ref.name))
-    with exclusive_lock(local_dir):
+    with download_lock(local_dir, ref.name):
         if is_complete(ref, final, marker):
             return final, False
         fetch(store(), ref, local_dir, final, marker)
@@ -137,21 +142,21 @@ def _write_marker(path: str, execution_id: str) -> None:
     os.replace(tmp, path)
 
 
+LOCK_DIR = "locks"
+"""Subdirectory of ``$CAS_HOME`` holding download locks while they are held."""
+
+
 @contextlib.contextmanager
-def exclusive_lock(directory: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on the directory ``directory`` itself.
+def download_lock(local_dir: str, name: str) -> Iterator[None]:
+    """Hold the lock for downloads of ``name`` into ``local_dir`` on this host.
 
-    Locking the directory, not a lock file in it, leaves nothing in ``local_dir`` but the result
-    (downloads into one directory are serialised, whatever their names). Each call opens its own
-    file description, so threads of one process exclude each other as processes do. Waiting
-    blocks in the kernel; the lock dies with its holder.
+    The lock lives under ``$CAS_HOME/locks``, never in ``local_dir``: a caller's directory holds
+    only results. It is named by a hash of the directory's real path (so two paths to one
+    directory share it) and the name. Waiting blocks in the kernel; the lock dies with its holder.
+    Processes must share ``$CAS_HOME`` to exclude each other (the default, ``~/.cas``, is per user).
     """
-    import fcntl  # POSIX only, like AIFlow's own managers
-
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(directory, flags)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    where = os.fsencode(os.path.realpath(local_dir)) + b"\0" + os.fsencode(name)
+    locks = os.path.join(default_home(), LOCK_DIR)
+    os.makedirs(locks, mode=0o700, exist_ok=True)
+    with exclusive(os.path.join(locks, f"download-{hashlib.sha256(where).hexdigest()[:32]}.lock")):
         yield
-    finally:
-        os.close(fd)

@@ -7,6 +7,7 @@ through the fenced commit (docs/GC.md). A crash anywhere leaves every committed 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import time
@@ -38,11 +39,13 @@ def take_snapshot(
     on_change: OnChange = OnChange.WARN,
     chunker: ChunkerName | None = None,
     filter: SnapshotFilter | None = None,
+    files_cache_max_age: dt.timedelta | None = None,
 ) -> None:
     """Store the tree at ``path`` and commit it under ``execution_id`` (validated by the caller),
     leaving out what ``filter`` says (nothing without one).
 
     ``chunker``: how files are cut (None: the repository config's chunker).
+    ``files_cache_max_age``: see :class:`~cas.repo.filescache.FilesCache`.
 
     If garbage collection removes blobs the snapshot reused before its commit, nothing is committed
     and the tree is stored again (without the files cache), up to :data:`COMMIT_ATTEMPTS` times.
@@ -51,7 +54,8 @@ def take_snapshot(
         spool = TreeRowSpool(repo.index)
         try:
             record, referenced = store_tree(repo, path, execution_id, labels, use_files_cache, progress, on_change,
-                                            chunker=chunker, spool=spool, filter=filter)
+                                            chunker=chunker, spool=spool, filter=filter,
+                                            files_cache_max_age=files_cache_max_age)
             missing = commit(repo, record, referenced, spool)
         finally:
             spool.close()
@@ -71,12 +75,14 @@ def store_tree(
     repo: Repository, path: str, execution_id: str, labels: dict[str, str], use_files_cache: bool,
     progress: ProgressFn | None, on_change: OnChange, *, chunker: ChunkerName | None = None,
     spool: TreeRowSpool | None = None, filter: SnapshotFilter | None = None,
+    files_cache_max_age: dt.timedelta | None = None,
 ) -> tuple[SnapshotRecord, set[str]]:
     """Steps 1-3 of the write order: every chunk and tree node durable and indexed. Returns the
     record to commit and every blob it references; ``spool`` receives every directory's entries."""
     files_cache = None
     if use_files_cache:
-        files_cache = FilesCache(os.path.join(default_home(), "cache", f"files-v2-{repo.config.repo_id}.sqlite"))
+        files_cache = FilesCache(os.path.join(default_home(), "cache", f"files-v2-{repo.config.repo_id}.sqlite"),
+                                 files_cache_max_age)
     try:
         with BlobWriter(repo) as writer:
             builder = TreeBuilder(writer, Chunker(repo.config, chunker), files_cache=files_cache, progress=progress,

@@ -6,11 +6,17 @@ few seconds are not recorded ("racy" timestamps: a write in the same clock tick 
 mtime), so the cache can make a snapshot faster but never wrong. Cached chunk lists are used only
 if the index still has every chunk.
 
-Stored in SQLite under ``$CAS_HOME/cache/files-<repo id>.sqlite``; losing it costs only time.
+Stored in SQLite under ``$CAS_HOME/cache/files-v2-<repo id>.sqlite``; losing it costs only time.
+
+Entries expire: each records when a snapshot last saw its path (read it, or found it unchanged),
+and a snapshot's commit forgets entries not seen for ``max_age`` (default :data:`DEFAULT_MAX_AGE`,
+30 days), so paths that are gone, or no longer snapshotted from this host, do not stay forever.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import glob
 import json
 import os
 import sqlite3
@@ -19,6 +25,10 @@ from dataclasses import dataclass
 
 _RACY_NS = 2_000_000_000
 _PENDING_ROWS = 2000
+DEFAULT_MAX_AGE = dt.timedelta(days=30)
+"""Entries for paths no snapshot has seen for this long are forgotten."""
+FILE_PATTERN = "files-*.sqlite"
+"""The names of files caches under ``$CAS_HOME/cache`` (one per repository)."""
 
 
 @dataclass(frozen=True)
@@ -34,21 +44,30 @@ class FilesCache:
     neither a huge directory nor a huge snapshot makes the cache grow the process.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, max_age: dt.timedelta | None = None) -> None:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         self._db = sqlite3.connect(path, timeout=30, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA temp_store=FILE")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS files (dir BLOB, name BLOB, size INTEGER, mtime_ns INTEGER,"
-            " ctime_ns INTEGER, inode INTEGER, dev INTEGER, digest TEXT, chunks TEXT, PRIMARY KEY (dir, name))"
+            " ctime_ns INTEGER, inode INTEGER, dev INTEGER, digest TEXT, chunks TEXT, seen_ns INTEGER,"
+            " PRIMARY KEY (dir, name))"
         )
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(files)")]
+        if "seen_ns" not in columns:  # a cache written before entries expired: seen now
+            with self._db:
+                self._db.execute("ALTER TABLE files ADD COLUMN seen_ns INTEGER")
+                self._db.execute("UPDATE files SET seen_ns = ?", (time.time_ns(),))
         self._db.execute(
             "CREATE TEMP TABLE pending (dir BLOB, name BLOB, size INTEGER, mtime_ns INTEGER,"
-            " ctime_ns INTEGER, inode INTEGER, dev INTEGER, digest TEXT, chunks TEXT)"
+            " ctime_ns INTEGER, inode INTEGER, dev INTEGER, digest TEXT, chunks TEXT, seen_ns INTEGER)"
         )
+        self._db.execute("CREATE TEMP TABLE seen (dir BLOB, name BLOB)")
         self._pending: list[tuple[object, ...]] = []
-        self._cutoff = time.time_ns() - _RACY_NS
+        self._started = time.time_ns()
+        self._cutoff = self._started - _RACY_NS
+        self.max_age = DEFAULT_MAX_AGE if max_age is None else max_age
 
     def lookup(self, directory: bytes, names: list[bytes]) -> dict[bytes, tuple[tuple[int, ...], CachedFile]]:
         """``name -> ((size, mtime, ctime, inode, dev), cached file)`` for ``names`` of ``directory``
@@ -70,6 +89,11 @@ class FilesCache:
                 out[bytes(name)] = ((size, mtime, ctime, inode, dev), CachedFile(digest, tuple(json.loads(chunks))))
             except ValueError:
                 continue
+        # The names asked about exist now: their entries were seen (kept from expiring at commit).
+        seen = [(directory, name) for name in names if name in out]
+        if seen:
+            with self._db:
+                self._db.executemany("INSERT INTO temp.seen VALUES (?, ?)", seen)
         return out
 
     @staticmethod
@@ -84,22 +108,97 @@ class FilesCache:
             return
         self._pending.append(
             (directory, name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, digest,
-             json.dumps(list(chunks)))
+             json.dumps(list(chunks)), self._started)
         )
         if len(self._pending) >= _PENDING_ROWS:
             self._spill()
 
     def _spill(self) -> None:
         with self._db:
-            self._db.executemany("INSERT INTO temp.pending VALUES (?,?,?,?,?,?,?,?,?)", self._pending)
+            self._db.executemany("INSERT INTO temp.pending VALUES (?,?,?,?,?,?,?,?,?,?)", self._pending)
         self._pending = []
 
     def commit(self) -> None:
-        """Record what this snapshot read; call only after its chunks are durable."""
+        """Record what this snapshot read and saw, and forget entries not seen for ``max_age``;
+        call only after its chunks are durable."""
         self._spill()
         with self._db:
-            self._db.execute("INSERT OR REPLACE INTO files SELECT * FROM temp.pending")
+            self._db.execute(
+                "INSERT OR REPLACE INTO files (dir, name, size, mtime_ns, ctime_ns, inode, dev, digest, chunks,"
+                " seen_ns) SELECT * FROM temp.pending"
+            )
+            self._db.execute(
+                "UPDATE files SET seen_ns = ? WHERE seen_ns < ? AND (dir, name) IN (SELECT dir, name FROM temp.seen)",
+                (self._started, self._started),
+            )
             self._db.execute("DELETE FROM temp.pending")
+            self._db.execute("DELETE FROM temp.seen")
+        self.expire()
+
+    def expire(self) -> int:
+        """Forget entries whose paths no snapshot has seen for ``max_age``; returns how many."""
+        cutoff = time.time_ns() - int(self.max_age.total_seconds() * 1e9)
+        with self._db:
+            return int(self._db.execute("DELETE FROM files WHERE seen_ns < ?", (cutoff,)).rowcount)
+
+    def compact(self) -> None:
+        """Give the space of forgotten entries back to the file system, unless a snapshot is
+        using the cache (then later entries reuse it anyway)."""
+        try:
+            self._db.execute("VACUUM")
+        except sqlite3.OperationalError:
+            pass
+
+    def entries(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM files").fetchone()[0])
 
     def close(self) -> None:
         self._db.close()
+
+
+def files_cache_paths(cache_dir: str) -> list[str]:
+    """The files caches (one per repository) under ``cache_dir`` (``$CAS_HOME/cache``)."""
+    return sorted(glob.glob(os.path.join(glob.escape(cache_dir), FILE_PATTERN)))
+
+
+def files_cache_bytes(cache_dir: str) -> int:
+    """Bytes the files caches under ``cache_dir`` take, their SQLite journals included."""
+    total = 0
+    for path in files_cache_paths(cache_dir):
+        for part in (path, path + "-wal", path + "-shm"):
+            try:
+                total += os.stat(part).st_size
+            except OSError:
+                pass
+    return total
+
+
+def expire_files_caches(cache_dir: str, max_age: dt.timedelta | None = None) -> int:
+    """Forget, in every files cache under ``cache_dir``, entries not seen for ``max_age`` (default
+    :data:`DEFAULT_MAX_AGE`), and give the space back to the file system; returns how many."""
+    forgotten = 0
+    for path in files_cache_paths(cache_dir):
+        try:
+            cache = FilesCache(path, max_age)
+        except sqlite3.Error:
+            continue  # not a database any more: it is only a cache, the next snapshot replaces it
+        try:
+            forgotten += cache.expire()
+            cache.compact()
+        finally:
+            cache.close()
+    return forgotten
+
+
+def remove_files_caches(cache_dir: str) -> int:
+    """Delete every files cache under ``cache_dir``; returns how many. A snapshot running meanwhile
+    keeps writing to the copy it has open, which is then lost: it costs the next snapshot time only."""
+    removed = 0
+    for path in files_cache_paths(cache_dir):
+        for part in (path, path + "-wal", path + "-shm"):
+            try:
+                os.unlink(part)
+            except FileNotFoundError:
+                continue
+            removed += part == path
+    return removed

@@ -36,6 +36,10 @@ def default_home() -> str:
     return os.path.abspath(os.path.expanduser(os.environ.get("CAS_HOME") or "~/.cas"))
 
 
+def default_chunk_cache_dir() -> str:
+    return os.path.join(default_home(), "cache", "chunks")
+
+
 def default_repo_url() -> str:
     return os.environ.get("CAS_REPO") or os.path.join(default_home(), "repo")
 
@@ -79,9 +83,12 @@ class Repository:
         config_overrides: dict[str, int | str] | None = None,
         chunk_cache: str | bool | None = None,
         rebind_index: bool = False,
+        chunk_cache_max: int | None = None,
     ) -> Repository:
         """``chunk_cache``: a directory, True for ``$CAS_HOME/cache/chunks``, False for none, or None
         for the default: on for remote backends, off for a local directory (nothing to save).
+        ``chunk_cache_max``: its cap in bytes (default ``$CAS_CACHE_MAX``, else see
+        :func:`cas.repo.chunkcache.default_max_bytes`).
 
         The index must describe this repository at this location (:meth:`Index.bind`);
         ``rebind_index`` accepts a different location (for rebuilding the index from this backend)."""
@@ -107,8 +114,8 @@ class Repository:
             )
         cache = None
         if chunk_cache:
-            root = chunk_cache if isinstance(chunk_cache, str) else os.path.join(default_home(), "cache", "chunks")
-            cache = ChunkCache(root)
+            root = chunk_cache if isinstance(chunk_cache, str) else default_chunk_cache_dir()
+            cache = ChunkCache(root, chunk_cache_max)
         repo = cls(backend, config, index, cache)
         repo.index_is_new = new_index
         return repo
@@ -117,6 +124,8 @@ class Repository:
         return redact_url(self.backend.describe())
 
     def close(self) -> None:
+        if self.chunk_cache is not None:
+            self.chunk_cache.close()
         self.index.close()
         self.backend.close()
 

@@ -1,0 +1,77 @@
+"""The files cache forgets paths that no snapshot has seen for its time to live."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from cas import Store
+from cas.repo.filescache import FilesCache, expire_files_caches, files_cache_paths
+
+OLD = 1_600_000_000_000_000_000
+
+
+def _files(root: Path, n: int) -> Path:
+    root.mkdir(parents=True)
+    for i in range(n):
+        p = root / f"f{i}"
+        p.write_bytes(os.urandom(2000))
+        os.utime(p, ns=(OLD, OLD))  # well past the racy window: the cache records them
+    return root
+
+
+def _entries(home: Path) -> int:
+    (path,) = files_cache_paths(str(home / "cache"))
+    with sqlite3.connect(path) as db:
+        return int(db.execute("SELECT COUNT(*) FROM files").fetchone()[0])
+
+
+def test_entries_expire_unless_a_snapshot_sees_their_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("CAS_HOME", str(home))
+    a, b = _files(tmp_path / "a", 4), _files(tmp_path / "b", 3)
+    ttl = dt.timedelta(seconds=1)
+    with Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'i.sqlite'}") as store:
+        store.snapshot(a, "a-1", files_cache_ttl=ttl)
+        assert _entries(home) == 4
+        time.sleep(1.2)
+        # Unchanged files come from the cache, and being seen keeps them from expiring.
+        assert store.snapshot(a, "a-2", files_cache_ttl=ttl).stats["files_from_cache"] == 4
+        assert _entries(home) == 4
+        time.sleep(1.2)
+        store.snapshot(b, "b-1", files_cache_ttl=ttl)  # a/ not seen for over a second: forgotten
+        assert _entries(home) == 3
+        assert store.snapshot(a, "a-3").stats["files_from_cache"] == 0  # read again
+        assert _entries(home) == 7  # the default time to live (30 days) keeps b/'s entries
+        assert store.snapshot(b, "b-2").stats["files_from_cache"] == 3
+
+
+def test_prune_expires_every_files_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("CAS_HOME", str(home))
+    with Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'i.sqlite'}") as store:
+        store.snapshot(_files(tmp_path / "a", 5), "a-1")
+    assert expire_files_caches(str(home / "cache"), dt.timedelta(days=1)) == 0
+    time.sleep(0.05)
+    assert expire_files_caches(str(home / "cache"), dt.timedelta(0)) == 5
+    assert _entries(home) == 0
+
+
+def test_a_cache_from_before_expiry_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "files-v2-x.sqlite"
+    with sqlite3.connect(path) as db:  # the table as cas wrote it before entries expired
+        db.execute(
+            "CREATE TABLE files (dir BLOB, name BLOB, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER,"
+            " inode INTEGER, dev INTEGER, digest TEXT, chunks TEXT, PRIMARY KEY (dir, name))"
+        )
+        db.execute("INSERT INTO files VALUES (?, ?, 1, 2, 3, 4, 5, 'd', '[\"c\"]')", (b"/x", b"y"))
+    cache = FilesCache(str(path))
+    assert cache.lookup(b"/x", [b"y"])[b"y"][0] == (1, 2, 3, 4, 5)
+    cache.commit()
+    assert cache.entries() == 1  # counted as seen at the upgrade, so nothing expires at once
+    cache.close()
