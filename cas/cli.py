@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("execution_id")
     s.add_argument("dest")
     s.add_argument("--path", default=None, help="restore only this file or subtree, as DEST/<its name>")
-    s.add_argument("--overwrite", action="store_true", help="restore into a non-empty directory")
+    s.add_argument("--overwrite", action="store_true",
+                   help="restore into a non-empty directory, writing only entries that differ")
+    s.add_argument("--delete", action="store_true", help="with --overwrite: remove what the execution lacks")
+    s.add_argument("--trust-mtime", action="store_true",
+                   help="with --overwrite: take a file of the right size and mtime as unchanged without reading it")
     s.add_argument("--same-permissions", action="store_true", help="keep setuid/setgid bits")
 
     sub.add_parser("stats", help="logical and stored bytes, dedup ratio, chunk and pack counts")
@@ -283,10 +287,16 @@ def cmd_restore(store: Store, args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             same_permissions=args.same_permissions,
             progress=progress,
+            delete=args.delete,
+            trust_mtime=args.trust_mtime,
         )
-    data = {"files": report.files, "dirs": report.dirs, "symlinks": report.symlinks, "bytes": report.bytes}
-    _emit(args, data, f"restored {report.files} files, {report.dirs} directories, {report.symlinks} symlinks, "
-          f"{human_size(report.bytes)} into {escape(args.dest)}")
+    text = (f"restored {report.files} files, {report.dirs} directories, {report.symlinks} symlinks, "
+            f"{human_size(report.bytes)} into {escape(args.dest)}")
+    if args.overwrite:
+        text += (f"\n{report.written} entries written ({human_size(report.written_bytes)}, "
+                 f"{human_size(report.reused_bytes)} of it from files already there), "
+                 f"{report.unchanged} unchanged, {report.deleted} deleted")
+    _emit(args, report.to_dict(), text)
     return 0
 
 

@@ -202,8 +202,14 @@ class Store:
         overwrite: bool = False,
         same_permissions: bool = False,
         progress: ProgressFn | None = None,
+        delete: bool = False,
+        trust_mtime: bool = False,
     ) -> RestoreReport:
         """Restore an execution (or one path of it, as ``dest/<its name>``) into ``dest``.
+
+        With ``overwrite`` into a non-empty ``dest``, entries that already match are left untouched
+        and only what differs is written; ``delete`` also removes what the execution lacks;
+        ``trust_mtime`` takes a file of the right size and mtime as matching without reading it.
 
         Raises :class:`PartialRestore` listing what could not be restored, after restoring everything else.
         """
@@ -214,7 +220,8 @@ class Store:
             meta = (snap.root_mode, snap.root_mtime_ns)
         else:
             entries, meta = [entry], None
-        restorer = Restorer(self.repo, overwrite=overwrite, same_permissions=same_permissions, progress=progress)
+        restorer = Restorer(self.repo, overwrite=overwrite, same_permissions=same_permissions, progress=progress,
+                            delete=delete, trust_mtime=trust_mtime)
         report = restorer.restore(entries, os.fspath(dest), meta)
         if report.failures:
             raise failure_error(report)
