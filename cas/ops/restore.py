@@ -36,7 +36,7 @@ from typing import NamedTuple
 from cas.errors import PartialRestore, AlreadyExists, CasError, ConfigurationError, IntegrityError, Unavailable
 from cas.format.hashing import hexdigest
 from cas.ops.restore_local import (
-    TMP_PREFIX, LocalChunks, OldFile, content, examine_file, is_abandoned, remove_entry, temporary_tag,
+    TMP_PREFIX, LocalChunks, OldFile, TaskView, content, examine_file, is_abandoned, remove_entry, temporary_tag,
 )
 from cas.repo.reader import prefetch
 from cas.repo.repository import Repository
@@ -142,6 +142,7 @@ class Restorer:
         self._tmp_tag = temporary_tag()
         self._tmp_counter = itertools.count()
         self._local = LocalChunks()
+        self._file_seq = itertools.count()
         self._lock = threading.Lock()
         self._dest = ""
         self._delete_root = True
@@ -249,13 +250,15 @@ class Restorer:
             if self.overwrite:
                 present = self._survey(dir_fd, entries, prefix)
             # One index query for this directory: its files' chunks and its subdirectories' trees.
+            # Sequence numbers (and expected chunks of files that may match) before any prefetch.
+            tasks = {e.name: self._file_task(e, present.get(e.name)) for e in entries if e.type == FILE}
             locations = self.repo.locate(
                 c for e in entries for c in (e.chunks if e.type == FILE else (e.tree,) if e.type == DIR else ())
             )
-            # A file that may already match (same size in place) is read here before anything is
-            # fetched for it; so are chunks this restore found in the destination.
+            # A file in place (which may match, or hold some of the chunks) is read before anything
+            # is fetched for it; so are chunks this restore found in the destination.
             small = [locations[c] for e in entries if e.type == FILE and e.size <= _PREFETCH_FILE_SIZE
-                     and not _maybe_same(e, present.get(e.name))
+                     and not _is_file(present.get(e.name))
                      for c in e.chunks if c in locations and c not in self._local
                      and (self.repo.chunk_cache is None or c not in self.repo.chunk_cache)]
             prefetched = prefetch(self.repo, small) if len(small) > 1 else None
@@ -270,7 +273,7 @@ class Restorer:
                         self._symlink(dir_fd, entry, path, present.get(entry.name))
                     else:
                         job.pending.append((path, self._pool.submit(
-                            self._file, dir_fd, entry, path, locations, prefetched, _is_file(present.get(entry.name)))))
+                            self._file, dir_fd, entry, path, locations, prefetched, *tasks[entry.name])))
                 except (CasError, OSError) as exc:
                     self._fail(path, exc)
         except BaseException:
@@ -427,20 +430,35 @@ class Restorer:
         self.report.symlinks += 1
         self.report.written += 1
 
+    def _file_task(self, entry: Entry, present: os.stat_result | None) -> tuple[int, bool, threading.Event | None]:
+        """A file's task arguments: its sequence number, whether a file is in place, and for one that
+        is likely to match (same size), the event its comparison sets (see LocalChunks.expect)."""
+        seq = next(self._file_seq)
+        exists = _is_file(present)
+        compared = None
+        if exists and present is not None and present.st_size == entry.size:
+            compared = self._local.expect(entry, seq)
+        return seq, exists, compared
+
     def _file(
         self, dir_fd: int, entry: Entry, path: str, locations: dict,  # type: ignore[type-arg]
-        prefetched: dict | None, exists: bool = False,  # type: ignore[type-arg]
+        prefetched: dict | None, seq: int = 0, exists: bool = False,  # type: ignore[type-arg]
+        compared: threading.Event | None = None,
     ) -> _Done:
         old: OldFile | None = None
         if exists:
-            found = examine_file(dir_fd, entry, self._mode(entry.mode), trust_mtime=self.trust_mtime,
-                                 config=self.repo.config)
-            if found.matches:
-                self._local.add_file(self._full_path(path), entry, locations)
-                return _Done(entry.size, False, meta_fixed=found.meta_fixed)
-            old = found.old
+            try:
+                found = examine_file(dir_fd, entry, self._mode(entry.mode), trust_mtime=self.trust_mtime,
+                                     config=self.repo.config)
+                if found.matches:
+                    self._local.add_file(self._full_path(path), entry, locations)
+                    return _Done(entry.size, False, meta_fixed=found.meta_fixed)
+                old = found.old
+            finally:
+                if compared is not None:
+                    compared.set()
         try:
-            return self._write_file(dir_fd, entry, path, locations, prefetched, old)
+            return self._write_file(dir_fd, entry, path, locations, prefetched, old, seq)
         finally:
             if old is not None:
                 old.close()
@@ -450,11 +468,11 @@ class Restorer:
 
     def _write_file(
         self, dir_fd: int, entry: Entry, path: str, locations: dict,  # type: ignore[type-arg]
-        prefetched: dict | None, old: OldFile | None,  # type: ignore[type-arg]
+        prefetched: dict | None, old: OldFile | None, seq: int = 0,  # type: ignore[type-arg]
     ) -> _Done:
-        sources: list[OldFile | LocalChunks] = [old] if old is not None else []
+        sources: list[OldFile | TaskView] = [old] if old is not None else []
         if self.overwrite:
-            sources.append(self._local)
+            sources.append(self._local.for_task(seq))
         reused = [0]
         tmp: str | None = None
         fd = self._unnamed_file(dir_fd)
@@ -605,11 +623,6 @@ def failure_error(report: RestoreReport) -> PartialRestore:
     shown = "; ".join(msg for _path, msg in report.failures[:5])
     more = f" (and {len(report.failures) - 5} more)" if len(report.failures) > 5 else ""
     return PartialRestore(f"{len(report.failures)} entries could not be restored: {shown}{more}", report.failures)
-
-
-def _maybe_same(entry: Entry, present: os.stat_result | None) -> bool:
-    """Whether an existing entry could be the file ``entry`` (a regular file of its size)."""
-    return present is not None and stat.S_ISREG(present.st_mode) and present.st_size == entry.size
 
 
 def _is_file(present: os.stat_result | None) -> bool:

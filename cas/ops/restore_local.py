@@ -171,14 +171,29 @@ class LocalChunks:
 
     Shared by the restore's workers. A read reopens the file by path without following a final
     symlink, checks it is the same file (device, inode, size) and hashes the bytes read.
+
+    A file that is still to be compared (it may well match) is *expected*: its chunks count as held
+    while the comparison runs, and a reader waits for it. Each file task has a sequence number in
+    submission order and waits only on files submitted before it; the pool takes tasks in that
+    order, so whatever it waits on is already running and no wait can be circular.
     """
 
     def __init__(self) -> None:
         self._where: dict[str, tuple[str, tuple[int, int, int], int, int]] = {}
+        self._expected: dict[str, tuple[int, threading.Event]] = {}
         self._lock = threading.Lock()
 
     def __contains__(self, chunk_id: str) -> bool:
-        return chunk_id in self._where
+        return chunk_id in self._where or chunk_id in self._expected
+
+    def expect(self, entry: Entry, seq: int) -> threading.Event:
+        """Announce that file task ``seq`` may soon hold ``entry``'s chunks; set the event when done."""
+        done = threading.Event()
+        with self._lock:
+            for chunk_id in entry.chunks:
+                if chunk_id not in self._where:
+                    self._expected.setdefault(chunk_id, (seq, done))
+        return done
 
     def add_file(self, path: str, entry: Entry, locations: dict[str, BlobLocation]) -> None:
         """Record a file of the destination at ``path`` whose content is ``entry``'s."""
@@ -196,10 +211,19 @@ class LocalChunks:
                 self._where.setdefault(chunk_id, (path, ident, offset, length))
                 offset += length
 
-    def read(self, chunk_id: str) -> bytes | None:
+    def for_task(self, seq: int) -> TaskView:
+        return TaskView(self, seq)
+
+    def read(self, chunk_id: str, seq: int) -> bytes | None:
         where = self._where.get(chunk_id)
         if where is None:
-            return None
+            expected = self._expected.get(chunk_id)
+            if expected is None or expected[0] >= seq:
+                return None
+            expected[1].wait()
+            where = self._where.get(chunk_id)
+            if where is None:
+                return None
         path, ident, offset, length = where
         try:
             fd = os.open(path, _READ_FLAGS)
@@ -217,13 +241,24 @@ class LocalChunks:
         return data if len(data) == length and hexdigest(data) == chunk_id else None
 
 
+@dataclass(frozen=True)
+class TaskView:
+    """:class:`LocalChunks` as seen by one file task (which may wait only on earlier tasks)."""
+
+    chunks: LocalChunks
+    seq: int
+
+    def read(self, chunk_id: str) -> bytes | None:
+        return self.chunks.read(chunk_id, self.seq)
+
+
 def content(
     repo: Repository,
     entry: Entry,
     locations: dict[str, BlobLocation],
     path: str,
     prefetched: dict[str, bytes] | None,
-    sources: list[OldFile | LocalChunks],
+    sources: list[OldFile | TaskView],
     reused: list[int],
 ) -> Iterator[bytes]:
     """A file's verified chunks in order, each read from the first of ``sources`` that holds it,
