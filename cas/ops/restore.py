@@ -33,7 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from cas.errors import PartialRestore, AlreadyExists, CasError, ConfigurationError, IntegrityError, Unavailable
+from cas.errors import PartialRestore, AlreadyExists, CasError, ConfigurationError, Unavailable
 from cas.format.hashing import hexdigest
 from cas.ops.restore_local import (
     TMP_PREFIX, LocalChunks, OldFile, TaskView, content, examine_file, is_abandoned, remove_entry, temporary_tag,
