@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --overwrite: take a file of the right size and mtime as unchanged without reading it")
     s.add_argument("--same-permissions", action="store_true", help="keep setuid/setgid bits")
 
+    s = sub.add_parser("copy", help="copy executions to another repository, sending only what it lacks")
+    s.add_argument("execution_ids", nargs="*", metavar="ID")
+    s.add_argument("--to", required=True, metavar="URL", help="the target repository (created if missing)")
+    s.add_argument("--to-index", default=None, metavar="URL", help="the target's index (default: one per host)")
+    s.add_argument("--label", "-l", action=LabelAction, default={}, metavar="KEY=VALUE",
+                   help="also copy every snapshot carrying this label (repeatable: all must match)")
+
     sub.add_parser("stats", help="logical and stored bytes, dedup ratio, chunk and pack counts")
 
     s = sub.add_parser("forget", help="remove snapshots (their data is freed by 'cas gc')")
@@ -300,6 +307,14 @@ def cmd_restore(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_copy(store: Store, args: argparse.Namespace) -> int:
+    report = store.copy(args.execution_ids, args.to, to_index=args.to_index, labels=args.label)
+    text = (f"copied {len(report.copied)} executions ({len(report.present)} already there): sent "
+            f"{report.blobs_sent} blobs, {human_size(report.bytes_sent)}; {report.blobs_skipped} the target had")
+    _emit(args, report.to_dict(), text)
+    return 0
+
+
 def cmd_stats(store: Store, args: argparse.Namespace) -> int:
     st = store.stats()
     ratio = st.logical_bytes / st.pack_bytes if st.pack_bytes else 0.0
@@ -460,6 +475,7 @@ _COMMANDS: dict[str, Callable[[Store, argparse.Namespace], int]] = {
     "diff": cmd_diff,
     "cat": cmd_cat,
     "restore": cmd_restore,
+    "copy": cmd_copy,
     "stats": cmd_stats,
 }
 

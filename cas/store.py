@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -22,6 +22,7 @@ from cas.format.records import SnapshotRecord, check_execution_id, check_labels
 from cas.format.trees import DIR, Entry
 from cas.ops import browse, snapshot as snapshot_op
 from cas.ops.browse import Change
+from cas.ops.copy import CopyReport, ProgressFn as CopyProgressFn, copy_executions
 from cas.ops.gc import DEFAULT_GRACE, GcReport, collect_garbage
 from cas.ops.repair import RepairReport, repair
 from cas.ops.restore import RestoreReport, Restorer, failure_error
@@ -226,6 +227,40 @@ class Store:
         if report.failures:
             raise failure_error(report)
         return report
+
+    def copy(
+        self,
+        execution_ids: Iterable[str] = (),
+        to: Store | str | Backend | None = None,
+        *,
+        to_index: str | Index | None = None,
+        labels: Mapping[str, str] | None = None,
+        progress: CopyProgressFn | None = None,
+    ) -> CopyReport:
+        """Copy executions to another repository (``to``: an open Store, a URL or a backend; a new
+        one is created with this repository's chunking parameters), sending only the blobs its
+        index lacks and keeping execution IDs, labels, times and every chunk and tree ID.
+
+        The executions are ``execution_ids`` plus, with ``labels``, every snapshot carrying all of
+        them (oldest first). Safe to run again and to interrupt (see :mod:`cas.ops.copy`).
+        """
+        ids = list(dict.fromkeys(execution_ids))
+        if labels:
+            rows = Selection(labels=labels).rows(self.repo.index)
+            ids += [r.execution_id for r in reversed(rows) if r.execution_id not in ids]
+        if not ids:
+            raise ConfigurationError("nothing to copy: name executions or select them by label")
+        for execution_id in ids:
+            check_execution_id(execution_id, NotFound)
+        if to is None:
+            raise ConfigurationError("copy needs a target repository")
+        if isinstance(to, Store):
+            return copy_executions(self.repo, to.repo, ids, progress=progress)
+        c = self.repo.config
+        chunking = {"chunk_min": c.chunk_min, "chunk_avg": c.chunk_avg, "chunk_max": c.chunk_max,
+                    "compression_level": c.compression_level, "pack_size": c.pack_size}
+        with Store.open(to, index=to_index, **chunking) as target:
+            return copy_executions(self.repo, target.repo, ids, progress=progress)
 
     def stats(self) -> IndexStats:
         return self.repo.index.stats()
