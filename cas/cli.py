@@ -107,9 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("execution_id")
     s.add_argument("dest")
     s.add_argument("--path", default=None, help="restore only this file or subtree, as DEST/<its name>")
-    s.add_argument("--overwrite", action="store_true", help="restore into a non-empty directory")
+    s.add_argument("--overwrite", action="store_true",
+                   help="restore into a non-empty directory, writing only entries that differ")
+    s.add_argument("--delete", action="store_true", help="with --overwrite: remove what the execution lacks")
+    s.add_argument("--trust-mtime", action="store_true",
+                   help="with --overwrite: take a file of the right size and mtime as unchanged without reading it")
     s.add_argument("--same-permissions", action="store_true", help="keep setuid/setgid bits")
     _add_tree_filter(s, "restore")
+
+    s = sub.add_parser("copy", help="copy executions to another repository, sending only what it lacks")
+    s.add_argument("execution_ids", nargs="*", metavar="ID")
+    s.add_argument("--to", required=True, metavar="URL", help="the target repository (created if missing)")
+    s.add_argument("--to-index", default=None, metavar="URL", help="the target's index (default: one per host)")
+    s.add_argument("--label", "-l", action=LabelAction, default={}, metavar="KEY=VALUE",
+                   help="also copy every snapshot carrying this label (repeatable: all must match)")
 
     sub.add_parser("stats", help="logical and stored bytes, dedup ratio, chunk and pack counts")
 
@@ -391,10 +402,24 @@ def cmd_restore(store: Store, args: argparse.Namespace) -> int:
             same_permissions=args.same_permissions,
             progress=progress,
             filter=TreeFilter(include=args.include, exclude=args.exclude),
+            delete=args.delete,
+            trust_mtime=args.trust_mtime,
         )
-    data = {"files": report.files, "dirs": report.dirs, "symlinks": report.symlinks, "bytes": report.bytes}
-    _emit(args, data, f"restored {report.files} files, {report.dirs} directories, {report.symlinks} symlinks, "
-          f"{human_size(report.bytes)} into {escape(args.dest)}")
+    text = (f"restored {report.files} files, {report.dirs} directories, {report.symlinks} symlinks, "
+            f"{human_size(report.bytes)} into {escape(args.dest)}")
+    if args.overwrite:
+        text += (f"\n{report.written} entries written ({human_size(report.written_bytes)}, "
+                 f"{human_size(report.reused_bytes)} of it from files already there), "
+                 f"{report.unchanged} unchanged, {report.deleted} deleted")
+    _emit(args, report.to_dict(), text)
+    return 0
+
+
+def cmd_copy(store: Store, args: argparse.Namespace) -> int:
+    report = store.copy(args.execution_ids, args.to, to_index=args.to_index, labels=args.label)
+    text = (f"copied {len(report.copied)} executions ({len(report.present)} already there): sent "
+            f"{report.blobs_sent} blobs, {human_size(report.bytes_sent)}; {report.blobs_skipped} the target had")
+    _emit(args, report.to_dict(), text)
     return 0
 
 
@@ -624,6 +649,7 @@ _COMMANDS: dict[str, Callable[[Store, argparse.Namespace], int]] = {
     "find": cmd_find,
     "cat": cmd_cat,
     "restore": cmd_restore,
+    "copy": cmd_copy,
     "stats": cmd_stats,
     "mount": cmd_mount,
     "prefetch": cmd_prefetch,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -23,6 +23,7 @@ from cas.format.records import SnapshotRecord, check_execution_id, check_labels
 from cas.format.trees import DIR, Entry
 from cas.ops import browse, snapshot as snapshot_op
 from cas.ops.browse import Change, TreeSource
+from cas.ops.copy import CopyReport, ProgressFn as CopyProgressFn, copy_executions
 from cas.ops.find import Found, Target, check_digest, compile_pattern, find as find_files
 from cas.ops.gc import DEFAULT_GRACE, GcReport, collect_garbage
 from cas.ops.prefetch import PrefetchReport, prefetch
@@ -305,10 +306,16 @@ class Store:
         same_permissions: bool = False,
         progress: ProgressFn | None = None,
         filter: TreeFilter | None = None,
+        delete: bool = False,
+        trust_mtime: bool = False,
     ) -> RestoreReport:
         """Restore an execution (or one path of it, as ``dest/<its name>``) into ``dest``; with
         ``filter``, only what it keeps (patterns relative to the snapshot's root, see
         :mod:`cas.ops.tree_filter`).
+
+        With ``overwrite`` into a non-empty ``dest``, entries that already match are left untouched
+        and only what differs is written; ``delete`` also removes what the execution lacks;
+        ``trust_mtime`` takes a file of the right size and mtime as matching without reading it.
 
         Raises :class:`PartialRestore` listing what could not be restored, after restoring everything else.
         """
@@ -327,11 +334,45 @@ class Store:
             base = "/".join(parents) + "/" if parents else ""
             select = (lambda rel, e: False) if included is None else rules.predicate(self.repo, entries, base, included)
         restorer = Restorer(self.repo, overwrite=overwrite, same_permissions=same_permissions, progress=progress,
-                            select=select)
+                            select=select, delete=delete, trust_mtime=trust_mtime)
         report = restorer.restore(entries, os.fspath(dest), meta)
         if report.failures:
             raise failure_error(report)
         return report
+
+    def copy(
+        self,
+        execution_ids: Iterable[str] = (),
+        to: Store | str | Backend | None = None,
+        *,
+        to_index: str | Index | None = None,
+        labels: Mapping[str, str] | None = None,
+        progress: CopyProgressFn | None = None,
+    ) -> CopyReport:
+        """Copy executions to another repository (``to``: an open Store, a URL or a backend; a new
+        one is created with this repository's chunking parameters), sending only the blobs its
+        index lacks and keeping execution IDs, labels, times and every chunk and tree ID.
+
+        The executions are ``execution_ids`` plus, with ``labels``, every snapshot carrying all of
+        them (oldest first). Safe to run again and to interrupt (see :mod:`cas.ops.copy`).
+        """
+        ids = list(dict.fromkeys(execution_ids))
+        if labels:
+            rows = Selection(labels=labels).rows(self.repo.index)
+            ids += [r.execution_id for r in reversed(rows) if r.execution_id not in ids]
+        if not ids:
+            raise ConfigurationError("nothing to copy: name executions or select them by label")
+        for execution_id in ids:
+            check_execution_id(execution_id, NotFound)
+        if to is None:
+            raise ConfigurationError("copy needs a target repository")
+        if isinstance(to, Store):
+            return copy_executions(self.repo, to.repo, ids, progress=progress)
+        c = self.repo.config
+        chunking = {"chunk_min": c.chunk_min, "chunk_avg": c.chunk_avg, "chunk_max": c.chunk_max,
+                    "compression_level": c.compression_level, "pack_size": c.pack_size}
+        with Store.open(to, index=to_index, **chunking) as target:
+            return copy_executions(self.repo, target.repo, ids, progress=progress)
 
     def stats(self) -> IndexStats:
         return self.repo.index.stats()

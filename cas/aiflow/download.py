@@ -16,6 +16,11 @@ Protocol, for ``ref`` into ``local_dir`` (final path ``local_dir/<ref.name>``):
    the tree already; this catches an execution whose content is not what its ID says), and rename
    it to the final path, then fsync ``local_dir``. Any failure raises and leaves nothing under the
    final name; the temporary directory is always removed.
+4. A tree whose final path holds an earlier download (its marker names another execution, or an
+   update that did not finish) is updated in place instead, by the incremental restore: files that
+   match are left, only what differs is fetched and written, what the new execution lacks is
+   removed. The marker says ``updating`` meanwhile, so an interrupted update is never taken as
+   complete, and is finished by the next download.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from cas.repo.repository import default_home
 
 DOWNLOAD_PREFIX = ".cas-download-"
 DONE_PREFIX = ".cas-done-"
+UPDATING = "updating "
+"""Marker text while an earlier download is updated in place (no execution ID contains a space)."""
 
 
 class RestoringStore(Protocol):
@@ -46,7 +53,9 @@ class RestoringStore(Protocol):
 
     def get(self, execution_id: str) -> Any: ...
 
-    def restore(self, execution_id: str, dest: str, *, path: str | None = None) -> Any: ...
+    def restore(
+        self, execution_id: str, dest: str, *, path: str | None = None, overwrite: bool = False, delete: bool = False
+    ) -> Any: ...
 
 
 def download(ref: BlobRef, local_dir: str, store: Callable[[], RestoringStore]) -> tuple[str, bool]:
@@ -90,6 +99,12 @@ def fetch(store: RestoringStore, ref: BlobRef, local_dir: str, final: str, marke
         store.get(ref.execution_id)
     except NotFound:
         raise NotFound(f"{ref.uri}: nothing is stored under this URI (execution {ref.execution_id})") from None
+    if ref.digest is None and _holds_earlier_download(final, marker):
+        _write_marker(marker, UPDATING + ref.execution_id)
+        store.restore(ref.execution_id, final, overwrite=True, delete=True)
+        _write_marker(marker, ref.execution_id)
+        fsync_directory(local_dir)
+        return
     tmp = tempfile.mkdtemp(prefix=DOWNLOAD_PREFIX, dir=local_dir)
     try:
         if ref.digest is not None:
@@ -117,6 +132,11 @@ def fetch(store: RestoringStore, ref: BlobRef, local_dir: str, final: str, marke
         fsync_directory(local_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _holds_earlier_download(final: str, marker: str) -> bool:
+    """Whether ``final`` is a directory a download put there (step 4): its marker exists."""
+    return os.path.isdir(final) and not os.path.islink(final) and os.path.isfile(marker)
 
 
 def name_tag(name: str) -> str:

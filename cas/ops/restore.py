@@ -12,6 +12,11 @@ Safety by construction:
 
 Directory modes and times are applied after their contents. setuid/setgid bits are dropped unless
 asked for. Files are written by a small thread pool.
+
+With ``overwrite`` the restore is incremental: what already matches the tree is left as it is (see
+:mod:`cas.ops.restore_local` for when a file matches and which local chunks are reused), only what
+differs is written, and with ``delete`` what the tree lacks is removed. Concurrent restores into one
+destination each write whole files under names no other restore removes; the last rename wins.
 """
 
 from __future__ import annotations
@@ -20,23 +25,26 @@ import errno
 import functools
 import itertools
 import os
-import secrets
 import stat
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from cas.errors import PartialRestore, AlreadyExists, CasError, ConfigurationError, IntegrityError, Unavailable
+from cas.errors import PartialRestore, AlreadyExists, CasError, ConfigurationError, Unavailable
 from cas.format.hashing import hexdigest
-from cas.repo.reader import prefetch, verified_content
+from cas.ops.restore_local import (
+    TMP_PREFIX, LocalChunks, OldFile, TaskView, content, examine_file, is_abandoned, remove_entry, temporary_tag,
+)
+from cas.repo.reader import prefetch
 from cas.repo.repository import Repository
 from cas.format.trees import DIR, FILE, SYMLINK, Entry
 from cas.types import BlobLocation
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-_TMP_PREFIX = ".cas-tmp-"
 #: Preallocating helps large files stay contiguous; for small ones it is only an extra syscall.
 _PREALLOCATE_FROM = 16 * 1024 * 1024
 _OPEN_DIRS = 64
@@ -72,11 +80,38 @@ class _Level:
 
 @dataclass
 class RestoreReport:
+    """``files``, ``dirs``, ``symlinks`` and ``bytes`` count what the destination holds of the tree
+    afterwards; ``written``, ``unchanged`` and ``deleted`` count entries this restore wrote, found
+    already matching (``meta_fixed`` of them had only their mode or mtime set) and removed."""
+
     files: int = 0
     dirs: int = 0
     symlinks: int = 0
     bytes: int = 0
+    written: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    meta_fixed: int = 0
+    written_bytes: int = 0
+    reused_bytes: int = 0
+    """Bytes of written files taken from files already in the destination instead of fetched."""
     failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "files": self.files, "dirs": self.dirs, "symlinks": self.symlinks, "bytes": self.bytes,
+            "written": self.written, "unchanged": self.unchanged, "deleted": self.deleted,
+            "meta_fixed": self.meta_fixed, "written_bytes": self.written_bytes, "reused_bytes": self.reused_bytes,
+        }
+
+
+class _Done(NamedTuple):
+    """What a file worker did: the file's size, whether it was written, bytes reused, metadata fixed."""
+
+    size: int
+    written: bool
+    reused: int = 0
+    meta_fixed: bool = False
 
 
 class Restorer:
@@ -89,26 +124,46 @@ class Restorer:
         workers: int = 4,
         progress: ProgressFn | None = None,
         select: Callable[[str, Entry], bool] | None = None,
+        delete: bool = False,
+        trust_mtime: bool = False,
     ) -> None:
         """``select(path, entry)``, if given, says whether to restore an entry (``path`` relative to
-        the destination); it is asked about a directory's entries when the directory is entered."""
+        the destination); it is asked about a directory's entries when the directory is entered.
+        ``delete`` (with ``overwrite``): remove what the tree lacks. ``trust_mtime``: an existing
+        file whose size and mtime equal the entry's is taken as matching without reading it."""
+        if delete and not overwrite:
+            raise ConfigurationError("deleting what the execution lacks needs overwrite")
+        if delete and select is not None:
+            raise ConfigurationError("deleting what the execution lacks cannot be combined with a selection "
+                                     "(--include/--exclude): it would delete what the selection left out")
         self.repo = repo
         self.select = select
         self.overwrite = overwrite
+        self.delete = delete
+        self.trust_mtime = trust_mtime
         self.same_permissions = same_permissions
         self.progress = progress
         self.report = RestoreReport()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-restore")
         self._jobs: deque[_DirJob] = deque()
-        self._tmp_tag = secrets.token_hex(6)
+        self._tmp_tag = temporary_tag()
         self._tmp_counter = itertools.count()
+        self._local = LocalChunks()
+        self._file_seq = itertools.count()
+        self._lock = threading.Lock()
+        self._dest = ""
+        self._delete_root = True
 
     def restore(self, entries: list[Entry], dest: str, root_meta: tuple[int, int] | None) -> RestoreReport:
         """Restore ``entries`` into directory ``dest``; ``root_meta`` is (mode, mtime_ns) for ``dest``.
 
         Failures of single entries are collected in the report and the rest is restored; running out
-        of space or descriptors aborts at once. Nothing is ever written outside ``dest``.
+        of space or descriptors aborts at once. Nothing is ever written outside ``dest``. With
+        ``delete``, what ``dest`` holds besides ``entries`` is removed only for a whole tree
+        (``root_meta`` given), not for one path restored into it.
         """
+        self._dest = os.path.abspath(dest)
+        self._delete_root = root_meta is not None
         dest_fd = self._open_destination(dest)
         try:
             self._restore_tree(dest_fd, entries)
@@ -200,15 +255,21 @@ class Restorer:
         if self.select is not None:
             entries = [e for e in entries if self.select(prefix + e.name, e)]
         try:
+            present: dict[str, os.stat_result] = {}
             if self.overwrite:
-                self._remove_stale_temporaries(dir_fd)
+                present = self._survey(dir_fd, entries, prefix)
             # One index query for this directory: its files' chunks and its subdirectories' trees.
+            # Sequence numbers (and expected chunks of files that may match) before any prefetch.
+            tasks = {e.name: self._file_task(e, present.get(e.name)) for e in entries if e.type == FILE}
             locations = self.repo.locate(
                 c for e in entries for c in (e.chunks if e.type == FILE else (e.tree,) if e.type == DIR else ())
             )
+            # A file in place (which may match, or hold some of the chunks) is read before anything
+            # is fetched for it; so are chunks this restore found in the destination.
             small = [locations[c] for e in entries if e.type == FILE and e.size <= _PREFETCH_FILE_SIZE
-                     for c in e.chunks if c in locations and (self.repo.chunk_cache is None
-                                                               or c not in self.repo.chunk_cache)]
+                     and not _is_file(present.get(e.name))
+                     for c in e.chunks if c in locations and c not in self._local
+                     and (self.repo.chunk_cache is None or c not in self.repo.chunk_cache)]
             prefetched = prefetch(self.repo, small) if len(small) > 1 else None
             subdirs: list[tuple[Entry, str]] = []
             for entry in entries:
@@ -218,11 +279,10 @@ class Restorer:
                         self._make_directory(dir_fd, entry, path)
                         subdirs.append((entry, path))
                     elif entry.type == SYMLINK:
-                        self._symlink(dir_fd, entry, path)
+                        self._symlink(dir_fd, entry, path, present.get(entry.name))
                     else:
-                        job.pending.append(
-                            (path, self._pool.submit(self._file, dir_fd, entry, path, locations, prefetched))
-                        )
+                        job.pending.append((path, self._pool.submit(
+                            self._file, dir_fd, entry, path, locations, prefetched, *tasks[entry.name])))
                 except (CasError, OSError) as exc:
                     self._fail(path, exc)
         except BaseException:
@@ -285,8 +345,16 @@ class Restorer:
         pending, job.pending = job.pending, []
         for path, future in pending:
             try:
-                self.report.bytes += future.result()
+                done = future.result()
+                self.report.bytes += done.size
                 self.report.files += 1
+                if done.written:
+                    self.report.written += 1
+                    self.report.written_bytes += done.size
+                    self.report.reused_bytes += done.reused
+                else:
+                    self.report.unchanged += 1
+                    self.report.meta_fixed += done.meta_fixed
                 if self.progress:
                     self.progress(self.report.files, self.report.bytes)
             except (CasError, OSError) as exc:
@@ -298,29 +366,68 @@ class Restorer:
                 fatal = fatal or exc
         return fatal
 
-    def _remove_stale_temporaries(self, dir_fd: int) -> None:
-        """Delete what an interrupted restore left here (our temporaries are never valid files)."""
-        for name in os.listdir(dir_fd):
-            if name.startswith(_TMP_PREFIX):
+    def _survey(self, dir_fd: int, entries: list[Entry], prefix: str) -> dict[str, os.stat_result]:
+        """What the directory holds (lstat, by name). Removes temporaries whose owner is gone and,
+        with ``delete``, every entry the tree lacks here (live restores' temporaries excepted)."""
+        wanted = {e.name for e in entries}
+        present: dict[str, os.stat_result] = {}
+        with os.scandir(dir_fd) as listing:
+            for item in listing:
                 try:
-                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                    if not stat.S_ISDIR(st.st_mode):
-                        os.unlink(name, dir_fd=dir_fd)
-                except OSError:
-                    pass
+                    st = item.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if item.name in wanted:
+                    present[item.name] = st
+                elif item.name.startswith(TMP_PREFIX):
+                    if is_abandoned(item.name, st):
+                        self._remove(dir_fd, item.name, prefix + item.name, counted=False)
+                elif self.delete and (prefix or self._delete_root):
+                    self._remove(dir_fd, item.name, prefix + item.name)
+        return present
+
+    def _remove(self, dir_fd: int, name: str, path: str, *, counted: bool = True) -> None:
+        try:
+            removed = remove_entry(dir_fd, name)
+        except OSError as exc:
+            self._fail(path, exc)
+            return
+        if counted:
+            with self._lock:
+                self.report.deleted += removed
 
     def _make_directory(self, parent_fd: int, entry: Entry, path: str) -> None:
-        try:
-            os.mkdir(entry.name, 0o700, dir_fd=parent_fd)
-        except FileExistsError:
-            if not self.overwrite:
-                raise AlreadyExists(f"{path} already exists in the destination") from None
-            st = os.stat(entry.name, dir_fd=parent_fd, follow_symlinks=False)
-            if not stat.S_ISDIR(st.st_mode):
-                os.unlink(entry.name, dir_fd=parent_fd)  # removes a link or file, never what it points at
+        for _attempt in range(3):  # another restore may be replacing the same entry meanwhile
+            try:
                 os.mkdir(entry.name, 0o700, dir_fd=parent_fd)
+                self.report.written += 1
+                return
+            except FileExistsError:
+                if not self.overwrite:
+                    raise AlreadyExists(f"{path} already exists in the destination") from None
+            try:
+                st = os.stat(entry.name, dir_fd=parent_fd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    self.report.unchanged += 1
+                    return
+                os.unlink(entry.name, dir_fd=parent_fd)  # removes a link or file, never what it points at
+            except FileNotFoundError:
+                pass
+        raise AlreadyExists(f"{path} keeps being replaced in the destination by another process")
 
-    def _symlink(self, dir_fd: int, entry: Entry, path: str) -> None:
+    def _symlink(self, dir_fd: int, entry: Entry, path: str, present: os.stat_result | None = None) -> None:
+        if present is not None and stat.S_ISLNK(present.st_mode):
+            try:
+                same = os.readlink(entry.name, dir_fd=dir_fd) == entry.target
+            except OSError:
+                same = False
+            if same:
+                if present.st_mtime_ns != entry.mtime_ns:
+                    os.utime(entry.name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+                    self.report.meta_fixed += 1
+                self.report.symlinks += 1
+                self.report.unchanged += 1
+                return
         tmp = self._temporary_name()
         os.symlink(entry.target, tmp, dir_fd=dir_fd)
         try:
@@ -330,10 +437,52 @@ class Restorer:
             _unlink_quietly(dir_fd, tmp)
             raise
         self.report.symlinks += 1
+        self.report.written += 1
+
+    def _file_task(self, entry: Entry, present: os.stat_result | None) -> tuple[int, bool, threading.Event | None]:
+        """A file's task arguments: its sequence number, whether a file is in place, and for one that
+        is likely to match (same size), the event its comparison sets (see LocalChunks.expect)."""
+        seq = next(self._file_seq)
+        exists = _is_file(present)
+        compared = None
+        if exists and present is not None and present.st_size == entry.size:
+            compared = self._local.expect(entry, seq)
+        return seq, exists, compared
 
     def _file(
-        self, dir_fd: int, entry: Entry, path: str, locations: dict, prefetched: dict | None  # type: ignore[type-arg]
-    ) -> int:
+        self, dir_fd: int, entry: Entry, path: str, locations: dict,  # type: ignore[type-arg]
+        prefetched: dict | None, seq: int = 0, exists: bool = False,  # type: ignore[type-arg]
+        compared: threading.Event | None = None,
+    ) -> _Done:
+        old: OldFile | None = None
+        if exists:
+            try:
+                found = examine_file(dir_fd, entry, self._mode(entry.mode), trust_mtime=self.trust_mtime,
+                                     config=self.repo.config)
+                if found.matches:
+                    self._local.add_file(self._full_path(path), entry, locations)
+                    return _Done(entry.size, False, meta_fixed=found.meta_fixed)
+                old = found.old
+            finally:
+                if compared is not None:
+                    compared.set()
+        try:
+            return self._write_file(dir_fd, entry, path, locations, prefetched, old, seq)
+        finally:
+            if old is not None:
+                old.close()
+
+    def _full_path(self, path: str) -> str:
+        return os.path.join(self._dest, path)
+
+    def _write_file(
+        self, dir_fd: int, entry: Entry, path: str, locations: dict,  # type: ignore[type-arg]
+        prefetched: dict | None, old: OldFile | None, seq: int = 0,  # type: ignore[type-arg]
+    ) -> _Done:
+        sources: list[OldFile | TaskView] = [old] if old is not None else []
+        if self.overwrite:
+            sources.append(self._local.for_task(seq))
+        reused = [0]
         tmp: str | None = None
         fd = self._unnamed_file(dir_fd)
         if fd is None:
@@ -349,7 +498,7 @@ class Restorer:
                             raise
                 written = 0
                 holes = False
-                for data in verified_content(self.repo, entry, locations, path, prefetched):
+                for data in content(self.repo, entry, locations, path, prefetched, sources, reused):
                     if _all_zero(data):
                         # A hole, as the file most likely had: skip it (a file system without holes
                         # fills the gap with zeros when the next data or the final size is written).
@@ -375,7 +524,9 @@ class Restorer:
             if tmp is not None:
                 _unlink_quietly(dir_fd, tmp)
             raise
-        return written
+        if self.overwrite:
+            self._local.add_file(self._full_path(path), entry, locations)
+        return _Done(written, True, reused[0])
 
     def _unnamed_file(self, dir_fd: int) -> int | None:
         """An O_TMPFILE file in the directory: it has no name until linked, so an interrupted
@@ -403,20 +554,25 @@ class Restorer:
 
     def _temporary_name(self) -> str:
         # Unique per restore without a syscall per file; O_EXCL catches the (foreign) collision.
-        return f"{_TMP_PREFIX}{self._tmp_tag}-{next(self._tmp_counter)}"
+        return f"{TMP_PREFIX}{self._tmp_tag}-{next(self._tmp_counter)}"
 
     def _place(self, dir_fd: int, tmp: str, name: str, path: str) -> None:
         """Rename a finished temporary into place. Without ``overwrite`` the destination was empty
         when the restore began and tree names are unique, so a name can only exist here if some
-        other process made it meanwhile; rename replaces that entry (never writes through it)."""
-        try:
-            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except IsADirectoryError:
-            raise AlreadyExists(f"{path} is a directory in the destination; remove it first") from None
-        except OSError as exc:
-            if exc.errno == errno.ENOTEMPTY:
-                raise AlreadyExists(f"{path} is a directory in the destination; remove it first") from None
-            raise
+        other process made it meanwhile; rename replaces that entry (never writes through it). A
+        directory in the way is removed first with ``delete``, else refused."""
+        for attempt in range(2):
+            try:
+                os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                return
+            except OSError as exc:
+                if not isinstance(exc, IsADirectoryError) and exc.errno != errno.ENOTEMPTY:
+                    raise
+                if not self.delete or attempt:
+                    raise AlreadyExists(
+                        f"{path} is a directory in the destination; remove it first (or pass --delete)"
+                    ) from None
+            self._remove(dir_fd, name, path)
 
     def _apply_dir_meta(self, fd: int, mode: int, mtime_ns: int) -> None:
         os.fchmod(fd, self._mode(mode))
@@ -476,3 +632,7 @@ def failure_error(report: RestoreReport) -> PartialRestore:
     shown = "; ".join(msg for _path, msg in report.failures[:5])
     more = f" (and {len(report.failures) - 5} more)" if len(report.failures) > 5 else ""
     return PartialRestore(f"{len(report.failures)} entries could not be restored: {shown}{more}", report.failures)
+
+
+def _is_file(present: os.stat_result | None) -> bool:
+    return present is not None and stat.S_ISREG(present.st_mode)

@@ -600,6 +600,32 @@ def test_second_project_upload_stores_only_the_change(factory: Factory, tmp_path
     assert _tree(Path(restored)) == _tree(project)
 
 
+def test_updated_project_downloads_over_the_previous_one_incrementally(factory: Factory, tmp_path: Path) -> None:
+    """A second download of an updated project into the directory holding the previous version
+    updates it in place: unchanged files keep their inodes, the change and the removal arrive."""
+    manager = factory("cas.aiflow.LocalBlobManager", {"root_directory": str(tmp_path / "root")})
+    project = _real_project(tmp_path)
+    uri1 = manager.upload_project("1", str(project))
+    out = tmp_path / "dl"
+    out.mkdir()
+    first = Path(manager.download(uri1, str(out)))
+    kept = first / "project.yaml"
+    inode = kept.stat().st_ino
+    changed = max(project.rglob("*.py"), key=lambda p: p.stat().st_size)
+    with changed.open("a") as f:
+        f.write("\n# tuned a hyperparameter\n")
+    removed = min(project.rglob("*.py"), key=lambda p: p.stat().st_size)
+    removed.unlink()
+    uri2 = manager.upload_project("2", str(project))
+    assert uri2 != uri1
+    second = Path(manager.download(uri2, str(out)))
+    assert second == first
+    assert _tree(second) == _tree(project)
+    assert kept.stat().st_ino == inode  # matched, not rewritten
+    assert _leftovers(out) == []
+    assert manager.download(uri2, str(out)) == str(second)  # complete now: reused as is
+
+
 # -- the interface itself -----------------------------------------------------------------------
 
 

@@ -1,0 +1,365 @@
+"""What a restore's destination already holds: entries that match the tree, chunks to reuse, what
+to delete, and whose temporaries are whose.
+
+An existing file *matches* its tree entry when it is a regular file of the entry's size whose
+content's BLAKE3 equals the entry's digest (the digest of a file is the BLAKE3 of its whole content,
+see ``tree_builder``), or, when the caller trusts modification times, whose size and mtime equal the
+entry's. Metadata (mode, mtime) of a matching file is fixed in place, without rewriting content.
+
+A file that differs is cut with the repository's chunker: chunks of the new content found in it are
+read from it (through a descriptor opened before it is replaced) instead of fetched. Chunks of files
+already verified in the destination are reused the same way. Every reused chunk is hashed again
+when read, so a file changing under the restore can cost a fetch, never a wrong byte.
+
+Temporaries are named ``.cas-tmp-<host>-<pid>-<random>-<n>``: a restore removes one only if it was
+made on this host by a process that is no longer alive (or, made elsewhere, is over a day old), so
+concurrent restores into one directory never remove each other's.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import socket
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+from cas.errors import IntegrityError
+from cas.format.chunking import Chunker
+from cas.format.config import RepoConfig
+from cas.format.hashing import hexdigest, new_hasher
+from cas.format.trees import Entry
+from cas.repo.reader import file_chunks
+from cas.repo.repository import Repository
+from cas.types import BlobLocation
+
+TMP_PREFIX = ".cas-tmp-"
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_HASH_BLOCK = 1024 * 1024
+_FOREIGN_TMP_AGE_NS = 24 * 3600 * 10**9
+_HOST = hexdigest(socket.gethostname().encode("utf-8", "surrogateescape"))[:8]
+
+
+# -- temporaries ----------------------------------------------------------------------------------
+
+
+def temporary_tag() -> str:
+    """The part of a temporary's name that says who made it: ``<host>-<pid>-<random>``."""
+    return f"{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def is_abandoned(name: str, st: os.stat_result) -> bool:
+    """Whether a temporary's owner is gone: made on this host by a process no longer alive, or
+    elsewhere (or by an older cas) and over a day old. A live owner's temporary is never abandoned."""
+    parts = name[len(TMP_PREFIX):].split("-")
+    if len(parts) >= 3 and parts[0] == _HOST and parts[1].isdigit():
+        return not _alive(int(parts[1]))
+    return time.time_ns() - st.st_mtime_ns > _FOREIGN_TMP_AGE_NS
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+# -- comparing and reusing ------------------------------------------------------------------------
+
+
+@dataclass
+class OldFile:
+    """A differing file about to be replaced, open for reading: where each wanted chunk is in it."""
+
+    fd: int
+    chunks: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def read(self, chunk_id: str) -> bytes | None:
+        """The chunk's bytes if the file (still) holds them, checked against the ID."""
+        where = self.chunks.get(chunk_id)
+        if where is None:
+            return None
+        data = os.pread(self.fd, where[1], where[0])
+        return data if len(data) == where[1] and hexdigest(data) == chunk_id else None
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass
+class Examined:
+    matches: bool
+    old: OldFile | None = None
+    meta_fixed: bool = False
+
+
+def examine_file(
+    dir_fd: int, entry: Entry, mode: int, *, trust_mtime: bool, config: RepoConfig | None
+) -> Examined:
+    """Compare the file named ``entry.name`` in ``dir_fd`` with the entry.
+
+    A match has its mode (``mode``, what the restore would set) and mtime fixed in place. A regular
+    file that differs is returned open, with the entry's chunks it holds (found by cutting it with
+    the chunker of ``config``; None to skip that). Anything else (absent, a symlink, a directory) is simply not a match.
+    """
+    try:
+        fd = os.open(entry.name, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return Examined(False)  # absent, a symlink (ELOOP), unreadable: written anew
+    keep = False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return Examined(False)
+        if st.st_size == entry.size and (
+            (trust_mtime and st.st_mtime_ns == entry.mtime_ns) or _content_digest(fd) == entry.digest
+        ):
+            fixed = False
+            if stat.S_IMODE(st.st_mode) != mode:
+                os.fchmod(fd, mode)
+                fixed = True
+            if st.st_mtime_ns != entry.mtime_ns:
+                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+                fixed = True
+            return Examined(True, meta_fixed=fixed)
+        if config is None or not entry.chunks:
+            return Examined(False)
+        old = OldFile(fd, _chunks_in(fd, Chunker(config), st.st_size, set(entry.chunks)))
+        keep = bool(old.chunks)
+        return Examined(False, old if keep else None)
+    finally:
+        if not keep:
+            os.close(fd)
+
+
+def _content_digest(fd: int) -> str:
+    hasher = new_hasher()
+    offset = 0
+    while True:
+        block = os.pread(fd, _HASH_BLOCK, offset)
+        if not block:
+            return str(hasher.hexdigest())
+        hasher.update(block)
+        offset += len(block)
+
+
+def _chunks_in(fd: int, chunker: Chunker, size: int, wanted: set[str]) -> dict[str, tuple[int, int]]:
+    """Where the wanted chunks are in the file, cutting it as a snapshot would."""
+    found: dict[str, tuple[int, int]] = {}
+    offset = 0
+    with os.fdopen(os.dup(fd), "rb", buffering=0) as stream:
+        for piece in chunker.chunks(stream, size):
+            chunk_id = hexdigest(piece)
+            if chunk_id in wanted:
+                found.setdefault(chunk_id, (offset, len(piece)))
+            offset += len(piece)
+    return found
+
+
+class LocalChunks:
+    """Chunks held by files this restore verified or wrote in the destination, by chunk ID.
+
+    Shared by the restore's workers. A read reopens the file by path without following a final
+    symlink, checks it is the same file (device, inode, size) and hashes the bytes read.
+
+    A file that is still to be compared (it may well match) is *expected*: its chunks count as held
+    while the comparison runs, and a reader waits for it. Each file task has a sequence number in
+    submission order and waits only on files submitted before it; the pool takes tasks in that
+    order, so whatever it waits on is already running and no wait can be circular.
+    """
+
+    def __init__(self) -> None:
+        self._where: dict[str, tuple[str, tuple[int, int, int], int, int]] = {}
+        self._expected: dict[str, tuple[int, threading.Event]] = {}
+        self._lock = threading.Lock()
+
+    def __contains__(self, chunk_id: str) -> bool:
+        return chunk_id in self._where or chunk_id in self._expected
+
+    def expect(self, entry: Entry, seq: int) -> threading.Event:
+        """Announce that file task ``seq`` may soon hold ``entry``'s chunks; set the event when done."""
+        done = threading.Event()
+        with self._lock:
+            for chunk_id in entry.chunks:
+                if chunk_id not in self._where:
+                    self._expected.setdefault(chunk_id, (seq, done))
+        return done
+
+    def add_file(self, path: str, entry: Entry, locations: dict[str, BlobLocation]) -> None:
+        """Record a file of the destination at ``path`` whose content is ``entry``'s."""
+        if not entry.chunks or any(c not in locations for c in entry.chunks):
+            return
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
+            return
+        ident = (st.st_dev, st.st_ino, st.st_size)
+        offset = 0
+        with self._lock:
+            for chunk_id in entry.chunks:
+                length = locations[chunk_id].raw_length
+                self._where.setdefault(chunk_id, (path, ident, offset, length))
+                offset += length
+
+    def for_task(self, seq: int) -> TaskView:
+        return TaskView(self, seq)
+
+    def read(self, chunk_id: str, seq: int) -> bytes | None:
+        where = self._where.get(chunk_id)
+        if where is None:
+            expected = self._expected.get(chunk_id)
+            if expected is None or expected[0] >= seq:
+                return None
+            expected[1].wait()
+            where = self._where.get(chunk_id)
+            if where is None:
+                return None
+        path, ident, offset, length = where
+        try:
+            fd = os.open(path, _READ_FLAGS)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino, st.st_size) != ident or not stat.S_ISREG(st.st_mode):
+                return None
+            data = os.pread(fd, length, offset)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return data if len(data) == length and hexdigest(data) == chunk_id else None
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """:class:`LocalChunks` as seen by one file task (which may wait only on earlier tasks)."""
+
+    chunks: LocalChunks
+    seq: int
+
+    def read(self, chunk_id: str) -> bytes | None:
+        return self.chunks.read(chunk_id, self.seq)
+
+
+def content(
+    repo: Repository,
+    entry: Entry,
+    locations: dict[str, BlobLocation],
+    path: str,
+    prefetched: dict[str, bytes] | None,
+    sources: list[OldFile | TaskView],
+    reused: list[int],
+) -> Iterator[bytes]:
+    """A file's verified chunks in order, each read from the first of ``sources`` that holds it,
+    else from the repository. Adds the bytes taken from ``sources`` to ``reused[0]``. Raises
+    IntegrityError naming ``path`` if the whole does not match the entry's size and digest."""
+    hasher = new_hasher()
+    size = 0
+    remote: list[str] = []
+
+    def fetch() -> Iterator[bytes]:
+        yield from file_chunks(repo, replace(entry, chunks=tuple(remote)), locations, path, prefetched)
+        remote.clear()
+
+    for chunk_id in entry.chunks:
+        data = None
+        for source in sources:
+            data = source.read(chunk_id)
+            if data is not None:
+                break
+        if data is None:
+            remote.append(chunk_id)
+            continue
+        if remote:
+            for piece in fetch():
+                hasher.update(piece)
+                size += len(piece)
+                yield piece
+        reused[0] += len(data)
+        hasher.update(data)
+        size += len(data)
+        yield data
+    if remote:
+        for piece in fetch():
+            hasher.update(piece)
+            size += len(piece)
+            yield piece
+    if size != entry.size:
+        raise IntegrityError(f"{path}: restored {size} bytes, the tree records {entry.size}")
+    if hasher.hexdigest() != entry.digest:
+        raise IntegrityError(f"{path}: content does not match the file's recorded BLAKE3")
+
+
+# -- deleting -------------------------------------------------------------------------------------
+
+
+def remove_entry(dir_fd: int, name: str) -> int:
+    """Remove ``name`` from the directory, a whole subtree if it is a directory, never following a
+    symlink (a subdirectory is opened with ``O_NOFOLLOW`` relative to its parent). Returns how many
+    entries were removed. Temporaries of live restores inside are left, and so are their directories."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISDIR(st.st_mode):
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return 0
+        return 1
+    removed = 0
+    # Depth first without recursion: (fd, its name, parent fd, names to leave) per open directory.
+    stack: list[tuple[int, str, int, set[str]]] = []
+    try:
+        stack.append((os.open(name, _DIR_FLAGS, dir_fd=dir_fd), name, dir_fd, set()))
+        while stack:
+            fd, own_name, parent_fd, kept = stack[-1]
+            descended = False
+            for child in os.scandir(fd):
+                if child.name in kept:
+                    continue
+                try:
+                    child_st = child.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if child.name.startswith(TMP_PREFIX) and not is_abandoned(child.name, child_st):
+                    kept.add(child.name)
+                    continue
+                if stat.S_ISDIR(child_st.st_mode):
+                    stack.append((os.open(child.name, _DIR_FLAGS, dir_fd=fd), child.name, fd, set()))
+                    descended = True
+                    break
+                try:
+                    os.unlink(child.name, dir_fd=fd)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+            if descended:
+                continue
+            stack.pop()
+            os.close(fd)
+            try:
+                if kept:
+                    raise OSError(errno.ENOTEMPTY, "a live restore writes here")
+                os.rmdir(own_name, dir_fd=parent_fd)
+                removed += 1
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                if stack:
+                    stack[-1][3].add(own_name)  # left in place: the parent stays too
+    finally:
+        for fd, _name, _parent, _kept in stack:
+            os.close(fd)
+    return removed

@@ -1,0 +1,306 @@
+"""Restoring over a destination that already holds something: only what differs is written, the end
+is byte-exact, ``--delete`` makes it exactly the execution, and local chunks are reused."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backends.local import LocalBackend
+from cas import Store
+from cas.errors import AlreadyExists, PartialRestore
+from tests.engine import SMALL_CHUNKS, cas_home, store  # noqa: F401
+from tests.ops.test_roundtrip import _materialise, _trees
+from tests.treeutil import describe
+
+
+@st.composite
+def _edited(draw: st.DrawFn, tree: dict[str, object], depth: int = 0) -> dict[str, object]:
+    """``tree`` with some entries kept, some dropped, some changed in content, mode or type, and
+    some added: the next execution of a project, as far as a restore can tell."""
+    out: dict[str, object] = {}
+    for name, spec in tree.items():
+        action = draw(st.sampled_from(["keep", "keep", "keep", "drop", "content", "mode", "retype"]))
+        if action == "drop":
+            continue
+        if action == "keep":
+            out[name] = spec if spec[0] != "dir" else ("dir", draw(_edited(spec[1], depth + 1)), spec[2])  # type: ignore[index,arg-type]
+        elif action == "content" and spec[0] == "file":
+            out[name] = ("file", draw(st.integers(0, 5000)), draw(st.integers(0, 2**32 - 1)), spec[3])  # type: ignore[index]
+        elif action == "mode" and spec[0] in ("file", "dir"):
+            out[name] = (*spec[:-1], 0o600 if spec[-1] != 0o600 else 0o644) if spec[0] == "file" else (  # type: ignore[index]
+                "dir", spec[1], 0o700 if spec[2] != 0o700 else 0o755)  # type: ignore[index]
+        else:
+            out[name] = draw(st.sampled_from([("file", 100, 7, 0o644), ("link", "elsewhere"), ("dir", {}, 0o755)]))
+    for name, spec in draw(_trees(depth=max(depth, 2))).items():
+        out.setdefault(name, spec)
+    return out
+
+
+@st.composite
+def _two_trees(draw: st.DrawFn) -> tuple[dict[str, object], dict[str, object]]:
+    before = draw(_trees())
+    after = draw(st.one_of(_edited(before), _trees()))
+    return before, after
+
+
+def _expected_counts(old: dict[str, tuple[object, ...]], new: dict[str, tuple[object, ...]]) -> tuple[int, int, int]:
+    """(unchanged, written, deleted) for a restore of ``new`` over ``old`` with --delete."""
+    unchanged = written = 0
+    for path, spec in new.items():
+        was = old.get(path)
+        same = was is not None and was[0] == spec[0] and (
+            spec[0] == "dir" or (spec[0] == "link" and was[1] == spec[1]) or (spec[0] == "file" and was[3] == spec[3])
+        )
+        unchanged += same
+        written += not same
+    deleted = sum(1 for p in old if p not in new) + sum(
+        1 for p, spec in new.items() if p in old and old[p][0] == "dir" and spec[0] != "dir"
+    )
+    return unchanged, written, deleted
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(trees=_two_trees(), times=st.lists(st.integers(0, 4_000_000_000_000_000_000), min_size=1, max_size=3),
+       trust_mtime=st.booleans())
+def test_random_tree_over_another_ends_exactly_equal_with_delete(
+    store: Store, trees: tuple[dict[str, object], dict[str, object]], times: list[int], trust_mtime: bool
+) -> None:
+    before, after = trees
+    work = tempfile.mkdtemp()
+    try:
+        src = os.path.join(work, "src")
+        _materialise(src, after, times)
+        execution_id = f"run-{abs(hash((repr(after), tuple(times)))) % 10**12}"
+        store.snapshot(src, execution_id, use_files_cache=False)
+        dest = os.path.join(work, "dest")
+        _materialise(dest, before, list(reversed(times)))
+        old = describe(dest)
+        report = store.restore(execution_id, dest, overwrite=True, delete=True, trust_mtime=trust_mtime)
+        assert describe(dest) == describe(src)
+        assert os.stat(dest).st_mtime_ns == os.stat(src).st_mtime_ns
+        new = describe(src)
+        if not trust_mtime:  # trusting mtimes may take a same-size edited file as matching: not here
+            assert (report.unchanged, report.written, report.deleted) == _expected_counts(old, new)
+        assert not [n for n in _all_names(dest) if n.startswith(".cas-tmp-")]
+        again = store.restore(execution_id, dest, overwrite=True, delete=True)
+        assert (again.written, again.deleted, again.meta_fixed) == (0, 0, 0)
+        assert again.unchanged == len(new)
+    finally:
+        _make_writable(work)
+        shutil.rmtree(work)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(trees=_two_trees(), times=st.lists(st.integers(0, 4_000_000_000_000_000_000), min_size=1, max_size=3))
+def test_random_tree_over_another_without_delete_keeps_the_rest(
+    store: Store, trees: tuple[dict[str, object], dict[str, object]], times: list[int]
+) -> None:
+    """Every path of the execution ends exact; every other path is left as it was, except where a
+    directory stands in the way of a file or symlink, which is refused by name."""
+    before, after = trees
+    work = tempfile.mkdtemp()
+    try:
+        src = os.path.join(work, "src")
+        _materialise(src, after, times)
+        execution_id = f"run-{abs(hash((repr(after), tuple(times)))) % 10**12}"
+        store.snapshot(src, execution_id, use_files_cache=False)
+        dest = os.path.join(work, "dest")
+        _materialise(dest, before, list(reversed(times)))
+        old, new = describe(dest), describe(src)
+        in_the_way = {p for p, spec in new.items() if p in old and old[p][0] == "dir" and spec[0] != "dir"}
+        try:
+            store.restore(execution_id, dest, overwrite=True)
+            failed: set[str] = set()
+        except PartialRestore as exc:
+            failed = {p for p, _ in exc.failures}
+        assert failed == in_the_way
+        got = describe(dest)
+        for path, spec in new.items():
+            if not any(path == p or path.startswith(p + "/") for p in in_the_way):
+                assert got[path] == spec, path
+        for path, spec in old.items():
+            if path not in new and not any(path.startswith(p + "/") for p in new if new[p][0] != "dir"):
+                assert got[path] == spec, path
+    finally:
+        _make_writable(work)
+        shutil.rmtree(work)
+
+
+def _all_names(root: str) -> list[str]:
+    return [n for _d, dirs, files in os.walk(root) for n in dirs + files]
+
+
+def _make_writable(root: str) -> None:
+    for dirpath, dirnames, _files in os.walk(root):
+        for d in dirnames:
+            p = os.path.join(dirpath, d)
+            if not os.path.islink(p):
+                os.chmod(p, 0o755)
+
+
+class _CountingBackend(LocalBackend):
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.fetched = 0
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        data = super().get(key, offset, length)
+        if key.startswith("data/"):
+            self.fetched += len(data)
+        return data
+
+
+def _counting_store(tmp_path: Path) -> tuple[Store, _CountingBackend]:
+    backend = _CountingBackend(str(tmp_path / "repo"))
+    config = {**SMALL_CHUNKS, "chunk_min": 1024, "chunk_avg": 4096, "chunk_max": 16384}
+    return Store.open(backend, index=f"sqlite:///{tmp_path / 'index.sqlite'}", **config), backend
+
+
+def test_edited_file_reuses_its_own_chunks_and_fetches_little(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+    store, backend = _counting_store(tmp_path)
+    with store:
+        src = tmp_path / "src"
+        src.mkdir()
+        content = bytearray(os.urandom(400_000))
+        (src / "model.bin").write_bytes(content)
+        store.snapshot(src, "v1")
+        content[200_000:200_010] = b"x" * 10  # an edit in the middle
+        content[:0] = b"inserted at the start"  # and a shift of everything after it
+        (src / "model.bin").write_bytes(content)
+        store.snapshot(src, "v2")
+        dest = tmp_path / "dest"
+        store.restore("v1", dest)
+        backend.fetched = 0
+        report = store.restore("v2", dest, overwrite=True)
+        assert (dest / "model.bin").read_bytes() == bytes(content)
+        assert report.written == 1 and report.unchanged == 0
+        assert report.reused_bytes > 300_000
+        # Compressed random data: what was fetched is about the chunks around the two edits.
+        assert backend.fetched < 100_000
+
+
+def test_unchanged_tree_fetches_nothing_and_chunks_of_verified_files_are_reused(
+    tmp_path: Path, cas_home: Path  # noqa: F811
+) -> None:
+    store, backend = _counting_store(tmp_path)
+    with store:
+        src = tmp_path / "src"
+        src.mkdir()
+        shared = os.urandom(100_000)
+        (src / "a.bin").write_bytes(shared)
+        store.snapshot(src, "v1")
+        (src / "b.bin").write_bytes(shared)  # a new file whose chunks are all in a.bin
+        store.snapshot(src, "v2")
+        dest = tmp_path / "dest"
+        store.restore("v1", dest)
+        backend.fetched = 0
+        report = store.restore("v2", dest, overwrite=True)
+        assert (dest / "b.bin").read_bytes() == shared
+        assert (report.unchanged, report.written, report.reused_bytes) == (1, 1, 100_000)
+        assert backend.fetched < 5_000  # the tree nodes (about 1 KB), no file data
+        backend.fetched = 0
+        report = store.restore("v2", dest, overwrite=True)
+        assert (report.unchanged, report.written) == (2, 0)
+        assert backend.fetched < 5_000
+
+
+def test_metadata_only_difference_is_fixed_without_rewriting(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"same bytes")
+    os.chmod(src / "f", 0o640)
+    store.snapshot(src, "v1")
+    dest = tmp_path / "dest"
+    store.restore("v1", dest)
+    os.chmod(dest / "f", 0o600)
+    os.utime(dest / "f", ns=(1, 1))
+    inode = os.stat(dest / "f").st_ino
+    report = store.restore("v1", dest, overwrite=True)
+    st_after = os.stat(dest / "f")
+    assert (report.unchanged, report.meta_fixed, report.written) == (1, 1, 0)
+    assert st_after.st_ino == inode
+    assert stat.S_IMODE(st_after.st_mode) == 0o640
+    assert st_after.st_mtime_ns == os.stat(src / "f").st_mtime_ns
+
+
+def test_trust_mtime_skips_reading_and_hashing_catches_a_same_size_edit(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"original")
+    store.snapshot(src, "v1")
+    dest = tmp_path / "dest"
+    store.restore("v1", dest)
+    mtime = os.stat(dest / "f").st_mtime_ns
+    (dest / "f").write_bytes(b"tampered")  # same size
+    os.utime(dest / "f", ns=(mtime, mtime))
+    trusted = store.restore("v1", dest, overwrite=True, trust_mtime=True)
+    assert trusted.unchanged == 1 and (dest / "f").read_bytes() == b"tampered"
+    checked = store.restore("v1", dest, overwrite=True)
+    assert checked.written == 1 and (dest / "f").read_bytes() == b"original"
+
+
+def test_delete_never_follows_a_symlink_out_of_the_destination(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "keep").write_text("k")
+    store.snapshot(src, "v1")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("p")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.symlink(outside, dest / "link-to-outside")
+    (dest / "sub").mkdir()
+    os.symlink(outside, dest / "sub" / "deeper")
+    report = store.restore("v1", dest, overwrite=True, delete=True)
+    assert (outside / "precious").read_text() == "p"
+    assert sorted(os.listdir(dest)) == ["keep"]
+    assert report.deleted == 3
+
+
+def test_delete_with_one_path_leaves_the_rest_of_the_destination(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "a").write_text("a")
+    store.snapshot(src, "v1")
+    dest = tmp_path / "dest"
+    (dest / "pkg").mkdir(parents=True)
+    (dest / "pkg" / "stale").write_text("s")
+    (dest / "other").write_text("o")
+    store.restore("v1", dest, "pkg", overwrite=True, delete=True)
+    assert sorted(os.listdir(dest)) == ["other", "pkg"]
+    assert sorted(os.listdir(dest / "pkg")) == ["a"]
+
+
+def test_directory_in_the_way_is_refused_without_delete(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "x").write_text("file")
+    store.snapshot(src, "v1")
+    dest = tmp_path / "dest"
+    (dest / "x" / "inner").mkdir(parents=True)
+    with pytest.raises(PartialRestore, match="pass --delete"):
+        store.restore("v1", dest, overwrite=True)
+    assert (dest / "x" / "inner").is_dir()
+    store.restore("v1", dest, overwrite=True, delete=True)
+    assert (dest / "x").read_text() == "file"
+
+
+def test_delete_needs_overwrite(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    store.snapshot(src, "v1")
+    with pytest.raises(Exception, match="needs overwrite"):
+        store.restore("v1", tmp_path / "dest", delete=True)
+    with pytest.raises(AlreadyExists):
+        (tmp_path / "full").mkdir()
+        (tmp_path / "full" / "f").write_text("x")
+        store.restore("v1", tmp_path / "full")
