@@ -32,6 +32,8 @@ done
 pg_isready -h 127.0.0.1 -p 5432
 su postgres -c "psql -q -tc \"SELECT 1 FROM pg_roles WHERE rolname='cas'\" | grep -q 1 || psql -q -c \"CREATE ROLE cas LOGIN PASSWORD 'cas' CREATEDB\""
 su postgres -c "psql -q -tc \"SELECT 1 FROM pg_database WHERE datname='cas'\" | grep -q 1 || createdb -O cas cas"
+# tests/trust/test_roles.py creates the reader/writer/maintainer roles of docs/ROLES.md (and drops them).
+su postgres -c "psql -q -c 'ALTER ROLE cas CREATEROLE'"
 echo "services: PostgreSQL $version on 127.0.0.1:5432 (role cas, database cas)"
 
 # Resolve Hadoop's MiniDFSCluster from Maven Central (cached in ~/.m2) before the tests start it.

@@ -70,6 +70,15 @@ _SDK_CLIENT_ERROR = -1
 _SDK_REQUEST_ERROR = -2
 _SDK_INCONSISTENT = -3
 
+#: The RAM action each request needs, named when OSS refuses it by policy (docs/ROLES.md).
+_ACTIONS = {
+    "put": "oss:PutObject",
+    "get": "oss:GetObject",
+    "stat": "oss:GetObject",
+    "list": "oss:ListObjects",
+    "delete": "oss:DeleteObject",
+}
+
 _HINTS = {
     errors.ConfigurationError: "check the bucket name, endpoint and clock",
     errors.PermissionDenied: "check access_key_id / access_key_secret (or OSS_ACCESS_KEY_ID / OSS_ACCESS_KEY_SECRET)",
@@ -284,6 +293,8 @@ def _translate(exc: Exception, operation: str, key: str, where: str, secret: tup
     if message:
         text += f": {message}"
     hint = _HINTS.get(cls)
+    if status == 403 and code == "AccessDenied" and operation in _ACTIONS:
+        hint = f"this identity needs {_ACTIONS[operation]} on it; see docs/ROLES.md"
     if hint:
         text += f" ({hint})"
     return cls(_scrub(text, secret), request_id=request_id)

@@ -68,6 +68,17 @@ _ERROR_CODES: Mapping[str, type[errors.CasError]] = {
     "OperationAborted": errors.Unavailable,
 }
 
+#: The IAM action each request needs, named when the server refuses it (docs/ROLES.md).
+_ACTIONS: Mapping[str, str] = {
+    "put": "s3:PutObject",
+    "get": "s3:GetObject",
+    "stat": "s3:GetObject",
+    "list": "s3:ListBucket",
+    "delete": "s3:DeleteObject",
+}
+#: Refusals by policy, as opposed to credentials the server does not accept.
+_POLICY_REFUSALS = frozenset({"AccessDenied", "AllAccessDisabled", "403"})
+
 _HINTS: Mapping[type[errors.CasError], str] = {
     errors.PermissionDenied: "check the credentials (access key, secret, session token) and the bucket policy",
     errors.ConfigurationError: "check the bucket name, region and endpoint_url",
@@ -292,6 +303,8 @@ def _translate(exc: BaseException, operation: str, where: str, secrets: tuple[st
             detail = exc.response.get("Error", {}).get("Message") or ""
             message = f"S3 {operation} {where} failed: {code or status} {detail}".rstrip()
             hint = _HINTS.get(kind)
+            if kind is errors.PermissionDenied and (code or str(status)) in _POLICY_REFUSALS and operation in _ACTIONS:
+                hint = f"this identity needs {_ACTIONS[operation]} on it; see docs/ROLES.md"
             if hint:
                 message += f" ({hint})"
         return kind(scrub(message), request_id=_request_id(exc))

@@ -395,20 +395,25 @@ class Store:
 
     def sync(self) -> RebuildReport:
         """Add to the index what the backend holds and it lacks (packs, snapshots)."""
+        self.repo.index.require_insert()
         return rebuild_index(self.repo)
 
     def rebuild_index(self) -> RebuildReport:
         """Empty the index and rebuild it from the backend alone (binding it to this backend)."""
+        self.repo.index.require_delete()
         return rebuild_index(self.repo, full=True)
 
     def verify(self, *, read_data: bool = False, sample: float = 1.0) -> VerifyReport:
         return verify(self.repo, read_data=read_data, sample=sample)
 
     def repair(self, *, read_data: bool = False) -> tuple[VerifyReport, RepairReport]:
+        self.repo.index.require_delete()
         found = verify(self.repo, read_data=read_data)
         return found, repair(self.repo, found)
 
     def gc(self, *, grace: dt.timedelta = DEFAULT_GRACE, dry_run: bool = False) -> GcReport:
+        if not dry_run:
+            self.repo.index.require_delete()
         return collect_garbage(self.repo, grace=grace, dry_run=dry_run)
 
 

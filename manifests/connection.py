@@ -64,6 +64,31 @@ class IndexConnection:
         if problems:
             raise database.damaged(self.engine, self.url, problems[0])
 
+    def require_delete(self) -> None:
+        """Refuse a role that may not delete rows (docs/ROLES.md: a writer or a reader), before
+        ``gc``, ``repair`` or a full rebuild starts."""
+        self.require("DELETE", ("blobs", "packs", "snapshots", "tombstones"))
+
+    def require_insert(self) -> None:
+        """Refuse a role that may not add rows (a reader), before a sync starts."""
+        self.require("INSERT", ("packs", "blobs", "snapshots"))
+
+    def require(self, privilege: str, tables: Sequence[str]) -> None:
+        """Raise :class:`~backends.errors.PermissionDenied` naming the first of ``tables`` this role
+        may not ``privilege`` (``DELETE`` or ``INSERT``), before an operation that needs it changes
+        anything. PostgreSQL checks privileges when a statement starts, so a statement matching no
+        row asks the question and changes nothing (the transaction is rolled back anyway). SQLite
+        has no privileges: nothing to ask."""
+        if self.engine.dialect.name != "postgresql":
+            return
+        statement = {"DELETE": "DELETE FROM {t} WHERE false", "INSERT": "INSERT INTO {t} SELECT * FROM {t} WHERE false"}
+        with self._read() as conn:
+            try:
+                for table in tables:
+                    conn.exec_driver_sql(statement[privilege].format(t=table))
+            finally:
+                conn.rollback()
+
     def close(self) -> None:
         self.engine.dispose()
 

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, event, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
-from backends.errors import CasError, ConfigurationError, MissingDependency, Unavailable
+from backends.errors import CasError, ConfigurationError, MissingDependency, PermissionDenied, Unavailable
 from manifests.errors import IndexDamaged
 from manifests.models import Fence
 
@@ -209,8 +209,24 @@ def translate(engine: Engine, url: str, exc: DBAPIError, what: str) -> CasError:
             code is None and ("malformed" in detail or "not a database" in detail)
         ):
             return damaged(engine, url, detail)
+    if getattr(orig, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
+        return PermissionDenied(f"index {redact(url)} refused: {detail}: {_missing_privilege(exc, detail)}")
     message = what.format(index=redact(url)) + f": {detail}"
     return Unavailable(message) if isinstance(exc, OperationalError) else CasError(message)
+
+
+#: PostgreSQL's SQLSTATE for a statement the role has no privilege for.
+_INSUFFICIENT_PRIVILEGE = "42501"
+_TABLE = re.compile(r"permission denied for (?:table|relation) (\S+)")
+
+
+def _missing_privilege(exc: DBAPIError, detail: str) -> str:
+    """What the role lacks, from the refused statement's verb and the table PostgreSQL names:
+    ``this role needs DELETE on table blobs (see docs/ROLES.md)``."""
+    verb = (str(exc.statement or "").split() or ["access"])[0].upper()
+    table = _TABLE.search(detail)
+    where = f" on table {table.group(1)}" if table else ""
+    return f"this role needs {verb}{where} (see docs/ROLES.md)"
 
 
 def damaged(engine: Engine, url: str, detail: str) -> IndexDamaged:

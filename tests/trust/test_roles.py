@@ -1,0 +1,258 @@
+"""Each role of docs/ROLES.md runs every command, with exactly the documented permissions.
+
+The table below says, for each command and role, whether the command must succeed or must fail
+naming the permission the role lacks. A refused command must print one line on stderr, exit 1
+and leave the bucket and the index as they were. The S3 side is a moto server with IAM
+authentication (one IAM user per role, holding the policy from docs/ROLES.md); the index is a
+PostgreSQL database whose roles got the GRANTs from docs/ROLES.md. A command added to cas joins
+the table: name how to run it in ``COMMANDS`` and what each role may do in ``TABLE``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.servers import s3 as s3_servers
+from tests.servers.postgres import _connect, postgres_admin  # noqa: F401
+from tests.trust.deployment import (
+    ROLES,
+    Deployment,
+    make_iam_users,
+    passwords,
+    role_names,
+    role_policies,
+    sql_statements,
+)
+
+OK = None
+"""In ``TABLE``: the command succeeds. A string instead: it fails, and its line contains the string."""
+
+
+@dataclass
+class Case:
+    """What a command needs to build its arguments."""
+
+    deployment: Deployment
+    role: str
+    tmp: str
+    source: str
+    uri: str
+
+    @property
+    def tag(self) -> str:
+        return self.role
+
+
+COMMANDS: dict[str, Callable[[Case], list[str]]] = {
+    "log": lambda c: ["log"],
+    "ls": lambda c: ["ls", "base-2", "-r"],
+    "diff": lambda c: ["diff", "base-1", "base-2"],
+    "cat": lambda c: ["cat", "base-2", "src/train.py"],
+    "restore": lambda c: ["restore", "base-2", os.path.join(c.tmp, "restored")],
+    "stats": lambda c: ["stats"],
+    "verify": lambda c: ["verify"],
+    "verify --read-data": lambda c: ["verify", "--read-data"],
+    "aiflow download": lambda c: ["aiflow", "download", c.uri, os.path.join(c.tmp, "downloaded")],
+    "snapshot": lambda c: ["snapshot", c.source, "--execution-id", f"new-{c.tag}"],
+    "aiflow upload": lambda c: ["aiflow", "upload", os.path.join(c.source, "src", "train.py")],
+    "forget": lambda c: ["forget", f"doomed-{c.role}"],
+    "gc": lambda c: ["gc"],
+    "repair": lambda c: ["repair"],
+    "rebuild-index --sync": lambda c: ["rebuild-index", "--sync"],
+    "rebuild-index": lambda c: ["rebuild-index"],
+}
+
+NO_DELETE_ROWS = "needs DELETE on table"
+TABLE: dict[str, dict[str, str | None]] = {
+    "log": {"reader": OK, "writer": OK, "maintainer": OK},
+    "ls": {"reader": OK, "writer": OK, "maintainer": OK},
+    "diff": {"reader": OK, "writer": OK, "maintainer": OK},
+    "cat": {"reader": OK, "writer": OK, "maintainer": OK},
+    "restore": {"reader": OK, "writer": OK, "maintainer": OK},
+    "stats": {"reader": OK, "writer": OK, "maintainer": OK},
+    "verify": {"reader": OK, "writer": OK, "maintainer": OK},
+    "verify --read-data": {"reader": OK, "writer": OK, "maintainer": OK},
+    "aiflow download": {"reader": OK, "writer": OK, "maintainer": OK},
+    "snapshot": {"reader": "s3:PutObject", "writer": OK, "maintainer": OK},
+    "aiflow upload": {"reader": "s3:PutObject", "writer": OK, "maintainer": OK},
+    "forget": {"reader": "s3:DeleteObject", "writer": "s3:DeleteObject", "maintainer": OK},
+    "gc": {"reader": NO_DELETE_ROWS, "writer": NO_DELETE_ROWS, "maintainer": OK},
+    "repair": {"reader": NO_DELETE_ROWS, "writer": NO_DELETE_ROWS, "maintainer": OK},
+    "rebuild-index --sync": {"reader": "needs INSERT on table", "writer": OK, "maintainer": OK},
+    "rebuild-index": {"reader": NO_DELETE_ROWS, "writer": NO_DELETE_ROWS, "maintainer": OK},
+}
+
+
+def test_table_covers_every_command() -> None:
+    """Every cas subcommand appears in the table (a new one must be added with its roles)."""
+    from cas.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    covered = {name.split()[0] for name in TABLE}
+    assert set(sub.choices) <= covered, sorted(set(sub.choices) - covered)
+    assert set(TABLE) == set(COMMANDS)
+    assert all(set(row) == set(ROLES) for row in TABLE.values())
+
+
+# -- the deployment -----------------------------------------------------------------------------
+
+
+def run_cas(deployment: Deployment, role: str, argv: list[str], home: str) -> tuple[int, str, str]:
+    """``cas --repo ... --index ... ARGV`` in this process, as ``role``: (status, stdout, stderr)."""
+    from cas.cli import main
+
+    saved = dict(os.environ)
+    os.environ.update(deployment.env(role))
+    os.environ["CAS_HOME"] = home
+    out, err = io.StringIO(), io.StringIO()
+    stdout_buffer = io.BytesIO()
+    try:
+        with contextlib.redirect_stdout(_TextWithBuffer(out, stdout_buffer)), contextlib.redirect_stderr(err):
+            status = main(["--repo", deployment.repo, "--index", deployment.index_url(role), *argv])
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return status, out.getvalue() + stdout_buffer.getvalue().decode("utf-8", "replace"), err.getvalue()
+
+
+class _TextWithBuffer(io.TextIOWrapper):
+    """A text stdout that also has ``.buffer`` (``cas cat`` writes bytes there)."""
+
+    def __init__(self, text: io.StringIO, buffer: io.BytesIO) -> None:
+        self._text = text
+        self._buffer = buffer
+
+    @property
+    def buffer(self) -> io.BytesIO:  # type: ignore[override]
+        return self._buffer
+
+    def write(self, s: str) -> int:  # type: ignore[override]
+        return self._text.write(s)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _write_tree(root: str, version: int) -> None:
+    os.makedirs(os.path.join(root, "src"), exist_ok=True)
+    with open(os.path.join(root, "src", "train.py"), "w") as f:
+        f.write(f"print('train v{version}')\n")
+    with open(os.path.join(root, "weights.bin"), "wb") as f:
+        f.write(bytes(range(256)) * 512 + version.to_bytes(4, "big"))
+
+
+@pytest.fixture(scope="module")
+def deployment(postgres_admin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Deployment, str, str]]:  # noqa: F811
+    """The roles on moto (IAM on) and PostgreSQL, and a repository the maintainer filled with
+    ``base-1``, ``base-2`` (a small change), one ``doomed-<role>`` per role and one AIFlow upload.
+    Yields ``(deployment, source directory, the upload's URI)``."""
+    server = s3_servers.start_moto_server(signed_prefixes=True)
+    database = "cas_roles_" + secrets.token_hex(4)
+    names = role_names()
+    with _connect() as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    try:
+        bucket = "roles-" + secrets.token_hex(4)
+        keys = make_iam_users(server, bucket)
+        server.post("/moto-api/reset-auth", b"0")
+        db_url = postgres_admin.rsplit("/", 1)[0] + "/" + database
+        admin_block = role_policies("postgres")["admin"]
+        found = passwords(admin_block)
+        with _connect(database) as conn:
+            for statement in sql_statements(admin_block, names, database):
+                conn.execute(statement)
+        dep = Deployment(server.endpoint_url, bucket, db_url,
+                         {r: (names[r], found[r]) for r in ROLES}, keys)
+        source = str(tmp_path_factory.mktemp("source"))
+        home = str(tmp_path_factory.mktemp("home-maintainer"))
+        _write_tree(source, 1)
+        _ok(run_cas(dep, "maintainer", ["stats"], home))  # creates the tables, as their owner
+        with _maintainer_db(dep) as conn:
+            for statement in sql_statements(role_policies("postgres")["maintainer"], names, database):
+                conn.execute(statement)
+        _ok(run_cas(dep, "maintainer", ["snapshot", source, "-e", "base-1"], home))
+        _write_tree(source, 2)
+        _ok(run_cas(dep, "maintainer", ["snapshot", source, "-e", "base-2"], home))
+        for role in ROLES:
+            _ok(run_cas(dep, "maintainer", ["snapshot", source, "-e", f"doomed-{role}"], home))
+        status, out, err = run_cas(dep, "maintainer", ["--json", "aiflow", "upload", os.path.join(source, "weights.bin")], home)
+        assert status == 0, err
+        yield dep, source, json.loads(out)["uri"]
+    finally:
+        s3_servers.stop_moto_server(server)
+        with _connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            for name in names.values():
+                conn.execute(f'DROP ROLE IF EXISTS "{name}"')
+
+
+def _ok(result: tuple[int, str, str]) -> None:
+    assert result[0] == 0, result[2]
+
+
+@contextlib.contextmanager
+def _maintainer_db(dep: Deployment) -> Iterator[Any]:
+    import psycopg
+
+    with psycopg.connect(dep.index_url("maintainer"), autocommit=True, connect_timeout=5) as conn:
+        yield conn
+
+
+def _state(dep: Deployment) -> tuple[dict[str, str], dict[str, list[tuple[Any, ...]]]]:
+    """Every object in the bucket (key -> ETag) and every row of every table, seen by the owners."""
+    client = _admin_s3(dep)
+    objects = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=dep.bucket):
+        for item in page.get("Contents", ()):
+            objects[item["Key"]] = item["ETag"]
+    rows = {}
+    with _maintainer_db(dep) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")]
+        for table in tables:
+            rows[table] = sorted(conn.execute(f'SELECT * FROM "{table}"').fetchall(), key=repr)
+    return objects, rows
+
+
+def _admin_s3(dep: Deployment) -> Any:
+    import boto3  # type: ignore[import-untyped]
+    from botocore.config import Config  # type: ignore[import-untyped]
+
+    key_id, secret = dep.s3_keys["admin"]
+    return boto3.client("s3", endpoint_url=dep.endpoint_url, region_name="us-east-1", aws_access_key_id=key_id,
+                        aws_secret_access_key=secret, config=Config(s3={"addressing_style": "path"}))
+
+
+CASES = [(command, role) for command, row in TABLE.items() for role in ROLES]
+
+
+@pytest.mark.parametrize(("command", "role"), CASES, ids=[f"{r}-{c}" for c, r in CASES])
+def test_role_runs_command(deployment: tuple[Deployment, str, str], command: str, role: str,
+                           tmp_path: Any) -> None:
+    dep, source, uri = deployment
+    expected = TABLE[command][role]
+    home = os.path.join(str(tmp_path), "home")
+    argv = COMMANDS[command](Case(dep, role, str(tmp_path), source, uri))
+    before = _state(dep) if expected is not OK else None
+    status, out, err = run_cas(dep, role, argv, home)
+    if expected is OK:
+        assert status == 0, f"{role} {command}: {err}"
+        return
+    lines = err.strip().splitlines()
+    assert status == 1, f"{role} {command} was not refused: {status} {out} {err}"
+    assert len(lines) == 1 and lines[0].startswith("cas: error: "), err
+    assert expected in lines[0], lines[0]
+    assert _state(dep) == before, f"{role} {command} changed the repository or the index"
