@@ -1,4 +1,8 @@
-"""The tools under test, each driven through its command line as a separate process."""
+"""The tools under test, each driven through its command line as a separate process.
+
+A tool instance belongs to one case of one round: its repository lives in ``base / 'repos' / name``
+and its caches in ``base / 'cache' / name``, so every round starts from empty repositories.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +17,27 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _first_line(cmd: list[str], env: dict[str, str] | None = None) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "?"
+
+
 class Tool:
-    """One tool: its repository lives in ``base / 'repos' / name``, its caches in ``base / 'cache' / name``."""
+    """One tool. ``binary`` is the program to run (for the tools that are a program)."""
 
     name = "tool"
+    # A peer is a backup tool cas is measured against ("the best peer of a step"); the others are
+    # baselines, shown but never the best peer.
+    peer = True
+    # Cases this tool sits out (see README: zip of a 10 GB file takes minutes and says nothing new).
+    skip_cases: frozenset[str] = frozenset()
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, binary: str = "") -> None:
         self.base = base
+        self.binary = binary
         self.repo = base / "repos" / self.name
         self.cache = base / "cache" / self.name
         self.snapshot_ids: dict[str, str] = {}
@@ -31,23 +49,27 @@ class Tool:
     def setup_cmds(self) -> list[tuple[list[str], Path]]:
         return []
 
-    def snapshot_cmd(self, exec_dir: Path, label: str, parent: str | None) -> tuple[list[str], Path]:
+    def snapshot_cmd(self, src: Path, label: str, parent: str | None) -> tuple[list[str], Path]:
+        """Snapshot directory ``src`` under ``label``; ``parent`` is the label of the previous
+        snapshot of the series (or of the same directory), for tools that need to be told."""
         raise NotImplementedError
 
-    def after_snapshot(self, label: str, stdout: str) -> None:
+    def after_snapshot(self, label: str, output: str) -> None:
         self.snapshot_ids[label] = label
 
     def restore_cmd(self, label: str, dest: Path) -> tuple[list[str], Path]:
+        """Restore ``label`` so that the snapshotted directory's content is at ``dest`` (empty, existing)."""
         raise NotImplementedError
-
-    def restored_root(self, dest: Path) -> Path:
-        return dest
 
     def stored_paths(self) -> list[Path]:
         return [self.repo]
 
     def cache_paths(self) -> list[Path]:
         return [self.cache]
+
+    def index_paths(self) -> list[Path]:
+        """Repository files a snapshot reads (besides its caches): read before a snapshot step."""
+        return []
 
     def extra_stats(self) -> dict[str, object]:
         return {}
@@ -66,16 +88,9 @@ class Tool:
         self.snapshot_ids.clear()
 
 
-def _first_line(cmd: list[str], env: dict[str, str] | None = None) -> str:
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)
-        return (out.stdout or out.stderr).strip().splitlines()[0]
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return "?"
-
-
 class Cas(Tool):
     name = "cas"
+    peer = False
 
     @property
     def index_path(self) -> Path:
@@ -95,24 +110,26 @@ class Cas(Tool):
         help_text = subprocess.run(
             [sys.executable, "-m", "cas.cli", "--help"], capture_output=True, text=True, cwd=REPO_ROOT, env=self.env(), check=False
         ).stdout
-        commands: set[str] = set()
         m = re.search(r"\{([A-Za-z0-9_,-]+)\}", help_text)
-        if m:
-            commands.update(m.group(1).split(","))
-        commands.update(line.split()[0] for line in help_text.splitlines() if line.startswith("  ") and line.split())
-        if "init" in commands:
+        if m and "init" in m.group(1).split(","):
             return [([*self.cli(), "init"], REPO_ROOT)]
         return []
 
-    def snapshot_cmd(self, exec_dir: Path, label: str, parent: str | None) -> tuple[list[str], Path]:
-        return [*self.cli(), "snapshot", str(exec_dir), "--execution-id", label], REPO_ROOT
+    def snapshot_cmd(self, src: Path, label: str, parent: str | None) -> tuple[list[str], Path]:
+        return [*self.cli(), "snapshot", str(src), "--execution-id", label], REPO_ROOT
 
     def restore_cmd(self, label: str, dest: Path) -> tuple[list[str], Path]:
         return [*self.cli(), "restore", label, str(dest)], REPO_ROOT
 
-    def stored_paths(self) -> list[Path]:
+    def _index_files(self) -> list[Path]:
         p = self.index_path
-        return [self.repo, p, p.with_name(p.name + "-wal"), p.with_name(p.name + "-shm"), p.with_name(p.name + "-journal")]
+        return [p, p.with_name(p.name + "-wal"), p.with_name(p.name + "-shm"), p.with_name(p.name + "-journal")]
+
+    def stored_paths(self) -> list[Path]:
+        return [self.repo, *self._index_files()]
+
+    def index_paths(self) -> list[Path]:
+        return self._index_files()
 
     def extra_stats(self) -> dict[str, object]:
         out = subprocess.run(
@@ -135,59 +152,134 @@ class Cas(Tool):
         return f"cas (python -m cas.cli, last commit to cas/ {rev}{', with uncommitted changes' if dirty else ''})"
 
 
+def _json_snapshot_id(output: str, keys: tuple[str, ...]) -> str | None:
+    """The snapshot id from a tool's JSON output: the last JSON object (one per line, or the whole
+    text) that has one of ``keys``."""
+    candidates: list[object] = []
+    try:
+        candidates.append(json.loads(output))
+    except json.JSONDecodeError:
+        for line in output.splitlines():
+            try:
+                candidates.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    for msg in reversed(candidates):
+        for item in reversed(msg) if isinstance(msg, list) else [msg]:
+            if isinstance(item, dict):
+                for k in keys:
+                    if item.get(k):
+                        return str(item[k])
+    return None
+
+
 class Restic(Tool):
+    """restic, any version: the current release built from source (``restic``) and Debian's
+    package (``restic-debian``) run the same commands."""
+
     name = "restic"
     PASSWORD = "benchmark"
 
-    def __init__(self, base: Path) -> None:
-        super().__init__(base)
-        help_text = _first_line(["restic", "version"])
-        self._version = help_text
-        init_help = subprocess.run(["restic", "init", "--help"], capture_output=True, text=True, check=False).stdout
+    def __init__(self, base: Path, binary: str = "restic") -> None:
+        super().__init__(base, binary)
+        self._version = _first_line([binary, "version"])
+        init_help = subprocess.run([binary, "init", "--help"], capture_output=True, text=True, check=False).stdout
         self.no_password = "--insecure-no-password" in init_help
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["RESTIC_REPOSITORY"] = str(self.repo)
         env["RESTIC_CACHE_DIR"] = str(self.cache)
+        env.pop("RESTIC_PASSWORD", None)
         if not self.no_password:
             env["RESTIC_PASSWORD"] = self.PASSWORD
-        env.setdefault("GOMAXPROCS", str(os.cpu_count() or 1))
         return env
 
     def _pw(self) -> list[str]:
         return ["--insecure-no-password"] if self.no_password else []
 
     def setup_cmds(self) -> list[tuple[list[str], Path]]:
-        return [(["restic", "init", "-q", *self._pw()], self.base)]
+        return [([self.binary, "init", "-q", *self._pw()], self.base)]
 
-    def snapshot_cmd(self, exec_dir: Path, label: str, parent: str | None) -> tuple[list[str], Path]:
-        # "." from inside the execution directory: the snapshot's tree holds the directory's
-        # content at its root, so the previous execution's snapshot works as --parent.
-        cmd = ["restic", "backup", "--json", "--host", "bench", "--tag", label, *self._pw()]
+    def snapshot_cmd(self, src: Path, label: str, parent: str | None) -> tuple[list[str], Path]:
+        # "." from inside the directory: the snapshot's tree holds the directory's content at its
+        # root, so the previous execution's snapshot works as --parent.
+        cmd = [self.binary, "backup", "--json", "--host", "bench", "--tag", label, *self._pw()]
         if parent is not None and parent in self.snapshot_ids:
             cmd += ["--parent", self.snapshot_ids[parent]]
-        return [*cmd, "."], exec_dir
+        return [*cmd, "."], src
 
-    def after_snapshot(self, label: str, stdout: str) -> None:
-        for line in reversed(stdout.splitlines()):
-            try:
-                msg = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(msg, dict) and msg.get("message_type") == "summary":
-                self.snapshot_ids[label] = str(msg["snapshot_id"])
-                return
+    def after_snapshot(self, label: str, output: str) -> None:
+        sid = _json_snapshot_id(output, ("snapshot_id",))
+        if sid:
+            self.snapshot_ids[label] = sid
 
     def restore_cmd(self, label: str, dest: Path) -> tuple[list[str], Path]:
-        return ["restic", "restore", *self._pw(), self.snapshot_ids.get(label, "latest"), "--target", str(dest)], self.base
+        return [self.binary, "restore", *self._pw(), self.snapshot_ids.get(label, "latest"), "--target", str(dest)], self.base
+
+    def index_paths(self) -> list[Path]:
+        return [self.repo / "index", self.repo / "snapshots", self.repo / "keys", self.repo / "config"]
 
     def version(self) -> str:
         return self._version + ("" if not self.no_password else " (--insecure-no-password)")
 
 
+class ResticDebian(Restic):
+    name = "restic-debian"
+
+
+class Rustic(Tool):
+    """rustic (restic's repository format, written in Rust), configured by environment only: an
+    empty config directory so no profile of the user's applies."""
+
+    name = "rustic"
+    PASSWORD = "benchmark"
+
+    def __init__(self, base: Path, binary: str = "rustic") -> None:
+        super().__init__(base, binary)
+        self._version = _first_line([binary, "--version"], env=self.env())
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RUSTIC_")}
+        env["RUSTIC_REPOSITORY"] = str(self.repo)
+        env["RUSTIC_PASSWORD"] = self.PASSWORD
+        env["RUSTIC_CACHE_DIR"] = str(self.cache)
+        env["RUSTIC_NO_PROGRESS"] = "true"
+        env["XDG_CONFIG_HOME"] = str(self.base / "rustic-config")  # no rustic.toml there
+        return env
+
+    def setup_cmds(self) -> list[tuple[list[str], Path]]:
+        (self.base / "rustic-config").mkdir(parents=True, exist_ok=True)
+        return [([self.binary, "init"], self.base)]
+
+    def snapshot_cmd(self, src: Path, label: str, parent: str | None) -> tuple[list[str], Path]:
+        # As restic: "." from inside the directory, the previous snapshot as explicit parent (rustic
+        # would otherwise look for one with the same absolute paths).
+        cmd = [self.binary, "backup", "--json", "--host", "bench", "--tag", label]
+        if parent is not None and parent in self.snapshot_ids:
+            cmd += ["--parent", self.snapshot_ids[parent]]
+        return [*cmd, "."], src
+
+    def after_snapshot(self, label: str, output: str) -> None:
+        sid = _json_snapshot_id(output, ("id",))
+        if sid:
+            self.snapshot_ids[label] = sid
+
+    def restore_cmd(self, label: str, dest: Path) -> tuple[list[str], Path]:
+        return [self.binary, "restore", self.snapshot_ids.get(label, "latest"), str(dest)], self.base
+
+    def index_paths(self) -> list[Path]:
+        return [self.repo / "index", self.repo / "snapshots", self.repo / "keys", self.repo / "config"]
+
+    def version(self) -> str:
+        return self._version
+
+
 class Borg(Tool):
     name = "borg"
+
+    def __init__(self, base: Path, binary: str = "borg") -> None:
+        super().__init__(base, binary)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -197,26 +289,31 @@ class Borg(Tool):
         return env
 
     def setup_cmds(self) -> list[tuple[list[str], Path]]:
-        return [(["borg", "init", "--encryption=none", str(self.repo)], self.base)]
+        return [([self.binary, "init", "--encryption=none", str(self.repo)], self.base)]
 
-    def snapshot_cmd(self, exec_dir: Path, label: str, parent: str | None) -> tuple[list[str], Path]:
-        return ["borg", "create", "--compression", "zstd,3", f"{self.repo}::{label}", "."], exec_dir
+    def snapshot_cmd(self, src: Path, label: str, parent: str | None) -> tuple[list[str], Path]:
+        return [self.binary, "create", "--compression", "zstd,3", f"{self.repo}::{label}", "."], src
 
     def restore_cmd(self, label: str, dest: Path) -> tuple[list[str], Path]:
-        return ["borg", "extract", f"{self.repo}::{label}"], dest
+        return [self.binary, "extract", f"{self.repo}::{label}"], dest
+
+    def index_paths(self) -> list[Path]:
+        return sorted(self.repo.glob("index.*")) + sorted(self.repo.glob("hints.*"))
 
     def version(self) -> str:
-        return _first_line(["borg", "--version"])
+        return _first_line([self.binary, "--version"])
 
 
 class Zip(Tool):
     """AIFlow's way: zip the execution directory (ZIP_DEFLATED), copy the zip into a store."""
 
     name = "zip"
+    peer = False
+    skip_cases = frozenset({"big"})
     SCRIPT = Path(__file__).resolve().parent / "zipstore.py"
 
-    def snapshot_cmd(self, exec_dir: Path, label: str, parent: str | None) -> tuple[list[str], Path]:
-        return [sys.executable, str(self.SCRIPT), "snapshot", str(exec_dir), str(self.repo), label], self.base
+    def snapshot_cmd(self, src: Path, label: str, parent: str | None) -> tuple[list[str], Path]:
+        return [sys.executable, str(self.SCRIPT), "snapshot", str(src), str(self.repo), label], self.base
 
     def restore_cmd(self, label: str, dest: Path) -> tuple[list[str], Path]:
         return [sys.executable, str(self.SCRIPT), "restore", str(self.repo), label, str(dest)], self.base
@@ -225,4 +322,11 @@ class Zip(Tool):
         return f"python {sys.version.split()[0]} zipfile ZIP_DEFLATED (zlib level 6) + shutil.copyfile"
 
 
-TOOLS: dict[str, type[Tool]] = {"cas": Cas, "restic": Restic, "borg": Borg, "zip": Zip}
+TOOLS: dict[str, type[Tool]] = {
+    "cas": Cas,
+    "restic": Restic,
+    "rustic": Rustic,
+    "restic-debian": ResticDebian,
+    "borg": Borg,
+    "zip": Zip,
+}

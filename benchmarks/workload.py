@@ -371,3 +371,128 @@ def load_or_build(work: Path, config: WorkloadConfig, reuse: bool) -> Workload:
     wl = build(work, config)
     meta.write_text(json.dumps(wl.to_json(), indent=2))
     return wl
+
+
+# ---------------------------------------------------------------- many small files
+
+
+@dataclasses.dataclass(frozen=True)
+class SmallFilesConfig:
+    """``files`` files of ``min_bytes``..``max_bytes`` (uniform), ``per_dir`` to a directory."""
+
+    files: int = 100_000
+    min_bytes: int = 100
+    max_bytes: int = 4000
+    per_dir: int = 1000
+    seed: int = 20261126
+
+
+WORDS = (
+    "model layer weight bias loss step epoch batch learning rate optimizer adam gradient tensor shape "
+    "config dataset train eval split token vocab embedding attention head hidden dropout norm scale "
+    "checkpoint metric accuracy precision recall score seed device cuda float int list dict none true false"
+).split()
+
+
+def _small_pool(rnd: random.Random, size: int) -> bytes:
+    """Half random bytes (like compressed or binary files), half words and numbers (like code,
+    configs and logs), so the compressing tools have something to compress and something not."""
+    text = bytearray()
+    while len(text) < size // 2:
+        text += f"{rnd.choice(WORDS)}_{rnd.randrange(1000)} = {rnd.random():.6f}\n".encode()
+    return rnd.randbytes(size // 2) + bytes(text[: size // 2])
+
+
+def build_small_files(work: Path, config: SmallFilesConfig) -> dict[str, object]:
+    """Write the files under ``work / 'small'`` (replacing what is there); each file is a slice of
+    a seeded pool at a random offset, so no two files are alike and none is much compressible
+    or much not, on average."""
+    t0 = time.perf_counter()
+    root = work / "small"
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    rnd = random.Random(config.seed)
+    pool = _small_pool(rnd, 16 * 2**20)
+    total = 0
+    for i in range(config.files):
+        d = root / f"d{i // config.per_dir:04d}"
+        if i % config.per_dir == 0:
+            d.mkdir()
+        size = rnd.randint(config.min_bytes, config.max_bytes)
+        at = rnd.randrange(len(pool) - size)
+        with open(d / f"f{i:06d}.dat", "wb") as f:
+            f.write(pool[at : at + size])
+        total += size
+    _log(f"small: {config.files} files, {total / 2**20:.1f} MiB")
+    return {"config": dataclasses.asdict(config), "path": str(root), "files": config.files,
+            "logical_bytes": total, "build_seconds": time.perf_counter() - t0}
+
+
+# ---------------------------------------------------------------- one big file
+
+
+@dataclasses.dataclass(frozen=True)
+class BigFileConfig:
+    """One file of ``size`` bytes made of ``segment``-byte segments of float32 weights, drawn
+    from ``distinct`` different segments (all of them first, then in seeded random order): the
+    bytes are read, cut and hashed in full, but a repository holds about ``distinct`` segments,
+    so ten of these fit on the disk next to the source."""
+
+    size: int = 10 * 2**30
+    segment: int = 32 * 2**20
+    distinct: int = 16
+    seed: int = 20261127
+
+
+def build_big_file(work: Path, config: BigFileConfig) -> dict[str, object]:
+    t0 = time.perf_counter()
+    root = work / "big"
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    writer = TensorWriter()
+    count = max(1, -(-config.size // config.segment))
+    distinct = min(config.distinct, count)
+    segments: list[bytes] = []
+    for k in range(distinct):
+        buf = _BytesSink()
+        writer.write(buf, config.segment // 4, config.seed + k)
+        segments.append(buf.value())
+    rnd = random.Random(config.seed)
+    order = list(range(distinct)) + [rnd.randrange(distinct) for _ in range(count - distinct)]
+    left = config.size
+    with open(root / "checkpoint.bin", "wb") as f:
+        for k in order:
+            piece = segments[k][: min(left, config.segment)]
+            f.write(piece)
+            left -= len(piece)
+    _log(f"big: one file of {config.size / 2**20:.0f} MiB ({distinct} distinct {config.segment // 2**20} MiB segments)")
+    return {"config": dataclasses.asdict(config), "path": str(root), "files": 1, "logical_bytes": config.size,
+            "tensor_generator": writer.name, "build_seconds": time.perf_counter() - t0}
+
+
+class _BytesSink:
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, b: bytes) -> None:
+        self.parts.append(bytes(b))
+
+    def value(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def load_or_build_extra(work: Path, name: str, config: SmallFilesConfig | BigFileConfig, reuse: bool) -> dict[str, object]:
+    """The small-files or big-file input, rebuilt unless ``reuse`` and built with the same config."""
+    meta = work / f"{name}.json"
+    if reuse and meta.exists():
+        data = json.loads(meta.read_text())
+        if data.get("config") == dataclasses.asdict(config) and Path(str(data["path"])).is_dir():
+            _log(f"reusing {name} in {data['path']}")
+            return data
+    if meta.exists():
+        meta.unlink()
+    data = build_small_files(work, config) if isinstance(config, SmallFilesConfig) else build_big_file(work, config)
+    meta.write_text(json.dumps(data, indent=2))
+    return data
