@@ -40,7 +40,7 @@ the file's tree node), so a chunk per 300-byte ``__init__.py`` would cost more t
 4 KiB on it is about 10%."""
 GROUP_MAX = 16 * 1024
 """A group of small members stops before passing this. An edit to a small member re-stores its
-group and, until the group ends fall back into step, the next few (measured: 1 to 3 groups, 4-14 KiB
+group and, until the group ends fall back into step, the next few (measured: 1 to 3 groups, 4-13 KiB
 beside the member), a fraction of a typical project zip's directory, not megabytes."""
 _GROUP_END_MASK = 3
 """A small member whose name tag has these bits clear may end its group: one name in four."""
