@@ -96,8 +96,8 @@ def read_layout(stream: BinaryIO, size: int) -> list[Member] | None:
             members = _safetensors_layout(stream, base, size)
         else:
             return None
-    except NotArchive:
-        return None
+    except (NotArchive, struct.error, OverflowError):
+        return None  # (the last two only as a backstop: each parser checks lengths before it unpacks)
     finally:
         stream.seek(base)
     return members if _tiles(members, size) else None

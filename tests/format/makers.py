@@ -73,6 +73,9 @@ def make_safetensors(tensors: Members) -> bytes:
     """A safetensors file written by the ``safetensors`` library (its raw ``serialize``)."""
     import safetensors
 
+    if not hasattr(safetensors, "TensorSpec"):  # before 0.8: raw bytes in dicts
+        raw = {name: {"dtype": "uint8", "shape": [len(data)], "data": data} for name, data in tensors}
+        return bytes(safetensors.serialize(raw, metadata={"format": "test"}))  # type: ignore[arg-type]
     buffers = {name: ctypes.create_string_buffer(data, len(data)) for name, data in tensors}
     specs = {
         name: safetensors.TensorSpec(dtype="uint8", shape=[len(data)], data_ptr=ctypes.addressof(buffers[name]),

@@ -105,7 +105,6 @@ def test_tar_of_a_real_tree_with_directories_and_links(tmp_path) -> None:  # typ
 
 
 def test_safetensors_by_the_library() -> None:
-    pytest.importorskip("safetensors")
     data = make_safetensors([("w", b"\1" * 4000), ("empty", b""), ("b", b"\2" * 12)])
     starts, header_end = safetensors_bounds(data)
     found = layout(data)

@@ -80,3 +80,21 @@ def test_a_repository_can_be_created_with_plain_fastcdc(tmp_path: Path, cas_home
         assert store.repo.config.chunker == "fastcdc"
     with Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'i.sqlite'}") as store:
         assert store.repo.config.chunker == "fastcdc"
+
+
+def test_cas_snapshot_chunker_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_cli import cas
+
+    data = _project_zip(tmp_path / "src")
+    repo = ["--repo", str(tmp_path / "repo")]
+    cas(tmp_path, *repo, "snapshot", str(tmp_path / "src"), "-e", "plain", "--chunker", "fastcdc")
+    cas(tmp_path, *repo, "snapshot", str(tmp_path / "src"), "-e", "members", "--no-files-cache")
+    refused = cas(tmp_path, *repo, "snapshot", str(tmp_path / "src"), "-e", "x", "--chunker", "zstd", check=False)
+    assert refused.returncode == 2 and "--chunker" in refused.stderr
+    monkeypatch.setenv("CAS_HOME", str(tmp_path / "home"))  # where the command line kept its index
+    monkeypatch.delenv("CAS_INDEX", raising=False)
+    with Store.open(str(tmp_path / "repo"), create=False) as store:
+        plain = store.entry("plain", "project.zip")
+        members = store.entry("members", "project.zip")
+        assert plain is not None and members is not None and plain.chunks != members.chunks
+        assert store.open_file("plain", "project.zip").read() == data
