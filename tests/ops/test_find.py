@@ -240,6 +240,38 @@ def test_gc_drops_rows_of_trees_no_snapshot_reaches_and_rebuild_restores_them(
     assert list(store.find("*.py")) == _by_reading(store, ["run-3", "run-2"], "*.py")
 
 
+def test_a_commit_racing_a_prune_leaves_its_snapshot_to_be_filled(
+        store: Store, tmp_path: Path, backend: CountingBackend, index_url: str) -> None:
+    from cas.ops import snapshot as snapshot_op
+
+    src = tmp_path / "p"
+    # More directories than the spool holds before asking the index which it has (256), so it asks
+    # while the tree is built, before the commit.
+    _write(src, {f"d{i:03d}/f.py": f"{i}".encode() for i in range(300)})
+    store.snapshot(src, "run-a")
+    store.forget(["run-a"])
+    original = snapshot_op.commit
+
+    def commit_after_gc(repo, record, referenced, *rest):  # type: ignore[no-untyped-def]
+        # The writer's spool found run-a's trees indexed and left them out; GC prunes them now.
+        assert store.gc().tree_rows_pruned > 0
+        return original(repo, record, referenced, *rest)
+
+    snapshot_op.commit = commit_after_gc  # type: ignore[assignment]
+    try:
+        store.snapshot(src, "run-b")
+    finally:
+        snapshot_op.commit = original  # type: ignore[assignment]
+    assert not store.repo.index.snapshot("run-b").trees_indexed  # not marked over missing rows
+    reference = _by_reading(store, ["run-b"], "*")
+    assert list(store.find("*")) == reference  # answered by reading its trees meanwhile
+    with Store.open(backend, index=index_url) as reopened:  # the next open fills it
+        assert reopened.repo.index.snapshot("run-b").trees_indexed
+        backend.calls.clear()
+        assert list(reopened.find("*")) == reference
+        assert backend.calls == []
+
+
 def _row_count(store: Store) -> int:
     from sqlalchemy import text
 
