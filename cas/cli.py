@@ -287,9 +287,12 @@ def cmd_find(store: Store, args: argparse.Namespace) -> int:
         out.write("]\n")
         return 0
     any_found = False
+    quoted: dict[str, str] = {}  # the same names recur in every execution
     for f in found:
         any_found = True
-        out.write(f"{quote_name(f.execution_id)}  {f.size:>12}  {f.digest}  {quote_name(f.path)}\n")
+        eid = quoted.get(f.execution_id) or quoted.setdefault(f.execution_id, quote_name(f.execution_id))
+        path = quoted.get(f.path) or quoted.setdefault(f.path, quote_name(f.path))
+        out.write(f"{eid}  {f.size:>12}  {f.digest}  {path}\n")
     if not any_found and not args.quiet:
         sys.stderr.write("cas: no files found\n")
     return 0
