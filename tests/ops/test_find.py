@@ -279,6 +279,24 @@ def _row_count(store: Store) -> int:
         return int(conn.execute(text("SELECT count(*) FROM tree_entries")).scalar())
 
 
+def test_names_that_are_not_utf8_are_kept_exactly(store: Store, tmp_path: Path, backend: CountingBackend) -> None:
+    src = tmp_path / "p"
+    (src / "dir\u00e9").mkdir(parents=True)
+    raw = os.path.join(os.fsencode(src / "dir\u00e9"), b"bad\xff name.py")
+    with open(raw, "wb") as f:
+        f.write(b"x")
+    os.symlink(b"target\xfe", os.path.join(os.fsencode(src), b"link\xfd"))
+    store.snapshot(src, "odd")
+    reference = _by_reading(store, ["odd"], "*.py")
+    listing = [(p, e.type, e.target) for p, e in browse.walk(store.repo, store.get("odd").root, "", True)]
+    backend.calls.clear()
+    found = list(store.find("*.py"))
+    assert found == reference and os.fsencode(found[0].path) == b"dir\xc3\xa9/bad\xff name.py"
+    assert [(p, e.type, e.target) for p, e in store.ls("odd", recursive=True)] == listing
+    assert os.fsencode(listing[-1][2]) == b"target\xfe"
+    assert backend.calls == []
+
+
 def test_unchanged_directories_add_no_rows(store: Store, tmp_path: Path) -> None:
     src = tmp_path / "p"
     _write(src, {f"d{i}/f{j}": f"{i}/{j}".encode() for i in range(5) for j in range(10)})
