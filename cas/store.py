@@ -22,7 +22,7 @@ from cas.format.records import SnapshotRecord, check_execution_id, check_labels
 from cas.format.trees import DIR, Entry
 from cas.ops import browse, snapshot as snapshot_op
 from cas.ops.browse import Change, TreeSource
-from cas.ops.find import Found, Target, check_digest, compile_pattern, find as find_files
+from cas.ops.find import FindResult, Target, check_digest, compile_pattern, find as find_files
 from cas.ops.gc import DEFAULT_GRACE, GcReport, collect_garbage
 from cas.ops.repair import RepairReport, repair
 from cas.ops.restore import RestoreReport, Restorer, failure_error
@@ -206,10 +206,10 @@ class Store:
         labels: Mapping[str, str] | None = None,
         since: When | None = None,
         until: When | None = None,
-    ) -> Iterator[Found]:
+    ) -> FindResult:
         """Every file whose path matches the glob ``pattern`` and/or whose content has the BLAKE3
-        ``digest``, as ``Found(execution_id, path, size, digest)``: newest execution first, each
-        execution's files in path order. Searches the executions named (all if none), narrowed by
+        ``digest``; iterating the result gives ``Found(execution_id, path, size, digest)``: newest
+        execution first, each execution's files in path order (``by_execution()`` groups them). Searches the executions named (all if none), narrowed by
         the filters of :meth:`list`. See :mod:`cas.ops.find` for the pattern's rules. Answered from
         the index alone for snapshots whose tree entries it holds."""
         if pattern is None and digest is None:
