@@ -4,8 +4,9 @@
     store.snapshot("./proj", "run-42", labels={"workflow": "train"})
     store.restore("run-42", "/tmp/out")
 
-Reading (get, list, ls, cat, diff, restore) never writes to the index; writing goes through the
-write order of docs/FORMAT.md and the fenced commit of docs/GC.md.
+Reading (get, list, ls, find, cat, diff, restore) never writes to the index; writing goes through the
+write order of docs/FORMAT.md and the fenced commit of docs/GC.md. Opening fills the index's tree
+entries of snapshots that lack them (after migration 0005; docs/INDEX.md), once.
 """
 
 from __future__ import annotations
