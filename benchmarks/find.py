@@ -40,9 +40,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-import workload  # noqa: E402
-from backends.local import LocalBackend  # noqa: E402
-from cas import Store  # noqa: E402
+import workload
+
+from backends.local import LocalBackend
+from cas import Store
 
 
 class CountingBackend(LocalBackend):

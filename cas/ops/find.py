@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import os
 import re
-from functools import partial
-from itertools import starmap
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
+from itertools import starmap
 from typing import NamedTuple, Protocol
 
 from cas.errors import ConfigurationError

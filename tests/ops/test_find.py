@@ -279,6 +279,21 @@ def _row_count(store: Store) -> int:
         return int(conn.execute(text("SELECT count(*) FROM tree_entries")).scalar())
 
 
+def test_a_first_snapshot_larger_than_the_spool_holds_in_memory(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cas.ops import tree_index
+
+    monkeypatch.setattr(tree_index, "_SPILL_ROWS", 50)  # spill to the temporary file after 50 rows
+    monkeypatch.setattr(tree_index, "_CHECK_EVERY", 7)
+    src = tmp_path / "p"
+    _write(src, {f"d{i:02d}/e{j}/f{k}.py": f"{i} {j} {k}".encode() for i in range(12) for j in range(3) for k in range(4)})
+    store.snapshot(src, "spilled")
+    assert store.repo.index.snapshot("spilled").trees_indexed
+    assert _row_count(store) == 12 + 12 * 3 + 12 * 3 * 4
+    listing = [(p, e.type, e.size, e.digest) for p, e in browse.walk(store.repo, store.get("spilled").root, "", True)]
+    assert [(p, e.type, e.size, e.digest) for p, e in store.ls("spilled", recursive=True)] == listing
+
+
 def test_names_that_are_not_utf8_are_kept_exactly(store: Store, tmp_path: Path, backend: CountingBackend) -> None:
     src = tmp_path / "p"
     (src / "dir\u00e9").mkdir(parents=True)
