@@ -363,21 +363,40 @@ def cmd_find(store: Store, args: argparse.Namespace) -> int:
     found = store.find(args.pattern, digest=args.digest, execution_ids=args.execution_id, labels=args.label,
                        since=args.since, until=args.until)
     out = sys.stdout
-    # Streamed: a search over many executions may list millions of files.
+    # Streamed, one execution at a time: a search over many executions may list millions of files.
+    # A file held by many executions is one Match tuple for all of them, so its text is made once.
+    any_found = False
     if args.json:
+        parts = _MatchText(lambda m: (f'{{"digest": "{m[2]}", "execution_id": ',
+                                      f', "path": {json.dumps(m[0])}, "size": {m[1]}}}'))
         out.write("[")
-        for n, f in enumerate(found):
-            out.write(("," if n else "") + json.dumps(
-                {"execution_id": f.execution_id, "path": f.path, "size": f.size, "digest": f.digest}, sort_keys=True))
+        for execution_id, matches in found.by_execution():
+            eid = json.dumps(execution_id)
+            out.write(("," if any_found and matches else "") + ",".join(
+                head + eid + tail for head, tail in map(parts.__getitem__, matches)))
+            any_found = any_found or bool(matches)
         out.write("]\n")
         return 0
-    any_found = False
-    for f in found:
-        any_found = True
-        out.write(f"{quote_name(f.execution_id)}  {f.size:>12}  {f.digest}  {quote_name(f.path)}\n")
+    tails = _MatchText(lambda m: f"{m[1]:>12}  {m[2]}  {quote_name(m[0])}\n")
+    for execution_id, matches in found.by_execution():
+        if matches:
+            any_found = True
+            out.write("".join(map((quote_name(execution_id) + "  ").__add__, map(tails.__getitem__, matches))))
     if not any_found and not args.quiet:
         sys.stderr.write("cas: no files found\n")
     return 0
+
+
+class _MatchText(dict):  # type: ignore[type-arg]
+    """Text made from each distinct match once, on first use."""
+
+    def __init__(self, make: Callable[[tuple[str, int, str]], object]) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, match: tuple[str, int, str]) -> object:
+        text = self[match] = self._make(match)
+        return text
 
 
 def cmd_cat(store: Store, args: argparse.Namespace) -> int:

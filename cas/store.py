@@ -4,8 +4,9 @@
     store.snapshot("./proj", "run-42", labels={"workflow": "train"})
     store.restore("run-42", "/tmp/out")
 
-Reading (get, list, ls, cat, diff, restore) never writes to the index; writing goes through the
-write order of docs/FORMAT.md and the fenced commit of docs/GC.md.
+Reading (get, list, ls, find, cat, diff, restore) never writes to the index; writing goes through the
+write order of docs/FORMAT.md and the fenced commit of docs/GC.md. Opening fills the index's tree
+entries of snapshots that lack them (after migration 0005; docs/INDEX.md), once.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from cas.format.trees import DIR, Entry
 from cas.ops import browse, snapshot as snapshot_op
 from cas.ops.browse import Change, TreeSource
 from cas.ops.copy import CopyReport, ProgressFn as CopyProgressFn, copy_executions
-from cas.ops.find import Found, Target, check_digest, compile_pattern, find as find_files
+from cas.ops.find import FindResult, Target, check_digest, compile_pattern, find as find_files
 from cas.ops.gc import DEFAULT_GRACE, GcReport, collect_garbage
 from cas.ops.prefetch import PrefetchReport, prefetch
 from cas.ops.repair import RepairReport, repair
@@ -246,10 +247,10 @@ class Store:
         labels: Mapping[str, str] | None = None,
         since: When | None = None,
         until: When | None = None,
-    ) -> Iterator[Found]:
+    ) -> FindResult:
         """Every file whose path matches the glob ``pattern`` and/or whose content has the BLAKE3
-        ``digest``, as ``Found(execution_id, path, size, digest)``: newest execution first, each
-        execution's files in path order. Searches the executions named (all if none), narrowed by
+        ``digest``; iterating the result gives ``Found(execution_id, path, size, digest)``: newest
+        execution first, each execution's files in path order (``by_execution()`` groups them). Searches the executions named (all if none), narrowed by
         the filters of :meth:`list`. See :mod:`cas.ops.find` for the pattern's rules. Answered from
         the index alone for snapshots whose tree entries it holds."""
         if pattern is None and digest is None:

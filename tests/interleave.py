@@ -174,11 +174,11 @@ class GatedIndex(Index):
         if self._in_commit == threading.get_ident() and " from blobs " in " " + " ".join(statement.split()).lower() + " ":
             self._looked_up = True
 
-    def commit_snapshot(self, row, blob_ids):  # type: ignore[no-untyped-def,override]
+    def commit_snapshot(self, row, blob_ids, **kw):  # type: ignore[no-untyped-def,override]
         self._in_commit = threading.get_ident()
         self._looked_up = False
         try:
-            result = super().commit_snapshot(row, blob_ids)
+            result = super().commit_snapshot(row, blob_ids, **kw)
         finally:
             self._in_commit = None
         self.events.append(f"commit {row.execution_id}")

@@ -30,6 +30,8 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
+from itertools import starmap
 from typing import NamedTuple, Protocol
 
 from cas.errors import ConfigurationError
@@ -162,25 +164,64 @@ class FileIndex(Protocol):
     ) -> list[tuple[str, bytes, int, str]]: ...
 
 
+Match = tuple[str, int, str]
+"""``(path, size, digest)`` of one matching file; the same tuple for every execution holding it."""
+
+
+class FindResult:
+    """What :func:`find` answers, produced as it is consumed (once). Iterating gives
+    :class:`Found` rows; :meth:`by_execution` gives ``(execution_id, [Match, ...])`` per execution,
+    the cheaper form when there are millions of rows (``cas find`` prints from it)."""
+
+    def __init__(self, groups: Iterator[tuple[str, list[Match]]]) -> None:
+        self._groups = groups
+
+    def __iter__(self) -> Iterator[Found]:
+        for execution_id, matches in self._groups:
+            yield from starmap(partial(Found, execution_id), matches)
+
+    def by_execution(self) -> Iterator[tuple[str, list[Match]]]:
+        return self._groups
+
+
 def find(
     index: FileIndex,
     trees: TreeSource,
     targets: Sequence[Target],
     pattern: PathPattern | None,
     digest: str | None,
-) -> Iterator[Found]:
+) -> FindResult:
     """Files of ``targets`` (in their order) matching ``pattern`` and ``digest`` (None: any), each
     execution's in path order. Indexed targets are answered from ``index``; the others by reading
     their trees from ``trees``."""
+    return FindResult(_groups(index, trees, targets, pattern, digest))
+
+
+def _groups(
+    index: FileIndex, trees: TreeSource, targets: Sequence[Target], pattern: PathPattern | None, digest: str | None
+) -> Iterator[tuple[str, list[Match]]]:
     indexed = [t for t in targets if t.indexed]
     found = _from_index(index, indexed, pattern, digest) if indexed else []
-    bit = {t.execution_id: 1 << i for i, t in enumerate(indexed)}
+    # Hand each match to the executions in its mask (masks are shared by whole directories, so
+    # each distinct one is decoded once): the work is the size of the answer.
+    per_target: list[list[tuple[str, int, str]]] = [[] for _ in indexed]
+    decoded: dict[int, list[list[tuple[str, int, str]]]] = {}
+    for path, size, dg, mask in found:
+        into = decoded.get(mask)
+        if into is None:
+            into = decoded[mask] = [per_target[i] for i in range(mask.bit_length()) if mask >> i & 1]
+        item = (path, size, dg)
+        for matches in into:
+            matches.append(item)
+    position = {t.execution_id: i for i, t in enumerate(indexed)}
     for target in targets:
         if target.indexed:
-            eid, one = target.execution_id, bit[target.execution_id]
-            yield from (Found(eid, path, size, dg) for path, size, dg, mask in found if mask & one)
+            eid = target.execution_id
+            matches = per_target[position[eid]]
+            per_target[position[eid]] = []
+            yield eid, matches
         else:
-            yield from _by_reading(trees, target, pattern, digest)
+            yield target.execution_id, [(f.path, f.size, f.digest) for f in _by_reading(trees, target, pattern, digest)]
 
 
 def _from_index(
@@ -242,4 +283,4 @@ def _by_reading(
         yield Found(target.execution_id, path, entry.size, entry.digest)
 
 
-__all__ = ["Found", "PathPattern", "Target", "check_digest", "compile_pattern", "find"]
+__all__ = ["FindResult", "Found", "Match", "PathPattern", "Target", "check_digest", "compile_pattern", "find"]

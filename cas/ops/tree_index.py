@@ -98,7 +98,7 @@ class TreeRowSpool:
         self._pending = []
         if self._kept_rows >= _SPILL_ROWS:
             if self._spill is None:
-                self._spill = tempfile.TemporaryFile(prefix="cas-tree-rows-")  # type: ignore[assignment]
+                self._spill = tempfile.TemporaryFile(prefix="cas-tree-rows-")  # type: ignore[assignment]  # noqa: SIM115 - closed by close()
             pickle.dump(self._kept, self._spill, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[arg-type]
             self._kept, self._kept_rows = [], 0
 

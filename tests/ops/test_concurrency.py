@@ -218,8 +218,8 @@ class KillingIndex(Index):
         super().add_pack(*args, **kwargs)
         die("after the first pack's rows")
 
-    def commit_snapshot(self, row, blob_ids):
-        missing = super().commit_snapshot(row, blob_ids)
+    def commit_snapshot(self, row, blob_ids, **kw):
+        missing = super().commit_snapshot(row, blob_ids, **kw)
         die("after the snapshot row")
         return missing
 

@@ -240,11 +240,76 @@ def test_gc_drops_rows_of_trees_no_snapshot_reaches_and_rebuild_restores_them(
     assert list(store.find("*.py")) == _by_reading(store, ["run-3", "run-2"], "*.py")
 
 
+def test_a_commit_racing_a_prune_leaves_its_snapshot_to_be_filled(
+        store: Store, tmp_path: Path, backend: CountingBackend, index_url: str) -> None:
+    from cas.ops import snapshot as snapshot_op
+
+    src = tmp_path / "p"
+    # More directories than the spool holds before asking the index which it has (256), so it asks
+    # while the tree is built, before the commit.
+    _write(src, {f"d{i:03d}/f.py": f"{i}".encode() for i in range(300)})
+    store.snapshot(src, "run-a")
+    store.forget(["run-a"])
+    original = snapshot_op.commit
+
+    def commit_after_gc(repo, record, referenced, *rest):  # type: ignore[no-untyped-def]
+        # The writer's spool found run-a's trees indexed and left them out; GC prunes them now.
+        assert store.gc().tree_rows_pruned > 0
+        return original(repo, record, referenced, *rest)
+
+    snapshot_op.commit = commit_after_gc  # type: ignore[assignment]
+    try:
+        store.snapshot(src, "run-b")
+    finally:
+        snapshot_op.commit = original  # type: ignore[assignment]
+    assert not store.repo.index.snapshot("run-b").trees_indexed  # not marked over missing rows
+    reference = _by_reading(store, ["run-b"], "*")
+    assert list(store.find("*")) == reference  # answered by reading its trees meanwhile
+    with Store.open(backend, index=index_url) as reopened:  # the next open fills it
+        assert reopened.repo.index.snapshot("run-b").trees_indexed
+        backend.calls.clear()
+        assert list(reopened.find("*")) == reference
+        assert backend.calls == []
+
+
 def _row_count(store: Store) -> int:
     from sqlalchemy import text
 
     with store.repo.index.engine.connect() as conn:
         return int(conn.execute(text("SELECT count(*) FROM tree_entries")).scalar())
+
+
+def test_a_first_snapshot_larger_than_the_spool_holds_in_memory(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cas.ops import tree_index
+
+    monkeypatch.setattr(tree_index, "_SPILL_ROWS", 50)  # spill to the temporary file after 50 rows
+    monkeypatch.setattr(tree_index, "_CHECK_EVERY", 7)
+    src = tmp_path / "p"
+    _write(src, {f"d{i:02d}/e{j}/f{k}.py": f"{i} {j} {k}".encode() for i in range(12) for j in range(3) for k in range(4)})
+    store.snapshot(src, "spilled")
+    assert store.repo.index.snapshot("spilled").trees_indexed
+    assert _row_count(store) == 12 + 12 * 3 + 12 * 3 * 4
+    listing = [(p, e.type, e.size, e.digest) for p, e in browse.walk(store.repo, store.get("spilled").root, "", True)]
+    assert [(p, e.type, e.size, e.digest) for p, e in store.ls("spilled", recursive=True)] == listing
+
+
+def test_names_that_are_not_utf8_are_kept_exactly(store: Store, tmp_path: Path, backend: CountingBackend) -> None:
+    src = tmp_path / "p"
+    (src / "dir\u00e9").mkdir(parents=True)
+    raw = os.path.join(os.fsencode(src / "dir\u00e9"), b"bad\xff name.py")
+    with open(raw, "wb") as f:
+        f.write(b"x")
+    os.symlink(b"target\xfe", os.path.join(os.fsencode(src), b"link\xfd"))
+    store.snapshot(src, "odd")
+    reference = _by_reading(store, ["odd"], "*.py")
+    listing = [(p, e.type, e.target) for p, e in browse.walk(store.repo, store.get("odd").root, "", True)]
+    backend.calls.clear()
+    found = list(store.find("*.py"))
+    assert found == reference and os.fsencode(found[0].path) == b"dir\xc3\xa9/bad\xff name.py"
+    assert [(p, e.type, e.target) for p, e in store.ls("odd", recursive=True)] == listing
+    assert os.fsencode(listing[-1][2]) == b"target\xfe"
+    assert backend.calls == []
 
 
 def test_unchanged_directories_add_no_rows(store: Store, tmp_path: Path) -> None:

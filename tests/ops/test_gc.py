@@ -94,10 +94,10 @@ def test_writer_that_reused_a_condemned_pack_rescues_it(store: Store, tmp_path: 
     # before the writer commits. The commit must rescue them, and later GCs must keep them.
     original = snapshot_op.commit
 
-    def commit_after_gc(repo, record, referenced):  # type: ignore[no-untyped-def]
+    def commit_after_gc(repo, record, referenced, *rest):  # type: ignore[no-untyped-def]
         condemned = store.gc(grace=NOW).condemned
         assert condemned, "GC should have condemned the reused packs"
-        return original(repo, record, referenced)
+        return original(repo, record, referenced, *rest)
 
     snapshot_op.commit = commit_after_gc  # type: ignore[assignment]
     try:
@@ -123,12 +123,12 @@ def test_writer_whose_reused_pack_was_deleted_stores_again(store: Store, tmp_pat
     original = snapshot_op.commit
     calls = []
 
-    def commit_after_two_gcs(repo, record, referenced):  # type: ignore[no-untyped-def]
+    def commit_after_two_gcs(repo, record, referenced, *rest):  # type: ignore[no-untyped-def]
         if not calls:
             store.gc(grace=NOW)
             assert store.gc(grace=NOW).deleted, "the second GC should delete the condemned packs"
         calls.append(record.execution_id)
-        return original(repo, record, referenced)
+        return original(repo, record, referenced, *rest)
 
     snapshot_op.commit = commit_after_two_gcs  # type: ignore[assignment]
     try:
