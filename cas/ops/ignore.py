@@ -67,8 +67,7 @@ def _as_git_reads(line: str) -> str:
     too, which git keeps), so a last character that is such whitespace is written as a one
     character class, which matches the same and is not stripped. Three or more asterisks making up
     a whole component match as two do in git's wildmatch (pathspec takes them as one)."""
-    if line.endswith("\r"):
-        line = line[:-1]
+    line = line.removesuffix("\r")
     end = len(line)
     i, last_space = 0, None
     while i < end:

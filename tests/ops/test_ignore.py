@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from cas import SnapshotFilter, Store
 from cas.ops.ignore import PatternList
-from tests.engine import SMALL_CHUNKS, cas_home, store  # noqa: F401
+from tests.engine import cas_home, store  # noqa: F401
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 _ids = itertools.count()
