@@ -61,13 +61,30 @@ def _matcher(line: str, regex: re.Pattern[str]) -> Matcher:
                        "this version of pathspec is not supported")
 
 
-def _as_git_reads(line: str) -> str:
-    """The line as git uses it: without a carriage return before the newline, and without trailing
-    spaces unless escaped with a backslash. pathspec strips any trailing whitespace itself (a tab
-    too, which git keeps), so a last character that is such whitespace is written as a one
-    character class, which matches the same and is not stripped. Three or more asterisks making up
-    a whole component match as two do in git's wildmatch (pathspec takes them as one)."""
-    line = line.removesuffix("\r")
+def _as_git_reads(line: str, from_file: bool) -> str:
+    """The pattern as git uses it. A line of a file loses a carriage return before the newline and
+    trailing spaces not escaped with a backslash; a pattern given as such (``--exclude``) keeps
+    them, as ``git ls-files -x`` does. pathspec strips any trailing whitespace itself, so a last
+    character that is whitespace git keeps is written as a one character class, which matches the
+    same and is not stripped. Three or more asterisks making up a whole component match as two do
+    in git's wildmatch (pathspec takes them as one)."""
+    if from_file:
+        line = _trim_trailing_spaces(line.removesuffix("\r"))
+    if line and line[-1].isspace() and not line.endswith("\\ "):
+        body = line[:-1]
+        escapes = len(body) - len(body.rstrip("\\"))
+        if escapes % 2:
+            body = body[:-1]  # an escaped tab is a tab
+        line = f"{body}[{line[-1]}]"
+    if "***" in line:
+        negation = "!" if line.startswith("!") else ""
+        parts = line[len(negation):].split("/")
+        line = negation + "/".join("**" if len(p) > 2 and p.strip("*") == "" else p for p in parts)
+    return line
+
+
+def _trim_trailing_spaces(line: str) -> str:
+    """git's ``trim_trailing_spaces``: drop the trailing spaces a backslash does not escape."""
     end = len(line)
     i, last_space = 0, None
     while i < end:
@@ -83,19 +100,7 @@ def _as_git_reads(line: str) -> str:
         else:
             last_space = None
         i += 1
-    if last_space is not None:
-        line = line[:last_space]
-    if line and line[-1].isspace() and line[-1] != " ":
-        body = line[:-1]
-        escapes = len(body) - len(body.rstrip("\\"))
-        if escapes % 2:
-            body = body[:-1]  # an escaped tab is a tab
-        line = f"{body}[{line[-1]}]"
-    if "***" in line:
-        negation = "!" if line.startswith("!") else ""
-        parts = line[len(negation):].split("/")
-        line = negation + "/".join("**" if len(p) > 2 and p.strip("*") == "" else p for p in parts)
-    return line
+    return line[:last_space] if last_space is not None else line
 
 
 class PatternList:
@@ -104,15 +109,17 @@ class PatternList:
 
     __slots__ = ("_prefix", "_rules", "base", "source")
 
-    def __init__(self, lines: Iterable[str], *, base: str = "", source: str = "") -> None:
+    def __init__(self, lines: Iterable[str], *, base: str = "", source: str = "", from_file: bool = False) -> None:
+        """``from_file``: the lines of a file, which lose trailing spaces and carriage returns as
+        git reads them; otherwise patterns given one by one, kept as they are."""
         self.base = base
         self.source = source
         self._prefix = base + "/" if base else ""
         rules: list[tuple[bool, Matcher]] = []
         for line in lines:
-            if line.startswith("\ufeff") and not rules:
+            if from_file and line.startswith("\ufeff") and not rules:
                 line = line[1:]  # git skips a UTF-8 byte order mark at the start of the file
-            line = _as_git_reads(line)
+            line = _as_git_reads(line, from_file)
             try:
                 pattern = GitIgnoreSpecPattern(line)
             except GitIgnorePatternError:
@@ -126,7 +133,7 @@ class PatternList:
     @classmethod
     def from_text(cls, text: str, *, base: str = "", source: str = "") -> PatternList:
         """The patterns of an ignore file's text: one per line (``\\n``-separated, as git reads them)."""
-        return cls(text.split("\n"), base=base, source=source)
+        return cls(text.split("\n"), base=base, source=source, from_file=True)
 
     def __bool__(self) -> bool:
         return bool(self._rules)
