@@ -61,6 +61,22 @@ def _matcher(line: str, regex: re.Pattern[str]) -> Matcher:
                        "this version of pathspec is not supported")
 
 
+_ANY_DIRS = "^(?:.+/)?"
+
+
+def _name_expression(line: str, text: str) -> str | None:
+    """For a pattern that names one component at any depth (no ``/`` but a trailing one), the
+    expression matching that component (``name``, or ``name/`` for a directory) exactly; None for
+    any other pattern."""
+    body = line[1:] if line.startswith("!") else line
+    if "/" in body.rstrip("/") or not text.startswith(_ANY_DIRS):
+        return None
+    rest = text[len(_ANY_DIRS):]
+    if rest.endswith(_MARK_OR_END) or rest.endswith(_MARK):
+        return rest
+    return None
+
+
 def _as_git_reads(line: str, from_file: bool) -> str:
     """The pattern as git uses it. A line of a file loses a carriage return before the newline and
     trailing spaces not escaped with a backslash; a pattern given as such (``--exclude``) keeps
@@ -107,7 +123,7 @@ class PatternList:
     """One list of gitignore-style patterns, relative to the directory ``base`` ('' for the root
     of the walk; a path with ``/`` separators otherwise)."""
 
-    __slots__ = ("_prefix", "_rules", "base", "source")
+    __slots__ = ("_names", "_others", "_prefix", "_rules", "base", "source")
 
     def __init__(self, lines: Iterable[str], *, base: str = "", source: str = "", from_file: bool = False) -> None:
         """``from_file``: the lines of a file, which lose trailing spaces and carriage returns as
@@ -115,7 +131,8 @@ class PatternList:
         self.base = base
         self.source = source
         self._prefix = base + "/" if base else ""
-        rules: list[tuple[bool, Matcher]] = []
+        rules: list[tuple[bool, Matcher | re.Pattern[str]]] = []
+        names: list[str] = []
         for line in lines:
             if from_file and line.startswith("\ufeff") and not rules:
                 line = line[1:]  # git skips a UTF-8 byte order mark at the start of the file
@@ -126,9 +143,19 @@ class PatternList:
                 continue  # git ignores a pattern it cannot use (e.g. "!" alone)
             if pattern.include is None or pattern.regex is None:
                 continue  # blank line, comment, invalid range
-            rules.append((pattern.include, _matcher(line, pattern.regex)))
+            name = _name_expression(line, pattern.regex.pattern)
+            if name is not None:
+                rules.append((pattern.include, re.compile(name)))
+                names.append(name.replace(_MARK, "/"))
+            else:
+                rules.append((pattern.include, _matcher(line, pattern.regex)))
         rules.reverse()  # the last matching pattern decides: try them from the end
         self._rules = tuple(rules)
+        self._others = tuple(rule for rule in rules if not isinstance(rule[1], re.Pattern))
+        # Most patterns name one component at any depth ("*.pyc", "build/"): they are matched
+        # against the last component only, first all at once (a name none of them matches, most
+        # names, then costs one match for all of them).
+        self._names = re.compile("|".join(f"(?:{n})" for n in names)) if names else None
 
     @classmethod
     def from_text(cls, text: str, *, base: str = "", source: str = "") -> PatternList:
@@ -145,8 +172,17 @@ class PatternList:
         """True if the last pattern matching ``path`` (relative to the walk's root, and below
         :attr:`base`) says ignored, False if it is a ``!`` pattern, None if none matches."""
         rel = path[len(self._prefix):] if self._prefix else path
-        for ignored, matches in self._rules:
-            if matches(rel, is_dir):
+        rules = self._rules
+        name = ""
+        if self._names is not None:
+            name = rel[rel.rfind("/") + 1:] + ("/" if is_dir else "")
+            if self._names.fullmatch(name) is None:
+                rules = self._others  # no pattern naming a component matches this one
+        for ignored, matches in rules:
+            if isinstance(matches, re.Pattern):
+                if matches.fullmatch(name) is not None:
+                    return ignored
+            elif matches(rel, is_dir):
                 return ignored
         return None
 
