@@ -121,6 +121,8 @@ KEEP = Decision()
 
 @dataclass
 class ExcludeStats:
+    """Entries left out and the bytes of the regular files among them, by reason."""
+
     entries: dict[ExcludeReason, int] = field(default_factory=lambda: dict.fromkeys(ExcludeReason, 0))
     bytes: dict[ExcludeReason, int] = field(default_factory=lambda: dict.fromkeys(ExcludeReason, 0))
 
