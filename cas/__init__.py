@@ -22,6 +22,7 @@ from cas.ops.gc import GcReport
 from cas.ops.repair import RepairReport
 from cas.ops.restore import RestoreReport
 from cas.ops.snapshot_filter import SnapshotFilter
+from cas.ops.tree_filter import TreeFilter
 from cas.ops.sync import RebuildReport
 from cas.ops.tree_builder import OnChange
 from cas.ops.verify import VerifyReport
@@ -47,6 +48,7 @@ __all__ = [
     "Snapshot",
     "SnapshotFilter",
     "Store",
+    "TreeFilter",
     "Unavailable",
     "VerifyReport",
 ]

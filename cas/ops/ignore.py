@@ -61,14 +61,46 @@ def _matcher(line: str, regex: re.Pattern[str]) -> Matcher:
                        "this version of pathspec is not supported")
 
 
-def _as_git_reads(line: str) -> str:
-    """The line as git uses it: without a carriage return before the newline, and without trailing
-    spaces unless escaped with a backslash. pathspec strips any trailing whitespace itself (a tab
-    too, which git keeps), so a last character that is such whitespace is written as a one
-    character class, which matches the same and is not stripped. Three or more asterisks making up
-    a whole component match as two do in git's wildmatch (pathspec takes them as one)."""
-    if line.endswith("\r"):
-        line = line[:-1]
+_ANY_DIRS = "^(?:.+/)?"
+
+
+def _name_expression(line: str, text: str) -> str | None:
+    """For a pattern that names one component at any depth (no ``/`` but a trailing one), the
+    expression matching that component (``name``, or ``name/`` for a directory) exactly; None for
+    any other pattern."""
+    body = line[1:] if line.startswith("!") else line
+    if "/" in body.rstrip("/") or not text.startswith(_ANY_DIRS):
+        return None
+    rest = text[len(_ANY_DIRS):]
+    if rest.endswith(_MARK_OR_END) or rest.endswith(_MARK):
+        return rest
+    return None
+
+
+def _as_git_reads(line: str, from_file: bool) -> str:
+    """The pattern as git uses it. A line of a file loses a carriage return before the newline and
+    trailing spaces not escaped with a backslash; a pattern given as such (``--exclude``) keeps
+    them, as ``git ls-files -x`` does. pathspec strips any trailing whitespace itself, so a last
+    character that is whitespace git keeps is written as a one character class, which matches the
+    same and is not stripped. Three or more asterisks making up a whole component match as two do
+    in git's wildmatch (pathspec takes them as one)."""
+    if from_file:
+        line = _trim_trailing_spaces(line.removesuffix("\r"))
+    if line and line[-1].isspace() and not line.endswith("\\ "):
+        body = line[:-1]
+        escapes = len(body) - len(body.rstrip("\\"))
+        if escapes % 2:
+            body = body[:-1]  # an escaped tab is a tab
+        line = f"{body}[{line[-1]}]"
+    if "***" in line:
+        negation = "!" if line.startswith("!") else ""
+        parts = line[len(negation):].split("/")
+        line = negation + "/".join("**" if len(p) > 2 and p.strip("*") == "" else p for p in parts)
+    return line
+
+
+def _trim_trailing_spaces(line: str) -> str:
+    """git's ``trim_trailing_spaces``: drop the trailing spaces a backslash does not escape."""
     end = len(line)
     i, last_space = 0, None
     while i < end:
@@ -84,50 +116,51 @@ def _as_git_reads(line: str) -> str:
         else:
             last_space = None
         i += 1
-    if last_space is not None:
-        line = line[:last_space]
-    if line and line[-1].isspace() and line[-1] != " ":
-        body = line[:-1]
-        escapes = len(body) - len(body.rstrip("\\"))
-        if escapes % 2:
-            body = body[:-1]  # an escaped tab is a tab
-        line = f"{body}[{line[-1]}]"
-    if "***" in line:
-        negation = "!" if line.startswith("!") else ""
-        parts = line[len(negation):].split("/")
-        line = negation + "/".join("**" if len(p) > 2 and p.strip("*") == "" else p for p in parts)
-    return line
+    return line[:last_space] if last_space is not None else line
 
 
 class PatternList:
     """One list of gitignore-style patterns, relative to the directory ``base`` ('' for the root
     of the walk; a path with ``/`` separators otherwise)."""
 
-    __slots__ = ("_prefix", "_rules", "base", "source")
+    __slots__ = ("_names", "_others", "_prefix", "_rules", "base", "source")
 
-    def __init__(self, lines: Iterable[str], *, base: str = "", source: str = "") -> None:
+    def __init__(self, lines: Iterable[str], *, base: str = "", source: str = "", from_file: bool = False) -> None:
+        """``from_file``: the lines of a file, which lose trailing spaces and carriage returns as
+        git reads them; otherwise patterns given one by one, kept as they are."""
         self.base = base
         self.source = source
         self._prefix = base + "/" if base else ""
-        rules: list[tuple[bool, Matcher]] = []
+        rules: list[tuple[bool, Matcher | re.Pattern[str]]] = []
+        names: list[str] = []
         for line in lines:
-            if line.startswith("\ufeff") and not rules:
+            if from_file and line.startswith("\ufeff") and not rules:
                 line = line[1:]  # git skips a UTF-8 byte order mark at the start of the file
-            line = _as_git_reads(line)
+            line = _as_git_reads(line, from_file)
             try:
                 pattern = GitIgnoreSpecPattern(line)
             except GitIgnorePatternError:
                 continue  # git ignores a pattern it cannot use (e.g. "!" alone)
             if pattern.include is None or pattern.regex is None:
                 continue  # blank line, comment, invalid range
-            rules.append((pattern.include, _matcher(line, pattern.regex)))
+            name = _name_expression(line, pattern.regex.pattern)
+            if name is not None:
+                rules.append((pattern.include, re.compile(name)))
+                names.append(name.replace(_MARK, "/"))
+            else:
+                rules.append((pattern.include, _matcher(line, pattern.regex)))
         rules.reverse()  # the last matching pattern decides: try them from the end
         self._rules = tuple(rules)
+        self._others = tuple(rule for rule in rules if not isinstance(rule[1], re.Pattern))
+        # Most patterns name one component at any depth ("*.pyc", "build/"): they are matched
+        # against the last component only, first all at once (a name none of them matches, most
+        # names, then costs one match for all of them).
+        self._names = re.compile("|".join(f"(?:{n})" for n in names)) if names else None
 
     @classmethod
     def from_text(cls, text: str, *, base: str = "", source: str = "") -> PatternList:
         """The patterns of an ignore file's text: one per line (``\\n``-separated, as git reads them)."""
-        return cls(text.split("\n"), base=base, source=source)
+        return cls(text.split("\n"), base=base, source=source, from_file=True)
 
     def __bool__(self) -> bool:
         return bool(self._rules)
@@ -139,8 +172,17 @@ class PatternList:
         """True if the last pattern matching ``path`` (relative to the walk's root, and below
         :attr:`base`) says ignored, False if it is a ``!`` pattern, None if none matches."""
         rel = path[len(self._prefix):] if self._prefix else path
-        for ignored, matches in self._rules:
-            if matches(rel, is_dir):
+        rules = self._rules
+        name = ""
+        if self._names is not None:
+            name = rel[rel.rfind("/") + 1:] + ("/" if is_dir else "")
+            if self._names.fullmatch(name) is None:
+                rules = self._others  # no pattern naming a component matches this one
+        for ignored, matches in rules:
+            if isinstance(matches, re.Pattern):
+                if matches.fullmatch(name) is not None:
+                    return ignored
+            elif matches(rel, is_dir):
                 return ignored
         return None
 

@@ -89,10 +89,6 @@ class SnapshotFilter:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise ConfigurationError(f"exclude_larger_than must be a number of bytes, 0 or more, not {limit!r}")
 
-    @property
-    def is_default(self) -> bool:
-        return self == SnapshotFilter()
-
     def start(self, root_dev: int) -> WalkFilter:
         """The state of one walk of a directory on device ``root_dev`` (reads the extra ignore files)."""
         extra = [PatternList.from_text(_read_extra(path), source=path) for path in self.extra_ignore_files]
@@ -125,6 +121,8 @@ KEEP = Decision()
 
 @dataclass
 class ExcludeStats:
+    """Entries left out and the bytes of the regular files among them, by reason."""
+
     entries: dict[ExcludeReason, int] = field(default_factory=lambda: dict.fromkeys(ExcludeReason, 0))
     bytes: dict[ExcludeReason, int] = field(default_factory=lambda: dict.fromkeys(ExcludeReason, 0))
 

@@ -17,6 +17,10 @@ read must match that size; otherwise the file changed while it was read, is read
 finally handled per :class:`OnChange`. (A write landing in the same timestamp tick as the previous
 one and leaving the size unchanged cannot be seen this way; no stat-based check can.)
 
+A :class:`SnapshotFilter` (:mod:`cas.ops.snapshot_filter`) decides each entry once it is stat'ed:
+an entry left out is never opened or read, an excluded directory never entered. A directory's
+``.casignore`` is read when the walk enters it, before any of its entries is decided.
+
 A directory's node is written after its contents, so the root tree ID names the whole snapshot.
 """
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from cas import SnapshotFilter, Store
 from cas.ops.ignore import PatternList
-from tests.engine import SMALL_CHUNKS, cas_home, store  # noqa: F401
+from tests.engine import cas_home, store  # noqa: F401
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 _ids = itertools.count()
@@ -253,9 +253,9 @@ def test_byte_order_mark_carriage_returns_and_tabs_as_git_reads_them(store: Stor
 
 # -- random trees and random pattern files, against git ----------------------------------------------
 
-_NAMES = ["a", "b", "foo", "x.py", "y.log", "#c", "!d", "sp ", ".h", "ab", "[x]", "t\t"]
+_NAMES = ["a", "b", "foo", "x.py", "y.log", "#c", "!d", "sp ", ".h", "ab", "[x]", "t\t", "*", "a b"]
 _SEGMENTS = ["a", "b", "foo", "*", "**", "?", "*.py", "f*", "[ab]", "[!a]*", "x.py", "y.log", "\\#c", "\\!d", "sp\\ ",
-             "sp", ".*", "a*b", "***", "\\[x]", "[a-c]*", "t\t", "t\\\t"]
+             "sp", ".*", "a*b", "***", "\\[x]", "[a-c]*", "t\t", "t\\\t", "\\*", "a?b", "a\\ b", "[!.]*"]
 
 
 @st.composite
@@ -301,3 +301,39 @@ def test_random_trees_and_patterns_match_git(store: Store, tmp_path: Path, case:
                                              ) -> None:
     tree, extra = case
     check(store, tmp_path, tree, extra)
+
+
+def git_files_kept(root: Path, extra: Path | None, excludes: list[str]) -> set[str]:
+    """The files and symlinks under ``root`` that ``git ls-files --others`` lists with
+    ``.casignore`` as the per-directory file, ``extra`` as ``--exclude-from`` and each of
+    ``excludes`` as ``-x`` (git's order of precedence for those three is the one cas uses)."""
+    with tempfile.TemporaryDirectory() as work:
+        git_dir = Path(work) / "git"
+        subprocess.run(["git", "init", "-q", "--bare", str(git_dir)], check=True)
+        args = ["--exclude-per-directory=.casignore"] + ([f"--exclude-from={extra}"] if extra else [])
+        args += [f"--exclude={pattern}" for pattern in excludes]
+        proc = subprocess.run(
+            ["git", f"--git-dir={git_dir}", f"--work-tree={root}", "ls-files", "--others", "-z", *args],
+            capture_output=True, text=True, cwd=root, env={**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "HOME": work},
+            check=True,
+        )
+    return {p for p in proc.stdout.split("\0") if p}
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=_trees_with_ignore_files(), excludes=st.lists(_lines, max_size=3))
+def test_exclude_options_rank_above_ignore_files_as_in_git(store: Store, tmp_path: Path,
+                                                          case: tuple[dict[str, str], str | None],
+                                                          excludes: list[str]) -> None:
+    tree, extra = case
+    root = tmp_path / f"tree-{next(_ids)}"
+    build(root, tree)
+    extra_path = None
+    if extra is not None:
+        extra_path = tmp_path / f"extra-{next(_ids)}"
+        extra_path.write_text(extra)
+    execution_id = f"run-{next(_ids)}"
+    store.snapshot(root, execution_id, use_files_cache=False, filter=SnapshotFilter(
+        exclude=excludes, extra_ignore_files=[str(extra_path)] if extra_path else []))
+    files = {path for path, entry in store.ls(execution_id, recursive=True) if entry.type != "dir"}
+    assert files == git_files_kept(root, extra_path, excludes)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cas import ConfigurationError, NotFound, SnapshotFilter, Store
-from tests.engine import SMALL_CHUNKS, cas_home, store  # noqa: F401
+from tests.engine import cas_home, store  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -180,3 +180,19 @@ print(json.dumps(out))
     assert out["crossing"][0] == ["a.txt", "mnt", "mnt/deeper", "mnt/deeper/file", "mnt/inside.txt"]
     assert out["one"][0] == ["a.txt", "mnt"]
     assert out["one"][1]["excluded_by_filesystem"] == 1 and out["crossing"][1]["excluded"] == 0
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "too large"])
+def test_an_ignore_file_that_cannot_be_one_is_not_used_with_a_warning(store: Store, tmp_path: Path, kind: str,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    root = make(tmp_path / "t", {"a": 1, "sub/b": 1})
+    ignore = root / "sub" / ".casignore"
+    if kind == "directory":
+        ignore.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(ignore)
+    else:
+        ignore.write_text("b\n" + "#" * (4 * 1024 * 1024))
+    store.snapshot(root, "r")
+    assert "sub/b" in stored(store, "r")
+    assert "sub/.casignore" in caplog.text and ("not a regular file" in caplog.text or "larger than" in caplog.text)
