@@ -38,7 +38,7 @@ REPO_ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO_ROOT))
 
-import workload as wl  # noqa: E402
+import workload as wl
 
 PASSWORD = "benchmark"
 TENSOR_BYTES = 4 << 20
@@ -270,26 +270,25 @@ def render(results: dict[str, object]) -> str:
     restic = rows.get("restic", {})  # type: ignore[union-attr]
     size = results["tensor"][2] / (1 << 20)  # type: ignore[index]
     lines = [f"| tool | mount ready | find -type f (files) | {size:g} MiB tensor read | cat code/ |", "|---|---|---|---|---|"]
+    def cell(name: str, r: dict[str, float], key: str) -> str:
+        ratio = f" ({r[key] / restic[key]:.2f}x restic)" if restic.get(key) and name != "restic" else ""
+        return f"{r[key]:.3f} s{ratio}"
+
     for name, r in rows.items():  # type: ignore[union-attr]
         if "error" in r:
             lines.append(f"| {name} | {r['error']} | | | |")
             continue
-
-        def cell(key: str) -> str:
-            ratio = f" ({r[key] / restic[key]:.2f}x restic)" if restic.get(key) and name != "restic" else ""
-            return f"{r[key]:.3f} s{ratio}"
-
-        lines.append(f"| {name} | {cell('ready_s')} | {cell('find_s')} ({r['files']}) | {cell('tensor_read_s')} | "
-                     f"{cell('cat_code_s')} |")
+        lines.append(f"| {name} | {cell(name, r, 'ready_s')} | {cell(name, r, 'find_s')} ({r['files']}) | "
+                     f"{cell(name, r, 'tensor_read_s')} | {cell(name, r, 'cat_code_s')} |")
     fs = results.get("fsspec")
     if isinstance(fs, dict):
-        lines += ["", f"fsspec, cold: the {size:g} MiB tensor read made {fs['backend_gets_for_read']} backend reads "
-                  f"({fs['bytes_fetched_for_read']} bytes) for {fs['chunks_covering_range']} chunks covering the range "
-                  f"(of {fs['chunks_in_file']} in the file); opening the file took {fs['backend_gets_for_lookup']} "
-                  "reads (tree nodes)."]
+        lines += ["", (f"fsspec, cold: the {size:g} MiB tensor read made {fs['backend_gets_for_read']} backend reads "
+                       f"({fs['bytes_fetched_for_read']} bytes) for {fs['chunks_covering_range']} chunks covering the "
+                       f"range (of {fs['chunks_in_file']} in the file); opening the file took "
+                       f"{fs['backend_gets_for_lookup']} reads (tree nodes).")]
     load = ", ".join(f"{x:.1f}" for x in results["loadavg"])  # type: ignore[attr-defined]
-    lines += ["", f"Medians of {results['repeat']} fresh mounts per tool. Load average before the run: {load} "
-              f"on {os.cpu_count()} cores; on a shared machine times are noisy: compare ratios within one run."]
+    lines += ["", (f"Medians of {results['repeat']} fresh mounts per tool. Load average before the run: {load} "
+                   f"on {os.cpu_count()} cores; on a shared machine times are noisy: compare ratios within one run.")]
     return "\n".join(lines)
 
 

@@ -56,10 +56,12 @@ class RangeReader:
         if offset >= end:
             return b""
         with self._lock:
-            sequential = offset == self._next_sequential
             first = bisect.bisect_right(self._starts, offset) - 1
             last = bisect.bisect_left(self._starts, end) - 1  # the chunk holding byte end - 1
             have = all(i in self._kept for i in range(first, last + 1))
+            # Streaming: the read continues the last one, or starts in or right after chunks held
+            # from earlier reads (a kernel's concurrent read-ahead requests arrive out of order).
+            sequential = offset == self._next_sequential or first in self._kept or first - 1 in self._kept
             if not sequential:
                 self._readahead = MIN_READAHEAD
                 if not have:
@@ -83,10 +85,8 @@ class RangeReader:
 
     def _fetch(self, first: int, last: int, fetch_last: int) -> None:
         """Make chunks ``first..last`` present in memory, with ``last+1..fetch_last`` as read-ahead
-        (fetched in the same range reads; a read-ahead chunk that fails is left for its own read)."""
-        for i in list(self._kept):
-            if not first <= i <= fetch_last:
-                self._forget(i)
+        (fetched in the same range reads; a read-ahead chunk that fails is left for its own read),
+        then bring what is held back within :data:`WINDOW_BYTES`."""
         missing = [i for i in range(first, fetch_last + 1) if i not in self._kept]
         if missing:
             part = replace(self.entry, chunks=tuple(self.entry.chunks[i] for i in missing))
@@ -100,11 +100,14 @@ class RangeReader:
             except IntegrityError as exc:
                 if any(i not in self._kept for i in range(first, last + 1)):
                     raise ReadError(str(exc)) from None
+        # Over the window: drop chunks behind this read first, then read-ahead from its far end;
+        # never the chunks this read returns.
         while self._kept_bytes > WINDOW_BYTES:
-            oldest = max(self._kept)  # drop read-ahead from the far end first
-            if oldest <= last:
+            spare = [i for i in self._kept if not first <= i <= last]
+            if not spare:
                 break
-            self._forget(oldest)
+            behind = [i for i in spare if i < first]
+            self._forget(min(behind) if behind else max(spare))
 
     def _kept_after(self, last: int) -> int:
         """Bytes held in memory for the chunks right after ``last``."""
