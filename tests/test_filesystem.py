@@ -175,6 +175,16 @@ def test_cat_file_ranges_and_seekable_files(fs: CasFileSystem, project: Path) ->
         fs.info("run-42/../run-42/src")
 
 
+def test_executions_limits_what_is_shown(repo: tuple[str, str], project: Path) -> None:
+    snapshot(repo, project, "run-1")
+    snapshot(repo, project, "run-2")
+    fs = CasFileSystem(repo=repo[0], index=repo[1], executions=["run-2"], skip_instance_cache=True)
+    assert fs.ls("", detail=False) == ["run-2"]
+    assert not fs.exists("run-1/src/train.py") and fs.exists("run-2/src/train.py")
+    with pytest.raises(FileNotFoundError):
+        CasFileSystem(repo=repo[0], index=repo[1], executions=["run-9"], skip_instance_cache=True)
+
+
 def test_checksum_and_ukey_follow_the_content(repo: tuple[str, str], project: Path) -> None:
     snapshot(repo, project, "run-1")
     (project / "data" / "metrics.csv").write_text("step,loss\n0,1\n")
