@@ -211,8 +211,8 @@ def test_real_consumers_read_files_inside_a_snapshot(fs: CasFileSystem, repo: tu
 
 
 def test_a_corrupt_chunk_is_an_io_error_naming_the_file(fs: CasFileSystem, repo: tuple[str, str]) -> None:
-    entry = fs.view.lookup("run-42/data/metrics.csv").entry
-    assert entry is not None and len(entry.chunks) > 3
+    entry = fs.view.open(fs.view.lookup("run-42/data/metrics.csv")).entry  # with its chunk list
+    assert len(entry.chunks) > 3
     loc = fs.store.repo.locate([entry.chunks[-1]])[entry.chunks[-1]]
     pack = Path(repo[0]) / pack_key(loc.pack_id)
     raw = bytearray(pack.read_bytes())

@@ -184,8 +184,7 @@ def test_hostile_trees_never_escape_and_symlinks_are_not_followed(tmp_path: Path
 def test_a_corrupt_chunk_is_eio_for_that_read_and_logged_with_the_file(tmp_path: Path, repo: Store,
                                                                       project: Path) -> None:
     repo.snapshot(project, "run-42")
-    entry = repo.entry("run-42", "model/weights.bin")
-    assert entry is not None
+    entry = repo.view().open(repo.view().lookup("run-42/model/weights.bin")).entry  # with its chunk list
     loc = repo.repo.locate([entry.chunks[5]])[entry.chunks[5]]
     pack = Path(repo.repo.backend.root) / pack_key(loc.pack_id)
     raw = bytearray(pack.read_bytes())
