@@ -38,7 +38,7 @@ REPO_ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO_ROOT))
 
-import workload as wl  # noqa: E402
+import workload as wl
 
 PASSWORD = "benchmark"
 TENSOR_BYTES = 4 << 20
@@ -79,11 +79,14 @@ def middle_tensor(checkpoint: Path) -> tuple[str, int, int]:
     return name, offset, min(length, TENSOR_BYTES)
 
 
-def content_root(top: Path, timeout: float = 600) -> Path:
+def content_root(top: Path, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 600) -> Path:
     """The directory holding the execution's ``code/`` and ``model/`` under a mount (restic shows
     ``ids/<id>/`` and may nest the backed-up path); waits for the mount to show it."""
     deadline = time.monotonic() + timeout
     while True:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(f"the mount command exited {proc.returncode}: {tail[0][:200]}")
         stack = [top]
         while stack:
             d = stack.pop()
@@ -126,7 +129,7 @@ def measure_mount(tool: MountTool, work: Path, source: Path, tensor: tuple[str, 
         t0 = time.perf_counter()
         proc = subprocess.Popen(tool.mount_cmd(mnt), env=tool.env, stdout=out, stderr=out)
     try:
-        root = content_root(tool.top(mnt))
+        root = content_root(tool.top(mnt), proc, log_path)
         ready = time.perf_counter() - t0
         shell_env = {**os.environ, "LC_ALL": "C"}
         find_s, count = timed(lambda: subprocess.run(
@@ -242,6 +245,11 @@ def tools(args: argparse.Namespace, work: Path) -> list[MountTool]:
                              lambda mnt: [restic, "mount", "--no-default-permissions", str(mnt)],
                              lambda mnt: mnt / "ids", first_line([restic, "version"])))
     rustic = args.rustic or shutil.which("rustic")
+    if "rustic" in args.tools and rustic and subprocess.run([rustic, "mount", "--help"], capture_output=True,
+                                                            check=False).returncode != 0:
+        log(f"{rustic} has no mount command (rustic builds it only with its 'mount' feature and libfuse)")
+        rustic = None
+        args.rustic_error = "no mount command in this build (rustic's 'mount' feature, needs libfuse)"
     if "rustic" in args.tools and rustic:
         # rustic reads restic's repository format: it mounts the repository restic wrote.
         rustic_env = {**os.environ, "RUSTIC_REPOSITORY": str(repos / "restic"), "RUSTIC_PASSWORD": PASSWORD,
@@ -270,26 +278,25 @@ def render(results: dict[str, object]) -> str:
     restic = rows.get("restic", {})  # type: ignore[union-attr]
     size = results["tensor"][2] / (1 << 20)  # type: ignore[index]
     lines = [f"| tool | mount ready | find -type f (files) | {size:g} MiB tensor read | cat code/ |", "|---|---|---|---|---|"]
+    def cell(name: str, r: dict[str, float], key: str) -> str:
+        ratio = f" ({r[key] / restic[key]:.2f}x restic)" if restic.get(key) and name != "restic" else ""
+        return f"{r[key]:.3f} s{ratio}"
+
     for name, r in rows.items():  # type: ignore[union-attr]
         if "error" in r:
             lines.append(f"| {name} | {r['error']} | | | |")
             continue
-
-        def cell(key: str) -> str:
-            ratio = f" ({r[key] / restic[key]:.2f}x restic)" if restic.get(key) and name != "restic" else ""
-            return f"{r[key]:.3f} s{ratio}"
-
-        lines.append(f"| {name} | {cell('ready_s')} | {cell('find_s')} ({r['files']}) | {cell('tensor_read_s')} | "
-                     f"{cell('cat_code_s')} |")
+        lines.append(f"| {name} | {cell(name, r, 'ready_s')} | {cell(name, r, 'find_s')} ({r['files']}) | "
+                     f"{cell(name, r, 'tensor_read_s')} | {cell(name, r, 'cat_code_s')} |")
     fs = results.get("fsspec")
     if isinstance(fs, dict):
-        lines += ["", f"fsspec, cold: the {size:g} MiB tensor read made {fs['backend_gets_for_read']} backend reads "
-                  f"({fs['bytes_fetched_for_read']} bytes) for {fs['chunks_covering_range']} chunks covering the range "
-                  f"(of {fs['chunks_in_file']} in the file); opening the file took {fs['backend_gets_for_lookup']} "
-                  "reads (tree nodes)."]
+        lines += ["", (f"fsspec, cold: the {size:g} MiB tensor read made {fs['backend_gets_for_read']} backend reads "
+                       f"({fs['bytes_fetched_for_read']} bytes) for {fs['chunks_covering_range']} chunks covering the "
+                       f"range (of {fs['chunks_in_file']} in the file); opening the file took "
+                       f"{fs['backend_gets_for_lookup']} reads (tree nodes).")]
     load = ", ".join(f"{x:.1f}" for x in results["loadavg"])  # type: ignore[attr-defined]
-    lines += ["", f"Medians of {results['repeat']} fresh mounts per tool. Load average before the run: {load} "
-              f"on {os.cpu_count()} cores; on a shared machine times are noisy: compare ratios within one run."]
+    lines += ["", (f"Medians of {results['repeat']} fresh mounts per tool. Load average before the run: {load} "
+                   f"on {os.cpu_count()} cores; on a shared machine times are noisy: compare ratios within one run.")]
     return "\n".join(lines)
 
 
@@ -319,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     chosen = tools(args, work)
     for name in args.tools:
         if name not in {t.name for t in chosen}:
-            results["mount"][name] = {"error": "not found (give its path with --" + name + ")"}  # type: ignore[index]
+            missing = getattr(args, f"{name}_error", None) or f"not found (give its path with --{name})"
+            results["mount"][name] = {"error": missing}  # type: ignore[index]
     if (work / "repos").exists():
         shutil.rmtree(work / "repos")
     (work / "repos").mkdir(parents=True, exist_ok=True)

@@ -155,10 +155,11 @@ def serve(view: SnapshotView, mountpoint: str, *, on_ready: Callable[[], None] |
     """Mount ``view`` at ``mountpoint`` and serve it until unmounted or interrupted."""
     fuse = _load_fuse()
     mountpoint = os.path.abspath(mountpoint)
+    if is_mounted(mountpoint):
+        raise ConfigurationError(f"{mountpoint} is already a mountpoint (one left by a killed process is "
+                                 f"removed by 'fusermount -u {mountpoint}')")
     if not os.path.isdir(mountpoint):
         raise ConfigurationError(f"mountpoint {mountpoint} is not a directory")
-    if is_mounted(mountpoint):
-        raise ConfigurationError(f"{mountpoint} is already a mountpoint")
     operations = Operations(view)
     try:
         if on_ready is not None:

@@ -175,6 +175,16 @@ def test_cat_file_ranges_and_seekable_files(fs: CasFileSystem, project: Path) ->
         fs.info("run-42/../run-42/src")
 
 
+def test_executions_limits_what_is_shown(repo: tuple[str, str], project: Path) -> None:
+    snapshot(repo, project, "run-1")
+    snapshot(repo, project, "run-2")
+    fs = CasFileSystem(repo=repo[0], index=repo[1], executions=["run-2"], skip_instance_cache=True)
+    assert fs.ls("", detail=False) == ["run-2"]
+    assert not fs.exists("run-1/src/train.py") and fs.exists("run-2/src/train.py")
+    with pytest.raises(FileNotFoundError):
+        CasFileSystem(repo=repo[0], index=repo[1], executions=["run-9"], skip_instance_cache=True)
+
+
 def test_checksum_and_ukey_follow_the_content(repo: tuple[str, str], project: Path) -> None:
     snapshot(repo, project, "run-1")
     (project / "data" / "metrics.csv").write_text("step,loss\n0,1\n")
@@ -201,8 +211,8 @@ def test_real_consumers_read_files_inside_a_snapshot(fs: CasFileSystem, repo: tu
 
 
 def test_a_corrupt_chunk_is_an_io_error_naming_the_file(fs: CasFileSystem, repo: tuple[str, str]) -> None:
-    entry = fs.view.lookup("run-42/data/metrics.csv").entry
-    assert entry is not None and len(entry.chunks) > 3
+    entry = fs.view.open(fs.view.lookup("run-42/data/metrics.csv")).entry  # with its chunk list
+    assert len(entry.chunks) > 3
     loc = fs.store.repo.locate([entry.chunks[-1]])[entry.chunks[-1]]
     pack = Path(repo[0]) / pack_key(loc.pack_id)
     raw = bytearray(pack.read_bytes())

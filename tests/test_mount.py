@@ -21,7 +21,7 @@ import pytest
 
 from cas import Store
 from cas.format.keys import pack_key
-from cas.mount import is_mounted
+from cas.mount import is_mounted, unmount
 from tests.hostile import forge
 from tests.treeutil import describe
 
@@ -184,8 +184,7 @@ def test_hostile_trees_never_escape_and_symlinks_are_not_followed(tmp_path: Path
 def test_a_corrupt_chunk_is_eio_for_that_read_and_logged_with_the_file(tmp_path: Path, repo: Store,
                                                                       project: Path) -> None:
     repo.snapshot(project, "run-42")
-    entry = repo.entry("run-42", "model/weights.bin")
-    assert entry is not None
+    entry = repo.view().open(repo.view().lookup("run-42/model/weights.bin")).entry  # with its chunk list
     loc = repo.repo.locate([entry.chunks[5]])[entry.chunks[5]]
     pack = Path(repo.repo.backend.root) / pack_key(loc.pack_id)
     raw = bytearray(pack.read_bytes())
@@ -233,3 +232,21 @@ def test_bad_mountpoints_and_unknown_executions_are_one_line_errors(tmp_path: Pa
         assert out.returncode == 1, out.stderr
         assert out.stderr.count("\n") == 1 and wanted in out.stderr and "Traceback" not in out.stderr
         assert not is_mounted(str(tmp_path / "mnt"))
+
+
+def test_a_mount_left_by_a_killed_process_is_refused_and_unmount_clears_it(tmp_path: Path, repo: Store,
+                                                                           project: Path) -> None:
+    """Only SIGKILL can leave a dead mount (every other exit unmounts); the same unmount that
+    `cas mount` runs on its way out clears it."""
+    repo.snapshot(project, "run-42")
+    with mounted(tmp_path, repo) as (mnt, proc, _log):
+        proc.kill()
+        proc.wait(timeout=30)
+        assert is_mounted(str(mnt))
+        with pytest.raises(OSError) as info:
+            os.listdir(mnt)
+        assert info.value.errno == errno.ENOTCONN
+        out = cas(tmp_path, repo, "mount", str(mnt))
+        assert out.returncode == 1 and "already a mountpoint" in out.stderr and out.stderr.count("\n") == 1
+        unmount(str(mnt))
+        assert not is_mounted(str(mnt)) and os.listdir(mnt) == []

@@ -8,7 +8,9 @@ target and never follows one.
 
 Directories come from a :class:`~cas.ops.browse.TreeSource` (entries by tree ID). Trees are
 content-addressed, so what was read for an ID is true forever; :class:`CachedTrees` keeps the most
-recent directories in memory. An index table of tree entries can stand in for reading trees.
+recent directories in memory. An index table of tree entries can stand in for reading trees
+(``listings``): it lists directories, and a file's chunk list is read from its stored tree when the
+file is opened.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from cas.errors import ConfigurationError, NotFound
+from cas.errors import ConfigurationError, NotFound, ReadError
 from cas.format.trees import DIR, FILE, SYMLINK, Entry
 from cas.ops.browse import TreeSource
 from cas.repo.ranges import RangeReader
@@ -68,6 +70,8 @@ class Node:
     """The tree entry (None for the top level and for an execution's root)."""
     tree: str = ""
     """A directory's tree ID ('' for the top level)."""
+    parent: str = ""
+    """The tree ID of the directory holding the entry ('' for the top level and execution roots)."""
 
     @property
     def name(self) -> str:
@@ -118,19 +122,21 @@ class CachedTrees:
         self._cache: OrderedDict[str, tuple[list[Entry], dict[str, Entry]]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def read_tree(self, tree_id: str) -> list[Entry]:
-        return self._directory(tree_id)[0]
+    def read_tree(self, tree_id: str, source: TreeSource | None = None) -> list[Entry]:
+        """A directory's entries; on a miss they are read from ``source`` (default: this cache's).
+        Any source gives the same entries for a tree ID (chunk lists aside), so one cache serves all."""
+        return self._directory(tree_id, source)[0]
 
-    def entry(self, tree_id: str, name: str) -> Entry | None:
-        return self._directory(tree_id)[1].get(name)
+    def entry(self, tree_id: str, name: str, source: TreeSource | None = None) -> Entry | None:
+        return self._directory(tree_id, source)[1].get(name)
 
-    def _directory(self, tree_id: str) -> tuple[list[Entry], dict[str, Entry]]:
+    def _directory(self, tree_id: str, source: TreeSource | None) -> tuple[list[Entry], dict[str, Entry]]:
         with self._lock:
             found = self._cache.get(tree_id)
             if found is not None:
                 self._cache.move_to_end(tree_id)
                 return found
-        entries = self._source.read_tree(tree_id)
+        entries = (source or self._source).read_tree(tree_id)
         found = (entries, {e.name: e for e in entries})
         with self._lock:
             self._cache[tree_id] = found
@@ -143,18 +149,25 @@ class SnapshotView:
     """Look up, list and open paths across executions. Safe to share between threads.
 
     ``executions`` limits the view to those IDs (each must exist); None shows every execution.
+    ``listings`` says where an execution's directories are listed from (for example the index's
+    table of tree entries, for the executions it holds), asked once per execution every
+    :data:`SNAPSHOT_TTL_S`; None, or a None answer, reads the stored trees. A listing source may
+    leave out chunk lists: opening a file then reads its entry from the stored tree.
     """
 
     def __init__(
         self,
         repo: Repository,
         snapshots: SnapshotSource,
-        trees: TreeSource | None = None,
         executions: Iterable[str] | None = None,
+        listings: Callable[[str], TreeSource | None] | None = None,
     ) -> None:
         self.repo = repo
         self._snapshots = snapshots
-        self._trees = CachedTrees(trees if trees is not None else RepositoryTrees(repo))
+        self._stored = CachedTrees(RepositoryTrees(repo))
+        self._listings = listings
+        self._trees = self._stored if listings is None else CachedTrees(self._stored)
+        self._sources: dict[str, TreeSource | None] = {}
         self._only = None if executions is None else list(dict.fromkeys(executions))
         for execution_id in self._only or ():
             snapshots.get(execution_id)  # an unknown ID is an error now, not an empty directory later
@@ -179,7 +192,20 @@ class SnapshotView:
                     continue  # forgotten since the view was made
         with self._lock:
             self._roots, self._roots_at = roots, time.monotonic()
+            self._sources.clear()
         return roots
+
+    def _source(self, execution_id: str) -> TreeSource | None:
+        """Where this execution's directories are listed from (None: the stored trees)."""
+        if self._listings is None:
+            return None
+        with self._lock:
+            if execution_id in self._sources:
+                return self._sources[execution_id]
+        source = self._listings(execution_id)
+        with self._lock:
+            self._sources[execution_id] = source
+        return source
 
     def _execution(self, execution_id: str) -> SnapshotLike:
         snap = self._executions().get(execution_id)
@@ -202,14 +228,15 @@ class SnapshotView:
             newest = max((s.time_ns for s in snaps), default=0)
             return Node("", DIR, TOP_MODE, newest)
         snap = self._execution(parts[0])
+        source = self._source(parts[0])
         node = Node(parts[0], DIR, snap.root_mode, snap.root_mtime_ns, tree=snap.root)
         for name in parts[1:]:
             if node.type != DIR:
                 raise NotFound(f"{'/'.join(parts)}: {node.path} is not a directory")
-            entry = self._trees.entry(node.tree, name)
+            entry = self._trees.entry(node.tree, name, source)
             if entry is None:
                 raise NotFound(f"{'/'.join(parts)} does not exist")
-            node = _node(node.path + "/" + name, entry)
+            node = _node(node.path + "/" + name, entry, node.tree)
         return node
 
     def children(self, node: Node) -> list[Node]:
@@ -219,7 +246,8 @@ class SnapshotView:
         if node.path == "":
             return [Node(s.execution_id, DIR, s.root_mode, s.root_mtime_ns, tree=s.root)
                     for _, s in sorted(self._executions().items())]
-        return [_node(node.path + "/" + e.name, e) for e in self._trees.read_tree(node.tree)]
+        source = self._source(node.path.split("/", 1)[0])
+        return [_node(node.path + "/" + e.name, e, node.tree) for e in self._trees.read_tree(node.tree, source)]
 
     def open(self, node: Node) -> RangeReader:
         """Random access to a file node's content; each chunk read is verified."""
@@ -227,8 +255,15 @@ class SnapshotView:
             raise IsADirectoryError(f"{node.path or '/'} is a directory")
         if node.type == SYMLINK:
             raise ConfigurationError(f"{node.path} is a symlink to {node.target!r}; cas does not follow links")
-        assert node.entry is not None
-        return RangeReader(self.repo, node.entry, node.path)
+        entry = node.entry
+        assert entry is not None
+        if entry.size and not entry.chunks:
+            # Listed by a source without chunk lists: the stored tree has them (and is verified).
+            stored = self._stored.entry(node.parent, entry.name)
+            if stored is None or stored.type != FILE or (stored.size, stored.digest) != (entry.size, entry.digest):
+                raise ReadError(f"{node.path}: the stored tree does not hold the file its listing shows")
+            entry = stored
+        return RangeReader(self.repo, entry, node.path)
 
 
 def split(path: str) -> list[str]:
@@ -240,10 +275,10 @@ def split(path: str) -> list[str]:
     return parts
 
 
-def _node(path: str, entry: Entry) -> Node:
+def _node(path: str, entry: Entry, parent: str) -> Node:
     if entry.type == FILE:
-        return Node(path, FILE, entry.mode, entry.mtime_ns, entry.size, entry)
+        return Node(path, FILE, entry.mode, entry.mtime_ns, entry.size, entry, parent=parent)
     if entry.type == SYMLINK:
-        return Node(path, SYMLINK, entry.mode, entry.mtime_ns, len(entry.target.encode("utf-8", "surrogateescape")),
-                    entry)
-    return Node(path, DIR, entry.mode, entry.mtime_ns, 0, entry, entry.tree)
+        size = len(entry.target.encode("utf-8", "surrogateescape"))
+        return Node(path, SYMLINK, entry.mode, entry.mtime_ns, size, entry, parent=parent)
+    return Node(path, DIR, entry.mode, entry.mtime_ns, 0, entry, entry.tree, parent)

@@ -7,8 +7,9 @@ table that lies is caught before or when it is used: a read returns the file's t
 :class:`~cas.errors.ReadError` naming the file, never other bytes.
 
 Reads that continue where the previous one ended are taken as sequential, and the chunks after them
-are fetched in the same range read (read-ahead, doubling up to :data:`MAX_READAHEAD`); a read
-elsewhere fetches only its own chunks. Chunks go through the repository's chunk cache like any
+are fetched ahead (read-ahead, doubling up to :data:`MAX_READAHEAD`): in the same range read when the
+read itself needs chunks, in the background when it does not; a read elsewhere fetches only its own
+chunks. Chunks go through the repository's chunk cache like any
 other read; the reader keeps the chunks it fetched last in memory, bounded by its window.
 """
 
@@ -16,9 +17,11 @@ from __future__ import annotations
 
 import bisect
 import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
-from cas.errors import IntegrityError, ReadError
+from cas.errors import CasError, IntegrityError, ReadError
 from cas.format.trees import FILE, Entry
 from cas.repo.reader import file_chunks
 from cas.repo.repository import Repository
@@ -47,6 +50,8 @@ class RangeReader:
         self._next_sequential = 0  # where a sequential read would start
         self._readahead = MIN_READAHEAD
         self._lock = threading.Lock()
+        self._ahead: Future[None] | None = None  # the read-ahead being fetched in the background
+        self._ahead_chunks: frozenset[int] = frozenset()
 
     def read(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes from ``offset`` (fewer only at the end of the file)."""
@@ -55,56 +60,105 @@ class RangeReader:
         end = min(offset + length, self.size)
         if offset >= end:
             return b""
-        with self._lock:
-            sequential = offset == self._next_sequential
-            first = bisect.bisect_right(self._starts, offset) - 1
-            last = bisect.bisect_left(self._starts, end) - 1  # the chunk holding byte end - 1
-            have = all(i in self._kept for i in range(first, last + 1))
-            if not sequential:
-                self._readahead = MIN_READAHEAD
-                if not have:
-                    self._fetch(first, last, last)
-            elif not have or self._kept_after(last) < self._readahead // 2:
-                # Sequential and running out of read-ahead: fetch the next window in one go (not
-                # one chunk per read as the window's far edge moves), and widen it next time.
-                want_end = min(self.size, end + self._readahead)
-                self._readahead = min(MAX_READAHEAD, self._readahead * 2)
-                self._fetch(first, last, bisect.bisect_left(self._starts, want_end) - 1)
-            self._next_sequential = end
-            if first == last:  # the common case: one slice of one chunk, one copy
-                base = self._starts[first]
-                return self._kept[first][offset - base : end - base]
-            parts = []
-            for i in range(first, last + 1):
-                view = memoryview(self._kept[i])
-                base = self._starts[i]
-                parts.append(view[max(0, offset - base) : min(len(view), end - base)])
-            return b"".join(parts)
+        first = bisect.bisect_right(self._starts, offset) - 1
+        last = bisect.bisect_left(self._starts, end) - 1  # the chunk holding byte end - 1
+        while True:
+            with self._lock:
+                pending = self._ahead if self._ahead is not None and not self._ahead.done() else None
+                if pending is None or not any(
+                    i in self._ahead_chunks and i not in self._kept for i in range(first, last + 1)
+                ):
+                    return self._read_locked(offset, end, first, last, pending is not None)
+            pending.exception()  # wait for the read-ahead this read needs (its errors are its own)
+
+    def _read_locked(self, offset: int, end: int, first: int, last: int, ahead_busy: bool) -> bytes:
+        have = all(i in self._kept for i in range(first, last + 1))
+        # Streaming: the read continues the last one, or starts in or right after chunks held from
+        # earlier reads (a kernel's concurrent read-ahead requests arrive out of order).
+        sequential = offset == self._next_sequential or first in self._kept or first - 1 in self._kept
+        if not sequential:
+            self._readahead = MIN_READAHEAD
+            if not have:
+                self._fetch(first, last, last)
+        elif not have:
+            # Streaming but missing chunks: fetch them and the next window in the same range reads.
+            self._fetch(first, last, self._chunk_at(end + self._readahead))
+            self._readahead = min(MAX_READAHEAD, self._readahead * 2)
+        elif not ahead_busy and self._kept_after(last) < self._readahead // 2:
+            # Streaming and running low: fetch the next window in the background (a whole window,
+            # not one chunk per read as its far edge moves), so this read returns now.
+            todo = [i for i in range(last + 1, self._chunk_at(end + self._readahead) + 1) if i not in self._kept]
+            if todo:
+                self._ahead_chunks = frozenset(todo)
+                self._ahead = _readahead_pool().submit(self._fetch_ahead, todo)
+            self._readahead = min(MAX_READAHEAD, self._readahead * 2)
+        self._next_sequential = end
+        self._evict(first, last)
+        if first == last:  # the common case: one slice of one chunk, one copy
+            base = self._starts[first]
+            return self._kept[first][offset - base : end - base]
+        parts = []
+        for i in range(first, last + 1):
+            view = memoryview(self._kept[i])
+            base = self._starts[i]
+            parts.append(view[max(0, offset - base) : min(len(view), end - base)])
+        return b"".join(parts)
+
+    def _chunk_at(self, offset: int) -> int:
+        """The index of the chunk holding byte ``offset - 1`` (the last chunk past the end)."""
+        return bisect.bisect_left(self._starts, min(self.size, offset)) - 1
 
     def _fetch(self, first: int, last: int, fetch_last: int) -> None:
         """Make chunks ``first..last`` present in memory, with ``last+1..fetch_last`` as read-ahead
         (fetched in the same range reads; a read-ahead chunk that fails is left for its own read)."""
-        for i in list(self._kept):
-            if not first <= i <= fetch_last:
-                self._forget(i)
         missing = [i for i in range(first, fetch_last + 1) if i not in self._kept]
-        if missing:
-            part = replace(self.entry, chunks=tuple(self.entry.chunks[i] for i in missing))
-            try:
-                for i, data in zip(missing, file_chunks(self.repo, part, self._locations, self.path)):
-                    if len(data) != self._locations[self.entry.chunks[i]].raw_length:
-                        raise IntegrityError(f"{self.path}: chunk {self.entry.chunks[i][:16]} is not the size "
-                                             "its location records")
-                    self._kept[i] = data
-                    self._kept_bytes += len(data)
-            except IntegrityError as exc:
-                if any(i not in self._kept for i in range(first, last + 1)):
-                    raise ReadError(str(exc)) from None
+        try:
+            for i, data in self._chunks(missing):
+                self._keep(i, data)
+        except IntegrityError as exc:
+            if any(i not in self._kept for i in range(first, last + 1)):
+                raise ReadError(str(exc)) from None
+
+    def _fetch_ahead(self, indexes: list[int]) -> None:
+        """Read-ahead in the background: what arrives intact is kept; a failure is left for the
+        read that needs the chunk, which fetches it again and reports it."""
+        got = []
+        try:
+            for i, data in self._chunks(indexes):
+                got.append((i, data))
+        except (CasError, OSError):
+            pass
+        with self._lock:
+            for i, data in got:
+                self._keep(i, data)
+            position = self._chunk_at(self._next_sequential + 1)
+            self._evict(position, position)
+
+    def _chunks(self, indexes: list[int]) -> Iterator[tuple[int, bytes]]:
+        """Verified chunks by index, in order, each checked against the size its location records."""
+        if not indexes:
+            return
+        part = replace(self.entry, chunks=tuple(self.entry.chunks[i] for i in indexes))
+        for i, data in zip(indexes, file_chunks(self.repo, part, self._locations, self.path)):
+            if len(data) != self._locations[self.entry.chunks[i]].raw_length:
+                raise IntegrityError(f"{self.path}: chunk {self.entry.chunks[i][:16]} is not the size "
+                                     "its location records")
+            yield i, data
+
+    def _keep(self, i: int, data: bytes) -> None:
+        if i not in self._kept:
+            self._kept[i] = data
+            self._kept_bytes += len(data)
+
+    def _evict(self, first: int, last: int) -> None:
+        """Back within :data:`WINDOW_BYTES`: chunks behind ``first..last`` go first, then read-ahead
+        from the far end; never ``first..last`` themselves."""
         while self._kept_bytes > WINDOW_BYTES:
-            oldest = max(self._kept)  # drop read-ahead from the far end first
-            if oldest <= last:
+            spare = [i for i in self._kept if not first <= i <= last]
+            if not spare:
                 break
-            self._forget(oldest)
+            behind = [i for i in spare if i < first]
+            self._forget(min(behind) if behind else max(spare))
 
     def _kept_after(self, last: int) -> int:
         """Bytes held in memory for the chunks right after ``last``."""
@@ -116,6 +170,19 @@ class RangeReader:
 
     def _forget(self, i: int) -> None:
         self._kept_bytes -= len(self._kept.pop(i))
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _readahead_pool() -> ThreadPoolExecutor:
+    """Two threads shared by every reader of the process for background read-ahead."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cas-readahead")
+        return _pool
 
 
 def _chunk_starts(entry: Entry, locations: dict[str, BlobLocation], path: str) -> list[int]:

@@ -17,6 +17,7 @@ from backends.local import LocalBackend
 from cas import Store
 from cas.errors import ReadError
 from cas.format.keys import pack_key
+from cas.repo import ranges
 from cas.repo.ranges import RangeReader
 from tests.engine import cas_home, store  # noqa: F401 - fixtures
 from tests.hostile import forge
@@ -100,6 +101,7 @@ def test_sequential_reads_read_ahead_and_random_reads_do_not(
     walked = backend.calls["get"]
     assert walked <= len(reader.entry.chunks) // 2, "sequential reads should fetch several chunks per get"
 
+    reader = s.view().open(s.view().lookup("run-1/f.bin"))  # nothing held in memory
     backend.reset()
     reader.read(3 * MiB, 1000)
     reader.read(17 * MiB, 1000)  # not where the last read ended: only its own chunk
@@ -139,3 +141,19 @@ def test_a_size_the_chunks_do_not_add_up_to_is_refused(store: Store) -> None:
     forge.commit(store, "liar", forge.put_tree(store, [entry]))
     with pytest.raises(ReadError, match="liar.bin"):
         store.view().open(store.view().lookup("liar/liar.bin"))
+
+
+def test_memory_held_stays_within_the_window(counted: tuple[Store, CountingBackend], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    s, _backend = counted
+    monkeypatch.setattr(ranges, "WINDOW_BYTES", 3 * MiB)
+    data = os.urandom(20 * MiB)
+    reader = _stored(s, tmp_path, data)
+    position, largest = 0, 0
+    for step in [128 * 1024] * 80 + [MiB] * 10:
+        assert reader.read(position, step) == data[position : position + step]
+        position += step
+        largest = max(largest, reader._kept_bytes)
+    chunk_max = 4 * MiB  # a read needs at most two chunks here; everything else is dropped first
+    assert largest <= max(3 * MiB, 2 * chunk_max)
+    assert reader.read(0, 10) == data[:10]  # dropped chunks are fetched again

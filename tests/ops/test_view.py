@@ -1,0 +1,94 @@
+"""The view of executions as one tree, listed from another source than the stored trees (as the
+index's table of tree entries would list it: no chunk lists), and opened from the stored trees."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from backends.counting import CountingBackend
+from backends.local import LocalBackend
+from cas import Store
+from cas.errors import ReadError
+from cas.format.trees import DIR, Entry
+from cas.ops.view import SnapshotView
+
+
+class ChunklessListing:
+    """Directories by tree ID from memory, without chunk lists: what an index table keeps."""
+
+    def __init__(self, trees: dict[str, list[Entry]]) -> None:
+        self.trees = trees
+        self.reads = 0
+
+    def read_tree(self, tree_id: str) -> list[Entry]:
+        self.reads += 1
+        return self.trees[tree_id]
+
+
+@pytest.fixture
+def counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Store, CountingBackend]:
+    monkeypatch.setenv("CAS_HOME", str(tmp_path / "home"))
+    backend = CountingBackend(LocalBackend(str(tmp_path / "repo")))
+    s = Store.open(backend, index=f"sqlite:///{tmp_path / 'index.sqlite'}", chunk_cache=False,
+                   chunk_min=256, chunk_avg=1024, chunk_max=4096)
+    yield s, backend
+    s.close()
+
+
+def _listing_of(store: Store, root: str) -> dict[str, list[Entry]]:
+    out, todo = {}, [root]
+    while todo:
+        tree = todo.pop()
+        entries = store.repo.read_tree(tree)
+        out[tree] = [dataclasses.replace(e, chunks=()) for e in entries]
+        todo.extend(e.tree for e in entries if e.type == DIR)
+    return out
+
+
+def test_listings_come_from_the_source_and_files_open_from_the_stored_tree(
+    counted: tuple[Store, CountingBackend], tmp_path: Path
+) -> None:
+    s, backend = counted
+    src = tmp_path / "src"
+    (src / "a" / "b").mkdir(parents=True)
+    data = os.urandom(30_000)
+    (src / "a" / "b" / "data.bin").write_bytes(data)
+    (src / "top.txt").write_text("top\n")
+    s.snapshot(src, "run-1")
+    s.snapshot(src, "run-2")
+    listing = ChunklessListing(_listing_of(s, s.get("run-1").root))
+    view = SnapshotView(s.repo, s, listings=lambda e: listing if e == "run-1" else None)
+    backend.reset()
+
+    node = view.lookup("run-1/a/b/data.bin")
+    assert [n.name for n in view.children(view.lookup("run-1"))] == ["a", "top.txt"]
+    assert node.size == len(data) and node.entry is not None and node.entry.chunks == ()
+    assert backend.calls["get"] == 0 and listing.reads > 0  # listed without touching the backend
+
+    reader = view.open(node)
+    assert reader.read(1000, 20_000) == data[1000:21_000]
+    assert backend.calls["get"] >= 2  # the stored directory, then the chunks
+
+    reads = listing.reads
+    assert view.open(view.lookup("run-2/a/b/data.bin")).read(0, 10) == data[:10]  # run-2: stored trees
+    assert listing.reads == reads
+
+
+def test_a_listing_that_disagrees_with_the_stored_tree_is_not_read(
+    counted: tuple[Store, CountingBackend], tmp_path: Path
+) -> None:
+    s, _backend = counted
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.bin").write_bytes(os.urandom(5000))
+    s.snapshot(src, "run-1")
+    root = s.get("run-1").root
+    trees = _listing_of(s, root)
+    trees[root] = [dataclasses.replace(e, size=4000) for e in trees[root]]  # a stale or lying row
+    view = SnapshotView(s.repo, s, listings=lambda e: ChunklessListing(trees))
+    with pytest.raises(ReadError, match="run-1/f.bin"):
+        view.open(view.lookup("run-1/f.bin"))
