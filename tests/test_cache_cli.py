@@ -75,3 +75,13 @@ def test_cache_commands(tmp_path: Path, moto_server: Any) -> None:  # noqa: F811
 
     bad = _cli(env, "cache", "prune", "--max-size", "lots", code=2)
     assert "invalid size" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_prefetch_from_a_local_repository_says_there_is_no_cache(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAS_")}
+    env.update(PYTHONPATH=str(ROOT), CAS_HOME=str(tmp_path / "home"))
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_text("x")
+    _cli(env, "snapshot", str(tmp_path / "src"), "-e", "run-1")
+    proc = _cli(env, "prefetch", "run-1", code=1)
+    assert proc.stderr.startswith("cas: error: nothing to prefetch into") and len(proc.stderr.splitlines()) == 1

@@ -5,11 +5,16 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from cas.errors import ConfigurationError
 from cas.format.hashing import hexdigest
@@ -194,3 +199,63 @@ def test_a_damaged_ledger_is_rebuilt_from_the_entries(tmp_path: Path) -> None:
     assert cache.stats().entries == 3 and cache.stats().bytes == 3 * allocated(3000)
     assert all(cache.get(hexdigest(b)) == b for b in blobs)
     cache.close()
+
+
+class CacheMachine(RuleBasedStateMachine):
+    """Random puts, gets, damage, prunes and clears against one cache (and a second handle on it,
+    as another process would have): whatever happens, the ledger matches the files, the files stay
+    under the cap, and a get returns the chunk's bytes or nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.root = tempfile.mkdtemp(prefix="cache-machine-")
+        self.cap = 6 * BLOCK
+        self.handles = [ChunkCache(self.root, max_bytes=self.cap), ChunkCache(self.root, max_bytes=self.cap)]
+        self.blobs: dict[str, bytes] = {}
+
+    def teardown(self) -> None:
+        for handle in self.handles:
+            handle.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    @rule(size=st.integers(1, 3 * BLOCK), seed=st.integers(0, 7), which=st.integers(0, 1))
+    def put(self, size: int, seed: int, which: int) -> None:
+        blob = random.Random(seed).randbytes(size)
+        self.blobs[hexdigest(blob)] = blob
+        self.handles[which].put(hexdigest(blob), blob)
+
+    @rule(data=st.data(), which=st.integers(0, 1))
+    def get(self, data: st.DataObject, which: int) -> None:
+        if self.blobs:
+            chunk_id = data.draw(st.sampled_from(sorted(self.blobs)))
+            assert self.handles[which].get(chunk_id) in (None, self.blobs[chunk_id])
+
+    @rule(data=st.data())
+    def damage(self, data: st.DataObject) -> None:
+        present = [c for c in sorted(self.blobs) if c in self.handles[0]]
+        if present:
+            chunk_id = data.draw(st.sampled_from(present))
+            Path(self.handles[0]._path(chunk_id)).write_bytes(b"bad")
+            assert self.handles[1].get(chunk_id) is None
+
+    @rule(size=st.integers(0, 8 * BLOCK))
+    def prune(self, size: int) -> None:
+        self.handles[0].prune(size)
+        assert self.handles[0].stats().bytes <= size
+
+    @rule()
+    def clear(self) -> None:
+        self.handles[1].clear()
+
+    @invariant()
+    def ledger_matches_files(self) -> None:
+        files = {p.name: p.stat().st_size for p in Path(self.root).glob("??/*")}
+        stats = self.handles[0].stats()
+        assert stats.entries == len(files) and not [n for n in files if ".tmp-" in n]
+        assert stats.bytes == sum(allocated(s) for s in files.values()) <= self.cap
+        for chunk_id, size in files.items():
+            assert size == len(self.blobs[chunk_id]) or size == 3  # a damaged entry not yet read
+
+
+TestCacheMachine = CacheMachine.TestCase
+TestCacheMachine.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
