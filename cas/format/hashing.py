@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import blake3
 
 DIGEST_HEX_LEN = 64
@@ -15,9 +17,9 @@ def new_hasher() -> blake3.blake3:
     return blake3.blake3()
 
 
+_DIGEST = re.compile(f"[0-9a-f]{{{DIGEST_HEX_LEN}}}")
+
+
 def is_digest(text: object) -> bool:
-    return (
-        isinstance(text, str)
-        and len(text) == DIGEST_HEX_LEN
-        and all(c in "0123456789abcdef" for c in text)
-    )
+    # A regular expression, not a loop over characters: trees hold one digest per chunk and file.
+    return isinstance(text, str) and _DIGEST.fullmatch(text) is not None

@@ -52,6 +52,8 @@ _OPEN_ANCESTORS = 64
 _HAS_TMPFILE = [hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")]
 #: Files up to this size have their chunks fetched together, per directory (see reader.prefetch).
 _PREFETCH_FILE_SIZE = 1024 * 1024
+#: Files in place up to this size are compared with the tree by the walk itself, not a worker.
+_COMPARE_AT_ONCE = 256 * 1024
 _FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE}
 
 ProgressFn = Callable[[int, int], None]
@@ -230,8 +232,9 @@ class Restorer:
             self._fail(path, exc)
             return None
         try:
-            os.fchmod(fd, 0o700)
             st = os.fstat(fd)
+            if st.st_mode & 0o700 != 0o700:
+                os.fchmod(fd, 0o700)
             children = self.repo.read_tree(entry.tree, trees.get(entry.tree))
         except (CasError, OSError) as exc:
             os.close(fd)
@@ -249,12 +252,20 @@ class Restorer:
             present: dict[str, os.stat_result] = {}
             if self.overwrite:
                 present = self._survey(dir_fd, entries, prefix)
-            # One index query for this directory: its files' chunks and its subdirectories' trees.
-            # Sequence numbers (and expected chunks of files that may match) before any prefetch.
-            tasks = {e.name: self._file_task(e, present.get(e.name)) for e in entries if e.type == FILE}
+            matched = self._match_in_place(dir_fd, entries, present, prefix) if present else set()
+            # One index query for this directory: the chunks of its files still to write (and of
+            # matched ones whose chunks are recorded as local) and its subdirectories' trees.
             locations = self.repo.locate(
-                c for e in entries for c in (e.chunks if e.type == FILE else (e.tree,) if e.type == DIR else ())
+                c for e in entries for c in (
+                    (e.chunks if e.name not in matched or len(e.chunks) > 1 else ()) if e.type == FILE
+                    else (e.tree,) if e.type == DIR else ())
             )
+            for entry in entries:
+                if entry.name in matched:
+                    self._local.add_file(self._full_path(prefix + entry.name), entry, locations)
+            # Sequence numbers (and expected chunks of files that may match) before any prefetch.
+            tasks = {e.name: self._file_task(e, present.get(e.name))
+                     for e in entries if e.type == FILE and e.name not in matched}
             # A file in place (which may match, or hold some of the chunks) is read before anything
             # is fetched for it; so are chunks this restore found in the destination.
             small = [locations[c] for e in entries if e.type == FILE and e.size <= _PREFETCH_FILE_SIZE
@@ -267,11 +278,11 @@ class Restorer:
                 path = prefix + entry.name
                 try:
                     if entry.type == DIR:
-                        self._make_directory(dir_fd, entry, path)
+                        self._make_directory(dir_fd, entry, path, present.get(entry.name))
                         subdirs.append((entry, path))
                     elif entry.type == SYMLINK:
                         self._symlink(dir_fd, entry, path, present.get(entry.name))
-                    else:
+                    elif entry.name not in matched:
                         job.pending.append((path, self._pool.submit(
                             self._file, dir_fd, entry, path, locations, prefetched, *tasks[entry.name])))
                 except (CasError, OSError) as exc:
@@ -387,7 +398,10 @@ class Restorer:
             with self._lock:
                 self.report.deleted += removed
 
-    def _make_directory(self, parent_fd: int, entry: Entry, path: str) -> None:
+    def _make_directory(self, parent_fd: int, entry: Entry, path: str, present: os.stat_result | None = None) -> None:
+        if present is not None and stat.S_ISDIR(present.st_mode):
+            self.report.unchanged += 1  # opened with O_NOFOLLOW next: if swapped meanwhile, that fails
+            return
         for _attempt in range(3):  # another restore may be replacing the same entry meanwhile
             try:
                 os.mkdir(entry.name, 0o700, dir_fd=parent_fd)
@@ -429,6 +443,40 @@ class Restorer:
             raise
         self.report.symlinks += 1
         self.report.written += 1
+
+    def _match_in_place(
+        self, dir_fd: int, entries: list[Entry], present: dict[str, os.stat_result], prefix: str
+    ) -> set[str]:
+        """Names of files found matching right here, without a worker: those the lstat already
+        proves (``trust_mtime``: size, mtime and mode equal) and small ones, hashed at once. The
+        others are compared by the workers."""
+        matched: set[str] = set()
+        for entry in entries:
+            st = present.get(entry.name)
+            if entry.type != FILE or not _is_file(st) or st is None or st.st_size != entry.size:
+                continue
+            mode = self._mode(entry.mode)
+            trusted = self.trust_mtime and st.st_mtime_ns == entry.mtime_ns
+            if trusted and stat.S_IMODE(st.st_mode) == mode:
+                fixed = False
+            elif trusted or entry.size <= _COMPARE_AT_ONCE:
+                try:
+                    found = examine_file(dir_fd, entry, mode, trust_mtime=self.trust_mtime, config=None)
+                except OSError:
+                    continue  # a worker tries again and reports it
+                if not found.matches:
+                    continue
+                fixed = found.meta_fixed
+            else:
+                continue
+            matched.add(entry.name)
+            self.report.files += 1
+            self.report.bytes += entry.size
+            self.report.unchanged += 1
+            self.report.meta_fixed += fixed
+            if self.progress:
+                self.progress(self.report.files, self.report.bytes)
+        return matched
 
     def _file_task(self, entry: Entry, present: os.stat_result | None) -> tuple[int, bool, threading.Event | None]:
         """A file's task arguments: its sequence number, whether a file is in place, and for one that
@@ -566,8 +614,11 @@ class Restorer:
             self._remove(dir_fd, name, path)
 
     def _apply_dir_meta(self, fd: int, mode: int, mtime_ns: int) -> None:
-        os.fchmod(fd, self._mode(mode))
-        os.utime(fd, ns=(mtime_ns, mtime_ns))
+        st = os.fstat(fd)  # cheaper than setting what is already so (an unchanged directory)
+        if stat.S_IMODE(st.st_mode) != self._mode(mode):
+            os.fchmod(fd, self._mode(mode))
+        if st.st_mtime_ns != mtime_ns:
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
 
     def _mode(self, mode: int) -> int:
         return mode if self.same_permissions else mode & ~(stat.S_ISUID | stat.S_ISGID)

@@ -122,7 +122,7 @@ def examine_file(
         if not stat.S_ISREG(st.st_mode):
             return Examined(False)
         if st.st_size == entry.size and (
-            (trust_mtime and st.st_mtime_ns == entry.mtime_ns) or _content_digest(fd) == entry.digest
+            (trust_mtime and st.st_mtime_ns == entry.mtime_ns) or _content_digest(fd, st.st_size) == entry.digest
         ):
             fixed = False
             if stat.S_IMODE(st.st_mode) != mode:
@@ -142,7 +142,11 @@ def examine_file(
             os.close(fd)
 
 
-def _content_digest(fd: int) -> str:
+def _content_digest(fd: int, size: int) -> str:
+    if size < _HASH_BLOCK:  # one read for a small file (one byte more, to see it did not grow)
+        data = os.pread(fd, size + 1, 0)
+        if len(data) <= size:
+            return hexdigest(data)
     hasher = new_hasher()
     offset = 0
     while True:
@@ -170,7 +174,8 @@ class LocalChunks:
     """Chunks held by files this restore verified or wrote in the destination, by chunk ID.
 
     Shared by the restore's workers. A read reopens the file by path without following a final
-    symlink, checks it is the same file (device, inode, size) and hashes the bytes read.
+    symlink, checks it is a regular file and hashes the bytes read: whatever happened to the file
+    meanwhile, a chunk is reused only if it is exactly the chunk.
 
     A file that is still to be compared (it may well match) is *expected*: its chunks count as held
     while the comparison runs, and a reader waits for it. Each file task has a sequence number in
@@ -179,7 +184,7 @@ class LocalChunks:
     """
 
     def __init__(self) -> None:
-        self._where: dict[str, tuple[str, tuple[int, int, int], int, int]] = {}
+        self._where: dict[str, tuple[str, int, int]] = {}
         self._expected: dict[str, tuple[int, threading.Event]] = {}
         self._lock = threading.Lock()
 
@@ -197,18 +202,16 @@ class LocalChunks:
 
     def add_file(self, path: str, entry: Entry, locations: dict[str, BlobLocation]) -> None:
         """Record a file of the destination at ``path`` whose content is ``entry``'s."""
+        if len(entry.chunks) == 1:
+            self._where.setdefault(entry.chunks[0], (path, 0, entry.size))
+            return
         if not entry.chunks or any(c not in locations for c in entry.chunks):
             return
-        try:
-            st = os.stat(path, follow_symlinks=False)
-        except OSError:
-            return
-        ident = (st.st_dev, st.st_ino, st.st_size)
         offset = 0
         with self._lock:
             for chunk_id in entry.chunks:
                 length = locations[chunk_id].raw_length
-                self._where.setdefault(chunk_id, (path, ident, offset, length))
+                self._where.setdefault(chunk_id, (path, offset, length))
                 offset += length
 
     def for_task(self, seq: int) -> TaskView:
@@ -224,14 +227,13 @@ class LocalChunks:
             where = self._where.get(chunk_id)
             if where is None:
                 return None
-        path, ident, offset, length = where
+        path, offset, length = where
         try:
             fd = os.open(path, _READ_FLAGS)
         except OSError:
             return None
         try:
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino, st.st_size) != ident or not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return None
             data = os.pread(fd, length, offset)
         except OSError:
