@@ -108,7 +108,8 @@ def examine_file(
 ) -> Examined:
     """Compare the file named ``entry.name`` in ``dir_fd`` with the entry.
 
-    A match has its mode (``mode``, what the restore would set) and mtime fixed in place. A regular
+    A match has its mode (``mode``, what the restore would set) and mtime fixed in place, unless it
+    has other hard links: then it is not a match (it is replaced, the other links keep theirs). A regular
     file that differs is returned open, with the entry's chunks it holds (found by cutting it with
     the chunker of ``config``; None to skip that). Anything else (absent, a symlink, a directory) is simply not a match.
     """
@@ -121,7 +122,10 @@ def examine_file(
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return Examined(False)
-        if st.st_size == entry.size and (
+        same_meta = stat.S_IMODE(st.st_mode) == mode and st.st_mtime_ns == entry.mtime_ns
+        # A file with other links (outside the destination, maybe) never has its metadata changed
+        # in place: it is replaced like a file that differs.
+        if st.st_size == entry.size and (same_meta or st.st_nlink == 1) and (
             (trust_mtime and st.st_mtime_ns == entry.mtime_ns) or _content_digest(fd, st.st_size) == entry.digest
         ):
             fixed = False

@@ -304,3 +304,49 @@ def test_delete_needs_overwrite(store: Store, tmp_path: Path) -> None:
         (tmp_path / "full").mkdir()
         (tmp_path / "full" / "f").write_text("x")
         store.restore("v1", tmp_path / "full")
+
+
+def test_a_hard_linked_file_is_replaced_not_changed_through_its_other_link(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"shared content")
+    os.chmod(src / "f", 0o644)
+    store.snapshot(src, "v1")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"shared content")
+    os.chmod(outside, 0o600)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.link(outside, dest / "f")
+    report = store.restore("v1", dest, overwrite=True)
+    assert report.written == 1
+    assert stat.S_IMODE(os.stat(dest / "f").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(outside).st_mode) == 0o600 and os.stat(outside).st_nlink == 1
+
+
+def test_cli_reports_written_unchanged_deleted(store: Store, tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+    import json
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "same").write_text("same")
+    (src / "new").write_text("new")
+    store.snapshot(src, "v1")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "same").write_text("same")
+    (dest / "stale").write_text("stale")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "CAS_HOME": str(cas_home), "PYTHONPATH": str(root)}
+    base = [sys.executable, "-m", "cas", "--repo", str(tmp_path / "repo"), "--index", f"sqlite:///{tmp_path / 'index.sqlite'}"]
+    done = subprocess.run([*base, "--json", "restore", "v1", str(dest), "--overwrite", "--delete"],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert (data["written"], data["unchanged"], data["deleted"], data["meta_fixed"]) == (1, 1, 1, 1)
+    done = subprocess.run([*base, "restore", "v1", str(dest), "--overwrite"], capture_output=True, text=True, env=env)
+    assert "0 entries written" in done.stdout and "2 unchanged, 0 deleted" in done.stdout
+    done = subprocess.run([*base, "restore", "v1", str(tmp_path / "d2"), "--delete"], capture_output=True, text=True, env=env)
+    assert done.returncode == 1 and done.stderr.startswith("cas: error:") and "overwrite" in done.stderr
