@@ -496,8 +496,11 @@ class Restorer:
         old: OldFile | None = None
         if exists:
             try:
+                lengths = [locations[c].raw_length for c in entry.chunks if c in locations]
                 found = examine_file(dir_fd, entry, self._mode(entry.mode), trust_mtime=self.trust_mtime,
-                                     config=self.repo.config)
+                                     config=self.repo.config,
+                                     lengths=lengths if len(lengths) == len(entry.chunks) and sum(lengths) == entry.size
+                                     else None)
                 if found.matches:
                     self._local.add_file(self._full_path(path), entry, locations)
                     return _Done(entry.size, False, meta_fixed=found.meta_fixed)

@@ -104,14 +104,21 @@ class Examined:
 
 
 def examine_file(
-    dir_fd: int, entry: Entry, mode: int, *, trust_mtime: bool, config: RepoConfig | None
+    dir_fd: int, entry: Entry, mode: int, *, trust_mtime: bool, config: RepoConfig | None,
+    lengths: list[int] | None = None,
 ) -> Examined:
     """Compare the file named ``entry.name`` in ``dir_fd`` with the entry.
 
+    ``lengths``, the sizes of the entry's chunks when known, lets a file of the entry's size be
+    compared chunk by chunk at the entry's boundaries: equal chunk IDs at every offset is equal
+    content, and the chunks that are equal are the ones to reuse when others differ (a checkpoint
+    whose tensors keep their offsets). Otherwise the whole content's BLAKE3 is compared.
+
     A match has its mode (``mode``, what the restore would set) and mtime fixed in place, unless it
-    has other hard links: then it is not a match (it is replaced, the other links keep theirs). A regular
-    file that differs is returned open, with the entry's chunks it holds (found by cutting it with
-    the chunker of ``config``; None to skip that). Anything else (absent, a symlink, a directory) is simply not a match.
+    has other hard links: then it is not a match (it is replaced, the other links keep theirs). A
+    regular file that differs is returned open, with the entry's chunks it holds (at the entry's
+    boundaries, and, when those do not cover half of it, found by cutting it with the chunker of
+    ``config``; None to skip that). Anything else (absent, a symlink, a directory) is not a match.
     """
     try:
         fd = os.open(entry.name, _READ_FLAGS, dir_fd=dir_fd)
@@ -123,27 +130,49 @@ def examine_file(
         if not stat.S_ISREG(st.st_mode):
             return Examined(False)
         same_meta = stat.S_IMODE(st.st_mode) == mode and st.st_mtime_ns == entry.mtime_ns
+        found: dict[str, tuple[int, int]] = {}
+        found_bytes = 0
         # A file with other links (outside the destination, maybe) never has its metadata changed
         # in place: it is replaced like a file that differs.
-        if st.st_size == entry.size and (same_meta or st.st_nlink == 1) and (
-            (trust_mtime and st.st_mtime_ns == entry.mtime_ns) or _content_digest(fd, st.st_size) == entry.digest
-        ):
-            fixed = False
-            if stat.S_IMODE(st.st_mode) != mode:
-                os.fchmod(fd, mode)
-                fixed = True
-            if st.st_mtime_ns != entry.mtime_ns:
-                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-                fixed = True
-            return Examined(True, meta_fixed=fixed)
-        if config is None or not entry.chunks:
-            return Examined(False)
-        old = OldFile(fd, _chunks_in(fd, Chunker(config), st.st_size, set(entry.chunks)))
-        keep = bool(old.chunks)
-        return Examined(False, old if keep else None)
+        if st.st_size == entry.size and (same_meta or st.st_nlink == 1):
+            if trust_mtime and st.st_mtime_ns == entry.mtime_ns:
+                matches = True
+            elif lengths is not None and len(entry.chunks) > 1:
+                found, found_bytes = _aligned_chunks(fd, entry.chunks, lengths)
+                matches = found_bytes == entry.size
+            else:
+                matches = _content_digest(fd, st.st_size) == entry.digest
+            if matches:
+                fixed = False
+                if stat.S_IMODE(st.st_mode) != mode:
+                    os.fchmod(fd, mode)
+                    fixed = True
+                if st.st_mtime_ns != entry.mtime_ns:
+                    os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+                    fixed = True
+                return Examined(True, meta_fixed=fixed)
+        if config is not None and entry.chunks and found_bytes * 2 < entry.size:
+            for chunk_id, where in _chunks_in(fd, Chunker(config), st.st_size, set(entry.chunks)).items():
+                found.setdefault(chunk_id, where)
+        keep = bool(found)
+        return Examined(False, OldFile(fd, found) if keep else None)
     finally:
         if not keep:
             os.close(fd)
+
+
+def _aligned_chunks(fd: int, chunks: tuple[str, ...], lengths: list[int]) -> tuple[dict[str, tuple[int, int]], int]:
+    """The entry's chunks the file holds at the entry's own offsets, and how many bytes they cover."""
+    found: dict[str, tuple[int, int]] = {}
+    covered = 0
+    offset = 0
+    for chunk_id, length in zip(chunks, lengths):
+        data = os.pread(fd, length, offset)
+        if len(data) == length and hexdigest(data) == chunk_id:
+            found.setdefault(chunk_id, (offset, length))
+            covered += length
+        offset += length
+    return found, covered
 
 
 def _content_digest(fd: int, size: int) -> str:

@@ -187,6 +187,30 @@ def test_edited_file_reuses_its_own_chunks_and_fetches_little(tmp_path: Path, ca
         assert backend.fetched < 100_000
 
 
+def test_same_size_edit_keeps_the_chunks_at_their_offsets(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+    """A checkpoint whose tensors change values in place: compared chunk by chunk at the tree's
+    boundaries, only the chunk around the edit is fetched."""
+    store, backend = _counting_store(tmp_path)
+    with store:
+        src = tmp_path / "src"
+        src.mkdir()
+        content = bytearray(os.urandom(300_000))
+        (src / "ckpt").write_bytes(content)
+        store.snapshot(src, "v1")
+        content[150_000:150_004] = b"\0\1\2\3"
+        (src / "ckpt").write_bytes(content)
+        store.snapshot(src, "v2")
+        dest = tmp_path / "dest"
+        store.restore("v1", dest)
+        backend.fetched = 0
+        report = store.restore("v2", dest, overwrite=True)
+        assert (dest / "ckpt").read_bytes() == bytes(content)
+        assert report.written == 1 and report.reused_bytes > 250_000
+        assert backend.fetched < 50_000
+        again = store.restore("v2", dest, overwrite=True)
+        assert (again.written, again.unchanged) == (0, 1)
+
+
 def test_unchanged_tree_fetches_nothing_and_chunks_of_verified_files_are_reused(
     tmp_path: Path, cas_home: Path  # noqa: F811
 ) -> None:
