@@ -25,7 +25,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from cas.errors import IntegrityError
@@ -83,6 +83,9 @@ class OldFile:
 
     fd: int
     chunks: dict[str, tuple[int, int]] = field(default_factory=dict)
+    aligned: set[int] = field(default_factory=set)
+    """Offsets at which the file holds the entry's chunk of that position (same size as the entry)."""
+    aligned_bytes: int = 0
 
     def read(self, chunk_id: str) -> bytes | None:
         """The chunk's bytes if the file (still) holds them, checked against the ID."""
@@ -105,7 +108,7 @@ class Examined:
 
 def examine_file(
     dir_fd: int, entry: Entry, mode: int, *, trust_mtime: bool, config: RepoConfig | None,
-    lengths: list[int] | None = None,
+    lengths: list[int] | None = None, lock: bool = False,
 ) -> Examined:
     """Compare the file named ``entry.name`` in ``dir_fd`` with the entry.
 
@@ -119,6 +122,9 @@ def examine_file(
     regular file that differs is returned open, with the entry's chunks it holds (at the entry's
     boundaries, and, when those do not cover half of it, found by cutting it with the chunker of
     ``config``; None to skip that). Anything else (absent, a symlink, a directory) is not a match.
+
+    With ``lock``, an exclusive ``flock`` is taken on the file before it is compared and held while
+    the returned :class:`OldFile` is open (so that restores patching it in place take turns).
     """
     try:
         fd = os.open(entry.name, _READ_FLAGS, dir_fd=dir_fd)
@@ -129,16 +135,21 @@ def examine_file(
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return Examined(False)
+        if lock:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
         same_meta = stat.S_IMODE(st.st_mode) == mode and st.st_mtime_ns == entry.mtime_ns
         found: dict[str, tuple[int, int]] = {}
         found_bytes = 0
+        aligned: set[int] = set()
         # A file with other links (outside the destination, maybe) never has its metadata changed
         # in place: it is replaced like a file that differs.
         if st.st_size == entry.size and (same_meta or st.st_nlink == 1):
             if trust_mtime and st.st_mtime_ns == entry.mtime_ns:
                 matches = True
             elif lengths is not None and len(entry.chunks) > 1:
-                found, found_bytes = _aligned_chunks(fd, entry.chunks, lengths)
+                found, found_bytes, aligned = _aligned_chunks(fd, entry.chunks, lengths)
                 matches = found_bytes == entry.size
             else:
                 matches = _content_digest(fd, st.st_size) == entry.digest
@@ -155,24 +166,70 @@ def examine_file(
             for chunk_id, where in _chunks_in(fd, Chunker(config), st.st_size, set(entry.chunks)).items():
                 found.setdefault(chunk_id, where)
         keep = bool(found)
-        return Examined(False, OldFile(fd, found) if keep else None)
+        return Examined(False, OldFile(fd, found, aligned, found_bytes) if keep else None)
     finally:
         if not keep:
             os.close(fd)
 
 
-def _aligned_chunks(fd: int, chunks: tuple[str, ...], lengths: list[int]) -> tuple[dict[str, tuple[int, int]], int]:
-    """The entry's chunks the file holds at the entry's own offsets, and how many bytes they cover."""
+def _aligned_chunks(
+    fd: int, chunks: tuple[str, ...], lengths: list[int]
+) -> tuple[dict[str, tuple[int, int]], int, set[int]]:
+    """The entry's chunks the file holds at the entry's own offsets, how many bytes they cover, and
+    those offsets."""
     found: dict[str, tuple[int, int]] = {}
+    aligned: set[int] = set()
     covered = 0
     offset = 0
     for chunk_id, length in zip(chunks, lengths):
         data = os.pread(fd, length, offset)
         if len(data) == length and hexdigest(data) == chunk_id:
             found.setdefault(chunk_id, (offset, length))
+            aligned.add(offset)
             covered += length
         offset += length
-    return found, covered
+    return found, covered, aligned
+
+
+def patch_in_place(
+    dir_fd: int, entry: Entry, path: str, old: OldFile, lengths: list[int], mode: int,
+    chunk_data: Callable[[list[str]], Iterator[bytes]],
+) -> int:
+    """Write into the file ``old`` (still locked) the chunks it lacks at their offsets, check the
+    whole content against the entry's digest, set mode and mtime. Returns the bytes written.
+
+    ``chunk_data(ids)`` yields the verified bytes of ``ids`` in order. The file is opened for
+    writing by name without following a symlink and must be the file ``old`` read (same inode).
+    """
+    wfd = os.open(entry.name, os.O_WRONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), dir_fd=dir_fd)
+    try:
+        a, b = os.fstat(wfd), os.fstat(old.fd)
+        if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) or a.st_size != entry.size:
+            raise FileChangedError(f"{path} was replaced while it was restored")
+        todo: list[tuple[str, int]] = []
+        offset = 0
+        for chunk_id, length in zip(entry.chunks, lengths):
+            if offset not in old.aligned:
+                todo.append((chunk_id, offset))
+            offset += length
+        written = 0
+        for (chunk_id, at), data in zip(todo, chunk_data([c for c, _ in todo])):
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(wfd, view, at)
+                view, at = view[n:], at + n
+            written += len(data)
+        if _content_digest(old.fd, entry.size) != entry.digest:
+            raise IntegrityError(f"{path}: content does not match the file's recorded BLAKE3 after patching it")
+        os.fchmod(wfd, mode)
+        os.utime(wfd, ns=(entry.mtime_ns, entry.mtime_ns))
+        return written
+    finally:
+        os.close(wfd)
+
+
+class FileChangedError(OSError):
+    """A file being patched in place was replaced meanwhile (it is then written anew)."""
 
 
 def _content_digest(fd: int, size: int) -> str:

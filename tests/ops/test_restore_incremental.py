@@ -69,9 +69,10 @@ def _expected_counts(old: dict[str, tuple[object, ...]], new: dict[str, tuple[ob
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(trees=_two_trees(), times=st.lists(st.integers(0, 4_000_000_000_000_000_000), min_size=1, max_size=3),
-       trust_mtime=st.booleans())
+       trust_mtime=st.booleans(), in_place=st.booleans())
 def test_random_tree_over_another_ends_exactly_equal_with_delete(
-    store: Store, trees: tuple[dict[str, object], dict[str, object]], times: list[int], trust_mtime: bool
+    store: Store, trees: tuple[dict[str, object], dict[str, object]], times: list[int], trust_mtime: bool,
+    in_place: bool,
 ) -> None:
     before, after = trees
     work = tempfile.mkdtemp()
@@ -83,7 +84,8 @@ def test_random_tree_over_another_ends_exactly_equal_with_delete(
         dest = os.path.join(work, "dest")
         _materialise(dest, before, list(reversed(times)))
         old = describe(dest)
-        report = store.restore(execution_id, dest, overwrite=True, delete=True, trust_mtime=trust_mtime)
+        report = store.restore(execution_id, dest, overwrite=True, delete=True, trust_mtime=trust_mtime,
+                               in_place=in_place)
         assert describe(dest) == describe(src)
         assert os.stat(dest).st_mtime_ns == os.stat(src).st_mtime_ns
         new = describe(src)
@@ -209,6 +211,31 @@ def test_same_size_edit_keeps_the_chunks_at_their_offsets(tmp_path: Path, cas_ho
         assert backend.fetched < 50_000
         again = store.restore("v2", dest, overwrite=True)
         assert (again.written, again.unchanged) == (0, 1)
+
+
+def test_in_place_patches_only_the_changed_chunks_of_the_same_file(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+    store, backend = _counting_store(tmp_path)
+    with store:
+        src = tmp_path / "src"
+        src.mkdir()
+        content = bytearray(os.urandom(300_000))
+        (src / "ckpt").write_bytes(content)
+        os.chmod(src / "ckpt", 0o640)
+        store.snapshot(src, "v1")
+        content[150_000:150_004] = b"\0\1\2\3"
+        (src / "ckpt").write_bytes(content)
+        store.snapshot(src, "v2")
+        dest = tmp_path / "dest"
+        store.restore("v1", dest)
+        inode = os.stat(dest / "ckpt").st_ino
+        backend.fetched = 0
+        report = store.restore("v2", dest, overwrite=True, in_place=True)
+        assert (dest / "ckpt").read_bytes() == bytes(content)
+        assert os.stat(dest / "ckpt").st_ino == inode  # the same file, patched
+        assert stat.S_IMODE(os.stat(dest / "ckpt").st_mode) == 0o640
+        assert os.stat(dest / "ckpt").st_mtime_ns == os.stat(src / "ckpt").st_mtime_ns
+        assert report.written == 1 and report.written_bytes < 50_000 and report.reused_bytes > 250_000
+        assert backend.fetched < 50_000
 
 
 def test_unchanged_tree_fetches_nothing_and_chunks_of_verified_files_are_reused(
