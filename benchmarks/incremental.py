@@ -13,7 +13,10 @@ rustic: counted in a second, untimed run under ``strace`` as bytes read from fil
 repository's ``data/``), and whether the result equals the execution (content, modes, mtimes, no
 extra entries: every restore runs with its tool's delete option). The existing directory is a
 ``cp -a`` of the previous execution, the same for every tool. Results go to
-``benchmarks/results/incremental.{md,json}``. Tools are found on PATH unless given.
+``benchmarks/results/incremental.{md,json}``. Tools are found on PATH unless given. cas runs three
+ways over the existing directory: hashing every file in place (the default), ``--trust-mtime`` and
+``--in-place`` (patching a mostly unchanged file where it is, as restic does, instead of writing it
+anew under a temporary name).
 
 Goals (issue 14): incremental at most 0.2x a fresh cas restore and at most 0.5x restic 0.18.
 """
@@ -68,7 +71,7 @@ def cas_restore_child(argv: list[str]) -> int:
         overwrite = "--overwrite" in flags
         t0 = time.perf_counter()
         report = store.restore(execution_id, dest, overwrite=overwrite, delete=overwrite,
-                               trust_mtime="--trust-mtime" in flags)
+                               trust_mtime="--trust-mtime" in flags, in_place="--in-place" in flags)
         seconds = time.perf_counter() - t0
     print(json.dumps({"fetched": Counting.fetched, "report": report.to_dict(), "restore_seconds": round(seconds, 2)}))
     return 0
@@ -171,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         timed(f"cas-snapshot-{label}", [*cli, "snapshot", str(path), "--execution-id", label], env, logs)
     child = [sys.executable, str(Path(__file__).resolve()), "_cas-restore", str(repo), index, "last"]
     cases = [("cas fresh", [], False), ("cas incremental", ["--overwrite"], True),
-             ("cas incremental --trust-mtime", ["--overwrite", "--trust-mtime"], True)]
+             ("cas incremental --trust-mtime", ["--overwrite", "--trust-mtime"], True),
+             ("cas incremental --in-place", ["--overwrite", "--in-place"], True)]
     for name, flags, existing in cases:
         dest = scratch / "dest"
         if existing:
@@ -230,9 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         for label, path in (("prev", previous), ("last", last)):
             timed(f"rustic-backup-{label}", [rust, "backup", "--label", label, "--as-path", "/exec", str(path)], renv, logs)
         snaps = json.loads(str(timed("rustic-snapshots", [rust, "snapshots", "--json"], renv, logs)["output"]))
-        flat = [s for group in snaps for s in (group[1] if isinstance(group, list) else [group])]
+        flat = [s for group in snaps for s in (group.get("snapshots", [group]) if isinstance(group, dict) else group[1])]
         last_id = next(s["id"] for s in flat if s.get("label") == "last")
-        for name, extra, existing in (("rustic fresh", [], False), ("rustic into existing", ["--delete"], True)):
+        for name, extra, existing in (("rustic fresh", [], False),
+                                      ("rustic into existing (trusts mtime)", ["--delete"], True),
+                                      ("rustic into existing --verify-existing", ["--delete", "--verify-existing"], True)):
             dest = scratch / "dest"
             cmd = [rust, "restore", f"{last_id}:/exec", str(dest), *extra]
             if existing:
@@ -240,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             elif dest.exists():
                 shutil.rmtree(dest)
             log(f"{name} ...")
-            m = timed(name.replace(" ", "-"), cmd, renv, logs)
+            m = timed(re.sub(r"[^a-z-]+", "-", name), cmd, renv, logs)
             m.pop("output")
             results[name] = {**m, "result": check(expected, dest), "version": version}
             if not args.no_strace and shutil.which("strace"):
@@ -261,12 +267,16 @@ def main(argv: list[str] | None = None) -> int:
             ratio("cas incremental", "cas fresh", "restore_seconds"),
         "cas incremental --trust-mtime / cas fresh, wall seconds": ratio("cas incremental --trust-mtime", "cas fresh",
                                                                           "seconds"),
+        "cas incremental --in-place / cas fresh, wall seconds": ratio("cas incremental --in-place", "cas fresh",
+                                                                      "seconds"),
     }
     if "restic --overwrite if-changed" in results:
         goals["cas incremental / restic if-changed, wall seconds (goal <= 0.5)"] = ratio(
             "cas incremental", "restic --overwrite if-changed", "seconds")
         goals["cas incremental / restic if-changed, CPU seconds"] = ratio(
             "cas incremental", "restic --overwrite if-changed", "cpu")
+        goals["cas incremental --in-place / restic if-changed, wall seconds"] = ratio(
+            "cas incremental --in-place", "restic --overwrite if-changed", "seconds")
     summary = {"previous": str(previous), "last": str(last), "files": workload.executions[-1].files,
                "logical_bytes": workload.executions[-1].logical_bytes, "results": results, "goals": goals,
                "machine": bench.machine_info()}

@@ -204,8 +204,9 @@ def patch_in_place(
     wfd = os.open(entry.name, os.O_WRONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), dir_fd=dir_fd)
     try:
         a, b = os.fstat(wfd), os.fstat(old.fd)
-        if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) or a.st_size != entry.size:
-            raise FileChangedError(f"{path} was replaced while it was restored")
+        if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) or a.st_size != entry.size or a.st_nlink != 1:
+            # Replaced meanwhile, or linked elsewhere too (never written through another link).
+            raise FileChangedError(f"{path} cannot be patched in place")
         todo: list[tuple[str, int]] = []
         offset = 0
         for chunk_id, length in zip(entry.chunks, lengths):
@@ -229,7 +230,7 @@ def patch_in_place(
 
 
 class FileChangedError(OSError):
-    """A file being patched in place was replaced meanwhile (it is then written anew)."""
+    """A file cannot be patched in place: replaced meanwhile, or hard-linked (it is written anew)."""
 
 
 def _content_digest(fd: int, size: int) -> str:

@@ -375,6 +375,27 @@ def test_a_hard_linked_file_is_replaced_not_changed_through_its_other_link(store
     assert stat.S_IMODE(os.stat(outside).st_mode) == 0o600 and os.stat(outside).st_nlink == 1
 
 
+def test_in_place_never_writes_through_another_hard_link(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+    store, _backend = _counting_store(tmp_path)
+    with store:
+        src = tmp_path / "src"
+        src.mkdir()
+        content = bytearray(os.urandom(100_000))
+        (src / "f").write_bytes(content)
+        store.snapshot(src, "v1")
+        dest = tmp_path / "dest"
+        store.restore("v1", dest)
+        os.link(dest / "f", tmp_path / "outside")
+        mtime = os.stat(dest / "f").st_mtime_ns
+        content[50_000:50_004] = b"edit"
+        (src / "f").write_bytes(content)
+        os.utime(src / "f", ns=(mtime, mtime))
+        store.snapshot(src, "v2")
+        store.restore("v2", dest, overwrite=True, in_place=True)
+        assert (dest / "f").read_bytes() == bytes(content)
+        assert (tmp_path / "outside").read_bytes() != bytes(content)
+
+
 def test_cli_reports_written_unchanged_deleted(store: Store, tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
     import json
     import subprocess
