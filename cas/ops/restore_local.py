@@ -6,10 +6,14 @@ content's BLAKE3 equals the entry's digest (the digest of a file is the BLAKE3 o
 see ``tree_builder``), or, when the caller trusts modification times, whose size and mtime equal the
 entry's. Metadata (mode, mtime) of a matching file is fixed in place, without rewriting content.
 
-A file that differs is cut with the repository's chunker: chunks of the new content found in it are
-read from it (through a descriptor opened before it is replaced) instead of fetched. Chunks of files
-already verified in the destination are reused the same way. Every reused chunk is hashed again
-when read, so a file changing under the restore can cost a fetch, never a wrong byte.
+A file of the entry's size is compared chunk by chunk at the entry's boundaries (one hash pass, and
+the equal chunks are known by position); otherwise by its whole BLAKE3. A file that differs gives up
+the chunks of the new content it holds: those at their positions, and, when they cover less than
+half of it, those found by cutting it with the repository's chunker. They are read from it
+(through a descriptor opened before it is replaced) instead of fetched. Chunks of files already
+verified in the destination are reused the same way. Every reused chunk is hashed again when read,
+so a file changing under the restore can cost a fetch, never a wrong byte. :func:`patch_in_place`
+writes only the differing chunks into the file itself (the restore's ``in_place`` option).
 
 Temporaries are named ``.cas-tmp-<host>-<pid>-<random>-<n>``: a restore removes one only if it was
 made on this host by a process that is no longer alive (or, made elsewhere, is over a day old), so
