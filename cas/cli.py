@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--delete", action="store_true", help="with --overwrite: remove what the execution lacks")
     s.add_argument("--trust-mtime", action="store_true",
                    help="with --overwrite: take a file of the right size and mtime as unchanged without reading it")
+    s.add_argument("--in-place", action="store_true",
+                   help="with --overwrite: patch a mostly unchanged file where it is (less to write; not atomic: "
+                   "a reader or a crash may see it partly updated)")
     s.add_argument("--same-permissions", action="store_true", help="keep setuid/setgid bits")
     _add_tree_filter(s, "restore")
 
@@ -423,6 +426,7 @@ def cmd_restore(store: Store, args: argparse.Namespace) -> int:
             filter=TreeFilter(include=args.include, exclude=args.exclude),
             delete=args.delete,
             trust_mtime=args.trust_mtime,
+            in_place=args.in_place,
         )
     text = (f"restored {report.files} files, {report.dirs} directories, {report.symlinks} symlinks, "
             f"{human_size(report.bytes)} into {escape(args.dest)}")

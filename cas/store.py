@@ -309,6 +309,7 @@ class Store:
         filter: TreeFilter | None = None,
         delete: bool = False,
         trust_mtime: bool = False,
+        in_place: bool = False,
     ) -> RestoreReport:
         """Restore an execution (or one path of it, as ``dest/<its name>``) into ``dest``; with
         ``filter``, only what it keeps (patterns relative to the snapshot's root, see
@@ -316,7 +317,9 @@ class Store:
 
         With ``overwrite`` into a non-empty ``dest``, entries that already match are left untouched
         and only what differs is written; ``delete`` also removes what the execution lacks;
-        ``trust_mtime`` takes a file of the right size and mtime as matching without reading it.
+        ``trust_mtime`` takes a file of the right size and mtime as matching without reading it;
+        ``in_place`` patches a mostly unchanged file where it is instead of writing it anew (less to
+        write; not atomic: a reader or a crash may see it partly updated).
 
         Raises :class:`PartialRestore` listing what could not be restored, after restoring everything else.
         """
@@ -335,7 +338,7 @@ class Store:
             base = "/".join(parents) + "/" if parents else ""
             select = (lambda rel, e: False) if included is None else rules.predicate(self.repo, entries, base, included)
         restorer = Restorer(self.repo, overwrite=overwrite, same_permissions=same_permissions, progress=progress,
-                            select=select, delete=delete, trust_mtime=trust_mtime)
+                            select=select, delete=delete, trust_mtime=trust_mtime, in_place=in_place)
         report = restorer.restore(entries, os.fspath(dest), meta)
         if report.failures:
             raise failure_error(report)

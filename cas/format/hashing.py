@@ -7,7 +7,7 @@ import re
 import blake3
 
 DIGEST_HEX_LEN = 64
-_DIGEST = re.compile(r"[0-9a-f]{64}")
+_DIGEST = re.compile(f"[0-9a-f]{{{DIGEST_HEX_LEN}}}")
 
 
 def hexdigest(data: bytes | bytearray | memoryview) -> str:
@@ -16,6 +16,7 @@ def hexdigest(data: bytes | bytearray | memoryview) -> str:
 
 def new_hasher() -> blake3.blake3:
     return blake3.blake3()
+
 
 
 def is_digest(text: object) -> bool:

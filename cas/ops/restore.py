@@ -28,17 +28,18 @@ import os
 import stat
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from cas.errors import PartialRestore, AlreadyExists, CasError, ConfigurationError, Unavailable
 from cas.format.hashing import hexdigest
 from cas.ops.restore_local import (
-    TMP_PREFIX, LocalChunks, OldFile, TaskView, content, examine_file, is_abandoned, remove_entry, temporary_tag,
+    TMP_PREFIX, FileChangedError, LocalChunks, OldFile, TaskView, content, examine_file, is_abandoned, patch_in_place,
+    remove_entry, temporary_tag,
 )
-from cas.repo.reader import prefetch
+from cas.repo.reader import file_chunks, prefetch
 from cas.repo.repository import Repository
 from cas.format.trees import DIR, FILE, SYMLINK, Entry
 from cas.types import BlobLocation
@@ -52,6 +53,8 @@ _OPEN_ANCESTORS = 64
 _HAS_TMPFILE = [hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")]
 #: Files up to this size have their chunks fetched together, per directory (see reader.prefetch).
 _PREFETCH_FILE_SIZE = 1024 * 1024
+#: Files in place up to this size are compared with the tree by the walk itself, not a worker.
+_COMPARE_AT_ONCE = 256 * 1024
 _FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE}
 
 ProgressFn = Callable[[int, int], None]
@@ -106,12 +109,14 @@ class RestoreReport:
 
 
 class _Done(NamedTuple):
-    """What a file worker did: the file's size, whether it was written, bytes reused, metadata fixed."""
+    """What a file worker did: the file's size, whether it was written, bytes reused, metadata
+    fixed, bytes it wrote when it patched the file in place (-1: written whole)."""
 
     size: int
     written: bool
     reused: int = 0
     meta_fixed: bool = False
+    patched: int = -1
 
 
 class Restorer:
@@ -126,11 +131,15 @@ class Restorer:
         select: Callable[[str, Entry], bool] | None = None,
         delete: bool = False,
         trust_mtime: bool = False,
+        in_place: bool = False,
     ) -> None:
         """``select(path, entry)``, if given, says whether to restore an entry (``path`` relative to
         the destination); it is asked about a directory's entries when the directory is entered.
         ``delete`` (with ``overwrite``): remove what the tree lacks. ``trust_mtime``: an existing
-        file whose size and mtime equal the entry's is taken as matching without reading it."""
+        file whose size and mtime equal the entry's is taken as matching without reading it.
+        ``in_place``: a file of the entry's size holding at least half of its chunks at their
+        offsets is patched in place (under an exclusive ``flock``) instead of written anew: less to
+        write, but a reader, or a crash, may see it partly updated."""
         if delete and not overwrite:
             raise ConfigurationError("deleting what the execution lacks needs overwrite")
         if delete and select is not None:
@@ -141,6 +150,7 @@ class Restorer:
         self.overwrite = overwrite
         self.delete = delete
         self.trust_mtime = trust_mtime
+        self.in_place = in_place
         self.same_permissions = same_permissions
         self.progress = progress
         self.report = RestoreReport()
@@ -237,8 +247,9 @@ class Restorer:
             self._fail(path, exc)
             return None
         try:
-            os.fchmod(fd, 0o700)
             st = os.fstat(fd)
+            if st.st_mode & 0o700 != 0o700:
+                os.fchmod(fd, 0o700)
             children = self.repo.read_tree(entry.tree, trees.get(entry.tree))
         except (CasError, OSError) as exc:
             os.close(fd)
@@ -258,12 +269,20 @@ class Restorer:
             present: dict[str, os.stat_result] = {}
             if self.overwrite:
                 present = self._survey(dir_fd, entries, prefix)
-            # One index query for this directory: its files' chunks and its subdirectories' trees.
-            # Sequence numbers (and expected chunks of files that may match) before any prefetch.
-            tasks = {e.name: self._file_task(e, present.get(e.name)) for e in entries if e.type == FILE}
+            matched = self._match_in_place(dir_fd, entries, present, prefix) if present else set()
+            # One index query for this directory: the chunks of its files still to write (and of
+            # matched ones whose chunks are recorded as local) and its subdirectories' trees.
             locations = self.repo.locate(
-                c for e in entries for c in (e.chunks if e.type == FILE else (e.tree,) if e.type == DIR else ())
+                c for e in entries for c in (
+                    (e.chunks if e.name not in matched or len(e.chunks) > 1 else ()) if e.type == FILE
+                    else (e.tree,) if e.type == DIR else ())
             )
+            for entry in entries:
+                if entry.name in matched:
+                    self._local.add_file(self._full_path(prefix + entry.name), entry, locations)
+            # Sequence numbers (and expected chunks of files that may match) before any prefetch.
+            tasks = {e.name: self._file_task(e, present.get(e.name))
+                     for e in entries if e.type == FILE and e.name not in matched}
             # A file in place (which may match, or hold some of the chunks) is read before anything
             # is fetched for it; so are chunks this restore found in the destination.
             small = [locations[c] for e in entries if e.type == FILE and e.size <= _PREFETCH_FILE_SIZE
@@ -276,11 +295,11 @@ class Restorer:
                 path = prefix + entry.name
                 try:
                     if entry.type == DIR:
-                        self._make_directory(dir_fd, entry, path)
+                        self._make_directory(dir_fd, entry, path, present.get(entry.name))
                         subdirs.append((entry, path))
                     elif entry.type == SYMLINK:
                         self._symlink(dir_fd, entry, path, present.get(entry.name))
-                    else:
+                    elif entry.name not in matched:
                         job.pending.append((path, self._pool.submit(
                             self._file, dir_fd, entry, path, locations, prefetched, *tasks[entry.name])))
                 except (CasError, OSError) as exc:
@@ -350,7 +369,7 @@ class Restorer:
                 self.report.files += 1
                 if done.written:
                     self.report.written += 1
-                    self.report.written_bytes += done.size
+                    self.report.written_bytes += done.size if done.patched < 0 else done.patched
                     self.report.reused_bytes += done.reused
                 else:
                     self.report.unchanged += 1
@@ -396,7 +415,10 @@ class Restorer:
             with self._lock:
                 self.report.deleted += removed
 
-    def _make_directory(self, parent_fd: int, entry: Entry, path: str) -> None:
+    def _make_directory(self, parent_fd: int, entry: Entry, path: str, present: os.stat_result | None = None) -> None:
+        if present is not None and stat.S_ISDIR(present.st_mode):
+            self.report.unchanged += 1  # opened with O_NOFOLLOW next: if swapped meanwhile, that fails
+            return
         for _attempt in range(3):  # another restore may be replacing the same entry meanwhile
             try:
                 os.mkdir(entry.name, 0o700, dir_fd=parent_fd)
@@ -439,6 +461,40 @@ class Restorer:
         self.report.symlinks += 1
         self.report.written += 1
 
+    def _match_in_place(
+        self, dir_fd: int, entries: list[Entry], present: dict[str, os.stat_result], prefix: str
+    ) -> set[str]:
+        """Names of files found matching right here, without a worker: those the lstat already
+        proves (``trust_mtime``: size, mtime and mode equal) and small ones, hashed at once. The
+        others are compared by the workers."""
+        matched: set[str] = set()
+        for entry in entries:
+            st = present.get(entry.name)
+            if entry.type != FILE or not _is_file(st) or st is None or st.st_size != entry.size:
+                continue
+            mode = self._mode(entry.mode)
+            trusted = self.trust_mtime and st.st_mtime_ns == entry.mtime_ns
+            if trusted and stat.S_IMODE(st.st_mode) == mode:
+                fixed = False
+            elif trusted or entry.size <= _COMPARE_AT_ONCE:
+                try:
+                    found = examine_file(dir_fd, entry, mode, trust_mtime=self.trust_mtime, config=None)
+                except OSError:
+                    continue  # a worker tries again and reports it
+                if not found.matches:
+                    continue
+                fixed = found.meta_fixed
+            else:
+                continue
+            matched.add(entry.name)
+            self.report.files += 1
+            self.report.bytes += entry.size
+            self.report.unchanged += 1
+            self.report.meta_fixed += fixed
+            if self.progress:
+                self.progress(self.report.files, self.report.bytes)
+        return matched
+
     def _file_task(self, entry: Entry, present: os.stat_result | None) -> tuple[int, bool, threading.Event | None]:
         """A file's task arguments: its sequence number, whether a file is in place, and for one that
         is likely to match (same size), the event its comparison sets (see LocalChunks.expect)."""
@@ -457,8 +513,11 @@ class Restorer:
         old: OldFile | None = None
         if exists:
             try:
+                lengths = [locations[c].raw_length for c in entry.chunks if c in locations]
+                known = len(lengths) == len(entry.chunks) and sum(lengths) == entry.size
                 found = examine_file(dir_fd, entry, self._mode(entry.mode), trust_mtime=self.trust_mtime,
-                                     config=self.repo.config)
+                                     config=self.repo.config, lengths=lengths if known else None,
+                                     lock=self.in_place and known)
                 if found.matches:
                     self._local.add_file(self._full_path(path), entry, locations)
                     return _Done(entry.size, False, meta_fixed=found.meta_fixed)
@@ -467,10 +526,46 @@ class Restorer:
                 if compared is not None:
                     compared.set()
         try:
+            if old is not None and self.in_place and old.aligned_bytes * 2 >= entry.size > 0:
+                patched = self._patch(dir_fd, entry, path, locations, prefetched, old, seq)
+                if patched is not None:
+                    return patched
             return self._write_file(dir_fd, entry, path, locations, prefetched, old, seq)
         finally:
             if old is not None:
                 old.close()
+
+    def _patch(
+        self, dir_fd: int, entry: Entry, path: str, locations: dict,  # type: ignore[type-arg]
+        prefetched: dict | None, old: OldFile, seq: int,  # type: ignore[type-arg]
+    ) -> _Done | None:
+        """Patch the file in place (see ``in_place``); None if it was replaced meanwhile."""
+        lengths = [locations[c].raw_length for c in entry.chunks]
+        sources: list[OldFile | TaskView] = [old, self._local.for_task(seq)]
+        reused = [0]
+
+        def chunk_data(ids: list[str]) -> Iterator[bytes]:
+            sub = replace(entry, chunks=tuple(ids))
+            remote: list[str] = []
+            for chunk_id in ids:
+                data = next((d for d in (src.read(chunk_id) for src in sources) if d is not None), None)
+                if data is None:
+                    remote.append(chunk_id)
+                    continue
+                if remote:
+                    yield from file_chunks(self.repo, replace(sub, chunks=tuple(remote)), locations, path, prefetched)
+                    remote = []
+                reused[0] += len(data)
+                yield data
+            if remote:
+                yield from file_chunks(self.repo, replace(sub, chunks=tuple(remote)), locations, path, prefetched)
+
+        try:
+            written = patch_in_place(dir_fd, entry, path, old, lengths, self._mode(entry.mode), chunk_data)
+        except FileChangedError:
+            return None
+        self._local.add_file(self._full_path(path), entry, locations)
+        return _Done(entry.size, True, old.aligned_bytes + reused[0], patched=written)
 
     def _full_path(self, path: str) -> str:
         return os.path.join(self._dest, path)
@@ -575,8 +670,11 @@ class Restorer:
             self._remove(dir_fd, name, path)
 
     def _apply_dir_meta(self, fd: int, mode: int, mtime_ns: int) -> None:
-        os.fchmod(fd, self._mode(mode))
-        os.utime(fd, ns=(mtime_ns, mtime_ns))
+        st = os.fstat(fd)  # cheaper than setting what is already so (an unchanged directory)
+        if stat.S_IMODE(st.st_mode) != self._mode(mode):
+            os.fchmod(fd, self._mode(mode))
+        if st.st_mtime_ns != mtime_ns:
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
 
     def _mode(self, mode: int) -> int:
         return mode if self.same_permissions else mode & ~(stat.S_ISUID | stat.S_ISGID)

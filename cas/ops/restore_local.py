@@ -6,10 +6,14 @@ content's BLAKE3 equals the entry's digest (the digest of a file is the BLAKE3 o
 see ``tree_builder``), or, when the caller trusts modification times, whose size and mtime equal the
 entry's. Metadata (mode, mtime) of a matching file is fixed in place, without rewriting content.
 
-A file that differs is cut with the repository's chunker: chunks of the new content found in it are
-read from it (through a descriptor opened before it is replaced) instead of fetched. Chunks of files
-already verified in the destination are reused the same way. Every reused chunk is hashed again
-when read, so a file changing under the restore can cost a fetch, never a wrong byte.
+A file of the entry's size is compared chunk by chunk at the entry's boundaries (one hash pass, and
+the equal chunks are known by position); otherwise by its whole BLAKE3. A file that differs gives up
+the chunks of the new content it holds: those at their positions, and, when they cover less than
+half of it, those found by cutting it with the repository's chunker. They are read from it
+(through a descriptor opened before it is replaced) instead of fetched. Chunks of files already
+verified in the destination are reused the same way. Every reused chunk is hashed again when read,
+so a file changing under the restore can cost a fetch, never a wrong byte. :func:`patch_in_place`
+writes only the differing chunks into the file itself (the restore's ``in_place`` option).
 
 Temporaries are named ``.cas-tmp-<host>-<pid>-<random>-<n>``: a restore removes one only if it was
 made on this host by a process that is no longer alive (or, made elsewhere, is over a day old), so
@@ -25,7 +29,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from cas.errors import IntegrityError
@@ -83,6 +87,9 @@ class OldFile:
 
     fd: int
     chunks: dict[str, tuple[int, int]] = field(default_factory=dict)
+    aligned: set[int] = field(default_factory=set)
+    """Offsets at which the file holds the entry's chunk of that position (same size as the entry)."""
+    aligned_bytes: int = 0
 
     def read(self, chunk_id: str) -> bytes | None:
         """The chunk's bytes if the file (still) holds them, checked against the ID."""
@@ -104,13 +111,24 @@ class Examined:
 
 
 def examine_file(
-    dir_fd: int, entry: Entry, mode: int, *, trust_mtime: bool, config: RepoConfig | None
+    dir_fd: int, entry: Entry, mode: int, *, trust_mtime: bool, config: RepoConfig | None,
+    lengths: list[int] | None = None, lock: bool = False,
 ) -> Examined:
     """Compare the file named ``entry.name`` in ``dir_fd`` with the entry.
 
-    A match has its mode (``mode``, what the restore would set) and mtime fixed in place. A regular
-    file that differs is returned open, with the entry's chunks it holds (found by cutting it with
-    the chunker of ``config``; None to skip that). Anything else (absent, a symlink, a directory) is simply not a match.
+    ``lengths``, the sizes of the entry's chunks when known, lets a file of the entry's size be
+    compared chunk by chunk at the entry's boundaries: equal chunk IDs at every offset is equal
+    content, and the chunks that are equal are the ones to reuse when others differ (a checkpoint
+    whose tensors keep their offsets). Otherwise the whole content's BLAKE3 is compared.
+
+    A match has its mode (``mode``, what the restore would set) and mtime fixed in place, unless it
+    has other hard links: then it is not a match (it is replaced, the other links keep theirs). A
+    regular file that differs is returned open, with the entry's chunks it holds (at the entry's
+    boundaries, and, when those do not cover half of it, found by cutting it with the chunker of
+    ``config``; None to skip that). Anything else (absent, a symlink, a directory) is not a match.
+
+    With ``lock``, an exclusive ``flock`` is taken on the file before it is compared and held while
+    the returned :class:`OldFile` is open (so that restores patching it in place take turns).
     """
     try:
         fd = os.open(entry.name, _READ_FLAGS, dir_fd=dir_fd)
@@ -121,28 +139,109 @@ def examine_file(
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return Examined(False)
-        if st.st_size == entry.size and (
-            (trust_mtime and st.st_mtime_ns == entry.mtime_ns) or _content_digest(fd) == entry.digest
-        ):
-            fixed = False
-            if stat.S_IMODE(st.st_mode) != mode:
-                os.fchmod(fd, mode)
-                fixed = True
-            if st.st_mtime_ns != entry.mtime_ns:
-                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-                fixed = True
-            return Examined(True, meta_fixed=fixed)
-        if config is None or not entry.chunks:
-            return Examined(False)
-        old = OldFile(fd, _chunks_in(fd, Chunker(config), st.st_size, set(entry.chunks)))
-        keep = bool(old.chunks)
-        return Examined(False, old if keep else None)
+        if lock:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        same_meta = stat.S_IMODE(st.st_mode) == mode and st.st_mtime_ns == entry.mtime_ns
+        found: dict[str, tuple[int, int]] = {}
+        found_bytes = 0
+        aligned: set[int] = set()
+        # A file with other links (outside the destination, maybe) never has its metadata changed
+        # in place: it is replaced like a file that differs.
+        if st.st_size == entry.size and (same_meta or st.st_nlink == 1):
+            if trust_mtime and st.st_mtime_ns == entry.mtime_ns:
+                matches = True
+            elif lengths is not None and len(entry.chunks) > 1:
+                found, found_bytes, aligned = _aligned_chunks(fd, entry.chunks, lengths)
+                matches = found_bytes == entry.size
+            else:
+                matches = _content_digest(fd, st.st_size) == entry.digest
+            if matches:
+                fixed = False
+                if stat.S_IMODE(st.st_mode) != mode:
+                    os.fchmod(fd, mode)
+                    fixed = True
+                if st.st_mtime_ns != entry.mtime_ns:
+                    os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+                    fixed = True
+                return Examined(True, meta_fixed=fixed)
+        if config is not None and entry.chunks and found_bytes * 2 < entry.size:
+            for chunk_id, where in _chunks_in(fd, Chunker(config), st.st_size, set(entry.chunks)).items():
+                found.setdefault(chunk_id, where)
+        keep = bool(found)
+        return Examined(False, OldFile(fd, found, aligned, found_bytes) if keep else None)
     finally:
         if not keep:
             os.close(fd)
 
 
-def _content_digest(fd: int) -> str:
+def _aligned_chunks(
+    fd: int, chunks: tuple[str, ...], lengths: list[int]
+) -> tuple[dict[str, tuple[int, int]], int, set[int]]:
+    """The entry's chunks the file holds at the entry's own offsets, how many bytes they cover, and
+    those offsets."""
+    found: dict[str, tuple[int, int]] = {}
+    aligned: set[int] = set()
+    covered = 0
+    offset = 0
+    for chunk_id, length in zip(chunks, lengths):
+        data = os.pread(fd, length, offset)
+        if len(data) == length and hexdigest(data) == chunk_id:
+            found.setdefault(chunk_id, (offset, length))
+            aligned.add(offset)
+            covered += length
+        offset += length
+    return found, covered, aligned
+
+
+def patch_in_place(
+    dir_fd: int, entry: Entry, path: str, old: OldFile, lengths: list[int], mode: int,
+    chunk_data: Callable[[list[str]], Iterator[bytes]],
+) -> int:
+    """Write into the file ``old`` (still locked) the chunks it lacks at their offsets, check the
+    whole content against the entry's digest, set mode and mtime. Returns the bytes written.
+
+    ``chunk_data(ids)`` yields the verified bytes of ``ids`` in order. The file is opened for
+    writing by name without following a symlink and must be the file ``old`` read (same inode).
+    """
+    wfd = os.open(entry.name, os.O_WRONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), dir_fd=dir_fd)
+    try:
+        a, b = os.fstat(wfd), os.fstat(old.fd)
+        if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) or a.st_size != entry.size or a.st_nlink != 1:
+            # Replaced meanwhile, or linked elsewhere too (never written through another link).
+            raise FileChangedError(f"{path} cannot be patched in place")
+        todo: list[tuple[str, int]] = []
+        offset = 0
+        for chunk_id, length in zip(entry.chunks, lengths):
+            if offset not in old.aligned:
+                todo.append((chunk_id, offset))
+            offset += length
+        written = 0
+        for (chunk_id, at), data in zip(todo, chunk_data([c for c, _ in todo])):
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(wfd, view, at)
+                view, at = view[n:], at + n
+            written += len(data)
+        if _content_digest(old.fd, entry.size) != entry.digest:
+            raise IntegrityError(f"{path}: content does not match the file's recorded BLAKE3 after patching it")
+        os.fchmod(wfd, mode)
+        os.utime(wfd, ns=(entry.mtime_ns, entry.mtime_ns))
+        return written
+    finally:
+        os.close(wfd)
+
+
+class FileChangedError(OSError):
+    """A file cannot be patched in place: replaced meanwhile, or hard-linked (it is written anew)."""
+
+
+def _content_digest(fd: int, size: int) -> str:
+    if size < _HASH_BLOCK:  # one read for a small file (one byte more, to see it did not grow)
+        data = os.pread(fd, size + 1, 0)
+        if len(data) <= size:
+            return hexdigest(data)
     hasher = new_hasher()
     offset = 0
     while True:
@@ -170,7 +269,8 @@ class LocalChunks:
     """Chunks held by files this restore verified or wrote in the destination, by chunk ID.
 
     Shared by the restore's workers. A read reopens the file by path without following a final
-    symlink, checks it is the same file (device, inode, size) and hashes the bytes read.
+    symlink, checks it is a regular file and hashes the bytes read: whatever happened to the file
+    meanwhile, a chunk is reused only if it is exactly the chunk.
 
     A file that is still to be compared (it may well match) is *expected*: its chunks count as held
     while the comparison runs, and a reader waits for it. Each file task has a sequence number in
@@ -179,7 +279,7 @@ class LocalChunks:
     """
 
     def __init__(self) -> None:
-        self._where: dict[str, tuple[str, tuple[int, int, int], int, int]] = {}
+        self._where: dict[str, tuple[str, int, int]] = {}
         self._expected: dict[str, tuple[int, threading.Event]] = {}
         self._lock = threading.Lock()
 
@@ -197,18 +297,16 @@ class LocalChunks:
 
     def add_file(self, path: str, entry: Entry, locations: dict[str, BlobLocation]) -> None:
         """Record a file of the destination at ``path`` whose content is ``entry``'s."""
+        if len(entry.chunks) == 1:
+            self._where.setdefault(entry.chunks[0], (path, 0, entry.size))
+            return
         if not entry.chunks or any(c not in locations for c in entry.chunks):
             return
-        try:
-            st = os.stat(path, follow_symlinks=False)
-        except OSError:
-            return
-        ident = (st.st_dev, st.st_ino, st.st_size)
         offset = 0
         with self._lock:
             for chunk_id in entry.chunks:
                 length = locations[chunk_id].raw_length
-                self._where.setdefault(chunk_id, (path, ident, offset, length))
+                self._where.setdefault(chunk_id, (path, offset, length))
                 offset += length
 
     def for_task(self, seq: int) -> TaskView:
@@ -224,14 +322,13 @@ class LocalChunks:
             where = self._where.get(chunk_id)
             if where is None:
                 return None
-        path, ident, offset, length = where
+        path, offset, length = where
         try:
             fd = os.open(path, _READ_FLAGS)
         except OSError:
             return None
         try:
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino, st.st_size) != ident or not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return None
             data = os.pread(fd, length, offset)
         except OSError:

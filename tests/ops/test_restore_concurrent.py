@@ -19,8 +19,9 @@ from tests.engine import cas_home, store  # noqa: F401
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _versions(tmp_path: Path, store: Store) -> dict[str, dict[str, bytes]]:
-    """Two executions over the same names: every file differs in content (and often in size)."""
+def _versions(tmp_path: Path, store: Store, same_sizes: bool = False) -> dict[str, dict[str, bytes]]:
+    """Two executions over the same names: every file differs in content and in size, or, with
+    ``same_sizes``, v2 is v1 with a few bytes changed in every file (what ``--in-place`` patches)."""
     out: dict[str, dict[str, bytes]] = {}
     for version in ("v1", "v2"):
         src = tmp_path / version
@@ -28,11 +29,21 @@ def _versions(tmp_path: Path, store: Store) -> dict[str, dict[str, bytes]]:
         for d in range(4):
             for f in range(25):
                 rel = f"d{d}/f{f}.bin"
-                size = 2000 + 997 * f + (5000 if version == "v2" else 0)
-                files[rel] = (version.encode() + bytes([f, d])) * (size // 4)
+                if same_sizes:
+                    data = bytes([f, d, 7, 9]) * ((20000 + 997 * f) // 4)
+                    files[rel] = (version.encode() * 4 + data[8:]) if version == "v2" else data
+                else:
+                    size = 2000 + 997 * f + (5000 if version == "v2" else 0)
+                    files[rel] = (version.encode() + bytes([f, d])) * (size // 4)
                 (src / f"d{d}").mkdir(parents=True, exist_ok=True)
                 (src / rel).write_bytes(files[rel])
-        big = os.urandom(3_000_000) if version == "v1" else b"v2" * 1_600_000
+        if same_sizes and out:
+            first = out["v1"]["big.bin"]
+            big = first[:1_000_000] + b"v2" * 50 + first[1_000_100:]
+        elif same_sizes or version == "v1":
+            big = os.urandom(3_000_000)
+        else:
+            big = b"v2" * 1_600_000
         (src / "big.bin").write_bytes(big)
         files["big.bin"] = big
         store.snapshot(src, version)
@@ -46,12 +57,12 @@ _NAMED_TEMPORARIES = (
 )
 
 
-def _restore(tmp_path: Path, execution_id: str, dest: Path, named: bool) -> subprocess.Popen[str]:
+def _restore(tmp_path: Path, execution_id: str, dest: Path, named: bool, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "CAS_HOME": str(tmp_path / "cas-home"), "PYTHONPATH": str(ROOT)}
     start = ["-c", _NAMED_TEMPORARIES] if named else ["-m", "cas"]
     return subprocess.Popen(
         [sys.executable, *start, "--repo", str(tmp_path / "repo"), "--index", f"sqlite:///{tmp_path / 'index.sqlite'}",
-         "--quiet", "restore", execution_id, str(dest), "--overwrite"],
+         "--quiet", "restore", execution_id, str(dest), "--overwrite", *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -103,3 +114,24 @@ def test_a_live_restores_temporary_is_kept_and_a_dead_ones_removed(store: Store,
     store.restore("v1", dest, overwrite=True)
     assert not live.exists()
     assert foreign_recent.exists()
+
+
+def test_two_in_place_restores_take_turns_and_leave_whole_files(store: Store, tmp_path: Path) -> None:
+    """Same sizes, so ``--in-place`` patches: the lock on each file makes the restores take turns."""
+    versions = _versions(tmp_path, store, same_sizes=True)
+    dest = tmp_path / "dest"
+    store.restore("v1", dest)
+    for first, second in [("v1", "v2"), ("v2", "v1"), ("v2", "v2")]:
+        procs = [_restore(tmp_path, first, dest, False, "--in-place"),
+                 _restore(tmp_path, second, dest, False, "--in-place")]
+        for proc in procs:
+            _out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err
+        for rel in versions["v1"]:
+            data = (dest / rel).read_bytes()
+            assert data in (versions["v1"][rel], versions["v2"][rel]), rel
+        if first == second:
+            assert all((dest / rel).read_bytes() == versions[first][rel] for rel in versions[first])
+    report = store.restore("v1", dest, overwrite=True, in_place=True)  # from v2: every file patched
+    assert report.written == len(versions["v1"]) and report.written_bytes * 10 < report.bytes
+    assert all((dest / rel).read_bytes() == versions["v1"][rel] for rel in versions["v1"])

@@ -69,9 +69,10 @@ def _expected_counts(old: dict[str, tuple[object, ...]], new: dict[str, tuple[ob
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(trees=_two_trees(), times=st.lists(st.integers(0, 4_000_000_000_000_000_000), min_size=1, max_size=3),
-       trust_mtime=st.booleans())
+       trust_mtime=st.booleans(), in_place=st.booleans())
 def test_random_tree_over_another_ends_exactly_equal_with_delete(
-    store: Store, trees: tuple[dict[str, object], dict[str, object]], times: list[int], trust_mtime: bool
+    store: Store, trees: tuple[dict[str, object], dict[str, object]], times: list[int], trust_mtime: bool,
+    in_place: bool,
 ) -> None:
     before, after = trees
     work = tempfile.mkdtemp()
@@ -83,7 +84,8 @@ def test_random_tree_over_another_ends_exactly_equal_with_delete(
         dest = os.path.join(work, "dest")
         _materialise(dest, before, list(reversed(times)))
         old = describe(dest)
-        report = store.restore(execution_id, dest, overwrite=True, delete=True, trust_mtime=trust_mtime)
+        report = store.restore(execution_id, dest, overwrite=True, delete=True, trust_mtime=trust_mtime,
+                               in_place=in_place)
         assert describe(dest) == describe(src)
         assert os.stat(dest).st_mtime_ns == os.stat(src).st_mtime_ns
         new = describe(src)
@@ -185,6 +187,55 @@ def test_edited_file_reuses_its_own_chunks_and_fetches_little(tmp_path: Path, ca
         assert report.reused_bytes > 300_000
         # Compressed random data: what was fetched is about the chunks around the two edits.
         assert backend.fetched < 100_000
+
+
+def test_same_size_edit_keeps_the_chunks_at_their_offsets(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+    """A checkpoint whose tensors change values in place: compared chunk by chunk at the tree's
+    boundaries, only the chunk around the edit is fetched."""
+    store, backend = _counting_store(tmp_path)
+    with store:
+        src = tmp_path / "src"
+        src.mkdir()
+        content = bytearray(os.urandom(300_000))
+        (src / "ckpt").write_bytes(content)
+        store.snapshot(src, "v1")
+        content[150_000:150_004] = b"\0\1\2\3"
+        (src / "ckpt").write_bytes(content)
+        store.snapshot(src, "v2")
+        dest = tmp_path / "dest"
+        store.restore("v1", dest)
+        backend.fetched = 0
+        report = store.restore("v2", dest, overwrite=True)
+        assert (dest / "ckpt").read_bytes() == bytes(content)
+        assert report.written == 1 and report.reused_bytes > 250_000
+        assert backend.fetched < 50_000
+        again = store.restore("v2", dest, overwrite=True)
+        assert (again.written, again.unchanged) == (0, 1)
+
+
+def test_in_place_patches_only_the_changed_chunks_of_the_same_file(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+    store, backend = _counting_store(tmp_path)
+    with store:
+        src = tmp_path / "src"
+        src.mkdir()
+        content = bytearray(os.urandom(300_000))
+        (src / "ckpt").write_bytes(content)
+        os.chmod(src / "ckpt", 0o640)
+        store.snapshot(src, "v1")
+        content[150_000:150_004] = b"\0\1\2\3"
+        (src / "ckpt").write_bytes(content)
+        store.snapshot(src, "v2")
+        dest = tmp_path / "dest"
+        store.restore("v1", dest)
+        inode = os.stat(dest / "ckpt").st_ino
+        backend.fetched = 0
+        report = store.restore("v2", dest, overwrite=True, in_place=True)
+        assert (dest / "ckpt").read_bytes() == bytes(content)
+        assert os.stat(dest / "ckpt").st_ino == inode  # the same file, patched
+        assert stat.S_IMODE(os.stat(dest / "ckpt").st_mode) == 0o640
+        assert os.stat(dest / "ckpt").st_mtime_ns == os.stat(src / "ckpt").st_mtime_ns
+        assert report.written == 1 and report.written_bytes < 50_000 and report.reused_bytes > 250_000
+        assert backend.fetched < 50_000
 
 
 def test_unchanged_tree_fetches_nothing_and_chunks_of_verified_files_are_reused(
@@ -304,3 +355,70 @@ def test_delete_needs_overwrite(store: Store, tmp_path: Path) -> None:
         (tmp_path / "full").mkdir()
         (tmp_path / "full" / "f").write_text("x")
         store.restore("v1", tmp_path / "full")
+
+
+def test_a_hard_linked_file_is_replaced_not_changed_through_its_other_link(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"shared content")
+    os.chmod(src / "f", 0o644)
+    store.snapshot(src, "v1")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"shared content")
+    os.chmod(outside, 0o600)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.link(outside, dest / "f")
+    report = store.restore("v1", dest, overwrite=True)
+    assert report.written == 1
+    assert stat.S_IMODE(os.stat(dest / "f").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(outside).st_mode) == 0o600 and os.stat(outside).st_nlink == 1
+
+
+def test_in_place_never_writes_through_another_hard_link(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+    store, _backend = _counting_store(tmp_path)
+    with store:
+        src = tmp_path / "src"
+        src.mkdir()
+        content = bytearray(os.urandom(100_000))
+        (src / "f").write_bytes(content)
+        store.snapshot(src, "v1")
+        dest = tmp_path / "dest"
+        store.restore("v1", dest)
+        os.link(dest / "f", tmp_path / "outside")
+        mtime = os.stat(dest / "f").st_mtime_ns
+        content[50_000:50_004] = b"edit"
+        (src / "f").write_bytes(content)
+        os.utime(src / "f", ns=(mtime, mtime))
+        store.snapshot(src, "v2")
+        store.restore("v2", dest, overwrite=True, in_place=True)
+        assert (dest / "f").read_bytes() == bytes(content)
+        assert (tmp_path / "outside").read_bytes() != bytes(content)
+
+
+def test_cli_reports_written_unchanged_deleted(store: Store, tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+    import json
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "same").write_text("same")
+    (src / "new").write_text("new")
+    store.snapshot(src, "v1")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "same").write_text("same")
+    (dest / "stale").write_text("stale")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "CAS_HOME": str(cas_home), "PYTHONPATH": str(root)}
+    base = [sys.executable, "-m", "cas", "--repo", str(tmp_path / "repo"), "--index", f"sqlite:///{tmp_path / 'index.sqlite'}"]
+    done = subprocess.run([*base, "--json", "restore", "v1", str(dest), "--overwrite", "--delete"],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert (data["written"], data["unchanged"], data["deleted"], data["meta_fixed"]) == (1, 1, 1, 1)
+    done = subprocess.run([*base, "restore", "v1", str(dest), "--overwrite"], capture_output=True, text=True, env=env)
+    assert "0 entries written" in done.stdout and "2 unchanged, 0 deleted" in done.stdout
+    done = subprocess.run([*base, "restore", "v1", str(tmp_path / "d2"), "--delete"], capture_output=True, text=True, env=env)
+    assert done.returncode == 1 and done.stderr.startswith("cas: error:") and "overwrite" in done.stderr

@@ -1,0 +1,314 @@
+#!/usr/bin/env python3
+"""Incremental restore: the workload's last execution restored into a directory that holds the
+previous execution, side by side with a fresh restore and with restic's and rustic's restores into
+the same existing directory.
+
+    python benchmarks/incremental.py --work /tmp/bench/work        # reuse a built workload
+    python benchmarks/incremental.py --quick                         # build a small one first
+    python benchmarks/incremental.py --restic /path/to/restic --rustic /path/to/rustic
+
+For each tool: seconds (wall), bytes written (the child's write accounting, ``ru_oublock``), bytes
+fetched from the repository (cas: counted by a backend wrapper in the restoring process; restic and
+rustic: counted in a second, untimed run under ``strace`` as bytes read from files under the
+repository's ``data/``), and whether the result equals the execution (content, modes, mtimes, no
+extra entries: every restore runs with its tool's delete option). The existing directory is a
+``cp -a`` of the previous execution, the same for every tool. Results go to
+``benchmarks/results/incremental.{md,json}``. Tools are found on PATH unless given. cas runs three
+ways over the existing directory: hashing every file in place (the default), ``--trust-mtime`` and
+``--in-place`` (patching a mostly unchanged file where it is, as restic does, instead of writing it
+anew under a temporary name).
+
+Goals (issue 14): incremental at most 0.2x a fresh cas restore and at most 0.5x restic 0.18.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import run as bench  # noqa: E402  (measure, scan, verify)
+import workload as wl  # noqa: E402
+
+PASSWORD = "benchmark"
+
+
+def log(msg: str) -> None:
+    print(f"[incremental {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# -- the cas restore, run as its own process so that it is measured like the others --------------
+
+
+def cas_restore_child(argv: list[str]) -> int:
+    """``_cas-restore REPO INDEX ID DEST [--overwrite] [--trust-mtime]``: restore through a backend
+    that counts the bytes read from packs; prints the report and that count as JSON."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from backends.local import LocalBackend
+    from cas import Store
+
+    class Counting(LocalBackend):
+        fetched = 0
+
+        def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+            data = super().get(key, offset, length)
+            if key.startswith("data/"):
+                Counting.fetched += len(data)
+            return data
+
+    repo, index, execution_id, dest, *flags = argv
+    with Store.open(Counting(repo), index=index, create=False) as store:
+        overwrite = "--overwrite" in flags
+        t0 = time.perf_counter()
+        report = store.restore(execution_id, dest, overwrite=overwrite, delete=overwrite,
+                               trust_mtime="--trust-mtime" in flags, in_place="--in-place" in flags)
+        seconds = time.perf_counter() - t0
+    print(json.dumps({"fetched": Counting.fetched, "report": report.to_dict(), "restore_seconds": round(seconds, 2)}))
+    return 0
+
+
+# -- measuring ----------------------------------------------------------------------------------
+
+
+def timed(name: str, cmd: list[str], env: dict[str, str], logs: Path) -> dict[str, object]:
+    """Run ``cmd``; wall seconds, bytes written (ru_oublock is the child's write_bytes / 512)."""
+    out_path = logs / f"{name}.log"
+    load = round(os.getloadavg()[0], 2)
+    with open(out_path, "w+b") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        _, status, ru = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        out.seek(0)
+        text = out.read().decode("utf-8", "replace")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{name} failed ({code}): {' '.join(cmd)}\n{text[-3000:]}")
+    return {"seconds": round(seconds, 2), "cpu": round(ru.ru_utime + ru.ru_stime, 2), "written": ru.ru_oublock * 512,
+            "output": text, "load_before": load}
+
+
+_READ = re.compile(r"^\d+\s+p?read(?:64)?\(\d+<([^>]*)>.*\)\s+=\s+(\d+)$")
+
+
+def fetched_by_strace(cmd: list[str], env: dict[str, str], repo: Path, logs: Path, name: str) -> int:
+    """Bytes a command reads from files under ``repo/data`` (untimed: strace slows it down)."""
+    trace = logs / f"{name}.strace"
+    subprocess.run(["strace", "-f", "-qq", "-y", "-e", "trace=read,pread64", "-o", str(trace), *cmd],
+                   env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prefix = str(repo / "data") + "/"
+    total = 0
+    with open(trace, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            m = _READ.match(line.strip())
+            if m and m.group(1).startswith(prefix):
+                total += int(m.group(2))
+    trace.unlink()
+    return total
+
+
+def prepare(previous: Path, dest: Path) -> None:
+    """``dest`` holds the previous execution, as a previous restore would have left it."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    subprocess.run(["cp", "-a", str(previous), str(dest)], check=True)
+
+
+def check(expected: dict[str, bench.Entry], dest: Path) -> str:
+    v = bench.verify(expected, dest, check_metadata=True)
+    if v.ok:
+        return "exact"
+    return f"DIFFERS ({'; '.join(v.examples[:3])})"
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "_cas-restore":
+        return cas_restore_child(sys.argv[2:])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, default=HERE / "work", help="workload directory (execs/ inside)")
+    p.add_argument("--quick", action="store_true", help="build the small workload if none is there")
+    p.add_argument("--scratch", type=Path, default=None, help="where repositories and restores go")
+    p.add_argument("--restic", default=shutil.which("restic"), help="restic binary (default: from PATH)")
+    p.add_argument("--rustic", default=shutil.which("rustic"), help="rustic binary (default: from PATH)")
+    p.add_argument("--no-strace", action="store_true", help="do not count restic's/rustic's fetched bytes")
+    p.add_argument("--out", type=Path, default=HERE / "results")
+    args = p.parse_args(argv)
+
+    meta = args.work / "workload.json"
+    if meta.exists():
+        workload = wl.Workload.from_json(json.loads(meta.read_text()))
+    else:
+        workload = wl.load_or_build(args.work, wl.WorkloadConfig.quick() if args.quick else wl.WorkloadConfig(), True)
+    if len(workload.executions) < 2:
+        raise SystemExit("the workload needs at least two executions")
+    previous, last = Path(workload.executions[-2].path), Path(workload.executions[-1].path)
+    scratch = args.scratch or Path(os.environ.get("TMPDIR", "/tmp")) / f"cas-incremental-{os.getpid()}"
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    logs = scratch / "logs"
+    logs.mkdir(parents=True)
+    log(f"previous {previous} ({workload.executions[-2].files} files), last {last} "
+        f"({workload.executions[-1].files} files, {workload.executions[-1].logical_bytes / 2**20:.0f} MiB)")
+    expected = bench.scan(last)
+    results: dict[str, dict[str, object]] = {}
+
+    # cas
+    env = {**os.environ, "CAS_HOME": str(scratch / "cas-home"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))}
+    repo, index = scratch / "cas-repo", f"sqlite:///{scratch / 'cas-index.sqlite'}"
+    cli = [sys.executable, "-m", "cas", "--repo", str(repo), "--index", index]
+    for label, path in (("prev", previous), ("last", last)):
+        timed(f"cas-snapshot-{label}", [*cli, "snapshot", str(path), "--execution-id", label], env, logs)
+    child = [sys.executable, str(Path(__file__).resolve()), "_cas-restore", str(repo), index, "last"]
+    cases = [("cas fresh", [], False), ("cas incremental", ["--overwrite"], True),
+             ("cas incremental --trust-mtime", ["--overwrite", "--trust-mtime"], True),
+             ("cas incremental --in-place", ["--overwrite", "--in-place"], True)]
+    for name, flags, existing in cases:
+        dest = scratch / "dest"
+        if existing:
+            prepare(previous, dest)
+        elif dest.exists():
+            shutil.rmtree(dest)
+        log(f"{name} ...")
+        m = timed(name.replace(" ", "-"), [*child, str(dest), *flags], env, logs)
+        out = json.loads(str(m.pop("output")).strip().splitlines()[-1])
+        results[name] = {**m, "fetched": out["fetched"], "report": out["report"], "result": check(expected, dest),
+                         "restore_seconds": out["restore_seconds"]}
+        log(f"{name}: {results[name]}")
+
+    # restic
+    if args.restic:
+        renv = {**os.environ, "RESTIC_REPOSITORY": str(scratch / "restic-repo"), "RESTIC_PASSWORD": PASSWORD,
+                "RESTIC_CACHE_DIR": str(scratch / "restic-cache")}
+        restic = args.restic
+        version = subprocess.run([restic, "version"], capture_output=True, text=True, check=True).stdout.strip()
+        timed("restic-init", [restic, "init", "-q"], renv, logs)
+        ids = {}
+        for label, path in (("prev", previous), ("last", last)):
+            m = timed(f"restic-backup-{label}", [restic, "backup", "--json", "--host", "bench", "--tag", label, str(path)],
+                      renv, logs)
+            for line in str(m["output"]).splitlines():
+                if '"summary"' in line:
+                    ids[label] = json.loads(line)["snapshot_id"]
+        for name, extra, existing in (("restic fresh", [], False),
+                                      ("restic --overwrite if-changed", ["--overwrite", "if-changed", "--delete"], True)):
+            dest = scratch / "dest"
+            # restic restores the backed-up absolute path under --target: restore its subtree as the root.
+            cmd = [restic, "restore", f"{ids['last']}:{last}", "--target", str(dest), *extra]
+            if existing:
+                prepare(previous, dest)
+            elif dest.exists():
+                shutil.rmtree(dest)
+            log(f"{name} ...")
+            m = timed(name.split()[0] + "-" + ("incremental" if existing else "fresh"), cmd, renv, logs)
+            m.pop("output")
+            results[name] = {**m, "result": check(expected, dest), "version": version}
+            if not args.no_strace and shutil.which("strace"):
+                if existing:
+                    prepare(previous, dest)
+                else:
+                    shutil.rmtree(dest)
+                results[name]["fetched"] = fetched_by_strace(cmd, renv, scratch / "restic-repo", logs, "restic")
+            log(f"{name}: {results[name]}")
+
+    # rustic
+    if args.rustic:
+        rust = args.rustic
+        renv = {**os.environ, "RUSTIC_REPOSITORY": str(scratch / "rustic-repo"), "RUSTIC_PASSWORD": PASSWORD,
+                "RUSTIC_CACHE_DIR": str(scratch / "rustic-cache")}
+        version = subprocess.run([rust, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+        timed("rustic-init", [rust, "init"], renv, logs)
+        for label, path in (("prev", previous), ("last", last)):
+            timed(f"rustic-backup-{label}", [rust, "backup", "--label", label, "--as-path", "/exec", str(path)], renv, logs)
+        snaps = json.loads(str(timed("rustic-snapshots", [rust, "snapshots", "--json"], renv, logs)["output"]))
+        flat = [s for group in snaps for s in (group.get("snapshots", [group]) if isinstance(group, dict) else group[1])]
+        last_id = next(s["id"] for s in flat if s.get("label") == "last")
+        for name, extra, existing in (("rustic fresh", [], False),
+                                      ("rustic into existing (trusts mtime)", ["--delete"], True),
+                                      ("rustic into existing --verify-existing", ["--delete", "--verify-existing"], True)):
+            dest = scratch / "dest"
+            cmd = [rust, "restore", f"{last_id}:/exec", str(dest), *extra]
+            if existing:
+                prepare(previous, dest)
+            elif dest.exists():
+                shutil.rmtree(dest)
+            log(f"{name} ...")
+            m = timed(re.sub(r"[^a-z-]+", "-", name), cmd, renv, logs)
+            m.pop("output")
+            results[name] = {**m, "result": check(expected, dest), "version": version}
+            if not args.no_strace and shutil.which("strace"):
+                if existing:
+                    prepare(previous, dest)
+                else:
+                    shutil.rmtree(dest)
+                results[name]["fetched"] = fetched_by_strace(cmd, renv, scratch / "rustic-repo", logs, "rustic")
+            log(f"{name}: {results[name]}")
+
+    def ratio(a: str, b: str, key: str) -> float:
+        return round(float(results[a][key]) / float(results[b][key]), 3)  # type: ignore[arg-type]
+
+    goals = {
+        "cas incremental / cas fresh, wall seconds (goal <= 0.2)": ratio("cas incremental", "cas fresh", "seconds"),
+        "the same, CPU seconds": ratio("cas incremental", "cas fresh", "cpu"),
+        "the same, restore only (in the process, start-up left out)":
+            ratio("cas incremental", "cas fresh", "restore_seconds"),
+        "cas incremental --trust-mtime / cas fresh, wall seconds": ratio("cas incremental --trust-mtime", "cas fresh",
+                                                                          "seconds"),
+        "cas incremental --in-place / cas fresh, wall seconds": ratio("cas incremental --in-place", "cas fresh",
+                                                                      "seconds"),
+    }
+    if "restic --overwrite if-changed" in results:
+        goals["cas incremental / restic if-changed, wall seconds (goal <= 0.5)"] = ratio(
+            "cas incremental", "restic --overwrite if-changed", "seconds")
+        goals["cas incremental / restic if-changed, CPU seconds"] = ratio(
+            "cas incremental", "restic --overwrite if-changed", "cpu")
+        goals["cas incremental --in-place / restic if-changed, wall seconds"] = ratio(
+            "cas incremental --in-place", "restic --overwrite if-changed", "seconds")
+    summary = {"previous": str(previous), "last": str(last), "files": workload.executions[-1].files,
+               "logical_bytes": workload.executions[-1].logical_bytes, "results": results, "goals": goals,
+               "machine": bench.machine_info()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "incremental.json").write_text(json.dumps(summary, indent=2, default=str))
+    (args.out / "incremental.md").write_text(render(summary))
+    print(render(summary))
+    shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+def render(summary: dict[str, object]) -> str:
+    mib = 2**20
+    lines = [
+        "# Incremental restore",
+        "",
+        f"Last execution ({summary['files']} files, {int(summary['logical_bytes']) / mib:.0f} MiB) restored into a "  # type: ignore[call-overload]
+        "directory holding the previous one (`cp -a`), with each tool's delete option, vs a fresh restore.",
+        f"Machine: {summary['machine']['cpus']} CPUs, {summary['machine']['platform']}. It is shared with other jobs: the load average before each run is "  # type: ignore[index]
+        "shown, and wall times vary several-fold from run to run; CPU seconds (user + system, all threads) vary less.",
+        "",
+        "| run | seconds | restore only | CPU seconds | written MiB | fetched MiB | result | load before |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for name, r in summary["results"].items():  # type: ignore[attr-defined]
+        fetched = f"{r['fetched'] / mib:.1f}" if "fetched" in r else "n/a"
+        only = r.get("restore_seconds", "")
+        lines.append(f"| {name} | {r['seconds']} | {only} | {r['cpu']} | {r['written'] / mib:.1f} | {fetched} | "
+                     f"{r['result']} | {r['load_before']} |")
+    lines += ["", *[f"- {k}: **{v}**" for k, v in summary["goals"].items()], ""]  # type: ignore[attr-defined]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
