@@ -17,6 +17,7 @@ What S3 shares with OSS (parts, multipart with abort, ranges, delete) is
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -274,8 +275,6 @@ def _key_texts(key: bytes | None) -> tuple[str, ...]:
     """How an SSE-C key could appear in a message: as given (base64) and as latin-1 text."""
     if key is None:
         return ()
-    import base64
-
     return (base64.b64encode(key).decode("ascii"), key.decode("latin-1"))
 
 
