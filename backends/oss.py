@@ -117,16 +117,20 @@ class OssBackend(ObjectStoreBackend):
         )
         self.bucket_name = config.bucket
         self.endpoint = config.endpoint
+        self._encryption = _encryption_headers(config)
         self._oss2 = oss2
         self._transport_error: type[Exception] = requests.RequestException
         # Our own session, so close() releases its pooled connections without reaching into oss2.
         self._session = oss2.Session()
         try:
+            v4 = _signs_v4(oss2, config)
+            auth = (oss2.AuthV4 if v4 else oss2.Auth)(config.access_key_id, config.access_key_secret)
             self._bucket: Any = oss2.Bucket(
-                oss2.Auth(config.access_key_id, config.access_key_secret),
+                auth,
                 self.endpoint,
                 config.bucket,
                 session=self._session,
+                region=config.region if v4 else None,
                 # requests takes (connect, read): a dead endpoint fails fast, a slow part does not.
                 connect_timeout=(config.connect_timeout, config.read_timeout),
                 enable_crc=True,
@@ -168,13 +172,15 @@ class OssBackend(ObjectStoreBackend):
     # -- the requests ObjectStoreBackend makes ---------------------------------------------------
 
     def _put_object(self, key: str, name: str, body: bytes, overwrite: bool) -> None:
-        headers = {"Content-Type": _OCTET_STREAM, "Content-MD5": _md5(body), **_forbid_overwrite(overwrite)}
+        headers = {
+            "Content-Type": _OCTET_STREAM, "Content-MD5": _md5(body), **_forbid_overwrite(overwrite), **self._encryption,
+        }
         with self._translating("put", key):
             self._bucket.put_object(name, body, headers=headers)
 
     def _start_multipart(self, key: str, name: str, overwrite: bool) -> Upload:
         # The forbid-overwrite header goes on the initiation (fail early) and the completion (decide).
-        headers = {"Content-Type": _OCTET_STREAM, **_forbid_overwrite(overwrite)}
+        headers = {"Content-Type": _OCTET_STREAM, **_forbid_overwrite(overwrite), **self._encryption}
         with self._translating("put", key):
             upload_id = self._bucket.init_multipart_upload(name, headers=headers).upload_id
         return Upload(key, name, upload_id, overwrite)
@@ -264,6 +270,28 @@ def _forbid_overwrite(overwrite: bool) -> dict[str, str]:
     return {} if overwrite else {"x-oss-forbid-overwrite": "true"}
 
 
+def _signs_v4(oss2: Any, config: OssConfig) -> bool:
+    """Whether requests are signed V4: asked for, or by default when oss2 can and the region is
+    known. V4 asked of an oss2 without ``AuthV4`` is refused."""
+    supported = hasattr(oss2, "AuthV4")
+    if config.auth_version == "v4" and not supported:
+        raise errors.ConfigurationError("OSS auth_version v4 needs an oss2 with V4 signing: pip install -U oss2")
+    if config.auth_version is None:
+        return supported and config.region is not None
+    return config.auth_version == "v4"
+
+
+def _encryption_headers(config: OssConfig) -> dict[str, str]:
+    """What every upload (PutObject, InitiateMultipartUpload) sends for server-side encryption;
+    OSS decrypts on reads by itself."""
+    headers = {}
+    if config.server_side_encryption:
+        headers["x-oss-server-side-encryption"] = config.server_side_encryption
+    if config.sse_kms_key_id:
+        headers["x-oss-server-side-encryption-key-id"] = config.sse_kms_key_id
+    return headers
+
+
 def _translate(exc: Exception, operation: str, key: str, where: str, secret: tuple[str, ...]) -> errors.CasError:
     """The domain error for an ``oss2`` exception, with OSS's request id and never the secret."""
     if not hasattr(exc, "status"):  # a requests error that escaped oss2 while reading a body
@@ -295,6 +323,9 @@ def _translate(exc: Exception, operation: str, key: str, where: str, secret: tup
     hint = _HINTS.get(cls)
     if status == 403 and code == "AccessDenied" and operation in _ACTIONS:
         hint = f"this identity needs {_ACTIONS[operation]} on it; see docs/ROLES.md"
+        if operation == "put":
+            hint += "; or the bucket policy requires server-side encryption: see the options " \
+                "server_side_encryption, sse_kms_key_id"
     if hint:
         text += f" ({hint})"
     return cls(_scrub(text, secret), request_id=request_id)

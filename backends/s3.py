@@ -17,6 +17,7 @@ What S3 shares with OSS (parts, multipart with abort, ranges, delete) is
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,7 @@ _ERROR_CODES: Mapping[str, type[errors.CasError]] = {
     "AuthorizationHeaderMalformed": errors.ConfigurationError,
     "IllegalLocationConstraintException": errors.ConfigurationError,
     "InvalidArgument": errors.ConfigurationError,
+    "InvalidRequest": errors.ConfigurationError,
     "EntityTooSmall": errors.ConfigurationError,
     "EntityTooLarge": errors.ConfigurationError,
     "SlowDown": errors.Unavailable,
@@ -103,9 +105,13 @@ class S3Backend(ObjectStoreBackend):
             part_size=config.part_size,
             multipart_threshold=config.multipart_threshold,
             max_parts=MAX_PARTS,
-            secrets=Secrets(config.secret_access_key, config.session_token, *endpoint_secrets(config.endpoint_url)),
+            secrets=Secrets(
+                config.secret_access_key, config.session_token, *endpoint_secrets(config.endpoint_url),
+                *_key_texts(config.sse_customer_key),
+            ),
         )
         self.bucket = config.bucket
+        self._upload_args, self._read_args = _encryption_args(config)
         self.endpoint_url = config.endpoint_url
         try:
             import boto3  # type: ignore[import-untyped]
@@ -160,7 +166,9 @@ class S3Backend(ObjectStoreBackend):
 
     def _put_object(self, key: str, name: str, body: bytes, overwrite: bool) -> None:
         try:
-            self._client.put_object(Bucket=self.bucket, Key=name, Body=body, **_if_none_match(overwrite))
+            self._client.put_object(
+                Bucket=self.bucket, Key=name, Body=body, **_if_none_match(overwrite), **self._upload_args
+            )
         except Exception as exc:
             raise self._translate(exc, "put", key) from exc
 
@@ -170,7 +178,7 @@ class S3Backend(ObjectStoreBackend):
             raise errors.AlreadyExists(f"object already exists: {self._where(key)}")
         try:
             upload_id = self._client.create_multipart_upload(
-                Bucket=self.bucket, Key=name, ChecksumAlgorithm="CRC32"
+                Bucket=self.bucket, Key=name, ChecksumAlgorithm="CRC32", **self._upload_args
             )["UploadId"]
         except Exception as exc:
             raise self._translate(exc, "put", key) from exc
@@ -184,6 +192,7 @@ class S3Backend(ObjectStoreBackend):
             PartNumber=number,
             Body=body,
             ChecksumAlgorithm="CRC32",
+            **self._read_args,  # SSE-C: every part carries the key
         )
         part = {"PartNumber": number, "ETag": resp["ETag"]}
         if resp.get("ChecksumCRC32"):
@@ -197,13 +206,14 @@ class S3Backend(ObjectStoreBackend):
             UploadId=upload.upload_id,
             MultipartUpload={"Parts": upload.parts},
             **_if_none_match(upload.overwrite),
+            **self._read_args,
         )
 
     def _abort_multipart(self, upload: Upload) -> None:
         self._client.abort_multipart_upload(Bucket=self.bucket, Key=upload.name, UploadId=upload.upload_id)
 
     def _read_object(self, key: str, name: str, byte_range: str | None) -> tuple[bytes, bool]:
-        request: dict[str, Any] = {"Bucket": self.bucket, "Key": name}
+        request: dict[str, Any] = {"Bucket": self.bucket, "Key": name, **self._read_args}
         if byte_range:
             request["Range"] = byte_range
         try:
@@ -230,7 +240,7 @@ class S3Backend(ObjectStoreBackend):
 
     def stat(self, key: str) -> ObjectInfo:
         try:
-            resp = self._client.head_object(Bucket=self.bucket, Key=self._name(key))
+            resp = self._client.head_object(Bucket=self.bucket, Key=self._name(key), **self._read_args)
         except Exception as exc:
             raise self._translate(exc, "stat", key) from exc
         return ObjectInfo(key, int(resp["ContentLength"]))
@@ -244,6 +254,28 @@ class S3Backend(ObjectStoreBackend):
                     yield ObjectInfo(item["Key"][len(self._root) :], int(item["Size"]))
         except Exception as exc:
             raise self._translate(exc, "list", prefix) from exc
+
+
+def _encryption_args(config: S3Config) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The SDK arguments for server-side encryption: ``(on uploads, on reads)``. SSE-S3 and SSE-KMS
+    are named on uploads only (S3 decrypts on its own); an SSE-C key goes with every upload, part,
+    GET and HEAD, since S3 keeps only its hash."""
+    if config.sse_customer_key is not None:
+        customer = {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": config.sse_customer_key}
+        return dict(customer), dict(customer)
+    upload: dict[str, Any] = {}
+    if config.server_side_encryption:
+        upload["ServerSideEncryption"] = config.server_side_encryption
+    if config.sse_kms_key_id:
+        upload["SSEKMSKeyId"] = config.sse_kms_key_id
+    return upload, {}
+
+
+def _key_texts(key: bytes | None) -> tuple[str, ...]:
+    """How an SSE-C key could appear in a message: as given (base64) and as latin-1 text."""
+    if key is None:
+        return ()
+    return (base64.b64encode(key).decode("ascii"), key.decode("latin-1"))
 
 
 def _if_none_match(overwrite: bool) -> dict[str, str]:
@@ -305,6 +337,11 @@ def _translate(exc: BaseException, operation: str, where: str, secrets: tuple[st
             hint = _HINTS.get(kind)
             if kind is errors.PermissionDenied and (code or str(status)) in _POLICY_REFUSALS and operation in _ACTIONS:
                 hint = f"this identity needs {_ACTIONS[operation]} on it; see docs/ROLES.md"
+                if operation == "put":
+                    hint += "; or the bucket policy requires server-side encryption: see the options " \
+                        "server_side_encryption, sse_kms_key_id, sse_customer_key"
+            elif code in ("InvalidRequest", "InvalidArgument", "400") and operation in ("get", "stat"):
+                hint = "an object stored with SSE-C is read only with its key: check sse_customer_key"
             if hint:
                 message += f" ({hint})"
         return kind(scrub(message), request_id=_request_id(exc))

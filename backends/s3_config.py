@@ -7,6 +7,8 @@ files, SSO, container/instance metadata); given as options they are kept only he
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,8 +42,19 @@ OPTIONS = frozenset(
         "read_timeout",
         "sdk_attempts",
         "max_pool_connections",
+        "server_side_encryption",
+        "sse_kms_key_id",
+        "sse_customer_key",
     }
 )
+#: Options an ``s3://`` URL's query may set: none that is a credential or a secret.
+URL_OPTIONS = OPTIONS - {
+    "endpoint_url", "access_key_id", "secret_access_key", "session_token", "profile_name", "sse_customer_key",
+}
+#: Where ``sse_customer_key`` is read from when it is not an option.
+SSE_CUSTOMER_KEY_ENV = "CAS_S3_SSE_CUSTOMER_KEY"
+#: ``server_side_encryption`` values: S3-managed keys, KMS keys, KMS with two layers.
+SSE_MODES = ("AES256", "aws:kms", "aws:kms:dsse")
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,12 @@ class S3Config:
     read_timeout: float = DEFAULT_READ_TIMEOUT
     sdk_attempts: int = 1
     max_pool_connections: int = 10
+    server_side_encryption: str | None = None
+    """Sent with every upload as ``x-amz-server-side-encryption`` (SSE-S3 or SSE-KMS)."""
+    sse_kms_key_id: str | None = None
+    """With ``aws:kms``: the KMS key (id, ARN or alias); None for the bucket's AWS-managed key."""
+    sse_customer_key: bytes | None = field(default=None, repr=False)
+    """SSE-C: the 32-byte AES-256 key sent with every upload, download and HEAD."""
 
 
 def _text(options: Mapping[str, object], name: str) -> str | None:
@@ -80,9 +99,10 @@ def _text(options: Mapping[str, object], name: str) -> str | None:
 def parse(url: str, options: Mapping[str, object]) -> S3Config:
     """The settings ``s3://bucket[/prefix]`` and ``options`` describe; :class:`ConfigurationError`
     naming what is wrong (never echoing a secret)."""
-    bucket, path = split_bucket_url(
+    bucket, path, options = split_bucket_url(
         url, "s3", options, OPTIONS,
         "use the AWS credential chain or the access_key_id/secret_access_key options",
+        URL_OPTIONS,
     )
     if not bucket:
         raise ConfigurationError("S3 URL has no bucket: use s3://bucket/prefix")
@@ -113,6 +133,7 @@ def parse(url: str, options: Mapping[str, object]) -> S3Config:
     secret_access_key = _text(options, "secret_access_key")
     if (access_key_id is None) != (secret_access_key is None):
         raise ConfigurationError("S3 access_key_id and secret_access_key must be given together")
+    sse, kms_key_id, customer_key = _encryption(options)
     return S3Config(
         bucket=bucket,
         prefix=path.strip("/"),
@@ -129,7 +150,44 @@ def parse(url: str, options: Mapping[str, object]) -> S3Config:
         read_timeout=read_timeout,
         sdk_attempts=sdk_attempts,
         max_pool_connections=number(options, "max_pool_connections", int, 10, "S3"),
+        server_side_encryption=sse,
+        sse_kms_key_id=kms_key_id,
+        sse_customer_key=customer_key,
     )
 
 
-__all__ = ["MAX_PARTS", "MAX_PART_SIZE", "MIN_PART_SIZE", "OPTIONS", "S3Config", "parse"]
+def _encryption(options: Mapping[str, object]) -> tuple[str | None, str | None, bytes | None]:
+    """``(server_side_encryption, sse_kms_key_id, sse_customer_key)``. A KMS key id alone means
+    ``aws:kms``; a customer key (base64 of 32 bytes, option or ``$CAS_S3_SSE_CUSTOMER_KEY``) is SSE-C
+    and excludes the other two. Messages never show the customer key."""
+    sse = _text(options, "server_side_encryption") or None
+    kms_key_id = _text(options, "sse_kms_key_id") or None
+    if kms_key_id and sse is None:
+        sse = "aws:kms"
+    if sse is not None and sse not in SSE_MODES:
+        raise ConfigurationError(f"S3 server_side_encryption must be one of {', '.join(SSE_MODES)}, got {sse!r}")
+    if kms_key_id and not sse.startswith("aws:kms"):  # type: ignore[union-attr]
+        raise ConfigurationError("S3 sse_kms_key_id needs server_side_encryption aws:kms (or none)")
+    text = _text(options, "sse_customer_key") or os.environ.get(SSE_CUSTOMER_KEY_ENV) or None
+    if text is None:
+        return sse, kms_key_id, None
+    if sse is not None:
+        raise ConfigurationError(
+            "S3 sse_customer_key (SSE-C) cannot be combined with server_side_encryption or sse_kms_key_id"
+        )
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != 32:
+        raise ConfigurationError(
+            f"S3 sse_customer_key (or ${SSE_CUSTOMER_KEY_ENV}) must be the base64 of 32 random bytes "
+            "(e.g. from 'openssl rand -base64 32')"
+        )
+    return None, None, key
+
+
+__all__ = [
+    "MAX_PARTS", "MAX_PART_SIZE", "MIN_PART_SIZE", "OPTIONS", "SSE_CUSTOMER_KEY_ENV", "SSE_MODES", "URL_OPTIONS",
+    "S3Config", "parse",
+]

@@ -6,10 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from sqlalchemy import delete, false, insert, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.sql.expression import Executable
 
 from backends.errors import ConfigurationError
 from manifests import database
+from manifests.models import Blob, Pack, Snapshot, Tombstone
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -67,25 +70,27 @@ class IndexConnection:
     def require_delete(self) -> None:
         """Refuse a role that may not delete rows (docs/ROLES.md: a writer or a reader), before
         ``gc``, ``repair`` or a full rebuild starts."""
-        self.require("DELETE", ("blobs", "packs", "snapshots", "tombstones"))
+        self._require([delete(m).where(false()) for m in (Blob, Pack, Snapshot, Tombstone)])
 
     def require_insert(self) -> None:
         """Refuse a role that may not add rows (a reader), before a sync starts."""
-        self.require("INSERT", ("packs", "blobs", "snapshots"))
+        self._require([
+            insert(m).from_select([c.name for c in m.__table__.columns], select(m.__table__).where(false()))
+            for m in (Pack, Blob, Snapshot)
+        ])
 
-    def require(self, privilege: str, tables: Sequence[str]) -> None:
-        """Raise :class:`~backends.errors.PermissionDenied` naming the first of ``tables`` this role
-        may not ``privilege`` (``DELETE`` or ``INSERT``), before an operation that needs it changes
-        anything. PostgreSQL checks privileges when a statement starts, so a statement matching no
-        row asks the question and changes nothing (the transaction is rolled back anyway). SQLite
+    def _require(self, statements: Sequence[Executable]) -> None:
+        """Raise :class:`~backends.errors.PermissionDenied` naming the privilege and table of the
+        first statement this role may not run, before an operation that needs them changes
+        anything. PostgreSQL checks privileges when a statement starts, so statements matching no
+        row ask the question and change nothing (and the transaction is rolled back anyway). SQLite
         has no privileges: nothing to ask."""
         if self.engine.dialect.name != "postgresql":
             return
-        statement = {"DELETE": "DELETE FROM {t} WHERE false", "INSERT": "INSERT INTO {t} SELECT * FROM {t} WHERE false"}
         with self._read() as conn:
             try:
-                for table in tables:
-                    conn.exec_driver_sql(statement[privilege].format(t=table))
+                for statement in statements:
+                    conn.execute(statement)
             finally:
                 conn.rollback()
 

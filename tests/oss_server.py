@@ -5,11 +5,18 @@ checks the wire protocol rather than trusting the client:
 
 * every request must carry a valid OSS signature, version 1 (``Authorization: OSS <id>:<sig>``,
   HMAC-SHA1 over the verb, Content-MD5, Content-Type, Date, the canonicalized ``x-oss-*`` headers
-  and the canonicalized resource with its sub-resources). ``oss2`` 2.19 signs with V1 when given
-  ``oss2.Auth``; V2 and V4 requests are refused, so a client that silently switched would fail.
-  An unknown key id answers 403 ``InvalidAccessKeyId``, a wrong signature 403
-  ``SignatureDoesNotMatch`` (with the string the server signed, as OSS does), a Date more than
-  15 minutes off 403 ``RequestTimeTooSkewed``;
+  and the canonicalized resource with its sub-resources) or version 4 (``Authorization:
+  OSS4-HMAC-SHA256 Credential=<id>/<date>/<region>/oss/aliyun_v4_request,
+  [AdditionalHeaders=...,] Signature=<hex>``: HMAC-SHA256 with a key derived from the secret, the
+  date, the region and the product, over a canonical request of the verb, the URI-encoded
+  ``/bucket/key``, every query parameter, the ``x-oss-*``, Content-Type, Content-MD5 and additional
+  headers, and ``x-oss-content-sha256``). ``signature_versions`` says which are accepted (both by
+  default; ``{4}`` proves a client signs V4) and ``region`` which region V4 scopes must name. V2
+  requests are refused. An unknown key id answers 403 ``InvalidAccessKeyId``, a wrong signature 403
+  ``SignatureDoesNotMatch`` (with the string the server signed, as OSS does), a wrong V4 scope
+  (region, date, product) 400 ``InvalidArgument``, a Date or ``x-oss-date`` more than 15 minutes
+  off 403 ``RequestTimeTooSkewed``, a signed payload hash that is not the body's 400
+  ``InvalidArgument``;
 * a ``Content-MD5`` that does not match the body answers 400 ``InvalidDigest``;
 * ``x-oss-forbid-overwrite: true`` on PutObject, InitiateMultipartUpload and
   CompleteMultipartUpload answers 409 ``FileAlreadyExists`` when the key is taken, decided under
@@ -24,7 +31,12 @@ checks the wire protocol rather than trusting the client:
 * HEAD (errors in the base64 ``x-oss-err`` header, since a HEAD has no body), DELETE (idempotent:
   204 whether or not the key existed, like OSS), ``NoSuchKey``, ``NoSuchBucket``,
   ``InvalidBucketName``, ``NoSuchUpload``;
-* responses carry ``x-oss-request-id`` and ``x-oss-hash-crc64ecma`` so the SDK's CRC checks run.
+* responses carry ``x-oss-request-id`` and ``x-oss-hash-crc64ecma`` so the SDK's CRC checks run;
+* server-side encryption: ``x-oss-server-side-encryption`` (``AES256``, ``KMS``, ``SM4``) and
+  ``x-oss-server-side-encryption-key-id`` (KMS only) on PutObject and InitiateMultipartUpload are
+  checked (400 ``InvalidEncryptionAlgorithmError`` / ``InvalidArgument``), kept with the object and
+  returned on GET and HEAD; with ``required_encryption`` set, an upload without that encryption
+  answers 403 ``AccessDenied``, as OSS does under a bucket policy that denies unencrypted puts.
 
 Requests arrive path-style (``/bucket/key``) because ``oss2`` treats an IP or ``localhost``
 endpoint that way; virtual-hosted style (``Host: bucket.<anything>``) is understood too.
@@ -179,6 +191,53 @@ def v1_string_to_sign(
     )
 
 
+V4_ALGORITHM = "OSS4-HMAC-SHA256"
+V4_TERMINATOR = "aliyun_v4_request"
+_V4_SIGNED_ALWAYS = ("content-type", "content-md5")
+
+
+def v4_encode(text: str, keep_slash: bool) -> str:
+    """V4's URI encoding: every byte but ``A-Z a-z 0-9 - _ . ~`` (and ``/`` in paths) as ``%XX``."""
+    return quote(text, safe="-_.~/" if keep_slash else "-_.~")
+
+
+def v4_canonical_request(
+    method: str,
+    headers: Mapping[str, str],
+    bucket: str,
+    key: str,
+    query: Iterable[tuple[str, str]],
+    additional: Iterable[str],
+) -> str:
+    """The V4 canonical request, from the server's side. ``headers`` has lower-case names,
+    ``query`` holds every decoded parameter, ``additional`` the AdditionalHeaders names."""
+    extra = sorted(set(additional))
+    uri = v4_encode(f"/{bucket}/{key}" if bucket else "/", keep_slash=True)
+    params = sorted((v4_encode(k, False), v4_encode(v, False)) for k, v in query)
+    canonical_query = "&".join(f"{k}={v}" if v else k for k, v in params)
+    signed = sorted(
+        (k, v.strip()) for k, v in headers.items()
+        if k.startswith("x-oss-") or k in _V4_SIGNED_ALWAYS or k in extra
+    )
+    canonical_headers = "".join(f"{k}:{v}\n" for k, v in signed)
+    payload = headers.get("x-oss-content-sha256", "")
+    return "\n".join([method, uri, canonical_query, canonical_headers, ";".join(extra), payload])
+
+
+def v4_string_to_sign(date_time: str, scope: str, canonical_request: str) -> str:
+    digest = hashlib.sha256(canonical_request.encode("utf-8")).hexdigest()
+    return f"{V4_ALGORITHM}\n{date_time}\n{scope}\n{digest}"
+
+
+def v4_signature(secret: str, date: str, region: str, product: str, string_to_sign: str) -> str:
+    """HMAC-SHA256 of the string to sign with the key derived from the secret through the
+    date, region, product and terminator, in hex."""
+    key = ("aliyun_v4" + secret).encode("utf-8")
+    for part in (date, region, product, V4_TERMINATOR):
+        key = hmac.new(key, part.encode("utf-8"), hashlib.sha256).digest()
+    return hmac.new(key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
 def v1_signature(secret: str, string_to_sign: str) -> str:
     digest = hmac.new(secret.encode("utf-8"), string_to_sign.encode("utf-8"), hashlib.sha1).digest()
     return base64.b64encode(digest).decode("ascii")
@@ -191,6 +250,7 @@ class StoredObject:
     crc: int
     mtime: float
     kind: str = "Normal"
+    encryption: tuple[str, str | None] | None = None  # (algorithm, KMS key id)
 
 
 @dataclass(frozen=True)
@@ -206,6 +266,7 @@ class _Upload:
     bucket: str
     key: str
     parts: dict[int, tuple[bytes, str]] = field(default_factory=dict)
+    encryption: tuple[str, str | None] | None = None
 
 
 class OssError(Exception):
@@ -268,6 +329,10 @@ class OssProtocolServer:
     def __init__(self, credentials: Mapping[str, str], *, port: int = 0) -> None:
         self.credentials = dict(credentials)
         self.standard_ranges = True
+        self.signature_versions = frozenset({1, 4})
+        self.region = "cn-hangzhou"
+        self.required_encryption: tuple[str, str | None] | None = None
+        """``(algorithm, KMS key id or None)`` every upload must name, else 403 AccessDenied."""
         self.requests: list[RecordedRequest] = []
         self._port = port
         self._lock = threading.Lock()
@@ -378,15 +443,20 @@ class OssProtocolServer:
     # -- request handling ----------------------------------------------------------------------
 
     def authenticate(
-        self, method: str, headers: Mapping[str, str], bucket: str, key: str, query: list[tuple[str, str]]
+        self, method: str, headers: Mapping[str, str], bucket: str, key: str, query: list[tuple[str, str]],
+        body: bytes = b"",
     ) -> None:
-        """Raise :class:`OssError` unless the request carries a valid, fresh V1 signature."""
+        """Raise :class:`OssError` unless the request carries a valid, fresh V1 or V4 signature
+        (of a version in :attr:`signature_versions`)."""
         auth = headers.get("authorization", "")
         if not auth:
             raise OssError(
                 403, "AccessDenied", "AccessDenied: anonymous access is forbidden for this operation"
             )
-        if not auth.startswith("OSS "):
+        if auth.startswith(V4_ALGORITHM + " ") and 4 in self.signature_versions:
+            self._authenticate_v4(method, headers, bucket, key, query, body, auth)
+            return
+        if not auth.startswith("OSS ") or 1 not in self.signature_versions:
             raise OssError(
                 403, "AccessDenied", "only OSS signature version 1 (Authorization: OSS id:sig) is accepted"
             )
@@ -425,6 +495,75 @@ class OssProtocolServer:
                 SignatureProvided=provided,
             )
 
+    def encryption(self, headers: Mapping[str, str]) -> tuple[str, str | None] | None:
+        """The server-side encryption an upload asks for, checked as OSS checks it, and against
+        :attr:`required_encryption`."""
+        algorithm = headers.get("x-oss-server-side-encryption")
+        key_id = headers.get("x-oss-server-side-encryption-key-id")
+        if algorithm is not None and algorithm not in ("AES256", "KMS", "SM4"):
+            raise OssError(400, "InvalidEncryptionAlgorithmError", "The Encryption request you specified is not valid.")
+        if key_id is not None and algorithm != "KMS":
+            raise OssError(400, "InvalidArgument", "x-oss-server-side-encryption-key-id needs KMS encryption")
+        asked = None if algorithm is None else (algorithm, key_id)
+        required = self.required_encryption
+        if required is not None and (asked is None or asked[0] != required[0] or (required[1] and asked[1] != required[1])):
+            raise OssError(403, "AccessDenied", "You have no right to access this object because of bucket acl.")
+        return asked
+
+    def _authenticate_v4(
+        self, method: str, headers: Mapping[str, str], bucket: str, key: str, query: list[tuple[str, str]],
+        body: bytes, auth: str,
+    ) -> None:
+        fields: dict[str, str] = {}
+        for item in auth[len(V4_ALGORITHM) + 1 :].split(","):
+            name, sep, value = item.strip().partition("=")
+            if not sep:
+                raise OssError(400, "InvalidArgument", "malformed V4 Authorization header")
+            fields[name] = value
+        credential, provided = fields.get("Credential", ""), fields.get("Signature", "")
+        scope_parts = credential.split("/")
+        if len(scope_parts) != 5 or not provided:
+            raise OssError(400, "InvalidArgument", "malformed V4 Authorization header")
+        key_id, date, region, product, terminator = scope_parts
+        secret = self.credentials.get(key_id)
+        if secret is None:
+            raise OssError(
+                403, "InvalidAccessKeyId", "The OSS Access Key Id you provided does not exist in our records.",
+                OSSAccessKeyId=key_id,
+            )
+        date_time = headers.get("x-oss-date", "")
+        try:
+            sent = datetime.strptime(date_time, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            raise OssError(403, "AccessDenied", f"V4 requests need x-oss-date as YYYYMMDDTHHMMSSZ, got {date_time!r}") from None
+        if abs(sent - time.time()) > MAX_CLOCK_SKEW:
+            raise OssError(403, "RequestTimeTooSkewed",
+                           "The difference between the request time and the current time is too large.")
+        if date != date_time[:8]:
+            raise OssError(400, "InvalidArgument", "Invalid signing date in Authorization header.")
+        if region != self.region:
+            raise OssError(400, "InvalidArgument", "Invalid signing region in Authorization header.")
+        if product != "oss" or terminator != V4_TERMINATOR:
+            raise OssError(400, "InvalidArgument", "Invalid signing product or terminator in Authorization header.")
+        payload = headers.get("x-oss-content-sha256")
+        if payload is None:
+            raise OssError(400, "InvalidArgument", "x-oss-content-sha256 is required in V4 requests")
+        if payload != "UNSIGNED-PAYLOAD" and payload != hashlib.sha256(body).hexdigest():
+            raise OssError(400, "InvalidArgument", "x-oss-content-sha256 does not match the body")
+        additional = [h for h in fields.get("AdditionalHeaders", "").split(";") if h]
+        missing = [h for h in additional if h not in headers]
+        if missing:
+            raise OssError(400, "InvalidArgument", f"additional header {missing[0]} is not in the request")
+        canonical = v4_canonical_request(method, headers, bucket, key, query, additional)
+        string_to_sign = v4_string_to_sign(date_time, f"{date}/{region}/{product}/{terminator}", canonical)
+        if not hmac.compare_digest(v4_signature(secret, date, region, product, string_to_sign), provided):
+            raise OssError(
+                403, "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided.",
+                OSSAccessKeyId=key_id, StringToSign=string_to_sign, CanonicalRequest=canonical,
+                SignatureProvided=provided,
+            )
+
     def _bucket(self, name: str) -> dict[str, StoredObject]:
         """Caller holds the lock."""
         if not _BUCKET_NAME.match(name):
@@ -438,8 +577,11 @@ class OssProtocolServer:
         with self._lock:
             self._bucket(name)
 
-    def put(self, bucket: str, key: str, data: bytes, forbid_overwrite: bool) -> StoredObject:
-        obj = StoredObject(data, _etag(data), crc64ecma(data), time.time())
+    def put(
+        self, bucket: str, key: str, data: bytes, forbid_overwrite: bool,
+        encryption: tuple[str, str | None] | None = None,
+    ) -> StoredObject:
+        obj = StoredObject(data, _etag(data), crc64ecma(data), time.time(), encryption=encryption)
         with self._lock:
             objects = self._bucket(bucket)
             if forbid_overwrite and key in objects:
@@ -462,7 +604,9 @@ class OssProtocolServer:
         with self._lock:
             self._bucket(bucket).pop(key, None)
 
-    def initiate(self, bucket: str, key: str, forbid_overwrite: bool) -> str:
+    def initiate(
+        self, bucket: str, key: str, forbid_overwrite: bool, encryption: tuple[str, str | None] | None = None
+    ) -> str:
         with self._lock:
             if forbid_overwrite and key in self._bucket(bucket):
                 raise OssError(
@@ -472,7 +616,7 @@ class OssProtocolServer:
                 )
             self._bucket(bucket)
             upload_id = uuid.uuid4().hex.upper()
-            self._uploads[upload_id] = _Upload(bucket, key)
+            self._uploads[upload_id] = _Upload(bucket, key, encryption=encryption)
         return upload_id
 
     def _upload(self, bucket: str, key: str, upload_id: str) -> _Upload:
@@ -530,7 +674,7 @@ class OssProtocolServer:
                 )
             data = b"".join(chunks)
             etag = f"{hashlib.md5(digests).hexdigest().upper()}-{len(listed)}"
-            obj = StoredObject(data, etag, crc64ecma(data), time.time(), "Multipart")
+            obj = StoredObject(data, etag, crc64ecma(data), time.time(), "Multipart", upload.encryption)
             objects[key] = obj
             del self._uploads[upload_id]
         return obj
@@ -696,7 +840,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             bucket, key, query = self._target()
             headers = {k.lower(): v for k, v in self.headers.items()}
-            self.store.authenticate(self.command, headers, bucket, key, query)
+            self.store.authenticate(self.command, headers, bucket, key, query, body)
             params = dict(reversed(query))  # first occurrence wins
             self.store.record(RecordedRequest(self.command, bucket, key, params, headers, len(body)))
             fault = self.store.next_fault()
@@ -802,10 +946,10 @@ class _Handler(BaseHTTPRequestHandler):
             etag = self.store.upload_part(bucket, key, params["uploadId"], number, body)
             self._send(200, {**base, "ETag": f'"{etag}"', "x-oss-hash-crc64ecma": str(crc64ecma(body))})
         elif method == "PUT":
-            obj = self.store.put(bucket, key, body, forbid)
+            obj = self.store.put(bucket, key, body, forbid, self.store.encryption(headers))
             self._send(200, {**base, "ETag": f'"{obj.etag}"', "x-oss-hash-crc64ecma": str(obj.crc)})
         elif method == "POST" and "uploads" in params:
-            upload_id = self.store.initiate(bucket, key, forbid)
+            upload_id = self.store.initiate(bucket, key, forbid, self.store.encryption(headers))
             self._send(
                 200,
                 {**base, "Content-Type": "application/xml"},
@@ -854,6 +998,10 @@ class _Handler(BaseHTTPRequestHandler):
             "x-oss-object-type": obj.kind,
             "Content-Type": "application/octet-stream",
         }
+        if obj.encryption is not None:
+            meta["x-oss-server-side-encryption"] = obj.encryption[0]
+            if obj.encryption[1]:
+                meta["x-oss-server-side-encryption-key-id"] = obj.encryption[1]
         standard = (
             self.store.standard_ranges and headers.get("x-oss-range-behavior", "").lower() == "standard"
         )
@@ -940,4 +1088,8 @@ __all__ = [
     "crc64ecma",
     "v1_signature",
     "v1_string_to_sign",
+    "v4_canonical_request",
+    "v4_encode",
+    "v4_signature",
+    "v4_string_to_sign",
 ]

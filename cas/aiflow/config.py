@@ -29,10 +29,15 @@ from cas.errors import ConfigurationError
 REPO_DIR = "cas"
 """Where the repository lives under the configured root on the backend."""
 
-OSS_PASSED_THROUGH = ("part_size", "multipart_threshold", "connect_timeout", "read_timeout")
+OSS_PASSED_THROUGH = (
+    "part_size", "multipart_threshold", "connect_timeout", "read_timeout", "server_side_encryption", "sse_kms_key_id",
+    "region", "auth_version",
+)
 """OSS backend options an ``OssBlobManager`` config may carry, passed on unchanged."""
 S3_CREDENTIALS = ("endpoint_url", "region_name", "access_key_id", "secret_access_key", "session_token")
 """AIFlow 0.3's S3 keys that are S3 backend options of the same name (strings)."""
+S3_ENCRYPTION = ("server_side_encryption", "sse_kms_key_id", "sse_customer_key")
+"""cas's own S3 keys for server-side encryption (docs/backends-s3.md), passed on unchanged."""
 S3_BOTOCORE = frozenset({"connect_timeout", "read_timeout", "max_pool_connections", "s3"})
 """The botocore ``Config`` arguments (AIFlow's ``config`` key) the S3 backend can honour."""
 
@@ -128,13 +133,13 @@ def hdfs_location(config: Mapping[str, Any], owner: str) -> Location:
 
 
 def s3_location(config: Mapping[str, Any], owner: str) -> Location:
-    """``S3BlobManager``: ``bucket_name`` (required); :data:`S3_CREDENTIALS`; ``config`` (see
+    """``S3BlobManager``: ``bucket_name`` (required); :data:`S3_CREDENTIALS`, :data:`S3_ENCRYPTION`; ``config`` (see
     :func:`s3_botocore_options`); ``service_name`` must be ``s3``; ``use_ssl`` and ``verify`` only at
     their defaults (``use_ssl: false`` with an ``http://`` endpoint); ``api_version`` ignored;
     ``root_directory`` (optional) a key prefix inside the bucket."""
     required(config, "bucket_name", owner)
     options: dict[str, Any] = {}
-    for key in S3_CREDENTIALS:
+    for key in S3_CREDENTIALS + S3_ENCRYPTION:
         value = optional_str(config, key, owner)
         if value:
             options[key] = value

@@ -18,7 +18,6 @@ def new_hasher() -> blake3.blake3:
     return blake3.blake3()
 
 
-
 def is_digest(text: object) -> bool:
     """A BLAKE3 hex digest as cas writes it: 64 lowercase hex digits (one regex match: tree
     decoding checks every chunk ID with it)."""

@@ -47,10 +47,6 @@ class Case:
     source: str
     uri: str
 
-    @property
-    def tag(self) -> str:
-        return self.role
-
 
 COMMANDS: dict[str, Callable[[Case], list[str]]] = {
     "log": lambda c: ["log"],
@@ -61,8 +57,10 @@ COMMANDS: dict[str, Callable[[Case], list[str]]] = {
     "stats": lambda c: ["stats"],
     "verify": lambda c: ["verify"],
     "verify --read-data": lambda c: ["verify", "--read-data"],
+    "gc --dry-run": lambda c: ["gc", "--dry-run"],
+    "forget --dry-run": lambda c: ["forget", "base-1", "--dry-run"],
     "aiflow download": lambda c: ["aiflow", "download", c.uri, os.path.join(c.tmp, "downloaded")],
-    "snapshot": lambda c: ["snapshot", c.source, "--execution-id", f"new-{c.tag}"],
+    "snapshot": lambda c: ["snapshot", c.source, "--execution-id", f"new-{c.role}"],
     "aiflow upload": lambda c: ["aiflow", "upload", os.path.join(c.source, "src", "train.py")],
     "forget": lambda c: ["forget", f"doomed-{c.role}"],
     "gc": lambda c: ["gc"],
@@ -81,6 +79,8 @@ TABLE: dict[str, dict[str, str | None]] = {
     "stats": {"reader": OK, "writer": OK, "maintainer": OK},
     "verify": {"reader": OK, "writer": OK, "maintainer": OK},
     "verify --read-data": {"reader": OK, "writer": OK, "maintainer": OK},
+    "gc --dry-run": {"reader": OK, "writer": OK, "maintainer": OK},
+    "forget --dry-run": {"reader": OK, "writer": OK, "maintainer": OK},
     "aiflow download": {"reader": OK, "writer": OK, "maintainer": OK},
     "snapshot": {"reader": "s3:PutObject", "writer": OK, "maintainer": OK},
     "aiflow upload": {"reader": "s3:PutObject", "writer": OK, "maintainer": OK},
@@ -114,36 +114,16 @@ def run_cas(deployment: Deployment, role: str, argv: list[str], home: str) -> tu
     saved = dict(os.environ)
     os.environ.update(deployment.env(role))
     os.environ["CAS_HOME"] = home
-    out, err = io.StringIO(), io.StringIO()
-    stdout_buffer = io.BytesIO()
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")  # with .buffer, which 'cas cat' writes to
+    err = io.StringIO()
     try:
-        with contextlib.redirect_stdout(_TextWithBuffer(out, stdout_buffer)), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             status = main(["--repo", deployment.repo, "--index", deployment.index_url(role), *argv])
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    return status, out.getvalue() + stdout_buffer.getvalue().decode("utf-8", "replace"), err.getvalue()
-
-
-class _TextWithBuffer(io.TextIOWrapper):
-    """A text stdout that also has ``.buffer`` (``cas cat`` writes bytes there)."""
-
-    def __init__(self, text: io.StringIO, buffer: io.BytesIO) -> None:
-        self._text = text
-        self._buffer = buffer
-
-    @property
-    def buffer(self) -> io.BytesIO:  # type: ignore[override]
-        return self._buffer
-
-    def write(self, s: str) -> int:  # type: ignore[override]
-        return self._text.write(s)
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
+    out.flush()
+    return status, out.buffer.getvalue().decode("utf-8", "replace"), err.getvalue()
 
 
 def _write_tree(root: str, version: int) -> None:
