@@ -62,16 +62,17 @@ class Usage:
 
 
 def measure(cmd: list[str], cwd: Path, env: dict[str, str], out_path: Path, timeout: float) -> Usage:
-    """Run ``cmd`` under GNU time. The command's output goes to ``out_path`` (kept: the snapshot
-    ids are read from it), GNU time's to ``out_path`` + ``.rusage``."""
+    """Run ``cmd`` under GNU time. The command's standard output goes to ``out_path`` (kept: the
+    snapshot ids are read from it), its standard error to ``out_path`` + ``.err``, GNU time's
+    figures to ``out_path`` + ``.rusage``."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     usage_path = out_path.with_name(out_path.name + ".rusage")
     usage_path.unlink(missing_ok=True)
     timed_out = threading.Event()
-    with open(out_path, "w+b") as out:
+    with open(out_path, "w+b") as out, open(out_path.with_name(out_path.name + ".err"), "w+b") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen([GNU_TIME, "-f", "%M %U %S", "-o", str(usage_path), *cmd], cwd=cwd, env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
 
         def kill() -> None:
             timed_out.set()
@@ -88,8 +89,9 @@ def measure(cmd: list[str], cwd: Path, env: dict[str, str], out_path: Path, time
             timer.cancel()
         seconds = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
         out.seek(0)
-        text = out.read().decode("utf-8", "replace")
+        text = err.read().decode("utf-8", "replace")[-2000:] + out.read().decode("utf-8", "replace")[-2000:]
     # The last line is the format's; a line before it says so when the command died of a signal.
     lines = usage_path.read_text().strip().splitlines() if usage_path.exists() else []
     try:

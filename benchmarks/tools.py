@@ -153,17 +153,25 @@ class Cas(Tool):
 
 
 def _json_snapshot_id(output: str, keys: tuple[str, ...]) -> str | None:
-    """The snapshot id from a tool's JSON output: the last JSON object (one per line, or the whole
-    text) that has one of ``keys``."""
+    """The snapshot id from a tool's JSON output: the last JSON value that has one of ``keys``.
+    Values start at the beginning of a line (restic writes one object per line, rustic one
+    indented object after its log lines)."""
+    decoder = json.JSONDecoder()
     candidates: list[object] = []
-    try:
-        candidates.append(json.loads(output))
-    except json.JSONDecodeError:
-        for line in output.splitlines():
+    at = 0
+    while at < len(output):
+        if output[at] in "{[":
             try:
-                candidates.append(json.loads(line))
-            except json.JSONDecodeError:
+                value, end = decoder.raw_decode(output, at)
+                candidates.append(value)
+                at = end
                 continue
+            except json.JSONDecodeError:
+                pass
+        nl = output.find("\n", at)
+        if nl < 0:
+            break
+        at = nl + 1
     for msg in reversed(candidates):
         for item in reversed(msg) if isinstance(msg, list) else [msg]:
             if isinstance(item, dict):
