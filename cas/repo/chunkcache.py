@@ -173,7 +173,7 @@ class ChunkCache:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # losing the last commits on power loss costs only time
             db.execute("PRAGMA wal_autocheckpoint=256")  # keep the write-ahead log near 1 MiB
-            db.execute(f"PRAGMA journal_size_limit={MiB}")
+            db.execute("PRAGMA journal_size_limit=1048576")  # 1 MiB
             with self._transaction(db):
                 if db.execute("PRAGMA user_version").fetchone()[0] == 0:
                     self._create(db)
