@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
@@ -75,8 +76,17 @@ def test_processes_sharing_a_small_cache_stay_under_its_cap(tmp_path: Path) -> N
     done = threading.Event()
 
     def sample() -> None:
+        # A directory walk is not an instant: under churn it counts entries evicted after it passed
+        # them and entries written where it goes next. Holding the ledger's write lock while walking
+        # stops evictions and new reservations (files already reserved may still be renamed into
+        # place), so each sample is what was on disk at one moment.
+        ledger = sqlite3.connect(root / "ledger.sqlite", timeout=60, isolation_level=None)
         while not done.is_set():
+            ledger.execute("BEGIN IMMEDIATE")
             samples.append(_on_disk(root))
+            ledger.execute("COMMIT")
+            time.sleep(0.002)
+        ledger.close()
 
     sampler = threading.Thread(target=sample)
     sampler.start()
