@@ -45,7 +45,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from cas.errors import ConfigurationError
+from cas.errors import CasError, ConfigurationError
 from cas.format.hashing import hexdigest, is_digest
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
@@ -173,7 +173,7 @@ class ChunkCache:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # losing the last commits on power loss costs only time
             db.execute("PRAGMA wal_autocheckpoint=256")  # keep the write-ahead log near 1 MiB
-            db.execute(f"PRAGMA journal_size_limit={MiB}")
+            db.execute("PRAGMA journal_size_limit=1048576")  # 1 MiB
             with self._transaction(db):
                 if db.execute("PRAGMA user_version").fetchone()[0] == 0:
                     self._create(db)
@@ -395,7 +395,7 @@ class ChunkCache:
 
     def stats(self) -> CacheStats:
         self.flush()
-        with self._lock:
+        with self._ledger_errors(), self._lock:
             db = self._conn()
             totals = dict(db.execute("SELECT name, value FROM totals").fetchall())
             entries = int(db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
@@ -410,7 +410,7 @@ class ChunkCache:
         target = self.max_bytes if max_bytes is None else max_bytes
         files = {chunk_id: (allocated(size), used) for chunk_id, size, used in self._scan()}
         stale = time.time_ns() - STALE_WRITE_NS
-        with self._lock, self._transaction(self._conn()) as db:
+        with self._ledger_errors(), self._lock, self._transaction(self._conn()) as db:
             rows = {c: w for c, w in db.execute("SELECT id, writer FROM entries")}
             db.executemany("INSERT OR IGNORE INTO entries VALUES (?, ?, ?, NULL)",
                            [(c, s, u) for c, (s, u) in files.items() if c not in rows])
@@ -451,7 +451,7 @@ class ChunkCache:
         """Remove every entry (and every temporary). Returns the entries removed. Processes
         writing entries meanwhile find their reservation gone and remove what they wrote."""
         self.flush()
-        with self._lock, self._transaction(self._conn()) as db:
+        with self._ledger_errors(), self._lock, self._transaction(self._conn()) as db:
             count = int(db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
             for sub in _subdirectories(self.root):
                 for entry in _entries(sub.path):
@@ -461,6 +461,14 @@ class ChunkCache:
             db.execute("UPDATE totals SET value = 0 WHERE name = 'bytes'")
         self._remove_free_claims()
         return count
+
+    @contextlib.contextmanager
+    def _ledger_errors(self) -> Iterator[None]:
+        """For the maintenance calls, which a user runs and must see fail in one line."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise CasError(f"chunk cache ledger {os.path.join(self.root, LEDGER)}: {exc}") from None
 
     def size_on_disk(self) -> int:
         """Bytes the entries and temporaries under the root take (allocated blocks)."""
