@@ -12,11 +12,13 @@ demo: install
 services:
 	bash .ci/services.sh
 
-# The AIFlow environments (tests/aiflow/test_e2e.py, which runs last) build in the background
-# while the rest of the suite runs; the tests wait for the build's lock.
+# The AIFlow environments (tests/aiflow/test_e2e.py) and MinIO (tests/trust/test_minio.py), whose
+# tests run last, build in the background while the rest of the suite runs; the tests wait for the
+# builds' locks.
 test: install services
 	mkdir -p tests/.cache
 	$(PYTHON) -m tests.aiflow_envs > tests/.cache/aiflow-envs-build.log 2>&1 &
+	bash tests/servers/build_minio.sh > tests/.cache/minio-build.log 2>&1 &
 	$(PYTHON) -m pytest -q
 
 bench: install

@@ -36,11 +36,5 @@ su postgres -c "psql -q -tc \"SELECT 1 FROM pg_database WHERE datname='cas'\" | 
 su postgres -c "psql -q -c 'ALTER ROLE cas CREATEROLE'"
 echo "services: PostgreSQL $version on 127.0.0.1:5432 (role cas, database cas)"
 
-# MinIO, the second real S3 server of tests/trust/test_minio.py, built once from the Go module proxy
-# into tests/.cache/bin (about 5 minutes); without Go those tests are skipped.
-if [ ! -x tests/.cache/bin/minio ] && command -v go >/dev/null 2>&1; then
-    GOBIN="$PWD/tests/.cache/bin" go install github.com/minio/minio@latest
-fi
-
 # Resolve Hadoop's MiniDFSCluster from Maven Central (cached in ~/.m2) before the tests start it.
 bash tests/hdfs/build.sh

@@ -1,7 +1,8 @@
 """MinIO for tests: a second, real S3 implementation, on a free 127.0.0.1 port over TLS.
 
-The binary is ``$CAS_TEST_MINIO``, ``tests/.cache/bin/minio`` (where ``.ci/services.sh`` builds it
-with ``go install github.com/minio/minio@latest``) or ``minio`` on PATH. Without one the tests that
+The binary is ``$CAS_TEST_MINIO``, ``tests/.cache/bin/minio`` (where ``tests/servers/build_minio.sh``
+builds it, started in the background by ``make test``: a build under way is waited for) or ``minio``
+on PATH. Without one the tests that
 need it are skipped, unless ``CAS_TEST_MINIO`` names a binary, in which case a missing one fails.
 
 The server gets a self-signed certificate for 127.0.0.1 (MinIO serves SSE-C over TLS only, as S3
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import fcntl
 import ipaddress
 import os
 import secrets
@@ -43,6 +45,10 @@ def minio_binary() -> str | None:
     if named:
         return named
     cached = os.path.join(ROOT, "tests", ".cache", "bin", "minio")
+    lock = os.path.join(ROOT, "tests", ".cache", "minio-build.lock")
+    if not os.access(cached, os.X_OK) and os.path.exists(lock):
+        with open(lock, "rb") as held:  # a build under way holds it: wait for its end
+            fcntl.flock(held, fcntl.LOCK_SH)
     if os.access(cached, os.X_OK):
         return cached
     return shutil.which("minio")

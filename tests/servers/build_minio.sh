@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Build MinIO (tests/trust/test_minio.py's second real S3 server) once into tests/.cache/bin, from the
+# Go module proxy, under a lock: `make test` starts this in the background, and the MinIO tests (run
+# last) wait for the lock before they look for the binary. Without Go it builds nothing and those
+# tests are skipped. The version is pinned so every machine tests the same server.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+mkdir -p tests/.cache/bin
+exec 9>tests/.cache/minio-build.lock
+flock 9
+if [ -x tests/.cache/bin/minio ]; then exit 0; fi
+if ! command -v go >/dev/null 2>&1; then echo "go not found: MinIO not built"; exit 0; fi
+GOBIN="$PWD/tests/.cache/bin" go install github.com/minio/minio@v0.0.0-20260212201848-7aac2a2c5b7c
