@@ -196,3 +196,15 @@ def test_an_ignore_file_that_cannot_be_one_is_not_used_with_a_warning(store: Sto
     store.snapshot(root, "r")
     assert "sub/b" in stored(store, "r")
     assert "sub/.casignore" in caplog.text and ("not a regular file" in caplog.text or "larger than" in caplog.text)
+
+
+def test_undecodable_names_and_patterns(store: Store, tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    root.mkdir()
+    for name in (b"caf\xe9.tmp", b"caf\xe9", b"na\xefve", b"ok"):
+        with open(os.path.join(os.fsencode(root), name), "wb") as f:
+            f.write(b"x")
+    with open(root / ".casignore", "wb") as f:
+        f.write(b"*.tmp\nna\xefve\n")
+    store.snapshot(root, "r")
+    assert stored(store, "r") == {".casignore", os.fsdecode(b"caf\xe9"), "ok"}
