@@ -43,6 +43,7 @@ from cas.aiflow.uris import (
     uri_prefix,
 )
 from cas.errors import AlreadyExists, ConfigurationError, IntegrityError, NotFound
+from cas.format.config import ChunkerName
 from cas.format.records import check_labels
 from cas.repo.repository import default_home
 from cas.ops.snapshot_filter import SnapshotFilter
@@ -69,6 +70,9 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
       ``$CAS_INDEX`` or a per-host SQLite file (enough when everything runs on one host).
     * ``cache_directory``: local working space (staged uploads, downloads without ``local_dir``);
       default ``$CAS_HOME/aiflow``.
+    * ``chunker``: how uploads are cut into chunks (a :class:`~cas.format.config.ChunkerName`
+      value); default the repository's own. ``fastcdc-archives-1`` cuts project zips at their
+      members in a repository created before it existed (docs/FORMAT.md, Chunks).
 
     Instances are safe to share between threads; after a ``fork`` the child reopens its own
     connections.
@@ -94,6 +98,10 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
         self._repo = location.repo
         self._options = location.options
         self._index_url = optional_str(config, "index_url", name)
+        self._chunker = optional_str(config, "chunker", name)
+        if self._chunker is not None and self._chunker not in {c.value for c in ChunkerName}:
+            known = ", ".join(c.value for c in ChunkerName)
+            raise ConfigurationError(f"{name}: unknown chunker {self._chunker!r} (known: {known})")
         cache = optional_str(config, "cache_directory", name) or os.path.join(default_home(), "aiflow")
         self._cache_dir = os.path.abspath(os.path.expanduser(cache))
         self._lock = threading.Lock()
@@ -167,7 +175,8 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
             labels = {"aiflow.kind": "file"}
             _add_label(labels, "aiflow.name", name)
             try:
-                snap = self.store.snapshot(staged, execution_id, labels=labels, use_files_cache=False)
+                snap = self.store.snapshot(staged, execution_id, labels=labels, use_files_cache=False,
+                                           chunker=self._chunker)
             except AlreadyExists:
                 # Written by another version of this code with a different tree: same bytes or bust.
                 entry = self.store.entry(execution_id, CONTENT_NAME)
@@ -224,7 +233,8 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
         labels = {"aiflow.kind": "project"}
         _add_label(labels, "aiflow.workflow_snapshot_id", str(workflow_snapshot_id))
         _add_label(labels, "aiflow.name", name)
-        snap = self.store.snapshot(path, execution_id, labels=labels, filter=SnapshotFilter(ignore_files=True))
+        snap = self.store.snapshot(path, execution_id, labels=labels, filter=SnapshotFilter(ignore_files=True),
+                                   chunker=self._chunker)
         self.last_snapshot = snap
         uri = make_uri(self._uri_prefix, execution_id, name)
         self._log.info("uploaded project %s as %s (%d new bytes)", path, uri, snap.new_bytes)

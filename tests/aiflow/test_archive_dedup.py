@@ -9,6 +9,7 @@ procedure in this interpreter (deflate, ``os.walk`` order, each directory as an 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,6 +20,9 @@ from pathlib import Path
 import pytest
 
 import cas.aiflow
+from backends.local import LocalBackend
+from cas.errors import ConfigurationError
+from cas.format.config import RepoConfig
 from tests import aiflow_envs
 
 pytest.importorskip("sqlalchemy")
@@ -81,7 +85,21 @@ def test_resubmission_zipped_by_aiflows_own_code(env_name: str, envs: dict[str, 
     _check_resubmission(_aiflow_zipper(envs[env_name]), tmp_path, monkeypatch)
 
 
-def _check_resubmission(zip_project: Zipper, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_repository_from_before_cuts_members_when_the_config_says(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    legacy = json.loads(RepoConfig.new().to_json())
+    del legacy["chunker"]  # written before the field existed: plain FastCDC
+    LocalBackend(tmp_path / "blobs" / "cas").put("config", json.dumps(legacy).encode(), overwrite=False)
+    _check_resubmission(_zip_like_aiflow, tmp_path, monkeypatch, {"chunker": "fastcdc-archives-1"})
+
+
+def test_an_unknown_chunker_in_the_config_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="LocalBlobManager: unknown chunker 'zip'"):
+        cas.aiflow.LocalBlobManager({"root_directory": str(tmp_path), "chunker": "zip"})
+
+
+def _check_resubmission(zip_project: Zipper, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                        config: dict[str, str] | None = None) -> None:
     import sqlalchemy
 
     monkeypatch.setenv("CAS_HOME", str(tmp_path / "cas-home"))
@@ -92,7 +110,7 @@ def _check_resubmission(zip_project: Zipper, tmp_path: Path, monkeypatch: pytest
     with open(project / "orm" / "session.py", "a") as f:
         f.write("# one more line\n")
     zip_project(project, tmp_path / "v2.zip")
-    manager = cas.aiflow.LocalBlobManager({"root_directory": str(tmp_path / "blobs")})
+    manager = cas.aiflow.LocalBlobManager({"root_directory": str(tmp_path / "blobs"), **(config or {})})
     try:
         manager.upload(str(tmp_path / "v1.zip"))
         first = manager.last_snapshot
