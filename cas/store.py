@@ -25,7 +25,7 @@ from cas.format.trees import DIR, Entry
 from cas.ops import browse, snapshot as snapshot_op
 from cas.ops.browse import Change, TreeSource
 from cas.ops.copy import CopyReport, ProgressFn as CopyProgressFn, copy_executions
-from cas.ops.find import FindResult, Target, check_digest, compile_pattern, find as find_files
+from cas.ops.find import FindResult, check_digest, compile_pattern, find as find_files, select_targets
 from cas.ops.gc import DEFAULT_GRACE, GcReport, collect_garbage
 from cas.ops.prefetch import PrefetchReport, prefetch
 from cas.ops.repair import RepairReport, repair
@@ -249,33 +249,19 @@ class Store:
         until: When | None = None,
     ) -> FindResult:
         """Every file whose path matches the glob ``pattern`` and/or whose content has the BLAKE3
-        ``digest``; iterating the result gives ``Found(execution_id, path, size, digest)``: newest
-        execution first, each execution's files in path order (``by_execution()`` groups them). Searches the executions named (all if none), narrowed by
-        the filters of :meth:`list`. See :mod:`cas.ops.find` for the pattern's rules. Answered from
-        the index alone for snapshots whose tree entries it holds."""
+        ``digest``; iterating the result gives ``Found(execution_id, path, size, digest)``, newest
+        execution first, each execution's files in path order (``by_execution()`` groups them).
+        Searches the executions named (all if none), narrowed by the filters of :meth:`list`. See
+        :mod:`cas.ops.find` for the pattern's rules. Answered from the index alone for snapshots
+        whose tree entries it holds."""
         if pattern is None and digest is None:
             raise ConfigurationError("find needs a pattern, a digest, or both")
         compiled = compile_pattern(pattern) if pattern is not None else None
         wanted = check_digest(digest) if digest is not None else None
         selection = Selection(labels=labels or {}, since=since, until=until)
-        targets: list[tuple[int, Target]] = []
-        if execution_ids is None:
-            targets = [(r.time_ns, Target(r.execution_id, r.root_tree, r.trees_indexed))
-                       for r in selection.rows(self.repo.index)]
-        else:
-            for execution_id in dict.fromkeys(execution_ids):
-                row = self.repo.index.snapshot(execution_id)
-                if row is not None:
-                    target = Target(execution_id, row.root_tree, row.trees_indexed)
-                    labels_of, time_ns = row.labels, row.time_ns
-                else:  # another host's snapshot, not yet synced: its record names its root
-                    snap = self.get(execution_id)
-                    target = Target(execution_id, snap.root, False)
-                    labels_of, time_ns = snap.labels, snap.time_ns
-                if selection.admits(labels_of, time_ns):
-                    targets.append((time_ns, target))
-            targets.sort(key=lambda t: (-t[0], t[1].execution_id))
-        return find_files(self.repo.index, self.repo, [t for _, t in targets], compiled, wanted)
+        targets = select_targets(self.repo.index, selection, execution_ids,
+                                 lambda eid: _snapshot_from_record(snapshot_op.load_record(self.repo, eid)))
+        return find_files(self.repo.index, self.repo, targets, compiled, wanted)
 
     def open_file(self, execution_id: str, path: str) -> BinaryIO:
         """A readable stream of one stored file; reading corrupt data raises IntegrityError."""

@@ -32,6 +32,26 @@ _REACH = (
     " SELECT DISTINCT tree_id FROM tree_entries WHERE tree_id IN :roots"
     " UNION SELECT e.child FROM tree_entries e JOIN reach r ON e.tree_id = r.id WHERE e.child IS NOT NULL) "
 )
+_EDGES = _REACH + (
+    "SELECT e.tree_id, e.name, e.child FROM tree_entries e JOIN reach r ON e.tree_id = r.id WHERE e.child IS NOT NULL"
+)
+# The files of those directories; by (digest given, name suffix given). Bytes on both databases:
+# SQLite's substr and length count bytes of a BLOB, PostgreSQL's of a bytea.
+_FILES = {
+    (by_digest, by_suffix): _REACH
+    + "SELECT e.tree_id, e.name, e.size, e.digest FROM tree_entries e JOIN reach r ON e.tree_id = r.id"
+    + " WHERE e.type = 'file'"
+    + (" AND e.digest = :digest" if by_digest else "")
+    + (" AND length(e.name) >= :n AND substr(e.name, length(e.name) - :n + 1) = :suffix" if by_suffix else "")
+    for by_digest in (False, True)
+    for by_suffix in (False, True)
+}
+_UNINDEXED = {
+    damaged: "SELECT execution_id, root_tree FROM snapshots WHERE NOT trees_indexed"
+    + ("" if damaged else " AND NOT damaged")
+    + " ORDER BY time_ns DESC, execution_id"
+    for damaged in (False, True)
+}
 
 
 class TreeIndex(IndexConnection):
@@ -108,16 +128,12 @@ class TreeIndex(IndexConnection):
     def unindexed_snapshots(self, *, damaged: bool = True) -> list[tuple[str, str]]:
         """``(execution ID, root tree)`` of the snapshots whose trees have no rows yet, newest first;
         without those marked damaged unless ``damaged``."""
-        sql = "SELECT execution_id, root_tree FROM snapshots WHERE NOT trees_indexed"
-        if not damaged:
-            sql += " AND NOT damaged"
         with self._read() as conn:
-            return [(r[0], r[1]) for r in conn.execute(text(sql + " ORDER BY time_ns DESC, execution_id"))]
+            return [(r[0], r[1]) for r in conn.execute(text(_UNINDEXED[damaged]))]
 
     def directory_edges(self, roots: Sequence[str]) -> list[tuple[str, bytes, str]]:
         """``(tree, name, subdirectory's tree)`` for every directory reachable from ``roots``, each once."""
-        sql = text(_REACH + "SELECT e.tree_id, e.name, e.child FROM tree_entries e JOIN reach r ON e.tree_id = r.id"
-                   " WHERE e.child IS NOT NULL").bindparams(bindparam("roots", expanding=True))
+        sql = text(_EDGES).bindparams(bindparam("roots", expanding=True))
         with self._read() as conn:
             return [(r[0], bytes(r[1]), r[2]) for r in conn.execute(sql, {"roots": list(roots)}).all()]
 
@@ -126,18 +142,13 @@ class TreeIndex(IndexConnection):
     ) -> list[tuple[str, bytes, int, str]]:
         """``(tree, name, size, digest)`` of the files in every tree reachable from ``roots`` (each tree
         once), only those with ``digest`` if given and whose name ends with ``name_suffix``."""
-        where = "e.type = 'file'"
         params: dict[str, object] = {"roots": list(roots)}
         if digest is not None:
-            where += " AND e.digest = :digest"
             params["digest"] = digest
         if name_suffix:
-            # Bytes on both databases: SQLite's substr and length count bytes of a BLOB, PostgreSQL's of a bytea.
-            where += " AND length(e.name) >= :n AND substr(e.name, length(e.name) - :n + 1) = :suffix"
             params["n"] = len(name_suffix)
             params["suffix"] = name_suffix
-        sql = text(_REACH + "SELECT e.tree_id, e.name, e.size, e.digest FROM tree_entries e"
-                   " JOIN reach r ON e.tree_id = r.id WHERE " + where).bindparams(bindparam("roots", expanding=True))
+        sql = text(_FILES[(digest is not None, bool(name_suffix))]).bindparams(bindparam("roots", expanding=True))
         with self._read() as conn:
             return [(r[0], bytes(r[1]), r[2], r[3]) for r in conn.execute(sql, params).all()]
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from itertools import starmap
@@ -38,6 +38,8 @@ from cas.errors import ConfigurationError
 from cas.format.hashing import is_digest
 from cas.format.trees import FILE
 from cas.ops.browse import TreeSource, walk
+from cas.ops.select import Selection
+from manifests.index import Index
 
 
 class Found(NamedTuple):
@@ -145,6 +147,38 @@ def _char_class(body: str, start: int) -> tuple[int, str | None]:
         return start, None
     inner = "".join("\\" + c if c in "\\^[]" else c for c in body[first:i])
     return i + 1, ("[^/" if negate else "[") + inner + "]"
+
+
+class Recorded(Protocol):
+    """What searching needs of a snapshot known only from its record."""
+
+    root: str
+    labels: dict[str, str]
+    time_ns: int
+
+
+def select_targets(
+    index: Index, selection: Selection, execution_ids: Sequence[str] | None, from_record: Callable[[str], Recorded]
+) -> list[Target]:
+    """The snapshots to search, newest first: those ``selection`` admits, among ``execution_ids`` if
+    given. A named execution the index lacks (another host's, not synced) is taken from its record
+    (``from_record``, which raises NotFound for an unknown ID) and searched by reading its trees."""
+    if execution_ids is None:
+        return [Target(r.execution_id, r.root_tree, r.trees_indexed) for r in selection.rows(index)]
+    chosen: list[tuple[int, Target]] = []
+    for execution_id in dict.fromkeys(execution_ids):
+        row = index.snapshot(execution_id)
+        if row is not None:
+            target = Target(execution_id, row.root_tree, row.trees_indexed)
+            labels, time_ns = row.labels, row.time_ns
+        else:
+            snap = from_record(execution_id)
+            target = Target(execution_id, snap.root, False)
+            labels, time_ns = snap.labels, snap.time_ns
+        if selection.admits(labels, time_ns):
+            chosen.append((time_ns, target))
+    chosen.sort(key=lambda t: (-t[0], t[1].execution_id))
+    return [t for _, t in chosen]
 
 
 def check_digest(digest: str) -> str:
@@ -283,4 +317,4 @@ def _by_reading(
         yield Found(target.execution_id, path, entry.size, entry.digest)
 
 
-__all__ = ["FindResult", "Found", "Match", "PathPattern", "Target", "check_digest", "compile_pattern", "find"]
+__all__ = ["FindResult", "Found", "Match", "PathPattern", "Target", "check_digest", "compile_pattern", "find", "select_targets"]

@@ -111,12 +111,14 @@ def rebuild_index(repo: Repository, *, full: bool = False) -> RebuildReport:
                 row = index.snapshot(record.execution_id)
                 if row is not None and row.damaged:
                     out.damaged.append(record.execution_id)
+                if row is not None and row.trees_indexed:
+                    out.trees_indexed += 1
         except NotFound:
             continue  # forgotten between the listing and the read
         except CasError as exc:
             out.skipped.append(f"snapshot {root.execution_id}: {exc}")
     # Rows whose tree entries are missing: written before migration 0005, or left by an earlier failure.
-    out.trees_indexed = fill_tree_index(repo)[0]
+    out.trees_indexed += fill_tree_index(repo)[0]
     return out
 
 

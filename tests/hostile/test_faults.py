@@ -175,7 +175,7 @@ def test_backend_returning_bad_data_fails_the_file_by_name(
         liar.restore("run-1", dest)
     # Which file's bytes the liar damages depends on how reads are grouped (files of a directory
     # are fetched together); every failure must name a file stored in a damaged pack, by path.
-    # (ls answers from the index's tree entries, which hold no chunk lists: entry() reads the tree.)
+    # (ls answers from the index, whose entries carry no chunk lists: entry() reads the tree.)
     in_damaged_packs = {
         path for path, e in store.ls("run-1", recursive=True)
         if e.type == "file"
