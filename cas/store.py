@@ -12,13 +12,14 @@ entries of snapshots that lack them (after migration 0005; docs/INDEX.md), once.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from backends.base import Backend
-from cas.errors import ConfigurationError, IntegrityError, NotFound
+from cas.errors import ConfigurationError, IntegrityError, NotFound, PermissionDenied
 from cas.format.config import ChunkerName
 from cas.format.records import SnapshotRecord, check_execution_id, check_labels
 from cas.format.trees import DIR, Entry
@@ -41,6 +42,8 @@ from cas.ops.view import SnapshotView
 from cas.repo.repository import Repository
 from manifests.index import Index
 from manifests.rows import IndexStats, SnapshotRow
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,8 +112,14 @@ class Store:
                 # A new index starts as a copy of what the backend holds (through the fenced commit).
                 rebuild_index(repository)
             else:
-                # Snapshots indexed before tree entries existed (migration 0005) get them now, once.
-                fill_tree_index(repository, damaged=False)
+                # Snapshots indexed before tree entries existed (migration 0005) get them now, once,
+                # by a role that may write to the index; for a reader (SELECT only) ls, find and
+                # diff read those snapshots' trees instead.
+                try:
+                    fill_tree_index(repository, damaged=False)
+                except PermissionDenied:
+                    log.info("this role may not write to the index: tree entries of older snapshots "
+                             "are left for a writer to fill")
         except BaseException:
             repository.close()
             raise

@@ -250,3 +250,24 @@ def test_role_runs_command(deployment: tuple[Deployment, str, str], command: str
     assert len(lines) == 1 and lines[0].startswith("cas: error: "), err
     assert expected in lines[0], lines[0]
     assert _state(dep) == before, f"{role} {command} changed the repository or the index"
+
+
+def test_reader_lists_a_snapshot_whose_tree_entries_are_not_filled(deployment: tuple[Deployment, str, str],
+                                                                   tmp_path: Any) -> None:
+    """Snapshots indexed before migration 0005 get their tree entries when a role that may write
+    opens the index. A reader (SELECT only) cannot write them: it still opens the index and lists
+    such a snapshot, by reading its trees, and leaves it unfilled."""
+    dep, _source, _uri = deployment
+    home = os.path.join(str(tmp_path), "home")
+    query = "SELECT trees_indexed FROM snapshots WHERE execution_id = 'base-2'"
+    with _maintainer_db(dep) as conn:
+        conn.execute("UPDATE snapshots SET trees_indexed = false WHERE execution_id = 'base-2'")
+    try:
+        status, out, err = run_cas(dep, "reader", ["ls", "base-2", "-r"], home)
+        assert status == 0, err
+        assert "src/train.py" in out
+        with _maintainer_db(dep) as conn:
+            assert conn.execute(query).fetchone()[0] is False
+    finally:
+        with _maintainer_db(dep) as conn:
+            conn.execute("UPDATE snapshots SET trees_indexed = true WHERE execution_id = 'base-2'")
