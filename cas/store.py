@@ -281,8 +281,13 @@ class Store:
 
     def view(self, executions: list[str] | None = None) -> SnapshotView:
         """Executions as one read-only tree of paths ``EXECUTION_ID/path`` (what fsspec and the
-        mount serve); ``executions`` limits it to those IDs."""
-        return SnapshotView(self.repo, self, executions=executions)
+        mount serve); ``executions`` limits it to those IDs. Directories are listed from the index's
+        tree entries for snapshots that have them (no backend read), else from the stored trees."""
+        return SnapshotView(self.repo, self, executions=executions, listings=self._listings)
+
+    def _listings(self, execution_id: str) -> TreeSource | None:
+        row = self.repo.index.snapshot(execution_id)
+        return IndexedTrees(self.repo.index) if row is not None and row.trees_indexed else None
 
     def diff(self, old_id: str, new_id: str) -> list[Change]:
         """Paths added, removed or changed between two executions (unchanged subtrees skipped).
