@@ -98,22 +98,24 @@ def timed(name: str, cmd: list[str], env: dict[str, str], logs: Path) -> dict[st
             "output": text, "load_before": load}
 
 
-_READ = re.compile(r"^\d+\s+p?read(?:64)?\(\d+<([^>]*)>.*\)\s+=\s+(\d+)$")
+_READ = re.compile(r"^p?read(?:64)?\(\d+<([^>]*)>.*\)\s+=\s+(\d+)$")
 
 
 def fetched_by_strace(cmd: list[str], env: dict[str, str], repo: Path, logs: Path, name: str) -> int:
     """Bytes a command reads from files under ``repo/data`` (untimed: strace slows it down)."""
     trace = logs / f"{name}.strace"
-    subprocess.run(["strace", "-f", "-qq", "-y", "-e", "trace=read,pread64", "-o", str(trace), *cmd],
+    # -ff: one file per thread, so no call is split into "unfinished" and "resumed" lines.
+    subprocess.run(["strace", "-ff", "-qq", "-y", "-e", "trace=read,pread64", "-o", str(trace), *cmd],
                    env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     prefix = str(repo / "data") + "/"
     total = 0
-    with open(trace, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            m = _READ.match(line.strip())
-            if m and m.group(1).startswith(prefix):
-                total += int(m.group(2))
-    trace.unlink()
+    for path in logs.glob(f"{name}.strace.*"):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                m = _READ.match(line.strip())
+                if m and m.group(1).startswith(prefix):
+                    total += int(m.group(2))
+        path.unlink()
     return total
 
 
@@ -145,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rustic", default=shutil.which("rustic"), help="rustic binary (default: from PATH)")
     p.add_argument("--no-strace", action="store_true", help="do not count restic's/rustic's fetched bytes")
     p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--tools", default="cas,restic,rustic", help="which of cas,restic,rustic to run")
     args = p.parse_args(argv)
 
     meta = args.work / "workload.json"
@@ -165,18 +168,20 @@ def main(argv: list[str] | None = None) -> int:
     expected = bench.scan(last)
     results: dict[str, dict[str, object]] = {}
 
+    tools = set(args.tools.split(","))
     # cas
     env = {**os.environ, "CAS_HOME": str(scratch / "cas-home"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))}
     repo, index = scratch / "cas-repo", f"sqlite:///{scratch / 'cas-index.sqlite'}"
     cli = [sys.executable, "-m", "cas", "--repo", str(repo), "--index", index]
     for label, path in (("prev", previous), ("last", last)):
-        timed(f"cas-snapshot-{label}", [*cli, "snapshot", str(path), "--execution-id", label], env, logs)
+        if "cas" in tools:
+            timed(f"cas-snapshot-{label}", [*cli, "snapshot", str(path), "--execution-id", label], env, logs)
     child = [sys.executable, str(Path(__file__).resolve()), "_cas-restore", str(repo), index, "last"]
     cases = [("cas fresh", [], False), ("cas incremental", ["--overwrite"], True),
              ("cas incremental --trust-mtime", ["--overwrite", "--trust-mtime"], True),
              ("cas incremental --in-place", ["--overwrite", "--in-place"], True)]
-    for name, flags, existing in cases:
+    for name, flags, existing in cases if "cas" in tools else []:
         dest = scratch / "dest"
         if existing:
             prepare(previous, dest)
@@ -190,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{name}: {results[name]}")
 
     # restic
-    if args.restic:
+    if args.restic and "restic" in tools:
         renv = {**os.environ, "RESTIC_REPOSITORY": str(scratch / "restic-repo"), "RESTIC_PASSWORD": PASSWORD,
                 "RESTIC_CACHE_DIR": str(scratch / "restic-cache")}
         restic = args.restic
@@ -225,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name}: {results[name]}")
 
     # rustic
-    if args.rustic:
+    if args.rustic and "rustic" in tools:
         rust = args.rustic
         renv = {**os.environ, "RUSTIC_REPOSITORY": str(scratch / "rustic-repo"), "RUSTIC_PASSWORD": PASSWORD,
                 "RUSTIC_CACHE_DIR": str(scratch / "rustic-cache")}
@@ -233,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         timed("rustic-init", [rust, "init"], renv, logs)
         for label, path in (("prev", previous), ("last", last)):
             timed(f"rustic-backup-{label}", [rust, "backup", "--label", label, "--as-path", "/exec", str(path)], renv, logs)
-        snaps = json.loads(str(timed("rustic-snapshots", [rust, "snapshots", "--json"], renv, logs)["output"]))
+        listing = subprocess.run([rust, "snapshots", "--json"], env=renv, capture_output=True, text=True, check=True)
+        snaps = json.loads(listing.stdout)
         flat = [s for group in snaps for s in (group.get("snapshots", [group]) if isinstance(group, dict) else group[1])]
         last_id = next(s["id"] for s in flat if s.get("label") == "last")
         for name, extra, existing in (("rustic fresh", [], False),
@@ -257,26 +263,26 @@ def main(argv: list[str] | None = None) -> int:
                 results[name]["fetched"] = fetched_by_strace(cmd, renv, scratch / "rustic-repo", logs, "rustic")
             log(f"{name}: {results[name]}")
 
-    def ratio(a: str, b: str, key: str) -> float:
+    def ratio(a: str, b: str, key: str) -> float | None:
+        if a not in results or b not in results:
+            return None
         return round(float(results[a][key]) / float(results[b][key]), 3)  # type: ignore[arg-type]
 
+    restic = "restic --overwrite if-changed"
     goals = {
         "cas incremental / cas fresh, wall seconds (goal <= 0.2)": ratio("cas incremental", "cas fresh", "seconds"),
         "the same, CPU seconds": ratio("cas incremental", "cas fresh", "cpu"),
         "the same, restore only (in the process, start-up left out)":
             ratio("cas incremental", "cas fresh", "restore_seconds"),
-        "cas incremental --trust-mtime / cas fresh, wall seconds": ratio("cas incremental --trust-mtime", "cas fresh",
-                                                                          "seconds"),
-        "cas incremental --in-place / cas fresh, wall seconds": ratio("cas incremental --in-place", "cas fresh",
-                                                                      "seconds"),
+        "cas incremental --trust-mtime / cas fresh, wall seconds":
+            ratio("cas incremental --trust-mtime", "cas fresh", "seconds"),
+        "cas incremental --in-place / cas fresh, wall seconds": ratio("cas incremental --in-place", "cas fresh", "seconds"),
+        "cas incremental / restic if-changed, wall seconds (goal <= 0.5)": ratio("cas incremental", restic, "seconds"),
+        "cas incremental / restic if-changed, CPU seconds": ratio("cas incremental", restic, "cpu"),
+        "cas incremental --in-place / restic if-changed, wall seconds": ratio("cas incremental --in-place", restic, "seconds"),
+        "cas incremental --in-place / restic if-changed, CPU seconds": ratio("cas incremental --in-place", restic, "cpu"),
     }
-    if "restic --overwrite if-changed" in results:
-        goals["cas incremental / restic if-changed, wall seconds (goal <= 0.5)"] = ratio(
-            "cas incremental", "restic --overwrite if-changed", "seconds")
-        goals["cas incremental / restic if-changed, CPU seconds"] = ratio(
-            "cas incremental", "restic --overwrite if-changed", "cpu")
-        goals["cas incremental --in-place / restic if-changed, wall seconds"] = ratio(
-            "cas incremental --in-place", "restic --overwrite if-changed", "seconds")
+    goals = {k: v for k, v in goals.items() if v is not None}
     summary = {"previous": str(previous), "last": str(last), "files": workload.executions[-1].files,
                "logical_bytes": workload.executions[-1].logical_bytes, "results": results, "goals": goals,
                "machine": bench.machine_info()}
