@@ -205,7 +205,7 @@ def render_markdown(results: dict[str, object]) -> str:
         lines.append("\nRestores verified (every round): " + "; ".join(
             f"{t}: " + ("yes" if vs and all(v["ok"] for v in vs) else "**NO**")
             + ("" if not vs or all(v["metadata_ok"] for v in vs) or not vs[0]["checked_metadata"] else " (metadata differs)")
-            for t, vs in ver.items()) + "\n")
+            for t, vs in sorted(ver.items(), key=lambda tv: tools.index(tv[0]) if tv[0] in tools else len(tools))) + "\n")
     loads = [float(m["load_before"]) for m in results["measurements"]]  # type: ignore[attr-defined,index]
     if loads:
         cpus = int(machine["cpus"] or 1)  # type: ignore[call-overload]
