@@ -103,7 +103,7 @@ def _ratios(by_tool: dict[str, dict[str, float | int | None]]) -> dict[str, obje
 # ---------------------------------------------------------------- markdown
 
 
-def _mib(kib: float | int | None) -> str:
+def _mib(kib: float | None) -> str:
     return "failed" if kib is None else f"{float(kib) / 1024:.0f}"
 
 
@@ -128,6 +128,9 @@ def render_markdown(results: dict[str, object]) -> str:
     rounds = int(results["rounds"])  # type: ignore[call-overload]
     lines: list[str] = []
     lines.append(f"# cas benchmark results{' (quick)' if results['quick'] else ''}\n")
+    planned = int(results.get("rounds_planned") or rounds)  # type: ignore[call-overload]
+    if planned > rounds:
+        lines.append(f"**Partial: {rounds} of {planned} rounds done when this was written.**\n")
     lines.append(
         f"Run {results['started_utc']} on {machine['cpus']} CPUs, {int(machine['memory_bytes']) / 2**30:.0f} GiB RAM "  # type: ignore[call-overload]
         f"({machine['platform']}); {rounds} round{'s' if rounds != 1 else ''}, whole run {float(results['total_seconds']) / 60:.0f} min "  # type: ignore[arg-type]
@@ -143,8 +146,8 @@ def render_markdown(results: dict[str, object]) -> str:
         f"(the lowest median among {', '.join(results['peers'])} in that step; lower is better; "  # type: ignore[arg-type]
         "AIFlow's zip-and-copy is shown as a baseline, not a peer).\n"
     )
-    lines.append(f"## cas / best peer\n")
-    lines.append(f"| case | step | time | CPU (user+sys) | peak RSS |")
+    lines.append("## cas / best peer\n")
+    lines.append("| case | step | time | CPU (user+sys) | peak RSS |")
     lines.append("|---|---|---|---|---|")
     for case in cases:
         cs = summary[str(case["name"])]
@@ -202,7 +205,7 @@ def render_markdown(results: dict[str, object]) -> str:
         lines.append("\nRestores verified (every round): " + "; ".join(
             f"{t}: " + ("yes" if vs and all(v["ok"] for v in vs) else "**NO**")
             + ("" if not vs or all(v["metadata_ok"] for v in vs) or not vs[0]["checked_metadata"] else " (metadata differs)")
-            for t, vs in ver.items()) + "\n")
+            for t, vs in sorted(ver.items(), key=lambda tv: tools.index(tv[0]) if tv[0] in tools else len(tools))) + "\n")
     loads = [float(m["load_before"]) for m in results["measurements"]]  # type: ignore[attr-defined,index]
     if loads:
         cpus = int(machine["cpus"] or 1)  # type: ignore[call-overload]

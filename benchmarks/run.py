@@ -306,37 +306,47 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(WORK / sub, ignore_errors=True)
 
     # ---- rounds: every case from empty repositories, tool order rotated per step and round
+    out_dir = Path(args.results)
+
+    def write(done: int) -> dict[str, object]:
+        """Results of the ``done`` rounds so far (written after every round: a run cut short
+        still leaves its figures)."""
+        results: dict[str, object] = {
+            "started_utc": started.isoformat(timespec="seconds"),
+            "total_seconds": time.perf_counter() - t_start,
+            "build_seconds": build_seconds,
+            "command": shlex.join(["python", *sys.argv]),
+            "quick": args.quick,
+            "rounds": done,
+            "rounds_planned": args.rounds,
+            "machine": machine_info(),
+            "tool_versions": versions,
+            "peers": [n for n in names if TOOLS[n].peer],
+            "binaries": binaries,
+            "cases": [c.to_json() for c in cases],
+            "tool_stats": runner.stats,
+            "errors": runner.errors,
+            "measurements": [m for m in runner.measurements if int(m["round"]) < done],  # type: ignore[call-overload]
+        }
+        results["summary"] = report.summarize(results)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        (out_dir / "results.md").write_text(report.render_markdown(results))
+        try:
+            report.render_chart(results, out_dir / "chart.png")
+        except Exception as e:  # noqa: BLE001 - the table matters more than the chart
+            log(f"chart failed: {e!r}")
+        return results
+
     for rnd in range(args.rounds):
         for c in cases:
             log(f"round {rnd + 1}/{args.rounds}: {c.title}")
             runner.run_case(c, rnd)
-
-    results: dict[str, object] = {
-        "started_utc": started.isoformat(timespec="seconds"),
-        "total_seconds": time.perf_counter() - t_start,
-        "build_seconds": build_seconds,
-        "command": shlex.join(["python", *sys.argv]),
-        "quick": args.quick,
-        "rounds": args.rounds,
-        "machine": machine_info(),
-        "tool_versions": versions,
-        "peers": [n for n in names if TOOLS[n].peer],
-        "binaries": binaries,
-        "cases": [c.to_json() for c in cases],
-        "tool_stats": runner.stats,
-        "errors": runner.errors,
-        "measurements": runner.measurements,
-    }
-    results["summary"] = report.summarize(results)
-    out_dir = Path(args.results)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    md = report.render_markdown(results)
-    (out_dir / "results.md").write_text(md)
-    try:
-        report.render_chart(results, out_dir / "chart.png")
-    except Exception as e:  # noqa: BLE001 - the table matters more than the chart
-        log(f"chart failed: {e!r}")
+        if rnd + 1 < args.rounds:
+            write(rnd + 1)
+            log(f"results of {rnd + 1} round{'s' if rnd else ''} in {out_dir}")
+    results = write(args.rounds)
+    md = (out_dir / "results.md").read_text()
     print()
     print(md)
     log(f"total {float(results['total_seconds']) / 60:.1f} min; results in {out_dir}")  # type: ignore[arg-type]

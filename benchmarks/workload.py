@@ -387,11 +387,13 @@ class SmallFilesConfig:
     seed: int = 20261126
 
 
-WORDS = (
-    "model layer weight bias loss step epoch batch learning rate optimizer adam gradient tensor shape "
-    "config dataset train eval split token vocab embedding attention head hidden dropout norm scale "
-    "checkpoint metric accuracy precision recall score seed device cuda float int list dict none true false"
-).split()
+WORDS = [
+    "model", "layer", "weight", "bias", "loss", "step", "epoch", "batch", "learning", "rate", "optimizer",
+    "adam", "gradient", "tensor", "shape", "config", "dataset", "train", "eval", "split", "token", "vocab",
+    "embedding", "attention", "head", "hidden", "dropout", "norm", "scale", "checkpoint", "metric",
+    "accuracy", "precision", "recall", "score", "seed", "device", "cuda", "float", "int", "list", "dict",
+    "none", "true", "false",
+]
 
 
 def _small_pool(rnd: random.Random, size: int) -> bytes:
