@@ -131,3 +131,15 @@ def test_restore_into_place_with_a_filter_keeps_modes_and_times(taken: Store, tm
     assert set(got) == {"pkg", "pkg/c.py", "pkg/sub", "pkg/sub/e.py"}
     assert all(got[p] == src[p] for p in got)
     assert os.listdir(dest) == ["pkg"]
+
+
+def test_delete_with_a_filter_is_refused_and_changes_nothing(taken: Store, tmp_path: Path) -> None:
+    """--delete removes what the execution lacks; with --include/--exclude it would also remove what
+    the selection left out, so the combination is refused before anything is written or removed."""
+    dest = tmp_path / "dest"
+    taken.restore("run", dest)
+    (dest / "mine.txt").write_text("not from the execution")
+    before = describe(dest)
+    with pytest.raises(ConfigurationError, match="selection"):
+        taken.restore("run", dest, overwrite=True, delete=True, filter=TreeFilter(include=["*.py"]))
+    assert describe(dest) == before
