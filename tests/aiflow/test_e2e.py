@@ -231,10 +231,12 @@ def test_aiflow_031_client_and_server_upload_and_download_through_cas(
         f"cas_aiflow_bridge.LocalBlobManager {c[0]:,} + {c[1]:,} = {sum(c):,} B"
     )
     assert a[0] > 0 and a[1] > 0 and c[0] > 0 and c[1] > 0
-    # The second zip differs from the first in one member (and AIFlow's generated/ entries): cas
-    # stores less than the whole zip again, but with the repository's ~1 MiB average chunks a
-    # deflated zip of a few MB dedups only partly (docs/aiflow.md has the numbers).
-    assert c[1] < a[1]
+    # The second zip differs from the first in one member (and AIFlow's generated/ entries): a new
+    # repository cuts zips at their members (docs/FORMAT.md, Chunks), so cas stores about those
+    # members, the zip's directory and the index rows, not the zip again (39 KB for a 4.8 MB zip
+    # when this was written). The exact ratio to the changed bytes is tested with AIFlow's own zip
+    # code in tests/aiflow/test_archive_dedup.py.
+    assert c[1] * 20 < a[1]
 
 
 # -- ai-flow-nightly 2023.12.31: its client upload and task-manager download code -------------------
