@@ -27,6 +27,7 @@ from cas.format.records import SnapshotRecord
 from cas.ops.commit import referenced_blobs
 from cas.ops.snapshot import commit, load_record
 from cas.repo.blobwriter import BlobWriter
+from cas.repo.reader import pack_runs
 from cas.repo.repository import Repository, verify_blob
 from cas.types import BlobLocation
 
@@ -34,8 +35,6 @@ log = logging.getLogger("cas")
 
 #: Blobs asked about in one index query, and the most bytes read from the source in one range.
 _QUERY_BATCH = 2000
-_MAX_RUN_BYTES = 32 * 1024 * 1024
-_MAX_GAP = 256 * 1024
 COMMIT_ATTEMPTS = 3
 
 ProgressFn = Callable[[str, int, int], None]
@@ -138,24 +137,11 @@ def _send_missing(
 
 def _read_runs(source: Repository, locations: list[BlobLocation]) -> Iterator[tuple[BlobLocation, bytes]]:
     """Each blob's verified raw bytes, read a stretch of a pack at a time (small gaps included)."""
-    ordered = sorted(locations, key=lambda loc: (loc.pack_id, loc.offset))
-    start = 0
-    while start < len(ordered):
-        end = start + 1
-        first = ordered[start]
-        while (
-            end < len(ordered)
-            and ordered[end].pack_id == first.pack_id
-            and ordered[end].offset - (ordered[end - 1].offset + ordered[end - 1].length) <= _MAX_GAP
-            and ordered[end].offset + ordered[end].length - first.offset <= _MAX_RUN_BYTES
-        ):
-            end += 1
-        run = ordered[start:end]
-        start = end
+    for run in pack_runs(locations):
         begin = run[0].offset
         try:
-            data = source.backend.get(pack_key(first.pack_id), begin, run[-1].offset + run[-1].length - begin)
+            data = source.backend.get(pack_key(run[0].pack_id), begin, run[-1].offset + run[-1].length - begin)
         except FileNotFoundError:
-            raise IntegrityError(f"pack {first.pack_id[:16]} is missing from the source") from None
+            raise IntegrityError(f"pack {run[0].pack_id[:16]} is missing from the source") from None
         for loc in run:
             yield loc, verify_blob(loc.id, loc, data[loc.offset - begin : loc.offset - begin + loc.length])

@@ -7,7 +7,7 @@ restores that follow read every chunk from the cache.
    chunks of its files; those the cache holds already are left alone.
 2. Locate the rest (the index, or pack trailers for blobs it lacks) and group them by pack.
 3. Fetch each pack's chunks with one ranged read per stretch of the pack (gaps up to
-   :data:`MAX_GAP` read through, at most :data:`MAX_RUN_BYTES` a read), verify every chunk
+   :data:`cas.repo.reader.MAX_GAP` read through, at most :data:`cas.repo.reader.MAX_RUN_BYTES` a read), verify every chunk
    against its BLAKE3 and put it into the cache. Packs are fetched by :data:`WORKERS` threads.
 
 **Nothing twice across processes.** Fetching a pack's chunks is done under a claim on that pack:
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -35,11 +35,10 @@ from cas.format.keys import pack_key
 from cas.format.trees import DIR, FILE
 from cas.repo.chunkcache import CLAIMS, ChunkCache
 from cas.repo.locks import exclusive
-from cas.repo.reader import MAX_RUN_BYTES
+from cas.repo.reader import pack_runs
 from cas.repo.repository import Repository, verify_blob
 from cas.types import BlobKind, BlobLocation
 
-MAX_GAP = 256 * 1024
 """Bytes between two wanted chunks of a pack that are read through rather than split into two reads."""
 WORKERS = 4
 """Packs fetched at once by one process."""
@@ -132,22 +131,6 @@ def _data_chunks(repo: Repository, roots: list[str]) -> list[str]:
     return list(chunks)
 
 
-def _runs(locations: list[BlobLocation]) -> Iterator[list[BlobLocation]]:
-    """A pack's wanted chunks in offset order, cut into stretches each read with one request."""
-    ordered = sorted(locations, key=lambda loc: loc.offset)
-    run: list[BlobLocation] = []
-    for loc in ordered:
-        if run and (
-            loc.offset - (run[-1].offset + run[-1].length) > MAX_GAP
-            or loc.offset + loc.length - run[0].offset > MAX_RUN_BYTES
-        ):
-            yield run
-            run = []
-        run.append(loc)
-    if run:
-        yield run
-
-
 class _Fetcher:
     """Fetches packs' chunks into the cache under claims; shared by the pool's threads."""
 
@@ -178,7 +161,7 @@ class _Fetcher:
             return
         fetched = chunks = 0
         failures = []
-        for run in _runs(wanted):
+        for run in pack_runs(wanted):
             begin = run[0].offset
             try:
                 data = self.repo.backend.get(pack_key(pack_id), begin, run[-1].offset + run[-1].length - begin)

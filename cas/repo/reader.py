@@ -18,9 +18,29 @@ from cas.format.trees import FILE, Entry
 from cas.types import BlobLocation
 
 MAX_RUN_BYTES = 32 * 1024 * 1024
+MAX_GAP = 256 * 1024
 
 
-def prefetch(repo: Repository, locations: list[BlobLocation], *, max_gap: int = 256 * 1024) -> dict[str, bytes]:
+def pack_runs(
+    locations: list[BlobLocation], *, max_gap: int = MAX_GAP, max_bytes: int = MAX_RUN_BYTES
+) -> Iterator[list[BlobLocation]]:
+    """Blobs grouped into stretches of one pack, each read with one ranged request: in (pack,
+    offset) order, a stretch ends at another pack, a gap over ``max_gap`` or ``max_bytes`` in all."""
+    run: list[BlobLocation] = []
+    for loc in sorted(locations, key=lambda loc: (loc.pack_id, loc.offset)):
+        if run and (
+            loc.pack_id != run[0].pack_id
+            or loc.offset - (run[-1].offset + run[-1].length) > max_gap
+            or loc.offset + loc.length - run[0].offset > max_bytes
+        ):
+            yield run
+            run = []
+        run.append(loc)
+    if run:
+        yield run
+
+
+def prefetch(repo: Repository, locations: list[BlobLocation], *, max_gap: int = MAX_GAP) -> dict[str, bytes]:
     """Verified raw chunks for many small files at once: one ranged read per stretch of a pack.
 
     Chunks that sit near each other in a pack (a directory's small files usually do) are fetched
@@ -28,24 +48,11 @@ def prefetch(repo: Repository, locations: list[BlobLocation], *, max_gap: int = 
     file that needs it is fetched on its own and reports the error under its own path.
     """
     out: dict[str, bytes] = {}
-    ordered = sorted({loc.id: loc for loc in locations if loc.kind == BlobKind.DATA}.values(),
-                     key=lambda loc: (loc.pack_id, loc.offset))
-    start = 0
-    while start < len(ordered):
-        end = start + 1
-        first = ordered[start]
-        while (
-            end < len(ordered)
-            and ordered[end].pack_id == first.pack_id
-            and ordered[end].offset - (ordered[end - 1].offset + ordered[end - 1].length) <= max_gap
-            and ordered[end].offset + ordered[end].length - first.offset <= MAX_RUN_BYTES
-        ):
-            end += 1
-        run = ordered[start:end]
-        start = end
+    wanted = {loc.id: loc for loc in locations if loc.kind == BlobKind.DATA}
+    for run in pack_runs(list(wanted.values()), max_gap=max_gap):
         begin = run[0].offset
         try:
-            data = repo.backend.get(pack_key(first.pack_id), begin, run[-1].offset + run[-1].length - begin)
+            data = repo.backend.get(pack_key(run[0].pack_id), begin, run[-1].offset + run[-1].length - begin)
         except FileNotFoundError:
             continue
         for loc in run:
