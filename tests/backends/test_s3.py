@@ -47,13 +47,7 @@ SMALL_PARTS = {"part_size": MIN_PART_SIZE, "multipart_threshold": MIN_PART_SIZE}
 
 @pytest.fixture(autouse=True)
 def _no_ambient_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    """Keep the developer's AWS setup out, and never let the SDK look for instance metadata."""
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    s3_servers.isolate_from_ambient_aws(monkeypatch, str(tmp_path))
 
 
 @pytest.fixture

@@ -148,6 +148,17 @@ def stop_moto_server(server: MotoServer) -> None:
         pass
 
 
+def isolate_from_ambient_aws(monkeypatch: pytest.MonkeyPatch, home: str) -> None:
+    """Keep the developer's AWS setup (and cas's SSE-C key) out of a test, and never let the SDK
+    look for instance metadata: config and credentials files point at nothing under ``home``."""
+    for name in list(os.environ):
+        if name.startswith("AWS_") or name == "CAS_S3_SSE_CUSTOMER_KEY":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.path.join(home, "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.path.join(home, "no-aws-credentials"))
+
+
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
     """One moto S3 server for the whole session, without authentication."""

@@ -22,6 +22,7 @@ from backends.s3 import MIN_PART_SIZE, S3Backend, from_url
 from backends.testing import BackendContract
 from tests.backends.test_engine import EngineThroughBackend
 from tests.servers import minio as minio_servers
+from tests.servers import s3 as s3_servers
 from tests.servers.minio import KMS_KEY, MinioServer
 
 minio_server = minio_servers.minio_server
@@ -33,12 +34,7 @@ CUSTOMER_KEY = base64.b64encode(secrets.token_bytes(32)).decode()
 
 @pytest.fixture(autouse=True)
 def _trust_minio(monkeypatch: pytest.MonkeyPatch, tmp_path: Any, minio_server: MinioServer) -> None:
-    for name in list(os.environ):
-        if name.startswith("AWS_") or name == "CAS_S3_SSE_CUSTOMER_KEY":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    s3_servers.isolate_from_ambient_aws(monkeypatch, str(tmp_path))
     monkeypatch.setenv("AWS_CA_BUNDLE", minio_server.ca_bundle)
 
 

@@ -50,12 +50,7 @@ def bucket_policy(name: str, bucket: str) -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def _no_ambient_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    for name in list(os.environ):
-        if name.startswith("AWS_") or name == "CAS_S3_SSE_CUSTOMER_KEY":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    s3_servers.isolate_from_ambient_aws(monkeypatch, str(tmp_path))
 
 
 @pytest.fixture
