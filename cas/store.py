@@ -39,6 +39,8 @@ from cas.ops.tree_index import IndexedTrees, fill_tree_index
 from cas.ops.tree_builder import OnChange, ProgressFn
 from cas.ops.verify import VerifyReport, verify
 from cas.ops.view import SnapshotView
+from cas.repo import keystore
+from cas.repo.keystore import KeyInfo, Passphrase
 from cas.repo.repository import Repository
 from manifests.index import Index
 from manifests.rows import IndexStats, SnapshotRow
@@ -93,6 +95,10 @@ class Store:
         chunk_cache: str | bool | None = None,
         rebind_index: bool = False,
         chunk_cache_max: int | None = None,
+        password: Passphrase | None = None,
+        encrypt: bool = False,
+        kdf_cost: int | None = None,
+        exclusive: bool = False,
         **config: int | str,
     ) -> Store:
         """Open (and by default create) a repository. ``config`` sets chunk/pack parameters and the
@@ -102,10 +108,16 @@ class Store:
         remote backend (default: ``$CAS_HOME/cache/chunks`` for remote backends, none for local ones).
         ``chunk_cache_max``: its cap in bytes, least recently used chunks evicted beyond it (default
         ``$CAS_CACHE_MAX``, else 10 GiB or a tenth of the free disk space, whichever is smaller).
+
+        ``password`` opens an encrypted repository (a string, or a function called only if the
+        repository is encrypted); ``encrypt`` creates one, its first key derived from ``password``
+        with scrypt at ``kdf_cost`` (N = 2**kdf_cost, 10..18, default 17); ``exclusive`` refuses
+        a repository that exists (:meth:`init`). See docs/SECURITY.md.
         """
         repository = Repository.open(
             repo, index=index, create=create, config_overrides=config, chunk_cache=chunk_cache,
-            rebind_index=rebind_index, chunk_cache_max=chunk_cache_max,
+            rebind_index=rebind_index, chunk_cache_max=chunk_cache_max, password=password, encrypt=encrypt,
+            kdf_cost=kdf_cost, exclusive=exclusive,
         )
         try:
             if repository.index_is_new:
@@ -352,6 +364,7 @@ class Store:
         to_index: str | Index | None = None,
         labels: Mapping[str, str] | None = None,
         progress: CopyProgressFn | None = None,
+        to_password: Passphrase | None = None,
     ) -> CopyReport:
         """Copy executions to another repository (``to``: an open Store, a URL or a backend; a new
         one is created with this repository's chunking parameters), sending only the blobs its
@@ -359,6 +372,8 @@ class Store:
 
         The executions are ``execution_ids`` plus, with ``labels``, every snapshot carrying all of
         them (oldest first). Safe to run again and to interrupt (see :mod:`cas.ops.copy`).
+        ``to_password`` opens an encrypted target; a new target is encrypted when this repository
+        is, its first key made from ``to_password``.
         """
         ids = list(dict.fromkeys(execution_ids))
         if labels:
@@ -375,11 +390,43 @@ class Store:
         c = self.repo.config
         chunking = {"chunk_min": c.chunk_min, "chunk_avg": c.chunk_avg, "chunk_max": c.chunk_max,
                     "compression_level": c.compression_level, "pack_size": c.pack_size}
-        with Store.open(to, index=to_index, **chunking) as target:
+        with Store.open(to, index=to_index, password=to_password, encrypt=c.encrypted, **chunking) as target:
             return copy_executions(self.repo, target.repo, ids, progress=progress)
 
     def stats(self) -> IndexStats:
         return self.repo.index.stats()
+
+    # -- passphrase keys of an encrypted repository (cas/repo/keystore.py) -----------------------
+
+    @property
+    def encrypted(self) -> bool:
+        return self.repo.config.encrypted
+
+    def keys(self) -> list[KeyInfo]:
+        """The repository's passphrase keys (:class:`ConfigurationError` if it is not encrypted)."""
+        unlocked = self._unlocked()
+        return keystore.list_keys(self._keys_backend(), unlocked)
+
+    def add_key(self, password: Passphrase, *, kdf_cost: int | None = None) -> str:
+        """Let another passphrase open this repository; the new key's ID."""
+        unlocked = self._unlocked()
+        backend = self._keys_backend()
+        return keystore.write_key(
+            backend, self.repo.config, unlocked.master, keystore.resolve(password, backend), kdf_cost
+        )
+
+    def remove_key(self, key_id: str) -> None:
+        """Remove a passphrase key: never the last one, nor the one this store was opened with."""
+        unlocked = self._unlocked()
+        keystore.remove_key(self._keys_backend(), unlocked, key_id)
+
+    def _unlocked(self) -> keystore.Unlocked:
+        if self.repo.unlocked is None:
+            raise ConfigurationError("this repository is not encrypted: it has no keys")
+        return self.repo.unlocked
+
+    def _keys_backend(self) -> Backend:
+        return self.repo.backend.inner  # type: ignore[attr-defined,no-any-return]
 
     def prefetch(self, execution_ids: list[str]) -> PrefetchReport:
         """Fill this host's chunk cache with every chunk the executions' files need, so restoring

@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterable
 from backends import open_backend, redact_url
 from backends.base import Backend
 from backends.retry import RetryingBackend
+from cas.repo import keystore
 from cas.repo.chunkcache import ChunkCache
+from cas.repo.keystore import Passphrase
 from cas.format.compression import decode
 from cas.format.config import RepoConfig
 from cas.format.keys import CONFIG_KEY, PACK_PREFIX, pack_id_of, pack_key
@@ -72,6 +74,8 @@ class Repository:
         """True when this open bound a new index to the repository: it is empty until synced."""
         self._trailers: dict[str, BlobLocation] = {}
         self._trailer_packs: set[str] = set()
+        self.unlocked: keystore.Unlocked | None = None
+        """The master key of an encrypted repository (``backend`` is then its encrypting wrapper)."""
 
     @classmethod
     def open(
@@ -84,6 +88,10 @@ class Repository:
         chunk_cache: str | bool | None = None,
         rebind_index: bool = False,
         chunk_cache_max: int | None = None,
+        password: Passphrase | None = None,
+        encrypt: bool = False,
+        kdf_cost: int | None = None,
+        exclusive: bool = False,
     ) -> Repository:
         """``chunk_cache``: a directory, True for ``$CAS_HOME/cache/chunks``, False for none, or None
         for the default: on for remote backends, off for a local directory (nothing to save).
@@ -91,7 +99,12 @@ class Repository:
         :func:`cas.repo.chunkcache.default_max_bytes`).
 
         The index must describe this repository at this location (:meth:`Index.bind`);
-        ``rebind_index`` accepts a different location (for rebuilding the index from this backend)."""
+        ``rebind_index`` accepts a different location (for rebuilding the index from this backend).
+
+        ``encrypt``: create the repository encrypted (docs/SECURITY.md), its first key made from
+        ``password`` with scrypt at ``kdf_cost`` (``N = 2**kdf_cost``). ``password`` (a string, or a
+        function asked only when the repository is encrypted) opens an encrypted repository.
+        ``exclusive``: refuse a repository that exists already (``cas init``)."""
         if isinstance(repo, Backend):
             backend = repo  # the caller composed it (retries, faults...) as it wants
         else:
@@ -99,7 +112,12 @@ class Repository:
             if backend.capabilities.remote:
                 # Remote services fail transiently; retry those errors (only those), bounded.
                 backend = RetryingBackend(backend, attempts=4)
-        config = load_or_create_config(backend, create=create, overrides=config_overrides or {})
+        config, unlocked = load_or_create_config(
+            backend, create=create, overrides=config_overrides or {}, encrypt=encrypt, password=password,
+            kdf_cost=kdf_cost, exclusive=exclusive,
+        )
+        if unlocked is not None:
+            backend = keystore.wrap_backend(backend, unlocked)
         location = backend_location(backend)
         if not isinstance(index, Index):
             index = Index.open(index or os.environ.get("CAS_INDEX") or default_index_url(config.repo_id, location))
@@ -118,6 +136,7 @@ class Repository:
             cache = ChunkCache(root, chunk_cache_max)
         repo = cls(backend, config, index, cache)
         repo.index_is_new = new_index
+        repo.unlocked = unlocked
         return repo
 
     def describe(self) -> str:
@@ -266,16 +285,37 @@ def verify_blob(blob_id: str, location: BlobLocation, payload: bytes) -> bytes:
     return data
 
 
-def load_or_create_config(backend: Backend, *, create: bool, overrides: dict[str, int | str]) -> RepoConfig:
+def load_or_create_config(
+    backend: Backend,
+    *,
+    create: bool,
+    overrides: dict[str, int | str],
+    encrypt: bool = False,
+    password: Passphrase | None = None,
+    kdf_cost: int | None = None,
+    exclusive: bool = False,
+) -> tuple[RepoConfig, keystore.Unlocked | None]:
+    """The repository's config (created if allowed and missing) and, for an encrypted one, its
+    master key, opened with ``password``."""
     try:
-        return RepoConfig.from_json(backend.get(CONFIG_KEY, 0, _MAX_CONFIG_READ + 1))
+        config = RepoConfig.from_json(backend.get(CONFIG_KEY, 0, _MAX_CONFIG_READ + 1))
     except FileNotFoundError:
         if not create:
             raise NotFound(f"no cas repository at {redact_url(backend.describe())}") from None
-    config = RepoConfig.new(**overrides)
+    else:
+        if exclusive:
+            raise AlreadyExists(f"a cas repository exists already at {redact_url(backend.describe())}")
+        return config, keystore.unlock(backend, config, password) if config.encrypted else None
+    config = RepoConfig.new(encrypt=encrypt, **overrides)
+    unlocked = keystore.create(backend, config, password, kdf_cost) if encrypt else None
     try:
         backend.put(CONFIG_KEY, config.to_json(), overwrite=False)
     except AlreadyExists:
         # Another process created it first; use theirs.
-        return RepoConfig.from_json(backend.get(CONFIG_KEY, 0, _MAX_CONFIG_READ + 1))
-    return config
+        if unlocked is not None:
+            keystore.discard(backend, unlocked)
+        if exclusive:
+            raise AlreadyExists(f"a cas repository exists already at {redact_url(backend.describe())}") from None
+        config = RepoConfig.from_json(backend.get(CONFIG_KEY, 0, _MAX_CONFIG_READ + 1))
+        return config, keystore.unlock(backend, config, password) if config.encrypted else None
+    return config, unlocked
