@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from cas import passphrase
 from cas.ops.retention import KeepPolicy
 from cas.errors import CasError, ConfigurationError, PartialRestore
 from cas.format.config import ChunkerName
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-max", type=size_option, default=None, metavar="SIZE",
                    help="cap of this host's chunk cache, e.g. 10GiB (env CAS_CACHE_MAX; default: 10 GiB or a "
                    "tenth of the free disk space, whichever is smaller)")
+    p.add_argument("--password-file", default=None, metavar="FILE",
+                   help="an encrypted repository's passphrase: the first line of FILE (else env CAS_PASSWORD, "
+                   "else a prompt on a terminal)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("snapshot", help="store a directory (or file) under an execution ID")
@@ -167,6 +171,25 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("clear", help="remove every cached chunk and the files caches")
     # -- end chunk cache and prefetch --
 
+    # -- client-side encryption (issue 18): cas init, cas key --
+    s = sub.add_parser("init", help="create a repository (encrypted with --encrypt)")
+    s.add_argument("--encrypt", action="store_true",
+                   help="encrypt every object on the backend with a master key opened by passphrases")
+    s.add_argument("--kdf-cost", type=int, default=None, metavar="N",
+                   help="scrypt cost of the first passphrase key, N = 2**N (10..18; default 17: 128 MiB, ~0.5 s)")
+    s.add_argument("--chunker", choices=[c.value for c in ChunkerName], default=None,
+                   help="how the repository cuts files by default")
+    s = sub.add_parser("key", help="an encrypted repository's passphrases: list, add, remove")
+    actions = s.add_subparsers(dest="key_action", required=True, parser_class=_Parser)
+    actions.add_parser("list", help="the keys, the one this passphrase opened marked current")
+    a = actions.add_parser("add", help="let another passphrase open the repository (from --new-password-file, "
+                           "env CAS_NEW_PASSWORD or a prompt)")
+    a.add_argument("--new-password-file", default=None, metavar="FILE")
+    a.add_argument("--kdf-cost", type=int, default=None, metavar="N", help="scrypt cost, N = 2**N (10..18; default 17)")
+    a = actions.add_parser("remove", help="remove a key (never the last, nor the one opened by this passphrase)")
+    a.add_argument("key_id", metavar="ID")
+    # -- end client-side encryption --
+
     # -- AIFlow bridge commands (cas/aiflow/cli.py): `cas aiflow check|upload|download|...` --
     from cas.aiflow import cli as aiflow_cli
 
@@ -262,7 +285,9 @@ def _run(args: argparse.Namespace) -> int:
         return _rebuild_index(args)
     if args.command == "cache":  # this host's caches: no repository needed
         return cmd_cache(args)
-    with Store.open(args.repo, index=args.index, chunk_cache_max=args.cache_max) as store:
+    if args.command == "init":
+        return cmd_init(args)
+    with Store.open(args.repo, index=args.index, chunk_cache_max=args.cache_max, password=_password(args)) as store:
         handler: Callable[[Store, argparse.Namespace], int] = _COMMANDS[args.command]
         return handler(store, args)
 
@@ -439,7 +464,8 @@ def cmd_restore(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_copy(store: Store, args: argparse.Namespace) -> int:
-    report = store.copy(args.execution_ids, args.to, to_index=args.to_index, labels=args.label)
+    report = store.copy(args.execution_ids, args.to, to_index=args.to_index, labels=args.label,
+                        to_password=_password(args))
     text = (f"copied {len(report.copied)} executions ({len(report.present)} already there): sent "
             f"{report.blobs_sent} blobs, {human_size(report.bytes_sent)}; {report.blobs_skipped} the target had")
     _emit(args, report.to_dict(), text)
@@ -602,7 +628,7 @@ def _rebuild_index(args: argparse.Namespace) -> int:
     (the ground truth), whether opening it or the rebuild found the damage."""
     rebind = not args.sync  # a full rebuild may take over an index of this repository elsewhere (it moved)
     try:
-        with Store.open(args.repo, index=args.index, rebind_index=rebind) as store:
+        with Store.open(args.repo, index=args.index, rebind_index=rebind, password=_password(args)) as store:
             store.repo.index.check_intact()
             return cmd_rebuild_index(store, args)
     except IndexDamaged as exc:
@@ -614,7 +640,7 @@ def _rebuild_index(args: argparse.Namespace) -> int:
         "index %s is damaged; moved it to %s and rebuilding it from the repository", damaged, aside
     )
     args.sync = False
-    with Store.open(args.repo, index=args.index, rebind_index=True) as store:
+    with Store.open(args.repo, index=args.index, rebind_index=True, password=_password(args)) as store:
         return cmd_rebuild_index(store, args, set_aside_as=aside)
 
 
@@ -659,6 +685,48 @@ def cmd_mount(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+# -- client-side encryption (issue 18) --
+def _password(args: argparse.Namespace) -> Callable[[], str]:
+    """The repository's passphrase, looked for only if it is encrypted (cas/passphrase.py)."""
+    if not hasattr(args, "_password_source"):
+        args._password_source = passphrase.source(args.password_file, prompt="repository passphrase")
+    return args._password_source  # type: ignore[no-any-return]
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    password = passphrase.source(args.password_file, prompt="new repository passphrase", confirm=True)
+    chunker = {} if args.chunker is None else {"chunker": args.chunker}
+    with Store.open(args.repo, index=args.index, exclusive=True, encrypt=args.encrypt, password=password,
+                    kdf_cost=args.kdf_cost, **chunker) as store:
+        config = store.repo.config
+        data = {"location": store.repo.describe(), "repo_id": config.repo_id, "version": config.version,
+                "encrypted": config.encrypted}
+        text = (f"created {'an encrypted' if config.encrypted else 'a'} repository {config.repo_id} "
+                f"at {escape(store.repo.describe())}")
+        _emit(args, data, text)
+    return 0
+
+
+def cmd_key(store: Store, args: argparse.Namespace) -> int:
+    if args.key_action == "list":
+        keys = store.keys()
+        lines = [f"{'*' if k.current else ' '} {k.key_id}  scrypt 2^{k.kdf_cost}  created "
+                 f"{dt.datetime.fromtimestamp(k.created_ns / 1e9, dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+                 for k in keys]
+        _emit(args, [k.to_dict() for k in keys], "\n".join(lines))
+    elif args.key_action == "add":
+        store.keys()  # refuses an unencrypted repository before asking for a new passphrase
+        new = passphrase.source(args.new_password_file, env=passphrase.NEW_ENV, prompt="new passphrase",
+                                confirm=True)
+        key_id = store.add_key(new, kdf_cost=args.kdf_cost)
+        _emit(args, {"added": key_id}, f"added key {key_id}")
+    else:
+        store.remove_key(args.key_id)
+        _emit(args, {"removed": args.key_id}, f"removed key {escape(args.key_id)}")
+    return 0
+# -- end client-side encryption --
+
+
 _COMMANDS: dict[str, Callable[[Store, argparse.Namespace], int]] = {
     "forget": cmd_forget,
     "gc": cmd_gc,
@@ -676,6 +744,7 @@ _COMMANDS: dict[str, Callable[[Store, argparse.Namespace], int]] = {
     "stats": cmd_stats,
     "mount": cmd_mount,
     "prefetch": cmd_prefetch,
+    "key": cmd_key,
 }
 
 if __name__ == "__main__":
