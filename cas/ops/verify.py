@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from cas.errors import CasError
+from cas.errors import CasError, IntegrityError
 from cas.format.packs import split_pack
 from cas.format.keys import pack_key
 from cas.repo.repository import Repository
@@ -121,6 +121,9 @@ def verify(repo: Repository, *, read_data: bool = False, sample: float = 1.0, se
 def _read_pack(repo: Repository, pack_id: str, report: VerifyReport) -> None:
     try:
         data = repo.backend.get(pack_key(pack_id))
+    except IntegrityError as exc:
+        _read_pack_by_blob(repo, pack_id, report, exc)
+        return
     except CasError as exc:
         report.problems.append(Problem("", "", f"pack {pack_id[:16]} cannot be read: {exc}"))
         report.missing_packs.add(pack_id)
@@ -151,6 +154,22 @@ def _read_pack(repo: Repository, pack_id: str, report: VerifyReport) -> None:
             report.corrupt_blobs.add(loc.id)
             report.corrupt_packs.add(pack_id)
     del entries
+
+
+def _read_pack_by_blob(repo: Repository, pack_id: str, report: VerifyReport, exc: IntegrityError) -> None:
+    """An encrypted pack that failed authentication as a whole (docs/SECURITY.md): it is corrupt,
+    and its indexed blobs are judged one by one, each by the segments its range lies in."""
+    report.packs_read += 1
+    indexed = repo.index.blobs_in_pack(pack_id)
+    sink = report.problems if indexed else report.notes
+    report.corrupt_packs.add(pack_id)
+    sink.append(Problem("", "", f"pack {pack_id[:16]}: {exc}"))
+    for loc in indexed:
+        report.blobs_checked += 1
+        try:
+            repo.read_blob(loc.id, loc)
+        except CasError:
+            report.corrupt_blobs.add(loc.id)
 
 
 def _check_snapshot(repo: Repository, root: Root, report: VerifyReport) -> None:

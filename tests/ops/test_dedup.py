@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from cas import Store
 from cas.format.chunking import Chunker
 from cas.format.config import RepoConfig
-from tests.engine import cas_home, store  # noqa: F401
+from tests.engine import cas_home, either_store as store  # noqa: F401 - plain and encrypted
 
 _CONFIG = RepoConfig.new(chunk_min=256, chunk_avg=1024, chunk_max=4096)
 

@@ -19,6 +19,7 @@ from cas.format.keys import pack_key
 from manifests.rows import PackState
 from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
 from tests.treeutil import describe
+from tests.engine import REPO_KINDS, repo_options
 
 NOW = dt.timedelta(0)
 
@@ -30,11 +31,13 @@ def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("postgres_url")
 
 
-@pytest.fixture
-def store(tmp_path: Path, index_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+@pytest.fixture(params=REPO_KINDS)
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, index_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Store]:
     monkeypatch.setenv("CAS_HOME", str(tmp_path / "home"))
     s = Store.open(str(tmp_path / "repo"), index=index_url, chunk_min=1024, chunk_avg=4096,
-                   chunk_max=16384, pack_size=1 << 20)
+                   chunk_max=16384, pack_size=1 << 20, **repo_options(request.param))  # type: ignore[arg-type]
     yield s
     s.close()
 

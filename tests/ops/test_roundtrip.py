@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cas import Store
-from tests.engine import SMALL_CHUNKS, cas_home, store  # noqa: F401
+from tests.engine import SMALL_CHUNKS, cas_home, either_store as store  # noqa: F401 - plain and encrypted
 from tests.treeutil import describe
 
 _names = st.one_of(

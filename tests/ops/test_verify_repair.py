@@ -14,15 +14,17 @@ import pytest
 from cas import IntegrityError, Store
 from cas.format.keys import pack_key
 from tests.treeutil import describe
+from tests.engine import REPO_KINDS, TEST_PASSWORD, object_file, repo_options
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+@pytest.fixture(params=REPO_KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
     monkeypatch.setenv("CAS_HOME", str(tmp_path / "home"))
     s = Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'index.sqlite'}",
-                   chunk_min=1024, chunk_avg=4096, chunk_max=16384, pack_size=1 << 20)
+                   chunk_min=1024, chunk_avg=4096, chunk_max=16384, pack_size=1 << 20,
+                   **repo_options(request.param))  # type: ignore[arg-type]
     yield s
     s.close()
 
@@ -47,7 +49,7 @@ def _pack_of(store: Store, execution_id: str, path: str) -> str:
 
 
 def _pack_file(store: Store, pack_id: str) -> Path:
-    return Path(store.repo.backend.root, *pack_key(pack_id).split("/"))  # type: ignore[attr-defined]
+    return object_file(store, pack_key(pack_id))
 
 
 def test_clean_repository_verifies(store: Store, tmp_path: Path) -> None:
@@ -107,7 +109,7 @@ def test_damage_is_named_by_execution_and_path_and_repair_is_consistent(
 def test_rebuild_index_from_the_backend_alone(store: Store, tmp_path: Path) -> None:
     a, b = _two_runs(store, tmp_path)
     os.unlink(tmp_path / "index.sqlite")
-    fresh = Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'index.sqlite'}")
+    fresh = Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'index.sqlite'}", password=TEST_PASSWORD)
     assert {s.execution_id for s in fresh.list()} == {"run-a", "run-b"}  # a new index starts as a sync
     report = fresh.rebuild_index()
     assert report.snapshots == 2 and report.packs > 0 and not report.skipped
@@ -120,7 +122,8 @@ def test_rebuild_index_from_the_backend_alone(store: Store, tmp_path: Path) -> N
 
 def test_a_host_with_its_own_index_finds_other_hosts_snapshots(store: Store, tmp_path: Path) -> None:
     _a, b = _two_runs(store, tmp_path)
-    other = Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'other-host.sqlite'}")
+    other = Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'other-host.sqlite'}",
+                       password=TEST_PASSWORD)
     other.restore("run-b", tmp_path / "out")  # not in its index: synced from the backend on demand
     assert describe(str(tmp_path / "out")) == describe(str(b))
     assert {s.execution_id for s in other.list()} == {"run-a", "run-b"}
@@ -147,7 +150,7 @@ def test_snapshot_object_without_row_is_a_root_and_repair_indexes_it(store: Stor
 
 def test_cli_verify_exit_status(store: Store, tmp_path: Path) -> None:
     _two_runs(store, tmp_path)
-    env = {**os.environ, "CAS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "CAS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT), "CAS_PASSWORD": TEST_PASSWORD}
     args = [sys.executable, "-m", "cas", "--repo", str(tmp_path / "repo"), "--index",
             f"sqlite:///{tmp_path / 'index.sqlite'}", "verify", "--read-data"]
     assert subprocess.run(args, env=env, capture_output=True).returncode == 0
