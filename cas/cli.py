@@ -44,6 +44,15 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+class _RefusePassword(argparse.Action):
+    """``--password`` is refused without echoing its value: a passphrase on the command line is
+    visible to every user of the host (``ps``). Defined so it is not taken as ``--password-file``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        parser.error("a passphrase is never a command-line argument (anyone on the host can see those): "
+                     "use CAS_PASSWORD, --password-file FILE or the prompt")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="cas", description="Content-addressed, deduplicated artifact store for ML workflows.")
     p.add_argument("--repo", default=os.environ.get("CAS_REPO"), help="repository URL or path (env CAS_REPO)")
@@ -56,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-file", default=None, metavar="FILE",
                    help="an encrypted repository's passphrase: the first line of FILE (else env CAS_PASSWORD, "
                    "else a prompt on a terminal)")
+    p.add_argument("--password", nargs="?", action=_RefusePassword, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("snapshot", help="store a directory (or file) under an execution ID")

@@ -58,11 +58,12 @@ def _enc():  # type: ignore[no-untyped-def]
     return encryption
 
 
-def resolve(passphrase: Passphrase | None, backend: Backend) -> str:
+def resolve(passphrase: Passphrase | None, backend: Backend, *, creating: bool = False) -> str:
     text = passphrase() if callable(passphrase) else passphrase
     if not text:
+        what = "would be encrypted" if creating else "is encrypted"
         raise ConfigurationError(
-            f"the repository at {redact_url(backend.describe())} is encrypted: give its passphrase "
+            f"the repository at {redact_url(backend.describe())} {what}: give its passphrase "
             "(CAS_PASSWORD, --password-file FILE, or a prompt on a terminal)"
         )
     return text
@@ -148,7 +149,7 @@ def remove_key(backend: Backend, unlocked: Unlocked, key_id: str) -> None:
 def create(backend: Backend, config: RepoConfig, passphrase: Passphrase | None, cost: int | None) -> Unlocked:
     """The first key of a new encrypted repository, written before its config (a config without a
     key would be a repository nobody can open)."""
-    text = resolve(passphrase, backend)
+    text = resolve(passphrase, backend, creating=True)
     if cost is not None:
         _enc().check_kdf_cost(cost)
     master = new_master_key()
