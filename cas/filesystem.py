@@ -26,6 +26,7 @@ from backends.base import Backend
 from cas.errors import MissingDependency
 from cas.format.trees import DIR, FILE, SYMLINK
 from cas.ops.view import Node, SnapshotView
+from cas import passphrase
 from cas.store import Store
 
 try:
@@ -63,10 +64,13 @@ class CasFileSystem(AbstractFileSystem):  # type: ignore[misc]
         index: str | None = None,
         executions: list[str] | None = None,
         chunk_cache: str | bool | None = None,
+        password_file: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.store = Store.open(repo, index=index, create=False, chunk_cache=chunk_cache)
+        # An encrypted repository's passphrase: the first line of password_file, else $CAS_PASSWORD.
+        password = passphrase.source(password_file, terminal=False)
+        self.store = Store.open(repo, index=index, create=False, chunk_cache=chunk_cache, password=password)
         self.view: SnapshotView = self.store.view(executions)
 
     def close(self) -> None:

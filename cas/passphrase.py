@@ -32,27 +32,29 @@ def read_password_file(path: str) -> str:
 
 
 def source(
-    password_file: str | None, *, env: str = ENV, prompt: str = "passphrase", confirm: bool = False
+    password_file: str | None, *, env: str = ENV, prompt: str = "passphrase", confirm: bool = False,
+    terminal: bool = True,
 ) -> Callable[[], str]:
     """A function that finds the passphrase when first asked (only encrypted repositories ask),
     from ``password_file``, else ``$env``, else a prompt when stdin is a terminal, else nothing
-    (the repository then says how to give one). The answer is kept: one prompt per process."""
+    (the repository then says how to give one). The answer is kept: one prompt per process.
+    ``terminal=False``: never prompt (a library inside a worker)."""
     found: list[str] = []
 
     def get() -> str:
         if not found:
-            found.append(_find(password_file, env, prompt, confirm))
+            found.append(_find(password_file, env, prompt if terminal else None, confirm))
         return found[0]
 
     return get
 
 
-def _find(password_file: str | None, env: str, prompt: str, confirm: bool) -> str:
+def _find(password_file: str | None, env: str, prompt: str | None, confirm: bool) -> str:
     if password_file:
         return read_password_file(password_file)
     if os.environ.get(env):
         return os.environ[env]
-    if sys.stdin is not None and sys.stdin.isatty():
+    if prompt is not None and sys.stdin is not None and sys.stdin.isatty():
         text = getpass.getpass(f"{prompt}: ")
         if confirm and getpass.getpass(f"{prompt} again: ") != text:
             raise ConfigurationError("the passphrases typed do not match")

@@ -17,13 +17,14 @@ Repository, and URI root, per adapter:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from backends import redact_url
 from backends.base import Backend
 from backends.oss_config import environment_fallbacks as oss_environment_fallbacks
+from cas import passphrase
 from cas.errors import ConfigurationError
 
 REPO_DIR = "cas"
@@ -183,3 +184,14 @@ def s3_botocore_options(botocore: object, owner: str) -> dict[str, Any]:
     if "addressing_style" in s3:
         options["addressing_style"] = s3["addressing_style"]
     return options
+
+
+def passphrase_source(config: Mapping[str, Any], owner: str) -> Callable[[], str]:
+    """The ``password`` / ``password_file`` keys (else ``$CAS_PASSWORD``), read only if the
+    repository is encrypted. A worker has no terminal: no prompt."""
+    given = optional_str(config, "password", owner)
+    if given is not None:
+        return lambda: given
+    path = optional_str(config, "password_file", owner)
+    return passphrase.source(os.path.expanduser(path) if path else None, prompt="repository passphrase",
+                             terminal=False)

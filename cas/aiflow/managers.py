@@ -29,6 +29,7 @@ from cas.aiflow.config import (
     local_location,
     optional_str,
     oss_location,
+    passphrase_source,
     s3_location,
 )
 from cas.aiflow.staging import stage_file, staging_dir
@@ -73,6 +74,8 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
     * ``chunker``: how uploads are cut into chunks (a :class:`~cas.format.config.ChunkerName`
       value); default the repository's own. ``fastcdc-archives-1`` cuts project zips at their
       members in a repository created before it existed (docs/FORMAT.md, Chunks).
+    * ``password`` or ``password_file``: the passphrase of an encrypted repository (docs/SECURITY.md),
+      or the first line of a file holding it; default ``$CAS_PASSWORD``. Never printed or logged.
 
     Instances are safe to share between threads; after a ``fork`` the child reopens its own
     connections.
@@ -102,6 +105,7 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
         if self._chunker is not None and self._chunker not in {c.value for c in ChunkerName}:
             known = ", ".join(c.value for c in ChunkerName)
             raise ConfigurationError(f"{name}: unknown chunker {self._chunker!r} (known: {known})")
+        self._password = passphrase_source(config, name)
         cache = optional_str(config, "cache_directory", name) or os.path.join(default_home(), "aiflow")
         self._cache_dir = os.path.abspath(os.path.expanduser(cache))
         self._lock = threading.Lock()
@@ -133,7 +137,7 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
                 if self._store_pid is not None and self._store_pid != pid:
                     # Inherited across fork: SDK sessions and database connections are not ours.
                     self._backend = self._open_backend()
-                self._store_obj = Store.open(self._backend, index=self._index_url)
+                self._store_obj = Store.open(self._backend, index=self._index_url, password=self._password)
                 self._store_pid = pid
             return self._store_obj
 

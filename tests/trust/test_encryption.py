@@ -325,3 +325,43 @@ def test_cli_prompts_for_the_passphrase_on_a_terminal(tmp_path: Path) -> None:
     os.close(fd)
     assert sent and os.waitstatus_to_exitcode(status) == 0, seen
     assert b"[]" in seen and b"typed secret" not in seen  # the prompt does not echo
+
+
+def test_aiflow_managers_take_the_passphrase_from_their_config(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+    from cas.aiflow.managers import LocalBlobManager
+
+    secret = "aiflow secret phrase"
+    Store.open(str(tmp_path / "root" / "cas"), encrypt=True, password=secret, kdf_cost=10).close()
+    (tmp_path / "model.bin").write_bytes(MARKER * 100)
+    (tmp_path / "pw").write_text(secret + "\n")
+    for key, value in (("password", secret), ("password_file", str(tmp_path / "pw"))):
+        manager = LocalBlobManager({"root_directory": str(tmp_path / "root"), key: value})
+        uri = manager.upload(str(tmp_path / "model.bin"))
+        path = manager.download(uri, str(tmp_path / f"down-{key}"))
+        assert Path(path).read_bytes() == MARKER * 100
+        assert secret not in repr(manager) and secret not in uri
+        manager.close()
+    wrong = LocalBlobManager({"root_directory": str(tmp_path / "root"), "password": "nope"})
+    with pytest.raises(WrongPassphrase):
+        wrong.upload(str(tmp_path / "model.bin"))
+    for _name, data in _stored_bytes(tmp_path / "root" / "cas"):
+        assert MARKER not in data
+
+
+def test_the_fsspec_filesystem_reads_an_encrypted_repository(
+    tmp_path: Path, cas_home: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    from cas.filesystem import CasFileSystem
+
+    src = _project(tmp_path / "src")
+    with _open(tmp_path, "enc", **ENCRYPTED) as store:
+        store.snapshot(src, "run-1")
+    index = f"sqlite:///{tmp_path / 'enc.sqlite'}"
+    (tmp_path / "pw").write_text(TEST_PASSWORD + "\n")
+    fs = CasFileSystem(str(tmp_path / "enc"), index=index, password_file=str(tmp_path / "pw"), skip_instance_cache=True)
+    assert fs.cat_file(f"run-1/{NAME}", start=7, end=107) == (MARKER * 5000)[7:107]
+    fs.close()
+    monkeypatch.setenv("CAS_PASSWORD", TEST_PASSWORD)
+    fs = CasFileSystem(str(tmp_path / "enc"), index=index, skip_instance_cache=True)
+    assert fs.cat_file("run-1/sub/notes.txt") == (src / "sub" / "notes.txt").read_bytes()
+    fs.close()
