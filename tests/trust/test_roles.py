@@ -72,6 +72,13 @@ COMMANDS: dict[str, Callable[[Case], list[str]]] = {
     "repair": lambda c: ["repair"],
     "rebuild-index --sync": lambda c: ["rebuild-index", "--sync"],
     "rebuild-index": lambda c: ["rebuild-index"],
+    # client-side encryption: each on a repository of its own beside the deployment's (_encrypted)
+    "init --encrypt": lambda c: [*_beside(c, "new"), "--password-file", _password_file(c, "first"),
+                                 "init", "--encrypt", "--kdf-cost", "10"],
+    "key list": lambda c: [*_encrypted(c), "key", "list"],
+    "key add": lambda c: [*_encrypted(c), "key", "add", "--new-password-file", _password_file(c, "second"),
+                          "--kdf-cost", "10"],
+    "key remove": lambda c: _encrypted_with_two_keys_remove_first(c),
 }
 
 NO_DELETE_ROWS = "needs DELETE on table"
@@ -98,7 +105,53 @@ TABLE: dict[str, dict[str, str | None]] = {
     "repair": {"reader": NO_DELETE_ROWS, "writer": NO_DELETE_ROWS, "maintainer": OK},
     "rebuild-index --sync": {"reader": "needs INSERT on table", "writer": OK, "maintainer": OK},
     "rebuild-index": {"reader": NO_DELETE_ROWS, "writer": NO_DELETE_ROWS, "maintainer": OK},
+    "init --encrypt": {"reader": "s3:PutObject", "writer": OK, "maintainer": OK},
+    "key list": {"reader": OK, "writer": OK, "maintainer": OK},
+    "key add": {"reader": "s3:PutObject", "writer": OK, "maintainer": OK},
+    "key remove": {"reader": "s3:DeleteObject", "writer": "s3:DeleteObject", "maintainer": OK},
 }
+
+
+# -- client-side encryption (issue 18): repositories of their own, made by the maintainer --------
+
+
+def _password_file(c: Case, text: str) -> str:
+    path = os.path.join(c.tmp, f"pw-{text}")
+    with open(path, "w") as f:
+        f.write(f"{text} passphrase\n")
+    return path
+
+
+def _beside(c: Case, name: str) -> list[str]:
+    """Global options for a repository under the deployment's prefix (so inside every role's
+    policy), with an index of this host's (an index describes one repository)."""
+    tag = f"{name}-{c.role}-{secrets.token_hex(3)}"
+    return ["--repo", f"{c.deployment.repo}/{tag}", "--index", "sqlite:///" + os.path.join(c.tmp, f"{tag}.sqlite")]
+
+
+def _encrypted(c: Case, second_key: bool = False) -> list[str]:
+    """An encrypted repository the maintainer created (and gave a second key): global options for
+    ``c.role`` to open it with the first passphrase (the second, when there is one)."""
+    home = os.path.join(c.tmp, "home-maintainer")
+    repo = _beside(c, "enc")
+    first = _password_file(c, "first")
+    as_maintainer = [repo[0], repo[1], "--index", "sqlite:///" + os.path.join(c.tmp, "maintainer.sqlite"),
+                     "--password-file", first]
+    _ok(run_cas(c.deployment, "maintainer", [*as_maintainer, "init", "--encrypt", "--kdf-cost", "10"], home))
+    if not second_key:
+        return [*repo, "--password-file", first]
+    _ok(run_cas(c.deployment, "maintainer", [*as_maintainer, "key", "add", "--kdf-cost", "10",
+                                             "--new-password-file", _password_file(c, "second")], home))
+    return [*repo, "--password-file", _password_file(c, "second")]
+
+
+def _encrypted_with_two_keys_remove_first(c: Case) -> list[str]:
+    options = _encrypted(c, second_key=True)
+    status, out, err = run_cas(c.deployment, "maintainer", [*options, "--json", "key", "list"],
+                               os.path.join(c.tmp, "home-maintainer"))
+    assert status == 0, err
+    first = next(k["id"] for k in json.loads(out) if not k["current"])
+    return [*options, "key", "remove", first]
 
 
 NOT_IN_TABLE = {"mount"}
