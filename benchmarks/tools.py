@@ -152,6 +152,30 @@ class Cas(Tool):
         return f"cas (python -m cas.cli, last commit to cas/ {rev}{', with uncommitted changes' if dirty else ''})"
 
 
+class CasEncrypted(Cas):
+    """cas on an encrypted repository (``cas init --encrypt``, docs/SECURITY.md), beside ``cas`` in
+    the same run: the cost of encryption. The KDF is the default one (scrypt N=2**17), as a user
+    would have it, so every command pays its one unwrap of the master key."""
+
+    name = "cas-encrypted"
+    PASSWORD = "benchmark"
+
+    @property
+    def index_path(self) -> Path:
+        return self.base / "repos" / "cas-encrypted-index.sqlite"
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env["CAS_PASSWORD"] = self.PASSWORD
+        return env
+
+    def setup_cmds(self) -> list[tuple[list[str], Path]]:
+        return [([*self.cli(), "init", "--encrypt"], REPO_ROOT)]
+
+    def version(self) -> str:
+        return super().version().replace("cas (", "cas, encrypted repository (", 1)
+
+
 def _json_snapshot_id(output: str, keys: tuple[str, ...]) -> str | None:
     """The snapshot id from a tool's JSON output: the last JSON value that has one of ``keys``.
     Values start at the beginning of a line (restic writes one object per line, rustic one
@@ -332,6 +356,7 @@ class Zip(Tool):
 
 TOOLS: dict[str, type[Tool]] = {
     "cas": Cas,
+    "cas-encrypted": CasEncrypted,
     "restic": Restic,
     "rustic": Rustic,
     "restic-debian": ResticDebian,

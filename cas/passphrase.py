@@ -46,6 +46,17 @@ def source(
             found.append(_find(password_file, env, prompt if terminal else None, confirm))
         return found[0]
 
+    get.given = lambda: bool(password_file or os.environ.get(env))  # type: ignore[attr-defined]
+    return get
+
+
+def fixed(text: str) -> Callable[[], str]:
+    """A passphrase given as a value (AIFlow's ``password`` key)."""
+
+    def get() -> str:
+        return text
+
+    get.given = lambda: bool(text)  # type: ignore[attr-defined]
     return get
 
 

@@ -191,7 +191,7 @@ def passphrase_source(config: Mapping[str, Any], owner: str) -> Callable[[], str
     repository is encrypted. A worker has no terminal: no prompt."""
     given = optional_str(config, "password", owner)
     if given is not None:
-        return lambda: given
+        return passphrase.fixed(given)
     path = optional_str(config, "password_file", owner)
     return passphrase.source(os.path.expanduser(path) if path else None, prompt="repository passphrase",
                              terminal=False)

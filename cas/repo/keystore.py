@@ -69,6 +69,26 @@ def resolve(passphrase: Passphrase | None, backend: Backend, *, creating: bool =
     return text
 
 
+def is_given(passphrase: Passphrase | None) -> bool:
+    """Whether a passphrase was given (a value, a file, an environment variable), without asking
+    for one at a prompt. A source that can tell says so by a ``given`` function attribute."""
+    if passphrase is None or isinstance(passphrase, str):
+        return bool(passphrase)
+    given = getattr(passphrase, "given", None)
+    return bool(given()) if callable(given) else False
+
+
+def check_unencrypted(backend: Backend, passphrase: Passphrase | None) -> None:
+    """An unencrypted config where a passphrase was given: refuse it if the repository has keys,
+    since its encrypted config was then replaced (by someone who could write the bucket), and
+    writing on would store snapshots in clear. Costs one listing, only when a passphrase is given."""
+    if is_given(passphrase) and key_ids(backend):
+        raise IntegrityError(
+            f"the repository at {redact_url(backend.describe())} has encryption keys but an unencrypted "
+            "config: its config was replaced; refusing to use it"
+        )
+
+
 def key_ids(backend: Backend) -> list[str]:
     return sorted(
         name for name in (info.key[len(KEY_PREFIX):] for info in backend.list(KEY_PREFIX))

@@ -305,7 +305,10 @@ def load_or_create_config(
     else:
         if exclusive:
             raise AlreadyExists(f"a cas repository exists already at {redact_url(backend.describe())}")
-        return config, keystore.unlock(backend, config, password) if config.encrypted else None
+        if not config.encrypted:
+            keystore.check_unencrypted(backend, password)
+            return config, None
+        return config, keystore.unlock(backend, config, password)
     config = RepoConfig.new(encrypt=encrypt, **overrides)
     unlocked = keystore.create(backend, config, password, kdf_cost) if encrypt else None
     try:

@@ -365,3 +365,24 @@ def test_the_fsspec_filesystem_reads_an_encrypted_repository(
     fs = CasFileSystem(str(tmp_path / "enc"), index=index, skip_instance_cache=True)
     assert fs.cat_file("run-1/sub/notes.txt") == (src / "sub" / "notes.txt").read_bytes()
     fs.close()
+
+
+def test_an_encrypted_config_replaced_by_an_unencrypted_one_is_refused_when_a_passphrase_is_given(
+    tmp_path: Path, cas_home: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    from cas import passphrase
+
+    with _open(tmp_path, "enc", **ENCRYPTED) as store:
+        store.snapshot(_project(tmp_path / "src"), "run-1")
+    plain = json.loads((tmp_path / "enc" / "config").read_bytes())
+    del plain["encryption"]
+    plain["version"] = 1
+    (tmp_path / "enc" / "config").write_text(json.dumps(plain, sort_keys=True, separators=(",", ":")))
+    before = _stored_bytes(tmp_path / "enc")
+    for given in (TEST_PASSWORD, passphrase.fixed(TEST_PASSWORD)):
+        with pytest.raises(IntegrityError, match="has encryption keys but an unencrypted config"):
+            _open(tmp_path, "enc", password=given)
+    monkeypatch.setenv("CAS_PASSWORD", TEST_PASSWORD)
+    with pytest.raises(IntegrityError, match="config was replaced"):
+        _open(tmp_path, "enc", password=passphrase.source(None))
+    assert _stored_bytes(tmp_path / "enc") == before  # nothing written, not even a new index's sync
