@@ -152,9 +152,11 @@ def covering(offset: int, length: int | None) -> SealedRange:
 
 
 def open_segments(
-    keys: RepoKeys, name: str, salt: bytes, first: int, sealed: bytes, *, at_end: bool | None
+    keys: RepoKeys, name: str, salt: bytes, first: int, sealed: bytes | memoryview, *, at_end: bool | None,
+    skip: int = 0, length: int | None = None,
 ) -> bytes:
-    """Decrypt consecutive sealed segments starting at segment ``first``.
+    """Decrypt consecutive sealed segments starting at segment ``first``, and return their
+    plaintext from ``skip`` on (``length`` bytes of it, or all).
 
     ``at_end``: True when ``sealed`` runs to the end of the object (its last segment must be the
     last), False when more of the object follows, None when unknown (a read that returned exactly
@@ -170,6 +172,8 @@ def open_segments(
             raise IntegrityError(f"encrypted object {name} is truncated")
         return b""
     for i in range(count):
+        if length is not None and i * SEGMENT >= skip + length:
+            break  # past the range asked for (a read that may have fetched a little more)
         piece = view[i * _SEALED_SEGMENT : (i + 1) * _SEALED_SEGMENT]
         final_here = i == count - 1
         if len(piece) < TAG:
@@ -185,7 +189,18 @@ def open_segments(
                 continue
         else:
             raise IntegrityError(f"encrypted object {name} failed authentication (damaged, or not this object)")
-    return b"".join(out)
+    # Trim the first and last segments before joining: one copy of the range, not of the segments.
+    if out and skip:
+        out[0] = out[0][skip:] if skip < len(out[0]) else b""
+    if length is not None:
+        kept = 0
+        for i, part in enumerate(out):
+            if kept + len(part) >= length:
+                out[i] = part[: length - kept]
+                del out[i + 1 :]
+                break
+            kept += len(part)
+    return out[0] if len(out) == 1 else b"".join(out)
 
 
 def open_object(keys: RepoKeys, name: str, sealed: bytes) -> bytes:

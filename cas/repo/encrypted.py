@@ -93,7 +93,7 @@ class EncryptedBackend(Backend):
             data = self.inner.get(stored, 0, want)
             salt = enc.parse_header(data[: enc.HEADER])
             self._keep_salt(stored, salt)
-            body = data[enc.HEADER :]
+            body = memoryview(data)[enc.HEADER :]
             asked = span.length
         else:
             if salt is None:
@@ -102,9 +102,8 @@ class EncryptedBackend(Backend):
             body = self.inner.get(stored, span.offset, span.length)
             asked = span.length
         at_end = True if asked is None or len(body) < asked else None
-        plain = enc.open_segments(self._keys, key, salt, span.first, body, at_end=at_end)
         start = offset - span.first * enc.SEGMENT
-        return plain[start:] if length is None else plain[start : start + length]
+        return enc.open_segments(self._keys, key, salt, span.first, body, at_end=at_end, skip=start, length=length)
 
     def stat(self, key: str) -> ObjectInfo:
         info = self.inner.stat(self.stored_key(key))
