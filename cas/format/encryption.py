@@ -111,17 +111,23 @@ def plain_size(size: int) -> int:
     return max(0, body - TAG * -(-body // _SEALED_SEGMENT))
 
 
-def seal(keys: RepoKeys, name: str, data: bytes | memoryview, salt: bytes | None = None) -> bytes:
-    """Encrypt an object's bytes for the backend, bound to its plaintext ``name``."""
+def seal(keys: RepoKeys, name: str, data: bytes | bytearray | memoryview, salt: bytes | None = None) -> memoryview:
+    """Encrypt an object's bytes for the backend, bound to its plaintext ``name``. Written into one
+    buffer as it goes, so sealing a pack costs one pack's worth of memory more, not two."""
     salt = os.urandom(SALT) if salt is None else salt
     aead = _object_key(keys, salt)
     aad = _aad(name)
     view = memoryview(data)
     count = segment_count(len(view))
-    out = [MAGIC, salt]
+    out = bytearray(sealed_size(len(view)))
+    out[: len(MAGIC)] = MAGIC
+    out[len(MAGIC) : HEADER] = salt
+    at = HEADER
     for i in range(count):
-        out.append(aead.encrypt(_nonce(i, i == count - 1), view[i * SEGMENT : (i + 1) * SEGMENT], aad))
-    return b"".join(out)
+        sealed = aead.encrypt(_nonce(i, i == count - 1), view[i * SEGMENT : (i + 1) * SEGMENT], aad)
+        out[at : at + len(sealed)] = sealed
+        at += len(sealed)
+    return memoryview(out)
 
 
 def parse_header(header: bytes) -> bytes:
@@ -203,10 +209,10 @@ def open_segments(
     return out[0] if len(out) == 1 else b"".join(out)
 
 
-def open_object(keys: RepoKeys, name: str, sealed: bytes) -> bytes:
+def open_object(keys: RepoKeys, name: str, sealed: bytes | memoryview) -> bytes:
     """Decrypt a whole sealed object."""
-    salt = parse_header(sealed[:HEADER])
-    return open_segments(keys, name, salt, 0, sealed[HEADER:], at_end=True)
+    salt = parse_header(bytes(sealed[:HEADER]))
+    return open_segments(keys, name, salt, 0, memoryview(sealed)[HEADER:], at_end=True)
 
 
 # -- object names --------------------------------------------------------------------------------

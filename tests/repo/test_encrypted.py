@@ -49,7 +49,7 @@ class _SealedAccess:
         return enc.open_object(self.keys, key, self.raw.read(self.names.stored_key(key)))
 
     def write(self, key: str, data: bytes) -> None:
-        self.raw.write(self.names.stored_key(key), enc.seal(self.keys, key, data))
+        self.raw.write(self.names.stored_key(key), bytes(enc.seal(self.keys, key, data)))
 
 
 class _NoBackend(Backend):
