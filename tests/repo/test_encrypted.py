@@ -273,3 +273,14 @@ def test_sizes_of_sealed_objects() -> None:
         assert enc.plain_size(enc.sealed_size(size)) == size
         assert len(enc.seal(KEYS, "k", b"\x00" * size)) == enc.sealed_size(size)
     assert enc.plain_size(0) == 0 and enc.plain_size(enc.HEADER + 3) == 0  # truncated: never negative
+
+
+def test_an_empty_range_of_an_absent_object_is_not_found(tmp_path: Path) -> None:
+    """Found by the dict model: a zero-length read answered without asking the storage."""
+    from backends.errors import NotFound
+
+    backend = EncryptedBackend(LocalBackend(tmp_path / "t"), KEYS)
+    with pytest.raises(NotFound):
+        backend.get("data/00/absent", 5, 0)
+    backend.put("data/00/present", b"abc")
+    assert backend.get("data/00/present", 5, 0) == b""
