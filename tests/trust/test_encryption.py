@@ -223,12 +223,35 @@ def test_copy_between_encrypted_and_unencrypted_repositories_over_s3(
 
 
 def _cas(tmp_path: Path, *args: str, env: dict[str, str] | None = None, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "CAS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT), **(env or {})}
+    """``cas --repo TMP/repo ARGS`` run in this process (as tests/trust/test_roles.py does: a
+    subprocess per command would cost a second each), from ``tmp_path``, with no terminal on stdin,
+    ``CAS_HOME`` under ``tmp_path`` and of the passphrase variables only those in ``env``."""
+    import contextlib
+    import io
+
+    from cas.cli import main
+
+    saved_env, saved_cwd, saved_stdin = dict(os.environ), os.getcwd(), sys.stdin
     for name in ("CAS_REPO", "CAS_INDEX", "CAS_PASSWORD", "CAS_NEW_PASSWORD"):
-        if not env or name not in env:
-            full_env.pop(name, None)
-    proc = subprocess.run([sys.executable, "-m", "cas", "--repo", str(tmp_path / "repo"), *args],
-                          capture_output=True, text=True, env=full_env, cwd=tmp_path, stdin=subprocess.DEVNULL)
+        os.environ.pop(name, None)
+    os.environ.update({"CAS_HOME": str(tmp_path / "home"), **(env or {})})
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    err = io.StringIO()
+    try:
+        os.chdir(tmp_path)
+        sys.stdin = io.StringIO("")
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = main(["--repo", str(tmp_path / "repo"), *args])
+            except SystemExit as exc:  # usage errors
+                status = int(exc.code or 0)
+    finally:
+        os.chdir(saved_cwd)
+        sys.stdin = saved_stdin
+        os.environ.clear()
+        os.environ.update(saved_env)
+    out.flush()
+    proc = subprocess.CompletedProcess(args, status, out.buffer.getvalue().decode(), err.getvalue())  # type: ignore[attr-defined]
     if ok:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -239,7 +262,7 @@ def _one_line_error(proc: subprocess.CompletedProcess[str], text: str) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_cli_init_keys_and_passphrases(tmp_path: Path) -> None:
+def test_cli_init_keys_and_passphrases(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     first, second = "first secret phrase", "second secret phrase"
     (tmp_path / "pw1").write_text(first + "\n")
     (tmp_path / "pw2").write_text(second + "\n")
@@ -283,7 +306,7 @@ def test_cli_init_keys_and_passphrases(tmp_path: Path) -> None:
     run("--repo", str(tmp_path / "plain"), "init")
     _one_line_error(run("--repo", str(tmp_path / "plain"), "key", "list", ok=False), "not encrypted")
     run("--repo", str(tmp_path / "plain"), "log", CAS_PASSWORD=first)
-    for text in outputs:
+    for text in [*outputs, caplog.text]:
         assert first not in text and second not in text
 
 
