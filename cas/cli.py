@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to-index", default=None, metavar="URL", help="the target's index (default: one per host)")
     s.add_argument("--label", "-l", action=LabelAction, default={}, metavar="KEY=VALUE",
                    help="also copy every snapshot carrying this label (repeatable: all must match)")
+    s.add_argument("--to-password-file", default=None, metavar="FILE",
+                   help="the target's passphrase, if it is (or, new, will be) encrypted: the first line of FILE "
+                   "(else env CAS_TO_PASSWORD, else the source's passphrase)")
 
     sub.add_parser("stats", help="logical and stored bytes, dedup ratio, chunk and pack counts")
 
@@ -474,8 +477,11 @@ def cmd_restore(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_copy(store: Store, args: argparse.Namespace) -> int:
+    to_password = _password(args)
+    if args.to_password_file or os.environ.get("CAS_TO_PASSWORD"):
+        to_password = passphrase.source(args.to_password_file, env="CAS_TO_PASSWORD", prompt="target passphrase")
     report = store.copy(args.execution_ids, args.to, to_index=args.to_index, labels=args.label,
-                        to_password=_password(args))
+                        to_password=to_password)
     text = (f"copied {len(report.copied)} executions ({len(report.present)} already there): sent "
             f"{report.blobs_sent} blobs, {human_size(report.bytes_sent)}; {report.blobs_skipped} the target had")
     _emit(args, report.to_dict(), text)

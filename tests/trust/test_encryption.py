@@ -232,7 +232,7 @@ def _cas(tmp_path: Path, *args: str, env: dict[str, str] | None = None, ok: bool
     from cas.cli import main
 
     saved_env, saved_cwd, saved_stdin = dict(os.environ), os.getcwd(), sys.stdin
-    for name in ("CAS_REPO", "CAS_INDEX", "CAS_PASSWORD", "CAS_NEW_PASSWORD"):
+    for name in ("CAS_REPO", "CAS_INDEX", "CAS_PASSWORD", "CAS_NEW_PASSWORD", "CAS_TO_PASSWORD"):
         os.environ.pop(name, None)
     os.environ.update({"CAS_HOME": str(tmp_path / "home"), **(env or {})})
     out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
@@ -302,6 +302,12 @@ def test_cli_init_keys_and_passphrases(tmp_path: Path, caplog: pytest.LogCapture
     run("--password-file", "pw2", "copy", "run-1", "--to", str(tmp_path / "copy"))
     run("--password-file", "pw2", "--repo", str(tmp_path / "copy"), "restore", "run-1", str(tmp_path / "out2"))
     assert describe(str(tmp_path / "out2")) == describe(str(src))
+    # A target with a passphrase of its own: --to-password-file, or CAS_TO_PASSWORD.
+    run("--password-file", "pw2", "copy", "run-1", "--to", str(tmp_path / "copy-b"), "--to-password-file", "pw1")
+    run("--password-file", "pw2", "copy", "run-1", "--to", str(tmp_path / "copy-b"), CAS_TO_PASSWORD=first)
+    run("--password-file", "pw1", "--repo", str(tmp_path / "copy-b"), "restore", "run-1", str(tmp_path / "out3"))
+    assert describe(str(tmp_path / "out3")) == describe(str(src))
+    _one_line_error(run("--password-file", "pw2", "--repo", str(tmp_path / "copy-b"), "log", ok=False), "wrong passphrase")
     # Unencrypted repositories know no keys and ignore CAS_PASSWORD.
     run("--repo", str(tmp_path / "plain"), "init")
     _one_line_error(run("--repo", str(tmp_path / "plain"), "key", "list", ok=False), "not encrypted")
