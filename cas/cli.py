@@ -725,13 +725,13 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_key(store: Store, args: argparse.Namespace) -> int:
     if args.key_action == "list":
-        keys = store.keys()
+        keys = store.list_keys()
         lines = [f"{'*' if k.current else ' '} {k.key_id}  scrypt 2^{k.kdf_cost}  created "
                  f"{dt.datetime.fromtimestamp(k.created_ns / 1e9, dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
                  for k in keys]
         _emit(args, [k.to_dict() for k in keys], "\n".join(lines))
     elif args.key_action == "add":
-        store.keys()  # refuses an unencrypted repository before asking for a new passphrase
+        store.list_keys()  # refuses an unencrypted repository before asking for a new passphrase
         new = passphrase.source(args.new_password_file, env=passphrase.NEW_ENV, prompt="new passphrase",
                                 confirm=True)
         key_id = store.add_key(new, kdf_cost=args.kdf_cost)

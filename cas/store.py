@@ -402,7 +402,7 @@ class Store:
     def encrypted(self) -> bool:
         return self.repo.config.encrypted
 
-    def keys(self) -> list[KeyInfo]:
+    def list_keys(self) -> list[KeyInfo]:
         """The repository's passphrase keys (:class:`ConfigurationError` if it is not encrypted)."""
         unlocked = self._unlocked()
         return keystore.list_keys(self._keys_backend(), unlocked)

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from backends.base import Backend, ObjectInfo
 from backends.local import LocalBackend
@@ -85,20 +86,20 @@ class TestEncryptedOverS3(BackendContract):
         s3_servers.isolate_from_ambient_aws(monkeypatch, str(tmp_path))
 
     @pytest.fixture
-    def bucket(self, moto_server: MotoServer) -> str:  # noqa: F811
+    def bucket(self, moto_server: MotoServer) -> str:
         name = f"cas-{uuid.uuid4().hex[:16]}"
         moto_server.client().create_bucket(Bucket=name)
         return name
 
     @pytest.fixture
-    def backend(self, moto_server: MotoServer, bucket: str) -> Iterator[Backend]:  # noqa: F811
+    def backend(self, moto_server: MotoServer, bucket: str) -> Iterator[Backend]:
         inner = from_url(f"s3://{bucket}/enc", **moto_server.backend_options(),
                          part_size=5 * 1024 * 1024, multipart_threshold=5 * 1024 * 1024)
         yield EncryptedBackend(inner, KEYS)
         inner.close()
 
     @pytest.fixture
-    def raw(self, moto_server: MotoServer, bucket: str) -> _SealedAccess:  # noqa: F811
+    def raw(self, moto_server: MotoServer, bucket: str) -> _SealedAccess:
         return _SealedAccess(_BotoAccess(moto_server.client(), bucket, "enc/"), KEYS)
 
 
