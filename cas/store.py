@@ -112,7 +112,7 @@ class Store:
         ``password`` opens an encrypted repository (a string, or a function called only if the
         repository is encrypted); ``encrypt`` creates one, its first key derived from ``password``
         with scrypt at ``kdf_cost`` (N = 2**kdf_cost, 10..18, default 17); ``exclusive`` refuses
-        a repository that exists (:meth:`init`). See docs/SECURITY.md.
+        a repository that exists (as ``cas init`` does). See docs/SECURITY.md.
         """
         repository = Repository.open(
             repo, index=index, create=create, config_overrides=config, chunk_cache=chunk_cache,

@@ -415,3 +415,19 @@ def test_an_encrypted_config_replaced_by_an_unencrypted_one_is_refused_when_a_pa
     with pytest.raises(IntegrityError, match="config was replaced"):
         _open(tmp_path, "enc", password=passphrase.source(None))
     assert _stored_bytes(tmp_path / "enc") == before  # nothing written, not even a new index's sync
+
+
+def test_a_failed_creation_leaves_no_key_behind(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+    """The key is written before the config; if the config cannot be written, the key goes too
+    (a key without its config would make a later unencrypted repository there look replaced)."""
+    from backends.local import LocalBackend
+
+    class ConfigFails(LocalBackend):
+        def put(self, key: str, data: object, *, overwrite: bool = True) -> None:
+            if key == "config":
+                raise OSError(28, "No space left on device")
+            super().put(key, data, overwrite=overwrite)  # type: ignore[arg-type]
+
+    with pytest.raises(OSError):
+        Store.open(ConfigFails(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'i.sqlite'}", **ENCRYPTED)  # type: ignore[arg-type]
+    assert _stored_bytes(tmp_path / "repo") == []
