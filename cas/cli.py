@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to-index", default=None, metavar="URL", help="the target's index (default: one per host)")
     s.add_argument("--label", "-l", action=LabelAction, default={}, metavar="KEY=VALUE",
                    help="also copy every snapshot carrying this label (repeatable: all must match)")
+    s.add_argument("--to-password-file", default=None, metavar="FILE",
+                   help="the target's passphrase, if it is (or, new, will be) encrypted: the first line of FILE "
+                   "(else env CAS_TO_PASSWORD, else the source's passphrase)")
 
     sub.add_parser("stats", help="logical and stored bytes, dedup ratio, chunk and pack counts")
 
@@ -474,8 +477,11 @@ def cmd_restore(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_copy(store: Store, args: argparse.Namespace) -> int:
+    to_password = _password(args)
+    if args.to_password_file or os.environ.get("CAS_TO_PASSWORD"):
+        to_password = passphrase.source(args.to_password_file, env="CAS_TO_PASSWORD", prompt="target passphrase")
     report = store.copy(args.execution_ids, args.to, to_index=args.to_index, labels=args.label,
-                        to_password=_password(args))
+                        to_password=to_password)
     text = (f"copied {len(report.copied)} executions ({len(report.present)} already there): sent "
             f"{report.blobs_sent} blobs, {human_size(report.bytes_sent)}; {report.blobs_skipped} the target had")
     _emit(args, report.to_dict(), text)
@@ -719,13 +725,13 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_key(store: Store, args: argparse.Namespace) -> int:
     if args.key_action == "list":
-        keys = store.keys()
+        keys = store.list_keys()
         lines = [f"{'*' if k.current else ' '} {k.key_id}  scrypt 2^{k.kdf_cost}  created "
                  f"{dt.datetime.fromtimestamp(k.created_ns / 1e9, dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
                  for k in keys]
         _emit(args, [k.to_dict() for k in keys], "\n".join(lines))
     elif args.key_action == "add":
-        store.keys()  # refuses an unencrypted repository before asking for a new passphrase
+        store.list_keys()  # refuses an unencrypted repository before asking for a new passphrase
         new = passphrase.source(args.new_password_file, env=passphrase.NEW_ENV, prompt="new passphrase",
                                 confirm=True)
         key_id = store.add_key(new, kdf_cost=args.kdf_cost)

@@ -112,7 +112,7 @@ class Store:
         ``password`` opens an encrypted repository (a string, or a function called only if the
         repository is encrypted); ``encrypt`` creates one, its first key derived from ``password``
         with scrypt at ``kdf_cost`` (N = 2**kdf_cost, 10..18, default 17); ``exclusive`` refuses
-        a repository that exists (:meth:`init`). See docs/SECURITY.md.
+        a repository that exists (as ``cas init`` does). See docs/SECURITY.md.
         """
         repository = Repository.open(
             repo, index=index, create=create, config_overrides=config, chunk_cache=chunk_cache,
@@ -402,7 +402,7 @@ class Store:
     def encrypted(self) -> bool:
         return self.repo.config.encrypted
 
-    def keys(self) -> list[KeyInfo]:
+    def list_keys(self) -> list[KeyInfo]:
         """The repository's passphrase keys (:class:`ConfigurationError` if it is not encrypted)."""
         unlocked = self._unlocked()
         return keystore.list_keys(self._keys_backend(), unlocked)

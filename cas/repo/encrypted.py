@@ -75,7 +75,7 @@ class EncryptedBackend(Backend):
         if offset < 0:
             offset = max(0, self.stat(key).size + offset)
         if length == 0:
-            self.inner.stat(stored)  # an absent object is NotFound, even for no bytes
+            self.inner.stat(stored)  # NotFound for an absent object, as every backend
             return b""
         try:
             return self._get(key, stored, offset, length)

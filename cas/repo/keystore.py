@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from backends import redact_url
 from backends.base import Backend
-from cas.errors import ConfigurationError, IntegrityError, NotFound, PermissionDenied
+from cas.errors import CasError, ConfigurationError, IntegrityError, NotFound, PermissionDenied
 from cas.format.config import RepoConfig
 
 KEY_PREFIX = "keys/"
@@ -178,9 +178,10 @@ def create(backend: Backend, config: RepoConfig, passphrase: Passphrase | None, 
 
 
 def discard(backend: Backend, unlocked: Unlocked) -> None:
-    """Remove the key of a repository whose creation lost a race (another config won)."""
+    """Remove the key of a repository whose creation did not happen (another config won the race,
+    or writing the config failed). Best effort: the error that stopped the creation matters more."""
     try:
         backend.delete(KEY_PREFIX + unlocked.key_id)
-    except NotFound:
+    except CasError:
         pass
 

@@ -321,4 +321,8 @@ def load_or_create_config(
             raise AlreadyExists(f"a cas repository exists already at {redact_url(backend.describe())}") from None
         config = RepoConfig.from_json(backend.get(CONFIG_KEY, 0, _MAX_CONFIG_READ + 1))
         return config, keystore.unlock(backend, config, password) if config.encrypted else None
+    except BaseException:
+        if unlocked is not None:
+            keystore.discard(backend, unlocked)  # no key without the config it was made for
+        raise
     return config, unlocked

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from backends.base import Backend, ObjectInfo
 from backends.local import LocalBackend
@@ -85,20 +86,20 @@ class TestEncryptedOverS3(BackendContract):
         s3_servers.isolate_from_ambient_aws(monkeypatch, str(tmp_path))
 
     @pytest.fixture
-    def bucket(self, moto_server: MotoServer) -> str:  # noqa: F811
+    def bucket(self, moto_server: MotoServer) -> str:
         name = f"cas-{uuid.uuid4().hex[:16]}"
         moto_server.client().create_bucket(Bucket=name)
         return name
 
     @pytest.fixture
-    def backend(self, moto_server: MotoServer, bucket: str) -> Iterator[Backend]:  # noqa: F811
+    def backend(self, moto_server: MotoServer, bucket: str) -> Iterator[Backend]:
         inner = from_url(f"s3://{bucket}/enc", **moto_server.backend_options(),
                          part_size=5 * 1024 * 1024, multipart_threshold=5 * 1024 * 1024)
         yield EncryptedBackend(inner, KEYS)
         inner.close()
 
     @pytest.fixture
-    def raw(self, moto_server: MotoServer, bucket: str) -> _SealedAccess:  # noqa: F811
+    def raw(self, moto_server: MotoServer, bucket: str) -> _SealedAccess:
         return _SealedAccess(_BotoAccess(moto_server.client(), bucket, "enc/"), KEYS)
 
 
@@ -273,3 +274,14 @@ def test_sizes_of_sealed_objects() -> None:
         assert enc.plain_size(enc.sealed_size(size)) == size
         assert len(enc.seal(KEYS, "k", b"\x00" * size)) == enc.sealed_size(size)
     assert enc.plain_size(0) == 0 and enc.plain_size(enc.HEADER + 3) == 0  # truncated: never negative
+
+
+def test_an_empty_range_of_an_absent_object_is_not_found(tmp_path: Path) -> None:
+    """Found by the dict model: a zero-length read answered without asking the storage."""
+    from backends.errors import NotFound
+
+    backend = EncryptedBackend(LocalBackend(tmp_path / "t"), KEYS)
+    with pytest.raises(NotFound):
+        backend.get("data/00/absent", 5, 0)
+    backend.put("data/00/present", b"abc")
+    assert backend.get("data/00/present", 5, 0) == b""

@@ -146,7 +146,7 @@ def test_unencrypted_config_is_as_before_and_an_old_cas_refuses_an_encrypted_one
     assert json.loads(encrypted)["version"] == 2
     # The config module of cas before encryption existed, from git history, reading this config.
     old = subprocess.run(["git", "-C", str(ROOT), "show", "deda455:cas/format/config.py"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     if old.returncode != 0:
         pytest.skip("git history with the commit before encryption is not available")
     (tmp_path / "old_config.py").write_text(old.stdout)
@@ -165,9 +165,9 @@ def test_unencrypted_config_is_as_before_and_an_old_cas_refuses_an_encrypted_one
 def test_keys_through_the_api(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
     with _open(tmp_path, "enc", **ENCRYPTED) as store:
         store.snapshot(_project(tmp_path / "src"), "run-1")
-        first = store.keys()[0].key_id
+        first = store.list_keys()[0].key_id
         second = store.add_key("second passphrase", kdf_cost=10)
-        assert {k.key_id: k.current for k in store.keys()} == {first: True, second: False}
+        assert {k.key_id: k.current for k in store.list_keys()} == {first: True, second: False}
         with pytest.raises(ConfigurationError, match="this passphrase opened"):
             store.remove_key(first)
     with _open(tmp_path, "enc", password="second passphrase") as store:
@@ -178,11 +178,11 @@ def test_keys_through_the_api(tmp_path: Path, cas_home: Path) -> None:  # noqa: 
     with pytest.raises(WrongPassphrase):
         _open(tmp_path, "enc", password=TEST_PASSWORD)
     with _open(tmp_path, "plain") as plain, pytest.raises(ConfigurationError, match="not encrypted"):
-        plain.keys()
+        plain.list_keys()
 
 
 @pytest.fixture
-def s3_url(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:  # noqa: F811
+def s3_url(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
     s3_servers.isolate_from_ambient_aws(monkeypatch, str(tmp_path))
     bucket = f"cas-{uuid.uuid4().hex[:16]}"
     moto_server.client().create_bucket(Bucket=bucket)
@@ -223,12 +223,35 @@ def test_copy_between_encrypted_and_unencrypted_repositories_over_s3(
 
 
 def _cas(tmp_path: Path, *args: str, env: dict[str, str] | None = None, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "CAS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT), **(env or {})}
-    for name in ("CAS_REPO", "CAS_INDEX", "CAS_PASSWORD", "CAS_NEW_PASSWORD"):
-        if not env or name not in env:
-            full_env.pop(name, None)
-    proc = subprocess.run([sys.executable, "-m", "cas", "--repo", str(tmp_path / "repo"), *args],
-                          capture_output=True, text=True, env=full_env, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    """``cas --repo TMP/repo ARGS`` run in this process (as tests/trust/test_roles.py does: a
+    subprocess per command would cost a second each), from ``tmp_path``, with no terminal on stdin,
+    ``CAS_HOME`` under ``tmp_path`` and of the passphrase variables only those in ``env``."""
+    import contextlib
+    import io
+
+    from cas.cli import main
+
+    saved_env, saved_cwd, saved_stdin = dict(os.environ), os.getcwd(), sys.stdin
+    for name in ("CAS_REPO", "CAS_INDEX", "CAS_PASSWORD", "CAS_NEW_PASSWORD", "CAS_TO_PASSWORD"):
+        os.environ.pop(name, None)
+    os.environ.update({"CAS_HOME": str(tmp_path / "home"), **(env or {})})
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    err = io.StringIO()
+    try:
+        os.chdir(tmp_path)
+        sys.stdin = io.StringIO("")
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = main(["--repo", str(tmp_path / "repo"), *args])
+            except SystemExit as exc:  # usage errors
+                status = int(exc.code or 0)
+    finally:
+        os.chdir(saved_cwd)
+        sys.stdin = saved_stdin
+        os.environ.clear()
+        os.environ.update(saved_env)
+    out.flush()
+    proc = subprocess.CompletedProcess(args, status, out.buffer.getvalue().decode(), err.getvalue())  # type: ignore[attr-defined]
     if ok:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -239,7 +262,7 @@ def _one_line_error(proc: subprocess.CompletedProcess[str], text: str) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_cli_init_keys_and_passphrases(tmp_path: Path) -> None:
+def test_cli_init_keys_and_passphrases(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     first, second = "first secret phrase", "second secret phrase"
     (tmp_path / "pw1").write_text(first + "\n")
     (tmp_path / "pw2").write_text(second + "\n")
@@ -279,11 +302,17 @@ def test_cli_init_keys_and_passphrases(tmp_path: Path) -> None:
     run("--password-file", "pw2", "copy", "run-1", "--to", str(tmp_path / "copy"))
     run("--password-file", "pw2", "--repo", str(tmp_path / "copy"), "restore", "run-1", str(tmp_path / "out2"))
     assert describe(str(tmp_path / "out2")) == describe(str(src))
+    # A target with a passphrase of its own: --to-password-file, or CAS_TO_PASSWORD.
+    run("--password-file", "pw2", "copy", "run-1", "--to", str(tmp_path / "copy-b"), "--to-password-file", "pw1")
+    run("--password-file", "pw2", "copy", "run-1", "--to", str(tmp_path / "copy-b"), CAS_TO_PASSWORD=first)
+    run("--password-file", "pw1", "--repo", str(tmp_path / "copy-b"), "restore", "run-1", str(tmp_path / "out3"))
+    assert describe(str(tmp_path / "out3")) == describe(str(src))
+    _one_line_error(run("--password-file", "pw2", "--repo", str(tmp_path / "copy-b"), "log", ok=False), "wrong passphrase")
     # Unencrypted repositories know no keys and ignore CAS_PASSWORD.
     run("--repo", str(tmp_path / "plain"), "init")
     _one_line_error(run("--repo", str(tmp_path / "plain"), "key", "list", ok=False), "not encrypted")
     run("--repo", str(tmp_path / "plain"), "log", CAS_PASSWORD=first)
-    for text in outputs:
+    for text in [*outputs, caplog.text]:
         assert first not in text and second not in text
 
 
@@ -386,3 +415,19 @@ def test_an_encrypted_config_replaced_by_an_unencrypted_one_is_refused_when_a_pa
     with pytest.raises(IntegrityError, match="config was replaced"):
         _open(tmp_path, "enc", password=passphrase.source(None))
     assert _stored_bytes(tmp_path / "enc") == before  # nothing written, not even a new index's sync
+
+
+def test_a_failed_creation_leaves_no_key_behind(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+    """The key is written before the config; if the config cannot be written, the key goes too
+    (a key without its config would make a later unencrypted repository there look replaced)."""
+    from backends.local import LocalBackend
+
+    class ConfigFails(LocalBackend):
+        def put(self, key: str, data: object, *, overwrite: bool = True) -> None:
+            if key == "config":
+                raise OSError(28, "No space left on device")
+            super().put(key, data, overwrite=overwrite)  # type: ignore[arg-type]
+
+    with pytest.raises(OSError):
+        Store.open(ConfigFails(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'i.sqlite'}", **ENCRYPTED)  # type: ignore[arg-type]
+    assert _stored_bytes(tmp_path / "repo") == []
