@@ -3,12 +3,17 @@
 Answered from the index's tree entries (docs/INDEX.md, "tree_entries"), never from the backend:
 
 1. one recursive query walks every directory reachable from the selected snapshots' roots, each
-   directory once however many snapshots share it (``directory_edges``), and one more returns the
-   files of those directories, filtered in SQL by content digest and by a literal name suffix
-   (``*.py``) where the pattern has one (``files_under``);
+   directory once however many snapshots share it, and returns their subdirectory edges and their
+   files, the files filtered in SQL by content digest and by a literal name suffix (``*.py``) where
+   the pattern has one (``find_entries``);
 2. here, the directory graph is walked from the roots level by level, each ``(directory, path)``
    once, carrying the set of snapshots that reach it as a bit mask (one bit per snapshot), so 200
-   snapshots of one tree cost about what one does, plus the rows of the answer.
+   snapshots of one tree cost about what one does;
+3. the matches come out as *runs*: stretches of files that follow one another in the answer of
+   every snapshot holding them (a directory's files between two of its subdirectories, joined with
+   the neighbouring stretches the same snapshots hold). Each snapshot's answer is its runs in order,
+   and a run is one list shared by all the snapshots holding it, so the work is that of the distinct
+   matches, not of the rows of the answer; ``cas find`` makes the text of each run once.
 
 Snapshots whose trees are not in the table yet (``trees_indexed`` false: written before migration
 0005 and not filled, or another host's snapshot read from its record) are walked by reading their
@@ -203,7 +208,7 @@ class FileIndex(Protocol):
 
     def find_entries(
         self, roots: Sequence[str], *, digest: str | None = None, name_suffix: bytes = b""
-    ) -> list[tuple[str, bytes, int, str | None, str | None]]: ...
+    ) -> Sequence[tuple[str, bytes, int, str | None, str | None]]: ...
 
 
 Match = tuple[str, int, str]
