@@ -14,9 +14,11 @@ Measured, each several times (the machine is shared: the minimum and the median 
 are reported, and of the CPU time the process used, which other processes' load does not inflate):
 
 * ``Store.find(PATTERN, labels={"workflow": "train"})`` consumed to the end, with the number of
-  calls it made to the backend (a counting wrapper around the real local backend);
-* the same through the command line, ``python -m cas find PATTERN --label workflow=train``, output
-  to ``/dev/null``, as a user runs it (process start and index open included);
+  calls it made to the backend (a counting wrapper around the real local backend), as ``Found`` rows
+  and as ``runs()`` (the form the command prints from, no object per row);
+* the same through the command line, ``python -m cas find PATTERN --label workflow=train``, as a
+  user runs it (process start and index open included), output to ``/dev/null`` and through a pipe
+  into ``wc -l``;
 * the same without the label (every execution), and with a pattern that matches one file per
   execution (``config.json``): the walk of the index without the cost of a large answer.
 
@@ -29,7 +31,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import statistics
 import subprocess
@@ -121,21 +122,53 @@ def _time_api(store: Store, backend: CountingBackend, pattern: str, labels: dict
             "cpu_min_s": min(cpu), "cpu_median_s": statistics.median(cpu)}
 
 
-def _time_cli(work: Path, pattern: str, label: list[str], repeat: int) -> dict:
+def _time_api_runs(store: Store, pattern: str, labels: dict[str, str], repeat: int) -> dict:
+    """``Store.find(...).runs()`` consumed to the end: the answer without a Python object per row
+    (what ``cas find`` prints from)."""
+    times, cpu, rows = [], [], 0
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        rows = sum(len(run) for _, runs in store.find(pattern, labels=labels).runs() for run in runs)
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return {"rows": rows, "min_s": min(times), "median_s": statistics.median(times),
+            "cpu_min_s": min(cpu), "cpu_median_s": statistics.median(cpu)}
+
+
+def _time_cli(work: Path, pattern: str, label: list[str], repeat: int, sink: str = "devnull") -> dict:
+    """The command as a user runs it, start-up included: its output to ``/dev/null`` (``sink="devnull"``)
+    or through a pipe into ``wc -l`` (``sink="wc"``: the pipe's cost is then the command's too). CPU
+    is the command's own (``wait4``), not wc's; wall runs until both have exited."""
     env = {**os.environ, "PYTHONPATH": str(HERE.parent), "CAS_HOME": str(work / "home")}
     cmd = [sys.executable, "-m", "cas", "--repo", str(work / "repo"), "--index", f"sqlite:///{work / 'index.sqlite'}",
            "find", pattern, *label]
-    times, cpu = [], []
+    times, cpu, lines = [], [], None
     for _ in range(repeat):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        with open(os.devnull, "w") as sink:
-            subprocess.run(cmd, stdout=sink, check=True, env=env)
+        if sink == "wc":
+            cas = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
+            wc = subprocess.Popen(["wc", "-l"], stdin=cas.stdout, stdout=subprocess.PIPE)
+            assert cas.stdout is not None
+            cas.stdout.close()  # wc holds the read end now
+            _, status, usage = os.wait4(cas.pid, 0)
+            cas.returncode = os.waitstatus_to_exitcode(status)
+            out, _ = wc.communicate()
+            lines = int(out)
+        else:
+            with open(os.devnull, "w") as devnull:
+                cas = subprocess.Popen(cmd, stdout=devnull, env=env)
+                _, status, usage = os.wait4(cas.pid, 0)
+                cas.returncode = os.waitstatus_to_exitcode(status)
         times.append(time.perf_counter() - t0)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-    return {"command": " ".join(cmd[2:]), "min_s": min(times), "median_s": statistics.median(times),
-            "cpu_min_s": min(cpu), "cpu_median_s": statistics.median(cpu)}
+        if cas.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} exited with {cas.returncode}")
+        cpu.append(usage.ru_utime + usage.ru_stime)
+    result = {"command": " ".join(cmd[2:]) + (" | wc -l" if sink == "wc" else " > /dev/null"),
+              "min_s": min(times), "median_s": statistics.median(times),
+              "cpu_min_s": min(cpu), "cpu_median_s": statistics.median(cpu)}
+    if lines is not None:
+        result["lines"] = lines
+    return result
 
 
 def main() -> int:
@@ -160,11 +193,15 @@ def main() -> int:
             "build_s": build_s,
             "pattern": args.pattern,
             "api_train": _time_api(store, backend, args.pattern, {"workflow": "train"}, args.repeat),
+            "api_train_runs": _time_api_runs(store, args.pattern, {"workflow": "train"}, args.repeat),
             "api_all": _time_api(store, backend, args.pattern, {}, args.repeat),
             # The same walk of the index with a tiny answer: the cost that does not grow with the rows.
             "api_train_one_file": _time_api(store, backend, "config.json", {"workflow": "train"}, args.repeat),
             "cli_train": _time_cli(work, args.pattern, ["--label", "workflow=train"], args.repeat),
+            "cli_train_wc": _time_cli(work, args.pattern, ["--label", "workflow=train"], args.repeat, sink="wc"),
             "cli_all": _time_cli(work, args.pattern, [], args.repeat),
+            # Start-up, opening the index and the walk, with a tiny answer.
+            "cli_train_one_file": _time_cli(work, "config.json", ["--label", "workflow=train"], args.repeat),
             "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end (shared)",
         }
     finally:

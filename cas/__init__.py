@@ -6,6 +6,9 @@ the reports of each operation, and the error set.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from cas.errors import (
     AlreadyExists,
     CasError,
@@ -17,16 +20,47 @@ from cas.errors import (
     PermissionDenied,
     Unavailable,
 )
-from cas.ops.browse import Change
-from cas.ops.gc import GcReport
-from cas.ops.repair import RepairReport
-from cas.ops.restore import RestoreReport
-from cas.ops.snapshot_filter import SnapshotFilter
-from cas.ops.tree_filter import TreeFilter
-from cas.ops.sync import RebuildReport
-from cas.ops.tree_builder import OnChange
-from cas.ops.verify import VerifyReport
-from cas.store import Snapshot, Store
+from cas.types import OnChange
+
+# The rest is imported on first use (PEP 562), so ``import cas`` - and every ``cas`` command, which
+# imports this package first - costs only what that command needs (``cas --help`` needs no SQL).
+_LAZY = {
+    "Change": "cas.ops.browse",
+    "GcReport": "cas.ops.gc",
+    "RepairReport": "cas.ops.repair",
+    "RestoreReport": "cas.ops.restore",
+    "SnapshotFilter": "cas.ops.snapshot_filter",
+    "TreeFilter": "cas.ops.tree_filter",
+    "RebuildReport": "cas.ops.sync",
+    "VerifyReport": "cas.ops.verify",
+    "Snapshot": "cas.store",
+    "Store": "cas.store",
+}
+
+if TYPE_CHECKING:
+    from cas.ops.browse import Change
+    from cas.ops.gc import GcReport
+    from cas.ops.repair import RepairReport
+    from cas.ops.restore import RestoreReport
+    from cas.ops.snapshot_filter import SnapshotFilter
+    from cas.ops.sync import RebuildReport
+    from cas.ops.tree_filter import TreeFilter
+    from cas.ops.verify import VerifyReport
+    from cas.store import Snapshot, Store
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cas' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

@@ -9,29 +9,27 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from cas import passphrase
-from cas.ops.retention import KeepPolicy
 from cas.errors import CasError, ConfigurationError, PartialRestore
 from cas.format.config import ChunkerName
-from cas.ops.tree_builder import OnChange
 from cas.options import LabelAction, duration_option, limit_option, parse_labels, size_option, when_option
-from cas.ops.snapshot_filter import SnapshotFilter
-from cas.ops.tree_filter import TreeFilter
-from cas.repo.chunkcache import ChunkCache
-from cas.repo.filescache import expire_files_caches, files_cache_bytes, remove_files_caches
-from cas.repo.repository import default_chunk_cache_dir
-from cas.store import Store
 from cas.terminal import EscapingFormatter, escape, human_size, quote_name
-from cas.format.trees import DIR, FILE, SYMLINK
-from manifests.database import set_aside
-from manifests.errors import IndexDamaged
+from cas.types import OnChange
+
+# What only some commands need is imported by their handlers, so each command pays for its own
+# imports alone (``cas --help`` loads no SQL; ``cas log`` none of snapshot's or restore's modules).
+if TYPE_CHECKING:
+    from cas.ops.snapshot_filter import SnapshotFilter
+    from cas.store import Store
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -238,6 +236,8 @@ def _add_snapshot_filter(s: argparse.ArgumentParser) -> None:
 
 
 def _snapshot_filter(args: argparse.Namespace) -> SnapshotFilter:
+    from cas.ops.snapshot_filter import SnapshotFilter
+
     return SnapshotFilter(exclude=args.exclude, include=args.include, ignore_files=not args.no_ignore_files,
                           extra_ignore_files=args.ignore_file, exclude_larger_than=args.exclude_larger_than,
                           one_file_system=args.one_file_system)
@@ -300,6 +300,14 @@ def _run(args: argparse.Namespace) -> int:
         return cmd_cache(args)
     if args.command == "init":
         return cmd_init(args)
+    # The engine's modules make some 10^5 objects that live as long as the process: import them with
+    # the cycle collector paused, then freeze them out of its later passes (less CPU, same behaviour).
+    gc.disable()
+    try:
+        from cas.store import Store
+    finally:
+        gc.enable()
+    gc.freeze()
     with Store.open(args.repo, index=args.index, chunk_cache_max=args.cache_max, password=_password(args)) as store:
         handler: Callable[[Store, argparse.Namespace], int] = _COMMANDS[args.command]
         return handler(store, args)
@@ -370,6 +378,9 @@ def cmd_log(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_ls(store: Store, args: argparse.Namespace) -> int:
+    from cas.format.trees import DIR, FILE, SYMLINK
+    from cas.ops.tree_filter import TreeFilter
+
     rows = []
     lines = []
     tree_filter = TreeFilter(include=args.include, exclude=args.exclude)
@@ -403,41 +414,48 @@ def cmd_find(store: Store, args: argparse.Namespace) -> int:
         raise ConfigurationError("find needs a PATTERN, --digest HEX, or both")
     found = store.find(args.pattern, digest=args.digest, execution_ids=args.execution_id, labels=args.label,
                        since=args.since, until=args.until)
-    out = sys.stdout
     # Streamed, one execution at a time: a search over many executions may list millions of files.
-    # A file held by many executions is one Match tuple for all of them, so its text is made once.
+    # Each run of matches (shared by the executions holding it) becomes text once, as bytes; an
+    # execution's text is then made in one pass: its lines joined with its ID before each.
+    sys.stdout.flush()
+    out = sys.stdout.buffer
+    encoding, errors = sys.stdout.encoding, sys.stdout.errors or "strict"
+    made: dict[int, tuple[list, list[bytes]]] = {}  # id(run): the run (kept, so the id stays its own), its text
     any_found = False
     if args.json:
-        parts = _MatchText(lambda m: (f'{{"digest": "{m[2]}", "execution_id": ',
-                                      f', "path": {json.dumps(m[0])}, "size": {m[1]}}}'))
-        out.write("[")
-        for execution_id, matches in found.by_execution():
-            eid = json.dumps(execution_id)
-            out.write(("," if any_found and matches else "") + ",".join(
-                head + eid + tail for head, tail in map(parts.__getitem__, matches)))
-            any_found = any_found or bool(matches)
-        out.write("]\n")
-        return 0
-    tails = _MatchText(lambda m: f"{m[1]:>12}  {m[2]}  {quote_name(m[0])}\n")
-    for execution_id, matches in found.by_execution():
-        if matches:
+        from json.encoder import encode_basestring_ascii as json_string  # what json.dumps does to a str
+
+        # A run's records with a NUL where the execution ID goes (JSON escapes every control character).
+        out.write(b"[")
+        for execution_id, runs in found.runs():
+            if not runs:
+                continue
+            for run in runs:
+                if id(run) not in made:
+                    made[id(run)] = run, [",".join([
+                        f'{{"digest": "{dg}", "execution_id": \0, "path": {json_string(path)}, "size": {size}}}'
+                        for path, size, dg in run]).encode("ascii")]
+            body = b",".join([made[id(run)][1][0] for run in runs])
+            out.write((b"," if any_found else b"") + body.replace(b"\0", json.dumps(execution_id).encode("ascii")))
             any_found = True
-            out.write("".join(map((quote_name(execution_id) + "  ").__add__, map(tails.__getitem__, matches))))
+        out.write(b"]\n")
+        return 0
+    for execution_id, runs in found.runs():
+        if not runs:
+            continue
+        lines: list[bytes] = [b""]  # so that joining puts the ID before the first line too
+        for run in runs:
+            text = made.get(id(run))
+            if text is None:
+                text = made[id(run)] = run, [f"{size:>12}  {dg}  {quote_name(path)}\n".encode(encoding, errors)
+                                             for path, size, dg in run]
+            lines += text[1]
+        prefix = (quote_name(execution_id) + "  ").encode(encoding, errors)
+        out.write(prefix.join(lines))
+        any_found = True
     if not any_found and not args.quiet:
         sys.stderr.write("cas: no files found\n")
     return 0
-
-
-class _MatchText(dict):  # type: ignore[type-arg]
-    """Text made from each distinct match once, on first use."""
-
-    def __init__(self, make: Callable[[tuple[str, int, str]], object]) -> None:
-        super().__init__()
-        self._make = make
-
-    def __missing__(self, match: tuple[str, int, str]) -> object:
-        text = self[match] = self._make(match)
-        return text
 
 
 def cmd_cat(store: Store, args: argparse.Namespace) -> int:
@@ -453,6 +471,8 @@ def cmd_cat(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_restore(store: Store, args: argparse.Namespace) -> int:
+    from cas.ops.tree_filter import TreeFilter
+
     with _progress(args, "restore") as progress:
         report = store.restore(
             args.execution_id,
@@ -532,6 +552,10 @@ def cmd_prefetch(store: Store, args: argparse.Namespace) -> int:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     """``cas cache [prune|clear]``: the chunk cache of ``$CAS_HOME/cache/chunks`` and the files caches."""
+    from cas.repo.chunkcache import ChunkCache
+    from cas.repo.filescache import expire_files_caches, files_cache_bytes, remove_files_caches
+    from cas.repo.repository import default_chunk_cache_dir
+
     cache_dir = os.path.dirname(default_chunk_cache_dir())
     cache = ChunkCache(default_chunk_cache_dir(), args.cache_max)
     try:
@@ -569,6 +593,8 @@ def cmd_forget(store: Store, args: argparse.Namespace) -> int:
     """Forget the named IDs and the snapshots the filters select (all of them when only a keep rule
     is given), except those a keep rule keeps; ``--keep-last`` counts among the selected ones and
     ``--keep-label`` protects named IDs too."""
+    from cas.ops.retention import KeepPolicy
+
     policy = KeepPolicy(last=args.keep_last, within=args.keep_within, labels=list(args.keep_label.items()))
     named = list(dict.fromkeys(args.execution_ids))
     chosen = [e for e in named if not policy.protects(store.get(e))]
@@ -642,6 +668,10 @@ def cmd_verify(store: Store, args: argparse.Namespace) -> int:
 def _rebuild_index(args: argparse.Namespace) -> int:
     """``cas rebuild-index``; a damaged SQLite index file is set aside and rebuilt from the backend
     (the ground truth), whether opening it or the rebuild found the damage."""
+    from cas.store import Store
+    from manifests.database import set_aside
+    from manifests.errors import IndexDamaged
+
     rebind = not args.sync  # a full rebuild may take over an index of this repository elsewhere (it moved)
     try:
         with Store.open(args.repo, index=args.index, rebind_index=rebind, password=_password(args)) as store:

@@ -16,34 +16,39 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from backends.base import Backend
 from cas.errors import ConfigurationError, IntegrityError, NotFound, PermissionDenied
 from cas.format.config import ChunkerName
 from cas.format.records import SnapshotRecord, check_execution_id, check_labels
 from cas.format.trees import DIR, Entry
-from cas.ops import browse, snapshot as snapshot_op
+from cas.ops import browse
 from cas.ops.browse import Change, TreeSource
-from cas.ops.copy import CopyReport, ProgressFn as CopyProgressFn, copy_executions
 from cas.ops.find import FindResult, check_digest, compile_pattern, find as find_files, select_targets
 from cas.ops.gc import DEFAULT_GRACE, GcReport, collect_garbage
-from cas.ops.prefetch import PrefetchReport, prefetch
-from cas.ops.repair import RepairReport, repair
-from cas.ops.restore import RestoreReport, Restorer, failure_error
 from cas.ops.select import Selection, When
-from cas.ops.snapshot_filter import SnapshotFilter
-from cas.ops.tree_filter import TreeFilter
-from cas.ops.sync import RebuildReport, rebuild_index
 from cas.ops.tree_index import IndexedTrees, fill_tree_index
-from cas.ops.tree_builder import OnChange, ProgressFn
-from cas.ops.verify import VerifyReport, verify
-from cas.ops.view import SnapshotView
 from cas.repo import keystore
 from cas.repo.keystore import KeyInfo, Passphrase
 from cas.repo.repository import Repository
+from cas.types import OnChange
 from manifests.index import Index
 from manifests.rows import IndexStats, SnapshotRow
+
+# The other operations are imported by the methods that run them, so that a command that lists or
+# finds loads none of the modules of snapshot, restore, copy or repair.
+if TYPE_CHECKING:
+    from cas.ops.copy import CopyReport, ProgressFn as CopyProgressFn
+    from cas.ops.prefetch import PrefetchReport
+    from cas.ops.repair import RepairReport
+    from cas.ops.restore import RestoreReport
+    from cas.ops.snapshot_filter import SnapshotFilter
+    from cas.ops.sync import RebuildReport
+    from cas.ops.tree_builder import ProgressFn
+    from cas.ops.tree_filter import TreeFilter
+    from cas.ops.verify import VerifyReport
+    from cas.ops.view import SnapshotView
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +126,8 @@ class Store:
         )
         try:
             if repository.index_is_new:
+                from cas.ops.sync import rebuild_index
+
                 # A new index starts as a copy of what the backend holds (through the fenced commit).
                 rebuild_index(repository)
             else:
@@ -178,6 +185,9 @@ class Store:
         Taking an ID that exists returns the existing snapshot when the tree is identical and raises
         :class:`AlreadyExists` otherwise.
         """
+        from cas.ops import snapshot as snapshot_op
+        from cas.ops.snapshot_filter import SnapshotFilter
+
         check_execution_id(execution_id)
         snapshot_op.take_snapshot(
             self.repo, os.fspath(path), execution_id, check_labels(labels or {}),
@@ -189,6 +199,8 @@ class Store:
 
     def forget(self, execution_ids: list[str]) -> list[str]:
         """Remove snapshots (their objects, then their index rows). Their data goes at the next ``gc``."""
+        from cas.ops import snapshot as snapshot_op
+
         for execution_id in execution_ids:
             self.get(execution_id)
         return snapshot_op.forget(self.repo, execution_ids)
@@ -217,7 +229,7 @@ class Store:
         row = self.repo.index.snapshot(execution_id)
         if row is not None:
             return _snapshot_from_row(row)
-        return _snapshot_from_record(snapshot_op.load_record(self.repo, execution_id))
+        return _snapshot_from_record(_load_record(self.repo, execution_id))
 
     def entry(self, execution_id: str, path: str = "") -> Entry | None:
         """The tree entry at ``path`` ('' is the root, returned as None)."""
@@ -281,7 +293,7 @@ class Store:
         wanted = check_digest(digest) if digest is not None else None
         selection = Selection(labels=labels or {}, since=since, until=until)
         targets = select_targets(self.repo.index, selection, execution_ids,
-                                 lambda eid: _snapshot_from_record(snapshot_op.load_record(self.repo, eid)))
+                                 lambda eid: _snapshot_from_record(_load_record(self.repo, eid)))
         return find_files(self.repo.index, self.repo, targets, compiled, wanted)
 
     def open_file(self, execution_id: str, path: str) -> BinaryIO:
@@ -295,6 +307,8 @@ class Store:
         """Executions as one read-only tree of paths ``EXECUTION_ID/path`` (what fsspec and the
         mount serve); ``executions`` limits it to those IDs. Directories are listed from the index's
         tree entries for snapshots that have them (no backend read), else from the stored trees."""
+        from cas.ops.view import SnapshotView
+
         return SnapshotView(self.repo, self, executions=executions, listings=self._listings)
 
     def _listings(self, execution_id: str) -> TreeSource | None:
@@ -335,6 +349,8 @@ class Store:
 
         Raises :class:`PartialRestore` listing what could not be restored, after restoring everything else.
         """
+        from cas.ops.restore import Restorer, failure_error
+
         snap = self.get(execution_id)
         entry = self.entry(execution_id, path or "")
         if entry is None:
@@ -375,6 +391,8 @@ class Store:
         ``to_password`` opens an encrypted target; a new target is encrypted when this repository
         is, its first key made from ``to_password``.
         """
+        from cas.ops.copy import copy_executions
+
         ids = list(dict.fromkeys(execution_ids))
         if labels:
             rows = Selection(labels=labels).rows(self.repo.index)
@@ -435,6 +453,8 @@ class Store:
 
         Raises :class:`IntegrityError` naming what could not be fetched, after fetching the rest.
         """
+        from cas.ops.prefetch import prefetch
+
         roots = [self.get(execution_id).root for execution_id in execution_ids]
         report = prefetch(self.repo, roots)
         if report.failures:
@@ -446,18 +466,27 @@ class Store:
 
     def sync(self) -> RebuildReport:
         """Add to the index what the backend holds and it lacks (packs, snapshots)."""
+        from cas.ops.sync import rebuild_index
+
         self.repo.index.require_insert()
         return rebuild_index(self.repo)
 
     def rebuild_index(self) -> RebuildReport:
         """Empty the index and rebuild it from the backend alone (binding it to this backend)."""
+        from cas.ops.sync import rebuild_index
+
         self.repo.index.require_delete()
         return rebuild_index(self.repo, full=True)
 
     def verify(self, *, read_data: bool = False, sample: float = 1.0) -> VerifyReport:
+        from cas.ops.verify import verify
+
         return verify(self.repo, read_data=read_data, sample=sample)
 
     def repair(self, *, read_data: bool = False) -> tuple[VerifyReport, RepairReport]:
+        from cas.ops.repair import repair
+        from cas.ops.verify import verify
+
         self.repo.index.require_delete()
         found = verify(self.repo, read_data=read_data)
         return found, repair(self.repo, found)
@@ -476,6 +505,12 @@ def _snapshot_from_record(record: SnapshotRecord) -> Snapshot:
 def _snapshot_from_row(row: SnapshotRow) -> Snapshot:
     return Snapshot(row.execution_id, row.root_tree, row.time_ns, dict(row.labels), dict(row.stats),
                     row.root_mode, row.root_mtime_ns, row.damaged)
+
+
+def _load_record(repo: Repository, execution_id: str) -> SnapshotRecord:
+    from cas.ops.snapshot import load_record
+
+    return load_record(repo, execution_id)
 
 
 def _chunker_name(name: ChunkerName | str | None) -> ChunkerName | None:

@@ -16,7 +16,7 @@ def quote_name(name: str) -> str:
     (or when it holds a quote or a backslash) as a Python string literal, e.g. ``'a\\nb'``. So a
     listing is one line per entry, never carries terminal escapes, and a quoted name cannot pass for
     a plain one. ``--json`` output keeps exact names."""
-    return name if name.isprintable() and not any(c in name for c in "'\"\\") else repr(name)
+    return name if name.isprintable() and "'" not in name and '"' not in name and "\\" not in name else repr(name)
 
 
 class EscapingFormatter(logging.Formatter):

@@ -44,4 +44,16 @@ class BlobLocation(NamedTuple):
     codec: int
 
 
-__all__ = ["BlobKind", "BlobLocation", "Codec", "EntryType"]
+class OnChange(str, enum.Enum):
+    """What a snapshot does with a file that kept changing while it was read (after the re-reads)."""
+
+    WARN = "warn"
+    """Store what the last read saw (it may mix old and new content), warn naming the file, count it."""
+    RETRY = "retry"
+    """Keep re-reading with growing pauses (about 10 s) until the file holds still; fail if it never does."""
+    FAIL = "fail"
+    """Fail the snapshot, naming the file."""
+
+
+__all__ = ["BlobKind", "BlobLocation", "Codec", "EntryType", "OnChange"]
+

@@ -6,23 +6,47 @@ so it can always be rebuilt from the backend alone. It is never the only copy of
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     ForeignKey,
     Integer,
     LargeBinary,
+    MetaData,
     SmallInteger,
     String,
+    Table,
     Text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
-class Base(DeclarativeBase):
-    pass
+class Base:
+    """A table declared as a class (SQLAlchemy Core, not its ORM, which every command would pay
+    some 50 ms to import): its columns are class attributes (``Pack.id``), and SQL constructs take
+    the class wherever they take a table (``select(Pack)``, ``update(Pack)``), through
+    ``__clause_element__``. Rows come back as named tuples of the columns."""
+
+    metadata: ClassVar[MetaData] = MetaData()
+    __tablename__: ClassVar[str]
+    __table__: ClassVar[Table]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        columns = []
+        for name, value in list(vars(cls).items()):
+            if isinstance(value, Column):
+                value.name = value.key = name
+                columns.append(value)
+        cls.__table__ = Table(cls.__tablename__, Base.metadata, *columns)
+
+    @classmethod
+    def __clause_element__(cls) -> Table:
+        return cls.__table__
 
 
 class Pack(Base):
@@ -30,15 +54,15 @@ class Pack(Base):
 
     __tablename__ = "packs"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    size: Mapped[int] = mapped_column(BigInteger)
-    blob_count: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[object] = mapped_column(DateTime(timezone=True))
-    state: Mapped[int] = mapped_column(SmallInteger, default=0)
+    id = Column(String(64), primary_key=True)
+    size = Column(BigInteger, nullable=False)
+    blob_count = Column(Integer, nullable=False)
+    created_at = Column(DateTime(timezone=True), nullable=False)
+    state = Column(SmallInteger, default=0, nullable=False)
     """A :class:`~manifests.rows.PackState`: 0 live; 1 condemned by garbage collection (not offered for
     deduplication, still readable)."""
-    condemned_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    condemned_at: Mapped[object | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    condemned_epoch = Column(Integer, nullable=True)
+    condemned_at = Column(DateTime(timezone=True), nullable=True)
 
 
 class Tombstone(Base):
@@ -46,8 +70,8 @@ class Tombstone(Base):
 
     __tablename__ = "tombstones"
 
-    pack_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    created_at: Mapped[object] = mapped_column(DateTime(timezone=True))
+    pack_id = Column(String(64), primary_key=True)
+    created_at = Column(DateTime(timezone=True), nullable=False)
 
 
 class RepositoryBinding(Base):
@@ -57,10 +81,10 @@ class RepositoryBinding(Base):
 
     __tablename__ = "repository"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    repo_id: Mapped[str] = mapped_column(String(64))
-    location: Mapped[str] = mapped_column(Text)
-    bound_at: Mapped[object] = mapped_column(DateTime(timezone=True))
+    id = Column(Integer, primary_key=True)
+    repo_id = Column(String(64), nullable=False)
+    location = Column(Text, nullable=False)
+    bound_at = Column(DateTime(timezone=True), nullable=False)
 
 
 class Fence(Base):
@@ -69,8 +93,8 @@ class Fence(Base):
 
     __tablename__ = "fence"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    epoch: Mapped[int] = mapped_column(Integer)
+    id = Column(Integer, primary_key=True)
+    epoch = Column(Integer, nullable=False)
 
 
 class Blob(Base):
@@ -78,13 +102,13 @@ class Blob(Base):
 
     __tablename__ = "blobs"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    kind: Mapped[int] = mapped_column(SmallInteger)
-    pack_id: Mapped[str] = mapped_column(String(64), ForeignKey("packs.id"), index=True)
-    offset: Mapped[int] = mapped_column(BigInteger)
-    length: Mapped[int] = mapped_column(Integer)
-    raw_length: Mapped[int] = mapped_column(Integer)
-    codec: Mapped[int] = mapped_column(SmallInteger)
+    id = Column(String(64), primary_key=True)
+    kind = Column(SmallInteger, nullable=False)
+    pack_id = Column(String(64), ForeignKey("packs.id"), index=True, nullable=False)
+    offset = Column(BigInteger, nullable=False)
+    length = Column(Integer, nullable=False)
+    raw_length = Column(Integer, nullable=False)
+    codec = Column(SmallInteger, nullable=False)
 
 
 class Snapshot(Base):
@@ -92,19 +116,19 @@ class Snapshot(Base):
 
     __tablename__ = "snapshots"
 
-    execution_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    root_tree: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[object] = mapped_column(DateTime(timezone=True), index=True)
-    time_ns: Mapped[int] = mapped_column(BigInteger)
-    labels: Mapped[dict] = mapped_column(JSON)
-    stats: Mapped[dict] = mapped_column(JSON)
-    logical_bytes: Mapped[int] = mapped_column(BigInteger)
-    new_bytes: Mapped[int] = mapped_column(BigInteger)
-    stored_bytes: Mapped[int] = mapped_column(BigInteger)
-    root_mode: Mapped[int] = mapped_column(Integer, default=0o755)
-    root_mtime_ns: Mapped[int] = mapped_column(BigInteger, default=0)
-    damaged: Mapped[bool] = mapped_column(Boolean, default=False)
-    trees_indexed: Mapped[bool] = mapped_column(Boolean, default=False)
+    execution_id = Column(String(200), primary_key=True)
+    root_tree = Column(String(64), nullable=False)
+    created_at = Column(DateTime(timezone=True), index=True, nullable=False)
+    time_ns = Column(BigInteger, nullable=False)
+    labels = Column(JSON, nullable=False)
+    stats = Column(JSON, nullable=False)
+    logical_bytes = Column(BigInteger, nullable=False)
+    new_bytes = Column(BigInteger, nullable=False)
+    stored_bytes = Column(BigInteger, nullable=False)
+    root_mode = Column(Integer, default=0o755, nullable=False)
+    root_mtime_ns = Column(BigInteger, default=0, nullable=False)
+    damaged = Column(Boolean, default=False, nullable=False)
+    trees_indexed = Column(Boolean, default=False, nullable=False)
     """Every tree of the snapshot has its entries in ``tree_entries`` (false until filled)."""
 
 
@@ -114,14 +138,14 @@ class TreeEntry(Base):
 
     __tablename__ = "tree_entries"
 
-    tree_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    name: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    tree_id = Column(String(64), primary_key=True)
+    name = Column(LargeBinary, primary_key=True)
     """The name's bytes (``os.fsencode``): exact for any name, and ordered as the tree orders them."""
-    type: Mapped[str] = mapped_column(String(8))
-    mode: Mapped[int] = mapped_column(Integer)
-    mtime_ns: Mapped[int] = mapped_column(BigInteger)
-    size: Mapped[int] = mapped_column(BigInteger, default=0)
-    digest: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
-    target: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
-    child: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    type = Column(String(8), nullable=False)
+    mode = Column(Integer, nullable=False)
+    mtime_ns = Column(BigInteger, nullable=False)
+    size = Column(BigInteger, default=0, nullable=False)
+    digest = Column(String(64), nullable=True, index=True)
+    target = Column(LargeBinary, nullable=True)
+    child = Column(String(64), nullable=True)
     """A directory's own tree ID (null for files and symlinks): the edge a walk follows."""

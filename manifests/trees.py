@@ -32,17 +32,16 @@ _REACH = (
     " SELECT DISTINCT tree_id FROM tree_entries WHERE tree_id IN :roots"
     " UNION SELECT e.child FROM tree_entries e JOIN reach r ON e.tree_id = r.id WHERE e.child IS NOT NULL) "
 )
-_EDGES = _REACH + (
-    "SELECT e.tree_id, e.name, e.child FROM tree_entries e JOIN reach r ON e.tree_id = r.id WHERE e.child IS NOT NULL"
-)
-# The files of those directories; by (digest given, name suffix given). Bytes on both databases:
-# SQLite's substr and length count bytes of a BLOB, PostgreSQL's of a bytea.
-_FILES = {
+# What a find needs of those directories, from one walk: every subdirectory edge, and the files,
+# filtered by (digest given, name suffix given). Bytes on both databases: SQLite's substr and length
+# count bytes of a BLOB, PostgreSQL's of a bytea.
+_FIND = {
     (by_digest, by_suffix): _REACH
-    + "SELECT e.tree_id, e.name, e.size, e.digest FROM tree_entries e JOIN reach r ON e.tree_id = r.id"
-    + " WHERE e.type = 'file'"
+    + "SELECT e.tree_id, e.name, e.size, e.digest, e.child FROM tree_entries e JOIN reach r ON e.tree_id = r.id"
+    + " WHERE e.child IS NOT NULL OR (e.type = 'file'"
     + (" AND e.digest = :digest" if by_digest else "")
     + (" AND length(e.name) >= :n AND substr(e.name, length(e.name) - :n + 1) = :suffix" if by_suffix else "")
+    + ")"
     for by_digest in (False, True)
     for by_suffix in (False, True)
 }
@@ -131,26 +130,24 @@ class TreeIndex(IndexConnection):
         with self._read() as conn:
             return [(r[0], r[1]) for r in conn.execute(text(_UNINDEXED[damaged]))]
 
-    def directory_edges(self, roots: Sequence[str]) -> list[tuple[str, bytes, str]]:
-        """``(tree, name, subdirectory's tree)`` for every directory reachable from ``roots``, each once."""
-        sql = text(_EDGES).bindparams(bindparam("roots", expanding=True))
-        with self._read() as conn:
-            return [(r[0], bytes(r[1]), r[2]) for r in conn.execute(sql, {"roots": list(roots)}).all()]
-
-    def files_under(
+    def find_entries(
         self, roots: Sequence[str], *, digest: str | None = None, name_suffix: bytes = b""
-    ) -> list[tuple[str, bytes, int, str]]:
-        """``(tree, name, size, digest)`` of the files in every tree reachable from ``roots`` (each tree
-        once), only those with ``digest`` if given and whose name ends with ``name_suffix``."""
+    ) -> Sequence[tuple[str, bytes, int, str | None, str | None]]:
+        """``(tree, name, size, digest, subdirectory's tree)`` of the entries of every tree reachable
+        from ``roots`` (each tree once) that a find needs: each subdirectory (its ``child`` set), and
+        each file (``child`` None) with ``digest`` if given and a name ending with ``name_suffix``."""
         params: dict[str, object] = {"roots": list(roots)}
         if digest is not None:
             params["digest"] = digest
         if name_suffix:
             params["n"] = len(name_suffix)
             params["suffix"] = name_suffix
-        sql = text(_FILES[(digest is not None, bool(name_suffix))]).bindparams(bindparam("roots", expanding=True))
+        sql = text(_FIND[(digest is not None, bool(name_suffix))]).bindparams(bindparam("roots", expanding=True))
         with self._read() as conn:
-            return [(r[0], bytes(r[1]), r[2], r[3]) for r in conn.execute(sql, params).all()]
+            rows = conn.execute(sql, params).all()
+        if rows and not isinstance(rows[0][1], bytes):  # a driver handing back memoryviews
+            return [(r[0], bytes(r[1]), r[2], r[3], r[4]) for r in rows]
+        return rows
 
     def prune_trees(self) -> int:
         """Delete the rows of trees no snapshot row reaches (after GC, or forgotten snapshots);

@@ -3,12 +3,17 @@
 Answered from the index's tree entries (docs/INDEX.md, "tree_entries"), never from the backend:
 
 1. one recursive query walks every directory reachable from the selected snapshots' roots, each
-   directory once however many snapshots share it (``directory_edges``), and one more returns the
-   files of those directories, filtered in SQL by content digest and by a literal name suffix
-   (``*.py``) where the pattern has one (``files_under``);
+   directory once however many snapshots share it, and returns their subdirectory edges and their
+   files, the files filtered in SQL by content digest and by a literal name suffix (``*.py``) where
+   the pattern has one (``find_entries``);
 2. here, the directory graph is walked from the roots level by level, each ``(directory, path)``
    once, carrying the set of snapshots that reach it as a bit mask (one bit per snapshot), so 200
-   snapshots of one tree cost about what one does, plus the rows of the answer.
+   snapshots of one tree cost about what one does;
+3. the matches come out as *runs*: stretches of files that follow one another in the answer of
+   every snapshot holding them (a directory's files between two of its subdirectories, joined with
+   the neighbouring stretches the same snapshots hold). Each snapshot's answer is its runs in order,
+   and a run is one list shared by all the snapshots holding it, so the work is that of the distinct
+   matches, not of the rows of the answer; ``cas find`` makes the text of each run once.
 
 Snapshots whose trees are not in the table yet (``trees_indexed`` false: written before migration
 0005 and not filled, or another host's snapshot read from its record) are walked by reading their
@@ -25,13 +30,17 @@ listed. Matching is case-sensitive.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from itertools import starmap
+from itertools import chain, starmap
+from operator import itemgetter
 from typing import NamedTuple, Protocol
 
 from cas.errors import ConfigurationError
@@ -69,6 +78,8 @@ class PathPattern:
     """Matched against the name alone (the pattern has no ``/``)."""
     suffix: str
     """A literal ending every match has (``.py`` of ``*.py``), for the index to filter on; or ''."""
+    suffix_decides: bool = False
+    """A name matches exactly when its bytes end with ``suffix``'s (``*`` and an ASCII literal)."""
 
     def matches(self, path: str) -> bool:
         return self.regex.fullmatch(path.rsplit("/", 1)[-1] if self.basename else path) is not None
@@ -129,7 +140,10 @@ def compile_pattern(pattern: str) -> PathPattern:
             literal_tail += c
             i += 1
     suffix = literal_tail if basename else ""
-    return PathPattern(pattern, re.compile("".join(out), re.DOTALL), basename, suffix)
+    regex = "".join(out)
+    # ASCII only: the index compares bytes, and an ASCII byte is the same character in any name.
+    suffix_decides = suffix.isascii() and bool(suffix) and regex == "[^/]*" + "".join(map(re.escape, suffix))
+    return PathPattern(pattern, re.compile(regex, re.DOTALL), basename, suffix, suffix_decides)
 
 
 def _char_class(body: str, start: int) -> tuple[int, str | None]:
@@ -192,29 +206,38 @@ def check_digest(digest: str) -> str:
 class FileIndex(Protocol):
     """What finding needs of the index (``manifests.trees.TreeIndex``)."""
 
-    def directory_edges(self, roots: Sequence[str]) -> list[tuple[str, bytes, str]]: ...
-    def files_under(
+    def find_entries(
         self, roots: Sequence[str], *, digest: str | None = None, name_suffix: bytes = b""
-    ) -> list[tuple[str, bytes, int, str]]: ...
+    ) -> Sequence[tuple[str, bytes, int, str | None, str | None]]: ...
 
 
 Match = tuple[str, int, str]
 """``(path, size, digest)`` of one matching file; the same tuple for every execution holding it."""
 
+Run = list[Match]
+"""Matches that follow one another, in path order, in the answer of every execution holding them."""
+
 
 class FindResult:
-    """What :func:`find` answers, produced as it is consumed (once). Iterating gives
-    :class:`Found` rows; :meth:`by_execution` gives ``(execution_id, [Match, ...])`` per execution,
-    the cheaper form when there are millions of rows (``cas find`` prints from it)."""
+    """What :func:`find` answers, produced as it is consumed (once). Iterating gives :class:`Found`
+    rows; :meth:`by_execution` gives ``(execution_id, [Match, ...])`` per execution; :meth:`runs`
+    gives ``(execution_id, [Run, ...])``, where a run held by many executions is one list object
+    shared by all of them: the cheap form when there are millions of rows (``cas find`` makes the
+    text of each run once)."""
 
-    def __init__(self, groups: Iterator[tuple[str, list[Match]]]) -> None:
+    def __init__(self, groups: Iterator[tuple[str, list[Run]]]) -> None:
         self._groups = groups
 
     def __iter__(self) -> Iterator[Found]:
-        for execution_id, matches in self._groups:
-            yield from starmap(partial(Found, execution_id), matches)
+        for execution_id, runs in self._groups:
+            for run in runs:
+                yield from starmap(partial(Found, execution_id), run)
 
     def by_execution(self) -> Iterator[tuple[str, list[Match]]]:
+        for execution_id, runs in self._groups:
+            yield execution_id, list(chain.from_iterable(runs))
+
+    def runs(self) -> Iterator[tuple[str, list[Run]]]:
         return self._groups
 
 
@@ -233,75 +256,111 @@ def find(
 
 def _groups(
     index: FileIndex, trees: TreeSource, targets: Sequence[Target], pattern: PathPattern | None, digest: str | None
-) -> Iterator[tuple[str, list[Match]]]:
+) -> Iterator[tuple[str, list[Run]]]:
     indexed = [t for t in targets if t.indexed]
-    found = _from_index(index, indexed, pattern, digest) if indexed else []
-    # Hand each match to the executions in its mask (masks are shared by whole directories, so
-    # each distinct one is decoded once): the work is the size of the answer.
-    per_target: list[list[tuple[str, int, str]]] = [[] for _ in indexed]
-    decoded: dict[int, list[list[tuple[str, int, str]]]] = {}
-    for path, size, dg, mask in found:
+    with _collector_paused():
+        runs = _from_index(index, indexed, pattern, digest) if indexed else []
+    # Hand each run to the executions in its mask (each distinct mask decoded once).
+    per_target: list[list[Run]] = [[] for _ in indexed]
+    decoded: dict[int, list[list[Run]]] = {}
+    for mask, run in runs:
         into = decoded.get(mask)
         if into is None:
             into = decoded[mask] = [per_target[i] for i in range(mask.bit_length()) if mask >> i & 1]
-        item = (path, size, dg)
-        for matches in into:
-            matches.append(item)
+        for target_runs in into:
+            target_runs.append(run)
     position = {t.execution_id: i for i, t in enumerate(indexed)}
     for target in targets:
         if target.indexed:
             eid = target.execution_id
-            matches = per_target[position[eid]]
+            yield eid, per_target[position[eid]]
             per_target[position[eid]] = []
-            yield eid, matches
         else:
-            yield target.execution_id, [(f.path, f.size, f.digest) for f in _by_reading(trees, target, pattern, digest)]
+            run = [(f.path, f.size, f.digest) for f in _by_reading(trees, target, pattern, digest)]
+            yield target.execution_id, [run] if run else []
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector paused: the walk makes some 10^5 rows, tuples and lists, none in a
+    cycle, and the collector would otherwise pass over all of them again and again as they pile up
+    (about a third of the walk's time)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _from_index(
     index: FileIndex, targets: Sequence[Target], pattern: PathPattern | None, digest: str | None
-) -> list[tuple[str, int, str, int]]:
-    """The matches ``(path, size, digest, mask)`` in path order, bit i of ``mask`` set for each of
-    ``targets[i]`` that holds it."""
+) -> list[tuple[int, Run]]:
+    """The matches as ``(mask, run)`` in path order: bit i of ``mask`` is set for each of
+    ``targets[i]`` whose answer holds the run; each target's runs, in this order, are its answer."""
     roots = list(dict.fromkeys(t.root for t in targets))
-    children: dict[str, list[tuple[str, bytes, str]]] = defaultdict(list)
-    for tree, name, child in index.directory_edges(roots):
-        children[tree].append((os.fsdecode(name), name, child))
     suffix = os.fsencode(pattern.suffix) if pattern is not None and pattern.suffix else b""
-    files: dict[str, list[tuple[str, bytes, int, str]]] = defaultdict(list)
-    for tree, name, size, dg in index.files_under(roots, digest=digest, name_suffix=suffix):
-        text = os.fsdecode(name)
-        if pattern is not None and pattern.basename and pattern.regex.fullmatch(text) is None:
-            continue  # a name pattern is decided once per distinct directory, not once per path
-        files[tree].append((text, name, size, dg))
-    whole_path = pattern is not None and not pattern.basename
+    name_filter = pattern.regex.fullmatch if pattern is not None and pattern.basename and not pattern.suffix_decides else None
+    encoding = sys.getfilesystemencoding()
+    # Each tree's entries in name order: (name as bytes, as text, size, digest, subdirectory's tree).
+    # A name pattern is decided here, once per distinct directory, not once per path.
+    listing: dict[str, list[tuple[bytes, str, int, str | None, str | None]]] = defaultdict(list)
+    for tree, name, size, dg, child in index.find_entries(roots, digest=digest, name_suffix=suffix):
+        text = name.decode(encoding, "surrogateescape")
+        if child is None and name_filter is not None and name_filter(text) is None:
+            continue
+        listing[tree].append((name, text, size, dg, child))
+    for entries in listing.values():
+        entries.sort()
+    path_filter = pattern.regex.fullmatch if pattern is not None and not pattern.basename else None
 
     # Walk (directory, path) pairs level by level, each once; ``mask`` has bit i set when targets[i]
     # reaches it, ``key`` is the path's components as bytes (the order a walk of the tree lists).
+    # A directory's files between two of its subdirectories are one segment: nothing else of any
+    # execution holding it comes between them, so segments sorted by their first path are each
+    # execution's answer in path order (two versions of a directory never meet in one execution).
     level: dict[tuple[str, str], int] = defaultdict(int)
     keys: dict[tuple[str, str], tuple[bytes, ...]] = {}
     for i, target in enumerate(targets):
         level[(target.root, "")] |= 1 << i
         keys[(target.root, "")] = ()
-    found: list[tuple[tuple[bytes, ...], str, int, str, int]] = []
+    segments: list[tuple[tuple[bytes, ...], int, Run]] = []
     while level:
         below: dict[tuple[str, str], int] = defaultdict(int)
         below_keys: dict[tuple[str, str], tuple[bytes, ...]] = {}
         for node, mask in level.items():
             tree, prefix = node
             key = keys[node]
-            for text, name, size, dg in files.get(tree, ()):
-                path = prefix + text
-                if whole_path and pattern.regex.fullmatch(path) is None:  # type: ignore[union-attr]
+            segment: Run = []
+            first = key
+            for name, text, size, dg, child in listing.get(tree, ()):
+                if child is not None:
+                    if segment:
+                        segments.append((first, mask, segment))
+                        segment = []
+                    down = (child, prefix + text + "/")
+                    below[down] |= mask
+                    below_keys[down] = key + (name,)
                     continue
-                found.append((key + (name,), path, size, dg, mask))
-            for text, name, child in children.get(tree, ()):
-                down = (child, prefix + text + "/")
-                below[down] |= mask
-                below_keys[down] = key + (name,)
+                path = prefix + text
+                if path_filter is not None and path_filter(path) is None:
+                    continue
+                if not segment:
+                    first = key + (name,)
+                segment.append((path, size, dg))  # type: ignore[arg-type]
+            if segment:
+                segments.append((first, mask, segment))
         level, keys = below, below_keys
-    found.sort(key=lambda f: f[0])
-    return [(path, size, dg, mask) for _, path, size, dg, mask in found]
+    segments.sort(key=itemgetter(0))
+    # Neighbouring segments held by the same executions make one run.
+    runs: list[tuple[int, Run]] = []
+    for _, mask, segment in segments:
+        if runs and runs[-1][0] == mask:
+            runs[-1][1].extend(segment)
+        else:
+            runs.append((mask, segment))
+    return runs
 
 
 def _by_reading(
@@ -317,4 +376,4 @@ def _by_reading(
         yield Found(target.execution_id, path, entry.size, entry.digest)
 
 
-__all__ = ["FindResult", "Found", "Match", "PathPattern", "Target", "check_digest", "compile_pattern", "find", "select_targets"]
+__all__ = ["FindResult", "Found", "Match", "PathPattern", "Run", "Target", "check_digest", "compile_pattern", "find", "select_targets"]

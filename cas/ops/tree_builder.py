@@ -26,7 +26,6 @@ A directory's node is written after its contents, so the root tree ID names the 
 
 from __future__ import annotations
 
-import enum
 import errno
 import logging
 import os
@@ -42,7 +41,7 @@ from cas.repo.filescache import CachedFile, FilesCache
 from cas.ops.ignore import IGNORE_FILE_NAME
 from cas.ops.snapshot_filter import DirScope, ExcludeReason, ExcludeStats, SnapshotFilter, WalkFilter, read_ignore_file
 from cas.format.hashing import hexdigest, new_hasher
-from cas.types import BlobKind
+from cas.types import BlobKind, OnChange
 from cas.format.trees import DIR, FILE, SYMLINK, DirectoryEncoder, Entry, TooLarge, encode_directory
 
 log = logging.getLogger("cas")
@@ -61,17 +60,6 @@ CHANGE_RETRIES = 3
 """Times a file that changed while it was read is read again before ``--on-change`` applies."""
 _RETRY_PAUSES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 2.0, 2.0, 3.0)
 """``--on-change=retry``: pauses before each further read (about 10 s in all) before failing."""
-
-
-class OnChange(str, enum.Enum):
-    """What a snapshot does with a file that kept changing while it was read (after the re-reads)."""
-
-    WARN = "warn"
-    """Store what the last read saw (it may mix old and new content), warn naming the file, count it."""
-    RETRY = "retry"
-    """Keep re-reading with growing pauses (about 10 s) until the file holds still; fail if it never does."""
-    FAIL = "fail"
-    """Fail the snapshot, naming the file."""
 
 
 class FileChanged(CasError):

@@ -21,6 +21,7 @@ from cas.format import trees as tree_format
 from cas.format.hashing import hexdigest
 from cas.ops import browse
 from cas.ops.find import Found, compile_pattern
+from cas.terminal import quote_name
 from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
 from tests.test_cli import cas
 
@@ -401,10 +402,38 @@ def _round_trip(work: Path, versions: list[dict], pattern: str) -> None:  # type
             store.repo, store.get(ids[0]).root, store.get(ids[-1]).root)
 
 
+def test_runs_shared_between_executions_give_each_its_answer_in_path_order(
+        store: Store, tmp_path: Path, backend: CountingBackend) -> None:
+    """Versions of one directory whose files lie between its subdirectories' (``d/a.py``, ``d/m/``,
+    ``d/z.py``): each execution's answer, put together from runs shared with others, is what reading
+    its trees gives, however the versions interleave."""
+    src = tmp_path / "p"
+    _write(src, {"d/a.py": b"a", "d/m/x.py": b"x", "d/m/y.txt": b"y", "d/z.py": b"z", "d/zz/q.py": b"q",
+                 "top.py": b"t", "e/'quoted'.py": b"q", "e/caf\u00e9.py".encode().decode("unicode_escape"): b"c"})
+    ids = []
+    for n, (rel, data) in enumerate([("d/a.py", b"a2"), ("d/m/x.py", b"x2"), ("d/z.py", b"z2"), ("d/a.py", b"a3"),
+                                      ("d/zz/q.py", b"q2"), ("top.py", b"t2")]):
+        (src / rel).write_bytes(data)
+        store.snapshot(src, f"e{n}", labels={"workflow": "train" if n % 3 else "eval"})
+        ids.append(f"e{n}")
+    assert [s.execution_id for s in store.list()] == list(reversed(ids))
+    for pattern, labels in [("*.py", {}), ("*.py", {"workflow": "train"}), ("d/*.py", {}), ("**/m/*", {}), ("*", {})]:
+        chosen = [s.execution_id for s in store.list(labels=labels)]
+        want = [(eid, _by_reading(store, [eid], pattern)) for eid in chosen]
+        backend.calls.clear()
+        rows = list(store.find(pattern, labels=labels))
+        by_execution = [(eid, [Found(eid, *m) for m in matches])
+                        for eid, matches in store.find(pattern, labels=labels).by_execution()]
+        runs = [(eid, [Found(eid, *m) for run in rs for m in run]) for eid, rs in store.find(pattern, labels=labels).runs()]
+        assert backend.calls == []
+        assert rows == [f for _, found in want for f in found]
+        assert by_execution == runs == want
+
+
 # -- the command line ---------------------------------------------------------------------------
 
 
-def test_find_on_the_command_line(tmp_path: Path) -> None:
+def test_find_on_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "project"
     _write(src, PROJECT)
     base = ("--repo", str(tmp_path / "repo"))
@@ -424,6 +453,24 @@ def test_find_on_the_command_line(tmp_path: Path) -> None:
     assert by_digest == ["run-2", "6", hexdigest(b"model\n"), "data/deep/er/model.py"]
     since = cas(tmp_path, *base, "find", "train.py", "--since", "1h", "--until", "2999-01-01").stdout
     assert [line.split()[0] for line in since.splitlines()] == ["run-2", "run-1"]
+    # Many versions of a directory, a quoted name and a non-ASCII one: the lines and the JSON are the
+    # API's answer, row for row.
+    (src / "code" / "it's.py").write_bytes(b"quote\n")
+    (src / "code" / "caf\u00e9.py").write_bytes(b"cafe\n")
+    for n in range(3, 7):
+        (src / "code" / "util" / "io.py").write_bytes(b"io %d\n" % n)
+        (src / "data" / "deep" / f"n{n}.py").write_bytes(b"n\n")
+        cas(tmp_path, *base, "snapshot", str(src), "-e", f"run-{n}", "--label", f"workflow={'train' if n % 2 else 'eval'}")
+    monkeypatch.setenv("CAS_HOME", str(tmp_path / "home"))  # the index the commands made
+    for args in (("*.py",), ("*.py", "--label", "workflow=train"), ("code/**",), ("--digest", hexdigest(b"n\n"))):
+        text = cas(tmp_path, *base, "find", *args).stdout
+        rows = json.loads(cas(tmp_path, *base, "find", *args, "--json").stdout)
+        with Store.open(str(tmp_path / "repo")) as opened:
+            pattern = None if args[0] == "--digest" else args[0]
+            want = list(opened.find(pattern, digest=args[1] if pattern is None else None,
+                                    labels=dict([args[2].split("=")]) if len(args) > 2 else None))
+        assert want and text == "".join(f"{f.execution_id}  {f.size:>12}  {f.digest}  {quote_name(f.path)}\n" for f in want)
+        assert rows == [f._asdict() for f in want]
     none = cas(tmp_path, *base, "find", "nothing-like-this")
     assert none.stdout == "" and "no files found" in none.stderr
     for bad, message in [
