@@ -48,6 +48,7 @@ _LOOP_ENDED = "8"
 
 _T = TypeVar("_T")
 _KIND = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}
+_S_IFDIR, _S_IFREG, _S_IFLNK = stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
@@ -127,7 +128,8 @@ class Operations:
         if listing is None:
             listing = [(".", stat.S_IFDIR, 0), ("..", stat.S_IFDIR, 0)]
             if node.tree:
-                listing += [(e.name, _KIND[e.type], 0) for e in self.view.entries(node)]
+                listing += [(e.name, _S_IFDIR if e.type is DIR else _S_IFREG if e.type is FILE else _S_IFLNK, 0)
+                            for e in self.view.entries(node)]
             else:
                 listing += [(n.name, stat.S_IFDIR, 0) for n in self.view.children(node)]
             if node.tree:

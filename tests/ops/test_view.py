@@ -168,3 +168,24 @@ def test_listings_read_ahead_stop_at_their_budget_and_the_cache_at_its_capacity(
     for tree_id, entries in trees.items():
         assert cache.read_tree(tree_id) == entries
     assert cache._held <= 60
+
+
+def test_opening_each_file_of_a_directory_locates_their_chunks_in_one_query(
+    counted: tuple[Store, CountingBackend], tmp_path: Path
+) -> None:
+    from sqlalchemy import event
+
+    s, _backend = counted
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {f"f{i:02}.bin": os.urandom(3000 + 97 * i) for i in range(30)}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    s.snapshot(src, "run-1")
+    view = s.view()
+    queries: list[str] = []
+    event.listen(s.repo.index.engine, "before_cursor_execute",
+                 lambda _c, _cur, sql, *_a: queries.append(sql) if "FROM blobs" in sql else None)
+    for name, data in files.items():
+        assert view.open(view.lookup(f"run-1/{name}")).read(0, len(data)) == data
+    assert len(queries) == 1
