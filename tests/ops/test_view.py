@@ -188,4 +188,4 @@ def test_opening_each_file_of_a_directory_locates_their_chunks_in_one_query(
                  lambda _c, _cur, sql, *_a: queries.append(sql) if "FROM blobs" in sql else None)
     for name, data in files.items():
         assert view.open(view.lookup(f"run-1/{name}")).read(0, len(data)) == data
-    assert len(queries) == 1
+    assert len(queries) == 2  # the stored directory's node, then all 30 files' chunks
