@@ -15,10 +15,12 @@ mfusepy (the ``[mount]`` extra) and libfuse are loaded here and nowhere else in 
 
 from __future__ import annotations
 
+import ctypes.util
 import errno
 import itertools
 import logging
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -39,9 +41,14 @@ CACHE_SECONDS = 60
 """How long the kernel may keep names and attributes: stored trees never change, only the list of
 executions does (a new snapshot appears at the top level within this time)."""
 
+READ_AHEAD_KB = 1024
+"""The kernel's read-ahead on a cas mount, where cas may set it (see :func:`raise_readahead`)."""
+_LOOP_ENDED = "8"
+"""What libfuse 3's ``fuse_main`` returns when its loop ends other than by unmounting (a signal)."""
+
 _T = TypeVar("_T")
 _KIND = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}
-_DIR_MODE = {"st_mode": stat.S_IFDIR}
+_S_IFDIR, _S_IFREG, _S_IFLNK = stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
@@ -77,9 +84,17 @@ class Operations:
         self.view = view
         self._uid, self._gid = os.getuid(), os.getgid()
         self._files: dict[int, RangeReader] = {}
-        self._listings: OrderedDict[str, list[tuple[str, dict[str, int], int]]] = OrderedDict()
+        self._listings: OrderedDict[str, list[tuple[str, int, int]]] = OrderedDict()
         self._handles = itertools.count(1)
         self._lock = threading.Lock()
+        self.mountpoint = ""
+        self.started = False
+        self._readahead_pending = False
+
+    def init(self, path: str) -> None:
+        """libfuse's start: the kernel is connected (it applies its read-ahead default on return)."""
+        self.started = True
+        self._readahead_pending = True
 
     def _attrs(self, node: Node) -> dict[str, int]:
         mode = _KIND[node.type] | (0o777 if node.type == SYMLINK else node.mode & 0o777)
@@ -97,10 +112,13 @@ class Operations:
 
     @_errors
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+        if self._readahead_pending:  # the first request after init: the kernel's settings are final
+            self._readahead_pending = False
+            raise_readahead(self.mountpoint)
         return self._attrs(self.view.lookup(path))
 
     @_errors
-    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
+    def readdir(self, path: str, fh: int) -> list[tuple[str, int, int]]:
         # With each entry's type (d_type), `find -type f` and `ls` need not stat every file. The
         # kernel reads a directory in more than one call: a stored directory (by tree ID) never
         # changes, so its listing is kept for the next call.
@@ -108,8 +126,12 @@ class Operations:
         with self._lock:
             listing = self._listings.get(node.tree) if node.tree else None
         if listing is None:
-            listing = [(".", _DIR_MODE, 0), ("..", _DIR_MODE, 0)]
-            listing += [(n.name, {"st_mode": _KIND[n.type]}, 0) for n in self.view.children(node)]
+            listing = [(".", stat.S_IFDIR, 0), ("..", stat.S_IFDIR, 0)]
+            if node.tree:
+                listing += [(e.name, _S_IFDIR if e.type is DIR else _S_IFREG if e.type is FILE else _S_IFLNK, 0)
+                            for e in self.view.entries(node)]
+            else:
+                listing += [(n.name, stat.S_IFDIR, 0) for n in self.view.children(node)]
             if node.tree:
                 with self._lock:
                     self._listings[node.tree] = listing
@@ -161,6 +183,7 @@ def serve(view: SnapshotView, mountpoint: str, *, on_ready: Callable[[], None] |
     if not os.path.isdir(mountpoint):
         raise ConfigurationError(f"mountpoint {mountpoint} is not a directory")
     operations = Operations(view)
+    operations.mountpoint = mountpoint
     try:
         if on_ready is not None:
             on_ready()
@@ -170,9 +193,27 @@ def serve(view: SnapshotView, mountpoint: str, *, on_ready: Callable[[], None] |
             attr_timeout=CACHE_SECONDS, entry_timeout=CACHE_SECONDS,
         )
     except RuntimeError as exc:  # libfuse's own failure (mount refused, /dev/fuse missing...)
+        if operations.started and str(exc) == _LOOP_ENDED:
+            return  # libfuse 3 reports a loop stopped by SIGINT/SIGTERM this way
         raise CasError(f"could not mount {mountpoint}: libfuse returned {exc} (see the message above)") from None
     finally:
         unmount(mountpoint)
+
+
+def raise_readahead(mountpoint: str) -> None:
+    """Let the kernel read ahead :data:`READ_AHEAD_KB` on this mount (its default is 128 KiB), so a
+    large or sequential read reaches cas as a few 1 MiB requests instead of many 128 KiB ones. The
+    setting is the mount's own (``/sys/class/bdi/MAJOR:MINOR/read_ahead_kb``) and needs root; without
+    it the default stays."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            devices = [fields[2].decode() for fields in map(bytes.split, f)
+                       if len(fields) > 4 and _unescape(fields[4]) == mountpoint]
+        if devices:
+            with open(f"/sys/class/bdi/{devices[-1]}/read_ahead_kb", "w", encoding="ascii") as f:
+                f.write(str(READ_AHEAD_KB))
+    except OSError as exc:
+        log.debug("read-ahead of %s left at the kernel's default: %s", mountpoint, exc)
 
 
 def is_mounted(mountpoint: str) -> bool:
@@ -184,14 +225,18 @@ def is_mounted(mountpoint: str) -> bool:
 
 def _mount_points() -> Iterator[str]:
     try:
-        with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
+        with open("/proc/self/mounts", "rb") as f:
             for line in f:
                 fields = line.split()
                 if len(fields) > 1:
-                    # Spaces and other bytes in mount points are octal escapes there.
-                    yield fields[1].encode("latin-1", "surrogateescape").decode("unicode_escape")
+                    yield _unescape(fields[1])
     except OSError:
         return
+
+
+def _unescape(field: bytes) -> str:
+    """A path from the mount tables, where spaces and other bytes are octal escapes."""
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field))
 
 
 def unmount(mountpoint: str) -> None:
@@ -210,10 +255,18 @@ def unmount(mountpoint: str) -> None:
 
 
 def _load_fuse() -> Any:
+    # mfusepy binds libfuse 2 when both are installed unless told otherwise; libfuse 3 lets the kernel
+    # send reads of up to 1 MiB instead of 128 KiB (fewer Python calls per byte read).
+    chosen = "FUSE_LIBRARY_PATH" in os.environ or "FUSE_LIBRARY_NAME" in os.environ
+    if not chosen and ctypes.util.find_library("fuse3"):
+        os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
     try:
         import mfusepy
     except ImportError as exc:
         raise MissingDependency("cas mount needs mfusepy: pip install 'cas-store[mount]'") from exc
     except OSError as exc:  # mfusepy found no libfuse
         raise MissingDependency(f"cas mount needs libfuse ({exc}): apt-get install fuse3") from exc
+    finally:
+        if not chosen:
+            os.environ.pop("FUSE_LIBRARY_NAME", None)
     return mfusepy

@@ -124,6 +124,18 @@ class TreeIndex(IndexConnection):
         out.sort(key=lambda e: e.name)  # bytes order, whatever the database's collation
         return out
 
+    def tree_entries_of(self, tree_ids: Iterable[str]) -> dict[str, list[TreeEntryRow]]:
+        """The rows of each of ``tree_ids`` as :meth:`tree_entries` gives them, in batched queries
+        (one per few hundred trees, not one per tree); an empty or unknown tree maps to no rows."""
+        out: dict[str, list[TreeEntryRow]] = {t: [] for t in tree_ids}
+        sql = "SELECT tree_id, name, type, mode, mtime_ns, size, digest, target, child FROM tree_entries WHERE tree_id IN "
+        for r in self._lookup(sql, out):
+            out[r[0]].append(TreeEntryRow(bytes(r[1]), r[2], r[3], r[4], r[5], r[6],
+                                          None if r[7] is None else bytes(r[7]), r[8]))
+        for rows in out.values():
+            rows.sort(key=lambda e: e.name)
+        return out
+
     def unindexed_snapshots(self, *, damaged: bool = True) -> list[tuple[str, str]]:
         """``(execution ID, root tree)`` of the snapshots whose trees have no rows yet, newest first;
         without those marked damaged unless ``damaged``."""

@@ -16,7 +16,7 @@ import logging
 import os
 import pickle
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 from cas.errors import CasError
@@ -136,6 +136,10 @@ class IndexedTrees:
 
     def read_tree(self, tree_id: str) -> list[Entry]:
         return [entry_from_row(r) for r in self._index.tree_entries(tree_id)]
+
+    def read_trees(self, tree_ids: Iterable[str]) -> dict[str, list[Entry]]:
+        """Several trees' entries at once (batched queries), by tree ID."""
+        return {t: [entry_from_row(r) for r in rows] for t, rows in self._index.tree_entries_of(tree_ids).items()}
 
 
 def index_snapshot_trees(repo: Repository, execution_id: str, root: str) -> bool:

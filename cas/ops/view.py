@@ -30,6 +30,14 @@ from cas.repo.repository import Repository
 from cas.types import BlobLocation, EntryType
 
 TOP_MODE = 0o555
+MAX_DIRECTORY_NODES = 8192
+"""Directory nodes remembered by path, so looking up an entry does not walk from the root again."""
+LOCATE_AHEAD = 4096
+"""Chunk IDs located in one query when a file of a directory is opened (its own, then its siblings')."""
+MAX_LOCATED = 200_000
+"""Chunk locations the view remembers for files it has not opened yet."""
+PREFETCH_BATCH = 256
+"""Trees asked for in one query when directories are read ahead."""
 SNAPSHOT_TTL_S = 5.0
 """How long the list of executions (and each execution's root) is reused before asking again."""
 
@@ -113,13 +121,21 @@ class RepositoryTrees:
 
 
 class CachedTrees:
-    """A :class:`TreeSource` keeping the last ``capacity`` directories read (by tree ID) in memory,
-    with their entries by name."""
+    """A :class:`TreeSource` keeping the most recent directories read (by tree ID) in memory, with
+    their entries by name, up to ``capacity`` entries in all.
 
-    def __init__(self, source: TreeSource, capacity: int = 4096) -> None:
+    A source that can read many trees at once (``read_trees(tree_ids) -> {tree ID: entries}``, as
+    the index's table of tree entries can) is read ahead: a miss reads the directory and then the
+    directories below it, breadth first, one batched query per level, until about
+    ``prefetch`` entries are held (a walk down the tree then costs a few queries, not one per
+    directory)."""
+
+    def __init__(self, source: TreeSource, capacity: int = 200_000, prefetch: int = 20_000) -> None:
         self._source = source
         self._capacity = capacity
+        self._prefetch = prefetch
         self._cache: OrderedDict[str, tuple[list[Entry], dict[str, Entry]]] = OrderedDict()
+        self._held = 0
         self._lock = threading.Lock()
 
     def read_tree(self, tree_id: str, source: TreeSource | None = None) -> list[Entry]:
@@ -136,12 +152,34 @@ class CachedTrees:
             if found is not None:
                 self._cache.move_to_end(tree_id)
                 return found
-        entries = (source or self._source).read_tree(tree_id)
+        source = source or self._source
+        read_trees: Callable[[list[str]], dict[str, list[Entry]]] | None = getattr(source, "read_trees", None)
+        if read_trees is None:
+            return self._keep(tree_id, source.read_tree(tree_id))
+        found = self._keep(tree_id, read_trees([tree_id]).get(tree_id, []))
+        held, level = len(found[0]), [e.tree for e in found[0] if e.type == DIR]
+        while level and held < self._prefetch:
+            below: list[str] = []
+            for start in range(0, len(level), PREFETCH_BATCH):
+                with self._lock:
+                    wanted = [t for t in level[start : start + PREFETCH_BATCH] if t not in self._cache]
+                for tree, entries in (read_trees(wanted) if wanted else {}).items():
+                    self._keep(tree, entries)
+                    held += len(entries) + 1
+                    below.extend(e.tree for e in entries if e.type == DIR)
+                if held >= self._prefetch:
+                    break
+            level = below
+        return found
+
+    def _keep(self, tree_id: str, entries: list[Entry]) -> tuple[list[Entry], dict[str, Entry]]:
         found = (entries, {e.name: e for e in entries})
         with self._lock:
-            self._cache[tree_id] = found
-            while len(self._cache) > self._capacity:
-                self._cache.popitem(last=False)
+            if tree_id not in self._cache:
+                self._cache[tree_id] = found
+                self._held += len(entries) + 1
+            while self._held > self._capacity and len(self._cache) > 1:
+                self._held -= len(self._cache.popitem(last=False)[1][0]) + 1
         return found
 
 
@@ -174,6 +212,8 @@ class SnapshotView:
         self._lock = threading.Lock()
         self._roots: dict[str, SnapshotLike] = {}
         self._roots_at = -SNAPSHOT_TTL_S
+        self._dirs: dict[tuple[str, str], Node] = {}  # (root tree, path) -> directory node, recent ones
+        self._located: dict[str, BlobLocation] = {}  # chunk ID -> location, for files opened soon
 
     # -- executions ---------------------------------------------------------------------------
 
@@ -229,14 +269,23 @@ class SnapshotView:
             return Node("", DIR, TOP_MODE, newest)
         snap = self._execution(parts[0])
         source = self._source(parts[0])
-        node = Node(parts[0], DIR, snap.root_mode, snap.root_mtime_ns, tree=snap.root)
-        for name in parts[1:]:
+        # Most lookups name an entry of a directory looked up just before: start from it.
+        node = self._dirs.get((snap.root, "/".join(parts[:-1]))) if len(parts) > 2 else None
+        if node is None:
+            node, rest = Node(parts[0], DIR, snap.root_mode, snap.root_mtime_ns, tree=snap.root), parts[1:]
+        else:
+            rest = parts[-1:]
+        for name in rest:
             if node.type != DIR:
                 raise NotFound(f"{'/'.join(parts)}: {node.path} is not a directory")
             entry = self._trees.entry(node.tree, name, source)
             if entry is None:
                 raise NotFound(f"{'/'.join(parts)} does not exist")
             node = _node(node.path + "/" + name, entry, node.tree)
+            if node.type == DIR:
+                if len(self._dirs) >= MAX_DIRECTORY_NODES:
+                    self._dirs.clear()
+                self._dirs[(snap.root, node.path)] = node
         return node
 
     def children(self, node: Node) -> list[Node]:
@@ -248,6 +297,13 @@ class SnapshotView:
                     for _, s in sorted(self._executions().items())]
         source = self._source(node.path.split("/", 1)[0])
         return [_node(node.path + "/" + e.name, e, node.tree) for e in self._trees.read_tree(node.tree, source)]
+
+    def entries(self, node: Node) -> list[Entry]:
+        """The tree entries of a directory inside an execution, in name order (what :meth:`children`
+        makes nodes of; for callers that need only names and types)."""
+        if node.type != DIR or not node.tree:
+            raise NotADirectoryError(f"{node.path or '/'} is not a directory inside an execution")
+        return self._trees.read_tree(node.tree, self._source(node.path.split("/", 1)[0]))
 
     def open(self, node: Node) -> RangeReader:
         """Random access to a file node's content; each chunk read is verified."""
@@ -263,7 +319,28 @@ class SnapshotView:
             if stored is None or stored.type != FILE or (stored.size, stored.digest) != (entry.size, entry.digest):
                 raise ReadError(f"{node.path}: the stored tree does not hold the file its listing shows")
             entry = stored
-        return RangeReader(self.repo, entry, node.path)
+        return RangeReader(self.repo, entry, node.path, self._chunk_locations(node.parent, entry))
+
+    def _chunk_locations(self, parent: str, entry: Entry) -> dict[str, BlobLocation]:
+        """Where a file's chunks are. The first file opened in a stored directory has the chunks of
+        the files beside it located in the same query (up to :data:`LOCATE_AHEAD` IDs), so opening
+        each file of a directory in turn costs one index query, not one per file."""
+        chunks, known = set(entry.chunks), self._located
+        if parent and not chunks.issubset(known):
+            wanted = dict.fromkeys(c for c in entry.chunks if c not in known)
+            for sibling in self._stored.read_tree(parent):
+                if len(wanted) >= LOCATE_AHEAD:
+                    break
+                if sibling.type == FILE:
+                    wanted.update(dict.fromkeys(c for c in sibling.chunks if c not in known))
+            located = self.repo.locate(wanted)
+            if len(known) + len(located) > MAX_LOCATED:
+                known.clear()
+            known.update(located)
+        found = {c: known[c] for c in chunks if c in known}
+        if len(found) < len(chunks):  # forgotten meanwhile, or missing (RangeReader says which)
+            found.update(self.repo.locate(chunks - found.keys()))
+        return found
 
 
 def split(path: str) -> list[str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
@@ -36,14 +36,20 @@ WINDOW_BYTES = 48 << 20
 class RangeReader:
     """Random access to one stored file. Safe to share between threads (reads are serialised)."""
 
-    def __init__(self, repo: Repository, entry: Entry, path: str) -> None:
+    def __init__(self, repo: Repository, entry: Entry, path: str,
+                 locations: Mapping[str, BlobLocation] | None = None) -> None:
+        """``locations``: where the chunks are, when the caller has looked them up already (the
+        sizes are checked all the same); by default they are asked of the repository."""
         if entry.type != FILE:
             raise IsADirectoryError(f"{path} is not a regular file")
         self.repo = repo
         self.entry = entry
         self.path = path
         self.size = entry.size
-        self._locations = repo.locate(entry.chunks) if entry.chunks else {}
+        if locations is None:
+            self._locations = repo.locate(entry.chunks) if entry.chunks else {}
+        else:
+            self._locations = {c: locations[c] for c in entry.chunks if c in locations}
         self._starts = _chunk_starts(entry, self._locations, path)
         self._kept: dict[int, bytes] = {}  # chunk index -> verified bytes
         self._kept_bytes = 0

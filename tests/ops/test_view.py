@@ -92,3 +92,100 @@ def test_a_listing_that_disagrees_with_the_stored_tree_is_not_read(
     view = SnapshotView(s.repo, s, listings=lambda e: ChunklessListing(trees))
     with pytest.raises(ReadError, match="run-1/f.bin"):
         view.open(view.lookup("run-1/f.bin"))
+
+
+def _deep_tree(src: Path) -> None:
+    """4 levels of 3 directories (120 directories), 2 files in each."""
+    todo = [src]
+    for _level in range(4):
+        below = []
+        for d in todo:
+            for i in range(3):
+                sub = d / f"d{i}"
+                sub.mkdir(parents=True)
+                (sub / "f.txt").write_text(str(sub))
+                (sub / "g.bin").write_bytes(os.urandom(100))
+                below.append(sub)
+        todo = below
+
+
+def test_a_walk_lists_from_the_index_in_a_few_queries_per_level(
+    counted: tuple[Store, CountingBackend], tmp_path: Path
+) -> None:
+    from sqlalchemy import event
+
+    s, backend = counted
+    src = tmp_path / "src"
+    _deep_tree(src)
+    s.snapshot(src, "run-1")
+    stored = _listing_of(s, s.get("run-1").root)
+    for tree_id in stored:  # the index gives each tree's rows as one batched read does
+        assert s.repo.index.tree_entries_of([tree_id, "0" * 64]) == {
+            tree_id: s.repo.index.tree_entries(tree_id), "0" * 64: []}
+    queries: list[str] = []
+    event.listen(s.repo.index.engine, "before_cursor_execute",
+                 lambda _c, _cur, sql, *_a: queries.append(sql) if "tree_entries" in sql else None)
+    view = s.view()
+    backend.reset()
+
+    seen: dict[str, list[str]] = {}
+    todo = [view.lookup("run-1")]
+    while todo:
+        node = todo.pop()
+        children = view.children(node)
+        seen[node.tree] = [c.name for c in children]
+        todo.extend(c for c in children if c.type == DIR)
+    assert seen == {t: [e.name for e in entries] for t, entries in stored.items()}
+    assert backend.calls["get"] == 0
+    assert len(stored) == 121 and len(queries) <= 6  # one per level of the tree, not one per directory
+
+
+class BatchListing(ChunklessListing):
+    def __init__(self, trees: dict[str, list[Entry]]) -> None:
+        super().__init__(trees)
+        self.batches: list[int] = []
+
+    def read_trees(self, tree_ids: list[str]) -> dict[str, list[Entry]]:
+        self.batches.append(len(tree_ids))
+        return {t: self.trees[t] for t in tree_ids}
+
+
+def test_listings_read_ahead_stop_at_their_budget_and_the_cache_at_its_capacity(
+    counted: tuple[Store, CountingBackend], tmp_path: Path
+) -> None:
+    from cas.ops.view import CachedTrees
+
+    s, _backend = counted
+    src = tmp_path / "src"
+    _deep_tree(src)
+    s.snapshot(src, "run-1")
+    root = s.get("run-1").root
+    trees = _listing_of(s, root)
+    source = BatchListing(trees)
+    cache = CachedTrees(source, capacity=60, prefetch=20)
+    assert cache.read_tree(root) == trees[root]
+    assert sum(source.batches) < len(trees)  # stopped at the budget, not the whole tree
+    for tree_id, entries in trees.items():
+        assert cache.read_tree(tree_id) == entries
+    assert cache._held <= 60
+
+
+def test_opening_each_file_of_a_directory_locates_their_chunks_in_one_query(
+    counted: tuple[Store, CountingBackend], tmp_path: Path
+) -> None:
+    from sqlalchemy import event
+
+    s, _backend = counted
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {f"f{i:02}.bin": os.urandom(3000 + 97 * i) for i in range(30)}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    s.snapshot(src, "run-1")
+    view = s.view()
+    queries: list[str] = []
+    event.listen(s.repo.index.engine, "before_cursor_execute",
+                 lambda _c, _cur, sql, *_a: queries.append(sql) if "FROM blobs" in sql else None)
+    for name, data in files.items():
+        assert view.open(view.lookup(f"run-1/{name}")).read(0, len(data)) == data
+    assert len(queries) == 2  # the stored directory's node, then all 30 files' chunks
