@@ -21,8 +21,8 @@ from cas.format import trees as tree_format
 from cas.format.hashing import hexdigest
 from cas.ops import browse
 from cas.ops.find import Found, compile_pattern
+from tests.inprocess import cas
 from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
-from tests.test_cli import cas
 
 
 class CountingBackend(LocalBackend):
