@@ -6,17 +6,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+from tests import inprocess
 from tests.servers.s3 import REGION, moto_server  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cli(env: dict[str, str], *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "cas", *args], check=False, capture_output=True, text=True, env=env)
+    """``cas ARGS`` with exactly ``env``, through its real ``main`` in this process (tests.inprocess)."""
+    status, out, err = inprocess.run_main(args, env, os.getcwd())
+    proc = subprocess.CompletedProcess(list(args), status, inprocess.text(out), inprocess.text(err))
     assert proc.returncode == code, proc.stderr
     return proc
 

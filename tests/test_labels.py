@@ -12,8 +12,8 @@ import pytest
 
 from cas import Store
 from cas.errors import ConfigurationError
+from tests.inprocess import cas
 from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
-from tests.test_cli import cas
 
 # Label keys with the characters a JSON path treats specially where the index looks them up.
 WORKFLOW = "aiflow.io/workflow"

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.inprocess import cas
 from tests.ops.test_snapshot_filter import in_namespace_with_mount, needs_mount
-from tests.test_cli import ROOT, cas
+from tests.test_cli import ROOT
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Input checks as a user meets them: the real ``cas`` process, its exit status, its one-line errors.
+"""Input checks as a user meets them: ``cas``'s real ``main`` (in this process, with its own
+environment and streams: :class:`Cas`), its exit status, its one-line errors.
 
 Execution IDs and labels are validated; values that look like SQL are stored as data (every query
 is parameterised); bad URLs and options fail naming the field; secrets never reach stderr or
@@ -21,6 +22,7 @@ import pytest
 
 from backends import open_backend
 from cas import ConfigurationError, Store
+from tests.inprocess import run_main, text
 from tests.servers import s3 as s3_servers
 from tests.servers.s3 import MotoServer, free_port
 
@@ -31,18 +33,25 @@ SQL_INJECTION = "'; DROP TABLE snapshots; --"
 
 
 class Cas:
-    """Runs ``python -m cas`` against one local repository, with a private CAS_HOME."""
+    """Runs ``cas`` against one local repository, with a private CAS_HOME and its own environment:
+    its real ``main`` in this process (:func:`tests.inprocess.run_main`: exit status, stdout and
+    stderr as a process of its own has them, without an interpreter's start-up per command), or
+    with ``process=True`` ``python -m cas`` as a process."""
 
-    def __init__(self, base: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, base: Path, env: dict[str, str] | None = None, *, process: bool = False) -> None:
         self.base = base
+        self.process = process
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("CAS_", "AWS_", "OSS_"))}
         self.env.update({"CAS_HOME": str(base / "home"), "PYTHONPATH": str(ROOT)})
         self.env.update(env or {})
 
     def __call__(self, *args: str, repo: str | None = None) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "cas", "--repo", repo or str(self.base / "repo"), *args]
-        return subprocess.run(argv, capture_output=True, text=True, env=self.env, cwd=self.base, timeout=120,
-                              check=False)
+        argv = ["--repo", repo or str(self.base / "repo"), *args]
+        if self.process:
+            return subprocess.run([sys.executable, "-m", "cas", *argv], capture_output=True, text=True, env=self.env,
+                                  cwd=self.base, timeout=120, check=False)
+        status, out, err = run_main(argv, self.env, self.base, timeout=120)
+        return subprocess.CompletedProcess(argv, status, text(out), text(err))
 
     def ok(self, *args: str, repo: str | None = None) -> str:
         proc = self(*args, repo=repo)
@@ -59,7 +68,9 @@ class Cas:
         return lines[0]
 
     def fails_all(self, commands: list[tuple[str, ...]]) -> list[str]:
-        """:meth:`fails` for each command, a few processes at a time."""
+        """:meth:`fails` for each command (as processes, a few at a time)."""
+        if not self.process:
+            return [self.fails(*args) for args in commands]
         with ThreadPoolExecutor(4) as pool:
             return list(pool.map(lambda args: self.fails(*args), commands))
 

@@ -1,6 +1,8 @@
 """The snapshot walk against a filesystem that changes under it, and trees of awkward shape.
 
-Through the real ``cas`` process, as a user meets it: a file replaced by a FIFO or a directory, or
+Through the command line, as a user meets it (the snapshots that race and the commands limited to
+256 descriptors as real ``cas`` processes, the rest through its ``main`` in this process, see
+:class:`tests.hostile.test_inputs.Cas`): a file replaced by a FIFO or a directory, or
 rewritten, between the walk's stat and its read; a tree thousands of levels deep; a directory too
 big for one tree node; a symlink given as the path to snapshot. Races are made exact by
 :mod:`tests.hostile.racing` (no sleeps, no timed assertions; timeouts only guard against hangs).
@@ -26,6 +28,7 @@ from cas.format.trees import MAX_NODE_BYTES, decode_node
 from tests.hostile.forge import commit
 from tests.hostile.racing import run_racing, write_victim
 from tests.hostile.test_inputs import Cas
+from tests.inprocess import run_main
 
 MiB = 1024 * 1024
 
@@ -49,10 +52,10 @@ def _stats(cas: Cas, execution_id: str) -> dict[str, int]:
 
 
 def _content(cas: Cas, execution_id: str, path: str) -> bytes:
-    argv = [sys.executable, "-m", "cas", "--repo", str(cas.base / "repo"), "cat", execution_id, path]
-    proc = subprocess.run(argv, capture_output=True, env=cas.env, cwd=cas.base, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
+    status, out, err = run_main(["--repo", str(cas.base / "repo"), "cat", execution_id, path], cas.env, cas.base,
+                                timeout=120)
+    assert status == 0, err
+    return out
 
 
 # -- a file replaced between the walk's stat and its open ---------------------------------------

@@ -22,8 +22,8 @@ from cas.format.hashing import hexdigest
 from cas.ops import browse
 from cas.ops.find import Found, compile_pattern
 from cas.terminal import quote_name
+from tests.inprocess import cas
 from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
-from tests.test_cli import cas
 
 
 class CountingBackend(LocalBackend):

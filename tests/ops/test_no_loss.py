@@ -14,7 +14,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from backends.base import Backend
 from backends.local import LocalBackend
 from cas import Store
 from cas.format.trees import MAX_NODE_BYTES, SPLIT_BYTES
+from tests.inprocess import run_main, text
 from tests.treeutil import describe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,10 +33,11 @@ DEADLOCK_GUARD = 60.0
 
 
 def run_cas(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``cas ARGS`` with its own CAS_HOME, through its real ``main`` in this process (tests.inprocess)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CAS_", "AWS_", "OSS_"))}
     env.update({"CAS_HOME": str(home), "PYTHONPATH": str(ROOT)})
-    return subprocess.run([sys.executable, "-m", "cas", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, check=False)
+    status, out, err = run_main(args, env, os.getcwd(), timeout=timeout)
+    return subprocess.CompletedProcess(list(args), status, text(out), text(err))
 
 
 def ok(home: Path, *args: str) -> str:

@@ -3,8 +3,12 @@
 moto stores the encryption headers but evaluates no bucket-policy condition and ignores SSE-C, so
 the server here is moto behind :class:`tests.servers.s3_gate.S3Gate`, which applies the bucket
 policies of docs/backends-s3.md to the headers and refuses SSE-C reads without the key, as S3 does.
-The backend contract and the engine's snapshot and restore run through it with each kind of
-encryption; what reaches moto is then checked with boto3 directly.
+Through it go every kind of request the backend makes (:class:`GatedRequests`) and the engine's
+snapshot and restore, with each kind of encryption; what reaches moto is then checked with boto3
+directly. The whole backend contract runs with SSE-KMS and SSE-C against MinIO
+(tests/trust/test_minio.py), a real server that encrypts; the gate is here for what MinIO does not
+check: that the bucket policy refuses a put without the headers, so none of the backend's write
+paths may leave them out, and that every request on an SSE-C object carries the key.
 """
 
 from __future__ import annotations
@@ -22,9 +26,8 @@ from typing import Any
 
 import pytest
 
-from backends.errors import CasError, ConfigurationError, PermissionDenied
+from backends.errors import AlreadyExists, CasError, ConfigurationError, NotFound, PermissionDenied
 from backends.s3 import MIN_PART_SIZE, S3Backend, from_url
-from backends.testing import BackendContract
 from tests.backends.test_engine import EngineThroughBackend
 from tests.servers import s3 as s3_servers
 from tests.servers.s3 import MotoServer
@@ -73,25 +76,6 @@ def _client(endpoint_url: str, server: MotoServer) -> Any:
                         config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}))
 
 
-class _Raw:
-    """Reads and writes with boto3 directly (not the backend under test), with ``args`` on each."""
-
-    def __init__(self, client: Any, bucket: str, args: dict[str, Any] | None = None, write_args: dict[str, Any] | None = None) -> None:
-        self.client, self.bucket = client, bucket
-        self.args = args or {}
-        self.write_args = self.args if write_args is None else write_args
-
-    def read(self, key: str) -> bytes:
-        try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=f"{PREFIX}/{key}", **self.args)
-        except self.client.exceptions.NoSuchKey as exc:
-            raise FileNotFoundError(key) from exc
-        return bytes(resp["Body"].read())
-
-    def write(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=f"{PREFIX}/{key}", Body=data, **self.write_args)
-
-
 def _head(server: MotoServer, bucket: str, key: str, **args: Any) -> dict[str, Any]:
     return dict(_client(server.endpoint_url, server).head_object(Bucket=bucket, Key=f"{PREFIX}/{key}", **args))
 
@@ -99,7 +83,40 @@ def _head(server: MotoServer, bucket: str, key: str, **args: Any) -> dict[str, A
 # -- SSE-KMS: the contract and the engine through a bucket that refuses anything else ------------
 
 
-class TestSseKms(BackendContract, EngineThroughBackend):
+class GatedRequests:
+    """Each kind of request the backend makes, through the gate; needs ``backend`` and ``raw_read``
+    fixtures. The contract's own checks of these calls run on moto (tests/backends/test_s3.py) and,
+    with SSE-KMS and SSE-C, on MinIO; here what matters is that the gate lets every one through."""
+
+    def test_every_kind_of_request_passes_the_gate(self, backend: S3Backend, raw_read: Any) -> None:
+        large = os.urandom(2 * MIN_PART_SIZE + 7)
+        backend.put("one/bytes", b"x" * 100)
+        backend.put("one/bytes", b"overwritten")
+        backend.put("one/view", memoryview(b"a view"))
+        backend.put("one/stream", io.BytesIO(b"a stream"))
+        backend.put("one/empty", b"")
+        backend.put("one/large", io.BytesIO(large))  # a multipart upload: initiation, parts, completion
+        backend.put("one/absent", b"first", overwrite=False)
+        with pytest.raises(AlreadyExists):
+            backend.put("one/absent", b"second", overwrite=False)
+        backend.put("one/large-absent", large, overwrite=False)  # multipart, completed if absent
+        assert raw_read("one/large") == large and raw_read("one/bytes") == b"overwritten"
+        assert backend.get("one/bytes") == b"overwritten"
+        assert backend.get("one/view") == b"a view" and backend.get("one/stream") == b"a stream"
+        assert backend.get("one/empty") == b"" and backend.get("one/absent") == b"first"
+        assert backend.get("one/large", MIN_PART_SIZE - 3, 10) == large[MIN_PART_SIZE - 3 : MIN_PART_SIZE + 7]
+        assert backend.get("one/large-absent", -12) == large[-12:]
+        assert backend.stat("one/large").size == len(large) and backend.exists("one/empty")
+        assert sorted(i.key for i in backend.list("one/")) == [
+            "one/absent", "one/bytes", "one/empty", "one/large", "one/large-absent", "one/stream", "one/view"]
+        backend.delete("one/bytes")
+        with pytest.raises(NotFound):
+            backend.get("one/bytes")
+        with pytest.raises(NotFound):
+            backend.stat("one/bytes")
+
+
+class TestSseKms(GatedRequests, EngineThroughBackend):
     @pytest.fixture
     def gate(self, moto_server: MotoServer, bucket: str) -> Iterator[S3Gate]:
         with S3Gate(moto_server.port, bucket_policy("require-kms", bucket)) as gate:
@@ -110,11 +127,14 @@ class TestSseKms(BackendContract, EngineThroughBackend):
         be = from_url(f"s3://{bucket}/{PREFIX}", **_options(moto_server, gate, sse_kms_key_id=KMS_KEY))
         yield be
         be.close()
+        # Every put reached moto: the gate refused none (a refusal fails the test above anyway).
+        puts = [r for r in gate.requests if r.method in ("PUT", "POST") and "uploadId" not in r.query]
+        assert puts and all(r.headers.get("x-amz-server-side-encryption") == "aws:kms" for r in puts), puts
 
     @pytest.fixture
-    def raw(self, moto_server: MotoServer, bucket: str, gate: S3Gate) -> _Raw:
-        kms = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": KMS_KEY}
-        return _Raw(_client(gate.endpoint_url, moto_server), bucket, {}, kms)
+    def raw_read(self, moto_server: MotoServer, bucket: str) -> Any:
+        client = _client(moto_server.endpoint_url, moto_server)
+        return lambda key: bytes(client.get_object(Bucket=bucket, Key=f"{PREFIX}/{key}")["Body"].read())
 
 
 def test_kms_uploads_carry_the_key_and_moto_stores_it(moto_server: MotoServer, bucket: str) -> None:
@@ -148,7 +168,7 @@ def test_bucket_refuses_other_encryption_and_nothing_is_stored(
 # -- SSE-C: the key goes with every request --------------------------------------------------------
 
 
-class TestSseC(BackendContract, EngineThroughBackend):
+class TestSseC(GatedRequests, EngineThroughBackend):
     @pytest.fixture
     def gate(self, moto_server: MotoServer, bucket: str) -> Iterator[S3Gate]:
         with S3Gate(moto_server.port, bucket_policy("require-sse-c", bucket)) as gate:
@@ -161,13 +181,15 @@ class TestSseC(BackendContract, EngineThroughBackend):
         be.close()
         # Every request that reached an object carried the key (the gate refuses the rest anyway).
         on_objects = [r for r in gate.requests if r.path.count("/") >= 2 and r.method != "DELETE"]
+        assert {r.method for r in on_objects} >= {"GET", "PUT"}, on_objects
         for seen in on_objects:  # GET, HEAD, PUT, a part, an initiation or a completion
             assert seen.headers.get("x-amz-server-side-encryption-customer-algorithm") == "AES256", seen
 
     @pytest.fixture
-    def raw(self, moto_server: MotoServer, bucket: str, gate: S3Gate) -> _Raw:
+    def raw_read(self, moto_server: MotoServer, bucket: str, gate: S3Gate) -> Any:
+        client = _client(gate.endpoint_url, moto_server)
         key = {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": base64.b64decode(CUSTOMER_KEY)}
-        return _Raw(_client(gate.endpoint_url, moto_server), bucket, key)
+        return lambda name: bytes(client.get_object(Bucket=bucket, Key=f"{PREFIX}/{name}", **key)["Body"].read())
 
 
 def test_sse_c_objects_are_refused_without_their_key(moto_server: MotoServer, bucket: str) -> None:
