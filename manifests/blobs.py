@@ -53,8 +53,7 @@ class BlobIndex(IndexConnection):
                 [{"id": pack_id, "size": size, "blob_count": len(blobs), "created_at": now,
                   "state": PackState.LIVE.value}],
             )
-            if blobs:
-                conn.execute(self._insert_ignore(Blob, ["id"]), _blob_values(pack_id, blobs))
+            self._insert_ignore_rows(conn, Blob, ["id"], _BLOB_COLUMNS, _blob_tuples(pack_id, blobs))
 
     def add_blob_rows(self, pack_id: str, blobs: Sequence[BlobLocationLike]) -> int:
         """Re-index blobs of a pack the index already knows (rows lost from a damaged or restored
@@ -91,6 +90,14 @@ class BlobIndex(IndexConnection):
                 PackRow(r.id, r.size, r.state, r.condemned_epoch, utc(r.created_at), utc(r.condemned_at))
                 for r in rows
             ]
+
+
+_BLOB_COLUMNS = ("id", "kind", "pack_id", "offset", "length", "raw_length", "codec")
+
+
+def _blob_tuples(pack_id: str, blobs: Iterable[BlobLocationLike]) -> list[tuple[object, ...]]:
+    """The rows of ``blobs`` in the order of :data:`_BLOB_COLUMNS`."""
+    return [(b.id, int(b.kind), pack_id, b.offset, b.length, b.raw_length, int(b.codec)) for b in blobs]
 
 
 def _blob_values(pack_id: str, blobs: Iterable[BlobLocationLike]) -> list[dict[str, object]]:

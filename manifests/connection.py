@@ -121,6 +121,26 @@ class IndexConnection:
             raise ConfigurationError(f"index database {dialect!r} is not supported (use SQLite or PostgreSQL)")
         return dialect_insert(model).on_conflict_do_nothing(index_elements=keys)
 
+    def _insert_ignore_rows(  # type: ignore[no-untyped-def]
+        self, conn, model: type, keys: list[str], columns: Sequence[str], rows: Sequence[tuple]  # type: ignore[type-arg]
+    ) -> None:
+        """Insert ``rows`` (tuples in the order of ``columns``), keeping rows whose ``keys`` exist.
+
+        The bulk inserts of a snapshot (blob rows, tree entries: one row per file). On SQLite the
+        driver's own ``executemany`` of plain SQL, with no per-row dictionaries or type processing
+        (several times faster); on PostgreSQL SQLAlchemy's statement, which sends many rows a round trip.
+        """
+        if not rows:
+            return
+        if self.engine.dialect.name == "sqlite":
+            table = model.__tablename__  # type: ignore[attr-defined]
+            names = ",".join('"' + c + '"' for c in columns)  # quoted: "offset" is a keyword
+            marks = ",".join("?" * len(columns))
+            statement = f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT ({','.join(keys)}) DO NOTHING"
+            conn.exec_driver_sql(statement, list(rows))
+        else:
+            conn.execute(self._insert_ignore(model, keys), [dict(zip(columns, row)) for row in rows])
+
     def _lookup(self, sql: str, ids: Iterable[str]) -> Iterator[tuple]:  # type: ignore[type-arg]
         """Rows of ``sql + (ids...)`` in batches, as plain driver SQL with bound parameters.
 

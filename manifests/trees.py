@@ -23,6 +23,7 @@ TreeRows = Iterable[tuple[str, Sequence[TreeEntryRow]]]
 """``(tree ID, its entries)`` for each directory, in any order; a tree given twice is written once."""
 
 _INSERT_BATCH = 2000
+_ENTRY_COLUMNS = ("tree_id", "name", "type", "mode", "mtime_ns", "size", "digest", "target", "child")
 _TREE_BATCH = 500
 
 # Every directory reachable from the trees named by :roots, each once (UNION deduplicates), so 200
@@ -82,7 +83,6 @@ class TreeIndex(IndexConnection):
     def _insert_trees(self, conn, trees: TreeRows) -> int:  # type: ignore[no-untyped-def]
         """Insert the rows of the trees that have none, inside the caller's transaction."""
         inserted = 0
-        statement = self._insert_ignore(TreeEntry, ["tree_id", "name"])
         batch: list[tuple[str, Sequence[TreeEntryRow]]] = []
 
         def flush() -> int:
@@ -95,12 +95,11 @@ class TreeIndex(IndexConnection):
                     continue
                 done.add(tree_id)
                 values.extend(
-                    {"tree_id": tree_id, "name": e.name, "type": e.type, "mode": e.mode, "mtime_ns": e.mtime_ns,
-                     "size": e.size, "digest": e.digest, "target": e.target, "child": e.child}
-                    for e in entries
+                    (tree_id, e.name, e.type, e.mode, e.mtime_ns, e.size, e.digest, e.target, e.child) for e in entries
                 )
             for start in range(0, len(values), _INSERT_BATCH):
-                conn.execute(statement, values[start : start + _INSERT_BATCH])
+                self._insert_ignore_rows(conn, TreeEntry, ["tree_id", "name"], _ENTRY_COLUMNS,
+                                         values[start : start + _INSERT_BATCH])
             batch.clear()
             return len(values)
 

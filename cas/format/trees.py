@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from json.encoder import encode_basestring_ascii as _quote
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -82,7 +83,20 @@ def name_key(name: str) -> bytes:
 
 
 def encode_entry(entry: Entry) -> bytes:
-    return json.dumps(entry.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    """The canonical JSON of ``entry.to_json()`` (sorted keys, no spaces, ASCII with ``\\u``
+    escapes), written out directly: the same bytes as ``json.dumps`` gives, about five times faster,
+    which a snapshot of many small files notices (tests/ops/test_tree_ids.py checks the two agree)."""
+    head = f'"mode":{entry.mode:d},"mtime_ns":{entry.mtime_ns:d},"name":{_quote(entry.name)},'
+    kind = entry.type
+    if kind == FILE:
+        chunks = ",".join(map(_quote, entry.chunks))
+        text = (f'{{"chunks":[{chunks}],"digest":{_quote(entry.digest)},{head}"size":{entry.size:d},'
+                f'"type":{_quote(kind)}}}')
+    elif kind == SYMLINK:
+        text = f'{{{head}"target":{_quote(entry.target)},"type":{_quote(kind)}}}'
+    else:
+        text = f'{{{head}"tree":{_quote(entry.tree)},"type":{_quote(kind)}}}'
+    return text.encode("ascii")
 
 
 def encode_tree(entries: list[Entry]) -> bytes:

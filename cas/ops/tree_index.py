@@ -71,7 +71,7 @@ class TreeRowSpool:
 
     def __init__(self, index: TreeRowIndex) -> None:
         self._index = index
-        self._pending: list[tuple[str, list[TreeEntryRow]]] = []
+        self._pending: list[tuple[str, list[Entry]]] = []
         self._kept: list[tuple[str, list[TreeEntryRow]]] = []
         self._kept_rows = 0
         self._seen: set[str] = set()
@@ -83,16 +83,17 @@ class TreeRowSpool:
         if tree_id in self._seen:
             return
         self._seen.add(tree_id)
-        self._pending.append((tree_id, [entry_row(e) for e in entries]))
+        self._pending.append((tree_id, entries))  # made rows only if the index lacks the tree
         if len(self._pending) >= _CHECK_EVERY:
             self._check()
 
     def _check(self) -> None:
         known = self._index.indexed_trees([t for t, _ in self._pending])
-        for tree_id, rows in self._pending:
+        for tree_id, entries in self._pending:
             if tree_id in known:
                 self.assumed.add(tree_id)
             else:
+                rows = [entry_row(e) for e in entries]
                 self._kept.append((tree_id, rows))
                 self._kept_rows += len(rows)
         self._pending = []
