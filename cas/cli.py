@@ -740,6 +740,8 @@ def _password(args: argparse.Namespace) -> Callable[[], str]:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from cas.store import Store
+
     password = passphrase.source(args.password_file, prompt="new repository passphrase", confirm=True)
     chunker = {} if args.chunker is None else {"chunker": args.chunker}
     with Store.open(args.repo, index=args.index, exclusive=True, encrypt=args.encrypt, password=password,

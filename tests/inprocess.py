@@ -2,7 +2,7 @@
 a new interpreter's start-up (about 0.7 s of CPU per command on the CI machine).
 
 :func:`run_main` gives ``main`` what a process of its own would have: exactly the environment
-given, the working directory given, fresh ``sys.stdout``/``sys.stderr`` (with ``.buffer``, in the
+given, the working directory given, an empty stdin that is not a terminal, fresh ``sys.stdout``/``sys.stderr`` (with ``.buffer``, in the
 encoding and error handling a child process gets) captured as bytes, the root logger without
 pytest's handlers (so ``main``'s own handler puts warnings on the captured stderr), Python's
 warnings shown on stderr under the interpreter's default filters, an exception in a thread
@@ -10,7 +10,7 @@ printed on stderr, ``SystemExit`` (argparse's usage errors) as the exit status, 
 (:class:`Hang`) as ``subprocess.run`` has. Calls are serialised: the environment, the working directory and the streams belong to the whole process.
 
 What only a real process shows stays with tests that start one: argv bytes that are not text,
-resource limits, signals, races with another process (tests/hostile/racing.py), stdin.
+resource limits, signals, races with another process (tests/hostile/racing.py), a terminal or data on stdin.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def run_main(
     out, err = io.BytesIO(), io.BytesIO()
     with _LOCK:
         saved_env, saved_cwd = dict(os.environ), os.getcwd()
-        saved_streams = sys.stdout, sys.stderr
+        saved_streams = sys.stdin, sys.stdout, sys.stderr
         root = logging.getLogger()
         saved_handlers, saved_level = root.handlers[:], root.level
         saved_hook = threading.excepthook
@@ -84,7 +84,7 @@ def run_main(
         os.environ.clear()
         os.environ.update(env)
         os.chdir(cwd)
-        sys.stdout, sys.stderr = stdout, stderr
+        sys.stdin, sys.stdout, sys.stderr = io.StringIO(""), stdout, stderr
         root.handlers = []
         threading.excepthook = thread_died
         try:
@@ -105,7 +105,7 @@ def run_main(
                 if handler not in saved_handlers:
                     handler.close()
             root.handlers, root.level = saved_handlers, saved_level
-            sys.stdout, sys.stderr = saved_streams
+            sys.stdin, sys.stdout, sys.stderr = saved_streams
             os.chdir(saved_cwd)
             os.environ.clear()
             os.environ.update(saved_env)

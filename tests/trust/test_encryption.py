@@ -24,6 +24,7 @@ from cas.errors import ConfigurationError, IntegrityError
 from cas.format.config import RepoConfig
 from cas.repo.keystore import WrongPassphrase
 from tests.engine import ENCRYPTED, SMALL_CHUNKS, TEST_PASSWORD, cas_home  # noqa: F401
+from tests.inprocess import run_main, text as decoded
 from tests.servers import s3 as s3_servers
 from tests.servers.s3 import MotoServer
 from tests.treeutil import describe
@@ -223,35 +224,14 @@ def test_copy_between_encrypted_and_unencrypted_repositories_over_s3(
 
 
 def _cas(tmp_path: Path, *args: str, env: dict[str, str] | None = None, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    """``cas --repo TMP/repo ARGS`` run in this process (as tests/trust/test_roles.py does: a
-    subprocess per command would cost a second each), from ``tmp_path``, with no terminal on stdin,
-    ``CAS_HOME`` under ``tmp_path`` and of the passphrase variables only those in ``env``."""
-    import contextlib
-    import io
-
-    from cas.cli import main
-
-    saved_env, saved_cwd, saved_stdin = dict(os.environ), os.getcwd(), sys.stdin
-    for name in ("CAS_REPO", "CAS_INDEX", "CAS_PASSWORD", "CAS_NEW_PASSWORD", "CAS_TO_PASSWORD"):
-        os.environ.pop(name, None)
-    os.environ.update({"CAS_HOME": str(tmp_path / "home"), **(env or {})})
-    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
-    err = io.StringIO()
-    try:
-        os.chdir(tmp_path)
-        sys.stdin = io.StringIO("")
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                status = main(["--repo", str(tmp_path / "repo"), *args])
-            except SystemExit as exc:  # usage errors
-                status = int(exc.code or 0)
-    finally:
-        os.chdir(saved_cwd)
-        sys.stdin = saved_stdin
-        os.environ.clear()
-        os.environ.update(saved_env)
-    out.flush()
-    proc = subprocess.CompletedProcess(args, status, out.buffer.getvalue().decode(), err.getvalue())  # type: ignore[attr-defined]
+    """``cas --repo TMP/repo ARGS`` run in this process (tests/inprocess.py: a subprocess per command
+    would cost a second each), from ``tmp_path``, with no terminal on stdin, ``CAS_HOME`` under
+    ``tmp_path`` and of the passphrase variables only those in ``env``."""
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("CAS_REPO", "CAS_INDEX", "CAS_PASSWORD", "CAS_NEW_PASSWORD", "CAS_TO_PASSWORD")}
+    argv = ["--repo", str(tmp_path / "repo"), *args]
+    status, out, err = run_main(argv, {**base, "CAS_HOME": str(tmp_path / "home"), **(env or {})}, tmp_path)
+    proc = subprocess.CompletedProcess(argv, status, decoded(out), decoded(err))
     if ok:
         assert proc.returncode == 0, proc.stderr
     return proc
