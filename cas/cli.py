@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--encrypt", action="store_true",
                    help="encrypt every object on the backend with a master key opened by passphrases")
     s.add_argument("--kdf-cost", type=int, default=None, metavar="N",
-                   help="scrypt cost of the first passphrase key, N = 2**N (10..18; default 17: 128 MiB, ~0.5 s)")
+                   help="scrypt cost of the first passphrase key, N = 2**N (10..18; default 17: 128 MiB, ~0.3 s of CPU)")
     s.add_argument("--chunker", choices=[c.value for c in ChunkerName], default=None,
                    help="how the repository cuts files by default")
     s = sub.add_parser("key", help="an encrypted repository's passphrases: list, add, remove")
