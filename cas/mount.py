@@ -228,21 +228,25 @@ def _fuse_class(fuse: Any) -> Any:
                 # calls for this directory without calling back.
                 return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)  # type: ignore[no-any-return]
             listing = self.operations.readdir_plus(path.decode(self.encoding, self.errors))
-            st = fuse.c_stat()
-            size = ctypes.sizeof(st)
+            plain = {mode: fuse.c_stat(st_mode=mode) for mode in (_S_IFDIR, _S_IFREG, _S_IFLNK)}
             for position in range(offset, len(listing)):
                 name, mode, attrs = listing[position]
-                ctypes.memset(ctypes.byref(st), 0, size)
-                if attrs is None or not plus:
-                    st.st_mode = mode
-                else:
-                    fuse.set_st_attrs(st, attrs, use_ns=True)
-                if filler(buf, name.encode(self.encoding, self.errors), st, position + 1,
-                          _FILL_DIR_PLUS if attrs is not None and plus else 0) != 0:
+                full = plus and attrs is not None
+                if filler(buf, name.encode(self.encoding, self.errors), _c_stat(fuse, attrs) if full else plain[mode],
+                          position + 1, _FILL_DIR_PLUS if full else 0) != 0:
                     break  # the kernel's buffer is full: it asks again from this offset
             return 0
 
     return Fuse
+
+
+def _c_stat(fuse: Any, attrs: dict[str, int]) -> Any:
+    """libfuse's ``struct stat`` of the attributes :meth:`Operations._attrs` gives (what mfusepy's
+    ``set_st_attrs`` makes of them, built in one call)."""
+    time = fuse.c_timespec(*divmod(attrs["st_mtime"], 10**9))
+    return fuse.c_stat(st_mode=attrs["st_mode"], st_nlink=attrs["st_nlink"], st_size=attrs["st_size"],
+                       st_blocks=attrs["st_blocks"], st_uid=attrs["st_uid"], st_gid=attrs["st_gid"],
+                       st_atimespec=time, st_mtimespec=time, st_ctimespec=time)
 
 
 def is_mounted(mountpoint: str) -> bool:
