@@ -202,8 +202,11 @@ def fsspec_reads(repo: Path, index: str, execution: str, tensor: tuple[str, int,
             lookup_gets = backend.calls["get"]
             f.seek(offset)
             data = f.read(length)
-        entry = fs.view.lookup(path).entry
-        assert entry is not None and len(data) == length
+        read_gets = backend.calls["get"] - lookup_gets
+        read_bytes = sum(n for _k, _o, n in backend.gets[lookup_gets:])
+        # The file's entry with its chunk list (a listing from the index's tree entries has none).
+        entry = fs.view.open(fs.view.lookup(path)).entry
+        assert len(data) == length
         locations = fs.store.repo.locate(entry.chunks)
         covering, position = 0, 0
         for chunk_id in entry.chunks:
@@ -212,8 +215,8 @@ def fsspec_reads(repo: Path, index: str, execution: str, tensor: tuple[str, int,
             position += size
         return {
             "backend_gets_for_lookup": lookup_gets,
-            "backend_gets_for_read": backend.calls["get"] - lookup_gets,
-            "bytes_fetched_for_read": sum(n for _k, _o, n in backend.gets[lookup_gets:]),
+            "backend_gets_for_read": read_gets,
+            "bytes_fetched_for_read": read_bytes,
             "chunks_covering_range": covering,
             "chunks_in_file": len(entry.chunks),
         }

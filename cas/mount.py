@@ -41,8 +41,8 @@ CACHE_SECONDS = 60
 """How long the kernel may keep names and attributes: stored trees never change, only the list of
 executions does (a new snapshot appears at the top level within this time)."""
 
-READ_AHEAD_KB = 1024
-"""The kernel's read-ahead on a cas mount, where cas may set it (see :func:`raise_readahead`)."""
+_READDIR_PLUS = 1  # libfuse 3: the kernel asks for attributes with the names (readdir's flags)
+_FILL_DIR_PLUS = 2  # libfuse 3: this entry's attributes are complete (the filler's flags)
 _LOOP_ENDED = "8"
 """What libfuse 3's ``fuse_main`` returns when its loop ends other than by unmounting (a signal)."""
 
@@ -84,17 +84,14 @@ class Operations:
         self.view = view
         self._uid, self._gid = os.getuid(), os.getgid()
         self._files: dict[int, RangeReader] = {}
-        self._listings: OrderedDict[str, list[tuple[str, int, int]]] = OrderedDict()
+        self._listings: OrderedDict[str, list[tuple[str, int, dict[str, int] | None]]] = OrderedDict()
         self._handles = itertools.count(1)
         self._lock = threading.Lock()
-        self.mountpoint = ""
         self.started = False
-        self._readahead_pending = False
 
     def init(self, path: str) -> None:
-        """libfuse's start: the kernel is connected (it applies its read-ahead default on return)."""
+        """libfuse's start: the kernel is connected."""
         self.started = True
-        self._readahead_pending = True
 
     def _attrs(self, node: Node) -> dict[str, int]:
         mode = _KIND[node.type] | (0o777 if node.type == SYMLINK else node.mode & 0o777)
@@ -110,28 +107,42 @@ class Operations:
             "st_atime": node.mtime_ns,
         }
 
+    def _dir_attrs(self, mode: int, mtime_ns: int) -> dict[str, int]:
+        """What :meth:`_attrs` gives for a directory (size 0), without making its node."""
+        return {"st_mode": stat.S_IFDIR | (mode & 0o777), "st_nlink": 2, "st_size": 0, "st_blocks": 0,
+                "st_uid": self._uid, "st_gid": self._gid,
+                "st_mtime": mtime_ns, "st_ctime": mtime_ns, "st_atime": mtime_ns}
+
     @_errors
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
-        if self._readahead_pending:  # the first request after init: the kernel's settings are final
-            self._readahead_pending = False
-            raise_readahead(self.mountpoint)
         return self._attrs(self.view.lookup(path))
 
     @_errors
     def readdir(self, path: str, fh: int) -> list[tuple[str, int, int]]:
-        # With each entry's type (d_type), `find -type f` and `ls` need not stat every file. The
-        # kernel reads a directory in more than one call: a stored directory (by tree ID) never
-        # changes, so its listing is kept for the next call.
+        # With each entry's type (d_type), `find -type f` and `ls` need not stat every file.
+        return [(name, mode, 0) for name, mode, _attrs in self._listing(path)]
+
+    @_errors
+    def readdir_plus(self, path: str) -> list[tuple[str, int, dict[str, int] | None]]:
+        """The listing with each subdirectory's attributes (libfuse 3's readdirplus): the kernel
+        then knows the subdirectories without a lookup each, so a walk down the tree (`find`,
+        `du`) makes one request per directory, not two."""
+        return self._listing(path)
+
+    def _listing(self, path: str) -> list[tuple[str, int, dict[str, int] | None]]:
+        # The kernel reads a directory in more than one call: a stored directory (by tree ID)
+        # never changes, so its listing is kept for the next call.
         node = self.view.lookup(path)
         with self._lock:
             listing = self._listings.get(node.tree) if node.tree else None
         if listing is None:
-            listing = [(".", stat.S_IFDIR, 0), ("..", stat.S_IFDIR, 0)]
+            listing = [(".", _S_IFDIR, None), ("..", _S_IFDIR, None)]
             if node.tree:
-                listing += [(e.name, _S_IFDIR if e.type is DIR else _S_IFREG if e.type is FILE else _S_IFLNK, 0)
+                listing += [(e.name, _S_IFDIR, self._dir_attrs(e.mode, e.mtime_ns)) if e.type is DIR
+                            else (e.name, _S_IFREG if e.type is FILE else _S_IFLNK, None)
                             for e in self.view.entries(node)]
             else:
-                listing += [(n.name, stat.S_IFDIR, 0) for n in self.view.children(node)]
+                listing += [(n.name, _S_IFDIR, self._attrs(n)) for n in self.view.children(node)]
             if node.tree:
                 with self._lock:
                     self._listings[node.tree] = listing
@@ -183,11 +194,10 @@ def serve(view: SnapshotView, mountpoint: str, *, on_ready: Callable[[], None] |
     if not os.path.isdir(mountpoint):
         raise ConfigurationError(f"mountpoint {mountpoint} is not a directory")
     operations = Operations(view)
-    operations.mountpoint = mountpoint
     try:
         if on_ready is not None:
             on_ready()
-        fuse.FUSE(
+        _fuse_class(fuse)(
             operations, mountpoint, foreground=True, ro=True, nosuid=True, nodev=True,
             default_permissions=True, kernel_cache=True, fsname="cas", subtype="cas",
             attr_timeout=CACHE_SECONDS, entry_timeout=CACHE_SECONDS,
@@ -200,20 +210,43 @@ def serve(view: SnapshotView, mountpoint: str, *, on_ready: Callable[[], None] |
         unmount(mountpoint)
 
 
-def raise_readahead(mountpoint: str) -> None:
-    """Let the kernel read ahead :data:`READ_AHEAD_KB` on this mount (its default is 128 KiB), so a
-    large or sequential read reaches cas as a few 1 MiB requests instead of many 128 KiB ones. The
-    setting is the mount's own (``/sys/class/bdi/MAJOR:MINOR/read_ahead_kb``) and needs root; without
-    it the default stays."""
-    try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            devices = [fields[2].decode() for fields in map(bytes.split, f)
-                       if len(fields) > 4 and _unescape(fields[4]) == mountpoint]
-        if devices:
-            with open(f"/sys/class/bdi/{devices[-1]}/read_ahead_kb", "w", encoding="ascii") as f:
-                f.write(str(READ_AHEAD_KB))
-    except OSError as exc:
-        log.debug("read-ahead of %s left at the kernel's default: %s", mountpoint, exc)
+def _fuse_class(fuse: Any) -> Any:
+    """mfusepy's FUSE, answering libfuse 3's readdirplus with the attributes ``readdir_plus`` gives
+    (mfusepy gives none, and the kernel then looks up every subdirectory it enters). Entries carry
+    offsets (their place in the listing, plus one): libfuse 3.14 drops the attributes of a listing
+    given whole (offset 0), so a readdirplus, and whatever the kernel asks after it, is answered a
+    buffer at a time; a plain listing from the start is given whole, and libfuse answers the kernel's
+    further calls for it without calling back."""
+    if fuse.fuse_version_major != 3:
+        return fuse.FUSE
+
+    class Fuse(fuse.FUSE):  # type: ignore[misc,name-defined]
+        def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
+            plus = flags & _READDIR_PLUS
+            if path is None or (not plus and offset == 0):
+                # The whole listing at once: libfuse keeps it and answers the kernel's further
+                # calls for this directory without calling back.
+                return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)  # type: ignore[no-any-return]
+            listing = self.operations.readdir_plus(path.decode(self.encoding, self.errors))
+            plain = {mode: fuse.c_stat(st_mode=mode) for mode in (_S_IFDIR, _S_IFREG, _S_IFLNK)}
+            for position in range(offset, len(listing)):
+                name, mode, attrs = listing[position]
+                full = plus and attrs is not None
+                if filler(buf, name.encode(self.encoding, self.errors), _c_stat(fuse, attrs) if full else plain[mode],
+                          position + 1, _FILL_DIR_PLUS if full else 0) != 0:
+                    break  # the kernel's buffer is full: it asks again from this offset
+            return 0
+
+    return Fuse
+
+
+def _c_stat(fuse: Any, attrs: dict[str, int]) -> Any:
+    """libfuse's ``struct stat`` of the attributes :meth:`Operations._attrs` gives (what mfusepy's
+    ``set_st_attrs`` makes of them, built in one call)."""
+    time = fuse.c_timespec(*divmod(attrs["st_mtime"], 10**9))
+    return fuse.c_stat(st_mode=attrs["st_mode"], st_nlink=attrs["st_nlink"], st_size=attrs["st_size"],
+                       st_blocks=attrs["st_blocks"], st_uid=attrs["st_uid"], st_gid=attrs["st_gid"],
+                       st_atimespec=time, st_mtimespec=time, st_ctimespec=time)
 
 
 def is_mounted(mountpoint: str) -> bool:

@@ -219,6 +219,21 @@ def test_it_stops_cleanly_and_leaves_no_mount(tmp_path: Path, repo: Store, proje
         assert "Traceback" not in log.read_text()
 
 
+def test_a_directory_larger_than_one_kernel_buffer_is_listed_whole(tmp_path: Path, repo: Store) -> None:
+    # The kernel reads a big directory in several calls (4 KiB or so each, with attributes for
+    # subdirectories); each name must come exactly once, and each subdirectory's attributes must
+    # be the ones stat gives.
+    src = tmp_path / "big"
+    for i in range(600):
+        (src / f"directory-with-a-long-name-{i:04}").mkdir(parents=True)
+        (src / f"file-with-a-long-name-{i:04}.txt").write_text(str(i))
+    os.utime(src / "directory-with-a-long-name-0007", ns=(1, 1_234_567_891_234_567_891))
+    repo.snapshot(src, "run-42")
+    with mounted(tmp_path, repo) as (mnt, _proc, _log):
+        assert sorted(os.listdir(mnt / "run-42")) == sorted(os.listdir(src))
+        assert describe(str(mnt / "run-42")) == describe(str(src))
+
+
 def test_bad_mountpoints_and_unknown_executions_are_one_line_errors(tmp_path: Path, repo: Store,
                                                                    project: Path) -> None:
     repo.snapshot(project, "run-42")

@@ -337,7 +337,7 @@ class SnapshotView:
             if len(known) + len(located) > MAX_LOCATED:
                 known.clear()
             known.update(located)
-        found = {c: known[c] for c in chunks if c in known}
+        found = {c: loc for c in chunks if (loc := known.get(c)) is not None}  # another thread may clear it
         if len(found) < len(chunks):  # forgotten meanwhile, or missing (RangeReader says which)
             found.update(self.repo.locate(chunks - found.keys()))
         return found
