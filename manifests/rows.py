@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class PackState(enum.IntEnum):
@@ -71,10 +71,11 @@ class SnapshotRow:
     trees_indexed: bool = False  # every tree of it has its entries in ``tree_entries``
 
 
-@dataclass(frozen=True)
-class TreeEntryRow:
+class TreeEntryRow(NamedTuple):
     """A ``tree_entries`` row without its tree ID: one entry of a directory as the index keeps it
-    (no chunk list). ``type`` is the format's entry type string; ``name`` and ``target`` are bytes."""
+    (no chunk list). ``type`` is the format's entry type string; ``name`` and ``target`` are bytes.
+    A named tuple: a snapshot makes one per file, and a tuple is made and stored several times
+    cheaper than a frozen dataclass."""
 
     name: bytes
     type: str

@@ -94,9 +94,7 @@ class TreeIndex(IndexConnection):
                 if tree_id in known or tree_id in done:
                     continue
                 done.add(tree_id)
-                values.extend(
-                    (tree_id, e.name, e.type, e.mode, e.mtime_ns, e.size, e.digest, e.target, e.child) for e in entries
-                )
+                values.extend((tree_id, *e) for e in entries)  # a TreeEntryRow is a tuple of the other columns
             for start in range(0, len(values), _INSERT_BATCH):
                 self._insert_ignore_rows(conn, TreeEntry, ["tree_id", "name"], _ENTRY_COLUMNS,
                                          values[start : start + _INSERT_BATCH])

@@ -14,6 +14,7 @@ The trailer makes every pack self-describing, so the index can be rebuilt from t
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ _FOOTER = struct.Struct("<I8s")
 FOOTER_SIZE = _FOOTER.size
 MAX_BLOB_SIZE = 64 * 1024 * 1024
 MAX_ENTRIES = 1 << 20
+_MIN_BUFFER = 1 << 20
 
 
 
@@ -47,14 +49,20 @@ class PackEntry:
 
 
 class PackBuilder:
-    """Accumulates encoded blobs in one growing buffer until :meth:`finish` seals them into a pack.
+    """Accumulates encoded blobs in one buffer until :meth:`seal` makes them a pack.
 
-    The pack's bytes exist once: blobs are appended to the buffer as they arrive (their encoded
-    copies can then be freed), and :meth:`finish` returns a view of that same buffer.
+    The buffer is anonymous memory mapped at ``capacity`` bytes (what the pack is expected to
+    reach): pages cost only once written, blobs are copied in once (a buffer grown blob by blob is
+    copied again at each reallocation, with the GIL held), the sealed pack is a view of it, and the
+    memory goes back to the system as soon as the last view of the pack is dropped (rather than
+    staying in the heap of the process). A pack outgrowing ``capacity`` is moved to a buffer twice
+    the size.
     """
 
-    def __init__(self) -> None:
-        self._buffer = bytearray()
+    def __init__(self, capacity: int = 0) -> None:
+        self._capacity = capacity
+        self._buffer: mmap.mmap | None = None
+        self._size = 0
         self.entries: list[PackEntry] = []
 
     def __len__(self) -> int:
@@ -62,23 +70,35 @@ class PackBuilder:
 
     @property
     def size(self) -> int:
-        return len(self._buffer)
+        return self._size
 
     def add(self, blob_id: str, kind: int, codec: int, payload: bytes, raw_length: int) -> None:
-        self.entries.append(PackEntry(blob_id, kind, codec, len(self._buffer), len(payload), raw_length))
-        self._buffer += payload
+        self.entries.append(PackEntry(blob_id, kind, codec, self._size, len(payload), raw_length))
+        self._write(payload)
+
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        end = self._size + len(data)
+        buffer = self._buffer
+        if buffer is None or end > len(buffer):
+            grown = mmap.mmap(-1, max(end, self._capacity, 2 * len(buffer) if buffer is not None else 0, _MIN_BUFFER))
+            if buffer is not None:
+                grown[: self._size] = buffer[: self._size]
+                buffer.close()  # nothing views it before :meth:`seal`
+            buffer = self._buffer = grown
+        buffer[self._size : end] = data
+        self._size = end
 
     def seal(self) -> tuple[str, memoryview, list[PackEntry]]:
         """Return ``(pack_id, pack_bytes, entries)``, the bytes as a read-only view of the builder's
         one buffer (not a copy); the builder must not be used afterwards."""
-        buffer = self._buffer
-        data_size = len(buffer)
-        buffer += _HEADER.pack(TRAILER_MAGIC, PACK_VERSION, len(self.entries))
+        trailer = bytearray(_HEADER.pack(TRAILER_MAGIC, PACK_VERSION, len(self.entries)))
         for e in self.entries:
-            buffer += _ENTRY.pack(e.kind, e.codec, bytes.fromhex(e.id), e.offset, e.length, e.raw_length)
-        buffer += _FOOTER.pack(len(buffer) - data_size, MAGIC)
-        self._buffer = bytearray()
-        view = memoryview(buffer).toreadonly()
+            trailer += _ENTRY.pack(e.kind, e.codec, bytes.fromhex(e.id), e.offset, e.length, e.raw_length)
+        trailer += _FOOTER.pack(len(trailer), MAGIC)
+        self._write(trailer)
+        assert self._buffer is not None
+        view = memoryview(self._buffer)[: self._size].toreadonly()
+        self._buffer = None
         return hexdigest(view), view, self.entries
 
 

@@ -33,6 +33,7 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from cas.repo.blobwriter import BlobWriter
 from cas.format.chunking import Chunker
@@ -90,8 +91,7 @@ class TreeResult:
     stats: WalkStats
 
 
-@dataclass(frozen=True)
-class _Read:
+class _Read(NamedTuple):
     """One read of a regular file: its fstat before reading, and what was read."""
 
     st: os.stat_result
@@ -165,6 +165,7 @@ class TreeBuilder:
         """Every blob the snapshot points at; checked under the GC fence at commit."""
         self._root = b""
         self._root_abs = b""
+        self._cache_dir_for: tuple[bytes | None, bytes] = (None, b"")
 
     def build(self, path: str) -> TreeResult:
         """Store everything under ``path`` (a directory, or a single file as a one-entry tree).
@@ -174,6 +175,7 @@ class TreeBuilder:
         """
         self._root = os.fsencode(path)
         self._root_abs = os.fsencode(os.path.abspath(path))
+        self._cache_dir_for = (None, b"")
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC)
         except FileNotFoundError:
@@ -454,7 +456,9 @@ class TreeBuilder:
         return None
 
     def _cache_dir(self, rel: bytes) -> bytes:
-        return os.path.join(self._root_abs, rel) if rel else self._root_abs
+        if rel != self._cache_dir_for[0]:  # one join per directory, not one per file
+            self._cache_dir_for = (rel, os.path.join(self._root_abs, rel) if rel else self._root_abs)
+        return self._cache_dir_for[1]
 
     def _display(self, rel: bytes) -> str:
         return os.fsdecode(os.path.join(self._root, rel) if rel else self._root)

@@ -29,6 +29,8 @@ log = logging.getLogger("cas")
 
 _CHECK_EVERY = 256
 """Finished directories the spool holds before asking the index which of them it already has."""
+_CHECK_ENTRIES = 10_000
+"""... or entries in them (held as the encoder's entries until checked, as rows only if kept)."""
 _SPILL_ROWS = 200_000
 """Rows of new directories held in memory before the spool writes them to a temporary file."""
 
@@ -72,6 +74,7 @@ class TreeRowSpool:
     def __init__(self, index: TreeRowIndex) -> None:
         self._index = index
         self._pending: list[tuple[str, list[Entry]]] = []
+        self._pending_entries = 0
         self._kept: list[tuple[str, list[TreeEntryRow]]] = []
         self._kept_rows = 0
         self._seen: set[str] = set()
@@ -84,7 +87,8 @@ class TreeRowSpool:
             return
         self._seen.add(tree_id)
         self._pending.append((tree_id, entries))  # made rows only if the index lacks the tree
-        if len(self._pending) >= _CHECK_EVERY:
+        self._pending_entries += len(entries)
+        if len(self._pending) >= _CHECK_EVERY or self._pending_entries >= _CHECK_ENTRIES:
             self._check()
 
     def _check(self) -> None:
@@ -96,7 +100,7 @@ class TreeRowSpool:
                 rows = [entry_row(e) for e in entries]
                 self._kept.append((tree_id, rows))
                 self._kept_rows += len(rows)
-        self._pending = []
+        self._pending, self._pending_entries = [], 0
         if self._kept_rows >= _SPILL_ROWS:
             if self._spill is None:
                 self._spill = tempfile.TemporaryFile(prefix="cas-tree-rows-")  # type: ignore[assignment]  # noqa: SIM115 - closed by close()

@@ -67,7 +67,9 @@ class BlobWriter:
         self._workers = workers or max(2, os.cpu_count() or 2)
         self._encoders = ThreadPoolExecutor(self._workers, thread_name_prefix="cas-encode")
         self._uploaders = ThreadPoolExecutor(uploads, thread_name_prefix="cas-upload")
-        self._max_encoding = self._workers * 2
+        # One group per encoder in flight: a group's blobs are views that keep whole read blocks
+        # alive, so each further group queued costs megabytes of memory and no speed.
+        self._max_encoding = self._workers
         self._max_uploading = uploads
         self._seen: set[str] = set()
         self._pending: list[tuple[str, int, bytes | memoryview]] = []
@@ -76,7 +78,7 @@ class BlobWriter:
             BlobKind.DATA: deque(),
             BlobKind.TREE: deque(),
         }
-        self._builders = {BlobKind.DATA: PackBuilder(), BlobKind.TREE: PackBuilder()}
+        self._builders = {BlobKind.DATA: self._builder(), BlobKind.TREE: self._builder()}
         self._uploads: deque[Future[None]] = deque()
         self._closed = False
 
@@ -138,6 +140,10 @@ class BlobWriter:
             if group:
                 self._submit(kind, group)
 
+    def _builder(self) -> PackBuilder:
+        # Room for a full pack, the blob that ends it and its trailer: reserved, not touched.
+        return PackBuilder(2 * self.pack_size + _PENDING_BYTES)
+
     def _submit(self, kind: int, group: list[tuple[str, bytes | memoryview]]) -> None:
         queue = self._encoding[kind]
         queue.append(self._encoders.submit(_encode_group, group, self.level))
@@ -159,7 +165,7 @@ class BlobWriter:
 
     def _seal(self, kind: int) -> None:
         builder = self._builders[kind]
-        self._builders[kind] = PackBuilder()
+        self._builders[kind] = self._builder()
         pack_id, data, entries = builder.seal()
         self.stats.packs += 1
         self.stats.pack_bytes += len(data)

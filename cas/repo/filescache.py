@@ -21,14 +21,29 @@ import json
 import os
 import sqlite3
 import time
+from array import array
 from dataclasses import dataclass
 
 _RACY_NS = 2_000_000_000
 _PENDING_ROWS = 2000
+_SEEN_BATCH = 500
 DEFAULT_MAX_AGE = dt.timedelta(days=30)
 """Entries for paths no snapshot has seen for this long are forgotten."""
 FILE_PATTERN = "files-*.sqlite"
 """The names of files caches under ``$CAS_HOME/cache`` (one per repository)."""
+
+
+def _chunk_list(text: str) -> tuple[str, ...]:
+    """The chunk IDs of a row (``json.dumps`` of a list of hex IDs), without the JSON parser for the
+    usual shape; anything else is parsed as JSON (ValueError if it is not)."""
+    if text.startswith('["') and text.endswith('"]') and "\\" not in text:
+        return tuple(text[2:-2].split('", "'))
+    return tuple(json.loads(text))
+
+
+def _chunk_text(chunks: tuple[str, ...]) -> str:
+    """``json.dumps(list(chunks))`` for hex IDs (which need no escaping), written out directly."""
+    return '["' + '", "'.join(chunks) + '"]' if chunks else "[]"
 
 
 @dataclass(frozen=True)
@@ -41,7 +56,8 @@ class FilesCache:
     """Rows keyed by (directory, name), looked up a batch of names at a time.
 
     What a snapshot reads is kept in a temporary table until :meth:`commit`, not in memory, so
-    neither a huge directory nor a huge snapshot makes the cache grow the process.
+    neither a huge directory nor a huge snapshot makes the cache grow the process; the entries it
+    finds are remembered by row ID (8 bytes each) and marked seen at the commit.
     """
 
     def __init__(self, path: str, max_age: dt.timedelta | None = None) -> None:
@@ -63,8 +79,9 @@ class FilesCache:
             "CREATE TEMP TABLE pending (dir BLOB, name BLOB, size INTEGER, mtime_ns INTEGER,"
             " ctime_ns INTEGER, inode INTEGER, dev INTEGER, digest TEXT, chunks TEXT, seen_ns INTEGER)"
         )
-        self._db.execute("CREATE TEMP TABLE seen (dir BLOB, name BLOB)")
         self._pending: list[tuple[object, ...]] = []
+        self._seen = array("q")
+        """Row IDs of the entries looked up and found (their paths exist: seen by this snapshot)."""
         self._started = time.time_ns()
         self._cutoff = self._started - _RACY_NS
         self.max_age = DEFAULT_MAX_AGE if max_age is None else max_age
@@ -79,21 +96,21 @@ class FilesCache:
         if not names:
             return {}
         rows = self._db.execute(
-            "SELECT name, size, mtime_ns, ctime_ns, inode, dev, digest, chunks FROM files"
+            "SELECT name, size, mtime_ns, ctime_ns, inode, dev, digest, chunks, rowid FROM files"
             " WHERE dir = ? AND name >= ? AND name <= ? ORDER BY name LIMIT ?",
             (directory, names[0], names[-1], 4 * len(names)),
         ).fetchall()
         out = {}
-        for name, size, mtime, ctime, inode, dev, digest, chunks in rows:
+        rowids = {}
+        for name, size, mtime, ctime, inode, dev, digest, chunks, rowid in rows:
             try:
-                out[bytes(name)] = ((size, mtime, ctime, inode, dev), CachedFile(digest, tuple(json.loads(chunks))))
+                key = bytes(name)
+                out[key] = ((size, mtime, ctime, inode, dev), CachedFile(digest, _chunk_list(chunks)))
+                rowids[key] = rowid
             except ValueError:
                 continue
         # The names asked about exist now: their entries were seen (kept from expiring at commit).
-        seen = [(directory, name) for name in names if name in out]
-        if seen:
-            with self._db:
-                self._db.executemany("INSERT INTO temp.seen VALUES (?, ?)", seen)
+        self._seen.extend(rowids[name] for name in names if name in rowids)
         return out
 
     @staticmethod
@@ -108,7 +125,7 @@ class FilesCache:
             return
         self._pending.append(
             (directory, name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, digest,
-             json.dumps(list(chunks)), self._started)
+             _chunk_text(chunks), self._started)
         )
         if len(self._pending) >= _PENDING_ROWS:
             self._spill()
@@ -123,16 +140,20 @@ class FilesCache:
         call only after its chunks are durable."""
         self._spill()
         with self._db:
+            # The rows looked up and found were seen: by row ID (8 bytes each in memory until now).
+            # A row another snapshot sharing the cache replaced meanwhile is merely missed.
+            seen, self._seen = self._seen, array("q")
+            for start in range(0, len(seen), _SEEN_BATCH):
+                batch = seen[start : start + _SEEN_BATCH]
+                self._db.execute(
+                    f"UPDATE files SET seen_ns = ? WHERE seen_ns < ? AND rowid IN ({','.join('?' * len(batch))})",
+                    (self._started, self._started, *batch),
+                )
             self._db.execute(
                 "INSERT OR REPLACE INTO files (dir, name, size, mtime_ns, ctime_ns, inode, dev, digest, chunks,"
                 " seen_ns) SELECT * FROM temp.pending"
             )
-            self._db.execute(
-                "UPDATE files SET seen_ns = ? WHERE seen_ns < ? AND (dir, name) IN (SELECT dir, name FROM temp.seen)",
-                (self._started, self._started),
-            )
             self._db.execute("DELETE FROM temp.pending")
-            self._db.execute("DELETE FROM temp.seen")
         self.expire()
 
     def expire(self) -> int:
