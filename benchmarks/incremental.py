@@ -37,7 +37,8 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import run as bench  # noqa: E402  (measure, scan, verify)
+import measure as ms  # noqa: E402  (scan, verify)
+import run as bench  # noqa: E402  (machine_info)
 import workload as wl  # noqa: E402
 
 PASSWORD = "benchmark"
@@ -126,8 +127,8 @@ def prepare(previous: Path, dest: Path) -> None:
     subprocess.run(["cp", "-a", str(previous), str(dest)], check=True)
 
 
-def check(expected: dict[str, bench.Entry], dest: Path) -> str:
-    v = bench.verify(expected, dest, check_metadata=True)
+def check(expected: dict[str, ms.Entry], dest: Path) -> str:
+    v = ms.verify(expected, dest, check_metadata=True)
     if v.ok:
         return "exact"
     return f"DIFFERS ({'; '.join(v.examples[:3])})"
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True)
     log(f"previous {previous} ({workload.executions[-2].files} files), last {last} "
         f"({workload.executions[-1].files} files, {workload.executions[-1].logical_bytes / 2**20:.0f} MiB)")
-    expected = bench.scan(last)
+    expected = ms.scan(last)
     results: dict[str, dict[str, object]] = {}
 
     tools = set(args.tools.split(","))

@@ -21,8 +21,6 @@ destination each write whole files under names no other restore removes; the las
 
 from __future__ import annotations
 
-import errno
-import functools
 import itertools
 import os
 import stat
@@ -33,11 +31,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
-from cas.errors import PartialRestore, AlreadyExists, CasError, ConfigurationError, Unavailable
-from cas.format.hashing import hexdigest
+from cas.errors import PartialRestore, AlreadyExists, CasError, ConfigurationError, IntegrityError, Unavailable
 from cas.ops.restore_local import (
     TMP_PREFIX, FileChangedError, LocalChunks, OldFile, TaskView, content, examine_file, is_abandoned, patch_in_place,
-    remove_entry, temporary_tag,
+    temporary_tag,
+)
+from cas.ops.restore_delete import Remover
+from cas.ops.restore_write import (
+    FATAL_ERRNOS, PREALLOCATE_FROM, FileWriter, has_zero_runs, place, set_metadata, unlink_quietly, write_content,
 )
 from cas.repo.reader import file_chunks, prefetch
 from cas.repo.repository import Repository
@@ -45,17 +46,15 @@ from cas.format.trees import DIR, FILE, SYMLINK, Entry
 from cas.types import BlobLocation
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-#: Preallocating helps large files stay contiguous; for small ones it is only an extra syscall.
-_PREALLOCATE_FROM = 16 * 1024 * 1024
 _OPEN_DIRS = 64
 _OPEN_ANCESTORS = 64
-_HAS_TMPFILE = [hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")]
+#: Small files already fetched are written by one task per this many files or bytes, not one each.
+_BATCH_FILES = 32
+_BATCH_BYTES = 1024 * 1024
 #: Files up to this size have their chunks fetched together, per directory (see reader.prefetch).
 _PREFETCH_FILE_SIZE = 1024 * 1024
 #: Files in place up to this size are compared with the tree by the walk itself, not a worker.
 _COMPARE_AT_ONCE = 256 * 1024
-_FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE}
 
 ProgressFn = Callable[[int, int], None]
 
@@ -66,7 +65,10 @@ class _DirJob:
     """None while released (an ancestor far up the walk's path, see ``_restore_tree``)."""
     owned: bool
     meta: tuple[int, int] | None
-    pending: list[tuple[str, Future[int]]] = field(default_factory=list)
+    pending: list[tuple[list[str], Future[list[_Done | BaseException]]]] = field(default_factory=list)
+    """Files being written on the pool: a task writes one file, or several small ones (see ``_batch``)."""
+    removals: list[tuple[str, Future[int]]] = field(default_factory=list)
+    """Entries the tree lacks, being removed on the pool (``delete``): their counts of removed entries."""
     ident: tuple[int, int] = (0, 0)
     """``(st_dev, st_ino)``, to check a descriptor reopened through ``..``."""
 
@@ -156,8 +158,8 @@ class Restorer:
         self.report = RestoreReport()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-restore")
         self._jobs: deque[_DirJob] = deque()
-        self._tmp_tag = temporary_tag()
-        self._tmp_counter = itertools.count()
+        self._writer = FileWriter(temporary_tag())
+        self._remover = Remover()
         self._local = LocalChunks()
         self._file_seq = itertools.count()
         self._lock = threading.Lock()
@@ -184,6 +186,7 @@ class Restorer:
             self._abandon()
             os.close(dest_fd)
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._remover.close()
         return self.report
 
     def _open_destination(self, dest: str) -> int:
@@ -268,7 +271,7 @@ class Restorer:
         try:
             present: dict[str, os.stat_result] = {}
             if self.overwrite:
-                present = self._survey(dir_fd, entries, prefix)
+                present = self._survey(job, entries, prefix)
             matched = self._match_in_place(dir_fd, entries, present, prefix) if present else set()
             # One index query for this directory: the chunks of its files still to write (and of
             # matched ones whose chunks are recorded as local) and its subdirectories' trees.
@@ -291,6 +294,8 @@ class Restorer:
                      and (self.repo.chunk_cache is None or c not in self.repo.chunk_cache)]
             prefetched = prefetch(self.repo, small) if len(small) > 1 else None
             subdirs: list[tuple[Entry, str]] = []
+            batch: list[tuple[Entry, str, int]] = []
+            batch_bytes = 0
             for entry in entries:
                 path = prefix + entry.name
                 try:
@@ -299,16 +304,52 @@ class Restorer:
                         subdirs.append((entry, path))
                     elif entry.type == SYMLINK:
                         self._symlink(dir_fd, entry, path, present.get(entry.name))
-                    elif entry.name not in matched:
-                        job.pending.append((path, self._pool.submit(
-                            self._file, dir_fd, entry, path, locations, prefetched, *tasks[entry.name])))
+                    elif entry.name in matched:
+                        pass
+                    elif prefetched and not tasks[entry.name][1] and all(c in prefetched for c in entry.chunks):
+                        # Fetched already, nothing in place: written with other small files by one task.
+                        batch.append((entry, path, tasks[entry.name][0]))
+                        batch_bytes += entry.size
+                        if len(batch) >= _BATCH_FILES or batch_bytes >= _BATCH_BYTES:
+                            self._submit_batch(job, batch, locations, prefetched)
+                            batch, batch_bytes = [], 0
+                    else:
+                        job.pending.append(([path], self._pool.submit(
+                            self._one_file, dir_fd, entry, path, locations, prefetched, *tasks[entry.name])))
                 except (CasError, OSError) as exc:
                     self._fail(path, exc)
+            if batch:
+                self._submit_batch(job, batch, locations, prefetched)
         except BaseException:
             self._finish(job, quiet=True)
             raise
         trees = {e.tree: locations[e.tree] for e, _ in subdirs if e.tree in locations}
         return _Level(job, subdirs, trees)
+
+    def _submit_batch(
+        self, job: _DirJob, batch: list[tuple[Entry, str, int]], locations: dict,  # type: ignore[type-arg]
+        prefetched: dict | None,  # type: ignore[type-arg]
+    ) -> None:
+        assert job.fd is not None
+        job.pending.append(([p for _, p, _ in batch], self._pool.submit(
+            self._batch, job.fd, batch, locations, prefetched)))
+
+    def _batch(
+        self, dir_fd: int, batch: list[tuple[Entry, str, int]], locations: dict,  # type: ignore[type-arg]
+        prefetched: dict | None,  # type: ignore[type-arg]
+    ) -> list[_Done | BaseException]:
+        """Write several small files of one directory, already fetched: one task instead of one per
+        file. Each file's failure is its own."""
+        out: list[_Done | BaseException] = []
+        for entry, path, seq in batch:
+            try:
+                out.append(self._file(dir_fd, entry, path, locations, prefetched, seq))
+            except (CasError, OSError) as exc:
+                out.append(exc)
+        return out
+
+    def _one_file(self, *args: object) -> list[_Done | BaseException]:
+        return [self._file(*args)]  # type: ignore[arg-type]
 
     def _release(self, job: _DirJob) -> None:
         """Close an ancestor's descriptor to bound how many are open, after its files are written
@@ -361,21 +402,10 @@ class Restorer:
     def _settle(self, job: _DirJob) -> BaseException | None:
         """Wait for the directory's files and record them; the first fatal error is returned."""
         fatal: BaseException | None = None
-        pending, job.pending = job.pending, []
-        for path, future in pending:
+        removals, job.removals = job.removals, []
+        for path, removal in removals:
             try:
-                done = future.result()
-                self.report.bytes += done.size
-                self.report.files += 1
-                if done.written:
-                    self.report.written += 1
-                    self.report.written_bytes += done.size if done.patched < 0 else done.patched
-                    self.report.reused_bytes += done.reused
-                else:
-                    self.report.unchanged += 1
-                    self.report.meta_fixed += done.meta_fixed
-                if self.progress:
-                    self.progress(self.report.files, self.report.bytes)
+                self.report.deleted += removal.result()
             except (CasError, OSError) as exc:
                 try:
                     self._fail(path, exc)
@@ -383,31 +413,71 @@ class Restorer:
                     fatal = fatal or stop
             except BaseException as exc:  # noqa: BLE001 - re-raised once all files are done
                 fatal = fatal or exc
+        pending, job.pending = job.pending, []
+        for paths, future in pending:
+            try:
+                results = future.result()
+            except BaseException as exc:  # noqa: BLE001 - recorded for each of its files below
+                results = [exc] * len(paths)
+            for path, done in zip(paths, results):
+                fatal = self._record(path, done, fatal)
         return fatal
 
-    def _survey(self, dir_fd: int, entries: list[Entry], prefix: str) -> dict[str, os.stat_result]:
+    def _record(self, path: str, done: _Done | BaseException, fatal: BaseException | None) -> BaseException | None:
+        """Count a file's outcome in the report; returns the first fatal error so far."""
+        try:
+            if isinstance(done, BaseException):
+                raise done
+            self.report.bytes += done.size
+            self.report.files += 1
+            if done.written:
+                self.report.written += 1
+                self.report.written_bytes += done.size if done.patched < 0 else done.patched
+                self.report.reused_bytes += done.reused
+            else:
+                self.report.unchanged += 1
+                self.report.meta_fixed += done.meta_fixed
+            if self.progress:
+                self.progress(self.report.files, self.report.bytes)
+        except (CasError, OSError) as exc:
+            try:
+                self._fail(path, exc)
+            except Unavailable as stop:
+                fatal = fatal or stop
+        except BaseException as exc:  # noqa: BLE001 - re-raised once all files are done
+            fatal = fatal or exc
+        return fatal
+
+    def _survey(self, job: _DirJob, entries: list[Entry], prefix: str) -> dict[str, os.stat_result]:
         """What the directory holds (lstat, by name). Removes temporaries whose owner is gone and,
-        with ``delete``, every entry the tree lacks here (live restores' temporaries excepted)."""
+        with ``delete``, every entry the tree lacks here (live restores' temporaries excepted): on
+        the pool, awaited with the directory's files."""
+        dir_fd = job.fd
+        assert dir_fd is not None
         wanted = {e.name for e in entries}
         present: dict[str, os.stat_result] = {}
+        delete_here = self.delete and bool(prefix or self._delete_root)
         with os.scandir(dir_fd) as listing:
             for item in listing:
+                name = item.name
+                if name not in wanted and not name.startswith(TMP_PREFIX):
+                    if delete_here:  # no lstat: the remover looks for itself
+                        removal = self._pool.submit(self._remover.remove, dir_fd, name)
+                        job.removals.append((prefix + name, removal))
+                    continue
                 try:
                     st = item.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                if item.name in wanted:
-                    present[item.name] = st
-                elif item.name.startswith(TMP_PREFIX):
-                    if is_abandoned(item.name, st):
-                        self._remove(dir_fd, item.name, prefix + item.name, counted=False)
-                elif self.delete and (prefix or self._delete_root):
-                    self._remove(dir_fd, item.name, prefix + item.name)
+                if name in wanted:
+                    present[name] = st
+                elif is_abandoned(name, st):
+                    self._remove(dir_fd, name, prefix + name, counted=False)
         return present
 
     def _remove(self, dir_fd: int, name: str, path: str, *, counted: bool = True) -> None:
         try:
-            removed = remove_entry(dir_fd, name)
+            removed = self._remover.remove(dir_fd, name)
         except OSError as exc:
             self._fail(path, exc)
             return
@@ -450,13 +520,13 @@ class Restorer:
                 self.report.symlinks += 1
                 self.report.unchanged += 1
                 return
-        tmp = self._temporary_name()
+        tmp = self._writer.temporary_name()
         os.symlink(entry.target, tmp, dir_fd=dir_fd)
         try:
             os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
             self._place(dir_fd, tmp, entry.name, path)
         except BaseException:
-            _unlink_quietly(dir_fd, tmp)
+            unlink_quietly(dir_fd, tmp)
             raise
         self.report.symlinks += 1
         self.report.written += 1
@@ -578,96 +648,44 @@ class Restorer:
         if self.overwrite:
             sources.append(self._local.for_task(seq))
         reused = [0]
-        tmp: str | None = None
-        fd = self._unnamed_file(dir_fd)
-        if fd is None:
-            tmp = self._temporary_name()
-            fd = os.open(tmp, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
+        mode = self._mode(entry.mode)
+        fd, tmp, mode_set = self._writer.create(dir_fd, mode)
         try:
             try:
-                if entry.size >= _PREALLOCATE_FROM and not _has_zero_runs(entry, locations):
-                    try:
-                        os.posix_fallocate(fd, 0, entry.size)
-                    except OSError as exc:
-                        if exc.errno in _FATAL_ERRNOS:
-                            raise
-                written = 0
-                holes = False
-                for data in content(self.repo, entry, locations, path, prefetched, sources, reused):
-                    if _all_zero(data):
-                        # A hole, as the file most likely had: skip it (a file system without holes
-                        # fills the gap with zeros when the next data or the final size is written).
-                        os.lseek(fd, len(data), os.SEEK_CUR)
-                        holes = True
-                    else:
-                        view = memoryview(data)
-                        while view:
-                            n = os.write(fd, view)
-                            view = view[n:]
-                    written += len(data)
-                if holes:
-                    os.ftruncate(fd, written)  # the file may end in a hole
-                os.fchmod(fd, self._mode(entry.mode))
-                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+                preallocate = entry.size >= PREALLOCATE_FROM and not has_zero_runs(entry, locations)
+                pieces = content(self.repo, entry, locations, path, prefetched, sources, reused)
+                try:
+                    written = write_content(fd, entry, pieces, path, preallocate=preallocate)
+                except IntegrityError:
+                    if old is None:
+                        raise
+                    # The file being replaced changed while its ranges were copied: start again
+                    # without it (every chunk then verified as it is read).
+                    os.ftruncate(fd, 0)
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    sources, reused[0] = sources[1:], 0
+                    pieces = content(self.repo, entry, locations, path, prefetched, sources, reused)
+                    written = write_content(fd, entry, pieces, path, preallocate=preallocate)
+                set_metadata(fd, entry, mode, mode_set)
                 if tmp is None:
-                    tmp = self._link_unnamed(fd, dir_fd, entry.name)
+                    tmp = self._writer.link(fd, dir_fd, entry.name)
             finally:
                 os.close(fd)
             if tmp is not None:
                 self._place(dir_fd, tmp, entry.name, path)
         except BaseException:
             if tmp is not None:
-                _unlink_quietly(dir_fd, tmp)
+                unlink_quietly(dir_fd, tmp)
             raise
         if self.overwrite:
             self._local.add_file(self._full_path(path), entry, locations)
         return _Done(written, True, reused[0])
 
-    def _unnamed_file(self, dir_fd: int) -> int | None:
-        """An O_TMPFILE file in the directory: it has no name until linked, so an interrupted
-        restore leaves nothing behind, and it costs one directory operation instead of two."""
-        if not _HAS_TMPFILE[0]:
-            return None
-        try:
-            return os.open(".", os.O_TMPFILE | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o600, dir_fd=dir_fd)
-        except OSError as exc:
-            if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
-                _HAS_TMPFILE[0] = False  # the filesystem cannot: use named temporaries
-                return None
-            raise
-
-    def _link_unnamed(self, fd: int, dir_fd: int, name: str) -> str | None:
-        """Give the finished unnamed file its final name; if the name is taken (``--overwrite``),
-        link it under a temporary name instead and return that, for :meth:`_place` to rename."""
-        try:
-            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
-            return None
-        except FileExistsError:
-            tmp = self._temporary_name()
-            os.link(f"/proc/self/fd/{fd}", tmp, dst_dir_fd=dir_fd, follow_symlinks=True)
-            return tmp
-
-    def _temporary_name(self) -> str:
-        # Unique per restore without a syscall per file; O_EXCL catches the (foreign) collision.
-        return f"{TMP_PREFIX}{self._tmp_tag}-{next(self._tmp_counter)}"
-
     def _place(self, dir_fd: int, tmp: str, name: str, path: str) -> None:
         """Rename a finished temporary into place. Without ``overwrite`` the destination was empty
         when the restore began and tree names are unique, so a name can only exist here if some
-        other process made it meanwhile; rename replaces that entry (never writes through it). A
-        directory in the way is removed first with ``delete``, else refused."""
-        for attempt in range(2):
-            try:
-                os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                return
-            except OSError as exc:
-                if not isinstance(exc, IsADirectoryError) and exc.errno != errno.ENOTEMPTY:
-                    raise
-                if not self.delete or attempt:
-                    raise AlreadyExists(
-                        f"{path} is a directory in the destination; remove it first (or pass --delete)"
-                    ) from None
-            self._remove(dir_fd, name, path)
+        other process made it meanwhile; rename replaces that entry (never writes through it)."""
+        place(dir_fd, tmp, name, path, (lambda: self._remove(dir_fd, name, path)) if self.delete else None)
 
     def _apply_dir_meta(self, fd: int, mode: int, mtime_ns: int) -> None:
         st = os.fstat(fd)  # cheaper than setting what is already so (an unchanged directory)
@@ -681,49 +699,12 @@ class Restorer:
 
     def _fail(self, path: str, exc: BaseException) -> None:
         if isinstance(exc, OSError) and not isinstance(exc, CasError):
-            if exc.errno in _FATAL_ERRNOS:
+            if exc.errno in FATAL_ERRNOS:
                 raise Unavailable(f"restore stopped at {path}: {exc.strerror}") from None
             message = f"{path}: {exc.strerror or exc}"
         else:
             message = str(exc)
         self.report.failures.append((path, message))
-
-
-def _all_zero(data: bytes) -> bool:
-    """Whether a chunk is all zero bytes; the first and last bytes rule out nearly all others cheaply."""
-    if not data or data[0] or data[-1]:
-        return False
-    return (data if isinstance(data, bytes) else bytes(data)).count(0) == len(data)
-
-
-@functools.lru_cache(maxsize=16)
-def _zero_chunk_id(length: int) -> str:
-    return hexdigest(bytes(length))
-
-
-def _has_zero_runs(entry: Entry, locations: dict) -> bool:  # type: ignore[type-arg]
-    """Whether a file holds a chunk of zeros that repeats, i.e. a long run of zeros, likely a hole.
-
-    Such a file is not preallocated, so its holes stay holes. Only repeated chunks are checked (a
-    long zero run is cut into identical chunks), each against the ID of that many zero bytes.
-    """
-    seen: set[str] = set()
-    checked: set[str] = set()
-    for chunk_id in entry.chunks:
-        if chunk_id in seen and chunk_id not in checked:
-            checked.add(chunk_id)
-            loc = locations.get(chunk_id)
-            if loc is not None and _zero_chunk_id(loc.raw_length) == chunk_id:
-                return True
-        seen.add(chunk_id)
-    return False
-
-
-def _unlink_quietly(dir_fd: int, name: str) -> None:
-    try:
-        os.unlink(name, dir_fd=dir_fd)
-    except OSError:
-        pass
 
 
 def failure_error(report: RestoreReport) -> PartialRestore:

@@ -9,10 +9,11 @@ entry's. Metadata (mode, mtime) of a matching file is fixed in place, without re
 A file of the entry's size is compared chunk by chunk at the entry's boundaries (one hash pass, and
 the equal chunks are known by position); otherwise by its whole BLAKE3. A file that differs gives up
 the chunks of the new content it holds: those at their positions, and, when they cover less than
-half of it, those found by cutting it with the repository's chunker. They are read from it
-(through a descriptor opened before it is replaced) instead of fetched. Chunks of files already
-verified in the destination are reused the same way. Every reused chunk is hashed again when read,
-so a file changing under the restore can cost a fetch, never a wrong byte. :func:`patch_in_place`
+half of it, those found by cutting it with the repository's chunker. They are copied from it
+by the kernel (through a descriptor opened before it is replaced, as :class:`Span` ranges) instead of
+fetched, and the new file is read back and checked whole. Chunks of files already verified in the
+destination are reused too, read and hashed again. A file changing under the restore can cost a
+fetch, never a wrong byte. :func:`patch_in_place`
 writes only the differing chunks into the file itself (the restore's ``in_place`` option).
 
 Temporaries are named ``.cas-tmp-<host>-<pid>-<random>-<n>``: a restore removes one only if it was
@@ -22,7 +23,6 @@ concurrent restores into one directory never remove each other's.
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 import socket
@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from cas.errors import IntegrityError
 from cas.format.chunking import Chunker
@@ -43,7 +44,6 @@ from cas.types import BlobLocation
 
 TMP_PREFIX = ".cas-tmp-"
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _HASH_BLOCK = 1024 * 1024
 _FOREIGN_TMP_AGE_NS = 24 * 3600 * 10**9
 _HOST = hexdigest(socket.gethostname().encode("utf-8", "surrogateescape"))[:8]
@@ -81,6 +81,17 @@ def _alive(pid: int) -> bool:
 # -- comparing and reusing ------------------------------------------------------------------------
 
 
+class Span(NamedTuple):
+    """``length`` bytes at ``offset`` of the open file ``fd`` (the file being replaced), to be copied
+    by the kernel (``copy_file_range``: a reflink where the file system shares extents) instead of
+    read into Python. Its bytes were hashed when the file was compared with the tree; the new file
+    is read back and checked whole after it is written, so a change meanwhile cannot pass."""
+
+    fd: int
+    offset: int
+    length: int
+
+
 @dataclass
 class OldFile:
     """A differing file about to be replaced, open for reading: where each wanted chunk is in it."""
@@ -98,6 +109,11 @@ class OldFile:
             return None
         data = os.pread(self.fd, where[1], where[0])
         return data if len(data) == where[1] and hexdigest(data) == chunk_id else None
+
+    def span(self, chunk_id: str) -> Span | None:
+        """Where the file holds the chunk, to be copied without reading it (checked afterwards)."""
+        where = self.chunks.get(chunk_id)
+        return None if where is None else Span(self.fd, where[0], where[1])
 
     def close(self) -> None:
         os.close(self.fd)
@@ -357,12 +373,11 @@ def content(
     prefetched: dict[str, bytes] | None,
     sources: list[OldFile | TaskView],
     reused: list[int],
-) -> Iterator[bytes]:
-    """A file's verified chunks in order, each read from the first of ``sources`` that holds it,
-    else from the repository. Adds the bytes taken from ``sources`` to ``reused[0]``. Raises
-    IntegrityError naming ``path`` if the whole does not match the entry's size and digest."""
-    hasher = new_hasher()
-    size = 0
+) -> Iterator[bytes | Span]:
+    """A file's chunks in order: a :class:`Span` where the file being replaced (an
+    :class:`OldFile` among ``sources``) holds it, else verified bytes read from the first other
+    source that holds it, else from the repository. Adds the bytes taken from ``sources`` to
+    ``reused[0]``. The whole is checked by the writer (``restore_write.write_content``)."""
     remote: list[str] = []
 
     def fetch() -> Iterator[bytes]:
@@ -370,93 +385,17 @@ def content(
         remote.clear()
 
     for chunk_id in entry.chunks:
-        data = None
+        piece: bytes | Span | None = None
         for source in sources:
-            data = source.read(chunk_id)
-            if data is not None:
+            piece = source.span(chunk_id) if isinstance(source, OldFile) else source.read(chunk_id)
+            if piece is not None:
                 break
-        if data is None:
+        if piece is None:
             remote.append(chunk_id)
             continue
         if remote:
-            for piece in fetch():
-                hasher.update(piece)
-                size += len(piece)
-                yield piece
-        reused[0] += len(data)
-        hasher.update(data)
-        size += len(data)
-        yield data
+            yield from fetch()
+        reused[0] += piece.length if isinstance(piece, Span) else len(piece)
+        yield piece
     if remote:
-        for piece in fetch():
-            hasher.update(piece)
-            size += len(piece)
-            yield piece
-    if size != entry.size:
-        raise IntegrityError(f"{path}: restored {size} bytes, the tree records {entry.size}")
-    if hasher.hexdigest() != entry.digest:
-        raise IntegrityError(f"{path}: content does not match the file's recorded BLAKE3")
-
-
-# -- deleting -------------------------------------------------------------------------------------
-
-
-def remove_entry(dir_fd: int, name: str) -> int:
-    """Remove ``name`` from the directory, a whole subtree if it is a directory, never following a
-    symlink (a subdirectory is opened with ``O_NOFOLLOW`` relative to its parent). Returns how many
-    entries were removed. Temporaries of live restores inside are left, and so are their directories."""
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return 0
-    if not stat.S_ISDIR(st.st_mode):
-        try:
-            os.unlink(name, dir_fd=dir_fd)
-        except FileNotFoundError:
-            return 0
-        return 1
-    removed = 0
-    # Depth first without recursion: (fd, its name, parent fd, names to leave) per open directory.
-    stack: list[tuple[int, str, int, set[str]]] = []
-    try:
-        stack.append((os.open(name, _DIR_FLAGS, dir_fd=dir_fd), name, dir_fd, set()))
-        while stack:
-            fd, own_name, parent_fd, kept = stack[-1]
-            descended = False
-            for child in os.scandir(fd):
-                if child.name in kept:
-                    continue
-                try:
-                    child_st = child.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if child.name.startswith(TMP_PREFIX) and not is_abandoned(child.name, child_st):
-                    kept.add(child.name)
-                    continue
-                if stat.S_ISDIR(child_st.st_mode):
-                    stack.append((os.open(child.name, _DIR_FLAGS, dir_fd=fd), child.name, fd, set()))
-                    descended = True
-                    break
-                try:
-                    os.unlink(child.name, dir_fd=fd)
-                    removed += 1
-                except FileNotFoundError:
-                    pass
-            if descended:
-                continue
-            stack.pop()
-            os.close(fd)
-            try:
-                if kept:
-                    raise OSError(errno.ENOTEMPTY, "a live restore writes here")
-                os.rmdir(own_name, dir_fd=parent_fd)
-                removed += 1
-            except OSError as exc:
-                if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-                if stack:
-                    stack[-1][3].add(own_name)  # left in place: the parent stays too
-    finally:
-        for fd, _name, _parent, _kept in stack:
-            os.close(fd)
-    return removed
+        yield from fetch()

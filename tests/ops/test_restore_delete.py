@@ -1,0 +1,113 @@
+"""cas.ops.restore_delete: subtrees removed by a pool of threads, on a real file system."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cas.ops import restore_delete
+from cas.ops.restore_delete import Remover
+from cas.ops.restore_local import TMP_PREFIX, temporary_tag
+
+
+def _count(root: Path) -> int:
+    return sum(len(dirs) + len(files) for _, dirs, files in os.walk(root))
+
+
+def _build(root: Path) -> int:
+    """A wide and a deep part: more directories than the walk keeps open, and a deep chain."""
+    for i in range(300):
+        d = root / f"wide-{i}"
+        d.mkdir(parents=True)
+        for j in range(i % 5):
+            (d / f"f{j}").write_bytes(b"x" * j)
+    big = root / "big"
+    big.mkdir()
+    for j in range(100):
+        (big / f"file-{j}").write_text(str(j))
+    deep = root
+    for i in range(200):
+        deep = deep / f"d{i}"
+    deep.mkdir(parents=True)
+    (deep / "leaf").write_text("leaf")
+    return _count(root) + 1
+
+
+def test_removes_a_wide_and_deep_subtree(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    expected = _build(victim)
+    (tmp_path / "keep").write_text("keep")
+    remover = Remover(threads=4)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert remover.remove(fd, "victim") == expected
+        assert remover.remove(fd, "keep") == 1
+        assert remover.remove(fd, "absent") == 0
+    finally:
+        os.close(fd)
+        remover.close()
+    assert os.listdir(tmp_path) == []
+
+
+def test_never_follows_a_symlink_and_keeps_live_temporaries(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("mine")
+    dest = tmp_path / "dest"
+    (dest / "victim" / "a").mkdir(parents=True)
+    (dest / "victim" / "a" / "link").symlink_to(outside)
+    (dest / "victim" / "b").symlink_to(outside / "precious")
+    live = dest / "victim" / "busy" / f"{TMP_PREFIX}{temporary_tag()}-0"  # this process's: alive
+    live.parent.mkdir()
+    live.write_text("being written")
+    remover = Remover()
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        removed = remover.remove(fd, "victim")
+    finally:
+        os.close(fd)
+        remover.close()
+    assert (outside / "precious").read_text() == "mine"
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == [
+        "victim", "victim/busy", f"victim/busy/{live.name}"]
+    assert removed == 3  # a/link, a, b, and nothing of busy/
+
+
+class _OsFailingUnlink:
+    """``os`` as restore_delete sees it, except that unlinking ``bad`` fails (a disk error)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def unlink(self, name: str, *, dir_fd: int | None = None) -> None:
+        if name == "bad":
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def test_an_error_is_raised_after_every_call_returned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    victim = tmp_path / "victim"
+    for i in range(40):
+        (victim / f"d{i}").mkdir(parents=True)
+        for j in range(20):
+            (victim / f"d{i}" / f"f{j}").write_text("x")
+    (victim / "d7" / "bad").write_text("x")
+    monkeypatch.setattr(restore_delete, "os", _OsFailingUnlink())
+    remover = Remover()
+    open_before = len(os.listdir("/proc/self/fd"))
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(OSError) as caught:
+            remover.remove(fd, "victim")
+        assert caught.value.errno == errno.EIO
+    finally:
+        remover.close()
+        os.close(fd)
+    # Every descriptor the walk opened is closed again, and what could go went.
+    assert len(os.listdir("/proc/self/fd")) == open_before
+    assert sorted(os.listdir(victim)) == ["d7"]
+    assert os.listdir(victim / "d7") == ["bad"]

@@ -1,0 +1,83 @@
+"""cas.ops.restore_write: one file written from chunk bytes and ranges of the file it replaces,
+checked whole, on a real file system."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from cas.errors import IntegrityError
+from cas.format.hashing import hexdigest
+from cas.format.trees import FILE, Entry
+from cas.ops.restore_local import Span
+from cas.ops.restore_write import FileWriter, write_content
+
+
+def _entry(parts: list[bytes]) -> Entry:
+    whole = b"".join(parts)
+    return Entry("f", FILE, 0o644, 0, len(whole), hexdigest(whole), tuple(hexdigest(p) for p in parts))
+
+
+def _write(tmp_path: Path, entry: Entry, pieces: list[bytes | Span]) -> bytes:
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd, tmp, _ = FileWriter("test").create(dir_fd, 0o600)
+        try:
+            write_content(fd, entry, pieces, "f", preallocate=False)
+            return os.pread(fd, entry.size + 1, 0)
+        finally:
+            os.close(fd)
+            if tmp is not None:
+                os.unlink(tmp, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def test_ranges_of_the_old_file_are_copied_and_the_whole_checked(tmp_path: Path) -> None:
+    a, b, c = os.urandom(300_000), bytes(200_000), os.urandom(100_000)
+    old = tmp_path / "old"
+    old.write_bytes(b"xx" + c + a)
+    fd = os.open(old, os.O_RDONLY)
+    try:
+        entry = _entry([a, b, c])
+        assert _write(tmp_path, entry, [Span(fd, 2 + len(c), len(a)), b, Span(fd, 2, len(c))]) == a + b + c
+        # The old file no longer holds what was hashed in it: the check after copying says so.
+        os.pwrite(os.open(old, os.O_WRONLY), b"!", 2)
+        with pytest.raises(IntegrityError, match="BLAKE3"):
+            _write(tmp_path, entry, [Span(fd, 2 + len(c), len(a)), b, Span(fd, 2, len(c))])
+    finally:
+        os.close(fd)
+
+
+def test_a_one_chunk_file_is_checked_by_its_chunk_id(tmp_path: Path) -> None:
+    data = os.urandom(5000)
+    assert _write(tmp_path, _entry([data]), [data]) == data
+    wrong = _entry([data])
+    wrong = Entry(wrong.name, FILE, 0o644, 0, wrong.size, hexdigest(b"other"), wrong.chunks)
+    with pytest.raises(IntegrityError):
+        _write(tmp_path, wrong, [data])
+    with pytest.raises(IntegrityError, match="restored"):
+        _write(tmp_path, _entry([data]), [data[:-1]])
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o755, 0o600, 0o4755, 0o666])
+def test_mode_given_at_creation_only_when_the_umask_keeps_it(tmp_path: Path, mode: int) -> None:
+    old_umask = os.umask(0o022)
+    try:
+        writer = FileWriter("test")
+        dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+        fd, tmp, at_create = writer.create(dir_fd, mode)
+        try:
+            assert at_create == (mode in (0o644, 0o755, 0o600))
+            if at_create:
+                assert stat.S_IMODE(os.fstat(fd).st_mode) == mode
+        finally:
+            os.close(fd)
+            if tmp is not None:
+                os.unlink(tmp, dir_fd=dir_fd)
+            os.close(dir_fd)
+    finally:
+        os.umask(old_umask)
