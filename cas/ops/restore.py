@@ -406,13 +406,8 @@ class Restorer:
         for path, removal in removals:
             try:
                 self.report.deleted += removal.result()
-            except (CasError, OSError) as exc:
-                try:
-                    self._fail(path, exc)
-                except Unavailable as stop:
-                    fatal = fatal or stop
-            except BaseException as exc:  # noqa: BLE001 - re-raised once all files are done
-                fatal = fatal or exc
+            except BaseException as exc:  # noqa: BLE001 - a fatal one is re-raised once all files are done
+                fatal = self._absorb(path, exc, fatal)
         pending, job.pending = job.pending, []
         for paths, future in pending:
             try:
@@ -439,14 +434,20 @@ class Restorer:
                 self.report.meta_fixed += done.meta_fixed
             if self.progress:
                 self.progress(self.report.files, self.report.bytes)
-        except (CasError, OSError) as exc:
+        except BaseException as exc:  # noqa: BLE001 - a fatal one is re-raised once all files are done
+            fatal = self._absorb(path, exc, fatal)
+        return fatal
+
+    def _absorb(self, path: str, exc: BaseException, fatal: BaseException | None) -> BaseException | None:
+        """An entry's failure: a cas or OS error is recorded against ``path`` (an unavailable
+        repository stops the restore); anything else is fatal. Returns the first fatal error so far."""
+        if isinstance(exc, (CasError, OSError)):
             try:
                 self._fail(path, exc)
             except Unavailable as stop:
-                fatal = fatal or stop
-        except BaseException as exc:  # noqa: BLE001 - re-raised once all files are done
-            fatal = fatal or exc
-        return fatal
+                return fatal or stop
+            return fatal
+        return fatal or exc
 
     def _survey(self, job: _DirJob, entries: list[Entry], prefix: str) -> dict[str, os.stat_result]:
         """What the directory holds (lstat, by name). Removes temporaries whose owner is gone and,

@@ -146,8 +146,8 @@ class FilesCache:
             for start in range(0, len(seen), _SEEN_BATCH):
                 batch = seen[start : start + _SEEN_BATCH]
                 self._db.execute(
-                    f"UPDATE files SET seen_ns = ? WHERE seen_ns < ? AND rowid IN ({','.join('?' * len(batch))})",
-                    (self._started, self._started, *batch),
+                    "UPDATE files SET seen_ns = ? WHERE seen_ns < ? AND rowid IN (SELECT value FROM json_each(?))",
+                    (self._started, self._started, "[" + ",".join(map(str, batch)) + "]"),
                 )
             self._db.execute(
                 "INSERT OR REPLACE INTO files (dir, name, size, mtime_ns, ctime_ns, inode, dev, digest, chunks,"
