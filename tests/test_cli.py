@@ -103,3 +103,15 @@ def test_secret_in_index_url_is_not_printed(tmp_path: Path) -> None:
     proc = cas(tmp_path, "--index", "postgresql://user:hunter2@127.0.0.1:1/db", "log", check=False)
     assert proc.returncode != 0
     assert "hunter2" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("module", ["cas", "cas.cli"])
+def test_the_command_runs_as_a_module(tmp_path: Path, module: str) -> None:
+    """``python -m cas`` and ``python -m cas.cli`` (the benchmarks use the latter) both run the command."""
+    env = {**os.environ, "CAS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", module, "--repo", str(tmp_path / "none"), "ls", "x"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr  # a missing repository: one line
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, check=False)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: cas "), proc.stderr
