@@ -27,6 +27,7 @@ class IndexConnection:
     def __init__(self, engine: Engine, url: str) -> None:
         self.engine = engine
         self.url = url
+        self._driver_statements: dict[tuple[type, tuple[str, ...], tuple[str, ...]], str] = {}
 
     @classmethod
     def open(cls, url: str) -> Self:
@@ -121,6 +122,18 @@ class IndexConnection:
             raise ConfigurationError(f"index database {dialect!r} is not supported (use SQLite or PostgreSQL)")
         return dialect_insert(model).on_conflict_do_nothing(index_elements=keys)
 
+    def _driver_insert_ignore(self, model: type, keys: list[str], columns: tuple[str, ...]) -> str:
+        """:meth:`_insert_ignore`'s statement compiled once for this dialect, its positional
+        parameters in the order of ``columns`` (what the driver's ``executemany`` takes)."""
+        cache_key = (model, tuple(keys), columns)
+        statement = self._driver_statements.get(cache_key)
+        if statement is None:
+            compiled = self._insert_ignore(model, keys).compile(dialect=self.engine.dialect, column_keys=list(columns))
+            if list(compiled.positiontup or ()) != list(columns):
+                raise AssertionError(f"compiled insert takes {compiled.positiontup}, not {columns}")
+            statement = self._driver_statements[cache_key] = str(compiled)
+        return statement
+
     def _insert_ignore_rows(  # type: ignore[no-untyped-def]
         self, conn, model: type, keys: list[str], columns: Sequence[str], rows: Sequence[tuple]  # type: ignore[type-arg]
     ) -> None:
@@ -133,11 +146,7 @@ class IndexConnection:
         if not rows:
             return
         if self.engine.dialect.name == "sqlite":
-            table = model.__tablename__  # type: ignore[attr-defined]
-            names = ",".join('"' + c + '"' for c in columns)  # quoted: "offset" is a keyword
-            marks = ",".join("?" * len(columns))
-            statement = f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT ({','.join(keys)}) DO NOTHING"
-            conn.exec_driver_sql(statement, list(rows))
+            conn.exec_driver_sql(self._driver_insert_ignore(model, keys, tuple(columns)), list(rows))
         else:
             conn.execute(self._insert_ignore(model, keys), [dict(zip(columns, row)) for row in rows])
 
