@@ -430,7 +430,7 @@ class Store:
         unlocked = self._unlocked()
         backend = self._keys_backend()
         return keystore.write_key(
-            backend, self.repo.config, unlocked.master, keystore.resolve(password, backend), kdf_cost
+            backend, self.repo.config, unlocked.master, keystore.resolve(password, backend, adding=True), kdf_cost
         )
 
     def remove_key(self, key_id: str) -> None:

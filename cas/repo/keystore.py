@@ -58,12 +58,20 @@ def _enc():  # type: ignore[no-untyped-def]
     return encryption
 
 
-def resolve(passphrase: Passphrase | None, backend: Backend, *, creating: bool = False) -> str:
+def resolve(passphrase: Passphrase | None, backend: Backend, *, creating: bool = False, adding: bool = False) -> str:
+    """The passphrase's text; a missing one is one line saying where to give it (``adding``: the
+    passphrase of a key being added, not the one that opens the repository)."""
     text = passphrase() if callable(passphrase) else passphrase
     if not text:
+        where = redact_url(backend.describe())
+        if adding:
+            raise ConfigurationError(
+                f"a new key for the repository at {where} needs its passphrase "
+                "(CAS_NEW_PASSWORD, --new-password-file FILE, or a prompt on a terminal)"
+            )
         what = "would be encrypted" if creating else "is encrypted"
         raise ConfigurationError(
-            f"the repository at {redact_url(backend.describe())} {what}: give its passphrase "
+            f"the repository at {where} {what}: give its passphrase "
             "(CAS_PASSWORD, --password-file FILE, or a prompt on a terminal)"
         )
     return text

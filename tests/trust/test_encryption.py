@@ -268,6 +268,8 @@ def test_cli_init_keys_and_passphrases(tmp_path: Path, caplog: pytest.LogCapture
         usage = run(*option, "log", ok=False)
         assert usage.returncode == 2 and usage.stderr.count("\n") == 1, usage.stderr
 
+    # No new passphrase anywhere (no TTY): the line names the new key's sources, not the repository's.
+    _one_line_error(run("key", "add", ok=False, CAS_PASSWORD=first), "a new key for the repository at")
     added = json.loads(run("--json", "key", "add", "--kdf-cost", "10", CAS_PASSWORD=first, CAS_NEW_PASSWORD=second).stdout)
     keys = json.loads(run("--json", "--password-file", "pw2", "key", "list").stdout)
     assert {k["id"]: k["current"] for k in keys}[added["added"]] is True and len(keys) == 2
