@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("list", help="the keys, the one this passphrase opened marked current")
     a = actions.add_parser("add", help="let another passphrase open the repository (from --new-password-file, "
                            "env CAS_NEW_PASSWORD or a prompt)")
-    a.add_argument("--new-password-file", default=None, metavar="FILE")
+    a.add_argument("--new-password-file", default=None, metavar="FILE",
+                   help="the new passphrase is the first line of FILE (else CAS_NEW_PASSWORD, else a prompt)")
     a.add_argument("--kdf-cost", type=int, default=None, metavar="N", help="scrypt cost, N = 2**N (10..18; default 17)")
     a = actions.add_parser("remove", help="remove a key (never the last, nor the one opened by this passphrase)")
     a.add_argument("key_id", metavar="ID")
