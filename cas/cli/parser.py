@@ -46,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("snapshot", help="store a directory (or file) under an execution ID")
     s.add_argument("path")
-    s.add_argument("--execution-id", "-e", required=True)
-    s.add_argument("--label", "-l", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--execution-id", "-e", required=True, help="the execution ID the snapshot is stored under")
+    s.add_argument("--label", "-l", action="append", default=[], metavar="KEY=VALUE",
+                   help="a label the snapshot carries (repeatable)")
     s.add_argument("--no-files-cache", action="store_true", help="read every file even if unchanged")
     s.add_argument("--files-cache-ttl", type=duration_option, default=os.environ.get("CAS_FILES_CACHE_TTL"),
                    metavar="DURATION", help="forget files-cache entries of paths no snapshot has seen for this "
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("ls", help="list a stored tree")
     s.add_argument("execution_id")
     s.add_argument("path", nargs="?", default="")
-    s.add_argument("--recursive", "-r", action="store_true")
+    s.add_argument("--recursive", "-r", action="store_true", help="list the whole subtree, not one level")
     _add_tree_filter(s, "list")
 
     s = sub.add_parser("diff", help="paths added, removed or changed between two executions")
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sync", action="store_true", help="only add what the index lacks instead of starting over")
 
     s = sub.add_parser("repair", help="fix what verify finds, without deleting stored data")
-    s.add_argument("--read-data", action="store_true")
+    s.add_argument("--read-data", action="store_true", help="download and re-hash stored data to find damage")
 
     s = sub.add_parser("mount", help="serve executions read-only at MOUNTPOINT through FUSE, until Ctrl-C or 'fusermount -u'")
     s.add_argument("mountpoint")
@@ -154,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     actions = s.add_subparsers(dest="cache_action", parser_class=_Parser)
     a = actions.add_parser("prune", help="evict least recently used chunks down to the cap (or --max-size), "
                            "drop files-cache entries not seen for --files-cache-ttl, remove leftovers")
-    a.add_argument("--max-size", type=size_option, default=None, metavar="SIZE")
+    a.add_argument("--max-size", type=size_option, default=None, metavar="SIZE",
+                   help="evict least recently used chunks down to SIZE (default: the cache's cap)")
     a.add_argument("--files-cache-ttl", type=duration_option, default=os.environ.get("CAS_FILES_CACHE_TTL"),
                    metavar="DURATION", help="env CAS_FILES_CACHE_TTL; default 30d")
     actions.add_parser("clear", help="remove every cached chunk and the files caches")
