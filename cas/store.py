@@ -95,7 +95,7 @@ class Store:
         cls,
         repo: str | Backend | None = None,
         *,
-        index: str | Index | None = None,
+        index: str | Index | bool | None = None,
         create: bool = True,
         chunk_cache: str | bool | None = None,
         rebind_index: bool = False,
@@ -113,6 +113,9 @@ class Store:
         remote backend (default: ``$CAS_HOME/cache/chunks`` for remote backends, none for local ones).
         ``chunk_cache_max``: its cap in bytes, least recently used chunks evicted beyond it (default
         ``$CAS_CACHE_MAX``, else 10 GiB or a tenth of the free disk space, whichever is smaller).
+
+        ``index``: the index's SQLAlchemy URL or an open index; by default ``$CAS_INDEX``, else a
+        per-host SQLite file for this repository (``False``: that file even when ``$CAS_INDEX`` is set).
 
         ``password`` opens an encrypted repository (a string, or a function called only if the
         repository is encrypted); ``encrypt`` creates one, its first key derived from ``password``
@@ -408,7 +411,9 @@ class Store:
         c = self.repo.config
         chunking = {"chunk_min": c.chunk_min, "chunk_avg": c.chunk_avg, "chunk_max": c.chunk_max,
                     "compression_level": c.compression_level, "pack_size": c.pack_size}
-        with Store.open(to, index=to_index, password=to_password, encrypt=c.encrypted, **chunking) as target:
+        # Without to_index the target gets its per-host index, never $CAS_INDEX (this one's).
+        target_index = False if to_index is None else to_index
+        with Store.open(to, index=target_index, password=to_password, encrypt=c.encrypted, **chunking) as target:
             return copy_executions(self.repo, target.repo, ids, progress=progress)
 
     def stats(self) -> IndexStats:

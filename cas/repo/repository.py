@@ -82,7 +82,7 @@ class Repository:
         cls,
         repo: str | Backend | None = None,
         *,
-        index: str | Index | None = None,
+        index: str | Index | bool | None = None,
         create: bool = True,
         config_overrides: dict[str, int | str] | None = None,
         chunk_cache: str | bool | None = None,
@@ -98,6 +98,9 @@ class Repository:
         ``chunk_cache_max``: its cap in bytes (default ``$CAS_CACHE_MAX``, else see
         :func:`cas.repo.chunkcache.default_max_bytes`).
 
+        ``index``: a URL or an open index; None for ``$CAS_INDEX``, else the per-host default
+        (:func:`default_index_url`); False for the per-host default even when ``$CAS_INDEX`` is set
+        (a copy's target: ``$CAS_INDEX`` names the source's index).
         The index must describe this repository at this location (:meth:`Index.bind`);
         ``rebind_index`` accepts a different location (for rebuilding the index from this backend).
 
@@ -120,7 +123,8 @@ class Repository:
             backend = keystore.wrap_backend(backend, unlocked)
         location = backend_location(backend)
         if not isinstance(index, Index):
-            index = Index.open(index or os.environ.get("CAS_INDEX") or default_index_url(config.repo_id, location))
+            url = index or (index is None and os.environ.get("CAS_INDEX"))
+            index = Index.open(url or default_index_url(config.repo_id, location))
         try:
             new_index = index.bind(config.repo_id, location, rebind=rebind_index)
         except BaseException:

@@ -218,3 +218,24 @@ def test_cli_copy(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
     assert '"copied": ["run-1"]' in done.stdout and '"present": ["run-0"]' in done.stdout
     done = subprocess.run([*base, "copy", "missing", *target], capture_output=True, text=True, env=env)
     assert done.returncode == 1 and done.stderr.strip() == "cas: error: unknown execution ID: missing"
+
+
+def test_cli_copy_without_to_index_uses_the_targets_own_index_not_cas_index(
+    tmp_path: Path, cas_home: Path  # noqa: F811
+) -> None:
+    """``$CAS_INDEX`` names the source's index: a copy without ``--to-index`` must not take it for
+    the target (the index would refuse a second repository and the copy would fail)."""
+    with _source(tmp_path) as source:
+        _series(source, tmp_path, count=1)
+    source_index = f"sqlite:///{tmp_path / 'source.sqlite'}"
+    env = {**os.environ, "CAS_HOME": str(cas_home), "PYTHONPATH": str(ROOT),
+           "CAS_REPO": str(tmp_path / "source"), "CAS_INDEX": source_index}
+    done = subprocess.run([sys.executable, "-m", "cas", "copy", "run-0", "--to", str(tmp_path / "copy")],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    host_indexes = list((cas_home / "index").glob("*.sqlite"))
+    assert len(host_indexes) == 1
+    with Store.open(str(tmp_path / "copy"), index=f"sqlite:///{host_indexes[0]}", create=False) as copy:
+        assert [s.execution_id for s in copy.list()] == ["run-0"]
+    with Store.open(str(tmp_path / "source"), index=source_index, create=False) as again:
+        assert [s.execution_id for s in again.list()] == ["run-0"]
