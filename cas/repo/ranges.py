@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import replace
 
 from cas.errors import CasError, IntegrityError, ReadError
 from cas.format.trees import FILE, Entry
+from cas.repo.readahead import ChunksAhead, background
 from cas.repo.reader import file_chunks
 from cas.repo.repository import Repository
 from cas.types import BlobLocation
@@ -37,15 +38,20 @@ class RangeReader:
     """Random access to one stored file. Safe to share between threads (reads are serialised)."""
 
     def __init__(self, repo: Repository, entry: Entry, path: str,
-                 locations: Mapping[str, BlobLocation] | None = None) -> None:
+                 locations: Mapping[str, BlobLocation] | None = None, ahead: ChunksAhead | None = None,
+                 on_first_fetch: Callable[[], None] | None = None) -> None:
         """``locations``: where the chunks are, when the caller has looked them up already (the
-        sizes are checked all the same); by default they are asked of the repository."""
+        sizes are checked all the same); by default they are asked of the repository. ``ahead``:
+        chunks fetched (and verified) ahead of this reader, taken from there before fetching;
+        ``on_first_fetch`` is called when this reader first needs chunks (to fetch ahead there)."""
         if entry.type != FILE:
             raise IsADirectoryError(f"{path} is not a regular file")
         self.repo = repo
         self.entry = entry
         self.path = path
         self.size = entry.size
+        self._fetched_ahead = ahead
+        self._on_first_fetch = on_first_fetch
         if locations is None:
             self._locations = repo.locate(entry.chunks) if entry.chunks else {}
         else:
@@ -96,7 +102,7 @@ class RangeReader:
             todo = [i for i in range(last + 1, self._chunk_at(end + self._readahead) + 1) if i not in self._kept]
             if todo:
                 self._ahead_chunks = frozenset(todo)
-                self._ahead = _readahead_pool().submit(self._fetch_ahead, todo)
+                self._ahead = background().submit(self._fetch_ahead, todo)
             self._readahead = min(MAX_READAHEAD, self._readahead * 2)
         self._next_sequential = end
         self._evict(first, last)
@@ -145,7 +151,11 @@ class RangeReader:
         if not indexes:
             return
         part = replace(self.entry, chunks=tuple(self.entry.chunks[i] for i in indexes))
-        for i, data in zip(indexes, file_chunks(self.repo, part, self._locations, self.path)):
+        if self._on_first_fetch is not None:
+            first_fetch, self._on_first_fetch = self._on_first_fetch, None
+            first_fetch()
+        ahead = self._fetched_ahead.take(part.chunks) if self._fetched_ahead is not None else None
+        for i, data in zip(indexes, file_chunks(self.repo, part, self._locations, self.path, ahead)):
             if len(data) != self._locations[self.entry.chunks[i]].raw_length:
                 raise IntegrityError(f"{self.path}: chunk {self.entry.chunks[i][:16]} is not the size "
                                      "its location records")
@@ -176,19 +186,6 @@ class RangeReader:
 
     def _forget(self, i: int) -> None:
         self._kept_bytes -= len(self._kept.pop(i))
-
-
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _readahead_pool() -> ThreadPoolExecutor:
-    """Two threads shared by every reader of the process for background read-ahead."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cas-readahead")
-        return _pool
 
 
 def _chunk_starts(entry: Entry, locations: dict[str, BlobLocation], path: str) -> list[int]:
