@@ -60,7 +60,7 @@ class RangeReader:
         self._kept: dict[int, bytes] = {}  # chunk index -> verified bytes
         self._kept_bytes = 0
         self._next_sequential = 0  # where a sequential read would start
-        self._readahead = MIN_READAHEAD
+        self._run_start = 0  # where the current run of sequential reads started
         self._lock = threading.Lock()
         self._ahead: Future[None] | None = None  # the read-ahead being fetched in the background
         self._ahead_chunks: frozenset[int] = frozenset()
@@ -89,21 +89,23 @@ class RangeReader:
         # earlier reads (a kernel's concurrent read-ahead requests arrive out of order).
         sequential = offset == self._next_sequential or first in self._kept or first - 1 in self._kept
         if not sequential:
-            self._readahead = MIN_READAHEAD
+            self._run_start = offset
             if not have:
                 self._fetch(first, last, last)
-        elif not have:
-            # Streaming but missing chunks: fetch them and the next window in the same range reads.
-            self._fetch(first, last, self._chunk_at(end + self._readahead))
-            self._readahead = min(MAX_READAHEAD, self._readahead * 2)
-        elif not ahead_busy and self._kept_after(last) < self._readahead // 2:
-            # Streaming and running low: fetch the next window in the background (a whole window,
-            # not one chunk per read as its far edge moves), so this read returns now.
-            todo = [i for i in range(last + 1, self._chunk_at(end + self._readahead) + 1) if i not in self._kept]
-            if todo:
-                self._ahead_chunks = frozenset(todo)
-                self._ahead = background().submit(self._fetch_ahead, todo)
-            self._readahead = min(MAX_READAHEAD, self._readahead * 2)
+        else:
+            # The read-ahead window grows with the stream: as much as has been read in this run so
+            # far, within its bounds (a short sequential read fetches little past its end).
+            window = min(MAX_READAHEAD, max(MIN_READAHEAD, end - self._run_start))
+            if not have:
+                # Streaming but missing chunks: fetch them and the next window in the same range reads.
+                self._fetch(first, last, self._chunk_at(end + window))
+            elif not ahead_busy and self._kept_after(last) < window // 2:
+                # Streaming and running low: fetch the next window in the background (a whole
+                # window, not one chunk per read as its far edge moves), so this read returns now.
+                todo = [i for i in range(last + 1, self._chunk_at(end + window) + 1) if i not in self._kept]
+                if todo:
+                    self._ahead_chunks = frozenset(todo)
+                    self._ahead = background().submit(self._fetch_ahead, todo)
         self._next_sequential = end
         self._evict(first, last)
         if first == last:  # the common case: one slice of one chunk, one copy
