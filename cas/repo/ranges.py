@@ -9,10 +9,11 @@ table that lies is caught before or when it is used: a read returns the file's t
 Reads that continue where the previous one ended are taken as sequential, and the chunks after them
 are fetched ahead (read-ahead: as many bytes as the sequential run has read so far, from
 :data:`MIN_READAHEAD` up to :data:`MAX_READAHEAD`, so a short run fetches little it will not use): in
-the same range read when the
-read itself needs chunks, in the background when it does not; a read elsewhere fetches only its own
-chunks. Chunks go through the repository's chunk cache like any
-other read; the reader keeps the chunks it fetched last in memory, bounded by its window.
+the same range read when the read itself needs chunks, in the background when it does not; a read
+elsewhere fetches only its own chunks. Chunks fetched ahead for files not opened yet
+(:class:`~cas.repo.readahead.ChunksAhead`) are taken before fetching. Chunks go through the
+repository's chunk cache like any other read; the reader keeps the chunks it fetched last in memory,
+bounded by its window.
 """
 
 from __future__ import annotations
