@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import threading
 import time
-from functools import partial
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 from cas.errors import ConfigurationError, NotFound, ReadError
@@ -41,7 +41,8 @@ MAX_LOCATED = 200_000
 PREFETCH_BATCH = 256
 """Trees asked for in one query when directories are read ahead."""
 SMALL_FILE = 1 << 20
-"""Files up to this size are read ahead with their directory's next small files (see :meth:`SnapshotView.open`)."""
+"""Files up to this size are read ahead with their directory's next small files
+(:meth:`SnapshotView._fetch_siblings_ahead`)."""
 SIBLINGS_AHEAD_BYTES = 4 << 20
 """The most file bytes one read-ahead of a directory's small files fetches."""
 SNAPSHOT_TTL_S = 5.0

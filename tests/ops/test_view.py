@@ -220,7 +220,7 @@ def test_a_directorys_small_files_are_fetched_ahead_with_one_read_per_pack(
 def test_a_corrupt_chunk_fetched_ahead_fails_only_the_file_holding_it(
     counted: tuple[Store, CountingBackend], tmp_path: Path
 ) -> None:
-    s, backend = counted
+    s, _backend = counted
     files = _small_files(tmp_path / "src")
     s.snapshot(tmp_path / "src", "run-1")
     bad = next(e for e in s.repo.read_tree(s.get("run-1").root) if e.name == "f17.bin")

@@ -12,7 +12,7 @@ from cas.repo.readahead import ChunksAhead
 from tests.engine import cas_home, store  # noqa: F401 - fixtures
 
 
-def _chunks(store: Store, tmp_path: Path, count: int = 30) -> dict[str, bytes]:
+def _chunks(store: Store, tmp_path: Path, count: int = 30) -> dict[str, bytes]:  # noqa: F811
     """Stored chunks by ID with their bytes (files of one chunk each: under the minimum chunk size)."""
     src = tmp_path / "src"
     src.mkdir()
@@ -24,7 +24,9 @@ def _chunks(store: Store, tmp_path: Path, count: int = 30) -> dict[str, bytes]:
     return {e.chunks[0]: (src / e.name).read_bytes() for e in entries}
 
 
-def test_chunks_fetched_ahead_are_the_stored_bytes_held_once_and_bounded(store: Store, tmp_path: Path) -> None:
+def test_chunks_fetched_ahead_are_the_stored_bytes_held_once_and_bounded(
+    store: Store, tmp_path: Path  # noqa: F811
+) -> None:
     chunks = _chunks(store, tmp_path)
     ahead = ChunksAhead(store.repo, max_bytes=10 * 50)
     ids = sorted(chunks)
@@ -35,7 +37,7 @@ def test_chunks_fetched_ahead_are_the_stored_bytes_held_once_and_bounded(store: 
     assert ahead.held_bytes == 0 and ahead.take(ids) == {}  # each is taken once
 
 
-def test_a_corrupt_chunk_is_not_held_and_the_others_are(store: Store, tmp_path: Path) -> None:
+def test_a_corrupt_chunk_is_not_held_and_the_others_are(store: Store, tmp_path: Path) -> None:  # noqa: F811
     chunks = _chunks(store, tmp_path)
     locations = store.repo.locate(chunks)
     bad = sorted(chunks)[7]
