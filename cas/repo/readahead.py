@@ -3,9 +3,8 @@
 Reading a directory's small files one after the other (``cat dir/*``, ``grep -r``, an import of a
 package) costs a backend read, a decompression and a hash per file. Their chunks were written
 together and usually sit side by side in one pack, so :class:`ChunksAhead` fetches a batch of them
-with one ranged read per stretch of a pack (:func:`cas.repo.reader.prefetched_chunks`), in a
-background thread, verifies each chunk there, and holds the verified bytes until a reader takes
-them; a reader waiting for one chunk of a batch gets it as soon as that chunk is verified.
+with one ranged read per stretch of a pack (:func:`cas.repo.reader.prefetch`), in a background
+thread, verifies each chunk there, and holds the verified bytes until a reader takes them.
 
 Nothing is returned unverified: a chunk that fails verification (or whose read fails) is simply not
 held, so the reader that needs it fetches it itself and reports the error under its own file's path,
@@ -25,7 +24,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from cas.errors import CasError
-from cas.repo.reader import prefetched_chunks
+from cas.repo.reader import prefetch
 from cas.repo.repository import Repository
 from cas.types import BlobLocation
 
@@ -55,37 +54,29 @@ class ChunksAhead:
         with self._lock:
             todo = list({loc.id: loc for loc in locations
                          if loc.id not in self._held and loc.id not in self._pending}.values())
+            if not todo:
+                return
+            future: Future[None] = Future()
             for loc in todo:
-                self._pending[loc.id] = Future()
-        if todo:
-            try:
-                background().submit(self._run, todo)
-            except RuntimeError:  # the interpreter is shutting down: the readers fetch their own
-                for loc in todo:
-                    self._arrive(loc.id, None)
+                self._pending[loc.id] = future
+        background().submit(self._run, todo, future)
 
-    def _run(self, locations: list[BlobLocation]) -> None:
-        arrived: set[str] = set()
+    def _run(self, locations: list[BlobLocation], future: Future[None]) -> None:
+        got: dict[str, bytes] = {}
         try:
-            for chunk_id, data in prefetched_chunks(self._repo, locations):
-                self._arrive(chunk_id, data)  # each as soon as it is verified: its reader may wait
-                arrived.add(chunk_id)
+            got = prefetch(self._repo, locations)
         except (CasError, OSError):
             pass  # the readers fetch their chunks themselves and report what fails
         finally:
-            for loc in locations:
-                if loc.id not in arrived:
-                    self._arrive(loc.id, None)
-
-    def _arrive(self, chunk_id: str, data: bytes | None) -> None:
-        with self._lock:
-            future = self._pending.pop(chunk_id, None)
-            if data is not None and chunk_id not in self._held and len(data) <= self._max_bytes:
-                self._held[chunk_id] = data
-                self._held_bytes += len(data)
+            with self._lock:
+                for loc in locations:
+                    self._pending.pop(loc.id, None)
+                for chunk_id, data in got.items():
+                    if chunk_id not in self._held and len(data) <= self._max_bytes:
+                        self._held[chunk_id] = data
+                        self._held_bytes += len(data)
                 while self._held_bytes > self._max_bytes:
                     self._held_bytes -= len(self._held.popitem(last=False)[1])
-        if future is not None:
             future.set_result(None)
 
     def take(self, chunk_ids: Iterable[str]) -> dict[str, bytes]:

@@ -47,32 +47,22 @@ def prefetch(repo: Repository, locations: list[BlobLocation], *, max_gap: int = 
     together, gaps up to ``max_gap`` included. A chunk that fails verification is left out, so the
     file that needs it is fetched on its own and reports the error under its own path.
     """
-    return {chunk_id: data for chunk_id, data in prefetched_chunks(repo, locations, max_gap=max_gap)
-            if data is not None}
-
-
-def prefetched_chunks(
-    repo: Repository, locations: list[BlobLocation], *, max_gap: int = MAX_GAP
-) -> Iterator[tuple[str, bytes | None]]:
-    """What :func:`prefetch` fetches, each chunk as soon as it is verified: ``(ID, bytes)``, or
-    ``(ID, None)`` for one that failed verification or whose pack is missing."""
+    out: dict[str, bytes] = {}
     wanted = {loc.id: loc for loc in locations if loc.kind == BlobKind.DATA}
     for run in pack_runs(list(wanted.values()), max_gap=max_gap):
         begin = run[0].offset
         try:
             data = repo.backend.get(pack_key(run[0].pack_id), begin, run[-1].offset + run[-1].length - begin)
         except FileNotFoundError:
-            yield from ((loc.id, None) for loc in run)
             continue
         for loc in run:
             try:
-                raw = verify_blob(loc.id, loc, data[loc.offset - begin : loc.offset - begin + loc.length])
+                out[loc.id] = verify_blob(loc.id, loc, data[loc.offset - begin : loc.offset - begin + loc.length])
             except IntegrityError:
-                yield loc.id, None
                 continue
             if repo.chunk_cache is not None:
-                repo.chunk_cache.put(loc.id, raw)
-            yield loc.id, raw
+                repo.chunk_cache.put(loc.id, out[loc.id])
+    return out
 
 
 def file_chunks(
