@@ -15,6 +15,7 @@ mfusepy (the ``[mount]`` extra) and libfuse are loaded here and nowhere else in 
 
 from __future__ import annotations
 
+import ctypes
 import ctypes.util
 import errno
 import itertools
@@ -216,11 +217,17 @@ def _fuse_class(fuse: Any) -> Any:
     offsets (their place in the listing, plus one): libfuse 3.14 drops the attributes of a listing
     given whole (offset 0), so a readdirplus, and whatever the kernel asks after it, is answered a
     buffer at a time; a plain listing from the start is given whole, and libfuse answers the kernel's
-    further calls for it without calling back."""
-    if fuse.fuse_version_major != 3:
-        return fuse.FUSE
-
+    further calls for it without calling back. Every callback first keeps its thread's Python state
+    (:func:`_keep_thread_state`)."""
     class Fuse(fuse.FUSE):  # type: ignore[misc,name-defined]
+        def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+            _keep_thread_state()
+            return super()._wrapper(func, *args, **kwargs)
+
+    if fuse.fuse_version_major != 3:
+        return Fuse
+
+    class Fuse3(Fuse):
         def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
             plus = flags & _READDIR_PLUS
             if path is None or (not plus and offset == 0):
@@ -237,7 +244,24 @@ def _fuse_class(fuse: Any) -> Any:
                     break  # the kernel's buffer is full: it asks again from this offset
             return 0
 
-    return Fuse
+    return Fuse3
+
+
+_threads_kept: set[int] = set()
+
+
+def _keep_thread_state() -> None:
+    """Keep the Python state of the libfuse thread running this callback for the next ones.
+
+    libfuse calls back from threads of its own. ctypes gives such a thread a fresh Python thread
+    state for each callback and drops it on return, so everything a thread keeps for itself
+    (``threading.local``: zstd contexts, the thread object) was made again on every request. Holding
+    one more reference to the state (``PyGILState_Ensure`` once per thread, never released) keeps it
+    for the thread's life; libfuse keeps its worker threads, so these are a few states in all."""
+    thread = threading.get_native_id()
+    if thread not in _threads_kept:
+        _threads_kept.add(thread)
+        ctypes.pythonapi.PyGILState_Ensure()
 
 
 def _c_stat(fuse: Any, attrs: dict[str, int]) -> Any:

@@ -6,10 +6,12 @@ Needs /dev/fuse, libfuse (Debian's fuse3) and mfusepy, which CI installs (.ci/se
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -265,3 +267,89 @@ def test_a_mount_left_by_a_killed_process_is_refused_and_unmount_clears_it(tmp_p
         assert out.returncode == 1 and "already a mountpoint" in out.stderr and out.stderr.count("\n") == 1
         unmount(str(mnt))
         assert not is_mounted(str(mnt)) and os.listdir(mnt) == []
+
+
+class PackOpens:
+    """The pack files of a local repository opened since the last :meth:`take` (inotify): each
+    backend read of a local repository opens its pack once. Closes are watched too, since inotify
+    merges an event with the one before it when they are the same (open, open)."""
+
+    IN_OPEN, IN_CLOSE_NOWRITE = 0x20, 0x10
+
+    def __init__(self, repo_root: Path) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(os.O_NONBLOCK)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        for directory in (repo_root / "data").iterdir():
+            assert libc.inotify_add_watch(self.fd, bytes(directory), self.IN_OPEN | self.IN_CLOSE_NOWRITE) >= 0
+
+    def take(self) -> list[str]:
+        names = []
+        while True:
+            try:
+                buf = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return names
+            at = 0
+            while at < len(buf):
+                _wd, mask, _cookie, length = struct.unpack_from("iIII", buf, at)
+                if mask & self.IN_OPEN:
+                    names.append(buf[at + 16 : at + 16 + length].rstrip(b"\0").decode())
+                at += 16 + length
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _small_files(src: Path) -> dict[str, bytes]:
+    src.mkdir(parents=True)
+    files = {f"f{i:02}.bin": os.urandom(4200 + 61 * i) for i in range(40)}  # over chunk_max: 2+ chunks
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    return files
+
+
+def test_a_directorys_small_files_are_read_with_one_backend_read_per_pack(tmp_path: Path, repo: Store) -> None:
+    files = _small_files(tmp_path / "project" / "code")
+    repo.snapshot(tmp_path / "project", "run-42")
+    code = next(e for e in repo.repo.read_tree(repo.get("run-42").root) if e.name == "code")
+    chunks = {c for e in repo.repo.read_tree(code.tree) for c in e.chunks}
+    packs = {loc.pack_id for loc in repo.repo.locate(chunks).values()}
+    opens = PackOpens(Path(repo.repo.backend.root))
+    try:
+        with mounted(tmp_path, repo) as (mnt, _proc, _log):
+            opens.take()
+            for name, data in files.items():  # `cat code/*`: one file after the other, in name order
+                assert (mnt / "run-42" / "code" / name).read_bytes() == data
+            assert sorted(name for name in opens.take() if name in packs) == sorted(packs)
+    finally:
+        opens.close()
+
+
+def test_a_corrupt_chunk_among_small_files_read_ahead_is_eio_only_for_reads_covering_it(
+    tmp_path: Path, repo: Store
+) -> None:
+    files = _small_files(tmp_path / "project" / "code")
+    repo.snapshot(tmp_path / "project", "run-42")
+    code = next(e for e in repo.repo.read_tree(repo.get("run-42").root) if e.name == "code")
+    bad = next(e for e in repo.repo.read_tree(code.tree) if e.name == "f17.bin")
+    loc = repo.repo.locate([bad.chunks[-1]])[bad.chunks[-1]]
+    pack = Path(repo.repo.backend.root) / pack_key(loc.pack_id)
+    raw = bytearray(pack.read_bytes())
+    raw[loc.offset + loc.length // 2] ^= 0x01
+    pack.write_bytes(bytes(raw))
+    with mounted(tmp_path, repo) as (mnt, _proc, log):
+        for name, data in files.items():
+            path = mnt / "run-42" / "code" / name
+            if name != "f17.bin":
+                assert path.read_bytes() == data
+                continue
+            with pytest.raises(OSError) as info:
+                path.read_bytes()
+            assert info.value.errno == errno.EIO
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+            try:  # the chunks before the corrupt (last) one still read
+                assert os.pread(fd, 512, 0) == data[:512]
+            finally:
+                os.close(fd)
+    assert "run-42/code/f17.bin" in log.read_text()

@@ -20,12 +20,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 from cas.errors import ConfigurationError, NotFound, ReadError
 from cas.format.trees import DIR, FILE, SYMLINK, Entry
 from cas.ops.browse import TreeSource
 from cas.repo.ranges import RangeReader
+from cas.repo.readahead import ChunksAhead
 from cas.repo.repository import Repository
 from cas.types import BlobLocation, EntryType
 
@@ -38,6 +40,11 @@ MAX_LOCATED = 200_000
 """Chunk locations the view remembers for files it has not opened yet."""
 PREFETCH_BATCH = 256
 """Trees asked for in one query when directories are read ahead."""
+SMALL_FILE = 1 << 20
+"""Files up to this size are read ahead with their directory's next small files
+(:meth:`SnapshotView._fetch_siblings_ahead`)."""
+SIBLINGS_AHEAD_BYTES = 4 << 20
+"""The most file bytes one read-ahead of a directory's small files fetches."""
 SNAPSHOT_TTL_S = 5.0
 """How long the list of executions (and each execution's root) is reused before asking again."""
 
@@ -214,6 +221,7 @@ class SnapshotView:
         self._roots_at = -SNAPSHOT_TTL_S
         self._dirs: dict[tuple[str, str], Node] = {}  # (root tree, path) -> directory node, recent ones
         self._located: dict[str, BlobLocation] = {}  # chunk ID -> location, for files opened soon
+        self._ahead = ChunksAhead(repo)  # chunks of small files fetched before they are read
 
     # -- executions ---------------------------------------------------------------------------
 
@@ -319,7 +327,36 @@ class SnapshotView:
             if stored is None or stored.type != FILE or (stored.size, stored.digest) != (entry.size, entry.digest):
                 raise ReadError(f"{node.path}: the stored tree does not hold the file its listing shows")
             entry = stored
-        return RangeReader(self.repo, entry, node.path, self._chunk_locations(node.parent, entry))
+        small = 0 < entry.size <= SMALL_FILE and node.parent
+        return RangeReader(self.repo, entry, node.path, self._chunk_locations(node.parent, entry), self._ahead,
+                           partial(self._fetch_siblings_ahead, node.parent, entry) if small else None)
+
+    def _fetch_siblings_ahead(self, parent: str, entry: Entry) -> None:
+        """When a small file is first read and its chunks were not fetched ahead: fetch, in the
+        background, its chunks and those of the small files after it in its directory (in name
+        order, the order ``ls``, ``find`` and shells list them), up to :data:`SIBLINGS_AHEAD_BYTES`,
+        with one ranged read per stretch of a pack instead of one per file (a directory's files are
+        stored side by side). A file read later takes its chunks from there; one not fetched ahead
+        (a chunk that failed verification included) reads its own."""
+        if not self._ahead.wants(entry.chunks):
+            return
+        siblings = self._stored.read_tree(parent)
+        start = next((i for i, e in enumerate(siblings) if e.name == entry.name), None)
+        if start is None:
+            return
+        wanted: list[BlobLocation] = []
+        total = 0
+        for sibling in siblings[start:]:
+            if sibling.type != FILE or not 0 < sibling.size <= SMALL_FILE:
+                continue
+            if total + sibling.size > SIBLINGS_AHEAD_BYTES:
+                break
+            found = [loc for c in sibling.chunks if (loc := self._located.get(c)) is not None]
+            if len(found) == len(sibling.chunks):
+                wanted.extend(found)
+                total += sibling.size
+        cache = self.repo.chunk_cache
+        self._ahead.fetch(loc for loc in wanted if cache is None or loc.id not in cache)
 
     def _chunk_locations(self, parent: str, entry: Entry) -> dict[str, BlobLocation]:
         """Where a file's chunks are. The first file opened in a stored directory has the chunks of

@@ -7,22 +7,26 @@ table that lies is caught before or when it is used: a read returns the file's t
 :class:`~cas.errors.ReadError` naming the file, never other bytes.
 
 Reads that continue where the previous one ended are taken as sequential, and the chunks after them
-are fetched ahead (read-ahead, doubling up to :data:`MAX_READAHEAD`): in the same range read when the
-read itself needs chunks, in the background when it does not; a read elsewhere fetches only its own
-chunks. Chunks go through the repository's chunk cache like any
-other read; the reader keeps the chunks it fetched last in memory, bounded by its window.
+are fetched ahead (read-ahead: as many bytes as the sequential run has read so far, from
+:data:`MIN_READAHEAD` up to :data:`MAX_READAHEAD`, so a short run fetches little it will not use): in
+the same range read when the read itself needs chunks, in the background when it does not; a read
+elsewhere fetches only its own chunks. Chunks fetched ahead for files not opened yet
+(:class:`~cas.repo.readahead.ChunksAhead`) are taken before fetching. Chunks go through the
+repository's chunk cache like any other read; the reader keeps the chunks it fetched last in memory,
+bounded by its window.
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import replace
 
 from cas.errors import CasError, IntegrityError, ReadError
 from cas.format.trees import FILE, Entry
+from cas.repo.readahead import ChunksAhead, background
 from cas.repo.reader import file_chunks
 from cas.repo.repository import Repository
 from cas.types import BlobLocation
@@ -37,15 +41,20 @@ class RangeReader:
     """Random access to one stored file. Safe to share between threads (reads are serialised)."""
 
     def __init__(self, repo: Repository, entry: Entry, path: str,
-                 locations: Mapping[str, BlobLocation] | None = None) -> None:
+                 locations: Mapping[str, BlobLocation] | None = None, ahead: ChunksAhead | None = None,
+                 on_first_fetch: Callable[[], None] | None = None) -> None:
         """``locations``: where the chunks are, when the caller has looked them up already (the
-        sizes are checked all the same); by default they are asked of the repository."""
+        sizes are checked all the same); by default they are asked of the repository. ``ahead``:
+        chunks fetched (and verified) ahead of this reader, taken from there before fetching;
+        ``on_first_fetch`` is called when this reader first needs chunks (to fetch ahead there)."""
         if entry.type != FILE:
             raise IsADirectoryError(f"{path} is not a regular file")
         self.repo = repo
         self.entry = entry
         self.path = path
         self.size = entry.size
+        self._fetched_ahead = ahead
+        self._on_first_fetch = on_first_fetch
         if locations is None:
             self._locations = repo.locate(entry.chunks) if entry.chunks else {}
         else:
@@ -54,7 +63,7 @@ class RangeReader:
         self._kept: dict[int, bytes] = {}  # chunk index -> verified bytes
         self._kept_bytes = 0
         self._next_sequential = 0  # where a sequential read would start
-        self._readahead = MIN_READAHEAD
+        self._run_start = 0  # where the current run of sequential reads started
         self._lock = threading.Lock()
         self._ahead: Future[None] | None = None  # the read-ahead being fetched in the background
         self._ahead_chunks: frozenset[int] = frozenset()
@@ -83,21 +92,23 @@ class RangeReader:
         # earlier reads (a kernel's concurrent read-ahead requests arrive out of order).
         sequential = offset == self._next_sequential or first in self._kept or first - 1 in self._kept
         if not sequential:
-            self._readahead = MIN_READAHEAD
+            self._run_start = offset
             if not have:
                 self._fetch(first, last, last)
-        elif not have:
-            # Streaming but missing chunks: fetch them and the next window in the same range reads.
-            self._fetch(first, last, self._chunk_at(end + self._readahead))
-            self._readahead = min(MAX_READAHEAD, self._readahead * 2)
-        elif not ahead_busy and self._kept_after(last) < self._readahead // 2:
-            # Streaming and running low: fetch the next window in the background (a whole window,
-            # not one chunk per read as its far edge moves), so this read returns now.
-            todo = [i for i in range(last + 1, self._chunk_at(end + self._readahead) + 1) if i not in self._kept]
-            if todo:
-                self._ahead_chunks = frozenset(todo)
-                self._ahead = _readahead_pool().submit(self._fetch_ahead, todo)
-            self._readahead = min(MAX_READAHEAD, self._readahead * 2)
+        else:
+            # The read-ahead window grows with the stream: as much as has been read in this run so
+            # far, within its bounds (a short sequential read fetches little past its end).
+            window = min(MAX_READAHEAD, max(MIN_READAHEAD, end - self._run_start))
+            if not have:
+                # Streaming but missing chunks: fetch them and the next window in the same range reads.
+                self._fetch(first, last, self._chunk_at(end + window))
+            elif not ahead_busy and self._kept_after(last) < window // 2:
+                # Streaming and running low: fetch the next window in the background (a whole
+                # window, not one chunk per read as its far edge moves), so this read returns now.
+                todo = [i for i in range(last + 1, self._chunk_at(end + window) + 1) if i not in self._kept]
+                if todo:
+                    self._ahead_chunks = frozenset(todo)
+                    self._ahead = background().submit(self._fetch_ahead, todo)
         self._next_sequential = end
         self._evict(first, last)
         if first == last:  # the common case: one slice of one chunk, one copy
@@ -145,7 +156,11 @@ class RangeReader:
         if not indexes:
             return
         part = replace(self.entry, chunks=tuple(self.entry.chunks[i] for i in indexes))
-        for i, data in zip(indexes, file_chunks(self.repo, part, self._locations, self.path)):
+        if self._on_first_fetch is not None:
+            first_fetch, self._on_first_fetch = self._on_first_fetch, None
+            first_fetch()
+        ahead = self._fetched_ahead.take(part.chunks) if self._fetched_ahead is not None else None
+        for i, data in zip(indexes, file_chunks(self.repo, part, self._locations, self.path, ahead)):
             if len(data) != self._locations[self.entry.chunks[i]].raw_length:
                 raise IntegrityError(f"{self.path}: chunk {self.entry.chunks[i][:16]} is not the size "
                                      "its location records")
@@ -176,19 +191,6 @@ class RangeReader:
 
     def _forget(self, i: int) -> None:
         self._kept_bytes -= len(self._kept.pop(i))
-
-
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _readahead_pool() -> ThreadPoolExecutor:
-    """Two threads shared by every reader of the process for background read-ahead."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cas-readahead")
-        return _pool
 
 
 def _chunk_starts(entry: Entry, locations: dict[str, BlobLocation], path: str) -> list[int]:

@@ -74,8 +74,8 @@ def file_chunks(
 ) -> Iterator[bytes]:
     """The verified chunks of a file entry, in order. Raises IntegrityError naming ``path``.
 
-    Chunks in the repository's local chunk cache (if it has one) are read from there; the rest are
-    fetched in runs and added to it.
+    Chunks in ``prefetched`` (verified already) or in the repository's local chunk cache (if it has
+    one) are taken from there; the rest are fetched in runs and added to the cache.
     """
     if prefetched and all(c in prefetched for c in entry.chunks):
         for chunk_id in entry.chunks:
@@ -85,7 +85,7 @@ def file_chunks(
     # Segments in file order: a cached chunk ID, or a run of chunks to fetch with one range read.
     segments: list[str | list[tuple[str, BlobLocation]]] = []
     for chunk_id in entry.chunks:
-        if cache is not None and chunk_id in cache:
+        if (prefetched is not None and chunk_id in prefetched) or (cache is not None and chunk_id in cache):
             segments.append(chunk_id)
             continue
         loc = locations.get(chunk_id)
@@ -103,7 +103,9 @@ def file_chunks(
             segments.append([(chunk_id, loc)])
     for segment in segments:
         if isinstance(segment, str):
-            data = cache.get(segment) if cache is not None else None
+            data = prefetched.get(segment) if prefetched is not None else None
+            if data is None and cache is not None:
+                data = cache.get(segment)
             if data is None:  # evicted or damaged since we looked: fetch it alone
                 loc = locations.get(segment) or repo.locate([segment]).get(segment)
                 if loc is None:

@@ -13,6 +13,7 @@ from backends.counting import CountingBackend
 from backends.local import LocalBackend
 from cas import Store
 from cas.errors import ReadError
+from cas.format.keys import pack_key
 from cas.format.trees import DIR, Entry
 from cas.ops.view import SnapshotView
 
@@ -189,3 +190,52 @@ def test_opening_each_file_of_a_directory_locates_their_chunks_in_one_query(
     for name, data in files.items():
         assert view.open(view.lookup(f"run-1/{name}")).read(0, len(data)) == data
     assert len(queries) == 2  # the stored directory's node, then all 30 files' chunks
+
+
+def _small_files(src: Path, count: int = 40) -> dict[str, bytes]:
+    """``count`` small files of distinct content (one or a few chunks each) in ``src``."""
+    src.mkdir()
+    files = {f"f{i:02}.bin": os.urandom(4200 + 61 * i) for i in range(count)}  # over chunk_max: 2+ chunks
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    return files
+
+
+def test_a_directorys_small_files_are_fetched_ahead_with_one_read_per_pack(
+    counted: tuple[Store, CountingBackend], tmp_path: Path
+) -> None:
+    s, backend = counted
+    files = _small_files(tmp_path / "src")
+    s.snapshot(tmp_path / "src", "run-1")
+    chunks = {c for e in s.repo.read_tree(s.get("run-1").root) for c in e.chunks}
+    packs = {pack_key(loc.pack_id) for loc in s.repo.locate(chunks).values()}
+    view = s.view()
+    backend.reset()
+    for name, data in files.items():  # in name order, as `cat dir/*` reads them
+        assert view.open(view.lookup(f"run-1/{name}")).read(0, len(data) + 10) == data
+    assert len(chunks) >= 2 * len(files)  # several chunks a file, and still:
+    assert sorted(key for key, _offset, _length in backend.gets if key in packs) == sorted(packs)
+
+
+def test_a_corrupt_chunk_fetched_ahead_fails_only_the_file_holding_it(
+    counted: tuple[Store, CountingBackend], tmp_path: Path
+) -> None:
+    s, _backend = counted
+    files = _small_files(tmp_path / "src")
+    s.snapshot(tmp_path / "src", "run-1")
+    bad = next(e for e in s.repo.read_tree(s.get("run-1").root) if e.name == "f17.bin")
+    loc = s.repo.locate([bad.chunks[-1]])[bad.chunks[-1]]
+    pack = tmp_path / "repo" / pack_key(loc.pack_id)
+    raw = bytearray(pack.read_bytes())
+    raw[loc.offset + loc.length // 2] ^= 0x40
+    pack.write_bytes(bytes(raw))
+    view = s.view()
+    for name, data in files.items():
+        reader = view.open(view.lookup(f"run-1/{name}"))
+        if name != "f17.bin":
+            assert reader.read(0, len(data)) == data
+            continue
+        with pytest.raises(ReadError, match="run-1/f17.bin"):
+            reader.read(0, len(data))
+        intact = len(data) - loc.raw_length  # the chunks before the corrupt (last) one
+        assert reader.read(0, intact) == data[:intact]

@@ -1,0 +1,115 @@
+"""Chunks fetched before anyone asks for them, for the file readers that soon will.
+
+Reading a directory's small files one after the other (``cat dir/*``, ``grep -r``, an import of a
+package) costs a backend read, a decompression and a hash per file. Their chunks were written
+together and usually sit side by side in one pack, so :class:`ChunksAhead` fetches a batch of them
+with one ranged read per stretch of a pack (:func:`cas.repo.reader.prefetch`), in a background
+thread, verifies each chunk there, and holds the verified bytes until a reader takes them.
+
+Nothing is returned unverified: a chunk that fails verification (or whose read fails) is simply not
+held, so the reader that needs it fetches it itself and reports the error under its own file's path,
+and reads of the other chunks of the batch are unaffected. What is held is bounded by ``max_bytes``
+(the oldest held chunks are dropped first); chunks also go through the repository's chunk cache,
+which keeps its own cap.
+
+The background threads (:func:`background`) are shared with the read-ahead of single files
+(:class:`cas.repo.ranges.RangeReader`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from cas.errors import CasError
+from cas.repo.reader import prefetch
+from cas.repo.repository import Repository
+from cas.types import BlobLocation
+
+MAX_BYTES = 32 << 20
+"""The most chunk bytes held for readers by default."""
+
+
+class ChunksAhead:
+    """Verified chunks fetched in the background, held until taken (each is taken once). Safe to
+    share between threads."""
+
+    def __init__(self, repo: Repository, max_bytes: int = MAX_BYTES) -> None:
+        self._repo = repo
+        self._max_bytes = max_bytes
+        self._held: OrderedDict[str, bytes] = OrderedDict()
+        self._held_bytes = 0
+        self._pending: dict[str, Future[None]] = {}
+        self._lock = threading.Lock()
+
+    def wants(self, chunk_ids: Iterable[str]) -> bool:
+        """Whether any of these chunks is neither held nor being fetched."""
+        with self._lock:
+            return any(c not in self._held and c not in self._pending for c in chunk_ids)
+
+    def fetch(self, locations: Iterable[BlobLocation]) -> None:
+        """Fetch these chunks in the background (those neither held nor being fetched already)."""
+        with self._lock:
+            todo = list({loc.id: loc for loc in locations
+                         if loc.id not in self._held and loc.id not in self._pending}.values())
+            if not todo:
+                return
+            future: Future[None] = Future()
+            for loc in todo:
+                self._pending[loc.id] = future
+        background().submit(self._run, todo, future)
+
+    def _run(self, locations: list[BlobLocation], future: Future[None]) -> None:
+        got: dict[str, bytes] = {}
+        try:
+            got = prefetch(self._repo, locations)
+        except (CasError, OSError):
+            pass  # the readers fetch their chunks themselves and report what fails
+        finally:
+            with self._lock:
+                for loc in locations:
+                    self._pending.pop(loc.id, None)
+                for chunk_id, data in got.items():
+                    if chunk_id not in self._held and len(data) <= self._max_bytes:
+                        self._held[chunk_id] = data
+                        self._held_bytes += len(data)
+                while self._held_bytes > self._max_bytes:
+                    self._held_bytes -= len(self._held.popitem(last=False)[1])
+            future.set_result(None)
+
+    def take(self, chunk_ids: Iterable[str]) -> dict[str, bytes]:
+        """The verified bytes of those of these chunks that are held (or arrive from a fetch under
+        way, which this waits for), removed from what is held."""
+        wanted = list(chunk_ids)
+        while True:
+            with self._lock:
+                waiting = next((f for c in wanted if (f := self._pending.get(c)) is not None), None)
+                if waiting is None:
+                    out = {}
+                    for c in wanted:
+                        data = self._held.pop(c, None)
+                        if data is not None:
+                            out[c] = data
+                            self._held_bytes -= len(data)
+                    return out
+            waiting.result()
+
+    @property
+    def held_bytes(self) -> int:
+        with self._lock:
+            return self._held_bytes
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def background() -> ThreadPoolExecutor:
+    """Two threads shared by every reader of the process for work ahead of reads."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cas-readahead")
+        return _pool

@@ -1,0 +1,53 @@
+"""Chunks fetched ahead of their readers: held verified, within their bound, each taken once; what
+fails verification is never held (its reader fetches it and reports it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cas import Store
+from cas.format.keys import pack_key
+from cas.repo.readahead import ChunksAhead
+from tests.engine import cas_home, store  # noqa: F401 - fixtures
+
+
+def _chunks(store: Store, tmp_path: Path, count: int = 30) -> dict[str, bytes]:  # noqa: F811
+    """Stored chunks by ID with their bytes (files of one chunk each: under the minimum chunk size)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(count):
+        (src / f"f{i:02}").write_bytes(os.urandom(50))
+    store.snapshot(src, "run-1")
+    entries = store.repo.read_tree(store.get("run-1").root)
+    assert all(len(e.chunks) == 1 for e in entries)
+    return {e.chunks[0]: (src / e.name).read_bytes() for e in entries}
+
+
+def test_chunks_fetched_ahead_are_the_stored_bytes_held_once_and_bounded(
+    store: Store, tmp_path: Path  # noqa: F811
+) -> None:
+    chunks = _chunks(store, tmp_path)
+    ahead = ChunksAhead(store.repo, max_bytes=10 * 50)
+    ids = sorted(chunks)
+    assert ahead.wants(ids)
+    ahead.fetch(store.repo.locate(ids).values())
+    got = ahead.take(ids)  # waits for the fetch
+    assert 0 < len(got) <= 10 and all(chunks[c] == data for c, data in got.items())
+    assert ahead.held_bytes == 0 and ahead.take(ids) == {}  # each is taken once
+
+
+def test_a_corrupt_chunk_is_not_held_and_the_others_are(store: Store, tmp_path: Path) -> None:  # noqa: F811
+    chunks = _chunks(store, tmp_path)
+    locations = store.repo.locate(chunks)
+    bad = sorted(chunks)[7]
+    loc = locations[bad]
+    pack = tmp_path / "repo" / pack_key(loc.pack_id)
+    raw = bytearray(pack.read_bytes())
+    raw[loc.offset + loc.length // 2] ^= 0x01
+    pack.write_bytes(bytes(raw))
+    ahead = ChunksAhead(store.repo)
+    ahead.fetch(locations.values())
+    got = ahead.take(chunks)
+    assert bad not in got and got == {c: data for c, data in chunks.items() if c != bad}
+    assert ahead.wants([bad])  # its reader fetches it itself (and reports it)
