@@ -571,6 +571,7 @@ class TreeBuilder:
                 size += len(piece)
                 chunks.append(chunk_id)
                 self.writer.add(chunk_id, BlobKind.DATA, piece)
+                del piece  # not held while the chunker reads its next block
         digest = chunks[0] if len(chunks) == 1 else hasher.hexdigest()
         return size, digest, tuple(chunks)
 
