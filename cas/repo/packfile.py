@@ -18,6 +18,10 @@ from typing import BinaryIO
 from cas.format.hashing import new_hasher
 from cas.format.packs import PackEntry, encode_trailer
 
+_WRITE_BLOCK = 1 << 20
+"""Small blobs are gathered up to this many bytes, then hashed and written in one call each: a call
+per blob (a pack holds some ten thousand blobs of small files) would cost more than the bytes."""
+
 
 class PackFile:
     """Accumulates encoded blobs in a temporary file until :meth:`seal` makes them a pack.
@@ -31,6 +35,8 @@ class PackFile:
         self._file: BinaryIO | None = None
         self._hasher = new_hasher()
         self._size = 0
+        self._gathered: list[bytes | memoryview] = []
+        self._gathered_bytes = 0
         self.entries: list[PackEntry] = []
 
     def __len__(self) -> int:
@@ -45,25 +51,45 @@ class PackFile:
         self._write(payload)
 
     def _write(self, data: bytes | memoryview) -> None:
-        if self._file is None:
-            self._file = tempfile.TemporaryFile(prefix="cas-pack-")
-        self._hasher.update(data)
-        self._file.write(data)
         self._size += len(data)
+        if len(data) < _WRITE_BLOCK:
+            self._gathered.append(data)
+            self._gathered_bytes += len(data)
+            if self._gathered_bytes >= _WRITE_BLOCK:
+                self._flush()
+        else:
+            self._flush()
+            self._put(data)
+
+    def _flush(self) -> None:
+        if self._gathered:
+            block = b"".join(self._gathered)
+            self._gathered.clear()
+            self._gathered_bytes = 0
+            self._put(block)
+
+    def _put(self, data: bytes | memoryview) -> None:
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="cas-pack-", buffering=0)
+        self._hasher.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[self._file.write(view) :]
 
     def seal(self) -> tuple[str, BinaryIO, list[PackEntry]]:
         """Return ``(pack_id, file, entries)``: the pack's bytes are the whole of ``file``, which is
         positioned at its start. The builder must not be used afterwards."""
         self._write(encode_trailer(self.entries))
+        self._flush()
         f = self._file
         assert f is not None
         self._file = None
-        f.flush()
         f.seek(0)
         return self._hasher.hexdigest(), f, self.entries
 
     def discard(self) -> None:
         """Drop the blobs added so far (and their temporary file)."""
+        self._gathered.clear()
         if self._file is not None:
             self._file.close()
             self._file = None

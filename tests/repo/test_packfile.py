@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cas.format.hashing import hexdigest
 from cas.format.packs import PackBuilder, split_pack
+from cas.repo import packfile
 from cas.repo.packfile import PackFile
 from cas.types import BlobKind, Codec
 
@@ -17,17 +19,21 @@ blobs = st.lists(
 
 
 @settings(max_examples=100, deadline=None)
-@given(blobs=blobs)
+@given(blobs=blobs, write_block=st.integers(1, 10_000))
 def test_a_pack_file_holds_the_bytes_and_name_of_the_pack_built_in_memory(
-    blobs: list[tuple[bytes, BlobKind, Codec]],
+    blobs: list[tuple[bytes, BlobKind, Codec]], write_block: int
 ) -> None:
+    # Small blobs are gathered and written together, large ones at once: at any threshold the
+    # file holds the same bytes as the buffer.
     in_memory, in_file = PackBuilder(), PackFile()
-    for payload, kind, codec in blobs:
-        blob_id = hexdigest(payload + bytes([kind]))
-        in_memory.add(blob_id, kind, codec, payload, len(payload) + 1)
-        in_file.add(blob_id, kind, codec, payload, len(payload) + 1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(packfile, "_WRITE_BLOCK", write_block)
+        for payload, kind, codec in blobs:
+            blob_id = hexdigest(payload + bytes([kind]))
+            in_memory.add(blob_id, kind, codec, payload, len(payload) + 1)
+            in_file.add(blob_id, kind, codec, payload, len(payload) + 1)
+        pack_id, f, entries = in_file.seal()
     expected_id, expected, expected_entries = in_memory.seal()
-    pack_id, f, entries = in_file.seal()
     with f:
         data = f.read()
     assert data == bytes(expected)
@@ -38,7 +44,8 @@ def test_a_pack_file_holds_the_bytes_and_name_of_the_pack_built_in_memory(
 
 def test_discarding_an_unsealed_pack_closes_its_file() -> None:
     pack = PackFile()
-    pack.add(hexdigest(b"x"), BlobKind.DATA, Codec.RAW, b"x", 1)
+    big = bytes(packfile._WRITE_BLOCK)  # written to the file at once
+    pack.add(hexdigest(big), BlobKind.DATA, Codec.RAW, big, len(big))
     f = pack._file
     assert f is not None and not f.closed
     pack.discard()
