@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from typing import BinaryIO
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from cas.format.compression import encode
 from cas.errors import AlreadyExists, IntegrityError

@@ -8,9 +8,10 @@ import pytest
 
 from cas import Store
 from cas.format.hashing import hexdigest
+from cas.format.keys import pack_key
 from cas.repo.blobwriter import BlobWriter
 from cas.types import BlobKind
-from tests.engine import cas_home, either_store, store  # noqa: F401 - fixtures
+from tests.engine import cas_home, either_store, object_file, store  # noqa: F401 - fixtures
 
 
 def test_queued_chunks_do_not_keep_their_read_block_alive(store: Store) -> None:
@@ -46,3 +47,39 @@ def test_blobs_written_through_pack_files_read_back(either_store: Store, packs: 
         assert either_store.repo.read_blob(hexdigest(data)) == data
     on_backend = sum(1 for _ in either_store.repo.backend.list("data/"))
     assert on_backend == writer.stats.packs == len(either_store.repo.index.pack_rows())
+
+
+@pytest.mark.parametrize("damage", [None, "truncate", "flip"])
+def test_a_pack_already_stored_is_kept_if_whole_and_replaced_if_damaged(
+    either_store: Store, damage: str | None  # noqa: F811
+) -> None:
+    # The same blobs written again make the same pack (same name): the object found under it is
+    # compared with the pack file and kept if identical, replaced if it is a damaged copy.
+    blobs = [os.urandom(30_000) for _ in range(5)]
+
+    def write() -> list[str]:
+        with BlobWriter(either_store.repo, dedup=False) as writer:
+            for data in blobs:
+                writer.add(hexdigest(data), BlobKind.DATA, data)
+            writer.flush()
+        return sorted({loc.pack_id for loc in writer.written})
+
+    packs = write()
+    assert len(packs) == 1
+    path = object_file(either_store, pack_key(packs[0]))
+    original = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(original[: len(original) // 2])
+    elif damage == "flip":
+        path.write_bytes(original[:100] + bytes([original[100] ^ 1]) + original[101:])
+    before = path.stat().st_mtime_ns
+    assert write() == packs
+    stored = path.read_bytes()
+    if damage is None:
+        assert path.stat().st_mtime_ns == before  # left as it was
+    else:
+        assert len(stored) == len(original)
+        assert either_store.encrypted or stored == original  # sealed again: a new nonce
+    assert either_store.verify(read_data=True).ok
+    for data in blobs:
+        assert either_store.repo.read_blob(hexdigest(data)) == data
