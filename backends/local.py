@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -78,7 +79,7 @@ class LocalBackend(Backend):
                 if isinstance(data, (bytes, bytearray, memoryview)):
                     f.write(data)
                 else:
-                    shutil.copyfileobj(data, f, _COPY_BLOCK)
+                    _copy_stream(data, f)
                 f.flush()
                 os.fsync(f.fileno())
             if overwrite:
@@ -159,6 +160,38 @@ def _makedirs_private(path: str) -> None:
     except FileExistsError:
         if not os.path.isdir(path):
             raise
+
+
+def _copy_stream(src: BinaryIO, dst: BinaryIO) -> None:
+    """Copy the rest of ``src`` to ``dst``: inside the kernel (``copy_file_range``) when ``src`` is
+    a regular file, so the bytes never pass through this process's memory; by blocks otherwise."""
+    try:
+        src_fd = src.fileno()
+        start = src.tell()
+        regular = stat.S_ISREG(os.fstat(src_fd).st_mode)
+    except (AttributeError, OSError, ValueError):
+        regular = False
+    copy_range = getattr(os, "copy_file_range", None)
+    if regular and copy_range is not None:
+        dst.flush()
+        pos = start
+        try:
+            while True:
+                n = copy_range(src_fd, dst.fileno(), _COPY_BLOCK, pos)
+                if not n:
+                    break
+                pos += n
+        except OSError as exc:
+            if pos != start or exc.errno not in _NO_COPY_RANGE:
+                raise
+        else:
+            src.seek(pos)
+            return
+    shutil.copyfileobj(src, dst, _COPY_BLOCK)
+
+
+#: ``copy_file_range`` refused before copying anything: copy through memory instead.
+_NO_COPY_RANGE = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF})
 
 
 def fsync_directory(path: str) -> None:

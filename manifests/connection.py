@@ -159,12 +159,13 @@ class IndexConnection:
         with self._read() as conn:
             yield from self._lookup_on(conn, sql, ids)
 
-    def _lookup_on(self, conn, sql: str, ids: Iterable[str]) -> Iterator[tuple]:  # type: ignore[no-untyped-def,type-arg]
+    def _lookup_on(self, conn, sql: str, ids: Iterable[str], tail: str = "") -> Iterator[tuple]:  # type: ignore[no-untyped-def,type-arg]
+        """:meth:`_lookup` on ``conn``; ``tail`` follows the list of IDs (a ``GROUP BY``)."""
         wanted = list(dict.fromkeys(ids))
         mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         for start in range(0, len(wanted), LOOKUP_BATCH):
             batch = wanted[start : start + LOOKUP_BATCH]
-            statement = sql + "(" + ",".join([mark] * len(batch)) + ")"
+            statement = sql + "(" + ",".join([mark] * len(batch)) + ")" + tail
             yield from conn.exec_driver_sql(statement, tuple(batch)).fetchall()
 
 

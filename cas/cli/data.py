@@ -26,6 +26,9 @@ def snapshot_filter(args: argparse.Namespace) -> SnapshotFilter:
                           one_file_system=args.one_file_system)
 
 def cmd_snapshot(store: Store, args: argparse.Namespace) -> int:
+    from cas.allocator import limit_arenas
+
+    limit_arenas()  # before the writer's threads start: less memory held by their arenas
     labels = parse_labels(args.label)
     with progress_bar(args, "snapshot") as progress:
         snap = store.snapshot(

@@ -23,6 +23,7 @@ by plain FastCDC, exactly as under the ``fastcdc`` chunker.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -64,7 +65,8 @@ class Chunker:
         )
 
     def chunks(self, stream: BinaryIO, size_hint: int) -> Iterator[memoryview]:
-        """Yield the non-empty chunks of ``stream`` in order, each a read-only view valid indefinitely.
+        """Yield the non-empty chunks of ``stream`` in order, each a read-only view valid until the
+        next chunk is asked for (the buffer it views is then read into again: copy it to keep it).
 
         ``size_hint`` is the size the file had when it was stat'ed; the chunks are those of what is
         actually read, whatever its length. Under ``fastcdc-archives-1`` a seekable stream of at
@@ -109,18 +111,17 @@ class Chunker:
         # Read what the file is said to hold (+1 to see its end) rather than a whole block: a short
         # bytes object shrunk from 8 MiB fragments the heap, once per file.
         want = min(_READ_BLOCK, max(size_hint, 0) + 1)
+        blocks = _Blocks(stream, self.max_size)
         while True:
-            block = stream.read(want)
+            data, at_end = blocks.read(carry, want)
             want = _READ_BLOCK
-            data = carry + block if carry else block
-            at_end = not block
             if not data:
                 return
             if at_end:
                 yield from self.chunk_buffer(data)
                 return
             if len(data) < self.min_size:
-                carry = data
+                carry = bytes(data)
                 continue
             view = memoryview(data)
             pieces = list(self._cdc.cut_buf(view))
@@ -198,6 +199,40 @@ def _read_up_to(stream: BinaryIO, n: int) -> bytes:
         parts.append(more)
         got += len(more)
     return b"".join(parts)
+
+
+_READS_INTO = (io.FileIO, io.BufferedReader, io.BytesIO)
+"""Streams read into a buffer given (any other stream is read with ``read``)."""
+
+
+class _Blocks:
+    """The blocks of one stream, each after the carry of the one before.
+
+    A file is read straight into one buffer, reused from block to block: no block is allocated,
+    faulted in and copied again to be joined to its carry, and a file's reading holds one block's
+    memory however large the file. So a chunk of a file is valid only until the next one is asked
+    for (see :meth:`Chunker.chunks`). Other streams are read with ``read`` and joined.
+    """
+
+    def __init__(self, stream: BinaryIO, max_carry: int) -> None:
+        self._stream = stream
+        self._into = isinstance(stream, _READS_INTO)
+        self._max_carry = max_carry
+        self._buffer: bytearray | None = None
+
+    def read(self, carry: bytes, want: int) -> tuple[bytes | memoryview, bool]:
+        """``carry`` followed by one read of up to ``want`` bytes, and whether the read found the end."""
+        if not self._into:
+            block = self._stream.read(want)
+            return (carry + block if carry else block), not block
+        need = len(carry) + want
+        if self._buffer is None or len(self._buffer) < need:
+            # Sized to a small file, or else once for any block and its carry.
+            self._buffer = bytearray(need if want < _READ_BLOCK else _READ_BLOCK + max(len(carry), self._max_carry))
+        view = memoryview(self._buffer)
+        view[: len(carry)] = carry
+        got = self._stream.readinto(view[len(carry) : need]) or 0  # type: ignore[attr-defined]
+        return view[: len(carry) + got].toreadonly(), not got
 
 
 def _seekable(stream: BinaryIO) -> bool:

@@ -91,15 +91,20 @@ class PackBuilder:
     def seal(self) -> tuple[str, memoryview, list[PackEntry]]:
         """Return ``(pack_id, pack_bytes, entries)``, the bytes as a read-only view of the builder's
         one buffer (not a copy); the builder must not be used afterwards."""
-        trailer = bytearray(_HEADER.pack(TRAILER_MAGIC, PACK_VERSION, len(self.entries)))
-        for e in self.entries:
-            trailer += _ENTRY.pack(e.kind, e.codec, bytes.fromhex(e.id), e.offset, e.length, e.raw_length)
-        trailer += _FOOTER.pack(len(trailer), MAGIC)
-        self._write(trailer)
+        self._write(encode_trailer(self.entries))
         assert self._buffer is not None
         view = memoryview(self._buffer)[: self._size].toreadonly()
         self._buffer = None
         return hexdigest(view), view, self.entries
+
+
+def encode_trailer(entries: list[PackEntry]) -> bytes:
+    """The trailer and footer that end a pack whose blobs are ``entries``, in order."""
+    trailer = bytearray(_HEADER.pack(TRAILER_MAGIC, PACK_VERSION, len(entries)))
+    for e in entries:
+        trailer += _ENTRY.pack(e.kind, e.codec, bytes.fromhex(e.id), e.offset, e.length, e.raw_length)
+    trailer += _FOOTER.pack(len(trailer), MAGIC)
+    return bytes(trailer)
 
 
 def parse_footer(footer: bytes) -> int:

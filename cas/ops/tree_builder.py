@@ -525,11 +525,13 @@ class TreeBuilder:
                 raise _Replaced
             if not stat.S_ISREG(before.st_mode):
                 raise _Special
-            # Opened non-blocking only so that a FIFO swapped in could not block the open.
-            os.set_blocking(fd, True)
+            # Opened non-blocking only so that a FIFO swapped in could not block the open. A
+            # regular file's reads ignore the flag (Linux): a small file is read as it is opened,
+            # a system call fewer per file, and made blocking only if a read says it would block.
             if before.st_size < self.chunker.min_size:
                 size, digest, chunks = self._read_small(fd, before.st_size)
             else:
+                os.set_blocking(fd, True)
                 size, digest, chunks = self._read_chunked(fd, before.st_size)
             after = os.fstat(fd)
         finally:
@@ -540,23 +542,39 @@ class TreeBuilder:
 
     def _read_small(self, fd: int, size: int) -> tuple[int, str, tuple[str, ...]]:
         """A file below the minimum chunk size: one chunk (read the general way if it grew past it)."""
-        limit = self.chunker.min_size
-        # Ask for the size fstat reports (+1 to notice growth): a buffer of the minimum chunk
-        # size per small file would be allocated and shrunk 47,000 times for a site-packages.
-        data = os.read(fd, min(limit, size + 1))
-        while len(data) < limit:
-            more = os.read(fd, limit - len(data))
-            if not more:
-                break
-            data += more
-        else:
+        try:
+            data = self._read_below(fd, size)
+        except BlockingIOError:
+            os.set_blocking(fd, True)
             os.lseek(fd, 0, os.SEEK_SET)
-            return self._read_chunked(fd, len(data))
+            data = self._read_below(fd, size)
+        if data is None:
+            os.set_blocking(fd, True)
+            os.lseek(fd, 0, os.SEEK_SET)
+            return self._read_chunked(fd, self.chunker.min_size)
         chunk_id = hexdigest(data)
         if not data:
             return 0, chunk_id, ()
         self.writer.add(chunk_id, BlobKind.DATA, data)
         return len(data), chunk_id, (chunk_id,)
+
+    def _read_below(self, fd: int, size: int) -> bytes | None:
+        """The whole of a file fstat said was ``size`` bytes (below the minimum chunk size); None
+        if it holds the minimum chunk size or more (it grew)."""
+        limit = self.chunker.min_size
+        # Ask for the size fstat reports (+1 to notice growth): a buffer of the minimum chunk
+        # size per small file would be allocated and shrunk 47,000 times for a site-packages.
+        data = os.read(fd, min(limit, size + 1))
+        if len(data) == size:
+            # All it held when stat'ed, and not a byte more: no read to see the end. Had it grown
+            # or changed since, the fstat after reading says so and the file is read again.
+            return data
+        while len(data) < limit:
+            more = os.read(fd, limit - len(data))
+            if not more:
+                return data
+            data += more
+        return None
 
     def _read_chunked(self, fd: int, size_hint: int) -> tuple[int, str, tuple[str, ...]]:
         chunks: list[str] = []
@@ -571,6 +589,7 @@ class TreeBuilder:
                 size += len(piece)
                 chunks.append(chunk_id)
                 self.writer.add(chunk_id, BlobKind.DATA, piece)
+                del piece  # not held while the chunker reads its next block
         digest = chunks[0] if len(chunks) == 1 else hasher.hexdigest()
         return size, digest, tuple(chunks)
 

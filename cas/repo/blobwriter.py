@@ -2,7 +2,8 @@
 
 Order of effects, which is what makes a crash harmless (docs/FORMAT.md, "Write order"):
 
-1. a pack is uploaded whole under its content name;
+1. a pack is uploaded whole under its content name (built in a temporary file, not in memory:
+   :mod:`cas.repo.packfile`);
 2. only then are its blobs' index rows committed, in one transaction.
 
 So every blob the index knows is in a pack on the backend, and a crash leaves at most packs that no
@@ -17,20 +18,23 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from cas.format.compression import encode
 from cas.errors import AlreadyExists, IntegrityError
-from cas.format.packs import MAX_BLOB_SIZE, PackBuilder
+from cas.format.packs import MAX_BLOB_SIZE
 from cas.format.keys import pack_key
 from cas.types import BlobKind
+from cas.repo.packfile import PackFile
 from cas.repo.repository import Repository
 from cas.types import BlobLocation
 from manifests.errors import PackBeingDeleted
 
 _TOMBSTONE_WAIT = 120.0
 _DEDUP_BATCH = 400
-_PENDING_BYTES = 8 * 1024 * 1024
+_PENDING_BYTES = 4 * 1024 * 1024
 _GROUP_BYTES = 2 * 1024 * 1024
+_COMPARE_BLOCK = 1024 * 1024
 
 
 @dataclass
@@ -90,6 +94,11 @@ class BlobWriter:
         if blob_id in self._seen:
             return
         self._seen.add(blob_id)
+        if isinstance(data, memoryview) and not (type(data.obj) is bytes and data.nbytes == len(data.obj)):
+            # A chunk cut from a read block (which the chunker reads into again for the next
+            # block), or any view of another buffer: queued as it is, it would change under us or
+            # keep the whole block alive until encoded. A copy holds only its own bytes.
+            data = bytes(data)
         self._pending.append((blob_id, kind, data))
         self._pending_bytes += len(data)
         if len(self._pending) >= _DEDUP_BATCH or self._pending_bytes >= _PENDING_BYTES:
@@ -111,6 +120,8 @@ class BlobWriter:
             self._closed = True
             self._encoders.shutdown(wait=True, cancel_futures=True)
             self._uploaders.shutdown(wait=True, cancel_futures=True)
+            for builder in self._builders.values():
+                builder.discard()
 
     def __enter__(self) -> BlobWriter:
         return self
@@ -140,9 +151,9 @@ class BlobWriter:
             if group:
                 self._submit(kind, group)
 
-    def _builder(self) -> PackBuilder:
-        # Room for a full pack, the blob that ends it and its trailer: reserved, not touched.
-        return PackBuilder(2 * self.pack_size + _PENDING_BYTES)
+    @staticmethod
+    def _builder() -> PackFile:
+        return PackFile()
 
     def _submit(self, kind: int, group: list[tuple[str, bytes | memoryview]]) -> None:
         queue = self._encoding[kind]
@@ -167,16 +178,26 @@ class BlobWriter:
         builder = self._builders[kind]
         self._builders[kind] = self._builder()
         pack_id, data, entries = builder.seal()
+        size = builder.size  # with the trailer
         self.stats.packs += 1
-        self.stats.pack_bytes += len(data)
+        self.stats.pack_bytes += size
         while len(self._uploads) >= self._max_uploading:
             self._uploads.popleft().result()
         rows = [BlobLocation(e.id, e.kind, pack_id, e.offset, e.length, e.raw_length, e.codec) for e in entries]
         if not self.dedup:
             self.written.extend(rows)
-        self._uploads.append(self._uploaders.submit(self._upload, pack_id, data, rows))
+        try:
+            self._uploads.append(self._uploaders.submit(self._upload, pack_id, data, size, rows))
+        except BaseException:
+            data.close()
+            raise
 
-    def _upload(self, pack_id: str, data: memoryview, rows: list[BlobLocation]) -> None:
+    def _upload(self, pack_id: str, data: BinaryIO, size: int, rows: list[BlobLocation]) -> None:
+        with data:
+            self._store(pack_id, data, size, rows)
+
+    def _store(self, pack_id: str, data: BinaryIO, size: int, rows: list[BlobLocation]) -> None:
+        """Put the pack ``data`` (a file of ``size`` bytes, at its start) and then its index rows."""
         key = pack_key(pack_id)
         try:
             self.repo.backend.put(key, data, overwrite=False)
@@ -184,15 +205,16 @@ class BlobWriter:
             # Same name should mean same bytes (another writer stored this exact pack), but the
             # object may be a damaged copy: check, and replace it only if it is not ours.
             try:
-                same = self.repo.backend.get(key) == data
+                same = _same_bytes(self.repo.backend.get(key), data)
             except (FileNotFoundError, IntegrityError):  # gone, or an encrypted copy that is damaged
                 same = False
             if not same:
+                data.seek(0)
                 self.repo.backend.put(key, data, overwrite=True)
         deadline = time.monotonic() + _TOMBSTONE_WAIT
         while True:
             try:
-                self.repo.index.add_pack(pack_id, len(data), rows)
+                self.repo.index.add_pack(pack_id, size, rows)
                 return
             except PackBeingDeleted:
                 # GC is deleting an identical pack (left by a crashed writer): once it is done,
@@ -202,7 +224,22 @@ class BlobWriter:
                 if self.repo.index.is_tombstoned(pack_id):
                     time.sleep(0.2)
                     continue
+                data.seek(0)
                 self.repo.backend.put(key, data, overwrite=True)
+
+
+def _same_bytes(stored: bytes, data: BinaryIO) -> bool:
+    """Whether the file ``data`` holds exactly ``stored`` (compared from its start)."""
+    data.seek(0)
+    view = memoryview(stored)
+    pos = 0
+    while True:
+        block = data.read(_COMPARE_BLOCK)
+        if not block:
+            return pos == len(view)
+        if view[pos : pos + len(block)] != block:
+            return False
+        pos += len(block)
 
 
 def _encode_group(group: list[tuple[str, bytes | memoryview]], level: int) -> list[tuple[str, int, int, bytes]]:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,21 @@ def test_no_temporary_files_left_after_put(tmp_path: Path) -> None:
 def test_local_backend_matches_a_dict_model(tmp_path: Path) -> None:
     runs = itertools.count()
     check_against_model(lambda: LocalBackend(tmp_path / f"run-{next(runs)}"))
+
+
+def test_put_from_a_pipe_is_copied_through_memory(tmp_path: Path) -> None:
+    # Not a regular file: copy_file_range does not apply, the blocks are read and written.
+    backend = LocalBackend(tmp_path / "repo")
+    payload = os.urandom(1_000_003)
+    read_end, write_end = os.pipe()
+
+    def feed() -> None:
+        with os.fdopen(write_end, "wb") as w:
+            w.write(payload)
+
+    with os.fdopen(read_end, "rb") as reader:
+        writer = threading.Thread(target=feed)
+        writer.start()
+        backend.put("piped", reader)
+        writer.join()
+    assert (tmp_path / "repo" / "piped").read_bytes() == payload

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 import random
+import tempfile
 import tarfile
 import zipfile
 
@@ -13,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cas.format import chunking
 from cas.format.chunking import GROUP_MAX, SMALL_MEMBER, Chunker
 from cas.format.config import ChunkerName, RepoConfig
 from tests.format.makers import (
@@ -100,6 +103,36 @@ def test_unseekable_streams_are_cut_plainly() -> None:
 
     pieces = [bytes(p) for p in Chunker(SMALL).chunks(Pipe(), len(data))]  # type: ignore[arg-type]
     assert pieces == cut(data, chunker=ChunkerName.FASTCDC)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(max_size=60_000) | st.integers(0, 60_000).map(lambda n: random.Random(n).randbytes(n)),
+       block=st.integers(SMALL.chunk_max + 1, 3 * SMALL.chunk_max), grows=st.binary(max_size=300))
+def test_files_read_in_blocks_are_cut_as_the_whole_content(data: bytes, block: int, grows: bytes) -> None:
+    # Files are read straight into one buffer per block (readinto); the cuts must be those of the
+    # whole content at once, as for a stream read with read(), at any block size, also when the
+    # file holds more than its size hint said.
+    class ReadOnly(io.RawIOBase):
+        def __init__(self, inner: io.BytesIO) -> None:
+            self.inner = inner
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+            return self.inner.read(n)
+
+    content = data + grows
+    whole = [bytes(p) for p in Chunker(SMALL).chunk_buffer(content) if len(p)]
+    with pytest.MonkeyPatch.context() as patch, tempfile.TemporaryFile() as f:
+        patch.setattr(chunking, "_READ_BLOCK", block)
+        f.write(content)
+        f.flush()
+        f.seek(0)
+        with os.fdopen(os.dup(f.fileno()), "rb", buffering=0) as raw:
+            from_file = [bytes(p) for p in Chunker(SMALL, ChunkerName.FASTCDC).chunks(raw, len(data))]
+        from_read = [bytes(p) for p in Chunker(SMALL, ChunkerName.FASTCDC).chunks(ReadOnly(io.BytesIO(content)), len(data))]
+    assert from_file == from_read == whole
 
 
 def test_plain_content_is_cut_as_fastcdc_cuts_it() -> None:

@@ -55,7 +55,9 @@ class CountingBackend(Backend):
     def put(self, key: str, data: bytes | memoryview | BinaryIO, *, overwrite: bool = True) -> None:
         self.puts += 1
         if key.startswith("data/"):
-            self.pack_puts.append(bytes(data))  # type: ignore[arg-type]
+            if not isinstance(data, (bytes, bytearray, memoryview)):  # a pack file (cas/repo/packfile.py)
+                data = data.read()
+            self.pack_puts.append(bytes(data))
         self.inner.put(key, data, overwrite=overwrite)
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
