@@ -47,7 +47,11 @@ from cas.types import BlobLocation
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _OPEN_DIRS = 64
+#: Directories kept open past their turn to be finished because removals in them still run.
+_OPEN_REMOVING = 64
 _OPEN_ANCESTORS = 64
+#: Subdirectories entered ahead of the walk (their files already on the pool) at any time.
+_LOOK_AHEAD = 16
 #: Small files already fetched are written by one task per this many files or bytes, not one each.
 _BATCH_FILES = 32
 _BATCH_BYTES = 1024 * 1024
@@ -81,6 +85,10 @@ class _Level:
     subdirs: list[tuple[Entry, str]]
     trees: dict[str, BlobLocation]
     next: int = 0
+    ahead: int = 0
+    """Subdirectories before this index have been entered (``started``, or walked already)."""
+    started: dict[int, _Level | None] = field(default_factory=dict)
+    """Subdirectories entered ahead of the walk (see ``_look_ahead``), by index; None: it failed."""
 
 
 @dataclass
@@ -158,6 +166,7 @@ class Restorer:
         self.report = RestoreReport()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-restore")
         self._jobs: deque[_DirJob] = deque()
+        self._removing: deque[_DirJob] = deque()
         self._writer = FileWriter(temporary_tag())
         self._remover = Remover()
         self._local = LocalChunks()
@@ -165,6 +174,7 @@ class Restorer:
         self._lock = threading.Lock()
         self._dest = ""
         self._delete_root = True
+        self._ahead = 0
 
     def restore(self, entries: list[Entry], dest: str, root_meta: tuple[int, int] | None) -> RestoreReport:
         """Restore ``entries`` into directory ``dest``; ``root_meta`` is (mode, mtime_ns) for ``dest``.
@@ -216,17 +226,29 @@ class Restorer:
         so it can be finished before its subtrees. Of the directories on the walk's path, only the
         deepest :data:`_OPEN_ANCESTORS` stay open: a higher one has its files awaited and is closed,
         then reopened through ``..`` (checked to be the same directory) when the walk climbs back.
+
+        The walk also looks ahead: the next subdirectories of the directory it is in are entered
+        before their turn (at most :data:`_LOOK_AHEAD` at a time), so that a large file in a small
+        directory late in the walk (a model next to thousands of packages) is not left for last.
         """
         stack: list[_Level] = []
+        self._ahead = 0
         try:
             stack.append(self._start_dir(_DirJob(dest_fd, False, None), entries, ""))
             while stack:
                 level = stack[-1]
                 if level.next < len(level.subdirs):
-                    entry, path = level.subdirs[level.next]
+                    self._look_ahead(level)
+                    index = level.next
                     level.next += 1
-                    assert level.job.fd is not None
-                    child = self._enter(level.job.fd, entry, path, level.trees)
+                    if index in level.started:
+                        child = level.started.pop(index)
+                        self._ahead -= child is not None
+                    else:
+                        entry, path = level.subdirs[index]
+                        assert level.job.fd is not None
+                        child = self._enter(level.job.fd, entry, path, level.trees)
+                        level.ahead = max(level.ahead, level.next)
                     if child is not None:
                         stack.append(child)
                         if len(stack) > _OPEN_ANCESTORS:
@@ -239,8 +261,22 @@ class Restorer:
                 self._drain(_OPEN_DIRS)
         except BaseException:
             for level in reversed(stack):
+                for ahead in level.started.values():
+                    if ahead is not None:
+                        self._finish(ahead.job, quiet=True)
                 self._finish(level.job, quiet=True)
             raise
+
+    def _look_ahead(self, level: _Level) -> None:
+        """Enter the level's next subdirectories not yet entered, within :data:`_LOOK_AHEAD`."""
+        level.ahead = max(level.ahead, level.next)
+        while level.ahead < len(level.subdirs) and self._ahead < _LOOK_AHEAD:
+            entry, path = level.subdirs[level.ahead]
+            assert level.job.fd is not None
+            child = self._enter(level.job.fd, entry, path, level.trees)
+            level.started[level.ahead] = child
+            level.ahead += 1
+            self._ahead += child is not None
 
     def _enter(self, parent_fd: int, entry: Entry, path: str, trees: dict[str, BlobLocation]) -> _Level | None:
         """Open the subdirectory ``entry`` and create its entries; None if that failed (recorded)."""
@@ -373,13 +409,29 @@ class Restorer:
         job.fd = fd
 
     def _drain(self, keep: int) -> None:
+        """Finish queued directories until ``keep`` are left (0: all). A directory whose removals
+        still run is set aside instead, and finished once they are done (its mode and mtime then
+        set after them), so that the walk goes on while a large subtree is deleted; at most
+        :data:`_OPEN_REMOVING` wait so."""
         while len(self._jobs) > keep:
-            self._finish(self._jobs.popleft())
+            job = self._jobs.popleft()
+            if keep and any(not removal.done() for _, removal in job.removals):
+                self._removing.append(job)
+            else:
+                self._finish(job)
+        waiting = len(self._removing)
+        for _ in range(waiting):
+            job = self._removing.popleft()
+            if not keep or waiting > _OPEN_REMOVING or all(removal.done() for _, removal in job.removals):
+                self._finish(job)
+                waiting -= 1
+            else:
+                self._removing.append(job)
 
     def _abandon(self) -> None:
         """After a fatal error: wait for whatever is still being written, close every descriptor."""
-        while self._jobs:
-            self._finish(self._jobs.popleft(), quiet=True)
+        while self._jobs or self._removing:
+            self._finish((self._jobs or self._removing).popleft(), quiet=True)
 
     def _finish(self, job: _DirJob, *, quiet: bool = False) -> None:
         """Wait for *every* file of the directory before closing its descriptor (a worker must never
@@ -463,7 +515,7 @@ class Restorer:
                 name = item.name
                 if name not in wanted and not name.startswith(TMP_PREFIX):
                     if delete_here:  # no lstat: the remover looks for itself
-                        removal = self._pool.submit(self._remover.remove, dir_fd, name)
+                        removal = self._remover.submit(dir_fd, name)
                         job.removals.append((prefix + name, removal))
                     continue
                 try:
