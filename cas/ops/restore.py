@@ -188,7 +188,8 @@ class Restorer:
         self._delete_root = root_meta is not None
         dest_fd = self._open_destination(dest)
         try:
-            self._restore_tree(dest_fd, entries)
+            with self.repo.lookups_on_one_connection():  # one lookup per directory: no checkout each
+                self._restore_tree(dest_fd, entries)
             self._drain(0)
             if root_meta is not None and not self.report.failures:
                 self._apply_dir_meta(dest_fd, root_meta[0], root_meta[1])
