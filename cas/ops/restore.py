@@ -27,7 +27,7 @@ import stat
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -57,8 +57,10 @@ _BATCH_FILES = 32
 _BATCH_BYTES = 1024 * 1024
 #: Files up to this size have their chunks fetched together, per directory (see reader.prefetch).
 _PREFETCH_FILE_SIZE = 1024 * 1024
-#: Files in place up to this size are compared with the tree by the walk itself, not a worker.
+#: Files in place up to this size are compared with the tree by the walk itself, not a worker:
+#: on two comparer threads, while the walk queries the index, when a directory has this many.
 _COMPARE_AT_ONCE = 256 * 1024
+_COMPARE_ON_THREADS = 8
 
 ProgressFn = Callable[[int, int], None]
 
@@ -165,6 +167,7 @@ class Restorer:
         self.progress = progress
         self.report = RestoreReport()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-restore")
+        self._comparers = ThreadPoolExecutor(2, thread_name_prefix="cas-restore-compare")
         self._jobs: deque[_DirJob] = deque()
         self._removing: deque[_DirJob] = deque()
         self._writer = FileWriter(temporary_tag())
@@ -197,6 +200,7 @@ class Restorer:
             self._abandon()
             os.close(dest_fd)
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._comparers.shutdown(wait=True)
             self._remover.close()
         return self.report
 
@@ -305,18 +309,31 @@ class Restorer:
         assert dir_fd is not None
         if self.select is not None:
             entries = [e for e in entries if self.select(prefix + e.name, e)]
+        comparing: list[Future[list[tuple[Entry, bool]]]] = []
         try:
             present: dict[str, os.stat_result] = {}
             if self.overwrite:
                 present = self._survey(job, entries, prefix)
-            matched = self._match_in_place(dir_fd, entries, present, prefix) if present else set()
+            matched: set[str] = set()
+            maybe: set[str] = set()
+            if present:
+                matched, maybe, comparing = self._match_in_place(dir_fd, entries, present)
             # One index query for this directory: the chunks of its files still to write (and of
-            # matched ones whose chunks are recorded as local) and its subdirectories' trees.
+            # matched ones whose chunks are recorded as local) and its subdirectories' trees. The
+            # one chunk of a small file still being compared is asked for after, if it differs.
             locations = self.repo.locate(
                 c for e in entries for c in (
-                    (e.chunks if e.name not in matched or len(e.chunks) > 1 else ()) if e.type == FILE
-                    else (e.tree,) if e.type == DIR else ())
+                    (e.chunks if len(e.chunks) > 1 or (e.name not in matched and e.name not in maybe) else ())
+                    if e.type == FILE else (e.tree,) if e.type == DIR else ())
             )
+            if comparing:
+                for future in comparing:
+                    matched |= self._compared(future.result())
+                comparing = []
+                differ = [c for e in entries if e.name in maybe and e.name not in matched and len(e.chunks) == 1
+                          for c in e.chunks]
+                if differ:
+                    locations.update(self.repo.locate(differ))
             for entry in entries:
                 if entry.name in matched:
                     self._local.add_file(self._full_path(prefix + entry.name), entry, locations)
@@ -358,6 +375,7 @@ class Restorer:
             if batch:
                 self._submit_batch(job, batch, locations, prefetched)
         except BaseException:
+            wait(comparing)  # they read through the directory's descriptor, closed next
             self._finish(job, quiet=True)
             raise
         trees = {e.tree: locations[e.tree] for e, _ in subdirs if e.tree in locations}
@@ -586,38 +604,57 @@ class Restorer:
         self.report.written += 1
 
     def _match_in_place(
-        self, dir_fd: int, entries: list[Entry], present: dict[str, os.stat_result], prefix: str
-    ) -> set[str]:
-        """Names of files found matching right here, without a worker: those the lstat already
-        proves (``trust_mtime``: size, mtime and mode equal) and small ones, hashed at once. The
-        others are compared by the workers."""
+        self, dir_fd: int, entries: list[Entry], present: dict[str, os.stat_result]
+    ) -> tuple[set[str], set[str], list[Future[list[tuple[Entry, bool]]]]]:
+        """Files found matching without a file worker: those the lstat already proves
+        (``trust_mtime``: size, mtime and mode equal) and small ones, hashed. Returns the names
+        matched so far and, when a directory has many small files to hash, the names being compared
+        and the comparisons, running on the comparer threads meanwhile (the walk queries the index
+        in the meantime). The others are compared by the file workers."""
         matched: set[str] = set()
+        to_hash: list[Entry] = []
         for entry in entries:
             st = present.get(entry.name)
             if entry.type != FILE or not _is_file(st) or st is None or st.st_size != entry.size:
                 continue
-            mode = self._mode(entry.mode)
             trusted = self.trust_mtime and st.st_mtime_ns == entry.mtime_ns
-            if trusted and stat.S_IMODE(st.st_mode) == mode:
-                fixed = False
+            if trusted and stat.S_IMODE(st.st_mode) == self._mode(entry.mode):
+                matched.add(entry.name)
+                self._count_match(entry, False)
             elif trusted or entry.size <= _COMPARE_AT_ONCE:
-                try:
-                    found = examine_file(dir_fd, entry, mode, trust_mtime=self.trust_mtime, config=None)
-                except OSError:
-                    continue  # a worker tries again and reports it
-                if not found.matches:
-                    continue
-                fixed = found.meta_fixed
-            else:
+                to_hash.append(entry)
+        if len(to_hash) < _COMPARE_ON_THREADS:
+            return matched | self._compared(self._compare(dir_fd, to_hash)), set(), []
+        half = (len(to_hash) + 1) // 2
+        return matched, {e.name for e in to_hash}, [
+            self._comparers.submit(self._compare, dir_fd, part) for part in (to_hash[:half], to_hash[half:])]
+
+    def _compare(self, dir_fd: int, entries: list[Entry]) -> list[tuple[Entry, bool]]:
+        """Compare files in place with their entries: the matches (their metadata fixed) with whether
+        it was. A file that cannot be read is left to a file worker, which tries again and reports it."""
+        out: list[tuple[Entry, bool]] = []
+        for entry in entries:
+            try:
+                found = examine_file(dir_fd, entry, self._mode(entry.mode), trust_mtime=self.trust_mtime, config=None)
+            except OSError:
                 continue
-            matched.add(entry.name)
-            self.report.files += 1
-            self.report.bytes += entry.size
-            self.report.unchanged += 1
-            self.report.meta_fixed += fixed
-            if self.progress:
-                self.progress(self.report.files, self.report.bytes)
-        return matched
+            if found.matches:
+                out.append((entry, found.meta_fixed))
+        return out
+
+    def _compared(self, results: list[tuple[Entry, bool]]) -> set[str]:
+        """Count the matches of ``_compare`` (``(entry, metadata fixed)``); their names."""
+        for entry, fixed in results:
+            self._count_match(entry, fixed)
+        return {entry.name for entry, _ in results}
+
+    def _count_match(self, entry: Entry, fixed: bool) -> None:
+        self.report.files += 1
+        self.report.bytes += entry.size
+        self.report.unchanged += 1
+        self.report.meta_fixed += fixed
+        if self.progress:
+            self.progress(self.report.files, self.report.bytes)
 
     def _file_task(self, entry: Entry, present: os.stat_result | None) -> tuple[int, bool, threading.Event | None]:
         """A file's task arguments: its sequence number, whether a file is in place, and for one that

@@ -144,13 +144,15 @@ def test_random_tree_over_another_with_the_walks_bounds_at_their_smallest(
     store: Store, trees: tuple[dict[str, object], dict[str, object]], times: list[int]
 ) -> None:
     """The same with every bound of the walk at its least (one directory looked ahead, one queued,
-    one kept open for its removals, two ancestors open): the ends of those bounds are reached in
-    small trees, and the result is still exactly the execution, directory mtimes included."""
+    one kept open for its removals, two ancestors open, small files compared on the comparer
+    threads from the first): the ends of those bounds are reached in small trees, and the result
+    is still exactly the execution, directory mtimes included."""
     before, after = trees
     work = tempfile.mkdtemp()
     try:
         with pytest.MonkeyPatch.context() as mp:
-            for name, value in (("_LOOK_AHEAD", 1), ("_OPEN_DIRS", 1), ("_OPEN_REMOVING", 1), ("_OPEN_ANCESTORS", 2)):
+            for name, value in (("_LOOK_AHEAD", 1), ("_OPEN_DIRS", 1), ("_OPEN_REMOVING", 1), ("_OPEN_ANCESTORS", 2),
+                                ("_COMPARE_ON_THREADS", 1)):
                 mp.setattr(restore_module, name, value)
             src = os.path.join(work, "src")
             _materialise(src, after, times)
@@ -258,6 +260,32 @@ def test_edited_file_reuses_its_own_chunks_and_fetches_little(tmp_path: Path, ca
         assert report.reused_bytes > 300_000
         # Compressed random data: what was fetched is about the chunks around the two edits.
         assert backend.fetched < 100_000
+
+
+def test_many_small_files_compared_alongside_the_index_query(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+    """A directory with more small files than are hashed by the walk itself: those that match are
+    left (a differing mode fixed in place), and only the same-size edits and resized files are
+    fetched and written."""
+    store, backend = _counting_store(tmp_path)
+    with store:
+        src, dest = tmp_path / "src", tmp_path / "dest"
+        src.mkdir()
+        n = restore_module._COMPARE_ON_THREADS * 3
+        for i in range(4 * n):
+            (src / f"f{i:03d}").write_bytes(os.urandom(1000 + i))
+            os.chmod(src / f"f{i:03d}", 0o644)
+        store.snapshot(src, "v1")
+        store.restore("v1", dest)
+        for i in range(n):
+            os.chmod(dest / f"f{i:03d}", 0o600)  # the mode only
+            (src / f"f{n + i:03d}").write_bytes(os.urandom(1000 + n + i))  # same size, new content
+            (src / f"f{2 * n + i:03d}").write_bytes(os.urandom(500))  # another size
+        store.snapshot(src, "v2")
+        backend.fetched = 0
+        report = store.restore("v2", dest, overwrite=True, delete=True)
+        assert describe(str(dest)) == describe(str(src))
+        assert (report.unchanged, report.meta_fixed, report.written) == (2 * n, n, 2 * n)
+        assert 2 * n * 500 <= backend.fetched < 2 * n * 1100 + n * 2000  # the new files only (and framing)
 
 
 def test_same_size_edit_keeps_the_chunks_at_their_offsets(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
