@@ -12,7 +12,8 @@ fetched from the repository (cas: counted by a backend wrapper in the restoring 
 rustic: counted in a second, untimed run under ``strace`` as bytes read from files under the
 repository's ``data/``), and whether the result equals the execution (content, modes, mtimes, no
 extra entries: every restore runs with its tool's delete option). The existing directory is a
-``cp -a`` of the previous execution, the same for every tool. Results go to
+``cp -a`` of the previous execution, the same for every tool, synced to disk before the timed run
+(as is the removal before a fresh restore). Results go to
 ``benchmarks/results/incremental.{md,json}``. Tools are found on PATH unless given. cas runs three
 ways over the existing directory: hashing every file in place (the default), ``--trust-mtime`` and
 ``--in-place`` (patching a mostly unchanged file where it is, as restic does, instead of writing it
@@ -121,10 +122,19 @@ def fetched_by_strace(cmd: list[str], env: dict[str, str], repo: Path, logs: Pat
 
 
 def prepare(previous: Path, dest: Path) -> None:
-    """``dest`` holds the previous execution, as a previous restore would have left it."""
+    """``dest`` holds the previous execution, as a previous restore would have left it (and on
+    disk: the copy's writeback is not charged to the restore timed next)."""
     if dest.exists():
         shutil.rmtree(dest)
     subprocess.run(["cp", "-a", str(previous), str(dest)], check=True)
+    os.sync()
+
+
+def clear(dest: Path) -> None:
+    """No ``dest``, for a fresh restore (its removal on disk before the restore is timed)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.sync()
 
 
 def check(expected: dict[str, ms.Entry], dest: Path) -> str:
@@ -186,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         dest = scratch / "dest"
         if existing:
             prepare(previous, dest)
-        elif dest.exists():
-            shutil.rmtree(dest)
+        else:
+            clear(dest)
         log(f"{name} ...")
         m = timed(name.replace(" ", "-"), [*child, str(dest), *flags], env, logs)
         out = json.loads(str(m.pop("output")).strip().splitlines()[-1])
@@ -216,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [restic, "restore", f"{ids['last']}:{last}", "--target", str(dest), *extra]
             if existing:
                 prepare(previous, dest)
-            elif dest.exists():
-                shutil.rmtree(dest)
+            else:
+                clear(dest)
             log(f"{name} ...")
             m = timed(name.split()[0] + "-" + ("incremental" if existing else "fresh"), cmd, renv, logs)
             m.pop("output")
@@ -250,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [rust, "restore", f"{last_id}:/exec", str(dest), *extra]
             if existing:
                 prepare(previous, dest)
-            elif dest.exists():
-                shutil.rmtree(dest)
+            else:
+                clear(dest)
             log(f"{name} ...")
             m = timed(re.sub(r"[^a-z-]+", "-", name), cmd, renv, logs)
             m.pop("output")

@@ -3,11 +3,14 @@ kinds of transaction (read, write, fenced), insert-or-ignore, and batched lookup
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, false, insert, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import Executable
 
 from backends.errors import ConfigurationError
@@ -28,6 +31,7 @@ class IndexConnection:
         self.engine = engine
         self.url = url
         self._driver_statements: dict[tuple[type, tuple[str, ...], tuple[str, ...]], str] = {}
+        self._held = threading.local()
 
     @classmethod
     def open(cls, url: str) -> Self:
@@ -150,14 +154,38 @@ class IndexConnection:
         else:
             conn.execute(self._insert_ignore(model, keys), [dict(zip(columns, row)) for row in rows])
 
+    @contextmanager
+    def lookups_on_one_connection(self) -> Iterator[None]:
+        """Inside the block, this thread's lookups by ID (``locate``, ``known_blobs``) share one
+        connection instead of taking one from the pool (and pinging it) each: for a walk making one
+        lookup per directory, such as a restore's. Each lookup still ends its own transaction."""
+        if getattr(self._held, "conn", None) is not None:
+            yield
+            return
+        with self._read() as conn:
+            self._held.conn = conn
+            try:
+                yield
+            finally:
+                self._held.conn = None
+
     def _lookup(self, sql: str, ids: Iterable[str]) -> Iterator[tuple]:  # type: ignore[type-arg]
         """Rows of ``sql + (ids...)`` in batches, as plain driver SQL with bound parameters.
 
         These are the hot paths of snapshot and restore (one call per directory or per few hundred
         blobs); building them as driver SQL skips SQLAlchemy's per-call compilation.
         """
-        with self._read() as conn:
-            yield from self._lookup_on(conn, sql, ids)
+        held = getattr(self._held, "conn", None)
+        if held is None:
+            with self._read() as conn:
+                yield from self._lookup_on(conn, sql, ids)
+            return
+        try:
+            rows = list(self._lookup_on(held, sql, ids))
+            held.rollback()
+        except DBAPIError as exc:
+            raise database.translate(self.engine, self.url, exc, "index {index} failed") from exc
+        yield from rows
 
     def _lookup_on(self, conn, sql: str, ids: Iterable[str], tail: str = "") -> Iterator[tuple]:  # type: ignore[no-untyped-def,type-arg]
         """:meth:`_lookup` on ``conn``; ``tail`` follows the list of IDs (a ``GROUP BY``)."""

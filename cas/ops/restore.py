@@ -27,7 +27,7 @@ import stat
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -47,14 +47,20 @@ from cas.types import BlobLocation
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _OPEN_DIRS = 64
+#: Directories kept open past their turn to be finished because removals in them still run.
+_OPEN_REMOVING = 64
 _OPEN_ANCESTORS = 64
+#: Subdirectories entered ahead of the walk (their files already on the pool) at any time.
+_LOOK_AHEAD = 16
 #: Small files already fetched are written by one task per this many files or bytes, not one each.
 _BATCH_FILES = 32
 _BATCH_BYTES = 1024 * 1024
 #: Files up to this size have their chunks fetched together, per directory (see reader.prefetch).
 _PREFETCH_FILE_SIZE = 1024 * 1024
-#: Files in place up to this size are compared with the tree by the walk itself, not a worker.
+#: Files in place up to this size are compared with the tree by the walk itself, not a worker:
+#: on two comparer threads, while the walk queries the index, when a directory has this many.
 _COMPARE_AT_ONCE = 256 * 1024
+_COMPARE_ON_THREADS = 8
 
 ProgressFn = Callable[[int, int], None]
 
@@ -81,6 +87,10 @@ class _Level:
     subdirs: list[tuple[Entry, str]]
     trees: dict[str, BlobLocation]
     next: int = 0
+    ahead: int = 0
+    """Subdirectories before this index have been entered (``started``, or walked already)."""
+    started: dict[int, _Level | None] = field(default_factory=dict)
+    """Subdirectories entered ahead of the walk (see ``_look_ahead``), by index; None: it failed."""
 
 
 @dataclass
@@ -157,7 +167,9 @@ class Restorer:
         self.progress = progress
         self.report = RestoreReport()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-restore")
+        self._comparers = ThreadPoolExecutor(2, thread_name_prefix="cas-restore-compare")
         self._jobs: deque[_DirJob] = deque()
+        self._removing: deque[_DirJob] = deque()
         self._writer = FileWriter(temporary_tag())
         self._remover = Remover()
         self._local = LocalChunks()
@@ -165,6 +177,7 @@ class Restorer:
         self._lock = threading.Lock()
         self._dest = ""
         self._delete_root = True
+        self._ahead = 0
 
     def restore(self, entries: list[Entry], dest: str, root_meta: tuple[int, int] | None) -> RestoreReport:
         """Restore ``entries`` into directory ``dest``; ``root_meta`` is (mode, mtime_ns) for ``dest``.
@@ -178,7 +191,8 @@ class Restorer:
         self._delete_root = root_meta is not None
         dest_fd = self._open_destination(dest)
         try:
-            self._restore_tree(dest_fd, entries)
+            with self.repo.lookups_on_one_connection():  # one lookup per directory: no checkout each
+                self._restore_tree(dest_fd, entries)
             self._drain(0)
             if root_meta is not None and not self.report.failures:
                 self._apply_dir_meta(dest_fd, root_meta[0], root_meta[1])
@@ -186,6 +200,7 @@ class Restorer:
             self._abandon()
             os.close(dest_fd)
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._comparers.shutdown(wait=True)
             self._remover.close()
         return self.report
 
@@ -216,17 +231,29 @@ class Restorer:
         so it can be finished before its subtrees. Of the directories on the walk's path, only the
         deepest :data:`_OPEN_ANCESTORS` stay open: a higher one has its files awaited and is closed,
         then reopened through ``..`` (checked to be the same directory) when the walk climbs back.
+
+        The walk also looks ahead: the next subdirectories of the directory it is in are entered
+        before their turn (at most :data:`_LOOK_AHEAD` at a time), so that a large file in a small
+        directory late in the walk (a model next to thousands of packages) is not left for last.
         """
         stack: list[_Level] = []
+        self._ahead = 0
         try:
             stack.append(self._start_dir(_DirJob(dest_fd, False, None), entries, ""))
             while stack:
                 level = stack[-1]
                 if level.next < len(level.subdirs):
-                    entry, path = level.subdirs[level.next]
+                    self._look_ahead(level)
+                    index = level.next
                     level.next += 1
-                    assert level.job.fd is not None
-                    child = self._enter(level.job.fd, entry, path, level.trees)
+                    if index in level.started:
+                        child = level.started.pop(index)
+                        self._ahead -= child is not None
+                    else:
+                        entry, path = level.subdirs[index]
+                        assert level.job.fd is not None
+                        child = self._enter(level.job.fd, entry, path, level.trees)
+                        level.ahead = max(level.ahead, level.next)
                     if child is not None:
                         stack.append(child)
                         if len(stack) > _OPEN_ANCESTORS:
@@ -239,8 +266,22 @@ class Restorer:
                 self._drain(_OPEN_DIRS)
         except BaseException:
             for level in reversed(stack):
+                for ahead in level.started.values():
+                    if ahead is not None:
+                        self._finish(ahead.job, quiet=True)
                 self._finish(level.job, quiet=True)
             raise
+
+    def _look_ahead(self, level: _Level) -> None:
+        """Enter the level's next subdirectories not yet entered, within :data:`_LOOK_AHEAD`."""
+        level.ahead = max(level.ahead, level.next)
+        while level.ahead < len(level.subdirs) and self._ahead < _LOOK_AHEAD:
+            entry, path = level.subdirs[level.ahead]
+            assert level.job.fd is not None
+            child = self._enter(level.job.fd, entry, path, level.trees)
+            level.started[level.ahead] = child
+            level.ahead += 1
+            self._ahead += child is not None
 
     def _enter(self, parent_fd: int, entry: Entry, path: str, trees: dict[str, BlobLocation]) -> _Level | None:
         """Open the subdirectory ``entry`` and create its entries; None if that failed (recorded)."""
@@ -268,18 +309,31 @@ class Restorer:
         assert dir_fd is not None
         if self.select is not None:
             entries = [e for e in entries if self.select(prefix + e.name, e)]
+        comparing: list[Future[list[tuple[Entry, bool]]]] = []
         try:
             present: dict[str, os.stat_result] = {}
             if self.overwrite:
                 present = self._survey(job, entries, prefix)
-            matched = self._match_in_place(dir_fd, entries, present, prefix) if present else set()
+            matched: set[str] = set()
+            maybe: set[str] = set()
+            if present:
+                matched, maybe, comparing = self._match_in_place(dir_fd, entries, present)
             # One index query for this directory: the chunks of its files still to write (and of
-            # matched ones whose chunks are recorded as local) and its subdirectories' trees.
+            # matched ones whose chunks are recorded as local) and its subdirectories' trees. The
+            # one chunk of a small file still being compared is asked for after, if it differs.
             locations = self.repo.locate(
                 c for e in entries for c in (
-                    (e.chunks if e.name not in matched or len(e.chunks) > 1 else ()) if e.type == FILE
-                    else (e.tree,) if e.type == DIR else ())
+                    (e.chunks if len(e.chunks) > 1 or (e.name not in matched and e.name not in maybe) else ())
+                    if e.type == FILE else (e.tree,) if e.type == DIR else ())
             )
+            if comparing:
+                for future in comparing:
+                    matched |= self._compared(future.result())
+                comparing = []
+                differ = [c for e in entries if e.name in maybe and e.name not in matched and len(e.chunks) == 1
+                          for c in e.chunks]
+                if differ:
+                    locations.update(self.repo.locate(differ))
             for entry in entries:
                 if entry.name in matched:
                     self._local.add_file(self._full_path(prefix + entry.name), entry, locations)
@@ -321,6 +375,7 @@ class Restorer:
             if batch:
                 self._submit_batch(job, batch, locations, prefetched)
         except BaseException:
+            wait(comparing)  # they read through the directory's descriptor, closed next
             self._finish(job, quiet=True)
             raise
         trees = {e.tree: locations[e.tree] for e, _ in subdirs if e.tree in locations}
@@ -373,13 +428,29 @@ class Restorer:
         job.fd = fd
 
     def _drain(self, keep: int) -> None:
+        """Finish queued directories until ``keep`` are left (0: all). A directory whose removals
+        still run is set aside instead, and finished once they are done (its mode and mtime then
+        set after them), so that the walk goes on while a large subtree is deleted; at most
+        :data:`_OPEN_REMOVING` wait so."""
         while len(self._jobs) > keep:
-            self._finish(self._jobs.popleft())
+            job = self._jobs.popleft()
+            if keep and any(not removal.done() for _, removal in job.removals):
+                self._removing.append(job)
+            else:
+                self._finish(job)
+        waiting = len(self._removing)
+        for _ in range(waiting):
+            job = self._removing.popleft()
+            if not keep or waiting > _OPEN_REMOVING or all(removal.done() for _, removal in job.removals):
+                self._finish(job)
+                waiting -= 1
+            else:
+                self._removing.append(job)
 
     def _abandon(self) -> None:
         """After a fatal error: wait for whatever is still being written, close every descriptor."""
-        while self._jobs:
-            self._finish(self._jobs.popleft(), quiet=True)
+        while self._jobs or self._removing:
+            self._finish((self._jobs or self._removing).popleft(), quiet=True)
 
     def _finish(self, job: _DirJob, *, quiet: bool = False) -> None:
         """Wait for *every* file of the directory before closing its descriptor (a worker must never
@@ -463,7 +534,7 @@ class Restorer:
                 name = item.name
                 if name not in wanted and not name.startswith(TMP_PREFIX):
                     if delete_here:  # no lstat: the remover looks for itself
-                        removal = self._pool.submit(self._remover.remove, dir_fd, name)
+                        removal = self._remover.submit(dir_fd, name)
                         job.removals.append((prefix + name, removal))
                     continue
                 try:
@@ -533,38 +604,57 @@ class Restorer:
         self.report.written += 1
 
     def _match_in_place(
-        self, dir_fd: int, entries: list[Entry], present: dict[str, os.stat_result], prefix: str
-    ) -> set[str]:
-        """Names of files found matching right here, without a worker: those the lstat already
-        proves (``trust_mtime``: size, mtime and mode equal) and small ones, hashed at once. The
-        others are compared by the workers."""
+        self, dir_fd: int, entries: list[Entry], present: dict[str, os.stat_result]
+    ) -> tuple[set[str], set[str], list[Future[list[tuple[Entry, bool]]]]]:
+        """Files found matching without a file worker: those the lstat already proves
+        (``trust_mtime``: size, mtime and mode equal) and small ones, hashed. Returns the names
+        matched so far and, when a directory has many small files to hash, the names being compared
+        and the comparisons, running on the comparer threads meanwhile (the walk queries the index
+        in the meantime). The others are compared by the file workers."""
         matched: set[str] = set()
+        to_hash: list[Entry] = []
         for entry in entries:
             st = present.get(entry.name)
             if entry.type != FILE or not _is_file(st) or st is None or st.st_size != entry.size:
                 continue
-            mode = self._mode(entry.mode)
             trusted = self.trust_mtime and st.st_mtime_ns == entry.mtime_ns
-            if trusted and stat.S_IMODE(st.st_mode) == mode:
-                fixed = False
+            if trusted and stat.S_IMODE(st.st_mode) == self._mode(entry.mode):
+                matched.add(entry.name)
+                self._count_match(entry, False)
             elif trusted or entry.size <= _COMPARE_AT_ONCE:
-                try:
-                    found = examine_file(dir_fd, entry, mode, trust_mtime=self.trust_mtime, config=None)
-                except OSError:
-                    continue  # a worker tries again and reports it
-                if not found.matches:
-                    continue
-                fixed = found.meta_fixed
-            else:
+                to_hash.append(entry)
+        if len(to_hash) < _COMPARE_ON_THREADS:
+            return matched | self._compared(self._compare(dir_fd, to_hash)), set(), []
+        half = (len(to_hash) + 1) // 2
+        return matched, {e.name for e in to_hash}, [
+            self._comparers.submit(self._compare, dir_fd, part) for part in (to_hash[:half], to_hash[half:])]
+
+    def _compare(self, dir_fd: int, entries: list[Entry]) -> list[tuple[Entry, bool]]:
+        """Compare files in place with their entries: the matches (their metadata fixed) with whether
+        it was. A file that cannot be read is left to a file worker, which tries again and reports it."""
+        out: list[tuple[Entry, bool]] = []
+        for entry in entries:
+            try:
+                found = examine_file(dir_fd, entry, self._mode(entry.mode), trust_mtime=self.trust_mtime, config=None)
+            except OSError:
                 continue
-            matched.add(entry.name)
-            self.report.files += 1
-            self.report.bytes += entry.size
-            self.report.unchanged += 1
-            self.report.meta_fixed += fixed
-            if self.progress:
-                self.progress(self.report.files, self.report.bytes)
-        return matched
+            if found.matches:
+                out.append((entry, found.meta_fixed))
+        return out
+
+    def _compared(self, results: list[tuple[Entry, bool]]) -> set[str]:
+        """Count the matches of ``_compare`` (``(entry, metadata fixed)``); their names."""
+        for entry, fixed in results:
+            self._count_match(entry, fixed)
+        return {entry.name for entry, _ in results}
+
+    def _count_match(self, entry: Entry, fixed: bool) -> None:
+        self.report.files += 1
+        self.report.bytes += entry.size
+        self.report.unchanged += 1
+        self.report.meta_fixed += fixed
+        if self.progress:
+            self.progress(self.report.files, self.report.bytes)
 
     def _file_task(self, entry: Entry, present: os.stat_result | None) -> tuple[int, bool, threading.Event | None]:
         """A file's task arguments: its sequence number, whether a file is in place, and for one that

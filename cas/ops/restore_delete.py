@@ -2,7 +2,9 @@
 symlink and never outside the destination.
 
 A directory's subtree is walked by one thread, each directory opened relative to its parent with
-``O_NOFOLLOW``; the unlinks and ``rmdir`` calls it finds are handed to a small pool of threads. On
+``O_NOFOLLOW``; the unlinks and ``rmdir`` calls it finds are handed to a small pool of threads.
+:meth:`Remover.submit` runs the walk itself on a thread of the remover's own (a restore goes on
+walking its tree meanwhile, and its file workers are not held up by removals). On
 file systems where such calls mostly wait (for the journal), the waits of many threads overlap: a
 deleted package of a few thousand files goes many times faster than one call after another. A
 directory is removed only after its files and subdirectories, and its descriptor is closed only
@@ -25,6 +27,8 @@ from cas.ops.restore_local import TMP_PREFIX, is_abandoned
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 #: Threads making the calls; names unlinked per call to the pool.
 THREADS = 8
+#: Threads walking the subtrees given to :meth:`Remover.submit`.
+WALKERS = 2
 _BATCH = 16
 #: Directories of one walk open at once (beyond those on the walk's path), bounding descriptors.
 _OPEN = 128
@@ -64,11 +68,23 @@ class Remover:
     def __init__(self, threads: int = THREADS) -> None:
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
+        self._walkers: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
     def close(self) -> None:
+        """Wait for every removal submitted, then stop the threads."""
+        if self._walkers is not None:
+            self._walkers.shutdown(wait=True)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+
+    def submit(self, dir_fd: int, name: str) -> Future[int]:
+        """:meth:`remove` on one of the remover's walker threads; ``dir_fd`` must stay open until
+        the future is done."""
+        with self._lock:
+            if self._walkers is None:
+                self._walkers = ThreadPoolExecutor(WALKERS, thread_name_prefix="cas-restore-delete-walk")
+        return self._walkers.submit(self.remove, dir_fd, name)
 
     def remove(self, dir_fd: int, name: str) -> int:
         """Remove ``name`` from the directory, a whole subtree if it is a directory. Returns how many

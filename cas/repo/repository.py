@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 
 from backends import open_backend, redact_url
 from backends.base import Backend
@@ -170,6 +171,10 @@ class Repository:
         if data_size < 0:
             raise IntegrityError("pack trailer is longer than the pack")
         return parse_trailer(self.backend.get(pack_key(pack_id), data_size, trailer_len), data_size)
+
+    def lookups_on_one_connection(self) -> AbstractContextManager[None]:
+        """This thread's :meth:`locate` calls inside the block share one index connection."""
+        return self.index.lookups_on_one_connection()
 
     def locate(self, blob_ids: Iterable[str]) -> dict[str, BlobLocation]:
         """Where blobs are. Blobs the index lacks (packs another host stored and this index has not

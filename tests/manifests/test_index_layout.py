@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from manifests.index import Index
+from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
 from manifests.rows import BlobRow, PackState
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,3 +83,43 @@ def test_pack_rows_report_states_that_compare_with_pack_state(index: Index) -> N
     assert states["b"].state == PackState.CONDEMNED and states["b"].condemned_at is not None
     assert states["b"].created_at.tzinfo == dt.timezone.utc
     assert index.known_blobs([]) == set()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_lookups_on_one_connection_share_it_and_see_rows_added_meanwhile(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Inside the block this thread's lookups take one connection from the pool, once; rows
+    another connection commits meanwhile are seen; another thread's lookups take their own."""
+    import threading
+
+    from sqlalchemy import event
+
+    url = f"sqlite:///{tmp_path / 'index.sqlite'}" if database == "sqlite" else request.getfixturevalue("postgres_url")
+    index = Index.open(url)
+    first = ForeignLocation("a" * 64, 0, "p" * 64, 0, 10, 10, 0)
+    second = ForeignLocation("b" * 64, 0, "q" * 64, 0, 10, 10, 0)
+    index.add_pack("p" * 64, 10, [first])
+    writer = Index.open(url)
+    checkouts: list[str] = []
+    event.listen(index.engine, "checkout", lambda *_: checkouts.append(threading.current_thread().name))
+    try:
+        with index.lookups_on_one_connection():
+            assert set(index.locate([first.id, second.id])) == {first.id}
+            writer.add_pack("q" * 64, 10, [second])
+            assert set(index.locate([first.id, second.id])) == {first.id, second.id}
+            seen: list[set[str]] = []
+            other = threading.Thread(target=lambda: seen.append(set(index.known_blobs([second.id]))), name="other")
+            other.start()
+            other.join()
+            assert seen == [{second.id}]
+            with index.lookups_on_one_connection():  # nested: the same connection
+                assert index.known_blobs([first.id]) == {first.id}
+            assert index.engine.pool.checkedout() == 1
+        assert checkouts == [threading.current_thread().name, "other"]
+        assert index.engine.pool.checkedout() == 0
+        assert set(index.locate([second.id])) == {second.id}
+        assert len(checkouts) == 3  # outside the block: a connection per lookup again
+    finally:
+        writer.close()
+        index.close()

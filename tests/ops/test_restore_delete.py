@@ -53,6 +53,27 @@ def test_removes_a_wide_and_deep_subtree(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []
 
 
+def test_submitted_removals_run_on_the_removers_own_threads(tmp_path: Path) -> None:
+    """Several subtrees given to ``submit`` at once are removed while the caller goes on; each
+    future counts its own subtree, and closing the remover waits for them."""
+    expected = {}
+    for k in range(5):
+        expected[f"victim-{k}"] = _build(tmp_path / f"victim-{k}")
+    (tmp_path / "keep").write_text("keep")
+    remover = Remover(threads=3)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        futures = {name: remover.submit(fd, name) for name in expected}
+        futures["absent"] = remover.submit(fd, "absent")
+        assert {name: f.result() for name, f in futures.items()} == {**expected, "absent": 0}
+        last = remover.submit(fd, "keep")
+        remover.close()
+        assert last.done() and last.result() == 1
+    finally:
+        os.close(fd)
+    assert os.listdir(tmp_path) == []
+
+
 def test_never_follows_a_symlink_and_keeps_live_temporaries(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from backends.local import LocalBackend
 from cas import Store
 from cas.errors import AlreadyExists, PartialRestore
+from cas.ops import restore as restore_module
 from tests.engine import SMALL_CHUNKS, cas_home, store  # noqa: F401
 from tests.ops.test_roundtrip import _materialise, _trees
 from tests.treeutil import describe
@@ -137,6 +138,77 @@ def test_random_tree_over_another_without_delete_keeps_the_rest(
         shutil.rmtree(work)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(trees=_two_trees(), times=st.lists(st.integers(0, 4_000_000_000_000_000_000), min_size=1, max_size=3))
+def test_random_tree_over_another_with_the_walks_bounds_at_their_smallest(
+    store: Store, trees: tuple[dict[str, object], dict[str, object]], times: list[int]
+) -> None:
+    """The same with every bound of the walk at its least (one directory looked ahead, one queued,
+    one kept open for its removals, two ancestors open, small files compared on the comparer
+    threads from the first): the ends of those bounds are reached in small trees, and the result
+    is still exactly the execution, directory mtimes included."""
+    before, after = trees
+    work = tempfile.mkdtemp()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for name, value in (("_LOOK_AHEAD", 1), ("_OPEN_DIRS", 1), ("_OPEN_REMOVING", 1), ("_OPEN_ANCESTORS", 2),
+                                ("_COMPARE_ON_THREADS", 1)):
+                mp.setattr(restore_module, name, value)
+            src = os.path.join(work, "src")
+            _materialise(src, after, times)
+            execution_id = f"run-{abs(hash((repr(after), tuple(times)))) % 10**12}"
+            store.snapshot(src, execution_id, use_files_cache=False)
+            dest = os.path.join(work, "dest")
+            _materialise(dest, before, list(reversed(times)))
+            old, new = describe(dest), describe(src)
+            report = store.restore(execution_id, dest, overwrite=True, delete=True)
+            assert describe(dest) == new
+            assert os.stat(dest).st_mtime_ns == os.stat(src).st_mtime_ns
+            assert (report.unchanged, report.written, report.deleted) == _expected_counts(old, new)
+    finally:
+        _make_writable(work)
+        shutil.rmtree(work)
+
+
+def test_wide_and_deep_tree_with_subtrees_to_delete_everywhere(store: Store, tmp_path: Path) -> None:
+    """More sibling directories than the walk looks ahead, a chain deeper than it keeps open, and in
+    many directories a large subtree the execution lacks: the walk goes on while those are removed,
+    and every directory ends with the execution's mtime (set after its removals)."""
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    deep = src / "deep"
+    for i in range(restore_module._OPEN_ANCESTORS + 10):
+        deep = deep / f"d{i}"
+        (deep.parent / f"f{i}").parent.mkdir(parents=True, exist_ok=True)
+        (deep.parent / f"f{i}").write_text(f"file {i}")
+    deep.mkdir(parents=True)
+    for i in range(restore_module._LOOK_AHEAD * 3):
+        sub = src / "wide" / f"w{i:03d}" / "inner"
+        sub.mkdir(parents=True)
+        (sub / "kept").write_text(f"kept {i}")
+        (sub.parent / "changed").write_text(f"new {i}")
+    (src / "model").mkdir()
+    (src / "model" / "weights").write_bytes(os.urandom(300_000))
+    for directory, _dirs, _files in os.walk(src, topdown=False):
+        t = 1_600_000_000_000_000_000 + len(directory)
+        os.utime(directory, ns=(t, t))
+    store.snapshot(src, "v2")
+    shutil.copytree(src, dest, symlinks=True)
+    unwanted = 0
+    for i in range(0, restore_module._LOOK_AHEAD * 3, 2):
+        (tmp_path / "dest" / "wide" / f"w{i:03d}" / "changed").write_text(f"old {i}")
+        gone = dest / "wide" / f"w{i:03d}" / "inner" / "gone"
+        for j in range(20):
+            (gone / f"g{j}").mkdir(parents=True)
+            (gone / f"g{j}" / "x").write_text("x")
+        unwanted += 1 + 20 * 2
+    (dest / "deep" / "d0" / "d1" / "extra").mkdir()
+    unwanted += 1
+    report = store.restore("v2", dest, overwrite=True, delete=True)
+    assert describe(str(dest)) == describe(str(src))
+    assert report.deleted == unwanted
+    assert report.written == restore_module._LOOK_AHEAD * 3 // 2
+
+
 def _all_names(root: str) -> list[str]:
     return [n for _d, dirs, files in os.walk(root) for n in dirs + files]
 
@@ -188,6 +260,32 @@ def test_edited_file_reuses_its_own_chunks_and_fetches_little(tmp_path: Path, ca
         assert report.reused_bytes > 300_000
         # Compressed random data: what was fetched is about the chunks around the two edits.
         assert backend.fetched < 100_000
+
+
+def test_many_small_files_compared_alongside_the_index_query(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+    """A directory with more small files than are hashed by the walk itself: those that match are
+    left (a differing mode fixed in place), and only the same-size edits and resized files are
+    fetched and written."""
+    store, backend = _counting_store(tmp_path)
+    with store:
+        src, dest = tmp_path / "src", tmp_path / "dest"
+        src.mkdir()
+        n = restore_module._COMPARE_ON_THREADS * 3
+        for i in range(4 * n):
+            (src / f"f{i:03d}").write_bytes(os.urandom(1000 + i))
+            os.chmod(src / f"f{i:03d}", 0o644)
+        store.snapshot(src, "v1")
+        store.restore("v1", dest)
+        for i in range(n):
+            os.chmod(dest / f"f{i:03d}", 0o600)  # the mode only
+            (src / f"f{n + i:03d}").write_bytes(os.urandom(1000 + n + i))  # same size, new content
+            (src / f"f{2 * n + i:03d}").write_bytes(os.urandom(500))  # another size
+        store.snapshot(src, "v2")
+        backend.fetched = 0
+        report = store.restore("v2", dest, overwrite=True, delete=True)
+        assert describe(str(dest)) == describe(str(src))
+        assert (report.unchanged, report.meta_fixed, report.written) == (2 * n, n, 2 * n)
+        assert 2 * n * 500 <= backend.fetched < 2 * n * 1100 + n * 2000  # the new files only (and framing)
 
 
 def test_same_size_edit_keeps_the_chunks_at_their_offsets(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
