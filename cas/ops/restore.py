@@ -476,7 +476,9 @@ class Restorer:
         removals, job.removals = job.removals, []
         for path, removal in removals:
             try:
-                self.report.deleted += removal.result()
+                removed = removal.result()
+                with self._lock:  # file workers count the directories they remove in the way too
+                    self.report.deleted += removed
             except BaseException as exc:  # noqa: BLE001 - a fatal one is re-raised once all files are done
                 fatal = self._absorb(path, exc, fatal)
         pending, job.pending = job.pending, []
