@@ -118,7 +118,9 @@ def _remove_tree(pool: ThreadPoolExecutor, dir_fd: int, name: str) -> int:
             if step[0] == "enter":
                 _, child, parent = step  # type: ignore[misc]
                 while finishing and (finishing[0].done() or len(finishing) > _OPEN):
-                    finishing.popleft().result()
+                    # Waited on, not raised here: a failed removal reaches its parent's through
+                    # ``calls`` and the root's result, and the walk goes on removing the rest.
+                    finishing.popleft().exception()
                 try:
                     node = _Dir(os.open(child, _DIR_FLAGS, dir_fd=parent.fd), child, parent.fd, parent)
                 except FileNotFoundError:

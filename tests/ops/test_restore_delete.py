@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,25 +101,43 @@ def test_never_follows_a_symlink_and_keeps_live_temporaries(tmp_path: Path) -> N
 
 
 class _OsFailingUnlink:
-    """``os`` as restore_delete sees it, except that unlinking ``bad`` fails (a disk error)."""
+    """``os`` as restore_delete sees it, except that unlinking ``bad`` fails (a disk error), and
+    opening any directory other than ``first`` waits until that failure has had time to reach the
+    walk (so the walk meets a failed removal before it has entered the rest)."""
+
+    def __init__(self, first: str) -> None:
+        self.first = first
+        self.failed = threading.Event()
+        self.waited = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
 
     def unlink(self, name: str, *, dir_fd: int | None = None) -> None:
         if name == "bad":
+            self.failed.set()
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         os.unlink(name, dir_fd=dir_fd)
 
+    def open(self, name: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if name.startswith("d") and name != self.first and not self.waited:
+            assert self.failed.wait(10)
+            time.sleep(0.2)
+            self.waited = True
+        return os.open(name, flags, mode, dir_fd=dir_fd)
+
 
 def test_an_error_is_raised_after_every_call_returned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A removal that fails does not stop the others: the walk goes on, and the error is raised
+    once every call has returned."""
     victim = tmp_path / "victim"
     for i in range(40):
         (victim / f"d{i}").mkdir(parents=True)
         for j in range(20):
             (victim / f"d{i}" / f"f{j}").write_text("x")
-    (victim / "d7" / "bad").write_text("x")
-    monkeypatch.setattr(restore_delete, "os", _OsFailingUnlink())
+    first = [e.name for e in os.scandir(victim)][-1]  # the walk enters the last one listed first
+    (victim / first / "bad").write_text("x")
+    monkeypatch.setattr(restore_delete, "os", _OsFailingUnlink(first))
     remover = Remover()
     open_before = len(os.listdir("/proc/self/fd"))
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
@@ -130,5 +150,5 @@ def test_an_error_is_raised_after_every_call_returned(tmp_path: Path, monkeypatc
         os.close(fd)
     # Every descriptor the walk opened is closed again, and what could go went.
     assert len(os.listdir("/proc/self/fd")) == open_before
-    assert sorted(os.listdir(victim)) == ["d7"]
-    assert os.listdir(victim / "d7") == ["bad"]
+    assert sorted(os.listdir(victim)) == [first]
+    assert os.listdir(victim / first) == ["bad"]
