@@ -185,6 +185,10 @@ class Operations:
         return {"f_bsize": 4096, "f_frsize": 4096, "f_namemax": 4096}
 
 
+MAX_THREADS = 10
+"""libfuse's worker threads at most (its own default)."""
+
+
 def serve(view: SnapshotView, mountpoint: str, *, on_ready: Callable[[], None] | None = None) -> None:
     """Mount ``view`` at ``mountpoint`` and serve it until unmounted or interrupted."""
     fuse = _load_fuse()
@@ -202,6 +206,9 @@ def serve(view: SnapshotView, mountpoint: str, *, on_ready: Callable[[], None] |
             operations, mountpoint, foreground=True, ro=True, nosuid=True, nodev=True,
             default_permissions=True, kernel_cache=True, fsname="cas", subtype="cas",
             attr_timeout=CACHE_SECONDS, entry_timeout=CACHE_SECONDS,
+            # libfuse 3.14 prints that it ignores the unset idle limit (2**32-1) on every mount. As
+            # many idle threads as there can be threads keeps its default: none is ever stopped.
+            max_threads=MAX_THREADS, max_idle_threads=MAX_THREADS,
         )
     except RuntimeError as exc:  # libfuse's own failure (mount refused, /dev/fuse missing...)
         if operations.started and str(exc) == _LOOP_ENDED:
