@@ -38,12 +38,16 @@ from cas.repo.ranges import RangeReader
 
 log = logging.getLogger("cas.mount")
 
+READERS_KEPT = 8
+"""Files being read kept open by path when the kernel does not open files through cas (their readers'
+fetched chunks and read-ahead state; the least recently read is dropped beyond this)."""
 CACHE_SECONDS = 60
 """How long the kernel may keep names and attributes: stored trees never change, only the list of
 executions does (a new snapshot appears at the top level within this time)."""
 
 _READDIR_PLUS = 1  # libfuse 3: the kernel asks for attributes with the names (readdir's flags)
 _FILL_DIR_PLUS = 2  # libfuse 3: this entry's attributes are complete (the filler's flags)
+_CAP_NO_OPEN_SUPPORT = 1 << 17  # libfuse 3: the kernel takes ENOSYS from open as "never ask again"
 _LOOP_ENDED = "8"
 """What libfuse 3's ``fuse_main`` returns when its loop ends other than by unmounting (a signal)."""
 
@@ -85,14 +89,19 @@ class Operations:
         self.view = view
         self._uid, self._gid = os.getuid(), os.getgid()
         self._files: dict[int, RangeReader] = {}
+        self._readers: OrderedDict[str, RangeReader] = OrderedDict()  # by path, when files are not opened
+        self._no_open = False
         self._listings: OrderedDict[str, list[tuple[str, int, dict[str, int] | None]]] = OrderedDict()
         self._handles = itertools.count(1)
         self._lock = threading.Lock()
         self.started = False
 
-    def init(self, path: str) -> None:
-        """libfuse's start: the kernel is connected."""
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        """libfuse's start: the kernel is connected. A kernel that can (Linux 4.19 on) is told,
+        by the first open answered ENOSYS, to stop sending opens and releases of files: a file is
+        then read with one request per read and its lookup, not three or more."""
         self.started = True
+        self._no_open = conn is not None and bool(conn.capable & _CAP_NO_OPEN_SUPPORT)
 
     def _attrs(self, node: Node) -> dict[str, int]:
         mode = _KIND[node.type] | (0o777 if node.type == SYMLINK else node.mode & 0o777)
@@ -162,7 +171,12 @@ class Operations:
     def open(self, path: str, flags: int) -> int:
         if flags & _WRITE_FLAGS:
             raise OSError(errno.EROFS, "read-only")
-        reader = self.view.open(self.view.lookup(path))
+        node = self.view.lookup(path)
+        if self._no_open:
+            if node.type != FILE:
+                raise IsADirectoryError(path)
+            raise OSError(errno.ENOSYS, "opens are not needed")
+        reader = self.view.open(node)
         with self._lock:
             fh = next(self._handles)
             self._files[fh] = reader
@@ -170,10 +184,28 @@ class Operations:
 
     @_errors
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        if fh == 0 and self._no_open:
+            return self._read_unopened(path, size, offset)
         with self._lock:
             reader = self._files.get(fh)
         if reader is None:
             raise OSError(errno.EBADF, "bad file handle")
+        return reader.read(offset, size)
+
+    def _read_unopened(self, path: str, size: int, offset: int) -> bytes:
+        """A read of a file the kernel did not open through cas: its reader is found by path. A
+        file read whole by this one read (most small files) is not kept."""
+        with self._lock:
+            reader = self._readers.get(path)
+            if reader is not None:
+                self._readers.move_to_end(path)
+        if reader is None:
+            reader = self.view.open(self.view.lookup(path))
+            if offset > 0 or offset + size < reader.size:
+                with self._lock:
+                    reader = self._readers.setdefault(path, reader)
+                    while len(self._readers) > READERS_KEPT:
+                        self._readers.popitem(last=False)
         return reader.read(offset, size)
 
     def release(self, path: str, fh: int) -> int:

@@ -355,3 +355,78 @@ def test_a_corrupt_chunk_among_small_files_read_ahead_is_eio_only_for_reads_cove
             finally:
                 os.close(fd)
     assert "run-42/code/f17.bin" in log.read_text()
+
+
+def _conn(capable: int) -> object:
+    """libfuse's connection info as the kernel's INIT fills it (only ``capable`` is read)."""
+    mfusepy = pytest.importorskip("mfusepy")
+    conn = mfusepy.fuse_conn_info()
+    conn.capable = capable
+    return conn
+
+
+def test_without_opens_files_are_read_by_path_and_few_readers_are_kept(tmp_path: Path, repo: Store) -> None:
+    """The callbacks themselves, on a real view: a kernel able to skip opens is answered ENOSYS
+    once (it then sends reads with no handle), reads by path return the file's bytes, and only
+    the last READERS_KEPT files read in part keep a reader; a kernel without it gets handles."""
+    from cas.mount import _CAP_NO_OPEN_SUPPORT, READERS_KEPT, Operations
+
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {f"f{i}.bin": os.urandom(5000 + i) for i in range(READERS_KEPT + 4)}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    repo.snapshot(src, "run-1")
+
+    ops = Operations(repo.view())
+    ops.init_with_config(_conn(_CAP_NO_OPEN_SUPPORT), None)
+    with pytest.raises(OSError) as refused:
+        ops.open("/run-1/f0.bin", os.O_RDONLY)
+    assert refused.value.errno == errno.ENOSYS
+    for offset in (0, 1000, 4000):  # every file read in three parts, the files interleaved
+        for name, data in files.items():
+            assert ops.read(f"/run-1/{name}", 1000, offset, 0) == data[offset : offset + 1000]
+    assert len(ops._readers) == READERS_KEPT
+    assert ops.read("/run-1/f1.bin", 1 << 20, 0, 0) == files["f1.bin"]  # read whole: nothing kept for it
+    assert "/run-1/f1.bin" not in ops._readers
+
+    old_kernel = Operations(repo.view())
+    old_kernel.init_with_config(_conn(0), None)
+    fh = old_kernel.open("/run-1/f2.bin", os.O_RDONLY)
+    assert fh > 0 and old_kernel.read("/run-1/f2.bin", 100, 50, fh) == files["f2.bin"][50:150]
+    old_kernel.release("/run-1/f2.bin", fh)
+
+
+def test_interleaved_reads_of_many_files_and_handles_return_their_bytes(tmp_path: Path, repo: Store) -> None:
+    """Through a real mount: more files than readers kept, and two handles on one file at
+    different offsets, read a piece at a time in turn (the kernel's cache bypassed)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {f"f{i}.bin": os.urandom(300_000 + i) for i in range(12)}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    repo.snapshot(src, "run-1")
+    with mounted(tmp_path, repo) as (mnt, _proc, _log):
+        fds = {name: os.open(mnt / "run-1" / name, os.O_RDONLY | os.O_DIRECT) for name in files}
+        second = os.open(mnt / "run-1" / "f0.bin", os.O_RDONLY | os.O_DIRECT)
+        try:
+            for offset in range(0, 300_000, 65_536):
+                for name, fd in fds.items():
+                    assert _pread_aligned(fd, offset) == files[name][offset : offset + 65_536]
+                back = 299_008 - offset - (299_008 - offset) % 4096
+                assert _pread_aligned(second, back) == files["f0.bin"][back : back + 65_536]
+        finally:
+            for fd in [*fds.values(), second]:
+                os.close(fd)
+
+
+def _pread_aligned(fd: int, offset: int) -> bytes:
+    """64 KiB at ``offset`` (a multiple of 4096) through an aligned buffer, as O_DIRECT wants."""
+    import mmap
+
+    buf = mmap.mmap(-1, 65_536)
+    try:
+        n = os.preadv(fd, [buf], offset)
+        return bytes(buf[:n])
+    finally:
+        buf.close()
