@@ -58,13 +58,13 @@ def summarize(results: dict[str, object]) -> dict[str, object]:
         for key, by_tool in per_step.items():
             ratios[key] = _ratios({t: v for t, v in by_tool.items() if t == SUBJECT or t in peers})
         stored: dict[str, list[int]] = case.get("stored") or {}  # type: ignore[assignment]
+        local: dict[str, list[int]] = case.get("local") or {}  # type: ignore[assignment]
         stored_med = {t: int(_median([float(x) for x in v])) for t, v in stored.items() if v}
-        peer_stored = {t: v for t, v in stored_med.items() if t in peers}
-        stored_ratio: dict[str, object] = {}
-        if SUBJECT in stored_med and peer_stored:
-            best = min(peer_stored, key=lambda t: peer_stored[t])
-            stored_ratio = {"best_peer": best, "ratio": stored_med[SUBJECT] / peer_stored[best] if peer_stored[best] else None}
-        out[cname] = {"steps": per_step, "ratios": ratios, "stored_bytes": stored_med, "stored_ratio": stored_ratio}
+        local_med = {t: int(_median([float(x) for x in v])) for t, v in local.items() if v}
+        total_med = {t: b + local_med[t] for t, b in stored_med.items() if t in local_med}
+        out[cname] = {"steps": per_step, "ratios": ratios, "stored_bytes": stored_med, "local_bytes": local_med,
+                      "stored_ratio": _bytes_ratio(stored_med, peers),
+                      "total_ratio": _bytes_ratio(total_med, peers)}
     return out
 
 
@@ -115,6 +115,15 @@ def _secs(s: dict[str, float | int | None]) -> str:
     return f"{s['seconds']:.2f} ({s['seconds_min']:.2f}-{s['seconds_max']:.2f})"
 
 
+def _bytes_ratio(by_tool: dict[str, int], peers: set[str] | list[str]) -> dict[str, object]:
+    """cas's bytes over the fewest of any peer's (empty when either is missing)."""
+    peer_bytes = {t: v for t, v in by_tool.items() if t in peers}
+    if SUBJECT not in by_tool or not peer_bytes:
+        return {}
+    best = min(peer_bytes, key=lambda t: peer_bytes[t])
+    return {"best_peer": best, "ratio": by_tool[SUBJECT] / peer_bytes[best] if peer_bytes[best] else None}
+
+
 def _ratio(r: dict[str, object] | None, unit: str = "") -> str:
     if not r or r.get("ratio") is None:
         return "-"
@@ -157,7 +166,10 @@ def render_markdown(results: dict[str, object]) -> str:
             lines.append(f"| {case['title']} | {st['title']} | {_ratio(r.get('time'))} | {_ratio(r.get('cpu'))} | {_ratio(r.get('rss'))} |")  # type: ignore[arg-type]
         sr: dict[str, object] = cs["stored_ratio"]  # type: ignore[assignment]
         if sr:
-            lines.append(f"| {case['title']} | stored bytes | {_ratio(sr)} | | |")
+            lines.append(f"| {case['title']} | stored bytes (repository) | {_ratio(sr)} | | |")
+        tr: dict[str, object] = cs.get("total_ratio") or {}  # type: ignore[assignment]
+        if tr:
+            lines.append(f"| {case['title']} | bytes with the local caches (and cas's index) | {_ratio(tr)} | | |")
     lines.append("")
     lines.append(f"Goal (issue 17): every snapshot and restore step at most {GOAL_TIME_RATIO}x the best peer's time, "
                  "peak RSS at most the best peer's, stored bytes no more than the best peer's.\n")
@@ -196,11 +208,21 @@ def render_markdown(results: dict[str, object]) -> str:
                 cells.append(cell)
             lines.append(f"| {st['title']} | " + " | ".join(cells) + " |")
         stored: dict[str, int] = cs["stored_bytes"]  # type: ignore[assignment]
+        local_bytes: dict[str, int] = cs.get("local_bytes") or {}  # type: ignore[assignment]
         if stored:
-            lines.append(f"\nStored bytes after {case['stored_after_title']} (repository, and cas's index), MiB; "
-                         f"logical {int(case['stored_logical_bytes']) / 2**20:.0f} MiB:\n")  # type: ignore[call-overload]
+            lines.append(f"\nBytes after {case['stored_after_title']}, MiB; logical "
+                         f"{int(case['stored_logical_bytes']) / 2**20:.0f} MiB. The repository is what the "  # type: ignore[call-overload]
+                         "tool stores; on the host it also keeps caches (restic's and rustic's cache, borg's "
+                         "chunks and files caches, cas's files cache) and, for cas, its index (rebuildable "
+                         "from the repository, like those caches):\n")
             lines += [header.replace("step", "", 1), sep]
-            lines.append("| stored | " + " | ".join(f"{stored[t] / 2**20:.1f}" if t in stored else "-" for t in tools) + " |")
+            lines.append("| repository | " + " | ".join(f"{stored[t] / 2**20:.1f}" if t in stored else "-" for t in tools) + " |")
+            if local_bytes:
+                lines.append("| caches and index on the host | " + " | ".join(
+                    f"{local_bytes[t] / 2**20:.1f}" if t in local_bytes else "-" for t in tools) + " |")
+                lines.append("| both | " + " | ".join(
+                    f"{(stored[t] + local_bytes[t]) / 2**20:.1f}" if t in stored and t in local_bytes else "-"
+                    for t in tools) + " |")
         ver: dict[str, list[dict[str, object]]] = case.get("verification") or {}  # type: ignore[assignment]
         lines.append("\nRestores verified (every round): " + "; ".join(
             f"{t}: " + ("yes" if vs and all(v["ok"] for v in vs) else "**NO**")

@@ -81,7 +81,8 @@ class Case:
     stored_logical_bytes: int
     tools: list[str] = dataclasses.field(default_factory=list)
     derived: list[dict[str, object]] = dataclasses.field(default_factory=list)
-    stored: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    stored: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # the repository's bytes
+    local: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # caches (and cas's index) on the host
     verification: dict[str, list[dict[str, object]]] = dataclasses.field(default_factory=dict)
     extra: dict[str, object] = dataclasses.field(default_factory=dict)
 
@@ -230,7 +231,10 @@ class Runner:
                 self.measurements.append(row)
             if st.key == case.stored_after:
                 for t in tools:
-                    case.stored.setdefault(t.name, []).append(ms.stored_bytes(t.stored_paths())[0])
+                    repository = ms.stored_bytes([t.repo])[0]
+                    case.stored.setdefault(t.name, []).append(repository)
+                    everything = ms.stored_bytes([*t.stored_paths(), *t.cache_paths()])[0]
+                    case.local.setdefault(t.name, []).append(everything - repository)
                     if rnd == 0:
                         stats = t.extra_stats()
                         if stats:
