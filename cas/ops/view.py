@@ -45,6 +45,8 @@ SMALL_FILE = 1 << 20
 (:meth:`SnapshotView._fetch_siblings_ahead`)."""
 SIBLINGS_AHEAD_BYTES = 4 << 20
 """The most file bytes one read-ahead of a directory's small files fetches."""
+SIBLING_DIRECTORIES = 16
+"""Directories whose small files' read-ahead state is kept (the most recently read)."""
 SNAPSHOT_TTL_S = 5.0
 """How long the list of executions (and each execution's root) is reused before asking again."""
 
@@ -222,6 +224,7 @@ class SnapshotView:
         self._dirs: dict[tuple[str, str], Node] = {}  # (root tree, path) -> directory node, recent ones
         self._located: dict[str, BlobLocation] = {}  # chunk ID -> location, for files opened soon
         self._ahead = ChunksAhead(repo)  # chunks of small files fetched before they are read
+        self._siblings: OrderedDict[str, _Siblings] = OrderedDict()  # directories read ahead, recent ones
 
     # -- executions ---------------------------------------------------------------------------
 
@@ -332,31 +335,60 @@ class SnapshotView:
                            partial(self._fetch_siblings_ahead, node.parent, entry) if small else None)
 
     def _fetch_siblings_ahead(self, parent: str, entry: Entry) -> None:
-        """When a small file is first read and its chunks were not fetched ahead: fetch, in the
-        background, its chunks and those of the small files after it in its directory (in name
-        order, the order ``ls``, ``find`` and shells list them), up to :data:`SIBLINGS_AHEAD_BYTES`,
-        with one ranged read per stretch of a pack instead of one per file (a directory's files are
-        stored side by side). A file read later takes its chunks from there; one not fetched ahead
-        (a chunk that failed verification included) reads its own."""
-        if not self._ahead.wants(entry.chunks):
-            return
-        siblings = self._stored.read_tree(parent)
-        start = next((i for i, e in enumerate(siblings) if e.name == entry.name), None)
+        """When a small file is first read: keep the small files after it in its directory (in
+        name order, the order ``ls``, ``find`` and shells list them) fetched ahead, in the
+        background, with one ranged read per stretch of a pack instead of one per file (a
+        directory's files are stored side by side). A file whose chunks are not held or on their
+        way starts a batch of up to :data:`SIBLINGS_AHEAD_BYTES` at itself; a file fetched ahead
+        tops the window up with the next batch once less than half of it lies ahead, so the
+        reader of the next files does not wait for a whole batch. A file read later takes its
+        chunks from there; one not fetched ahead (a chunk that failed verification included)
+        reads its own."""
+        siblings = self._siblings_of(parent)
+        start = siblings.position.get(entry.name)
         if start is None:
             return
+        if self._ahead.wants(entry.chunks):
+            begin = start
+        else:
+            ahead = siblings.small_bytes[siblings.fetched_to] - siblings.small_bytes[start + 1]
+            if siblings.fetched_to <= start or ahead >= SIBLINGS_AHEAD_BYTES // 2:
+                return
+            begin = siblings.fetched_to
         wanted: list[BlobLocation] = []
         total = 0
-        for sibling in siblings[start:]:
-            if sibling.type != FILE or not 0 < sibling.size <= SMALL_FILE:
-                continue
-            if total + sibling.size > SIBLINGS_AHEAD_BYTES:
-                break
-            found = [loc for c in sibling.chunks if (loc := self._located.get(c)) is not None]
-            if len(found) == len(sibling.chunks):
-                wanted.extend(found)
-                total += sibling.size
+        end = begin
+        for sibling in siblings.entries[begin:]:
+            if sibling.type == FILE and 0 < sibling.size <= SMALL_FILE:
+                if total + sibling.size > SIBLINGS_AHEAD_BYTES:
+                    break
+                found = [loc for c in sibling.chunks if (loc := self._located.get(c)) is not None]
+                if len(found) == len(sibling.chunks):
+                    wanted.extend(found)
+                    total += sibling.size
+            end += 1
+        siblings.fetched_to = max(siblings.fetched_to, end)
         cache = self.repo.chunk_cache
         self._ahead.fetch(loc for loc in wanted if cache is None or loc.id not in cache)
+
+    def _siblings_of(self, parent: str) -> _Siblings:
+        """A stored directory's entries, with each name's place and the small files' bytes before
+        each place, and how far its small files have been fetched ahead (a few directories kept)."""
+        with self._lock:
+            siblings = self._siblings.get(parent)
+            if siblings is not None:
+                self._siblings.move_to_end(parent)
+                return siblings
+        entries = self._stored.read_tree(parent)
+        small_bytes = [0]
+        for e in entries:
+            small_bytes.append(small_bytes[-1] + (e.size if e.type == FILE and 0 < e.size <= SMALL_FILE else 0))
+        siblings = _Siblings(entries, {e.name: i for i, e in enumerate(entries)}, small_bytes)
+        with self._lock:
+            siblings = self._siblings.setdefault(parent, siblings)
+            while len(self._siblings) > SIBLING_DIRECTORIES:
+                self._siblings.popitem(last=False)
+        return siblings
 
     def _chunk_locations(self, parent: str, entry: Entry) -> dict[str, BlobLocation]:
         """Where a file's chunks are. The first file opened in a stored directory has the chunks of
@@ -378,6 +410,18 @@ class SnapshotView:
         if len(found) < len(chunks):  # forgotten meanwhile, or missing (RangeReader says which)
             found.update(self.repo.locate(chunks - found.keys()))
         return found
+
+
+@dataclass
+class _Siblings:
+    """A directory's entries as its small files are read ahead (:meth:`SnapshotView._fetch_siblings_ahead`)."""
+
+    entries: list[Entry]
+    position: dict[str, int]
+    small_bytes: list[int]
+    """Bytes of the small files before each place (``small_bytes[i]``: in ``entries[:i]``)."""
+    fetched_to: int = 0
+    """Entries before this place have been handed to the read-ahead (or passed over)."""
 
 
 def split(path: str) -> list[str]:

@@ -21,10 +21,10 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 from cas.errors import CasError
-from cas.repo.reader import prefetch
+from cas.repo.reader import prefetched_chunks
 from cas.repo.repository import Repository
 from cas.types import BlobLocation
 
@@ -41,8 +41,9 @@ class ChunksAhead:
         self._max_bytes = max_bytes
         self._held: OrderedDict[str, bytes] = OrderedDict()
         self._held_bytes = 0
-        self._pending: dict[str, Future[None]] = {}
+        self._pending: set[str] = set()  # being fetched; each leaves as it is verified (or fails)
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
 
     def wants(self, chunk_ids: Iterable[str]) -> bool:
         """Whether any of these chunks is neither held nor being fetched."""
@@ -56,45 +57,43 @@ class ChunksAhead:
                          if loc.id not in self._held and loc.id not in self._pending}.values())
             if not todo:
                 return
-            future: Future[None] = Future()
-            for loc in todo:
-                self._pending[loc.id] = future
-        background().submit(self._run, todo, future)
+            self._pending.update(loc.id for loc in todo)
+        background().submit(self._run, todo)
 
-    def _run(self, locations: list[BlobLocation], future: Future[None]) -> None:
-        got: dict[str, bytes] = {}
+    def _run(self, locations: list[BlobLocation]) -> None:
+        """Each chunk is held as soon as it is verified (a reader waiting for it goes on then, not
+        when the whole batch is in)."""
         try:
-            got = prefetch(self._repo, locations)
+            for chunk_id, data in prefetched_chunks(self._repo, locations):
+                with self._lock:
+                    self._pending.discard(chunk_id)
+                    if chunk_id not in self._held and len(data) <= self._max_bytes:
+                        self._held[chunk_id] = data
+                        self._held_bytes += len(data)
+                    while self._held_bytes > self._max_bytes:
+                        self._held_bytes -= len(self._held.popitem(last=False)[1])
+                    self._arrived.notify_all()
         except (CasError, OSError):
             pass  # the readers fetch their chunks themselves and report what fails
         finally:
             with self._lock:
-                for loc in locations:
-                    self._pending.pop(loc.id, None)
-                for chunk_id, data in got.items():
-                    if chunk_id not in self._held and len(data) <= self._max_bytes:
-                        self._held[chunk_id] = data
-                        self._held_bytes += len(data)
-                while self._held_bytes > self._max_bytes:
-                    self._held_bytes -= len(self._held.popitem(last=False)[1])
-            future.set_result(None)
+                self._pending.difference_update(loc.id for loc in locations)
+                self._arrived.notify_all()
 
     def take(self, chunk_ids: Iterable[str]) -> dict[str, bytes]:
         """The verified bytes of those of these chunks that are held (or arrive from a fetch under
         way, which this waits for), removed from what is held."""
         wanted = list(chunk_ids)
-        while True:
-            with self._lock:
-                waiting = next((f for c in wanted if (f := self._pending.get(c)) is not None), None)
-                if waiting is None:
-                    out = {}
-                    for c in wanted:
-                        data = self._held.pop(c, None)
-                        if data is not None:
-                            out[c] = data
-                            self._held_bytes -= len(data)
-                    return out
-            waiting.result()
+        with self._lock:
+            while any(c in self._pending for c in wanted):
+                self._arrived.wait()
+            out = {}
+            for c in wanted:
+                data = self._held.pop(c, None)
+                if data is not None:
+                    out[c] = data
+                    self._held_bytes -= len(data)
+            return out
 
     @property
     def held_bytes(self) -> int:

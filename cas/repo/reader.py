@@ -47,7 +47,13 @@ def prefetch(repo: Repository, locations: list[BlobLocation], *, max_gap: int = 
     together, gaps up to ``max_gap`` included. A chunk that fails verification is left out, so the
     file that needs it is fetched on its own and reports the error under its own path.
     """
-    out: dict[str, bytes] = {}
+    return dict(prefetched_chunks(repo, locations, max_gap=max_gap))
+
+
+def prefetched_chunks(
+    repo: Repository, locations: list[BlobLocation], *, max_gap: int = MAX_GAP
+) -> Iterator[tuple[str, bytes]]:
+    """:func:`prefetch`, each chunk given as soon as it is verified, in (pack, offset) order."""
     wanted = {loc.id: loc for loc in locations if loc.kind == BlobKind.DATA}
     for run in pack_runs(list(wanted.values()), max_gap=max_gap):
         begin = run[0].offset
@@ -57,12 +63,12 @@ def prefetch(repo: Repository, locations: list[BlobLocation], *, max_gap: int = 
             continue
         for loc in run:
             try:
-                out[loc.id] = verify_blob(loc.id, loc, data[loc.offset - begin : loc.offset - begin + loc.length])
+                raw = verify_blob(loc.id, loc, data[loc.offset - begin : loc.offset - begin + loc.length])
             except IntegrityError:
                 continue
             if repo.chunk_cache is not None:
-                repo.chunk_cache.put(loc.id, out[loc.id])
-    return out
+                repo.chunk_cache.put(loc.id, raw)
+            yield loc.id, raw
 
 
 def file_chunks(

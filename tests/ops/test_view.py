@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,39 @@ def test_a_corrupt_chunk_fetched_ahead_fails_only_the_file_holding_it(
             reader.read(0, len(data))
         intact = len(data) - loc.raw_length  # the chunks before the corrupt (last) one
         assert reader.read(0, intact) == data[:intact]
+
+
+def test_the_next_files_are_fetched_ahead_before_the_reader_reaches_them(
+    counted: tuple[Store, CountingBackend], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a directory's small files in name order: once less than half of the batch fetched
+    ahead lies after the file being read, the next batch is asked for, before its first file is
+    read; and no file is fetched on its own."""
+    from cas.ops import view as view_module
+
+    s, backend = counted
+    files = {f"f{i:02}.bin": os.urandom(3000) for i in range(40)}  # one chunk each (under chunk_max)
+    (tmp_path / "src").mkdir()
+    for name, data in files.items():
+        (tmp_path / "src" / name).write_bytes(data)
+    s.snapshot(tmp_path / "src", "run-1")
+    monkeypatch.setattr(view_module, "SIBLINGS_AHEAD_BYTES", 8 * 3000)  # batches of 8 files
+    chunks = [c for e in s.repo.read_tree(s.get("run-1").root) for c in e.chunks]
+    packs = {pack_key(loc.pack_id) for loc in s.repo.locate(chunks).values()}
+    view = s.view()
+    names = sorted(files)
+    backend.reset()
+
+    def pack_reads() -> int:  # of the packs holding the files (not their tree's)
+        return sum(1 for key, _offset, _length in backend.gets if key in packs)
+
+    for i, name in enumerate(names[:5]):
+        assert view.open(view.lookup(f"run-1/{name}")).read(0, 5000) == files[name]
+    # f04 leaves 3 files of the first batch (f00-f07) ahead: the second (f08-f15) is on its way.
+    deadline = time.monotonic() + 30
+    while pack_reads() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pack_reads() == 2
+    for name in names[5:]:
+        assert view.open(view.lookup(f"run-1/{name}")).read(0, 5000) == files[name]
+    assert pack_reads() == 5  # five batches of eight, no file read alone

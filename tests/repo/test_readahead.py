@@ -4,6 +4,7 @@ fails verification is never held (its reader fetches it and reports it)."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from cas import Store
@@ -51,3 +52,39 @@ def test_a_corrupt_chunk_is_not_held_and_the_others_are(store: Store, tmp_path: 
     got = ahead.take(chunks)
     assert bad not in got and got == {c: data for c, data in chunks.items() if c != bad}
     assert ahead.wants([bad])  # its reader fetches it itself (and reports it)
+
+
+def test_a_chunk_is_handed_over_as_soon_as_it_is_verified(store: Store, tmp_path: Path) -> None:  # noqa: F811
+    """Chunks of two packs fetched in one batch: the chunks of the pack read first are taken while
+    the read of the other pack has not returned yet."""
+    first = _chunks(store, tmp_path, count=5)
+    src = tmp_path / "src2"
+    src.mkdir()
+    for i in range(5):
+        (src / f"g{i}").write_bytes(os.urandom(50))
+    store.snapshot(src, "run-2")  # its own pack
+    second = {e.chunks[0] for e in store.repo.read_tree(store.get("run-2").root)}
+    locations = store.repo.locate([*first, *second])
+    packs = sorted({loc.pack_id for loc in locations.values()})
+    assert len(packs) == 2
+    early = [c for c, loc in locations.items() if loc.pack_id == packs[0]]  # fetched first: (pack, offset) order
+    late_key = pack_key(packs[1])
+    release = threading.Event()
+    backend = store.repo.backend
+    real_get = backend.get
+
+    def get(key: str, offset: int = 0, length: int | None = None) -> bytes:
+        if key == late_key:
+            assert release.wait(30)
+        return real_get(key, offset, length)
+
+    backend.get = get  # type: ignore[method-assign]
+    try:
+        ahead = ChunksAhead(store.repo)
+        ahead.fetch(locations.values())
+        got = ahead.take(early)  # returns while the other pack's read is held back
+        assert set(got) == set(early) and not release.is_set()
+    finally:
+        release.set()
+    late = [c for c in locations if c not in early]
+    assert set(ahead.take(late)) == set(late)
