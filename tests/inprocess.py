@@ -38,18 +38,19 @@ _DEFAULT_FILTERS = (  # a fresh interpreter's, without -W or PYTHONWARNINGS
 
 
 class Hang(BaseException):
-    """Raised in ``main`` when it outlives its timeout (not an ``Exception``: ``main`` must not catch it)."""
+    """Raised by :func:`deadline` (not an ``Exception``: the code under test must not catch it)."""
 
 
 @contextlib.contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    """What ``subprocess.run(timeout=...)`` gives: fail instead of hanging (from the main thread)."""
+def deadline(seconds: float, message: str) -> Iterator[None]:
+    """Fail with :class:`Hang` (``message``) instead of hanging: an alarm interrupts what runs
+    longer than ``seconds``, as ``subprocess.run(timeout=...)`` would (from the main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def expired(signum: int, frame: object) -> None:
-        raise Hang(f"cas did not finish within {seconds} s")
+        raise Hang(message)
 
     previous = signal.signal(signal.SIGALRM, expired)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -88,7 +89,7 @@ def run_main(
         root.handlers = []
         threading.excepthook = thread_died
         try:
-            with warnings.catch_warnings(), _deadline(timeout):
+            with warnings.catch_warnings(), deadline(timeout, f"cas did not finish within {timeout} s"):
                 warnings.resetwarnings()
                 for action, category, module in reversed(_DEFAULT_FILTERS):
                     warnings.filterwarnings(action, category=category, module=module)

@@ -22,12 +22,11 @@ import json
 import os
 import resource
 import shutil
-import signal
 import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,7 +37,6 @@ from hypothesis import strategies as st
 
 from cas import CasError, Store
 from cas.format.compression import decode, encode
-from cas.types import BlobKind, Codec
 from cas.format.config import RepoConfig
 from cas.format.hashing import hexdigest
 from cas.format.packs import (
@@ -51,8 +49,10 @@ from cas.format.packs import (
 )
 from cas.format.records import SnapshotRecord
 from cas.format.trees import DIR, FILE, SYMLINK, Entry, check_name, decode_tree, encode_tree, name_key
+from cas.types import BlobKind, Codec
 from tests import engine
 from tests.hostile.forge import commit, put_blob
+from tests.inprocess import deadline
 from tests.treeutil import describe
 
 T = TypeVar("T")
@@ -81,24 +81,10 @@ E2E = settings(FUZZ, max_examples=E2E_EXAMPLES)
 # -- guards -------------------------------------------------------------------------------------
 
 
-class Hang(BaseException):
-    """Raised by the alarm; a BaseException so no ``except Exception`` in the parser can swallow it."""
-
-
-@contextmanager
-def bounded(what: str) -> Iterator[None]:
-    """Fail instead of hanging: an alarm interrupts a call that runs longer than CALL_SECONDS."""
-
-    def on_alarm(signum: int, frame: object) -> None:
-        raise Hang(f"{what} ran longer than {CALL_SECONDS} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, CALL_SECONDS)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+def bounded(what: str) -> AbstractContextManager[None]:
+    """Fail instead of hanging: an alarm interrupts a call that runs longer than CALL_SECONDS
+    (:class:`~tests.inprocess.Hang`, which no ``except Exception`` in a parser can swallow)."""
+    return deadline(CALL_SECONDS, f"{what} ran longer than {CALL_SECONDS} s")
 
 
 def clean(what: str, fn: Callable[[], T]) -> T | CasError:
