@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from json.encoder import encode_basestring_ascii as _quote
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ _ENTRIES_OPEN = b'{"entries":['
 _ENTRIES_CLOSE = b'],"v":1}'
 _PARTS_OPEN = b'{"parts":['
 _MTIME_LIMIT = 1 << 63
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 @dataclass(frozen=True)
@@ -257,49 +259,60 @@ def _entries_of(doc: dict) -> list[Entry]:  # type: ignore[type-arg]
     raw_entries = doc["entries"]
     if len(raw_entries) > MAX_ENTRIES:
         raise IntegrityError("tree node has too many entries")
-    entries = [_decode_entry(raw) for raw in raw_entries]
-    keys = [name_key(e.name) for e in entries]
-    for a, b in zip(keys, keys[1:]):
-        if a == b:
-            raise IntegrityError(f"tree node lists {os.fsdecode(a)!r} twice")
-        if a > b:
+    entries: list[Entry] = []
+    previous = b""
+    for raw in raw_entries:
+        key, entry = _decode_entry(raw)
+        if key <= previous and entries:
+            if key == previous:
+                raise IntegrityError(f"tree node lists {entry.name!r} twice")
             raise IntegrityError("tree node entries are not sorted")
+        entries.append(entry)
+        previous = key
     return entries
 
 
 def check_name(name: object) -> str:
     """A single path component that is safe to create inside a directory, or IntegrityError."""
+    _name_key(name)
+    return name  # type: ignore[return-value]
+
+
+def _name_key(name: object) -> bytes:
+    """:func:`check_name`, giving the name as the file system's bytes (its sort key)."""
     if not isinstance(name, str) or name in ("", ".", ".."):
         raise IntegrityError(f"invalid entry name {name!r}")
     if "/" in name or "\x00" in name:
         raise IntegrityError(f"entry name {name!r} contains '/' or NUL")
     try:
-        encoded = os.fsencode(name)
+        encoded = name.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode's bytes, without its checks
     except UnicodeError as exc:
         raise IntegrityError(f"entry name {name!r} cannot be encoded") from exc
     if len(encoded) > MAX_NAME_BYTES:
         raise IntegrityError("entry name is too long")
-    return name
+    return encoded
 
 
-def _int(raw: dict[str, object], key: str, low: int, high: int, name: str) -> int:
-    value = raw.get(key)
-    if type(value) is not int or not (low <= value <= high):
-        raise IntegrityError(f"entry {name!r} has an invalid {key}")
-    return value
-
-
-def _decode_entry(raw: object) -> Entry:
+def _decode_entry(raw: object) -> tuple[bytes, Entry]:
+    """An entry of a tree node, checked, with its name's sort key."""
     if not isinstance(raw, dict):
         raise IntegrityError("tree entry is not an object")
-    name = check_name(raw.get("name"))
+    name = raw.get("name")
+    key = _name_key(name)
+    assert isinstance(name, str)
     kind = raw.get("type")
     if kind not in _TYPES:
         raise IntegrityError(f"entry {name!r} has unknown type {kind!r}")
-    mode = _int(raw, "mode", 0, 0o7777, name)
-    mtime_ns = _int(raw, "mtime_ns", -_MTIME_LIMIT, _MTIME_LIMIT - 1, name)
+    mode = raw.get("mode")
+    if type(mode) is not int or not 0 <= mode <= 0o7777:
+        raise IntegrityError(f"entry {name!r} has an invalid mode")
+    mtime_ns = raw.get("mtime_ns")
+    if type(mtime_ns) is not int or not -_MTIME_LIMIT <= mtime_ns < _MTIME_LIMIT:
+        raise IntegrityError(f"entry {name!r} has an invalid mtime_ns")
     if kind == FILE:
-        size = _int(raw, "size", 0, MAX_FILE_SIZE, name)
+        size = raw.get("size")
+        if type(size) is not int or not 0 <= size <= MAX_FILE_SIZE:
+            raise IntegrityError(f"entry {name!r} has an invalid size")
         digest = raw.get("digest")
         chunks = raw.get("chunks")
         if not is_digest(digest):
@@ -308,7 +321,7 @@ def _decode_entry(raw: object) -> Entry:
             raise IntegrityError(f"entry {name!r} has an invalid chunk list")
         if len(chunks) > size or (size > 0 and not chunks):
             raise IntegrityError(f"entry {name!r} has a chunk list that cannot add up to its size")
-        return Entry(name, FILE, mode, mtime_ns, size=size, digest=digest, chunks=tuple(chunks))  # type: ignore[arg-type]
+        return key, Entry(name, FILE, mode, mtime_ns, size, digest, tuple(chunks))  # type: ignore[arg-type]
     if kind == SYMLINK:
         target = raw.get("target")
         if not isinstance(target, str) or not target or "\x00" in target:
@@ -318,8 +331,8 @@ def _decode_entry(raw: object) -> Entry:
                 raise IntegrityError(f"symlink {name!r} target is too long")
         except UnicodeError as exc:
             raise IntegrityError(f"symlink {name!r} target cannot be encoded") from exc
-        return Entry(name, SYMLINK, mode, mtime_ns, target=target)
+        return key, Entry(name, SYMLINK, mode, mtime_ns, target=target)
     tree = raw.get("tree")
     if not is_digest(tree):
         raise IntegrityError(f"directory {name!r} has an invalid tree id")
-    return Entry(name, DIR, mode, mtime_ns, tree=tree)  # type: ignore[arg-type]
+    return key, Entry(name, DIR, mode, mtime_ns, tree=tree)  # type: ignore[arg-type]
