@@ -78,6 +78,36 @@ class FileWriter:
         tmp = self.temporary_name()
         return os.open(tmp, _FILE_FLAGS, create_mode, dir_fd=dir_fd), tmp, at_create
 
+    def write_whole(self, dir_fd: int, name: str, data: bytes, mode: int, mtime_ns: int) -> str | None:
+        """Create a file holding ``data`` (verified already: the whole content) in as few calls as
+        a whole file takes: created with its final mode where it can be, one write (none for a file
+        of zeros, which is a hole), ``utime`` by descriptor, named. Returns None if it took its final
+        name, else the temporary name it has (the name was taken), for :func:`place`. Nothing
+        appears under ``name`` before the file is whole."""
+        fd, tmp, mode_set = self.create(dir_fd, mode)
+        try:
+            try:
+                if _all_zero(data):
+                    os.ftruncate(fd, len(data))
+                elif data:
+                    written = os.write(fd, data)
+                    if written < len(data):
+                        view = memoryview(data)[written:]
+                        while view:
+                            view = view[os.write(fd, view):]
+                if not mode_set:
+                    os.fchmod(fd, mode)
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+                if tmp is None:
+                    tmp = self.link(fd, dir_fd, name)
+            finally:
+                os.close(fd)
+        except BaseException:
+            if tmp is not None:
+                unlink_quietly(dir_fd, tmp)
+            raise
+        return tmp
+
     def link(self, fd: int, dir_fd: int, name: str) -> str | None:
         """Give a finished unnamed file its final name; if the name is taken (``--overwrite``), link
         it under a temporary name instead and return that, for :func:`place` to rename."""
