@@ -185,3 +185,46 @@ def test_a_corrupt_small_file_is_reported_and_never_appears(plain_store: Store, 
         plain_store.restore("v1", dest)
     assert not (dest / "f07").exists()
     assert sorted(p.name for p in dest.iterdir()) == [f"f{i:02d}" for i in range(20) if i != 7]
+
+
+def test_the_walk_waits_for_room_in_its_budget_and_never_on_itself() -> None:
+    budget = restore_module._Budget(100)
+    assert budget.take(60) == 60
+    taken = threading.Event()
+
+    def walk() -> None:
+        budget.take(60)  # 120 > 100 while 60 are held: waits for the writers
+        taken.set()
+
+    walker = threading.Thread(target=walk)
+    walker.start()
+    assert not taken.wait(0.2)
+    budget.give(60)
+    assert taken.wait(5)
+    walker.join()
+    budget.give(60)
+    assert budget.take(1000) == 1000  # nothing held: more than the budget still goes through
+
+
+def test_small_files_fetched_ahead_stay_within_the_budget(
+    plain_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a budget of one directory's data, the walk never holds two directories' small files
+    that are not written yet (it waits for the writers), and the result is whole."""
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    _small_tree(src, dirs=6, per_dir=30)
+    plain_store.snapshot(src, "v1")
+    per_dir = max(sum(p.stat().st_size for p in (src / f"d{d}").iterdir()) for d in range(6))
+    monkeypatch.setattr(restore_module, "_FETCHED_AHEAD", per_dir)
+    most = [0]
+    real_take = restore_module._Budget.take
+
+    def take(self: restore_module._Budget, nbytes: int) -> int:
+        got = real_take(self, nbytes)
+        most[0] = max(most[0], self._held)
+        return got
+
+    monkeypatch.setattr(restore_module._Budget, "take", take)
+    plain_store.restore("v1", dest)
+    assert describe(str(dest)) == describe(str(src))
+    assert 0 < most[0] <= per_dir
