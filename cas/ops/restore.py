@@ -42,6 +42,7 @@ from cas.ops.restore_write import (
 )
 from cas.repo.reader import file_chunks, prefetch
 from cas.repo.repository import Repository
+from cas.format.hashing import hexdigest
 from cas.format.trees import DIR, FILE, SYMLINK, Entry
 from cas.types import BlobLocation
 
@@ -55,6 +56,16 @@ _LOOK_AHEAD = 16
 #: Small files already fetched are written by one task per this many files or bytes, not one each.
 _BATCH_FILES = 32
 _BATCH_BYTES = 1024 * 1024
+#: Small files whose content is one chunk fetched already are written by one task per directory
+#: (up to this many files each), on :data:`_WHOLE_THREADS` threads of their own: a directory's
+#: files by one thread, so that its writers do not queue for the directory's lock in the kernel,
+#: and few threads, so that they do not hand the GIL to each other at every call (each call
+#: releases it). Two keep two calls in the kernel at once, where most of a small file's time is.
+_WHOLE_FILES = 4096
+_WHOLE_THREADS = 2
+_EMPTY_DIGEST = hexdigest(b"")
+#: Bytes of small files fetched and not yet written that the walk may have (one directory's more).
+_FETCHED_AHEAD = 4 * 1024 * 1024
 #: Files up to this size have their chunks fetched together, per directory (see reader.prefetch).
 _PREFETCH_FILE_SIZE = 1024 * 1024
 #: Files in place up to this size are compared with the tree by the walk itself, not a worker:
@@ -131,6 +142,30 @@ class _Done(NamedTuple):
     patched: int = -1
 
 
+class _Budget:
+    """Bytes the walk may have fetched ahead of the small-file writers: :meth:`take` waits until
+    what is held leaves room (or nothing is held, so that one directory larger than the whole
+    budget still goes through); the writers :meth:`give` it back, so the walk never waits on itself."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._held = 0
+        self._room = threading.Condition()
+
+    def take(self, nbytes: int) -> int:
+        with self._room:
+            while self._held and self._held + nbytes > self._limit:
+                self._room.wait()
+            self._held += nbytes
+        return nbytes
+
+    def give(self, nbytes: int) -> None:
+        if nbytes:
+            with self._room:
+                self._held -= nbytes
+                self._room.notify_all()
+
+
 class Restorer:
     def __init__(
         self,
@@ -168,6 +203,8 @@ class Restorer:
         self.report = RestoreReport()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-restore")
         self._comparers = ThreadPoolExecutor(2, thread_name_prefix="cas-restore-compare")
+        self._whole_pool = ThreadPoolExecutor(_WHOLE_THREADS, thread_name_prefix="cas-restore-whole")
+        self._budget = _Budget(_FETCHED_AHEAD)
         self._jobs: deque[_DirJob] = deque()
         self._removing: deque[_DirJob] = deque()
         self._writer = FileWriter(temporary_tag())
@@ -201,6 +238,7 @@ class Restorer:
             os.close(dest_fd)
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._comparers.shutdown(wait=True)
+            self._whole_pool.shutdown(wait=True, cancel_futures=True)
             self._remover.close()
         return self.report
 
@@ -310,6 +348,7 @@ class Restorer:
         if self.select is not None:
             entries = [e for e in entries if self.select(prefix + e.name, e)]
         comparing: list[Future[list[tuple[Entry, bool]]]] = []
+        ahead = 0
         try:
             present: dict[str, os.stat_result] = {}
             if self.overwrite:
@@ -346,10 +385,15 @@ class Restorer:
                      and not _is_file(present.get(e.name))
                      for c in e.chunks if c in locations and c not in self._local
                      and (self.repo.chunk_cache is None or c not in self.repo.chunk_cache)]
+            ahead = 0
+            if len(small) > 1:
+                # Fetched data waits in memory for its writers: the walk stays within a budget.
+                ahead = self._budget.take(sum(loc.raw_length for loc in small))
             prefetched = prefetch(self.repo, small) if len(small) > 1 else None
             subdirs: list[tuple[Entry, str]] = []
             batch: list[tuple[Entry, str, int]] = []
             batch_bytes = 0
+            whole: list[tuple[Entry, str]] = []
             for entry in entries:
                 path = prefix + entry.name
                 try:
@@ -360,6 +404,9 @@ class Restorer:
                         self._symlink(dir_fd, entry, path, present.get(entry.name))
                     elif entry.name in matched:
                         pass
+                    elif prefetched and not tasks[entry.name][1] and len(entry.chunks) <= 1 and (
+                            not entry.chunks or entry.chunks[0] in prefetched):
+                        whole.append((entry, path))  # one piece, fetched already, nothing in place
                     elif prefetched and not tasks[entry.name][1] and all(c in prefetched for c in entry.chunks):
                         # Fetched already, nothing in place: written with other small files by one task.
                         batch.append((entry, path, tasks[entry.name][0]))
@@ -374,7 +421,16 @@ class Restorer:
                     self._fail(path, exc)
             if batch:
                 self._submit_batch(job, batch, locations, prefetched)
+            for i in range(0, len(whole), _WHOLE_FILES):
+                part = whole[i:i + _WHOLE_FILES]
+                held = min(ahead, sum(e.size for e, _ in part))
+                ahead -= held
+                job.pending.append(([p for _, p in part], self._whole_pool.submit(
+                    self._write_whole, dir_fd, part, prefetched, held)))
+            self._budget.give(ahead)  # what no small-file task holds (few bytes, written by the pool)
+            ahead = 0
         except BaseException:
+            self._budget.give(ahead)
             wait(comparing)  # they read through the directory's descriptor, closed next
             self._finish(job, quiet=True)
             raise
@@ -399,6 +455,43 @@ class Restorer:
         for entry, path, seq in batch:
             try:
                 out.append(self._file(dir_fd, entry, path, locations, prefetched, seq))
+            except (CasError, OSError) as exc:
+                out.append(exc)
+        return out
+
+    def _write_whole(
+        self, dir_fd: int, files: list[tuple[Entry, str]], prefetched: dict[str, bytes], held: int,
+    ) -> list[_Done | BaseException]:
+        """Write small files of one directory whose whole content is one chunk fetched already (or
+        none), with nothing in their place: the fewest calls and Python work per file. Each file's
+        failure is its own. ``held`` bytes of the walk's budget are given back once done."""
+        try:
+            return self._write_whole_files(dir_fd, files, prefetched)
+        finally:
+            self._budget.give(held)
+
+    def _write_whole_files(
+        self, dir_fd: int, files: list[tuple[Entry, str]], prefetched: dict[str, bytes],
+    ) -> list[_Done | BaseException]:
+        out: list[_Done | BaseException] = []
+        for entry, path in files:
+            try:
+                data = prefetched[entry.chunks[0]] if entry.chunks else b""
+                if len(data) != entry.size:
+                    raise IntegrityError(f"{path}: restored {len(data)} bytes, the tree records {entry.size}")
+                # The chunk was verified against its ID; a one-chunk file's digest is that ID.
+                if (entry.chunks[0] if entry.chunks else _EMPTY_DIGEST) != entry.digest:
+                    raise IntegrityError(f"{path}: content does not match the file's recorded BLAKE3")
+                tmp = self._writer.write_whole(dir_fd, entry.name, data, self._mode(entry.mode), entry.mtime_ns)
+                if tmp is not None:
+                    try:
+                        self._place(dir_fd, tmp, entry.name, path)
+                    except BaseException:
+                        unlink_quietly(dir_fd, tmp)
+                        raise
+                if self.overwrite:
+                    self._local.add_file(self._full_path(path), entry, {})
+                out.append(_Done(entry.size, True))
             except (CasError, OSError) as exc:
                 out.append(exc)
         return out

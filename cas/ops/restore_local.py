@@ -46,6 +46,9 @@ TMP_PREFIX = ".cas-tmp-"
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _HASH_BLOCK = 1024 * 1024
 _FOREIGN_TMP_AGE_NS = 24 * 3600 * 10**9
+#: A file whose ctime is at least this old when it is hashed has *settled*: any later change gives
+#: it another ctime, even on a file system whose timestamps are as coarse as 2 s (FAT).
+SETTLED_NS = 2 * 10**9
 _HOST = hexdigest(socket.gethostname().encode("utf-8", "surrogateescape"))[:8]
 
 
@@ -84,12 +87,23 @@ def _alive(pid: int) -> bool:
 class Span(NamedTuple):
     """``length`` bytes at ``offset`` of the open file ``fd`` (the file being replaced), to be copied
     by the kernel (``copy_file_range``: a reflink where the file system shares extents) instead of
-    read into Python. Its bytes were hashed when the file was compared with the tree; the new file
-    is read back and checked whole after it is written, so a change meanwhile cannot pass."""
+    read into Python. Its bytes hashed to the chunk's ID when the file was compared with the tree.
+
+    ``identity`` is the file's :func:`identity` when it was hashed, if it had not changed for a
+    while then (None: not proven). If the file still has it once the span is copied, nothing
+    changed it in between and the copy holds the bytes that were hashed; otherwise the new file is
+    read back and checked whole, so a change meanwhile cannot pass."""
 
     fd: int
     offset: int
     length: int
+    identity: tuple[int, ...] | None = None
+
+
+def identity(st: os.stat_result) -> tuple[int, ...]:
+    """What changes whenever a file's content does: device, inode, size, mtime and ctime (which
+    nothing but the kernel sets, to the time of any write, truncation or ``utime``)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @dataclass
@@ -101,6 +115,8 @@ class OldFile:
     aligned: set[int] = field(default_factory=set)
     """Offsets at which the file holds the entry's chunk of that position (same size as the entry)."""
     aligned_bytes: int = 0
+    identity: tuple[int, ...] | None = None
+    """The file's :func:`identity` before its chunks were hashed, if it had settled (see :class:`Span`)."""
 
     def read(self, chunk_id: str) -> bytes | None:
         """The chunk's bytes if the file (still) holds them, checked against the ID."""
@@ -113,7 +129,7 @@ class OldFile:
     def span(self, chunk_id: str) -> Span | None:
         """Where the file holds the chunk, to be copied without reading it (checked afterwards)."""
         where = self.chunks.get(chunk_id)
-        return None if where is None else Span(self.fd, where[0], where[1])
+        return None if where is None else Span(self.fd, where[0], where[1], self.identity)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -155,6 +171,9 @@ def examine_file(
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return Examined(False)
+        # Before anything is hashed: a file changed since has another identity. One changed just
+        # before might not (the clock ticks coarsely on some file systems): not settled.
+        settled = st.st_ctime_ns <= time.time_ns() - SETTLED_NS
         if lock:
             import fcntl
 
@@ -186,7 +205,8 @@ def examine_file(
             for chunk_id, where in _chunks_in(fd, Chunker(config), st.st_size, set(entry.chunks)).items():
                 found.setdefault(chunk_id, where)
         keep = bool(found)
-        return Examined(False, OldFile(fd, found, aligned, found_bytes) if keep else None)
+        old = OldFile(fd, found, aligned, found_bytes, identity(st) if settled else None) if keep else None
+        return Examined(False, old)
     finally:
         if not keep:
             os.close(fd)

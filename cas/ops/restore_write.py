@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from cas.errors import AlreadyExists, IntegrityError
 from cas.format.hashing import hexdigest, new_hasher
 from cas.format.trees import Entry
-from cas.ops.restore_local import TMP_PREFIX, Span
+from cas.ops.restore_local import TMP_PREFIX, Span, identity
 
 #: Read and write: a file built partly by copying ranges in the kernel is read back to be checked.
 _FILE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -78,6 +78,36 @@ class FileWriter:
         tmp = self.temporary_name()
         return os.open(tmp, _FILE_FLAGS, create_mode, dir_fd=dir_fd), tmp, at_create
 
+    def write_whole(self, dir_fd: int, name: str, data: bytes, mode: int, mtime_ns: int) -> str | None:
+        """Create a file holding ``data`` (verified already: the whole content) in as few calls as
+        a whole file takes: created with its final mode where it can be, one write (none for a file
+        of zeros, which is a hole), ``utime`` by descriptor, named. Returns None if it took its final
+        name, else the temporary name it has (the name was taken), for :func:`place`. Nothing
+        appears under ``name`` before the file is whole."""
+        fd, tmp, mode_set = self.create(dir_fd, mode)
+        try:
+            try:
+                if _all_zero(data):
+                    os.ftruncate(fd, len(data))
+                elif data:
+                    written = os.write(fd, data)
+                    if written < len(data):
+                        view = memoryview(data)[written:]
+                        while view:
+                            view = view[os.write(fd, view):]
+                if not mode_set:
+                    os.fchmod(fd, mode)
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+                if tmp is None:
+                    tmp = self.link(fd, dir_fd, name)
+            finally:
+                os.close(fd)
+        except BaseException:
+            if tmp is not None:
+                unlink_quietly(dir_fd, tmp)
+            raise
+        return tmp
+
     def link(self, fd: int, dir_fd: int, name: str) -> str | None:
         """Give a finished unnamed file its final name; if the name is taken (``--overwrite``), link
         it under a temporary name instead and return that, for :func:`place` to rename."""
@@ -95,8 +125,11 @@ def write_content(fd: int, entry: Entry, pieces: Iterable[bytes | Span], path: s
     file it replaces) at the file's position 0, leaving holes for chunks of zeros, then check the
     whole against the entry's size and digest. Returns the size; raises IntegrityError naming ``path``.
 
-    Bytes are hashed as they are written; once a span is copied the file is read back and hashed
-    instead. A one-chunk file's digest is its chunk ID, which was checked when its bytes were read."""
+    Bytes are hashed as they are written. A one-chunk file's digest is its chunk ID, which was
+    checked when its bytes were read. Once a span is copied, the file is read back and hashed
+    instead, unless every span's file still has the identity it had when its chunks were hashed
+    (see :class:`Span`): then each chunk of the new file is one whose bytes hashed to its ID (read,
+    or copied unchanged), in the tree's order, and only the size is left to check."""
     if preallocate:
         try:
             os.posix_fallocate(fd, 0, entry.size)
@@ -105,12 +138,14 @@ def write_content(fd: int, entry: Entry, pieces: Iterable[bytes | Span], path: s
                 raise
     hasher = None if len(entry.chunks) == 1 else new_hasher()
     read_back = False
+    sources: dict[int, tuple[int, ...] | None] = {}
     written = 0
     holes = False
     for piece in pieces:
         if isinstance(piece, Span):
             _copy_span(piece, fd)
             read_back = True
+            sources.setdefault(piece.fd, piece.identity)
             written += piece.length
             continue
         if hasher is not None and not read_back:
@@ -130,6 +165,8 @@ def write_content(fd: int, entry: Entry, pieces: Iterable[bytes | Span], path: s
         os.ftruncate(fd, written)  # the file may end in a hole
     if written != entry.size:
         raise IntegrityError(f"{path}: restored {written} bytes, the tree records {entry.size}")
+    if read_back and _unchanged(sources):
+        return written
     if read_back:
         digest = _digest_of(fd, written)
     elif hasher is None:
@@ -169,6 +206,12 @@ def _copy_span(span: Span, fd: int) -> None:
             n = len(data)
         offset += n
         left -= n
+
+
+def _unchanged(sources: dict[int, tuple[int, ...] | None]) -> bool:
+    """Whether every file spans were copied from has, now that they are copied, the identity it had
+    when its chunks were hashed (and had one: see :class:`Span`)."""
+    return all(known is not None and identity(os.fstat(fd)) == known for fd, known in sources.items())
 
 
 def _digest_of(fd: int, size: int) -> str:

@@ -17,6 +17,7 @@ from backends.local import LocalBackend
 from cas import Store
 from cas.errors import AlreadyExists, PartialRestore
 from cas.ops import restore as restore_module
+from cas.ops import restore_local, restore_write
 from tests.engine import SMALL_CHUNKS, cas_home, store  # noqa: F401
 from tests.ops.test_roundtrip import _materialise, _trees
 from tests.treeutil import describe
@@ -329,6 +330,49 @@ def test_same_size_edit_keeps_the_chunks_at_their_offsets(tmp_path: Path, cas_ho
         assert backend.fetched < 50_000
         again = store.restore("v2", dest, overwrite=True)
         assert (again.written, again.unchanged) == (0, 1)
+
+
+class _PreadCounter:
+    """``os`` as :mod:`cas.ops.restore_write` sees it, counting what it reads with ``pread``."""
+
+    def __init__(self) -> None:
+        self.read = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
+
+    def pread(self, fd: int, n: int, offset: int) -> bytes:
+        data = os.pread(fd, n, offset)
+        self.read += len(data)
+        return data
+
+
+@pytest.mark.parametrize("settled", [True, False])
+def test_a_settled_file_is_not_read_back_after_its_ranges_are_copied(
+    tmp_path: Path, cas_home: Path, monkeypatch: pytest.MonkeyPatch, settled: bool  # noqa: F811
+) -> None:
+    """The ranges copied from a file that had not changed for a while when it was hashed, and has
+    not changed since, are not read back; a file changed just before it was hashed is read back."""
+    store, _backend = _counting_store(tmp_path)
+    with store:
+        src = tmp_path / "src"
+        src.mkdir()
+        content = bytearray(os.urandom(300_000))
+        (src / "ckpt").write_bytes(content)
+        store.snapshot(src, "v1")
+        content[150_000:150_004] = b"\0\1\2\3"
+        (src / "ckpt").write_bytes(content)
+        store.snapshot(src, "v2")
+        dest = tmp_path / "dest"
+        store.restore("v1", dest)
+        if settled:  # as if restored long ago (the restore above has just written it)
+            monkeypatch.setattr(restore_local, "SETTLED_NS", 0)
+        counter = _PreadCounter()
+        monkeypatch.setattr(restore_write, "os", counter)
+        report = store.restore("v2", dest, overwrite=True)
+        assert (dest / "ckpt").read_bytes() == bytes(content)
+        assert report.written == 1 and report.reused_bytes > 250_000
+        assert counter.read == (0 if settled else len(content))
 
 
 def test_in_place_patches_only_the_changed_chunks_of_the_same_file(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811

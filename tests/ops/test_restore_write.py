@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,8 @@ import pytest
 from cas.errors import IntegrityError
 from cas.format.hashing import hexdigest
 from cas.format.trees import FILE, Entry
-from cas.ops.restore_local import Span
+from cas.ops import restore_local, restore_write
+from cas.ops.restore_local import Span, examine_file, identity
 from cas.ops.restore_write import FileWriter, write_content
 
 
@@ -81,3 +84,80 @@ def test_mode_given_at_creation_only_when_the_umask_keeps_it(tmp_path: Path, mod
             os.close(dir_fd)
     finally:
         os.umask(old_umask)
+
+
+class _CountingPread:
+    """``os`` as :mod:`cas.ops.restore_write` sees it, counting the bytes it reads back with ``pread``."""
+
+    def __init__(self) -> None:
+        self.read = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
+
+    def pread(self, fd: int, n: int, offset: int) -> bytes:
+        data = os.pread(fd, n, offset)
+        self.read += len(data)
+        return data
+
+
+def _spans_of(tmp_path: Path, a: bytes, c: bytes) -> tuple[int, os.stat_result]:
+    old = tmp_path / "old"
+    old.write_bytes(c + a)
+    fd = os.open(old, os.O_RDONLY)
+    return fd, os.fstat(fd)
+
+
+def test_copied_ranges_of_an_unchanged_file_are_not_read_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b, c = os.urandom(300_000), os.urandom(1000), os.urandom(100_000)
+    fd, st = _spans_of(tmp_path, a, c)
+    counting = _CountingPread()
+    monkeypatch.setattr(restore_write, "os", counting)
+    try:
+        entry = _entry([a, b, c])
+        spans = [Span(fd, len(c), len(a), identity(st)), b, Span(fd, 0, len(c), identity(st))]
+        assert _write(tmp_path, entry, spans) == a + b + c  # (the test's own pread, not the module's)
+        assert counting.read == 0
+        # Without an identity (the file had not settled when it was hashed), it is read back whole.
+        assert _write(tmp_path, entry, [Span(fd, len(c), len(a)), b, Span(fd, 0, len(c))]) == a + b + c
+        assert counting.read == entry.size
+    finally:
+        os.close(fd)
+
+
+def test_a_file_changed_after_it_was_hashed_is_read_back_and_caught(tmp_path: Path) -> None:
+    a, b, c = os.urandom(300_000), os.urandom(1000), os.urandom(100_000)
+    fd, st = _spans_of(tmp_path, a, c)
+    try:
+        entry = _entry([a, b, c])
+        spans = [Span(fd, len(c), len(a), identity(st)), b, Span(fd, 0, len(c), identity(st))]
+        time.sleep(0.05)  # past a tick of the kernel's coarse clock, where timestamps are coarse
+        wfd = os.open(tmp_path / "old", os.O_WRONLY)
+        os.pwrite(wfd, b"!", 5)  # after the hash, before the copy: its ctime moves on
+        os.close(wfd)
+        with pytest.raises(IntegrityError, match="BLAKE3"):
+            _write(tmp_path, entry, spans)
+    finally:
+        os.close(fd)
+
+
+def test_only_a_file_that_had_settled_when_hashed_gets_an_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    parts = [os.urandom(1000), os.urandom(1000), os.urandom(1000)]
+    entry = replace(_entry(parts), name="f")
+    (tmp_path / "f").write_bytes(parts[0] + os.urandom(1000) + parts[2])  # just written: not settled
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fresh = examine_file(dir_fd, entry, 0o644, trust_mtime=False, config=None, lengths=[1000, 1000, 1000])
+        assert fresh.old is not None and fresh.old.identity is None
+        fresh.old.close()
+        monkeypatch.setattr(restore_local, "SETTLED_NS", 0)
+        settled = examine_file(dir_fd, entry, 0o644, trust_mtime=False, config=None, lengths=[1000, 1000, 1000])
+        assert settled.old is not None
+        try:
+            assert settled.old.identity == identity(os.stat(tmp_path / "f"))
+            span = settled.old.span(entry.chunks[0])
+            assert span is not None and span.identity == settled.old.identity
+        finally:
+            settled.old.close()
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,230 @@
+"""Small files restored whole: one task per directory on the restore's few small-file threads, the
+fewest calls per file, and the same promises as every other file (verified, never half-written
+under its name, mode and mtime exact), on a real file system."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cas import Store
+from cas.errors import PartialRestore
+from cas.ops import restore as restore_module
+from cas.ops import restore_write
+from cas.ops.restore_local import TMP_PREFIX
+from cas.ops.restore_write import FileWriter
+from tests.engine import cas_home  # noqa: F401
+from tests.treeutil import describe
+
+_COUNTED = {"open", "write", "utime", "link", "rename", "close", "fchmod", "ftruncate", "lseek", "pwrite", "fstat"}
+
+
+class _CountingOs:
+    """``os`` as :mod:`cas.ops.restore_write` sees it, recording the calls it makes and by which thread."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, tuple[object, ...]]] = []
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> object:
+        real = getattr(os, name)
+        if name not in _COUNTED:
+            return real
+
+        def call(*args: object, **kwargs: object) -> object:
+            with self._lock:
+                self.calls.append((name, threading.current_thread().name, args))
+            return real(*args, **kwargs)
+
+        return call
+
+    def count(self) -> Counter[str]:
+        return Counter(name for name, _, _ in self.calls)
+
+
+@pytest.fixture
+def plain_store(tmp_path: Path, cas_home: Path) -> Iterator[Store]:  # noqa: F811
+    """A store with the default chunking: a file of up to 256 KiB is one chunk."""
+    s = Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'index.sqlite'}")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def counting_os(monkeypatch: pytest.MonkeyPatch) -> _CountingOs:
+    counting = _CountingOs()
+    monkeypatch.setattr(restore_write, "os", counting)
+    return counting
+
+
+def _small_tree(src: Path, dirs: int, per_dir: int, mode: Callable[[int], int] = lambda i: 0o644) -> int:
+    for d in range(dirs):
+        sub = src / f"d{d}"
+        sub.mkdir(parents=True)
+        for i in range(per_dir):
+            path = sub / f"d{d}-f{i:03d}"
+            path.write_bytes(os.urandom(100 + 37 * i % 3900))
+            os.chmod(path, mode(i))
+            os.utime(path, ns=(1_600_000_000_000_000_000 + i, 1_600_000_000_000_000_000 + d * 1000 + i))
+    return dirs * per_dir
+
+
+def test_small_files_take_one_create_write_utime_link_close_each(
+    plain_store: Store, tmp_path: Path, counting_os: _CountingOs
+) -> None:
+    old_umask = os.umask(0o022)
+    try:
+        src, dest = tmp_path / "src", tmp_path / "dest"
+        n = _small_tree(src, dirs=5, per_dir=40, mode=lambda i: (0o644, 0o755, 0o600, 0o4755)[i % 4])
+        plain_store.snapshot(src, "v1")
+        report = plain_store.restore("v1", dest)
+    finally:
+        os.umask(old_umask)
+    # setuid is dropped (no --same-permissions): every mode then passes the umask, so it is given
+    # at creation and no chmod follows.
+    for path in src.rglob("*"):
+        if path.is_file() and path.stat().st_mode & stat.S_ISUID:
+            path.chmod(0o755)
+    assert describe(str(dest)) == describe(str(src))
+    assert report.files == n and report.written == n + 5  # and the directories
+    counts = counting_os.count()
+    assert counts["open"] == counts["write"] == counts["utime"] == counts["close"] == n
+    assert counts["link"] + counts["rename"] == n
+    assert counts["fchmod"] == counts["ftruncate"] == counts["lseek"] == counts["pwrite"] == counts["fstat"] == 0
+    # Every call on the small-file threads, each directory's files named by one thread.
+    threads = {thread for _, thread, _ in counting_os.calls}
+    assert len(threads) <= restore_module._WHOLE_THREADS
+    assert all(t.startswith("cas-restore-whole") for t in threads)
+    writers: dict[str, set[str]] = {}
+    for name, thread, args in counting_os.calls:
+        if name in ("link", "rename"):
+            writers.setdefault(str(args[1]).split("-")[0], set()).add(thread)
+    assert len(writers) == 5 and all(len(t) == 1 for t in writers.values())
+
+
+def test_a_mode_the_umask_would_change_is_set_after_the_content(
+    plain_store: Store, tmp_path: Path, counting_os: _CountingOs
+) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    n = _small_tree(src, dirs=1, per_dir=6, mode=lambda i: 0o666 if i % 2 else 0o644)
+    plain_store.snapshot(src, "v1")
+    old_umask = os.umask(0o022)
+    try:
+        plain_store.restore("v1", dest)
+    finally:
+        os.umask(old_umask)
+    assert describe(str(dest)) == describe(str(src))
+    assert counting_os.count()["fchmod"] == n // 2
+
+
+def test_zero_and_empty_files_take_no_write(plain_store: Store, tmp_path: Path, counting_os: _CountingOs) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir()
+    (src / "empty").write_bytes(b"")
+    (src / "zeros").write_bytes(bytes(200_000))
+    (src / "data").write_bytes(b"\0" + os.urandom(1000) + b"\0")
+    plain_store.snapshot(src, "v1")
+    plain_store.restore("v1", dest)
+    assert describe(str(dest)) == describe(str(src))
+    counts = counting_os.count()
+    assert counts["write"] == 1 and counts["ftruncate"] == 1
+    assert os.stat(dest / "zeros").st_blocks == 0  # a hole, where the file system has them
+
+
+def test_without_unnamed_files_temporaries_are_renamed_and_none_is_left(
+    plain_store: Store, tmp_path: Path, counting_os: _CountingOs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(restore_write, "HAS_TMPFILE", [False])
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    n = _small_tree(src, dirs=2, per_dir=10)
+    plain_store.snapshot(src, "v1")
+    plain_store.restore("v1", dest)
+    assert describe(str(dest)) == describe(str(src))
+    assert counting_os.count()["rename"] == n and counting_os.count()["link"] == 0
+    assert not [p for p in dest.rglob(f"{TMP_PREFIX}*")]
+
+
+def test_a_taken_name_is_left_as_it_was_until_the_whole_file_replaces_it(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"old")
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        tmp = FileWriter("test").write_whole(dir_fd, "f", b"new content", 0o640, 1_000_000_000)
+        assert tmp is not None and tmp.startswith(TMP_PREFIX)
+        assert (tmp_path / "f").read_bytes() == b"old"
+        st = os.stat(tmp, dir_fd=dir_fd)
+        assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size) == (0o640, 1_000_000_000, 11)
+        restore_write.place(dir_fd, tmp, "f", "f", None)
+        assert (tmp_path / "f").read_bytes() == b"new content"
+    finally:
+        os.close(dir_fd)
+
+
+def test_a_corrupt_small_file_is_reported_and_never_appears(plain_store: Store, tmp_path: Path) -> None:
+    """A chunk that fails verification is left out of what the directory fetched together; its file
+    is fetched alone, fails under its own path, and the other files are restored."""
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i:02d}").write_bytes(os.urandom(3000))
+    plain_store.snapshot(src, "v1")
+    victim = (src / "f07").read_bytes()
+    packs = list((tmp_path / "repo" / "data").rglob("*"))
+    for pack in (p for p in packs if p.is_file()):
+        data = pack.read_bytes()
+        at = data.find(victim[100:200])
+        if at >= 0:
+            pack.chmod(0o644)
+            pack.write_bytes(data[:at] + bytes(100) + data[at + 100:])
+    with pytest.raises(PartialRestore, match="f07"):
+        plain_store.restore("v1", dest)
+    assert not (dest / "f07").exists()
+    assert sorted(p.name for p in dest.iterdir()) == [f"f{i:02d}" for i in range(20) if i != 7]
+
+
+def test_the_walk_waits_for_room_in_its_budget_and_never_on_itself() -> None:
+    budget = restore_module._Budget(100)
+    assert budget.take(60) == 60
+    taken = threading.Event()
+
+    def walk() -> None:
+        budget.take(60)  # 120 > 100 while 60 are held: waits for the writers
+        taken.set()
+
+    walker = threading.Thread(target=walk)
+    walker.start()
+    assert not taken.wait(0.2)
+    budget.give(60)
+    assert taken.wait(5)
+    walker.join()
+    budget.give(60)
+    assert budget.take(1000) == 1000  # nothing held: more than the budget still goes through
+
+
+def test_small_files_fetched_ahead_stay_within_the_budget(
+    plain_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a budget of one directory's data, the walk never holds two directories' small files
+    that are not written yet (it waits for the writers), and the result is whole."""
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    _small_tree(src, dirs=6, per_dir=30)
+    plain_store.snapshot(src, "v1")
+    per_dir = max(sum(p.stat().st_size for p in (src / f"d{d}").iterdir()) for d in range(6))
+    monkeypatch.setattr(restore_module, "_FETCHED_AHEAD", per_dir)
+    most = [0]
+    real_take = restore_module._Budget.take
+
+    def take(self: restore_module._Budget, nbytes: int) -> int:
+        got = real_take(self, nbytes)
+        most[0] = max(most[0], self._held)
+        return got
+
+    monkeypatch.setattr(restore_module._Budget, "take", take)
+    plain_store.restore("v1", dest)
+    assert describe(str(dest)) == describe(str(src))
+    assert 0 < most[0] <= per_dir
