@@ -63,6 +63,9 @@ _BATCH_BYTES = 1024 * 1024
 #: releases it). Two keep two calls in the kernel at once, where most of a small file's time is.
 _WHOLE_FILES = 4096
 _WHOLE_THREADS = 2
+#: A directory with at most this many such files has them written by the walk itself: handing a
+#: few files to another thread costs more (GIL hand-offs, wake-ups) than the overlap gains.
+_WHOLE_INLINE = 32
 _EMPTY_DIGEST = hexdigest(b"")
 #: Bytes of small files fetched and not yet written that the walk may have (one directory's more).
 _FETCHED_AHEAD = 4 * 1024 * 1024
@@ -425,8 +428,13 @@ class Restorer:
                 part = whole[i:i + _WHOLE_FILES]
                 held = min(ahead, sum(e.size for e, _ in part))
                 ahead -= held
-                job.pending.append(([p for _, p in part], self._whole_pool.submit(
-                    self._write_whole, dir_fd, part, prefetched, held)))
+                if len(part) <= _WHOLE_INLINE:
+                    done: Future[list[_Done | BaseException]] = Future()
+                    done.set_result(self._write_whole(dir_fd, part, prefetched, held))
+                    job.pending.append(([p for _, p in part], done))
+                else:
+                    job.pending.append(([p for _, p in part], self._whole_pool.submit(
+                        self._write_whole, dir_fd, part, prefetched, held)))
             self._budget.give(ahead)  # what no small-file task holds (few bytes, written by the pool)
             ahead = 0
         except BaseException:

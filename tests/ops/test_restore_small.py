@@ -81,7 +81,7 @@ def test_small_files_take_one_create_write_utime_link_close_each(
     old_umask = os.umask(0o022)
     try:
         src, dest = tmp_path / "src", tmp_path / "dest"
-        n = _small_tree(src, dirs=5, per_dir=40, mode=lambda i: (0o644, 0o755, 0o600, 0o4755)[i % 4])
+        n = _small_tree(src, dirs=5, per_dir=restore_module._WHOLE_INLINE + 8, mode=lambda i: (0o644, 0o755, 0o600, 0o4755)[i % 4])
         plain_store.snapshot(src, "v1")
         report = plain_store.restore("v1", dest)
     finally:
@@ -212,7 +212,7 @@ def test_small_files_fetched_ahead_stay_within_the_budget(
     """With a budget of one directory's data, the walk never holds two directories' small files
     that are not written yet (it waits for the writers), and the result is whole."""
     src, dest = tmp_path / "src", tmp_path / "dest"
-    _small_tree(src, dirs=6, per_dir=30)
+    _small_tree(src, dirs=6, per_dir=restore_module._WHOLE_INLINE + 8)  # written on the writer threads
     plain_store.snapshot(src, "v1")
     per_dir = max(sum(p.stat().st_size for p in (src / f"d{d}").iterdir()) for d in range(6))
     monkeypatch.setattr(restore_module, "_FETCHED_AHEAD", per_dir)
@@ -228,3 +228,16 @@ def test_small_files_fetched_ahead_stay_within_the_budget(
     plain_store.restore("v1", dest)
     assert describe(str(dest)) == describe(str(src))
     assert 0 < most[0] <= per_dir
+
+
+def test_a_few_small_files_are_written_by_the_walk_itself(
+    plain_store: Store, tmp_path: Path, counting_os: _CountingOs
+) -> None:
+    """Directories with few small files (a package's, typically) are not handed to another thread."""
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    n = _small_tree(src, dirs=4, per_dir=restore_module._WHOLE_INLINE)
+    plain_store.snapshot(src, "v1")
+    plain_store.restore("v1", dest)
+    assert describe(str(dest)) == describe(str(src))
+    assert counting_os.count()["link"] + counting_os.count()["rename"] == n
+    assert {thread for _, thread, _ in counting_os.calls} == {threading.current_thread().name}
