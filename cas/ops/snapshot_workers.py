@@ -72,6 +72,9 @@ _MAX_DEPTH = 3
 """Deepest split considered; a deeper tree is split where it has the most directories."""
 _LIST_LIMIT = 2000
 """Directories listed, at most, to decide whether a tree is large enough."""
+_ENCODERS = 1
+"""Compression threads of each worker's writer: the workers are the parallelism, and each thread
+holds its compression context and a group of blobs in memory."""
 _STOP_WAIT = 10.0
 """Seconds a stopped worker is given to unwind before it is killed."""
 
@@ -437,7 +440,7 @@ def _serve(send: Any, tasks: Any, setup: _Setup) -> None:
     files_cache = FilesCache(setup.files_cache, setup.files_cache_max_age) if setup.files_cache else None
     spool = TreeRowSpool(setup.repo.index)
     try:
-        with BlobWriter(setup.repo) as writer:
+        with BlobWriter(setup.repo, workers=_ENCODERS) as writer:
             builder = TreeBuilder(writer, setup.chunker, files_cache=files_cache, on_change=setup.on_change,
                                   on_directory=spool.add, filter=setup.filter)
             builder.start_delegated(setup.path, setup.root_dev)
