@@ -5,6 +5,14 @@ usage (peak resident set size, user and system CPU time) is what GNU time (``/us
 reports for it: the rusage of that process and the descendants it waited for. GNU time sits in
 between because a child forked straight from this harness would start with the harness's own
 resident set as its peak (Linux carries the peak across fork and exec).
+
+GNU time's peak RSS is that of the largest single process, not of all of them at once: a tool
+that works in several processes (cas snapshot's workers) would look smaller than it is. So the
+command's processes (its process group) are also sampled every :data:`SAMPLE_SECONDS` from
+``/proc/PID/smaps_rollup``, and the peak of the SUM of their RSS is taken when it is the larger;
+the peak sum of their PSS (shared pages divided among the processes sharing them, so a forked
+worker's copy-on-write pages are not counted twice) is kept beside it. A peak shorter than the
+sampling interval can be missed by the sum, never by GNU time's figure.
 """
 
 from __future__ import annotations
@@ -40,6 +48,10 @@ class Measurement:
     load_before: float
     warm_seconds: float
     output_tail: str
+    max_pss_kib: int = 0
+    """Peak of the sum of the PSS of the command's processes (sampled; 0 if none was sampled)."""
+    processes: int = 1
+    """Most processes of the command seen at once (sampled)."""
 
     @property
     def ok(self) -> bool:
@@ -59,6 +71,53 @@ class Usage:
     returncode: int
     timed_out: bool
     output_tail: str
+    max_pss_kib: int = 0
+    processes: int = 1
+
+
+SAMPLE_SECONDS = 0.05
+
+
+def group_memory(pgid: int, skip: int) -> tuple[int, int, int]:
+    """(RSS KiB, PSS KiB, processes) summed over the processes of process group ``pgid``, but ``skip``."""
+    rss = pss = count = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == skip:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                data = f.read()
+            # Fields after the command name (which may hold spaces): state, ppid, pgrp, ...
+            if int(data[data.rindex(b")") + 2 :].split()[2]) != pgid:
+                continue
+            with open(f"/proc/{entry.name}/smaps_rollup", "rb") as f:
+                text = f.read()
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile, or a kernel thread
+        count += 1
+        for line in text.splitlines():
+            if line.startswith(b"Rss:"):
+                rss += int(line.split()[1])
+            elif line.startswith(b"Pss:"):
+                pss += int(line.split()[1])
+    return rss, pss, count
+
+
+class _Sampler(threading.Thread):
+    """Samples :func:`group_memory` of a command until stopped; keeps the peaks."""
+
+    def __init__(self, pgid: int) -> None:
+        super().__init__(daemon=True)
+        self.pgid = pgid
+        self.rss = self.pss = 0
+        self.processes = 1
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(SAMPLE_SECONDS):
+            rss, pss, count = group_memory(self.pgid, skip=self.pgid)  # not GNU time itself
+            self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
+            self.processes = max(self.processes, count)
 
 
 def measure(cmd: list[str], cwd: Path, env: dict[str, str], out_path: Path, timeout: float) -> Usage:
@@ -83,10 +142,14 @@ def measure(cmd: list[str], cwd: Path, env: dict[str, str], out_path: Path, time
 
         timer = threading.Timer(timeout, kill)
         timer.start()
+        sampler = _Sampler(proc.pid)  # the new session's group: GNU time, the command, its workers
+        sampler.start()
         try:
             _, status, ru = os.wait4(proc.pid, 0)
         finally:
             timer.cancel()
+            sampler.stopped.set()
+            sampler.join()
         seconds = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
@@ -99,7 +162,8 @@ def measure(cmd: list[str], cwd: Path, env: dict[str, str], out_path: Path, time
         max_rss, user_s, sys_s = int(rss), float(user), float(sys_)
     except (IndexError, ValueError):
         max_rss, user_s, sys_s = 0, ru.ru_utime, ru.ru_stime  # killed before GNU time could write
-    return Usage(seconds, max_rss, user_s, sys_s, proc.returncode, timed_out.is_set(), text[-4000:])
+    return Usage(seconds, max(max_rss, sampler.rss), user_s, sys_s, proc.returncode, timed_out.is_set(),
+                 text[-4000:], sampler.pss, sampler.processes)
 
 
 def read_all(paths: list[Path]) -> int:

@@ -191,10 +191,11 @@ class Runner:
             case=case, step=step, tool=t.name, round=rnd, position=pos, cmd=cmd, cwd=str(cwd), seconds=seconds,
             max_rss_kib=u.max_rss_kib, user_seconds=u.user_seconds, sys_seconds=u.sys_seconds,
             returncode=rc, timed_out=timed_out, load_before=load, warm_seconds=warm_s, output_tail=tail,
+            max_pss_kib=u.max_pss_kib, processes=u.processes,
         )
         row = {**dataclasses.asdict(m), "ok": m.ok, "cpu_seconds": m.cpu_seconds}
         status = "ok" if m.ok else ("TIMEOUT" if timed_out else f"FAILED rc={rc}")
-        log(f"r{rnd} {case:5s} {step:18s} {t.name:13s} {seconds:8.2f}s  cpu {m.cpu_seconds:7.2f}s  peak {m.max_rss_kib / 1024:7.1f} MiB  {status}")
+        log(f"r{rnd} {case:5s} {step:18s} {t.name:13s} {seconds:8.2f}s  cpu {m.cpu_seconds:7.2f}s  peak {m.max_rss_kib / 1024:7.1f} MiB (PSS {m.max_pss_kib / 1024:.1f}, {m.processes} proc)  {status}")
         if not m.ok:
             self.errors.append(f"round {rnd} {case} {step} {t.name}: {status}: {shlex.join(cmd)}\n{tail[-1500:]}")
             print(f"!!! {t.name} {case} {step} {status}\n    cmd: {shlex.join(cmd)}\n    cwd: {cwd}\n{tail[-1500:]}", flush=True)

@@ -170,6 +170,7 @@ class Store:
         chunker: ChunkerName | str | None = None,
         filter: SnapshotFilter | None = None,
         files_cache_ttl: dt.timedelta | None = None,
+        jobs: int | None = None,
     ) -> Snapshot:
         """Store the tree at ``path`` under ``execution_id``.
 
@@ -184,6 +185,8 @@ class Store:
         :data:`~cas.ops.tree_builder.CHANGE_RETRIES` times it was read again (see :class:`OnChange`).
         ``files_cache_ttl``: the files cache forgets paths no snapshot has seen for this long
         (default 30 days).
+        ``jobs``: worker processes that walk a large tree's subdirectories (default: one per CPU,
+        at most 4; 1 for none). Small trees and remote repositories are always taken in this process.
 
         Taking an ID that exists returns the existing snapshot when the tree is identical and raises
         :class:`AlreadyExists` otherwise.
@@ -196,7 +199,7 @@ class Store:
             self.repo, os.fspath(path), execution_id, check_labels(labels or {}),
             use_files_cache=use_files_cache, progress=progress, on_change=OnChange(on_change),
             chunker=_chunker_name(chunker), filter=SnapshotFilter() if filter is None else filter,
-            files_cache_max_age=files_cache_ttl,
+            files_cache_max_age=files_cache_ttl, jobs=jobs,
         )
         return self.get(execution_id)
 

@@ -34,7 +34,7 @@ def cmd_snapshot(store: Store, args: argparse.Namespace) -> int:
         snap = store.snapshot(
             args.path, args.execution_id, labels=labels, use_files_cache=not args.no_files_cache, progress=progress,
             on_change=args.on_change, chunker=args.chunker, filter=snapshot_filter(args),
-            files_cache_ttl=args.files_cache_ttl,
+            files_cache_ttl=args.files_cache_ttl, jobs=args.jobs,
         )
     st = snap.stats
     text = (

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="how to cut files into chunks (default: the repository's own; fastcdc-archives-1 cuts zips, tars "
         "and safetensors files at their members, and is the default of repositories created since it exists)",
     )
+    s.add_argument("--jobs", "-j", type=_jobs_option, default=None, metavar="N",
+                   help="worker processes that walk a large tree's subdirectories (default: one per CPU, at most 4; "
+                   "1: all in this process). Small trees and remote repositories always use one process")
     _add_snapshot_filter(s)
 
     s = sub.add_parser("log", help="executions, newest first")
@@ -197,6 +200,16 @@ def _add_filters(s: argparse.ArgumentParser, verb: str) -> None:
                    "offset), e.g. 2026-11-25, 2026-11-25T10:00, or a duration ago, e.g. 30d, 12h")
     s.add_argument("--until", type=when_option, default=None, metavar="WHEN",
                    help=f"{verb} only snapshots taken before WHEN (same forms as --since)")
+
+def _jobs_option(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more, not {text!r}")
+    return value
+
 
 def _add_snapshot_filter(s: argparse.ArgumentParser) -> None:
     s.add_argument("--exclude", action="append", default=[], metavar="PATTERN",

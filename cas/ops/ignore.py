@@ -119,15 +119,21 @@ def _trim_trailing_spaces(line: str) -> str:
     return line[:last_space] if last_space is not None else line
 
 
+def _pattern_list(lines: tuple[str, ...], base: str, source: str, from_file: bool) -> PatternList:
+    return PatternList(lines, base=base, source=source, from_file=from_file)
+
+
 class PatternList:
     """One list of gitignore-style patterns, relative to the directory ``base`` ('' for the root
     of the walk; a path with ``/`` separators otherwise)."""
 
-    __slots__ = ("_names", "_others", "_prefix", "_rules", "base", "source")
+    __slots__ = ("_from_file", "_lines", "_names", "_others", "_prefix", "_rules", "base", "source")
 
     def __init__(self, lines: Iterable[str], *, base: str = "", source: str = "", from_file: bool = False) -> None:
         """``from_file``: the lines of a file, which lose trailing spaces and carriage returns as
         git reads them; otherwise patterns given one by one, kept as they are."""
+        lines = tuple(lines)
+        self._lines, self._from_file = lines, from_file  # to be pickled as what it was made from
         self.base = base
         self.source = source
         self._prefix = base + "/" if base else ""
@@ -161,6 +167,11 @@ class PatternList:
     def from_text(cls, text: str, *, base: str = "", source: str = "") -> PatternList:
         """The patterns of an ignore file's text: one per line (``\\n``-separated, as git reads them)."""
         return cls(text.split("\n"), base=base, source=source, from_file=True)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickled as its lines (the compiled rules hold functions that do not pickle): a parallel
+        snapshot hands a directory's ignore files to a worker process."""
+        return _pattern_list, (self._lines, self.base, self.source, self._from_file)
 
     def __bool__(self) -> bool:
         return bool(self._rules)

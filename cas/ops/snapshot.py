@@ -16,7 +16,9 @@ from cas.errors import AlreadyExists, CasError, IntegrityError, NotFound, Unavai
 from cas.format.chunking import Chunker
 from cas.format.config import ChunkerName
 from cas.format.records import SnapshotRecord, snapshot_key
+from cas.ops import snapshot_workers
 from cas.ops.commit import commit_with_blobs
+from cas.ops.snapshot_workers import default_jobs
 from cas.ops.tree_index import TreeRowSpool
 from cas.ops.snapshot_filter import SnapshotFilter
 from cas.ops.tree_builder import OnChange, ProgressFn, TreeBuilder
@@ -40,12 +42,15 @@ def take_snapshot(
     chunker: ChunkerName | None = None,
     filter: SnapshotFilter | None = None,
     files_cache_max_age: dt.timedelta | None = None,
+    jobs: int | None = None,
 ) -> None:
     """Store the tree at ``path`` and commit it under ``execution_id`` (validated by the caller),
     leaving out what ``filter`` says (nothing without one).
 
     ``chunker``: how files are cut (None: the repository config's chunker).
     ``files_cache_max_age``: see :class:`~cas.repo.filescache.FilesCache`.
+    ``jobs``: worker processes for a large tree (:mod:`cas.ops.snapshot_workers`; None: one per
+    CPU, at most a few; 1: everything in this process).
 
     If garbage collection removes blobs the snapshot reused before its commit, nothing is committed
     and the tree is stored again (without the files cache), up to :data:`COMMIT_ATTEMPTS` times.
@@ -55,7 +60,7 @@ def take_snapshot(
         try:
             record, referenced = store_tree(repo, path, execution_id, labels, use_files_cache, progress, on_change,
                                             chunker=chunker, spool=spool, filter=filter,
-                                            files_cache_max_age=files_cache_max_age)
+                                            files_cache_max_age=files_cache_max_age, jobs=jobs)
             missing = commit(repo, record, referenced, spool)
         finally:
             spool.close()
@@ -75,26 +80,53 @@ def store_tree(
     repo: Repository, path: str, execution_id: str, labels: dict[str, str], use_files_cache: bool,
     progress: ProgressFn | None, on_change: OnChange, *, chunker: ChunkerName | None = None,
     spool: TreeRowSpool | None = None, filter: SnapshotFilter | None = None,
-    files_cache_max_age: dt.timedelta | None = None,
+    files_cache_max_age: dt.timedelta | None = None, jobs: int | None = None,
 ) -> tuple[SnapshotRecord, set[str]]:
     """Steps 1-3 of the write order: every chunk and tree node durable and indexed. Returns the
-    record to commit and every blob it references; ``spool`` receives every directory's entries."""
-    files_cache = None
+    record to commit and every blob it references; ``spool`` receives every directory's entries.
+    A large tree is split across ``jobs`` worker processes (:mod:`cas.ops.snapshot_workers`)."""
+    cache_path = None
     if use_files_cache:
-        files_cache = FilesCache(os.path.join(default_home(), "cache", f"files-v2-{repo.config.repo_id}.sqlite"),
-                                 files_cache_max_age)
+        cache_path = os.path.join(default_home(), "cache", f"files-v2-{repo.config.repo_id}.sqlite")
+    cutter = Chunker(repo.config, chunker)
+    # Forked first, before this process starts threads or opens its files cache.
+    pool = snapshot_workers.start_pool(
+        repo, path, default_jobs() if jobs is None else jobs, chunker=cutter, files_cache=cache_path,
+        files_cache_max_age=files_cache_max_age, on_change=on_change, filter=filter, progress=progress,
+    )
+    files_cache = None
+    workers = None
     try:
+        if cache_path is not None:
+            files_cache = FilesCache(cache_path, files_cache_max_age)
         with BlobWriter(repo) as writer:
-            builder = TreeBuilder(writer, Chunker(repo.config, chunker), files_cache=files_cache, progress=progress,
+            builder = TreeBuilder(writer, cutter, files_cache=files_cache,
+                                  progress=pool.own_progress if pool is not None else progress,
                                   on_change=on_change, on_directory=spool.add if spool is not None else None,
-                                  filter=filter)
+                                  filter=filter, delegation=pool)
             result = builder.build(path)
             writer.flush()
+            if pool is not None:
+                workers = pool.finish()
         if files_cache is not None:
             files_cache.commit()
     finally:
+        if pool is not None:
+            pool.close()
         if files_cache is not None:
             files_cache.close()
+    referenced = builder.referenced
+    writes = writer.stats
+    if workers is not None:
+        snapshot_workers.add_walk_stats(result.stats, workers.stats)
+        referenced |= workers.referenced
+        if spool is not None:
+            spool.merge(workers.trees, workers.assumed)
+        workers.writes.new_blobs += writes.new_blobs
+        workers.writes.new_raw_bytes += writes.new_raw_bytes
+        workers.writes.new_stored_bytes += writes.new_stored_bytes
+        workers.writes.new_tree_bytes += writes.new_tree_bytes
+        writes = workers.writes
     walk = result.stats
     stats = {
         "files": walk.files,
@@ -103,17 +135,17 @@ def store_tree(
         "skipped": walk.skipped,
         "changed": walk.changed,
         "logical_bytes": walk.logical_bytes,
-        "new_bytes": writer.stats.new_raw_bytes,
-        "stored_bytes": writer.stats.new_stored_bytes,
-        "new_blobs": writer.stats.new_blobs,
-        "new_tree_bytes": writer.stats.new_tree_bytes,
+        "new_bytes": writes.new_raw_bytes,
+        "stored_bytes": writes.new_stored_bytes,
+        "new_blobs": writes.new_blobs,
+        "new_tree_bytes": writes.new_tree_bytes,
         "files_from_cache": walk.files_from_cache,
         **walk.excluded.to_stats(),
     }
     record = SnapshotRecord(
         execution_id, result.root, result.root_mode, result.root_mtime_ns, time.time_ns(), labels=labels, stats=stats,
     )
-    return record, builder.referenced
+    return record, referenced
 
 
 def commit(

@@ -33,7 +33,7 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from cas.repo.blobwriter import BlobWriter
 from cas.format.chunking import Chunker
@@ -135,6 +135,34 @@ class _Dir:
     """False for a directory no ``--include`` pattern selected: stored only if something in it is."""
     stored: int = 0
     """Entries added to :attr:`encoder` so far."""
+    held: list[Entry | _Deferred | object] | None = None
+    """With a :class:`Delegation`: this directory's entries from its first one handed to a worker
+    on, in name order (entries, subdirectories waiting on workers, and workers' handles)."""
+
+
+@dataclass(eq=False)
+class _Deferred:
+    """A directory whose node waits on subdirectories handed to worker processes: it is encoded
+    once their entries are back (:meth:`TreeBuilder._resolve`), after the walk."""
+
+    frame: _Dir
+    """Its frame, closed; ``held`` lists what its encoder still waits for."""
+
+
+class Delegation(Protocol):
+    """Where a parallel snapshot sends subdirectories (``cas.ops.snapshot_workers``): each
+    directory at :attr:`depth` below the root is walked by a worker process, whole."""
+
+    depth: int
+
+    def submit(self, parent_rel: bytes, parent_ident: tuple[int, int], name: bytes, scope: DirScope | None) -> object:
+        """Hand the entry ``name`` of the directory ``parent_rel`` (decided by ``scope``) to a
+        worker; returns the handle :meth:`result` takes."""
+        ...
+
+    def result(self, handle: object) -> Entry | None:
+        """The entry the worker stored for it (None: left out, vanished); raises its error."""
+        ...
 
 
 class TreeBuilder:
@@ -148,11 +176,14 @@ class TreeBuilder:
         on_change: OnChange | str = OnChange.WARN,
         on_directory: Callable[[str, list[Entry]], None] | None = None,
         filter: SnapshotFilter | None = None,
+        delegation: Delegation | None = None,
     ) -> None:
         """``on_directory(tree_id, entries)`` is called for each directory once it is encoded (the
         index's tree entries are filled from it at commit). ``filter`` decides what of a directory's
-        contents is left out (nothing without one)."""
+        contents is left out (nothing without one). ``delegation``: hand the directories at its
+        depth to worker processes (a parallel snapshot) instead of walking them here."""
         self.on_directory = on_directory
+        self.delegation = delegation
         self.writer = writer
         self.chunker = chunker
         self.files_cache = files_cache
@@ -193,7 +224,9 @@ class TreeBuilder:
             if self.filter_options is not None:
                 self._filter = self.filter_options.start(st.st_dev)
                 self.stats.excluded = self._filter.stats
-            root = self._walk(fd, st)
+            walked = self._walk(fd, st)
+            root = self._resolve(walked) if isinstance(walked, _Deferred) else walked
+            assert root is not None  # the root is always stored
         elif stat.S_ISREG(st.st_mode):
             os.close(fd)
             entry = self._root_file(path)
@@ -205,9 +238,15 @@ class TreeBuilder:
 
     # -- the walk ---------------------------------------------------------------------------------
 
-    def _walk(self, root_fd: int, st: os.stat_result) -> str:
+    def _walk(self, root_fd: int, st: os.stat_result) -> str | _Deferred:
         """Store the directory open as ``root_fd`` (which this takes over) and everything under it."""
-        stack = [self._open_dir(root_fd, b"", "", st, None, True)]
+        tree = self._walk_stack([self._open_dir(root_fd, b"", "", st, None, True)])
+        assert tree is not None  # the root is always stored
+        return tree
+
+    def _walk_stack(self, stack: list[_Dir]) -> str | _Deferred | None:
+        """Walk the directory of the one frame on ``stack`` and everything under it; its tree
+        (None if it is left out, a :class:`_Deferred` if it waits on workers)."""
         try:
             while True:
                 top = stack[-1]
@@ -224,7 +263,7 @@ class TreeBuilder:
                 tree = self._finish_dir(top)
                 stack.pop()
                 if not stack:
-                    assert tree is not None  # the root is always stored
+                    self._close(top)
                     return tree
                 parent = stack[-1]
                 if parent.fd is None:
@@ -232,11 +271,61 @@ class TreeBuilder:
                 self._close(top)
                 if tree is None:
                     continue
+                if isinstance(tree, _Deferred):
+                    self._hold(parent, tree)
+                    continue
                 self.stats.dirs += 1
                 self._add(parent, Entry(top.name, DIR, stat.S_IMODE(top.mode), top.mtime_ns, tree=tree))
         finally:
             for frame in stack:
                 self._close(frame)
+
+    def walk_delegated(
+        self, root_fd: int, parent_rel: bytes, parent_ident: tuple[int, int], name: bytes, scope: DirScope | None
+    ) -> Entry | None:
+        """A worker's share of a parallel snapshot (after :meth:`start_delegated`): store the entry
+        ``name`` of the directory ``parent_rel`` as the walk would have (a directory, or whatever
+        replaced it), deciding it by ``scope``. The directory is opened from ``root_fd`` one level at
+        a time without following symlinks, and must be the one the main walk saw (``parent_ident``)."""
+        fd = os.dup(root_fd)
+        try:
+            for part in parent_rel.split(b"/") if parent_rel else ():
+                try:
+                    opened = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    raise Unstable(f"{self._display(parent_rel)} was moved during the snapshot "
+                                   f"({exc.strerror or exc}); snapshot it again") from None
+                os.close(fd)
+                fd = opened
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        frame = _Dir(fd, parent_rel, (st.st_dev, st.st_ino), "", st.st_mode, st.st_mtime_ns, [name],
+                     _Capture(), pos=1, scope=scope)  # type: ignore[arg-type]
+        try:
+            if frame.ident != parent_ident:
+                raise Unstable(f"{self._display(parent_rel)} was moved during the snapshot; snapshot it again")
+            child = self._entry(frame, name)
+            if child is not None:
+                tree = self._walk_stack([child])
+                assert not isinstance(tree, _Deferred)  # a worker delegates nothing
+                if tree is not None:
+                    self.stats.dirs += 1
+                    self._add(frame, Entry(child.name, DIR, stat.S_IMODE(child.mode), child.mtime_ns, tree=tree))
+        finally:
+            self._close(frame)
+        return frame.encoder.entry  # type: ignore[attr-defined, no-any-return]
+
+    def start_delegated(self, path: str, root_dev: int) -> None:
+        """Prepare a worker of a parallel snapshot of ``path`` (on device ``root_dev``) for
+        :meth:`walk_delegated`: messages name paths, and the files cache keys them, as here."""
+        self._root = os.fsencode(path)
+        self._root_abs = os.fsencode(os.path.abspath(path))
+        self._cache_dir_for = (None, b"")
+        if self.filter_options is not None:
+            self._filter = self.filter_options.start(root_dev)
+            self.stats.excluded = self._filter.stats
 
     def _open_dir(
         self, fd: int, rel: bytes, name: str, st: os.stat_result, parent: DirScope | None, included: bool
@@ -289,8 +378,11 @@ class TreeBuilder:
             raise Unstable(f"{self._display(parent.rel)} was moved during the snapshot; snapshot it again")
         return fd
 
-    def _finish_dir(self, frame: _Dir) -> str | None:
-        """The directory's tree ID; None for one left out (not included, and nothing in it stored)."""
+    def _finish_dir(self, frame: _Dir) -> str | _Deferred | None:
+        """The directory's tree ID; None for one left out (not included, and nothing in it stored);
+        a :class:`_Deferred` while some of its entries wait on workers."""
+        if frame.held is not None:
+            return _Deferred(frame)
         if not frame.included and not frame.stored and self._filter is not None:
             self._filter.count(ExcludeReason.INCLUDE, 0)
             return None
@@ -303,7 +395,38 @@ class TreeBuilder:
             frame.entries = None
         return tree
 
+    def _hold(self, frame: _Dir, item: _Deferred | object) -> None:
+        """Add to ``frame`` an entry that waits on workers; the entries after it wait with it."""
+        if frame.held is None:
+            frame.held = []
+        frame.held.append(item)
+
+    def _resolve(self, deferred: _Deferred) -> str | None:
+        """Encode a directory whose entries waited on workers (theirs first, depth first)."""
+        frame = deferred.frame
+        held, frame.held = frame.held or [], None
+        for item in held:
+            if isinstance(item, Entry):
+                self._add(frame, item)
+            elif isinstance(item, _Deferred):
+                tree = self._resolve(item)
+                if tree is not None:
+                    child = item.frame
+                    self.stats.dirs += 1
+                    self._add(frame, Entry(child.name, DIR, stat.S_IMODE(child.mode), child.mtime_ns, tree=tree))
+            else:
+                assert self.delegation is not None
+                entry = self.delegation.result(item)
+                if entry is not None:
+                    self._add(frame, entry)
+        tree = self._finish_dir(frame)
+        assert not isinstance(tree, _Deferred)
+        return tree
+
     def _add(self, frame: _Dir, entry: Entry) -> None:
+        if frame.held is not None:
+            frame.held.append(entry)  # after one that waits on a worker: encoded in order, later
+            return
         frame.stored += 1
         try:
             frame.encoder.add(entry)
@@ -335,6 +458,11 @@ class TreeBuilder:
             except FileNotFoundError:
                 return None  # vanished while we walked: it is not part of the snapshot
             mode = st.st_mode
+            if (self.delegation is not None and stat.S_ISDIR(mode)
+                    and rel.count(b"/") + 1 == self.delegation.depth):
+                # A worker decides, walks and stores it; its entry joins this directory's later.
+                self._hold(frame, self.delegation.submit(frame.rel, frame.ident, name, frame.scope))
+                return None
             decision = None
             if self._filter is not None:
                 assert frame.scope is not None
@@ -617,8 +745,17 @@ class TreeBuilder:
             self.progress(self.stats.files, self.stats.logical_bytes)
 
 
+class _Capture:
+    """Stands in for a directory's encoder in :meth:`TreeBuilder.walk_delegated`: keeps the one entry."""
+
+    entry: Entry | None = None
+
+    def add(self, entry: Entry) -> None:
+        self.entry = entry
+
+
 class Unstable(CasError):
     """The tree changed under the snapshot in a way it cannot follow (a directory moved away)."""
 
 
-__all__ = ["CHANGE_RETRIES", "FileChanged", "OnChange", "TreeBuilder", "TreeResult", "Unstable", "WalkStats"]
+__all__ = ["CHANGE_RETRIES", "Delegation", "FileChanged", "OnChange", "TreeBuilder", "TreeResult", "Unstable", "WalkStats"]

@@ -107,6 +107,17 @@ class TreeRowSpool:
             pickle.dump(self._kept, self._spill, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[arg-type]
             self._kept, self._kept_rows = [], 0
 
+    def merge(self, trees: Iterable[tuple[str, list[TreeEntryRow]]], assumed: Iterable[str]) -> None:
+        """Take in another spool's kept directories and assumed ones (a parallel snapshot's
+        workers'); a directory already here is not kept twice."""
+        for tree_id, rows in trees:
+            if tree_id in self._seen:
+                continue
+            self._seen.add(tree_id)
+            self._kept.append((tree_id, rows))
+            self._kept_rows += len(rows)
+        self.assumed.update(assumed)
+
     def finish(self) -> None:
         """Check the directories not yet checked; :attr:`assumed` is complete afterwards."""
         if self._pending:

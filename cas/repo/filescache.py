@@ -135,9 +135,10 @@ class FilesCache:
             self._db.executemany("INSERT INTO temp.pending VALUES (?,?,?,?,?,?,?,?,?,?)", self._pending)
         self._pending = []
 
-    def commit(self) -> None:
-        """Record what this snapshot read and saw, and forget entries not seen for ``max_age``;
-        call only after its chunks are durable."""
+    def commit(self, *, expire: bool = True) -> None:
+        """Record what this snapshot read and saw, and (with ``expire``) forget entries not seen for
+        ``max_age``; call only after its chunks are durable. A parallel snapshot's workers commit
+        their rows without expiring: the main process expires once, after them."""
         self._spill()
         with self._db:
             # The rows looked up and found were seen: by row ID (8 bytes each in memory until now).
@@ -154,7 +155,8 @@ class FilesCache:
                 " seen_ns) SELECT * FROM temp.pending"
             )
             self._db.execute("DELETE FROM temp.pending")
-        self.expire()
+        if expire:
+            self.expire()
 
     def expire(self) -> int:
         """Forget entries whose paths no snapshot has seen for ``max_age``; returns how many."""

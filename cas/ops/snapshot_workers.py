@@ -1,0 +1,492 @@
+"""A snapshot on several cores: subdirectories walked by worker processes, the upper levels here.
+
+The per-file work of a snapshot (stat, open, read, cut, hash, tree entry, files-cache row) is
+Python on one thread; only hashing and compression leave the GIL. So a large tree is split by
+directory across processes:
+
+* :func:`split_depth` lists the upper levels of the tree (names only, as ``getdents`` gives them)
+  and picks the shallowest depth with enough directories to share out (:data:`_TASKS_PER_JOB` per
+  worker), or says the tree is too small to pay for starting processes (fewer than
+  :data:`PARALLEL_MIN_NAMES` names and :data:`PARALLEL_MIN_BYTES` bytes in files found).
+* :class:`WorkerPool` forks the workers before this process starts any thread of the snapshot's
+  own or opens its files cache, and each worker drops the index connections it inherited
+  (``Engine.dispose(close=False)``): it opens its own. Each runs a
+  :class:`~cas.ops.tree_builder.TreeBuilder` with its own :class:`~cas.repo.blobwriter.BlobWriter`
+  (its own packs, uploaded and indexed by it, fenced as every writer's are) and its own files
+  cache connection, on the directories it takes from one shared queue (so a worker that finishes
+  early takes more).
+* This process walks the levels above that depth as a snapshot always does, hands each directory
+  at that depth to the queue with the filter scope it inherits (its ``.casignore`` files and
+  whether it is included), reads the files of the upper levels itself, and encodes the upper
+  directories once the workers' entries are back. It commits once, checking under the GC fence
+  every blob any of the processes referenced (docs/GC.md): a worker's pack that GC deleted
+  before the commit makes the commit fail and the snapshot be stored again, as for any writer.
+
+Worker processes send results, warnings (re-logged here) and errors over a pipe each; an error in
+one stops them all (``SIGTERM``: each unwinds, closing its temporary pack files and removing any
+object it was writing) and is raised here as the same one-line error a single process raises.
+Only for local backends: an object store's client (its connection pool) cannot be shared by a
+forked child, so remote repositories are snapshotted by one process (their uploads overlap on
+threads already).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime as dt
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import signal
+import stat
+import sys
+import threading
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from cas.errors import CasError
+from cas.format.chunking import Chunker
+from cas.format.trees import Entry
+from cas.ops.snapshot_filter import DirScope, SnapshotFilter
+from cas.ops.tree_builder import OnChange, ProgressFn, TreeBuilder, WalkStats
+from cas.ops.tree_index import TreeRowSpool
+from cas.repo.blobwriter import BlobWriter, WriteStats
+from cas.repo.filescache import FilesCache
+from cas.repo.repository import Repository
+from manifests.rows import TreeEntryRow
+
+log = logging.getLogger("cas")
+
+MAX_JOBS = 4
+"""The default number of worker processes is the CPUs this process may run on, at most this."""
+PARALLEL_MIN_NAMES = 2000
+"""A tree goes to workers only if listing its upper levels finds this many names ..."""
+PARALLEL_MIN_BYTES = 64 * 1024 * 1024
+"""... or this many bytes in the files among them: smaller ones cost less than forking (~10 ms
+per worker) and the workers' own repository connections."""
+_TASKS_PER_JOB = 8
+"""The split depth is the first with at least this many directories per worker (for balance)."""
+_MAX_DEPTH = 3
+"""Deepest split considered; a deeper tree is split where it has the most directories."""
+_LIST_LIMIT = 2000
+"""Directories listed, at most, to decide whether a tree is large enough."""
+_ENCODERS = 1
+"""Compression threads of each worker's writer: the workers are the parallelism, and each thread
+holds its compression context and a group of blobs in memory."""
+_STOP_WAIT = 10.0
+"""Seconds a stopped worker is given to unwind before it is killed."""
+
+
+def default_jobs() -> int:
+    """The number of worker processes a snapshot uses unless told: one per CPU, at most :data:`MAX_JOBS`."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_JOBS))
+
+
+def split_depth(path: str, jobs: int) -> int | None:
+    """The depth below ``path`` whose directories go to workers; None to snapshot in this process
+    (not a directory, too little work, or too few directories to share)."""
+    level = [os.fsencode(path)]
+    names = nbytes = listed = 0
+    best_count, best_depth = 0, 0
+    below: list[bytes] = []
+    for depth in range(1, _MAX_DEPTH + 1):
+        below = []
+        for directory in level:
+            found = _list(directory, below)
+            if found is None:
+                if depth == 1:
+                    return None  # a file, or nothing we can list: the walk says what it is
+                continue
+            listed += 1
+            names += found[0]
+            nbytes += found[1]
+        if len(below) > best_count:
+            best_count, best_depth = len(below), depth
+        if len(below) >= _TASKS_PER_JOB * jobs or not below:
+            break
+        level = below
+    if best_count < 2:
+        return None
+    # Enough work? The names below the upper levels count too, listed breadth first until known.
+    todo = below
+    while names < PARALLEL_MIN_NAMES and nbytes < PARALLEL_MIN_BYTES and todo and listed < _LIST_LIMIT:
+        directory = todo.pop()
+        found = _list(directory, todo)
+        if found is not None:
+            listed += 1
+            names += found[0]
+            nbytes += found[1]
+    if names < PARALLEL_MIN_NAMES and nbytes < PARALLEL_MIN_BYTES and listed < _LIST_LIMIT:
+        return None
+    return best_depth
+
+
+def _list(directory: bytes, subdirs: list[bytes]) -> tuple[int, int] | None:
+    """Names in ``directory`` and bytes of its files (counted only for the first few hundred names,
+    sizes being a stat each), its subdirectories appended to ``subdirs``; None if it cannot be listed."""
+    names = nbytes = 0
+    try:
+        with os.scandir(directory) as it:
+            for item in it:
+                names += 1
+                try:
+                    if item.is_dir(follow_symlinks=False):
+                        subdirs.append(item.path)
+                    elif names <= 256 and item.is_file(follow_symlinks=False):
+                        nbytes += item.stat(follow_symlinks=False).st_size
+                except OSError:
+                    continue
+    except OSError:
+        return None
+    return names, nbytes
+
+
+@dataclass
+class _Setup:
+    """What a worker inherits from the fork (nothing of it is pickled)."""
+
+    repo: Repository
+    path: str
+    root_fd: int
+    root_dev: int
+    chunker: Chunker
+    files_cache: str | None
+    files_cache_max_age: dt.timedelta | None
+    on_change: OnChange
+    filter: SnapshotFilter | None
+
+
+@dataclass
+class WorkerResult:
+    """What the workers did, all together, for the commit."""
+
+    referenced: set[str] = field(default_factory=set)
+    trees: list[tuple[str, list[TreeEntryRow]]] = field(default_factory=list)
+    assumed: set[str] = field(default_factory=set)
+    stats: WalkStats = field(default_factory=WalkStats)
+    writes: WriteStats = field(default_factory=WriteStats)
+
+    def add(self, other: WorkerResult) -> None:
+        self.referenced |= other.referenced
+        self.trees.extend(other.trees)
+        self.assumed |= other.assumed
+        add_walk_stats(self.stats, other.stats)
+        for f in fields(WriteStats):
+            setattr(self.writes, f.name, getattr(self.writes, f.name) + getattr(other.writes, f.name))
+
+
+def add_walk_stats(into: WalkStats, other: WalkStats) -> None:
+    """Add ``other``'s counts to ``into``'s."""
+    for name in ("files", "dirs", "symlinks", "skipped", "changed", "logical_bytes", "files_from_cache"):
+        setattr(into, name, getattr(into, name) + getattr(other, name))
+    into.skipped_paths.extend(other.skipped_paths)
+    into.changed_paths.extend(other.changed_paths)
+    for reason, count in other.excluded.entries.items():
+        into.excluded.entries[reason] += count
+    for reason, count in other.excluded.bytes.items():
+        into.excluded.bytes[reason] += count
+
+
+_TASK, _LOG, _ERROR, _FINAL = "task", "log", "error", "final"
+_PR_SET_PDEATHSIG = 1
+
+
+class WorkerPool:
+    """Worker processes walking the directories a :class:`TreeBuilder` hands them (its
+    :class:`~cas.ops.tree_builder.Delegation`). Start it before this process starts threads."""
+
+    def __init__(self, setup: _Setup, jobs: int, depth: int, progress: ProgressFn | None) -> None:
+        self.depth = depth
+        self._progress = progress
+        self._cond = threading.Condition()
+        self._results: dict[int, Entry | None] = {}
+        self._finals: list[WorkerResult] = []
+        self._failure: BaseException | None = None
+        self._next = 0
+        self._done_files = self._done_bytes = 0
+        self._own = (0, 0)
+        self._closed = False
+        ctx = multiprocessing.get_context("fork")
+        self._tasks = ctx.Queue()
+        self._procs: list[multiprocessing.process.BaseProcess] = []
+        self._conns: list[multiprocessing.connection.Connection] = []
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()  # or a child could write our buffered output again
+            except (OSError, ValueError, AttributeError):
+                pass
+        try:
+            for number in range(jobs):
+                reader, writer = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_worker_main, args=(writer, self._tasks, setup, os.getpid()),
+                                   name=f"cas-snapshot-{number + 1}", daemon=True)
+                proc.start()
+                writer.close()
+                self._procs.append(proc)
+                self._conns.append(reader)
+        except BaseException:
+            self.close()
+            raise
+        self._receiver = threading.Thread(target=self._receive, name="cas-snapshot-results", daemon=True)
+        self._receiver.start()
+
+    # -- the Delegation protocol -----------------------------------------------------------------
+
+    def submit(self, parent_rel: bytes, parent_ident: tuple[int, int], name: bytes, scope: DirScope | None) -> int:
+        self.check()
+        number = self._next
+        self._next += 1
+        # Pickled here, not on the queue's thread, so that a failure to is raised, not lost.
+        self._tasks.put(pickle.dumps((number, parent_rel, parent_ident, name, scope), pickle.HIGHEST_PROTOCOL))
+        return number
+
+    def result(self, handle: object) -> Entry | None:
+        assert isinstance(handle, int)
+        with self._cond:
+            while handle not in self._results:
+                self._raise_failure()
+                self._cond.wait()
+            return self._results.pop(handle)
+
+    # -- the rest --------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise the error a worker stopped with, if one did."""
+        with self._cond:
+            self._raise_failure()
+
+    def own_progress(self, files: int, nbytes: int) -> None:
+        """This process's walk's progress: reported with the workers' (and a worker's error raised)."""
+        self._own = (files, nbytes)
+        if self._failure is not None:
+            self.check()
+        if self._progress is not None:
+            with self._cond:
+                self._progress(files + self._done_files, nbytes + self._done_bytes)
+
+    def finish(self) -> WorkerResult:
+        """Once every directory is handed out: let the workers finish (their packs uploaded and
+        indexed) and return what they did."""
+        for _ in self._procs:
+            self._tasks.put(None)
+        with self._cond:
+            while len(self._finals) < len(self._procs):
+                self._raise_failure()
+                self._cond.wait()
+        total = WorkerResult()
+        for part in self._finals:
+            total.add(part)
+        for proc in self._procs:
+            proc.join()
+        return total
+
+    def close(self) -> None:
+        """Stop the workers (if they did not finish) and wait for them to exit."""
+        if self._closed:
+            return
+        self._closed = True
+        for proc in self._procs:
+            if proc.exitcode is None and proc.pid is not None:
+                try:
+                    os.kill(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for proc in self._procs:
+            proc.join(_STOP_WAIT)
+            if proc.exitcode is None:
+                proc.kill()
+                proc.join()
+        self._tasks.cancel_join_thread()
+        self._tasks.close()
+        receiver = getattr(self, "_receiver", None)
+        if receiver is not None:
+            receiver.join()
+        for conn in self._conns:
+            conn.close()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+
+    def _receive(self) -> None:
+        """The results thread: takes every worker's messages until each has finished or gone."""
+        conns = list(self._conns)
+        finished: set[int] = set()
+        while conns:
+            for conn in multiprocessing.connection.wait(conns):
+                assert isinstance(conn, multiprocessing.connection.Connection)
+                try:
+                    message = conn.recv()
+                except (EOFError, OSError):
+                    conns.remove(conn)
+                    with self._cond:
+                        if not self._closed and id(conn) not in finished:
+                            # Gone without a word: killed (out of memory?) or crashed.
+                            self._fail(CasError("a snapshot worker process exited unexpectedly; nothing was committed"))
+                        self._cond.notify_all()
+                    continue
+                if message[0] in (_FINAL, _ERROR):
+                    finished.add(id(conn))
+                self._handle(message)
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == _LOG:
+            _, name, level, text = message
+            logging.getLogger(name).log(level, "%s", text)
+            return
+        with self._cond:
+            if kind == _TASK:
+                _, number, entry, files, nbytes = message
+                self._results[number] = entry
+                self._done_files += files
+                self._done_bytes += nbytes
+                if self._progress is not None:
+                    self._progress(self._own[0] + self._done_files, self._own[1] + self._done_bytes)
+            elif kind == _ERROR:
+                self._fail(_rebuild_error(message[1], message[2]))
+            elif kind == _FINAL:
+                self._finals.append(message[1])
+            self._cond.notify_all()
+
+
+def _rebuild_error(cls: type, text: str) -> BaseException:
+    """A worker's error as this process raises it: the same class and one-line message."""
+    if isinstance(cls, type) and issubclass(cls, CasError):
+        try:
+            return cls(text)
+        except Exception:  # noqa: BLE001 - a class that takes other arguments: keep the message
+            return CasError(text)
+    return CasError(f"a snapshot worker failed: {text}")
+
+
+class _Stopped(BaseException):
+    """Raised in a worker by ``SIGTERM``: unwind (closing temporaries) and exit."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped
+
+
+class _Forward(logging.Handler):
+    """A worker's log records, sent to the main process to be logged there."""
+
+    def __init__(self, send: Any) -> None:
+        super().__init__()
+        self._send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._send((_LOG, record.name, record.levelno, record.getMessage()))
+        except Exception:  # noqa: BLE001 - the main process is gone: nothing to tell
+            pass
+
+
+def _end_with_parent(parent: int) -> None:
+    """Be sent ``SIGTERM`` if the main process dies (Linux), instead of waiting for tasks forever."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before we asked
+        raise _Stopped
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, tasks: Any, setup: _Setup, parent: int) -> None:
+    """A worker process: walk directories from ``tasks`` until told to stop."""
+    code = 0
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    signal.signal(signal.SIGTERM, _stop)
+    _end_with_parent(parent)
+    lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with lock:
+            conn.send(message)
+
+    # Inherited handlers write to this process's copy of the parent's streams; forward instead.
+    logging.root.handlers = [_Forward(send)]
+    try:
+        # The index connections are the parent's: forget them without closing, open our own.
+        setup.repo.index.engine.dispose(close=False)
+        _serve(send, tasks, setup)
+    except _Stopped:
+        code = 1
+    except BaseException as exc:  # noqa: BLE001 - reported to the main process, which raises it
+        code = 1
+        try:
+            send((_ERROR, type(exc), str(exc) or type(exc).__name__))
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        try:
+            conn.close()
+        finally:
+            os._exit(code)  # not the inherited exit handlers, nor a flush of the parent's buffers
+
+
+def _serve(send: Any, tasks: Any, setup: _Setup) -> None:
+    files_cache = FilesCache(setup.files_cache, setup.files_cache_max_age) if setup.files_cache else None
+    spool = TreeRowSpool(setup.repo.index)
+    try:
+        with BlobWriter(setup.repo, workers=_ENCODERS) as writer:
+            builder = TreeBuilder(writer, setup.chunker, files_cache=files_cache, on_change=setup.on_change,
+                                  on_directory=spool.add, filter=setup.filter)
+            builder.start_delegated(setup.path, setup.root_dev)
+            stats = builder.stats
+            while True:
+                task = tasks.get()
+                if task is None:
+                    break
+                number, parent_rel, parent_ident, name, scope = pickle.loads(task)  # from our parent
+                files, nbytes = stats.files, stats.logical_bytes
+                entry = builder.walk_delegated(setup.root_fd, parent_rel, parent_ident, name, scope)
+                send((_TASK, number, entry, stats.files - files, stats.logical_bytes - nbytes))
+            writer.flush()  # every pack uploaded and its rows indexed (fenced) before we report
+        if files_cache is not None:
+            files_cache.commit(expire=False)  # the main process expires, once
+        spool.finish()
+        result = WorkerResult(builder.referenced, list(spool.trees()), spool.assumed, stats, writer.stats)
+        send((_FINAL, result))
+    finally:
+        spool.close()
+        if files_cache is not None:
+            files_cache.close()
+
+
+def start_pool(
+    repo: Repository, path: str, jobs: int, *, chunker: Chunker, files_cache: str | None,
+    files_cache_max_age: dt.timedelta | None, on_change: OnChange, filter: SnapshotFilter | None,
+    progress: ProgressFn | None,
+) -> WorkerPool | None:
+    """Workers for a snapshot of ``path``, or None when it is better taken in this process (one
+    job, a remote backend, a small tree, not a directory)."""
+    if jobs <= 1 or repo.backend.capabilities.remote:
+        return None
+    depth = split_depth(path, jobs)
+    if depth is None:
+        return None
+    try:
+        root_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None  # the walk reports it
+    try:
+        st = os.fstat(root_fd)
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+        setup = _Setup(repo, path, root_fd, st.st_dev, chunker, files_cache, files_cache_max_age, on_change, filter)
+        log.debug("snapshot of %s: directories at depth %d go to %d worker processes", path, depth, jobs)
+        return WorkerPool(setup, jobs, depth, progress)
+    finally:
+        os.close(root_fd)  # the workers have their copies
