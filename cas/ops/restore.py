@@ -388,7 +388,6 @@ class Restorer:
                      and not _is_file(present.get(e.name))
                      for c in e.chunks if c in locations and c not in self._local
                      and (self.repo.chunk_cache is None or c not in self.repo.chunk_cache)]
-            ahead = 0
             if len(small) > 1:
                 # Fetched data waits in memory for its writers: the walk stays within a budget.
                 ahead = self._budget.take(sum(loc.raw_length for loc in small))
