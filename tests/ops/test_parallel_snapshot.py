@@ -424,3 +424,11 @@ def test_gc_between_the_workers_and_the_commit_cannot_lose_the_snapshot(
     assert report.ok, [str(p) for p in report.problems]
     store.restore("run-1", tmp_path / "out")
     assert describe(str(tmp_path / "out")) == describe(str(src))
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "two"])
+def test_jobs_must_be_a_positive_whole_number(tmp_path: Path, bad: str) -> None:
+    cas = Cas(tmp_path)
+    (tmp_path / "src").mkdir()
+    line = cas.fails("snapshot", str(tmp_path / "src"), "-e", "run-1", "--jobs", bad)
+    assert "--jobs" in line and "1 or more" in line
