@@ -334,6 +334,19 @@ def test_a_fifo_in_a_worker_is_skipped_with_the_warning_one_process_gives(tmp_pa
     assert stats["skipped"] == 1 and stats["files"] == 20 * 120
 
 
+def test_a_file_that_keeps_changing_in_a_worker_is_stored_with_the_warning_one_process_gives(tmp_path: Path) -> None:
+    """The worker's warning reaches the command's stderr (forwarded, logged there), once."""
+    cas = Cas(tmp_path)
+    src, victim = _big_project(cas, 20 * 1024 * 1024)
+    proc = run_racing(cas.env, cas.base, "rewrite", victim, 1000, "--repo", str(cas.base / "repo"),
+                      "snapshot", str(src), "-e", "run-1", "--jobs", "2")
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "changed while it was read" in line]
+    assert len(warnings) == 1 and str(victim) in warnings[0], proc.stderr
+    stats = next(s["stats"] for s in json.loads(cas.ok("--json", "log")))
+    assert stats["changed"] == 1 and stats["files"] == 20 * 120 + 1
+
+
 def test_an_error_in_a_worker_is_one_line_and_leaves_nothing_behind(tmp_path: Path) -> None:
     """``--on-change=fail`` on a file in a worker's directory: the same one-line error and status
     as one process gives, no snapshot, no process left running, no temporary left."""
