@@ -32,6 +32,7 @@ from cas.ops import snapshot_workers
 from tests.engine import SMALL_CHUNKS, cas_home  # noqa: F401
 from tests.hostile.racing import run_racing, write_victim
 from tests.hostile.test_inputs import Cas
+from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
 from tests.treeutil import describe
 
 NOW = dt.timedelta(0)
@@ -42,6 +43,15 @@ def store(tmp_path: Path, cas_home: Path) -> Iterator[Store]:  # noqa: F811
     s = Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'index.sqlite'}", **SMALL_CHUNKS)
     yield s
     s.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The index of the GC test: SQLite, and PostgreSQL as many hosts share it (the workers open
+    their own connections after the fork)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.sqlite'}"
+    return str(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture
@@ -403,8 +413,8 @@ def test_ctrl_c_stops_the_workers_and_commits_nothing(tmp_path: Path) -> None:
 
 
 def test_gc_between_the_workers_and_the_commit_cannot_lose_the_snapshot(
-    store: Store, tmp_path: Path, everything_in_parallel: None, monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, cas_home: Path, index_url: str, everything_in_parallel: None,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The workers' packs are uploaded and indexed before the main process commits. GC running
     in between, with the default grace, leaves them be; with no grace it condemns and then deletes
@@ -412,7 +422,8 @@ def test_gc_between_the_workers_and_the_commit_cannot_lose_the_snapshot(
     nothing is committed, the tree is stored again, and the snapshot committed in the end is whole."""
     caplog.set_level(logging.DEBUG, logger="cas")
     src = _wide_project(tmp_path / "src")
-    collector = Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'index.sqlite'}")
+    store = Store.open(str(tmp_path / "repo"), index=index_url, **SMALL_CHUNKS)
+    collector = Store.open(str(tmp_path / "repo"), index=index_url)
     real_commit = snapshot_op.commit
     reports: list[object] = []
 
@@ -426,6 +437,8 @@ def test_gc_between_the_workers_and_the_commit_cannot_lose_the_snapshot(
     monkeypatch.setattr(snapshot_op, "commit", commit_after_gc)
     try:
         store.snapshot(src, "run-1", jobs=2)
+        single = store.snapshot(src, "run-2", jobs=1, use_files_cache=False)
+        assert store.get("run-1").root == single.root
     finally:
         collector.close()
     assert _went_parallel(caplog)
@@ -436,6 +449,7 @@ def test_gc_between_the_workers_and_the_commit_cannot_lose_the_snapshot(
     report = store.verify(read_data=True)
     assert report.ok, [str(p) for p in report.problems]
     store.restore("run-1", tmp_path / "out")
+    store.close()
     assert describe(str(tmp_path / "out")) == describe(str(src))
 
 
