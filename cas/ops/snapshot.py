@@ -89,16 +89,17 @@ def store_tree(
     if use_files_cache:
         cache_path = os.path.join(default_home(), "cache", f"files-v2-{repo.config.repo_id}.sqlite")
     cutter = Chunker(repo.config, chunker)
-    # Forked first, before this process starts threads or opens its files cache.
-    pool = snapshot_workers.start_pool(
-        repo, path, default_jobs() if jobs is None else jobs, chunker=cutter, files_cache=cache_path,
-        files_cache_max_age=files_cache_max_age, on_change=on_change, filter=filter, progress=progress,
-    )
-    files_cache = None
+    # The files cache first: its database is made (or migrated) here, once, not by several
+    # processes at once; the workers open it again. Then the workers, before this process starts
+    # any thread of its own.
+    files_cache = FilesCache(cache_path, files_cache_max_age) if cache_path is not None else None
+    pool = None
     workers = None
     try:
-        if cache_path is not None:
-            files_cache = FilesCache(cache_path, files_cache_max_age)
+        pool = snapshot_workers.start_pool(
+            repo, path, default_jobs() if jobs is None else jobs, chunker=cutter, files_cache=cache_path,
+            files_cache_max_age=files_cache_max_age, on_change=on_change, filter=filter, progress=progress,
+        )
         with BlobWriter(repo) as writer:
             builder = TreeBuilder(writer, cutter, files_cache=files_cache,
                                   progress=pool.own_progress if pool is not None else progress,

@@ -9,8 +9,9 @@ directory across processes:
   worker), or says the tree is too small to pay for starting processes (fewer than
   :data:`PARALLEL_MIN_NAMES` names and :data:`PARALLEL_MIN_BYTES` bytes in files found).
 * :class:`WorkerPool` forks the workers before this process starts any thread of the snapshot's
-  own or opens its files cache, and each worker drops the index connections it inherited
-  (``Engine.dispose(close=False)``): it opens its own. Each runs a
+  own (its files cache is made first, so that several processes do not create the database at
+  once), and each worker drops the index connections it inherited
+  (``Engine.dispose(close=False)``) and opens its own, and its own files-cache connection. Each runs a
   :class:`~cas.ops.tree_builder.TreeBuilder` with its own :class:`~cas.repo.blobwriter.BlobWriter`
   (its own packs, uploaded and indexed by it, fenced as every writer's are) and its own files
   cache connection, on the directories it takes from one shared queue (so a worker that finishes
@@ -23,8 +24,8 @@ directory across processes:
   before the commit makes the commit fail and the snapshot be stored again, as for any writer.
 
 Worker processes send results, warnings (re-logged here) and errors over a pipe each; an error in
-one stops them all (``SIGTERM``: each unwinds, closing its temporary pack files and removing any
-object it was writing) and is raised here as the same one-line error a single process raises.
+one stops them all (``SIGTERM``: each stops after the file it is reading, unwinding, so its
+temporary pack files are closed and an object it was writing is removed) and is raised here as the same one-line error a single process raises.
 Only for local backends: an object store's client (its connection pool) cannot be shared by a
 forked child, so remote repositories are snapshotted by one process (their uploads overlap on
 threads already).
@@ -39,6 +40,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
+import queue
 import signal
 import stat
 import sys
@@ -75,6 +77,8 @@ _LIST_LIMIT = 2000
 _ENCODERS = 1
 """Compression threads of each worker's writer: the workers are the parallelism, and each thread
 holds its compression context and a group of blobs in memory."""
+_POLL = 0.1
+"""Seconds an idle worker waits for a task before it checks whether it was told to stop."""
 _STOP_WAIT = 10.0
 """Seconds a stopped worker is given to unwind before it is killed."""
 
@@ -371,11 +375,23 @@ def _rebuild_error(cls: type, text: str) -> BaseException:
 
 
 class _Stopped(BaseException):
-    """Raised in a worker by ``SIGTERM``: unwind (closing temporaries) and exit."""
+    """A worker was told to stop (``SIGTERM``): unwind (closing temporaries) and exit."""
+
+
+_stopping = False
+"""Set in a worker by ``SIGTERM``. Checked between files and while waiting for a task, not raised
+from the handler: an exception raised there could surface anywhere (in a finaliser, say)."""
 
 
 def _stop(signum: int, frame: object) -> None:
-    raise _Stopped
+    global _stopping
+    _stopping = True
+
+
+def _check_stop(files: int, nbytes: int) -> None:
+    """A worker's progress callback, called after each file: stop if told to."""
+    if _stopping:
+        raise _Stopped
 
 
 class _Forward(logging.Handler):
@@ -404,36 +420,34 @@ def _end_with_parent(parent: int) -> None:
 
 
 def _worker_main(conn: multiprocessing.connection.Connection, tasks: Any, setup: _Setup, parent: int) -> None:
-    """A worker process: walk directories from ``tasks`` until told to stop."""
-    code = 0
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    signal.signal(signal.SIGTERM, _stop)
-    _end_with_parent(parent)
+    """A worker process: walk directories from ``tasks`` until told to stop. Never returns: it
+    exits here, so that neither the parent's exit handlers nor a flush of its buffers run twice."""
+    code = 1
     lock = threading.Lock()
 
     def send(message: tuple[Any, ...]) -> None:
         with lock:
             conn.send(message)
 
-    # Inherited handlers write to this process's copy of the parent's streams; forward instead.
-    logging.root.handlers = [_Forward(send)]
     try:
-        # The index connections are the parent's: forget them without closing, open our own.
-        setup.repo.index.engine.dispose(close=False)
-        _serve(send, tasks, setup)
-    except _Stopped:
-        code = 1
-    except BaseException as exc:  # noqa: BLE001 - reported to the main process, which raises it
-        code = 1
         try:
-            send((_ERROR, type(exc), str(exc) or type(exc).__name__))
-        except BaseException:  # noqa: BLE001
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+            signal.signal(signal.SIGTERM, _stop)
+            _end_with_parent(parent)
+            # Inherited handlers write to this process's copies of the parent's streams: forward.
+            logging.root.handlers = [_Forward(send)]
+            # The index connections are the parent's: forget them without closing, open our own.
+            setup.repo.index.engine.dispose(close=False)
+            _serve(send, tasks, setup)
+            code = 0
+        except _Stopped:
             pass
+        except BaseException as exc:  # noqa: BLE001 - reported to the main process, which raises it
+            send((_ERROR, type(exc), str(exc) or type(exc).__name__))
+    except BaseException:  # noqa: BLE001, S110 - the parent is gone: nobody to tell
+        pass
     finally:
-        try:
-            conn.close()
-        finally:
-            os._exit(code)  # not the inherited exit handlers, nor a flush of the parent's buffers
+        os._exit(code)
 
 
 def _serve(send: Any, tasks: Any, setup: _Setup) -> None:
@@ -442,11 +456,15 @@ def _serve(send: Any, tasks: Any, setup: _Setup) -> None:
     try:
         with BlobWriter(setup.repo, workers=_ENCODERS) as writer:
             builder = TreeBuilder(writer, setup.chunker, files_cache=files_cache, on_change=setup.on_change,
-                                  on_directory=spool.add, filter=setup.filter)
+                                  on_directory=spool.add, filter=setup.filter, progress=_check_stop)
             builder.start_delegated(setup.path, setup.root_dev)
             stats = builder.stats
             while True:
-                task = tasks.get()
+                try:
+                    task = tasks.get(timeout=_POLL)
+                except queue.Empty:
+                    _check_stop(0, 0)
+                    continue
                 if task is None:
                     break
                 number, parent_rel, parent_ident, name, scope = pickle.loads(task)  # from our parent

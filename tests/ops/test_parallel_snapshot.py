@@ -32,6 +32,7 @@ from cas.ops import snapshot_workers
 from tests.engine import SMALL_CHUNKS, cas_home  # noqa: F401
 from tests.hostile.racing import run_racing, write_victim
 from tests.hostile.test_inputs import Cas
+from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
 from tests.treeutil import describe
 
 NOW = dt.timedelta(0)
@@ -42,6 +43,15 @@ def store(tmp_path: Path, cas_home: Path) -> Iterator[Store]:  # noqa: F811
     s = Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'index.sqlite'}", **SMALL_CHUNKS)
     yield s
     s.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The index of the GC test: SQLite, and PostgreSQL as many hosts share it (the workers open
+    their own connections after the fork)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.sqlite'}"
+    return str(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture
@@ -334,6 +344,19 @@ def test_a_fifo_in_a_worker_is_skipped_with_the_warning_one_process_gives(tmp_pa
     assert stats["skipped"] == 1 and stats["files"] == 20 * 120
 
 
+def test_a_file_that_keeps_changing_in_a_worker_is_stored_with_the_warning_one_process_gives(tmp_path: Path) -> None:
+    """The worker's warning reaches the command's stderr (forwarded, logged there), once."""
+    cas = Cas(tmp_path)
+    src, victim = _big_project(cas, 20 * 1024 * 1024)
+    proc = run_racing(cas.env, cas.base, "rewrite", victim, 1000, "--repo", str(cas.base / "repo"),
+                      "snapshot", str(src), "-e", "run-1", "--jobs", "2")
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "changed while it was read" in line]
+    assert len(warnings) == 1 and str(victim) in warnings[0], proc.stderr
+    stats = next(s["stats"] for s in json.loads(cas.ok("--json", "log")))
+    assert stats["changed"] == 1 and stats["files"] == 20 * 120 + 1
+
+
 def test_an_error_in_a_worker_is_one_line_and_leaves_nothing_behind(tmp_path: Path) -> None:
     """``--on-change=fail`` on a file in a worker's directory: the same one-line error and status
     as one process gives, no snapshot, no process left running, no temporary left."""
@@ -390,8 +413,8 @@ def test_ctrl_c_stops_the_workers_and_commits_nothing(tmp_path: Path) -> None:
 
 
 def test_gc_between_the_workers_and_the_commit_cannot_lose_the_snapshot(
-    store: Store, tmp_path: Path, everything_in_parallel: None, monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, cas_home: Path, index_url: str, everything_in_parallel: None,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The workers' packs are uploaded and indexed before the main process commits. GC running
     in between, with the default grace, leaves them be; with no grace it condemns and then deletes
@@ -399,7 +422,8 @@ def test_gc_between_the_workers_and_the_commit_cannot_lose_the_snapshot(
     nothing is committed, the tree is stored again, and the snapshot committed in the end is whole."""
     caplog.set_level(logging.DEBUG, logger="cas")
     src = _wide_project(tmp_path / "src")
-    collector = Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'index.sqlite'}")
+    store = Store.open(str(tmp_path / "repo"), index=index_url, **SMALL_CHUNKS)
+    collector = Store.open(str(tmp_path / "repo"), index=index_url)
     real_commit = snapshot_op.commit
     reports: list[object] = []
 
@@ -413,6 +437,8 @@ def test_gc_between_the_workers_and_the_commit_cannot_lose_the_snapshot(
     monkeypatch.setattr(snapshot_op, "commit", commit_after_gc)
     try:
         store.snapshot(src, "run-1", jobs=2)
+        single = store.snapshot(src, "run-2", jobs=1, use_files_cache=False)
+        assert store.get("run-1").root == single.root
     finally:
         collector.close()
     assert _went_parallel(caplog)
@@ -423,4 +449,13 @@ def test_gc_between_the_workers_and_the_commit_cannot_lose_the_snapshot(
     report = store.verify(read_data=True)
     assert report.ok, [str(p) for p in report.problems]
     store.restore("run-1", tmp_path / "out")
+    store.close()
     assert describe(str(tmp_path / "out")) == describe(str(src))
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "two"])
+def test_jobs_must_be_a_positive_whole_number(tmp_path: Path, bad: str) -> None:
+    cas = Cas(tmp_path)
+    (tmp_path / "src").mkdir()
+    line = cas.fails("snapshot", str(tmp_path / "src"), "-e", "run-1", "--jobs", bad)
+    assert "--jobs" in line and "1 or more" in line
