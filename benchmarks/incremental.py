@@ -135,6 +135,30 @@ def prepare(previous: Path, dest: Path) -> None:
     os.sync()
 
 
+class SettledCopies:
+    """Copies of the previous execution made before the timed runs and left to settle, as a
+    worker's directory holds an execution restored a while ago: each copy is at least
+    ``settle_s`` old when a run takes it (moved into place: renaming the directory changes no
+    file's times). cas trusts the bytes of a file it replaces without reading them back only once
+    the file has been left alone longer than the kernel keeps a page dirty
+    (``cas.ops.restore_local.SETTLED_NS``), which a copy made just before the run never is."""
+
+    def __init__(self, previous: Path, scratch: Path, count: int, settle_s: float) -> None:
+        self._copies = [scratch / f"previous-{i}" for i in range(count)]
+        for copy in self._copies:
+            subprocess.run(["cp", "-a", str(previous), str(copy)], check=True)
+        os.sync()
+        self._ready_at = time.monotonic() + settle_s
+
+    def take(self, dest: Path) -> None:
+        wait = self._ready_at - time.monotonic()
+        if wait > 0:
+            log(f"letting the copies of the previous execution settle: {wait:.0f} s")
+            time.sleep(wait)
+        clear(dest)
+        os.rename(self._copies.pop(0), dest)
+
+
 def clear(dest: Path) -> None:
     """No ``dest``, for a fresh restore (its removal on disk before the restore is timed)."""
     if dest.exists():
@@ -164,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-strace", action="store_true", help="do not count restic's/rustic's fetched bytes")
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--tools", default="cas,restic,rustic", help="which of cas,restic,rustic to run")
+    p.add_argument("--just-copied", action="store_true",
+                   help="run over a copy of the previous execution made just before each run (by default "
+                        "the copies are made first and left to settle: see SettledCopies)")
     args = p.parse_args(argv)
 
     meta = args.work / "workload.json"
@@ -185,6 +212,22 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, object]] = {}
 
     tools = set(args.tools.split(","))
+    over_existing = 3 * ("cas" in tools) + 2 * bool(args.restic and "restic" in tools) \
+        + 2 * bool(args.rustic and "rustic" in tools)
+    settled: SettledCopies | None = None
+    if not args.just_copied:
+        sys.path.insert(0, str(REPO_ROOT))
+        from cas.ops.restore_local import SETTLED_NS
+
+        log(f"copying the previous execution {over_existing} times, to settle {SETTLED_NS / 1e9 + 5:.0f} s")
+        settled = SettledCopies(previous, scratch, over_existing, SETTLED_NS / 1e9 + 5)
+
+    def over_previous(dest: Path) -> None:
+        if settled is None:
+            prepare(previous, dest)
+        else:
+            settled.take(dest)
+
     # cas
     env = {**os.environ, "CAS_HOME": str(scratch / "cas-home"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))}
@@ -200,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, flags, existing in cases if "cas" in tools else []:
         dest = scratch / "dest"
         if existing:
-            prepare(previous, dest)
+            over_previous(dest)
         else:
             clear(dest)
         log(f"{name} ...")
@@ -233,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             # restic restores the backed-up absolute path under --target: restore its subtree as the root.
             cmd = [restic, "restore", f"{ids['last']}:{last}", "--target", str(dest), *extra]
             if existing:
-                prepare(previous, dest)
+                over_previous(dest)
             else:
                 clear(dest)
             log(f"{name} ...")
@@ -267,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             dest = scratch / "dest"
             cmd = [rust, "restore", f"{last_id}:/exec", str(dest), *extra]
             if existing:
-                prepare(previous, dest)
+                over_previous(dest)
             else:
                 clear(dest)
             log(f"{name} ...")
@@ -309,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     goals = {k: v for k, v in goals.items() if v is not None}
     summary = {"previous": str(previous), "last": str(last), "files": workload.executions[-1].files,
+               "previous_tree": "just copied" if args.just_copied else "settled",
                "logical_bytes": workload.executions[-1].logical_bytes, "results": results, "goals": goals,
                "machine": bench.machine_info()}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -325,7 +369,11 @@ def render(summary: dict[str, object]) -> str:
         "# Incremental restore",
         "",
         f"Last execution ({summary['files']} files, {int(summary['logical_bytes']) / mib:.0f} MiB) restored into a "  # type: ignore[call-overload]
-        "directory holding the previous one (`cp -a`), with each tool's delete option, vs a fresh restore.",
+        "directory holding the previous one (`cp -a`), with each tool's delete option, vs a fresh restore. "
+        + ("The copy of the previous execution was made just before each run (`--just-copied`)."
+           if summary.get("previous_tree") == "just copied" else
+           "The copies of the previous execution were made before the runs and left to settle (as an execution "
+           "restored a while ago; cas then trusts the bytes it copies from a replaced file without reading them back)."),
         f"Machine: {summary['machine']['cpus']} CPUs, {summary['machine']['platform']}. It is shared with other jobs: the load average before each run is "  # type: ignore[index]
         "shown, and wall times vary several-fold from run to run; CPU seconds (user + system, all threads) vary less.",
         "",

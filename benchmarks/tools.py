@@ -176,6 +176,24 @@ class CasEncrypted(Cas):
         return super().version().replace("cas (", "cas, encrypted repository (", 1)
 
 
+class CasOneProcess(Cas):
+    """cas with ``--jobs 1`` beside ``cas`` (whose snapshots of large trees use a worker process per
+    CPU): the single-process snapshot, slower and about half the memory."""
+
+    name = "cas-1job"
+
+    @property
+    def index_path(self) -> Path:
+        return self.base / "repos" / "cas-1job-index.sqlite"
+
+    def snapshot_cmd(self, src: Path, label: str, parent: str | None) -> tuple[list[str], Path]:
+        cmd, cwd = super().snapshot_cmd(src, label, parent)
+        return [*cmd, "--jobs", "1"], cwd
+
+    def version(self) -> str:
+        return super().version().replace("cas (", "cas --jobs 1 (", 1)
+
+
 def _json_snapshot_id(output: str, keys: tuple[str, ...]) -> str | None:
     """The snapshot id from a tool's JSON output: the last JSON value that has one of ``keys``.
     Values start at the beginning of a line (restic writes one object per line, rustic one
@@ -357,6 +375,7 @@ class Zip(Tool):
 TOOLS: dict[str, type[Tool]] = {
     "cas": Cas,
     "cas-encrypted": CasEncrypted,
+    "cas-1job": CasOneProcess,
     "restic": Restic,
     "rustic": Rustic,
     "restic-debian": ResticDebian,

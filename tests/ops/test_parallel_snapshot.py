@@ -180,11 +180,11 @@ def _wide_project(root: Path) -> Path:
 def test_a_parallel_snapshot_is_taken_by_workers_and_stores_what_one_process_does(
     store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Without lowering any threshold: a tree of 2,000 files goes to workers (the debug line),
-    a tree of a few files does not."""
+    """Without lowering any threshold: a tree of as many files as it takes goes to workers (the
+    debug line), a tree of a few files does not."""
     caplog.set_level(logging.DEBUG, logger="cas")
     src = _wide_project(tmp_path / "src")
-    for i in range(2000):
+    for i in range(snapshot_workers.PARALLEL_MIN_NAMES):
         (src / "deps" / f"pkg{i % 5}" / f"f{i}.txt").write_text(str(i))
     before = _children()
     split = _snapshot(store, src, "split", 2)
