@@ -185,8 +185,9 @@ class Store:
         :data:`~cas.ops.tree_builder.CHANGE_RETRIES` times it was read again (see :class:`OnChange`).
         ``files_cache_ttl``: the files cache forgets paths no snapshot has seen for this long
         (default 30 days).
-        ``jobs``: worker processes that walk a large tree's subdirectories (default: one per CPU,
-        at most 4; 1 for none). Small trees and remote repositories are always taken in this process.
+        ``jobs``: worker processes that walk the tree's subdirectories (default: one per CPU, at
+        most 4, for a tree of 20,000 names or 1 GiB of files, else none; N: N workers whatever the
+        tree's size; 1 for none). Remote repositories are always taken in this process.
 
         Taking an ID that exists returns the existing snapshot when the tree is identical and raises
         :class:`AlreadyExists` otherwise.

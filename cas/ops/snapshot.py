@@ -18,7 +18,6 @@ from cas.format.config import ChunkerName
 from cas.format.records import SnapshotRecord, snapshot_key
 from cas.ops import snapshot_workers
 from cas.ops.commit import commit_with_blobs
-from cas.ops.snapshot_workers import default_jobs
 from cas.ops.tree_index import TreeRowSpool
 from cas.ops.snapshot_filter import SnapshotFilter
 from cas.ops.tree_builder import OnChange, ProgressFn, TreeBuilder
@@ -49,8 +48,8 @@ def take_snapshot(
 
     ``chunker``: how files are cut (None: the repository config's chunker).
     ``files_cache_max_age``: see :class:`~cas.repo.filescache.FilesCache`.
-    ``jobs``: worker processes for a large tree (:mod:`cas.ops.snapshot_workers`; None: one per
-    CPU, at most a few; 1: everything in this process).
+    ``jobs``: worker processes (:mod:`cas.ops.snapshot_workers`; None: one per CPU, at most a few,
+    for a large tree; N: N whatever the tree's size; 1: everything in this process).
 
     If garbage collection removes blobs the snapshot reused before its commit, nothing is committed
     and the tree is stored again (without the files cache), up to :data:`COMMIT_ATTEMPTS` times.
@@ -97,8 +96,9 @@ def store_tree(
     workers = None
     try:
         pool = snapshot_workers.start_pool(
-            repo, path, default_jobs() if jobs is None else jobs, chunker=cutter, files_cache=cache_path,
+            repo, path, snapshot_workers.default_jobs() if jobs is None else jobs, chunker=cutter, files_cache=cache_path,
             files_cache_max_age=files_cache_max_age, on_change=on_change, filter=filter, progress=progress,
+            any_size=jobs is not None,
         )
         with BlobWriter(repo) as writer:
             builder = TreeBuilder(writer, cutter, files_cache=files_cache,

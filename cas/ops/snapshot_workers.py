@@ -95,9 +95,9 @@ def default_jobs() -> int:
     return max(1, min(cpus, MAX_JOBS))
 
 
-def split_depth(path: str, jobs: int) -> int | None:
+def split_depth(path: str, jobs: int, *, any_size: bool = False) -> int | None:
     """The depth below ``path`` whose directories go to workers; None to snapshot in this process
-    (not a directory, too little work, or too few directories to share)."""
+    (not a directory, too little work unless ``any_size``, or too few directories to share)."""
     level = [os.fsencode(path)]
     names = nbytes = listed = 0
     best_count, best_depth = 0, 0
@@ -120,6 +120,8 @@ def split_depth(path: str, jobs: int) -> int | None:
         level = below
     if best_count < 2:
         return None
+    if any_size:
+        return best_depth
     # Enough work? The names below the upper levels count too, listed breadth first until known.
     todo = below
     while names < PARALLEL_MIN_NAMES and nbytes < PARALLEL_MIN_BYTES and todo and listed < _LIST_LIMIT:
@@ -489,13 +491,14 @@ def _serve(send: Any, tasks: Any, setup: _Setup) -> None:
 def start_pool(
     repo: Repository, path: str, jobs: int, *, chunker: Chunker, files_cache: str | None,
     files_cache_max_age: dt.timedelta | None, on_change: OnChange, filter: SnapshotFilter | None,
-    progress: ProgressFn | None,
+    progress: ProgressFn | None, any_size: bool = False,
 ) -> WorkerPool | None:
     """Workers for a snapshot of ``path``, or None when it is better taken in this process (one
-    job, a remote backend, a small tree, not a directory)."""
+    job, a remote backend, a small tree unless ``any_size`` (the number of workers was asked
+    for), not a directory)."""
     if jobs <= 1 or repo.backend.capabilities.remote:
         return None
-    depth = split_depth(path, jobs)
+    depth = split_depth(path, jobs, any_size=any_size)
     if depth is None:
         return None
     try:

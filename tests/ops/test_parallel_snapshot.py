@@ -65,7 +65,7 @@ def _went_parallel(caplog: pytest.LogCaptureFixture) -> bool:
     return any("worker processes" in r.getMessage() for r in caplog.records)
 
 
-def _snapshot(store: Store, src: Path, execution_id: str, jobs: int, **options: object) -> dict[str, int]:
+def _snapshot(store: Store, src: Path, execution_id: str, jobs: int | None, **options: object) -> dict[str, int]:
     snap = store.snapshot(src, execution_id, jobs=jobs, **options)  # type: ignore[arg-type]
     return dict(snap.stats)
 
@@ -178,16 +178,17 @@ def _wide_project(root: Path) -> Path:
 
 
 def test_a_parallel_snapshot_is_taken_by_workers_and_stores_what_one_process_does(
-    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without lowering any threshold: a tree of as many files as it takes goes to workers (the
-    debug line), a tree of a few files does not."""
+    """Without lowering any threshold, by default (two CPUs): a tree of as many files as it takes
+    goes to workers (the debug line), a tree of a few files does not, unless workers are asked for."""
+    monkeypatch.setattr(snapshot_workers, "default_jobs", lambda: 2)  # this machine's CPUs, whatever it has
     caplog.set_level(logging.DEBUG, logger="cas")
     src = _wide_project(tmp_path / "src")
     for i in range(snapshot_workers.PARALLEL_MIN_NAMES):
         (src / "deps" / f"pkg{i % 5}" / f"f{i}.txt").write_text(str(i))
     before = _children()
-    split = _snapshot(store, src, "split", 2)
+    split = _snapshot(store, src, "split", None)
     assert _went_parallel(caplog)
     single = _snapshot(store, src, "single", 1, use_files_cache=False)
     assert store.get("split").root == store.get("single").root
@@ -196,8 +197,10 @@ def test_a_parallel_snapshot_is_taken_by_workers_and_stores_what_one_process_doe
 
     caplog.clear()
     small = _make(tmp_path / "small", {"a/x": b"1", "b/y": b"2", "c": b"3"})
-    _snapshot(store, small, "small", 2)
+    _snapshot(store, small, "small", None)
     assert not _went_parallel(caplog)
+    _snapshot(store, small, "small-asked", 2)
+    assert _went_parallel(caplog)
 
 
 # -- the filter and the files cache across the split ----------------------------------------------
