@@ -462,3 +462,17 @@ def test_jobs_must_be_a_positive_whole_number(tmp_path: Path, bad: str) -> None:
     (tmp_path / "src").mkdir()
     line = cas.fails("snapshot", str(tmp_path / "src"), "-e", "run-1", "--jobs", bad)
     assert "--jobs" in line and "1 or more" in line
+
+
+def test_the_library_default_never_forks(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture, everything_in_parallel: None
+) -> None:
+    """``Store.snapshot`` without ``jobs`` stays in its process however large the tree (a host's
+    own threads could hold a lock in a forked child); ``jobs=None`` sizes the tree up as the
+    command does."""
+    caplog.set_level(logging.DEBUG, logger="cas")
+    src = _wide_project(tmp_path / "src")
+    store.snapshot(src, "library")
+    assert not _went_parallel(caplog)
+    store.snapshot(src, "auto", jobs=None)
+    assert _went_parallel(caplog) or snapshot_workers.default_jobs() == 1
