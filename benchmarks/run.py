@@ -213,7 +213,6 @@ class Runner:
                 self.command(t, case.name, f"setup-{i}", rnd, 0, cmd, cwd, [])
         for si, st in enumerate(case.steps):
             off = (si + rnd) % len(tools)
-            restored: list[Path] = []
             for pos, t in enumerate(tools[off:] + tools[:off]):
                 if st.kind == "snapshot":
                     cmd, cwd = t.snapshot_cmd(st.src, st.label, st.parent)
@@ -221,23 +220,22 @@ class Runner:
                     if row["ok"]:
                         t.after_snapshot(st.label, out.read_text(errors="replace"))
                 else:
-                    dest = WORK / "restore" / t.name
+                    dest = WORK / "restore" / f"r{rnd}-{case.name}-{st.key}" / t.name
                     if dest.exists():
                         shutil.rmtree(dest)
                     dest.mkdir(parents=True)
                     cmd, cwd = t.restore_cmd(st.label, dest)
                     row, _ = self.command(t, case.name, st.key, rnd, pos, cmd, cwd, [*t.stored_paths(), *t.cache_paths()])
                     self.check_restore(case, t, st, dest)
-                    restored.append(dest)
                     if not self.args.keep and case.name == "big":
                         shutil.rmtree(dest, ignore_errors=True)
                 self.measurements.append(row)
-            # Trees of many files are removed once every tool has restored, not between two tools:
-            # ext4 without a journal (this machine's) passes over inodes freed in the last minute (six
-            # while not written back) when it allocates one, looking each up: a restore right after
-            # the removal of another tool's thousands of files spent seconds of system time there.
-            for dest in restored if not self.args.keep else []:
-                shutil.rmtree(dest, ignore_errors=True)
+            # Trees of many files are kept until the run ends: ext4 without
+            # a journal (this machine's) passes over inodes freed in the last minute (five while not
+            # written back) when it allocates one, looking each up, so a restore after the removal of
+            # another tool's (or round's) thousands of files spent seconds of system time there;
+            # removed between the steps, the first tool of the next restore step (the order rotates)
+            # paid for it.
             if st.key == case.stored_after:
                 for t in tools:
                     repository = ms.stored_bytes([t.repo])[0]
@@ -359,6 +357,8 @@ def run(args: argparse.Namespace) -> int:
             write(rnd + 1)
             log(f"results of {rnd + 1} round{'s' if rnd else ''} in {out_dir}")
     results = write(args.rounds)
+    if not args.keep:
+        shutil.rmtree(WORK / "restore", ignore_errors=True)  # the restored trees, kept until now
     md = (out_dir / "results.md").read_text()
     print()
     print(md)
