@@ -188,7 +188,7 @@ class Store:
         ``jobs``: worker processes that walk the tree's subdirectories, forked from this process.
         The default, 1, takes the snapshot in this process: a library's host (AIFlow's server, a
         notebook) runs threads of its own, and a child forked while one of them holds a lock may
-        hang on it. None: one per CPU (at most 4) for a tree of 20,000 names or 1 GiB of files, as
+        hang on it. None: one per CPU (at most 4) for a tree of 20,000 names or more, as
         ``cas snapshot`` does; N: N workers whatever the tree's size. Remote repositories are
         always taken in this process.
 

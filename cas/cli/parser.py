@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--jobs", "-j", type=_jobs_option, default=None, metavar="N",
                    help="worker processes that walk the tree's subdirectories (default: one per CPU, at most 4, for "
-                   "a tree of 20,000 names or 1 GiB of files, else one process; N: N workers whatever the tree's size; "
+                   "a tree of 20,000 names or more, else one process; N: N workers whatever the tree's size; "
                    "1: all in this process). Remote repositories always use one process")
     _add_snapshot_filter(s)
 

@@ -7,7 +7,7 @@ directory across processes:
 * :func:`split_depth` lists the upper levels of the tree (names only, as ``getdents`` gives them)
   and picks the shallowest depth with enough directories to share out (:data:`_TASKS_PER_JOB` per
   worker), or says the tree is too small to pay for starting processes (fewer than
-  :data:`PARALLEL_MIN_NAMES` names and :data:`PARALLEL_MIN_BYTES` bytes in files found).
+  :data:`PARALLEL_MIN_NAMES` names found).
 * :class:`WorkerPool` forks the workers before this process starts any thread of the snapshot's
   own (its files cache is made first, so that several processes do not create the database at
   once), and each worker drops the index connections it inherited
@@ -64,13 +64,11 @@ log = logging.getLogger("cas")
 MAX_JOBS = 4
 """The default number of worker processes is the CPUs this process may run on, at most this."""
 PARALLEL_MIN_NAMES = 20_000
-"""A tree goes to workers only if listing its upper levels finds this many names ...
-Measured on 2 cores (paired runs, default against ``--jobs 1``): 3,000 and 10,000 small files were
-no faster with workers (1.10x, 1.05x) at twice the memory; 24,666 files (the ML workload's exec-02)
-0.87x, 31,084 (exec-01) 0.80x, 100,000 small files 0.74x."""
-PARALLEL_MIN_BYTES = 1 << 30
-"""... or this many bytes in the files among them (one process already compresses on threads, so
-bytes alone gain little from workers; the per-file work is what they share)."""
+"""A tree goes to workers only if listing it finds this many names. Measured on 2 cores (paired
+runs, default against ``--jobs 1``): 3,000 and 10,000 small files were no faster with workers
+(1.10x, 1.05x) at twice the memory; 24,666 files (the ML workload's exec-02) 0.87x, 31,084
+(exec-01) 0.80x, 100,000 small files 0.74x. Bytes are not counted: one process already compresses
+on threads, so the workers share the per-file work, and sizes would cost a ``stat`` a file."""
 _TASKS_PER_JOB = 8
 """The split depth is the first with at least this many directories per worker (for balance)."""
 _MAX_DEPTH = 3
@@ -99,7 +97,7 @@ def split_depth(path: str, jobs: int, *, any_size: bool = False) -> int | None:
     """The depth below ``path`` whose directories go to workers; None to snapshot in this process
     (not a directory, too little work unless ``any_size``, or too few directories to share)."""
     level = [os.fsencode(path)]
-    names = nbytes = listed = 0
+    names = listed = 0
     best_count, best_depth = 0, 0
     below: list[bytes] = []
     for depth in range(1, _MAX_DEPTH + 1):
@@ -111,8 +109,7 @@ def split_depth(path: str, jobs: int, *, any_size: bool = False) -> int | None:
                     return None  # a file, or nothing we can list: the walk says what it is
                 continue
             listed += 1
-            names += found[0]
-            nbytes += found[1]
+            names += found
         if len(below) > best_count:
             best_count, best_depth = len(below), depth
         if len(below) >= _TASKS_PER_JOB * jobs or not below:
@@ -124,22 +121,21 @@ def split_depth(path: str, jobs: int, *, any_size: bool = False) -> int | None:
         return best_depth
     # Enough work? The names below the upper levels count too, listed breadth first until known.
     todo = below
-    while names < PARALLEL_MIN_NAMES and nbytes < PARALLEL_MIN_BYTES and todo and listed < _LIST_LIMIT:
+    while names < PARALLEL_MIN_NAMES and todo and listed < _LIST_LIMIT:
         directory = todo.pop()
         found = _list(directory, todo)
         if found is not None:
             listed += 1
-            names += found[0]
-            nbytes += found[1]
-    if names < PARALLEL_MIN_NAMES and nbytes < PARALLEL_MIN_BYTES and listed < _LIST_LIMIT:
+            names += found
+    if names < PARALLEL_MIN_NAMES and listed < _LIST_LIMIT:
         return None
     return best_depth
 
 
-def _list(directory: bytes, subdirs: list[bytes]) -> tuple[int, int] | None:
-    """Names in ``directory`` and bytes of its files (counted only for the first few hundred names,
-    sizes being a stat each), its subdirectories appended to ``subdirs``; None if it cannot be listed."""
-    names = nbytes = 0
+def _list(directory: bytes, subdirs: list[bytes]) -> int | None:
+    """How many names ``directory`` holds, its subdirectories appended to ``subdirs`` (the entry
+    types ``getdents`` gives: no ``stat``); None if it cannot be listed."""
+    names = 0
     try:
         with os.scandir(directory) as it:
             for item in it:
@@ -147,13 +143,11 @@ def _list(directory: bytes, subdirs: list[bytes]) -> tuple[int, int] | None:
                 try:
                     if item.is_dir(follow_symlinks=False):
                         subdirs.append(item.path)
-                    elif names <= 256 and item.is_file(follow_symlinks=False):
-                        nbytes += item.stat(follow_symlinks=False).st_size
                 except OSError:
                     continue
     except OSError:
         return None
-    return names, nbytes
+    return names
 
 
 @dataclass

@@ -58,7 +58,6 @@ def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def everything_in_parallel(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any tree with two directories to share out goes to workers, however small."""
     monkeypatch.setattr(snapshot_workers, "PARALLEL_MIN_NAMES", 0)
-    monkeypatch.setattr(snapshot_workers, "PARALLEL_MIN_BYTES", 0)
 
 
 def _went_parallel(caplog: pytest.LogCaptureFixture) -> bool:
