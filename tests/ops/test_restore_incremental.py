@@ -20,6 +20,7 @@ from cas.ops import restore as restore_module
 from cas.ops import restore_local, restore_write
 from tests.engine import SMALL_CHUNKS, cas_home, store  # noqa: F401
 from tests.ops.test_roundtrip import _materialise, _trees
+from tests.oswrap import CountingPread
 from tests.treeutil import describe
 
 
@@ -308,21 +309,28 @@ def test_many_small_files_compared_alongside_the_index_query(tmp_path: Path, cas
         assert 2 * n * 500 <= backend.fetched < 2 * n * 1100 + n * 2000  # the new files only (and framing)
 
 
+def _checkpoint_edited_in_place(store: Store, tmp_path: Path) -> tuple[Path, bytearray]:
+    """A 300 kB checkpoint stored as v1, then as v2 with 4 bytes changed in place; v1 restored to
+    ``dest``. Returns ``dest`` and v2's content."""
+    src = tmp_path / "src"
+    src.mkdir()
+    content = bytearray(os.urandom(300_000))
+    (src / "ckpt").write_bytes(content)
+    store.snapshot(src, "v1")
+    content[150_000:150_004] = b"\0\1\2\3"
+    (src / "ckpt").write_bytes(content)
+    store.snapshot(src, "v2")
+    dest = tmp_path / "dest"
+    store.restore("v1", dest)
+    return dest, content
+
+
 def test_same_size_edit_keeps_the_chunks_at_their_offsets(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
     """A checkpoint whose tensors change values in place: compared chunk by chunk at the tree's
     boundaries, only the chunk around the edit is fetched."""
     store, backend = _counting_store(tmp_path)
     with store:
-        src = tmp_path / "src"
-        src.mkdir()
-        content = bytearray(os.urandom(300_000))
-        (src / "ckpt").write_bytes(content)
-        store.snapshot(src, "v1")
-        content[150_000:150_004] = b"\0\1\2\3"
-        (src / "ckpt").write_bytes(content)
-        store.snapshot(src, "v2")
-        dest = tmp_path / "dest"
-        store.restore("v1", dest)
+        dest, content = _checkpoint_edited_in_place(store, tmp_path)
         backend.fetched = 0
         report = store.restore("v2", dest, overwrite=True)
         assert (dest / "ckpt").read_bytes() == bytes(content)
@@ -330,21 +338,6 @@ def test_same_size_edit_keeps_the_chunks_at_their_offsets(tmp_path: Path, cas_ho
         assert backend.fetched < 50_000
         again = store.restore("v2", dest, overwrite=True)
         assert (again.written, again.unchanged) == (0, 1)
-
-
-class _PreadCounter:
-    """``os`` as :mod:`cas.ops.restore_write` sees it, counting what it reads with ``pread``."""
-
-    def __init__(self) -> None:
-        self.read = 0
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(os, name)
-
-    def pread(self, fd: int, n: int, offset: int) -> bytes:
-        data = os.pread(fd, n, offset)
-        self.read += len(data)
-        return data
 
 
 @pytest.mark.parametrize("settled", [True, False])
@@ -355,19 +348,10 @@ def test_a_settled_file_is_not_read_back_after_its_ranges_are_copied(
     not changed since, are not read back; a file changed just before it was hashed is read back."""
     store, _backend = _counting_store(tmp_path)
     with store:
-        src = tmp_path / "src"
-        src.mkdir()
-        content = bytearray(os.urandom(300_000))
-        (src / "ckpt").write_bytes(content)
-        store.snapshot(src, "v1")
-        content[150_000:150_004] = b"\0\1\2\3"
-        (src / "ckpt").write_bytes(content)
-        store.snapshot(src, "v2")
-        dest = tmp_path / "dest"
-        store.restore("v1", dest)
+        dest, content = _checkpoint_edited_in_place(store, tmp_path)
         if settled:  # as if restored long ago (the restore above has just written it)
             monkeypatch.setattr(restore_local, "SETTLED_NS", 0)
-        counter = _PreadCounter()
+        counter = CountingPread()
         monkeypatch.setattr(restore_write, "os", counter)
         report = store.restore("v2", dest, overwrite=True)
         assert (dest / "ckpt").read_bytes() == bytes(content)

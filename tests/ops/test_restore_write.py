@@ -17,6 +17,7 @@ from cas.format.trees import FILE, Entry
 from cas.ops import restore_local, restore_write
 from cas.ops.restore_local import Span, examine_file, identity
 from cas.ops.restore_write import FileWriter, write_content
+from tests.oswrap import CountingPread
 
 
 def _entry(parts: list[bytes]) -> Entry:
@@ -86,21 +87,6 @@ def test_mode_given_at_creation_only_when_the_umask_keeps_it(tmp_path: Path, mod
         os.umask(old_umask)
 
 
-class _CountingPread:
-    """``os`` as :mod:`cas.ops.restore_write` sees it, counting the bytes it reads back with ``pread``."""
-
-    def __init__(self) -> None:
-        self.read = 0
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(os, name)
-
-    def pread(self, fd: int, n: int, offset: int) -> bytes:
-        data = os.pread(fd, n, offset)
-        self.read += len(data)
-        return data
-
-
 def _spans_of(tmp_path: Path, a: bytes, c: bytes) -> tuple[int, os.stat_result]:
     old = tmp_path / "old"
     old.write_bytes(c + a)
@@ -111,7 +97,7 @@ def _spans_of(tmp_path: Path, a: bytes, c: bytes) -> tuple[int, os.stat_result]:
 def test_copied_ranges_of_an_unchanged_file_are_not_read_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     a, b, c = os.urandom(300_000), os.urandom(1000), os.urandom(100_000)
     fd, st = _spans_of(tmp_path, a, c)
-    counting = _CountingPread()
+    counting = CountingPread()
     monkeypatch.setattr(restore_write, "os", counting)
     try:
         entry = _entry([a, b, c])
