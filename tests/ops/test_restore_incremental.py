@@ -70,6 +70,20 @@ def _expected_counts(old: dict[str, tuple[object, ...]], new: dict[str, tuple[ob
     return unchanged, written, deleted
 
 
+def _execution_over(
+    store: Store, work: str, before: dict[str, object], after: dict[str, object], times: list[int]
+) -> tuple[str, str, str]:
+    """``after`` materialised under ``work`` and snapshotted; ``before`` materialised as the
+    destination it is restored over. Returns (source, destination, execution ID)."""
+    src = os.path.join(work, "src")
+    _materialise(src, after, times)
+    execution_id = f"run-{abs(hash((repr(after), tuple(times)))) % 10**12}"
+    store.snapshot(src, execution_id, use_files_cache=False)
+    dest = os.path.join(work, "dest")
+    _materialise(dest, before, list(reversed(times)))
+    return src, dest, execution_id
+
+
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(trees=_two_trees(), times=st.lists(st.integers(0, 4_000_000_000_000_000_000), min_size=1, max_size=3),
        trust_mtime=st.booleans(), in_place=st.booleans())
@@ -90,12 +104,7 @@ def test_random_tree_over_another_ends_exactly_equal_with_delete(
     before, after = trees
     work = tempfile.mkdtemp()
     try:
-        src = os.path.join(work, "src")
-        _materialise(src, after, times)
-        execution_id = f"run-{abs(hash((repr(after), tuple(times)))) % 10**12}"
-        store.snapshot(src, execution_id, use_files_cache=False)
-        dest = os.path.join(work, "dest")
-        _materialise(dest, before, list(reversed(times)))
+        src, dest, execution_id = _execution_over(store, work, before, after, times)
         old = describe(dest)
         report = store.restore(execution_id, dest, overwrite=True, delete=True, trust_mtime=trust_mtime,
                                in_place=in_place)
@@ -133,12 +142,7 @@ def test_random_tree_over_another_without_delete_keeps_the_rest(
     before, after = trees
     work = tempfile.mkdtemp()
     try:
-        src = os.path.join(work, "src")
-        _materialise(src, after, times)
-        execution_id = f"run-{abs(hash((repr(after), tuple(times)))) % 10**12}"
-        store.snapshot(src, execution_id, use_files_cache=False)
-        dest = os.path.join(work, "dest")
-        _materialise(dest, before, list(reversed(times)))
+        src, dest, execution_id = _execution_over(store, work, before, after, times)
         old, new = describe(dest), describe(src)
         in_the_way = {p for p, spec in new.items() if p in old and old[p][0] == "dir" and spec[0] != "dir"}
         try:
@@ -175,12 +179,7 @@ def test_random_tree_over_another_with_the_walks_bounds_at_their_smallest(
             for name, value in (("_LOOK_AHEAD", 1), ("_OPEN_DIRS", 1), ("_OPEN_REMOVING", 1), ("_OPEN_ANCESTORS", 2),
                                 ("_COMPARE_ON_THREADS", 1)):
                 mp.setattr(restore_module, name, value)
-            src = os.path.join(work, "src")
-            _materialise(src, after, times)
-            execution_id = f"run-{abs(hash((repr(after), tuple(times)))) % 10**12}"
-            store.snapshot(src, execution_id, use_files_cache=False)
-            dest = os.path.join(work, "dest")
-            _materialise(dest, before, list(reversed(times)))
+            src, dest, execution_id = _execution_over(store, work, before, after, times)
             old, new = describe(dest), describe(src)
             report = store.restore(execution_id, dest, overwrite=True, delete=True)
             assert describe(dest) == new
