@@ -1,4 +1,9 @@
-"""Blob encoding: zstd, or raw when compression does not shrink the bytes.
+"""Blob encoding: zstd, or raw when compression would save less than :data:`MIN_SAVING` of the bytes.
+
+Raw storage of nearly incompressible blobs is a trade: model weights (float tensors) compress by
+only 5-10% with zstd, whose entropy coding then costs about 1 ms per MiB on every read (ten times
+the BLAKE3 check), so such chunks are stored as they are: every restore, mount read and range read
+of them skips decompression, for a few percent more stored bytes.
 
 zstd compressor and decompressor objects are not safe to share between threads, so each thread
 keeps its own. Decompression is bounded by the recorded raw length, so a hostile blob cannot make
@@ -36,10 +41,14 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return dec
 
 
+MIN_SAVING = 1 / 8
+"""The least fraction of a blob's bytes zstd must save for the blob to be stored compressed."""
+
+
 def encode(data: bytes | memoryview, level: int) -> tuple[int, bytes]:
-    """Return ``(codec, payload)``; raw when zstd would not make the data smaller."""
+    """Return ``(codec, payload)``; raw when zstd would save less than :data:`MIN_SAVING`."""
     packed = _compressor(level).compress(data)
-    if len(packed) < len(data):
+    if len(packed) <= len(data) * (1 - MIN_SAVING):
         return Codec.ZSTD, packed
     return Codec.RAW, bytes(data)
 

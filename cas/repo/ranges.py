@@ -21,13 +21,12 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future
 from dataclasses import replace
 
 from cas.errors import CasError, IntegrityError, ReadError
 from cas.format.trees import FILE, Entry
 from cas.repo.readahead import ChunksAhead, background
-from cas.repo.reader import file_chunks
+from cas.repo.reader import chunk_sources
 from cas.repo.repository import Repository
 from cas.types import BlobLocation
 
@@ -65,8 +64,9 @@ class RangeReader:
         self._next_sequential = 0  # where a sequential read would start
         self._run_start = 0  # where the current run of sequential reads started
         self._lock = threading.Lock()
-        self._ahead: Future[None] | None = None  # the read-ahead being fetched in the background
-        self._ahead_chunks: frozenset[int] = frozenset()
+        self._arrived = threading.Condition(self._lock)  # a chunk being verified is kept, or failed
+        self._coming: set[int] = set()  # chunks read from the backend, being verified on other threads
+        self._pinned: list[tuple[int, int]] = []  # chunk ranges of reads waiting for them: never evicted
 
     def read(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes from ``offset`` (fewer only at the end of the file)."""
@@ -77,16 +77,21 @@ class RangeReader:
             return b""
         first = bisect.bisect_right(self._starts, offset) - 1
         last = bisect.bisect_left(self._starts, end) - 1  # the chunk holding byte end - 1
-        while True:
-            with self._lock:
-                pending = self._ahead if self._ahead is not None and not self._ahead.done() else None
-                if pending is None or not any(
-                    i in self._ahead_chunks and i not in self._kept for i in range(first, last + 1)
-                ):
-                    return self._read_locked(offset, end, first, last, pending is not None)
-            pending.exception()  # wait for the read-ahead this read needs (its errors are its own)
+        with self._lock:
+            self._await(first, last)
+            return self._read_locked(offset, end, first, last)
 
-    def _read_locked(self, offset: int, end: int, first: int, last: int, ahead_busy: bool) -> bytes:
+    def _await(self, first: int, last: int) -> None:
+        """Wait (lock held, released meanwhile) until none of chunks ``first..last`` is on its way."""
+        if not self._coming.isdisjoint(range(first, last + 1)):
+            self._pinned.append((first, last))
+            try:
+                while not self._coming.isdisjoint(range(first, last + 1)):
+                    self._arrived.wait()
+            finally:
+                self._pinned.remove((first, last))
+
+    def _read_locked(self, offset: int, end: int, first: int, last: int) -> bytes:
         have = all(i in self._kept for i in range(first, last + 1))
         # Streaming: the read continues the last one, or starts in or right after chunks held from
         # earlier reads (a kernel's concurrent read-ahead requests arrive out of order).
@@ -102,13 +107,14 @@ class RangeReader:
             if not have:
                 # Streaming but missing chunks: fetch them and the next window in the same range reads.
                 self._fetch(first, last, self._chunk_at(end + window))
-            elif not ahead_busy and self._kept_after(last) < window // 2:
+            elif self._ahead_of(last) < window // 2:
                 # Streaming and running low: fetch the next window in the background (a whole
                 # window, not one chunk per read as its far edge moves), so this read returns now.
-                todo = [i for i in range(last + 1, self._chunk_at(end + window) + 1) if i not in self._kept]
+                todo = [i for i in range(last + 1, self._chunk_at(end + window) + 1)
+                        if i not in self._kept and i not in self._coming]
                 if todo:
-                    self._ahead_chunks = frozenset(todo)
-                    self._ahead = background().submit(self._fetch_ahead, todo)
+                    self._coming.update(todo)
+                    background().submit(self._fetch_ahead, todo)
         self._next_sequential = end
         self._evict(first, last)
         if first == last:  # the common case: one slice of one chunk, one copy
@@ -127,44 +133,83 @@ class RangeReader:
 
     def _fetch(self, first: int, last: int, fetch_last: int) -> None:
         """Make chunks ``first..last`` present in memory, with ``last+1..fetch_last`` as read-ahead
-        (fetched in the same range reads; a read-ahead chunk that fails is left for its own read)."""
-        missing = [i for i in range(first, fetch_last + 1) if i not in self._kept]
+        (lock held). One range read per run of them, on this thread; the chunks after the first are
+        verified on the background threads while this one verifies the first (decompression and
+        hashing release the GIL: a read of several chunks takes the time of the longest, not the
+        sum). A read-ahead chunk that fails is left for its own read."""
+        missing = [i for i in range(first, fetch_last + 1) if i not in self._kept and i not in self._coming]
         try:
-            for i, data in self._chunks(missing):
-                self._keep(i, data)
+            sources = list(zip(missing, self._sources(missing)))
         except IntegrityError as exc:
-            if any(i not in self._kept for i in range(first, last + 1)):
+            raise ReadError(str(exc)) from None
+        inline = sources[0] if sources and sources[0][0] <= last else None
+        for i, verified in sources[1 if inline else 0 :]:
+            self._coming.add(i)
+            background().submit(self._verify_ahead, i, verified)
+        if inline is not None:
+            try:
+                self._keep(inline[0], self._checked(inline[0], inline[1]()))
+            except IntegrityError as exc:
                 raise ReadError(str(exc)) from None
+        self._await(first, last)
+        for i in range(first, last + 1):
+            if i not in self._kept:  # failed on another thread: again here, for its error
+                try:
+                    for j, verified in zip([i], self._sources([i])):
+                        self._keep(j, self._checked(j, verified()))
+                except IntegrityError as exc:
+                    raise ReadError(str(exc)) from None
 
     def _fetch_ahead(self, indexes: list[int]) -> None:
-        """Read-ahead in the background: what arrives intact is kept; a failure is left for the
-        read that needs the chunk, which fetches it again and reports it."""
-        got = []
+        """Read-ahead in the background (``indexes`` are marked coming): their runs are read here
+        and each chunk verified on the background threads. A failure is left for the read that
+        needs the chunk, which fetches it again and reports it."""
+        handed: set[int] = set()
         try:
-            for i, data in self._chunks(indexes):
-                got.append((i, data))
+            for i, verified in zip(indexes, self._sources(indexes)):
+                background().submit(self._verify_ahead, i, verified)
+                handed.add(i)
         except (CasError, OSError):
             pass
-        with self._lock:
-            for i, data in got:
-                self._keep(i, data)
-            position = self._chunk_at(self._next_sequential + 1)
-            self._evict(position, position)
+        finally:
+            if len(handed) < len(indexes):
+                with self._lock:
+                    self._coming.difference_update(i for i in indexes if i not in handed)
+                    self._arrived.notify_all()
 
-    def _chunks(self, indexes: list[int]) -> Iterator[tuple[int, bytes]]:
-        """Verified chunks by index, in order, each checked against the size its location records."""
+    def _verify_ahead(self, i: int, verified: Callable[[], bytes]) -> None:
+        """Verify chunk ``i`` (marked coming) on a background thread and keep it; a failure leaves
+        it for the read that needs it."""
+        try:
+            data: bytes | None = self._checked(i, verified())
+        except (CasError, OSError):
+            data = None
+        with self._lock:
+            self._coming.discard(i)
+            if data is not None:
+                self._keep(i, data)
+                position = self._chunk_at(self._next_sequential + 1)
+                self._evict(position, position)
+            self._arrived.notify_all()
+
+    def _sources(self, indexes: list[int]) -> Iterator[Callable[[], bytes]]:
+        """For chunks by index, in order, calls giving each one's verified bytes
+        (:func:`~cas.repo.reader.chunk_sources`)."""
         if not indexes:
-            return
+            return iter(())
         part = replace(self.entry, chunks=tuple(self.entry.chunks[i] for i in indexes))
         if self._on_first_fetch is not None:
             first_fetch, self._on_first_fetch = self._on_first_fetch, None
             first_fetch()
         ahead = self._fetched_ahead.take(part.chunks) if self._fetched_ahead is not None else None
-        for i, data in zip(indexes, file_chunks(self.repo, part, self._locations, self.path, ahead)):
-            if len(data) != self._locations[self.entry.chunks[i]].raw_length:
-                raise IntegrityError(f"{self.path}: chunk {self.entry.chunks[i][:16]} is not the size "
-                                     "its location records")
-            yield i, data
+        return chunk_sources(self.repo, part, self._locations, self.path, ahead)
+
+    def _checked(self, i: int, data: bytes) -> bytes:
+        """Chunk ``i``'s verified bytes, checked against the size its location records."""
+        if len(data) != self._locations[self.entry.chunks[i]].raw_length:
+            raise IntegrityError(f"{self.path}: chunk {self.entry.chunks[i][:16]} is not the size "
+                                 "its location records")
+        return data
 
     def _keep(self, i: int, data: bytes) -> None:
         if i not in self._kept:
@@ -175,17 +220,18 @@ class RangeReader:
         """Back within :data:`WINDOW_BYTES`: chunks behind ``first..last`` go first, then read-ahead
         from the far end; never ``first..last`` themselves."""
         while self._kept_bytes > WINDOW_BYTES:
-            spare = [i for i in self._kept if not first <= i <= last]
+            spare = [i for i in self._kept if not first <= i <= last
+                     and not any(a <= i <= b for a, b in self._pinned)]
             if not spare:
                 break
             behind = [i for i in spare if i < first]
             self._forget(min(behind) if behind else max(spare))
 
-    def _kept_after(self, last: int) -> int:
-        """Bytes held in memory for the chunks right after ``last``."""
+    def _ahead_of(self, last: int) -> int:
+        """Bytes held in memory, or on their way, for the chunks right after ``last``."""
         total, i = 0, last + 1
-        while i in self._kept:
-            total += len(self._kept[i])
+        while i in self._kept or i in self._coming:
+            total += self._locations[self.entry.chunks[i]].raw_length
             i += 1
         return total
 

@@ -7,7 +7,8 @@ are written in order) are fetched with a single ranged GET, bounded by :data:`MA
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 
 from cas.errors import IntegrityError
 from cas.format.hashing import new_hasher
@@ -83,9 +84,24 @@ def file_chunks(
     Chunks in ``prefetched`` (verified already) or in the repository's local chunk cache (if it has
     one) are taken from there; the rest are fetched in runs and added to the cache.
     """
+    for verified in chunk_sources(repo, entry, locations, path, prefetched):
+        yield verified()
+
+
+def chunk_sources(
+    repo: Repository,
+    entry: Entry,
+    locations: dict[str, BlobLocation],
+    path: str,
+    prefetched: dict[str, bytes] | None = None,
+) -> Iterator[Callable[[], bytes]]:
+    """:func:`file_chunks` in two steps: for each chunk, in order, a call that gives its verified
+    bytes (or raises IntegrityError naming ``path``). The ranged reads are made as the iterator
+    reaches each run; the calls decompress and hash, so a caller may make them on several threads
+    (both release the GIL) while one thread reads on."""
     if prefetched and all(c in prefetched for c in entry.chunks):
         for chunk_id in entry.chunks:
-            yield prefetched[chunk_id]
+            yield partial(_given, prefetched[chunk_id])
         return
     cache = repo.chunk_cache
     # Segments in file order: a cached chunk ID, or a run of chunks to fetch with one range read.
@@ -118,12 +134,16 @@ def file_chunks(
                     raise IntegrityError(f"{path}: chunk {segment[:16]} is missing from the repository")
                 yield from _fetch_run(repo, [(segment, loc)], path)
             else:
-                yield data
+                yield partial(_given, data)
             continue
         yield from _fetch_run(repo, segment, path)
 
 
-def _fetch_run(repo: Repository, run: list[tuple[str, BlobLocation]], path: str) -> Iterator[bytes]:
+def _given(data: bytes) -> bytes:
+    return data
+
+
+def _fetch_run(repo: Repository, run: list[tuple[str, BlobLocation]], path: str) -> Iterator[Callable[[], bytes]]:
     start = run[0][1].offset
     end = run[-1][1].offset + run[-1][1].length
     try:
@@ -131,14 +151,18 @@ def _fetch_run(repo: Repository, run: list[tuple[str, BlobLocation]], path: str)
     except FileNotFoundError:
         raise IntegrityError(f"{path}: pack {run[0][1].pack_id[:16]} is missing from the backend") from None
     for chunk_id, loc in run:
-        payload = data[loc.offset - start : loc.offset - start + loc.length]
-        try:
-            raw = verify_blob(chunk_id, loc, payload)
-        except IntegrityError as exc:
-            raise IntegrityError(f"{path}: {exc}") from None
-        if repo.chunk_cache is not None:
-            repo.chunk_cache.put(chunk_id, raw)
-        yield raw
+        yield partial(_verified, repo, chunk_id, loc, data, loc.offset - start, path)
+
+
+def _verified(repo: Repository, chunk_id: str, loc: BlobLocation, data: bytes, at: int, path: str) -> bytes:
+    """The chunk at ``at`` in ``data`` (a run read from its pack), verified (and cached)."""
+    try:
+        raw = verify_blob(chunk_id, loc, data[at : at + loc.length])
+    except IntegrityError as exc:
+        raise IntegrityError(f"{path}: {exc}") from None
+    if repo.chunk_cache is not None:
+        repo.chunk_cache.put(chunk_id, raw)
+    return raw
 
 
 def verified_content(

@@ -1,0 +1,38 @@
+"""Blob encoding: what is stored compressed and what raw, and that either decodes to the bytes."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cas.format.compression import MIN_SAVING, decode, encode
+from cas.types import Codec
+
+
+def _saving(fraction: float, size: int = 1 << 20) -> bytes:
+    """Random bytes with about ``fraction`` of them in one run of zeros (what zstd can save)."""
+    rng = random.Random(size)
+    zeros = int(size * fraction)
+    return rng.randbytes(size - zeros) + bytes(zeros)
+
+
+def test_blobs_zstd_saves_little_on_are_stored_raw() -> None:
+    for fraction in (0.0, 0.03, MIN_SAVING * 0.6):
+        data = _saving(fraction)
+        codec, payload = encode(data, 3)
+        assert (codec, payload) == (Codec.RAW, data), fraction
+
+
+def test_blobs_zstd_saves_enough_on_are_stored_compressed() -> None:
+    for data in (_saving(MIN_SAVING * 1.5), _saving(0.5), b"a line of text\n" * 5000):
+        codec, payload = encode(data, 3)
+        assert codec == Codec.ZSTD
+        assert len(payload) <= len(data) * (1 - MIN_SAVING)
+
+
+@given(st.binary(max_size=20_000) | st.text(max_size=5000).map(lambda t: t.encode() * 3))
+def test_what_is_encoded_decodes_to_the_same_bytes(data: bytes) -> None:
+    codec, payload = encode(data, 3)
+    assert decode(codec, payload, len(data)) == data
