@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from cas.errors import CasError, ConfigurationError, MissingDependency, NotFound
 from cas.format.trees import DIR, FILE, SYMLINK
-from cas.ops.view import Node, SnapshotView
+from cas.ops.view import SMALL_FILE, Node, SnapshotView
 from cas.repo.ranges import RangeReader
 
 log = logging.getLogger("cas.mount")
@@ -200,7 +200,10 @@ class Operations:
             if reader is not None:
                 self._readers.move_to_end(path)
         if reader is None:
-            reader = self.view.open(self.view.lookup(path))
+            node = self.view.lookup(path)
+            if offset == 0 and node.type == FILE and size >= node.size and node.size <= SMALL_FILE:
+                return self.view.read_whole(node)  # a small file read whole: the common case
+            reader = self.view.open(node)
             if offset > 0 or offset + size < reader.size:
                 with self._lock:
                     reader = self._readers.setdefault(path, reader)

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
-from cas.errors import ConfigurationError, NotFound, ReadError
+from cas.errors import CasError, ConfigurationError, IntegrityError, NotFound, ReadError
 from cas.format.trees import DIR, FILE, SYMLINK, Entry
 from cas.ops.browse import TreeSource
 from cas.repo.ranges import RangeReader
-from cas.repo.readahead import ChunksAhead
+from cas.repo.readahead import ChunksAhead, background
+from cas.repo.reader import verified_content
 from cas.repo.repository import Repository
 from cas.types import BlobLocation, EntryType
 
@@ -45,6 +46,10 @@ SMALL_FILE = 1 << 20
 (:meth:`SnapshotView._fetch_siblings_ahead`)."""
 SIBLINGS_AHEAD_BYTES = 4 << 20
 """The most file bytes one read-ahead of a directory's small files fetches."""
+SUBDIRECTORIES_AHEAD = 8
+"""Subdirectories whose first small files are fetched ahead when a directory's first file is read."""
+SUBDIRECTORY_AHEAD_BYTES = 1 << 20
+"""The most file bytes fetched ahead in each of those subdirectories."""
 SIBLING_DIRECTORIES = 16
 """Directories whose small files' read-ahead state is kept (the most recently read)."""
 SNAPSHOT_TTL_S = 5.0
@@ -318,6 +323,33 @@ class SnapshotView:
 
     def open(self, node: Node) -> RangeReader:
         """Random access to a file node's content; each chunk read is verified."""
+        entry = self._file_entry(node)
+        small = 0 < entry.size <= SMALL_FILE and node.parent
+        return RangeReader(self.repo, entry, node.path, self._chunk_locations(node.parent, entry), self._ahead,
+                           partial(self._fetch_siblings_ahead, node.parent, entry) if small else None)
+
+    def read_whole(self, node: Node) -> bytes:
+        """A small file's whole content (up to :data:`SMALL_FILE`), verified chunk by chunk and
+        then as a whole (size and digest): what a reader of the whole file gets from :meth:`open`,
+        without making one (the common read of a small file is one read from its start). Its
+        directory's next small files are fetched ahead as :meth:`open` does."""
+        if node.type != FILE:
+            return self.open(node).read(0, 0)  # the error open gives
+        entry = self._file_entry(node)
+        if entry.size > SMALL_FILE:
+            raise ValueError(f"{node.path} is not a small file")
+        if not entry.size:
+            return b""
+        locations = self._chunk_locations(node.parent, entry)
+        if node.parent:
+            self._fetch_siblings_ahead(node.parent, entry)
+        try:
+            return b"".join(verified_content(self.repo, entry, locations, node.path, self._ahead.take(entry.chunks)))
+        except IntegrityError as exc:
+            raise ReadError(str(exc)) from None
+
+    def _file_entry(self, node: Node) -> Entry:
+        """A file node's entry with its chunk list."""
         if node.type == DIR:
             raise IsADirectoryError(f"{node.path or '/'} is a directory")
         if node.type == SYMLINK:
@@ -330,9 +362,7 @@ class SnapshotView:
             if stored is None or stored.type != FILE or (stored.size, stored.digest) != (entry.size, entry.digest):
                 raise ReadError(f"{node.path}: the stored tree does not hold the file its listing shows")
             entry = stored
-        small = 0 < entry.size <= SMALL_FILE and node.parent
-        return RangeReader(self.repo, entry, node.path, self._chunk_locations(node.parent, entry), self._ahead,
-                           partial(self._fetch_siblings_ahead, node.parent, entry) if small else None)
+        return entry
 
     def _fetch_siblings_ahead(self, parent: str, entry: Entry) -> None:
         """When a small file is first read: keep the small files after it in its directory (in
@@ -343,24 +373,35 @@ class SnapshotView:
         tops the window up with the next batch once less than half of it lies ahead, so the
         reader of the next files does not wait for a whole batch. A file read later takes its
         chunks from there; one not fetched ahead (a chunk that failed verification included)
-        reads its own."""
+        reads its own.
+
+        The first read in a directory also starts the first small files of its first
+        subdirectories on their way (:meth:`_fetch_below_ahead`): a walk (``find | xargs cat``,
+        ``grep -r``, ``cp -r``) enters them next, and finds their files fetched, not a batch to
+        wait for in each directory."""
         siblings = self._siblings_of(parent)
         start = siblings.position.get(entry.name)
         if start is None:
             return
         if self._ahead.wants(entry.chunks):
-            begin = start
+            self._fetch_batch(siblings, start, SIBLINGS_AHEAD_BYTES)
         else:
             ahead = siblings.small_bytes[siblings.fetched_to] - siblings.small_bytes[start + 1]
-            if siblings.fetched_to <= start or ahead >= SIBLINGS_AHEAD_BYTES // 2:
-                return
-            begin = siblings.fetched_to
+            if siblings.fetched_to > start and ahead < SIBLINGS_AHEAD_BYTES // 2:
+                self._fetch_batch(siblings, siblings.fetched_to, SIBLINGS_AHEAD_BYTES)
+        if not siblings.below_started:  # after this directory's own batch: that is needed first
+            siblings.below_started = True
+            background().submit(self._fetch_below_ahead, siblings)
+
+    def _fetch_batch(self, siblings: _Siblings, begin: int, budget: int) -> None:
+        """Hand the small files of ``siblings`` from place ``begin`` to the read-ahead, up to
+        ``budget`` bytes (those whose chunks are located)."""
         wanted: list[BlobLocation] = []
         total = 0
         end = begin
         for sibling in siblings.entries[begin:]:
             if sibling.type == FILE and 0 < sibling.size <= SMALL_FILE:
-                if total + sibling.size > SIBLINGS_AHEAD_BYTES:
+                if total + sibling.size > budget:
                     break
                 found = [loc for c in sibling.chunks if (loc := self._located.get(c)) is not None]
                 if len(found) == len(sibling.chunks):
@@ -370,6 +411,30 @@ class SnapshotView:
         siblings.fetched_to = max(siblings.fetched_to, end)
         cache = self.repo.chunk_cache
         self._ahead.fetch(loc for loc in wanted if cache is None or loc.id not in cache)
+
+    def _fetch_below_ahead(self, siblings: _Siblings) -> None:
+        """On a background thread: the first :data:`SUBDIRECTORY_AHEAD_BYTES` of small files of
+        each of a directory's first :data:`SUBDIRECTORIES_AHEAD` subdirectories located and
+        handed to the read-ahead (a directory already started is left as it is). Errors are left
+        for the reads, which meet them on their own."""
+        try:
+            for sub in [e for e in siblings.entries if e.type == DIR][:SUBDIRECTORIES_AHEAD]:
+                below = self._siblings_of(sub.tree)
+                if below.fetched_to:
+                    continue
+                ids: list[str] = []
+                size = 0
+                for e in below.entries:
+                    if e.type == FILE and 0 < e.size <= SMALL_FILE:
+                        if size + e.size > SUBDIRECTORY_AHEAD_BYTES:
+                            break
+                        ids.extend(c for c in e.chunks if c not in self._located)
+                        size += e.size
+                if ids:
+                    self._remember_located(self.repo.locate(ids))
+                self._fetch_batch(below, 0, SUBDIRECTORY_AHEAD_BYTES)
+        except (CasError, OSError):
+            pass
 
     def _siblings_of(self, parent: str) -> _Siblings:
         """A stored directory's entries, with each name's place and the small files' bytes before
@@ -390,6 +455,12 @@ class SnapshotView:
                 self._siblings.popitem(last=False)
         return siblings
 
+    def _remember_located(self, located: dict[str, BlobLocation]) -> None:
+        known = self._located
+        if len(known) + len(located) > MAX_LOCATED:
+            known.clear()
+        known.update(located)
+
     def _chunk_locations(self, parent: str, entry: Entry) -> dict[str, BlobLocation]:
         """Where a file's chunks are. The first file opened in a stored directory has the chunks of
         the files beside it located in the same query (up to :data:`LOCATE_AHEAD` IDs), so opening
@@ -402,10 +473,7 @@ class SnapshotView:
                     break
                 if sibling.type == FILE:
                     wanted.update(dict.fromkeys(c for c in sibling.chunks if c not in known))
-            located = self.repo.locate(wanted)
-            if len(known) + len(located) > MAX_LOCATED:
-                known.clear()
-            known.update(located)
+            self._remember_located(self.repo.locate(wanted))
         found = {c: loc for c in chunks if (loc := known.get(c)) is not None}  # another thread may clear it
         if len(found) < len(chunks):  # forgotten meanwhile, or missing (RangeReader says which)
             found.update(self.repo.locate(chunks - found.keys()))
@@ -422,6 +490,8 @@ class _Siblings:
     """Bytes of the small files before each place (``small_bytes[i]``: in ``entries[:i]``)."""
     fetched_to: int = 0
     """Entries before this place have been handed to the read-ahead (or passed over)."""
+    below_started: bool = False
+    """Whether the first files of the subdirectories have been sent for (:meth:`SnapshotView._fetch_below_ahead`)."""
 
 
 def split(path: str) -> list[str]:

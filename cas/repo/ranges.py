@@ -67,6 +67,7 @@ class RangeReader:
         self._arrived = threading.Condition(self._lock)  # a chunk being verified is kept, or failed
         self._coming: set[int] = set()  # chunks read from the backend, being verified on other threads
         self._pinned: list[tuple[int, int]] = []  # chunk ranges of reads waiting for them: never evicted
+        self._reading_ahead = False  # a background read-ahead is reading its runs (one at a time)
 
     def read(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes from ``offset`` (fewer only at the end of the file)."""
@@ -107,13 +108,14 @@ class RangeReader:
             if not have:
                 # Streaming but missing chunks: fetch them and the next window in the same range reads.
                 self._fetch(first, last, self._chunk_at(end + window))
-            elif self._ahead_of(last) < window // 2:
+            elif not self._reading_ahead and self._ahead_of(last) < window // 2:
                 # Streaming and running low: fetch the next window in the background (a whole
                 # window, not one chunk per read as its far edge moves), so this read returns now.
                 todo = [i for i in range(last + 1, self._chunk_at(end + window) + 1)
                         if i not in self._kept and i not in self._coming]
                 if todo:
                     self._coming.update(todo)
+                    self._reading_ahead = True
                     background().submit(self._fetch_ahead, todo)
         self._next_sequential = end
         self._evict(first, last)
@@ -172,8 +174,9 @@ class RangeReader:
         except (CasError, OSError):
             pass
         finally:
-            if len(handed) < len(indexes):
-                with self._lock:
+            with self._lock:
+                self._reading_ahead = False
+                if len(handed) < len(indexes):
                     self._coming.difference_update(i for i in indexes if i not in handed)
                     self._arrived.notify_all()
 

@@ -3,14 +3,17 @@
 Reading a directory's small files one after the other (``cat dir/*``, ``grep -r``, an import of a
 package) costs a backend read, a decompression and a hash per file. Their chunks were written
 together and usually sit side by side in one pack, so :class:`ChunksAhead` fetches a batch of them
-with one ranged read per stretch of a pack (:func:`cas.repo.reader.prefetch`), in a background
-thread, verifies each chunk there, and holds the verified bytes until a reader takes them.
+with one ranged read per stretch of a pack (:func:`cas.repo.reader.fetched_payloads`), in a
+background thread, and holds their stored bytes until a reader takes them. The reader's thread
+verifies what it takes: a small chunk decompresses and hashes in microseconds, less than a hand-off
+of the interpreter lock between a verifying thread and the reading one would cost, and a chunk
+never read is never decoded.
 
-Nothing is returned unverified: a chunk that fails verification (or whose read fails) is simply not
-held, so the reader that needs it fetches it itself and reports the error under its own file's path,
-and reads of the other chunks of the batch are unaffected. What is held is bounded by ``max_bytes``
-(the oldest held chunks are dropped first); chunks also go through the repository's chunk cache,
-which keeps its own cap.
+Nothing is returned unverified: a chunk that fails verification (or whose read fails) is not
+returned, so the reader that needs it fetches it itself and reports the error under its own file's
+path, and reads of the other chunks of the batch are unaffected. What is held is bounded by
+``max_bytes`` of stored bytes (the oldest held chunks are dropped first); chunks taken also go
+through the repository's chunk cache, which keeps its own cap.
 
 The background threads (:func:`background`) are shared with the read-ahead of single files
 (:class:`cas.repo.ranges.RangeReader`).
@@ -24,7 +27,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from cas.errors import CasError
-from cas.repo.reader import prefetched_chunks
+from cas.repo.reader import checked_payload, fetched_payloads
 from cas.repo.repository import Repository
 from cas.types import BlobLocation
 
@@ -33,13 +36,13 @@ MAX_BYTES = 32 << 20
 
 
 class ChunksAhead:
-    """Verified chunks fetched in the background, held until taken (each is taken once). Safe to
-    share between threads."""
+    """Chunks fetched in the background, held until taken (each is taken once, verified by the
+    taker). Safe to share between threads."""
 
     def __init__(self, repo: Repository, max_bytes: int = MAX_BYTES) -> None:
         self._repo = repo
         self._max_bytes = max_bytes
-        self._held: OrderedDict[str, bytes] = OrderedDict()
+        self._held: OrderedDict[str, tuple[BlobLocation, bytes]] = OrderedDict()  # stored payloads
         self._held_bytes = 0
         self._pending: set[str] = set()  # being fetched; each leaves as it is verified (or fails)
         self._lock = threading.Lock()
@@ -61,17 +64,17 @@ class ChunksAhead:
         background().submit(self._run, todo)
 
     def _run(self, locations: list[BlobLocation]) -> None:
-        """Each chunk is held as soon as it is verified (a reader waiting for it goes on then, not
-        when the whole batch is in)."""
+        """Each chunk is held as soon as its stretch of a pack is read (a reader waiting for it
+        goes on then, not when the whole batch is in)."""
         try:
-            for chunk_id, data in prefetched_chunks(self._repo, locations):
+            for loc, payload in fetched_payloads(self._repo, locations):
                 with self._lock:
-                    self._pending.discard(chunk_id)
-                    if chunk_id not in self._held and len(data) <= self._max_bytes:
-                        self._held[chunk_id] = data
-                        self._held_bytes += len(data)
+                    self._pending.discard(loc.id)
+                    if loc.id not in self._held and len(payload) <= self._max_bytes:
+                        self._held[loc.id] = (loc, payload)
+                        self._held_bytes += len(payload)
                     while self._held_bytes > self._max_bytes:
-                        self._held_bytes -= len(self._held.popitem(last=False)[1])
+                        self._held_bytes -= len(self._held.popitem(last=False)[1][1])
                     self._arrived.notify_all()
         except (CasError, OSError):
             pass  # the readers fetch their chunks themselves and report what fails
@@ -82,18 +85,24 @@ class ChunksAhead:
 
     def take(self, chunk_ids: Iterable[str]) -> dict[str, bytes]:
         """The verified bytes of those of these chunks that are held (or arrive from a fetch under
-        way, which this waits for), removed from what is held."""
+        way, which this waits for), removed from what is held. Verified here, on the caller's
+        thread; a chunk that fails is left out (and no longer held)."""
         wanted = list(chunk_ids)
+        taken: list[tuple[BlobLocation, bytes]] = []
         with self._lock:
             while any(c in self._pending for c in wanted):
                 self._arrived.wait()
-            out = {}
             for c in wanted:
-                data = self._held.pop(c, None)
-                if data is not None:
-                    out[c] = data
-                    self._held_bytes -= len(data)
-            return out
+                held = self._held.pop(c, None)
+                if held is not None:
+                    taken.append(held)
+                    self._held_bytes -= len(held[1])
+        out = {}
+        for loc, payload in taken:
+            raw = checked_payload(self._repo, loc, payload)
+            if raw is not None:
+                out[loc.id] = raw
+        return out
 
     @property
     def held_bytes(self) -> int:

@@ -55,6 +55,17 @@ def prefetched_chunks(
     repo: Repository, locations: list[BlobLocation], *, max_gap: int = MAX_GAP
 ) -> Iterator[tuple[str, bytes]]:
     """:func:`prefetch`, each chunk given as soon as it is verified, in (pack, offset) order."""
+    for loc, payload in fetched_payloads(repo, locations, max_gap=max_gap):
+        raw = checked_payload(repo, loc, payload)
+        if raw is not None:
+            yield loc.id, raw
+
+
+def fetched_payloads(
+    repo: Repository, locations: list[BlobLocation], *, max_gap: int = MAX_GAP
+) -> Iterator[tuple[BlobLocation, bytes]]:
+    """The stored (encoded, not yet verified) bytes of data chunks, one ranged read per stretch of
+    a pack, in (pack, offset) order; chunks of a pack that is gone are left out."""
     wanted = {loc.id: loc for loc in locations if loc.kind == BlobKind.DATA}
     for run in pack_runs(list(wanted.values()), max_gap=max_gap):
         begin = run[0].offset
@@ -63,13 +74,19 @@ def prefetched_chunks(
         except FileNotFoundError:
             continue
         for loc in run:
-            try:
-                raw = verify_blob(loc.id, loc, data[loc.offset - begin : loc.offset - begin + loc.length])
-            except IntegrityError:
-                continue
-            if repo.chunk_cache is not None:
-                repo.chunk_cache.put(loc.id, raw)
-            yield loc.id, raw
+            yield loc, data[loc.offset - begin : loc.offset - begin + loc.length]
+
+
+def checked_payload(repo: Repository, loc: BlobLocation, payload: bytes) -> bytes | None:
+    """A chunk's bytes from its stored payload, verified (and added to the chunk cache); None if
+    they are not the chunk."""
+    try:
+        raw = verify_blob(loc.id, loc, payload)
+    except IntegrityError:
+        return None
+    if repo.chunk_cache is not None:
+        repo.chunk_cache.put(loc.id, raw)
+    return raw
 
 
 def file_chunks(

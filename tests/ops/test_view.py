@@ -276,3 +276,63 @@ def test_the_next_files_are_fetched_ahead_before_the_reader_reaches_them(
     for name in names[5:]:
         assert view.open(view.lookup(f"run-1/{name}")).read(0, 5000) == files[name]
     assert pack_reads() == 5  # five batches of eight, no file read alone
+
+
+def test_the_first_read_in_a_directory_sends_for_the_first_files_of_its_subdirectories(
+    counted: tuple[Store, CountingBackend], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A walk reads a directory's files and then enters its subdirectories: their first small files
+    are on their way (within their budget) before any of them is read, and reading them then
+    fetches nothing more; a subdirectory beyond the first few is left for its own first read."""
+    from cas.ops import view as view_module
+
+    s, backend = counted
+    monkeypatch.setattr(view_module, "SUBDIRECTORIES_AHEAD", 2)
+    monkeypatch.setattr(view_module, "SUBDIRECTORY_AHEAD_BYTES", 3 * 3000)
+    src = tmp_path / "src"
+    files: dict[str, bytes] = {"top.bin": os.urandom(3000)}
+    for sub in ("a", "b", "c"):
+        for i in range(5):
+            files[f"{sub}/f{i}.bin"] = os.urandom(3000)  # one chunk each (under chunk_max)
+    for name, data in files.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    s.snapshot(src, "run-1")
+    view = s.view()
+    for sub in ("a", "b", "c"):
+        view.children(view.lookup(f"run-1/{sub}"))  # listed, as a walk lists them
+    chunks = {name: s.repo.read_tree(view.lookup(f"run-1/{name.rpartition('/')[0]}").tree)
+              for name in files if "/" in name}
+    wanted = {name: next(e.chunks for e in entries if e.name == name.rpartition("/")[2])
+              for name, entries in chunks.items()}
+
+    assert view.read_whole(view.lookup("run-1/top.bin")) == files["top.bin"]
+    deadline = time.monotonic() + 30
+    while view._ahead.wants(wanted["b/f2.bin"]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ahead = {name for name, ids in wanted.items() if not view._ahead.wants(ids)}
+    assert ahead == {"a/f0.bin", "a/f1.bin", "a/f2.bin", "b/f0.bin", "b/f1.bin", "b/f2.bin"}
+    backend.reset()
+    for name in ("a/f0.bin", "a/f1.bin", "a/f2.bin", "b/f0.bin"):
+        assert view.read_whole(view.lookup(f"run-1/{name}")) == files[name]
+    packs = {pack_key(loc.pack_id) for ids in wanted.values() for loc in s.repo.locate(ids).values()}
+    assert not [key for key, _o, _n in backend.gets if key in packs]
+
+
+def test_a_small_file_read_whole_is_checked_whole(counted: tuple[Store, CountingBackend]) -> None:
+    """Every chunk verified, and the whole: a file whose chunks are intact but whose recorded
+    digest is not theirs is an I/O error naming it, never its bytes."""
+    s, _backend = counted
+    from tests.hostile import forge
+
+    good = forge.file_entry(s, "good.txt", b"all fine\n")
+    liar = forge.file_entry(s, "liar.txt", b"part one, ", chunks=[forge.put_blob(s, b"part one, "),
+                                                                 forge.put_blob(s, b"part two\n")],
+                            size=len(b"part one, part two\n"))
+    forge.commit(s, "run-1", forge.put_tree(s, [good, liar]))
+    view = s.view()
+    assert view.read_whole(view.lookup("run-1/good.txt")) == b"all fine\n"
+    with pytest.raises(ReadError, match="run-1/liar.txt"):
+        view.read_whole(view.lookup("run-1/liar.txt"))
+    with pytest.raises(IsADirectoryError):
+        view.read_whole(view.lookup("run-1"))

@@ -161,3 +161,30 @@ def test_memory_held_stays_within_the_window(counted: tuple[Store, CountingBacke
     chunk_max = 4 * MiB  # a read needs at most two chunks here; everything else is dropped first
     assert largest <= max(3 * MiB, 2 * chunk_max)
     assert reader.read(0, 10) == data[:10]  # dropped chunks are fetched again
+
+
+def test_the_chunks_of_one_read_are_verified_on_more_than_one_thread(
+    counted: tuple[Store, CountingBackend], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decompression and hashing release the GIL: the chunks a read needs are verified on the
+    background threads beside the reading one, and the read returns them all, in order."""
+    import threading
+
+    from cas.repo import reader as reader_module
+
+    s, _backend = counted
+    data = random.Random(11).randbytes(24 * MiB)
+    reader = _stored(s, tmp_path, data)
+    threads: list[str] = []
+    real = reader_module.verify_blob
+
+    def recording(*args: object) -> bytes:
+        threads.append(threading.current_thread().name)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reader_module, "verify_blob", recording)
+    offset = 9 * MiB + 777
+    assert reader.read(offset, 5 * MiB) == data[offset : offset + 5 * MiB]
+    assert len(threads) >= 4
+    assert threading.current_thread().name in threads
+    assert any(name.startswith("cas-readahead") for name in threads)

@@ -1,5 +1,5 @@
-"""Chunks fetched ahead of their readers: held verified, within their bound, each taken once; what
-fails verification is never held (its reader fetches it and reports it)."""
+"""Chunks fetched ahead of their readers: held within their bound, each taken once and verified as
+it is taken; what fails verification is never returned (its reader fetches it and reports it)."""
 
 from __future__ import annotations
 
