@@ -368,9 +368,10 @@ class SnapshotView:
         """When a small file is first read: keep the small files after it in its directory (in
         name order, the order ``ls``, ``find`` and shells list them) fetched ahead, in the
         background, with one ranged read per stretch of a pack instead of one per file (a
-        directory's files are stored side by side). A file whose chunks are not held or on their
-        way starts a batch of up to :data:`SIBLINGS_AHEAD_BYTES` at itself; a file fetched ahead
-        tops the window up with the next batch once less than half of it lies ahead, so the
+        directory's files are stored side by side). A file not handed to the read-ahead yet
+        starts a batch of up to :data:`SIBLINGS_AHEAD_BYTES` at itself; a file handed to the
+        read-ahead before (whose chunks may have been dropped since, or failed: it then reads its
+        own) tops the window up with the next batch once less than half of it lies ahead, so the
         reader of the next files does not wait for a whole batch. A file read later takes its
         chunks from there; one not fetched ahead (a chunk that failed verification included)
         reads its own.
@@ -383,12 +384,10 @@ class SnapshotView:
         start = siblings.position.get(entry.name)
         if start is None:
             return
-        if self._ahead.wants(entry.chunks):
+        if siblings.fetched_to <= start:  # not handed to the read-ahead yet: a batch from here
             self._fetch_batch(siblings, start, SIBLINGS_AHEAD_BYTES)
-        else:
-            ahead = siblings.small_bytes[siblings.fetched_to] - siblings.small_bytes[start + 1]
-            if siblings.fetched_to > start and ahead < SIBLINGS_AHEAD_BYTES // 2:
-                self._fetch_batch(siblings, siblings.fetched_to, SIBLINGS_AHEAD_BYTES)
+        elif siblings.small_bytes[siblings.fetched_to] - siblings.small_bytes[start + 1] < SIBLINGS_AHEAD_BYTES // 2:
+            self._fetch_batch(siblings, siblings.fetched_to, SIBLINGS_AHEAD_BYTES)
         if not siblings.below_started:  # after this directory's own batch: that is needed first
             siblings.below_started = True
             background().submit(self._fetch_below_ahead, siblings)
@@ -465,18 +464,23 @@ class SnapshotView:
         """Where a file's chunks are. The first file opened in a stored directory has the chunks of
         the files beside it located in the same query (up to :data:`LOCATE_AHEAD` IDs), so opening
         each file of a directory in turn costs one index query, not one per file."""
-        chunks, known = set(entry.chunks), self._located
-        if parent and not chunks.issubset(known):
-            wanted = dict.fromkeys(c for c in entry.chunks if c not in known)
+        known = self._located
+        found = {c: loc for c in entry.chunks if (loc := known.get(c)) is not None}  # another thread may clear it
+        if len(found) == len(entry.chunks) or not (missing := [c for c in entry.chunks if c not in found]):
+            return found  # all located already (the common case: located with a sibling)
+        if parent:
+            wanted = dict.fromkeys(missing)
             for sibling in self._stored.read_tree(parent):
                 if len(wanted) >= LOCATE_AHEAD:
                     break
                 if sibling.type == FILE:
                     wanted.update(dict.fromkeys(c for c in sibling.chunks if c not in known))
-            self._remember_located(self.repo.locate(wanted))
-        found = {c: loc for c in chunks if (loc := known.get(c)) is not None}  # another thread may clear it
-        if len(found) < len(chunks):  # forgotten meanwhile, or missing (RangeReader says which)
-            found.update(self.repo.locate(chunks - found.keys()))
+            located = self.repo.locate(wanted)
+            self._remember_located(located)
+            found.update((c, located[c]) for c in missing if c in located)
+            missing = [c for c in missing if c not in found]
+        if missing:  # missing from the repository (RangeReader says which)
+            found.update(self.repo.locate(missing))
         return found
 
 
