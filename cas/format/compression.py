@@ -45,9 +45,27 @@ MIN_SAVING = 1 / 8
 """The least fraction of a blob's bytes zstd must save for the blob to be stored compressed."""
 
 
+SAMPLED_FROM = 64 * 1024
+"""Blobs this large are tried on a sample first (:func:`encode`)."""
+_SAMPLE = 4 * 1024
+
+
 def encode(data: bytes | memoryview, level: int) -> tuple[int, bytes]:
-    """Return ``(codec, payload)``; raw when zstd would save less than :data:`MIN_SAVING`."""
-    packed = _compressor(level).compress(data)
+    """Return ``(codec, payload)``; raw when zstd would save less than :data:`MIN_SAVING`.
+
+    A blob of :data:`SAMPLED_FROM` bytes or more is first tried on a sample (4 KiB from its
+    start, middle and end): if zstd saves less than :data:`MIN_SAVING` on those, the blob is stored
+    raw without compressing the rest (model weights cost about 1.7 ms per MiB to compress only to
+    be stored raw). A blob that compresses unevenly may then be stored raw that would have saved a
+    little more: bytes, never correctness."""
+    compressor = _compressor(level)
+    size = len(data)
+    if size >= SAMPLED_FROM:
+        middle = size // 2
+        sample = b"".join((data[:_SAMPLE], data[middle : middle + _SAMPLE], data[size - _SAMPLE :]))
+        if len(compressor.compress(sample)) > len(sample) * (1 - MIN_SAVING):
+            return Codec.RAW, bytes(data)
+    packed = compressor.compress(data)
     if len(packed) <= len(data) * (1 - MIN_SAVING):
         return Codec.ZSTD, packed
     return Codec.RAW, bytes(data)

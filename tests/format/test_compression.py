@@ -7,7 +7,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cas.format.compression import MIN_SAVING, decode, encode
+from cas.format.compression import MIN_SAVING, SAMPLED_FROM, decode, encode
 from cas.types import Codec
 
 
@@ -36,3 +36,18 @@ def test_blobs_zstd_saves_enough_on_are_stored_compressed() -> None:
 def test_what_is_encoded_decodes_to_the_same_bytes(data: bytes) -> None:
     codec, payload = encode(data, 3)
     assert decode(codec, payload, len(data)) == data
+
+
+def test_a_large_blob_is_judged_by_a_sample_first() -> None:
+    """Start, middle and end that zstd cannot shrink: stored raw without compressing the rest,
+    even though a run of zeros elsewhere would have saved more than MIN_SAVING (the trade the
+    sample makes: a few bytes, for not compressing model weights only to store them raw)."""
+    rng = random.Random(5)
+    size = 1 << 20
+    zeros = int(size * MIN_SAVING * 2)
+    data = bytearray(rng.randbytes(size))
+    data[size // 8 : size // 8 + zeros] = bytes(zeros)  # away from the three sampled places
+    assert encode(bytes(data), 3)[0] == Codec.RAW
+    start = size // 8 - SAMPLED_FROM // 2
+    small = bytes(data[start : start + SAMPLED_FROM - 1])  # under the sampling size: compressed whole
+    assert encode(small, 3)[0] == Codec.ZSTD
