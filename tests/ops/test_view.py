@@ -336,3 +336,18 @@ def test_a_small_file_read_whole_is_checked_whole(counted: tuple[Store, Counting
         view.read_whole(view.lookup("run-1/liar.txt"))
     with pytest.raises(IsADirectoryError):
         view.read_whole(view.lookup("run-1"))
+
+
+def test_a_one_chunk_file_whose_digest_is_not_its_chunk_is_not_read_whole(
+    counted: tuple[Store, CountingBackend]
+) -> None:
+    from tests.hostile import forge
+
+    s, _backend = counted
+    other = forge.file_entry(s, "other.txt", b"another file\n")
+    liar = forge.file_entry(s, "liar.txt", b"genuine chunk\n", digest=other["digest"])
+    forge.commit(s, "run-1", forge.put_tree(s, [liar, other]))
+    view = s.view()
+    assert view.read_whole(view.lookup("run-1/other.txt")) == b"another file\n"
+    with pytest.raises(ReadError, match="run-1/liar.txt"):
+        view.read_whole(view.lookup("run-1/liar.txt"))
