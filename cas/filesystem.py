@@ -25,7 +25,7 @@ from typing import Any
 from backends.base import Backend
 from cas.errors import MissingDependency
 from cas.format.trees import DIR, FILE, SYMLINK
-from cas.ops.view import Node, SnapshotView
+from cas.ops.view import SMALL_FILE, Node, SnapshotView
 from cas import passphrase
 from cas.store import Store
 
@@ -145,6 +145,8 @@ class CasFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
         node = self.view.lookup(self._strip_protocol(path))
+        if not start and end is None and node.type == FILE and node.size <= SMALL_FILE:
+            return self.view.read_whole(node)  # checked whole too (size and digest)
         reader = self.view.open(node)
         begin = 0 if start is None else (start if start >= 0 else max(0, node.size + start))
         stop = node.size if end is None else (end if end >= 0 else max(0, node.size + end))
