@@ -168,7 +168,7 @@ class RangeReader:
         needs the chunk, which fetches it again and reports it."""
         handed: set[int] = set()
         try:
-            for i, verified in zip(indexes, self._sources(indexes)):
+            for i, verified in zip(indexes, self._sources(indexes, wait=False)):
                 background().submit(self._verify_ahead, i, verified)
                 handed.add(i)
         except (CasError, OSError):
@@ -195,16 +195,17 @@ class RangeReader:
                 self._evict(position, position)
             self._arrived.notify_all()
 
-    def _sources(self, indexes: list[int]) -> Iterator[Callable[[], bytes]]:
+    def _sources(self, indexes: list[int], *, wait: bool = True) -> Iterator[Callable[[], bytes]]:
         """For chunks by index, in order, calls giving each one's verified bytes
-        (:func:`~cas.repo.reader.chunk_sources`)."""
+        (:func:`~cas.repo.reader.chunk_sources`); ``wait``: for those the view's read-ahead is
+        fetching (false on a background thread, which fetches them itself instead)."""
         if not indexes:
             return iter(())
         part = replace(self.entry, chunks=tuple(self.entry.chunks[i] for i in indexes))
         if self._on_first_fetch is not None:
             first_fetch, self._on_first_fetch = self._on_first_fetch, None
             first_fetch()
-        ahead = self._fetched_ahead.take(part.chunks) if self._fetched_ahead is not None else None
+        ahead = self._fetched_ahead.take(part.chunks, wait=wait) if self._fetched_ahead is not None else None
         return chunk_sources(self.repo, part, self._locations, self.path, ahead)
 
     def _checked(self, i: int, data: bytes) -> bytes:

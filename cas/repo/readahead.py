@@ -83,14 +83,15 @@ class ChunksAhead:
                 self._pending.difference_update(loc.id for loc in locations)
                 self._arrived.notify_all()
 
-    def take(self, chunk_ids: Iterable[str]) -> dict[str, bytes]:
+    def take(self, chunk_ids: Iterable[str], *, wait: bool = True) -> dict[str, bytes]:
         """The verified bytes of those of these chunks that are held (or arrive from a fetch under
-        way, which this waits for), removed from what is held. Verified here, on the caller's
-        thread; a chunk that fails is left out (and no longer held)."""
+        way, which this waits for unless ``wait`` is false: a task on the background threads must
+        not wait for another queued behind it), removed from what is held. Verified here, on the
+        caller's thread; a chunk that fails is left out (and no longer held)."""
         wanted = list(chunk_ids)
         taken: list[tuple[BlobLocation, bytes]] = []
         with self._lock:
-            while any(c in self._pending for c in wanted):
+            while wait and any(c in self._pending for c in wanted):
                 self._arrived.wait()
             for c in wanted:
                 held = self._held.pop(c, None)

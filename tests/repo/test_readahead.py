@@ -88,3 +88,28 @@ def test_a_chunk_is_handed_over_as_soon_as_it_is_verified(store: Store, tmp_path
         release.set()
     late = [c for c in locations if c not in early]
     assert set(ahead.take(late)) == set(late)
+
+
+def test_a_take_that_may_not_wait_gives_what_is_held_and_leaves_the_rest(
+    store: Store, tmp_path: Path  # noqa: F811
+) -> None:
+    """A background task must not wait for a fetch queued behind it on the same two threads: it
+    takes what is held and fetches the rest itself."""
+    chunks = _chunks(store, tmp_path, count=6)
+    locations = store.repo.locate(chunks)
+    backend = store.repo.backend
+    real_get = backend.get
+    release = threading.Event()
+
+    def get(key: str, offset: int = 0, length: int | None = None) -> bytes:
+        assert release.wait(30)
+        return real_get(key, offset, length)
+
+    backend.get = get  # type: ignore[method-assign]
+    try:
+        ahead = ChunksAhead(store.repo)
+        ahead.fetch(locations.values())
+        assert ahead.take(chunks, wait=False) == {}  # all pending: nothing waited for
+    finally:
+        release.set()
+    assert set(ahead.take(chunks)) == set(chunks)
