@@ -333,8 +333,6 @@ class SnapshotView:
         then as a whole (size and digest): what a reader of the whole file gets from :meth:`open`,
         without making one (the common read of a small file is one read from its start). Its
         directory's next small files are fetched ahead as :meth:`open` does."""
-        if node.type != FILE:
-            return self.open(node).read(0, 0)  # the error open gives
         entry = self._file_entry(node)
         if entry.size > SMALL_FILE:
             raise ValueError(f"{node.path} is not a small file")

@@ -142,8 +142,12 @@ class RangeReader:
         missing = [i for i in range(first, fetch_last + 1) if i not in self._kept and i not in self._coming]
         try:
             sources = list(zip(missing, self._sources(missing)))
-        except IntegrityError as exc:
-            raise ReadError(str(exc)) from None
+        except IntegrityError:  # a pack or location missing: without the read-ahead, for this read's error
+            needed = [i for i in missing if i <= last]
+            try:
+                sources = list(zip(needed, self._sources(needed)))
+            except IntegrityError as exc:
+                raise ReadError(str(exc)) from None
         inline = sources[0] if sources and sources[0][0] <= last else None
         for i, verified in sources[1 if inline else 0 :]:
             self._coming.add(i)

@@ -188,3 +188,30 @@ def test_the_chunks_of_one_read_are_verified_on_more_than_one_thread(
     assert len(threads) >= 4
     assert threading.current_thread().name in threads
     assert any(name.startswith("cas-readahead") for name in threads)
+
+
+def test_a_read_ahead_into_a_missing_pack_does_not_fail_the_read(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+    """The chunks a read needs are intact; the read-ahead after them reaches a pack that is gone:
+    the read returns its bytes, and only a read of the lost part fails, naming the file."""
+    backend = LocalBackend(str(tmp_path / "repo"))
+    with Store.open(backend, index=f"sqlite:///{tmp_path / 'index.sqlite'}", chunk_cache=False,
+                    chunk_min=4096, chunk_avg=16384, chunk_max=65536) as s:
+        rng = random.Random(3)
+        head, tail = rng.randbytes(400_000), rng.randbytes(2_000_000)
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "a.bin").write_bytes(head)
+        s.snapshot(src, "run-1")  # head's chunks: the first pack
+        (src / "b.bin").write_bytes(head + tail)
+        s.snapshot(src, "run-2")  # tail's chunks: a pack of their own
+        reader = s.view().open(s.view().lookup("run-2/b.bin"))
+        first_packs = {loc.pack_id for loc in s.repo.locate(s.repo.read_tree(s.get("run-1").root)[0].chunks).values()}
+        lost = {loc.pack_id for loc in s.repo.locate(reader.entry.chunks).values()} - first_packs
+        assert lost
+        for pack_id in lost:
+            (tmp_path / "repo" / pack_key(pack_id)).unlink()
+
+        assert reader.read(0, 1000) == head[:1000]  # its read-ahead of 1 MiB reaches the lost pack
+        assert reader.read(1000, 100_000) == head[1000:101_000]
+        with pytest.raises(ReadError, match="b.bin"):
+            reader.read(len(head) + 500_000, 1000)
