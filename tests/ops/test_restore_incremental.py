@@ -169,15 +169,13 @@ def test_random_tree_over_another_with_the_walks_bounds_at_their_smallest(
     store: Store, trees: tuple[dict[str, object], dict[str, object]], times: list[int]
 ) -> None:
     """The same with every bound of the walk at its least (one directory looked ahead, one queued,
-    one kept open for its removals, two ancestors open, small files compared on the comparer
-    threads from the first): the ends of those bounds are reached in small trees, and the result
-    is still exactly the execution, directory mtimes included."""
+    one kept open for its removals, two ancestors open): the ends of those bounds are reached in
+    small trees, and the result is still exactly the execution, directory mtimes included."""
     before, after = trees
     work = tempfile.mkdtemp()
     try:
         with pytest.MonkeyPatch.context() as mp:
-            for name, value in (("_LOOK_AHEAD", 1), ("_OPEN_DIRS", 1), ("_OPEN_REMOVING", 1), ("_OPEN_ANCESTORS", 2),
-                                ("_COMPARE_ON_THREADS", 1)):
+            for name, value in (("_LOOK_AHEAD", 1), ("_OPEN_DIRS", 1), ("_OPEN_REMOVING", 1), ("_OPEN_ANCESTORS", 2)):
                 mp.setattr(restore_module, name, value)
             src, dest, execution_id = _execution_over(store, work, before, after, times)
             old, new = describe(dest), describe(src)
@@ -282,15 +280,14 @@ def test_edited_file_reuses_its_own_chunks_and_fetches_little(tmp_path: Path, ca
         assert backend.fetched < 100_000
 
 
-def test_many_small_files_compared_alongside_the_index_query(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
-    """A directory with more small files than are hashed by the walk itself: those that match are
-    left (a differing mode fixed in place), and only the same-size edits and resized files are
-    fetched and written."""
+def test_many_small_files_compared_as_their_directory_is_listed(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+    """A directory of many small files: those that match are left (a differing mode fixed in
+    place), and only the same-size edits and resized files are fetched and written."""
     store, backend = _counting_store(tmp_path)
     with store:
         src, dest = tmp_path / "src", tmp_path / "dest"
         src.mkdir()
-        n = restore_module._COMPARE_ON_THREADS * 3
+        n = 24
         for i in range(4 * n):
             (src / f"f{i:03d}").write_bytes(os.urandom(1000 + i))
             os.chmod(src / f"f{i:03d}", 0o644)
