@@ -517,6 +517,29 @@ def test_a_hard_linked_file_is_replaced_not_changed_through_its_other_link(store
     assert stat.S_IMODE(os.stat(outside).st_mode) == 0o600 and os.stat(outside).st_nlink == 1
 
 
+def test_a_symlink_or_fifo_in_place_of_a_small_file_is_replaced_never_read_through(
+    store: Store, tmp_path: Path
+) -> None:
+    """Small files are compared as their directory is listed: a symlink to a file of the very same
+    bytes is not a match (it is replaced, its target left alone), and a FIFO is neither opened nor
+    waited on."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"same bytes")
+    (src / "g").write_bytes(b"other")
+    store.snapshot(src, "v1")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"same bytes")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.symlink(outside, dest / "f")
+    os.mkfifo(dest / "g")
+    report = store.restore("v1", dest, overwrite=True, delete=True)
+    assert (report.written, report.unchanged) == (2, 0)
+    assert describe(str(dest)) == describe(str(src))
+    assert outside.read_bytes() == b"same bytes" and not outside.is_symlink()
+
+
 def test_in_place_never_writes_through_another_hard_link(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
     store, _backend = _counting_store(tmp_path)
     with store:
