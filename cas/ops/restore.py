@@ -27,7 +27,7 @@ import stat
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -73,8 +73,11 @@ _FETCHED_AHEAD = 4 * 1024 * 1024
 _PREFETCH_FILE_SIZE = 1024 * 1024
 #: Files in place up to this size are compared with the tree by the walk itself as it lists their
 #: directory, not by a worker: handing small files to other threads costs more than it overlaps
-#: (each hand-off and each call that releases the GIL makes the threads wait for each other).
+#: (each hand-off and each call that releases the GIL makes the threads wait for each other)...
 _COMPARE_AT_ONCE = 256 * 1024
+#: ...unless their content is not in memory: those are compared on this many threads of their own,
+#: the disk's waits overlapping (see ``match_whole``'s ``nowait``).
+_COLD_THREADS = 4
 
 ProgressFn = Callable[[int, int], None]
 
@@ -207,6 +210,7 @@ class Restorer:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-restore")
         self._whole_pool = ThreadPoolExecutor(_WHOLE_THREADS, thread_name_prefix="cas-restore-whole")
         self._budget = _Budget(_FETCHED_AHEAD)
+        self._comparers: ThreadPoolExecutor | None = None
         self._jobs: deque[_DirJob] = deque()
         self._removing: deque[_DirJob] = deque()
         self._writer = FileWriter(temporary_tag())
@@ -241,6 +245,8 @@ class Restorer:
             os.close(dest_fd)
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._whole_pool.shutdown(wait=True, cancel_futures=True)
+            if self._comparers is not None:
+                self._comparers.shutdown(wait=True)
             self._remover.close()
         return self.report
 
@@ -616,7 +622,8 @@ class Restorer:
         """What the directory holds (lstat, by name), less the small files found matching their
         entries, and the names of those. Without ``trust_mtime`` a regular file in place of a file
         entry of at most :data:`_COMPARE_AT_ONCE` bytes is compared as it is listed (see
-        ``match_whole``: its ``fstat`` stands for the lstat if it differs). Removes temporaries
+        ``match_whole``: its ``fstat`` stands for the lstat if it differs), or, if its content is
+        not in memory, after, on the comparer threads. Removes temporaries
         whose owner is gone and, with ``delete``, every entry the tree lacks here (live restores'
         temporaries excepted): on the pool, awaited with the directory's files."""
         dir_fd = job.fd
@@ -624,6 +631,7 @@ class Restorer:
         wanted = {e.name: e for e in entries}
         present: dict[str, os.stat_result] = {}
         matched: set[str] = set()
+        cold: list[Entry] = []
         compare = not self.trust_mtime
         delete_here = self.delete and bool(prefix or self._delete_root)
         with os.scandir(dir_fd) as listing:
@@ -638,9 +646,12 @@ class Restorer:
                 if (compare and entry is not None and entry.type == FILE and entry.size <= _COMPARE_AT_ONCE
                         and item.is_file(follow_symlinks=False)):
                     try:
-                        matches, fixed, st = match_whole(dir_fd, entry, self._mode(entry.mode))
+                        matches, fixed, st = match_whole(dir_fd, entry, self._mode(entry.mode), nowait=True)
                     except OSError:  # unreadable: left to a file worker, which tries again and reports it
                         matches, st = False, None
+                    if matches is None:
+                        cold.append(entry)
+                        continue
                     if matches:
                         matched.add(name)
                         self._count_match(entry, fixed)
@@ -656,7 +667,43 @@ class Restorer:
                     present[name] = st
                 elif is_abandoned(name, st):
                     self._remove(dir_fd, name, prefix + name, counted=False)
+        if cold:
+            self._compare_cold(dir_fd, cold, present, matched)
         return present, matched
+
+    def _compare_cold(
+        self, dir_fd: int, entries: list[Entry], present: dict[str, os.stat_result], matched: set[str]
+    ) -> None:
+        """Compare small files whose content is not in memory on the comparer threads, a share of
+        the directory's each, and wait for them; add each to ``matched`` or ``present``."""
+        if self._comparers is None:
+            self._comparers = ThreadPoolExecutor(_COLD_THREADS, thread_name_prefix="cas-restore-compare")
+        parts = min(_COLD_THREADS, len(entries))
+        futures = [self._comparers.submit(self._compare_files, dir_fd, entries[i::parts]) for i in range(parts)]
+        wait(futures)  # all of them, before anything is raised: they read through ``dir_fd``
+        for future in futures:
+            for entry, matches, fixed, st in future.result():
+                if matches:
+                    matched.add(entry.name)
+                    self._count_match(entry, fixed)
+                    continue
+                if st is None:
+                    try:
+                        st = os.stat(entry.name, dir_fd=dir_fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                present[entry.name] = st
+
+    def _compare_files(
+        self, dir_fd: int, entries: list[Entry]
+    ) -> list[tuple[Entry, bool | None, bool, os.stat_result | None]]:
+        out: list[tuple[Entry, bool | None, bool, os.stat_result | None]] = []
+        for entry in entries:
+            try:
+                out.append((entry, *match_whole(dir_fd, entry, self._mode(entry.mode))))
+            except OSError:  # unreadable: left to a file worker, which tries again and reports it
+                out.append((entry, False, False, None))
+        return out
 
     def _remove(self, dir_fd: int, name: str, path: str, *, counted: bool = True) -> None:
         try:

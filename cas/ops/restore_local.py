@@ -23,6 +23,7 @@ concurrent restores into one directory never remove each other's.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import socket
@@ -226,13 +227,19 @@ def examine_file(
             os.close(fd)
 
 
-def match_whole(dir_fd: int, entry: Entry, mode: int) -> tuple[bool, bool, os.stat_result | None]:
+def match_whole(
+    dir_fd: int, entry: Entry, mode: int, *, nowait: bool = False
+) -> tuple[bool | None, bool, os.stat_result | None]:
     """Compare the file named ``entry.name`` in ``dir_fd`` with the entry by its whole content's
     BLAKE3, by the rules of :func:`examine_file` without ``trust_mtime``, ``lengths`` or ``config``
     (a regular file of the entry's size, with the entry's mode and mtime or no other links; a match
     has its mode and mtime fixed in place), in the fewest calls: open, ``fstat``, one read for a
     small file, close. Returns whether it matches, whether its metadata was fixed, and the file's
-    ``fstat`` (None when it cannot be opened: absent, a symlink, unreadable)."""
+    ``fstat`` (None when it cannot be opened: absent, a symlink, unreadable).
+
+    With ``nowait``, a small file is read only if its content is all in memory (``RWF_NOWAIT``):
+    otherwise nothing is changed and the first value is None, for the caller to compare it where
+    waiting for the disk costs less (on threads, several reads at once)."""
     try:
         fd = os.open(entry.name, _READ_FLAGS, dir_fd=dir_fd)
     except OSError:
@@ -241,12 +248,43 @@ def match_whole(dir_fd: int, entry: Entry, mode: int) -> tuple[bool, bool, os.st
         st = os.fstat(fd)
         if st.st_size != entry.size or not stat.S_ISREG(st.st_mode):
             return False, False, st
-        if (st.st_nlink != 1 and (stat.S_IMODE(st.st_mode) != mode or st.st_mtime_ns != entry.mtime_ns)
-                or _content_digest(fd, st.st_size) != entry.digest):
+        if st.st_nlink != 1 and (stat.S_IMODE(st.st_mode) != mode or st.st_mtime_ns != entry.mtime_ns):
+            return False, False, st
+        if nowait and _NOWAIT[0] and 0 < st.st_size < _HASH_BLOCK:
+            digest = _digest_in_memory(fd, st.st_size)
+            if digest is None:
+                return None, False, st
+        else:
+            digest = _content_digest(fd, st.st_size)
+        if digest != entry.digest:
             return False, False, st
         return True, _fix_metadata(fd, st, entry, mode), st
     finally:
         os.close(fd)
+
+
+#: Whether reads may ask not to wait for the disk (``RWF_NOWAIT``): cleared where refused.
+_NOWAIT = [hasattr(os, "RWF_NOWAIT") and hasattr(os, "preadv")]
+
+
+def _digest_in_memory(fd: int, size: int) -> str | None:
+    """The BLAKE3 of a small file's content (one byte more is asked for, to see that it did not
+    grow), or None if some of it is not in the page cache (reading it would wait for the disk)."""
+    buffer = bytearray(size + 1)
+    try:
+        got = os.preadv(fd, [buffer], 0, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        _NOWAIT[0] = False  # the file system (or kernel) cannot: read as usual
+        return _content_digest(fd, size)
+    if got < size:
+        return None  # partly in memory: a short read, not the end of the file (its size is known)
+    if got > size:
+        return _content_digest(fd, size)  # it grew meanwhile: hashed whole, as usual
+    return hexdigest(memoryview(buffer)[:size])
 
 
 def _fix_metadata(fd: int, st: os.stat_result, entry: Entry, mode: int) -> bool:

@@ -18,6 +18,8 @@ from cas import Store
 from cas.errors import AlreadyExists, PartialRestore
 from cas.ops import restore as restore_module
 from cas.ops import restore_local, restore_write
+from cas.format.hashing import hexdigest
+from cas.format.trees import FILE, Entry
 from tests.engine import SMALL_CHUNKS, cas_home, store  # noqa: F401
 from tests.ops.test_roundtrip import _materialise, _trees
 from tests.oswrap import CountingPread
@@ -303,6 +305,82 @@ def test_many_small_files_compared_as_their_directory_is_listed(tmp_path: Path, 
         assert describe(str(dest)) == describe(str(src))
         assert (report.unchanged, report.meta_fixed, report.written) == (2 * n, n, 2 * n)
         assert 2 * n * 500 <= backend.fetched < 2 * n * 1100 + n * 2000  # the new files only (and framing)
+
+
+def _drop_from_memory(root: Path) -> None:
+    """Evict the files under ``root`` from the page cache (written back first), as files restored
+    long ago are."""
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def test_a_small_file_not_in_memory_is_left_to_be_read_where_waiting_is_cheap(tmp_path: Path) -> None:
+    entry_dir = tmp_path / "d"
+    entry_dir.mkdir()
+    content = os.urandom(20_000)
+    (entry_dir / "f").write_bytes(content)
+    os.chmod(entry_dir / "f", 0o644)
+    st_f = os.stat(entry_dir / "f")
+    entry = Entry("f", FILE, 0o644, st_f.st_mtime_ns, len(content), hexdigest(content), (hexdigest(content),))
+    dir_fd = os.open(entry_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _drop_from_memory(entry_dir)
+        matches, _fixed, st_cold = restore_local.match_whole(dir_fd, entry, 0o644, nowait=True)
+        if matches:
+            pytest.skip("this file system keeps every file in memory")
+        assert matches is None and st_cold is not None and st_cold.st_size == len(content)
+        matches, fixed, st_read = restore_local.match_whole(dir_fd, entry, 0o644)
+        assert (matches, fixed) == (True, False) and st_read is not None and st_read.st_ino == st_f.st_ino
+        # Read once, it is in memory: compared at once.
+        assert restore_local.match_whole(dir_fd, entry, 0o644, nowait=True)[0] is True
+        other = Entry("f", FILE, 0o644, st_f.st_mtime_ns, len(content), hexdigest(b"x" * len(content)), ("0" * 64,))
+        assert restore_local.match_whole(dir_fd, other, 0o644, nowait=True)[0] is False
+    finally:
+        os.close(dir_fd)
+
+
+def test_small_files_not_in_memory_are_compared_on_threads(
+    tmp_path: Path, cas_home: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """Files restored long ago (out of the page cache) are compared on the comparer threads, their
+    reads overlapping: the matches are left, the edits written, and the end is exact."""
+    store, backend = _counting_store(tmp_path)
+    compared: list[int] = []
+    real = restore_module.Restorer._compare_files
+
+    def counting(self: restore_module.Restorer, dir_fd: int, entries: list) -> list:  # type: ignore[type-arg]
+        compared.append(len(entries))
+        return real(self, dir_fd, entries)
+
+    monkeypatch.setattr(restore_module.Restorer, "_compare_files", counting)
+    with store:
+        src, dest = tmp_path / "src", tmp_path / "dest"
+        (src / "sub").mkdir(parents=True)
+        for i in range(40):
+            (src / "sub" / f"f{i:02d}").write_bytes(os.urandom(3000 + i))
+        store.snapshot(src, "v1")
+        store.restore("v1", dest)
+        for i in range(10):
+            (src / "sub" / f"f{i:02d}").write_bytes(os.urandom(3000 + i))  # same size, new content
+        store.snapshot(src, "v2")
+        _drop_from_memory(dest)
+        probe = restore_local._digest_in_memory
+        fd = os.open(dest / "sub" / "f39", os.O_RDONLY)
+        try:
+            if probe(fd, 3039) is not None:
+                pytest.skip("this file system keeps every file in memory")
+        finally:
+            os.close(fd)
+        report = store.restore("v2", dest, overwrite=True, delete=True)
+        assert describe(str(dest)) == describe(str(src))
+        assert (report.unchanged, report.written) == (31, 10)  # 30 files and the directory sub
+        assert sum(compared) >= 30 and len(compared) > 1
 
 
 def _checkpoint_edited_in_place(store: Store, tmp_path: Path) -> tuple[Path, bytearray]:
