@@ -3,6 +3,7 @@ kinds of transaction (read, write, fenced), insert-or-ignore, and batched lookup
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -180,12 +181,38 @@ class IndexConnection:
             with self._read() as conn:
                 yield from self._lookup_on(conn, sql, ids)
             return
-        try:
-            rows = list(self._lookup_on(held, sql, ids))
-            held.rollback()
-        except DBAPIError as exc:
-            raise database.translate(self.engine, self.url, exc, "index {index} failed") from exc
+        ids = list(ids)
+        rows = self._lookup_on_driver(held, sql, ids) if self.engine.dialect.name == "sqlite" else None
+        if rows is None:
+            try:
+                rows = list(self._lookup_on(held, sql, ids))
+                held.rollback()
+            except DBAPIError as exc:
+                raise database.translate(self.engine, self.url, exc, "index {index} failed") from exc
         yield from rows
+
+    def _lookup_on_driver(self, held, sql: str, ids: list[str]) -> list[tuple] | None:  # type: ignore[no-untyped-def,type-arg]
+        """:meth:`_lookup_on` through the SQLite driver's own cursor on the held connection: a
+        restore makes one lookup per directory, where SQLAlchemy's execution machinery cost more
+        than the query. A plain SELECT there opens no transaction (nothing to roll back). None on
+        any driver error, for the caller to run it the usual way (which reports it as such)."""
+        driver = held.connection.driver_connection
+        if driver is None or driver.in_transaction:
+            return None
+        rows: list[tuple] = []  # type: ignore[type-arg]
+        wanted = list(dict.fromkeys(ids))
+        try:
+            cursor = driver.cursor()
+            try:
+                for start in range(0, len(wanted), LOOKUP_BATCH):
+                    batch = wanted[start : start + LOOKUP_BATCH]
+                    cursor.execute(sql + "(" + ",".join("?" * len(batch)) + ")", batch)
+                    rows.extend(cursor.fetchall())
+            finally:
+                cursor.close()
+        except sqlite3.Error:
+            return None
+        return rows
 
     def _lookup_on(self, conn, sql: str, ids: Iterable[str], tail: str = "") -> Iterator[tuple]:  # type: ignore[no-untyped-def,type-arg]
         """:meth:`_lookup` on ``conn``; ``tail`` follows the list of IDs (a ``GROUP BY``)."""

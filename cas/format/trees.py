@@ -36,7 +36,7 @@ TREE_VERSION = 1
 FILE = EntryType.FILE
 DIR = EntryType.DIR
 SYMLINK = EntryType.SYMLINK
-_TYPES = tuple(EntryType)
+_KINDS = {kind.value: kind for kind in EntryType}
 MAX_NAME_BYTES = 4096
 MAX_TARGET_BYTES = 65536
 MAX_FILE_SIZE = 1 << 62
@@ -78,6 +78,20 @@ class Entry:
         else:
             out["tree"] = self.tree
         return out
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+
+
+def _entry(name: str, kind: EntryType, mode: int, mtime_ns: int, size: int = 0, digest: str = "",
+           chunks: tuple[str, ...] = (), target: str = "", tree: str = "") -> Entry:
+    """``Entry(...)`` for the decoder, without the frozen dataclass's ``__init__`` (one
+    ``object.__setattr__`` call per field): the same object, its fields set in one assignment."""
+    entry = _new_object(Entry)
+    _set_attribute(entry, "__dict__", {"name": name, "type": kind, "mode": mode, "mtime_ns": mtime_ns, "size": size,
+                                       "digest": digest, "chunks": chunks, "target": target, "tree": tree})
+    return entry
 
 
 def name_key(name: str) -> bytes:
@@ -294,35 +308,41 @@ def _name_key(name: object) -> bytes:
 
 
 def _decode_entry(raw: object) -> tuple[bytes, Entry]:
-    """An entry of a tree node, checked, with its name's sort key."""
+    """An entry of a tree node, checked, with its name's sort key. (Every entry of every tree a
+    restore walks comes through here: written for few calls per entry.)"""
     if not isinstance(raw, dict):
         raise IntegrityError("tree entry is not an object")
-    name = raw.get("name")
+    get = raw.get
+    name = get("name")
     key = _name_key(name)
     assert isinstance(name, str)
-    kind = raw.get("type")
-    if kind not in _TYPES:
-        raise IntegrityError(f"entry {name!r} has unknown type {kind!r}")
-    mode = raw.get("mode")
+    kind = get("type")
+    kind = _KINDS.get(kind) if type(kind) is str else None
+    if kind is None:
+        raise IntegrityError(f"entry {name!r} has unknown type {get('type')!r}")
+    mode = get("mode")
     if type(mode) is not int or not 0 <= mode <= 0o7777:
         raise IntegrityError(f"entry {name!r} has an invalid mode")
-    mtime_ns = raw.get("mtime_ns")
+    mtime_ns = get("mtime_ns")
     if type(mtime_ns) is not int or not -_MTIME_LIMIT <= mtime_ns < _MTIME_LIMIT:
         raise IntegrityError(f"entry {name!r} has an invalid mtime_ns")
-    if kind == FILE:
-        size = raw.get("size")
+    if kind is FILE:
+        size = get("size")
         if type(size) is not int or not 0 <= size <= MAX_FILE_SIZE:
             raise IntegrityError(f"entry {name!r} has an invalid size")
-        digest = raw.get("digest")
-        chunks = raw.get("chunks")
+        digest = get("digest")
+        chunks = get("chunks")
         if not is_digest(digest):
             raise IntegrityError(f"entry {name!r} has an invalid digest")
-        if not isinstance(chunks, list) or not all(is_digest(c) for c in chunks):
+        if not isinstance(chunks, list):
             raise IntegrityError(f"entry {name!r} has an invalid chunk list")
+        for chunk_id in chunks:
+            if not is_digest(chunk_id):
+                raise IntegrityError(f"entry {name!r} has an invalid chunk list")
         if len(chunks) > size or (size > 0 and not chunks):
             raise IntegrityError(f"entry {name!r} has a chunk list that cannot add up to its size")
-        return key, Entry(name, FILE, mode, mtime_ns, size, digest, tuple(chunks))  # type: ignore[arg-type]
-    if kind == SYMLINK:
+        return key, _entry(name, FILE, mode, mtime_ns, size, digest, tuple(chunks))  # type: ignore[arg-type]
+    if kind is SYMLINK:
         target = raw.get("target")
         if not isinstance(target, str) or not target or "\x00" in target:
             raise IntegrityError(f"symlink {name!r} has an invalid target")
@@ -331,8 +351,8 @@ def _decode_entry(raw: object) -> tuple[bytes, Entry]:
                 raise IntegrityError(f"symlink {name!r} target is too long")
         except UnicodeError as exc:
             raise IntegrityError(f"symlink {name!r} target cannot be encoded") from exc
-        return key, Entry(name, SYMLINK, mode, mtime_ns, target=target)
+        return key, _entry(name, SYMLINK, mode, mtime_ns, target=target)
     tree = raw.get("tree")
     if not is_digest(tree):
         raise IntegrityError(f"directory {name!r} has an invalid tree id")
-    return key, Entry(name, DIR, mode, mtime_ns, tree=tree)  # type: ignore[arg-type]
+    return key, _entry(name, DIR, mode, mtime_ns, tree=tree)  # type: ignore[arg-type]

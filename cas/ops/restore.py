@@ -33,8 +33,8 @@ from typing import NamedTuple
 
 from cas.errors import PartialRestore, AlreadyExists, CasError, ConfigurationError, IntegrityError, Unavailable
 from cas.ops.restore_local import (
-    TMP_PREFIX, FileChangedError, LocalChunks, OldFile, TaskView, content, examine_file, is_abandoned, patch_in_place,
-    temporary_tag,
+    TMP_PREFIX, FileChangedError, LocalChunks, OldFile, TaskView, content, examine_file, is_abandoned, match_whole,
+    patch_in_place, temporary_tag,
 )
 from cas.ops.restore_delete import Remover
 from cas.ops.restore_write import (
@@ -71,10 +71,13 @@ _EMPTY_DIGEST = hexdigest(b"")
 _FETCHED_AHEAD = 4 * 1024 * 1024
 #: Files up to this size have their chunks fetched together, per directory (see reader.prefetch).
 _PREFETCH_FILE_SIZE = 1024 * 1024
-#: Files in place up to this size are compared with the tree by the walk itself, not a worker:
-#: on two comparer threads, while the walk queries the index, when a directory has this many.
+#: Files in place up to this size are compared with the tree by the walk itself as it lists their
+#: directory, not by a worker: handing small files to other threads costs more than it overlaps
+#: (each hand-off and each call that releases the GIL makes the threads wait for each other)...
 _COMPARE_AT_ONCE = 256 * 1024
-_COMPARE_ON_THREADS = 8
+#: ...unless their content is not in memory: those are compared on this many threads of their own,
+#: the disk's waits overlapping (see ``match_whole``'s ``nowait``).
+_COLD_THREADS = 4
 
 ProgressFn = Callable[[int, int], None]
 
@@ -205,14 +208,14 @@ class Restorer:
         self.progress = progress
         self.report = RestoreReport()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-restore")
-        self._comparers = ThreadPoolExecutor(2, thread_name_prefix="cas-restore-compare")
         self._whole_pool = ThreadPoolExecutor(_WHOLE_THREADS, thread_name_prefix="cas-restore-whole")
         self._budget = _Budget(_FETCHED_AHEAD)
+        self._comparers: ThreadPoolExecutor | None = None
         self._jobs: deque[_DirJob] = deque()
         self._removing: deque[_DirJob] = deque()
         self._writer = FileWriter(temporary_tag())
         self._remover = Remover()
-        self._local = LocalChunks()
+        self._local = LocalChunks("")
         self._file_seq = itertools.count()
         self._lock = threading.Lock()
         self._dest = ""
@@ -228,6 +231,7 @@ class Restorer:
         (``root_meta`` given), not for one path restored into it.
         """
         self._dest = os.path.abspath(dest)
+        self._local = LocalChunks(self._dest)
         self._delete_root = root_meta is not None
         dest_fd = self._open_destination(dest)
         try:
@@ -240,8 +244,9 @@ class Restorer:
             self._abandon()
             os.close(dest_fd)
             self._pool.shutdown(wait=True, cancel_futures=True)
-            self._comparers.shutdown(wait=True)
             self._whole_pool.shutdown(wait=True, cancel_futures=True)
+            if self._comparers is not None:
+                self._comparers.shutdown(wait=True)
             self._remover.close()
         return self.report
 
@@ -350,35 +355,25 @@ class Restorer:
         assert dir_fd is not None
         if self.select is not None:
             entries = [e for e in entries if self.select(prefix + e.name, e)]
-        comparing: list[Future[list[tuple[Entry, bool]]]] = []
         ahead = 0
         try:
             present: dict[str, os.stat_result] = {}
-            if self.overwrite:
-                present = self._survey(job, entries, prefix)
             matched: set[str] = set()
-            maybe: set[str] = set()
-            if present:
-                matched, maybe, comparing = self._match_in_place(dir_fd, entries, present)
+            if self.overwrite:
+                present, matched = self._survey(job, entries, prefix)
+            if present and self.trust_mtime:
+                matched |= self._match_in_place(dir_fd, entries, present)
             # One index query for this directory: the chunks of its files still to write (and of
-            # matched ones whose chunks are recorded as local) and its subdirectories' trees. The
-            # one chunk of a small file still being compared is asked for after, if it differs.
+            # matched ones whose chunks are recorded as local) and its subdirectories' trees.
             locations = self.repo.locate(
                 c for e in entries for c in (
-                    (e.chunks if len(e.chunks) > 1 or (e.name not in matched and e.name not in maybe) else ())
+                    (e.chunks if len(e.chunks) > 1 or e.name not in matched else ())
                     if e.type == FILE else (e.tree,) if e.type == DIR else ())
             )
-            if comparing:
-                for future in comparing:
-                    matched |= self._compared(future.result())
-                comparing = []
-                differ = [c for e in entries if e.name in maybe and e.name not in matched and len(e.chunks) == 1
-                          for c in e.chunks]
-                if differ:
-                    locations.update(self.repo.locate(differ))
-            for entry in entries:
-                if entry.name in matched:
-                    self._local.add_file(self._full_path(prefix + entry.name), entry, locations)
+            if matched:
+                for entry in entries:
+                    if entry.name in matched:
+                        self._local.add_file(prefix + entry.name, entry, locations)
             # Sequence numbers (and expected chunks of files that may match) before any prefetch.
             tasks = {e.name: self._file_task(e, present.get(e.name))
                      for e in entries if e.type == FILE and e.name not in matched}
@@ -438,7 +433,6 @@ class Restorer:
             ahead = 0
         except BaseException:
             self._budget.give(ahead)
-            wait(comparing)  # they read through the directory's descriptor, closed next
             self._finish(job, quiet=True)
             raise
         trees = {e.tree: locations[e.tree] for e, _ in subdirs if e.tree in locations}
@@ -497,7 +491,7 @@ class Restorer:
                         unlink_quietly(dir_fd, tmp)
                         raise
                 if self.overwrite:
-                    self._local.add_file(self._full_path(path), entry, {})
+                    self._local.add_file(path, entry, {})
                 out.append(_Done(entry.size, True))
             except (CasError, OSError) as exc:
                 out.append(exc)
@@ -622,32 +616,94 @@ class Restorer:
             return fatal
         return fatal or exc
 
-    def _survey(self, job: _DirJob, entries: list[Entry], prefix: str) -> dict[str, os.stat_result]:
-        """What the directory holds (lstat, by name). Removes temporaries whose owner is gone and,
-        with ``delete``, every entry the tree lacks here (live restores' temporaries excepted): on
-        the pool, awaited with the directory's files."""
+    def _survey(
+        self, job: _DirJob, entries: list[Entry], prefix: str
+    ) -> tuple[dict[str, os.stat_result], set[str]]:
+        """What the directory holds (lstat, by name), less the small files found matching their
+        entries, and the names of those. Without ``trust_mtime`` a regular file in place of a file
+        entry of at most :data:`_COMPARE_AT_ONCE` bytes is compared as it is listed (see
+        ``match_whole``: its ``fstat`` stands for the lstat if it differs), or, if its content is
+        not in memory, after, on the comparer threads. Removes temporaries
+        whose owner is gone and, with ``delete``, every entry the tree lacks here (live restores'
+        temporaries excepted): on the pool, awaited with the directory's files."""
         dir_fd = job.fd
         assert dir_fd is not None
-        wanted = {e.name for e in entries}
+        wanted = {e.name: e for e in entries}
         present: dict[str, os.stat_result] = {}
+        matched: set[str] = set()
+        cold: list[Entry] = []
+        compare = not self.trust_mtime
         delete_here = self.delete and bool(prefix or self._delete_root)
         with os.scandir(dir_fd) as listing:
             for item in listing:
                 name = item.name
-                if name not in wanted and not name.startswith(TMP_PREFIX):
+                entry = wanted.get(name)
+                if entry is None and not name.startswith(TMP_PREFIX):
                     if delete_here:  # no lstat: the remover looks for itself
                         removal = self._remover.submit(dir_fd, name)
                         job.removals.append((prefix + name, removal))
                     continue
+                if (compare and entry is not None and entry.type == FILE and entry.size <= _COMPARE_AT_ONCE
+                        and item.is_file(follow_symlinks=False)):
+                    try:
+                        matches, fixed, st = match_whole(dir_fd, entry, self._mode(entry.mode), nowait=True)
+                    except OSError:  # unreadable: left to a file worker, which tries again and reports it
+                        matches, st = False, None
+                    if matches is None:
+                        cold.append(entry)
+                        continue
+                    if matches:
+                        matched.add(name)
+                        self._count_match(entry, fixed)
+                        continue
+                    if st is not None:
+                        present[name] = st
+                        continue
                 try:
                     st = item.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                if name in wanted:
+                if entry is not None:
                     present[name] = st
                 elif is_abandoned(name, st):
                     self._remove(dir_fd, name, prefix + name, counted=False)
-        return present
+        if cold:
+            self._compare_cold(dir_fd, cold, present, matched)
+        return present, matched
+
+    def _compare_cold(
+        self, dir_fd: int, entries: list[Entry], present: dict[str, os.stat_result], matched: set[str]
+    ) -> None:
+        """Compare small files whose content is not in memory on the comparer threads, a share of
+        the directory's each, and wait for them; add each to ``matched`` or ``present``."""
+        if self._comparers is None:
+            self._comparers = ThreadPoolExecutor(_COLD_THREADS, thread_name_prefix="cas-restore-compare")
+        parts = min(_COLD_THREADS, len(entries))
+        futures = [self._comparers.submit(self._compare_files, dir_fd, entries[i::parts]) for i in range(parts)]
+        wait(futures)  # all of them, before anything is raised: they read through ``dir_fd``
+        for future in futures:
+            for entry, matches, fixed, st in future.result():
+                if matches:
+                    matched.add(entry.name)
+                    self._count_match(entry, fixed)
+                    continue
+                if st is None:
+                    try:
+                        st = os.stat(entry.name, dir_fd=dir_fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                present[entry.name] = st
+
+    def _compare_files(
+        self, dir_fd: int, entries: list[Entry]
+    ) -> list[tuple[Entry, bool | None, bool, os.stat_result | None]]:
+        out: list[tuple[Entry, bool | None, bool, os.stat_result | None]] = []
+        for entry in entries:
+            try:
+                out.append((entry, *match_whole(dir_fd, entry, self._mode(entry.mode))))
+            except OSError:  # unreadable: left to a file worker, which tries again and reports it
+                out.append((entry, False, False, None))
+        return out
 
     def _remove(self, dir_fd: int, name: str, path: str, *, counted: bool = True) -> None:
         try:
@@ -705,14 +761,10 @@ class Restorer:
         self.report.symlinks += 1
         self.report.written += 1
 
-    def _match_in_place(
-        self, dir_fd: int, entries: list[Entry], present: dict[str, os.stat_result]
-    ) -> tuple[set[str], set[str], list[Future[list[tuple[Entry, bool]]]]]:
-        """Files found matching without a file worker: those the lstat already proves
-        (``trust_mtime``: size, mtime and mode equal) and small ones, hashed. Returns the names
-        matched so far and, when a directory has many small files to hash, the names being compared
-        and the comparisons, running on the comparer threads meanwhile (the walk queries the index
-        in the meantime). The others are compared by the file workers."""
+    def _match_in_place(self, dir_fd: int, entries: list[Entry], present: dict[str, os.stat_result]) -> set[str]:
+        """With ``trust_mtime``, files found matching without a file worker: those the lstat already
+        proves (size, mtime and mode equal) and small ones, hashed. Returns their names. The others
+        are compared by the file workers."""
         matched: set[str] = set()
         to_hash: list[Entry] = []
         for entry in entries:
@@ -725,11 +777,7 @@ class Restorer:
                 self._count_match(entry, False)
             elif trusted or entry.size <= _COMPARE_AT_ONCE:
                 to_hash.append(entry)
-        if len(to_hash) < _COMPARE_ON_THREADS:
-            return matched | self._compared(self._compare(dir_fd, to_hash)), set(), []
-        half = (len(to_hash) + 1) // 2
-        return matched, {e.name for e in to_hash}, [
-            self._comparers.submit(self._compare, dir_fd, part) for part in (to_hash[:half], to_hash[half:])]
+        return matched | self._compared(self._compare(dir_fd, to_hash))
 
     def _compare(self, dir_fd: int, entries: list[Entry]) -> list[tuple[Entry, bool]]:
         """Compare files in place with their entries: the matches (their metadata fixed) with whether
@@ -782,7 +830,7 @@ class Restorer:
                                      config=self.repo.config, lengths=lengths if known else None,
                                      lock=self.in_place and known)
                 if found.matches:
-                    self._local.add_file(self._full_path(path), entry, locations)
+                    self._local.add_file(path, entry, locations)
                     return _Done(entry.size, False, meta_fixed=found.meta_fixed)
                 old = found.old
             finally:
@@ -827,11 +875,8 @@ class Restorer:
             written = patch_in_place(dir_fd, entry, path, old, lengths, self._mode(entry.mode), chunk_data)
         except FileChangedError:
             return None
-        self._local.add_file(self._full_path(path), entry, locations)
+        self._local.add_file(path, entry, locations)
         return _Done(entry.size, True, old.aligned_bytes + reused[0], patched=written)
-
-    def _full_path(self, path: str) -> str:
-        return os.path.join(self._dest, path)
 
     def _write_file(
         self, dir_fd: int, entry: Entry, path: str, locations: dict,  # type: ignore[type-arg]
@@ -871,7 +916,7 @@ class Restorer:
                 unlink_quietly(dir_fd, tmp)
             raise
         if self.overwrite:
-            self._local.add_file(self._full_path(path), entry, locations)
+            self._local.add_file(path, entry, locations)
         return _Done(written, True, reused[0])
 
     def _place(self, dir_fd: int, tmp: str, name: str, path: str) -> None:

@@ -23,6 +23,7 @@ concurrent restores into one directory never remove each other's.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import socket
@@ -214,14 +215,7 @@ def examine_file(
             else:
                 matches = _content_digest(fd, st.st_size) == entry.digest
             if matches:
-                fixed = False
-                if stat.S_IMODE(st.st_mode) != mode:
-                    os.fchmod(fd, mode)
-                    fixed = True
-                if st.st_mtime_ns != entry.mtime_ns:
-                    os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-                    fixed = True
-                return Examined(True, meta_fixed=fixed)
+                return Examined(True, meta_fixed=_fix_metadata(fd, st, entry, mode))
         if config is not None and entry.chunks and found_bytes * 2 < entry.size:
             for chunk_id, where in _chunks_in(fd, Chunker(config), st.st_size, set(entry.chunks)).items():
                 found.setdefault(chunk_id, where)
@@ -231,6 +225,78 @@ def examine_file(
     finally:
         if not keep:
             os.close(fd)
+
+
+def match_whole(
+    dir_fd: int, entry: Entry, mode: int, *, nowait: bool = False
+) -> tuple[bool | None, bool, os.stat_result | None]:
+    """Compare the file named ``entry.name`` in ``dir_fd`` with the entry by its whole content's
+    BLAKE3, by the rules of :func:`examine_file` without ``trust_mtime``, ``lengths`` or ``config``
+    (a regular file of the entry's size, with the entry's mode and mtime or no other links; a match
+    has its mode and mtime fixed in place), in the fewest calls: open, ``fstat``, one read for a
+    small file, close. Returns whether it matches, whether its metadata was fixed, and the file's
+    ``fstat`` (None when it cannot be opened: absent, a symlink, unreadable).
+
+    With ``nowait``, a small file is read only if its content is all in memory (``RWF_NOWAIT``):
+    otherwise nothing is changed and the first value is None, for the caller to compare it where
+    waiting for the disk costs less (on threads, several reads at once)."""
+    try:
+        fd = os.open(entry.name, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return False, False, None
+    try:
+        st = os.fstat(fd)
+        if st.st_size != entry.size or not stat.S_ISREG(st.st_mode):
+            return False, False, st
+        if st.st_nlink != 1 and (stat.S_IMODE(st.st_mode) != mode or st.st_mtime_ns != entry.mtime_ns):
+            return False, False, st
+        if nowait and _NOWAIT[0] and 0 < st.st_size < _HASH_BLOCK:
+            digest = _digest_in_memory(fd, st.st_size)
+            if digest is None:
+                return None, False, st
+        else:
+            digest = _content_digest(fd, st.st_size)
+        if digest != entry.digest:
+            return False, False, st
+        return True, _fix_metadata(fd, st, entry, mode), st
+    finally:
+        os.close(fd)
+
+
+#: Whether reads may ask not to wait for the disk (``RWF_NOWAIT``): cleared where refused.
+_NOWAIT = [hasattr(os, "RWF_NOWAIT") and hasattr(os, "preadv")]
+
+
+def _digest_in_memory(fd: int, size: int) -> str | None:
+    """The BLAKE3 of a small file's content (one byte more is asked for, to see that it did not
+    grow), or None if some of it is not in the page cache (reading it would wait for the disk)."""
+    buffer = bytearray(size + 1)
+    try:
+        got = os.preadv(fd, [buffer], 0, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        _NOWAIT[0] = False  # the file system (or kernel) cannot: read as usual
+        return _content_digest(fd, size)
+    if got < size:
+        return None  # partly in memory: a short read, not the end of the file (its size is known)
+    if got > size:
+        return _content_digest(fd, size)  # it grew meanwhile: hashed whole, as usual
+    return hexdigest(memoryview(buffer)[:size])
+
+
+def _fix_metadata(fd: int, st: os.stat_result, entry: Entry, mode: int) -> bool:
+    """Give a matching file the restore's mode and the entry's mtime; whether either changed."""
+    fixed = False
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.fchmod(fd, mode)
+        fixed = True
+    if st.st_mtime_ns != entry.mtime_ns:
+        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        fixed = True
+    return fixed
 
 
 def _aligned_chunks(
@@ -323,7 +389,7 @@ def _chunks_in(fd: int, chunker: Chunker, size: int, wanted: set[str]) -> dict[s
 
 
 class LocalChunks:
-    """Chunks held by files this restore verified or wrote in the destination, by chunk ID.
+    """Chunks held by files this restore verified or wrote in the destination (``root``), by chunk ID.
 
     Shared by the restore's workers. A read reopens the file by path without following a final
     symlink, checks it is a regular file and hashes the bytes read: whatever happened to the file
@@ -335,7 +401,8 @@ class LocalChunks:
     order, so whatever it waits on is already running and no wait can be circular.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, root: str = "") -> None:
+        self._root = root
         self._where: dict[str, tuple[str, int, int]] = {}
         self._expected: dict[str, tuple[int, threading.Event]] = {}
         self._lock = threading.Lock()
@@ -353,7 +420,7 @@ class LocalChunks:
         return done
 
     def add_file(self, path: str, entry: Entry, locations: dict[str, BlobLocation]) -> None:
-        """Record a file of the destination at ``path`` whose content is ``entry``'s."""
+        """Record a file of the destination at ``path`` (relative to the root) whose content is ``entry``'s."""
         if len(entry.chunks) == 1:
             self._where.setdefault(entry.chunks[0], (path, 0, entry.size))
             return
@@ -381,7 +448,7 @@ class LocalChunks:
                 return None
         path, offset, length = where
         try:
-            fd = os.open(path, _READ_FLAGS)
+            fd = os.open(os.path.join(self._root, path), _READ_FLAGS)
         except OSError:
             return None
         try:

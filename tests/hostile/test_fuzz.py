@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import resource
 import shutil
 import struct
@@ -340,10 +341,14 @@ def test_fuzz_decode_tree(data: bytes) -> None:
         return
     keys = [name_key(check_name(e.name)) for e in result]
     assert keys == sorted(set(keys))
+    hex64 = re.compile(r"[0-9a-f]{64}")  # the definition, not the decoder's faster check
     for e in result:
         assert e.type in (FILE, DIR, SYMLINK) and 0 <= e.mode <= 0o7777
         if e.type == FILE:
             assert 0 <= e.size and (e.size == 0 or 0 < len(e.chunks) <= e.size)
+            assert all(hex64.fullmatch(c) for c in (e.digest, *e.chunks))
+        elif e.type == DIR:
+            assert hex64.fullmatch(e.tree)
     assert decode_tree(encode_tree(result)) == result
 
 

@@ -55,3 +55,17 @@ def test_the_commit_rescues_exactly_the_condemned_packs_it_uses(index: Index) ->
     assert index.commit_snapshot(_row("run"), used) == set()
     states = {r.id: r.state for r in index.pack_rows()}
     assert {int(p, 16) for p, s in states.items() if s == PackState.LIVE} == {1, 3}
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(wanted=st.lists(st.integers(0, BLOBS + 300), max_size=BLOBS + 300) | st.just(list(range(BLOBS))))
+def test_lookups_on_one_connection_find_what_lookups_on_their_own_find(index: Index, wanted: list[int]) -> None:
+    """A restore's lookups share one connection (on SQLite through the driver's own cursor): the
+    same rows as a lookup on its own, over several batches, with repeats and unknown IDs."""
+    ids = [f"{n:064x}" for n in wanted]
+    alone = index.locate(ids)
+    assert set(alone) == {i for n, i in zip(wanted, ids) if n < BLOBS}
+    with index.lookups_on_one_connection():
+        assert index.locate(ids) == alone
+        assert index.locate(reversed(ids)) == alone
+        assert index.known_blobs(ids) == set(alone)

@@ -18,6 +18,8 @@ from cas import Store
 from cas.errors import AlreadyExists, PartialRestore
 from cas.ops import restore as restore_module
 from cas.ops import restore_local, restore_write
+from cas.format.hashing import hexdigest
+from cas.format.trees import FILE, Entry
 from tests.engine import SMALL_CHUNKS, cas_home, store  # noqa: F401
 from tests.ops.test_roundtrip import _materialise, _trees
 from tests.oswrap import CountingPread
@@ -169,15 +171,13 @@ def test_random_tree_over_another_with_the_walks_bounds_at_their_smallest(
     store: Store, trees: tuple[dict[str, object], dict[str, object]], times: list[int]
 ) -> None:
     """The same with every bound of the walk at its least (one directory looked ahead, one queued,
-    one kept open for its removals, two ancestors open, small files compared on the comparer
-    threads from the first): the ends of those bounds are reached in small trees, and the result
-    is still exactly the execution, directory mtimes included."""
+    one kept open for its removals, two ancestors open): the ends of those bounds are reached in
+    small trees, and the result is still exactly the execution, directory mtimes included."""
     before, after = trees
     work = tempfile.mkdtemp()
     try:
         with pytest.MonkeyPatch.context() as mp:
-            for name, value in (("_LOOK_AHEAD", 1), ("_OPEN_DIRS", 1), ("_OPEN_REMOVING", 1), ("_OPEN_ANCESTORS", 2),
-                                ("_COMPARE_ON_THREADS", 1)):
+            for name, value in (("_LOOK_AHEAD", 1), ("_OPEN_DIRS", 1), ("_OPEN_REMOVING", 1), ("_OPEN_ANCESTORS", 2)):
                 mp.setattr(restore_module, name, value)
             src, dest, execution_id = _execution_over(store, work, before, after, times)
             old, new = describe(dest), describe(src)
@@ -282,15 +282,14 @@ def test_edited_file_reuses_its_own_chunks_and_fetches_little(tmp_path: Path, ca
         assert backend.fetched < 100_000
 
 
-def test_many_small_files_compared_alongside_the_index_query(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
-    """A directory with more small files than are hashed by the walk itself: those that match are
-    left (a differing mode fixed in place), and only the same-size edits and resized files are
-    fetched and written."""
+def test_many_small_files_compared_as_their_directory_is_listed(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+    """A directory of many small files: those that match are left (a differing mode fixed in
+    place), and only the same-size edits and resized files are fetched and written."""
     store, backend = _counting_store(tmp_path)
     with store:
         src, dest = tmp_path / "src", tmp_path / "dest"
         src.mkdir()
-        n = restore_module._COMPARE_ON_THREADS * 3
+        n = 24
         for i in range(4 * n):
             (src / f"f{i:03d}").write_bytes(os.urandom(1000 + i))
             os.chmod(src / f"f{i:03d}", 0o644)
@@ -306,6 +305,82 @@ def test_many_small_files_compared_alongside_the_index_query(tmp_path: Path, cas
         assert describe(str(dest)) == describe(str(src))
         assert (report.unchanged, report.meta_fixed, report.written) == (2 * n, n, 2 * n)
         assert 2 * n * 500 <= backend.fetched < 2 * n * 1100 + n * 2000  # the new files only (and framing)
+
+
+def _drop_from_memory(root: Path) -> None:
+    """Evict the files under ``root`` from the page cache (written back first), as files restored
+    long ago are."""
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def test_a_small_file_not_in_memory_is_left_to_be_read_where_waiting_is_cheap(tmp_path: Path) -> None:
+    entry_dir = tmp_path / "d"
+    entry_dir.mkdir()
+    content = os.urandom(20_000)
+    (entry_dir / "f").write_bytes(content)
+    os.chmod(entry_dir / "f", 0o644)
+    st_f = os.stat(entry_dir / "f")
+    entry = Entry("f", FILE, 0o644, st_f.st_mtime_ns, len(content), hexdigest(content), (hexdigest(content),))
+    dir_fd = os.open(entry_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _drop_from_memory(entry_dir)
+        matches, _fixed, st_cold = restore_local.match_whole(dir_fd, entry, 0o644, nowait=True)
+        if matches:
+            pytest.skip("this file system keeps every file in memory")
+        assert matches is None and st_cold is not None and st_cold.st_size == len(content)
+        matches, fixed, st_read = restore_local.match_whole(dir_fd, entry, 0o644)
+        assert (matches, fixed) == (True, False) and st_read is not None and st_read.st_ino == st_f.st_ino
+        # Read once, it is in memory: compared at once.
+        assert restore_local.match_whole(dir_fd, entry, 0o644, nowait=True)[0] is True
+        other = Entry("f", FILE, 0o644, st_f.st_mtime_ns, len(content), hexdigest(b"x" * len(content)), ("0" * 64,))
+        assert restore_local.match_whole(dir_fd, other, 0o644, nowait=True)[0] is False
+    finally:
+        os.close(dir_fd)
+
+
+def test_small_files_not_in_memory_are_compared_on_threads(
+    tmp_path: Path, cas_home: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """Files restored long ago (out of the page cache) are compared on the comparer threads, their
+    reads overlapping: the matches are left, the edits written, and the end is exact."""
+    store, backend = _counting_store(tmp_path)
+    compared: list[int] = []
+    real = restore_module.Restorer._compare_files
+
+    def counting(self: restore_module.Restorer, dir_fd: int, entries: list) -> list:  # type: ignore[type-arg]
+        compared.append(len(entries))
+        return real(self, dir_fd, entries)
+
+    monkeypatch.setattr(restore_module.Restorer, "_compare_files", counting)
+    with store:
+        src, dest = tmp_path / "src", tmp_path / "dest"
+        (src / "sub").mkdir(parents=True)
+        for i in range(40):
+            (src / "sub" / f"f{i:02d}").write_bytes(os.urandom(3000 + i))
+        store.snapshot(src, "v1")
+        store.restore("v1", dest)
+        for i in range(10):
+            (src / "sub" / f"f{i:02d}").write_bytes(os.urandom(3000 + i))  # same size, new content
+        store.snapshot(src, "v2")
+        _drop_from_memory(dest)
+        probe = restore_local._digest_in_memory
+        fd = os.open(dest / "sub" / "f39", os.O_RDONLY)
+        try:
+            if probe(fd, 3039) is not None:
+                pytest.skip("this file system keeps every file in memory")
+        finally:
+            os.close(fd)
+        report = store.restore("v2", dest, overwrite=True, delete=True)
+        assert describe(str(dest)) == describe(str(src))
+        assert (report.unchanged, report.written) == (31, 10)  # 30 files and the directory sub
+        assert sum(compared) >= 30 and len(compared) > 1
 
 
 def _checkpoint_edited_in_place(store: Store, tmp_path: Path) -> tuple[Path, bytearray]:
@@ -518,6 +593,29 @@ def test_a_hard_linked_file_is_replaced_not_changed_through_its_other_link(store
     assert report.written == 1
     assert stat.S_IMODE(os.stat(dest / "f").st_mode) == 0o644
     assert stat.S_IMODE(os.stat(outside).st_mode) == 0o600 and os.stat(outside).st_nlink == 1
+
+
+def test_a_symlink_or_fifo_in_place_of_a_small_file_is_replaced_never_read_through(
+    store: Store, tmp_path: Path
+) -> None:
+    """Small files are compared as their directory is listed: a symlink to a file of the very same
+    bytes is not a match (it is replaced, its target left alone), and a FIFO is neither opened nor
+    waited on."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"same bytes")
+    (src / "g").write_bytes(b"other")
+    store.snapshot(src, "v1")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"same bytes")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.symlink(outside, dest / "f")
+    os.mkfifo(dest / "g")
+    report = store.restore("v1", dest, overwrite=True, delete=True)
+    assert (report.written, report.unchanged) == (2, 0)
+    assert describe(str(dest)) == describe(str(src))
+    assert outside.read_bytes() == b"same bytes" and not outside.is_symlink()
 
 
 def test_in_place_never_writes_through_another_hard_link(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
