@@ -206,7 +206,8 @@ class IndexConnection:
             try:
                 for start in range(0, len(wanted), LOOKUP_BATCH):
                     batch = wanted[start : start + LOOKUP_BATCH]
-                    cursor.execute(sql + "(" + ",".join("?" * len(batch)) + ")", batch)
+                    statement = sql + "(" + ",".join("?" * len(batch)) + ")"  # placeholders only
+                    cursor.execute(statement, batch)
                     rows.extend(cursor.fetchall())
             finally:
                 cursor.close()
