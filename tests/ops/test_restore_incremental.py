@@ -3,6 +3,7 @@ is byte-exact, ``--delete`` makes it exactly the execution, and local chunks are
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import stat
@@ -72,6 +73,9 @@ def _expected_counts(old: dict[str, tuple[object, ...]], new: dict[str, tuple[ob
     return unchanged, written, deleted
 
 
+_example_ids = itertools.count()
+
+
 def _execution_over(
     store: Store, work: str, before: dict[str, object], after: dict[str, object], times: list[int]
 ) -> tuple[str, str, str]:
@@ -79,7 +83,7 @@ def _execution_over(
     destination it is restored over. Returns (source, destination, execution ID)."""
     src = os.path.join(work, "src")
     _materialise(src, after, times)
-    execution_id = f"run-{abs(hash((repr(after), tuple(times)))) % 10**12}"
+    execution_id = f"run-{next(_example_ids)}"  # one per example (hash(0) == hash(2**61 - 1))
     store.snapshot(src, execution_id, use_files_cache=False)
     dest = os.path.join(work, "dest")
     _materialise(dest, before, list(reversed(times)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -80,6 +81,9 @@ def _materialise(root: str, tree: dict[str, object], times: list[int]) -> None:
     os.utime(root, ns=(t, t))
 
 
+_example_ids = itertools.count()
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(tree=_trees(), times=st.lists(st.integers(0, 4_000_000_000_000_000_000), min_size=1, max_size=3))
 def test_random_trees_round_trip_exactly(store: Store, tree: dict[str, object], times: list[int]) -> None:
@@ -87,7 +91,9 @@ def test_random_trees_round_trip_exactly(store: Store, tree: dict[str, object], 
     try:
         src = os.path.join(work, "src")
         _materialise(src, tree, times)
-        execution_id = f"run-{abs(hash((repr(tree), tuple(times)))) % 10**12}"
+        # One ID per example (not a hash of it: Python hashes 0 and 2**61 - 1 alike, so two examples
+        # could share an ID and the second restore the first's snapshot).
+        execution_id = f"run-{next(_example_ids)}"
         store.snapshot(src, execution_id, use_files_cache=False)
         dest = os.path.join(work, "dest")
         store.restore(execution_id, dest)
