@@ -161,8 +161,8 @@ class RangeReader:
         for i in range(first, last + 1):
             if i not in self._kept:  # failed on another thread: again here, for its error
                 try:
-                    for j, verified in zip([i], self._sources([i])):
-                        self._keep(j, self._checked(j, verified()))
+                    (verified,) = self._sources([i])
+                    self._keep(i, self._checked(i, verified()))
                 except IntegrityError as exc:
                     raise ReadError(str(exc)) from None
 

@@ -78,14 +78,19 @@ def fetched_payloads(
 
 
 def checked_payload(repo: Repository, loc: BlobLocation, payload: bytes) -> bytes | None:
-    """A chunk's bytes from its stored payload, verified (and added to the chunk cache); None if
-    they are not the chunk."""
+    """:func:`verified_chunk`, or None if the payload is not the chunk."""
     try:
-        raw = verify_blob(loc.id, loc, payload)
+        return verified_chunk(repo, loc.id, loc, payload)
     except IntegrityError:
         return None
+
+
+def verified_chunk(repo: Repository, chunk_id: str, loc: BlobLocation, payload: bytes) -> bytes:
+    """A chunk's bytes from its stored payload, verified (IntegrityError if they are not the
+    chunk) and added to the chunk cache."""
+    raw = verify_blob(chunk_id, loc, payload)
     if repo.chunk_cache is not None:
-        repo.chunk_cache.put(loc.id, raw)
+        repo.chunk_cache.put(chunk_id, raw)
     return raw
 
 
@@ -174,12 +179,9 @@ def _fetch_run(repo: Repository, run: list[tuple[str, BlobLocation]], path: str)
 def _verified(repo: Repository, chunk_id: str, loc: BlobLocation, data: bytes, at: int, path: str) -> bytes:
     """The chunk at ``at`` in ``data`` (a run read from its pack), verified (and cached)."""
     try:
-        raw = verify_blob(chunk_id, loc, data[at : at + loc.length])
+        return verified_chunk(repo, chunk_id, loc, data[at : at + loc.length])
     except IntegrityError as exc:
         raise IntegrityError(f"{path}: {exc}") from None
-    if repo.chunk_cache is not None:
-        repo.chunk_cache.put(chunk_id, raw)
-    return raw
 
 
 def verified_content(

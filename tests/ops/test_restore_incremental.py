@@ -387,13 +387,14 @@ def test_small_files_not_in_memory_are_compared_on_threads(
         assert sum(compared) >= 30 and len(compared) > 1
 
 
-def _checkpoint_edited_in_place(store: Store, tmp_path: Path) -> tuple[Path, bytearray]:
-    """A 300 kB checkpoint stored as v1, then as v2 with 4 bytes changed in place; v1 restored to
-    ``dest``. Returns ``dest`` and v2's content."""
+def _checkpoint_edited_in_place(store: Store, tmp_path: Path, mode: int = 0o644) -> tuple[Path, bytearray]:
+    """A 300 kB checkpoint (``mode``) stored as v1 from ``tmp_path/src``, then as v2 with 4 bytes
+    changed in place; v1 restored to ``dest``. Returns ``dest`` and v2's content."""
     src = tmp_path / "src"
     src.mkdir()
     content = bytearray(os.urandom(300_000))
     (src / "ckpt").write_bytes(content)
+    os.chmod(src / "ckpt", mode)
     store.snapshot(src, "v1")
     content[150_000:150_004] = b"\0\1\2\3"
     (src / "ckpt").write_bytes(content)
@@ -440,17 +441,8 @@ def test_a_settled_file_is_not_read_back_after_its_ranges_are_copied(
 def test_in_place_patches_only_the_changed_chunks_of_the_same_file(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
     store, backend = _counting_store(tmp_path)
     with store:
+        dest, content = _checkpoint_edited_in_place(store, tmp_path, 0o640)
         src = tmp_path / "src"
-        src.mkdir()
-        content = bytearray(os.urandom(300_000))
-        (src / "ckpt").write_bytes(content)
-        os.chmod(src / "ckpt", 0o640)
-        store.snapshot(src, "v1")
-        content[150_000:150_004] = b"\0\1\2\3"
-        (src / "ckpt").write_bytes(content)
-        store.snapshot(src, "v2")
-        dest = tmp_path / "dest"
-        store.restore("v1", dest)
         inode = os.stat(dest / "ckpt").st_ino
         backend.fetched = 0
         report = store.restore("v2", dest, overwrite=True, in_place=True)

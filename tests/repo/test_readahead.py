@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cas import Store
@@ -23,6 +25,26 @@ def _chunks(store: Store, tmp_path: Path, count: int = 30) -> dict[str, bytes]: 
     entries = store.repo.read_tree(store.get("run-1").root)
     assert all(len(e.chunks) == 1 for e in entries)
     return {e.chunks[0]: (src / e.name).read_bytes() for e in entries}
+
+
+@contextmanager
+def _reads_held_back(store: Store, key: str | None = None) -> Iterator[threading.Event]:  # noqa: F811
+    """The backend's reads (of ``key`` only, if given) wait until the block ends, or until the
+    event it gives is set."""
+    release = threading.Event()
+    backend = store.repo.backend
+    real_get = backend.get
+
+    def get(k: str, offset: int = 0, length: int | None = None) -> bytes:
+        if key is None or k == key:
+            assert release.wait(30)
+        return real_get(k, offset, length)
+
+    backend.get = get  # type: ignore[method-assign]
+    try:
+        yield release
+    finally:
+        release.set()
 
 
 def test_chunks_fetched_ahead_are_the_stored_bytes_held_once_and_bounded(
@@ -68,24 +90,11 @@ def test_a_chunk_is_handed_over_as_soon_as_it_is_verified(store: Store, tmp_path
     packs = sorted({loc.pack_id for loc in locations.values()})
     assert len(packs) == 2
     early = [c for c, loc in locations.items() if loc.pack_id == packs[0]]  # fetched first: (pack, offset) order
-    late_key = pack_key(packs[1])
-    release = threading.Event()
-    backend = store.repo.backend
-    real_get = backend.get
-
-    def get(key: str, offset: int = 0, length: int | None = None) -> bytes:
-        if key == late_key:
-            assert release.wait(30)
-        return real_get(key, offset, length)
-
-    backend.get = get  # type: ignore[method-assign]
-    try:
+    with _reads_held_back(store, pack_key(packs[1])) as release:
         ahead = ChunksAhead(store.repo)
         ahead.fetch(locations.values())
         got = ahead.take(early)  # returns while the other pack's read is held back
         assert set(got) == set(early) and not release.is_set()
-    finally:
-        release.set()
     late = [c for c in locations if c not in early]
     assert set(ahead.take(late)) == set(late)
 
@@ -97,19 +106,8 @@ def test_a_take_that_may_not_wait_gives_what_is_held_and_leaves_the_rest(
     takes what is held and fetches the rest itself."""
     chunks = _chunks(store, tmp_path, count=6)
     locations = store.repo.locate(chunks)
-    backend = store.repo.backend
-    real_get = backend.get
-    release = threading.Event()
-
-    def get(key: str, offset: int = 0, length: int | None = None) -> bytes:
-        assert release.wait(30)
-        return real_get(key, offset, length)
-
-    backend.get = get  # type: ignore[method-assign]
-    try:
+    with _reads_held_back(store):
         ahead = ChunksAhead(store.repo)
         ahead.fetch(locations.values())
         assert ahead.take(chunks, wait=False) == {}  # all pending: nothing waited for
-    finally:
-        release.set()
     assert set(ahead.take(chunks)) == set(chunks)
