@@ -198,6 +198,7 @@ def add_walk_stats(into: WalkStats, other: WalkStats) -> None:
 
 _TASK, _LOG, _ERROR, _FINAL = "task", "log", "error", "final"
 _PR_SET_PDEATHSIG = 1
+_HELD_DURING_FORK = {signal.SIGINT, signal.SIGTERM}
 
 
 class WorkerPool:
@@ -224,15 +225,22 @@ class WorkerPool:
                 stream.flush()  # or a child could write our buffered output again
             except (OSError, ValueError, AttributeError):
                 pass
+        # Python runs its fork handlers (logging's) here after each fork, and drops an exception
+        # raised in one: a Ctrl-C arriving then would be lost. Held back until every worker is
+        # started, it is raised below instead (the workers unblock it after ignoring it).
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_DURING_FORK)
         try:
-            for number in range(jobs):
-                reader, writer = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_worker_main, args=(writer, self._tasks, setup, os.getpid()),
-                                   name=f"cas-snapshot-{number + 1}", daemon=True)
-                proc.start()
-                writer.close()
-                self._procs.append(proc)
-                self._conns.append(reader)
+            try:
+                for number in range(jobs):
+                    reader, writer = ctx.Pipe(duplex=False)
+                    proc = ctx.Process(target=_worker_main, args=(writer, self._tasks, setup, os.getpid(), held),
+                                       name=f"cas-snapshot-{number + 1}", daemon=True)
+                    proc.start()
+                    writer.close()
+                    self._procs.append(proc)
+                    self._conns.append(reader)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
         except BaseException:
             self.close()
             raise
@@ -418,7 +426,8 @@ def _end_with_parent(parent: int) -> None:
         raise _Stopped
 
 
-def _worker_main(conn: multiprocessing.connection.Connection, tasks: Any, setup: _Setup, parent: int) -> None:
+def _worker_main(conn: multiprocessing.connection.Connection, tasks: Any, setup: _Setup, parent: int,
+                 signals: set[signal.Signals]) -> None:
     """A worker process: walk directories from ``tasks`` until told to stop. Never returns: it
     exits here, so that neither the parent's exit handlers nor a flush of its buffers run twice."""
     code = 1
@@ -432,6 +441,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, tasks: Any, setup:
         try:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
             signal.signal(signal.SIGTERM, _stop)
+            signal.pthread_sigmask(signal.SIG_SETMASK, signals)  # the parent's, held while it forked
             _end_with_parent(parent)
             # Inherited handlers write to this process's copies of the parent's streams: forward.
             logging.root.handlers = [_Forward(send)]
