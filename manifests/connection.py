@@ -151,7 +151,9 @@ class IndexConnection:
         if not rows:
             return
         if self.engine.dialect.name == "sqlite":
-            conn.exec_driver_sql(self._driver_insert_ignore(model, keys, tuple(columns)), list(rows))
+            at = [list(columns).index(k) for k in keys]
+            ordered = sorted(rows, key=lambda r: tuple(r[i] for i in at))
+            conn.exec_driver_sql(self._driver_insert_ignore(model, keys, tuple(columns)), ordered)
         else:
             conn.execute(self._insert_ignore(model, keys), [dict(zip(columns, row)) for row in rows])
 

@@ -33,10 +33,11 @@ from typing import NamedTuple
 
 from cas.errors import PartialRestore, AlreadyExists, CasError, ConfigurationError, IntegrityError, Unavailable
 from cas.ops.restore_local import (
-    TMP_PREFIX, FileChangedError, LocalChunks, OldFile, TaskView, content, examine_file, is_abandoned, match_whole,
-    patch_in_place, temporary_tag,
+    FileChangedError, LocalChunks, OldFile, TaskView, content, examine_file, match_whole, patch_in_place,
 )
+from cas.ops.restore_temps import TMP_PREFIX, is_abandoned, temporary_tag
 from cas.ops.restore_delete import Remover
+from cas.ops.restore_delete_process import ProcessRemover
 from cas.ops.restore_write import (
     FATAL_ERRNOS, PREALLOCATE_FROM, FileWriter, has_zero_runs, place, set_metadata, unlink_quietly, write_content,
 )
@@ -215,6 +216,7 @@ class Restorer:
         self._removing: deque[_DirJob] = deque()
         self._writer = FileWriter(temporary_tag())
         self._remover = Remover()
+        self._removals = ProcessRemover(self._remover)  # whole entries the tree lacks, beside the walk
         self._local = LocalChunks("")
         self._file_seq = itertools.count()
         self._lock = threading.Lock()
@@ -247,6 +249,7 @@ class Restorer:
             self._whole_pool.shutdown(wait=True, cancel_futures=True)
             if self._comparers is not None:
                 self._comparers.shutdown(wait=True)
+            self._removals.close()
             self._remover.close()
         return self.report
 
@@ -640,7 +643,7 @@ class Restorer:
                 entry = wanted.get(name)
                 if entry is None and not name.startswith(TMP_PREFIX):
                     if delete_here:  # no lstat: the remover looks for itself
-                        removal = self._remover.submit(dir_fd, name)
+                        removal = self._removals.submit(dir_fd, name)
                         job.removals.append((prefix + name, removal))
                     continue
                 if (compare and entry is not None and entry.type == FILE and entry.size <= _COMPARE_AT_ONCE

@@ -1,5 +1,5 @@
 """What a restore's destination already holds: entries that match the tree, chunks to reuse, what
-to delete, and whose temporaries are whose.
+to delete.
 
 An existing file *matches* its tree entry when it is a regular file of the entry's size whose
 content's BLAKE3 equals the entry's digest (the digest of a file is the BLAKE3 of its whole content,
@@ -16,17 +16,13 @@ destination are reused too, read and hashed again. A file changing under the res
 fetch, never a wrong byte. :func:`patch_in_place`
 writes only the differing chunks into the file itself (the restore's ``in_place`` option).
 
-Temporaries are named ``.cas-tmp-<host>-<pid>-<random>-<n>``: a restore removes one only if it was
-made on this host by a process that is no longer alive (or, made elsewhere, is over a day old), so
-concurrent restores into one directory never remove each other's.
+Whose temporaries are whose is :mod:`cas.ops.restore_temps`'s.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import secrets
-import socket
 import stat
 import threading
 import time
@@ -43,10 +39,8 @@ from cas.repo.reader import file_chunks
 from cas.repo.repository import Repository
 from cas.types import BlobLocation
 
-TMP_PREFIX = ".cas-tmp-"
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _HASH_BLOCK = 1024 * 1024
-_FOREIGN_TMP_AGE_NS = 24 * 3600 * 10**9
 
 
 def _settled_ns() -> int:
@@ -71,36 +65,6 @@ def _settled_ns() -> int:
 #: A file whose ctime is at least this old when it is hashed has *settled* (see :func:`_settled_ns`;
 #: 45 s with the kernel's default writeback settings).
 SETTLED_NS = _settled_ns()
-_HOST = hexdigest(socket.gethostname().encode("utf-8", "surrogateescape"))[:8]
-
-
-# -- temporaries ----------------------------------------------------------------------------------
-
-
-def temporary_tag() -> str:
-    """The part of a temporary's name that says who made it: ``<host>-<pid>-<random>``."""
-    return f"{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def is_abandoned(name: str, st: os.stat_result) -> bool:
-    """Whether a temporary's owner is gone: made on this host by a process no longer alive, or
-    elsewhere (or by an older cas) and over a day old. A live owner's temporary is never abandoned."""
-    parts = name[len(TMP_PREFIX):].split("-")
-    if len(parts) >= 3 and parts[0] == _HOST and parts[1].isdigit():
-        return not _alive(int(parts[1]))
-    return time.time_ns() - st.st_mtime_ns > _FOREIGN_TMP_AGE_NS
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 # -- comparing and reusing ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cas import Store
-from cas.ops.restore_local import TMP_PREFIX, temporary_tag
+from cas.ops.restore_temps import TMP_PREFIX, temporary_tag
 from tests.engine import cas_home, store  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]

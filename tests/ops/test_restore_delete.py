@@ -13,7 +13,7 @@ import pytest
 
 from cas.ops import restore_delete
 from cas.ops.restore_delete import Remover
-from cas.ops.restore_local import TMP_PREFIX, temporary_tag
+from cas.ops.restore_temps import TMP_PREFIX, temporary_tag
 
 
 def _count(root: Path) -> int:

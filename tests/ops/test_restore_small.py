@@ -17,7 +17,7 @@ from cas import Store
 from cas.errors import PartialRestore
 from cas.ops import restore as restore_module
 from cas.ops import restore_write
-from cas.ops.restore_local import TMP_PREFIX
+from cas.ops.restore_temps import TMP_PREFIX
 from cas.ops.restore_write import FileWriter
 from tests.engine import cas_home  # noqa: F401
 from tests.treeutil import describe

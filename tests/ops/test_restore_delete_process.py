@@ -1,0 +1,130 @@
+"""cas.ops.restore_delete_process: removals made by a child process, on a real file system, with
+the threads of this process taking over whatever the child leaves unanswered."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from cas.ops.restore_delete import Remover
+from cas.ops.restore_delete_process import ProcessRemover
+from cas.ops.restore_temps import TMP_PREFIX, temporary_tag
+
+
+def _tree(root: Path, width: int = 40, files: int = 25) -> int:
+    """A tree of ``width`` directories of ``files`` files; the entries in it and itself."""
+    for i in range(width):
+        d = root / f"d{i}"
+        d.mkdir(parents=True)
+        for j in range(files):
+            (d / f"f{j}").write_bytes(b"x" * j)
+    return width * (files + 1) + 1
+
+
+def _open(path: Path) -> int:
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def test_a_child_process_removes_what_it_is_sent_and_counts_it(tmp_path: Path) -> None:
+    expected = [_tree(tmp_path / f"victim{k}") for k in range(3)]
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "keep").write_text("keep")
+    fallback = Remover()
+    removals = ProcessRemover(fallback)
+    fd = _open(tmp_path)
+    try:
+        futures = [removals.submit(fd, f"victim{k}") for k in range(3)] + [removals.submit(fd, "file")]
+        futures.append(removals.submit(fd, "absent"))
+        assert [f.result(timeout=60) for f in futures] == [*expected, 1, 0]
+        assert removals.pid is not None and removals.pid != os.getpid()
+    finally:
+        removals.close()
+        fallback.close()
+        os.close(fd)
+    assert os.listdir(tmp_path) == ["keep"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(removals.pid, 0)  # closed: the child has exited and been waited for
+
+
+def test_the_child_follows_no_symlink_and_leaves_live_temporaries(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("precious")
+    dest = tmp_path / "dest"
+    victim = dest / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "sub" / "link").symlink_to(outside)
+    (victim / "link-to-dir").symlink_to(outside, target_is_directory=True)
+    live = victim / "sub" / f"{TMP_PREFIX}{temporary_tag()}-0"  # this process's: alive
+    live.write_text("being written")
+    (dest / "top-link").symlink_to(outside)
+    fallback = Remover()
+    removals = ProcessRemover(fallback)
+    fd = _open(dest)
+    try:
+        assert removals.submit(fd, "victim").result(timeout=60) == 2  # the two links
+        assert removals.submit(fd, "top-link").result(timeout=60) == 1
+    finally:
+        removals.close()
+        fallback.close()
+        os.close(fd)
+    assert (outside / "precious").read_text() == "precious"
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == [
+        "victim", "victim/sub", f"victim/sub/{live.name}"]
+
+
+def test_an_error_comes_back_as_the_os_error(tmp_path: Path) -> None:
+    fallback = Remover()
+    removals = ProcessRemover(fallback)
+    fd = _open(tmp_path)
+    try:
+        with pytest.raises(OSError) as caught:
+            removals.submit(fd, "n" * 300).result(timeout=60)  # longer than a name may be
+        assert caught.value.errno == errno.ENAMETOOLONG
+        assert removals.pid is not None  # the child's answer, not the fallback's
+    finally:
+        removals.close()
+        fallback.close()
+        os.close(fd)
+
+
+def test_what_a_killed_child_left_unanswered_is_removed_here(tmp_path: Path) -> None:
+    expected = [_tree(tmp_path / f"victim{k}", width=60) for k in range(4)]
+    fallback = Remover()
+    removals = ProcessRemover(fallback)
+    fd = _open(tmp_path)
+    try:
+        first = removals.submit(fd, "victim0")
+        assert removals.pid is not None
+        os.kill(removals.pid, signal.SIGKILL)
+        rest = [removals.submit(fd, f"victim{k}") for k in range(1, 4)]
+        counts = [f.result(timeout=60) for f in [first, *rest]]
+        # What the child removed before it died is not counted again; the rest is.
+        assert counts[1:] == expected[1:]
+        assert 0 <= counts[0] <= expected[0]
+    finally:
+        removals.close()
+        fallback.close()
+        os.close(fd)
+    assert os.listdir(tmp_path) == []
+
+
+def test_without_a_child_the_removals_run_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = _tree(tmp_path / "victim")
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    fallback = Remover()
+    removals = ProcessRemover(fallback)
+    fd = _open(tmp_path)
+    try:
+        assert removals.submit(fd, "victim").result(timeout=60) == expected
+        assert removals.pid is None
+    finally:
+        removals.close()
+        fallback.close()
+        os.close(fd)
+    assert os.listdir(tmp_path) == []
