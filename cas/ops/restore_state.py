@@ -70,7 +70,7 @@ class Budget:
 
 
 class RestoreState:
-    """What the parts of a restore share; set by :meth:`Restorer.__init__ <cas.ops.restore.Restorer>`."""
+    """What the parts of a restore share; set up by :class:`~cas.ops.restore.Restorer` (its ``__init__``)."""
 
     repo: Repository
     select: Callable[[str, Entry], bool] | None
