@@ -10,7 +10,8 @@ Directories come from a :class:`~cas.ops.browse.TreeSource` (entries by tree ID)
 content-addressed, so what was read for an ID is true forever; :class:`CachedTrees` keeps the most
 recent directories in memory. An index table of tree entries can stand in for reading trees
 (``listings``): it lists directories, and a file's chunk list is read from its stored tree when the
-file is opened.
+file is opened. What is done ahead of a directory's reads (its files' chunks located together, its
+small files fetched) is :mod:`cas.ops.dir_readahead`'s.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
-from cas.errors import CasError, ConfigurationError, IntegrityError, NotFound, ReadError
+from cas.errors import ConfigurationError, IntegrityError, NotFound, ReadError
 from cas.format.trees import DIR, FILE, SYMLINK, Entry
 from cas.ops.browse import TreeSource
+from cas.ops.dir_readahead import SMALL_FILE, DirReadAhead
 from cas.repo.ranges import RangeReader
-from cas.repo.readahead import ChunksAhead, background
+from cas.repo.readahead import ChunksAhead
 from cas.repo.reader import verified_content
 from cas.repo.repository import Repository
 from cas.types import BlobLocation, EntryType
@@ -35,23 +37,8 @@ from cas.types import BlobLocation, EntryType
 TOP_MODE = 0o555
 MAX_DIRECTORY_NODES = 8192
 """Directory nodes remembered by path, so looking up an entry does not walk from the root again."""
-LOCATE_AHEAD = 4096
-"""Chunk IDs located in one query when a file of a directory is opened (its own, then its siblings')."""
-MAX_LOCATED = 200_000
-"""Chunk locations the view remembers for files it has not opened yet."""
 PREFETCH_BATCH = 256
 """Trees asked for in one query when directories are read ahead."""
-SMALL_FILE = 1 << 20
-"""Files up to this size are read ahead with their directory's next small files
-(:meth:`SnapshotView._fetch_siblings_ahead`)."""
-SIBLINGS_AHEAD_BYTES = 4 << 20
-"""The most file bytes one read-ahead of a directory's small files fetches."""
-SUBDIRECTORIES_AHEAD = 8
-"""Subdirectories whose first small files are fetched ahead when a directory's first file is read."""
-SUBDIRECTORY_AHEAD_BYTES = 1 << 20
-"""The most file bytes fetched ahead in each of those subdirectories."""
-SIBLING_DIRECTORIES = 16
-"""Directories whose small files' read-ahead state is kept (the most recently read)."""
 SNAPSHOT_TTL_S = 5.0
 """How long the list of executions (and each execution's root) is reused before asking again."""
 
@@ -227,9 +214,8 @@ class SnapshotView:
         self._roots: dict[str, SnapshotLike] = {}
         self._roots_at = -SNAPSHOT_TTL_S
         self._dirs: dict[tuple[str, str], Node] = {}  # (root tree, path) -> directory node, recent ones
-        self._located: dict[str, BlobLocation] = {}  # chunk ID -> location, for files opened soon
         self._ahead = ChunksAhead(repo)  # chunks of small files fetched before they are read
-        self._siblings: OrderedDict[str, _Siblings] = OrderedDict()  # directories read ahead, recent ones
+        self._read_ahead = DirReadAhead(repo, self._stored, self._ahead)  # chunks located and fetched ahead
 
     # -- executions ---------------------------------------------------------------------------
 
@@ -325,8 +311,9 @@ class SnapshotView:
         """Random access to a file node's content; each chunk read is verified."""
         entry = self._file_entry(node)
         small = 0 < entry.size <= SMALL_FILE and node.parent
-        return RangeReader(self.repo, entry, node.path, self._chunk_locations(node.parent, entry), self._ahead,
-                           partial(self._fetch_siblings_ahead, node.parent, entry) if small else None)
+        locations = self._read_ahead.chunk_locations(node.parent, entry)
+        return RangeReader(self.repo, entry, node.path, locations, self._ahead,
+                           partial(self._read_ahead.fetch_siblings_ahead, node.parent, entry) if small else None)
 
     def read_whole(self, node: Node) -> bytes:
         """A small file's whole content (up to :data:`SMALL_FILE`), verified chunk by chunk and
@@ -338,9 +325,9 @@ class SnapshotView:
             raise ValueError(f"{node.path} is not a small file")
         if not entry.size:
             return b""
-        locations = self._chunk_locations(node.parent, entry)
+        locations = self._read_ahead.chunk_locations(node.parent, entry)
         if node.parent:
-            self._fetch_siblings_ahead(node.parent, entry)
+            self._read_ahead.fetch_siblings_ahead(node.parent, entry)
         taken = self._ahead.take(entry.chunks)
         if (len(entry.chunks) == 1 and entry.chunks[0] == entry.digest
                 and len(data := taken.get(entry.digest, b"")) == entry.size):
@@ -365,139 +352,6 @@ class SnapshotView:
                 raise ReadError(f"{node.path}: the stored tree does not hold the file its listing shows")
             entry = stored
         return entry
-
-    def _fetch_siblings_ahead(self, parent: str, entry: Entry) -> None:
-        """When a small file is first read: keep the small files after it in its directory (in
-        name order, the order ``ls``, ``find`` and shells list them) fetched ahead, in the
-        background, with one ranged read per stretch of a pack instead of one per file (a
-        directory's files are stored side by side). A file not handed to the read-ahead yet
-        starts a batch of up to :data:`SIBLINGS_AHEAD_BYTES` at itself; a file handed to the
-        read-ahead before (whose chunks may have been dropped since, or failed: it then reads its
-        own) tops the window up with the next batch once less than half of it lies ahead, so the
-        reader of the next files does not wait for a whole batch. A file read later takes its
-        chunks from there; one not fetched ahead (a chunk that failed verification included)
-        reads its own.
-
-        The first read in a directory also starts the first small files of its first
-        subdirectories on their way (:meth:`_fetch_below_ahead`): a walk (``find | xargs cat``,
-        ``grep -r``, ``cp -r``) enters them next, and finds their files fetched, not a batch to
-        wait for in each directory."""
-        siblings = self._siblings_of(parent)
-        start = siblings.position.get(entry.name)
-        if start is None:
-            return
-        if siblings.fetched_to <= start:  # not handed to the read-ahead yet: a batch from here
-            self._fetch_batch(siblings, start, SIBLINGS_AHEAD_BYTES)
-        elif siblings.small_bytes[siblings.fetched_to] - siblings.small_bytes[start + 1] < SIBLINGS_AHEAD_BYTES // 2:
-            self._fetch_batch(siblings, siblings.fetched_to, SIBLINGS_AHEAD_BYTES)
-        if not siblings.below_started:  # after this directory's own batch: that is needed first
-            siblings.below_started = True
-            background().submit(self._fetch_below_ahead, siblings)
-
-    def _fetch_batch(self, siblings: _Siblings, begin: int, budget: int) -> None:
-        """Hand the small files of ``siblings`` from place ``begin`` to the read-ahead, up to
-        ``budget`` bytes (those whose chunks are located)."""
-        wanted: list[BlobLocation] = []
-        total = 0
-        end = begin
-        for sibling in siblings.entries[begin:]:
-            if sibling.type == FILE and 0 < sibling.size <= SMALL_FILE:
-                if total + sibling.size > budget:
-                    break
-                found = [loc for c in sibling.chunks if (loc := self._located.get(c)) is not None]
-                if len(found) == len(sibling.chunks):
-                    wanted.extend(found)
-                    total += sibling.size
-            end += 1
-        siblings.fetched_to = max(siblings.fetched_to, end)
-        cache = self.repo.chunk_cache
-        self._ahead.fetch(loc for loc in wanted if cache is None or loc.id not in cache)
-
-    def _fetch_below_ahead(self, siblings: _Siblings) -> None:
-        """On a background thread: the first :data:`SUBDIRECTORY_AHEAD_BYTES` of small files of
-        each of a directory's first :data:`SUBDIRECTORIES_AHEAD` subdirectories located and
-        handed to the read-ahead (a directory already started is left as it is). Errors are left
-        for the reads, which meet them on their own."""
-        try:
-            for sub in [e for e in siblings.entries if e.type == DIR][:SUBDIRECTORIES_AHEAD]:
-                below = self._siblings_of(sub.tree)
-                if below.fetched_to:
-                    continue
-                ids: list[str] = []
-                size = 0
-                for e in below.entries:
-                    if e.type == FILE and 0 < e.size <= SMALL_FILE:
-                        if size + e.size > SUBDIRECTORY_AHEAD_BYTES:
-                            break
-                        ids.extend(c for c in e.chunks if c not in self._located)
-                        size += e.size
-                if ids:
-                    self._remember_located(self.repo.locate(ids))
-                self._fetch_batch(below, 0, SUBDIRECTORY_AHEAD_BYTES)
-        except (CasError, OSError):
-            pass
-
-    def _siblings_of(self, parent: str) -> _Siblings:
-        """A stored directory's entries, with each name's place and the small files' bytes before
-        each place, and how far its small files have been fetched ahead (a few directories kept)."""
-        with self._lock:
-            siblings = self._siblings.get(parent)
-            if siblings is not None:
-                self._siblings.move_to_end(parent)
-                return siblings
-        entries = self._stored.read_tree(parent)
-        small_bytes = [0]
-        for e in entries:
-            small_bytes.append(small_bytes[-1] + (e.size if e.type == FILE and 0 < e.size <= SMALL_FILE else 0))
-        siblings = _Siblings(entries, {e.name: i for i, e in enumerate(entries)}, small_bytes)
-        with self._lock:
-            siblings = self._siblings.setdefault(parent, siblings)
-            while len(self._siblings) > SIBLING_DIRECTORIES:
-                self._siblings.popitem(last=False)
-        return siblings
-
-    def _remember_located(self, located: dict[str, BlobLocation]) -> None:
-        known = self._located
-        if len(known) + len(located) > MAX_LOCATED:
-            known.clear()
-        known.update(located)
-
-    def _chunk_locations(self, parent: str, entry: Entry) -> dict[str, BlobLocation]:
-        """Where a file's chunks are. The first file opened in a stored directory has the chunks of
-        the files beside it located in the same query (up to :data:`LOCATE_AHEAD` IDs), so opening
-        each file of a directory in turn costs one index query, not one per file."""
-        known = self._located
-        found = {c: loc for c in entry.chunks if (loc := known.get(c)) is not None}  # another thread may clear it
-        if len(found) == len(entry.chunks) or not (missing := [c for c in entry.chunks if c not in found]):
-            return found  # all located already (the common case: located with a sibling)
-        if parent:
-            wanted = dict.fromkeys(missing)
-            for sibling in self._stored.read_tree(parent):
-                if len(wanted) >= LOCATE_AHEAD:
-                    break
-                if sibling.type == FILE:
-                    wanted.update(dict.fromkeys(c for c in sibling.chunks if c not in known))
-            located = self.repo.locate(wanted)
-            self._remember_located(located)
-            found.update((c, located[c]) for c in missing if c in located)
-            missing = [c for c in missing if c not in found]
-        if missing:  # missing from the repository (RangeReader says which)
-            found.update(self.repo.locate(missing))
-        return found
-
-
-@dataclass
-class _Siblings:
-    """A directory's entries as its small files are read ahead (:meth:`SnapshotView._fetch_siblings_ahead`)."""
-
-    entries: list[Entry]
-    position: dict[str, int]
-    small_bytes: list[int]
-    """Bytes of the small files before each place (``small_bytes[i]``: in ``entries[:i]``)."""
-    fetched_to: int = 0
-    """Entries before this place have been handed to the read-ahead (or passed over)."""
-    below_started: bool = False
-    """Whether the first files of the subdirectories have been sent for (:meth:`SnapshotView._fetch_below_ahead`)."""
 
 
 def split(path: str) -> list[str]:

@@ -18,7 +18,7 @@ from backends.local import LocalBackend
 from cas import Store
 from cas.errors import AlreadyExists, PartialRestore
 from cas.ops import restore as restore_module
-from cas.ops import restore_local, restore_write
+from cas.ops import restore_finish, restore_local, restore_write
 from cas.format.hashing import hexdigest
 from cas.format.trees import FILE, Entry
 from tests.engine import SMALL_CHUNKS, cas_home, store  # noqa: F401
@@ -181,8 +181,9 @@ def test_random_tree_over_another_with_the_walks_bounds_at_their_smallest(
     work = tempfile.mkdtemp()
     try:
         with pytest.MonkeyPatch.context() as mp:
-            for name, value in (("_LOOK_AHEAD", 1), ("_OPEN_DIRS", 1), ("_OPEN_REMOVING", 1), ("_OPEN_ANCESTORS", 2)):
-                mp.setattr(restore_module, name, value)
+            for module, name, value in ((restore_module, "_LOOK_AHEAD", 1), (restore_module, "_OPEN_DIRS", 1),
+                                        (restore_finish, "_OPEN_REMOVING", 1), (restore_module, "_OPEN_ANCESTORS", 2)):
+                mp.setattr(module, name, value)
             src, dest, execution_id = _execution_over(store, work, before, after, times)
             old, new = describe(dest), describe(src)
             report = store.restore(execution_id, dest, overwrite=True, delete=True)

@@ -16,7 +16,7 @@ import pytest
 from cas import Store
 from cas.errors import PartialRestore
 from cas.ops import restore as restore_module
-from cas.ops import restore_write
+from cas.ops import restore_state, restore_write
 from cas.ops.restore_temps import TMP_PREFIX
 from cas.ops.restore_write import FileWriter
 from tests.engine import cas_home  # noqa: F401
@@ -188,7 +188,7 @@ def test_a_corrupt_small_file_is_reported_and_never_appears(plain_store: Store, 
 
 
 def test_the_walk_waits_for_room_in_its_budget_and_never_on_itself() -> None:
-    budget = restore_module._Budget(100)
+    budget = restore_state.Budget(100)
     assert budget.take(60) == 60
     taken = threading.Event()
 
@@ -217,14 +217,14 @@ def test_small_files_fetched_ahead_stay_within_the_budget(
     per_dir = max(sum(p.stat().st_size for p in (src / f"d{d}").iterdir()) for d in range(6))
     monkeypatch.setattr(restore_module, "_FETCHED_AHEAD", per_dir)
     most = [0]
-    real_take = restore_module._Budget.take
+    real_take = restore_state.Budget.take
 
-    def take(self: restore_module._Budget, nbytes: int) -> int:
+    def take(self: restore_state.Budget, nbytes: int) -> int:
         got = real_take(self, nbytes)
         most[0] = max(most[0], self._held)
         return got
 
-    monkeypatch.setattr(restore_module._Budget, "take", take)
+    monkeypatch.setattr(restore_state.Budget, "take", take)
     plain_store.restore("v1", dest)
     assert describe(str(dest)) == describe(str(src))
     assert 0 < most[0] <= per_dir

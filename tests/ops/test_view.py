@@ -248,7 +248,7 @@ def test_the_next_files_are_fetched_ahead_before_the_reader_reaches_them(
     """Reading a directory's small files in name order: once less than half of the batch fetched
     ahead lies after the file being read, the next batch is asked for, before its first file is
     read; and no file is fetched on its own."""
-    from cas.ops import view as view_module
+    from cas.ops import dir_readahead
 
     s, backend = counted
     files = {f"f{i:02}.bin": os.urandom(3000) for i in range(40)}  # one chunk each (under chunk_max)
@@ -256,7 +256,7 @@ def test_the_next_files_are_fetched_ahead_before_the_reader_reaches_them(
     for name, data in files.items():
         (tmp_path / "src" / name).write_bytes(data)
     s.snapshot(tmp_path / "src", "run-1")
-    monkeypatch.setattr(view_module, "SIBLINGS_AHEAD_BYTES", 8 * 3000)  # batches of 8 files
+    monkeypatch.setattr(dir_readahead, "SIBLINGS_AHEAD_BYTES", 8 * 3000)  # batches of 8 files
     chunks = [c for e in s.repo.read_tree(s.get("run-1").root) for c in e.chunks]
     packs = {pack_key(loc.pack_id) for loc in s.repo.locate(chunks).values()}
     view = s.view()
@@ -284,11 +284,11 @@ def test_the_first_read_in_a_directory_sends_for_the_first_files_of_its_subdirec
     """A walk reads a directory's files and then enters its subdirectories: their first small files
     are on their way (within their budget) before any of them is read, and reading them then
     fetches nothing more; a subdirectory beyond the first few is left for its own first read."""
-    from cas.ops import view as view_module
+    from cas.ops import dir_readahead
 
     s, backend = counted
-    monkeypatch.setattr(view_module, "SUBDIRECTORIES_AHEAD", 2)
-    monkeypatch.setattr(view_module, "SUBDIRECTORY_AHEAD_BYTES", 3 * 3000)
+    monkeypatch.setattr(dir_readahead, "SUBDIRECTORIES_AHEAD", 2)
+    monkeypatch.setattr(dir_readahead, "SUBDIRECTORY_AHEAD_BYTES", 3 * 3000)
     src = tmp_path / "src"
     files: dict[str, bytes] = {"top.bin": os.urandom(3000)}
     for sub in ("a", "b", "c"):

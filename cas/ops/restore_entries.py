@@ -1,0 +1,261 @@
+"""Restoring the entries of one directory: a directory made, a symlink made (or found equal), and a
+file written, found matching, or patched in place.
+
+A file is examined first if something is in its place (see :mod:`cas.ops.restore_local`): a match is
+left as it is (its metadata fixed); with ``in_place``, a file holding at least half of the new
+chunks at their offsets is patched where it is; otherwise the file is written anew
+(:mod:`cas.ops.restore_write`), its content taken from the file it replaces and from chunks already
+in the destination where it can, fetched where not. Small files already fetched are written several
+to a task (:meth:`EntryWriting._batch`), and those whose content is one chunk, with nothing in their
+place, with the fewest calls each (:meth:`EntryWriting._write_whole`). Each file's failure is its
+own: a worker returns it, and the walk records it when it finishes the directory.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+
+from cas.errors import AlreadyExists, CasError, IntegrityError
+from cas.format.hashing import hexdigest
+from cas.format.trees import Entry
+from cas.ops.restore_local import FileChangedError, OldFile, TaskView, content, examine_file, patch_in_place
+from cas.ops.restore_report import Done
+from cas.ops.restore_state import RestoreState, is_file
+from cas.ops.restore_write import (
+    PREALLOCATE_FROM,
+    has_zero_runs,
+    place,
+    set_metadata,
+    unlink_quietly,
+    write_content,
+)
+from cas.repo.reader import file_chunks
+
+_EMPTY_DIGEST = hexdigest(b"")
+
+
+class EntryWriting(RestoreState):
+    """Directories, symlinks and files of a directory made as the tree has them."""
+
+    def _batch(
+        self, dir_fd: int, batch: list[tuple[Entry, str, int]], locations: dict,  # type: ignore[type-arg]
+        prefetched: dict | None,  # type: ignore[type-arg]
+    ) -> list[Done | BaseException]:
+        """Write several small files of one directory, already fetched: one task instead of one per
+        file. Each file's failure is its own."""
+        out: list[Done | BaseException] = []
+        for entry, path, seq in batch:
+            try:
+                out.append(self._file(dir_fd, entry, path, locations, prefetched, seq))
+            except (CasError, OSError) as exc:
+                out.append(exc)
+        return out
+
+    def _write_whole(
+        self, dir_fd: int, files: list[tuple[Entry, str]], prefetched: dict[str, bytes], held: int,
+    ) -> list[Done | BaseException]:
+        """Write small files of one directory whose whole content is one chunk fetched already (or
+        none), with nothing in their place: the fewest calls and Python work per file. Each file's
+        failure is its own. ``held`` bytes of the walk's budget are given back once done."""
+        try:
+            return self._write_whole_files(dir_fd, files, prefetched)
+        finally:
+            self._budget.give(held)
+
+    def _write_whole_files(
+        self, dir_fd: int, files: list[tuple[Entry, str]], prefetched: dict[str, bytes],
+    ) -> list[Done | BaseException]:
+        out: list[Done | BaseException] = []
+        for entry, path in files:
+            try:
+                data = prefetched[entry.chunks[0]] if entry.chunks else b""
+                if len(data) != entry.size:
+                    raise IntegrityError(f"{path}: restored {len(data)} bytes, the tree records {entry.size}")
+                # The chunk was verified against its ID; a one-chunk file's digest is that ID.
+                if (entry.chunks[0] if entry.chunks else _EMPTY_DIGEST) != entry.digest:
+                    raise IntegrityError(f"{path}: content does not match the file's recorded BLAKE3")
+                tmp = self._writer.write_whole(dir_fd, entry.name, data, self._mode(entry.mode), entry.mtime_ns)
+                if tmp is not None:
+                    try:
+                        self._place(dir_fd, tmp, entry.name, path)
+                    except BaseException:
+                        unlink_quietly(dir_fd, tmp)
+                        raise
+                if self.overwrite:
+                    self._local.add_file(path, entry, {})
+                out.append(Done(entry.size, True))
+            except (CasError, OSError) as exc:
+                out.append(exc)
+        return out
+
+    def _one_file(self, *args: object) -> list[Done | BaseException]:
+        return [self._file(*args)]  # type: ignore[arg-type]
+
+    def _make_directory(self, parent_fd: int, entry: Entry, path: str, present: os.stat_result | None = None) -> None:
+        if present is not None and stat.S_ISDIR(present.st_mode):
+            self.report.unchanged += 1  # opened with O_NOFOLLOW next: if swapped meanwhile, that fails
+            return
+        for _attempt in range(3):  # another restore may be replacing the same entry meanwhile
+            try:
+                os.mkdir(entry.name, 0o700, dir_fd=parent_fd)
+                self.report.written += 1
+                return
+            except FileExistsError:
+                if not self.overwrite:
+                    raise AlreadyExists(f"{path} already exists in the destination") from None
+            try:
+                st = os.stat(entry.name, dir_fd=parent_fd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    self.report.unchanged += 1
+                    return
+                os.unlink(entry.name, dir_fd=parent_fd)  # removes a link or file, never what it points at
+            except FileNotFoundError:
+                pass
+        raise AlreadyExists(f"{path} keeps being replaced in the destination by another process")
+
+    def _symlink(self, dir_fd: int, entry: Entry, path: str, present: os.stat_result | None = None) -> None:
+        if present is not None and stat.S_ISLNK(present.st_mode):
+            try:
+                same = os.readlink(entry.name, dir_fd=dir_fd) == entry.target
+            except OSError:
+                same = False
+            if same:
+                if present.st_mtime_ns != entry.mtime_ns:
+                    os.utime(entry.name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+                    self.report.meta_fixed += 1
+                self.report.symlinks += 1
+                self.report.unchanged += 1
+                return
+        tmp = self._writer.temporary_name()
+        os.symlink(entry.target, tmp, dir_fd=dir_fd)
+        try:
+            os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+            self._place(dir_fd, tmp, entry.name, path)
+        except BaseException:
+            unlink_quietly(dir_fd, tmp)
+            raise
+        self.report.symlinks += 1
+        self.report.written += 1
+
+    def _file_task(self, entry: Entry, present: os.stat_result | None) -> tuple[int, bool, threading.Event | None]:
+        """A file's task arguments: its sequence number, whether a file is in place, and for one that
+        is likely to match (same size), the event its comparison sets (see LocalChunks.expect)."""
+        seq = next(self._file_seq)
+        exists = is_file(present)
+        compared = None
+        if exists and present is not None and present.st_size == entry.size:
+            compared = self._local.expect(entry, seq)
+        return seq, exists, compared
+
+    def _file(
+        self, dir_fd: int, entry: Entry, path: str, locations: dict,  # type: ignore[type-arg]
+        prefetched: dict | None, seq: int = 0, exists: bool = False,  # type: ignore[type-arg]
+        compared: threading.Event | None = None,
+    ) -> Done:
+        old: OldFile | None = None
+        if exists:
+            try:
+                lengths = [locations[c].raw_length for c in entry.chunks if c in locations]
+                known = len(lengths) == len(entry.chunks) and sum(lengths) == entry.size
+                found = examine_file(dir_fd, entry, self._mode(entry.mode), trust_mtime=self.trust_mtime,
+                                     config=self.repo.config, lengths=lengths if known else None,
+                                     lock=self.in_place and known)
+                if found.matches:
+                    self._local.add_file(path, entry, locations)
+                    return Done(entry.size, False, meta_fixed=found.meta_fixed)
+                old = found.old
+            finally:
+                if compared is not None:
+                    compared.set()
+        try:
+            if old is not None and self.in_place and old.aligned_bytes * 2 >= entry.size > 0:
+                patched = self._patch(dir_fd, entry, path, locations, prefetched, old, seq)
+                if patched is not None:
+                    return patched
+            return self._write_file(dir_fd, entry, path, locations, prefetched, old, seq)
+        finally:
+            if old is not None:
+                old.close()
+
+    def _patch(
+        self, dir_fd: int, entry: Entry, path: str, locations: dict,  # type: ignore[type-arg]
+        prefetched: dict | None, old: OldFile, seq: int,  # type: ignore[type-arg]
+    ) -> Done | None:
+        """Patch the file in place (see ``in_place``); None if it was replaced meanwhile."""
+        lengths = [locations[c].raw_length for c in entry.chunks]
+        sources: list[OldFile | TaskView] = [old, self._local.for_task(seq)]
+        reused = [0]
+
+        def chunk_data(ids: list[str]) -> Iterator[bytes]:
+            sub = replace(entry, chunks=tuple(ids))
+            remote: list[str] = []
+            for chunk_id in ids:
+                data = next((d for d in (src.read(chunk_id) for src in sources) if d is not None), None)
+                if data is None:
+                    remote.append(chunk_id)
+                    continue
+                if remote:
+                    yield from file_chunks(self.repo, replace(sub, chunks=tuple(remote)), locations, path, prefetched)
+                    remote = []
+                reused[0] += len(data)
+                yield data
+            if remote:
+                yield from file_chunks(self.repo, replace(sub, chunks=tuple(remote)), locations, path, prefetched)
+
+        try:
+            written = patch_in_place(dir_fd, entry, path, old, lengths, self._mode(entry.mode), chunk_data)
+        except FileChangedError:
+            return None
+        self._local.add_file(path, entry, locations)
+        return Done(entry.size, True, old.aligned_bytes + reused[0], patched=written)
+
+    def _write_file(
+        self, dir_fd: int, entry: Entry, path: str, locations: dict,  # type: ignore[type-arg]
+        prefetched: dict | None, old: OldFile | None, seq: int = 0,  # type: ignore[type-arg]
+    ) -> Done:
+        sources: list[OldFile | TaskView] = [old] if old is not None else []
+        if self.overwrite:
+            sources.append(self._local.for_task(seq))
+        reused = [0]
+        mode = self._mode(entry.mode)
+        fd, tmp, mode_set = self._writer.create(dir_fd, mode)
+        try:
+            try:
+                preallocate = entry.size >= PREALLOCATE_FROM and not has_zero_runs(entry, locations)
+                pieces = content(self.repo, entry, locations, path, prefetched, sources, reused)
+                try:
+                    written = write_content(fd, entry, pieces, path, preallocate=preallocate)
+                except IntegrityError:
+                    if old is None:
+                        raise
+                    # The file being replaced changed while its ranges were copied: start again
+                    # without it (every chunk then verified as it is read).
+                    os.ftruncate(fd, 0)
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    sources, reused[0] = sources[1:], 0
+                    pieces = content(self.repo, entry, locations, path, prefetched, sources, reused)
+                    written = write_content(fd, entry, pieces, path, preallocate=preallocate)
+                set_metadata(fd, entry, mode, mode_set)
+                if tmp is None:
+                    tmp = self._writer.link(fd, dir_fd, entry.name)
+            finally:
+                os.close(fd)
+            if tmp is not None:
+                self._place(dir_fd, tmp, entry.name, path)
+        except BaseException:
+            if tmp is not None:
+                unlink_quietly(dir_fd, tmp)
+            raise
+        if self.overwrite:
+            self._local.add_file(path, entry, locations)
+        return Done(written, True, reused[0])
+
+    def _place(self, dir_fd: int, tmp: str, name: str, path: str) -> None:
+        """Rename a finished temporary into place. Without ``overwrite`` the destination was empty
+        when the restore began and tree names are unique, so a name can only exist here if some
+        other process made it meanwhile; rename replaces that entry (never writes through it)."""
+        place(dir_fd, tmp, name, path, (lambda: self._remove(dir_fd, name, path)) if self.delete else None)

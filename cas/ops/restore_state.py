@@ -1,0 +1,133 @@
+"""The state one restore's parts share: the walk (:mod:`cas.ops.restore`), the survey of what the
+destination holds (:mod:`cas.ops.restore_survey`), the writing of entries
+(:mod:`cas.ops.restore_entries`) and the finishing of directories (:mod:`cas.ops.restore_finish`).
+
+:class:`RestoreState` declares the options, counters, pools and queues that
+:class:`~cas.ops.restore.Restorer` sets up, and the few steps every part takes: a mode as it is
+applied, a failure recorded (or the restore stopped), an entry removed. :class:`DirJob` is a
+directory being restored; :class:`Budget` bounds the bytes fetched ahead of the small-file writers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import stat
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from cas.errors import CasError, Unavailable
+from cas.format.trees import Entry
+from cas.ops.restore_delete import Remover
+from cas.ops.restore_delete_process import ProcessRemover
+from cas.ops.restore_local import LocalChunks
+from cas.ops.restore_report import Done, ProgressFn, RestoreReport
+from cas.ops.restore_write import FATAL_ERRNOS, FileWriter
+from cas.repo.repository import Repository
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+@dataclass
+class DirJob:
+    fd: int | None
+    """None while released (an ancestor far up the walk's path, see ``_restore_tree``)."""
+    owned: bool
+    meta: tuple[int, int] | None
+    pending: list[tuple[list[str], Future[list[Done | BaseException]]]] = field(default_factory=list)
+    """Files being written on the pool: a task writes one file, or several small ones (see ``_batch``)."""
+    removals: list[tuple[str, Future[int]]] = field(default_factory=list)
+    """Entries the tree lacks, being removed on the pool (``delete``): their counts of removed entries."""
+    ident: tuple[int, int] = (0, 0)
+    """``(st_dev, st_ino)``, to check a descriptor reopened through ``..``."""
+
+
+
+class Budget:
+    """Bytes the walk may have fetched ahead of the small-file writers: :meth:`take` waits until
+    what is held leaves room (or nothing is held, so that one directory larger than the whole
+    budget still goes through); the writers :meth:`give` it back, so the walk never waits on itself."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._held = 0
+        self._room = threading.Condition()
+
+    def take(self, nbytes: int) -> int:
+        with self._room:
+            while self._held and self._held + nbytes > self._limit:
+                self._room.wait()
+            self._held += nbytes
+        return nbytes
+
+    def give(self, nbytes: int) -> None:
+        if nbytes:
+            with self._room:
+                self._held -= nbytes
+                self._room.notify_all()
+
+
+class RestoreState:
+    """What the parts of a restore share; set up by :class:`~cas.ops.restore.Restorer` (its ``__init__``)."""
+
+    repo: Repository
+    select: Callable[[str, Entry], bool] | None
+    overwrite: bool
+    delete: bool
+    trust_mtime: bool
+    in_place: bool
+    same_permissions: bool
+    progress: ProgressFn | None
+    report: RestoreReport
+    _pool: ThreadPoolExecutor
+    """The file workers."""
+    _whole_pool: ThreadPoolExecutor
+    """The writers of small files fetched whole (see ``restore_entries``)."""
+    _budget: Budget
+    _comparers: ThreadPoolExecutor | None
+    """The comparers of files not in memory (see ``restore_survey``), started when first needed."""
+    _jobs: deque[DirJob]
+    """Directories queued to be finished, oldest first."""
+    _removing: deque[DirJob]
+    """Directories set aside to be finished once their removals are done."""
+    _writer: FileWriter
+    _remover: Remover
+    _removals: ProcessRemover
+    _local: LocalChunks
+    _file_seq: itertools.count[int]
+    _lock: threading.Lock
+    """Guards the counts that pool threads add to (``report.deleted``)."""
+    _dest: str
+    _delete_root: bool
+    """Whether ``delete`` applies to the destination itself (a whole tree is restored)."""
+    _ahead: int
+    """Subdirectories entered ahead of the walk, now (see ``Restorer._look_ahead``)."""
+
+    def _remove(self, dir_fd: int, name: str, path: str, *, counted: bool = True) -> None:
+        try:
+            removed = self._remover.remove(dir_fd, name)
+        except OSError as exc:
+            self._fail(path, exc)
+            return
+        if counted:
+            with self._lock:
+                self.report.deleted += removed
+
+    def _mode(self, mode: int) -> int:
+        return mode if self.same_permissions else mode & ~(stat.S_ISUID | stat.S_ISGID)
+
+    def _fail(self, path: str, exc: BaseException) -> None:
+        if isinstance(exc, OSError) and not isinstance(exc, CasError):
+            if exc.errno in FATAL_ERRNOS:
+                raise Unavailable(f"restore stopped at {path}: {exc.strerror}") from None
+            message = f"{path}: {exc.strerror or exc}"
+        else:
+            message = str(exc)
+        self.report.failures.append((path, message))
+
+
+def is_file(present: os.stat_result | None) -> bool:
+    return present is not None and stat.S_ISREG(present.st_mode)

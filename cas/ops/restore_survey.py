@@ -1,0 +1,168 @@
+"""What a directory of the destination already holds against its tree entries (with ``overwrite``).
+
+The walk lists each directory once (:meth:`DestinationSurvey._survey`): entries the tree lacks are
+handed to the remover (``delete``), temporaries whose owner is gone are removed, and small files in
+place are compared with their entries there and then (or, when their content is not in memory, on
+comparer threads of their own, their disk reads overlapping); with ``trust_mtime`` a file whose
+lstat shows the entry's size, mtime and mode is taken as matching unread
+(:meth:`DestinationSurvey._match_in_place`). A match is counted here and never reaches a file
+worker. When a file matches is :mod:`cas.ops.restore_local`'s to say (``match_whole``,
+``examine_file``).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from concurrent.futures import ThreadPoolExecutor, wait
+
+from cas.format.trees import FILE, Entry
+from cas.ops.restore_local import examine_file, match_whole
+from cas.ops.restore_temps import TMP_PREFIX, is_abandoned
+from cas.ops.restore_state import DirJob, RestoreState, is_file
+
+#: Files in place up to this size are compared with the tree by the walk itself as it lists their
+#: directory, not by a worker: handing small files to other threads costs more than it overlaps
+#: (each hand-off and each call that releases the GIL makes the threads wait for each other)...
+_COMPARE_AT_ONCE = 256 * 1024
+#: ...unless their content is not in memory: those are compared on this many threads of their own,
+#: the disk's waits overlapping (see ``match_whole``'s ``nowait``).
+_COLD_THREADS = 4
+
+
+class DestinationSurvey(RestoreState):
+    """The walk's comparison of each directory it enters with what the destination holds there."""
+
+    def _survey(
+        self, job: DirJob, entries: list[Entry], prefix: str
+    ) -> tuple[dict[str, os.stat_result], set[str]]:
+        """What the directory holds (lstat, by name), less the small files found matching their
+        entries, and the names of those. Without ``trust_mtime`` a regular file in place of a file
+        entry of at most :data:`_COMPARE_AT_ONCE` bytes is compared as it is listed (see
+        ``match_whole``: its ``fstat`` stands for the lstat if it differs), or, if its content is
+        not in memory, after, on the comparer threads. Removes temporaries
+        whose owner is gone and, with ``delete``, every entry the tree lacks here (live restores'
+        temporaries excepted): on the pool, awaited with the directory's files."""
+        dir_fd = job.fd
+        assert dir_fd is not None
+        wanted = {e.name: e for e in entries}
+        present: dict[str, os.stat_result] = {}
+        matched: set[str] = set()
+        cold: list[Entry] = []
+        compare = not self.trust_mtime
+        delete_here = self.delete and bool(prefix or self._delete_root)
+        with os.scandir(dir_fd) as listing:
+            for item in listing:
+                name = item.name
+                entry = wanted.get(name)
+                if entry is None and not name.startswith(TMP_PREFIX):
+                    if delete_here:  # no lstat: the remover looks for itself
+                        removal = self._removals.submit(dir_fd, name)
+                        job.removals.append((prefix + name, removal))
+                    continue
+                if (compare and entry is not None and entry.type == FILE and entry.size <= _COMPARE_AT_ONCE
+                        and item.is_file(follow_symlinks=False)):
+                    try:
+                        matches, fixed, st = match_whole(dir_fd, entry, self._mode(entry.mode), nowait=True)
+                    except OSError:  # unreadable: left to a file worker, which tries again and reports it
+                        matches, st = False, None
+                    if matches is None:
+                        cold.append(entry)
+                        continue
+                    if matches:
+                        matched.add(name)
+                        self._count_match(entry, fixed)
+                        continue
+                    if st is not None:
+                        present[name] = st
+                        continue
+                try:
+                    st = item.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if entry is not None:
+                    present[name] = st
+                elif is_abandoned(name, st):
+                    self._remove(dir_fd, name, prefix + name, counted=False)
+        if cold:
+            self._compare_cold(dir_fd, cold, present, matched)
+        return present, matched
+
+    def _compare_cold(
+        self, dir_fd: int, entries: list[Entry], present: dict[str, os.stat_result], matched: set[str]
+    ) -> None:
+        """Compare small files whose content is not in memory on the comparer threads, a share of
+        the directory's each, and wait for them; add each to ``matched`` or ``present``."""
+        if self._comparers is None:
+            self._comparers = ThreadPoolExecutor(_COLD_THREADS, thread_name_prefix="cas-restore-compare")
+        parts = min(_COLD_THREADS, len(entries))
+        futures = [self._comparers.submit(self._compare_files, dir_fd, entries[i::parts]) for i in range(parts)]
+        wait(futures)  # all of them, before anything is raised: they read through ``dir_fd``
+        for future in futures:
+            for entry, matches, fixed, st in future.result():
+                if matches:
+                    matched.add(entry.name)
+                    self._count_match(entry, fixed)
+                    continue
+                if st is None:
+                    try:
+                        st = os.stat(entry.name, dir_fd=dir_fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                present[entry.name] = st
+
+    def _compare_files(
+        self, dir_fd: int, entries: list[Entry]
+    ) -> list[tuple[Entry, bool | None, bool, os.stat_result | None]]:
+        out: list[tuple[Entry, bool | None, bool, os.stat_result | None]] = []
+        for entry in entries:
+            try:
+                out.append((entry, *match_whole(dir_fd, entry, self._mode(entry.mode))))
+            except OSError:  # unreadable: left to a file worker, which tries again and reports it
+                out.append((entry, False, False, None))
+        return out
+
+    def _match_in_place(self, dir_fd: int, entries: list[Entry], present: dict[str, os.stat_result]) -> set[str]:
+        """With ``trust_mtime``, files found matching without a file worker: those the lstat already
+        proves (size, mtime and mode equal) and small ones, hashed. Returns their names. The others
+        are compared by the file workers."""
+        matched: set[str] = set()
+        to_hash: list[Entry] = []
+        for entry in entries:
+            st = present.get(entry.name)
+            if entry.type != FILE or not is_file(st) or st is None or st.st_size != entry.size:
+                continue
+            trusted = self.trust_mtime and st.st_mtime_ns == entry.mtime_ns
+            if trusted and stat.S_IMODE(st.st_mode) == self._mode(entry.mode):
+                matched.add(entry.name)
+                self._count_match(entry, False)
+            elif trusted or entry.size <= _COMPARE_AT_ONCE:
+                to_hash.append(entry)
+        return matched | self._compared(self._compare(dir_fd, to_hash))
+
+    def _compare(self, dir_fd: int, entries: list[Entry]) -> list[tuple[Entry, bool]]:
+        """Compare files in place with their entries: the matches (their metadata fixed) with whether
+        it was. A file that cannot be read is left to a file worker, which tries again and reports it."""
+        out: list[tuple[Entry, bool]] = []
+        for entry in entries:
+            try:
+                found = examine_file(dir_fd, entry, self._mode(entry.mode), trust_mtime=self.trust_mtime, config=None)
+            except OSError:
+                continue
+            if found.matches:
+                out.append((entry, found.meta_fixed))
+        return out
+
+    def _compared(self, results: list[tuple[Entry, bool]]) -> set[str]:
+        """Count the matches of ``_compare`` (``(entry, metadata fixed)``); their names."""
+        for entry, fixed in results:
+            self._count_match(entry, fixed)
+        return {entry.name for entry, _ in results}
+
+    def _count_match(self, entry: Entry, fixed: bool) -> None:
+        self.report.files += 1
+        self.report.bytes += entry.size
+        self.report.unchanged += 1
+        self.report.meta_fixed += fixed
+        if self.progress:
+            self.progress(self.report.files, self.report.bytes)
