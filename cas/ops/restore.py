@@ -43,10 +43,10 @@ from cas.ops.restore_delete_process import ProcessRemover
 from cas.ops.restore_entries import EntryWriting
 from cas.ops.restore_finish import DirectoryFinishing
 from cas.ops.restore_local import LocalChunks
-from cas.ops.restore_temps import temporary_tag
 from cas.ops.restore_report import Done, ProgressFn, RestoreReport
 from cas.ops.restore_state import DIR_FLAGS, Budget, DirJob, is_file
 from cas.ops.restore_survey import DestinationSurvey
+from cas.ops.restore_temps import temporary_tag
 from cas.ops.restore_write import FileWriter
 from cas.repo.reader import prefetch
 from cas.repo.repository import Repository

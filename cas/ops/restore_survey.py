@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 from cas.format.trees import FILE, Entry
 from cas.ops.restore_local import examine_file, match_whole
-from cas.ops.restore_temps import TMP_PREFIX, is_abandoned
 from cas.ops.restore_state import DirJob, RestoreState, is_file
+from cas.ops.restore_temps import TMP_PREFIX, is_abandoned
 
 #: Files in place up to this size are compared with the tree by the walk itself as it lists their
 #: directory, not by a worker: handing small files to other threads costs more than it overlaps
