@@ -7,10 +7,12 @@ the same existing directory.
     python benchmarks/incremental.py --quick                         # build a small one first
     python benchmarks/incremental.py --restic /path/to/restic --rustic /path/to/rustic
 
-For each tool: seconds (wall), bytes written (the child's write accounting, ``ru_oublock``), bytes
+Every restore runs ``--rounds`` times (3 by default), the order of the runs rotated from round to
+round, over fresh copies of the previous execution each round; medians are reported with their
+range, and ratios are of medians. For each tool: seconds (wall), bytes written (the child's write accounting, ``ru_oublock``), bytes
 fetched from the repository (cas: counted by a backend wrapper in the restoring process; restic and
 rustic: counted in a second, untimed run under ``strace`` as bytes read from files under the
-repository's ``data/``), and whether the result equals the execution (content, modes, mtimes, no
+repository's ``data/``, once), and whether the result equals the execution (content, modes, mtimes, no
 extra entries: every restore runs with its tool's delete option). The existing directory is a
 ``cp -a`` of the previous execution, the same for every tool, synced to disk before the timed run
 (as is the removal before a fresh restore). Results go to
@@ -34,9 +36,12 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -166,6 +171,41 @@ def clear(dest: Path) -> None:
     os.sync()
 
 
+@dataclass
+class Run:
+    """One timed restore: its command for a destination, and whether that holds the previous execution."""
+
+    name: str
+    command: Callable[[Path], list[str]]
+    env: dict[str, str]
+    existing: bool
+    reports: bool = False
+    """cas's child: prints its report and the bytes it fetched."""
+    version: str = ""
+    repo: Path | None = None
+    """restic's and rustic's: where the bytes read under ``data/`` count as fetched (under strace)."""
+
+
+_MEASURES = ("seconds", "cpu", "written", "restore_seconds", "fetched")
+
+
+def summarize(samples: list[dict[str, object]]) -> dict[str, object]:
+    """Medians over the rounds (with the lowest and highest), the last round's report, and
+    whether every round's result was exact."""
+    out: dict[str, object] = {"rounds": len(samples)}
+    for key in _MEASURES:
+        values = sorted(float(s[key]) for s in samples if key in s)  # type: ignore[arg-type]
+        if values:
+            out[key] = round(statistics.median(values), 2)
+            out[key + "_range"] = [round(values[0], 2), round(values[-1], 2)]
+    out["load_before"] = [s["load_before"] for s in samples]
+    bad = [str(s["result"]) for s in samples if s["result"] != "exact"]
+    out["result"] = bad[0] if bad else "exact"
+    if "report" in samples[-1]:
+        out["report"] = samples[-1]["report"]
+    return out
+
+
 def check(expected: dict[str, ms.Entry], dest: Path) -> str:
     v = ms.verify(expected, dest, check_metadata=True)
     if v.ok:
@@ -188,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-strace", action="store_true", help="do not count restic's/rustic's fetched bytes")
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--tools", default="cas,restic,rustic", help="which of cas,restic,rustic to run")
+    p.add_argument("--rounds", type=int, default=3, help="times each restore runs, the order rotated (medians reported)")
     p.add_argument("--just-copied", action="store_true",
                    help="run over a copy of the previous execution made just before each run (by default "
                         "the copies are made first and left to settle: see SettledCopies)")
@@ -212,48 +253,24 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, object]] = {}
 
     tools = set(args.tools.split(","))
-    over_existing = 3 * ("cas" in tools) + 2 * bool(args.restic and "restic" in tools) \
-        + 2 * bool(args.rustic and "rustic" in tools)
-    settled: SettledCopies | None = None
-    if not args.just_copied:
-        sys.path.insert(0, str(REPO_ROOT))
-        from cas.ops.restore_local import SETTLED_NS
-
-        log(f"copying the previous execution {over_existing} times, to settle {SETTLED_NS / 1e9 + 5:.0f} s")
-        settled = SettledCopies(previous, scratch, over_existing, SETTLED_NS / 1e9 + 5)
-
-    def over_previous(dest: Path) -> None:
-        if settled is None:
-            prepare(previous, dest)
-        else:
-            settled.take(dest)
-
-    # cas
-    env = {**os.environ, "CAS_HOME": str(scratch / "cas-home"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))}
-    repo, index = scratch / "cas-repo", f"sqlite:///{scratch / 'cas-index.sqlite'}"
-    cli = [sys.executable, "-m", "cas", "--repo", str(repo), "--index", index]
-    for label, path in (("prev", previous), ("last", last)):
-        if "cas" in tools:
+    sys.path.insert(0, str(REPO_ROOT))
+    from cas.ops.restore_local import SETTLED_NS
+    # Each tool's repository first; then the timed runs, every run once a round, the order rotated
+    # from round to round; medians (and the range) reported, ratios of medians.
+    runs: list[Run] = []
+    if "cas" in tools:
+        env = {**os.environ, "CAS_HOME": str(scratch / "cas-home"),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))}
+        repo, index = scratch / "cas-repo", f"sqlite:///{scratch / 'cas-index.sqlite'}"
+        cli = [sys.executable, "-m", "cas", "--repo", str(repo), "--index", index]
+        for label, path in (("prev", previous), ("last", last)):
             timed(f"cas-snapshot-{label}", [*cli, "snapshot", str(path), "--execution-id", label], env, logs)
-    child = [sys.executable, str(Path(__file__).resolve()), "_cas-restore", str(repo), index, "last"]
-    cases = [("cas fresh", [], False), ("cas incremental", ["--overwrite"], True),
-             ("cas incremental --trust-mtime", ["--overwrite", "--trust-mtime"], True),
-             ("cas incremental --in-place", ["--overwrite", "--in-place"], True)]
-    for name, flags, existing in cases if "cas" in tools else []:
-        dest = scratch / "dest"
-        if existing:
-            over_previous(dest)
-        else:
-            clear(dest)
-        log(f"{name} ...")
-        m = timed(name.replace(" ", "-"), [*child, str(dest), *flags], env, logs)
-        out = json.loads(str(m.pop("output")).strip().splitlines()[-1])
-        results[name] = {**m, "fetched": out["fetched"], "report": out["report"], "result": check(expected, dest),
-                         "restore_seconds": out["restore_seconds"]}
-        log(f"{name}: {results[name]}")
+        child = [sys.executable, str(Path(__file__).resolve()), "_cas-restore", str(repo), index, "last"]
+        for name, flags, existing in (("cas fresh", [], False), ("cas incremental", ["--overwrite"], True),
+                                      ("cas incremental --trust-mtime", ["--overwrite", "--trust-mtime"], True),
+                                      ("cas incremental --in-place", ["--overwrite", "--in-place"], True)):
+            runs.append(Run(name, lambda dest, flags=flags: [*child, str(dest), *flags], env, existing, reports=True))
 
-    # restic
     if args.restic and "restic" in tools:
         renv = {**os.environ, "RESTIC_REPOSITORY": str(scratch / "restic-repo"), "RESTIC_PASSWORD": PASSWORD,
                 "RESTIC_CACHE_DIR": str(scratch / "restic-cache")}
@@ -272,58 +289,70 @@ def main(argv: list[str] | None = None) -> int:
         for name, extra, existing in (("restic fresh", [], False),
                                       ("restic --overwrite if-changed", ["--overwrite", "if-changed", "--delete"], True),
                                       ("restic --overwrite always", ["--overwrite", "always", "--delete"], True)):
-            dest = scratch / "dest"
             # restic restores the backed-up absolute path under --target: restore its subtree as the root.
-            cmd = [restic, "restore", f"{ids['last']}:{last}", "--target", str(dest), *extra]
-            if existing:
-                over_previous(dest)
-            else:
-                clear(dest)
-            log(f"{name} ...")
-            m = timed(name.split()[0] + "-" + ("incremental" if existing else "fresh"), cmd, renv, logs)
-            m.pop("output")
-            results[name] = {**m, "result": check(expected, dest), "version": version}
-            if not args.no_strace and shutil.which("strace"):
-                if existing:
-                    prepare(previous, dest)
-                else:
-                    shutil.rmtree(dest)
-                results[name]["fetched"] = fetched_by_strace(cmd, renv, scratch / "restic-repo", logs, "restic")
-            log(f"{name}: {results[name]}")
+            runs.append(Run(name, lambda dest, extra=extra: [restic, "restore", f"{ids['last']}:{last}", "--target",
+                                                              str(dest), *extra],
+                            renv, existing, version=version, repo=scratch / "restic-repo"))
 
-    # rustic
     if args.rustic and "rustic" in tools:
         rust = args.rustic
-        renv = {**os.environ, "RUSTIC_REPOSITORY": str(scratch / "rustic-repo"), "RUSTIC_PASSWORD": PASSWORD,
+        uenv = {**os.environ, "RUSTIC_REPOSITORY": str(scratch / "rustic-repo"), "RUSTIC_PASSWORD": PASSWORD,
                 "RUSTIC_CACHE_DIR": str(scratch / "rustic-cache")}
-        version = subprocess.run([rust, "--version"], capture_output=True, text=True, check=True).stdout.strip()
-        timed("rustic-init", [rust, "init"], renv, logs)
+        rversion = subprocess.run([rust, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+        timed("rustic-init", [rust, "init"], uenv, logs)
         for label, path in (("prev", previous), ("last", last)):
-            timed(f"rustic-backup-{label}", [rust, "backup", "--label", label, "--as-path", "/exec", str(path)], renv, logs)
-        listing = subprocess.run([rust, "snapshots", "--json"], env=renv, capture_output=True, text=True, check=True)
+            timed(f"rustic-backup-{label}", [rust, "backup", "--label", label, "--as-path", "/exec", str(path)], uenv, logs)
+        listing = subprocess.run([rust, "snapshots", "--json"], env=uenv, capture_output=True, text=True, check=True)
         snaps = json.loads(listing.stdout)
         flat = [s for group in snaps for s in (group.get("snapshots", [group]) if isinstance(group, dict) else group[1])]
         last_id = next(s["id"] for s in flat if s.get("label") == "last")
         for name, extra, existing in (("rustic fresh", [], False),
                                       ("rustic into existing (trusts mtime)", ["--delete"], True),
                                       ("rustic into existing --verify-existing", ["--delete", "--verify-existing"], True)):
-            dest = scratch / "dest"
-            cmd = [rust, "restore", f"{last_id}:/exec", str(dest), *extra]
-            if existing:
-                over_previous(dest)
+            runs.append(Run(name, lambda dest, extra=extra: [rust, "restore", f"{last_id}:/exec", str(dest), *extra],
+                            uenv, existing, version=rversion, repo=scratch / "rustic-repo"))
+
+    existing_runs = sum(run.existing for run in runs)
+    samples: dict[str, list[dict[str, object]]] = {run.name: [] for run in runs}
+    dest = scratch / "dest"
+    for round_no in range(args.rounds):
+        settled: SettledCopies | None = None
+        if not args.just_copied and existing_runs:
+            log(f"round {round_no + 1}: copying the previous execution {existing_runs} times, to settle "
+                f"{SETTLED_NS / 1e9 + 5:.0f} s")
+            settled = SettledCopies(previous, scratch, existing_runs, SETTLED_NS / 1e9 + 5)
+        shift = round_no % len(runs)
+        for run in runs[shift:] + runs[:shift]:
+            if not run.existing:
+                clear(dest)
+            elif settled is None:
+                prepare(previous, dest)
+            else:
+                settled.take(dest)
+            log(f"round {round_no + 1}: {run.name} ...")
+            m = timed(re.sub(r"[^a-z-]+", "-", run.name), run.command(dest), run.env, logs)
+            output = str(m.pop("output"))
+            if run.reports:
+                out = json.loads(output.strip().splitlines()[-1])
+                m.update(fetched=out["fetched"], report=out["report"], restore_seconds=out["restore_seconds"])
+            m["result"] = check(expected, dest)
+            samples[run.name].append(m)
+            log(f"{run.name}: {m}")
+    clear(dest)
+
+    for run in runs:
+        results[run.name] = summarize(samples[run.name])
+        if run.version:
+            results[run.name]["version"] = run.version
+        if run.repo is not None and not args.no_strace and shutil.which("strace"):
+            # Fetched bytes of restic and rustic, counted once in an untimed run under strace.
+            if run.existing:
+                prepare(previous, dest)
             else:
                 clear(dest)
-            log(f"{name} ...")
-            m = timed(re.sub(r"[^a-z-]+", "-", name), cmd, renv, logs)
-            m.pop("output")
-            results[name] = {**m, "result": check(expected, dest), "version": version}
-            if not args.no_strace and shutil.which("strace"):
-                if existing:
-                    prepare(previous, dest)
-                else:
-                    shutil.rmtree(dest)
-                results[name]["fetched"] = fetched_by_strace(cmd, renv, scratch / "rustic-repo", logs, "rustic")
-            log(f"{name}: {results[name]}")
+            results[run.name]["fetched"] = fetched_by_strace(run.command(dest), run.env, run.repo, logs,
+                                                             run.name.split()[0])
+    clear(dest)
 
     def ratio(a: str, b: str, key: str) -> float | None:
         if a not in results or b not in results:
@@ -351,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         "cas incremental / restic always, CPU seconds": ratio("cas incremental", "restic --overwrite always", "cpu"),
     }
     goals = {k: v for k, v in goals.items() if v is not None}
-    summary = {"previous": str(previous), "last": str(last), "files": workload.executions[-1].files,
+    summary = {"previous": str(previous), "last": str(last), "files": workload.executions[-1].files, "rounds": args.rounds,
                "previous_tree": "just copied" if args.just_copied else "settled",
                "logical_bytes": workload.executions[-1].logical_bytes, "results": results, "goals": goals,
                "machine": bench.machine_info()}
@@ -376,15 +405,27 @@ def render(summary: dict[str, object]) -> str:
            "restored a while ago; cas then trusts the bytes it copies from a replaced file without reading them back)."),
         f"Machine: {summary['machine']['cpus']} CPUs, {summary['machine']['platform']}. It is shared with other jobs: the load average before each run is "  # type: ignore[index]
         "shown, and wall times vary several-fold from run to run; CPU seconds (user + system, all threads) vary less.",
+        f"Each restore ran {summary.get('rounds', 1)} times, the order of the runs rotated from round to round: "
+        "medians, with the lowest and highest in brackets; ratios are of medians.",
         "",
         "| run | seconds | restore only | CPU seconds | written MiB | fetched MiB | result | load before |",
         "|---|---:|---:|---:|---:|---:|---|---:|",
     ]
+
+    def cell(r: dict[str, object], key: str, scale: float = 1.0, digits: int = 2) -> str:
+        if key not in r:
+            return "n/a" if key == "fetched" else ""
+        value = f"{float(r[key]) / scale:.{digits}f}"  # type: ignore[arg-type]
+        spread = r.get(key + "_range")
+        if spread and spread[0] != spread[1]:  # type: ignore[index]
+            value += f" ({float(spread[0]) / scale:.{digits}f}-{float(spread[1]) / scale:.{digits}f})"  # type: ignore[index]
+        return value
+
     for name, r in summary["results"].items():  # type: ignore[attr-defined]
-        fetched = f"{r['fetched'] / mib:.1f}" if "fetched" in r else "n/a"
-        only = r.get("restore_seconds", "")
-        lines.append(f"| {name} | {r['seconds']} | {only} | {r['cpu']} | {r['written'] / mib:.1f} | {fetched} | "
-                     f"{r['result']} | {r['load_before']} |")
+        loads = r["load_before"] if isinstance(r["load_before"], list) else [r["load_before"]]
+        lines.append(f"| {name} | {cell(r, 'seconds')} | {cell(r, 'restore_seconds')} | {cell(r, 'cpu')} | "
+                     f"{cell(r, 'written', mib, 1)} | {cell(r, 'fetched', mib, 1)} | {r['result']} | "
+                     f"{', '.join(str(x) for x in loads)} |")
     lines += ["", *[f"- {k}: **{v}**" for k, v in summary["goals"].items()], ""]  # type: ignore[attr-defined]
     return "\n".join(lines)
 
