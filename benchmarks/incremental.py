@@ -8,8 +8,11 @@ the same existing directory.
     python benchmarks/incremental.py --restic /path/to/restic --rustic /path/to/rustic
 
 Every restore runs ``--rounds`` times (3 by default), the order of the runs rotated from round to
-round, over fresh copies of the previous execution each round; medians are reported with their
-range, and ratios are of medians. For each tool: seconds (wall), bytes written (the child's write accounting, ``ru_oublock``), bytes
+round (fresh restores first, then those over the previous execution), over fresh copies of the
+previous execution each round; medians are reported with their range, and ratios are of medians.
+Nothing is deleted between timed runs: ext4 allocates inodes slowly for a minute or more after
+many were deleted, which made whichever restore followed a deletion several times slower (see
+``Trash``). For each tool: seconds (wall), bytes written (the child's write accounting, ``ru_oublock``), bytes
 fetched from the repository (cas: counted by a backend wrapper in the restoring process; restic and
 rustic: counted in a second, untimed run under ``strace`` as bytes read from files under the
 repository's ``data/``, once), and whether the result equals the execution (content, modes, mtimes, no
@@ -164,6 +167,45 @@ class SettledCopies:
         os.rename(self._copies.pop(0), dest)
 
 
+class Trash:
+    """Where each run's result goes instead of being deleted between timed runs.
+
+    ext4 allocates inodes slowly for a while after many were deleted: for each candidate inode it
+    checks whether it was freed recently (``recently_deleted`` in ``fs/ext4/ialloc.c``: freed in
+    the last 60 s, or 360 s while its inode table block is dirty). A restore of 25,000 files right
+    after another's result was removed spent most of its time there (perf: ``ext4_tmpfile`` and
+    ``ext4_create`` in ``recently_deleted``; cas's fresh restore took 15 s instead of 3 s), so
+    whichever tool ran after a deletion paid for it. Results are moved here and removed together
+    before the next round, which starts once that removal is on disk and a minute old."""
+
+    QUIET_S = 65.0
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._root.mkdir(parents=True, exist_ok=True)
+        self._count = 0
+        self._emptied_at = 0.0
+
+    def put(self, path: Path) -> None:
+        if path.exists():
+            os.rename(path, self._root / str(self._count))
+            self._count += 1
+
+    def empty(self) -> None:
+        if any(self._root.iterdir()):
+            shutil.rmtree(self._root)
+            self._root.mkdir()
+            os.sync()
+            self._emptied_at = time.monotonic()
+
+    def wait_out(self) -> None:
+        """Until the last removal is :data:`QUIET_S` old."""
+        wait = self._emptied_at + self.QUIET_S - time.monotonic()
+        if self._emptied_at and wait > 0:
+            log(f"letting the last round's removal age: {wait:.0f} s")
+            time.sleep(wait)
+
+
 def clear(dest: Path) -> None:
     """No ``dest``, for a fresh restore (its removal on disk before the restore is timed)."""
     if dest.exists():
@@ -314,21 +356,28 @@ def main(argv: list[str] | None = None) -> int:
 
     existing_runs = sum(run.existing for run in runs)
     samples: dict[str, list[dict[str, object]]] = {run.name: [] for run in runs}
-    dest = scratch / "dest"
+    trash = Trash(scratch / "trash")
+    fresh, over = [run for run in runs if not run.existing], [run for run in runs if run.existing]
     for round_no in range(args.rounds):
+        # Nothing is deleted between timed runs (see Trash): last round's results go now, a minute
+        # or more before this round's first run.
+        trash.empty()
         settled: SettledCopies | None = None
         if not args.just_copied and existing_runs:
             log(f"round {round_no + 1}: copying the previous execution {existing_runs} times, to settle "
                 f"{SETTLED_NS / 1e9 + 5:.0f} s")
             settled = SettledCopies(previous, scratch, existing_runs, SETTLED_NS / 1e9 + 5)
-        shift = round_no % len(runs)
-        for run in runs[shift:] + runs[:shift]:
-            if not run.existing:
-                clear(dest)
-            elif settled is None:
-                prepare(previous, dest)
-            else:
-                settled.take(dest)
+        trash.wait_out()
+        # Fresh restores first (they delete nothing), then those over the previous execution; the
+        # order rotated within each from round to round.
+        order = [group[round_no % len(group):] + group[:round_no % len(group)] for group in (fresh, over) if group]
+        for number, run in enumerate(r for group in order for r in group):
+            dest = scratch / f"dest-{round_no}-{number}"
+            if run.existing:
+                if settled is None:
+                    prepare(previous, dest)
+                else:
+                    settled.take(dest)
             log(f"round {round_no + 1}: {run.name} ...")
             m = timed(re.sub(r"[^a-z-]+", "-", run.name), run.command(dest), run.env, logs)
             output = str(m.pop("output"))
@@ -338,7 +387,9 @@ def main(argv: list[str] | None = None) -> int:
             m["result"] = check(expected, dest)
             samples[run.name].append(m)
             log(f"{run.name}: {m}")
-    clear(dest)
+            trash.put(dest)
+    trash.empty()
+    dest = scratch / "dest"
 
     for run in runs:
         results[run.name] = summarize(samples[run.name])
@@ -406,7 +457,8 @@ def render(summary: dict[str, object]) -> str:
         f"Machine: {summary['machine']['cpus']} CPUs, {summary['machine']['platform']}. It is shared with other jobs: the load average before each run is "  # type: ignore[index]
         "shown, and wall times vary several-fold from run to run; CPU seconds (user + system, all threads) vary less.",
         f"Each restore ran {summary.get('rounds', 1)} times, the order of the runs rotated from round to round: "
-        "medians, with the lowest and highest in brackets; ratios are of medians.",
+        "medians, with the lowest and highest in brackets; ratios are of medians. Fresh restores ran first in each round, "
+        "and nothing was deleted between timed runs (ext4 creates files slowly for a minute after many were deleted).",
         "",
         "| run | seconds | restore only | CPU seconds | written MiB | fetched MiB | result | load before |",
         "|---|---:|---:|---:|---:|---:|---|---:|",
