@@ -33,6 +33,8 @@ from cas.ops.restore_delete import Remover
 _REQUEST = struct.Struct("<Q")  # + the name
 _REPLY = struct.Struct("<QqI")  # request, entries removed (or -1: failed), errno + the message
 _MAX_MESSAGE = 65536
+_IN_FLIGHT = 64
+"""Removals the child holds at once (each holds a descriptor of its directory)."""
 _CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); "
           "from cas.ops.restore_delete_process import main; raise SystemExit(main(sys.argv[2:]))")
 
@@ -43,6 +45,7 @@ class ProcessRemover:
     def __init__(self, fallback: Remover) -> None:
         self._fallback = fallback
         self._lock = threading.Lock()
+        self._sending = threading.Lock()
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
@@ -52,6 +55,11 @@ class ProcessRemover:
         self.pid: int | None = None
         """The child's process ID, once started."""
 
+    @property
+    def in_child(self) -> bool:
+        """Whether the removals so far were all made by the child (none by the fallback)."""
+        return self.pid is not None and not self._failed
+
     def submit(self, dir_fd: int, name: str) -> Future[int]:
         """Remove ``name`` from the directory (a whole subtree if it is one); ``dir_fd`` must stay
         open until the future is done. The future gives how many entries were removed."""
@@ -60,13 +68,18 @@ class ProcessRemover:
                 self._start()
             if self._failed:
                 return self._fallback.submit(dir_fd, name)
+            sock = self._sock
             number = self._next
             self._next += 1
             future: Future[int] = Future()
             self._pending[number] = (future, dir_fd, name)
-            try:
-                socket.send_fds(self._sock, [_REQUEST.pack(number) + os.fsencode(name)], [dir_fd])
-            except OSError:
+        try:
+            # Not under the lock: a send waits while the child has its fill of removals, and the
+            # replies that make room must get through meanwhile.
+            with self._sending:
+                socket.send_fds(sock, [_REQUEST.pack(number) + os.fsencode(name)], [dir_fd])
+        except OSError:
+            with self._lock:
                 self._give_up()  # the child is gone: this one and the unanswered go to the fallback
         return future
 
@@ -154,25 +167,35 @@ def _chain(source: Future[int], target: Future[int]) -> None:
 def _serve(sock: socket.socket) -> None:
     remover = Remover()
     send = threading.Lock()
+    room = threading.Semaphore(_IN_FLIGHT)  # descriptors received and not yet closed
 
-    def answer(number: int, fd: int, removal: Future[int]) -> None:
-        os.close(fd)
-        error = removal.exception()
+    def reply(number: int, error: BaseException | None, removed: int = 0) -> None:
         if error is None:
-            reply = _REPLY.pack(number, removal.result(), 0)
+            message = _REPLY.pack(number, removed, 0)
         else:
             code = error.errno if isinstance(error, OSError) and error.errno else errno.EIO
             text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            reply = _REPLY.pack(number, -1, code) + text.encode("utf-8", "replace")[:4096]
+            message = _REPLY.pack(number, -1, code) + text.encode("utf-8", "replace")[:4096]
         with send:
-            sock.send(reply)
+            sock.send(message)
+
+    def answer(number: int, fd: int, removal: Future[int]) -> None:
+        os.close(fd)
+        room.release()
+        error = removal.exception()
+        reply(number, error, 0 if error is not None else removal.result())
 
     try:
         while True:
+            room.acquire()  # so the requests past that wait in the socket, not as open descriptors here
             message, fds, _flags, _address = socket.recv_fds(sock, _MAX_MESSAGE, 1)
             if not message:
                 break  # the restore closed its end: nothing more will come
             number, = _REQUEST.unpack_from(message)
+            if not fds:  # the kernel could not give us the descriptor (EMFILE): say so, go on
+                room.release()
+                reply(number, OSError(errno.EMFILE, os.strerror(errno.EMFILE)))
+                continue
             removal = remover.submit(fds[0], os.fsdecode(message[_REQUEST.size:]))
             removal.add_done_callback(lambda f, n=number, fd=fds[0]: answer(n, fd, f))
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -41,7 +42,7 @@ def test_a_child_process_removes_what_it_is_sent_and_counts_it(tmp_path: Path) -
         futures = [removals.submit(fd, f"victim{k}") for k in range(3)] + [removals.submit(fd, "file")]
         futures.append(removals.submit(fd, "absent"))
         assert [f.result(timeout=60) for f in futures] == [*expected, 1, 0]
-        assert removals.pid is not None and removals.pid != os.getpid()
+        assert removals.in_child and removals.pid != os.getpid()
     finally:
         removals.close()
         fallback.close()
@@ -128,3 +129,29 @@ def test_without_a_child_the_removals_run_here(tmp_path: Path, monkeypatch: pyte
         fallback.close()
         os.close(fd)
     assert os.listdir(tmp_path) == []
+
+
+def test_more_removals_than_the_child_may_hold_descriptors_for(tmp_path: Path) -> None:
+    """Each removal sent carries a descriptor that the child holds until it is done: thousands of
+    names sent at once must wait in the socket, not make the child run out of descriptors (it
+    would then fail and leave the work to the fallback)."""
+    victim = tmp_path / "many"
+    victim.mkdir()
+    names = [f"f{i}" for i in range(3000)]
+    for name in names:
+        (victim / name).write_bytes(b"")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))  # the child inherits it
+    fallback = Remover()
+    removals = ProcessRemover(fallback)
+    fd = _open(victim)
+    try:
+        futures = [removals.submit(fd, name) for name in names]
+        assert sum(f.result(timeout=120) for f in futures) == len(names)
+        assert removals.in_child
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        removals.close()
+        fallback.close()
+        os.close(fd)
+    assert os.listdir(victim) == []
