@@ -1,4 +1,4 @@
-"""cas.ops.restore_delete_process: removals made by a child process, on a real file system, with
+"""cas.ops.restore.delete_process: removals made by a child process, on a real file system, with
 the threads of this process taking over whatever the child leaves unanswered."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cas.ops.restore_delete import Remover
-from cas.ops.restore_delete_process import ProcessRemover
-from cas.ops.restore_temps import TMP_PREFIX, temporary_tag
+from cas.ops.restore.delete import Remover
+from cas.ops.restore.delete_process import ProcessRemover
+from cas.ops.restore.temps import TMP_PREFIX, temporary_tag
 
 
 def _tree(root: Path, width: int = 40, files: int = 25) -> int:
