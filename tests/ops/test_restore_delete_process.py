@@ -42,6 +42,7 @@ def test_a_child_process_removes_what_it_is_sent_and_counts_it(tmp_path: Path) -
         futures.append(removals.submit(fd, "absent"))
         assert [f.result(timeout=60) for f in futures] == [*expected, 1, 0]
         assert removals.pid is not None and removals.pid != os.getpid()
+        assert not removals._failed  # answered by the child: it started and imported its module
     finally:
         removals.close()
         fallback.close()

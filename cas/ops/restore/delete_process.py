@@ -92,7 +92,7 @@ class ProcessRemover:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # This process's cas, whatever the working directory holds (-I: no script directory, no
         # PYTHON* variables, no user site on the path; the package's own root first).
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
         try:
             with theirs:
                 self._proc = subprocess.Popen(
