@@ -28,7 +28,7 @@ _LAZY = {
     "Change": "cas.ops.browse",
     "GcReport": "cas.ops.gc",
     "RepairReport": "cas.ops.repair",
-    "RestoreReport": "cas.ops.restore_report",
+    "RestoreReport": "cas.ops.restore.report",
     "SnapshotFilter": "cas.ops.snapshot_filter",
     "TreeFilter": "cas.ops.tree_filter",
     "RebuildReport": "cas.ops.sync",
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from cas.ops.browse import Change
     from cas.ops.gc import GcReport
     from cas.ops.repair import RepairReport
-    from cas.ops.restore_report import RestoreReport
+    from cas.ops.restore.report import RestoreReport
     from cas.ops.snapshot_filter import SnapshotFilter
     from cas.ops.sync import RebuildReport
     from cas.ops.tree_filter import TreeFilter

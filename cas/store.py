@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from cas.ops.copy import CopyReport, ProgressFn as CopyProgressFn
     from cas.ops.prefetch import PrefetchReport
     from cas.ops.repair import RepairReport
-    from cas.ops.restore_report import RestoreReport
+    from cas.ops.restore.report import RestoreReport
     from cas.ops.snapshot_filter import SnapshotFilter
     from cas.ops.sync import RebuildReport
     from cas.ops.tree_builder import ProgressFn
@@ -359,8 +359,8 @@ class Store:
 
         Raises :class:`PartialRestore` listing what could not be restored, after restoring everything else.
         """
-        from cas.ops.restore import Restorer
-        from cas.ops.restore_report import failure_error
+        from cas.ops.restore.report import failure_error
+        from cas.ops.restore.walk import Restorer
 
         snap = self.get(execution_id)
         entry = self.entry(execution_id, path or "")

@@ -133,7 +133,7 @@ class TreeRules:
 
     def predicate(self, repo: TreeSource, top: Sequence[Entry], base: str, base_included: bool
                   ) -> Callable[[str, Entry], bool]:
-        """For :class:`~cas.ops.restore.Restorer`: whether to restore an entry, given its path
+        """For :class:`~cas.ops.restore.walk.Restorer`: whether to restore an entry, given its path
         relative to the destination. ``top`` are the entries restored into the destination and
         ``base`` (``''`` or ending in ``/``) their directory's path in the snapshot, which
         ``base_included`` says was included. The restorer asks about a directory's entries when it

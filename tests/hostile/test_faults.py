@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-import cas.ops.restore_write
+import cas.ops.restore.write
 from backends.base import Backend, Capabilities, ObjectInfo
 from backends.faulty import FaultyBackend
 from backends.local import LocalBackend
@@ -373,7 +373,7 @@ def test_disk_full_during_restore_on_a_real_small_filesystem(
 
 
 class _OsWithFullDisk(ModuleType):
-    """``os`` as cas.ops.restore_write sees it, except that writes fail with ENOSPC after ``budget`` bytes."""
+    """``os`` as cas.ops.restore.write sees it, except that writes fail with ENOSPC after ``budget`` bytes."""
 
     def __init__(self, budget: int) -> None:
         super().__init__("os")
@@ -401,7 +401,7 @@ def test_disk_full_during_restore_injected(
 ) -> None:
     source = big_project(tmp_path)
     store.snapshot(source, "run-1")
-    monkeypatch.setattr(cas.ops.restore_write, "os", _OsWithFullDisk(budget))
+    monkeypatch.setattr(cas.ops.restore.write, "os", _OsWithFullDisk(budget))
     dest = tmp_path / "dest"
     with pytest.raises(CasError) as caught:
         store.restore("run-1", dest)

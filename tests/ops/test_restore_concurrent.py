@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cas import Store
-from cas.ops.restore_temps import TMP_PREFIX, temporary_tag
+from cas.ops.restore.temps import TMP_PREFIX, temporary_tag
 from tests.engine import cas_home, store  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +53,7 @@ def _versions(tmp_path: Path, store: Store, same_sizes: bool = False) -> dict[st
 
 #: The CLI as a file system without O_TMPFILE sees it: every file is written under a temporary name.
 _NAMED_TEMPORARIES = (
-    "import sys, cas.ops.restore_write as r; r.HAS_TMPFILE[0] = False; from cas.cli import main; sys.exit(main())"
+    "import sys, cas.ops.restore.write as r; r.HAS_TMPFILE[0] = False; from cas.cli import main; sys.exit(main())"
 )
 
 

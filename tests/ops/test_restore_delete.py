@@ -1,4 +1,4 @@
-"""cas.ops.restore_delete: subtrees removed by a pool of threads, on a real file system."""
+"""cas.ops.restore.delete: subtrees removed by a pool of threads, on a real file system."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from cas.ops import restore_delete
-from cas.ops.restore_delete import Remover
-from cas.ops.restore_temps import TMP_PREFIX, temporary_tag
+from cas.ops.restore import delete as restore_delete
+from cas.ops.restore.delete import Remover
+from cas.ops.restore.temps import TMP_PREFIX, temporary_tag
 
 
 def _count(root: Path) -> int:

@@ -1,4 +1,4 @@
-"""cas.ops.restore_delete_process: removals made by a child process, on a real file system, with
+"""cas.ops.restore.delete_process: removals made by a child process, on a real file system, with
 the threads of this process taking over whatever the child leaves unanswered."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cas.ops.restore_delete import Remover
-from cas.ops.restore_delete_process import ProcessRemover
-from cas.ops.restore_temps import TMP_PREFIX, temporary_tag
+from cas.ops.restore.delete import Remover
+from cas.ops.restore.delete_process import ProcessRemover
+from cas.ops.restore.temps import TMP_PREFIX, temporary_tag
 
 
 def _tree(root: Path, width: int = 40, files: int = 25) -> int:
@@ -42,7 +42,7 @@ def test_a_child_process_removes_what_it_is_sent_and_counts_it(tmp_path: Path) -
         futures = [removals.submit(fd, f"victim{k}") for k in range(3)] + [removals.submit(fd, "file")]
         futures.append(removals.submit(fd, "absent"))
         assert [f.result(timeout=60) for f in futures] == [*expected, 1, 0]
-        assert removals.in_child and removals.pid != os.getpid()
+        assert removals.in_child and removals.pid != os.getpid()  # the child started and imported its module
     finally:
         removals.close()
         fallback.close()

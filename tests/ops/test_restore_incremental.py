@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from backends.local import LocalBackend
 from cas import Store
 from cas.errors import AlreadyExists, PartialRestore
-from cas.ops import restore as restore_module
-from cas.ops import restore_finish, restore_local, restore_write
+from cas.ops.restore import walk as restore_walk
+from cas.ops.restore import finish as restore_finish, local as restore_local, write as restore_write
 from cas.format.hashing import hexdigest
 from cas.format.trees import FILE, Entry
 from tests.engine import SMALL_CHUNKS, cas_home, store  # noqa: F401
@@ -181,8 +181,8 @@ def test_random_tree_over_another_with_the_walks_bounds_at_their_smallest(
     work = tempfile.mkdtemp()
     try:
         with pytest.MonkeyPatch.context() as mp:
-            for module, name, value in ((restore_module, "_LOOK_AHEAD", 1), (restore_module, "_OPEN_DIRS", 1),
-                                        (restore_finish, "_OPEN_REMOVING", 1), (restore_module, "_OPEN_ANCESTORS", 2)):
+            for module, name, value in ((restore_walk, "_LOOK_AHEAD", 1), (restore_walk, "_OPEN_DIRS", 1),
+                                        (restore_finish, "_OPEN_REMOVING", 1), (restore_walk, "_OPEN_ANCESTORS", 2)):
                 mp.setattr(module, name, value)
             src, dest, execution_id = _execution_over(store, work, before, after, times)
             old, new = describe(dest), describe(src)
@@ -201,12 +201,12 @@ def test_wide_and_deep_tree_with_subtrees_to_delete_everywhere(store: Store, tmp
     and every directory ends with the execution's mtime (set after its removals)."""
     src, dest = tmp_path / "src", tmp_path / "dest"
     deep = src / "deep"
-    for i in range(restore_module._OPEN_ANCESTORS + 10):
+    for i in range(restore_walk._OPEN_ANCESTORS + 10):
         deep = deep / f"d{i}"
         (deep.parent / f"f{i}").parent.mkdir(parents=True, exist_ok=True)
         (deep.parent / f"f{i}").write_text(f"file {i}")
     deep.mkdir(parents=True)
-    for i in range(restore_module._LOOK_AHEAD * 3):
+    for i in range(restore_walk._LOOK_AHEAD * 3):
         sub = src / "wide" / f"w{i:03d}" / "inner"
         sub.mkdir(parents=True)
         (sub / "kept").write_text(f"kept {i}")
@@ -219,7 +219,7 @@ def test_wide_and_deep_tree_with_subtrees_to_delete_everywhere(store: Store, tmp
     store.snapshot(src, "v2")
     shutil.copytree(src, dest, symlinks=True)
     unwanted = 0
-    for i in range(0, restore_module._LOOK_AHEAD * 3, 2):
+    for i in range(0, restore_walk._LOOK_AHEAD * 3, 2):
         (tmp_path / "dest" / "wide" / f"w{i:03d}" / "changed").write_text(f"old {i}")
         gone = dest / "wide" / f"w{i:03d}" / "inner" / "gone"
         for j in range(20):
@@ -231,7 +231,7 @@ def test_wide_and_deep_tree_with_subtrees_to_delete_everywhere(store: Store, tmp
     report = store.restore("v2", dest, overwrite=True, delete=True)
     assert describe(str(dest)) == describe(str(src))
     assert report.deleted == unwanted
-    assert report.written == restore_module._LOOK_AHEAD * 3 // 2
+    assert report.written == restore_walk._LOOK_AHEAD * 3 // 2
 
 
 def _all_names(root: str) -> list[str]:
@@ -357,13 +357,13 @@ def test_small_files_not_in_memory_are_compared_on_threads(
     reads overlapping: the matches are left, the edits written, and the end is exact."""
     store, backend = _counting_store(tmp_path)
     compared: list[int] = []
-    real = restore_module.Restorer._compare_files
+    real = restore_walk.Restorer._compare_files
 
-    def counting(self: restore_module.Restorer, dir_fd: int, entries: list) -> list:  # type: ignore[type-arg]
+    def counting(self: restore_walk.Restorer, dir_fd: int, entries: list) -> list:  # type: ignore[type-arg]
         compared.append(len(entries))
         return real(self, dir_fd, entries)
 
-    monkeypatch.setattr(restore_module.Restorer, "_compare_files", counting)
+    monkeypatch.setattr(restore_walk.Restorer, "_compare_files", counting)
     with store:
         src, dest = tmp_path / "src", tmp_path / "dest"
         (src / "sub").mkdir(parents=True)

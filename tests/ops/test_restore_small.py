@@ -15,10 +15,10 @@ import pytest
 
 from cas import Store
 from cas.errors import PartialRestore
-from cas.ops import restore as restore_module
-from cas.ops import restore_state, restore_write
-from cas.ops.restore_temps import TMP_PREFIX
-from cas.ops.restore_write import FileWriter
+from cas.ops.restore import walk as restore_walk
+from cas.ops.restore import state as restore_state, write as restore_write
+from cas.ops.restore.temps import TMP_PREFIX
+from cas.ops.restore.write import FileWriter
 from tests.engine import cas_home  # noqa: F401
 from tests.treeutil import describe
 
@@ -26,7 +26,7 @@ _COUNTED = {"open", "write", "utime", "link", "rename", "close", "fchmod", "ftru
 
 
 class _CountingOs:
-    """``os`` as :mod:`cas.ops.restore_write` sees it, recording the calls it makes and by which thread."""
+    """``os`` as :mod:`cas.ops.restore.write` sees it, recording the calls it makes and by which thread."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, tuple[object, ...]]] = []
@@ -81,7 +81,7 @@ def test_small_files_take_one_create_write_utime_link_close_each(
     old_umask = os.umask(0o022)
     try:
         src, dest = tmp_path / "src", tmp_path / "dest"
-        n = _small_tree(src, dirs=5, per_dir=restore_module._WHOLE_INLINE + 8, mode=lambda i: (0o644, 0o755, 0o600, 0o4755)[i % 4])
+        n = _small_tree(src, dirs=5, per_dir=restore_walk._WHOLE_INLINE + 8, mode=lambda i: (0o644, 0o755, 0o600, 0o4755)[i % 4])
         plain_store.snapshot(src, "v1")
         report = plain_store.restore("v1", dest)
     finally:
@@ -99,7 +99,7 @@ def test_small_files_take_one_create_write_utime_link_close_each(
     assert counts["fchmod"] == counts["ftruncate"] == counts["lseek"] == counts["pwrite"] == counts["fstat"] == 0
     # Every call on the small-file threads, each directory's files named by one thread.
     threads = {thread for _, thread, _ in counting_os.calls}
-    assert len(threads) <= restore_module._WHOLE_THREADS
+    assert len(threads) <= restore_walk._WHOLE_THREADS
     assert all(t.startswith("cas-restore-whole") for t in threads)
     writers: dict[str, set[str]] = {}
     for name, thread, args in counting_os.calls:
@@ -212,10 +212,10 @@ def test_small_files_fetched_ahead_stay_within_the_budget(
     """With a budget of one directory's data, the walk never holds two directories' small files
     that are not written yet (it waits for the writers), and the result is whole."""
     src, dest = tmp_path / "src", tmp_path / "dest"
-    _small_tree(src, dirs=6, per_dir=restore_module._WHOLE_INLINE + 8)  # written on the writer threads
+    _small_tree(src, dirs=6, per_dir=restore_walk._WHOLE_INLINE + 8)  # written on the writer threads
     plain_store.snapshot(src, "v1")
     per_dir = max(sum(p.stat().st_size for p in (src / f"d{d}").iterdir()) for d in range(6))
-    monkeypatch.setattr(restore_module, "_FETCHED_AHEAD", per_dir)
+    monkeypatch.setattr(restore_walk, "_FETCHED_AHEAD", per_dir)
     most = [0]
     real_take = restore_state.Budget.take
 
@@ -235,7 +235,7 @@ def test_a_few_small_files_are_written_by_the_walk_itself(
 ) -> None:
     """Directories with few small files (a package's, typically) are not handed to another thread."""
     src, dest = tmp_path / "src", tmp_path / "dest"
-    n = _small_tree(src, dirs=4, per_dir=restore_module._WHOLE_INLINE)
+    n = _small_tree(src, dirs=4, per_dir=restore_walk._WHOLE_INLINE)
     plain_store.snapshot(src, "v1")
     plain_store.restore("v1", dest)
     assert describe(str(dest)) == describe(str(src))

@@ -1,4 +1,4 @@
-"""cas.ops.restore_write: one file written from chunk bytes and ranges of the file it replaces,
+"""cas.ops.restore.write: one file written from chunk bytes and ranges of the file it replaces,
 checked whole, on a real file system."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 from cas.errors import IntegrityError
 from cas.format.hashing import hexdigest
 from cas.format.trees import FILE, Entry
-from cas.ops import restore_local, restore_write
-from cas.ops.restore_local import Span, examine_file, identity
-from cas.ops.restore_write import FileWriter, write_content
+from cas.ops.restore import local as restore_local, write as restore_write
+from cas.ops.restore.local import Span, examine_file, identity
+from cas.ops.restore.write import FileWriter, write_content
 from tests.oswrap import CountingPread
 
 

@@ -1,9 +1,9 @@
-"""The state one restore's parts share: the walk (:mod:`cas.ops.restore`), the survey of what the
-destination holds (:mod:`cas.ops.restore_survey`), the writing of entries
-(:mod:`cas.ops.restore_entries`) and the finishing of directories (:mod:`cas.ops.restore_finish`).
+"""The state one restore's parts share: the walk (:mod:`cas.ops.restore.walk`), the survey of what the
+destination holds (:mod:`cas.ops.restore.survey`), the writing of entries
+(:mod:`cas.ops.restore.entries`) and the finishing of directories (:mod:`cas.ops.restore.finish`).
 
 :class:`RestoreState` declares the options, counters, pools and queues that
-:class:`~cas.ops.restore.Restorer` sets up, and the few steps every part takes: a mode as it is
+:class:`~cas.ops.restore.walk.Restorer` sets up, and the few steps every part takes: a mode as it is
 applied, a failure recorded (or the restore stopped), an entry removed. :class:`DirJob` is a
 directory being restored; :class:`Budget` bounds the bytes fetched ahead of the small-file writers.
 """
@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 from cas.errors import CasError, Unavailable
 from cas.format.trees import Entry
-from cas.ops.restore_delete import Remover
-from cas.ops.restore_delete_process import ProcessRemover
-from cas.ops.restore_local import LocalChunks
-from cas.ops.restore_report import Done, ProgressFn, RestoreReport
-from cas.ops.restore_write import FATAL_ERRNOS, FileWriter
+from cas.ops.restore.delete import Remover
+from cas.ops.restore.delete_process import ProcessRemover
+from cas.ops.restore.local import LocalChunks
+from cas.ops.restore.report import Done, ProgressFn, RestoreReport
+from cas.ops.restore.write import FATAL_ERRNOS, FileWriter
 from cas.repo.repository import Repository
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -71,7 +71,7 @@ class Budget:
 
 
 class RestoreState:
-    """What the parts of a restore share; set up by :class:`~cas.ops.restore.Restorer` (its ``__init__``)."""
+    """What the parts of a restore share; set up by :class:`~cas.ops.restore.walk.Restorer` (its ``__init__``)."""
 
     repo: Repository
     select: Callable[[str, Entry], bool] | None
@@ -85,10 +85,10 @@ class RestoreState:
     _pool: ThreadPoolExecutor
     """The file workers."""
     _whole_pool: ThreadPoolExecutor
-    """The writers of small files fetched whole (see ``restore_entries``)."""
+    """The writers of small files fetched whole (see ``entries``)."""
     _budget: Budget
     _comparers: ThreadPoolExecutor | None
-    """The comparers of files not in memory (see ``restore_survey``), started when first needed."""
+    """The comparers of files not in memory (see ``survey``), started when first needed."""
     _jobs: deque[DirJob]
     """Directories queued to be finished, oldest first."""
     _removing: deque[DirJob]

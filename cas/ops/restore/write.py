@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable
 from cas.errors import AlreadyExists, IntegrityError
 from cas.format.hashing import hexdigest, new_hasher
 from cas.format.trees import Entry
-from cas.ops.restore_local import Span, identity
-from cas.ops.restore_temps import TMP_PREFIX
+from cas.ops.restore.local import Span, identity
+from cas.ops.restore.temps import TMP_PREFIX
 
 #: Read and write: a file built partly by copying ranges in the kernel is read back to be checked.
 _FILE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)

@@ -15,8 +15,8 @@ import os
 import stat
 
 from cas.errors import CasError, Unavailable
-from cas.ops.restore_report import Done
-from cas.ops.restore_state import DIR_FLAGS, DirJob, RestoreState
+from cas.ops.restore.report import Done
+from cas.ops.restore.state import DIR_FLAGS, DirJob, RestoreState
 
 #: Directories kept open past their turn to be finished because removals in them still run.
 _OPEN_REMOVING = 64

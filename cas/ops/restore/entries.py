@@ -1,10 +1,10 @@
 """Restoring the entries of one directory: a directory made, a symlink made (or found equal), and a
 file written, found matching, or patched in place.
 
-A file is examined first if something is in its place (see :mod:`cas.ops.restore_local`): a match is
+A file is examined first if something is in its place (see :mod:`cas.ops.restore.local`): a match is
 left as it is (its metadata fixed); with ``in_place``, a file holding at least half of the new
 chunks at their offsets is patched where it is; otherwise the file is written anew
-(:mod:`cas.ops.restore_write`), its content taken from the file it replaces and from chunks already
+(:mod:`cas.ops.restore.write`), its content taken from the file it replaces and from chunks already
 in the destination where it can, fetched where not. Small files already fetched are written several
 to a task (:meth:`EntryWriting._batch`), and those whose content is one chunk, with nothing in their
 place, with the fewest calls each (:meth:`EntryWriting._write_whole`). Each file's failure is its
@@ -22,10 +22,10 @@ from dataclasses import replace
 from cas.errors import AlreadyExists, CasError, IntegrityError
 from cas.format.hashing import hexdigest
 from cas.format.trees import Entry
-from cas.ops.restore_local import FileChangedError, OldFile, TaskView, content, examine_file, patch_in_place
-from cas.ops.restore_report import Done
-from cas.ops.restore_state import RestoreState, is_file
-from cas.ops.restore_write import (
+from cas.ops.restore.local import FileChangedError, OldFile, TaskView, content, examine_file, patch_in_place
+from cas.ops.restore.report import Done
+from cas.ops.restore.state import RestoreState, is_file
+from cas.ops.restore.write import (
     PREALLOCATE_FROM,
     has_zero_runs,
     place,

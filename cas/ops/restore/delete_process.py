@@ -6,7 +6,7 @@ walk does: the walk waited for them. Restoring the benchmark's second execution 
 ``delete``: 1.3-1.8 s of restore with ``deps/cfnlint`` (8,305 entries) to remove, 0.8-1.0 s with it
 removed beforehand. So a child process makes them: :class:`ProcessRemover` sends it a directory's
 descriptor (``SCM_RIGHTS`` over a Unix socket) and a name, and the child removes that entry with a
-:class:`~cas.ops.restore_delete.Remover` of its own and answers how many entries it removed, or the
+:class:`~cas.ops.restore.delete.Remover` of its own and answers how many entries it removed, or the
 error. The rules are the remover's: nothing is followed through a symlink, nothing outside the
 directory given is touched, live restores' temporaries are left.
 
@@ -28,7 +28,8 @@ import sys
 import threading
 from concurrent.futures import Future
 
-from cas.ops.restore_delete import Remover
+import cas
+from cas.ops.restore.delete import Remover
 
 _REQUEST = struct.Struct("<Q")  # + the name
 _REPLY = struct.Struct("<QqI")  # request, entries removed (or -1: failed), errno + the message
@@ -36,11 +37,11 @@ _MAX_MESSAGE = 65536
 _IN_FLIGHT = 64
 """Removals the child holds at once (each holds a descriptor of its directory)."""
 _CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); "
-          "from cas.ops.restore_delete_process import main; raise SystemExit(main(sys.argv[2:]))")
+          "from cas.ops.restore.delete_process import main; raise SystemExit(main(sys.argv[2:]))")
 
 
 class ProcessRemover:
-    """:meth:`Remover.submit <cas.ops.restore_delete.Remover.submit>` made by a child process."""
+    """:meth:`Remover.submit <cas.ops.restore.delete.Remover.submit>` made by a child process."""
 
     def __init__(self, fallback: Remover) -> None:
         self._fallback = fallback
@@ -105,7 +106,7 @@ class ProcessRemover:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # This process's cas, whatever the working directory holds (-I: no script directory, no
         # PYTHON* variables, no user site on the path; the package's own root first).
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(cas.__file__)))
         try:
             with theirs:
                 self._proc = subprocess.Popen(

@@ -14,16 +14,16 @@ Directory modes and times are applied after their contents. setuid/setgid bits a
 asked for. Files are written by a small thread pool.
 
 With ``overwrite`` the restore is incremental: what already matches the tree is left as it is (see
-:mod:`cas.ops.restore_local` for when a file matches and which local chunks are reused), only what
+:mod:`cas.ops.restore.local` for when a file matches and which local chunks are reused), only what
 differs is written, and with ``delete`` what the tree lacks is removed. Concurrent restores into one
 destination each write whole files under names no other restore removes; the last rename wins.
 
 This module holds :class:`Restorer` and its walk: the destination opened, the tree walked directory
 by directory, and each directory's entries dispatched. Its parts live beside it, one job each:
-:mod:`cas.ops.restore_survey` (what a directory already holds, with ``overwrite``),
-:mod:`cas.ops.restore_entries` (an entry made or a file written), :mod:`cas.ops.restore_finish`
-(directories finished: files awaited, mode and mtime applied), over :mod:`cas.ops.restore_state`
-(what they share) and :mod:`cas.ops.restore_report` (what a restore returns).
+:mod:`cas.ops.restore.survey` (what a directory already holds, with ``overwrite``),
+:mod:`cas.ops.restore.entries` (an entry made or a file written), :mod:`cas.ops.restore.finish`
+(directories finished: files awaited, mode and mtime applied), over :mod:`cas.ops.restore.state`
+(what they share) and :mod:`cas.ops.restore.report` (what a restore returns).
 """
 
 from __future__ import annotations
@@ -38,16 +38,16 @@ from dataclasses import dataclass, field
 
 from cas.errors import AlreadyExists, CasError, ConfigurationError
 from cas.format.trees import DIR, FILE, SYMLINK, Entry
-from cas.ops.restore_delete import Remover
-from cas.ops.restore_delete_process import ProcessRemover
-from cas.ops.restore_entries import EntryWriting
-from cas.ops.restore_finish import DirectoryFinishing
-from cas.ops.restore_local import LocalChunks
-from cas.ops.restore_report import Done, ProgressFn, RestoreReport
-from cas.ops.restore_state import DIR_FLAGS, Budget, DirJob, is_file
-from cas.ops.restore_survey import DestinationSurvey
-from cas.ops.restore_temps import temporary_tag
-from cas.ops.restore_write import FileWriter
+from cas.ops.restore.delete import Remover
+from cas.ops.restore.delete_process import ProcessRemover
+from cas.ops.restore.entries import EntryWriting
+from cas.ops.restore.finish import DirectoryFinishing
+from cas.ops.restore.local import LocalChunks
+from cas.ops.restore.report import Done, ProgressFn, RestoreReport
+from cas.ops.restore.state import DIR_FLAGS, Budget, DirJob, is_file
+from cas.ops.restore.survey import DestinationSurvey
+from cas.ops.restore.temps import temporary_tag
+from cas.ops.restore.write import FileWriter
 from cas.repo.reader import prefetch
 from cas.repo.repository import Repository
 from cas.types import BlobLocation
@@ -93,7 +93,7 @@ class _Level:
 class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
     """One restore into one destination: its options and its walk. The parts it inherits (the
     survey, the writing of entries, the finishing of directories) act on the state set up here
-    (declared by :class:`~cas.ops.restore_state.RestoreState`)."""
+    (declared by :class:`~cas.ops.restore.state.RestoreState`)."""
 
     def __init__(
         self,

@@ -16,7 +16,7 @@ destination are reused too, read and hashed again. A file changing under the res
 fetch, never a wrong byte. :func:`patch_in_place`
 writes only the differing chunks into the file itself (the restore's ``in_place`` option).
 
-Whose temporaries are whose is :mod:`cas.ops.restore_temps`'s.
+Whose temporaries are whose is :mod:`cas.ops.restore.temps`'s.
 """
 
 from __future__ import annotations
@@ -449,7 +449,7 @@ def content(
     """A file's chunks in order: a :class:`Span` where the file being replaced (an
     :class:`OldFile` among ``sources``) holds it, else verified bytes read from the first other
     source that holds it, else from the repository. Adds the bytes taken from ``sources`` to
-    ``reused[0]``. The whole is checked by the writer (``restore_write.write_content``)."""
+    ``reused[0]``. The whole is checked by the writer (``write.write_content``)."""
     remote: list[str] = []
 
     def fetch() -> Iterator[bytes]:

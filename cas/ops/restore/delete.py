@@ -22,7 +22,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from cas.ops.restore_temps import TMP_PREFIX, is_abandoned
+from cas.ops.restore.temps import TMP_PREFIX, is_abandoned
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 #: Threads making the calls; names unlinked per call to the pool.

@@ -6,7 +6,7 @@ place are compared with their entries there and then (or, when their content is 
 comparer threads of their own, their disk reads overlapping); with ``trust_mtime`` a file whose
 lstat shows the entry's size, mtime and mode is taken as matching unread
 (:meth:`DestinationSurvey._match_in_place`). A match is counted here and never reaches a file
-worker. When a file matches is :mod:`cas.ops.restore_local`'s to say (``match_whole``,
+worker. When a file matches is :mod:`cas.ops.restore.local`'s to say (``match_whole``,
 ``examine_file``).
 """
 
@@ -17,9 +17,9 @@ import stat
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from cas.format.trees import FILE, Entry
-from cas.ops.restore_local import examine_file, match_whole
-from cas.ops.restore_state import DirJob, RestoreState, is_file
-from cas.ops.restore_temps import TMP_PREFIX, is_abandoned
+from cas.ops.restore.local import examine_file, match_whole
+from cas.ops.restore.state import DirJob, RestoreState, is_file
+from cas.ops.restore.temps import TMP_PREFIX, is_abandoned
 
 #: Files in place up to this size are compared with the tree by the walk itself as it lists their
 #: directory, not by a worker: handing small files to other threads costs more than it overlaps

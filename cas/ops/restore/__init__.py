@@ -1,0 +1,19 @@
+"""Restoring a stored tree to disk, one module per job:
+
+* :mod:`~cas.ops.restore.walk`: :class:`~cas.ops.restore.walk.Restorer`, the destination opened and
+  the tree walked directory by directory (how the restore stays inside the destination is told there);
+* :mod:`~cas.ops.restore.survey`: what a directory of the destination already holds (``overwrite``);
+* :mod:`~cas.ops.restore.entries`: a directory or symlink made, a file written, found matching or
+  patched in place;
+* :mod:`~cas.ops.restore.finish`: directories finished, their files awaited, mode and mtime applied;
+* :mod:`~cas.ops.restore.state`: what those parts share;
+* :mod:`~cas.ops.restore.report`: what a restore returns (:class:`~cas.ops.restore.report.RestoreReport`);
+* :mod:`~cas.ops.restore.write`: one file created, filled, checked and named;
+* :mod:`~cas.ops.restore.local`: when a file in place matches its entry, and the chunks it gives up;
+* :mod:`~cas.ops.restore.temps`: whose temporaries are whose;
+* :mod:`~cas.ops.restore.delete`: removing what the tree lacks, on a pool of threads;
+* :mod:`~cas.ops.restore.delete_process`: those removals made by a child process.
+
+Nothing is imported here: callers import from the modules, so the remover's child process
+(:mod:`~cas.ops.restore.delete_process`) loads only what it uses, and never SQLAlchemy.
+"""
