@@ -27,8 +27,8 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import Future
+from pathlib import Path
 
-import cas
 from cas.ops.restore.delete import Remover
 
 _REQUEST = struct.Struct("<Q")  # + the name
@@ -106,7 +106,7 @@ class ProcessRemover:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # This process's cas, whatever the working directory holds (-I: no script directory, no
         # PYTHON* variables, no user site on the path; the package's own root first).
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(cas.__file__)))
+        package_root = str(Path(__file__).resolve().parents[__name__.count(".")])  # above cas/, at any depth
         try:
             with theirs:
                 self._proc = subprocess.Popen(
