@@ -3,11 +3,12 @@
 The walk (:mod:`cas.ops.tree_builder`) hands each name of a directory to :meth:`EntryReader.entry`
 in name order. The name is stat'ed without following symlinks; then, in turn: a directory at the
 delegation's depth is handed back to the walk for a worker (:data:`DELEGATE`); the
-:class:`~cas.ops.snapshot_filter.WalkFilter` may leave it out (never opened or read) or store a
-directory on another file system empty; a regular file the files cache vouches for is taken from
-it; any other regular file is read (:class:`~cas.ops.file_reader.FileReader`); a symlink's target
-is read; a directory is opened and returned (:class:`Subdir`) for the walk to enter; a FIFO,
-socket or device is skipped with a warning.
+:class:`~cas.ops.snapshot_filter.WalkFilter` may leave it out (never opened or read) or have a
+directory on another file system stored empty (:class:`OtherFileSystem`); a regular file the
+files cache vouches for is taken from it; any other regular file is read
+(:class:`~cas.ops.file_reader.FileReader`); a symlink's target is read; a directory is opened and
+returned (:class:`Subdir`) for the walk to enter; a FIFO, socket or device is skipped with a
+warning.
 
 A name that is no longer what it was stat'ed as (a file replaced by a directory, say) is stat'ed
 again, and a file whose read was not stable is read again: :data:`CHANGE_RETRIES` times, and then
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from cas.errors import CasError, ConfigurationError, NotFound, PermissionDenied
-from cas.format.trees import DIR, FILE, SYMLINK, Entry
+from cas.format.trees import FILE, SYMLINK, Entry
 from cas.ops.file_reader import FileRead, FileReader, Replaced, SpecialFile
 from cas.ops.snapshot_filter import DirScope, WalkFilter
 from cas.repo.filescache import CachedFile, FilesCache
@@ -66,6 +67,13 @@ class Subdir(NamedTuple):
     """What the filter decided for it (True without a filter)."""
 
 
+class OtherFileSystem(NamedTuple):
+    """A directory on another file system than the root's, to be stored empty (``--one-file-system``)."""
+
+    name: str
+    st: os.stat_result
+
+
 DELEGATE = object()
 """:meth:`EntryReader.entry`'s answer for a directory at the delegation's depth, stat'ed only."""
 
@@ -103,9 +111,9 @@ class WalkCounts(Protocol):
 class EntryReader:
     """Decides and stores the entries of one snapshot's directories (rooted at ``root``).
 
-    Counts into ``stats``, adds every blob a kept entry points at to ``referenced``, and stores the
-    empty tree of a directory on another file system through ``store_tree``. ``delegate_depth``:
-    directories that many levels below the root are answered with :data:`DELEGATE`.
+    Counts into ``stats`` and adds every blob a file's entry points at to ``referenced``; the walk
+    counts and stores directories. ``delegate_depth``: directories that many levels below the root
+    are answered with :data:`DELEGATE`.
     """
 
     def __init__(
@@ -115,7 +123,6 @@ class EntryReader:
         *,
         stats: WalkCounts,
         referenced: set[str],
-        store_tree: Callable[[list[Entry]], str],
         files_cache: FilesCache | None = None,
         progress: ProgressFn | None = None,
         on_change: OnChange = OnChange.WARN,
@@ -128,7 +135,6 @@ class EntryReader:
         self.reader = reader
         self.stats = stats
         self.referenced = referenced
-        self.store_tree = store_tree
         self.files_cache = files_cache
         self.progress = progress
         self.on_change = on_change
@@ -139,9 +145,10 @@ class EntryReader:
         """The path of ``rel`` (relative to the root) as messages show it."""
         return os.fsdecode(os.path.join(self._root, rel) if rel else self._root)
 
-    def entry(self, frame: Listing, name: bytes) -> Entry | Subdir | object | None:
+    def entry(self, frame: Listing, name: bytes) -> Entry | Subdir | OtherFileSystem | object | None:
         """What the entry ``name`` of ``frame``'s directory becomes: an :class:`Entry` to add, a
-        :class:`Subdir` to walk, :data:`DELEGATE`, or None (left out, vanished or skipped)."""
+        :class:`Subdir` to walk, an :class:`OtherFileSystem` to store empty, :data:`DELEGATE`, or
+        None (left out, vanished or skipped)."""
         rel = os.path.join(frame.rel, name) if frame.rel else name
         try:
             return self._entry_attempts(frame, name, rel)
@@ -152,7 +159,9 @@ class EntryReader:
         except OSError as exc:
             raise CasError(f"cannot read {self.display(rel)}: {exc.strerror or exc}") from None
 
-    def _entry_attempts(self, frame: Listing, name: bytes, rel: bytes) -> Entry | Subdir | object | None:
+    def _entry_attempts(
+        self, frame: Listing, name: bytes, rel: bytes
+    ) -> Entry | Subdir | OtherFileSystem | object | None:
         assert frame.fd is not None
         dir_fd = frame.fd
         text = os.fsdecode(name)
@@ -173,8 +182,7 @@ class EntryReader:
                 if decision.reason is not None:
                     return None
                 if decision.other_fs:
-                    self.stats.dirs += 1
-                    return Entry(text, DIR, stat.S_IMODE(mode), st.st_mtime_ns, tree=self.store_tree([]))
+                    return OtherFileSystem(text, st)
             try:
                 if stat.S_ISREG(mode):
                     cached = self._cached(frame, name, st)
@@ -338,4 +346,4 @@ class EntryReader:
             self.progress(self.stats.files, self.stats.logical_bytes)
 
 
-__all__ = ["CHANGE_RETRIES", "DELEGATE", "EntryReader", "FileChanged", "Subdir", "Unstable"]
+__all__ = ["CHANGE_RETRIES", "DELEGATE", "EntryReader", "FileChanged", "OtherFileSystem", "Subdir", "Unstable"]

@@ -34,7 +34,15 @@ from cas.format.chunking import Chunker
 from cas.format.trees import DIR, DirectoryEncoder, Entry, TooLarge, encode_directory
 from cas.ops.file_reader import FileReader
 from cas.ops.ignore import IGNORE_FILE_NAME
-from cas.ops.snapshot_entries import DELEGATE, DIR_FLAGS, EntryReader, ProgressFn, Subdir, Unstable
+from cas.ops.snapshot_entries import (
+    DELEGATE,
+    DIR_FLAGS,
+    EntryReader,
+    OtherFileSystem,
+    ProgressFn,
+    Subdir,
+    Unstable,
+)
 from cas.ops.snapshot_filter import (
     DirScope,
     ExcludeReason,
@@ -291,9 +299,10 @@ class TreeBuilder:
         self._entries = self._entry_reader(path, self._filter)
 
     def _entry_reader(self, path: str, filter: WalkFilter | None) -> EntryReader:
-        return EntryReader(path, self.reader, stats=self.stats, referenced=self.referenced, store_tree=self._store_tree,
+        depth = self.delegation.depth if self.delegation is not None else None
+        return EntryReader(path, self.reader, stats=self.stats, referenced=self.referenced,
                            files_cache=self.files_cache, progress=self.progress, on_change=self.on_change,
-                           filter=filter, delegate_depth=self.delegation.depth if self.delegation else None)
+                           filter=filter, delegate_depth=depth)
 
     def _step(self, frame: _Dir, name: bytes) -> _Dir | None:
         """Store one entry of ``frame``'s directory; a subdirectory is returned, open, to be walked."""
@@ -308,8 +317,13 @@ class TreeBuilder:
             assert self.delegation is not None
             self._hold(frame, self.delegation.submit(frame.rel, frame.ident, name, frame.scope))
             return None
-        assert isinstance(found, Subdir)
-        return self._open_dir(found.fd, found.rel, found.name, found.st, frame.scope, found.included)
+        if isinstance(found, Subdir):
+            return self._open_dir(found.fd, found.rel, found.name, found.st, frame.scope, found.included)
+        assert isinstance(found, OtherFileSystem)
+        self.stats.dirs += 1
+        mode, mtime_ns = stat.S_IMODE(found.st.st_mode), found.st.st_mtime_ns
+        self._add(frame, Entry(found.name, DIR, mode, mtime_ns, tree=self._store_tree([])))
+        return None
 
     def _open_dir(
         self, fd: int, rel: bytes, name: str, st: os.stat_result, parent: DirScope | None, included: bool
