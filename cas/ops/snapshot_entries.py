@@ -98,7 +98,6 @@ class WalkCounts(Protocol):
     """The counters of :class:`~cas.ops.tree_builder.WalkStats` this module moves."""
 
     files: int
-    dirs: int
     symlinks: int
     skipped: int
     changed: int
