@@ -182,7 +182,7 @@ class Store:
         ``.casignore`` files and nothing else; what was left out is counted in the snapshot's stats.
 
         ``on_change``: what to do with a file that changed while it was read, each of
-        :data:`~cas.ops.tree_builder.CHANGE_RETRIES` times it was read again (see :class:`OnChange`).
+        :data:`~cas.ops.snapshot_entries.CHANGE_RETRIES` times it was read again (see :class:`OnChange`).
         ``files_cache_ttl``: the files cache forgets paths no snapshot has seen for this long
         (default 30 days).
         ``jobs``: worker processes that walk the tree's subdirectories, forked from this process.
