@@ -10,9 +10,9 @@ the same existing directory.
 Every restore runs ``--rounds`` times (3 by default), the order of the runs rotated from round to
 round (fresh restores first, then those over the previous execution), over fresh copies of the
 previous execution each round; medians are reported with their range, and ratios are of medians.
-Nothing is deleted between timed runs: ext4 allocates inodes slowly for a minute or more after
+Nothing is deleted until the timed runs are over: ext4 allocates inodes slowly for minutes after
 many were deleted, which made whichever restore followed a deletion several times slower (see
-``Trash``). For each tool: seconds (wall), bytes written (the child's write accounting, ``ru_oublock``), bytes
+``Trash``; about 7 GiB of disk a round). For each tool: seconds (wall), bytes written (the child's write accounting, ``ru_oublock``), bytes
 fetched from the repository (cas: counted by a backend wrapper in the restoring process; restic and
 rustic: counted in a second, untimed run under ``strace`` as bytes read from files under the
 repository's ``data/``, once), and whether the result equals the execution (content, modes, mtimes, no
@@ -168,23 +168,21 @@ class SettledCopies:
 
 
 class Trash:
-    """Where each run's result goes instead of being deleted between timed runs.
+    """Where each run's result goes instead of being deleted, until the whole run is over.
 
-    ext4 allocates inodes slowly for a while after many were deleted: for each candidate inode it
-    checks whether it was freed recently (``recently_deleted`` in ``fs/ext4/ialloc.c``: freed in
-    the last 60 s, or 360 s while its inode table block is dirty). A restore of 25,000 files right
-    after another's result was removed spent most of its time there (perf: ``ext4_tmpfile`` and
-    ``ext4_create`` in ``recently_deleted``; cas's fresh restore took 15 s instead of 3 s), so
-    whichever tool ran after a deletion paid for it. Results are moved here and removed together
-    before the next round, which starts once that removal is on disk and a minute old."""
-
-    QUIET_S = 65.0
+    ext4 without a journal (this machine's) allocates inodes slowly for minutes after many were
+    deleted: for each candidate inode it checks whether it was freed recently
+    (``recently_deleted`` in ``fs/ext4/ialloc.c``: in the last 60 s, or 360 s while its inode table
+    block is dirty, as it is again as soon as new files are made beside it). A restore of 25,000
+    files after another's result was removed spent most of its time there (perf: ``ext4_tmpfile``
+    and ``ext4_create`` in ``recently_deleted``; cas's fresh restore took 9-16 s instead of 3 s,
+    restic's and rustic's slowed too), so whichever tool ran after a deletion paid for it, even a
+    round later. Nothing is removed until the timed runs are over (about 7 GiB a round)."""
 
     def __init__(self, root: Path) -> None:
         self._root = root
         self._root.mkdir(parents=True, exist_ok=True)
         self._count = 0
-        self._emptied_at = 0.0
 
     def put(self, path: Path) -> None:
         if path.exists():
@@ -192,18 +190,7 @@ class Trash:
             self._count += 1
 
     def empty(self) -> None:
-        if any(self._root.iterdir()):
-            shutil.rmtree(self._root)
-            self._root.mkdir()
-            os.sync()
-            self._emptied_at = time.monotonic()
-
-    def wait_out(self) -> None:
-        """Until the last removal is :data:`QUIET_S` old."""
-        wait = self._emptied_at + self.QUIET_S - time.monotonic()
-        if self._emptied_at and wait > 0:
-            log(f"letting the last round's removal age: {wait:.0f} s")
-            time.sleep(wait)
+        shutil.rmtree(self._root, ignore_errors=True)
 
 
 def clear(dest: Path) -> None:
@@ -359,15 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     trash = Trash(scratch / "trash")
     fresh, over = [run for run in runs if not run.existing], [run for run in runs if run.existing]
     for round_no in range(args.rounds):
-        # Nothing is deleted between timed runs (see Trash): last round's results go now, a minute
-        # or more before this round's first run.
-        trash.empty()
         settled: SettledCopies | None = None
         if not args.just_copied and existing_runs:
             log(f"round {round_no + 1}: copying the previous execution {existing_runs} times, to settle "
                 f"{SETTLED_NS / 1e9 + 5:.0f} s")
             settled = SettledCopies(previous, scratch, existing_runs, SETTLED_NS / 1e9 + 5)
-        trash.wait_out()
         # Fresh restores first (they delete nothing), then those over the previous execution; the
         # order rotated within each from round to round.
         order = [group[round_no % len(group):] + group[:round_no % len(group)] for group in (fresh, over) if group]
@@ -458,7 +441,7 @@ def render(summary: dict[str, object]) -> str:
         "shown, and wall times vary several-fold from run to run; CPU seconds (user + system, all threads) vary less.",
         f"Each restore ran {summary.get('rounds', 1)} times, the order of the runs rotated from round to round: "
         "medians, with the lowest and highest in brackets; ratios are of medians. Fresh restores ran first in each round, "
-        "and nothing was deleted between timed runs (ext4 creates files slowly for a minute after many were deleted).",
+        "and nothing was deleted until all had run (ext4 creates files slowly for minutes after many were deleted).",
         "",
         "| run | seconds | restore only | CPU seconds | written MiB | fetched MiB | result | load before |",
         "|---|---:|---:|---:|---:|---:|---|---:|",
