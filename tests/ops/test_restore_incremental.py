@@ -3,12 +3,15 @@ is byte-exact, ``--delete`` makes it exactly the execution, and local chunks are
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -18,7 +21,8 @@ from backends.local import LocalBackend
 from cas import Store
 from cas.errors import AlreadyExists, PartialRestore
 from cas.ops.restore import walk as restore_walk
-from cas.ops.restore import finish as restore_finish, local as restore_local, write as restore_write
+from cas.ops.restore import finish as restore_finish, local as restore_local, survey as restore_survey
+from cas.ops.restore import write as restore_write
 from cas.format.hashing import hexdigest
 from cas.format.trees import FILE, Entry
 from tests.engine import SMALL_CHUNKS, cas_home, store  # noqa: F401
@@ -90,30 +94,54 @@ def _execution_over(
     return src, dest, execution_id
 
 
+@contextlib.contextmanager
+def _settled_and_hashed_ahead() -> Iterator[None]:
+    """Restores in which the destination's files count as written long ago and the child hashing
+    ahead (when one is started) has walked the whole destination before the walk starts, so that
+    every directory is surveyed with what it sent."""
+    start = restore_survey.DestinationSurvey._start_hash_ahead
+
+    def start_and_wait(self: restore_survey.DestinationSurvey, dest_fd: int) -> None:
+        start(self, dest_fd)
+        if self._hash_ahead is not None:
+            assert self._hash_ahead.wait(60)
+
+    with mock.patch.object(restore_local, "SETTLED_NS", 0), \
+            mock.patch.object(restore_survey.DestinationSurvey, "_start_hash_ahead", start_and_wait):
+        yield
+
+
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(trees=_two_trees(), times=st.lists(st.integers(0, 4_000_000_000_000_000_000), min_size=1, max_size=3),
-       trust_mtime=st.booleans(), in_place=st.booleans())
+       trust_mtime=st.booleans(), in_place=st.booleans(), settled=st.booleans())
 # Found by CI: a same-size edit with the same mtime, trusted; a directory replaced by a file, beside
 # other removals (the workers' count and the walk's raced).
 @example(trees=({"1": ("dir", {"0": ("dir", {"00": ("file", 1, 1, 0o644)}, 0o755)}, 0o755)},
                 {"1": ("dir", {"0": ("dir", {"00": ("file", 1, 0, 0o644)}, 0o755)}, 0o755)}),
-         times=[0], trust_mtime=True, in_place=False)
+         times=[0], trust_mtime=True, in_place=False, settled=False)
+# The same, hashed ahead: the record's digest differs from the entry's, with all else equal.
+@example(trees=({"1": ("dir", {"0": ("dir", {"00": ("file", 1, 1, 0o644)}, 0o755)}, 0o755)},
+                {"1": ("dir", {"0": ("dir", {"00": ("file", 1, 0, 0o644)}, 0o755)}, 0o755)}),
+         times=[0], trust_mtime=False, in_place=False, settled=True)
 @example(trees=({"2": ("file", 0, 0, 0o644), "1": ("dir", {"0": ("dir", {}, 0o755)}, 0o755),
                  "0": ("file", 0, 0, 0o644), "00": ("link", "target"), "000": ("dir", {}, 0o755)},
                 {"2": ("file", 0, 0, 0o644), "1": ("dir", {}, 0o755), "0": ("file", 0, 0, 0o644),
                  "000": ("file", 0, 0, 0o644)}),
-         times=[0], trust_mtime=False, in_place=False)
+         times=[0], trust_mtime=False, in_place=False, settled=False)
 def test_random_tree_over_another_ends_exactly_equal_with_delete(
     store: Store, trees: tuple[dict[str, object], dict[str, object]], times: list[int], trust_mtime: bool,
-    in_place: bool,
+    in_place: bool, settled: bool,
 ) -> None:
+    """``settled``: the destination's files taken as written long ago (what the restore knows of a
+    file from when it was hashed, by the child hashing ahead or for its chunks, can then be trusted)."""
     before, after = trees
     work = tempfile.mkdtemp()
     try:
         src, dest, execution_id = _execution_over(store, work, before, after, times)
         old = describe(dest)
-        report = store.restore(execution_id, dest, overwrite=True, delete=True, trust_mtime=trust_mtime,
-                               in_place=in_place)
+        with _settled_and_hashed_ahead() if settled else contextlib.nullcontext():
+            report = store.restore(execution_id, dest, overwrite=True, delete=True, trust_mtime=trust_mtime,
+                                   in_place=in_place)
         new = describe(src)
         expected = dict(new)
         if trust_mtime:
@@ -130,7 +158,8 @@ def test_random_tree_over_another_ends_exactly_equal_with_delete(
             assert (report.unchanged, report.written, report.deleted) == _expected_counts(old, new)
         stored = set(_all_names(src))  # a tree may hold a name like a temporary's: it is no temporary
         assert not [n for n in _all_names(dest) if n.startswith(".cas-tmp-") and n not in stored]
-        again = store.restore(execution_id, dest, overwrite=True, delete=True, trust_mtime=trust_mtime)
+        with _settled_and_hashed_ahead() if settled else contextlib.nullcontext():
+            again = store.restore(execution_id, dest, overwrite=True, delete=True, trust_mtime=trust_mtime)
         assert (again.written, again.deleted, again.meta_fixed) == (0, 0, 0)
         assert again.unchanged == len(new)
     finally:

@@ -12,8 +12,10 @@
 * :mod:`~cas.ops.restore.local`: when a file in place matches its entry, and the chunks it gives up;
 * :mod:`~cas.ops.restore.temps`: whose temporaries are whose;
 * :mod:`~cas.ops.restore.delete`: removing what the tree lacks, on a pool of threads;
-* :mod:`~cas.ops.restore.delete_process`: those removals made by a child process.
+* :mod:`~cas.ops.restore.delete_process`: those removals made by a child process;
+* :mod:`~cas.ops.restore.hash_ahead`: the destination's small files hashed by a child process
+  ahead of the walk.
 
-Nothing is imported here: callers import from the modules, so the remover's child process
-(:mod:`~cas.ops.restore.delete_process`) loads only what it uses, and never SQLAlchemy.
+Nothing is imported here: callers import from the modules, so the child processes
+(:mod:`~cas.ops.restore.delete_process`, :mod:`~cas.ops.restore.hash_ahead`) load only what they use, and never SQLAlchemy.
 """

@@ -23,6 +23,7 @@ from cas.errors import CasError, Unavailable
 from cas.format.trees import Entry
 from cas.ops.restore.delete import Remover
 from cas.ops.restore.delete_process import ProcessRemover
+from cas.ops.restore.hash_ahead import HashAhead
 from cas.ops.restore.local import LocalChunks
 from cas.ops.restore.report import Done, ProgressFn, RestoreReport
 from cas.ops.restore.write import FATAL_ERRNOS, FileWriter
@@ -42,7 +43,8 @@ class DirJob:
     removals: list[tuple[str, Future[int]]] = field(default_factory=list)
     """Entries the tree lacks, being removed on the pool (``delete``): their counts of removed entries."""
     ident: tuple[int, int] = (0, 0)
-    """``(st_dev, st_ino)``, to check a descriptor reopened through ``..``."""
+    """``(st_dev, st_ino)``, to check a descriptor reopened through ``..`` (and to find what the
+    child hashing ahead sent for it)."""
 
 
 
@@ -89,6 +91,8 @@ class RestoreState:
     _budget: Budget
     _comparers: ThreadPoolExecutor | None
     """The comparers of files not in memory (see ``survey``), started when first needed."""
+    _hash_ahead: HashAhead | None
+    """The child hashing the destination's small files ahead of the walk (see ``survey``)."""
     _jobs: deque[DirJob]
     """Directories queued to be finished, oldest first."""
     _removing: deque[DirJob]

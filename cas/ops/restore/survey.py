@@ -5,7 +5,8 @@ handed to the remover (``delete``), temporaries whose owner is gone are removed,
 place are compared with their entries there and then (or, when their content is not in memory, on
 comparer threads of their own, their disk reads overlapping); with ``trust_mtime`` a file whose
 lstat shows the entry's size, mtime and mode is taken as matching unread
-(:meth:`DestinationSurvey._match_in_place`). A match is counted here and never reaches a file
+(:meth:`DestinationSurvey._match_in_place`). Without it, what the child hashing ahead found
+(:mod:`cas.ops.restore.hash_ahead`) spares reading a file that is as it was then. A match is counted here and never reaches a file
 worker. When a file matches is :mod:`cas.ops.restore.local`'s to say (``match_whole``,
 ``examine_file``).
 """
@@ -17,6 +18,8 @@ import stat
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from cas.format.trees import FILE, Entry
+from cas.ops.restore import local as restore_local
+from cas.ops.restore.hash_ahead import HashAhead, judge
 from cas.ops.restore.local import examine_file, match_whole
 from cas.ops.restore.state import DirJob, RestoreState, is_file
 from cas.ops.restore.temps import TMP_PREFIX, is_abandoned
@@ -32,6 +35,17 @@ _COLD_THREADS = 4
 
 class DestinationSurvey(RestoreState):
     """The walk's comparison of each directory it enters with what the destination holds there."""
+
+    def _start_hash_ahead(self, dest_fd: int) -> None:
+        """Start the child that hashes the destination's small files ahead of the walk (see
+        :mod:`cas.ops.restore.hash_ahead`), when the walk will compare them: over a destination that
+        holds something, without ``trust_mtime`` and for the whole tree (no selection)."""
+        if not self.overwrite or self.trust_mtime or self.select is not None:
+            return
+        with os.scandir(dest_fd) as listing:
+            if next(listing, None) is None:
+                return
+        self._hash_ahead = HashAhead(dest_fd, _COMPARE_AT_ONCE, restore_local.SETTLED_NS)
 
     def _survey(
         self, job: DirJob, entries: list[Entry], prefix: str
@@ -51,17 +65,35 @@ class DestinationSurvey(RestoreState):
         cold: list[Entry] = []
         compare = not self.trust_mtime
         delete_here = self.delete and bool(prefix or self._delete_root)
+        ahead = self._hash_ahead if compare else None
+        found = ahead.take(job.ident) if ahead is not None else None
+        at_ns, hashed = found if found is not None else (0, None)
         with os.scandir(dir_fd) as listing:
             for item in listing:
                 name = item.name
                 entry = wanted.get(name)
                 if entry is None and not name.startswith(TMP_PREFIX):
+                    if ahead is not None and item.is_dir(follow_symlinks=False):
+                        ahead.skip(job.ident, name)  # not worth hashing
                     if delete_here:  # no lstat: the remover looks for itself
                         removal = self._removals.submit(dir_fd, name)
                         job.removals.append((prefix + name, removal))
                     continue
                 if (compare and entry is not None and entry.type == FILE and entry.size <= _COMPARE_AT_ONCE
                         and item.is_file(follow_symlinks=False)):
+                    if hashed is not None and name in hashed:
+                        try:
+                            verdict = judge(hashed[name], at_ns, item.stat(follow_symlinks=False), entry,
+                                            self._mode(entry.mode), restore_local.SETTLED_NS)
+                        except FileNotFoundError:
+                            continue
+                        if verdict:
+                            matched.add(name)
+                            self._count_match(entry, False)
+                            continue
+                        if verdict is not None:
+                            present[name] = item.stat(follow_symlinks=False)
+                            continue
                     try:
                         matches, fixed, st = match_whole(dir_fd, entry, self._mode(entry.mode), nowait=True)
                     except OSError:  # unreadable: left to a file worker, which tries again and reports it

@@ -42,6 +42,7 @@ from cas.ops.restore.delete import Remover
 from cas.ops.restore.delete_process import ProcessRemover
 from cas.ops.restore.entries import EntryWriting
 from cas.ops.restore.finish import DirectoryFinishing
+from cas.ops.restore.hash_ahead import HashAhead
 from cas.ops.restore.local import LocalChunks
 from cas.ops.restore.report import Done, ProgressFn, RestoreReport
 from cas.ops.restore.state import DIR_FLAGS, Budget, DirJob, is_file
@@ -133,6 +134,7 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         self._whole_pool = ThreadPoolExecutor(_WHOLE_THREADS, thread_name_prefix="cas-restore-whole")
         self._budget = Budget(_FETCHED_AHEAD)
         self._comparers: ThreadPoolExecutor | None = None
+        self._hash_ahead: HashAhead | None = None
         self._jobs: deque[DirJob] = deque()
         self._removing: deque[DirJob] = deque()
         self._writer = FileWriter(temporary_tag())
@@ -158,6 +160,7 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         self._delete_root = root_meta is not None
         dest_fd = self._open_destination(dest)
         try:
+            self._start_hash_ahead(dest_fd)
             with self.repo.lookups_on_one_connection():  # one lookup per directory: no checkout each
                 self._restore_tree(dest_fd, entries)
             self._drain(0)
@@ -170,6 +173,8 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
             self._whole_pool.shutdown(wait=True, cancel_futures=True)
             if self._comparers is not None:
                 self._comparers.shutdown(wait=True)
+            if self._hash_ahead is not None:
+                self._hash_ahead.close()
             self._removals.close()
             self._remover.close()
         return self.report
@@ -209,7 +214,8 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         stack: list[_Level] = []
         self._ahead = 0
         try:
-            stack.append(self._start_dir(DirJob(dest_fd, False, None), entries, ""))
+            st = os.fstat(dest_fd)
+            stack.append(self._start_dir(DirJob(dest_fd, False, None, ident=(st.st_dev, st.st_ino)), entries, ""))
             while stack:
                 level = stack[-1]
                 if level.next < len(level.subdirs):

@@ -1,0 +1,203 @@
+"""cas.ops.restore.hash_ahead: a real child process hashing a real destination's small files ahead of
+a restore's walk, and what the walk may conclude from its records."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from cas import Store
+from cas.format.hashing import hexdigest
+from cas.format.trees import FILE, Entry
+from cas.ops.restore import local as restore_local
+from cas.ops.restore.hash_ahead import HashAhead, Hashed, judge
+from cas.ops.restore.walk import Restorer
+from tests.engine import cas_home  # noqa: F401
+from tests.treeutil import describe
+
+_SMALL = 4096
+
+
+def _ident(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _records(ahead: HashAhead, dirs: list[Path], timeout: float = 30.0) -> dict[Path, tuple[int, dict[str, Hashed]]]:
+    """What the child sent for each of ``dirs``, waiting for it (the child hashes them all)."""
+    got: dict[Path, tuple[int, dict[str, Hashed]]] = {}
+    deadline = time.monotonic() + timeout
+    while len(got) < len(dirs) and time.monotonic() < deadline:
+        for d in dirs:
+            if d not in got:
+                found = ahead.take(_ident(d))
+                if found is not None:
+                    got[d] = found
+        time.sleep(0.01)
+    return got
+
+
+def _child_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_the_child_sends_each_small_regular_file_with_its_identity_and_blake3(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    (dest / "a" / "deep").mkdir(parents=True)
+    (dest / "b").mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret").write_bytes(b"not ours")
+    files = {dest / "top": b"top", dest / "a" / "one": os.urandom(1000), dest / "a" / "deep" / "two": b"",
+             dest / "b" / "three": os.urandom(_SMALL)}
+    for path, data in files.items():
+        path.write_bytes(data)
+    (dest / "b" / "big").write_bytes(os.urandom(_SMALL + 1))  # over the size asked for
+    (dest / "b" / "link").symlink_to(dest / "top")  # a symlink is never read through
+    (dest / "b" / "away").symlink_to(tmp_path / "outside")  # nor entered
+    os.mkfifo(dest / "b" / "fifo")
+    (dest / "b" / ".cas-tmp-x-1-y-2").write_bytes(b"someone's temporary")
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ahead = HashAhead(fd, _SMALL, settled_ns=0)
+        try:
+            dirs = [dest, dest / "a", dest / "a" / "deep", dest / "b"]
+            got = _records(ahead, dirs)
+            assert set(got) == set(dirs)
+            for d, (at_ns, records) in got.items():
+                assert at_ns <= time.time_ns()
+                expected = {}
+                for path, data in files.items():
+                    if path.parent == d:
+                        st = os.stat(path)
+                        expected[path.name] = (st.st_ino, len(data), st.st_mtime_ns, st.st_ctime_ns, hexdigest(data))
+                assert records == expected
+            assert ahead.take(_ident(tmp_path / "outside")) is None
+            assert ahead.pid is not None
+            pid = ahead.pid
+        finally:
+            ahead.close()
+        assert _child_gone(pid)
+    finally:
+        os.close(fd)
+
+
+def test_files_changed_too_recently_are_not_hashed(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"just written")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ahead = HashAhead(fd, _SMALL, settled_ns=3600 * 10**9)
+        try:
+            assert _records(ahead, [tmp_path]) == {tmp_path: (pytest.approx(time.time_ns(), abs=60 * 10**9), {})}
+        finally:
+            ahead.close()
+    finally:
+        os.close(fd)
+
+
+def test_a_subdirectory_the_walk_says_the_tree_lacks_is_not_hashed(tmp_path: Path) -> None:
+    for name in ("keep", "gone"):
+        (tmp_path / name / "sub").mkdir(parents=True)
+        (tmp_path / name / "sub" / "f").write_bytes(b"x")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ahead = HashAhead(fd, _SMALL, settled_ns=0)
+        try:
+            ahead.skip(_ident(tmp_path), "gone")  # sent before the child has started its walk
+            got = _records(ahead, [tmp_path / "keep" / "sub"])
+            assert tmp_path / "keep" / "sub" in got
+            # The child walks in the restore's order: by name, "gone" before "keep". It was left.
+            assert ahead.take(_ident(tmp_path / "gone")) is None
+            assert ahead.take(_ident(tmp_path / "gone" / "sub")) is None
+        finally:
+            ahead.close()
+    finally:
+        os.close(fd)
+
+
+def _entry(name: str, data: bytes, mtime_ns: int, mode: int = 0o644) -> Entry:
+    return Entry(name=name, type=FILE, mode=mode, mtime_ns=mtime_ns, size=len(data), digest=hexdigest(data))
+
+
+def test_a_record_is_trusted_only_while_the_file_is_as_it_was_hashed(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    data = os.urandom(100)
+    path.write_bytes(data)
+    os.chmod(path, 0o644)
+    mtime_ns = os.stat(path).st_mtime_ns
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ahead = HashAhead(fd, _SMALL, settled_ns=0)
+        try:
+            at_ns, records = _records(ahead, [tmp_path])[tmp_path]
+        finally:
+            ahead.close()
+    finally:
+        os.close(fd)
+    hashed = records["f"]
+    entry = _entry("f", data, mtime_ns)
+    assert judge(hashed, at_ns, os.lstat(path), entry, 0o644, settled_ns=0) is True
+    assert judge(hashed, at_ns, os.lstat(path), _entry("f", os.urandom(100), mtime_ns), 0o644, 0) is False
+    assert judge(hashed, at_ns, os.lstat(path), _entry("f", data + b"!", mtime_ns), 0o644, 0) is False
+    # A mode or mtime to fix: left to the comparison that fixes them.
+    assert judge(hashed, at_ns, os.lstat(path), entry, 0o600, 0) is None
+    assert judge(hashed, at_ns, os.lstat(path), _entry("f", data, mtime_ns + 1), 0o644, 0) is None
+    # Not settled when it was hashed: nothing is known.
+    assert judge(hashed, at_ns, os.lstat(path), entry, 0o644, settled_ns=3600 * 10**9) is None
+    # Rewritten since with the same size and mtime: its ctime says so.
+    time.sleep(0.01)
+    path.write_bytes(os.urandom(100))
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+    assert judge(hashed, at_ns, os.lstat(path), entry, 0o644, 0) is None
+    # Replaced by another file (another inode) with the old content back.
+    path.unlink()
+    keep = tmp_path / "keep"  # holds the old inode, so it cannot be reused
+    keep.write_bytes(b"")
+    path.write_bytes(data)
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+    assert judge(hashed, at_ns, os.lstat(path), entry, 0o644, 0) is None
+
+
+class _ChangingAfterHashed(Restorer):
+    """A restore during which ``victim`` is rewritten (same size, same mtime) once the child hashing
+    ahead has sent its directory's records, before the walk surveys it."""
+
+    victim: Path
+
+    def _start_hash_ahead(self, dest_fd: int) -> None:
+        super()._start_hash_ahead(dest_fd)
+        assert self._hash_ahead is not None
+        ident = _ident(self.victim.parent)
+        found = _records(self._hash_ahead, [self.victim.parent])[self.victim.parent]
+        assert self.victim.name in found[1]
+        mtime_ns = os.stat(self.victim).st_mtime_ns
+        time.sleep(0.01)
+        self.victim.write_bytes(os.urandom(self.victim.stat().st_size))
+        os.utime(self.victim, ns=(mtime_ns, mtime_ns))
+        with self._hash_ahead._lock:  # as if it had just arrived
+            self._hash_ahead._ready[ident] = found
+
+
+def test_a_file_changed_after_it_was_hashed_ahead_is_compared_again_and_rewritten(
+    tmp_path: Path, cas_home: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    (src / "d").mkdir(parents=True)
+    for i in range(20):
+        (src / "d" / f"f{i}").write_bytes(os.urandom(300 + i))
+    with Store.open(str(tmp_path / "repo"), create=True) as store:
+        store.snapshot(str(src), "v1")
+        store.restore("v1", str(dest))
+        monkeypatch.setattr(restore_local, "SETTLED_NS", 0)  # as if restored long ago
+        snap = store.get("v1")
+        restorer = _ChangingAfterHashed(store.repo, overwrite=True, delete=True)
+        restorer.victim = dest / "d" / "f7"
+        report = restorer.restore(store.repo.read_tree(snap.root), str(dest), (snap.root_mode, snap.root_mtime_ns))
+    assert describe(str(dest)) == describe(str(src))
+    assert (report.unchanged, report.written) == (20, 1)  # the directory and 19 files; the victim
