@@ -17,5 +17,6 @@
   ahead of the walk.
 
 Nothing is imported here: callers import from the modules, so the child processes
-(:mod:`~cas.ops.restore.delete_process`, :mod:`~cas.ops.restore.hash_ahead`) load only what they use, and never SQLAlchemy.
+(:mod:`~cas.ops.restore.delete_process`, :mod:`~cas.ops.restore.hash_ahead`) load only what they
+use, and never SQLAlchemy.
 """

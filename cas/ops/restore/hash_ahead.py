@@ -102,8 +102,8 @@ class HashAhead:
                 self._proc = subprocess.Popen(
                     [sys.executable, "-I", "-c", _CHILD, package_root, str(theirs.fileno()), str(dest_fd),
                      str(max_size), str(settled_ns), str(their_hints.fileno())],
-                    pass_fds=(theirs.fileno(), dest_fd, their_hints.fileno()), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                    pass_fds=(theirs.fileno(), dest_fd, their_hints.fileno()), stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )
         except OSError:
             ours.close()

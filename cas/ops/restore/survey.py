@@ -6,9 +6,9 @@ place are compared with their entries there and then (or, when their content is 
 comparer threads of their own, their disk reads overlapping); with ``trust_mtime`` a file whose
 lstat shows the entry's size, mtime and mode is taken as matching unread
 (:meth:`DestinationSurvey._match_in_place`). Without it, what the child hashing ahead found
-(:mod:`cas.ops.restore.hash_ahead`) spares reading a file that is as it was then. A match is counted here and never reaches a file
-worker. When a file matches is :mod:`cas.ops.restore.local`'s to say (``match_whole``,
-``examine_file``).
+(:mod:`cas.ops.restore.hash_ahead`) spares reading a file that is as it was then. A match is
+counted here and never reaches a file worker. When a file matches is
+:mod:`cas.ops.restore.local`'s to say (``match_whole``, ``examine_file``).
 """
 
 from __future__ import annotations
