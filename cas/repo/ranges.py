@@ -59,7 +59,7 @@ class RangeReader:
         else:
             self._locations = {c: locations[c] for c in entry.chunks if c in locations}
         self._starts = _chunk_starts(entry, self._locations, path)
-        self._kept: dict[int, bytes] = {}  # chunk index -> verified bytes
+        self._kept: dict[int, bytes | memoryview] = {}  # chunk index -> verified bytes
         self._kept_bytes = 0
         self._next_sequential = 0  # where a sequential read would start
         self._run_start = 0  # where the current run of sequential reads started
@@ -71,11 +71,25 @@ class RangeReader:
 
     def read(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes from ``offset`` (fewer only at the end of the file)."""
+        parts = self._pieces(offset, length)
+        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+
+    def read_into(self, offset: int, target: memoryview) -> int:
+        """:meth:`read` of ``len(target)`` bytes into ``target`` (a writable buffer of bytes), with
+        no copy made on the way; how many bytes were read."""
+        done = 0
+        for part in self._pieces(offset, len(target)):
+            target[done : done + len(part)] = part
+            done += len(part)
+        return done
+
+    def _pieces(self, offset: int, length: int) -> list[bytes | memoryview]:
+        """The bytes of :meth:`read`, as slices of the chunks that hold them."""
         if offset < 0 or length < 0:
             raise ValueError("offset and length must not be negative")
         end = min(offset + length, self.size)
         if offset >= end:
-            return b""
+            return [b""]
         first = bisect.bisect_right(self._starts, offset) - 1
         last = bisect.bisect_left(self._starts, end) - 1  # the chunk holding byte end - 1
         with self._lock:
@@ -92,7 +106,7 @@ class RangeReader:
             finally:
                 self._pinned.remove((first, last))
 
-    def _read_locked(self, offset: int, end: int, first: int, last: int) -> bytes:
+    def _read_locked(self, offset: int, end: int, first: int, last: int) -> list[bytes | memoryview]:
         have = all(i in self._kept for i in range(first, last + 1))
         # Streaming: the read continues the last one, or starts in or right after chunks held from
         # earlier reads (a kernel's concurrent read-ahead requests arrive out of order).
@@ -114,20 +128,16 @@ class RangeReader:
                 todo = [i for i in range(last + 1, self._chunk_at(end + window) + 1)
                         if i not in self._kept and i not in self._coming]
                 if todo:
-                    self._coming.update(todo)
-                    self._reading_ahead = True
-                    background().submit(self._fetch_ahead, todo)
+                    self._read_ahead(todo)
         self._next_sequential = end
         self._evict(first, last)
-        if first == last:  # the common case: one slice of one chunk, one copy
-            base = self._starts[first]
-            return self._kept[first][offset - base : end - base]
-        parts = []
+        # Views of the chunks kept (each view keeps its chunk's bytes alive once evicted).
+        parts: list[bytes | memoryview] = []
         for i in range(first, last + 1):
             view = memoryview(self._kept[i])
             base = self._starts[i]
             parts.append(view[max(0, offset - base) : min(len(view), end - base)])
-        return b"".join(parts)
+        return parts
 
     def _chunk_at(self, offset: int) -> int:
         """The index of the chunk holding byte ``offset - 1`` (the last chunk past the end)."""
@@ -135,26 +145,27 @@ class RangeReader:
 
     def _fetch(self, first: int, last: int, fetch_last: int) -> None:
         """Make chunks ``first..last`` present in memory, with ``last+1..fetch_last`` as read-ahead
-        (lock held). One range read per run of them, on this thread; the chunks after the first are
-        verified on the background threads while this one verifies the first (decompression and
-        hashing release the GIL: a read of several chunks takes the time of the longest, not the
-        sum). A read-ahead chunk that fails is left for its own read."""
-        missing = [i for i in range(first, fetch_last + 1) if i not in self._kept and i not in self._coming]
+        (lock held). The read-ahead is started first, on a background thread (unless one is under
+        way), so this read does not wait for it; then one range read per run of the chunks this
+        read needs, on this thread. Chunks after the first are verified on the background threads
+        while this one verifies the first (decompression and hashing release the GIL: a read of
+        several chunks takes the time of the longest, not the sum). A read-ahead chunk that fails
+        is left for its own read."""
+        self._note_first_fetch()
+        needed = [i for i in range(first, last + 1) if i not in self._kept and i not in self._coming]
+        ahead = [i for i in range(last + 1, fetch_last + 1) if i not in self._kept and i not in self._coming]
+        if ahead and not self._reading_ahead:
+            self._read_ahead(ahead)
         try:
-            sources = list(zip(missing, self._sources(missing)))
-        except IntegrityError:  # a pack or location missing: without the read-ahead, for this read's error
-            needed = [i for i in missing if i <= last]
-            try:
-                sources = list(zip(needed, self._sources(needed)))
-            except IntegrityError as exc:
-                raise ReadError(str(exc)) from None
-        inline = sources[0] if sources and sources[0][0] <= last else None
-        for i, verified in sources[1 if inline else 0 :]:
+            sources = list(zip(needed, self._sources(needed)))
+        except IntegrityError as exc:
+            raise ReadError(str(exc)) from None
+        for i, verified in sources[1:]:
             self._coming.add(i)
             background().submit(self._verify_ahead, i, verified)
-        if inline is not None:
+        if sources:
             try:
-                self._keep(inline[0], self._checked(inline[0], inline[1]()))
+                self._keep(sources[0][0], self._checked(sources[0][0], sources[0][1]()))
             except IntegrityError as exc:
                 raise ReadError(str(exc)) from None
         self._await(first, last)
@@ -165,6 +176,19 @@ class RangeReader:
                     self._keep(i, self._checked(i, verified()))
                 except IntegrityError as exc:
                     raise ReadError(str(exc)) from None
+
+    def _read_ahead(self, indexes: list[int]) -> None:
+        """Start fetching chunks ``indexes`` in the background (lock held; no read-ahead under way)."""
+        self._note_first_fetch()
+        self._coming.update(indexes)
+        self._reading_ahead = True
+        background().submit(self._fetch_ahead, indexes)
+
+    def _note_first_fetch(self) -> None:
+        """Call ``on_first_fetch`` if this is the reader's first fetch (lock held)."""
+        if self._on_first_fetch is not None:
+            first_fetch, self._on_first_fetch = self._on_first_fetch, None
+            first_fetch()
 
     def _fetch_ahead(self, indexes: list[int]) -> None:
         """Read-ahead in the background (``indexes`` are marked coming): their runs are read here
@@ -184,11 +208,11 @@ class RangeReader:
                     self._coming.difference_update(i for i in indexes if i not in handed)
                     self._arrived.notify_all()
 
-    def _verify_ahead(self, i: int, verified: Callable[[], bytes]) -> None:
+    def _verify_ahead(self, i: int, verified: Callable[[], bytes | memoryview]) -> None:
         """Verify chunk ``i`` (marked coming) on a background thread and keep it; a failure leaves
         it for the read that needs it."""
         try:
-            data: bytes | None = self._checked(i, verified())
+            data: bytes | memoryview | None = self._checked(i, verified())
         except (CasError, OSError):
             data = None
         with self._lock:
@@ -199,27 +223,24 @@ class RangeReader:
                 self._evict(position, position)
             self._arrived.notify_all()
 
-    def _sources(self, indexes: list[int], *, wait: bool = True) -> Iterator[Callable[[], bytes]]:
+    def _sources(self, indexes: list[int], *, wait: bool = True) -> Iterator[Callable[[], bytes | memoryview]]:
         """For chunks by index, in order, calls giving each one's verified bytes
         (:func:`~cas.repo.reader.chunk_sources`); ``wait``: for those the view's read-ahead is
         fetching (false on a background thread, which fetches them itself instead)."""
         if not indexes:
             return iter(())
         part = replace(self.entry, chunks=tuple(self.entry.chunks[i] for i in indexes))
-        if self._on_first_fetch is not None:
-            first_fetch, self._on_first_fetch = self._on_first_fetch, None
-            first_fetch()
         ahead = self._fetched_ahead.take(part.chunks, wait=wait) if self._fetched_ahead is not None else None
-        return chunk_sources(self.repo, part, self._locations, self.path, ahead)
+        return chunk_sources(self.repo, part, self._locations, self.path, ahead, views=True)
 
-    def _checked(self, i: int, data: bytes) -> bytes:
+    def _checked(self, i: int, data: bytes | memoryview) -> bytes | memoryview:
         """Chunk ``i``'s verified bytes, checked against the size its location records."""
         if len(data) != self._locations[self.entry.chunks[i]].raw_length:
             raise IntegrityError(f"{self.path}: chunk {self.entry.chunks[i][:16]} is not the size "
                                  "its location records")
         return data
 
-    def _keep(self, i: int, data: bytes) -> None:
+    def _keep(self, i: int, data: bytes | memoryview) -> None:
         if i not in self._kept:
             self._kept[i] = data
             self._kept_bytes += len(data)
