@@ -8,12 +8,17 @@ table that lies is caught before or when it is used: a read returns the file's t
 
 Reads that continue where the previous one ended are taken as sequential, and the chunks after them
 are fetched ahead (read-ahead: as many bytes as the sequential run has read so far, from
-:data:`MIN_READAHEAD` up to :data:`MAX_READAHEAD`, so a short run fetches little it will not use): in
-the same range read when the read itself needs chunks, in the background when it does not; a read
-elsewhere fetches only its own chunks. Chunks fetched ahead for files not opened yet
+:data:`MIN_READAHEAD` up to :data:`MAX_READAHEAD`, so a short run fetches little it will not use), on
+a background thread, started before the read fetches the chunks it needs itself; a read elsewhere
+fetches only its own chunks. Chunks fetched ahead for files not opened yet
 (:class:`~cas.repo.readahead.ChunksAhead`) are taken before fetching. Chunks go through the
 repository's chunk cache like any other read; the reader keeps the chunks it fetched last in memory,
-bounded by its window.
+bounded by its window. A chunk stored raw is kept as a view of the range read that fetched it (not a
+copy), so an evicted chunk's bytes stay in memory while a chunk read with it is kept: at most one
+read's worth beyond the window.
+
+:meth:`RangeReader.read_into` copies a read into a caller's buffer (the mount's reply to the kernel)
+straight from the chunks, with no copy in between.
 """
 
 from __future__ import annotations
