@@ -37,6 +37,8 @@ from cas.types import BlobLocation
 
 MIN_READAHEAD = 1 << 20
 MAX_READAHEAD = 16 << 20
+PARALLEL_VERIFY_BYTES = 4 << 20
+"""A read needing chunks of more bytes than this has them verified on several threads."""
 WINDOW_BYTES = 48 << 20
 """The most chunk bytes one reader keeps in memory (read-ahead included)."""
 
@@ -152,10 +154,12 @@ class RangeReader:
         """Make chunks ``first..last`` present in memory, with ``last+1..fetch_last`` as read-ahead
         (lock held). The read-ahead is started first, on a background thread (unless one is under
         way), so this read does not wait for it; then one range read per run of the chunks this
-        read needs, on this thread. Chunks after the first are verified on the background threads
-        while this one verifies the first (decompression and hashing release the GIL: a read of
-        several chunks takes the time of the longest, not the sum). A read-ahead chunk that fails
-        is left for its own read."""
+        read needs, on this thread, which verifies them. When they hold more than
+        :data:`PARALLEL_VERIFY_BYTES`, the chunks after the first are verified on the background
+        threads while this one verifies the first (decompression and hashing release the GIL: a
+        large read takes the time of its longest chunk, not the sum; a small one does not queue
+        behind the background threads' other work). A read-ahead chunk that fails is left for its
+        own read."""
         self._note_first_fetch()
         needed = [i for i in range(first, last + 1) if i not in self._kept and i not in self._coming]
         ahead = [i for i in range(last + 1, fetch_last + 1) if i not in self._kept and i not in self._coming]
@@ -165,12 +169,15 @@ class RangeReader:
             sources = list(zip(needed, self._sources(needed)))
         except IntegrityError as exc:
             raise ReadError(str(exc)) from None
-        for i, verified in sources[1:]:
-            self._coming.add(i)
-            background().submit(self._verify_ahead, i, verified)
-        if sources:
+        inline = sources
+        if sum(self._locations[self.entry.chunks[i]].raw_length for i in needed) > PARALLEL_VERIFY_BYTES:
+            inline = sources[:1]
+            for i, verified in sources[1:]:
+                self._coming.add(i)
+                background().submit(self._verify_ahead, i, verified)
+        for i, verified in inline:
             try:
-                self._keep(sources[0][0], self._checked(sources[0][0], sources[0][1]()))
+                self._keep(i, self._checked(i, verified()))
             except IntegrityError as exc:
                 raise ReadError(str(exc)) from None
         self._await(first, last)
@@ -196,25 +203,26 @@ class RangeReader:
             first_fetch()
 
     def _fetch_ahead(self, indexes: list[int]) -> None:
-        """Read-ahead in the background (``indexes`` are marked coming): their runs are read here
-        and each chunk verified on the background threads. A failure is left for the read that
-        needs the chunk, which fetches it again and reports it."""
-        handed: set[int] = set()
+        """Read-ahead in the background (``indexes`` are marked coming): their runs are read and
+        each chunk verified here, in order, each kept as soon as it is (a read waiting for the
+        first does not wait for the rest, nor for other work queued on the background threads).
+        A failure is left for the read that needs the chunk, which fetches it again and reports it."""
+        done: set[int] = set()
         try:
             for i, verified in zip(indexes, self._sources(indexes, wait=False)):
-                background().submit(self._verify_ahead, i, verified)
-                handed.add(i)
+                self._verify_ahead(i, verified)
+                done.add(i)
         except (CasError, OSError):
             pass
         finally:
             with self._lock:
                 self._reading_ahead = False
-                if len(handed) < len(indexes):
-                    self._coming.difference_update(i for i in indexes if i not in handed)
+                if len(done) < len(indexes):
+                    self._coming.difference_update(i for i in indexes if i not in done)
                     self._arrived.notify_all()
 
     def _verify_ahead(self, i: int, verified: Callable[[], bytes | memoryview]) -> None:
-        """Verify chunk ``i`` (marked coming) on a background thread and keep it; a failure leaves
+        """Verify chunk ``i`` (marked coming) off the reading thread and keep it; a failure leaves
         it for the read that needs it."""
         try:
             data: bytes | memoryview | None = self._checked(i, verified())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -312,11 +313,33 @@ def test_the_first_read_in_a_directory_sends_for_the_first_files_of_its_subdirec
         time.sleep(0.01)
     ahead = {name for name, ids in wanted.items() if not view._ahead.wants(ids)}
     assert ahead == {"a/f0.bin", "a/f1.bin", "a/f2.bin", "b/f0.bin", "b/f1.bin", "b/f2.bin"}
+    _background_idle()  # the rest of the work ahead (locating c's files) is done
     backend.reset()
-    for name in ("a/f0.bin", "a/f1.bin", "a/f2.bin", "b/f0.bin"):
+    read = ("a/f0.bin", "a/f1.bin", "a/f2.bin", "b/f0.bin")
+    for name in read:
         assert view.read_whole(view.lookup(f"run-1/{name}")) == files[name]
-    packs = {pack_key(loc.pack_id) for ids in wanted.values() for loc in s.repo.locate(ids).values()}
-    assert not [key for key, _o, _n in backend.gets if key in packs]
+    # None of their chunks was fetched again (the reads send for the next files of a and b).
+    fetched_again = [loc for name in read for loc in s.repo.locate(wanted[name]).values()
+                     if any(key == pack_key(loc.pack_id) and o <= loc.offset < o + n for key, o, n in backend.gets)]
+    assert fetched_again == []
+
+    # A subdirectory beyond the first few has its files located ahead too (not fetched): reading
+    # them asks the index nothing.
+    queries: list[list[str]] = []
+    locate = s.repo.index.locate
+    monkeypatch.setattr(s.repo.index, "locate", lambda ids: queries.append(list(ids)) or locate(ids))
+    for i in range(5):
+        assert view.read_whole(view.lookup(f"run-1/c/f{i}.bin")) == files[f"c/f{i}.bin"]
+    assert queries == []
+
+
+def _background_idle() -> None:
+    """Wait until the read-ahead's background threads have finished what was queued before."""
+    from cas.repo.readahead import background
+
+    both = threading.Barrier(2)
+    for running in [background().submit(both.wait, 30) for _ in range(2)]:
+        running.result()
 
 
 def test_a_small_file_read_whole_is_checked_whole(counted: tuple[Store, CountingBackend]) -> None:
