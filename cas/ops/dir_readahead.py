@@ -112,29 +112,34 @@ class DirReadAhead:
         not an index query to wait for in each. Errors are left for the reads, which meet them on
         their own."""
         try:
-            subdirectories = [e for e in siblings.entries if e.type == DIR]
-            for sub in subdirectories[:SUBDIRECTORIES_AHEAD]:
-                below = self._siblings_of(sub.tree)
-                if below.fetched_to:
-                    continue
-                self._locate_files(below.entries)
-                self._fetch_batch(below, 0, SUBDIRECTORY_AHEAD_BYTES)
-            wanted: dict[str, None] = {}
-            budget = LOCATE_BELOW
-            for sub in subdirectories[SUBDIRECTORIES_AHEAD:]:
-                for e in self._stored.read_tree(sub.tree):
-                    if e.type == FILE:
-                        wanted.update(dict.fromkeys(c for c in e.chunks if c not in self._located))
-                if len(wanted) >= LOCATE_AHEAD or len(wanted) >= budget:
-                    budget -= len(wanted)
-                    self._remember_located(self.repo.locate(wanted))
-                    wanted = {}
-                    if budget <= 0:
-                        return
-            if wanted:
-                self._remember_located(self.repo.locate(wanted))
+            with self.repo.lookups_on_one_connection():  # a query per subdirectory: no checkout each
+                self._prepare_below(siblings)
         except (CasError, OSError):
             pass
+
+    def _prepare_below(self, siblings: _Siblings) -> None:
+        """:meth:`_fetch_below_ahead`'s work."""
+        subdirectories = [e for e in siblings.entries if e.type == DIR]
+        for sub in subdirectories[:SUBDIRECTORIES_AHEAD]:
+            below = self._siblings_of(sub.tree)
+            if below.fetched_to:
+                continue
+            self._locate_files(below.entries)
+            self._fetch_batch(below, 0, SUBDIRECTORY_AHEAD_BYTES)
+        wanted: dict[str, None] = {}
+        budget = LOCATE_BELOW
+        for sub in subdirectories[SUBDIRECTORIES_AHEAD:]:
+            for e in self._stored.read_tree(sub.tree):
+                if e.type == FILE:
+                    wanted.update(dict.fromkeys(c for c in e.chunks if c not in self._located))
+            if len(wanted) >= LOCATE_AHEAD or len(wanted) >= budget:
+                budget -= len(wanted)
+                self._remember_located(self.repo.locate(wanted))
+                wanted = {}
+                if budget <= 0:
+                    return
+        if wanted:
+            self._remember_located(self.repo.locate(wanted))
 
     def _locate_files(self, entries: list[Entry]) -> None:
         """Locate the chunks of these files not located yet (up to :data:`LOCATE_AHEAD` IDs)."""
