@@ -174,10 +174,8 @@ def test_listings_read_ahead_stop_at_their_budget_and_the_cache_at_its_capacity(
 
 
 def test_opening_each_file_of_a_directory_locates_their_chunks_in_one_query(
-    counted: tuple[Store, CountingBackend], tmp_path: Path
+    counted: tuple[Store, CountingBackend], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sqlalchemy import event
-
     s, _backend = counted
     src = tmp_path / "src"
     src.mkdir()
@@ -186,9 +184,9 @@ def test_opening_each_file_of_a_directory_locates_their_chunks_in_one_query(
         (src / name).write_bytes(data)
     s.snapshot(src, "run-1")
     view = s.view()
-    queries: list[str] = []
-    event.listen(s.repo.index.engine, "before_cursor_execute",
-                 lambda _c, _cur, sql, *_a: queries.append(sql) if "FROM blobs" in sql else None)
+    queries: list[list[str]] = []  # the index's blob lookups (on a held connection, not SQLAlchemy's)
+    locate = s.repo.index.locate
+    monkeypatch.setattr(s.repo.index, "locate", lambda ids: queries.append(list(ids)) or locate(ids))
     for name, data in files.items():
         assert view.open(view.lookup(f"run-1/{name}")).read(0, len(data)) == data
     assert len(queries) == 2  # the stored directory's node, then all 30 files' chunks
