@@ -41,6 +41,8 @@ log = logging.getLogger("cas.mount")
 READERS_KEPT = 8
 """Files being read kept open by path when the kernel does not open files through cas (their readers'
 fetched chunks and read-ahead state; the least recently read is dropped beyond this)."""
+LOOKED_UP_KEPT = 256
+"""Files whose nodes a lookup keeps for their first read (a stored tree never changes)."""
 CACHE_SECONDS = 60
 """How long the kernel may keep names and attributes: stored trees never change, only the list of
 executions does (a new snapshot appears at the top level within this time)."""
@@ -91,6 +93,7 @@ class Operations:
         self._files: dict[int, RangeReader] = {}
         self._readers: OrderedDict[str, RangeReader] = OrderedDict()  # by path, when files are not opened
         self._no_open = False
+        self._looked_up: dict[str, Node] = {}  # files looked up, not read yet (a few)
         self._listings: OrderedDict[str, list[tuple[str, int, dict[str, int] | None]]] = OrderedDict()
         self._handles = itertools.count(1)
         self._lock = threading.Lock()
@@ -125,7 +128,13 @@ class Operations:
 
     @_errors
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
-        return self._attrs(self.view.lookup(path))
+        node = self.view.lookup(path)
+        if node.type == FILE:  # the kernel looks a file up before reading it: its read finds it here
+            with self._lock:
+                if len(self._looked_up) >= LOOKED_UP_KEPT:
+                    self._looked_up.clear()
+                self._looked_up[path] = node
+        return self._attrs(node)
 
     @_errors
     def readdir(self, path: str, fh: int) -> list[tuple[str, int, int]]:
@@ -209,7 +218,10 @@ class Operations:
             if reader is not None:
                 self._readers.move_to_end(path)
         if reader is None:
-            node = self.view.lookup(path)
+            with self._lock:
+                node = self._looked_up.pop(path, None)
+            if node is None:
+                node = self.view.lookup(path)
             if offset == 0 and node.type == FILE and size >= node.size and node.size <= SMALL_FILE:
                 data = self.view.read_whole(node)  # a small file read whole: the common case
                 target[: len(data)] = data

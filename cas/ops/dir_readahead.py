@@ -78,7 +78,8 @@ class DirReadAhead:
             return
         if siblings.fetched_to <= start:  # not handed to the read-ahead yet: a batch from here
             self._fetch_batch(siblings, start, SIBLINGS_AHEAD_BYTES)
-        elif siblings.small_bytes[siblings.fetched_to] - siblings.small_bytes[start + 1] < SIBLINGS_AHEAD_BYTES // 2:
+        elif (siblings.fetched_to < len(siblings.entries)  # else all handed over already
+              and siblings.small_bytes[siblings.fetched_to] - siblings.small_bytes[start + 1] < SIBLINGS_AHEAD_BYTES // 2):
             self._fetch_batch(siblings, siblings.fetched_to, SIBLINGS_AHEAD_BYTES)
         if not siblings.below_started:  # after this directory's own batch: that is needed first
             siblings.below_started = True
