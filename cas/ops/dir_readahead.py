@@ -38,7 +38,9 @@ SUBDIRECTORY_AHEAD_BYTES = 1 << 20
 """The most file bytes fetched ahead in each of those subdirectories."""
 LOCATE_BELOW = 16384
 """Chunk IDs located in the background, at most, in a directory's further subdirectories when its
-first file is read (:meth:`DirReadAhead._fetch_below_ahead`)."""
+first file is read (:meth:`DirReadAhead._fetch_below_ahead`)..."""
+SUBDIRECTORIES_LOCATED = 256
+"""... and subdirectories whose stored trees are read for that, at most."""
 SIBLING_DIRECTORIES = 16
 """Directories whose small files' read-ahead state is kept (the most recently read)."""
 
@@ -108,8 +110,9 @@ class DirReadAhead:
         """On a background thread: the first :data:`SUBDIRECTORY_AHEAD_BYTES` of small files of
         each of a directory's first :data:`SUBDIRECTORIES_AHEAD` subdirectories handed to the
         read-ahead (a directory already started is left as it is), and the chunks of every file
-        of every subdirectory located (up to :data:`LOCATE_BELOW` IDs, :data:`LOCATE_AHEAD` a
-        query): a walk entering them then finds their stored trees read and their files located,
+        of the further subdirectories located (up to :data:`SUBDIRECTORIES_LOCATED` of them and
+        :data:`LOCATE_BELOW` IDs, :data:`LOCATE_AHEAD` a query): a walk entering them then finds
+        their stored trees read and their files located,
         not an index query to wait for in each. Errors are left for the reads, which meet them on
         their own."""
         try:
@@ -129,7 +132,7 @@ class DirReadAhead:
             self._fetch_batch(below, 0, SUBDIRECTORY_AHEAD_BYTES)
         wanted: dict[str, None] = {}
         budget = LOCATE_BELOW
-        for sub in subdirectories[SUBDIRECTORIES_AHEAD:]:
+        for sub in subdirectories[SUBDIRECTORIES_AHEAD:SUBDIRECTORIES_LOCATED]:
             for e in self._stored.read_tree(sub.tree):
                 if e.type == FILE:
                     wanted.update(dict.fromkeys(c for c in e.chunks if c not in self._located))
