@@ -38,9 +38,9 @@ SUBDIRECTORY_AHEAD_BYTES = 1 << 20
 """The most file bytes fetched ahead in each of those subdirectories."""
 LOCATE_BELOW = 16384
 """Chunk IDs located in the background, at most, in a directory's further subdirectories when its
-first file is read (:meth:`DirReadAhead._fetch_below_ahead`)..."""
+first file is read (:meth:`DirReadAhead._fetch_below_ahead`)."""
 SUBDIRECTORIES_LOCATED = 256
-"""... and subdirectories whose stored trees are read for that, at most."""
+"""Subdirectories whose stored trees are read, at most, to locate their files that way."""
 SIBLING_DIRECTORIES = 16
 """Directories whose small files' read-ahead state is kept (the most recently read)."""
 
