@@ -41,6 +41,8 @@ log = logging.getLogger("cas.mount")
 READERS_KEPT = 8
 """Files being read kept open by path when the kernel does not open files through cas (their readers'
 fetched chunks and read-ahead state; the least recently read is dropped beyond this)."""
+LOOKED_UP_KEPT = 256
+"""Files whose nodes a lookup keeps for their first read (a stored tree never changes)."""
 CACHE_SECONDS = 60
 """How long the kernel may keep names and attributes: stored trees never change, only the list of
 executions does (a new snapshot appears at the top level within this time)."""
@@ -91,6 +93,7 @@ class Operations:
         self._files: dict[int, RangeReader] = {}
         self._readers: OrderedDict[str, RangeReader] = OrderedDict()  # by path, when files are not opened
         self._no_open = False
+        self._looked_up: dict[str, Node] = {}  # files looked up, not read yet (a few)
         self._listings: OrderedDict[str, list[tuple[str, int, dict[str, int] | None]]] = OrderedDict()
         self._handles = itertools.count(1)
         self._lock = threading.Lock()
@@ -125,7 +128,13 @@ class Operations:
 
     @_errors
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
-        return self._attrs(self.view.lookup(path))
+        node = self.view.lookup(path)
+        if node.type == FILE:  # the kernel looks a file up before reading it: its read finds it here
+            with self._lock:
+                if len(self._looked_up) >= LOOKED_UP_KEPT:
+                    self._looked_up.clear()
+                self._looked_up[path] = node
+        return self._attrs(node)
 
     @_errors
     def readdir(self, path: str, fh: int) -> list[tuple[str, int, int]]:
@@ -182,34 +191,48 @@ class Operations:
             self._files[fh] = reader
         return fh
 
-    @_errors
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        """Up to ``size`` bytes of the file from ``offset`` (:meth:`read_into`, as bytes)."""
+        buffer = bytearray(size)
+        return bytes(buffer[: self.read_into(path, memoryview(buffer), offset, fh)])
+
+    @_errors
+    def read_into(self, path: str, target: memoryview, offset: int, fh: int) -> int:
+        """Up to ``len(target)`` bytes of the file from ``offset`` copied into ``target`` (the
+        kernel's reply buffer, under the mount): how many. The bytes go there from the verified
+        chunks that hold them, with no copy made on the way."""
         if fh == 0 and self._no_open:
-            return self._read_unopened(path, size, offset)
+            return self._read_unopened(path, target, offset)
         with self._lock:
             reader = self._files.get(fh)
         if reader is None:
             raise OSError(errno.EBADF, "bad file handle")
-        return reader.read(offset, size)
+        return reader.read_into(offset, target)
 
-    def _read_unopened(self, path: str, size: int, offset: int) -> bytes:
+    def _read_unopened(self, path: str, target: memoryview, offset: int) -> int:
         """A read of a file the kernel did not open through cas: its reader is found by path. A
         file read whole by this one read (most small files) is not kept."""
+        size = len(target)
         with self._lock:
             reader = self._readers.get(path)
             if reader is not None:
                 self._readers.move_to_end(path)
         if reader is None:
-            node = self.view.lookup(path)
+            with self._lock:
+                node = self._looked_up.pop(path, None)
+            if node is None:
+                node = self.view.lookup(path)
             if offset == 0 and node.type == FILE and size >= node.size and node.size <= SMALL_FILE:
-                return self.view.read_whole(node)  # a small file read whole: the common case
+                data = self.view.read_whole(node)  # a small file read whole: the common case
+                target[: len(data)] = data
+                return len(data)
             reader = self.view.open(node)
             if offset > 0 or offset + size < reader.size:
                 with self._lock:
                     reader = self._readers.setdefault(path, reader)
                     while len(self._readers) > READERS_KEPT:
                         self._readers.popitem(last=False)
-        return reader.read(offset, size)
+        return reader.read_into(offset, target)
 
     def release(self, path: str, fh: int) -> int:
         with self._lock:
@@ -259,12 +282,19 @@ def _fuse_class(fuse: Any) -> Any:
     offsets (their place in the listing, plus one): libfuse 3.14 drops the attributes of a listing
     given whole (offset 0), so a readdirplus, and whatever the kernel asks after it, is answered a
     buffer at a time; a plain listing from the start is given whole, and libfuse answers the kernel's
-    further calls for it without calling back. Every callback first keeps its thread's Python state
-    (:func:`_keep_thread_state`)."""
+    further calls for it without calling back. A read is copied into libfuse's buffer from the
+    chunks that hold it (:meth:`Operations.read_into`). Every callback first keeps its thread's
+    Python state (:func:`_keep_thread_state`)."""
     class Fuse(fuse.FUSE):  # type: ignore[misc,name-defined]
         def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
             _keep_thread_state()
             return super()._wrapper(func, *args, **kwargs)
+
+        def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+            # Into libfuse's buffer directly (mfusepy's read takes bytes and copies them there).
+            target = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))).cast("B")
+            name = "" if path is None else path.decode(self.encoding, self.errors)
+            return self.operations.read_into(name, target, offset, fip.contents.fh)  # type: ignore[no-any-return]
 
     if fuse.fuse_version_major != 3:
         return Fuse

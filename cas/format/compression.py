@@ -71,7 +71,8 @@ def encode(data: bytes | memoryview, level: int) -> tuple[int, bytes]:
     return Codec.RAW, bytes(data)
 
 
-def decode(codec: int, payload: bytes, raw_length: int) -> bytes:
+def decode(codec: int, payload: bytes | memoryview, raw_length: int) -> bytes | memoryview:
+    """A blob's bytes from its payload: ``payload`` itself when stored raw (a view stays a view)."""
     if codec == Codec.RAW:
         data = payload
     elif codec == Codec.ZSTD:

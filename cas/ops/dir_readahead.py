@@ -36,6 +36,11 @@ SUBDIRECTORIES_AHEAD = 8
 """Subdirectories whose first small files are fetched ahead when a directory's first file is read."""
 SUBDIRECTORY_AHEAD_BYTES = 1 << 20
 """The most file bytes fetched ahead in each of those subdirectories."""
+LOCATE_BELOW = 16384
+"""Chunk IDs located in the background, at most, in a directory's further subdirectories when its
+first file is read (:meth:`DirReadAhead._fetch_below_ahead`)."""
+SUBDIRECTORIES_LOCATED = 256
+"""Subdirectories whose stored trees are read, at most, to locate their files that way."""
 SIBLING_DIRECTORIES = 16
 """Directories whose small files' read-ahead state is kept (the most recently read)."""
 
@@ -75,7 +80,8 @@ class DirReadAhead:
             return
         if siblings.fetched_to <= start:  # not handed to the read-ahead yet: a batch from here
             self._fetch_batch(siblings, start, SIBLINGS_AHEAD_BYTES)
-        elif siblings.small_bytes[siblings.fetched_to] - siblings.small_bytes[start + 1] < SIBLINGS_AHEAD_BYTES // 2:
+        elif (siblings.fetched_to < len(siblings.entries)  # else all handed over already
+              and siblings.small_bytes[siblings.fetched_to] - siblings.small_bytes[start + 1] < SIBLINGS_AHEAD_BYTES // 2):
             self._fetch_batch(siblings, siblings.fetched_to, SIBLINGS_AHEAD_BYTES)
         if not siblings.below_started:  # after this directory's own batch: that is needed first
             siblings.below_started = True
@@ -102,27 +108,53 @@ class DirReadAhead:
 
     def _fetch_below_ahead(self, siblings: _Siblings) -> None:
         """On a background thread: the first :data:`SUBDIRECTORY_AHEAD_BYTES` of small files of
-        each of a directory's first :data:`SUBDIRECTORIES_AHEAD` subdirectories located and
-        handed to the read-ahead (a directory already started is left as it is). Errors are left
-        for the reads, which meet them on their own."""
+        each of a directory's first :data:`SUBDIRECTORIES_AHEAD` subdirectories handed to the
+        read-ahead (a directory already started is left as it is), and the chunks of every file
+        of the further subdirectories located (up to :data:`SUBDIRECTORIES_LOCATED` of them and
+        :data:`LOCATE_BELOW` IDs, :data:`LOCATE_AHEAD` a query): a walk entering them then finds
+        their stored trees read and their files located,
+        not an index query to wait for in each. Errors are left for the reads, which meet them on
+        their own."""
         try:
-            for sub in [e for e in siblings.entries if e.type == DIR][:SUBDIRECTORIES_AHEAD]:
-                below = self._siblings_of(sub.tree)
-                if below.fetched_to:
-                    continue
-                ids: list[str] = []
-                size = 0
-                for e in below.entries:
-                    if e.type == FILE and 0 < e.size <= SMALL_FILE:
-                        if size + e.size > SUBDIRECTORY_AHEAD_BYTES:
-                            break
-                        ids.extend(c for c in e.chunks if c not in self._located)
-                        size += e.size
-                if ids:
-                    self._remember_located(self.repo.locate(ids))
-                self._fetch_batch(below, 0, SUBDIRECTORY_AHEAD_BYTES)
+            with self.repo.lookups_on_one_connection():  # a query per subdirectory: no checkout each
+                self._prepare_below(siblings)
         except (CasError, OSError):
             pass
+
+    def _prepare_below(self, siblings: _Siblings) -> None:
+        """:meth:`_fetch_below_ahead`'s work."""
+        subdirectories = [e for e in siblings.entries if e.type == DIR]
+        for sub in subdirectories[:SUBDIRECTORIES_AHEAD]:
+            below = self._siblings_of(sub.tree)
+            if below.fetched_to:
+                continue
+            self._locate_files(below.entries)
+            self._fetch_batch(below, 0, SUBDIRECTORY_AHEAD_BYTES)
+        wanted: dict[str, None] = {}
+        budget = LOCATE_BELOW
+        for sub in subdirectories[SUBDIRECTORIES_AHEAD:SUBDIRECTORIES_LOCATED]:
+            for e in self._stored.read_tree(sub.tree):
+                if e.type == FILE:
+                    wanted.update(dict.fromkeys(c for c in e.chunks if c not in self._located))
+            if len(wanted) >= LOCATE_AHEAD or len(wanted) >= budget:
+                budget -= len(wanted)
+                self._remember_located(self.repo.locate(wanted))
+                wanted = {}
+                if budget <= 0:
+                    return
+        if wanted:
+            self._remember_located(self.repo.locate(wanted))
+
+    def _locate_files(self, entries: list[Entry]) -> None:
+        """Locate the chunks of these files not located yet (up to :data:`LOCATE_AHEAD` IDs)."""
+        wanted: dict[str, None] = {}
+        for e in entries:
+            if e.type == FILE:
+                wanted.update(dict.fromkeys(c for c in e.chunks if c not in self._located))
+                if len(wanted) >= LOCATE_AHEAD:
+                    break
+        if wanted:
+            self._remember_located(self.repo.locate(wanted))
 
     def _siblings_of(self, parent: str) -> _Siblings:
         """A stored directory's entries, with each name's place and the small files' bytes before

@@ -309,9 +309,10 @@ class SnapshotView:
 
     def open(self, node: Node) -> RangeReader:
         """Random access to a file node's content; each chunk read is verified."""
-        entry = self._file_entry(node)
+        with self.repo.lookups_on_one_connection():  # its stored directory, its chunks: one checkout
+            entry = self._file_entry(node)
+            locations = self._read_ahead.chunk_locations(node.parent, entry)
         small = 0 < entry.size <= SMALL_FILE and node.parent
-        locations = self._read_ahead.chunk_locations(node.parent, entry)
         return RangeReader(self.repo, entry, node.path, locations, self._ahead,
                            partial(self._read_ahead.fetch_siblings_ahead, node.parent, entry) if small else None)
 

@@ -8,12 +8,18 @@ table that lies is caught before or when it is used: a read returns the file's t
 
 Reads that continue where the previous one ended are taken as sequential, and the chunks after them
 are fetched ahead (read-ahead: as many bytes as the sequential run has read so far, from
-:data:`MIN_READAHEAD` up to :data:`MAX_READAHEAD`, so a short run fetches little it will not use): in
-the same range read when the read itself needs chunks, in the background when it does not; a read
-elsewhere fetches only its own chunks. Chunks fetched ahead for files not opened yet
+:data:`MIN_READAHEAD` up to :data:`MAX_READAHEAD`, so a short run fetches little it will not use), on
+a background thread, started before the read fetches the chunks it needs itself; a read elsewhere
+fetches only its own chunks. Chunks fetched ahead for files not opened yet
 (:class:`~cas.repo.readahead.ChunksAhead`) are taken before fetching. Chunks go through the
 repository's chunk cache like any other read; the reader keeps the chunks it fetched last in memory,
-bounded by its window.
+bounded by its window. A chunk stored raw is kept as a view of the range read that fetched it (not a
+copy), so an evicted chunk's bytes stay in memory while a chunk read with it is kept: beyond the
+window, at most the range reads at its two ends (a read-ahead's range read is at most
+:data:`MAX_READAHEAD` plus a chunk).
+
+:meth:`RangeReader.read_into` copies a read into a caller's buffer (the mount's reply to the kernel)
+straight from the chunks, with no copy in between.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from cas.types import BlobLocation
 
 MIN_READAHEAD = 1 << 20
 MAX_READAHEAD = 16 << 20
+PARALLEL_VERIFY_BYTES = 4 << 20
+"""A read needing chunks of more bytes than this has them verified on several threads."""
 WINDOW_BYTES = 48 << 20
 """The most chunk bytes one reader keeps in memory (read-ahead included)."""
 
@@ -59,7 +67,7 @@ class RangeReader:
         else:
             self._locations = {c: locations[c] for c in entry.chunks if c in locations}
         self._starts = _chunk_starts(entry, self._locations, path)
-        self._kept: dict[int, bytes] = {}  # chunk index -> verified bytes
+        self._kept: dict[int, bytes | memoryview] = {}  # chunk index -> verified bytes
         self._kept_bytes = 0
         self._next_sequential = 0  # where a sequential read would start
         self._run_start = 0  # where the current run of sequential reads started
@@ -71,11 +79,25 @@ class RangeReader:
 
     def read(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes from ``offset`` (fewer only at the end of the file)."""
+        parts = self._pieces(offset, length)
+        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+
+    def read_into(self, offset: int, target: memoryview) -> int:
+        """:meth:`read` of ``len(target)`` bytes into ``target`` (a writable buffer of bytes), with
+        no copy made on the way; how many bytes were read."""
+        done = 0
+        for part in self._pieces(offset, len(target)):
+            target[done : done + len(part)] = part
+            done += len(part)
+        return done
+
+    def _pieces(self, offset: int, length: int) -> list[bytes | memoryview]:
+        """The bytes of :meth:`read`, as slices of the chunks that hold them."""
         if offset < 0 or length < 0:
             raise ValueError("offset and length must not be negative")
         end = min(offset + length, self.size)
         if offset >= end:
-            return b""
+            return [b""]
         first = bisect.bisect_right(self._starts, offset) - 1
         last = bisect.bisect_left(self._starts, end) - 1  # the chunk holding byte end - 1
         with self._lock:
@@ -92,7 +114,7 @@ class RangeReader:
             finally:
                 self._pinned.remove((first, last))
 
-    def _read_locked(self, offset: int, end: int, first: int, last: int) -> bytes:
+    def _read_locked(self, offset: int, end: int, first: int, last: int) -> list[bytes | memoryview]:
         have = all(i in self._kept for i in range(first, last + 1))
         # Streaming: the read continues the last one, or starts in or right after chunks held from
         # earlier reads (a kernel's concurrent read-ahead requests arrive out of order).
@@ -114,20 +136,16 @@ class RangeReader:
                 todo = [i for i in range(last + 1, self._chunk_at(end + window) + 1)
                         if i not in self._kept and i not in self._coming]
                 if todo:
-                    self._coming.update(todo)
-                    self._reading_ahead = True
-                    background().submit(self._fetch_ahead, todo)
+                    self._read_ahead(todo)
         self._next_sequential = end
         self._evict(first, last)
-        if first == last:  # the common case: one slice of one chunk, one copy
-            base = self._starts[first]
-            return self._kept[first][offset - base : end - base]
-        parts = []
+        # Views of the chunks kept (each view keeps its chunk's bytes alive once evicted).
+        parts: list[bytes | memoryview] = []
         for i in range(first, last + 1):
             view = memoryview(self._kept[i])
             base = self._starts[i]
             parts.append(view[max(0, offset - base) : min(len(view), end - base)])
-        return b"".join(parts)
+        return parts
 
     def _chunk_at(self, offset: int) -> int:
         """The index of the chunk holding byte ``offset - 1`` (the last chunk past the end)."""
@@ -135,26 +153,32 @@ class RangeReader:
 
     def _fetch(self, first: int, last: int, fetch_last: int) -> None:
         """Make chunks ``first..last`` present in memory, with ``last+1..fetch_last`` as read-ahead
-        (lock held). One range read per run of them, on this thread; the chunks after the first are
-        verified on the background threads while this one verifies the first (decompression and
-        hashing release the GIL: a read of several chunks takes the time of the longest, not the
-        sum). A read-ahead chunk that fails is left for its own read."""
-        missing = [i for i in range(first, fetch_last + 1) if i not in self._kept and i not in self._coming]
+        (lock held). The read-ahead is started first, on a background thread (unless one is under
+        way), so this read does not wait for it; then one range read per run of the chunks this
+        read needs, on this thread, which verifies them. When they hold more than
+        :data:`PARALLEL_VERIFY_BYTES`, the chunks after the first are verified on the background
+        threads while this one verifies the first (decompression and hashing release the GIL: a
+        large read takes the time of its longest chunk, not the sum; a small one does not queue
+        behind the background threads' other work). A read-ahead chunk that fails is left for its
+        own read."""
+        self._note_first_fetch()
+        needed = [i for i in range(first, last + 1) if i not in self._kept and i not in self._coming]
+        ahead = [i for i in range(last + 1, fetch_last + 1) if i not in self._kept and i not in self._coming]
+        if ahead and not self._reading_ahead:
+            self._read_ahead(ahead)
         try:
-            sources = list(zip(missing, self._sources(missing)))
-        except IntegrityError:  # a pack or location missing: without the read-ahead, for this read's error
-            needed = [i for i in missing if i <= last]
+            sources = list(zip(needed, self._sources(needed)))
+        except IntegrityError as exc:
+            raise ReadError(str(exc)) from None
+        inline = sources
+        if sum(self._locations[self.entry.chunks[i]].raw_length for i in needed) > PARALLEL_VERIFY_BYTES:
+            inline = sources[:1]
+            for i, verified in sources[1:]:
+                self._coming.add(i)
+                background().submit(self._verify_ahead, i, verified)
+        for i, verified in inline:
             try:
-                sources = list(zip(needed, self._sources(needed)))
-            except IntegrityError as exc:
-                raise ReadError(str(exc)) from None
-        inline = sources[0] if sources and sources[0][0] <= last else None
-        for i, verified in sources[1 if inline else 0 :]:
-            self._coming.add(i)
-            background().submit(self._verify_ahead, i, verified)
-        if inline is not None:
-            try:
-                self._keep(inline[0], self._checked(inline[0], inline[1]()))
+                self._keep(i, self._checked(i, verified()))
             except IntegrityError as exc:
                 raise ReadError(str(exc)) from None
         self._await(first, last)
@@ -166,29 +190,43 @@ class RangeReader:
                 except IntegrityError as exc:
                     raise ReadError(str(exc)) from None
 
+    def _read_ahead(self, indexes: list[int]) -> None:
+        """Start fetching chunks ``indexes`` in the background (lock held; no read-ahead under way)."""
+        self._note_first_fetch()
+        self._coming.update(indexes)
+        self._reading_ahead = True
+        background().submit(self._fetch_ahead, indexes)
+
+    def _note_first_fetch(self) -> None:
+        """Call ``on_first_fetch`` if this is the reader's first fetch (lock held)."""
+        if self._on_first_fetch is not None:
+            first_fetch, self._on_first_fetch = self._on_first_fetch, None
+            first_fetch()
+
     def _fetch_ahead(self, indexes: list[int]) -> None:
-        """Read-ahead in the background (``indexes`` are marked coming): their runs are read here
-        and each chunk verified on the background threads. A failure is left for the read that
-        needs the chunk, which fetches it again and reports it."""
-        handed: set[int] = set()
+        """Read-ahead in the background (``indexes`` are marked coming): their runs are read and
+        each chunk verified here, in order, each kept as soon as it is (a read waiting for the
+        first does not wait for the rest, nor for other work queued on the background threads).
+        A failure is left for the read that needs the chunk, which fetches it again and reports it."""
+        done: set[int] = set()
         try:
             for i, verified in zip(indexes, self._sources(indexes, wait=False)):
-                background().submit(self._verify_ahead, i, verified)
-                handed.add(i)
+                self._verify_ahead(i, verified)
+                done.add(i)
         except (CasError, OSError):
             pass
         finally:
             with self._lock:
                 self._reading_ahead = False
-                if len(handed) < len(indexes):
-                    self._coming.difference_update(i for i in indexes if i not in handed)
+                if len(done) < len(indexes):
+                    self._coming.difference_update(i for i in indexes if i not in done)
                     self._arrived.notify_all()
 
-    def _verify_ahead(self, i: int, verified: Callable[[], bytes]) -> None:
-        """Verify chunk ``i`` (marked coming) on a background thread and keep it; a failure leaves
+    def _verify_ahead(self, i: int, verified: Callable[[], bytes | memoryview]) -> None:
+        """Verify chunk ``i`` (marked coming) off the reading thread and keep it; a failure leaves
         it for the read that needs it."""
         try:
-            data: bytes | None = self._checked(i, verified())
+            data: bytes | memoryview | None = self._checked(i, verified())
         except (CasError, OSError):
             data = None
         with self._lock:
@@ -199,27 +237,24 @@ class RangeReader:
                 self._evict(position, position)
             self._arrived.notify_all()
 
-    def _sources(self, indexes: list[int], *, wait: bool = True) -> Iterator[Callable[[], bytes]]:
+    def _sources(self, indexes: list[int], *, wait: bool = True) -> Iterator[Callable[[], bytes | memoryview]]:
         """For chunks by index, in order, calls giving each one's verified bytes
         (:func:`~cas.repo.reader.chunk_sources`); ``wait``: for those the view's read-ahead is
         fetching (false on a background thread, which fetches them itself instead)."""
         if not indexes:
             return iter(())
         part = replace(self.entry, chunks=tuple(self.entry.chunks[i] for i in indexes))
-        if self._on_first_fetch is not None:
-            first_fetch, self._on_first_fetch = self._on_first_fetch, None
-            first_fetch()
         ahead = self._fetched_ahead.take(part.chunks, wait=wait) if self._fetched_ahead is not None else None
-        return chunk_sources(self.repo, part, self._locations, self.path, ahead)
+        return chunk_sources(self.repo, part, self._locations, self.path, ahead, views=True)
 
-    def _checked(self, i: int, data: bytes) -> bytes:
+    def _checked(self, i: int, data: bytes | memoryview) -> bytes | memoryview:
         """Chunk ``i``'s verified bytes, checked against the size its location records."""
         if len(data) != self._locations[self.entry.chunks[i]].raw_length:
             raise IntegrityError(f"{self.path}: chunk {self.entry.chunks[i][:16]} is not the size "
                                  "its location records")
         return data
 
-    def _keep(self, i: int, data: bytes) -> None:
+    def _keep(self, i: int, data: bytes | memoryview) -> None:
         if i not in self._kept:
             self._kept[i] = data
             self._kept_bytes += len(data)

@@ -85,9 +85,9 @@ def checked_payload(repo: Repository, loc: BlobLocation, payload: bytes) -> byte
         return None
 
 
-def verified_chunk(repo: Repository, chunk_id: str, loc: BlobLocation, payload: bytes) -> bytes:
+def verified_chunk(repo: Repository, chunk_id: str, loc: BlobLocation, payload: bytes | memoryview) -> bytes | memoryview:
     """A chunk's bytes from its stored payload, verified (IntegrityError if they are not the
-    chunk) and added to the chunk cache."""
+    chunk) and added to the chunk cache (a payload stored raw is returned as given)."""
     raw = verify_blob(chunk_id, loc, payload)
     if repo.chunk_cache is not None:
         repo.chunk_cache.put(chunk_id, raw)
@@ -116,11 +116,17 @@ def chunk_sources(
     locations: dict[str, BlobLocation],
     path: str,
     prefetched: dict[str, bytes] | None = None,
-) -> Iterator[Callable[[], bytes]]:
+    *,
+    views: bool = False,
+) -> Iterator[Callable[[], bytes | memoryview]]:
     """:func:`file_chunks` in two steps: for each chunk, in order, a call that gives its verified
     bytes (or raises IntegrityError naming ``path``). The ranged reads are made as the iterator
     reaches each run; the calls decompress and hash, so a caller may make them on several threads
-    (both release the GIL) while one thread reads on."""
+    (both release the GIL) while one thread reads on.
+
+    ``views``: a chunk stored raw is given as a read-only view of the range read that fetched it
+    (no copy of its bytes; the view keeps that whole range in memory), for a caller that keeps a
+    file's chunks only a short while, as a file reader does."""
     if prefetched and all(c in prefetched for c in entry.chunks):
         for chunk_id in entry.chunks:
             yield partial(_given, prefetched[chunk_id])
@@ -154,30 +160,37 @@ def chunk_sources(
                 loc = locations.get(segment) or repo.locate([segment]).get(segment)
                 if loc is None:
                     raise IntegrityError(f"{path}: chunk {segment[:16]} is missing from the repository")
-                yield from _fetch_run(repo, [(segment, loc)], path)
+                yield from _fetch_run(repo, [(segment, loc)], path, views)
             else:
                 yield partial(_given, data)
             continue
-        yield from _fetch_run(repo, segment, path)
+        yield from _fetch_run(repo, segment, path, views)
 
 
 def _given(data: bytes) -> bytes:
     return data
 
 
-def _fetch_run(repo: Repository, run: list[tuple[str, BlobLocation]], path: str) -> Iterator[Callable[[], bytes]]:
+def _fetch_run(
+    repo: Repository, run: list[tuple[str, BlobLocation]], path: str, views: bool = False
+) -> Iterator[Callable[[], bytes | memoryview]]:
     start = run[0][1].offset
     end = run[-1][1].offset + run[-1][1].length
     try:
-        data = repo.backend.get(pack_key(run[0][1].pack_id), start, end - start)
+        data: bytes | memoryview = repo.backend.get(pack_key(run[0][1].pack_id), start, end - start)
     except FileNotFoundError:
         raise IntegrityError(f"{path}: pack {run[0][1].pack_id[:16]} is missing from the backend") from None
+    if views:
+        data = memoryview(data).toreadonly()
     for chunk_id, loc in run:
         yield partial(_verified, repo, chunk_id, loc, data, loc.offset - start, path)
 
 
-def _verified(repo: Repository, chunk_id: str, loc: BlobLocation, data: bytes, at: int, path: str) -> bytes:
-    """The chunk at ``at`` in ``data`` (a run read from its pack), verified (and cached)."""
+def _verified(
+    repo: Repository, chunk_id: str, loc: BlobLocation, data: bytes | memoryview, at: int, path: str
+) -> bytes | memoryview:
+    """The chunk at ``at`` in ``data`` (a run read from its pack), verified (and cached); a slice
+    of a view of ``data`` is a view too (a chunk stored raw is then not copied)."""
     try:
         return verified_chunk(repo, chunk_id, loc, data[at : at + loc.length])
     except IntegrityError as exc:

@@ -285,7 +285,9 @@ def _location(row: object) -> BlobLocation:
     return BlobLocation(row.id, row.kind, row.pack_id, row.offset, row.length, row.raw_length, row.codec)  # type: ignore[attr-defined]
 
 
-def verify_blob(blob_id: str, location: BlobLocation, payload: bytes) -> bytes:
+def verify_blob(blob_id: str, location: BlobLocation, payload: bytes | memoryview) -> bytes | memoryview:
+    """A blob's bytes from its stored payload (``payload`` itself when stored raw), checked
+    against its length and ID (IntegrityError otherwise)."""
     if len(payload) != location.length:
         raise IntegrityError(f"blob {blob_id[:16]} is truncated in pack {location.pack_id[:16]}")
     data = decode(location.codec, payload, location.raw_length)

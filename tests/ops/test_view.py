@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -173,10 +174,8 @@ def test_listings_read_ahead_stop_at_their_budget_and_the_cache_at_its_capacity(
 
 
 def test_opening_each_file_of_a_directory_locates_their_chunks_in_one_query(
-    counted: tuple[Store, CountingBackend], tmp_path: Path
+    counted: tuple[Store, CountingBackend], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sqlalchemy import event
-
     s, _backend = counted
     src = tmp_path / "src"
     src.mkdir()
@@ -185,9 +184,9 @@ def test_opening_each_file_of_a_directory_locates_their_chunks_in_one_query(
         (src / name).write_bytes(data)
     s.snapshot(src, "run-1")
     view = s.view()
-    queries: list[str] = []
-    event.listen(s.repo.index.engine, "before_cursor_execute",
-                 lambda _c, _cur, sql, *_a: queries.append(sql) if "FROM blobs" in sql else None)
+    queries: list[list[str]] = []  # the index's blob lookups (on a held connection, not SQLAlchemy's)
+    locate = s.repo.index.locate
+    monkeypatch.setattr(s.repo.index, "locate", lambda ids: queries.append(list(ids)) or locate(ids))
     for name, data in files.items():
         assert view.open(view.lookup(f"run-1/{name}")).read(0, len(data)) == data
     assert len(queries) == 2  # the stored directory's node, then all 30 files' chunks
@@ -312,11 +311,33 @@ def test_the_first_read_in_a_directory_sends_for_the_first_files_of_its_subdirec
         time.sleep(0.01)
     ahead = {name for name, ids in wanted.items() if not view._ahead.wants(ids)}
     assert ahead == {"a/f0.bin", "a/f1.bin", "a/f2.bin", "b/f0.bin", "b/f1.bin", "b/f2.bin"}
+    _background_idle()  # the rest of the work ahead (locating c's files) is done
     backend.reset()
-    for name in ("a/f0.bin", "a/f1.bin", "a/f2.bin", "b/f0.bin"):
+    read = ("a/f0.bin", "a/f1.bin", "a/f2.bin", "b/f0.bin")
+    for name in read:
         assert view.read_whole(view.lookup(f"run-1/{name}")) == files[name]
-    packs = {pack_key(loc.pack_id) for ids in wanted.values() for loc in s.repo.locate(ids).values()}
-    assert not [key for key, _o, _n in backend.gets if key in packs]
+    # None of their chunks was fetched again (the reads send for the next files of a and b).
+    fetched_again = [loc for name in read for loc in s.repo.locate(wanted[name]).values()
+                     if any(key == pack_key(loc.pack_id) and o <= loc.offset < o + n for key, o, n in backend.gets)]
+    assert fetched_again == []
+
+    # A subdirectory beyond the first few has its files located ahead too (not fetched): reading
+    # them asks the index nothing.
+    queries: list[list[str]] = []
+    locate = s.repo.index.locate
+    monkeypatch.setattr(s.repo.index, "locate", lambda ids: queries.append(list(ids)) or locate(ids))
+    for i in range(5):
+        assert view.read_whole(view.lookup(f"run-1/c/f{i}.bin")) == files[f"c/f{i}.bin"]
+    assert queries == []
+
+
+def _background_idle() -> None:
+    """Wait until the read-ahead's background threads have finished what was queued before."""
+    from cas.repo.readahead import background
+
+    both = threading.Barrier(2)
+    for running in [background().submit(both.wait, 30) for _ in range(2)]:
+        running.result()
 
 
 def test_a_small_file_read_whole_is_checked_whole(counted: tuple[Store, CountingBackend]) -> None:

@@ -40,18 +40,29 @@ def _stored(store: Store, tmp_path: Path, data: bytes, name: str = "f.bin", exec
     content=st.binary(min_size=0, max_size=6000),
     reads=st.lists(st.tuples(st.integers(0, 7000), st.integers(0, 3000)), max_size=12),
     sequential=st.booleans(),
+    into=st.booleans(),
 )
 def test_any_read_returns_the_files_bytes(
-    store: Store, tmp_path: Path, content: bytes, reads: list[tuple[int, int]], sequential: bool
+    store: Store, tmp_path: Path, content: bytes, reads: list[tuple[int, int]], sequential: bool, into: bool
 ) -> None:
     reader = _stored(store, tmp_path, content, execution=f"run-{next(_executions)}")
+    read = _read_into if into else RangeReader.read
     if sequential:  # consecutive reads from 0, as a reader walking the file does (read-ahead)
         offset = 0
         for _, length in reads:
-            assert reader.read(offset, length) == content[offset : offset + length]
+            assert read(reader, offset, length) == content[offset : offset + length]
             offset += length
     for offset, length in reads:
-        assert reader.read(offset, length) == content[offset : offset + length]
+        assert read(reader, offset, length) == content[offset : offset + length]
+
+
+def _read_into(reader: RangeReader, offset: int, length: int) -> bytes:
+    """A read through :meth:`RangeReader.read_into`, into a buffer one byte longer than asked (as
+    the mount's reply buffer): the byte past the read must be left as it was."""
+    buffer = bytearray(b"\xa5" * (length + 1))
+    done = reader.read_into(offset, memoryview(buffer)[:length])
+    assert buffer[done:] == b"\xa5" * (length + 1 - done)
+    return bytes(buffer[:done])
 
 
 @pytest.fixture
