@@ -325,24 +325,24 @@ class _Walker:
         """Hash the directory's small files, send their records, and list its subdirectories."""
         at_ns = time.time_ns()
         st = os.fstat(fd)
-        with os.scandir(fd) as listing:
-            items = sorted(listing, key=lambda item: os.fsencode(item.name))  # the trees' order
         records = {}
         subdirs = []
         settled_before = at_ns - self.settled_ns
-        for item in items:
-            name = item.name
-            if name.startswith(TMP_PREFIX):
-                continue
-            try:
-                if item.is_dir(follow_symlinks=False):
-                    subdirs.append(name)
-                elif item.is_file(follow_symlinks=False):
-                    record = self.hash(fd, name, settled_before)
-                    if record is not None:
-                        records[name] = record
-            except OSError:
-                continue
+        with os.scandir(fd) as listing:
+            for item in listing:
+                name = item.name
+                if name.startswith(TMP_PREFIX):
+                    continue
+                try:
+                    if item.is_file(follow_symlinks=False):
+                        record = self.hash(fd, name, settled_before)
+                        if record is not None:
+                            records[name] = record
+                    elif item.is_dir(follow_symlinks=False):
+                        subdirs.append(name)
+                except OSError:
+                    continue
+        subdirs.sort(key=os.fsencode)  # the trees' order, which the walk enters them in
         ident = (st.st_dev, st.st_ino)
         self.send(pickle.dumps((ident, at_ns, records), protocol=pickle.HIGHEST_PROTOCOL))
         return _Level(fd, ident, key, subdirs)
