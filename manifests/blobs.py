@@ -35,7 +35,8 @@ class BlobIndex(IndexConnection):
 
     def locate(self, ids: Iterable[str]) -> dict[str, BlobRow]:
         """Where each of ``ids`` is stored, in live and condemned packs alike; unknown IDs are absent."""
-        return {row[0]: BlobRow(*row) for row in self._lookup(_LOCATE_SQL, ids)}
+        make = BlobRow._make
+        return {row[0]: make(row) for row in self._lookup(_LOCATE_SQL, ids)}
 
     def add_pack(self, pack_id: str, size: int, blobs: Sequence[BlobLocationLike]) -> None:
         """Record a pack that is already on the backend, and the blobs it holds, in one transaction.

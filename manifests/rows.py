@@ -40,9 +40,9 @@ class BlobLocationLike(Protocol):
     def codec(self) -> int: ...
 
 
-@dataclass(frozen=True)
-class BlobRow:
-    """A ``blobs`` row: where a chunk or tree node is stored and how it is encoded."""
+class BlobRow(NamedTuple):
+    """A ``blobs`` row: where a chunk or tree node is stored and how it is encoded. (A named tuple:
+    a restore makes one per chunk, built from the driver's row in one call.)"""
 
     id: str
     kind: int

@@ -30,7 +30,7 @@ from cas.format.packs import FOOTER_SIZE, PackEntry, parse_footer, parse_trailer
 from cas.types import BlobKind
 from cas.format.trees import Entry, decode_node, join_parts
 from cas.types import BlobLocation
-from manifests.index import Index
+from manifests.index import BlobRow, Index
 
 _MAX_CONFIG_READ = 64 * 1024
 
@@ -280,9 +280,13 @@ class Repository:
         return data
 
 
-def _location(row: object) -> BlobLocation:
-    """The engine's location of a blob from an index row (the index has its own row type)."""
-    return BlobLocation(row.id, row.kind, row.pack_id, row.offset, row.length, row.raw_length, row.codec)  # type: ignore[attr-defined]
+def _location(row: BlobRow) -> BlobLocation:
+    """The engine's location of a blob from an index row (the index has its own row type, a named
+    tuple of the same fields in the same order: tests/repo/test_locate.py checks it)."""
+    return _make_location(row)
+
+
+_make_location = BlobLocation._make
 
 
 def verify_blob(blob_id: str, location: BlobLocation, payload: bytes | memoryview) -> bytes | memoryview:
