@@ -81,26 +81,22 @@ class DestinationSurvey(RestoreState):
                     continue
                 if (compare and entry is not None and entry.type == FILE and entry.size <= _COMPARE_AT_ONCE
                         and item.is_file(follow_symlinks=False)):
-                    if hashed is not None and name in hashed:
+                    mode = self._mode(entry.mode)
+                    matches, fixed, st = None, False, None
+                    if hashed is not None and name in hashed:  # what the child found, if it still holds
                         try:
-                            verdict = judge(hashed[name], at_ns, item.stat(follow_symlinks=False), entry,
-                                            self._mode(entry.mode), restore_local.SETTLED_NS)
+                            st = item.stat(follow_symlinks=False)
                         except FileNotFoundError:
                             continue
-                        if verdict:
-                            matched.add(name)
-                            self._count_match(entry, False)
-                            continue
-                        if verdict is not None:
-                            present[name] = item.stat(follow_symlinks=False)
-                            continue
-                    try:
-                        matches, fixed, st = match_whole(dir_fd, entry, self._mode(entry.mode), nowait=True)
-                    except OSError:  # unreadable: left to a file worker, which tries again and reports it
-                        matches, st = False, None
+                        matches = judge(hashed[name], at_ns, st, entry, mode, restore_local.SETTLED_NS)
                     if matches is None:
-                        cold.append(entry)
-                        continue
+                        try:
+                            matches, fixed, st = match_whole(dir_fd, entry, mode, nowait=True)
+                        except OSError:  # unreadable: left to a file worker, which tries again and reports it
+                            matches, st = False, None
+                        if matches is None:
+                            cold.append(entry)
+                            continue
                     if matches:
                         matched.add(name)
                         self._count_match(entry, fixed)
