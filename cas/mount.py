@@ -126,6 +126,12 @@ class Operations:
                 "st_uid": self._uid, "st_gid": self._gid,
                 "st_mtime": mtime_ns, "st_ctime": mtime_ns, "st_atime": mtime_ns}
 
+    def _file_attrs(self, mode: int, mtime_ns: int, size: int) -> dict[str, int]:
+        """What :meth:`_attrs` gives for a file, without making its node."""
+        return {"st_mode": stat.S_IFREG | (mode & 0o777), "st_nlink": 1, "st_size": size,
+                "st_blocks": (size + 511) // 512, "st_uid": self._uid, "st_gid": self._gid,
+                "st_mtime": mtime_ns, "st_ctime": mtime_ns, "st_atime": mtime_ns}
+
     @_errors
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
         node = self.view.lookup(path)
@@ -143,9 +149,10 @@ class Operations:
 
     @_errors
     def readdir_plus(self, path: str) -> list[tuple[str, int, dict[str, int] | None]]:
-        """The listing with each subdirectory's attributes (libfuse 3's readdirplus): the kernel
-        then knows the subdirectories without a lookup each, so a walk down the tree (`find`,
-        `du`) makes one request per directory, not two."""
+        """The listing with each subdirectory's and file's attributes (libfuse 3's readdirplus):
+        the kernel then knows them without a lookup each, so a walk down the tree makes one
+        request per directory, and stat or open of a listed file none of its own (symlinks are
+        looked up)."""
         return self._listing(path)
 
     def _listing(self, path: str) -> list[tuple[str, int, dict[str, int] | None]]:
@@ -158,7 +165,8 @@ class Operations:
             listing = [(".", _S_IFDIR, None), ("..", _S_IFDIR, None)]
             if node.tree:
                 listing += [(e.name, _S_IFDIR, self._dir_attrs(e.mode, e.mtime_ns)) if e.type is DIR
-                            else (e.name, _S_IFREG if e.type is FILE else _S_IFLNK, None)
+                            else (e.name, _S_IFREG, self._file_attrs(e.mode, e.mtime_ns, e.size)) if e.type is FILE
+                            else (e.name, _S_IFLNK, None)
                             for e in self.view.entries(node)]
             else:
                 listing += [(n.name, _S_IFDIR, self._attrs(n)) for n in self.view.children(node)]

@@ -127,8 +127,11 @@ class TreeIndex(IndexConnection):
         out: dict[str, list[TreeEntryRow]] = {t: [] for t in tree_ids}
         sql = "SELECT tree_id, name, type, mode, mtime_ns, size, digest, target, child FROM tree_entries WHERE tree_id IN "
         for r in self._lookup(sql, out):
-            out[r[0]].append(TreeEntryRow(bytes(r[1]), r[2], r[3], r[4], r[5], r[6],
-                                          None if r[7] is None else bytes(r[7]), r[8]))
+            if type(r[1]) is bytes and (r[7] is None or type(r[7]) is bytes):  # not a memoryview
+                out[r[0]].append(TreeEntryRow._make(r[1:]))
+            else:
+                out[r[0]].append(TreeEntryRow(bytes(r[1]), r[2], r[3], r[4], r[5], r[6],
+                                              None if r[7] is None else bytes(r[7]), r[8]))
         for rows in out.values():
             rows.sort(key=lambda e: e.name)
         return out

@@ -430,3 +430,25 @@ def _pread_aligned(fd: int, offset: int) -> bytes:
         return bytes(buf[:n])
     finally:
         buf.close()
+
+
+def test_a_listing_carries_each_entrys_attributes_as_a_lookup_gives_them(tmp_path: Path, repo: Store,
+                                                                         project: Path) -> None:
+    """readdirplus answers with files' and subdirectories' attributes (the kernel then needs no
+    lookup to stat or open them): each is exactly what a lookup of that path gives."""
+    from cas.mount import Operations
+
+    repo.snapshot(project, "run-42")
+    ops = Operations(repo.view())
+    for directory in ("/run-42", "/run-42/code"):
+        listing = {name: attrs for name, _mode, attrs in ops.readdir_plus(directory)}
+        assert set(listing) - {".", ".."} == set(os.listdir(project / directory.removeprefix("/run-42/")
+                                                          if directory != "/run-42" else project))
+        for name, attrs in listing.items():
+            if name in (".", ".."):
+                continue
+            if attrs is None:  # symlinks only: their lookup reads the target
+                assert stat.S_ISLNK(ops.getattr(f"{directory}/{name}")["st_mode"])
+            else:
+                assert attrs == ops.getattr(f"{directory}/{name}"), name
+    assert stat.S_ISREG(listing["train.py"]["st_mode"]) and listing["train.py"]["st_size"] == len("print('train')\n" * 30)

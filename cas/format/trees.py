@@ -84,10 +84,11 @@ _new_object = object.__new__
 _set_attribute = object.__setattr__
 
 
-def _entry(name: str, kind: EntryType, mode: int, mtime_ns: int, size: int = 0, digest: str = "",
-           chunks: tuple[str, ...] = (), target: str = "", tree: str = "") -> Entry:
-    """``Entry(...)`` for the decoder, without the frozen dataclass's ``__init__`` (one
-    ``object.__setattr__`` call per field): the same object, its fields set in one assignment."""
+def new_entry(name: str, kind: EntryType, mode: int, mtime_ns: int, size: int = 0, digest: str = "",
+              chunks: tuple[str, ...] = (), target: str = "", tree: str = "") -> Entry:
+    """``Entry(...)`` for the decoders (of stored trees and of the index's rows), without the frozen
+    dataclass's ``__init__`` (one ``object.__setattr__`` call per field): the same object, its
+    fields set in one assignment. No check: the caller has checked the fields."""
     entry = _new_object(Entry)
     _set_attribute(entry, "__dict__", {"name": name, "type": kind, "mode": mode, "mtime_ns": mtime_ns, "size": size,
                                        "digest": digest, "chunks": chunks, "target": target, "tree": tree})
@@ -341,7 +342,7 @@ def _decode_entry(raw: object) -> tuple[bytes, Entry]:
                 raise IntegrityError(f"entry {name!r} has an invalid chunk list")
         if len(chunks) > size or (size > 0 and not chunks):
             raise IntegrityError(f"entry {name!r} has a chunk list that cannot add up to its size")
-        return key, _entry(name, FILE, mode, mtime_ns, size, digest, tuple(chunks))  # type: ignore[arg-type]
+        return key, new_entry(name, FILE, mode, mtime_ns, size, digest, tuple(chunks))  # type: ignore[arg-type]
     if kind is SYMLINK:
         target = raw.get("target")
         if not isinstance(target, str) or not target or "\x00" in target:
@@ -351,8 +352,8 @@ def _decode_entry(raw: object) -> tuple[bytes, Entry]:
                 raise IntegrityError(f"symlink {name!r} target is too long")
         except UnicodeError as exc:
             raise IntegrityError(f"symlink {name!r} target cannot be encoded") from exc
-        return key, _entry(name, SYMLINK, mode, mtime_ns, target=target)
+        return key, new_entry(name, SYMLINK, mode, mtime_ns, target=target)
     tree = raw.get("tree")
     if not is_digest(tree):
         raise IntegrityError(f"directory {name!r} has an invalid tree id")
-    return key, _entry(name, DIR, mode, mtime_ns, tree=tree)  # type: ignore[arg-type]
+    return key, new_entry(name, DIR, mode, mtime_ns, tree=tree)  # type: ignore[arg-type]

@@ -15,12 +15,13 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 from cas.errors import CasError
-from cas.format.trees import DIR, FILE, SYMLINK, Entry
+from cas.format.trees import DIR, FILE, SYMLINK, Entry, new_entry
 from cas.repo.repository import Repository
 from cas.types import EntryType
 from manifests.rows import TreeEntryRow
@@ -32,6 +33,8 @@ _CHECK_EVERY = 256
 _CHECK_ENTRIES = 10_000
 """... or entries in them (held as the encoder's entries until checked, as rows only if kept)."""
 _SPILL_ROWS = 200_000
+_KIND_OF = {kind.value: kind for kind in EntryType}
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 """Rows of new directories held in memory before the spool writes them to a temporary file."""
 
 
@@ -52,14 +55,18 @@ def entry_row(entry: Entry) -> TreeEntryRow:
 
 
 def entry_from_row(row: TreeEntryRow) -> Entry:
-    """The tree entry of an index row; its ``chunks`` are empty (the index does not keep them)."""
-    kind = EntryType(row.type)
-    name = os.fsdecode(row.name)
-    if kind == FILE:
-        return Entry(name, FILE, row.mode, row.mtime_ns, size=row.size, digest=row.digest or "")
-    if kind == SYMLINK:
-        return Entry(name, SYMLINK, row.mode, row.mtime_ns, target=os.fsdecode(row.target or b""))
-    return Entry(name, DIR, row.mode, row.mtime_ns, tree=row.child or "")
+    """The tree entry of an index row; its ``chunks`` are empty (the index does not keep them).
+    (A listing makes one per entry it shows: built without the dataclass's ``__init__``, names
+    decoded as :func:`os.fsdecode` does, without its checks.)"""
+    kind = _KIND_OF.get(row.type)
+    name = row.name.decode(_FS_ENCODING, _FS_ERRORS)
+    if kind is FILE:
+        return new_entry(name, FILE, row.mode, row.mtime_ns, row.size, row.digest or "")
+    if kind is SYMLINK:
+        return new_entry(name, SYMLINK, row.mode, row.mtime_ns, target=(row.target or b"").decode(_FS_ENCODING, _FS_ERRORS))
+    if kind is DIR:
+        return new_entry(name, DIR, row.mode, row.mtime_ns, tree=row.child or "")
+    raise CasError(f"the index's entry {name!r} has an unknown type {row.type!r}")
 
 
 class TreeRowSpool:
@@ -154,8 +161,10 @@ class IndexedTrees:
         return [entry_from_row(r) for r in self._index.tree_entries(tree_id)]
 
     def read_trees(self, tree_ids: Iterable[str]) -> dict[str, list[Entry]]:
-        """Several trees' entries at once (batched queries), by tree ID."""
-        return {t: [entry_from_row(r) for r in rows] for t, rows in self._index.tree_entries_of(tree_ids).items()}
+        """Several trees' entries at once (batched queries on one connection), by tree ID."""
+        with self._index.lookups_on_one_connection():
+            found = self._index.tree_entries_of(tree_ids)
+        return {t: [entry_from_row(r) for r in rows] for t, rows in found.items()}
 
 
 def index_snapshot_trees(repo: Repository, execution_id: str, root: str) -> bool:
