@@ -28,6 +28,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import run as bench  # noqa: E402
 import workload as wl  # noqa: E402
+
 from backends.local import LocalBackend  # noqa: E402
 from cas import Store  # noqa: E402
 from cas.format.packs import FOOTER_SIZE, parse_footer, parse_trailer  # noqa: E402

@@ -24,7 +24,6 @@ import time
 
 from cas import SnapshotFilter, Store, TreeFilter
 
-
 PATTERNS = ["__pycache__/", "*.pyc", "*.ckpt", ".venv/", "/build/", "dist/", "*.egg-info/", ".mypy_cache/",
             "!keep.ckpt", "**/logs/*.log", "data/**/raw/", "*.tmp", "*.swp", ".DS_Store", "node_modules/",
             "/scratch", "wandb/", "outputs/", "*.o", "*.so"]

@@ -20,14 +20,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from cas.format.compression import encode
 from cas.errors import AlreadyExists, IntegrityError
-from cas.format.packs import MAX_BLOB_SIZE
+from cas.format.compression import encode
 from cas.format.keys import pack_key
-from cas.types import BlobKind
+from cas.format.packs import MAX_BLOB_SIZE
 from cas.repo.packfile import PackFile
 from cas.repo.repository import Repository
-from cas.types import BlobLocation
+from cas.types import BlobKind, BlobLocation
 from manifests.errors import PackBeingDeleted
 
 _TOMBSTONE_WAIT = 120.0

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from cas import Store
 from cas.format.chunking import Chunker
 from cas.format.config import RepoConfig
-from tests.engine import cas_home, either_store as store  # noqa: F401 - plain and encrypted
+from tests.engine import cas_home  # noqa: F401 - plain and encrypted
+from tests.engine import either_store as store
 
 _CONFIG = RepoConfig.new(chunk_min=256, chunk_avg=1024, chunk_max=4096)
 

@@ -20,11 +20,13 @@ from hypothesis import strategies as st
 from backends.local import LocalBackend
 from cas import Store
 from cas.errors import AlreadyExists, PartialRestore
-from cas.ops.restore import walk as restore_walk
-from cas.ops.restore import finish as restore_finish, local as restore_local, survey as restore_survey
-from cas.ops.restore import write as restore_write
 from cas.format.hashing import hexdigest
 from cas.format.trees import FILE, Entry
+from cas.ops.restore import finish as restore_finish
+from cas.ops.restore import local as restore_local
+from cas.ops.restore import survey as restore_survey
+from cas.ops.restore import walk as restore_walk
+from cas.ops.restore import write as restore_write
 from tests.engine import SMALL_CHUNKS, cas_home, store  # noqa: F401
 from tests.ops.test_roundtrip import _materialise, _trees
 from tests.oswrap import CountingPread

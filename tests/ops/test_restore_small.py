@@ -15,8 +15,9 @@ import pytest
 
 from cas import Store
 from cas.errors import PartialRestore
+from cas.ops.restore import state as restore_state
 from cas.ops.restore import walk as restore_walk
-from cas.ops.restore import state as restore_state, write as restore_write
+from cas.ops.restore import write as restore_write
 from cas.ops.restore.temps import TMP_PREFIX
 from cas.ops.restore.write import FileWriter
 from tests.engine import cas_home  # noqa: F401

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cas import Store
-from tests.engine import SMALL_CHUNKS, cas_home, either_store as store  # noqa: F401 - plain and encrypted
+from tests.engine import SMALL_CHUNKS, cas_home  # noqa: F401 - plain and encrypted
+from tests.engine import either_store as store
 from tests.treeutil import describe
 
 _names = st.one_of(

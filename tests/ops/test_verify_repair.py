@@ -13,8 +13,8 @@ import pytest
 
 from cas import IntegrityError, Store
 from cas.format.keys import pack_key
-from tests.treeutil import describe
 from tests.engine import REPO_KINDS, TEST_PASSWORD, object_file, repo_options
+from tests.treeutil import describe
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -24,7 +24,8 @@ from cas.errors import ConfigurationError, IntegrityError
 from cas.format.config import RepoConfig
 from cas.repo.keystore import WrongPassphrase
 from tests.engine import ENCRYPTED, SMALL_CHUNKS, TEST_PASSWORD, cas_home  # noqa: F401
-from tests.inprocess import run_main, text as decoded
+from tests.inprocess import run_main
+from tests.inprocess import text as decoded
 from tests.servers import s3 as s3_servers
 from tests.servers.s3 import MotoServer
 from tests.treeutil import describe
