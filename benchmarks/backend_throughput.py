@@ -43,8 +43,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "model").mkdir()
     rng = random.Random(3)
     with open(root / "model" / "weights.bin", "wb") as f:
-        for _ in range(64):
-            f.write(struct.pack("<262144f", *(rng.gauss(0, 0.02) for _ in range(262144))))
+        f.writelines(struct.pack("<262144f", *(rng.gauss(0, 0.02) for _ in range(262144))) for _ in range(64))
     return root
 
 

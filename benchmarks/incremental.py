@@ -51,9 +51,9 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import measure as ms  # noqa: E402  (scan, verify)
-import run as bench  # noqa: E402  (machine_info)
-import workload as wl  # noqa: E402
+import measure as ms  # scan, verify
+import run as bench  # machine_info
+import workload as wl
 
 PASSWORD = "benchmark"
 
