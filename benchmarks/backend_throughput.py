@@ -92,8 +92,8 @@ def teardown_module() -> None:
     if not _rows:
         return
     lines = ["# Throughput per backend", "",
-             "`python -m pytest benchmarks/backend_throughput.py -q -s`: one tree (a copy of SQLAlchemy's package and a "
-             "64 MiB float32 checkpoint), snapshot into an empty repository, then restore, with no chunk cache.",
+             ("`python -m pytest benchmarks/backend_throughput.py -q -s`: one tree (a copy of SQLAlchemy's package and a "
+              "64 MiB float32 checkpoint), snapshot into an empty repository, then restore, with no chunk cache."),
              "", "| backend | files | MiB | stored MiB | snapshot s | snapshot MiB/s | restore s | restore MiB/s |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in _rows.items():
