@@ -40,6 +40,8 @@ from manifests.rows import IndexStats, SnapshotRow
 # The other operations are imported by the methods that run them, so that a command that lists or
 # finds loads none of the modules of snapshot, restore, copy or repair.
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from cas.ops.copy import CopyReport
     from cas.ops.copy import ProgressFn as CopyProgressFn
     from cas.ops.prefetch import PrefetchReport
@@ -152,7 +154,7 @@ class Store:
     def close(self) -> None:
         self.repo.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -72,7 +72,7 @@ def _name_expression(line: str, text: str) -> str | None:
     if "/" in body.rstrip("/") or not text.startswith(_ANY_DIRS):
         return None
     rest = text[len(_ANY_DIRS):]
-    if rest.endswith(_MARK_OR_END) or rest.endswith(_MARK):
+    if rest.endswith((_MARK_OR_END, _MARK)):
         return rest
     return None
 

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from cas.errors import AlreadyExists, IntegrityError
 from cas.format.compression import encode
@@ -28,6 +28,9 @@ from cas.repo.packfile import PackFile
 from cas.repo.repository import Repository
 from cas.types import BlobKind, BlobLocation
 from manifests.errors import PackBeingDeleted
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 _TOMBSTONE_WAIT = 120.0
 _DEDUP_BATCH = 400
@@ -122,7 +125,7 @@ class BlobWriter:
             for builder in self._builders.values():
                 builder.discard()
 
-    def __enter__(self) -> BlobWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
