@@ -1,7 +1,7 @@
 # Set-up and entry points. `make demo` and `make test` work on a fresh machine.
 PYTHON ?= python3
 
-.PHONY: install demo test services bench aiflow-envs
+.PHONY: install demo lint test services bench aiflow-envs
 
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[all,test]'
@@ -12,10 +12,15 @@ demo: install
 services:
 	bash .ci/services.sh
 
+# ruff over the whole checkout, with the rules of pyproject.toml ([tool.ruff]); `make test` runs it
+# before the suite, so a finding fails CI.
+lint:
+	$(PYTHON) -m ruff check .
+
 # The AIFlow environments (tests/aiflow/test_e2e.py) and MinIO (tests/trust/test_minio.py), whose
 # tests run last, build in the background while the rest of the suite runs; the tests wait for the
 # builds' locks.
-test: install services
+test: install lint services
 	mkdir -p tests/.cache
 	$(PYTHON) -m tests.aiflow_envs > tests/.cache/aiflow-envs-build.log 2>&1 &
 	bash tests/servers/build_minio.sh > tests/.cache/minio-build.log 2>&1 &

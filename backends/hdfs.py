@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
+from backends import hdfs_config
 from backends.base import Backend, Capabilities, ObjectInfo, check_key
 from backends.errors import (
     AlreadyExists,
@@ -36,7 +37,6 @@ from backends.errors import (
     PermissionDenied,
     Unavailable,
 )
-from backends import hdfs_config
 from backends.redact import scrub_tokens
 
 if TYPE_CHECKING:  # pragma: no cover - typing only

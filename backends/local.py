@@ -16,7 +16,14 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from backends.base import Backend, Capabilities, ObjectInfo, check_key
-from backends.errors import AlreadyExists, CasError, ConfigurationError, NotFound, PermissionDenied, Unavailable
+from backends.errors import (
+    AlreadyExists,
+    CasError,
+    ConfigurationError,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 
 _TMP_PREFIX = ".tmp-"
 _COPY_BLOCK = 8 << 20

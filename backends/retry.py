@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO, TypeVar
 
 from backends.base import Backend, Capabilities, ObjectInfo
-from backends.errors import AlreadyExists, ConfigurationError, NotFound
+from backends.errors import AlreadyExists, CasError, ConfigurationError, NotFound
 
 _log = logging.getLogger(__name__)
 
@@ -101,10 +101,10 @@ class RetryingBackend(Backend):
         while True:
             try:
                 return fn()
-            except Exception as exc:
+            except CasError as exc:
                 failures = self._failed(failures, what, exc)
 
-    def _failed(self, failures: int, what: str, exc: Exception) -> int:
+    def _failed(self, failures: int, what: str, exc: CasError) -> int:
         """One more failure of ``what``: re-raise ``exc`` if it is permanent or attempts are used
         up, otherwise wait the backoff. Returns the new failure count."""
         failures += 1
@@ -138,7 +138,7 @@ class RetryingBackend(Backend):
                     _log.info("put of %s arrived before its reply was lost; treating as success", key)
                     return
                 raise
-            except Exception as exc:
+            except CasError as exc:
                 failures = self._failed(failures, f"put {key}", exc)
 
     def _holds(self, key: str, data: bytes | memoryview | BinaryIO, start: int) -> bool:
@@ -184,7 +184,7 @@ class RetryingBackend(Backend):
                         seen.add(info.key)
                         yield info
                 return
-            except Exception as exc:
+            except CasError as exc:
                 failures = self._failed(failures, f"list {prefix!r}", exc)
 
     def delete(self, key: str) -> None:
@@ -203,7 +203,7 @@ class RetryingBackend(Backend):
                 if failures:
                     return
                 raise
-            except Exception as exc:
+            except CasError as exc:
                 failures = self._failed(failures, f"delete {key}", exc)
 
 

@@ -43,8 +43,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "model").mkdir()
     rng = random.Random(3)
     with open(root / "model" / "weights.bin", "wb") as f:
-        for _ in range(64):
-            f.write(struct.pack("<262144f", *(rng.gauss(0, 0.02) for _ in range(262144))))
+        f.writelines(struct.pack("<262144f", *(rng.gauss(0, 0.02) for _ in range(262144))) for _ in range(64))
     return root
 
 
@@ -93,8 +92,8 @@ def teardown_module() -> None:
     if not _rows:
         return
     lines = ["# Throughput per backend", "",
-             "`python -m pytest benchmarks/backend_throughput.py -q -s`: one tree (a copy of SQLAlchemy's package and a "
-             "64 MiB float32 checkpoint), snapshot into an empty repository, then restore, with no chunk cache.",
+             ("`python -m pytest benchmarks/backend_throughput.py -q -s`: one tree (a copy of SQLAlchemy's package and a "
+              "64 MiB float32 checkpoint), snapshot into an empty repository, then restore, with no chunk cache."),
              "", "| backend | files | MiB | stored MiB | snapshot s | snapshot MiB/s | restore s | restore MiB/s |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in _rows.items():

@@ -26,11 +26,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-import run as bench  # noqa: E402
-import workload as wl  # noqa: E402
-from backends.local import LocalBackend  # noqa: E402
-from cas import Store  # noqa: E402
-from cas.format.packs import FOOTER_SIZE, parse_footer, parse_trailer  # noqa: E402
+import run as bench
+import workload as wl
+
+from backends.local import LocalBackend
+from cas import Store
+from cas.format.packs import FOOTER_SIZE, parse_footer, parse_trailer
 
 
 class CountingLocal(LocalBackend):

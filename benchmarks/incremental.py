@@ -51,9 +51,9 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import measure as ms  # noqa: E402  (scan, verify)
-import run as bench  # noqa: E402  (machine_info)
-import workload as wl  # noqa: E402
+import measure as ms  # scan, verify
+import run as bench  # machine_info
+import workload as wl
 
 PASSWORD = "benchmark"
 
@@ -437,11 +437,11 @@ def render(summary: dict[str, object]) -> str:
            if summary.get("previous_tree") == "just copied" else
            "The copies of the previous execution were made before the runs and left to settle (as an execution "
            "restored a while ago; cas then trusts the bytes it copies from a replaced file without reading them back)."),
-        f"Machine: {summary['machine']['cpus']} CPUs, {summary['machine']['platform']}. It is shared with other jobs: the load average before each run is "  # type: ignore[index]
-        "shown, and wall times vary several-fold from run to run; CPU seconds (user + system, all threads) vary less.",
-        f"Each restore ran {summary.get('rounds', 1)} times, the order of the runs rotated from round to round: "
-        "medians, with the lowest and highest in brackets; ratios are of medians. Fresh restores ran first in each round, "
-        "and nothing was deleted until all had run (ext4 creates files slowly for minutes after many were deleted).",
+        (f"Machine: {summary['machine']['cpus']} CPUs, {summary['machine']['platform']}. It is shared with other jobs: the load average before each run is "  # type: ignore[index]
+         "shown, and wall times vary several-fold from run to run; CPU seconds (user + system, all threads) vary less."),
+        (f"Each restore ran {summary.get('rounds', 1)} times, the order of the runs rotated from round to round: "
+         "medians, with the lowest and highest in brackets; ratios are of medians. Fresh restores ran first in each round, "
+         "and nothing was deleted until all had run (ext4 creates files slowly for minutes after many were deleted)."),
         "",
         "| run | seconds | restore only | CPU seconds | written MiB | fetched MiB | result | load before |",
         "|---|---:|---:|---:|---:|---:|---|---:|",

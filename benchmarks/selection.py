@@ -21,9 +21,9 @@ import os
 import shutil
 import tempfile
 import time
+from functools import partial
 
 from cas import SnapshotFilter, Store, TreeFilter
-
 
 PATTERNS = ["__pycache__/", "*.pyc", "*.ckpt", ".venv/", "/build/", "dist/", "*.egg-info/", ".mypy_cache/",
             "!keep.ckpt", "**/logs/*.log", "data/**/raw/", "*.tmp", "*.swp", ".DS_Store", "node_modules/",
@@ -83,10 +83,10 @@ def main() -> None:
     with Store.open(os.path.join(work, "repo-some")) as store:
         for attempt in (1, 2):  # alternated, twice: the machine is shared
             timed(f"restore, everything ({attempt})",
-                  lambda: store.restore("run", os.path.join(work, f"out-all-{attempt}")))
+                  partial(store.restore, "run", os.path.join(work, f"out-all-{attempt}")))
             timed(f"restore, --include '*.py' ({attempt})",
-                  lambda: store.restore("run", os.path.join(work, f"out-py-{attempt}"),
-                                        filter=TreeFilter(include=["*.py"])))
+                  partial(store.restore, "run", os.path.join(work, f"out-py-{attempt}"),
+                          filter=TreeFilter(include=["*.py"])))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -16,7 +16,6 @@ from backends.errors import (
 )
 
 
-
 class PartialRestore(IntegrityError):
     """A restore that finished with some entries not restored (each listed in ``failures`` as
     ``(path, message)``); everything else was restored. An IntegrityError, since the stored data of

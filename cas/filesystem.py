@@ -23,10 +23,10 @@ import errno
 from typing import Any
 
 from backends.base import Backend
+from cas import passphrase
 from cas.errors import MissingDependency
 from cas.format.trees import DIR, FILE, SYMLINK
 from cas.ops.view import SMALL_FILE, Node, SnapshotView
-from cas import passphrase
 from cas.store import Store
 
 try:

@@ -25,7 +25,8 @@ from cas.format.records import SnapshotRecord, check_execution_id, check_labels
 from cas.format.trees import DIR, Entry
 from cas.ops import browse
 from cas.ops.browse import Change, TreeSource
-from cas.ops.find import FindResult, check_digest, compile_pattern, find as find_files, select_targets
+from cas.ops.find import FindResult, check_digest, compile_pattern, select_targets
+from cas.ops.find import find as find_files
 from cas.ops.gc import DEFAULT_GRACE, GcReport, collect_garbage
 from cas.ops.select import Selection, When
 from cas.ops.tree_index import IndexedTrees, fill_tree_index
@@ -39,7 +40,10 @@ from manifests.rows import IndexStats, SnapshotRow
 # The other operations are imported by the methods that run them, so that a command that lists or
 # finds loads none of the modules of snapshot, restore, copy or repair.
 if TYPE_CHECKING:
-    from cas.ops.copy import CopyReport, ProgressFn as CopyProgressFn
+    from typing_extensions import Self
+
+    from cas.ops.copy import CopyReport
+    from cas.ops.copy import ProgressFn as CopyProgressFn
     from cas.ops.prefetch import PrefetchReport
     from cas.ops.repair import RepairReport
     from cas.ops.restore.report import RestoreReport
@@ -150,7 +154,7 @@ class Store:
     def close(self) -> None:
         self.repo.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+
 def escape(text: str) -> str:
     """``text`` with each unprintable character (C0/C1 controls, DEL, bidi and other format
     characters, undecodable bytes) as its Python escape, e.g. ``\\n``, ``\\x1b``, ``\\u202e``."""

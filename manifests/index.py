@@ -33,7 +33,14 @@ from manifests.database import SCHEMA_HEAD, redact, set_aside
 from manifests.errors import IndexDamaged, PackBeingDeleted, SnapshotWithdrawn
 from manifests.repair import RepairIndex
 from manifests.rows import (
-    BlobLocationLike, BlobRow, GcDecision, IndexStats, PackRow, PackState, SnapshotRow, TreeEntryRow,
+    BlobLocationLike,
+    BlobRow,
+    GcDecision,
+    IndexStats,
+    PackRow,
+    PackState,
+    SnapshotRow,
+    TreeEntryRow,
 )
 from manifests.snapshots import SnapshotIndex
 from manifests.stats import StatsIndex

@@ -46,8 +46,8 @@ from cas.aiflow.uris import (
 from cas.errors import AlreadyExists, ConfigurationError, IntegrityError, NotFound
 from cas.format.config import ChunkerName
 from cas.format.records import check_labels
-from cas.repo.repository import default_home
 from cas.ops.snapshot_filter import SnapshotFilter
+from cas.repo.repository import default_home
 from cas.store import Snapshot, Store
 
 try:  # Subclass AIFlow's interface when AIFlow is installed; never require it.

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         error_line(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
         return EXIT_ERROR
-    except Exception as exc:  # noqa: BLE001 - last resort: never a traceback unless asked
+    except Exception as exc:  # last resort: never a traceback unless asked
         if os.environ.get("CAS_DEBUG"):
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -9,13 +9,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 from cas import passphrase
-
-if TYPE_CHECKING:
-    pass
-
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2

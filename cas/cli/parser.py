@@ -5,15 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING
 
 from cas.cli.common import EXIT_USAGE
 from cas.format.config import ChunkerName
 from cas.options import LabelAction, duration_option, limit_option, size_option, when_option
 from cas.types import OnChange
-
-if TYPE_CHECKING:
-    pass
 
 
 class _Parser(argparse.ArgumentParser):

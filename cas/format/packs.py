@@ -19,9 +19,9 @@ import struct
 from dataclasses import dataclass
 
 from cas.errors import IntegrityError
-from cas.types import BlobKind
-from cas.format.hashing import hexdigest
 from cas.format.compression import CODECS
+from cas.format.hashing import hexdigest
+from cas.types import BlobKind
 
 PACK_VERSION = 1
 MAGIC = b"CASPACK1"

@@ -22,15 +22,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-from json.encoder import encode_basestring_ascii as _quote
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _quote
 
 import blake3
 
 from cas.errors import IntegrityError
-from cas.types import EntryType
 from cas.format.hashing import hexdigest, is_digest
+from cas.types import EntryType
 
 TREE_VERSION = 1
 FILE = EntryType.FILE

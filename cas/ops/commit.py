@@ -5,7 +5,6 @@ rebuild and a repair all come through here.
 
 from __future__ import annotations
 
-from cas.errors import CasError
 from cas.format.records import SnapshotRecord, snapshot_key
 from cas.ops.roots import collect_blobs
 from cas.ops.tree_index import TreeRowSpool, index_snapshot_trees

@@ -22,12 +22,12 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from cas.repo.blobwriter import relocate_blobs
 from cas.errors import CasError, IntegrityError
 from cas.format.keys import pack_key
-from cas.repo.repository import Repository
-from cas.ops.sync import rebuild_index, reindex_blobs
 from cas.ops.roots import reachable_blobs, snapshot_roots
+from cas.ops.sync import rebuild_index, reindex_blobs
+from cas.repo.blobwriter import relocate_blobs
+from cas.repo.repository import Repository
 from cas.types import BlobLocation
 from manifests.rows import PackState
 

@@ -68,11 +68,11 @@ def _name_expression(line: str, text: str) -> str | None:
     """For a pattern that names one component at any depth (no ``/`` but a trailing one), the
     expression matching that component (``name``, or ``name/`` for a directory) exactly; None for
     any other pattern."""
-    body = line[1:] if line.startswith("!") else line
+    body = line.removeprefix("!")
     if "/" in body.rstrip("/") or not text.startswith(_ANY_DIRS):
         return None
     rest = text[len(_ANY_DIRS):]
-    if rest.endswith(_MARK_OR_END) or rest.endswith(_MARK):
+    if rest.endswith((_MARK_OR_END, _MARK)):
         return rest
     return None
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cas.errors import CasError
-from cas.format.records import SnapshotRecord
 from cas.format.keys import SNAPSHOT_PREFIX
-from cas.repo.repository import Repository
+from cas.format.records import SnapshotRecord
 from cas.format.trees import DIR, FILE
+from cas.repo.repository import Repository
 
 
 @dataclass(frozen=True)

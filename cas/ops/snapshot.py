@@ -18,9 +18,9 @@ from cas.format.config import ChunkerName
 from cas.format.records import SnapshotRecord, snapshot_key
 from cas.ops import snapshot_workers
 from cas.ops.commit import commit_with_blobs
-from cas.ops.tree_index import TreeRowSpool
 from cas.ops.snapshot_filter import SnapshotFilter
 from cas.ops.tree_builder import OnChange, ProgressFn, TreeBuilder
+from cas.ops.tree_index import TreeRowSpool
 from cas.repo.blobwriter import BlobWriter
 from cas.repo.filescache import FilesCache
 from cas.repo.repository import Repository, default_home

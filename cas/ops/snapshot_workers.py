@@ -411,7 +411,7 @@ class _Forward(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self._send((_LOG, record.name, record.levelno, record.getMessage()))
-        except Exception:  # noqa: BLE001 - the main process is gone: nothing to tell
+        except Exception:  # noqa: BLE001, S110 - the main process is gone: nothing to tell
             pass
 
 

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from cas.errors import CasError, IntegrityError, NotFound
 from cas.format.records import SnapshotRecord, snapshot_key
 from cas.ops.commit import commit_record
-from cas.repo.repository import Repository
-from cas.format.trees import DIR, FILE
 from cas.ops.roots import snapshot_roots
 from cas.ops.tree_index import fill_tree_index
+from cas.repo.repository import Repository
 from cas.types import BlobLocation
 
 log = logging.getLogger("cas")

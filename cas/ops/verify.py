@@ -10,13 +10,13 @@ import random
 from dataclasses import dataclass, field
 
 from cas.errors import CasError, IntegrityError
-from cas.format.packs import split_pack
-from cas.format.keys import pack_key
-from cas.repo.repository import Repository
-from cas.format.trees import DIR, FILE
 from cas.format.compression import decode
 from cas.format.hashing import hexdigest
+from cas.format.keys import pack_key
+from cas.format.packs import split_pack
+from cas.format.trees import DIR, FILE
 from cas.ops.roots import Root, snapshot_roots
+from cas.repo.repository import Repository
 from cas.types import BlobLocation
 
 

@@ -18,17 +18,19 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from cas.format.compression import encode
 from cas.errors import AlreadyExists, IntegrityError
-from cas.format.packs import MAX_BLOB_SIZE
+from cas.format.compression import encode
 from cas.format.keys import pack_key
-from cas.types import BlobKind
+from cas.format.packs import MAX_BLOB_SIZE
 from cas.repo.packfile import PackFile
 from cas.repo.repository import Repository
-from cas.types import BlobLocation
+from cas.types import BlobKind, BlobLocation
 from manifests.errors import PackBeingDeleted
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 _TOMBSTONE_WAIT = 120.0
 _DEDUP_BATCH = 400
@@ -123,7 +125,7 @@ class BlobWriter:
             for builder in self._builders.values():
                 builder.discard()
 
-    def __enter__(self) -> BlobWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -70,7 +70,8 @@ class PackFile:
 
     def _put(self, data: bytes | memoryview) -> None:
         if self._file is None:
-            self._file = tempfile.TemporaryFile(prefix="cas-pack-", buffering=0)
+            # Held across calls: seal() hands it on, discard() closes it.
+            self._file = tempfile.TemporaryFile(prefix="cas-pack-", buffering=0)  # noqa: SIM115
         self._hasher.update(data)
         view = memoryview(data)
         while view:

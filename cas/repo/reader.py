@@ -13,10 +13,9 @@ from functools import partial
 from cas.errors import IntegrityError
 from cas.format.hashing import new_hasher
 from cas.format.keys import pack_key
-from cas.types import BlobKind
-from cas.repo.repository import Repository, verify_blob
 from cas.format.trees import FILE, Entry
-from cas.types import BlobLocation
+from cas.repo.repository import Repository, verify_blob
+from cas.types import BlobKind, BlobLocation
 
 MAX_RUN_BYTES = 32 * 1024 * 1024
 MAX_GAP = 256 * 1024

@@ -18,18 +18,17 @@ from contextlib import AbstractContextManager
 from backends import open_backend, redact_url
 from backends.base import Backend
 from backends.retry import RetryingBackend
+from cas.errors import AlreadyExists, CasError, IntegrityError, NotFound
+from cas.format.compression import decode
+from cas.format.config import RepoConfig
+from cas.format.hashing import hexdigest
+from cas.format.keys import CONFIG_KEY, PACK_PREFIX, pack_id_of, pack_key
+from cas.format.packs import FOOTER_SIZE, PackEntry, parse_footer, parse_trailer
+from cas.format.trees import Entry, decode_node, join_parts
 from cas.repo import keystore
 from cas.repo.chunkcache import ChunkCache
 from cas.repo.keystore import Passphrase
-from cas.format.compression import decode
-from cas.format.config import RepoConfig
-from cas.format.keys import CONFIG_KEY, PACK_PREFIX, pack_id_of, pack_key
-from cas.errors import AlreadyExists, CasError, IntegrityError, NotFound
-from cas.format.hashing import hexdigest
-from cas.format.packs import FOOTER_SIZE, PackEntry, parse_footer, parse_trailer
-from cas.types import BlobKind
-from cas.format.trees import Entry, decode_node, join_parts
-from cas.types import BlobLocation
+from cas.types import BlobKind, BlobLocation
 from manifests.index import BlobRow, Index
 
 _MAX_CONFIG_READ = 64 * 1024

@@ -35,7 +35,7 @@ def expect(exc_type, fn, *args):
         message = str(exc)
         assert "\n" not in message and "Traceback" not in message, message
         return message
-    raise AssertionError("expected {} from {}".format(exc_type.__name__, fn))
+    raise AssertionError(f"expected {exc_type.__name__} from {fn}")
 
 
 def sha(path):
@@ -82,7 +82,7 @@ def main():
             barrier.wait(60)
             path = m.download(remote_file_path=uri, local_dir=out)
             results.append((path, m.last_result["fetched"], sha(path)))
-        except BaseException as exc:  # reported below
+        except BaseException as exc:  # noqa: BLE001 - whatever a thread meets is reported below
             errors.append(repr(exc))
 
     threads = [threading.Thread(target=run, args=(m,)) for m in managers]
@@ -91,8 +91,8 @@ def main():
     for t in threads:
         t.join(120)
     assert not errors, errors
-    assert sorted(set(p for p, _, _ in results)) == [os.path.join(out, "workflow_train_0123.zip")]
-    assert set(h for _, _, h in results) == {sha(src)}
+    assert sorted({p for p, _, _ in results}) == [os.path.join(out, "workflow_train_0123.zip")]
+    assert {h for _, _, h in results} == {sha(src)}
     facts["concurrent_fetches"] = sum(1 for _, fetched, _ in results if fetched)
     assert facts["concurrent_fetches"] == 1, results
     assert os.listdir(out) == ["workflow_train_0123.zip"], os.listdir(out)

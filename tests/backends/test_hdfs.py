@@ -15,9 +15,9 @@ from backends import open_backend
 from backends.errors import AlreadyExists, ConfigurationError, NotFound, PermissionDenied, Unavailable
 from backends.hdfs import TMP_PREFIX, HdfsBackend, _translate, from_url
 from backends.testing import BackendContract
+from tests.backends.test_engine import EngineThroughBackend
 from tests.servers import hdfs as hdfs_servers
 from tests.servers.hdfs import HdfsCluster, free_port
-from tests.backends.test_engine import EngineThroughBackend
 
 # The session-scoped MiniDFSCluster, imported explicitly (a fixture must be a module attribute).
 hdfs_cluster = hdfs_servers.hdfs_cluster

@@ -43,9 +43,9 @@ from backends.errors import (
 )
 from backends.oss import OssBackend, from_url
 from backends.testing import BackendContract, check_against_model
+from tests.backends.test_engine import EngineThroughBackend
 from tests.oss_server import OssProtocolServer, crc64ecma, v1_signature, v1_string_to_sign
 from tests.servers.oss import ACCESS_KEY_ID, ACCESS_KEY_SECRET, new_bucket, oss_server  # noqa: F401
-from tests.backends.test_engine import EngineThroughBackend
 
 PREFIX = "repo"
 #: Small parts so the contract's large object (11 MiB) goes up in a dozen parts.

@@ -31,9 +31,9 @@ from backends.errors import (
 from backends.retry import RetryingBackend
 from backends.s3 import MIN_PART_SIZE, S3Backend, _translate, from_url
 from backends.testing import MULTIPART_SIZE, BackendContract, check_against_model
+from tests.backends.test_engine import EngineThroughBackend
 from tests.servers import s3 as s3_servers
 from tests.servers.s3 import HOST, DroppingProxy, MotoServer, free_port
-from tests.backends.test_engine import EngineThroughBackend
 
 # The session fixtures, bound here so pytest finds them (a non-root conftest may not use
 # pytest_plugins). Bound by assignment, not import, so parameters of the same name are not

@@ -7,8 +7,8 @@ import io
 import itertools
 import os
 import random
-import tempfile
 import tarfile
+import tempfile
 import zipfile
 
 import pytest

@@ -16,7 +16,6 @@ from cas.errors import ConfigurationError, IntegrityError
 from cas.format.chunking import Chunker
 from cas.format.config import ChunkerName, RepoConfig
 from cas.format.hashing import hexdigest
-from tests.engine import cas_home  # noqa: F401
 from tests.format.makers import make_zip
 
 
@@ -50,7 +49,7 @@ def _project_zip(path: Path) -> bytes:
     return data
 
 
-def test_an_old_repository_keeps_its_cuts_unless_told(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+def test_an_old_repository_keeps_its_cuts_unless_told(tmp_path: Path, cas_home: Path) -> None:
     legacy = json.loads(RepoConfig.new().to_json())
     del legacy["chunker"]
     backend = LocalBackend(tmp_path / "repo")
@@ -75,7 +74,7 @@ def test_an_old_repository_keeps_its_cuts_unless_told(tmp_path: Path, cas_home: 
             store.snapshot(tmp_path / "src", "bad", chunker="zstd")
 
 
-def test_a_repository_can_be_created_with_plain_fastcdc(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+def test_a_repository_can_be_created_with_plain_fastcdc(tmp_path: Path, cas_home: Path) -> None:
     with Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'i.sqlite'}", chunker="fastcdc") as store:
         assert store.repo.config.chunker == "fastcdc"
     with Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'i.sqlite'}") as store:

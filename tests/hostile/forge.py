@@ -10,11 +10,11 @@ import json
 import time
 
 from cas import Store
+from cas.format.hashing import hexdigest
+from cas.format.records import SnapshotRecord
 from cas.ops import snapshot as snapshot_op
 from cas.repo.blobwriter import BlobWriter
-from cas.format.hashing import hexdigest
 from cas.types import BlobKind
-from cas.format.records import SnapshotRecord
 
 EMPTY_DIGEST = hexdigest(b"")
 

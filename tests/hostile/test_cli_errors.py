@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hostile.test_inputs import Cas, cas, project  # noqa: F401 - fixtures
+from tests.hostile.test_inputs import Cas
 
 # -- durations ----------------------------------------------------------------------------------
 

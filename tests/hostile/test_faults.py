@@ -34,9 +34,6 @@ from cas.repo.repository import Repository
 from tests import engine
 from tests.treeutil import describe
 
-store = engine.store
-cas_home = engine.cas_home
-
 ROOT = Path(__file__).resolve().parents[2]
 
 

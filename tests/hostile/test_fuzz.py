@@ -51,15 +51,11 @@ from cas.format.packs import (
 from cas.format.records import SnapshotRecord
 from cas.format.trees import DIR, FILE, SYMLINK, Entry, check_name, decode_tree, encode_tree, name_key
 from cas.types import BlobKind, Codec
-from tests import engine
 from tests.hostile.forge import commit, put_blob
 from tests.inprocess import deadline
 from tests.treeutil import describe
 
 T = TypeVar("T")
-
-store = engine.store
-cas_home = engine.cas_home
 
 EXAMPLES = int(os.environ.get("CAS_FUZZ_EXAMPLES", "2000"))
 E2E_EXAMPLES = max(10, EXAMPLES // 10)

@@ -75,19 +75,6 @@ class Cas:
             return list(pool.map(lambda args: self.fails(*args), commands))
 
 
-@pytest.fixture
-def cas(tmp_path: Path) -> Cas:
-    return Cas(tmp_path)
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    src = tmp_path / "project"
-    src.mkdir()
-    (src / "a.txt").write_text("a\n")
-    return src
-
-
 # -- execution IDs and labels -------------------------------------------------------------------
 
 BAD_IDS = ["", "-starts-with-dash", ".hidden", "../escape", "a/b", "a\\b", "x" * 201, "with space", "caf\u00e9",

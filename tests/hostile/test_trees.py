@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from cas import CasError, IntegrityError, Store
-from tests.engine import cas_home, store  # noqa: F401
 from tests.hostile.forge import commit, file_entry, put_tree
 from tests.treeutil import describe
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from cas import Store
-from cas.repo.blobwriter import BlobWriter
 from cas.format.hashing import hexdigest
-from cas.types import BlobKind
 from cas.format.trees import MAX_NODE_BYTES, decode_node
+from cas.repo.blobwriter import BlobWriter
+from cas.types import BlobKind
 from tests.hostile.forge import commit
 from tests.hostile.racing import run_racing, write_victim
 from tests.hostile.test_inputs import Cas

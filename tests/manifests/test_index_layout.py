@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from manifests.index import Index
-from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
 from manifests.rows import BlobRow, PackState
+from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 THIRD_PARTY = {"sqlalchemy", "alembic"}

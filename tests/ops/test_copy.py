@@ -22,7 +22,7 @@ from backends.s3 import from_url
 from cas import Store
 from cas.errors import AlreadyExists, CasError, NotFound
 from cas.format.packs import FOOTER_SIZE, parse_footer, parse_trailer
-from tests.engine import SMALL_CHUNKS, cas_home  # noqa: F401
+from tests.engine import SMALL_CHUNKS
 from tests.servers import s3 as s3_servers
 from tests.servers.s3 import MotoServer
 from tests.treeutil import describe
@@ -119,7 +119,7 @@ def _s3_target(url: str, server: MotoServer, tmp_path: Path, name: str = "target
 
 
 def test_copy_local_to_s3_sends_each_blob_once_and_rerun_sends_nothing(
-    tmp_path: Path, cas_home: Path, moto_server: MotoServer, s3_url: str  # noqa: F811
+    tmp_path: Path, cas_home: Path, moto_server: MotoServer, s3_url: str
 ) -> None:
     with _source(tmp_path) as source:
         expected = _series(source, tmp_path)
@@ -148,7 +148,7 @@ def test_copy_local_to_s3_sends_each_blob_once_and_rerun_sends_nothing(
 
 
 def test_copy_s3_to_local_and_url_target(
-    tmp_path: Path, cas_home: Path, moto_server: MotoServer, s3_url: str  # noqa: F811
+    tmp_path: Path, cas_home: Path, moto_server: MotoServer, s3_url: str
 ) -> None:
     s3_store = Store.open(from_url(s3_url, **moto_server.backend_options()),
                           index=f"sqlite:///{tmp_path / 's3.sqlite'}", **SMALL_CHUNKS)
@@ -165,7 +165,7 @@ def test_copy_s3_to_local_and_url_target(
             assert describe(str(tmp_path / f"out-{execution_id}")) == describe(str(copy))
 
 
-def test_interrupted_copy_then_rerun_completes(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+def test_interrupted_copy_then_rerun_completes(tmp_path: Path, cas_home: Path) -> None:
     target_dir = str(tmp_path / "target")
     target_index = f"sqlite:///{tmp_path / 'target.sqlite'}"
     with _source(tmp_path) as source:
@@ -192,7 +192,7 @@ def test_interrupted_copy_then_rerun_completes(tmp_path: Path, cas_home: Path) -
                 assert describe(str(tmp_path / f"out-{execution_id}")) == describe(str(copy))
 
 
-def test_copy_refuses_an_id_holding_another_tree(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+def test_copy_refuses_an_id_holding_another_tree(tmp_path: Path, cas_home: Path) -> None:
     with _source(tmp_path) as source:
         _series(source, tmp_path, count=1)
         with Store.open(str(tmp_path / "other"), index=f"sqlite:///{tmp_path / 'other.sqlite'}") as other:
@@ -204,26 +204,26 @@ def test_copy_refuses_an_id_holding_another_tree(tmp_path: Path, cas_home: Path)
                 source.copy(["no-such-run"], other)
 
 
-def test_cli_copy(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+def test_cli_copy(tmp_path: Path, cas_home: Path) -> None:
     with _source(tmp_path) as source:
         _series(source, tmp_path, count=2)
     env = {**os.environ, "CAS_HOME": str(cas_home), "PYTHONPATH": str(ROOT)}
     base = [sys.executable, "-m", "cas", "--repo", str(tmp_path / "source"),
             "--index", f"sqlite:///{tmp_path / 'source.sqlite'}"]
     target = ["--to", str(tmp_path / "copy"), "--to-index", f"sqlite:///{tmp_path / 'copy.sqlite'}"]
-    done = subprocess.run([*base, "copy", "run-0", *target], capture_output=True, text=True, env=env)
+    done = subprocess.run([*base, "copy", "run-0", *target], capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("copied 1 executions (0 already there)")
     done = subprocess.run([*base, "--json", "copy", "--label", "team=vision", *target],
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr
     assert '"copied": ["run-1"]' in done.stdout and '"present": ["run-0"]' in done.stdout
-    done = subprocess.run([*base, "copy", "missing", *target], capture_output=True, text=True, env=env)
+    done = subprocess.run([*base, "copy", "missing", *target], capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 1 and done.stderr.strip() == "cas: error: unknown execution ID: missing"
 
 
 def test_cli_copy_without_to_index_uses_the_targets_own_index_not_cas_index(
-    tmp_path: Path, cas_home: Path  # noqa: F811
+    tmp_path: Path, cas_home: Path
 ) -> None:
     """``$CAS_INDEX`` names the source's index: a copy without ``--to-index`` must not take it for
     the target (the index would refuse a second repository and the copy would fail)."""
@@ -233,7 +233,7 @@ def test_cli_copy_without_to_index_uses_the_targets_own_index_not_cas_index(
     env = {**os.environ, "CAS_HOME": str(cas_home), "PYTHONPATH": str(ROOT),
            "CAS_REPO": str(tmp_path / "source"), "CAS_INDEX": source_index}
     done = subprocess.run([sys.executable, "-m", "cas", "copy", "run-0", "--to", str(tmp_path / "copy")],
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr
     host_indexes = list((cas_home / "index").glob("*.sqlite"))
     assert len(host_indexes) == 1

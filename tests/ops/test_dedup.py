@@ -7,15 +7,22 @@ import os
 import random
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cas import Store
 from cas.format.chunking import Chunker
 from cas.format.config import RepoConfig
-from tests.engine import cas_home, either_store as store  # noqa: F401 - plain and encrypted
 
 _CONFIG = RepoConfig.new(chunk_min=256, chunk_avg=1024, chunk_max=4096)
+
+
+@pytest.fixture
+def store(either_store: Store) -> Store:
+    """Every test here holds for a plain and an encrypted repository (tests/conftest.py)."""
+    return either_store
+
 
 
 def _boundaries(data: bytes) -> list[int]:

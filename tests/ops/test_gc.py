@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from cas import Store
-from cas.ops import snapshot as snapshot_op
 from cas.format.keys import pack_key
+from cas.ops import snapshot as snapshot_op
 from manifests.rows import PackState
+from tests.engine import REPO_KINDS, repo_options
 from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
 from tests.treeutil import describe
-from tests.engine import REPO_KINDS, repo_options
 
 NOW = dt.timedelta(0)
 

@@ -264,7 +264,7 @@ def test_a_sync_between_claim_and_commit_cannot_cost_the_writer_its_packs(tmp_pa
     its commit; a GC that marked before the claim then applies its verdicts. The writer's packs survive."""
     url = f"sqlite:///{tmp_path / 'index.sqlite'}"
     backend = PausingBackend(LocalBackend(str(tmp_path / "repo")))
-    opts = dict(chunk_min=1024, chunk_avg=4096, chunk_max=16384, pack_size=1 << 20)
+    opts = {"chunk_min": 1024, "chunk_avg": 4096, "chunk_max": 16384, "pack_size": 1 << 20}
     writer = Store.open(backend, index=url, **opts)
     other = Store.open(str(tmp_path / "repo"), index=url)
     collector = Store.open(str(tmp_path / "repo"), index=url)

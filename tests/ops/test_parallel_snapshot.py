@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from cas import SnapshotFilter, Store
 from cas.ops import snapshot as snapshot_op
 from cas.ops import snapshot_workers
-from tests.engine import SMALL_CHUNKS, cas_home  # noqa: F401
+from tests.engine import SMALL_CHUNKS
 from tests.hostile.racing import run_racing, write_victim
 from tests.hostile.test_inputs import Cas
 from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
@@ -39,7 +39,7 @@ NOW = dt.timedelta(0)
 
 
 @pytest.fixture
-def store(tmp_path: Path, cas_home: Path) -> Iterator[Store]:  # noqa: F811
+def store(tmp_path: Path, cas_home: Path) -> Iterator[Store]:
     s = Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'index.sqlite'}", **SMALL_CHUNKS)
     yield s
     s.close()
@@ -435,7 +435,7 @@ def test_ctrl_c_while_the_workers_are_forked_is_not_lost(tmp_path: Path) -> None
     assert cas("init").returncode == 0
     proc = subprocess.run([sys.executable, "-c", _INTERRUPTED_AT_FORK, "--repo", str(cas.base / "repo"), "snapshot",
                            str(src), "-e", "run-1", "--jobs", "2"], cwd=cas.base, env=cas.env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, check=False)
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr.strip().splitlines() == ["cas: error: interrupted"], proc.stderr
     assert json.loads(cas.ok("--json", "log")) == []
@@ -445,7 +445,7 @@ def test_ctrl_c_while_the_workers_are_forked_is_not_lost(tmp_path: Path) -> None
 
 
 def test_gc_between_the_workers_and_the_commit_cannot_lose_the_snapshot(
-    tmp_path: Path, cas_home: Path, index_url: str, everything_in_parallel: None,  # noqa: F811
+    tmp_path: Path, cas_home: Path, index_url: str, everything_in_parallel: None,
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The workers' packs are uploaded and indexed before the main process commits. GC running

@@ -14,7 +14,6 @@ import pytest
 
 from cas import Store
 from cas.ops.restore.temps import TMP_PREFIX, temporary_tag
-from tests.engine import cas_home, store  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,6 @@ from cas.format.trees import FILE, Entry
 from cas.ops.restore import local as restore_local
 from cas.ops.restore.hash_ahead import HashAhead, Hashed, judge
 from cas.ops.restore.walk import Restorer
-from tests.engine import cas_home  # noqa: F401
 from tests.treeutil import describe
 
 _SMALL = 4096
@@ -185,7 +184,7 @@ class _ChangingAfterHashed(Restorer):
 
 
 def test_a_file_changed_after_it_was_hashed_ahead_is_compared_again_and_rewritten(
-    tmp_path: Path, cas_home: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    tmp_path: Path, cas_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src, dest = tmp_path / "src", tmp_path / "dest"
     (src / "d").mkdir(parents=True)

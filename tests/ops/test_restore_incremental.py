@@ -20,12 +20,14 @@ from hypothesis import strategies as st
 from backends.local import LocalBackend
 from cas import Store
 from cas.errors import AlreadyExists, PartialRestore
-from cas.ops.restore import walk as restore_walk
-from cas.ops.restore import finish as restore_finish, local as restore_local, survey as restore_survey
-from cas.ops.restore import write as restore_write
 from cas.format.hashing import hexdigest
 from cas.format.trees import FILE, Entry
-from tests.engine import SMALL_CHUNKS, cas_home, store  # noqa: F401
+from cas.ops.restore import finish as restore_finish
+from cas.ops.restore import local as restore_local
+from cas.ops.restore import survey as restore_survey
+from cas.ops.restore import walk as restore_walk
+from cas.ops.restore import write as restore_write
+from tests.engine import SMALL_CHUNKS
 from tests.ops.test_roundtrip import _materialise, _trees
 from tests.oswrap import CountingPread
 from tests.treeutil import describe
@@ -293,7 +295,7 @@ def _counting_store(tmp_path: Path) -> tuple[Store, _CountingBackend]:
     return Store.open(backend, index=f"sqlite:///{tmp_path / 'index.sqlite'}", **config), backend
 
 
-def test_edited_file_reuses_its_own_chunks_and_fetches_little(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+def test_edited_file_reuses_its_own_chunks_and_fetches_little(tmp_path: Path, cas_home: Path) -> None:
     store, backend = _counting_store(tmp_path)
     with store:
         src = tmp_path / "src"
@@ -316,7 +318,7 @@ def test_edited_file_reuses_its_own_chunks_and_fetches_little(tmp_path: Path, ca
         assert backend.fetched < 100_000
 
 
-def test_many_small_files_compared_as_their_directory_is_listed(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+def test_many_small_files_compared_as_their_directory_is_listed(tmp_path: Path, cas_home: Path) -> None:
     """A directory of many small files: those that match are left (a differing mode fixed in
     place), and only the same-size edits and resized files are fetched and written."""
     store, backend = _counting_store(tmp_path)
@@ -380,11 +382,11 @@ def test_a_small_file_not_in_memory_is_left_to_be_read_where_waiting_is_cheap(tm
 
 
 def test_small_files_not_in_memory_are_compared_on_threads(
-    tmp_path: Path, cas_home: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    tmp_path: Path, cas_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Files restored long ago (out of the page cache) are compared on the comparer threads, their
     reads overlapping: the matches are left, the edits written, and the end is exact."""
-    store, backend = _counting_store(tmp_path)
+    store, _ = _counting_store(tmp_path)
     compared: list[int] = []
     real = restore_walk.Restorer._compare_files
 
@@ -434,7 +436,7 @@ def _checkpoint_edited_in_place(store: Store, tmp_path: Path, mode: int = 0o644)
     return dest, content
 
 
-def test_same_size_edit_keeps_the_chunks_at_their_offsets(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+def test_same_size_edit_keeps_the_chunks_at_their_offsets(tmp_path: Path, cas_home: Path) -> None:
     """A checkpoint whose tensors change values in place: compared chunk by chunk at the tree's
     boundaries, only the chunk around the edit is fetched."""
     store, backend = _counting_store(tmp_path)
@@ -451,7 +453,7 @@ def test_same_size_edit_keeps_the_chunks_at_their_offsets(tmp_path: Path, cas_ho
 
 @pytest.mark.parametrize("settled", [True, False])
 def test_a_settled_file_is_not_read_back_after_its_ranges_are_copied(
-    tmp_path: Path, cas_home: Path, monkeypatch: pytest.MonkeyPatch, settled: bool  # noqa: F811
+    tmp_path: Path, cas_home: Path, monkeypatch: pytest.MonkeyPatch, settled: bool
 ) -> None:
     """The ranges copied from a file that had not changed for a while when it was hashed, and has
     not changed since, are not read back; a file changed just before it was hashed is read back."""
@@ -468,7 +470,7 @@ def test_a_settled_file_is_not_read_back_after_its_ranges_are_copied(
         assert counter.read == (0 if settled else len(content))
 
 
-def test_in_place_patches_only_the_changed_chunks_of_the_same_file(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+def test_in_place_patches_only_the_changed_chunks_of_the_same_file(tmp_path: Path, cas_home: Path) -> None:
     store, backend = _counting_store(tmp_path)
     with store:
         dest, content = _checkpoint_edited_in_place(store, tmp_path, 0o640)
@@ -485,7 +487,7 @@ def test_in_place_patches_only_the_changed_chunks_of_the_same_file(tmp_path: Pat
 
 
 def test_unchanged_tree_fetches_nothing_and_chunks_of_verified_files_are_reused(
-    tmp_path: Path, cas_home: Path  # noqa: F811
+    tmp_path: Path, cas_home: Path
 ) -> None:
     store, backend = _counting_store(tmp_path)
     with store:
@@ -644,7 +646,7 @@ def test_a_symlink_or_fifo_in_place_of_a_small_file_is_replaced_never_read_throu
     assert outside.read_bytes() == b"same bytes" and not outside.is_symlink()
 
 
-def test_in_place_never_writes_through_another_hard_link(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+def test_in_place_never_writes_through_another_hard_link(tmp_path: Path, cas_home: Path) -> None:
     store, _backend = _counting_store(tmp_path)
     with store:
         src = tmp_path / "src"
@@ -665,7 +667,7 @@ def test_in_place_never_writes_through_another_hard_link(tmp_path: Path, cas_hom
         assert (tmp_path / "outside").read_bytes() != bytes(content)
 
 
-def test_cli_reports_written_unchanged_deleted(store: Store, tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+def test_cli_reports_written_unchanged_deleted(store: Store, tmp_path: Path, cas_home: Path) -> None:
     import json
     import subprocess
     import sys
@@ -683,11 +685,13 @@ def test_cli_reports_written_unchanged_deleted(store: Store, tmp_path: Path, cas
     env = {**os.environ, "CAS_HOME": str(cas_home), "PYTHONPATH": str(root)}
     base = [sys.executable, "-m", "cas", "--repo", str(tmp_path / "repo"), "--index", f"sqlite:///{tmp_path / 'index.sqlite'}"]
     done = subprocess.run([*base, "--json", "restore", "v1", str(dest), "--overwrite", "--delete"],
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert (data["written"], data["unchanged"], data["deleted"], data["meta_fixed"]) == (1, 1, 1, 1)
-    done = subprocess.run([*base, "restore", "v1", str(dest), "--overwrite"], capture_output=True, text=True, env=env)
+    done = subprocess.run([*base, "restore", "v1", str(dest), "--overwrite"], capture_output=True, text=True, env=env,
+                          check=True)
     assert "0 entries written" in done.stdout and "2 unchanged, 0 deleted" in done.stdout
-    done = subprocess.run([*base, "restore", "v1", str(tmp_path / "d2"), "--delete"], capture_output=True, text=True, env=env)
+    done = subprocess.run([*base, "restore", "v1", str(tmp_path / "d2"), "--delete"], capture_output=True, text=True, env=env,
+                          check=False)
     assert done.returncode == 1 and done.stderr.startswith("cas: error:") and "overwrite" in done.stderr

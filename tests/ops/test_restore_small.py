@@ -15,11 +15,11 @@ import pytest
 
 from cas import Store
 from cas.errors import PartialRestore
+from cas.ops.restore import state as restore_state
 from cas.ops.restore import walk as restore_walk
-from cas.ops.restore import state as restore_state, write as restore_write
+from cas.ops.restore import write as restore_write
 from cas.ops.restore.temps import TMP_PREFIX
 from cas.ops.restore.write import FileWriter
-from tests.engine import cas_home  # noqa: F401
 from tests.treeutil import describe
 
 _COUNTED = {"open", "write", "utime", "link", "rename", "close", "fchmod", "ftruncate", "lseek", "pwrite", "fstat"}
@@ -49,7 +49,7 @@ class _CountingOs:
 
 
 @pytest.fixture
-def plain_store(tmp_path: Path, cas_home: Path) -> Iterator[Store]:  # noqa: F811
+def plain_store(tmp_path: Path, cas_home: Path) -> Iterator[Store]:
     """A store with the default chunking: a file of up to 256 KiB is one chunk."""
     s = Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'index.sqlite'}")
     yield s

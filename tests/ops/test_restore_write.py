@@ -14,7 +14,8 @@ import pytest
 from cas.errors import IntegrityError
 from cas.format.hashing import hexdigest
 from cas.format.trees import FILE, Entry
-from cas.ops.restore import local as restore_local, write as restore_write
+from cas.ops.restore import local as restore_local
+from cas.ops.restore import write as restore_write
 from cas.ops.restore.local import Span, examine_file, identity
 from cas.ops.restore.write import FileWriter, write_content
 from tests.oswrap import CountingPread

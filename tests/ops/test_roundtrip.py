@@ -8,12 +8,20 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cas import Store
-from tests.engine import SMALL_CHUNKS, cas_home, either_store as store  # noqa: F401 - plain and encrypted
+from tests.engine import SMALL_CHUNKS
 from tests.treeutil import describe
+
+
+@pytest.fixture
+def store(either_store: Store) -> Store:
+    """Every test here holds for a plain and an encrypted repository (tests/conftest.py)."""
+    return either_store
+
 
 _names = st.one_of(
     st.text(
@@ -190,7 +198,7 @@ def test_resnapshot_uses_files_cache_and_stays_exact(store: Store, tmp_path: Pat
     assert (tmp_path / "out" / "f0").read_bytes() == (src / "f0").read_bytes()
 
 
-def test_chunk_cache_serves_repeated_restores_and_survives_damage(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+def test_chunk_cache_serves_repeated_restores_and_survives_damage(tmp_path: Path, cas_home: Path) -> None:
     from backends.local import LocalBackend
 
     class CountingBackend(LocalBackend):

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from cas import ConfigurationError, NotFound, SnapshotFilter, Store
-from tests.engine import cas_home, store  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -145,7 +144,7 @@ def test_bad_options_are_refused(bad: dict[str, object]) -> None:
 def _can_mount() -> bool:
     if shutil.which("unshare") is None:
         return False
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs none /mnt"], capture_output=True)
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs none /mnt"], capture_output=True, check=False)
     return probe.returncode == 0
 
 
@@ -158,7 +157,7 @@ def in_namespace_with_mount(mount_point: Path, script: str, env: dict[str, str])
     shell = (f'mount -t tmpfs none "{mount_point}" && echo hello > "{mount_point}/inside.txt" && '
              f'mkdir "{mount_point}/deeper" && echo x > "{mount_point}/deeper/file" && exec "$0" -c "$1"')
     return subprocess.run(["unshare", "-rm", "sh", "-c", shell, sys.executable, script], capture_output=True,
-                          text=True, env={**os.environ, **env, "PYTHONPATH": str(ROOT)})
+                          text=True, env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, check=False)
 
 
 @needs_mount

@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cas import ConfigurationError, SnapshotFilter, Store, TreeFilter
-from tests.engine import cas_home, store  # noqa: F401
 from tests.ops.test_ignore import _trees, build, everything
 from tests.treeutil import describe
 

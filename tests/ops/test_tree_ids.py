@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from cas import Store
 from cas.format.trees import DIR, FILE, SYMLINK, Entry, encode_entry
-from tests.engine import SMALL_CHUNKS, cas_home  # noqa: F401
+from tests.engine import SMALL_CHUNKS
 
 _MTIME = 1_700_000_000_123_456_789
 
@@ -78,7 +78,7 @@ def _build(root: Path) -> None:
     ],
     ids=["small-chunks", "default-chunks"],
 )
-def test_root_id_is_pinned(tmp_path: Path, cas_home: Path, options: dict[str, int], expected: str) -> None:  # noqa: F811
+def test_root_id_is_pinned(tmp_path: Path, cas_home: Path, options: dict[str, int], expected: str) -> None:
     src = tmp_path / "src"
     _build(src)
     with Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'index.sqlite'}", **options) as store:

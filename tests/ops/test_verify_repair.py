@@ -13,8 +13,8 @@ import pytest
 
 from cas import IntegrityError, Store
 from cas.format.keys import pack_key
-from tests.treeutil import describe
 from tests.engine import REPO_KINDS, TEST_PASSWORD, object_file, repo_options
+from tests.treeutil import describe
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,7 +82,7 @@ def test_damage_is_named_by_execution_and_path_and_repair_is_consistent(
     store.restore("run-b", tmp_path / "out-b")  # the other execution is untouched
     assert describe(str(tmp_path / "out-b")) == describe(str(b))
 
-    found, fixed = store.repair(read_data=True)
+    _, fixed = store.repair(read_data=True)
     assert "run-a" in fixed.snapshots_marked_damaged
     assert store.get("run-a").damaged
     assert path.exists() or damage == "delete"  # repair never deletes stored data
@@ -153,8 +153,8 @@ def test_cli_verify_exit_status(store: Store, tmp_path: Path) -> None:
     env = {**os.environ, "CAS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT), "CAS_PASSWORD": TEST_PASSWORD}
     args = [sys.executable, "-m", "cas", "--repo", str(tmp_path / "repo"), "--index",
             f"sqlite:///{tmp_path / 'index.sqlite'}", "verify", "--read-data"]
-    assert subprocess.run(args, env=env, capture_output=True).returncode == 0
+    assert subprocess.run(args, env=env, capture_output=True, check=False).returncode == 0
     _pack_file(store, _pack_of(store, "run-a", "shared.bin")).unlink()
-    proc = subprocess.run(args, env=env, capture_output=True, text=True)
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
     assert proc.returncode == 1
     assert "run-a:shared.bin" in proc.stdout

@@ -11,7 +11,7 @@ from cas.format.hashing import hexdigest
 from cas.format.keys import pack_key
 from cas.repo.blobwriter import BlobWriter
 from cas.types import BlobKind
-from tests.engine import cas_home, either_store, object_file, store  # noqa: F401 - fixtures
+from tests.engine import object_file
 
 
 def test_queued_chunks_do_not_keep_their_read_block_alive(store: Store) -> None:
@@ -33,7 +33,7 @@ def test_queued_chunks_do_not_keep_their_read_block_alive(store: Store) -> None:
 
 
 @pytest.mark.parametrize("packs", [1, 3])
-def test_blobs_written_through_pack_files_read_back(either_store: Store, packs: int) -> None:  # noqa: F811
+def test_blobs_written_through_pack_files_read_back(either_store: Store, packs: int) -> None:
     # Packs are built in temporary files and uploaded from them, encrypted or not; several packs
     # in flight at once when the pack size is small.
     size = (1 << 20) * packs  # the test stores' pack size is 1 MiB
@@ -51,7 +51,7 @@ def test_blobs_written_through_pack_files_read_back(either_store: Store, packs: 
 
 @pytest.mark.parametrize("damage", [None, "truncate", "flip"])
 def test_a_pack_already_stored_is_kept_if_whole_and_replaced_if_damaged(
-    either_store: Store, damage: str | None  # noqa: F811
+    either_store: Store, damage: str | None
 ) -> None:
     # The same blobs written again make the same pack (same name): the object found under it is
     # compared with the pack file and kept if identical, replaced if it is a damaged copy.

@@ -10,7 +10,6 @@ import pytest
 from cas import IntegrityError, NotFound, Store
 from cas.errors import ConfigurationError
 from cas.format.keys import pack_key
-from tests.engine import cas_home, store  # noqa: F401
 
 
 def _two_file_snapshot(store: Store, tmp_path: Path) -> Path:

@@ -8,10 +8,9 @@ from pathlib import Path
 from cas import Store
 from cas.format.trees import DIR
 from cas.types import BlobLocation
-from tests.engine import cas_home, store  # noqa: F401
 
 
-def test_a_location_carries_every_field_of_the_index_row_under_its_own_name(store: Store, tmp_path: Path) -> None:  # noqa: F811
+def test_a_location_carries_every_field_of_the_index_row_under_its_own_name(store: Store, tmp_path: Path) -> None:
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)
     (src / "d" / "small").write_bytes(b"some bytes")

@@ -19,7 +19,6 @@ from cas.errors import ReadError
 from cas.format.keys import pack_key
 from cas.repo import ranges
 from cas.repo.ranges import RangeReader
-from tests.engine import cas_home, store  # noqa: F401 - fixtures
 from tests.hostile import forge
 
 MiB = 1 << 20
@@ -66,7 +65,7 @@ def _read_into(reader: RangeReader, offset: int, length: int) -> bytes:
 
 
 @pytest.fixture
-def counted(tmp_path: Path, cas_home: Path) -> tuple[Store, CountingBackend]:  # noqa: F811
+def counted(tmp_path: Path, cas_home: Path) -> tuple[Store, CountingBackend]:
     """A store with the default 1 MiB average chunks, no chunk cache, its backend counted."""
     backend = CountingBackend(LocalBackend(str(tmp_path / "repo")))
     s = Store.open(backend, index=f"sqlite:///{tmp_path / 'index.sqlite'}", chunk_cache=False)
@@ -201,7 +200,7 @@ def test_the_chunks_of_one_read_are_verified_on_more_than_one_thread(
     assert any(name.startswith("cas-readahead") for name in threads)
 
 
-def test_a_read_ahead_into_a_missing_pack_does_not_fail_the_read(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+def test_a_read_ahead_into_a_missing_pack_does_not_fail_the_read(tmp_path: Path, cas_home: Path) -> None:
     """The chunks a read needs are intact; the read-ahead after them reaches a pack that is gone:
     the read returns its bytes, and only a read of the lost part fails, naming the file."""
     backend = LocalBackend(str(tmp_path / "repo"))

@@ -12,10 +12,9 @@ from pathlib import Path
 from cas import Store
 from cas.format.keys import pack_key
 from cas.repo.readahead import ChunksAhead
-from tests.engine import cas_home, store  # noqa: F401 - fixtures
 
 
-def _chunks(store: Store, tmp_path: Path, count: int = 30) -> dict[str, bytes]:  # noqa: F811
+def _chunks(store: Store, tmp_path: Path, count: int = 30) -> dict[str, bytes]:
     """Stored chunks by ID with their bytes (files of one chunk each: under the minimum chunk size)."""
     src = tmp_path / "src"
     src.mkdir()
@@ -28,7 +27,7 @@ def _chunks(store: Store, tmp_path: Path, count: int = 30) -> dict[str, bytes]: 
 
 
 @contextmanager
-def _reads_held_back(store: Store, key: str | None = None) -> Iterator[threading.Event]:  # noqa: F811
+def _reads_held_back(store: Store, key: str | None = None) -> Iterator[threading.Event]:
     """The backend's reads (of ``key`` only, if given) wait until the block ends, or until the
     event it gives is set."""
     release = threading.Event()
@@ -48,7 +47,7 @@ def _reads_held_back(store: Store, key: str | None = None) -> Iterator[threading
 
 
 def test_chunks_fetched_ahead_are_the_stored_bytes_held_once_and_bounded(
-    store: Store, tmp_path: Path  # noqa: F811
+    store: Store, tmp_path: Path
 ) -> None:
     chunks = _chunks(store, tmp_path)
     ahead = ChunksAhead(store.repo, max_bytes=10 * 50)
@@ -60,7 +59,7 @@ def test_chunks_fetched_ahead_are_the_stored_bytes_held_once_and_bounded(
     assert ahead.held_bytes == 0 and ahead.take(ids) == {}  # each is taken once
 
 
-def test_a_corrupt_chunk_is_not_held_and_the_others_are(store: Store, tmp_path: Path) -> None:  # noqa: F811
+def test_a_corrupt_chunk_is_not_held_and_the_others_are(store: Store, tmp_path: Path) -> None:
     chunks = _chunks(store, tmp_path)
     locations = store.repo.locate(chunks)
     bad = sorted(chunks)[7]
@@ -76,7 +75,7 @@ def test_a_corrupt_chunk_is_not_held_and_the_others_are(store: Store, tmp_path: 
     assert ahead.wants([bad])  # its reader fetches it itself (and reports it)
 
 
-def test_a_chunk_is_handed_over_as_soon_as_it_is_verified(store: Store, tmp_path: Path) -> None:  # noqa: F811
+def test_a_chunk_is_handed_over_as_soon_as_it_is_verified(store: Store, tmp_path: Path) -> None:
     """Chunks of two packs fetched in one batch: the chunks of the pack read first are taken while
     the read of the other pack has not returned yet."""
     first = _chunks(store, tmp_path, count=5)
@@ -100,7 +99,7 @@ def test_a_chunk_is_handed_over_as_soon_as_it_is_verified(store: Store, tmp_path
 
 
 def test_a_take_that_may_not_wait_gives_what_is_held_and_leaves_the_rest(
-    store: Store, tmp_path: Path  # noqa: F811
+    store: Store, tmp_path: Path
 ) -> None:
     """A background task must not wait for a fetch queued behind it on the same two threads: it
     takes what is held and fetches the rest itself."""

@@ -23,8 +23,9 @@ from cas import Store
 from cas.errors import ConfigurationError, IntegrityError
 from cas.format.config import RepoConfig
 from cas.repo.keystore import WrongPassphrase
-from tests.engine import ENCRYPTED, SMALL_CHUNKS, TEST_PASSWORD, cas_home  # noqa: F401
-from tests.inprocess import run_main, text as decoded
+from tests.engine import ENCRYPTED, SMALL_CHUNKS, TEST_PASSWORD
+from tests.inprocess import run_main
+from tests.inprocess import text as decoded
 from tests.servers import s3 as s3_servers
 from tests.servers.s3 import MotoServer
 from tests.treeutil import describe
@@ -56,7 +57,7 @@ def _open(tmp_path: Path, name: str, **options: object) -> Store:
                       **SMALL_CHUNKS, **options)  # type: ignore[arg-type]
 
 
-def test_the_backend_holds_no_plaintext_names_or_ids(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+def test_the_backend_holds_no_plaintext_names_or_ids(tmp_path: Path, cas_home: Path) -> None:
     src = _project(tmp_path / "src")
     needles = [MARKER, NAME.encode(), LABEL.encode(), EXECUTION.encode(), b"notes.txt", b"random.bin"]
     for kind, options in (("plain", {}), ("encrypted", ENCRYPTED)):
@@ -85,7 +86,7 @@ def test_the_backend_holds_no_plaintext_names_or_ids(tmp_path: Path, cas_home: P
 
 
 def test_the_same_file_gets_different_names_in_two_encrypted_repositories(
-    tmp_path: Path, cas_home: Path  # noqa: F811
+    tmp_path: Path, cas_home: Path
 ) -> None:
     src = _project(tmp_path / "src")
 
@@ -103,7 +104,7 @@ def test_the_same_file_gets_different_names_in_two_encrypted_repositories(
     assert (enc_a - roots).isdisjoint(enc_b - roots) and (enc_a - roots).isdisjoint(plain_a)
 
 
-def test_dedup_within_an_encrypted_repository(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+def test_dedup_within_an_encrypted_repository(tmp_path: Path, cas_home: Path) -> None:
     src = _project(tmp_path / "src")
     with _open(tmp_path, "enc", **ENCRYPTED) as store:
         first = store.snapshot(src, "run-1", use_files_cache=False)
@@ -111,7 +112,7 @@ def test_dedup_within_an_encrypted_repository(tmp_path: Path, cas_home: Path) ->
     assert first.new_bytes > 300_000 and second.new_bytes == 0
 
 
-def test_a_wrong_or_missing_passphrase_is_refused_with_one_line(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+def test_a_wrong_or_missing_passphrase_is_refused_with_one_line(tmp_path: Path, cas_home: Path) -> None:
     _open(tmp_path, "enc", **ENCRYPTED).close()
     with pytest.raises(WrongPassphrase):
         _open(tmp_path, "enc", password="not it")
@@ -122,7 +123,7 @@ def test_a_wrong_or_missing_passphrase_is_refused_with_one_line(tmp_path: Path, 
     assert not (tmp_path / "other" / "config").exists()
 
 
-def test_an_altered_config_opens_no_key(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+def test_an_altered_config_opens_no_key(tmp_path: Path, cas_home: Path) -> None:
     _open(tmp_path, "enc", **ENCRYPTED).close()
     path = tmp_path / "enc" / "config"
     config = json.loads(path.read_bytes())
@@ -133,7 +134,7 @@ def test_an_altered_config_opens_no_key(tmp_path: Path, cas_home: Path) -> None:
 
 
 def test_unencrypted_config_is_as_before_and_an_old_cas_refuses_an_encrypted_one(
-    tmp_path: Path, cas_home: Path  # noqa: F811
+    tmp_path: Path, cas_home: Path
 ) -> None:
     with _open(tmp_path, "plain") as store:
         assert not store.encrypted
@@ -163,7 +164,7 @@ def test_unencrypted_config_is_as_before_and_an_old_cas_refuses_an_encrypted_one
     module.RepoConfig.from_json((tmp_path / "plain" / "config").read_bytes())  # and still reads ours
 
 
-def test_keys_through_the_api(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+def test_keys_through_the_api(tmp_path: Path, cas_home: Path) -> None:
     with _open(tmp_path, "enc", **ENCRYPTED) as store:
         store.snapshot(_project(tmp_path / "src"), "run-1")
         first = store.list_keys()[0].key_id
@@ -191,7 +192,7 @@ def s3_url(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
 
 def test_copy_between_encrypted_and_unencrypted_repositories_over_s3(
-    tmp_path: Path, cas_home: Path, moto_server: MotoServer, s3_url: str  # noqa: F811
+    tmp_path: Path, cas_home: Path, moto_server: MotoServer, s3_url: str
 ) -> None:
     src = _project(tmp_path / "src")
     with _open(tmp_path, "enc", **ENCRYPTED) as source:
@@ -338,7 +339,7 @@ def test_cli_prompts_for_the_passphrase_on_a_terminal(tmp_path: Path) -> None:
     assert b"[]" in seen and b"typed secret" not in seen  # the prompt does not echo
 
 
-def test_aiflow_managers_take_the_passphrase_from_their_config(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+def test_aiflow_managers_take_the_passphrase_from_their_config(tmp_path: Path, cas_home: Path) -> None:
     from cas.aiflow.managers import LocalBlobManager
 
     secret = "aiflow secret phrase"
@@ -360,7 +361,7 @@ def test_aiflow_managers_take_the_passphrase_from_their_config(tmp_path: Path, c
 
 
 def test_the_fsspec_filesystem_reads_an_encrypted_repository(
-    tmp_path: Path, cas_home: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    tmp_path: Path, cas_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from cas.filesystem import CasFileSystem
 
@@ -379,7 +380,7 @@ def test_the_fsspec_filesystem_reads_an_encrypted_repository(
 
 
 def test_an_encrypted_config_replaced_by_an_unencrypted_one_is_refused_when_a_passphrase_is_given(
-    tmp_path: Path, cas_home: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    tmp_path: Path, cas_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from cas import passphrase
 
@@ -399,7 +400,7 @@ def test_an_encrypted_config_replaced_by_an_unencrypted_one_is_refused_when_a_pa
     assert _stored_bytes(tmp_path / "enc") == before  # nothing written, not even a new index's sync
 
 
-def test_a_failed_creation_leaves_no_key_behind(tmp_path: Path, cas_home: Path) -> None:  # noqa: F811
+def test_a_failed_creation_leaves_no_key_behind(tmp_path: Path, cas_home: Path) -> None:
     """The key is written before the config; if the config cannot be written, the key goes too
     (a key without its config would make a later unencrypted repository there look replaced)."""
     from backends.local import LocalBackend

@@ -140,7 +140,7 @@ def _remove_tree(pool: ThreadPoolExecutor, dir_fd: int, name: str) -> int:
         for node in reversed(list(entered.values())):
             try:
                 _settle(node.calls)
-            except BaseException:  # noqa: BLE001 - the walk's own error is raised
+            except BaseException:  # noqa: BLE001, S110 - the walk's own error is raised
                 pass
             os.close(node.fd)
         raise

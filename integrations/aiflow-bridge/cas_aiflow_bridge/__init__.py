@@ -26,7 +26,7 @@ import logging
 import os
 import shutil
 import subprocess
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional  # noqa: F401 - used by the type comments (ruff reads none)
 
 __version__ = "0.1.0"
 
@@ -54,7 +54,7 @@ def _aiflow_base():  # type: () -> Any
             if exc.name is not None and name.startswith(exc.name):
                 continue  # this AIFlow has no such module (or there is no AIFlow): try the next
             raise  # AIFlow is there but broken: say so rather than hide it
-        return getattr(module, "BlobManager")
+        return module.BlobManager
     return None
 
 
@@ -102,10 +102,10 @@ def find_cas_executable(configured=None):  # type: (Optional[str]) -> str
             if os.sep not in path:
                 found = shutil.which(path)
                 if found is None:
-                    raise CasNotInstalled("{} {!r} is not on PATH; {}".format(origin, path, INSTALL_HINT))
+                    raise CasNotInstalled(f"{origin} {path!r} is not on PATH; {INSTALL_HINT}")
                 return found
             if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-                raise CasNotInstalled("{} {} is not an executable file; {}".format(origin, path, INSTALL_HINT))
+                raise CasNotInstalled(f"{origin} {path} is not an executable file; {INSTALL_HINT}")
             return path
     found = shutil.which("cas")
     if found is None:
@@ -127,7 +127,7 @@ class CasBlobManager(_Base):
     def __init__(self, config):  # type: (Dict[str, Any]) -> None
         if not isinstance(config, dict):
             raise CasConfigurationError(
-                "{}: blob_manager_config must be a mapping, got {}".format(type(self).__name__, type(config).__name__)
+                f"{type(self).__name__}: blob_manager_config must be a mapping, got {type(config).__name__}"
             )
         config = dict(config)
         if _AIFlowBlobManager is not None:
@@ -141,7 +141,7 @@ class CasBlobManager(_Base):
         try:
             self._config_json = json.dumps(self._cas_config)
         except (TypeError, ValueError) as exc:
-            raise CasConfigurationError("{}: blob_manager_config is not plain data: {}".format(type(self).__name__, exc))
+            raise CasConfigurationError(f"{type(self).__name__}: blob_manager_config is not plain data: {exc}")
         self.last_result = None  # type: Optional[Dict[str, Any]]
         info = self._call("check", [])
         if info.get("protocol") != PROTOCOL:
@@ -197,10 +197,10 @@ class CasBlobManager(_Base):
                 "--config", "-"] + (["--"] + list(args) if args else [])  # "--": a path may start with "-"
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
         try:
-            proc = subprocess.run(argv, input=self._config_json, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  universal_newlines=True, env=env)
+            proc = subprocess.run(argv, input=self._config_json, capture_output=True, text=True, env=env,
+                                  check=False)  # the exit status is read below
         except OSError as exc:
-            raise CasNotInstalled("cannot run {}: {}; {}".format(self.cas_executable, exc.strerror or exc, INSTALL_HINT))
+            raise CasNotInstalled(f"cannot run {self.cas_executable}: {exc.strerror or exc}; {INSTALL_HINT}")
         answer = _last_json_object(proc.stdout)
         if proc.returncode == 0 and answer is not None and "error" not in answer:
             self.last_result = answer
@@ -211,15 +211,14 @@ class CasBlobManager(_Base):
         stderr = proc.stderr or ""
         if proc.returncode == 2 and "invalid choice: 'aiflow'" in stderr:
             raise CasNotInstalled(
-                "{} is too old for cas-aiflow-bridge (it has no 'cas aiflow' commands); upgrade it with "
-                "pip install -U cas-store in its environment, or {}".format(self.cas_executable, INSTALL_HINT)
+                f"{self.cas_executable} is too old for cas-aiflow-bridge (it has no 'cas aiflow' commands); "
+                f"upgrade it with pip install -U cas-store in its environment, or {INSTALL_HINT}"
             )
         line = _cas_error_line(stderr)
         if line is None:
             raise CasNotInstalled(
-                "{} did not answer as cas does (exit status {}, no JSON from 'cas aiflow {}'); {}".format(
-                    self.cas_executable, proc.returncode, command, INSTALL_HINT
-                )
+                f"{self.cas_executable} did not answer as cas does (exit status {proc.returncode}, "
+                f"no JSON from 'cas aiflow {command}'); {INSTALL_HINT}"
             )
         raise CasError(line)
 
@@ -269,6 +268,8 @@ def _cas_error_line(stderr):  # type: (str) -> Optional[str]
 
 
 __all__ = [
+    "INSTALL_HINT",
+    "PROTOCOL",
     "CasAlreadyExists",
     "CasBlobManager",
     "CasConfigurationError",
@@ -277,10 +278,8 @@ __all__ = [
     "CasNotFound",
     "CasNotInstalled",
     "HDFSBlobManager",
-    "INSTALL_HINT",
     "LocalBlobManager",
     "OssBlobManager",
-    "PROTOCOL",
     "S3BlobManager",
     "find_cas_executable",
 ]
