@@ -35,6 +35,7 @@ from cas.errors import CasError, ConfigurationError, MissingDependency, NotFound
 from cas.format.trees import DIR, FILE, SYMLINK
 from cas.ops.view import SMALL_FILE, Node, SnapshotView
 from cas.repo.ranges import RangeReader
+from cas.types import EntryType
 
 log = logging.getLogger("cas.mount")
 
@@ -43,12 +44,15 @@ READERS_KEPT = 8
 fetched chunks and read-ahead state; the least recently read is dropped beyond this)."""
 LOOKED_UP_KEPT = 256
 """Files whose nodes a lookup keeps for their first read (a stored tree never changes)."""
+LISTED_KEPT = 65_536
+"""Directories remembered as listed (a listing after that gives their files' attributes too)."""
 CACHE_SECONDS = 60
 """How long the kernel may keep names and attributes: stored trees never change, only the list of
 executions does (a new snapshot appears at the top level within this time)."""
 
 _READDIR_PLUS = 1  # libfuse 3: the kernel asks for attributes with the names (readdir's flags)
 _FILL_DIR_PLUS = 2  # libfuse 3: this entry's attributes are complete (the filler's flags)
+_CAP_READDIRPLUS_AUTO = 1 << 14  # libfuse 3: the kernel asks for attributes only in a directory's first request
 _CAP_NO_OPEN_SUPPORT = 1 << 17  # libfuse 3: the kernel takes ENOSYS from open as "never ask again"
 _LOOP_ENDED = "8"
 """What libfuse 3's ``fuse_main`` returns when its loop ends other than by unmounting (a signal)."""
@@ -56,6 +60,14 @@ _LOOP_ENDED = "8"
 _T = TypeVar("_T")
 _KIND = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}
 _S_IFDIR, _S_IFREG, _S_IFLNK = stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
+def _fields(kind: EntryType, mode: int, size: int, mtime_ns: int) -> tuple[int, int, int, int]:
+    """``(st_mode, st_nlink, st_size, mtime_ns)`` of an entry as the mount shows it (setuid, setgid
+    and sticky bits dropped; a symlink's permissions are all set)."""
+    return (_KIND[kind] | (0o777 if kind == SYMLINK else mode & 0o777), 2 if kind == DIR else 1, size, mtime_ns)
+
+
+Listing = list[tuple[str, int, "tuple[int, int, int, int] | None"]]
+"""A directory's entries as the mount lists them: name, type (``S_IFDIR``...), attributes."""
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
@@ -94,7 +106,8 @@ class Operations:
         self._readers: OrderedDict[str, RangeReader] = OrderedDict()  # by path, when files are not opened
         self._no_open = False
         self._looked_up: dict[str, Node] = {}  # files looked up, not read yet (a few)
-        self._listings: OrderedDict[str, list[tuple[str, int, dict[str, int] | None]]] = OrderedDict()
+        self._listings: OrderedDict[str, Listing] = OrderedDict()
+        self._listed: OrderedDict[str, bool] = OrderedDict()  # directories listed (by tree ID): files' attributes given?
         self._handles = itertools.count(1)
         self._lock = threading.Lock()
         self.started = False
@@ -107,35 +120,19 @@ class Operations:
         self._no_open = conn is not None and bool(conn.capable & _CAP_NO_OPEN_SUPPORT)
 
     def _attrs(self, node: Node) -> dict[str, int]:
-        mode = _KIND[node.type] | (0o777 if node.type == SYMLINK else node.mode & 0o777)
-        return {
-            "st_mode": mode,
-            "st_nlink": 2 if node.type == DIR else 1,
-            "st_size": node.size,
-            "st_blocks": (node.size + 511) // 512,
-            "st_uid": self._uid,
-            "st_gid": self._gid,
-            "st_mtime": node.mtime_ns,
-            "st_ctime": node.mtime_ns,
-            "st_atime": node.mtime_ns,
-        }
+        return self._stat(_fields(node.type, node.mode, node.size, node.mtime_ns))
 
-    def _dir_attrs(self, mode: int, mtime_ns: int) -> dict[str, int]:
-        """What :meth:`_attrs` gives for a directory (size 0), without making its node."""
-        return {"st_mode": stat.S_IFDIR | (mode & 0o777), "st_nlink": 2, "st_size": 0, "st_blocks": 0,
+    def _stat(self, fields: tuple[int, int, int, int]) -> dict[str, int]:
+        """mfusepy's attributes of a listing's fields (owned by this user; every time the mtime)."""
+        mode, nlink, size, mtime_ns = fields
+        return {"st_mode": mode, "st_nlink": nlink, "st_size": size, "st_blocks": (size + 511) // 512,
                 "st_uid": self._uid, "st_gid": self._gid,
-                "st_mtime": mtime_ns, "st_ctime": mtime_ns, "st_atime": mtime_ns}
-
-    def _file_attrs(self, mode: int, mtime_ns: int, size: int) -> dict[str, int]:
-        """What :meth:`_attrs` gives for a file, without making its node."""
-        return {"st_mode": stat.S_IFREG | (mode & 0o777), "st_nlink": 1, "st_size": size,
-                "st_blocks": (size + 511) // 512, "st_uid": self._uid, "st_gid": self._gid,
                 "st_mtime": mtime_ns, "st_ctime": mtime_ns, "st_atime": mtime_ns}
 
     @_errors
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
         node = self.view.lookup(path)
-        if node.type == FILE:  # the kernel looks a file up before reading it: its read finds it here
+        if node.type == FILE:  # a file read by path after its lookup finds its node here
             with self._lock:
                 if len(self._looked_up) >= LOOKED_UP_KEPT:
                     self._looked_up.clear()
@@ -145,31 +142,48 @@ class Operations:
     @_errors
     def readdir(self, path: str, fh: int) -> list[tuple[str, int, int]]:
         # With each entry's type (d_type), `find -type f` and `ls` need not stat every file.
-        return [(name, mode, 0) for name, mode, _attrs in self._listing(path)]
+        return [(name, mode, 0) for name, mode, _fields in self._listing(self.view.lookup(path))]
 
     @_errors
-    def readdir_plus(self, path: str) -> list[tuple[str, int, dict[str, int] | None]]:
-        """The listing with each subdirectory's and file's attributes (libfuse 3's readdirplus):
-        the kernel then knows them without a lookup each, so a walk down the tree makes one
-        request per directory, and stat or open of a listed file none of its own (symlinks are
-        looked up)."""
-        return self._listing(path)
+    def readdir_plus(self, path: str, offset: int = 0) -> tuple[Listing, bool]:
+        """The listing with each entry's attributes as ``(name, type, (st_mode, st_nlink, st_size,
+        mtime_ns))`` (a symlink's are None: it is looked up), for libfuse 3's readdirplus, and
+        whether to give the kernel the files' attributes too, not only the subdirectories'.
 
-    def _listing(self, path: str) -> list[tuple[str, int, dict[str, int] | None]]:
+        Attributes given with a listing spare the kernel a lookup per entry (a walk down the tree
+        makes one request per directory; a stat or open of a listed file none), but the kernel
+        makes an inode for each: a walk that needs only names and types (`find -type f`) was
+        about 25% slower with every file's. So a directory's files' attributes come from its
+        second listing on (asked from its start): a directory listed again is one being worked
+        in, whose files are then stat'ed or opened; its first listing, what a walk does, stays
+        lean."""
+        node = self.view.lookup(path)
+        files_too = False
+        if node.tree:
+            with self._lock:
+                if offset == 0:  # a listing from its start: the files' attributes if listed before
+                    files_too = self._listed[node.tree] = node.tree in self._listed
+                    self._listed.move_to_end(node.tree)
+                    while len(self._listed) > LISTED_KEPT:
+                        self._listed.popitem(last=False)
+                else:  # the rest of a listing: as its start
+                    files_too = self._listed.get(node.tree, False)
+        return self._listing(node), files_too
+
+    def _listing(self, node: Node) -> Listing:
         # The kernel reads a directory in more than one call: a stored directory (by tree ID)
         # never changes, so its listing is kept for the next call.
-        node = self.view.lookup(path)
         with self._lock:
             listing = self._listings.get(node.tree) if node.tree else None
         if listing is None:
             listing = [(".", _S_IFDIR, None), ("..", _S_IFDIR, None)]
             if node.tree:
-                listing += [(e.name, _S_IFDIR, self._dir_attrs(e.mode, e.mtime_ns)) if e.type is DIR
-                            else (e.name, _S_IFREG, self._file_attrs(e.mode, e.mtime_ns, e.size)) if e.type is FILE
-                            else (e.name, _S_IFLNK, None)
+                listing += [(e.name, _S_IFDIR, (_S_IFDIR | (e.mode & 0o777), 2, 0, e.mtime_ns)) if e.type is DIR
+                            else (e.name, _S_IFREG, (_S_IFREG | (e.mode & 0o777), 1, e.size, e.mtime_ns))
+                            if e.type is FILE else (e.name, _S_IFLNK, None)
                             for e in self.view.entries(node)]
             else:
-                listing += [(n.name, _S_IFDIR, self._attrs(n)) for n in self.view.children(node)]
+                listing += [(n.name, _S_IFDIR, _fields(DIR, n.mode, 0, n.mtime_ns)) for n in self.view.children(node)]
             if node.tree:
                 with self._lock:
                     self._listings[node.tree] = listing
@@ -307,19 +321,36 @@ def _fuse_class(fuse: Any) -> Any:
     if fuse.fuse_version_major != 3:
         return Fuse
 
+    plain = {mode: fuse.c_stat(st_mode=mode) for mode in (_S_IFDIR, _S_IFREG, _S_IFLNK)}  # a name's type only
+    uid, gid = os.getuid(), os.getgid()
+
+    def _c_stat(fields: tuple[int, int, int, int]) -> Any:
+        """libfuse's ``struct stat`` of a listing's fields (what mfusepy makes of :meth:`Operations._stat`)."""
+        mode, nlink, size, mtime_ns = fields
+        time = fuse.c_timespec(*divmod(mtime_ns, 10**9))
+        return fuse.c_stat(st_mode=mode, st_nlink=nlink, st_size=size, st_blocks=(size + 511) // 512,
+                           st_uid=uid, st_gid=gid, st_atimespec=time, st_mtimespec=time, st_ctimespec=time)
+
     class Fuse3(Fuse):
+        def init_fuse_3(self, conn: Any, config: Any) -> None:
+            # Every listing request with attributes (readdirplus), not only a directory's first:
+            # a directory larger than one request's buffer then gives the attributes of all its
+            # subdirectories, not of the first few (the kernel looked each later one up).
+            if conn:
+                conn.contents.want &= ~_CAP_READDIRPLUS_AUTO
+            super().init_fuse_3(conn, config)
+
         def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
             plus = flags & _READDIR_PLUS
             if path is None or (not plus and offset == 0):
                 # The whole listing at once: libfuse keeps it and answers the kernel's further
                 # calls for this directory without calling back.
                 return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)  # type: ignore[no-any-return]
-            listing = self.operations.readdir_plus(path.decode(self.encoding, self.errors))
-            plain = {mode: fuse.c_stat(st_mode=mode) for mode in (_S_IFDIR, _S_IFREG, _S_IFLNK)}
+            listing, files_too = self.operations.readdir_plus(path.decode(self.encoding, self.errors), offset)
             for position in range(offset, len(listing)):
-                name, mode, attrs = listing[position]
-                full = plus and attrs is not None
-                if filler(buf, name.encode(self.encoding, self.errors), _c_stat(fuse, attrs) if full else plain[mode],
+                name, mode, fields = listing[position]
+                full = plus and fields is not None and (files_too or mode == _S_IFDIR)
+                if filler(buf, name.encode(self.encoding, self.errors), _c_stat(fields) if full else plain[mode],
                           position + 1, _FILL_DIR_PLUS if full else 0) != 0:
                     break  # the kernel's buffer is full: it asks again from this offset
             return 0
@@ -342,15 +373,6 @@ def _keep_thread_state() -> None:
     if thread not in _threads_kept:
         _threads_kept.add(thread)
         ctypes.pythonapi.PyGILState_Ensure()
-
-
-def _c_stat(fuse: Any, attrs: dict[str, int]) -> Any:
-    """libfuse's ``struct stat`` of the attributes :meth:`Operations._attrs` gives (what mfusepy's
-    ``set_st_attrs`` makes of them, built in one call)."""
-    time = fuse.c_timespec(*divmod(attrs["st_mtime"], 10**9))
-    return fuse.c_stat(st_mode=attrs["st_mode"], st_nlink=attrs["st_nlink"], st_size=attrs["st_size"],
-                       st_blocks=attrs["st_blocks"], st_uid=attrs["st_uid"], st_gid=attrs["st_gid"],
-                       st_atimespec=time, st_mtimespec=time, st_ctimespec=time)
 
 
 def is_mounted(mountpoint: str) -> bool:

@@ -434,21 +434,28 @@ def _pread_aligned(fd: int, offset: int) -> bytes:
 
 def test_a_listing_carries_each_entrys_attributes_as_a_lookup_gives_them(tmp_path: Path, repo: Store,
                                                                          project: Path) -> None:
-    """readdirplus answers with files' and subdirectories' attributes (the kernel then needs no
-    lookup to stat or open them): each is exactly what a lookup of that path gives."""
+    """readdirplus answers with the attributes of subdirectories and (from a directory's second
+    listing on) files, so the kernel needs no lookup to stat or open them: each is exactly what a
+    lookup of that path gives."""
     from cas.mount import Operations
 
     repo.snapshot(project, "run-42")
     ops = Operations(repo.view())
-    for directory in ("/run-42", "/run-42/code"):
-        listing = {name: attrs for name, _mode, attrs in ops.readdir_plus(directory)}
-        assert set(listing) - {".", ".."} == set(os.listdir(project / directory.removeprefix("/run-42/")
-                                                          if directory != "/run-42" else project))
-        for name, attrs in listing.items():
+    for directory, source in (("/run-42", project), ("/run-42/code", project / "code")):
+        listing, files_too = ops.readdir_plus(directory)
+        assert not files_too  # a first listing: subdirectories' attributes only
+        assert ops.readdir_plus(directory, len(listing)) == (listing, False)  # its end, as its start
+        assert ops.readdir_plus(directory) == (listing, True)  # listed again: the files' too
+        assert ops.readdir_plus(directory, 3) == (listing, True)
+        fields_of = {name: fields for name, _type, fields in listing}
+        assert set(fields_of) - {".", ".."} == set(os.listdir(source))
+        for name, fields in fields_of.items():
             if name in (".", ".."):
                 continue
-            if attrs is None:  # symlinks only: their lookup reads the target
-                assert stat.S_ISLNK(ops.getattr(f"{directory}/{name}")["st_mode"])
+            looked_up = ops.getattr(f"{directory}/{name}")
+            if fields is None:  # symlinks only: their lookup reads the target
+                assert stat.S_ISLNK(looked_up["st_mode"])
             else:
-                assert attrs == ops.getattr(f"{directory}/{name}"), name
-    assert stat.S_ISREG(listing["train.py"]["st_mode"]) and listing["train.py"]["st_size"] == len("print('train')\n" * 30)
+                assert fields == tuple(looked_up[k] for k in ("st_mode", "st_nlink", "st_size", "st_mtime")), name
+                assert (looked_up["st_ctime"], looked_up["st_atime"]) == (fields[3], fields[3])
+    assert fields_of["train.py"] == (stat.S_IFREG | 0o751, 1, len("print('train')\n" * 30), 1_600_000_000_123_456_789)

@@ -113,10 +113,8 @@ def _deep_tree(src: Path) -> None:
 
 
 def test_a_walk_lists_from_the_index_in_a_few_queries_per_level(
-    counted: tuple[Store, CountingBackend], tmp_path: Path
+    counted: tuple[Store, CountingBackend], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sqlalchemy import event
-
     s, backend = counted
     src = tmp_path / "src"
     _deep_tree(src)
@@ -125,9 +123,9 @@ def test_a_walk_lists_from_the_index_in_a_few_queries_per_level(
     for tree_id in stored:  # the index gives each tree's rows as one batched read does
         assert s.repo.index.tree_entries_of([tree_id, "0" * 64]) == {
             tree_id: s.repo.index.tree_entries(tree_id), "0" * 64: []}
-    queries: list[str] = []
-    event.listen(s.repo.index.engine, "before_cursor_execute",
-                 lambda _c, _cur, sql, *_a: queries.append(sql) if "tree_entries" in sql else None)
+    queries: list[list[str]] = []  # the index's batched reads of tree rows (on a held connection)
+    read = s.repo.index.tree_entries_of
+    monkeypatch.setattr(s.repo.index, "tree_entries_of", lambda ids: queries.append(list(ids)) or read(ids))
     view = s.view()
     backend.reset()
 
@@ -140,7 +138,8 @@ def test_a_walk_lists_from_the_index_in_a_few_queries_per_level(
         todo.extend(c for c in children if c.type == DIR)
     assert seen == {t: [e.name for e in entries] for t, entries in stored.items()}
     assert backend.calls["get"] == 0
-    assert len(stored) == 121 and len(queries) <= 6  # one per level of the tree, not one per directory
+    assert len(stored) == 121 and sum(map(len, queries)) >= 121
+    assert len(queries) <= 6  # one per level of the tree, not one per directory
 
 
 class BatchListing(ChunklessListing):
