@@ -392,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(default benchmarks/results, or benchmarks/results/quick with --quick)")
     p.add_argument("--no-archives", action="store_true",
                    help="skip the archive case (benchmarks/archive_dedup.py, written to archives.md)")
+    p.add_argument("--no-mount", action="store_true",
+                   help="skip the mount case (benchmarks/mount.py: cas mount beside restic mount, written to mount.md)")
     args = p.parse_args(argv)
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
@@ -405,6 +407,13 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.results)
         status |= archive_dedup.main([*(["--quick"] if args.quick else []), "--json", str(out / "archives.json"),
                                       "--markdown", str(out / "archives.md")])
+    if not args.no_mount:
+        import mount as mount_case
+
+        log("mount: cas mount beside restic mount, find, a tensor read, cat (benchmarks/mount.py)")
+        restic = args.restic or str(WORK / "bin" / "restic")
+        status |= mount_case.main([*(["--quick"] if args.quick else []), "--tools", "cas,restic", "--restic", restic,
+                                   "--results", args.results])
     return status
 
 
