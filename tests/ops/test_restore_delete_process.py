@@ -155,3 +155,46 @@ def test_more_removals_than_the_child_may_hold_descriptors_for(tmp_path: Path) -
         fallback.close()
         os.close(fd)
     assert os.listdir(victim) == []
+
+
+def test_a_process_not_run_by_a_python_interpreter_starts_no_child(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # An embedding program (here `yes` named like uWSGI: it would take the child's arguments and
+    # never exit nor answer) is not started: the removals run here.
+    from cas.ops.restore.child import child_command
+
+    embedder = tmp_path / "uwsgi"
+    embedder.symlink_to("/usr/bin/yes")
+    expected = _tree(tmp_path / "victim")
+    monkeypatch.setattr(sys, "executable", str(embedder))
+    assert child_command("pass") is None
+    fallback = Remover()
+    removals = ProcessRemover(fallback)
+    fd = _open(tmp_path)
+    try:
+        assert removals.submit(fd, "victim").result(timeout=30) == expected
+        assert removals.pid is None
+    finally:
+        if removals.pid is not None:  # started anyway: stop it, or closing would wait for it forever
+            os.kill(removals.pid, signal.SIGKILL)
+        removals.close()
+        fallback.close()
+        os.close(fd)
+    assert os.listdir(tmp_path) == ["uwsgi"]
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(sys, "executable", "/usr/bin/python3")
+    assert child_command("pass") is None  # a frozen application's executable is the application
+
+
+def test_the_childs_command_runs_this_interpreter_isolated_on_this_package() -> None:
+    import subprocess
+
+    import cas
+    from cas.ops.restore.child import child_command
+
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import cas; print(sys.flags.isolated, cas.__file__, sys.argv[2:])"
+    command = child_command(code, "x")
+    assert command is not None and command[0] == sys.executable
+    assert command[4] == str(Path(cas.__file__).resolve().parents[1])  # the package's root, first on the path
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd="/").stdout
+    assert out == f"1 {Path(cas.__file__).resolve()} ['x']\n"

@@ -14,7 +14,9 @@
 * :mod:`~cas.ops.restore.delete`: removing what the tree lacks, on a pool of threads;
 * :mod:`~cas.ops.restore.delete_process`: those removals made by a child process;
 * :mod:`~cas.ops.restore.hash_ahead`: the destination's small files hashed by a child process
-  ahead of the walk.
+  ahead of the walk;
+* :mod:`~cas.ops.restore.child`: how those two child processes are started (only by a Python
+  interpreter: an embedded one does their work itself).
 
 Nothing is imported here: callers import from the modules, so the child processes
 (:mod:`~cas.ops.restore.delete_process`, :mod:`~cas.ops.restore.hash_ahead`) load only what they

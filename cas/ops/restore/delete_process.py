@@ -24,11 +24,10 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 from concurrent.futures import Future
-from pathlib import Path
 
+from cas.ops.restore.child import child_command
 from cas.ops.restore.delete import Remover
 
 _REQUEST = struct.Struct("<Q")  # + the name
@@ -104,14 +103,13 @@ class ProcessRemover:
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        # This process's cas, whatever the working directory holds (-I: no script directory, no
-        # PYTHON* variables, no user site on the path; the package's own root first).
-        package_root = str(Path(__file__).resolve().parents[__name__.count(".")])  # above cas/, at any depth
+        command = child_command(_CHILD, str(theirs.fileno()))
         try:
             with theirs:
+                if command is None:
+                    raise FileNotFoundError("no Python interpreter to run the remover")
                 self._proc = subprocess.Popen(
-                    [sys.executable, "-I", "-c", _CHILD, package_root, str(theirs.fileno())],
-                    pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
         except OSError:

@@ -31,13 +31,12 @@ import socket
 import stat
 import struct
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cas.format.hashing import hexdigest
+from cas.ops.restore.child import child_command
 from cas.ops.restore.temps import TMP_PREFIX
 
 if TYPE_CHECKING:
@@ -96,13 +95,14 @@ class HashAhead:
         self._walked = threading.Event()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         hints, their_hints = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        package_root = str(Path(__file__).resolve().parents[__name__.count(".")])  # above cas/, at any depth
+        command = child_command(_CHILD, str(theirs.fileno()), str(dest_fd), str(max_size), str(settled_ns),
+                                str(their_hints.fileno()))
         try:
             with theirs, their_hints:
+                if command is None:
+                    raise FileNotFoundError("no Python interpreter to run the hasher")
                 self._proc = subprocess.Popen(
-                    [sys.executable, "-I", "-c", _CHILD, package_root, str(theirs.fileno()), str(dest_fd),
-                     str(max_size), str(settled_ns), str(their_hints.fileno())],
-                    pass_fds=(theirs.fileno(), dest_fd, their_hints.fileno()), stdin=subprocess.DEVNULL,
+                    command, pass_fds=(theirs.fileno(), dest_fd, their_hints.fileno()), stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )
         except OSError:
