@@ -44,7 +44,7 @@ READERS_KEPT = 8
 fetched chunks and read-ahead state; the least recently read is dropped beyond this)."""
 LOOKED_UP_KEPT = 256
 """Files whose nodes a lookup keeps for their first read (a stored tree never changes)."""
-LISTED_KEPT = 65_536
+LISTED_KEPT = 16_384
 """Directories remembered as listed (a listing after that gives their files' attributes too)."""
 CACHE_SECONDS = 60
 """How long the kernel may keep names and attributes: stored trees never change, only the list of
