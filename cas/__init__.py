@@ -29,7 +29,7 @@ _LAZY = {
     "GcReport": "cas.ops.gc",
     "RepairReport": "cas.ops.repair",
     "RestoreReport": "cas.ops.restore.report",
-    "SnapshotFilter": "cas.ops.snapshot_filter",
+    "SnapshotFilter": "cas.ops.snapshot.filter",
     "TreeFilter": "cas.ops.tree_filter",
     "RebuildReport": "cas.ops.sync",
     "VerifyReport": "cas.ops.verify",
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from cas.ops.gc import GcReport
     from cas.ops.repair import RepairReport
     from cas.ops.restore.report import RestoreReport
-    from cas.ops.snapshot_filter import SnapshotFilter
+    from cas.ops.snapshot.filter import SnapshotFilter
     from cas.ops.sync import RebuildReport
     from cas.ops.tree_filter import TreeFilter
     from cas.ops.verify import VerifyReport

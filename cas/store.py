@@ -47,9 +47,9 @@ if TYPE_CHECKING:
     from cas.ops.prefetch import PrefetchReport
     from cas.ops.repair import RepairReport
     from cas.ops.restore.report import RestoreReport
-    from cas.ops.snapshot_filter import SnapshotFilter
+    from cas.ops.snapshot.filter import SnapshotFilter
+    from cas.ops.snapshot.walk import ProgressFn
     from cas.ops.sync import RebuildReport
-    from cas.ops.tree_builder import ProgressFn
     from cas.ops.tree_filter import TreeFilter
     from cas.ops.verify import VerifyReport
     from cas.ops.view import SnapshotView
@@ -181,12 +181,12 @@ class Store:
         ``chunker``: how files are cut into chunks; by default the repository's own
         (``Store.open(..., chunker=...)`` sets it when creating one). See docs/FORMAT.md, Chunks.
 
-        ``filter``: what to leave out (:class:`~cas.ops.snapshot_filter.SnapshotFilter`: ignore
+        ``filter``: what to leave out (:class:`~cas.ops.snapshot.filter.SnapshotFilter`: ignore
         files, exclude and include patterns, a size limit, other file systems). The default honours
         ``.casignore`` files and nothing else; what was left out is counted in the snapshot's stats.
 
         ``on_change``: what to do with a file that changed while it was read, each of
-        :data:`~cas.ops.snapshot_entries.CHANGE_RETRIES` times it was read again (see :class:`OnChange`).
+        :data:`~cas.ops.snapshot.entries.CHANGE_RETRIES` times it was read again (see :class:`OnChange`).
         ``files_cache_ttl``: the files cache forgets paths no snapshot has seen for this long
         (default 30 days).
         ``jobs``: worker processes that walk the tree's subdirectories, forked from this process.
@@ -199,11 +199,11 @@ class Store:
         Taking an ID that exists returns the existing snapshot when the tree is identical and raises
         :class:`AlreadyExists` otherwise.
         """
-        from cas.ops import snapshot as snapshot_op
-        from cas.ops.snapshot_filter import SnapshotFilter
+        from cas.ops.snapshot.filter import SnapshotFilter
+        from cas.ops.snapshot.take import take_snapshot
 
         check_execution_id(execution_id)
-        snapshot_op.take_snapshot(
+        take_snapshot(
             self.repo, os.fspath(path), execution_id, check_labels(labels or {}),
             use_files_cache=use_files_cache, progress=progress, on_change=OnChange(on_change),
             chunker=_chunker_name(chunker), filter=SnapshotFilter() if filter is None else filter,
@@ -213,11 +213,11 @@ class Store:
 
     def forget(self, execution_ids: list[str]) -> list[str]:
         """Remove snapshots (their objects, then their index rows). Their data goes at the next ``gc``."""
-        from cas.ops import snapshot as snapshot_op
+        from cas.ops.commit import forget
 
         for execution_id in execution_ids:
             self.get(execution_id)
-        return snapshot_op.forget(self.repo, execution_ids)
+        return forget(self.repo, execution_ids)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -525,7 +525,7 @@ def _snapshot_from_row(row: SnapshotRow) -> Snapshot:
 
 
 def _load_record(repo: Repository, execution_id: str) -> SnapshotRecord:
-    from cas.ops.snapshot import load_record
+    from cas.ops.commit import load_record
 
     return load_record(repo, execution_id)
 

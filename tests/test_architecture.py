@@ -28,7 +28,7 @@ cas.cli.build_parser()
 parser = sorted(m for m in sys.modules if m.startswith(("sqlalchemy", "manifests", "cas.store", "cas.ops")))
 import cas.store
 store = sorted(m for m in sys.modules if m.startswith(
-    ("sqlalchemy.orm", "alembic", "pathspec", "cas.ops.snapshot", "cas.ops.restore", "cas.ops.tree_builder")))
+    ("sqlalchemy.orm", "alembic", "pathspec", "cas.ops.snapshot", "cas.ops.restore")))
 exported = [name for name in cas.__all__ if getattr(cas, name, None) is None]
 print(json.dumps([parser, store, exported]))
 """

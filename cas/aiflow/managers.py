@@ -46,7 +46,7 @@ from cas.aiflow.uris import (
 from cas.errors import AlreadyExists, ConfigurationError, IntegrityError, NotFound
 from cas.format.config import ChunkerName
 from cas.format.records import check_labels
-from cas.ops.snapshot_filter import SnapshotFilter
+from cas.ops.snapshot.filter import SnapshotFilter
 from cas.repo.repository import default_home
 from cas.store import Snapshot, Store
 
@@ -223,7 +223,7 @@ class CasBlobManager(_Base):  # type: ignore[misc,valid-type]
         """Snapshot the project directory as a tree; return ``<root>/cas/project-<id>/<dir name>``.
 
         ``.casignore`` files in the project leave out what they match, with ``.gitignore`` rules
-        (:mod:`cas.ops.snapshot_filter`); the snapshot's stats count what was left out.
+        (:mod:`cas.ops.snapshot.filter`); the snapshot's stats count what was left out.
 
         Files equal to ones already stored (by any earlier project or execution) are not stored
         again. Reusing a workflow snapshot ID for a different tree raises :class:`AlreadyExists`;

@@ -14,12 +14,12 @@ from cas.options import parse_labels
 from cas.terminal import escape, human_size
 
 if TYPE_CHECKING:
-    from cas.ops.snapshot_filter import SnapshotFilter
+    from cas.ops.snapshot.filter import SnapshotFilter
     from cas.store import Store
 
 
 def snapshot_filter(args: argparse.Namespace) -> SnapshotFilter:
-    from cas.ops.snapshot_filter import SnapshotFilter
+    from cas.ops.snapshot.filter import SnapshotFilter
 
     return SnapshotFilter(exclude=args.exclude, include=args.include, ignore_files=not args.no_ignore_files,
                           extra_ignore_files=args.ignore_file, exclude_larger_than=args.exclude_larger_than,

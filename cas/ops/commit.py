@@ -1,16 +1,24 @@
-"""The one way a snapshot row enters an index: :meth:`Index.commit_snapshot`, fenced against garbage
-collection, with every blob the snapshot references (docs/GC.md). A writer's commit, a sync, a
+"""A snapshot record into and out of a repository: claimed on the backend and its row committed
+(:func:`commit`), read back (:func:`load_record`), forgotten (:func:`forget`).
+
+A row enters an index one way: :meth:`Index.commit_snapshot`, fenced against garbage collection,
+with every blob the snapshot references (docs/GC.md). A writer's commit, a copy's, a sync, a
 rebuild and a repair all come through here.
 """
 
 from __future__ import annotations
 
+import logging
+
+from cas.errors import AlreadyExists, CasError, IntegrityError, NotFound
 from cas.format.records import SnapshotRecord, snapshot_key
 from cas.ops.roots import collect_blobs
 from cas.ops.tree_index import TreeRowSpool, index_snapshot_trees
 from cas.repo.repository import Repository
 from manifests.errors import SnapshotWithdrawn
 from manifests.rows import SnapshotRow
+
+log = logging.getLogger("cas")
 
 
 def snapshot_row(record: SnapshotRecord, damaged: bool = False) -> SnapshotRow:
@@ -72,3 +80,71 @@ def commit_record(repo: Repository, record: SnapshotRecord) -> bool:
     if not broken:
         index_snapshot_trees(repo, record.execution_id, record.root)
     return True
+
+
+def commit(
+    repo: Repository, record: SnapshotRecord, referenced: set[str], spool: TreeRowSpool | None = None
+) -> set[str]:
+    """Steps 4-5 of the write order: claim the execution ID on the backend, then insert the row
+    under the GC fence (with the tree entries the index lacks, from ``spool``).
+
+    Returns the referenced blobs GC deleted meanwhile (then nothing is committed and the snapshot
+    object is withdrawn), or an empty set.
+    """
+    key = snapshot_key(record.execution_id)
+    try:
+        repo.backend.put(key, record.to_json(), overwrite=False)
+    except AlreadyExists:
+        existing = load_record(repo, record.execution_id)
+        if existing.root != record.root:
+            raise AlreadyExists(
+                f"execution ID {record.execution_id} already holds a different tree; choose a new ID"
+            ) from None
+        # Ours from an earlier attempt, or another writer's with the same tree: commit it (again)
+        # through the fenced check, which also rescues any condemned pack it uses.
+        return commit_with_blobs(repo, existing, referenced, spool)
+    try:
+        missing = commit_with_blobs(repo, record, referenced, spool)
+    except BaseException:
+        # The row did not go in; withdraw the claim so the ID is not left half-taken.
+        _withdraw(repo, key)
+        raise
+    if missing:
+        _withdraw(repo, key)
+    return missing
+
+
+def load_record(repo: Repository, execution_id: str) -> SnapshotRecord:
+    """The snapshot record on the backend; NotFound if there is none."""
+    try:
+        data = repo.backend.get(snapshot_key(execution_id))
+    except FileNotFoundError:
+        raise NotFound(f"unknown execution ID: {execution_id}") from None
+    record = SnapshotRecord.from_json(data)
+    if record.execution_id != execution_id:
+        raise IntegrityError(f"snapshot object for {execution_id} names {record.execution_id}")
+    return record
+
+
+def forget(repo: Repository, execution_ids: list[str]) -> list[str]:
+    """Remove snapshots: their objects, then their index rows. Their data goes at the next ``gc``.
+
+    The object goes first: a sync that runs meanwhile re-checks, inside its fenced commit, that the
+    object still exists, so it cannot bring the row back (docs/GC.md).
+    """
+    forgotten = []
+    for execution_id in execution_ids:
+        try:
+            repo.backend.delete(snapshot_key(execution_id))
+        except FileNotFoundError:
+            pass
+        repo.index.remove_snapshot(execution_id)
+        forgotten.append(execution_id)
+    return forgotten
+
+
+def _withdraw(repo: Repository, key: str) -> None:
+    try:
+        repo.backend.delete(key)
+    except CasError as exc:
+        log.warning("could not withdraw %s after a failed commit: %s", key, exc)

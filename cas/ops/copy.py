@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from cas.errors import AlreadyExists, IntegrityError, NotFound, Unavailable
 from cas.format.keys import pack_key
 from cas.format.records import SnapshotRecord
-from cas.ops.commit import referenced_blobs
-from cas.ops.snapshot import commit, load_record
+from cas.ops.commit import commit, load_record, referenced_blobs
 from cas.repo.blobwriter import BlobWriter
 from cas.repo.reader import pack_runs
 from cas.repo.repository import Repository, verify_blob

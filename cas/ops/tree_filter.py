@@ -4,7 +4,7 @@
 
 The patterns are gitignore-style (matched as :mod:`cas.ops.ignore` says) and relative to the
 snapshot's root, whatever part of it is listed or restored: a path as ``cas ls -r`` prints it.
-The rules are the snapshot's (:mod:`cas.ops.snapshot_filter`), without ignore files:
+The rules are the snapshot's (:mod:`cas.ops.snapshot.filter`), without ignore files:
 
 * an entry is **excluded** when the last ``--exclude`` pattern matching it is not a ``!`` one; an
   excluded directory is not entered, so nothing below it comes back;

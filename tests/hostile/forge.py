@@ -12,7 +12,7 @@ import time
 from cas import Store
 from cas.format.hashing import hexdigest
 from cas.format.records import SnapshotRecord
-from cas.ops import snapshot as snapshot_op
+from cas.ops import commit as commit_op
 from cas.repo.blobwriter import BlobWriter
 from cas.types import BlobKind
 
@@ -43,4 +43,4 @@ def file_entry(store: Store, name: str, content: bytes = b"pwned", **extra: obje
 
 
 def commit(store: Store, execution_id: str, root: str) -> None:
-    snapshot_op.commit(store.repo, SnapshotRecord(execution_id, root, 0o755, 0, time.time_ns()), {root})
+    commit_op.commit(store.repo, SnapshotRecord(execution_id, root, 0o755, 0, time.time_ns()), {root})

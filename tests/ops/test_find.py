@@ -243,7 +243,7 @@ def test_gc_drops_rows_of_trees_no_snapshot_reaches_and_rebuild_restores_them(
 
 def test_a_commit_racing_a_prune_leaves_its_snapshot_to_be_filled(
         store: Store, tmp_path: Path, backend: CountingBackend, index_url: str) -> None:
-    from cas.ops import snapshot as snapshot_op
+    from cas.ops.snapshot import take as snapshot_op
 
     src = tmp_path / "p"
     # More directories than the spool holds before asking the index which it has (256), so it asks

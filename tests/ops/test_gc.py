@@ -15,7 +15,7 @@ import pytest
 
 from cas import Store
 from cas.format.keys import pack_key
-from cas.ops import snapshot as snapshot_op
+from cas.ops.snapshot import take as snapshot_op
 from manifests.rows import PackState
 from tests.engine import REPO_KINDS, repo_options
 from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401

@@ -1,4 +1,4 @@
-"""A snapshot split across worker processes (cas/ops/snapshot_workers.py) stores exactly what one
+"""A snapshot split across worker processes (cas/ops/snapshot/workers.py) stores exactly what one
 process stores: the same root tree ID for the same tree, whatever the filter, with the files cache,
 a byte-exact restore, and GC's guarantees covering the workers' packs.
 
@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cas import SnapshotFilter, Store
-from cas.ops import snapshot as snapshot_op
-from cas.ops import snapshot_workers
+from cas.ops.snapshot import take as snapshot_op
+from cas.ops.snapshot import workers as snapshot_workers
 from tests.engine import SMALL_CHUNKS
 from tests.hostile.racing import run_racing, write_victim
 from tests.hostile.test_inputs import Cas

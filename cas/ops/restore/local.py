@@ -3,7 +3,7 @@ to delete.
 
 An existing file *matches* its tree entry when it is a regular file of the entry's size whose
 content's BLAKE3 equals the entry's digest (the digest of a file is the BLAKE3 of its whole content,
-see ``cas.ops.file_reader``), or, when the caller trusts modification times, whose size and mtime equal the
+see ``cas.ops.snapshot.file_reader``), or, when the caller trusts modification times, whose size and mtime equal the
 entry's. Metadata (mode, mtime) of a matching file is fixed in place, without rewriting content.
 
 A file of the entry's size is compared chunk by chunk at the entry's boundaries (one hash pass, and

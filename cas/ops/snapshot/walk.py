@@ -2,8 +2,8 @@
 
 The walk is iterative and streams: a directory's names are listed and sorted (as bytes, the only
 per-entry state held for the whole directory), then each entry is decided, stat'ed and read by an
-:class:`~cas.ops.snapshot_entries.EntryReader` (a file's content by a
-:class:`~cas.ops.file_reader.FileReader`) and handed to a :class:`DirectoryEncoder` in turn, which
+:class:`~cas.ops.snapshot.entries.EntryReader` (a file's content by a
+:class:`~cas.ops.snapshot.file_reader.FileReader`) and handed to a :class:`DirectoryEncoder` in turn, which
 emits parts as they fill. Memory therefore grows with the number of names in the directories being
 walked, not with their entries, stat results or encoded nodes, and a tree of any depth is walked
 without recursion: the walk is a stack of open directory frames. Directories are opened relative to
@@ -11,7 +11,7 @@ their parent's descriptor, so paths longer than ``PATH_MAX`` are no limit either
 :data:`_OPEN_DIRS` of them stay open, and a closed ancestor is reopened through ``..`` (checked to
 be the same directory) when the walk climbs back to it.
 
-A :class:`SnapshotFilter` (:mod:`cas.ops.snapshot_filter`) decides each entry once it is stat'ed:
+A :class:`SnapshotFilter` (:mod:`cas.ops.snapshot.filter`) decides each entry once it is stat'ed:
 an entry left out is never opened or read, an excluded directory never entered. A directory's
 ``.casignore`` is read when the walk enters it, before any of its entries is decided.
 
@@ -32,9 +32,8 @@ from typing import Protocol
 from cas.errors import CasError, ConfigurationError, NotFound, PermissionDenied
 from cas.format.chunking import Chunker
 from cas.format.trees import DIR, DirectoryEncoder, Entry, TooLarge, encode_directory
-from cas.ops.file_reader import FileReader
 from cas.ops.ignore import IGNORE_FILE_NAME
-from cas.ops.snapshot_entries import (
+from cas.ops.snapshot.entries import (
     DELEGATE,
     DIR_FLAGS,
     EntryReader,
@@ -43,7 +42,8 @@ from cas.ops.snapshot_entries import (
     Subdir,
     Unstable,
 )
-from cas.ops.snapshot_filter import (
+from cas.ops.snapshot.file_reader import FileReader
+from cas.ops.snapshot.filter import (
     DirScope,
     ExcludeReason,
     ExcludeStats,
@@ -126,7 +126,7 @@ class _Deferred:
 
 
 class Delegation(Protocol):
-    """Where a parallel snapshot sends subdirectories (``cas.ops.snapshot_workers``): each
+    """Where a parallel snapshot sends subdirectories (``cas.ops.snapshot.workers``): each
     directory at :attr:`depth` below the root is walked by a worker process, whole."""
 
     depth: int

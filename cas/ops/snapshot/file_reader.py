@@ -5,7 +5,7 @@ open) and checked with ``fstat`` to still be a regular file. Its chunks are hash
 thread and handed to the :class:`~cas.repo.blobwriter.BlobWriter`, which compresses and packs them
 on its thread pool. After reading, ``fstat`` must report the size, mtime and ctime seen before
 reading, and the bytes read must match that size; otherwise the read is not :attr:`FileRead.stable`
-and the caller decides what to do (:mod:`cas.ops.snapshot_entries`). (A write landing in the same
+and the caller decides what to do (:mod:`cas.ops.snapshot.entries`). (A write landing in the same
 timestamp tick as the previous one and leaving the size unchanged cannot be seen this way; no
 stat-based check can.)
 """

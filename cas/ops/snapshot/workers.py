@@ -12,7 +12,7 @@ directory across processes:
   own (its files cache is made first, so that several processes do not create the database at
   once), and each worker drops the index connections it inherited
   (``Engine.dispose(close=False)``) and opens its own, and its own files-cache connection. Each runs a
-  :class:`~cas.ops.tree_builder.TreeBuilder` with its own :class:`~cas.repo.blobwriter.BlobWriter`
+  :class:`~cas.ops.snapshot.walk.TreeBuilder` with its own :class:`~cas.repo.blobwriter.BlobWriter`
   (its own packs, uploaded and indexed by it, fenced as every writer's are) and its own files
   cache connection, on the directories it takes from one shared queue (so a worker that finishes
   early takes more).
@@ -51,8 +51,8 @@ from typing import Any
 from cas.errors import CasError
 from cas.format.chunking import Chunker
 from cas.format.trees import Entry
-from cas.ops.snapshot_filter import DirScope, SnapshotFilter
-from cas.ops.tree_builder import OnChange, ProgressFn, TreeBuilder, WalkStats
+from cas.ops.snapshot.filter import DirScope, SnapshotFilter
+from cas.ops.snapshot.walk import OnChange, ProgressFn, TreeBuilder, WalkStats
 from cas.ops.tree_index import TreeRowSpool
 from cas.repo.blobwriter import BlobWriter, WriteStats
 from cas.repo.filescache import FilesCache
@@ -203,7 +203,7 @@ _HELD_DURING_FORK = {signal.SIGINT, signal.SIGTERM}
 
 class WorkerPool:
     """Worker processes walking the directories a :class:`TreeBuilder` hands them (its
-    :class:`~cas.ops.tree_builder.Delegation`). Start it before this process starts threads."""
+    :class:`~cas.ops.snapshot.walk.Delegation`). Start it before this process starts threads."""
 
     def __init__(self, setup: _Setup, jobs: int, depth: int, progress: ProgressFn | None) -> None:
         self.depth = depth

@@ -3,6 +3,7 @@
 Write order (docs/FORMAT.md): packs, their index rows, tree packs and rows, then the snapshot
 object (put-if-absent: the execution ID is claimed once, on the backend), then the snapshot row
 through the fenced commit (docs/GC.md). A crash anywhere leaves every committed snapshot restorable.
+The commit is :func:`cas.ops.commit.commit` (a copy commits the same way).
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import logging
 import os
 import time
 
-from cas.errors import AlreadyExists, CasError, IntegrityError, NotFound, Unavailable
+from cas.errors import Unavailable
 from cas.format.chunking import Chunker
 from cas.format.config import ChunkerName
-from cas.format.records import SnapshotRecord, snapshot_key
-from cas.ops import snapshot_workers
-from cas.ops.commit import commit_with_blobs
-from cas.ops.snapshot_filter import SnapshotFilter
-from cas.ops.tree_builder import OnChange, ProgressFn, TreeBuilder
+from cas.format.records import SnapshotRecord
+from cas.ops.commit import commit
+from cas.ops.snapshot import workers as snapshot_workers
+from cas.ops.snapshot.filter import SnapshotFilter
+from cas.ops.snapshot.walk import OnChange, ProgressFn, TreeBuilder
 from cas.ops.tree_index import TreeRowSpool
 from cas.repo.blobwriter import BlobWriter
 from cas.repo.filescache import FilesCache
@@ -48,7 +49,7 @@ def take_snapshot(
 
     ``chunker``: how files are cut (None: the repository config's chunker).
     ``files_cache_max_age``: see :class:`~cas.repo.filescache.FilesCache`.
-    ``jobs``: worker processes (:mod:`cas.ops.snapshot_workers`; None: one per CPU, at most a few,
+    ``jobs``: worker processes (:mod:`cas.ops.snapshot.workers`; None: one per CPU, at most a few,
     for a large tree; N: N whatever the tree's size; 1: everything in this process).
 
     If garbage collection removes blobs the snapshot reused before its commit, nothing is committed
@@ -83,7 +84,7 @@ def store_tree(
 ) -> tuple[SnapshotRecord, set[str]]:
     """Steps 1-3 of the write order: every chunk and tree node durable and indexed. Returns the
     record to commit and every blob it references; ``spool`` receives every directory's entries.
-    A large tree is split across ``jobs`` worker processes (:mod:`cas.ops.snapshot_workers`)."""
+    A large tree is split across ``jobs`` worker processes (:mod:`cas.ops.snapshot.workers`)."""
     cache_path = None
     if use_files_cache:
         cache_path = os.path.join(default_home(), "cache", f"files-v2-{repo.config.repo_id}.sqlite")
@@ -147,71 +148,3 @@ def store_tree(
         execution_id, result.root, result.root_mode, result.root_mtime_ns, time.time_ns(), labels=labels, stats=stats,
     )
     return record, referenced
-
-
-def commit(
-    repo: Repository, record: SnapshotRecord, referenced: set[str], spool: TreeRowSpool | None = None
-) -> set[str]:
-    """Steps 4-5: claim the execution ID on the backend, then insert the row under the GC fence
-    (with the tree entries the index lacks, from ``spool``).
-
-    Returns the referenced blobs GC deleted meanwhile (then nothing is committed and the snapshot
-    object is withdrawn), or an empty set.
-    """
-    key = snapshot_key(record.execution_id)
-    try:
-        repo.backend.put(key, record.to_json(), overwrite=False)
-    except AlreadyExists:
-        existing = load_record(repo, record.execution_id)
-        if existing.root != record.root:
-            raise AlreadyExists(
-                f"execution ID {record.execution_id} already holds a different tree; choose a new ID"
-            ) from None
-        # Ours from an earlier attempt, or another writer's with the same tree: commit it (again)
-        # through the fenced check, which also rescues any condemned pack it uses.
-        return commit_with_blobs(repo, existing, referenced, spool)
-    try:
-        missing = commit_with_blobs(repo, record, referenced, spool)
-    except BaseException:
-        # The row did not go in; withdraw the claim so the ID is not left half-taken.
-        _withdraw(repo, key)
-        raise
-    if missing:
-        _withdraw(repo, key)
-    return missing
-
-
-def load_record(repo: Repository, execution_id: str) -> SnapshotRecord:
-    """The snapshot record on the backend; NotFound if there is none."""
-    try:
-        data = repo.backend.get(snapshot_key(execution_id))
-    except FileNotFoundError:
-        raise NotFound(f"unknown execution ID: {execution_id}") from None
-    record = SnapshotRecord.from_json(data)
-    if record.execution_id != execution_id:
-        raise IntegrityError(f"snapshot object for {execution_id} names {record.execution_id}")
-    return record
-
-
-def forget(repo: Repository, execution_ids: list[str]) -> list[str]:
-    """Remove snapshots: their objects, then their index rows. Their data goes at the next ``gc``.
-
-    The object goes first: a sync that runs meanwhile re-checks, inside its fenced commit, that the
-    object still exists, so it cannot bring the row back (docs/GC.md).
-    """
-    forgotten = []
-    for execution_id in execution_ids:
-        try:
-            repo.backend.delete(snapshot_key(execution_id))
-        except FileNotFoundError:
-            pass
-        repo.index.remove_snapshot(execution_id)
-        forgotten.append(execution_id)
-    return forgotten
-
-
-def _withdraw(repo: Repository, key: str) -> None:
-    try:
-        repo.backend.delete(key)
-    except CasError as exc:
-        log.warning("could not withdraw %s after a failed commit: %s", key, exc)

@@ -1,12 +1,12 @@
 """One entry of a directory being snapshotted: what its name becomes in the tree.
 
-The walk (:mod:`cas.ops.tree_builder`) hands each name of a directory to :meth:`EntryReader.entry`
+The walk (:mod:`cas.ops.snapshot.walk`) hands each name of a directory to :meth:`EntryReader.entry`
 in name order. The name is stat'ed without following symlinks; then, in turn: a directory at the
 delegation's depth is handed back to the walk for a worker (:data:`DELEGATE`); the
-:class:`~cas.ops.snapshot_filter.WalkFilter` may leave it out (never opened or read) or have a
+:class:`~cas.ops.snapshot.filter.WalkFilter` may leave it out (never opened or read) or have a
 directory on another file system stored empty (:class:`OtherFileSystem`); a regular file the
 files cache vouches for is taken from it; any other regular file is read
-(:class:`~cas.ops.file_reader.FileReader`); a symlink's target is read; a directory is opened and
+(:class:`~cas.ops.snapshot.file_reader.FileReader`); a symlink's target is read; a directory is opened and
 returned (:class:`Subdir`) for the walk to enter; a FIFO, socket or device is skipped with a
 warning.
 
@@ -28,8 +28,8 @@ from typing import NamedTuple, Protocol
 
 from cas.errors import CasError, ConfigurationError, NotFound, PermissionDenied
 from cas.format.trees import FILE, SYMLINK, Entry
-from cas.ops.file_reader import FileRead, FileReader, Replaced, SpecialFile
-from cas.ops.snapshot_filter import DirScope, WalkFilter
+from cas.ops.snapshot.file_reader import FileRead, FileReader, Replaced, SpecialFile
+from cas.ops.snapshot.filter import DirScope, WalkFilter
 from cas.repo.filescache import CachedFile, FilesCache
 from cas.types import OnChange
 
@@ -95,7 +95,7 @@ class Listing(Protocol):
 
 
 class WalkCounts(Protocol):
-    """The counters of :class:`~cas.ops.tree_builder.WalkStats` this module moves."""
+    """The counters of :class:`~cas.ops.snapshot.walk.WalkStats` this module moves."""
 
     files: int
     symlinks: int
