@@ -52,7 +52,7 @@ executions does (a new snapshot appears at the top level within this time)."""
 
 _READDIR_PLUS = 1  # libfuse 3: the kernel asks for attributes with the names (readdir's flags)
 _FILL_DIR_PLUS = 2  # libfuse 3: this entry's attributes are complete (the filler's flags)
-_CAP_READDIRPLUS_AUTO = 1 << 14  # libfuse 3: the kernel asks for attributes only in a directory's first request
+_CAP_READDIRPLUS_AUTO = 1 << 14  # libfuse 3: attributes asked only in a directory's first request
 _CAP_NO_OPEN_SUPPORT = 1 << 17  # libfuse 3: the kernel takes ENOSYS from open as "never ask again"
 _LOOP_ENDED = "8"
 """What libfuse 3's ``fuse_main`` returns when its loop ends other than by unmounting (a signal)."""
@@ -60,15 +60,17 @@ _LOOP_ENDED = "8"
 _T = TypeVar("_T")
 _KIND = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}
 _S_IFDIR, _S_IFREG, _S_IFLNK = stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+Listing = list[tuple[str, int, "tuple[int, int, int, int] | None"]]
+"""A directory's entries as the mount lists them: name, type (``S_IFDIR``...), :func:`_fields`."""
+
+
 def _fields(kind: EntryType, mode: int, size: int, mtime_ns: int) -> tuple[int, int, int, int]:
     """``(st_mode, st_nlink, st_size, mtime_ns)`` of an entry as the mount shows it (setuid, setgid
     and sticky bits dropped; a symlink's permissions are all set)."""
-    return (_KIND[kind] | (0o777 if kind == SYMLINK else mode & 0o777), 2 if kind == DIR else 1, size, mtime_ns)
-
-
-Listing = list[tuple[str, int, "tuple[int, int, int, int] | None"]]
-"""A directory's entries as the mount lists them: name, type (``S_IFDIR``...), attributes."""
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+    st_mode = _KIND[kind] | (0o777 if kind == SYMLINK else mode & 0o777)
+    return st_mode, 2 if kind == DIR else 1, size, mtime_ns
 
 
 def _errors(op: Callable[..., _T]) -> Callable[..., _T]:
@@ -178,9 +180,8 @@ class Operations:
         if listing is None:
             listing = [(".", _S_IFDIR, None), ("..", _S_IFDIR, None)]
             if node.tree:
-                listing += [(e.name, _S_IFDIR, (_S_IFDIR | (e.mode & 0o777), 2, 0, e.mtime_ns)) if e.type is DIR
-                            else (e.name, _S_IFREG, (_S_IFREG | (e.mode & 0o777), 1, e.size, e.mtime_ns))
-                            if e.type is FILE else (e.name, _S_IFLNK, None)
+                listing += [(e.name, _KIND[e.type],
+                             None if e.type is SYMLINK else _fields(e.type, e.mode, e.size, e.mtime_ns))
                             for e in self.view.entries(node)]
             else:
                 listing += [(n.name, _S_IFDIR, _fields(DIR, n.mode, 0, n.mtime_ns)) for n in self.view.children(node)]

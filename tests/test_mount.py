@@ -456,6 +456,7 @@ def test_a_listing_carries_each_entrys_attributes_as_a_lookup_gives_them(tmp_pat
             if fields is None:  # symlinks only: their lookup reads the target
                 assert stat.S_ISLNK(looked_up["st_mode"])
             else:
-                assert fields == tuple(looked_up[k] for k in ("st_mode", "st_nlink", "st_size", "st_mtime")), name
+                assert fields == tuple(looked_up[k] for k in ("st_mode", "st_nlink", "st_size", "st_mtime"))
                 assert (looked_up["st_ctime"], looked_up["st_atime"]) == (fields[3], fields[3])
-    assert fields_of["train.py"] == (stat.S_IFREG | 0o751, 1, len("print('train')\n" * 30), 1_600_000_000_123_456_789)
+    train = (stat.S_IFREG | 0o751, 1, len("print('train')\n" * 30), 1_600_000_000_123_456_789)
+    assert fields_of["train.py"] == train

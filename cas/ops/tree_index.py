@@ -63,7 +63,8 @@ def entry_from_row(row: TreeEntryRow) -> Entry:
     if kind is FILE:
         return new_entry(name, FILE, row.mode, row.mtime_ns, row.size, row.digest or "")
     if kind is SYMLINK:
-        return new_entry(name, SYMLINK, row.mode, row.mtime_ns, target=(row.target or b"").decode(_FS_ENCODING, _FS_ERRORS))
+        target = (row.target or b"").decode(_FS_ENCODING, _FS_ERRORS)
+        return new_entry(name, SYMLINK, row.mode, row.mtime_ns, target=target)
     if kind is DIR:
         return new_entry(name, DIR, row.mode, row.mtime_ns, tree=row.child or "")
     raise CasError(f"the index's entry {name!r} has an unknown type {row.type!r}")

@@ -192,7 +192,8 @@ def test_the_childs_command_runs_this_interpreter_isolated_on_this_package() -> 
     import cas
     from cas.ops.restore.child import child_command
 
-    code = "import sys; sys.path.insert(0, sys.argv[1]); import cas; print(sys.flags.isolated, cas.__file__, sys.argv[2:])"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import cas; "
+            "print(sys.flags.isolated, cas.__file__, sys.argv[2:])")
     command = child_command(code, "x")
     assert command is not None and command[0] == sys.executable
     assert command[4] == str(Path(cas.__file__).resolve().parents[1])  # the package's root, first on the path

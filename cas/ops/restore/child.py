@@ -22,7 +22,9 @@ def child_command(code: str, *args: str) -> list[str] | None:
     """The command running ``code`` in a child interpreter with ``args`` (after the package's
     root, its ``sys.argv[1]``), or None when there is no interpreter to run."""
     executable = sys.executable
-    if not executable or getattr(sys, "frozen", False) or not _INTERPRETER.fullmatch(os.path.basename(executable)):
+    if not executable or getattr(sys, "frozen", False):
+        return None
+    if not _INTERPRETER.fullmatch(os.path.basename(executable)):
         return None
     package_root = str(Path(__file__).resolve().parents[__name__.count(".")])  # above cas/, at any depth
     return [executable, "-I", "-c", code, package_root, *args]
