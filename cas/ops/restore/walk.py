@@ -57,6 +57,9 @@ _OPEN_DIRS = 64
 _OPEN_ANCESTORS = 64
 #: Subdirectories entered ahead of the walk (their files already on the pool) at any time.
 _LOOK_AHEAD = 16
+#: Directories whose trees are read, and whose files' chunks and subdirectories' trees are located
+#: (one index query per level of them), before the walk enters them.
+_LOCATE_AHEAD = 64
 #: Small files already fetched are written by one task per this many files or bytes, not one each.
 _BATCH_FILES = 32
 _BATCH_BYTES = 1024 * 1024
@@ -74,6 +77,11 @@ _WHOLE_INLINE = 32
 _FETCHED_AHEAD = 4 * 1024 * 1024
 #: Files up to this size have their chunks fetched together, per directory (see reader.prefetch).
 _PREFETCH_FILE_SIZE = 1024 * 1024
+
+
+def _blob_ids(entry: Entry) -> tuple[str, ...]:
+    """The blobs an entry names: a file's chunks, a directory's tree."""
+    return entry.chunks if entry.type == FILE else (entry.tree,) if entry.type == DIR else ()
 
 
 @dataclass(eq=False)
@@ -143,6 +151,8 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         self._local = LocalChunks("")
         self._file_seq = itertools.count()
         self._lock = threading.Lock()
+        self._located: dict[str, BlobLocation] = {}  # located ahead (``_locate_ahead``), until used
+        self._read_ahead: dict[str, list[Entry]] = {}  # trees read ahead, by ID, until entered
         self._dest = ""
         self._delete_root = True
         self._ahead = 0
@@ -251,6 +261,7 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
     def _look_ahead(self, level: _Level) -> None:
         """Enter the level's next subdirectories not yet entered, within :data:`_LOOK_AHEAD`."""
         level.ahead = max(level.ahead, level.next)
+        self._locate_ahead(level)
         while level.ahead < len(level.subdirs) and self._ahead < _LOOK_AHEAD:
             entry, path = level.subdirs[level.ahead]
             assert level.job.fd is not None
@@ -258,6 +269,47 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
             level.started[level.ahead] = child
             level.ahead += 1
             self._ahead += child is not None
+
+    def _locate_ahead(self, level: _Level) -> None:
+        """Read the trees of the directories the walk enters next below ``level`` (its next
+        subdirectories, then theirs, breadth first, up to :data:`_LOCATE_AHEAD` directories) and
+        locate their subdirectories' trees, and the chunks of their files unless the destination
+        may hold them already (``overwrite``: what to fetch is known only once a directory is
+        surveyed), with one index query per level of them, for :meth:`_enter` and
+        :meth:`_start_dir` to take: each would otherwise make a query per directory. Done when the
+        next subdirectory has not been read ahead. A tree that cannot be read is left to
+        :meth:`_enter`, which reports it."""
+        start = level.ahead
+        if start >= len(level.subdirs) or level.subdirs[start][0].tree in self._read_ahead:
+            return
+        if len(self._read_ahead) > 4 * _LOCATE_AHEAD:  # read ahead for directories never entered
+            self._read_ahead.clear()
+            self._located.clear()
+        next_subdirs = level.subdirs[start : start + _LOCATE_AHEAD]
+        frontier = [(e.tree, level.trees.get(e.tree)) for e, _path in next_subdirs]
+        budget = _LOCATE_AHEAD
+        while frontier and budget > 0:
+            wanted: list[str] = []
+            below: list[str] = []
+            for tree, location in frontier[:budget]:
+                if tree in self._read_ahead:
+                    continue
+                try:
+                    entries = self.repo.read_tree(tree, location)
+                except (CasError, OSError):
+                    continue
+                self._read_ahead[tree] = entries
+                budget -= 1
+                for e in entries:
+                    if e.type == DIR:
+                        wanted.append(e.tree)
+                        below.append(e.tree)
+                    elif e.type == FILE and not self.overwrite:
+                        wanted.extend(e.chunks)
+            if not wanted:
+                break
+            self._located.update(self.repo.locate(wanted))
+            frontier = [(tree, self._located.get(tree)) for tree in below]
 
     def _enter(self, parent_fd: int, entry: Entry, path: str, trees: dict[str, BlobLocation]) -> _Level | None:
         """Open the subdirectory ``entry`` and create its entries; None if that failed (recorded)."""
@@ -270,7 +322,9 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
             st = os.fstat(fd)
             if st.st_mode & 0o700 != 0o700:
                 os.fchmod(fd, 0o700)
-            children = self.repo.read_tree(entry.tree, trees.get(entry.tree))
+            children = self._read_ahead.pop(entry.tree, None)
+            if children is None:
+                children = self.repo.read_tree(entry.tree, trees.get(entry.tree))
         except (CasError, OSError) as exc:
             os.close(fd)
             self._fail(path, exc)
@@ -283,6 +337,8 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         """Create a directory's entries (its files on the pool); the job is finished here on error."""
         dir_fd = job.fd
         assert dir_fd is not None
+        located = self._located
+        ahead_found = {i: located.pop(i) for e in entries if located for i in _blob_ids(e) if i in located}
         if self.select is not None:
             entries = [e for e in entries if self.select(prefix + e.name, e)]
         ahead = 0
@@ -293,13 +349,16 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
                 present, matched = self._survey(job, entries, prefix)
             if present and self.trust_mtime:
                 matched |= self._match_in_place(dir_fd, entries, present)
-            # One index query for this directory: the chunks of its files still to write (and of
-            # matched ones whose chunks are recorded as local) and its subdirectories' trees.
-            locations = self.repo.locate(
-                c for e in entries for c in (
-                    (e.chunks if len(e.chunks) > 1 or e.name not in matched else ())
-                    if e.type == FILE else (e.tree,) if e.type == DIR else ())
-            )
+            # The chunks of its files still to write (and of matched ones whose chunks are recorded
+            # as local) and its subdirectories' trees: located ahead (``_locate_ahead``), else in
+            # one index query here.
+            needed = [c for e in entries for c in (
+                (e.chunks if len(e.chunks) > 1 or e.name not in matched else ())
+                if e.type == FILE else (e.tree,) if e.type == DIR else ())]
+            locations = {c: ahead_found[c] for c in needed if c in ahead_found}
+            missing = [c for c in needed if c not in locations]
+            if missing:
+                locations.update(self.repo.locate(missing))
             if matched:
                 for entry in entries:
                     if entry.name in matched:
