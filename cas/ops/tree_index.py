@@ -33,9 +33,9 @@ _CHECK_EVERY = 256
 _CHECK_ENTRIES = 10_000
 """... or entries in them (held as the encoder's entries until checked, as rows only if kept)."""
 _SPILL_ROWS = 200_000
-_KIND_OF = {kind.value: kind for kind in EntryType}
-_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 """Rows of new directories held in memory before the spool writes them to a temporary file."""
+_KINDS = {kind.value: kind for kind in EntryType}
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 class TreeRowIndex(Protocol):
@@ -58,7 +58,7 @@ def entry_from_row(row: TreeEntryRow) -> Entry:
     """The tree entry of an index row; its ``chunks`` are empty (the index does not keep them).
     (A listing makes one per entry it shows: built without the dataclass's ``__init__``, names
     decoded as :func:`os.fsdecode` does, without its checks.)"""
-    kind = _KIND_OF.get(row.type)
+    kind = _KINDS.get(row.type)
     name = row.name.decode(_FS_ENCODING, _FS_ERRORS)
     if kind is FILE:
         return new_entry(name, FILE, row.mode, row.mtime_ns, row.size, row.digest or "")
