@@ -58,8 +58,10 @@ _OPEN_ANCESTORS = 64
 #: Subdirectories entered ahead of the walk (their files already on the pool) at any time.
 _LOOK_AHEAD = 16
 #: Directories whose trees are read, and whose files' chunks and subdirectories' trees are located
-#: (one index query per level of them), before the walk enters them.
+#: (one index query per level of them), before the walk enters them; at most this many entries in
+#: them (a directory of thousands of files makes a large query of its own: nothing to gain).
 _LOCATE_AHEAD = 64
+_LOCATE_AHEAD_ENTRIES = 2048
 #: Small files already fetched are written by one task per this many files or bytes, not one each.
 _BATCH_FILES = 32
 _BATCH_BYTES = 1024 * 1024
@@ -272,7 +274,8 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
 
     def _locate_ahead(self, level: _Level) -> None:
         """Read the trees of the directories the walk enters next below ``level`` (its next
-        subdirectories, then theirs, breadth first, up to :data:`_LOCATE_AHEAD` directories) and
+        subdirectories, then theirs, breadth first, up to :data:`_LOCATE_AHEAD` directories and
+        :data:`_LOCATE_AHEAD_ENTRIES` entries in them) and
         locate their subdirectories' trees, and the chunks of their files unless the destination
         may hold them already (``overwrite``: what to fetch is known only once a directory is
         surveyed), with one index query per level of them, for :meth:`_enter` and
@@ -287,11 +290,13 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
             self._located.clear()
         next_subdirs = level.subdirs[start : start + _LOCATE_AHEAD]
         frontier = [(e.tree, level.trees.get(e.tree)) for e, _path in next_subdirs]
-        budget = _LOCATE_AHEAD
-        while frontier and budget > 0:
+        budget, entries_left = _LOCATE_AHEAD, _LOCATE_AHEAD_ENTRIES
+        while frontier and budget > 0 and entries_left > 0:
             wanted: list[str] = []
             below: list[str] = []
             for tree, location in frontier[:budget]:
+                if entries_left <= 0:
+                    break
                 if tree in self._read_ahead:
                     continue
                 try:
@@ -300,6 +305,7 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
                     continue
                 self._read_ahead[tree] = entries
                 budget -= 1
+                entries_left -= len(entries)
                 for e in entries:
                     if e.type == DIR:
                         wanted.append(e.tree)
