@@ -115,9 +115,16 @@ def test_what_a_killed_child_left_unanswered_is_removed_here(tmp_path: Path) -> 
     assert os.listdir(tmp_path) == []
 
 
-def test_without_a_child_the_removals_run_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("executable", ["no-such-python", "uwsgi"])
+def test_without_a_child_the_removals_run_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               executable: str) -> None:
+    """No child when ``sys.executable`` cannot run one: a missing file, or a program embedding the
+    interpreter (here `yes` named like uWSGI: it would take the child's arguments and never exit nor
+    answer), which is not started at all."""
+    if executable == "uwsgi":
+        (tmp_path / executable).symlink_to("/usr/bin/yes")
     expected = _tree(tmp_path / "victim")
-    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / executable))
     fallback = Remover()
     removals = ProcessRemover(fallback)
     fd = _open(tmp_path)
@@ -125,10 +132,12 @@ def test_without_a_child_the_removals_run_here(tmp_path: Path, monkeypatch: pyte
         assert removals.submit(fd, "victim").result(timeout=60) == expected
         assert removals.pid is None
     finally:
+        if removals.pid is not None:  # started anyway: stop it, or closing would wait for it forever
+            os.kill(removals.pid, signal.SIGKILL)
         removals.close()
         fallback.close()
         os.close(fd)
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == ([] if executable == "no-such-python" else [executable])
 
 
 def test_more_removals_than_the_child_may_hold_descriptors_for(tmp_path: Path) -> None:
@@ -157,30 +166,12 @@ def test_more_removals_than_the_child_may_hold_descriptors_for(tmp_path: Path) -
     assert os.listdir(victim) == []
 
 
-def test_a_process_not_run_by_a_python_interpreter_starts_no_child(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    # An embedding program (here `yes` named like uWSGI: it would take the child's arguments and
-    # never exit nor answer) is not started: the removals run here.
+def test_the_childs_command_only_from_a_python_interpreter(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from cas.ops.restore.child import child_command
 
-    embedder = tmp_path / "uwsgi"
-    embedder.symlink_to("/usr/bin/yes")
-    expected = _tree(tmp_path / "victim")
-    monkeypatch.setattr(sys, "executable", str(embedder))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "uwsgi"))
     assert child_command("pass") is None
-    fallback = Remover()
-    removals = ProcessRemover(fallback)
-    fd = _open(tmp_path)
-    try:
-        assert removals.submit(fd, "victim").result(timeout=30) == expected
-        assert removals.pid is None
-    finally:
-        if removals.pid is not None:  # started anyway: stop it, or closing would wait for it forever
-            os.kill(removals.pid, signal.SIGKILL)
-        removals.close()
-        fallback.close()
-        os.close(fd)
-    assert os.listdir(tmp_path) == ["uwsgi"]
     monkeypatch.setattr(sys, "frozen", True, raising=False)
     monkeypatch.setattr(sys, "executable", "/usr/bin/python3")
     assert child_command("pass") is None  # a frozen application's executable is the application
