@@ -62,6 +62,12 @@ class Backend(abc.ABC):
         A negative offset counts from the end of the object.
         """
 
+    def get_view(self, key: str, offset: int, length: int) -> memoryview:
+        """:meth:`get` of a range as a read-only view, for a reader that keeps parts of it a while
+        (slices of the view are not copies). A driver that can give the stored bytes without
+        copying them overrides it; the default is a view of :meth:`get`."""
+        return memoryview(self.get(key, offset, length)).toreadonly()
+
     @abc.abstractmethod
     def stat(self, key: str) -> ObjectInfo:
         """Size of the object; :class:`NotFound` if absent."""

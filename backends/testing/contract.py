@@ -92,6 +92,18 @@ class BackendContract:
         assert backend.get("r", -12) == payload[-12:]
         assert backend.get("r", 0, 0) == b""
 
+    def test_views_hold_what_get_gives(self, backend: Backend) -> None:
+        payload = os.urandom(300_000)
+        backend.put("v", payload)
+        for offset, length in [(0, 10), (0, 300_000), (1000, 200_000), (299_990, 10), (250_000, 100_000)]:
+            view = backend.get_view("v", offset, length)
+            assert view.readonly
+            assert bytes(view) == payload[offset : offset + length]
+        backend.put("v", payload[::-1])  # a new object under the name: its bytes from now on
+        assert bytes(backend.get_view("v", 0, 200_000)) == payload[::-1][:200_000]
+        with pytest.raises(NotFound):
+            backend.get_view("missing", 0, 200_000)
+
     def test_overwrite_allowed_by_default(self, backend: Backend) -> None:
         backend.put("k", b"one")
         backend.put("k", b"two")

@@ -14,7 +14,7 @@ fetches only its own chunks. Chunks fetched ahead for files not opened yet
 (:class:`~cas.repo.readahead.ChunksAhead`) are taken before fetching. Chunks go through the
 repository's chunk cache like any other read; the reader keeps the chunks it fetched last in memory,
 bounded by its window. A chunk stored raw is kept as a view of the range read that fetched it (not a
-copy), so an evicted chunk's bytes stay in memory while a chunk read with it is kept: beyond the
+copy; from a local repository, of the pack file mapped into memory), so an evicted chunk's bytes stay in memory while a chunk read with it is kept: beyond the
 window, at most the range reads at its two ends (a read-ahead's range read is at most
 :data:`MAX_READAHEAD` plus a chunk).
 

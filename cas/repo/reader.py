@@ -123,9 +123,10 @@ def chunk_sources(
     reaches each run; the calls decompress and hash, so a caller may make them on several threads
     (both release the GIL) while one thread reads on.
 
-    ``views``: a chunk stored raw is given as a read-only view of the range read that fetched it
-    (no copy of its bytes; the view keeps that whole range in memory), for a caller that keeps a
-    file's chunks only a short while, as a file reader does."""
+    ``views``: a chunk stored raw is given as a read-only view of the range that holds it, from the
+    backend's ``get_view`` (no copy of its bytes; the view keeps that whole range in memory, or the
+    pack mapped, for a local repository), for a caller that keeps a file's chunks only a short
+    while, as a file reader does."""
     if prefetched and all(c in prefetched for c in entry.chunks):
         for chunk_id in entry.chunks:
             yield partial(_given, prefetched[chunk_id])
@@ -175,12 +176,11 @@ def _fetch_run(
 ) -> Iterator[Callable[[], bytes | memoryview]]:
     start = run[0][1].offset
     end = run[-1][1].offset + run[-1][1].length
+    key = pack_key(run[0][1].pack_id)
     try:
-        data: bytes | memoryview = repo.backend.get(pack_key(run[0][1].pack_id), start, end - start)
+        data = repo.backend.get_view(key, start, end - start) if views else repo.backend.get(key, start, end - start)
     except FileNotFoundError:
         raise IntegrityError(f"{path}: pack {run[0][1].pack_id[:16]} is missing from the backend") from None
-    if views:
-        data = memoryview(data).toreadonly()
     for chunk_id, loc in run:
         yield partial(_verified, repo, chunk_id, loc, data, loc.offset - start, path)
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from backends.local import LocalBackend
+from backends.errors import NotFound
+from backends.local import MAPS_KEPT, LocalBackend
 from backends.testing import BackendContract, check_against_model
 
 
@@ -66,3 +67,31 @@ def test_put_from_a_pipe_is_copied_through_memory(tmp_path: Path) -> None:
         backend.put("piped", reader)
         writer.join()
     assert (tmp_path / "repo" / "piped").read_bytes() == payload
+
+
+def test_a_view_keeps_the_bytes_it_was_given_when_its_object_is_replaced_or_deleted(tmp_path: Path) -> None:
+    # Views of a local object are of its file mapped into memory: what a reader holds stays the
+    # bytes it read, whatever happens under the name afterwards.
+    backend = LocalBackend(tmp_path / "repo")
+    first, second = os.urandom(200_000), os.urandom(200_000)
+    backend.put("data/p", first)
+    held = backend.get_view("data/p", 1000, 150_000)
+    backend.put("data/p", second)
+    assert bytes(backend.get_view("data/p", 1000, 150_000)) == second[1000:151_000]
+    backend.delete("data/p")
+    assert bytes(held) == first[1000:151_000]
+    with pytest.raises(NotFound):
+        backend.get_view("data/p", 1000, 150_000)
+
+
+def test_objects_kept_mapped_are_bounded(tmp_path: Path) -> None:
+    # Each mapping holds a descriptor: reading many objects keeps at most MAPS_KEPT of them.
+    backend = LocalBackend(tmp_path / "repo")
+    for i in range(MAPS_KEPT * 3):
+        backend.put(f"data/{i:03d}", bytes([i]) * 100_000)
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(MAPS_KEPT * 3):
+        assert backend.get_view(f"data/{i:03d}", 0, 100_000)[99_999] == i
+    assert len(os.listdir("/proc/self/fd")) - before <= MAPS_KEPT
+    backend.close()
+    assert len(os.listdir("/proc/self/fd")) <= before
