@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-archives", action="store_true",
                    help="skip the archive case (benchmarks/archive_dedup.py, written to archives.md)")
     p.add_argument("--no-mount", action="store_true",
-                   help="skip the mount case (benchmarks/mount.py: cas mount beside restic mount, written to mount.md)")
+                   help="skip the mount case (benchmarks/mount.py: cas mount beside restic and rustic mount, written to mount.md)")
     args = p.parse_args(argv)
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
@@ -410,9 +410,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_mount:
         import mount as mount_case
 
-        log("mount: cas mount beside restic mount, find, a tensor read, cat (benchmarks/mount.py)")
+        log("mount: cas mount beside restic mount and rustic mount, find, a tensor read, cat (benchmarks/mount.py)")
         restic = args.restic or str(WORK / "bin" / "restic")
-        status |= mount_case.main([*(["--quick"] if args.quick else []), "--tools", "cas,restic", "--restic", restic,
+        rustic = args.rustic or str(WORK / "bin" / "rustic")
+        peers = ["--tools", "cas,restic,rustic", "--rustic", rustic] if shutil.which(rustic) else ["--tools", "cas,restic"]
+        status |= mount_case.main([*(["--quick"] if args.quick else []), *peers, "--restic", restic,
                                    "--results", args.results])
     return status
 

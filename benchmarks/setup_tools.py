@@ -4,7 +4,8 @@
   github.com/restic/restic/cmd/restic@v0.18.1`` into ``benchmarks/work/bin`` (Go and the Go module
   proxy are needed once; later runs reuse the binary);
 * rustic is built with ``cargo install rustic-rs --no-default-features`` (pinned version, ``--locked``)
-  into ``benchmarks/work/bin``, a few minutes once;
+  into ``benchmarks/work/bin``, a few minutes once; with ``--features mount`` when libfuse 3's
+  development files are installed (``pkg-config fuse3``), for the mount case;
 * Debian's restic (0.14 on bookworm) and borg 1.2 come from Debian's packages (``apt-get update``
   once, then ``apt-get install -y restic borgbackup``; run as root);
 * GNU time (Debian's ``time``), which measures each command's peak RSS and CPU time;
@@ -82,9 +83,25 @@ def ensure_restic(binary: Path, log_dir: Path) -> None:
         shutil.move(built, binary)
 
 
+def _fuse3_dev() -> bool:
+    """Whether rustic's mount feature can be built here (it links libfuse 3)."""
+    return shutil.which("pkg-config") is not None and subprocess.run(
+        ["pkg-config", "--exists", "fuse3"], capture_output=True, check=False).returncode == 0
+
+
+def has_mount(binary: str) -> bool:
+    """Whether this rustic was built with its ``mount`` command."""
+    try:
+        return subprocess.run([binary, "mount", "--help"], capture_output=True, check=False, timeout=60).returncode == 0
+    except OSError:
+        return False
+
+
 def ensure_rustic(binary: Path, log_dir: Path) -> None:
-    """Build rustic RUSTIC_VERSION with cargo into ``binary``'s parent's parent (cargo's --root)."""
-    if RUSTIC_VERSION in _version_line(str(binary), "--version").split():
+    """Build rustic RUSTIC_VERSION with cargo into ``binary``'s parent's parent (cargo's --root),
+    with its mount command when libfuse 3 can be linked."""
+    mount = _fuse3_dev()
+    if RUSTIC_VERSION in _version_line(str(binary), "--version").split() and (not mount or has_mount(str(binary))):
         return
     cargo = shutil.which("cargo")
     if cargo is None:
@@ -92,7 +109,8 @@ def ensure_rustic(binary: Path, log_dir: Path) -> None:
     root = binary.parent.parent
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / "rustic-build.log"
-    cmd = [cargo, "install", "rustic-rs", "--version", RUSTIC_VERSION, "--no-default-features", "--locked", "--root", str(root)]
+    cmd = [cargo, "install", "rustic-rs", "--version", RUSTIC_VERSION, "--no-default-features",
+           *(["--features", "mount"] if mount else []), "--locked", "--force", "--root", str(root)]
     _log(f"{' '.join(cmd)} (a few minutes; log {log})")
     with open(log, "w") as out:
         done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
