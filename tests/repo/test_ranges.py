@@ -17,6 +17,7 @@ from backends.local import LocalBackend
 from cas import Store
 from cas.errors import ReadError
 from cas.format.keys import pack_key
+from cas.ops.dir_readahead import SMALL_FILE
 from cas.repo import ranges
 from cas.repo.ranges import RangeReader
 from tests.hostile import forge
@@ -147,6 +148,30 @@ def test_a_corrupt_chunk_fails_the_reads_that_need_it_and_names_the_file(store: 
     # Read-ahead that meets the bad chunk does not fail a read that does not need it.
     assert reader.read(0, 10) == data[:10]
     assert reader.read(10, starts[2] - 10) == data[10 : starts[2]]
+
+
+def test_a_corrupt_chunk_read_through_the_mapped_pack_fails_and_names_the_file(store: Store, tmp_path: Path) -> None:
+    # Ranges of 64 KiB and more of a local pack are read as views of the pack mapped into memory:
+    # a chunk damaged there is refused as one read into memory is. (Past SMALL_FILE: a small file's
+    # chunks are fetched ahead with its directory's, into memory.)
+    data = os.urandom(SMALL_FILE + 200_000)
+    reader = _stored(store, tmp_path, data, "big.bin")
+    chunks = reader.entry.chunks
+    locations = store.repo.locate(chunks)
+    bad = locations[chunks[len(chunks) // 2]]
+    pack = Path(store.repo.backend.root) / pack_key(bad.pack_id)
+    with open(pack, "r+b") as f:  # in place, as damage on the disk would be
+        f.seek(bad.offset + bad.length // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    reader = store.view().open(store.view().lookup("run-1/big.bin"))
+    with pytest.raises(ReadError, match="big.bin"):
+        reader.read(0, len(data))
+    with open("/proc/self/maps") as maps:
+        assert str(pack) in maps.read()  # the range was read through the mapping
+    first = locations[chunks[0]].raw_length
+    assert reader.read(0, first) == data[:first]
 
 
 def test_a_size_the_chunks_do_not_add_up_to_is_refused(store: Store) -> None:
