@@ -8,12 +8,10 @@ exists) when it is not. A crash never leaves a partial object under a final name
 reader sees the page cache's pages, with no copy into fresh memory (on a virtual machine, each
 fresh page is a fault costing about as much as copying it). The last :data:`MAPS_KEPT` objects
 mapped stay mapped (their pages read show in the process's resident size as file pages: page cache
-the kernel reclaims as it needs, not memory of the process's own). Only readers that keep chunks a
-while ask for views (the mount's and fsspec's range reads); a restore copies them to files from
-plain reads, its peak resident size being what the benchmark compares. A mapping is only made of a range that the file holds when it is mapped, and
-objects are never rewritten in place (a new object is a new file under its name); a file cut
-shorter while mapped by something outside cas would stop the process reading it (SIGBUS), as it
-would git reading its mapped packs.
+the kernel reclaims as it needs, not memory of the process's own). A mapping is only made of a
+range that the file holds when it is mapped, and objects are never rewritten in place (a new object
+is a new file under its name); a file cut shorter while mapped by something outside cas would stop
+the process reading it (SIGBUS), as it would git reading its mapped packs.
 """
 
 from __future__ import annotations
