@@ -52,7 +52,7 @@ def _versions(tmp_path: Path, store: Store, same_sizes: bool = False) -> dict[st
 
 #: The CLI as a file system without O_TMPFILE sees it: every file is written under a temporary name.
 _NAMED_TEMPORARIES = (
-    "import sys, cas.ops.restore.write as r; r.HAS_TMPFILE[0] = False; from cas.cli import main; sys.exit(main())"
+    "import sys, cas.ops.restore.create as r; r.HAS_TMPFILE[0] = False; from cas.cli import main; sys.exit(main())"
 )
 
 

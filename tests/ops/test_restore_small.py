@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -15,18 +16,19 @@ import pytest
 
 from cas import Store
 from cas.errors import PartialRestore
+from cas.ops.restore import create as restore_create
 from cas.ops.restore import state as restore_state
 from cas.ops.restore import walk as restore_walk
 from cas.ops.restore import write as restore_write
+from cas.ops.restore.create import FileWriter
 from cas.ops.restore.temps import TMP_PREFIX
-from cas.ops.restore.write import FileWriter
 from tests.treeutil import describe
 
 _COUNTED = {"open", "write", "utime", "link", "rename", "close", "fchmod", "ftruncate", "lseek", "pwrite", "fstat"}
 
 
 class _CountingOs:
-    """``os`` as :mod:`cas.ops.restore.write` sees it, recording the calls it makes and by which thread."""
+    """``os`` as :mod:`cas.ops.restore.write` and :mod:`cas.ops.restore.create` see it, recording the calls it makes and by which thread."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, tuple[object, ...]]] = []
@@ -60,6 +62,7 @@ def plain_store(tmp_path: Path, cas_home: Path) -> Iterator[Store]:
 def counting_os(monkeypatch: pytest.MonkeyPatch) -> _CountingOs:
     counting = _CountingOs()
     monkeypatch.setattr(restore_write, "os", counting)
+    monkeypatch.setattr(restore_create, "os", counting)
     return counting
 
 
@@ -76,8 +79,10 @@ def _small_tree(src: Path, dirs: int, per_dir: int, mode: Callable[[int], int] =
 
 
 def test_small_files_take_one_create_write_utime_link_close_each(
-    plain_store: Store, tmp_path: Path, counting_os: _CountingOs
+    plain_store: Store, tmp_path: Path, counting_os: _CountingOs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # In this process, as an embedded interpreter (no writer process) does: the calls are counted here.
+    monkeypatch.setattr(sys, "executable", "/usr/bin/uwsgi")
     old_umask = os.umask(0o022)
     try:
         src, dest = tmp_path / "src", tmp_path / "dest"
@@ -140,7 +145,7 @@ def test_zero_and_empty_files_take_no_write(plain_store: Store, tmp_path: Path, 
 def test_without_unnamed_files_temporaries_are_renamed_and_none_is_left(
     plain_store: Store, tmp_path: Path, counting_os: _CountingOs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(restore_write, "HAS_TMPFILE", [False])
+    monkeypatch.setattr(restore_create, "HAS_TMPFILE", [False])
     src, dest = tmp_path / "src", tmp_path / "dest"
     n = _small_tree(src, dirs=2, per_dir=10)
     plain_store.snapshot(src, "v1")

@@ -16,8 +16,9 @@ from cas.format.hashing import hexdigest
 from cas.format.trees import FILE, Entry
 from cas.ops.restore import local as restore_local
 from cas.ops.restore import write as restore_write
+from cas.ops.restore.create import FileWriter
 from cas.ops.restore.local import Span, examine_file, identity
-from cas.ops.restore.write import FileWriter, write_content
+from cas.ops.restore.write import write_content
 from tests.oswrap import CountingPread
 
 

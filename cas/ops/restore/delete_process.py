@@ -27,7 +27,7 @@ import subprocess
 import threading
 from concurrent.futures import Future
 
-from cas.ops.restore.child import child_command
+from cas.ops.restore.child import chain, child_command
 from cas.ops.restore.delete import Remover
 
 _REQUEST = struct.Struct("<Q")  # + the name
@@ -146,18 +146,7 @@ class ProcessRemover:
         self._failed = True
         pending, self._pending = self._pending, {}
         for future, dir_fd, name in pending.values():
-            _chain(self._fallback.submit(dir_fd, name), future)
-
-
-def _chain(source: Future[int], target: Future[int]) -> None:
-    def done(f: Future[int]) -> None:
-        error = f.exception()
-        if error is not None:
-            target.set_exception(error)
-        else:
-            target.set_result(f.result())
-
-    source.add_done_callback(done)
+            chain(self._fallback.submit(dir_fd, name), future)
 
 
 # -- the child ------------------------------------------------------------------------------------

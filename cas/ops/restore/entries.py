@@ -17,11 +17,13 @@ import os
 import stat
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import replace
 
 from cas.errors import AlreadyExists, CasError, IntegrityError
 from cas.format.hashing import hexdigest
 from cas.format.trees import Entry
+from cas.ops.restore.create import unlink_quietly
 from cas.ops.restore.local import FileChangedError, OldFile, TaskView, content, examine_file, patch_in_place
 from cas.ops.restore.report import Done
 from cas.ops.restore.state import RestoreState, is_file
@@ -30,9 +32,9 @@ from cas.ops.restore.write import (
     has_zero_runs,
     place,
     set_metadata,
-    unlink_quietly,
     write_content,
 )
+from cas.ops.restore.write_process import File
 from cas.repo.reader import file_chunks
 
 _EMPTY_DIGEST = hexdigest(b"")
@@ -73,11 +75,7 @@ class EntryWriting(RestoreState):
         for entry, path in files:
             try:
                 data = prefetched[entry.chunks[0]] if entry.chunks else b""
-                if len(data) != entry.size:
-                    raise IntegrityError(f"{path}: restored {len(data)} bytes, the tree records {entry.size}")
-                # The chunk was verified against its ID; a one-chunk file's digest is that ID.
-                if (entry.chunks[0] if entry.chunks else _EMPTY_DIGEST) != entry.digest:
-                    raise IntegrityError(f"{path}: content does not match the file's recorded BLAKE3")
+                _check_whole(entry, path, data)
                 tmp = self._writer.write_whole(dir_fd, entry.name, data, self._mode(entry.mode), entry.mtime_ns)
                 if tmp is not None:
                     try:
@@ -91,6 +89,55 @@ class EntryWriting(RestoreState):
             except (CasError, OSError) as exc:
                 out.append(exc)
         return out
+
+    def _write_whole_in_child(
+        self, dir_fd: int, files: list[tuple[Entry, str]], prefetched: dict[str, bytes], held: int,
+    ) -> Future[list[Done | BaseException]]:
+        """:meth:`_write_whole` made by the restore's writer process (a fresh restore's many small
+        files): checked here, written there, a file whose name was taken placed here."""
+        checked: list[Done | BaseException | None] = []
+        batch: list[File] = []
+        for entry, path in files:
+            data = prefetched[entry.chunks[0]] if entry.chunks else b""
+            try:
+                _check_whole(entry, path, data)
+            except IntegrityError as exc:
+                checked.append(exc)
+                continue
+            checked.append(None)
+            batch.append((entry.name, data, self._mode(entry.mode), entry.mtime_ns))
+        result: Future[list[Done | BaseException]] = Future()
+
+        def finish(written: Future[list[object]]) -> None:
+            try:
+                answers = iter(written.result())
+                out: list[Done | BaseException] = []
+                for (entry, path), done in zip(files, checked):
+                    if done is None:
+                        done = self._placed(dir_fd, entry, path, next(answers))
+                    out.append(done)
+                result.set_result(out)
+            except BaseException as exc:  # noqa: BLE001 - given to the walk, which waits on it
+                result.set_exception(exc)
+            finally:
+                self._budget.give(held)
+
+        self._write_child.submit(dir_fd, batch).add_done_callback(finish)
+        return result
+
+    def _placed(self, dir_fd: int, entry: Entry, path: str, answer: object) -> Done | BaseException:
+        """A file of :meth:`_write_whole_in_child` after the writer's answer for it."""
+        if answer is None:
+            return Done(entry.size, True)
+        if isinstance(answer, str):  # its name was taken: the file is under this temporary name
+            try:
+                self._place(dir_fd, answer, entry.name, path)
+            except (CasError, OSError) as exc:
+                unlink_quietly(dir_fd, answer)
+                return exc
+            return Done(entry.size, True)
+        code, message = answer  # type: ignore[misc]
+        return OSError(code, message)
 
     def _one_file(self, *args: object) -> list[Done | BaseException]:
         return [self._file(*args)]  # type: ignore[arg-type]
@@ -259,3 +306,12 @@ class EntryWriting(RestoreState):
         when the restore began and tree names are unique, so a name can only exist here if some
         other process made it meanwhile; rename replaces that entry (never writes through it)."""
         place(dir_fd, tmp, name, path, (lambda: self._remove(dir_fd, name, path)) if self.delete else None)
+
+
+def _check_whole(entry: Entry, path: str, data: bytes) -> None:
+    """That ``data``, a one-chunk file's verified chunk (or nothing), is the file the tree records."""
+    if len(data) != entry.size:
+        raise IntegrityError(f"{path}: restored {len(data)} bytes, the tree records {entry.size}")
+    # The chunk was verified against its ID; a one-chunk file's digest is that ID.
+    if (entry.chunks[0] if entry.chunks else _EMPTY_DIGEST) != entry.digest:
+        raise IntegrityError(f"{path}: content does not match the file's recorded BLAKE3")

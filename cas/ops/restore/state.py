@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 
 from cas.errors import CasError, Unavailable
 from cas.format.trees import Entry
+from cas.ops.restore.create import FileWriter
 from cas.ops.restore.delete import Remover
 from cas.ops.restore.delete_process import ProcessRemover
 from cas.ops.restore.hash_ahead import HashAhead
 from cas.ops.restore.local import LocalChunks
 from cas.ops.restore.report import Done, ProgressFn, RestoreReport
-from cas.ops.restore.write import FATAL_ERRNOS, FileWriter
+from cas.ops.restore.write import FATAL_ERRNOS
+from cas.ops.restore.write_process import ProcessWriter
 from cas.repo.repository import Repository
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -100,6 +102,7 @@ class RestoreState:
     _writer: FileWriter
     _remover: Remover
     _removals: ProcessRemover
+    _write_child: ProcessWriter
     _local: LocalChunks
     _file_seq: itertools.count[int]
     _lock: threading.Lock

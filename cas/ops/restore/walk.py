@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 from cas.errors import AlreadyExists, CasError, ConfigurationError
 from cas.format.trees import DIR, FILE, SYMLINK, Entry
+from cas.ops.restore.create import FileWriter
 from cas.ops.restore.delete import Remover
 from cas.ops.restore.delete_process import ProcessRemover
 from cas.ops.restore.entries import EntryWriting
@@ -48,7 +49,7 @@ from cas.ops.restore.report import Done, ProgressFn, RestoreReport
 from cas.ops.restore.state import DIR_FLAGS, Budget, DirJob, is_file
 from cas.ops.restore.survey import DestinationSurvey
 from cas.ops.restore.temps import temporary_tag
-from cas.ops.restore.write import FileWriter
+from cas.ops.restore.write_process import ProcessWriter, write_batch
 from cas.repo.reader import prefetch
 from cas.repo.repository import Repository
 from cas.types import BlobLocation
@@ -150,6 +151,8 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         self._writer = FileWriter(temporary_tag())
         self._remover = Remover()
         self._removals = ProcessRemover(self._remover)  # whole entries the tree lacks, beside the walk
+        self._write_child = ProcessWriter(  # a fresh restore's many small files
+            self._writer.tag + "w", lambda dir_fd, files: self._whole_pool.submit(write_batch, self._writer, dir_fd, files))
         self._local = LocalChunks("")
         self._file_seq = itertools.count()
         self._lock = threading.Lock()
@@ -188,6 +191,7 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
             if self._hash_ahead is not None:
                 self._hash_ahead.close()
             self._removals.close()
+            self._write_child.close()
             self._remover.close()
         return self.report
 
@@ -421,6 +425,8 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
                     done: Future[list[Done | BaseException]] = Future()
                     done.set_result(self._write_whole(dir_fd, part, prefetched, held))
                     job.pending.append(([p for _, p in part], done))
+                elif not self.overwrite:  # a fresh restore's many small files: by the writer process
+                    job.pending.append(([p for _, p in part], self._write_whole_in_child(dir_fd, part, prefetched, held)))
                 else:
                     job.pending.append(([p for _, p in part], self._whole_pool.submit(
                         self._write_whole, dir_fd, part, prefetched, held)))

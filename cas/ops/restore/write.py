@@ -14,111 +14,20 @@ from __future__ import annotations
 
 import errno
 import functools
-import itertools
 import os
-import stat
 from collections.abc import Callable, Iterable
 
 from cas.errors import AlreadyExists, IntegrityError
 from cas.format.hashing import hexdigest, new_hasher
 from cas.format.trees import Entry
+from cas.ops.restore.create import all_zero
 from cas.ops.restore.local import Span, identity
-from cas.ops.restore.temps import TMP_PREFIX
 
-#: Read and write: a file built partly by copying ranges in the kernel is read back to be checked.
-_FILE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-_TMPFILE_FLAGS = getattr(os, "O_TMPFILE", 0) | os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
 #: Preallocating helps large files stay contiguous; for small ones it is only an extra syscall.
 PREALLOCATE_FROM = 16 * 1024 * 1024
-HAS_TMPFILE = [hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")]
 HAS_COPY_RANGE = [hasattr(os, "copy_file_range")]
 FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE}
-_SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 _HASH_BLOCK = 4 * 1024 * 1024
-
-
-def current_umask() -> int | None:
-    """The process's umask without changing it (``/proc/self/status``), None where unknown."""
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-class FileWriter:
-    """Creates, fills and names the files of one restore (shared by its worker threads)."""
-
-    def __init__(self, tag: str) -> None:
-        self._tag = tag
-        self._counter = itertools.count()
-        self._umask = current_umask()
-
-    def temporary_name(self) -> str:
-        # Unique per restore without a syscall per file; O_EXCL catches the (foreign) collision.
-        return f"{TMP_PREFIX}{self._tag}-{next(self._counter)}"
-
-    def create(self, dir_fd: int, mode: int) -> tuple[int, str | None, bool]:
-        """A new file in the directory, unnamed if the file system can (``O_TMPFILE``: an interrupted
-        restore leaves nothing behind, one directory operation instead of two), else under a
-        temporary name (returned). The third value says whether ``mode`` was given at creation
-        (the umask lets it through and it has no setuid, setgid or sticky bit, which a write would
-        clear or which must not show before the content is checked): then no ``fchmod`` follows."""
-        at_create = self._umask is not None and not mode & _SPECIAL_BITS and mode & self._umask == 0
-        create_mode = mode if at_create else 0o600
-        if HAS_TMPFILE[0]:
-            try:
-                return os.open(".", _TMPFILE_FLAGS, create_mode, dir_fd=dir_fd), None, at_create
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
-                    raise
-                HAS_TMPFILE[0] = False  # the file system cannot: use named temporaries
-        tmp = self.temporary_name()
-        return os.open(tmp, _FILE_FLAGS, create_mode, dir_fd=dir_fd), tmp, at_create
-
-    def write_whole(self, dir_fd: int, name: str, data: bytes, mode: int, mtime_ns: int) -> str | None:
-        """Create a file holding ``data`` (verified already: the whole content) in as few calls as
-        a whole file takes: created with its final mode where it can be, one write (none for a file
-        of zeros, which is a hole), ``utime`` by descriptor, named. Returns None if it took its final
-        name, else the temporary name it has (the name was taken), for :func:`place`. Nothing
-        appears under ``name`` before the file is whole."""
-        fd, tmp, mode_set = self.create(dir_fd, mode)
-        try:
-            try:
-                if _all_zero(data):
-                    os.ftruncate(fd, len(data))
-                elif data:
-                    written = os.write(fd, data)
-                    if written < len(data):
-                        view = memoryview(data)[written:]
-                        while view:
-                            view = view[os.write(fd, view):]
-                if not mode_set:
-                    os.fchmod(fd, mode)
-                os.utime(fd, ns=(mtime_ns, mtime_ns))
-                if tmp is None:
-                    tmp = self.link(fd, dir_fd, name)
-            finally:
-                os.close(fd)
-        except BaseException:
-            if tmp is not None:
-                unlink_quietly(dir_fd, tmp)
-            raise
-        return tmp
-
-    def link(self, fd: int, dir_fd: int, name: str) -> str | None:
-        """Give a finished unnamed file its final name; if the name is taken (``--overwrite``), link
-        it under a temporary name instead and return that, for :func:`place` to rename."""
-        try:
-            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
-            return None
-        except FileExistsError:
-            tmp = self.temporary_name()
-            os.link(f"/proc/self/fd/{fd}", tmp, dst_dir_fd=dir_fd, follow_symlinks=True)
-            return tmp
 
 
 def write_content(fd: int, entry: Entry, pieces: Iterable[bytes | Span], path: str, *, preallocate: bool) -> int:
@@ -151,7 +60,7 @@ def write_content(fd: int, entry: Entry, pieces: Iterable[bytes | Span], path: s
             continue
         if hasher is not None and not read_back:
             hasher.update(piece)
-        if _all_zero(piece):
+        if all_zero(piece):
             # A hole, as the file most likely had: skip it (a file system without holes fills the
             # gap with zeros when the next data or the final size is written).
             os.lseek(fd, len(piece), os.SEEK_CUR)
@@ -242,20 +151,6 @@ def place(dir_fd: int, tmp: str, name: str, path: str, remove_dir: Callable[[], 
                     f"{path} is a directory in the destination; remove it first (or pass --delete)"
                 ) from None
         remove_dir()
-
-
-def unlink_quietly(dir_fd: int, name: str) -> None:
-    try:
-        os.unlink(name, dir_fd=dir_fd)
-    except OSError:
-        pass
-
-
-def _all_zero(data: bytes) -> bool:
-    """Whether a chunk is all zero bytes; the first and last bytes rule out nearly all others cheaply."""
-    if not data or data[0] or data[-1]:
-        return False
-    return (data if isinstance(data, bytes) else bytes(data)).count(0) == len(data)
 
 
 @functools.lru_cache(maxsize=16)

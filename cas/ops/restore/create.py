@@ -1,0 +1,119 @@
+"""One file created whole and only then named: the part of :mod:`cas.ops.restore.write` that a
+restore's writer process (:mod:`cas.ops.restore.write_process`) needs, with nothing else imported
+(no index, no repository): a small file's whole content, already verified, written in the fewest
+calls, under its name only once complete. The rules on names are :mod:`cas.ops.restore.write`'s.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import stat
+
+from cas.ops.restore.temps import TMP_PREFIX
+
+#: Read and write: a file built partly by copying ranges in the kernel is read back to be checked.
+_FILE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_TMPFILE_FLAGS = getattr(os, "O_TMPFILE", 0) | os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+HAS_TMPFILE = [hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")]
+"""Whether files are created unnamed (``O_TMPFILE``); set to false once the file system refuses."""
+_SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
+
+
+def current_umask() -> int | None:
+    """The process's umask without changing it (``/proc/self/status``), None where unknown."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class FileWriter:
+    """Creates, fills and names the files of one restore (shared by its worker threads)."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self._counter = itertools.count()
+        self._umask = current_umask()
+
+    def temporary_name(self) -> str:
+        # Unique per restore without a syscall per file; O_EXCL catches the (foreign) collision.
+        return f"{TMP_PREFIX}{self.tag}-{next(self._counter)}"
+
+    def create(self, dir_fd: int, mode: int) -> tuple[int, str | None, bool]:
+        """A new file in the directory, unnamed if the file system can (``O_TMPFILE``: an interrupted
+        restore leaves nothing behind, one directory operation instead of two), else under a
+        temporary name (returned). The third value says whether ``mode`` was given at creation
+        (the umask lets it through and it has no setuid, setgid or sticky bit, which a write would
+        clear or which must not show before the content is checked): then no ``fchmod`` follows."""
+        at_create = self._umask is not None and not mode & _SPECIAL_BITS and mode & self._umask == 0
+        create_mode = mode if at_create else 0o600
+        if HAS_TMPFILE[0]:
+            try:
+                return os.open(".", _TMPFILE_FLAGS, create_mode, dir_fd=dir_fd), None, at_create
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                    raise
+                HAS_TMPFILE[0] = False  # the file system cannot: use named temporaries
+        tmp = self.temporary_name()
+        return os.open(tmp, _FILE_FLAGS, create_mode, dir_fd=dir_fd), tmp, at_create
+
+    def write_whole(self, dir_fd: int, name: str, data: bytes, mode: int, mtime_ns: int) -> str | None:
+        """Create a file holding ``data`` (verified already: the whole content) in as few calls as
+        a whole file takes: created with its final mode where it can be, one write (none for a file
+        of zeros, which is a hole), ``utime`` by descriptor, named. Returns None if it took its final
+        name, else the temporary name it has (the name was taken), for :func:`place`. Nothing
+        appears under ``name`` before the file is whole."""
+        fd, tmp, mode_set = self.create(dir_fd, mode)
+        try:
+            try:
+                if all_zero(data):
+                    os.ftruncate(fd, len(data))
+                elif data:
+                    written = os.write(fd, data)
+                    if written < len(data):
+                        view = memoryview(data)[written:]
+                        while view:
+                            view = view[os.write(fd, view):]
+                if not mode_set:
+                    os.fchmod(fd, mode)
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+                if tmp is None:
+                    tmp = self.link(fd, dir_fd, name)
+            finally:
+                os.close(fd)
+        except BaseException:
+            if tmp is not None:
+                unlink_quietly(dir_fd, tmp)
+            raise
+        return tmp
+
+    def link(self, fd: int, dir_fd: int, name: str) -> str | None:
+        """Give a finished unnamed file its final name; if the name is taken (``--overwrite``), link
+        it under a temporary name instead and return that, for :func:`place` to rename."""
+        try:
+            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+            return None
+        except FileExistsError:
+            tmp = self.temporary_name()
+            os.link(f"/proc/self/fd/{fd}", tmp, dst_dir_fd=dir_fd, follow_symlinks=True)
+            return tmp
+
+
+def unlink_quietly(dir_fd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
+
+
+def all_zero(data: bytes) -> bool:
+    """Whether a chunk is all zero bytes; the first and last bytes rule out nearly all others cheaply."""
+    if not data or data[0] or data[-1]:
+        return False
+    return (data if isinstance(data, bytes) else bytes(data)).count(0) == len(data)

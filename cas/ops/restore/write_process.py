@@ -1,0 +1,257 @@
+"""A restore's small files written by a process of its own.
+
+A small file restored whole is five system calls (create, write, ``utime``, link, close) and a few
+microseconds of Python around them. On the restore's threads every call gives up the interpreter
+lock and takes it back, while the walk (reading trees, locating, fetching and verifying chunks)
+needs it: 100,000 small files took 1.9 s of the walk's work alone and 3.8 s with the writing on two
+threads of the same process. So a child process writes them: :class:`ProcessWriter` sends it a
+directory's descriptor (``SCM_RIGHTS`` over a Unix socket) with a batch of files (name, verified
+content, mode, mtime), and the child writes each as the restore's own threads would
+(:meth:`~cas.ops.restore.create.FileWriter.write_whole`: nothing appears under a name before the
+file is whole) and answers, per file, None (named), the temporary name it has (its name was
+taken: the restore places it), or the error.
+
+The child is started by the first batch (a restore without many small files starts none) and
+imports, from the ``cas`` package this process did, only what it needs (:mod:`cas.ops.restore.create`
+and this module: about 25 MiB resident). It ignores Ctrl-C (the restore's to handle) and ends
+once this process closes its end of the socket. If it cannot be started, or stops before
+answering, the batches it has not answered are written by the fallback (the restore's threads).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from cas.ops.restore import create
+from cas.ops.restore.child import chain, child_command
+from cas.ops.restore.create import FileWriter
+
+File = tuple[str, bytes, int, int]
+"""A file to write: its name, its whole content (verified), its mode, its mtime in nanoseconds."""
+Result = str | None | tuple[int, str]
+"""Per file: None (it has its name), a temporary name (the name was taken), or (errno, message)."""
+
+MESSAGE_BYTES = 1 << 20
+"""The content sent to the child in one message, about (a file is never split)."""
+_HEADER = struct.Struct("<QQ")  # batch number, then the length of the pickled batch or answers
+_CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); "
+          "from cas.ops.restore.write_process import main; raise SystemExit(main(sys.argv[2:]))")
+
+
+class ProcessWriter:
+    """Writes batches of small files of one directory in a child process."""
+
+    def __init__(self, tag: str, fallback: Callable[[int, list[File]], Future[list[object]]]) -> None:
+        """``tag``: the restore's temporary names' tag (the child's names carry it, with a suffix
+        of their own); ``fallback`` writes a batch in this process when the child cannot (it
+        submits it to the restore's threads)."""
+        self._tag = tag
+        self._fallback = fallback
+        self._lock = threading.Lock()
+        self._sending = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._pending: dict[int, tuple[Future[list[object]], int, list[File]]] = {}
+        self._next = 0
+        self._failed = False
+        self.pid: int | None = None
+        """The child's process ID, once started."""
+
+    def submit(self, dir_fd: int, files: list[File]) -> Future[list[object]]:
+        """Write ``files`` into the directory; ``dir_fd`` must stay open until the future is done.
+        The future gives one result per file (see :data:`Result`). They go in messages of about
+        :data:`MESSAGE_BYTES` (each process holds a message's bytes twice while it passes)."""
+        parts: list[list[File]] = [[]]
+        size = 0
+        for file in files:
+            if parts[-1] and size + len(file[1]) > MESSAGE_BYTES:
+                parts.append([])
+                size = 0
+            parts[-1].append(file)
+            size += len(file[1])
+        if len(parts) == 1:
+            return self._submit(dir_fd, files)
+        return _joined([self._submit(dir_fd, part) for part in parts])
+
+    def _submit(self, dir_fd: int, files: list[File]) -> Future[list[object]]:
+        with self._lock:
+            if self._sock is None and not self._failed:
+                self._start()
+            if self._failed:
+                return self._fallback(dir_fd, files)
+            number = self._next
+            self._next += 1
+            future: Future[list[object]] = Future()
+            sock = self._sock
+            self._pending[number] = (future, dir_fd, files)
+        payload = pickle.dumps(files, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            # Not under the lock: a send waits while the child is busy, and the answers that make
+            # room must get through meanwhile.
+            with self._sending:
+                assert sock is not None
+                socket.send_fds(sock, [_HEADER.pack(number, len(payload))], [dir_fd])
+                sock.sendall(payload)
+        except OSError:
+            with self._lock:
+                self._give_up()
+        return future
+
+    def close(self) -> None:
+        """Wait for every batch submitted, then for the child to exit."""
+        with self._lock:
+            sock, reader, proc = self._sock, self._reader, self._proc
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_WR)  # the child answers what it has, then ends
+                except OSError:
+                    pass
+        if reader is not None:
+            reader.join()
+        if proc is not None:
+            proc.wait()
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        command = child_command(_CHILD, str(theirs.fileno()), self._tag, "1" if create.HAS_TMPFILE[0] else "0")
+        try:
+            with theirs:
+                if command is None:
+                    raise FileNotFoundError("no Python interpreter to run the writer")
+                self._proc = subprocess.Popen(
+                    command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+        except OSError:
+            ours.close()
+            self._failed = True
+            return
+        self.pid = self._proc.pid
+        self._sock = ours
+        self._reader = threading.Thread(target=self._receive, args=(ours,), name="cas-restore-write-replies",
+                                        daemon=True)
+        self._reader.start()
+
+    def _receive(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                header = _read_exactly(sock, _HEADER.size)
+                number, length = _HEADER.unpack(header)
+                answers = pickle.loads(_read_exactly(sock, length))  # our own child's
+            except (OSError, EOFError, pickle.UnpicklingError):
+                break  # the child ended: after every answer, or without some
+            with self._lock:
+                future, _, _ = self._pending.pop(number)
+            future.set_result(answers)
+        with self._lock:
+            self._give_up()
+
+    def _give_up(self) -> None:
+        """The child is gone (the lock held): what it did not answer is written by the fallback."""
+        self._failed = True
+        pending, self._pending = self._pending, {}
+        for future, dir_fd, files in pending.values():
+            chain(self._fallback(dir_fd, files), future)
+
+
+def write_batch(writer: FileWriter, dir_fd: int, files: list[File]) -> list[object]:
+    """Write ``files`` into the directory with ``writer``: one :data:`Result` per file."""
+    answers: list[object] = []
+    for name, data, mode, mtime_ns in files:
+        try:
+            answers.append(writer.write_whole(dir_fd, name, data, mode, mtime_ns))
+        except OSError as exc:
+            answers.append((exc.errno or errno.EIO, exc.strerror or str(exc)))
+    return answers
+
+
+def _joined(futures: list[Future[list[object]]]) -> Future[list[object]]:
+    """One future of the answers of ``futures``, in order, once all have them."""
+    joined: Future[list[object]] = Future()
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def done(_: Future[list[object]]) -> None:
+        with lock:
+            left[0] -= 1
+            if left[0]:
+                return
+        try:
+            joined.set_result([answer for f in futures for answer in f.result()])
+        except BaseException as exc:  # noqa: BLE001 - given to whoever waits
+            joined.set_exception(exc)
+
+    for f in futures:
+        f.add_done_callback(done)
+    return joined
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        part = sock.recv(min(n - got, 1 << 20))
+        if not part:
+            raise EOFError("the other end closed")
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+# -- the child ------------------------------------------------------------------------------------
+
+
+def _serve(sock: socket.socket, tag: str) -> None:
+    writer = FileWriter(tag)
+    buffer = bytearray()  # a message's bytes, kept for the next (the largest so far)
+    while True:
+        message, fds, _flags, _address = socket.recv_fds(sock, _HEADER.size, 1)
+        if not message:
+            return  # the restore closed its end: nothing more will come
+        if len(message) < _HEADER.size:
+            message += _read_exactly(sock, _HEADER.size - len(message))
+        number, length = _HEADER.unpack(message)
+        if len(buffer) < length:
+            buffer = bytearray(length)
+        view = memoryview(buffer)[:length]
+        got = 0
+        while got < length:
+            n = sock.recv_into(view[got:])
+            if not n:
+                raise EOFError("the restore closed its end in a message")
+            got += n
+        files: list[File] = pickle.loads(view)  # from the restore
+        view.release()
+        if not fds:  # the kernel could not give us the descriptor (EMFILE)
+            answers: list[object] = [(errno.EMFILE, os.strerror(errno.EMFILE))] * len(files)
+        else:
+            try:
+                answers = write_batch(writer, fds[0], files)
+            finally:
+                os.close(fds[0])
+        payload = pickle.dumps(answers, protocol=pickle.HIGHEST_PROTOCOL)
+        sock.sendall(_HEADER.pack(number, len(payload)) + payload)
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the restore's; we end when it closes
+    sock = socket.socket(fileno=int(argv[0]))
+    create.HAS_TMPFILE[0] = create.HAS_TMPFILE[0] and argv[2] == "1"  # as the restore found its file system
+    try:
+        _serve(sock, argv[1])
+    except (OSError, EOFError):
+        return 1
+    return 0
