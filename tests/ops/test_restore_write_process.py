@@ -117,7 +117,7 @@ def test_batches_a_dead_child_did_not_answer_are_written_here(tmp_path: Path, po
     _check(tmp_path, first + [f for files in more for f in files])
 
 
-def test_a_fresh_restore_writes_directories_of_many_small_files_in_the_child(
+def test_a_fresh_restore_hands_many_small_files_to_the_child_past_a_threshold(
     tmp_path: Path, cas_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     batches: list[int] = []
@@ -130,6 +130,7 @@ def test_a_fresh_restore_writes_directories_of_many_small_files_in_the_child(
     monkeypatch.setattr(ProcessWriter, "submit", counted)
     src, dest = tmp_path / "src", tmp_path / "dest"
     per_dir = restore_walk._WHOLE_INLINE + 20
+    monkeypatch.setattr(restore_walk, "_PROCESS_AFTER", per_dir)  # the first directory on threads
     for d in range(3):
         (src / f"d{d}").mkdir(parents=True)
         for i in range(per_dir):
@@ -141,5 +142,5 @@ def test_a_fresh_restore_writes_directories_of_many_small_files_in_the_child(
         report = store.restore("v1", dest)
     assert describe(str(dest)) == describe(str(src))
     assert report.files == 3 * per_dir
-    assert batches == [per_dir] * 3
+    assert batches == [per_dir] * 2  # the other two by the writer process
     assert not list(dest.rglob(f"{TMP_PREFIX}*"))

@@ -1,7 +1,7 @@
 """How a restore starts its helper processes (:mod:`~cas.ops.restore.delete_process`'s remover,
-:mod:`~cas.ops.restore.hash_ahead`'s hasher, :mod:`~cas.ops.restore.write_process`'s writer): this interpreter, isolated (``-I``: no script
-directory, no ``PYTHON*`` variables, no user site on the path), with this process's ``cas`` first
-on its path, whatever the working directory holds.
+:mod:`~cas.ops.restore.hash_ahead`'s hasher, :mod:`~cas.ops.restore.write_process`'s writer):
+this interpreter, isolated (``-I``: no script directory, no ``PYTHON*`` variables, no user site on
+the path), with this process's ``cas`` first on its path, whatever the working directory holds.
 
 Only when ``sys.executable`` is a Python interpreter: a process embedded in another program (uWSGI,
 a frozen executable) has that program there, which would not run the child's code (and might not

@@ -76,6 +76,10 @@ _WHOLE_THREADS = 2
 #: A directory with at most this many such files has them written by the walk itself: handing a
 #: few files to another thread costs more (GIL hand-offs, wake-ups) than the overlap gains.
 _WHOLE_INLINE = 32
+#: A fresh restore hands such files to a writer process (restore.write_process) once it has written
+#: this many on its threads: a process costs about 25 MiB and pays off only over many files (the ML
+#: workload's restore, about 8,000 files, was no faster with it; 100,000 small files 0.84x).
+_PROCESS_AFTER = 10_000
 #: Bytes of small files fetched and not yet written that the walk may have (one directory's more).
 _FETCHED_AHEAD = 4 * 1024 * 1024
 #: Files up to this size have their chunks fetched together, per directory (see reader.prefetch).
@@ -151,6 +155,7 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         self._writer = FileWriter(temporary_tag())
         self._remover = Remover()
         self._removals = ProcessRemover(self._remover)  # whole entries the tree lacks, beside the walk
+        self._whole_files = 0  # small files handed to the threads that write them whole
         self._write_child = ProcessWriter(  # a fresh restore's many small files
             self._writer.tag + "w", lambda dir_fd, files: self._whole_pool.submit(write_batch, self._writer, dir_fd, files))
         self._local = LocalChunks("")
@@ -425,9 +430,10 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
                     done: Future[list[Done | BaseException]] = Future()
                     done.set_result(self._write_whole(dir_fd, part, prefetched, held))
                     job.pending.append(([p for _, p in part], done))
-                elif not self.overwrite:  # a fresh restore's many small files: by the writer process
+                elif not self.overwrite and self._whole_files >= _PROCESS_AFTER:  # by the writer process
                     job.pending.append(([p for _, p in part], self._write_whole_in_child(dir_fd, part, prefetched, held)))
                 else:
+                    self._whole_files += len(part)
                     job.pending.append(([p for _, p in part], self._whole_pool.submit(
                         self._write_whole, dir_fd, part, prefetched, held)))
             self._budget.give(ahead)  # what no small-file task holds (few bytes, written by the pool)

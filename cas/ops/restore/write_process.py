@@ -11,7 +11,9 @@ content, mode, mtime), and the child writes each as the restore's own threads wo
 file is whole) and answers, per file, None (named), the temporary name it has (its name was
 taken: the restore places it), or the error.
 
-The child is started by the first batch (a restore without many small files starts none) and
+The restore hands it batches once it has written many small files itself (see
+``walk._PROCESS_AFTER``); the child is started by the first batch (a restore without many small
+files starts none) and
 imports, from the ``cas`` package this process did, only what it needs (:mod:`cas.ops.restore.create`
 and this module: about 25 MiB resident). It ignores Ctrl-C (the restore's to handle) and ends
 once this process closes its end of the socket. If it cannot be started, or stops before
