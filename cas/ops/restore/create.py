@@ -34,7 +34,8 @@ def current_umask() -> int | None:
 
 
 class FileWriter:
-    """Creates, fills and names the files of one restore (shared by its worker threads)."""
+    """Creates, fills and names the files of one restore (shared by its worker threads; the writer
+    process has one of its own, with the same tag and a suffix)."""
 
     def __init__(self, tag: str) -> None:
         self.tag = tag
