@@ -18,7 +18,7 @@
 * :mod:`~cas.ops.restore.hash_ahead`: the destination's small files hashed by a child process
   ahead of the walk;
 * :mod:`~cas.ops.restore.child`: how those child processes are started (only by a Python
-  interpreter: an embedded one does their work itself).
+  interpreter: an embedded one does their work itself) and spoken to.
 
 Nothing is imported here: callers import from the modules, so the child processes
 (:mod:`~cas.ops.restore.delete_process`, :mod:`~cas.ops.restore.hash_ahead`,

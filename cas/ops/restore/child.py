@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import subprocess
 import sys
+import threading
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TypeVar
@@ -45,3 +48,63 @@ def chain(source: Future[T], target: Future[T]) -> None:
             target.set_result(f.result())
 
     source.add_done_callback(done)
+
+
+class HelperProcess:
+    """A helper child process of a restore, spoken to over a Unix socket pair, its answers read by
+    a thread of this process (:meth:`_receive`, which a helper defines). :meth:`_start` starts it
+    (or sets ``_failed`` when it cannot: the helper's fallback then does the work here);
+    :meth:`close` waits for its answers and its exit. ``_lock`` guards the helper's state."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._failed = False
+        self.pid: int | None = None
+        """The child's process ID, once started."""
+
+    def close(self) -> None:
+        """Wait for every request sent to be answered, then for the child to exit."""
+        with self._lock:
+            sock, reader, proc = self._sock, self._reader, self._proc
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_WR)  # the child answers what it has, then ends
+                except OSError:
+                    pass
+        if reader is not None:
+            reader.join()
+        if proc is not None:
+            proc.wait()
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+    def _start(self, kind: int, name: str, code: str, *args: str) -> None:
+        """Start the child running ``code`` (its socket's descriptor, then ``args``, its arguments)
+        on a socket pair of ``kind``, and the thread that reads its answers (the lock held)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, kind)
+        command = child_command(code, str(theirs.fileno()), *args)
+        try:
+            with theirs:
+                if command is None:
+                    raise FileNotFoundError(f"no Python interpreter to run the {name}")
+                self._proc = subprocess.Popen(
+                    command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+        except OSError:
+            ours.close()
+            self._failed = True
+            return
+        self.pid = self._proc.pid
+        self._sock = ours
+        self._reader = threading.Thread(target=self._receive, args=(ours,), name=f"cas-restore-{name}-replies",
+                                        daemon=True)
+        self._reader.start()
+
+    def _receive(self, sock: socket.socket) -> None:
+        raise NotImplementedError

@@ -23,11 +23,10 @@ import os
 import signal
 import socket
 import struct
-import subprocess
 import threading
 from concurrent.futures import Future
 
-from cas.ops.restore.child import chain, child_command
+from cas.ops.restore.child import HelperProcess, chain
 from cas.ops.restore.delete import Remover
 
 _REQUEST = struct.Struct("<Q")  # + the name
@@ -39,21 +38,15 @@ _CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); "
           "from cas.ops.restore.delete_process import main; raise SystemExit(main(sys.argv[2:]))")
 
 
-class ProcessRemover:
+class ProcessRemover(HelperProcess):
     """:meth:`Remover.submit <cas.ops.restore.delete.Remover.submit>` made by a child process."""
 
     def __init__(self, fallback: Remover) -> None:
+        super().__init__()
         self._fallback = fallback
-        self._lock = threading.Lock()
         self._sending = threading.Lock()
-        self._sock: socket.socket | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._reader: threading.Thread | None = None
         self._pending: dict[int, tuple[Future[int], int, str]] = {}
         self._next = 0
-        self._failed = False
-        self.pid: int | None = None
-        """The child's process ID, once started."""
 
     @property
     def in_child(self) -> bool:
@@ -65,7 +58,7 @@ class ProcessRemover:
         open until the future is done. The future gives how many entries were removed."""
         with self._lock:
             if self._sock is None and not self._failed:
-                self._start()
+                self._start(socket.SOCK_SEQPACKET, "delete", _CHILD)
             if self._failed:
                 return self._fallback.submit(dir_fd, name)
             sock = self._sock
@@ -82,45 +75,6 @@ class ProcessRemover:
             with self._lock:
                 self._give_up()  # the child is gone: this one and the unanswered go to the fallback
         return future
-
-    def close(self) -> None:
-        """Wait for every removal submitted, then for the child to exit."""
-        with self._lock:
-            sock, reader, proc = self._sock, self._reader, self._proc
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_WR)  # the child answers what it has, then ends
-                except OSError:
-                    pass
-        if reader is not None:
-            reader.join()
-        if proc is not None:
-            proc.wait()
-        with self._lock:
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
-
-    def _start(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        command = child_command(_CHILD, str(theirs.fileno()))
-        try:
-            with theirs:
-                if command is None:
-                    raise FileNotFoundError("no Python interpreter to run the remover")
-                self._proc = subprocess.Popen(
-                    command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-        except OSError:
-            ours.close()
-            self._failed = True
-            return
-        self.pid = self._proc.pid
-        self._sock = ours
-        self._reader = threading.Thread(target=self._receive, args=(ours,), name="cas-restore-delete-replies",
-                                        daemon=True)
-        self._reader.start()
 
     def _receive(self, sock: socket.socket) -> None:
         while True:

@@ -28,13 +28,12 @@ import pickle
 import signal
 import socket
 import struct
-import subprocess
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 
 from cas.ops.restore import create
-from cas.ops.restore.child import chain, child_command
+from cas.ops.restore.child import HelperProcess, chain
 from cas.ops.restore.create import FileWriter
 
 File = tuple[str, bytes, int, int]
@@ -49,25 +48,19 @@ _CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); "
           "from cas.ops.restore.write_process import main; raise SystemExit(main(sys.argv[2:]))")
 
 
-class ProcessWriter:
+class ProcessWriter(HelperProcess):
     """Writes batches of small files of one directory in a child process."""
 
     def __init__(self, tag: str, fallback: Callable[[int, list[File]], Future[list[object]]]) -> None:
         """``tag``: the restore's temporary names' tag (the child's names carry it, with a suffix
         of their own); ``fallback`` writes a batch in this process when the child cannot (it
         submits it to the restore's threads)."""
+        super().__init__()
         self._tag = tag
         self._fallback = fallback
-        self._lock = threading.Lock()
         self._sending = threading.Lock()
-        self._sock: socket.socket | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._reader: threading.Thread | None = None
         self._pending: dict[int, tuple[Future[list[object]], int, list[File]]] = {}
         self._next = 0
-        self._failed = False
-        self.pid: int | None = None
-        """The child's process ID, once started."""
 
     def submit(self, dir_fd: int, files: list[File]) -> Future[list[object]]:
         """Write ``files`` into the directory; ``dir_fd`` must stay open until the future is done.
@@ -88,7 +81,7 @@ class ProcessWriter:
     def _submit(self, dir_fd: int, files: list[File]) -> Future[list[object]]:
         with self._lock:
             if self._sock is None and not self._failed:
-                self._start()
+                self._start(socket.SOCK_STREAM, "write", _CHILD, self._tag, "1" if create.HAS_TMPFILE[0] else "0")
             if self._failed:
                 return self._fallback(dir_fd, files)
             number = self._next
@@ -108,45 +101,6 @@ class ProcessWriter:
             with self._lock:
                 self._give_up()
         return future
-
-    def close(self) -> None:
-        """Wait for every batch submitted, then for the child to exit."""
-        with self._lock:
-            sock, reader, proc = self._sock, self._reader, self._proc
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_WR)  # the child answers what it has, then ends
-                except OSError:
-                    pass
-        if reader is not None:
-            reader.join()
-        if proc is not None:
-            proc.wait()
-        with self._lock:
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
-
-    def _start(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        command = child_command(_CHILD, str(theirs.fileno()), self._tag, "1" if create.HAS_TMPFILE[0] else "0")
-        try:
-            with theirs:
-                if command is None:
-                    raise FileNotFoundError("no Python interpreter to run the writer")
-                self._proc = subprocess.Popen(
-                    command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-        except OSError:
-            ours.close()
-            self._failed = True
-            return
-        self.pid = self._proc.pid
-        self._sock = ours
-        self._reader = threading.Thread(target=self._receive, args=(ours,), name="cas-restore-write-replies",
-                                        daemon=True)
-        self._reader.start()
 
     def _receive(self, sock: socket.socket) -> None:
         while True:
