@@ -149,7 +149,7 @@ class SettledCopies:
     ``settle_s`` old when a run takes it (moved into place: renaming the directory changes no
     file's times). cas trusts the bytes of a file it replaces without reading them back only once
     the file has been left alone longer than the kernel keeps a page dirty
-    (``cas.ops.restore.local.SETTLED_NS``), which a copy made just before the run never is."""
+    (``cas.ops.restore.settled.SETTLED_NS``), which a copy made just before the run never is."""
 
     def __init__(self, previous: Path, scratch: Path, count: int, settle_s: float) -> None:
         self._copies = [scratch / f"previous-{i}" for i in range(count)]
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tools = set(args.tools.split(","))
     sys.path.insert(0, str(REPO_ROOT))
-    from cas.ops.restore.local import SETTLED_NS
+    from cas.ops.restore.settled import SETTLED_NS
     # Each tool's repository first; then the timed runs, every run once a round, the order rotated
     # from round to round; medians (and the range) reported, ratios of medians.
     runs: list[Run] = []

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from cas.cli.browse import cmd_cat, cmd_diff, cmd_find, cmd_log, cmd_ls, cmd_stats
 from cas.cli.common import EXIT_ERROR, EXIT_PARTIAL, EXIT_USAGE, password
-from cas.cli.data import cmd_copy, cmd_mount, cmd_prefetch, cmd_restore, cmd_snapshot
+from cas.cli.data import cmd_copy, cmd_mount, cmd_prefetch, cmd_restore, cmd_snapshot, hash_destination_early
 from cas.cli.maintain import (
     cmd_forget,
     cmd_gc,
@@ -86,6 +86,8 @@ def _run(args: argparse.Namespace) -> int:
         return cmd_cache(args)
     if args.command == "init":
         return cmd_init(args)
+    if args.command == "restore":
+        hash_destination_early(args)
     # The engine's modules make some 10^5 objects that live as long as the process: import them with
     # the cycle collector paused, then freeze them out of its later passes (less CPU, same behaviour).
     gc.disable()

@@ -47,6 +47,16 @@ def cmd_snapshot(store: Store, args: argparse.Namespace) -> int:
     emit(args, snap.to_dict(), text)
     return 0
 
+def hash_destination_early(args: argparse.Namespace) -> None:
+    """A restore over a destination that holds something compares the files there with the tree:
+    start the child that hashes them (:mod:`cas.ops.restore.hash_ahead`) now, before the engine
+    loads (a few hundred milliseconds of the command), when the restore will use it (``--overwrite``
+    of the whole tree, without ``--trust-mtime`` or a selection)."""
+    if args.overwrite and not args.trust_mtime and args.path is None and not args.include and not args.exclude:
+        from cas.ops.restore.hash_ahead import start_early
+
+        start_early(args.dest)
+
 def cmd_restore(store: Store, args: argparse.Namespace) -> int:
     from cas.ops.tree_filter import TreeFilter
 

@@ -4,6 +4,8 @@ a restore's walk, and what the walk may conclude from its records."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from cas import Store
 from cas.format.hashing import hexdigest
 from cas.format.trees import FILE, Entry
+from cas.ops.restore import hash_ahead
 from cas.ops.restore import local as restore_local
 from cas.ops.restore.hash_ahead import HashAhead, Hashed, judge
 from cas.ops.restore.walk import Restorer
@@ -200,3 +203,102 @@ def test_a_file_changed_after_it_was_hashed_ahead_is_compared_again_and_rewritte
         report = restorer.restore(store.repo.read_tree(snap.root), str(dest), (snap.root_mode, snap.root_mtime_ns))
     assert describe(str(dest)) == describe(str(src))
     assert (report.unchanged, report.written) == (20, 1)  # the directory and 19 files; the victim
+
+
+# -- the child started before the engine loads (the command line's restore) -----------------------
+
+
+def test_a_child_started_early_is_the_one_the_restore_of_that_directory_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "f").write_bytes(b"settled")
+    monkeypatch.setattr(hash_ahead, "SETTLED_NS", 0)
+    hash_ahead.start_early(str(dest))
+    assert len(hash_ahead._early) == 1
+    early = hash_ahead._early[0][1]
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        taken = hash_ahead.start(fd, 0)
+    finally:
+        os.close(fd)
+    try:
+        assert taken is early and not hash_ahead._early
+        got = _records(taken, [dest])
+        assert set(got[dest][1]) == {"f"}  # it hashed the destination it was started on
+    finally:
+        taken.close()
+
+
+def test_a_child_started_early_for_another_directory_is_stopped(tmp_path: Path) -> None:
+    other, dest = tmp_path / "other", tmp_path / "dest"
+    for d in (other, dest):
+        d.mkdir()
+        (d / "f").write_bytes(b"x")
+    hash_ahead.start_early(str(other))
+    early = hash_ahead._early[0][1]
+    assert early.pid is not None
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        started = hash_ahead.start(fd, 0)
+    finally:
+        os.close(fd)
+    try:
+        assert started is not early and not hash_ahead._early
+        assert _child_gone(early.pid)
+    finally:
+        started.close()
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "a file"])
+def test_nothing_is_started_early_where_there_is_nothing_to_hash(tmp_path: Path, kind: str) -> None:
+    dest = tmp_path / "dest"
+    if kind == "empty":
+        dest.mkdir()
+    elif kind == "a file":
+        dest.write_bytes(b"not a directory")
+    hash_ahead.start_early(str(dest))
+    assert not hash_ahead._early
+
+
+def _processes_in(cwd: Path) -> list[int]:
+    """Processes whose working directory is ``cwd``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd") == str(cwd):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("execution", ["v1", "no-such-execution"])
+def test_the_command_line_restore_over_a_destination_leaves_no_child_behind(
+    tmp_path: Path, execution: str
+) -> None:
+    """The command line starts the hashing child before it knows whether the restore can run: the
+    child is the restore's when it runs, and stopped when the command fails before it does."""
+    src, dest, work = tmp_path / "src", tmp_path / "dest", tmp_path / "work"
+    (src / "d").mkdir(parents=True)
+    work.mkdir()
+    for i in range(40):
+        (src / "d" / f"f{i}").write_bytes(os.urandom(100 + i))
+    env = {**os.environ, "CAS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    cli = [sys.executable, "-m", "cas", "--repo", str(tmp_path / "repo")]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, *args], capture_output=True, text=True, env=env, cwd=work, check=False)
+
+    assert run("init").returncode == 0
+    assert run("snapshot", str(src), "--execution-id", "v1").returncode == 0
+    assert run("restore", "v1", str(dest)).returncode == 0
+    (dest / "d" / "f3").write_bytes(b"changed")
+    done = run("restore", execution, str(dest), "--overwrite", "--delete")
+    if execution == "v1":
+        assert done.returncode == 0, done.stderr
+        assert describe(str(dest)) == describe(str(src))
+    else:
+        assert done.returncode == 1 and done.stderr.count("\n") == 1 and "no-such-execution" in done.stderr
+    assert _processes_in(work) == []

@@ -10,7 +10,7 @@ as the walk enters) and, for each directory, sends what it found: each regular f
 ``max_size`` bytes whose content was in memory (``RWF_NOWAIT``: it never waits for the disk), with
 its inode, size, mtime, ctime and BLAKE3. The walk takes a directory's records when it surveys it
 (:meth:`HashAhead.take`) and trusts one only if the file still has that inode, size, mtime and
-ctime and had *settled* when hashed (see :data:`cas.ops.restore.local.SETTLED_NS`: a write through
+ctime and had *settled* when hashed (see :data:`cas.ops.restore.settled.SETTLED_NS`: a write through
 a shared mapping changes the times only at its first write to a clean page); anything else, it
 compares itself, as without the child.
 
@@ -19,10 +19,15 @@ leaves the destination, and skips the restores' temporaries. It is started with 
 killed when the restore ends (what it has not sent by then is not needed); if it cannot start or
 dies, the walk compares everything itself. What it sends and the walk has not taken is held for at
 most :data:`_HELD` files.
+
+A command-line restore starts the child before it loads the engine (:func:`start_early`: SQLAlchemy
+and the rest take a few hundred milliseconds, the child's head start); the restore then takes it
+over (:func:`start`) if its destination is that directory.
 """
 
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import pickle
@@ -37,11 +42,15 @@ from typing import TYPE_CHECKING
 
 from cas.format.hashing import hexdigest
 from cas.ops.restore.child import child_command
+from cas.ops.restore.settled import SETTLED_NS
 from cas.ops.restore.temps import TMP_PREFIX
 
 if TYPE_CHECKING:
     from cas.format.trees import Entry
 
+SMALL = 256 * 1024
+"""Files of at most this many bytes are hashed by the child (the walk compares them as it lists
+their directory: ``survey._COMPARE_AT_ONCE``)."""
 _FRAME = struct.Struct("<I")
 _HINT = struct.Struct("<QQ")  # the directory's st_dev and st_ino, + the subdirectory's name
 _LOOK_AHEAD = 16
@@ -77,6 +86,45 @@ def judge(hashed: Hashed, at_ns: int, st: os.stat_result, entry: Entry, mode: in
     if stat.S_IMODE(st.st_mode) == mode and st.st_mtime_ns == entry.mtime_ns:
         return True
     return None
+
+
+_early: list[tuple[tuple[int, int], HashAhead]] = []
+"""The child started by :func:`start_early`, with its directory's device and inode, until taken."""
+
+
+def start_early(dest: str) -> None:
+    """Start the child on the directory ``dest`` for a restore that this process is about to make
+    (before the engine's modules load). The restore takes it over (:func:`start`) if its destination
+    is that directory; else it is stopped when the process exits. Nothing is done when ``dest`` is
+    not a directory holding something: the restore will say what is wrong, or has nothing to hash."""
+    try:
+        fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return
+    try:
+        st = os.fstat(fd)
+        with os.scandir(fd) as listing:
+            if next(listing, None) is None:
+                return
+        ahead = HashAhead(fd, SMALL, SETTLED_NS)  # the child has a descriptor of its own
+    except OSError:
+        return
+    finally:
+        os.close(fd)
+    atexit.register(ahead.close)
+    _early.append(((st.st_dev, st.st_ino), ahead))
+
+
+def start(dest_fd: int, settled_ns: int) -> HashAhead:
+    """The child hashing the directory ``dest_fd``: the one :func:`start_early` started for it, if
+    any, else a new one (which hashes only files settled ``settled_ns`` before)."""
+    st = os.fstat(dest_fd)
+    while _early:
+        ident, ahead = _early.pop()
+        if ident == (st.st_dev, st.st_ino):
+            return ahead
+        ahead.close()
+    return HashAhead(dest_fd, SMALL, settled_ns)
 
 
 class HashAhead:

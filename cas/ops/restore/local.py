@@ -35,36 +35,13 @@ from cas.format.chunking import Chunker
 from cas.format.config import RepoConfig
 from cas.format.hashing import hexdigest, new_hasher
 from cas.format.trees import Entry
+from cas.ops.restore.settled import SETTLED_NS
 from cas.repo.reader import file_chunks
 from cas.repo.repository import Repository
 from cas.types import BlobLocation
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _HASH_BLOCK = 1024 * 1024
-
-
-def _settled_ns() -> int:
-    """How long a file must have gone unchanged (by its ctime) for any later write to give it
-    another ctime. A write through a shared mapping sets the times only at the first write to a
-    page that is clean (write-protected); a page stays dirty, and writable without a fault, until
-    writeback has taken it: up to the kernel's dirty expiry plus one flusher period. A ctime older
-    than that, and than the coarsest timestamps (2 s, FAT), means no page is dirty from before."""
-    period = 0
-    for name, default in (("dirty_expire_centisecs", 3000), ("dirty_writeback_centisecs", 500)):
-        try:
-            with open(f"/proc/sys/vm/{name}", encoding="ascii") as f:
-                value = int(f.read().strip())
-        except (OSError, ValueError):
-            value = default
-        if value <= 0 and name == "dirty_writeback_centisecs":
-            return 1 << 62  # no periodic writeback: a page may stay dirty for ever, nothing settles
-        period += max(value, 0)
-    return period * 10**7 + 10 * 10**9
-
-
-#: A file whose ctime is at least this old when it is hashed has *settled* (see :func:`_settled_ns`;
-#: 45 s with the kernel's default writeback settings).
-SETTLED_NS = _settled_ns()
 
 
 # -- comparing and reusing ------------------------------------------------------------------------

@@ -18,8 +18,9 @@ import stat
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from cas.format.trees import FILE, Entry
+from cas.ops.restore import hash_ahead
 from cas.ops.restore import local as restore_local
-from cas.ops.restore.hash_ahead import HashAhead, judge
+from cas.ops.restore.hash_ahead import judge
 from cas.ops.restore.local import examine_file, match_whole
 from cas.ops.restore.state import DirJob, RestoreState, is_file
 from cas.ops.restore.temps import TMP_PREFIX, is_abandoned
@@ -27,7 +28,7 @@ from cas.ops.restore.temps import TMP_PREFIX, is_abandoned
 #: Files in place up to this size are compared with the tree by the walk itself as it lists their
 #: directory, not by a worker: handing small files to other threads costs more than it overlaps
 #: (each hand-off and each call that releases the GIL makes the threads wait for each other)...
-_COMPARE_AT_ONCE = 256 * 1024
+_COMPARE_AT_ONCE = hash_ahead.SMALL
 #: ...unless their content is not in memory: those are compared on this many threads of their own,
 #: the disk's waits overlapping (see ``match_whole``'s ``nowait``).
 _COLD_THREADS = 4
@@ -45,7 +46,7 @@ class DestinationSurvey(RestoreState):
         with os.scandir(dest_fd) as listing:
             if next(listing, None) is None:
                 return
-        self._hash_ahead = HashAhead(dest_fd, _COMPARE_AT_ONCE, restore_local.SETTLED_NS)
+        self._hash_ahead = hash_ahead.start(dest_fd, restore_local.SETTLED_NS)
 
     def _survey(
         self, job: DirJob, entries: list[Entry], prefix: str
