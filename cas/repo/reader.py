@@ -10,10 +10,10 @@ import io
 from collections.abc import Callable, Iterator
 from functools import partial
 
-from cas.errors import IntegrityError
+from cas.errors import CasError, IntegrityError
 from cas.format.hashing import new_hasher
 from cas.format.keys import pack_key
-from cas.format.trees import FILE, Entry
+from cas.format.trees import FILE, Entry, decode_node
 from cas.repo.repository import Repository, verify_blob
 from cas.types import BlobKind, BlobLocation
 
@@ -48,6 +48,55 @@ def prefetch(repo: Repository, locations: list[BlobLocation], *, max_gap: int = 
     file that needs it is fetched on its own and reports the error under its own path.
     """
     return dict(prefetched_chunks(repo, locations, max_gap=max_gap))
+
+
+#: Tree nodes closer than this in a pack are read with one request: a snapshot writes the nodes of a
+#: directory's subdirectories one after another into tree packs of their own.
+TREE_GAP = 64 * 1024
+
+
+def read_trees(
+    repo: Repository, located: list[tuple[str, BlobLocation | None]], *, max_gap: int = TREE_GAP
+) -> dict[str, list[Entry]]:
+    """Many directories' entries (each as :meth:`Repository.read_tree` gives it), their nodes read
+    together: one ranged read per stretch of a pack instead of one read per node. A directory whose
+    node is in the chunk cache, not located here, split into parts or not what its ID names is
+    read on its own by :meth:`Repository.read_tree`; one that cannot be read is left out, for the
+    caller to read again and report."""
+    cache = repo.chunk_cache
+    out: dict[str, list[Entry]] = {}
+    alone: list[tuple[str, BlobLocation | None]] = []
+    together: list[BlobLocation] = []
+    for tree_id, loc in located:
+        if loc is None or loc.kind != BlobKind.TREE or loc.id != tree_id or (cache is not None and tree_id in cache):
+            alone.append((tree_id, loc))
+        else:
+            together.append(loc)
+    for run in pack_runs(together, max_gap=max_gap):
+        begin = run[0].offset
+        try:
+            data = repo.backend.get(pack_key(run[0].pack_id), begin, run[-1].offset + run[-1].length - begin)
+        except (CasError, OSError):
+            alone.extend((loc.id, loc) for loc in run)
+            continue
+        for loc in run:
+            try:
+                raw = verify_blob(loc.id, loc, data[loc.offset - begin : loc.offset - begin + loc.length])
+                node = decode_node(raw)
+            except CasError:
+                node = None
+            if isinstance(node, list):
+                out[loc.id] = node
+                if cache is not None:
+                    cache.put(loc.id, raw)
+            else:
+                alone.append((loc.id, loc))
+    for tree_id, loc in alone:
+        try:
+            out[tree_id] = repo.read_tree(tree_id, loc)
+        except (CasError, OSError):
+            continue
+    return out
 
 
 def prefetched_chunks(

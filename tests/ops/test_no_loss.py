@@ -24,6 +24,7 @@ from backends.base import Backend
 from backends.local import LocalBackend
 from cas import Store
 from cas.format.trees import MAX_NODE_BYTES, SPLIT_BYTES
+from cas.repo.reader import read_trees
 from tests.inprocess import run_main, text
 from tests.treeutil import describe
 
@@ -89,6 +90,7 @@ def test_split_directory_round_trip(tmp_path: Path) -> None:
     snap = store.snapshot(src, "wide-1")
     entries, parts = store.repo.read_directory(snap.root)
     assert len(entries) == 30_000 and len(parts) > 3
+    assert read_trees(store.repo, [(snap.root, store.repo.locate([snap.root])[snap.root])]) == {snap.root: entries}
     sizes = [store.repo.locate([p])[p].raw_length for p in parts]
     assert max(sizes) <= MAX_NODE_BYTES and sum(sizes) > SPLIT_BYTES
     (src / "000100-added").write_bytes(b"new")

@@ -50,7 +50,7 @@ from cas.ops.restore.state import DIR_FLAGS, Budget, DirJob, is_file
 from cas.ops.restore.survey import DestinationSurvey
 from cas.ops.restore.temps import temporary_tag
 from cas.ops.restore.write_process import ProcessWriter, write_batch
-from cas.repo.reader import prefetch
+from cas.repo.reader import prefetch, read_trees
 from cas.repo.repository import Repository
 from cas.types import BlobLocation
 
@@ -284,7 +284,8 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
     def _locate_ahead(self, level: _Level) -> None:
         """Read the trees of the directories the walk enters next below ``level`` (its next
         subdirectories, then theirs, breadth first, up to :data:`_LOCATE_AHEAD` directories and
-        :data:`_LOCATE_AHEAD_ENTRIES` entries in them) and
+        :data:`_LOCATE_AHEAD_ENTRIES` entries in them; a level's nodes read together, one request
+        per stretch of a tree pack: :func:`~cas.repo.reader.read_trees`) and
         locate their subdirectories' trees, and the chunks of their files unless the destination
         may hold them already (``overwrite``: what to fetch is known only once a directory is
         surveyed), with one index query per level of them, for :meth:`_enter` and
@@ -303,14 +304,13 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         while frontier and budget > 0 and entries_left > 0:
             wanted: list[str] = []
             below: list[str] = []
-            for tree, location in frontier[:budget]:
+            level_trees = [(tree, location) for tree, location in frontier[:budget] if tree not in self._read_ahead]
+            read = read_trees(self.repo, level_trees)
+            for tree, _location in level_trees:
                 if entries_left <= 0:
                     break
-                if tree in self._read_ahead:
-                    continue
-                try:
-                    entries = self.repo.read_tree(tree, location)
-                except (CasError, OSError):
+                entries = read.get(tree)
+                if entries is None:
                     continue
                 self._read_ahead[tree] = entries
                 budget -= 1
