@@ -68,6 +68,13 @@ class Backend(abc.ABC):
         copying them overrides it; the default is a view of :meth:`get`."""
         return memoryview(self.get(key, offset, length)).toreadonly()
 
+    def staging_directory(self) -> str | None:
+        """A directory on the file system that holds this backend's objects, where a writer may
+        build an object in an unnamed file (``O_TMPFILE``, opened without ``O_EXCL``) for
+        :meth:`put` to give that file a name instead of copying its bytes; None (the default, and
+        every wrapper's: it may change the bytes) when objects are not files of this host."""
+        return None
+
     @abc.abstractmethod
     def stat(self, key: str) -> ObjectInfo:
         """Size of the object; :class:`NotFound` if absent."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import secrets
 import shutil
 import stat
 import tempfile
@@ -102,17 +103,24 @@ class LocalBackend(Backend):
             raise AlreadyExists(f"object already exists: {key}")
         try:
             _makedirs_private(directory)
-            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=directory)
+            named = None if isinstance(data, (bytes, bytearray, memoryview)) else _name_unnamed(data, directory)
+            if named is None:
+                fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=directory)
+            else:
+                fd, tmp = -1, named
         except OSError as exc:
             raise _translate(exc, key) from exc
         try:
-            with os.fdopen(fd, "wb") as f:
-                if isinstance(data, (bytes, bytearray, memoryview)):
-                    f.write(data)
-                else:
-                    _copy_stream(data, f)
-                f.flush()
-                os.fsync(f.fileno())
+            if fd >= 0:
+                with os.fdopen(fd, "wb") as f:
+                    if isinstance(data, (bytes, bytearray, memoryview)):
+                        f.write(data)
+                    else:
+                        _copy_stream(data, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+            else:
+                os.fsync(data.fileno())  # type: ignore[union-attr]  # a file: _name_unnamed said so
             if overwrite:
                 os.replace(tmp, path)
             else:
@@ -128,6 +136,9 @@ class LocalBackend(Backend):
             if isinstance(exc, OSError) and not isinstance(exc, CasError):
                 raise _translate(exc, key) from exc
             raise
+
+    def staging_directory(self) -> str | None:
+        return self.root
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         # os.open and pread, not a buffered file object: a restore reads one range per tree node,
@@ -251,6 +262,34 @@ def _makedirs_private(path: str) -> None:
     except FileExistsError:
         if not os.path.isdir(path):
             raise
+
+
+def _name_unnamed(src: BinaryIO, directory: str) -> str | None:
+    """Give ``src`` a temporary name in ``directory`` when it is an unnamed regular file (built in
+    :meth:`LocalBackend.staging_directory`) read from its start: its bytes become the object's
+    without a copy. None when it is not such a file, or the kernel will not link it (another file
+    system, opened with ``O_EXCL``, no ``/proc``): the caller copies it."""
+    try:
+        fd = src.fileno()
+        st = os.fstat(fd)
+        if st.st_nlink != 0 or not stat.S_ISREG(st.st_mode) or src.tell() != 0:
+            return None
+    except (AttributeError, OSError, ValueError):
+        return None
+    name = f"{_TMP_PREFIX}{secrets.token_hex(8)}"
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        # linkat(AT_SYMLINK_FOLLOW) of the descriptor's /proc link: a directory descriptor makes
+        # Python call linkat (plain link() would link the /proc link itself, and fail).
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+    except OSError:
+        return None
+    finally:
+        os.close(dir_fd)
+    return os.path.join(directory, name)
 
 
 def _copy_stream(src: BinaryIO, dst: BinaryIO) -> None:

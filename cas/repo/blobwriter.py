@@ -69,6 +69,7 @@ class BlobWriter:
         """With ``dedup=False`` (repacking): locations of every blob stored, complete after :meth:`flush`."""
         self.level = repo.config.compression_level
         self.pack_size = repo.config.pack_size
+        self._staging = repo.backend.staging_directory()
         self.stats = WriteStats()
         self._workers = workers or max(2, os.cpu_count() or 2)
         self._encoders = ThreadPoolExecutor(self._workers, thread_name_prefix="cas-encode")
@@ -153,9 +154,8 @@ class BlobWriter:
             if group:
                 self._submit(kind, group)
 
-    @staticmethod
-    def _builder() -> PackFile:
-        return PackFile()
+    def _builder(self) -> PackFile:
+        return PackFile(self._staging)
 
     def _submit(self, kind: int, group: list[tuple[str, bytes | memoryview]]) -> None:
         queue = self._encoding[kind]

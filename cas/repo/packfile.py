@@ -5,13 +5,15 @@ for or in their upload, some 16 MiB each, were most of a snapshot's peak RSS. He
 blob is appended to an unnamed temporary file (in the system's temporary directory, ``TMPDIR``)
 as it comes, and hashed on the way, so sealing adds only the trailer and the pack's name is known
 without reading the bytes again. The sealed pack is the file itself, handed to the backend as a
-stream (the local backend copies it inside the kernel; object stores upload it in parts), and its
-disk space goes back when the file is closed. The bytes of a pack being written sit in the page
+stream (object stores upload it in parts), and its disk space goes back when the file is closed.
+For a backend whose objects are files of this host (:meth:`~backends.base.Backend.staging_directory`),
+the file is made there, unnamed, and the backend gives it its name: the pack's bytes are written once. The bytes of a pack being written sit in the page
 cache, which the system may write out or drop, not in the writer's own memory.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from typing import BinaryIO
 
@@ -31,7 +33,9 @@ class PackFile:
     from then on and closes it once the pack is stored; :meth:`discard` drops an unsealed pack.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, directory: str | None = None) -> None:
+        """``directory``: where to make the file (the backend's staging directory), else ``TMPDIR``."""
+        self._directory = directory
         self._file: BinaryIO | None = None
         self._hasher = new_hasher()
         self._size = 0
@@ -71,7 +75,7 @@ class PackFile:
     def _put(self, data: bytes | memoryview) -> None:
         if self._file is None:
             # Held across calls: seal() hands it on, discard() closes it.
-            self._file = tempfile.TemporaryFile(prefix="cas-pack-", buffering=0)  # noqa: SIM115
+            self._file = _unnamed_file(self._directory)
         self._hasher.update(data)
         view = memoryview(data)
         while view:
@@ -94,3 +98,16 @@ class PackFile:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _unnamed_file(directory: str | None) -> BinaryIO:
+    """A new file without a name, in ``directory`` if given and able to make one there that can be
+    given a name later (``O_TMPFILE`` without ``O_EXCL``), else in ``TMPDIR``."""
+    if directory is not None and hasattr(os, "O_TMPFILE"):
+        try:
+            fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError:
+            pass
+        else:
+            return open(fd, "w+b", buffering=0)
+    return tempfile.TemporaryFile(prefix="cas-pack-", buffering=0)

@@ -4,10 +4,12 @@ import itertools
 import os
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
-from backends.errors import NotFound
+from backends.counting import CountingBackend
+from backends.errors import AlreadyExists, NotFound
 from backends.local import MAPS_KEPT, LocalBackend
 from backends.testing import BackendContract, check_against_model
 
@@ -95,3 +97,57 @@ def test_objects_kept_mapped_are_bounded(tmp_path: Path) -> None:
     assert len(os.listdir("/proc/self/fd")) - before <= MAPS_KEPT
     backend.close()
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def _unnamed_in(directory: str, data: bytes) -> BinaryIO:
+    """A file without a name in ``directory``, holding ``data``, positioned at its start (as a
+    writer builds a pack in the backend's staging directory)."""
+    fd = os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
+    f = open(fd, "w+b", buffering=0)  # noqa: SIM115 - closed by the caller
+    f.write(data)
+    f.seek(0)
+    return f
+
+
+def test_an_unnamed_file_from_the_staging_directory_is_named_not_copied(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "repo")
+    directory = backend.staging_directory()
+    assert directory is not None
+    payload = os.urandom(200_001)
+    with _unnamed_in(directory, payload) as f:
+        backend.put("data/ab/pack", f, overwrite=False)
+        st = os.fstat(f.fileno())
+    stored = tmp_path / "repo" / "data" / "ab" / "pack"
+    assert stored.read_bytes() == payload
+    assert (st.st_nlink, st.st_ino) == (1, os.stat(stored).st_ino)  # the file itself, now named
+    assert sorted(p.name for p in stored.parent.iterdir()) == ["pack"]
+
+
+def test_an_unnamed_file_is_left_unnamed_when_its_key_is_taken(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "repo")
+    backend.put("k", b"first", overwrite=False)
+    directory = backend.staging_directory()
+    assert directory is not None
+    with _unnamed_in(directory, b"second") as f:
+        with pytest.raises(AlreadyExists):
+            backend.put("k", f, overwrite=False)
+        assert os.fstat(f.fileno()).st_nlink == 0
+    assert (tmp_path / "repo" / "k").read_bytes() == b"first"
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["k"]
+
+
+def test_a_named_file_is_copied_and_keeps_its_name(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "repo")
+    source = tmp_path / "source"
+    source.write_bytes(b"named bytes")
+    with open(source, "rb") as f:
+        backend.put("k", f)
+    assert (tmp_path / "repo" / "k").read_bytes() == b"named bytes"
+    assert os.stat(source).st_ino != os.stat(tmp_path / "repo" / "k").st_ino
+    assert source.read_bytes() == b"named bytes"
+
+
+def test_a_wrapper_offers_no_staging_directory(tmp_path: Path) -> None:
+    # A wrapper may change the bytes on their way (encryption): the writer must not build the
+    # object where the inner backend would take it as it is.
+    assert CountingBackend(LocalBackend(tmp_path / "repo")).staging_directory() is None

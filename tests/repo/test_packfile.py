@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -51,3 +54,14 @@ def test_discarding_an_unsealed_pack_closes_its_file() -> None:
     pack.discard()
     assert f.closed
     PackFile().discard()  # nothing written: nothing to close
+
+
+def test_a_pack_for_a_staging_directory_is_built_there_without_a_name(tmp_path: Path) -> None:
+    pack = PackFile(str(tmp_path))
+    payload = b"p" * 1000
+    pack.add(hexdigest(payload), BlobKind.DATA, Codec.RAW, payload, len(payload))
+    _pack_id, f, _entries = pack.seal()
+    with f:
+        st = os.fstat(f.fileno())
+        assert st.st_nlink == 0 and st.st_dev == os.stat(tmp_path).st_dev
+    assert list(tmp_path.iterdir()) == []
