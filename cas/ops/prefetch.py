@@ -35,7 +35,7 @@ from cas.format.keys import pack_key
 from cas.format.trees import DIR, FILE
 from cas.repo.chunkcache import CLAIMS, ChunkCache
 from cas.repo.locks import exclusive
-from cas.repo.reader import pack_runs
+from cas.repo.reader import pack_runs, read_trees
 from cas.repo.repository import Repository, verify_blob
 from cas.types import BlobKind, BlobLocation
 
@@ -114,20 +114,28 @@ def prefetch(repo: Repository, roots: Iterable[str], *, workers: int = WORKERS) 
 
 
 def _data_chunks(repo: Repository, roots: list[str]) -> list[str]:
-    """Every data chunk of the files in the trees under ``roots``, once, in the order met."""
+    """Every data chunk of the files in the trees under ``roots``, once, in the order met: level by
+    level, each level's trees located with one query and read together (one request per stretch
+    of a tree pack, :func:`~cas.repo.reader.read_trees`), not one query and one read per tree."""
     chunks: dict[str, None] = {}
     seen: set[str] = set()
-    stack = list(roots)
-    while stack:
-        tree = stack.pop()
-        if tree in seen:
-            continue
-        seen.add(tree)
-        for entry in repo.read_tree(tree):
-            if entry.type == DIR:
-                stack.append(entry.tree)
-            elif entry.type == FILE:
-                chunks.update(dict.fromkeys(entry.chunks))
+    level = list(dict.fromkeys(roots))
+    while level:
+        seen.update(level)
+        located = repo.locate(level)
+        read = read_trees(repo, [(tree, located.get(tree)) for tree in level])
+        below: dict[str, None] = {}
+        for tree in level:
+            entries = read.get(tree)
+            if entries is None:
+                entries = repo.read_tree(tree, located.get(tree))  # raises what is wrong with it
+            for entry in entries:
+                if entry.type == DIR:
+                    if entry.tree not in seen:
+                        below[entry.tree] = None
+                elif entry.type == FILE:
+                    chunks.update(dict.fromkeys(entry.chunks))
+        level = list(below)
     return list(chunks)
 
 

@@ -149,3 +149,34 @@ def test_prefetch_reports_a_missing_pack(s3_repo: dict[str, Any], moto_server: A
         client.delete_object(Bucket=bucket, Key=max(sizes, key=sizes.__getitem__))  # a data pack
         with pytest.raises(CasError, match="missing"):
             store.prefetch(["exec-0", "exec-1", "exec-2"])
+
+
+def test_prefetch_reads_the_trees_of_a_level_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trees of executions are read level by level, a level's nodes with one request per
+    stretch of a tree pack: a tree of 40 directories costs a few reads of tree packs, not 41."""
+    from backends.counting import CountingBackend
+    from backends.local import LocalBackend
+    from cas.format.keys import pack_key
+    from cas.types import BlobKind
+
+    monkeypatch.setenv("CAS_HOME", str(tmp_path / "home"))
+    src = tmp_path / "src"
+    for i in range(40):
+        (src / f"d{i:02}").mkdir(parents=True)
+        (src / f"d{i:02}" / "f").write_bytes(os.urandom(100 + i))
+    backend = CountingBackend(LocalBackend(str(tmp_path / "repo")))
+    with Store.open(backend, index=f"sqlite:///{tmp_path / 'index.sqlite'}",
+                    chunk_cache=str(tmp_path / "cache")) as store:
+        store.snapshot(src, "run")
+        trees = [e.tree for e in store.repo.read_tree(store.get("run").root)] + [store.get("run").root]
+        tree_packs = {pack_key(loc.pack_id) for loc in store.repo.locate(trees).values() if loc.kind == BlobKind.TREE}
+        backend.reset()
+        report = store.prefetch(["run"])
+        assert report.failures == [] and report.cached == report.chunks == 40
+        tree_reads = [key for key, _offset, _length in backend.gets if key in tree_packs]
+    assert len(tree_reads) <= 2 * len(tree_packs) < len(trees)
+    restored = tmp_path / "out"
+    with Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'index.sqlite'}",
+                    chunk_cache=str(tmp_path / "cache")) as store:
+        store.restore("run", restored)
+    assert describe(str(restored)) == describe(str(src))
