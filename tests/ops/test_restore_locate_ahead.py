@@ -103,3 +103,43 @@ def test_a_tree_that_cannot_be_read_fails_its_own_directory_only(store: Store, t
     assert (dest / "pkg05" / "sub0" / "data.bin").read_bytes() == (src / "pkg05" / "sub0" / "data.bin").read_bytes()
     for i in (4, 6, 39):
         assert describe(str(dest / f"pkg{i:02}")) == describe(str(src / f"pkg{i:02}"))
+
+
+def _count_tree_reads(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every tree node the restore decodes from what it read (by its tree ID), in order."""
+    from cas.repo import reader
+
+    decoded: list[str] = []
+    read_trees = reader.read_trees
+
+    def counting(repo, located, **kw):  # type: ignore[no-untyped-def]
+        got = read_trees(repo, located, **kw)
+        decoded.extend(got)
+        return got
+
+    monkeypatch.setattr("cas.ops.restore.walk.read_trees", counting)
+    read_tree = store.repo.read_tree
+    monkeypatch.setattr(store.repo, "read_tree", lambda tree, loc=None: decoded.append(tree) or read_tree(tree, loc))
+    return decoded
+
+
+def test_large_directories_read_ahead_are_read_once(store: Store, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Directories of many entries: the walk reads ahead only as many of their trees as its bound
+    on entries allows, and keeps what it read; no tree is read twice (reading a whole level of
+    them for each directory entered made a restore of 100,000 small files 2.3x slower)."""
+    from cas.ops.restore.walk import _LOCATE_AHEAD_ENTRIES
+
+    src = tmp_path / "src"
+    per_dir = _LOCATE_AHEAD_ENTRIES // 3
+    for i in range(12):
+        (src / f"d{i:02}").mkdir(parents=True)
+        for j in range(per_dir):
+            (src / f"d{i:02}" / f"f{j:04}").write_bytes(b"%d %d" % (i, j))
+    store.snapshot(src, "wide")
+    decoded = _count_tree_reads(store, monkeypatch)
+    store.restore("wide", tmp_path / "out")
+    assert describe(str(tmp_path / "out")) == describe(str(src))
+    subtrees = {e.tree for e in store.repo.read_tree(store.get("wide").root)}
+    assert len(subtrees) == 12
+    assert sorted(t for t in decoded if t in subtrees) == sorted(subtrees)  # each once

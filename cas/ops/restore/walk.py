@@ -63,6 +63,12 @@ _LOOK_AHEAD = 16
 #: them (a directory of thousands of files makes a large query of its own: nothing to gain).
 _LOCATE_AHEAD = 64
 _LOCATE_AHEAD_ENTRIES = 2048
+#: Trees read ahead are read up to this many at a time (one request per stretch of a tree pack
+#: among them), and no more than their stored sizes say the entries' bound leaves room for, at
+#: :data:`_ENTRY_BYTES` or more a node's entry: a level of large directories is not all read for
+#: the first few to be used.
+_READ_TOGETHER = 16
+_ENTRY_BYTES = 128
 #: Small files already fetched are written by one task per this many files or bytes, not one each.
 _BATCH_FILES = 32
 _BATCH_BYTES = 1024 * 1024
@@ -84,6 +90,23 @@ _PROCESS_AFTER = 10_000
 _FETCHED_AHEAD = 4 * 1024 * 1024
 #: Files up to this size have their chunks fetched together, per directory (see reader.prefetch).
 _PREFETCH_FILE_SIZE = 1024 * 1024
+
+
+def _read_group(
+    pending: list[tuple[str, BlobLocation | None]], first: int, entries_left: int
+) -> list[tuple[str, BlobLocation | None]]:
+    """The trees of ``pending`` from ``first`` to read together: at least one, at most
+    :data:`_READ_TOGETHER`, and while their nodes' sizes leave room for ``entries_left`` entries."""
+    room = entries_left * _ENTRY_BYTES
+    end = first + 1
+    room -= pending[first][1].raw_length if pending[first][1] is not None else room
+    while end < len(pending) and end - first < _READ_TOGETHER:
+        location = pending[end][1]
+        if location is None or location.raw_length > room:
+            break
+        room -= location.raw_length
+        end += 1
+    return pending[first:end]
 
 
 def _blob_ids(entry: Entry) -> tuple[str, ...]:
@@ -304,23 +327,27 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         while frontier and budget > 0 and entries_left > 0:
             wanted: list[str] = []
             below: list[str] = []
-            level_trees = [(tree, location) for tree, location in frontier[:budget] if tree not in self._read_ahead]
-            read = read_trees(self.repo, level_trees)
-            for tree, _location in level_trees:
-                if entries_left <= 0:
-                    break
-                entries = read.get(tree)
-                if entries is None:
-                    continue
-                self._read_ahead[tree] = entries
-                budget -= 1
-                entries_left -= len(entries)
-                for e in entries:
-                    if e.type == DIR:
-                        wanted.append(e.tree)
-                        below.append(e.tree)
-                    elif e.type == FILE and not self.overwrite:
-                        wanted.extend(e.chunks)
+            pending = [(tree, location) for tree, location in frontier[:budget] if tree not in self._read_ahead]
+            first = 0
+            while first < len(pending) and entries_left > 0:
+                group = _read_group(pending, first, entries_left)
+                first += len(group)
+                read = read_trees(self.repo, group)
+                for tree, _location in group:
+                    entries = read.get(tree)
+                    if entries is None:
+                        continue
+                    self._read_ahead[tree] = entries  # kept for _enter even past the bound: read already
+                    if entries_left <= 0:
+                        continue
+                    budget -= 1
+                    entries_left -= len(entries)
+                    for e in entries:
+                        if e.type == DIR:
+                            wanted.append(e.tree)
+                            below.append(e.tree)
+                        elif e.type == FILE and not self.overwrite:
+                            wanted.extend(e.chunks)
             if not wanted:
                 break
             self._located.update(self.repo.locate(wanted))
