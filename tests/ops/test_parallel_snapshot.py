@@ -379,6 +379,12 @@ def test_an_error_in_a_worker_is_one_line_and_leaves_nothing_behind(tmp_path: Pa
     assert [p for p in (cas.base / "repo").rglob("*") if p.name.startswith(".")] == []
 
 
+# Ctrl-C's handler installed whatever the test run's disposition is: a command started in the
+# background by a shell without job control inherits SIGINT ignored, and Python then installs none.
+_INTERRUPTIBLE = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+_CLI = _INTERRUPTIBLE + "import sys\nfrom cas.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+
+
 def test_ctrl_c_stops_the_workers_and_commits_nothing(tmp_path: Path) -> None:
     cas = Cas(tmp_path)
     temp = tmp_path / "tmp"
@@ -389,7 +395,7 @@ def test_ctrl_c_stops_the_workers_and_commits_nothing(tmp_path: Path) -> None:
     for d in range(20):
         (src / f"d{d:02d}" / "big.bin").write_bytes(rng.randbytes(8 * 1024 * 1024))
     assert cas("init").returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "cas", "--repo", str(cas.base / "repo"), "snapshot", str(src),
+    proc = subprocess.Popen([sys.executable, "-c", _CLI, "--repo", str(cas.base / "repo"), "snapshot", str(src),
                              "-e", "run-1", "--jobs", "2"], cwd=cas.base, env=cas.env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -412,7 +418,7 @@ def test_ctrl_c_stops_the_workers_and_commits_nothing(tmp_path: Path) -> None:
 
 
 
-_INTERRUPTED_AT_FORK = """
+_INTERRUPTED_AT_FORK = _INTERRUPTIBLE + """
 import os, signal, sys
 from cas.cli import main
 fired = []
