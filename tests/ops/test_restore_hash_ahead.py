@@ -208,6 +208,15 @@ def test_a_file_changed_after_it_was_hashed_ahead_is_compared_again_and_rewritte
 # -- the child started before the engine loads (the command line's restore) -----------------------
 
 
+def _start_on(dest: Path) -> HashAhead:
+    """What the restore of ``dest`` gets from :func:`hash_ahead.start` (its descriptor closed after)."""
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return hash_ahead.start(fd, 0)
+    finally:
+        os.close(fd)
+
+
 def test_a_child_started_early_is_the_one_the_restore_of_that_directory_takes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -218,11 +227,7 @@ def test_a_child_started_early_is_the_one_the_restore_of_that_directory_takes(
     hash_ahead.start_early(str(dest))
     assert len(hash_ahead._early) == 1
     early = hash_ahead._early[0][1]
-    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        taken = hash_ahead.start(fd, 0)
-    finally:
-        os.close(fd)
+    taken = _start_on(dest)
     try:
         assert taken is early and not hash_ahead._early
         got = _records(taken, [dest])
@@ -239,11 +244,7 @@ def test_a_child_started_early_for_another_directory_is_stopped(tmp_path: Path) 
     hash_ahead.start_early(str(other))
     early = hash_ahead._early[0][1]
     assert early.pid is not None
-    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        started = hash_ahead.start(fd, 0)
-    finally:
-        os.close(fd)
+    started = _start_on(dest)
     try:
         assert started is not early and not hash_ahead._early
         assert _child_gone(early.pid)
