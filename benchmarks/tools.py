@@ -177,8 +177,8 @@ class CasEncrypted(Cas):
 
 
 class CasOneProcess(Cas):
-    """cas with ``--jobs 1`` beside ``cas`` (whose snapshots of large trees use a worker process per
-    CPU): the single-process snapshot, slower and about half the memory."""
+    """cas with ``--jobs 1`` beside ``cas`` (whose snapshots of large trees use a process per CPU,
+    the command and forked workers): the single-process snapshot, slower and in less memory."""
 
     name = "cas-1job"
 

@@ -189,12 +189,12 @@ class Store:
         :data:`~cas.ops.snapshot.entries.CHANGE_RETRIES` times it was read again (see :class:`OnChange`).
         ``files_cache_ttl``: the files cache forgets paths no snapshot has seen for this long
         (default 30 days).
-        ``jobs``: worker processes that walk the tree's subdirectories, forked from this process.
-        The default, 1, takes the snapshot in this process: a library's host (AIFlow's server, a
-        notebook) runs threads of its own, and a child forked while one of them holds a lock may
-        hang on it. None: one per CPU (at most 4) for a tree of 20,000 names or more, as
-        ``cas snapshot`` does; N: N workers whatever the tree's size. Remote repositories are
-        always taken in this process.
+        ``jobs``: processes that walk the tree's subdirectories, this one and ``jobs - 1`` forked
+        from it. The default, 1, takes the snapshot in this process alone: a library's host
+        (AIFlow's server, a notebook) runs threads of its own, and a child forked while one of them
+        holds a lock may hang on it. None: one per CPU (at most 4) for a tree of 20,000 names or
+        more, as ``cas snapshot`` does; N: N processes whatever the tree's size. Remote
+        repositories are always taken in this process.
 
         Taking an ID that exists returns the existing snapshot when the tree is identical and raises
         :class:`AlreadyExists` otherwise.

@@ -25,6 +25,10 @@ TreeRows = Iterable[tuple[str, Sequence[TreeEntryRow]]]
 _INSERT_BATCH = 2000
 _ENTRY_COLUMNS = ("tree_id", "name", "type", "mode", "mtime_ns", "size", "digest", "target", "child")
 _TREE_BATCH = 500
+_BATCH_ROWS = 10_000
+"""A batch of trees is also written once it holds this many entries: a batch's rows are copied into
+statement parameters at once (a snapshot of 100,000 small files, 1,000 to a directory, copied all
+of them in one batch)."""
 
 # Every directory reachable from the trees named by :roots, each once (UNION deduplicates), so 200
 # snapshots of the same tree walk its directories once, not 200 times.
@@ -84,6 +88,7 @@ class TreeIndex(IndexConnection):
         """Insert the rows of the trees that have none, inside the caller's transaction."""
         inserted = 0
         batch: list[tuple[str, Sequence[TreeEntryRow]]] = []
+        batch_rows = 0
 
         def flush() -> int:
             ids = [tree_id for tree_id, _ in batch]
@@ -103,8 +108,10 @@ class TreeIndex(IndexConnection):
 
         for item in trees:
             batch.append(item)
-            if len(batch) >= _TREE_BATCH:
+            batch_rows += len(item[1])
+            if len(batch) >= _TREE_BATCH or batch_rows >= _BATCH_ROWS:
                 inserted += flush()
+                batch_rows = 0
         if batch:
             inserted += flush()
         return inserted

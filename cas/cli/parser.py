@@ -61,9 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         "and safetensors files at their members, and is the default of repositories created since it exists)",
     )
     s.add_argument("--jobs", "-j", type=_jobs_option, default=None, metavar="N",
-                   help="worker processes that walk the tree's subdirectories (default: one per CPU, at most 4, for "
-                   "a tree of 20,000 names or more, else one process; N: N workers whatever the tree's size; "
-                   "1: all in this process). Remote repositories always use one process")
+                   help="processes that walk the tree's subdirectories, this one included (default: one per CPU, "
+                   "at most 4, for a tree of 20,000 names or more, else one process; N: N processes whatever the "
+                   "tree's size; 1: all in this process). Remote repositories always use one process")
     _add_snapshot_filter(s)
 
     s = sub.add_parser("log", help="executions, newest first")

@@ -17,7 +17,8 @@ import os
 import pickle
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 from cas.errors import CasError
@@ -32,8 +33,9 @@ _CHECK_EVERY = 256
 """Finished directories the spool holds before asking the index which of them it already has."""
 _CHECK_ENTRIES = 10_000
 """... or entries in them (held as the encoder's entries until checked, as rows only if kept)."""
-_SPILL_ROWS = 200_000
-"""Rows of new directories held in memory before the spool writes them to a temporary file."""
+_SPILL_ROWS = 20_000
+"""Rows of new directories held in memory before the spool writes them to a temporary file (some
+3 MiB; a snapshot of 100,000 small files held 15 MiB of rows until its commit at 200,000)."""
 _KINDS = {kind.value: kind for kind in EntryType}
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
@@ -70,17 +72,38 @@ def entry_from_row(row: TreeEntryRow) -> Entry:
     raise CasError(f"the index's entry {name!r} has an unknown type {row.type!r}")
 
 
+TreeSink = Callable[[bytes, list[str], list[str]], None]
+"""Where a spool with a sink sends each checked batch: the kept directories' rows as one pickled
+frame of the spool's file (``[(tree ID, rows), ...]``), their tree IDs, and the directories the
+index already had."""
+
+
+def _frame(trees: list[tuple[str, list[TreeEntryRow]]]) -> bytes:
+    """Directories' rows pickled for the spool's file, as plain tuples: a named tuple is pickled as
+    its class and arguments, six times slower (0.56 s against 0.10 s for 100,000 rows here)."""
+    return pickle.dumps([(tree_id, [tuple(row) for row in rows]) for tree_id, rows in trees],
+                        protocol=pickle.HIGHEST_PROTOCOL)
+
+
 class TreeRowSpool:
     """The rows of the directories a snapshot encodes, for its commit.
 
     Directories the index already has are dropped (asked in batches as they finish) and remembered
     in :attr:`assumed`, which the commit re-checks under the fence. What stays is held in memory up
     to :data:`_SPILL_ROWS` rows, then in a temporary file, so a first snapshot of a huge tree does
-    not hold every entry at once.
+    not hold every entry at once. With a ``sink`` (a parallel snapshot's worker), each checked batch
+    goes there instead, pickled, and the spool keeps nothing.
+
+    :meth:`merge` may be called from another thread than :meth:`add` (a parallel snapshot's
+    results thread takes in its workers' batches while the walk goes on): their frames go to the
+    temporary file as they came, not unpickled. A directory two processes both kept is in the
+    file twice; :meth:`trees` gives both, and the commit writes its rows once.
     """
 
-    def __init__(self, index: TreeRowIndex) -> None:
+    def __init__(self, index: TreeRowIndex, sink: TreeSink | None = None) -> None:
         self._index = index
+        self._sink = sink
+        self._lock = threading.Lock()
         self._pending: list[tuple[str, list[Entry]]] = []
         self._pending_entries = 0
         self._kept: list[tuple[str, list[TreeEntryRow]]] = []
@@ -91,45 +114,56 @@ class TreeRowSpool:
 
     def add(self, tree_id: str, entries: list[Entry]) -> None:
         """One finished directory: its tree ID and its entries."""
-        if tree_id in self._seen:
-            return
-        self._seen.add(tree_id)
-        self._pending.append((tree_id, entries))  # made rows only if the index lacks the tree
-        self._pending_entries += len(entries)
-        if len(self._pending) >= _CHECK_EVERY or self._pending_entries >= _CHECK_ENTRIES:
-            self._check()
+        with self._lock:
+            if tree_id in self._seen:
+                return
+            self._seen.add(tree_id)
+            self._pending.append((tree_id, entries))  # made rows only if the index lacks the tree
+            self._pending_entries += len(entries)
+            if len(self._pending) >= _CHECK_EVERY or self._pending_entries >= _CHECK_ENTRIES:
+                self._check()
 
     def _check(self) -> None:
         known = self._index.indexed_trees([t for t, _ in self._pending])
+        kept: list[tuple[str, list[TreeEntryRow]]] = []
+        assumed: list[str] = []
         for tree_id, entries in self._pending:
             if tree_id in known:
-                self.assumed.add(tree_id)
+                assumed.append(tree_id)
             else:
-                rows = [entry_row(e) for e in entries]
-                self._kept.append((tree_id, rows))
-                self._kept_rows += len(rows)
+                kept.append((tree_id, [entry_row(e) for e in entries]))
         self._pending, self._pending_entries = [], 0
-        if self._kept_rows >= _SPILL_ROWS:
-            if self._spill is None:
-                self._spill = tempfile.TemporaryFile(prefix="cas-tree-rows-")  # type: ignore[assignment]  # noqa: SIM115 - closed by close()
-            pickle.dump(self._kept, self._spill, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[arg-type]
-            self._kept, self._kept_rows = [], 0
+        if self._sink is not None:
+            self._sink(_frame(kept), [t for t, _ in kept], assumed)
+            return
+        self.assumed.update(assumed)
+        self._keep(kept)
 
-    def merge(self, trees: Iterable[tuple[str, list[TreeEntryRow]]], assumed: Iterable[str]) -> None:
-        """Take in another spool's kept directories and assumed ones (a parallel snapshot's
-        workers'); a directory already here is not kept twice."""
+    def _keep(self, trees: Iterable[tuple[str, list[TreeEntryRow]]]) -> None:
         for tree_id, rows in trees:
-            if tree_id in self._seen:
-                continue
-            self._seen.add(tree_id)
             self._kept.append((tree_id, rows))
             self._kept_rows += len(rows)
-        self.assumed.update(assumed)
+        if self._kept_rows >= _SPILL_ROWS:
+            self._spill_file().write(_frame(self._kept))
+            self._kept, self._kept_rows = [], 0
+
+    def _spill_file(self) -> tempfile.SpooledTemporaryFile[bytes]:
+        if self._spill is None:
+            self._spill = tempfile.TemporaryFile(prefix="cas-tree-rows-")  # type: ignore[assignment]  # noqa: SIM115 - closed by close()
+        return self._spill  # type: ignore[return-value]
+
+    def merge(self, frame: bytes, tree_ids: Iterable[str], assumed: Iterable[str]) -> None:
+        """Take in a batch another spool sent its sink (a parallel snapshot's worker's)."""
+        with self._lock:
+            self._spill_file().write(frame)
+            self._seen.update(tree_ids)  # not kept again by this process's own walk
+            self.assumed.update(assumed)
 
     def finish(self) -> None:
         """Check the directories not yet checked; :attr:`assumed` is complete afterwards."""
-        if self._pending:
-            self._check()
+        with self._lock:
+            if self._pending:
+                self._check()
 
     def trees(self) -> Iterator[tuple[str, list[TreeEntryRow]]]:
         """Every kept directory (what the index lacked when it was checked), after :meth:`finish`."""
@@ -137,9 +171,11 @@ class TreeRowSpool:
             self._spill.seek(0)
             while True:
                 try:
-                    yield from pickle.load(self._spill)  # our own file, written above
+                    frame = pickle.load(self._spill)  # our own file: frames pickled here or by our workers
                 except EOFError:
                     break
+                for tree_id, rows in frame:
+                    yield tree_id, [TreeEntryRow._make(row) for row in rows]
         yield from self._kept
 
     def close(self) -> None:

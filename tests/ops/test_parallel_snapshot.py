@@ -141,7 +141,7 @@ def _make(root: Path, tree: dict[str, object]) -> Path:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(tree=_trees(), jobs=st.integers(2, 3))
+@given(tree=_trees(), jobs=st.integers(2, 4))
 def test_workers_store_the_same_tree_ids_as_one_process_and_restore_it_byte_exact(
     store: Store, tmp_path: Path, everything_in_parallel: None, tree: dict[str, object], jobs: int
 ) -> None:
@@ -260,6 +260,44 @@ def test_the_files_cache_works_across_the_split_and_with_one_process(
     assert after["files_from_cache"] == after["files"] - 1
     with store.open_file("four", "deps/pkg3/m2.py") as f:
         assert f.read() == b"changed"
+
+
+def test_the_command_walks_queued_directories_itself_while_it_waits_for_them(
+    store: Store, tmp_path: Path, everything_in_parallel: None, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The command is one of the ``jobs``: once its own walk is done it takes directories from the
+    queue as a worker does. With no worker started at all it walks every one of them: the same
+    tree, counts, files-cache rows and index rows as one process gives."""
+    caplog.set_level(logging.DEBUG, logger="cas")
+    real_pool = snapshot_workers.WorkerPool
+    pools: list[snapshot_workers.WorkerPool] = []
+
+    def no_workers(setup, workers, *args, **kwargs):  # type: ignore[no-untyped-def]
+        pools.append(real_pool(setup, 0, *args, **kwargs))
+        return pools[-1]
+
+    monkeypatch.setattr(snapshot_workers, "WorkerPool", no_workers)
+    src = _filtered_project(tmp_path / "src")
+    for path in src.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.utime(path, ns=(10**18, 10**18))  # not "racy": the files cache may remember them
+    before = _children()
+    here = _snapshot(store, src, "here", 2)
+    assert _went_parallel(caplog) and len(pools) == 1
+    assert _children() <= before
+    single = _snapshot(store, src, "single", 1, use_files_cache=False)
+    assert store.get("here").root == store.get("single").root
+    _same_walk(here, single)
+    again = _snapshot(store, src, "again", 2)
+    assert again["files_from_cache"] == again["files"] == here["files"]
+    row = store.repo.index.snapshot("here")
+    assert row is not None and row.trees_indexed  # every directory's rows, the command's own included
+    listed = [(path, entry.size) for path, entry in store.ls("here", recursive=True)]
+    assert listed == [(path, entry.size) for path, entry in store.ls("single", recursive=True)] and listed
+    store.restore("here", tmp_path / "here")
+    store.restore("single", tmp_path / "single")
+    assert describe(str(tmp_path / "here")) == describe(str(tmp_path / "single"))
 
 
 # -- hostile trees in a worker --------------------------------------------------------------------
@@ -396,11 +434,11 @@ def test_ctrl_c_stops_the_workers_and_commits_nothing(tmp_path: Path) -> None:
         (src / f"d{d:02d}" / "big.bin").write_bytes(rng.randbytes(8 * 1024 * 1024))
     assert cas("init").returncode == 0
     proc = subprocess.Popen([sys.executable, "-c", _CLI, "--repo", str(cas.base / "repo"), "snapshot", str(src),
-                             "-e", "run-1", "--jobs", "2"], cwd=cas.base, env=cas.env, stdout=subprocess.PIPE,
+                             "-e", "run-1", "--jobs", "3"], cwd=cas.base, env=cas.env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while len(_processes_in(cas.base)) < 3:  # the command and its two workers
+        while len(_processes_in(cas.base)) < 3:  # the command and its two workers (three jobs)
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the workers never started"
             time.sleep(0.01)

@@ -99,13 +99,16 @@ def store_tree(
         pool = snapshot_workers.start_pool(
             repo, path, snapshot_workers.default_jobs() if jobs is None else jobs, chunker=cutter, files_cache=cache_path,
             files_cache_max_age=files_cache_max_age, on_change=on_change, filter=filter, progress=progress,
-            any_size=jobs is not None,
+            any_size=jobs is not None, on_trees=spool.merge if spool is not None else None,
         )
-        with BlobWriter(repo) as writer:
+        with BlobWriter(repo, workers=snapshot_workers.ENCODERS if pool is not None else None) as writer:
             builder = TreeBuilder(writer, cutter, files_cache=files_cache,
                                   progress=pool.own_progress if pool is not None else progress,
                                   on_change=on_change, on_directory=spool.add if spool is not None else None,
                                   filter=filter, delegation=pool)
+            if pool is not None:  # a share of the workers' directories, once the walk is done
+                pool.work_here(TreeBuilder(writer, cutter, files_cache=files_cache, on_change=on_change,
+                                           on_directory=spool.add if spool is not None else None, filter=filter))
             result = builder.build(path)
             writer.flush()
             if pool is not None:
@@ -122,8 +125,6 @@ def store_tree(
     if workers is not None:
         snapshot_workers.add_walk_stats(result.stats, workers.stats)
         referenced |= workers.referenced
-        if spool is not None:
-            spool.merge(workers.trees, workers.assumed)
         workers.writes.new_blobs += writes.new_blobs
         workers.writes.new_raw_bytes += writes.new_raw_bytes
         workers.writes.new_stored_bytes += writes.new_stored_bytes

@@ -1,4 +1,5 @@
-"""A snapshot on several cores: subdirectories walked by worker processes, the upper levels here.
+"""A snapshot on several cores: subdirectories walked by worker processes and this one, the upper
+levels here.
 
 The per-file work of a snapshot (stat, open, read, cut, hash, tree entry, files-cache row) is
 Python on one thread; only hashing and compression leave the GIL. So a large tree is split by
@@ -6,9 +7,9 @@ directory across processes:
 
 * :func:`split_depth` lists the upper levels of the tree (names only, as ``getdents`` gives them)
   and picks the shallowest depth with enough directories to share out (:data:`_TASKS_PER_JOB` per
-  worker), or says the tree is too small to pay for starting processes (fewer than
+  job), or says the tree is too small to pay for starting processes (fewer than
   :data:`PARALLEL_MIN_NAMES` names found).
-* :class:`WorkerPool` forks the workers before this process starts any thread of the snapshot's
+* :class:`WorkerPool` forks ``jobs - 1`` workers before this process starts any thread of the snapshot's
   own (its files cache is made first, so that several processes do not create the database at
   once), and each worker drops the index connections it inherited
   (``Engine.dispose(close=False)``) and opens its own, and its own files-cache connection. Each runs a
@@ -19,11 +20,17 @@ directory across processes:
 * This process walks the levels above that depth as a snapshot always does, hands each directory
   at that depth to the queue with the filter scope it inherits (its ``.casignore`` files and
   whether it is included), reads the files of the upper levels itself, and encodes the upper
-  directories once the workers' entries are back. It commits once, checking under the GC fence
+  directories once the workers' entries are back; while it waits for them it takes directories
+  from the queue itself (:meth:`WorkerPool.work_here`: a second tree builder sharing its writer,
+  files cache and spool), so ``jobs`` processes walk, not ``jobs`` workers beside an idle command
+  (a process forked from this one counts all it inherited in its resident memory: one fewer
+  saves that much). It commits once, checking under the GC fence
   every blob any of the processes referenced (docs/GC.md): a worker's pack that GC deleted
   before the commit makes the commit fail and the snapshot be stored again, as for any writer.
 
-Worker processes send results, warnings (re-logged here) and errors over a pipe each; an error in
+Worker processes send results, warnings (re-logged here) and errors over a pipe each, and their
+directories' index rows in batches as their spools check them (written to this process's spool
+file as they came, not held until the end); an error in
 one stops them all (``SIGTERM``: each stops after the file it is reading, unwinding, so its
 temporary pack files are closed and an object it was writing is removed) and is raised here as the same one-line error a single process raises.
 Only for local backends: an object store's client (its connection pool) cannot be shared by a
@@ -53,11 +60,10 @@ from cas.format.chunking import Chunker
 from cas.format.trees import Entry
 from cas.ops.snapshot.filter import DirScope, SnapshotFilter
 from cas.ops.snapshot.walk import OnChange, ProgressFn, TreeBuilder, WalkStats
-from cas.ops.tree_index import TreeRowSpool
+from cas.ops.tree_index import TreeRowSpool, TreeSink
 from cas.repo.blobwriter import BlobWriter, WriteStats
 from cas.repo.filescache import FilesCache
 from cas.repo.repository import Repository
-from manifests.rows import TreeEntryRow
 
 log = logging.getLogger("cas")
 
@@ -75,9 +81,10 @@ _MAX_DEPTH = 3
 """Deepest split considered; a deeper tree is split where it has the most directories."""
 _LIST_LIMIT = 2000
 """Directories listed, at most, to decide whether a tree is large enough."""
-_ENCODERS = 1
-"""Compression threads of each worker's writer: the workers are the parallelism, and each thread
-holds its compression context and a group of blobs in memory."""
+ENCODERS = 1
+"""Compression threads of the writer of each process of a parallel snapshot (the command's too):
+the processes are the parallelism, and each thread holds its compression context and a group of
+blobs in memory."""
 _POLL = 0.1
 """Seconds an idle worker waits for a task before it checks whether it was told to stop."""
 _STOP_WAIT = 10.0
@@ -167,18 +174,15 @@ class _Setup:
 
 @dataclass
 class WorkerResult:
-    """What the workers did, all together, for the commit."""
+    """What the workers did, all together, for the commit (their directories' rows went to the
+    pool's ``on_trees`` as they were checked)."""
 
     referenced: set[str] = field(default_factory=set)
-    trees: list[tuple[str, list[TreeEntryRow]]] = field(default_factory=list)
-    assumed: set[str] = field(default_factory=set)
     stats: WalkStats = field(default_factory=WalkStats)
     writes: WriteStats = field(default_factory=WriteStats)
 
     def add(self, other: WorkerResult) -> None:
         self.referenced |= other.referenced
-        self.trees.extend(other.trees)
-        self.assumed |= other.assumed
         add_walk_stats(self.stats, other.stats)
         for f in fields(WriteStats):
             setattr(self.writes, f.name, getattr(self.writes, f.name) + getattr(other.writes, f.name))
@@ -196,18 +200,28 @@ def add_walk_stats(into: WalkStats, other: WalkStats) -> None:
         into.excluded.bytes[reason] += count
 
 
-_TASK, _LOG, _ERROR, _FINAL = "task", "log", "error", "final"
+_TASK, _TREES, _LOG, _ERROR, _FINAL = "task", "trees", "log", "error", "final"
 _PR_SET_PDEATHSIG = 1
 _HELD_DURING_FORK = {signal.SIGINT, signal.SIGTERM}
 
 
 class WorkerPool:
     """Worker processes walking the directories a :class:`TreeBuilder` hands them (its
-    :class:`~cas.ops.snapshot.walk.Delegation`). Start it before this process starts threads."""
+    :class:`~cas.ops.snapshot.walk.Delegation`). Start it before this process starts threads.
 
-    def __init__(self, setup: _Setup, jobs: int, depth: int, progress: ProgressFn | None) -> None:
+    Each worker sends its directories' index rows in batches as its spool checks them; they go to
+    ``on_trees`` (on the results thread) and the chunks a directory references come with its
+    result, so that no process holds all of them twice at the end."""
+
+    def __init__(self, setup: _Setup, workers: int, depth: int, progress: ProgressFn | None,
+                 on_trees: TreeSink | None = None) -> None:
         self.depth = depth
+        self._setup = setup
         self._progress = progress
+        self._on_trees = on_trees
+        self._referenced: set[str] = set()
+        self._here: TreeBuilder | None = None
+        self._here_counts = (0, 0)
         self._cond = threading.Condition()
         self._results: dict[int, Entry | None] = {}
         self._finals: list[WorkerResult] = []
@@ -216,10 +230,14 @@ class WorkerPool:
         self._done_files = self._done_bytes = 0
         self._own = (0, 0)
         self._closed = False
-        ctx = multiprocessing.get_context("fork")
-        self._tasks = ctx.Queue()
         self._procs: list[multiprocessing.process.BaseProcess] = []
         self._conns: list[multiprocessing.connection.Connection] = []
+        ctx = multiprocessing.get_context("fork")
+        try:
+            self._tasks = ctx.Queue()
+        except BaseException:
+            os.close(setup.root_fd)
+            raise
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()  # or a child could write our buffered output again
@@ -231,7 +249,7 @@ class WorkerPool:
         held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_DURING_FORK)
         try:
             try:
-                for number in range(jobs):
+                for number in range(workers):
                     reader, writer = ctx.Pipe(duplex=False)
                     proc = ctx.Process(target=_worker_main, args=(writer, self._tasks, setup, os.getpid(), held),
                                        name=f"cas-snapshot-{number + 1}", daemon=True)
@@ -258,12 +276,37 @@ class WorkerPool:
         return number
 
     def result(self, handle: object) -> Entry | None:
+        """The entry of the directory ``handle`` names. While a worker is still walking it, this
+        process walks directories from the queue itself (with :meth:`work_here`'s builder)."""
         assert isinstance(handle, int)
-        with self._cond:
-            while handle not in self._results:
+        while True:
+            with self._cond:
+                if handle in self._results:
+                    return self._results.pop(handle)
                 self._raise_failure()
-                self._cond.wait()
-            return self._results.pop(handle)
+                if self._here is None:
+                    self._cond.wait()
+                    continue
+            try:
+                task = self._tasks.get(timeout=_POLL)
+            except queue.Empty:
+                continue  # all taken (or not yet through the queue's pipe): look again
+            number, parent_rel, parent_ident, name, scope = pickle.loads(task)  # ours
+            entry = self._here.walk_delegated(self._setup.root_fd, parent_rel, parent_ident, name, scope)
+            with self._cond:
+                self._results[number] = entry
+
+    def work_here(self, builder: TreeBuilder) -> None:
+        """Let this process walk queued directories too, with ``builder`` (rooted as the workers'
+        are; its files, chunks and directories go where the caller's walk sends its own), while it
+        waits for their entries: a job of its own, instead of an idle one among the workers."""
+        builder.start_delegated(self._setup.path, self._setup.root_dev)
+        builder.progress = self._here_progress
+        self._here = builder
+
+    def _here_progress(self, files: int, nbytes: int) -> None:
+        self._here_counts = (files, nbytes)
+        self.own_progress(*self._own)
 
     # -- the rest --------------------------------------------------------------------------------
 
@@ -278,8 +321,9 @@ class WorkerPool:
         if self._failure is not None:
             self.check()
         if self._progress is not None:
+            here_files, here_bytes = self._here_counts
             with self._cond:
-                self._progress(files + self._done_files, nbytes + self._done_bytes)
+                self._progress(files + here_files + self._done_files, nbytes + here_bytes + self._done_bytes)
 
     def finish(self) -> WorkerResult:
         """Once every directory is handed out: let the workers finish (their packs uploaded and
@@ -290,9 +334,11 @@ class WorkerPool:
             while len(self._finals) < len(self._procs):
                 self._raise_failure()
                 self._cond.wait()
-        total = WorkerResult()
+        total = WorkerResult(self._referenced)
         for part in self._finals:
             total.add(part)
+        if self._here is not None:  # its writes are counted by the caller's writer, which it shares
+            total.add(WorkerResult(self._here.referenced, self._here.stats))
         for proc in self._procs:
             proc.join()
         return total
@@ -320,6 +366,7 @@ class WorkerPool:
             receiver.join()
         for conn in self._conns:
             conn.close()
+        os.close(self._setup.root_fd)  # the workers have their copies
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
@@ -356,14 +403,20 @@ class WorkerPool:
             _, name, level, text = message
             logging.getLogger(name).log(level, "%s", text)
             return
+        if kind == _TREES:
+            if self._on_trees is not None:
+                self._on_trees(message[1], message[2], message[3])
+            return
         with self._cond:
             if kind == _TASK:
-                _, number, entry, files, nbytes = message
+                _, number, entry, referenced, files, nbytes = message
+                self._referenced.update(referenced)
                 self._results[number] = entry
                 self._done_files += files
                 self._done_bytes += nbytes
                 if self._progress is not None:
-                    self._progress(self._own[0] + self._done_files, self._own[1] + self._done_bytes)
+                    self._progress(self._own[0] + self._here_counts[0] + self._done_files,
+                                   self._own[1] + self._here_counts[1] + self._done_bytes)
             elif kind == _ERROR:
                 self._fail(_rebuild_error(message[1], message[2]))
             elif kind == _FINAL:
@@ -461,9 +514,13 @@ def _worker_main(conn: multiprocessing.connection.Connection, tasks: Any, setup:
 
 def _serve(send: Any, tasks: Any, setup: _Setup) -> None:
     files_cache = FilesCache(setup.files_cache, setup.files_cache_max_age) if setup.files_cache else None
-    spool = TreeRowSpool(setup.repo.index)
+
+    def send_trees(frame: bytes, tree_ids: list[str], assumed: list[str]) -> None:
+        send((_TREES, frame, tree_ids, assumed))
+
+    spool = TreeRowSpool(setup.repo.index, sink=send_trees)
     try:
-        with BlobWriter(setup.repo, workers=_ENCODERS) as writer:
+        with BlobWriter(setup.repo, workers=ENCODERS) as writer:
             builder = TreeBuilder(writer, setup.chunker, files_cache=files_cache, on_change=setup.on_change,
                                   on_directory=spool.add, filter=setup.filter, progress=_check_stop)
             builder.start_delegated(setup.path, setup.root_dev)
@@ -479,13 +536,13 @@ def _serve(send: Any, tasks: Any, setup: _Setup) -> None:
                 number, parent_rel, parent_ident, name, scope = pickle.loads(task)  # from our parent
                 files, nbytes = stats.files, stats.logical_bytes
                 entry = builder.walk_delegated(setup.root_fd, parent_rel, parent_ident, name, scope)
-                send((_TASK, number, entry, stats.files - files, stats.logical_bytes - nbytes))
+                send((_TASK, number, entry, builder.referenced, stats.files - files, stats.logical_bytes - nbytes))
+                builder.referenced.clear()  # the main process has them
             writer.flush()  # every pack uploaded and its rows indexed (fenced) before we report
         if files_cache is not None:
             files_cache.commit(expire=False)  # the main process expires, once
-        spool.finish()
-        result = WorkerResult(builder.referenced, list(spool.trees()), spool.assumed, stats, writer.stats)
-        send((_FINAL, result))
+        spool.finish()  # its last batch sent
+        send((_FINAL, WorkerResult(builder.referenced, stats, writer.stats)))
     finally:
         spool.close()
         if files_cache is not None:
@@ -495,11 +552,13 @@ def _serve(send: Any, tasks: Any, setup: _Setup) -> None:
 def start_pool(
     repo: Repository, path: str, jobs: int, *, chunker: Chunker, files_cache: str | None,
     files_cache_max_age: dt.timedelta | None, on_change: OnChange, filter: SnapshotFilter | None,
-    progress: ProgressFn | None, any_size: bool = False,
+    progress: ProgressFn | None, any_size: bool = False, on_trees: TreeSink | None = None,
 ) -> WorkerPool | None:
-    """Workers for a snapshot of ``path``, or None when it is better taken in this process (one
-    job, a remote backend, a small tree unless ``any_size`` (the number of workers was asked
-    for), not a directory)."""
+    """Workers for a snapshot of ``path`` in ``jobs`` processes, this one included (``jobs - 1``
+    workers: this process walks queued directories too once its own walk is done, see
+    :meth:`WorkerPool.work_here`), or None when it is better taken in this process alone (one
+    job, a remote backend, a small tree unless ``any_size`` (the number of jobs was asked for), not
+    a directory)."""
     if jobs <= 1 or repo.backend.capabilities.remote:
         return None
     depth = split_depth(path, jobs, any_size=any_size)
@@ -511,10 +570,12 @@ def start_pool(
         return None  # the walk reports it
     try:
         st = os.fstat(root_fd)
-        if not stat.S_ISDIR(st.st_mode):
-            return None
-        setup = _Setup(repo, path, root_fd, st.st_dev, chunker, files_cache, files_cache_max_age, on_change, filter)
-        log.debug("snapshot of %s: directories at depth %d go to %d worker processes", path, depth, jobs)
-        return WorkerPool(setup, jobs, depth, progress)
-    finally:
-        os.close(root_fd)  # the workers have their copies
+    except BaseException:
+        os.close(root_fd)
+        raise
+    if not stat.S_ISDIR(st.st_mode):
+        os.close(root_fd)
+        return None
+    setup = _Setup(repo, path, root_fd, st.st_dev, chunker, files_cache, files_cache_max_age, on_change, filter)
+    log.debug("snapshot of %s: directories at depth %d go to %d worker processes and this one", path, depth, jobs - 1)
+    return WorkerPool(setup, jobs - 1, depth, progress, on_trees)  # takes ``root_fd`` over, failing or not
