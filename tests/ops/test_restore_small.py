@@ -17,6 +17,7 @@ import pytest
 from cas import Store
 from cas.errors import PartialRestore
 from cas.ops.restore import create as restore_create
+from cas.ops.restore import finish as restore_finish
 from cas.ops.restore import state as restore_state
 from cas.ops.restore import walk as restore_walk
 from cas.ops.restore import write as restore_write
@@ -233,6 +234,32 @@ def test_small_files_fetched_ahead_stay_within_the_budget(
     plain_store.restore("v1", dest)
     assert describe(str(dest)) == describe(str(src))
     assert 0 < most[0] <= per_dir
+
+
+def test_directories_waiting_to_be_finished_hold_a_bounded_number_of_files(
+    plain_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory whose subdirectories are done waits to be finished (its files' outcomes kept
+    until then) only while the waiting ones hold no more than ``_QUEUED_FILES`` files, the newest
+    excepted; finished that early, every mode and mtime is still exact."""
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    per_dir = restore_walk._WHOLE_INLINE + 8
+    _small_tree(src, dirs=8, per_dir=per_dir)
+    plain_store.snapshot(src, "v1")
+    monkeypatch.setattr(restore_finish, "_QUEUED_FILES", 2 * per_dir)
+    seen: list[tuple[int, int]] = []
+    real_drain = restore_finish.DirectoryFinishing._drain
+
+    def drain(self: restore_finish.DirectoryFinishing, keep: int) -> None:
+        real_drain(self, keep)
+        seen.append((len(self._jobs), self._queued_files))
+
+    monkeypatch.setattr(restore_finish.DirectoryFinishing, "_drain", drain)
+    plain_store.restore("v1", dest)
+    assert describe(str(dest)) == describe(str(src))
+    assert all(jobs <= 1 or files <= 2 * per_dir for jobs, files in seen), seen
+    assert max(files for _, files in seen) >= per_dir  # the directories' files were counted
+    assert max(jobs for jobs, _ in seen) <= 3  # not the 8 that the count of directories alone allows
 
 
 def test_a_few_small_files_are_written_by_the_walk_itself(

@@ -20,6 +20,10 @@ from cas.ops.restore.state import DIR_FLAGS, DirJob, RestoreState
 
 #: Directories kept open past their turn to be finished because removals in them still run.
 _OPEN_REMOVING = 64
+#: Files of the directories queued to be finished, at most (but the newest directory's): each
+#: holds its path and its outcome until finished, and 64 directories of 1,000 small files held
+#: 25 MiB of them.
+_QUEUED_FILES = 8192
 
 
 class DirectoryFinishing(RestoreState):
@@ -46,13 +50,21 @@ class DirectoryFinishing(RestoreState):
             raise Unavailable("restore stopped: a directory of the destination was moved during the restore")
         job.fd = fd
 
+    def _queue(self, job: DirJob) -> None:
+        """Queue a directory whose subdirectories are done, to be finished by :meth:`_drain`."""
+        job.files = sum(len(paths) for paths, _ in job.pending)
+        self._queued_files += job.files
+        self._jobs.append(job)
+
     def _drain(self, keep: int) -> None:
-        """Finish queued directories until ``keep`` are left (0: all). A directory whose removals
+        """Finish queued directories until ``keep`` are left (0: all) and, but the newest, they
+        hold no more than :data:`_QUEUED_FILES` files. A directory whose removals
         still run is set aside instead, and finished once they are done (its mode and mtime then
         set after them), so that the walk goes on while a large subtree is deleted; at most
         :data:`_OPEN_REMOVING` wait so."""
-        while len(self._jobs) > keep:
+        while len(self._jobs) > keep or (len(self._jobs) > 1 and self._queued_files > _QUEUED_FILES):
             job = self._jobs.popleft()
+            self._queued_files -= job.files
             if keep and any(not removal.done() for _, removal in job.removals):
                 self._removing.append(job)
             else:
@@ -70,6 +82,7 @@ class DirectoryFinishing(RestoreState):
         """After a fatal error: wait for whatever is still being written, close every descriptor."""
         while self._jobs or self._removing:
             self._finish((self._jobs or self._removing).popleft(), quiet=True)
+        self._queued_files = 0
 
     def _finish(self, job: DirJob, *, quiet: bool = False) -> None:
         """Wait for *every* file of the directory before closing its descriptor (a worker must never

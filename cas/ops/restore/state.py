@@ -47,6 +47,8 @@ class DirJob:
     ident: tuple[int, int] = (0, 0)
     """``(st_dev, st_ino)``, to check a descriptor reopened through ``..`` (and to find what the
     child hashing ahead sent for it)."""
+    files: int = 0
+    """Files in :attr:`pending` when queued to be finished (counted against the queue's bound)."""
 
 
 
@@ -97,6 +99,8 @@ class RestoreState:
     """The child hashing the destination's small files ahead of the walk (see ``survey``)."""
     _jobs: deque[DirJob]
     """Directories queued to be finished, oldest first."""
+    _queued_files: int
+    """The files of those directories (their :attr:`DirJob.files`)."""
     _removing: deque[DirJob]
     """Directories set aside to be finished once their removals are done."""
     _writer: FileWriter

@@ -174,6 +174,7 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         self._comparers: ThreadPoolExecutor | None = None
         self._hash_ahead: HashAhead | None = None
         self._jobs: deque[DirJob] = deque()
+        self._queued_files = 0
         self._removing: deque[DirJob] = deque()
         self._writer = FileWriter(temporary_tag())
         self._remover = Remover()
@@ -282,7 +283,7 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
                 if len(stack) > 1 and stack[-2].job.fd is None:
                     self._reopen(stack[-2].job, level.job)
                 stack.pop()
-                self._jobs.append(level.job)
+                self._queue(level.job)
                 self._drain(_OPEN_DIRS)
         except BaseException:
             for level in reversed(stack):
