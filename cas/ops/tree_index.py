@@ -134,7 +134,7 @@ class TreeRowSpool:
                 kept.append((tree_id, [entry_row(e) for e in entries]))
         self._pending, self._pending_entries = [], 0
         if self._sink is not None:
-            self._sink(_frame(kept), [t for t, _ in kept], assumed)
+            self._sink(_frame(kept) if kept else b"", [t for t, _ in kept], assumed)
             return
         self.assumed.update(assumed)
         self._keep(kept)

@@ -404,8 +404,13 @@ class WorkerPool:
             logging.getLogger(name).log(level, "%s", text)
             return
         if kind == _TREES:
-            if self._on_trees is not None:
-                self._on_trees(message[1], message[2], message[3])
+            try:
+                if self._on_trees is not None:
+                    self._on_trees(message[1], message[2], message[3])
+            except Exception as exc:  # noqa: BLE001 - raised by the walk, not lost with this thread
+                with self._cond:
+                    self._fail(CasError(f"cannot keep the snapshot's directory rows for its commit: {exc}"))
+                    self._cond.notify_all()
             return
         with self._cond:
             if kind == _TASK:
