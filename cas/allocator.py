@@ -1,4 +1,5 @@
-"""The C allocator's arenas, limited in a process that takes snapshots (the ``cas snapshot`` command).
+"""The C allocator's arenas and its threshold for mapping large blocks, set in a process that takes
+snapshots (the ``cas snapshot`` command).
 
 glibc gives a thread that allocates while another thread holds an arena's lock an arena of its own
 (up to eight per core), and each arena keeps what was freed in it for its own later use. A snapshot's
@@ -8,6 +9,13 @@ first snapshot of the benchmark's ML workload (650 MB, 31,000 files): peak RSS 1
 default, 141 MiB with one arena, CPU time unchanged (most allocations are made holding the GIL, so the
 threads seldom contend for the arena's lock anyway).
 
+glibc also maps blocks above a threshold (128 KiB at first) on their own and unmaps them when freed,
+but raises that threshold to the size of each such block freed (up to 32 MiB), and its heap's trim
+threshold to twice that. A snapshot's read buffer (a block and its carried chunk, 12 MiB) freed once
+makes every later buffer of that size come from the heap, which keeps it after it is freed. A fixed
+threshold stops that: blocks of :data:`MAP_ABOVE` or more are always mapped and returned, smaller ones
+(chunks, payloads: at most ``chunk_max``, 4 MiB by default) reuse the heap as before.
+
 Only the command line calls this: a library should not change the allocator of the program it is in.
 """
 
@@ -16,12 +24,16 @@ from __future__ import annotations
 import sys
 
 _M_ARENA_MAX = -8
-"""``mallopt``'s parameter number for the arena limit (glibc's ``malloc.h``)."""
+_M_MMAP_THRESHOLD = -3
+"""``mallopt``'s parameter numbers for the arena limit and the mapping threshold (glibc's ``malloc.h``)."""
+
+MAP_ABOVE = 8 * 1024 * 1024
 
 
 def limit_arenas(count: int = 1) -> bool:
-    """Allow at most ``count`` malloc arenas from now on; True if the C library took the setting
-    (glibc on Linux), False where there is no such setting (other systems and C libraries)."""
+    """Allow at most ``count`` malloc arenas from now on, and map blocks of :data:`MAP_ABOVE` bytes
+    or more on their own; True if the C library took the settings (glibc on Linux), False where there
+    are no such settings (other systems and C libraries)."""
     if not sys.platform.startswith("linux"):
         return False
     import ctypes
@@ -30,6 +42,6 @@ def limit_arenas(count: int = 1) -> bool:
         libc = ctypes.CDLL(None)
         if not hasattr(libc, "gnu_get_libc_version"):  # musl and others: no M_ARENA_MAX
             return False
-        return bool(libc.mallopt(_M_ARENA_MAX, count))
+        return bool(libc.mallopt(_M_ARENA_MAX, count)) and bool(libc.mallopt(_M_MMAP_THRESHOLD, MAP_ABOVE))
     except OSError:
         return False
