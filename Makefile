@@ -19,12 +19,13 @@ lint:
 
 # The AIFlow environments (tests/aiflow/test_e2e.py) and MinIO (tests/trust/test_minio.py), whose
 # tests run last, build in the background while the rest of the suite runs; the tests wait for the
-# builds' locks.
+# builds' locks. The suite runs on one pytest worker per CPU, at most 4 (pytest-xdist), each test
+# file on one worker: a file's tests share its servers and fixtures, and each worker starts its own.
 test: install lint services
 	mkdir -p tests/.cache
 	$(PYTHON) -m tests.aiflow_envs > tests/.cache/aiflow-envs-build.log 2>&1 &
 	bash tests/servers/build_minio.sh > tests/.cache/minio-build.log 2>&1 &
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 bench: install
 	$(PYTHON) benchmarks/run.py

@@ -43,6 +43,7 @@ from backends.objectstore import ObjectStoreBackend, Upload
 from backends.oss_config import MAX_PARTS, OssConfig, parse
 from backends.redact import Secrets, endpoint_secrets, redact_endpoint
 
+#: Keys asked for per list request: OSS's maximum.
 LIST_PAGE = 1000
 _OCTET_STREAM = "application/octet-stream"
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")

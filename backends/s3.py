@@ -79,6 +79,8 @@ _ACTIONS: Mapping[str, str] = {
     "delete": "s3:DeleteObject",
 }
 #: Refusals by policy, as opposed to credentials the server does not accept.
+#: Keys asked for per list request: S3's maximum, what it returns when not asked.
+LIST_PAGE = 1000
 _POLICY_REFUSALS = frozenset({"AccessDenied", "AllAccessDisabled", "403"})
 
 _HINTS: Mapping[type[errors.CasError], str] = {
@@ -247,7 +249,8 @@ class S3Backend(ObjectStoreBackend):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         paginator = self._client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(Bucket=self.bucket, Prefix=self._root + prefix)
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=self._root + prefix,
+                                   PaginationConfig={"PageSize": LIST_PAGE})
         try:
             for page in pages:
                 for item in page.get("Contents", ()):

@@ -75,7 +75,9 @@ def raw(hdfs_cluster: HdfsCluster, root: str) -> WebHdfsAccess:
 
 
 class TestHdfsBackend(BackendContract, EngineThroughBackend):
-    pass
+    @pytest.fixture
+    def list_page(self, hdfs_cluster: HdfsCluster) -> int:
+        return hdfs_cluster.list_limit
 
 
 def test_unreachable_namenode_is_unavailable_quickly() -> None:

@@ -87,6 +87,10 @@ class TestS3Backend(BackendContract, EngineThroughBackend):
     def raw(self, moto_server: MotoServer, bucket: str) -> _BotoAccess:
         return _BotoAccess(moto_server.client(), bucket, PREFIX + "/")
 
+    @pytest.fixture
+    def list_page(self, monkeypatch: pytest.MonkeyPatch) -> int:
+        return s3_servers.small_list_pages(monkeypatch)
+
 
 def _backend(server: MotoServer, bucket: str, prefix: str = PREFIX, **options: Any) -> S3Backend:
     opts = {**server.backend_options(), **SMALL_PARTS, **options}

@@ -102,6 +102,10 @@ class TestEncryptedOverS3(BackendContract):
     def raw(self, moto_server: MotoServer, bucket: str) -> _SealedAccess:
         return _SealedAccess(_BotoAccess(moto_server.client(), bucket, "enc/"), KEYS)
 
+    @pytest.fixture
+    def list_page(self, monkeypatch: pytest.MonkeyPatch) -> int:
+        return s3_servers.small_list_pages(monkeypatch)
+
 
 def test_encrypted_backend_matches_a_dict_model(tmp_path: Path) -> None:
     runs = iter(range(1_000_000))

@@ -46,6 +46,8 @@ class HdfsCluster:
     http_port: int
     rpc_port: int
     superuser: str
+    list_limit: int
+    """Entries the NameNode lists per request (its ``dfs.ls.limit``)."""
     user: str = USER
 
     @property
@@ -169,6 +171,7 @@ def hdfs_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HdfsClust
             http_port=int(fields["http"].rsplit(":", 1)[1]),
             rpc_port=int(fields["rpc"].rsplit(":", 1)[1]),
             superuser=fields["superuser"],
+            list_limit=int(fields["list_limit"]),
         )
     finally:
         _stop(process)

@@ -75,9 +75,13 @@ class TestMinio(BackendContract, EngineThroughBackend):
     def raw(self, minio_server: MinioServer, bucket: str) -> _Raw:
         return _Raw(minio_server.client(), bucket, {})
 
+    @pytest.fixture
+    def list_page(self, monkeypatch: pytest.MonkeyPatch) -> int:
+        return s3_servers.small_list_pages(monkeypatch)
+
 
 class TestMinioSseKms(TestMinio):
-    # Listing sends no encryption headers: the 1,100-key listing runs once, in TestMinio.
+    # Listing sends no encryption headers: the many-key listing runs once, in TestMinio.
     test_list_many_keys_paginates = None  # type: ignore[assignment]
 
     @pytest.fixture

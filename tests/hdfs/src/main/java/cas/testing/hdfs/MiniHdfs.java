@@ -27,6 +27,9 @@ import org.apache.hadoop.hdfs.MiniDFSCluster;
  */
 public final class MiniHdfs {
     private static final String LOOPBACK = "127.0.0.1";
+    /** Entries the NameNode lists per request (dfs.ls.limit; Hadoop's default is 1000): small, so
+     * a test paginates a listing with a few hundred files, not thousands. Reported on the ready line. */
+    private static final int LIST_LIMIT = 50;
 
     private MiniHdfs() {
     }
@@ -71,7 +74,8 @@ public final class MiniHdfs {
         InetSocketAddress http = cluster.getNameNode().getHttpAddress();
         InetSocketAddress rpc = cluster.getNameNode().getNameNodeAddress();
         System.out.println("MINIHDFS READY http=" + LOOPBACK + ":" + http.getPort()
-                + " rpc=" + LOOPBACK + ":" + rpc.getPort() + " superuser=" + superuser);
+                + " rpc=" + LOOPBACK + ":" + rpc.getPort() + " superuser=" + superuser
+                + " list_limit=" + LIST_LIMIT);
         System.out.flush();
 
         waitForEof(System.in);
@@ -116,7 +120,7 @@ public final class MiniHdfs {
         conf.setInt("dfs.namenode.file.close.num-committed-allowed", 1);
         conf.setInt("dfs.client.block.write.locateFollowingBlock.initial.delay.ms", 10);
         conf.setLong("dfs.blocksize", 4L * 1024 * 1024);
-        conf.setInt("dfs.ls.limit", 1000);
+        conf.setInt("dfs.ls.limit", LIST_LIMIT);
         return conf;
     }
 
