@@ -37,6 +37,13 @@ def child_command(code: str, *args: str) -> list[str] | None:
     return [executable, "-I", "-c", code, package_root, *args]
 
 
+def child_code(module: str) -> str:
+    """The code :func:`child_command` runs for a helper: ``module``'s ``main`` on the arguments after
+    the package's root, its exit status the child's."""
+    return ("import sys; sys.path.insert(0, sys.argv[1]); "
+            f"from {module} import main; raise SystemExit(main(sys.argv[2:]))")
+
+
 def chain(source: Future[T], target: Future[T]) -> None:
     """Give ``target`` the outcome of ``source`` once it has one (a helper's work done by its
     fallback in this process instead)."""

@@ -26,7 +26,7 @@ import struct
 import threading
 from concurrent.futures import Future
 
-from cas.ops.restore.child import HelperProcess, chain
+from cas.ops.restore.child import HelperProcess, chain, child_code
 from cas.ops.restore.delete import Remover
 
 _REQUEST = struct.Struct("<Q")  # + the name
@@ -34,8 +34,7 @@ _REPLY = struct.Struct("<QqI")  # request, entries removed (or -1: failed), errn
 _MAX_MESSAGE = 65536
 _IN_FLIGHT = 64
 """Removals the child holds at once (each holds a descriptor of its directory)."""
-_CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); "
-          "from cas.ops.restore.delete_process import main; raise SystemExit(main(sys.argv[2:]))")
+_CHILD = child_code(__name__)
 
 
 class ProcessRemover(HelperProcess):

@@ -41,7 +41,7 @@ import time
 from typing import TYPE_CHECKING
 
 from cas.format.hashing import hexdigest
-from cas.ops.restore.child import child_command
+from cas.ops.restore.child import child_code, child_command
 from cas.ops.restore.settled import SETTLED_NS
 from cas.ops.restore.temps import TMP_PREFIX
 
@@ -64,8 +64,7 @@ _HELD = 200_000
 """Files' records received and not yet taken, at most: past that, further ones are dropped."""
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-_CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); "
-          "from cas.ops.restore.hash_ahead import main; raise SystemExit(main(sys.argv[2:]))")
+_CHILD = child_code(__name__)
 
 
 Hashed = tuple[int, int, int, int, str]

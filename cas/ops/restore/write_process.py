@@ -33,7 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 from cas.ops.restore import create
-from cas.ops.restore.child import HelperProcess, chain
+from cas.ops.restore.child import HelperProcess, chain, child_code
 from cas.ops.restore.create import FileWriter
 
 File = tuple[str, bytes, int, int]
@@ -44,8 +44,7 @@ Result = str | None | tuple[int, str]
 MESSAGE_BYTES = 1 << 20
 """The content sent to the child in one message, about (a file is never split)."""
 _HEADER = struct.Struct("<QQ")  # batch number, then the length of the pickled batch or answers
-_CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); "
-          "from cas.ops.restore.write_process import main; raise SystemExit(main(sys.argv[2:]))")
+_CHILD = child_code(__name__)
 
 
 class ProcessWriter(HelperProcess):
