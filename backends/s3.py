@@ -78,9 +78,9 @@ _ACTIONS: Mapping[str, str] = {
     "list": "s3:ListBucket",
     "delete": "s3:DeleteObject",
 }
-#: Refusals by policy, as opposed to credentials the server does not accept.
 #: Keys asked for per list request: S3's maximum, what it returns when not asked.
 LIST_PAGE = 1000
+#: Refusals by policy, as opposed to credentials the server does not accept.
 _POLICY_REFUSALS = frozenset({"AccessDenied", "AllAccessDisabled", "403"})
 
 _HINTS: Mapping[type[errors.CasError], str] = {

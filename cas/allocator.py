@@ -30,15 +30,19 @@ import sys
 _M_ARENA_MAX = -8
 _M_MMAP_THRESHOLD = -3
 _M_TRIM_THRESHOLD = -1
-"""``mallopt``'s parameter numbers for the arena limit and the mapping threshold (glibc's ``malloc.h``)."""
+"""``mallopt``'s parameter numbers for the arena limit and the mapping and trim thresholds (glibc's
+``malloc.h``)."""
 
 MAP_ABOVE = 8 * 1024 * 1024
+"""Blocks this large or larger are mapped on their own: a read buffer (8 MiB and a carried chunk),
+not a chunk or its payload (at most 4 MiB with the default ``chunk_max``)."""
 
 
 def limit_arenas(count: int = 1) -> bool:
     """Allow at most ``count`` malloc arenas from now on, map blocks of :data:`MAP_ABOVE` bytes or
-    more on their own, and trim the heap only when twice that is free at its top; True if the C library took the settings (glibc on Linux), False where there
-    are no such settings (other systems and C libraries)."""
+    more on their own, and trim the heap only when twice that is free at its top; True if the C
+    library took the settings (glibc on Linux), False where there are no such settings (other
+    systems and C libraries)."""
     if not sys.platform.startswith("linux"):
         return False
     import ctypes
