@@ -21,7 +21,6 @@ def test_the_limit_is_taken_exactly_where_glibc_runs() -> None:
     assert out == [str(glibc), str(glibc)]
 
 
-
 def _kept_after_reuse(limit: bool) -> int:
     """KiB of anonymous memory a child still holds after allocating, freeing, allocating again and
     freeing a snapshot's read buffer (a 12 MiB block), with or without the snapshot's settings."""

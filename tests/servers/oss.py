@@ -40,7 +40,7 @@ def oss_server() -> Iterator[OssProtocolServer]:
         server.stop()
 
 
-__all__ = ["ACCESS_KEY_ID", "ACCESS_KEY_SECRET", "new_bucket", "oss_server"]
+__all__ = ["ACCESS_KEY_ID", "ACCESS_KEY_SECRET", "SMALL_LIST_PAGE", "new_bucket", "oss_server", "small_list_pages"]
 
 
 #: Keys per list request in tests that write pages of them (OSS's own page is at most 1,000).
