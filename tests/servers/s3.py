@@ -262,6 +262,10 @@ class DroppingProxy:
             return
         done = threading.Event()
         budgets = {"up": self.cut_request_after, "down": self.cut_after}
+        # Neither pump closes a socket: it shuts both down, which wakes the other pump, and the
+        # sockets are closed (reset) once both pumps are done. Closed by one pump while the other
+        # was about to call recv on it, a socket's descriptor could be reused by the next
+        # connection accepted, and that pump would read the next connection's bytes.
 
         def pump(src: socket.socket, dst: socket.socket, direction: str) -> None:
             budget = budgets[direction]
@@ -280,11 +284,15 @@ class DroppingProxy:
                 pass
             finally:
                 done.set()
-                _reset(client)
-                _reset(upstream)
+                _wake(client)
+                _wake(upstream)
 
-        threading.Thread(target=pump, args=(upstream, client, "down"), daemon=True).start()
+        down = threading.Thread(target=pump, args=(upstream, client, "down"), daemon=True)
+        down.start()
         pump(client, upstream, "up")
+        down.join()
+        _reset(client)
+        _reset(upstream)
 
     def _claim_cut(self) -> bool:
         """Whether this over-budget connection is one of the first ``drop_connections`` to cut."""
@@ -295,15 +303,19 @@ class DroppingProxy:
             return True
 
 
-def _reset(sock: socket.socket) -> None:
-    """Close with SO_LINGER 0, so the peer sees a reset rather than a clean end of stream.
+def _wake(sock: socket.socket) -> None:
+    """Shut ``sock`` down for reading, which ends a ``recv`` blocked on it in another thread."""
+    try:
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass
 
-    ``shutdown`` first wakes the other pump thread blocked in ``recv`` on the same socket; a bare
-    ``close`` would not, and the kernel would keep the connection open under it.
-    """
+
+def _reset(sock: socket.socket) -> None:
+    """Close with SO_LINGER 0, so the peer sees a reset rather than a clean end of stream (once no
+    thread uses ``sock``: a pump blocked in ``recv`` is woken by :func:`_wake` first)."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.shutdown(socket.SHUT_RD)
     except OSError:
         pass
     try:
