@@ -32,6 +32,7 @@ import oss2
 import pytest
 import requests
 
+import backends.oss
 from backends import open_backend
 from backends.errors import (
     AlreadyExists,
@@ -45,7 +46,8 @@ from backends.oss import OssBackend, from_url
 from backends.testing import BackendContract, check_against_model
 from tests.backends.test_engine import EngineThroughBackend
 from tests.oss_server import OssProtocolServer, crc64ecma, v1_signature, v1_string_to_sign
-from tests.servers.oss import ACCESS_KEY_ID, ACCESS_KEY_SECRET, new_bucket, oss_server, small_list_pages  # noqa: F401
+from tests.servers import small_list_pages
+from tests.servers.oss import ACCESS_KEY_ID, ACCESS_KEY_SECRET, new_bucket, oss_server  # noqa: F401
 
 PREFIX = "repo"
 #: Small parts so the contract's large object (11 MiB) goes up in a dozen parts.
@@ -111,7 +113,7 @@ class TestOssBackend(BackendContract, EngineThroughBackend):
 
     @pytest.fixture
     def list_page(self, monkeypatch: pytest.MonkeyPatch) -> int:
-        return small_list_pages(monkeypatch)
+        return small_list_pages(monkeypatch, backends.oss)
 
 
 def test_oss_backend_matches_a_dict_model(oss_server: OssProtocolServer, bucket: str) -> None:

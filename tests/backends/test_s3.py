@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import backends.s3
 from backends import open_backend
 from backends.errors import (
     AlreadyExists,
@@ -33,6 +34,7 @@ from backends.s3 import MIN_PART_SIZE, S3Backend, _translate, from_url
 from backends.testing import MULTIPART_SIZE, BackendContract, check_against_model
 from tests.backends.test_engine import EngineThroughBackend
 from tests.servers import s3 as s3_servers
+from tests.servers import small_list_pages
 from tests.servers.s3 import HOST, DroppingProxy, MotoServer, free_port
 
 # The session fixtures, bound here so pytest finds them (a non-root conftest may not use
@@ -89,7 +91,7 @@ class TestS3Backend(BackendContract, EngineThroughBackend):
 
     @pytest.fixture
     def list_page(self, monkeypatch: pytest.MonkeyPatch) -> int:
-        return s3_servers.small_list_pages(monkeypatch)
+        return small_list_pages(monkeypatch, backends.s3)
 
 
 def _backend(server: MotoServer, bucket: str, prefix: str = PREFIX, **options: Any) -> S3Backend:

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import backends.s3
 from backends.base import Backend, ObjectInfo
 from backends.local import LocalBackend
 from backends.s3 import from_url
@@ -29,6 +30,7 @@ from tests.backends.test_engine import EngineThroughBackend
 from tests.backends.test_local import _FilesystemAccess
 from tests.backends.test_s3 import _BotoAccess
 from tests.servers import s3 as s3_servers
+from tests.servers import small_list_pages
 from tests.servers.s3 import MotoServer
 
 moto_server = s3_servers.moto_server
@@ -104,7 +106,7 @@ class TestEncryptedOverS3(BackendContract):
 
     @pytest.fixture
     def list_page(self, monkeypatch: pytest.MonkeyPatch) -> int:
-        return s3_servers.small_list_pages(monkeypatch)
+        return small_list_pages(monkeypatch, backends.s3)
 
 
 def test_encrypted_backend_matches_a_dict_model(tmp_path: Path) -> None:

@@ -40,17 +40,4 @@ def oss_server() -> Iterator[OssProtocolServer]:
         server.stop()
 
 
-__all__ = ["ACCESS_KEY_ID", "ACCESS_KEY_SECRET", "SMALL_LIST_PAGE", "new_bucket", "oss_server", "small_list_pages"]
-
-
-#: Keys per list request in tests that write pages of them (OSS's own page is at most 1,000).
-SMALL_LIST_PAGE = 50
-
-
-def small_list_pages(monkeypatch: pytest.MonkeyPatch) -> int:
-    """Make the OSS driver ask for :data:`SMALL_LIST_PAGE` keys per list request (the protocol
-    server answers pages of ``max-keys``); return that size."""
-    import backends.oss
-
-    monkeypatch.setattr(backends.oss, "LIST_PAGE", SMALL_LIST_PAGE)
-    return SMALL_LIST_PAGE
+__all__ = ["ACCESS_KEY_ID", "ACCESS_KEY_SECRET", "new_bucket", "oss_server"]

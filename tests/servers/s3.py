@@ -322,16 +322,3 @@ def _reset(sock: socket.socket) -> None:
         sock.close()
     except OSError:
         pass
-
-
-#: Keys per list request in tests that write pages of them (S3's own page is 1,000).
-SMALL_LIST_PAGE = 50
-
-
-def small_list_pages(monkeypatch: pytest.MonkeyPatch) -> int:
-    """Make the S3 driver ask for :data:`SMALL_LIST_PAGE` keys per list request (the server answers
-    pages of that size: moto and MinIO honour ``max-keys``); return that size."""
-    import backends.s3
-
-    monkeypatch.setattr(backends.s3, "LIST_PAGE", SMALL_LIST_PAGE)
-    return SMALL_LIST_PAGE

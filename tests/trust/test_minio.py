@@ -17,12 +17,14 @@ from typing import Any
 
 import pytest
 
+import backends.s3
 from backends.errors import CasError, PermissionDenied
 from backends.s3 import MIN_PART_SIZE, S3Backend, from_url
 from backends.testing import BackendContract
 from tests.backends.test_engine import EngineThroughBackend
 from tests.servers import minio as minio_servers
 from tests.servers import s3 as s3_servers
+from tests.servers import small_list_pages
 from tests.servers.minio import KMS_KEY, MinioServer
 
 minio_server = minio_servers.minio_server
@@ -77,7 +79,7 @@ class TestMinio(BackendContract, EngineThroughBackend):
 
     @pytest.fixture
     def list_page(self, monkeypatch: pytest.MonkeyPatch) -> int:
-        return s3_servers.small_list_pages(monkeypatch)
+        return small_list_pages(monkeypatch, backends.s3)
 
 
 class TestMinioSseKms(TestMinio):
