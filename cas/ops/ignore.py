@@ -40,7 +40,13 @@ def _matcher(line: str, regex: re.Pattern[str]) -> Matcher:
     text = regex.pattern
     if text == ".":  # "*", "**": everything
         return lambda rel, is_dir: True
-    if text == _MARK:  # "*/", "**/": every directory
+    if text == _MARK:
+        components = line.removeprefix("!").strip("/ ").split("/")
+        if components[-1] == "**" and "*" in components:
+            # "**/*/**/": directories below the first level (pathspec writes it as it writes "*/";
+            # in git "*/**" needs something below the component "*" matched).
+            return lambda rel, is_dir: is_dir and "/" in rel
+        # "*/", "**/", "**/**/": every directory.
         return lambda rel, is_dir: is_dir
     if text == "/":  # "**/*/**": everything below the first level
         return lambda rel, is_dir: "/" in rel

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cas import SnapshotFilter, Store
@@ -217,6 +217,15 @@ def test_nested_files_override_outer_ones(store: Store, tmp_path: Path) -> None:
                       "other", "other/.casignore", "other/build", "other/build/y"}
 
 
+@pytest.mark.parametrize("stars", [1, 2, 3])
+def test_directory_patterns_of_wildcards_alone(store: Store, tmp_path: Path, stars: int) -> None:
+    # Every directory pattern made of "*" and "**" components (pathspec writes "**/*/**/", which
+    # needs a directory below the first level, as it writes "*/"), against git.
+    tree = {"f": "file", "b/f": "file", "b/c/f": "file", "b/c/d/f": "file"}
+    for parts in itertools.product(["*", "**"], repeat=stars):
+        check(store, tmp_path, {**tree, ".casignore": "/".join(parts) + "/"})
+
+
 def test_an_ignore_file_can_ignore_itself(store: Store, tmp_path: Path) -> None:
     assert check(store, tmp_path, {"sub/.casignore": ".*ignore\nx", "sub/x": "file", "sub/y": "file"}) == {
         "sub", "sub/y"}
@@ -321,6 +330,7 @@ def git_files_kept(root: Path, extra: Path | None, excludes: list[str]) -> set[s
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=_trees_with_ignore_files(), excludes=st.lists(_lines, max_size=3))
+@example(case=({"a": "file", "b": "dir", ".casignore": "a", "b/.casignore": ""}, None), excludes=["a", "**/*/**/"])
 def test_exclude_options_rank_above_ignore_files_as_in_git(store: Store, tmp_path: Path,
                                                           case: tuple[dict[str, str], str | None],
                                                           excludes: list[str]) -> None:
