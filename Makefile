@@ -20,12 +20,13 @@ lint:
 # The AIFlow environments (tests/aiflow/test_e2e.py) and MinIO (tests/trust/test_minio.py), whose
 # tests run last, build in the background while the rest of the suite runs; the tests wait for the
 # builds' locks. The suite runs on one pytest worker per CPU, at most 4 (pytest-xdist), each test
-# file on one worker: a file's tests share its servers and fixtures, and each worker starts its own.
+# file on one worker (a file's tests share its servers and fixtures, and each worker starts its own)
+# but the AIFlow end-to-end tests, spread over the workers (tests/conftest.py).
 test: install lint services
 	mkdir -p tests/.cache
 	$(PYTHON) -m tests.aiflow_envs > tests/.cache/aiflow-envs-build.log 2>&1 &
 	bash tests/servers/build_minio.sh > tests/.cache/minio-build.log 2>&1 &
-	$(PYTHON) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
+	$(PYTHON) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup
 
 bench: install
 	$(PYTHON) benchmarks/run.py

@@ -36,7 +36,7 @@ su postgres -c "psql -q -tc \"SELECT 1 FROM pg_database WHERE datname='cas'\" | 
 su postgres -c "psql -q -c 'ALTER ROLE cas CREATEROLE'"
 # The tests drop their databases WITH (FORCE); an autovacuum worker connected to one at that moment
 # belongs to no role, and only pg_signal_backend's members may end it.
-su postgres -c "psql -q -c 'GRANT pg_signal_backend TO cas'"
+su postgres -c "PGOPTIONS='-c client_min_messages=warning' psql -q -c 'GRANT pg_signal_backend TO cas'"
 echo "services: PostgreSQL $version on 127.0.0.1:5432 (role cas, database cas)"
 
 # Resolve Hadoop's MiniDFSCluster from Maven Central (cached in ~/.m2) before the tests start it.

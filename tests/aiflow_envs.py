@@ -10,8 +10,9 @@ CI run builds them on a fresh machine) two virtual environments beside each othe
   ``--no-deps --ignore-requires-python`` after their declared requirements (listed below from the
   wheel's metadata), resolved normally for 3.8, plus the pins a 3.8 install needs.
 
-Then the bridge distribution (``integrations/aiflow-bridge``) is built as a wheel and installed into
-both, fresh on every call, so the tests exercise the checkout's bridge as pip installs it.
+Then the bridge distribution (``integrations/aiflow-bridge``) is built as a wheel on every call and
+installed into both whenever it differs from what they hold, so the tests exercise the checkout's
+bridge as pip installs it.
 A missing interpreter or a failed install raises :class:`EnvUnavailable` naming what is missing.
 
 ``python -m tests.aiflow_envs`` builds them and prints how long that took.
@@ -203,10 +204,27 @@ def ensure_envs() -> dict[str, AIFlowEnv]:
         log = CACHE_DIR / "bridge.log"
         log.unlink(missing_ok=True)
         wheel = _bridge_wheel(log)
+        contents = _wheel_contents(wheel)
         for env in envs.values():
+            # Reinstalled only if it changed: each pytest worker calls this, and a reinstall under
+            # a test running in the environment on another worker would pull the bridge from under it.
+            installed = env.root / ".bridge"
+            if installed.is_file() and installed.read_text() == contents:
+                continue
             _pip(env.root, ["--no-deps", "--force-reinstall", "--no-index", str(wheel)],
                  f"installing {wheel.name} into {env.spec.name}", log)  # fmt: skip
+            installed.write_text(contents)
         return envs
+
+
+def _wheel_contents(wheel: Path) -> str:
+    """What a wheel installs, as its RECORD lists it (each file's path and hash): the same for two
+    builds of the same sources, unlike the wheel's own bytes (which hold the files' times)."""
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as archive:
+        record = next(name for name in archive.namelist() if name.endswith(".dist-info/RECORD"))
+        return hashlib.sha256(archive.read(record)).hexdigest()
 
 
 if __name__ == "__main__":

@@ -18,12 +18,23 @@ _LATE = ("tests.aiflow.test_archive_dedup", "tests.trust.test_minio", "tests.aif
 MinIO), in the order they run after everything else."""
 
 
+_SPREAD = ("tests.aiflow.test_e2e",)
+"""Modules whose tests may run on different pytest workers (each test starts what it needs): the
+last to run, and a minute long, they would otherwise leave the other workers idle at the end."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which names each test's group in its ID
 def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
     """Run the tests that need MinIO or AIFlow's environments last: ``make test`` starts building
-    them in the background before pytest starts, so the builds overlap the rest of the suite."""
+    them in the background before pytest starts, so the builds overlap the rest of the suite.
+    Under ``--dist loadgroup`` a module's tests run on one worker (they share its servers and
+    fixtures), but for the modules of :data:`_SPREAD`."""
     late = [item for item in items if item.module.__name__ in _LATE]
     late.sort(key=lambda item: _LATE.index(item.module.__name__))
     items[:] = [item for item in items if item not in late] + late
+    for item in items:
+        if item.module.__name__ not in _SPREAD:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 # -- the engine tests' fixtures (settings and helpers in tests/engine.py) ------------------------
