@@ -65,13 +65,15 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 import crcmod
 from typing_extensions import Self
+
+from tests.servers import LoopbackHTTPServer
 
 #: Query parameters OSS treats as sub-resources: part of the V1 canonicalized resource.
 SUB_RESOURCES = frozenset(
@@ -338,7 +340,7 @@ class OssProtocolServer:
         self._lock = threading.Lock()
         self._buckets: dict[str, dict[str, StoredObject]] = {}
         self._uploads: dict[str, _Upload] = {}
-        self._httpd: ThreadingHTTPServer | None = None
+        self._httpd: LoopbackHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._faults: list[_Fault] = []
 
@@ -346,8 +348,7 @@ class OssProtocolServer:
 
     def start(self) -> OssProtocolServer:
         handler = type("_BoundHandler", (_Handler,), {"store": self})
-        httpd = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
-        httpd.daemon_threads = True
+        httpd = LoopbackHTTPServer(("127.0.0.1", self._port), handler)
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, name="oss-protocol-server", daemon=True)
         self._thread.start()

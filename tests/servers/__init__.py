@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from http.server import ThreadingHTTPServer
 from types import ModuleType
 
 import pytest
@@ -16,3 +18,16 @@ def small_list_pages(monkeypatch: pytest.MonkeyPatch, driver: ModuleType) -> int
     pages of ``max-keys``); return that size."""
     monkeypatch.setattr(driver, "LIST_PAGE", SMALL_LIST_PAGE)
     return SMALL_LIST_PAGE
+
+
+class LoopbackHTTPServer(ThreadingHTTPServer):
+    """The threading HTTP server of the tests' protocol servers (OSS, the S3 gate): a thread per
+    connection, not waited for at exit; a client that resets its connection (as clients cut off by
+    the fault tests do) ends that connection, not in a traceback on the suite's output."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):  # type: ignore[no-untyped-def]
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from tests.servers import LoopbackHTTPServer
 from tests.servers.s3 import HOST
 
 SSE = "x-amz-server-side-encryption"
@@ -77,8 +78,7 @@ class S3Gate:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
 
-        self._server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
-        self._server.daemon_threads = True
+        self._server = LoopbackHTTPServer((HOST, 0), Handler)
         self.endpoint_url = f"http://{HOST}:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="s3-gate", daemon=True)
         self._thread.start()
