@@ -3,9 +3,12 @@ checked whole, on a real file system."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,7 +30,7 @@ def _entry(parts: list[bytes]) -> Entry:
     return Entry("f", FILE, 0o644, 0, len(whole), hexdigest(whole), tuple(hexdigest(p) for p in parts))
 
 
-def _write(tmp_path: Path, entry: Entry, pieces: list[bytes | Span]) -> bytes:
+def _write(tmp_path: Path, entry: Entry, pieces: list[bytes | Span] | Iterator[bytes]) -> bytes:
     dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fd, tmp, _ = FileWriter("test").create(dir_fd, 0o600)
@@ -67,6 +70,28 @@ def test_a_one_chunk_file_is_checked_by_its_chunk_id(tmp_path: Path) -> None:
         _write(tmp_path, wrong, [data])
     with pytest.raises(IntegrityError, match="restored"):
         _write(tmp_path, _entry([data]), [data[:-1]])
+
+
+def test_a_large_file_is_hashed_on_a_thread_beside_its_writes_and_checked_whole(tmp_path: Path) -> None:
+    parts = [os.urandom(restore_write.HASH_BESIDE_FROM // 4) for _ in range(4)] + [b"tail"]
+    entry = _entry(parts)
+    threads_seen: list[str] = []
+
+    def pieces(fail: bool = False) -> Iterator[bytes]:
+        yield parts[0]
+        threads_seen.extend(t.name for t in threading.enumerate())
+        if fail:
+            raise OSError(errno.EIO, "the repository could not be read")
+        yield from parts[1:]
+
+    before = threading.active_count()
+    assert _write(tmp_path, entry, pieces()) == b"".join(parts)
+    assert "cas-restore-hash" in threads_seen
+    with pytest.raises(IntegrityError, match="BLAKE3"):
+        _write(tmp_path, replace(entry, digest=hexdigest(b"other")), pieces())
+    with pytest.raises(OSError, match="could not be read"):
+        _write(tmp_path, entry, pieces(fail=True))
+    assert threading.active_count() == before  # no hashing thread is left behind, whatever happened
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o755, 0o600, 0o4755, 0o666])
