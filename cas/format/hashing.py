@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import queue
+import threading
+
 import blake3
 
 DIGEST_HEX_LEN = 64
@@ -14,6 +17,46 @@ def hexdigest(data: bytes | bytearray | memoryview) -> str:
 
 def new_hasher() -> blake3.blake3:
     return blake3.blake3()
+
+
+HASH_BESIDE_FROM = 16 * 1024 * 1024
+"""Files of at least this many bytes are hashed whole by a :class:`HashBeside` (a smaller one
+inline: the thread would cost more than it overlaps)."""
+
+
+class HashBeside:
+    """A BLAKE3 hasher fed on a thread of its own, so that hashing a large file whole overlaps
+    the rest of the work on its pieces (BLAKE3 leaves the GIL). :meth:`update` hands a piece over,
+    waiting while ``behind`` pieces are not yet hashed; :meth:`settle` waits until all are (before
+    a piece's buffer is reused); :meth:`close` waits and ends the thread, whatever happened."""
+
+    def __init__(self, behind: int = 4) -> None:
+        self._hasher = new_hasher()
+        self._pieces: queue.Queue[bytes | memoryview | None] = queue.Queue(behind)
+        self._thread = threading.Thread(target=self._run, name="cas-hash-beside", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        update, take, done = self._hasher.update, self._pieces.get, self._pieces.task_done
+        while (piece := take()) is not None:
+            update(piece)
+            done()
+        done()
+
+    def update(self, piece: bytes | memoryview) -> None:
+        self._pieces.put(piece)
+
+    def settle(self) -> None:
+        self._pieces.join()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._pieces.put(None)
+            self._thread.join()
+
+    def hexdigest(self) -> str:
+        self.close()
+        return str(self._hasher.hexdigest())
 
 
 def is_digest(text: object) -> bool:

@@ -1,15 +1,17 @@
 """``is_digest`` accepts exactly 64 lowercase hex digits: it is what tree decoding checks every chunk
-ID, digest and tree ID of a (possibly hostile) tree node with."""
+ID, digest and tree ID of a (possibly hostile) tree node with. ``HashBeside`` hashes what it is
+given, in order, on a thread of its own."""
 
 from __future__ import annotations
 
 import os
 import re
+import threading
 
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from cas.format.hashing import is_digest
+from cas.format.hashing import HashBeside, hexdigest, is_digest
 
 _DEFINITION = re.compile(r"[0-9a-f]{64}")
 
@@ -37,3 +39,28 @@ def test_is_digest_accepts_exactly_64_lowercase_hex_digits(text: str) -> None:
 def test_is_digest_refuses_what_is_not_text(value: object) -> None:
     assert not is_digest(value)
     assert not is_digest(os.urandom(32).hex().encode())
+
+
+@given(st.lists(st.binary(max_size=5000), max_size=20), st.integers(1, 4))
+def test_hash_beside_is_the_blake3_of_the_pieces_in_order(pieces: list[bytes], behind: int) -> None:
+    hasher = HashBeside(behind)
+    for piece in pieces:
+        hasher.update(memoryview(piece))
+    assert hasher.hexdigest() == hexdigest(b"".join(pieces))
+    hasher.close()  # again: nothing left to wait for
+
+
+def test_a_settled_piece_may_be_overwritten_and_close_ends_the_thread() -> None:
+    buffer = bytearray(os.urandom(1 << 20))
+    first = bytes(buffer)
+    before = threading.active_count()
+    hasher = HashBeside()
+    hasher.update(memoryview(buffer))
+    hasher.settle()  # hashed: the buffer is the caller's again
+    buffer[:] = os.urandom(len(buffer))
+    hasher.update(memoryview(buffer))
+    assert hasher.hexdigest() == hexdigest(first + bytes(buffer))
+    unfinished = HashBeside()
+    unfinished.update(b"abandoned midway")
+    unfinished.close()
+    assert threading.active_count() == before

@@ -86,7 +86,7 @@ def test_a_large_file_is_hashed_on_a_thread_beside_its_writes_and_checked_whole(
 
     before = threading.active_count()
     assert _write(tmp_path, entry, pieces()) == b"".join(parts)
-    assert "cas-restore-hash" in threads_seen
+    assert "cas-hash-beside" in threads_seen
     with pytest.raises(IntegrityError, match="BLAKE3"):
         _write(tmp_path, replace(entry, digest=hexdigest(b"other")), pieces())
     with pytest.raises(OSError, match="could not be read"):

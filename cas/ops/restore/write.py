@@ -15,12 +15,10 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import queue
-import threading
 from collections.abc import Callable, Iterable
 
 from cas.errors import AlreadyExists, IntegrityError
-from cas.format.hashing import hexdigest, new_hasher
+from cas.format.hashing import HASH_BESIDE_FROM, HashBeside, hexdigest, new_hasher
 from cas.format.trees import Entry
 from cas.ops.restore.create import all_zero
 from cas.ops.restore.local import Span, identity
@@ -30,14 +28,6 @@ PREALLOCATE_FROM = 16 * 1024 * 1024
 HAS_COPY_RANGE = [hasattr(os, "copy_file_range")]
 FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE}
 _HASH_BLOCK = 4 * 1024 * 1024
-#: A file of at least this many bytes is hashed on a thread of its own as its pieces are written:
-#: BLAKE3 leaves the GIL, so that pass over the file runs on another core beside the chunks'
-#: verification and the writes (a restore of a 1 GiB file of weights: 0.85-0.87x the time into
-#: tmpfs, 0.86x onto ext4, paired runs, the same CPU and peak memory). A smaller file is hashed
-#: inline: the thread would cost more than it overlaps.
-HASH_BESIDE_FROM = 16 * 1024 * 1024
-#: Pieces written and not yet hashed, at most (a chunk is at most 4 MiB).
-_HASH_BEHIND = 4
 
 
 def write_content(fd: int, entry: Entry, pieces: Iterable[bytes | Span], path: str, *, preallocate: bool) -> int:
@@ -58,7 +48,10 @@ def write_content(fd: int, entry: Entry, pieces: Iterable[bytes | Span], path: s
                 raise
     hasher = None
     if len(entry.chunks) != 1:
-        hasher = _HashBeside() if entry.size >= HASH_BESIDE_FROM else new_hasher()
+        # A large file is hashed on another core beside the chunks' verification and the writes (a
+        # restore of a 1 GiB file of weights: 0.85-0.87x the time into tmpfs, 0.86x onto ext4,
+        # paired runs, the same CPU and peak memory).
+        hasher = HashBeside() if entry.size >= HASH_BESIDE_FROM else new_hasher()
     read_back = False
     sources: dict[int, tuple[int, ...] | None] = {}
     written = 0
@@ -85,7 +78,7 @@ def write_content(fd: int, entry: Entry, pieces: Iterable[bytes | Span], path: s
                     view = view[n:]
             written += len(piece)
     finally:
-        if isinstance(hasher, _HashBeside):
+        if isinstance(hasher, HashBeside):
             hasher.close()
     if holes:
         os.ftruncate(fd, written)  # the file may end in a hole
@@ -102,34 +95,6 @@ def write_content(fd: int, entry: Entry, pieces: Iterable[bytes | Span], path: s
     if digest != entry.digest:
         raise IntegrityError(f"{path}: content does not match the file's recorded BLAKE3")
     return written
-
-
-class _HashBeside:
-    """A BLAKE3 hasher fed on a thread of its own: :meth:`update` hands a piece over (waiting while
-    :data:`_HASH_BEHIND` are not yet hashed), :meth:`close` waits for the rest to be hashed."""
-
-    def __init__(self) -> None:
-        self._hasher = new_hasher()
-        self._pieces: queue.Queue[bytes | memoryview | None] = queue.Queue(_HASH_BEHIND)
-        self._thread = threading.Thread(target=self._run, name="cas-restore-hash", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        update, take = self._hasher.update, self._pieces.get
-        while (piece := take()) is not None:
-            update(piece)
-
-    def update(self, piece: bytes | memoryview) -> None:
-        self._pieces.put(piece)
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._pieces.put(None)
-            self._thread.join()
-
-    def hexdigest(self) -> str:
-        self.close()
-        return str(self._hasher.hexdigest())
 
 
 def set_metadata(fd: int, entry: Entry, mode: int, mode_set: bool) -> None:

