@@ -33,13 +33,18 @@ class HashBeside:
     def __init__(self, behind: int = 4) -> None:
         self._hasher = new_hasher()
         self._pieces: queue.Queue[bytes | memoryview | None] = queue.Queue(behind)
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="cas-hash-beside", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         update, take, done = self._hasher.update, self._pieces.get, self._pieces.task_done
         while (piece := take()) is not None:
-            update(piece)
+            try:
+                if self._error is None:
+                    update(piece)
+            except BaseException as exc:  # noqa: BLE001 - raised by hexdigest; the pieces still drain
+                self._error = exc
             done()
         done()
 
@@ -56,6 +61,8 @@ class HashBeside:
 
     def hexdigest(self) -> str:
         self.close()
+        if self._error is not None:
+            raise self._error
         return str(self._hasher.hexdigest())
 
 

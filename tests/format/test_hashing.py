@@ -8,6 +8,7 @@ import os
 import re
 import threading
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -64,3 +65,14 @@ def test_a_settled_piece_may_be_overwritten_and_close_ends_the_thread() -> None:
     unfinished.update(b"abandoned midway")
     unfinished.close()
     assert threading.active_count() == before
+
+
+def test_a_piece_that_cannot_be_hashed_fails_the_digest_without_blocking_the_writer() -> None:
+    hasher = HashBeside(behind=1)
+    released = memoryview(b"gone")
+    released.release()
+    hasher.update(released)
+    for _ in range(5):  # more than the queue holds: taken and dropped, never waited for forever
+        hasher.update(b"more")
+    with pytest.raises(ValueError):
+        hasher.hexdigest()
