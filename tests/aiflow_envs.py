@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,8 +221,6 @@ def ensure_envs() -> dict[str, AIFlowEnv]:
 def _wheel_contents(wheel: Path) -> str:
     """What a wheel installs, as its RECORD lists it (each file's path and hash): the same for two
     builds of the same sources, unlike the wheel's own bytes (which hold the files' times)."""
-    import zipfile
-
     with zipfile.ZipFile(wheel) as archive:
         record = next(name for name in archive.namelist() if name.endswith(".dist-info/RECORD"))
         return hashlib.sha256(archive.read(record)).hexdigest()

@@ -48,12 +48,10 @@ def write_content(fd: int, entry: Entry, pieces: Iterable[bytes | Span], path: s
                 raise
     hasher = None
     if len(entry.chunks) != 1:
-        # A large file is hashed on another core beside the chunks' verification and the writes,
-        # one piece behind at most: a piece held longer keeps its whole read (a run of chunks of up
-        # to 32 MiB) in memory (4 behind: the benchmark's 1 GiB restore peaked at 116 MiB, not 101).
-        # A restore of a 1 GiB file of weights: 0.86x the time into tmpfs and onto ext4, paired
-        # runs, the same peak memory.
-        hasher = HashBeside(behind=1) if entry.size >= HASH_BESIDE_FROM else new_hasher()
+        # A large file is hashed on another core beside the chunks' verification and the writes (a
+        # restore of a 1 GiB file of weights: 0.86x the time into tmpfs and onto ext4, paired
+        # runs, the same peak memory).
+        hasher = HashBeside() if entry.size >= HASH_BESIDE_FROM else new_hasher()
     read_back = False
     sources: dict[int, tuple[int, ...] | None] = {}
     written = 0
