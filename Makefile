@@ -1,5 +1,7 @@
 # Set-up and entry points. `make demo` and `make test` work on a fresh machine.
 PYTHON ?= python3
+# cargo builds the compiled helper (cas/native) at install; rustup puts it here.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: install demo lint test services bench aiflow-envs
 

@@ -8,7 +8,8 @@ does it: given the destination's descriptor, it walks the destination in the wal
 name, a subdirectory's files before its subdirectories, up to as many subdirectories entered ahead
 as the walk enters) and, for each directory, sends what it found: each regular file of at most
 ``max_size`` bytes whose content was in memory (``RWF_NOWAIT``: it never waits for the disk), with
-its inode, size, mtime, ctime and BLAKE3. The walk takes a directory's records when it surveys it
+its inode, size, mtime, ctime and BLAKE3 (a directory's files opened, read and hashed by one
+call of the compiled helper, :func:`cas.native.files.hash_files`). The walk takes a directory's records when it surveys it
 (:meth:`HashAhead.take`) and trusts one only if the file still has that inode, size, mtime and
 ctime and had *settled* when hashed (see :data:`cas.ops.restore.settled.SETTLED_NS`: a write through
 a shared mapping changes the times only at its first write to a clean page); anything else, it
@@ -40,7 +41,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from cas.format.hashing import hexdigest
+from cas.native.files import hash_files
 from cas.ops.restore.child import child_code, child_command
 from cas.ops.restore.settled import SETTLED_NS
 from cas.ops.restore.temps import TMP_PREFIX
@@ -372,9 +373,8 @@ class _Walker:
         """Hash the directory's small files, send their records, and list its subdirectories."""
         at_ns = time.time_ns()
         st = os.fstat(fd)
-        records = {}
+        files: list[str] = []
         subdirs = []
-        settled_before = at_ns - self.settled_ns
         with os.scandir(fd) as listing:
             for item in listing:
                 name = item.name
@@ -382,40 +382,23 @@ class _Walker:
                     continue
                 try:
                     if item.is_file(follow_symlinks=False):
-                        record = self.hash(fd, name, settled_before)
-                        if record is not None:
-                            records[name] = record
+                        files.append(name)
                     elif item.is_dir(follow_symlinks=False):
                         subdirs.append(name)
                 except OSError:
                     continue
+        try:  # opened, read (never waiting for the disk) and hashed in one call, without the GIL
+            found = hash_files(fd, [os.fsencode(name) for name in files], self.max_size,
+                               at_ns - self.settled_ns, True)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise _Unsupported from None  # this file system cannot: nothing to do here
+            raise
+        records = {name: record for name, record in zip(files, found) if record is not None}
         subdirs.sort(key=os.fsencode)  # the trees' order, which the walk enters them in
         ident = (st.st_dev, st.st_ino)
         self.send(pickle.dumps((ident, at_ns, records), protocol=pickle.HIGHEST_PROTOCOL))
         return _Level(fd, ident, key, subdirs)
-
-    def hash(self, dir_fd: int, name: str, settled_before: int) -> tuple[int, int, int, int, str] | None:
-        fd = os.open(name, _OPEN_FILE, dir_fd=dir_fd)
-        try:
-            st = os.fstat(fd)
-            size = st.st_size
-            if not stat.S_ISREG(st.st_mode) or size > self.max_size or st.st_ctime_ns > settled_before:
-                return None
-            buffer = bytearray(size + 1)
-            if size:
-                try:
-                    got = os.preadv(fd, [buffer], 0, os.RWF_NOWAIT)
-                except BlockingIOError:
-                    return None
-                except OSError as exc:
-                    if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                        raise _Unsupported from None  # this file system cannot: nothing to do here
-                    raise
-                if got != size:
-                    return None  # partly in memory, or it grew
-            return (st.st_ino, size, st.st_mtime_ns, st.st_ctime_ns, hexdigest(memoryview(buffer)[:size]))
-        finally:
-            os.close(fd)
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,16 @@
+"""cas's compiled helper (Rust, built by ``pip install`` through setuptools-rust from ``Cargo.toml``
+and ``src/`` beside this file): work on many files, or many ranges of one, done in one call that
+leaves the GIL for all of it.
+
+:mod:`cas.native.files` holds
+
+- :func:`~cas.native.files.hash_files`: the small files of a directory opened, read and
+  BLAKE3-hashed (the restore's hashing ahead, :mod:`cas.ops.restore.hash_ahead`). Python's open,
+  fstat, read, hash and close cost about 38 µs a file here; the helper's, 10-13 µs, without
+  holding the interpreter lock;
+- :func:`~cas.native.files.range_digests`: the BLAKE3 of consecutive ranges of a file (a file in
+  a restore's destination compared chunk by chunk, :func:`cas.ops.restore.local.examine_file`), on
+  several threads, read into buffers it reuses.
+
+It imports nothing of cas; everything above may use it.
+"""

@@ -1,0 +1,156 @@
+"""The compiled helper (``cas.native.files``) against what Python finds for the same files: its
+records and digests are what ``os.lstat`` and BLAKE3 say, for any mix of files, sizes, names and
+ranges, and it never follows a symlink."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from pathlib import Path
+
+import blake3
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from cas.native.files import hash_files, range_digests
+
+_FAR = 1 << 62  # a ctime bound no file reaches
+_NAMES = st.text(st.characters(codec="utf-8", exclude_characters="/\x00"), min_size=1, max_size=12).filter(
+    lambda n: n not in (".", ".."))
+_KINDS = st.sampled_from(["file", "symlink", "dir", "fifo"])
+
+
+def _expected(dir_fd: int, name: str, max_size: int, ctime_before: int) -> tuple | None:
+    try:
+        st_ = os.lstat(name, dir_fd=dir_fd)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st_.st_mode) or st_.st_size > max_size or st_.st_ctime_ns > ctime_before:
+        return None
+    fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+    try:
+        content = os.read(fd, st_.st_size + 1)
+    finally:
+        os.close(fd)
+    return (st_.st_ino, st_.st_size, st_.st_mtime_ns, st_.st_ctime_ns, blake3.blake3(content).hexdigest())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=st.dictionaries(_NAMES, st.tuples(_KINDS, st.integers(0, 300_000)), max_size=12),
+       absent=st.lists(_NAMES, max_size=3), max_size=st.integers(0, 200_000), nowait=st.booleans())
+def test_each_regular_file_within_the_size_is_hashed_as_python_finds_it(
+    tmp_path_factory: pytest.TempPathFactory, entries: dict[str, tuple[str, int]], absent: list[str],
+    max_size: int, nowait: bool,
+) -> None:
+    root = tmp_path_factory.mktemp("dir")
+    (root / ".target").write_bytes(b"outside the names asked for")
+    for name, (kind, size) in entries.items():
+        path = root / name
+        if kind == "file":
+            path.write_bytes(os.urandom(size))
+        elif kind == "symlink":
+            path.symlink_to(".target")  # a regular file behind it: never followed
+        elif kind == "dir":
+            path.mkdir()
+        else:
+            os.mkfifo(path)  # opened without blocking, and not a regular file
+    names = [*entries, *(n for n in absent if n not in entries)]
+    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        found = hash_files(dir_fd, [os.fsencode(n) for n in names], max_size, _FAR, nowait)
+        # Written just now, so in memory: reads that do not wait find everything (where refused,
+        # the helper raises instead, and this file system is not one the restore hashes ahead on).
+        assert found == [_expected(dir_fd, n, max_size, _FAR) for n in names]
+    finally:
+        os.close(dir_fd)
+
+
+def test_files_changed_after_the_bound_and_names_with_nul_are_not_hashed(tmp_path: Path) -> None:
+    (tmp_path / "old").write_bytes(b"a")
+    bound = time.time_ns()
+    time.sleep(0.01)
+    (tmp_path / "new").write_bytes(b"b")
+    os.utime(tmp_path / "new", ns=(0, 0))  # an old mtime does not make it old: its ctime is now
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        old, new, nul = hash_files(dir_fd, [b"old", b"new", b"old\x00new"], 10, bound, False)
+    finally:
+        os.close(dir_fd)
+    assert old is not None and old[4] == blake3.blake3(b"a").hexdigest()
+    assert new is None and nul is None
+
+
+def test_a_file_not_in_memory_is_not_read_when_reads_must_not_wait(tmp_path: Path) -> None:
+    path = tmp_path / "cold"
+    path.write_bytes(os.urandom(1 << 20))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: dropped from the cache
+        try:
+            os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT)
+            pytest.skip("this file system kept the file in memory (or ignores the advice)")
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                pytest.skip("this file system refuses reads that do not wait")
+            raise
+    finally:
+        os.close(fd)
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert hash_files(dir_fd, [b"cold"], 1 << 21, _FAR, True) == [None]
+        found = hash_files(dir_fd, [b"cold"], 1 << 21, _FAR, False)  # waiting is allowed: hashed
+    finally:
+        os.close(dir_fd)
+    assert found[0] is not None and found[0][4] == blake3.blake3(path.read_bytes()).hexdigest()
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.binary(max_size=40_000), lengths=st.lists(st.integers(0, 9_000), max_size=12),
+       threads=st.integers(1, 6))
+@example(content=b"", lengths=[], threads=4)
+@example(content=b"x" * 10, lengths=[0, 10, 0, 1], threads=3)
+def test_ranges_are_hashed_in_order_and_those_past_the_end_are_none(
+    tmp_path_factory: pytest.TempPathFactory, content: bytes, lengths: list[int], threads: int,
+) -> None:
+    path = tmp_path_factory.mktemp("ranges") / "f"
+    path.write_bytes(content)
+    expected, offset = [], 0
+    for length in lengths:
+        part = content[offset:offset + length]
+        expected.append(blake3.blake3(part).hexdigest() if len(part) == length else None)
+        offset += length
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.lseek(fd, 3, os.SEEK_SET)
+        assert range_digests(fd, lengths, threads) == expected
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 3  # read at offsets: the position is the caller's
+    finally:
+        os.close(fd)
+
+
+def test_a_large_file_is_hashed_the_same_on_any_number_of_threads(tmp_path: Path) -> None:
+    content = os.urandom(24 << 20)
+    (tmp_path / "big").write_bytes(content)
+    lengths = [1 << 20] * 23 + [(1 << 20) - 5, 5]
+    expected = [blake3.blake3(content[i << 20:(i << 20) + n]).hexdigest() for i, n in enumerate(lengths[:-1])]
+    expected.append(blake3.blake3(content[-5:]).hexdigest())
+    fd = os.open(tmp_path / "big", os.O_RDONLY)
+    try:
+        assert {tuple(range_digests(fd, lengths, t)) for t in (1, 2, 4, 64)} == {tuple(expected)}
+    finally:
+        os.close(fd)
+
+
+def test_a_read_that_fails_raises_os_error(tmp_path: Path) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # a directory: every read is EISDIR
+    try:
+        with pytest.raises(IsADirectoryError):
+            range_digests(fd, [10], 2)
+    finally:
+        os.close(fd)
