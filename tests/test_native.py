@@ -35,7 +35,8 @@ def _expected(dir_fd: int, name: str, max_size: int, ctime_before: int) -> tuple
         content = os.read(fd, st_.st_size + 1)
     finally:
         os.close(fd)
-    return (st_.st_ino, st_.st_size, st_.st_mtime_ns, st_.st_ctime_ns, blake3.blake3(content).hexdigest())
+    return (st_.st_ino, st_.st_size, st_.st_mtime_ns, st_.st_ctime_ns, blake3.blake3(content).hexdigest(),
+            stat.S_IMODE(st_.st_mode))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

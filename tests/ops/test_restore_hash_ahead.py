@@ -4,6 +4,7 @@ a restore's walk, and what the walk may conclude from its records."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -78,7 +79,8 @@ def test_the_child_sends_each_small_regular_file_with_its_identity_and_blake3(tm
                 for path, data in files.items():
                     if path.parent == d:
                         st = os.stat(path)
-                        expected[path.name] = (st.st_ino, len(data), st.st_mtime_ns, st.st_ctime_ns, hexdigest(data))
+                        expected[path.name] = (st.st_ino, len(data), st.st_mtime_ns, st.st_ctime_ns, hexdigest(data),
+                                               stat.S_IMODE(st.st_mode))
                 assert records == expected
             assert ahead.take(_ident(tmp_path / "outside")) is None
             assert ahead.pid is not None

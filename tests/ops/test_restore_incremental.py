@@ -695,3 +695,41 @@ def test_cli_reports_written_unchanged_deleted(store: Store, tmp_path: Path, cas
     done = subprocess.run([*base, "restore", "v1", str(tmp_path / "d2"), "--delete"], capture_output=True, text=True, env=env,
                           check=False)
     assert done.returncode == 1 and done.stderr.startswith("cas: error:") and "overwrite" in done.stderr
+
+
+def test_small_files_the_child_has_not_hashed_are_compared_by_one_call_per_directory(
+    tmp_path: Path, cas_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the child's records (here it is not started), a directory's small files are hashed by
+    one call of the compiled helper: the matches are left as they are (same inode), a file of the
+    same size with other content is written anew, one whose mode or mtime differs is fixed in place,
+    and the end is exact."""
+    calls: list[int] = []
+    real = restore_survey.hash_files
+
+    def counting(dir_fd: int, names: list[bytes], *args: object) -> list:  # type: ignore[type-arg]
+        calls.append(len(names))
+        return real(dir_fd, names, *args)
+
+    monkeypatch.setattr(restore_survey, "hash_files", counting)
+    monkeypatch.setattr(restore_walk.Restorer, "_start_hash_ahead", lambda self, dest_fd: None)
+    store, _ = _counting_store(tmp_path)
+    with store:
+        src, dest = tmp_path / "src", tmp_path / "dest"
+        (src / "sub").mkdir(parents=True)
+        for i in range(20):
+            (src / "sub" / f"f{i:02d}").write_bytes(os.urandom(2000 + i))
+        store.snapshot(src, "v1")
+        store.restore("v1", dest)
+        for i in range(3):
+            (src / "sub" / f"f{i:02d}").write_bytes(os.urandom(2000 + i))  # same size, new content
+        store.snapshot(src, "v2")
+        inodes = {p.name: p.stat().st_ino for p in (dest / "sub").iterdir()}
+        os.chmod(dest / "sub" / "f10", 0o600)
+        os.utime(dest / "sub" / "f11", ns=(0, 0))
+        report = store.restore("v2", dest, overwrite=True, delete=True)
+        assert describe(str(dest)) == describe(str(src))
+    assert calls == [20]
+    assert (report.unchanged, report.written, report.meta_fixed) == (18, 3, 2)  # 17 files, sub, 3 written
+    after = {p.name: p.stat().st_ino for p in (dest / "sub").iterdir()}
+    assert [name for name in sorted(after) if after[name] != inodes[name]] == ["f00", "f01", "f02"]

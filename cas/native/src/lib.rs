@@ -7,8 +7,9 @@ use std::io;
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 
-/// A file as hashed: inode, size, mtime and ctime (ns), and the BLAKE3 of its content in hex.
-type Hashed = (u64, u64, i64, i64, String);
+/// A file as hashed: inode, size, mtime and ctime (ns), the BLAKE3 of its content in hex, and its
+/// permission bits.
+type Hashed = (u64, u64, i64, i64, String, u32);
 
 /// Why a file was not hashed, when that stops the whole call.
 enum Stop {
@@ -92,7 +93,8 @@ fn hash_one(
         return Ok(None); // partly in memory, or it grew
     }
     let digest = blake3::hash(&buffer[..got]).to_hex().to_string();
-    Ok(Some((st.st_ino as u64, size, ns(st.st_mtime, st.st_mtime_nsec), ctime, digest)))
+    let mode = st.st_mode & 0o7777;
+    Ok(Some((st.st_ino as u64, size, ns(st.st_mtime, st.st_mtime_nsec), ctime, digest, mode)))
 }
 
 /// hash_files(dir_fd, names, max_size, ctime_before, nowait)
@@ -101,7 +103,7 @@ fn hash_one(
 /// The files `names` of the directory `dir_fd`, each opened (never following a symlink), checked
 /// to be a regular file of at most `max_size` bytes whose ctime (ns) is at most `ctime_before`,
 /// read whole in one call and hashed: for each name, in order, (inode, size, mtime_ns, ctime_ns,
-/// BLAKE3 hex) or None (not such a file, not readable, changed size while read, or with `nowait`
+/// BLAKE3 hex, permission bits) or None (not such a file, not readable, changed size while read, or with `nowait`
 /// not all in memory: such reads never wait for the disk). The interpreter lock is left for the
 /// whole call. Raises OSError (its errno) if `nowait` reads are refused here (file system or
 /// kernel): nothing can be hashed that way.

@@ -64,13 +64,13 @@ _SEND_BYTES = 64 * 1024
 _HELD = 200_000
 """Files' records received and not yet taken, at most: past that, further ones are dropped."""
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-_OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _CHILD = child_code(__name__)
 
 
-Hashed = tuple[int, int, int, int, str]
-"""A file as the child found it: inode, size, mtime, ctime (ns) and the BLAKE3 of its content (a
-plain tuple, as it is sent: nothing is built per file on receipt)."""
+Hashed = tuple[int, int, int, int, str, int]
+"""A file as the child found it: inode, size, mtime, ctime (ns), the BLAKE3 of its content and its
+permission bits (a plain tuple, as :func:`cas.native.files.hash_files` gives it and it is sent:
+nothing is built per file on receipt)."""
 
 
 def judge(hashed: Hashed, at_ns: int, st: os.stat_result, entry: Entry, mode: int, settled_ns: int) -> bool | None:

@@ -18,6 +18,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from cas.format.trees import FILE, Entry
+from cas.native.files import hash_files
 from cas.ops.restore import hash_ahead
 from cas.ops.restore import local as restore_local
 from cas.ops.restore.hash_ahead import judge
@@ -32,6 +33,8 @@ _COMPARE_AT_ONCE = hash_ahead.SMALL
 #: ...unless their content is not in memory: those are compared on this many threads of their own,
 #: the disk's waits overlapping (see ``match_whole``'s ``nowait``).
 _COLD_THREADS = 4
+#: No file is too recently changed to be hashed here: the walk acts on what it finds at once.
+_ANY_CTIME = 1 << 62
 
 
 class DestinationSurvey(RestoreState):
@@ -53,9 +56,10 @@ class DestinationSurvey(RestoreState):
     ) -> tuple[dict[str, os.stat_result], set[str]]:
         """What the directory holds (lstat, by name), less the small files found matching their
         entries, and the names of those. Without ``trust_mtime`` a regular file in place of a file
-        entry of at most :data:`_COMPARE_AT_ONCE` bytes is compared as it is listed (see
-        ``match_whole``: its ``fstat`` stands for the lstat if it differs), or, if its content is
-        not in memory, after, on the comparer threads. Removes temporaries
+        entry of at most :data:`_COMPARE_AT_ONCE` bytes is compared by what the child hashing ahead
+        found, if that still holds, else with the directory's other such files once it is listed
+        (:meth:`_compare_unhashed`), or one by one (see ``match_whole``: its ``fstat`` stands for
+        the lstat if it differs); if its content is not in memory, after, on the comparer threads. Removes temporaries
         whose owner is gone and, with ``delete``, every entry the tree lacks here (live restores'
         temporaries excepted): on the pool, awaited with the directory's files."""
         dir_fd = job.fd
@@ -64,6 +68,7 @@ class DestinationSurvey(RestoreState):
         present: dict[str, os.stat_result] = {}
         matched: set[str] = set()
         cold: list[Entry] = []
+        unhashed: list[os.DirEntry[str]] = []
         compare = not self.trust_mtime
         delete_here = self.delete and bool(prefix or self._delete_root)
         ahead = self._hash_ahead if compare else None
@@ -90,14 +95,11 @@ class DestinationSurvey(RestoreState):
                         except FileNotFoundError:
                             continue
                         matches = judge(hashed[name], at_ns, st, entry, mode, restore_local.SETTLED_NS)
-                    if matches is None:
-                        try:
-                            matches, fixed, st = match_whole(dir_fd, entry, mode, nowait=True)
-                        except OSError:  # unreadable: left to a file worker, which tries again and reports it
-                            matches, st = False, None
-                        if matches is None:
-                            cold.append(entry)
+                        if matches is None and self._compare_in_memory(dir_fd, entry, present, matched, cold):
                             continue
+                    else:
+                        unhashed.append(item)  # hashed below, with the directory's others
+                        continue
                     if matches:
                         matched.add(name)
                         self._count_match(entry, fixed)
@@ -113,9 +115,65 @@ class DestinationSurvey(RestoreState):
                     present[name] = st
                 elif is_abandoned(name, st):
                     self._remove(dir_fd, name, prefix + name, counted=False)
+        if unhashed:
+            self._compare_unhashed(dir_fd, unhashed, wanted, present, matched, cold)
         if cold:
             self._compare_cold(dir_fd, cold, present, matched)
         return present, matched
+
+    def _compare_in_memory(
+        self, dir_fd: int, entry: Entry, present: dict[str, os.stat_result], matched: set[str], cold: list[Entry]
+    ) -> bool:
+        """Compare a small file in place with its entry if its content is in memory (``match_whole``,
+        which fixes its mode and mtime if it matches): it is then in ``matched``, or in ``present``
+        with its ``fstat``; if not in memory, in ``cold``. False when it could not be opened (the
+        caller takes its lstat)."""
+        try:
+            matches, fixed, st = match_whole(dir_fd, entry, self._mode(entry.mode), nowait=True)
+        except OSError:  # unreadable: left to a file worker, which tries again and reports it
+            matches, fixed, st = False, False, None
+        if matches is None:
+            cold.append(entry)
+        elif matches:
+            matched.add(entry.name)
+            self._count_match(entry, fixed)
+        elif st is not None:
+            present[entry.name] = st
+        else:
+            return False
+        return True
+
+    def _compare_unhashed(
+        self, dir_fd: int, items: list[os.DirEntry[str]], wanted: dict[str, Entry],
+        present: dict[str, os.stat_result], matched: set[str], cold: list[Entry],
+    ) -> None:
+        """Small files in place that the child had not hashed (it started late, or is behind):
+        opened, read and hashed by one call of the compiled helper, only what is in memory. One of
+        the entry's size, content, mode and mtime matches; one whose size or content differs is
+        in ``present``; one not hashed (not in memory, not a regular file any more) is compared on the
+        comparer threads; one whose mode or mtime is to fix, by :meth:`_compare_in_memory`."""
+        try:
+            found = hash_files(dir_fd, [os.fsencode(item.name) for item in items], _COMPARE_AT_ONCE, _ANY_CTIME, True)
+        except OSError:  # reads that do not wait are refused here: all on the comparer threads
+            found = [None] * len(items)
+        for item, record in zip(items, found):
+            entry = wanted[item.name]
+            if record is not None and (record[1] != entry.size or record[4] != entry.digest):
+                try:
+                    present[entry.name] = item.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    pass
+                continue
+            if record is None:
+                cold.append(entry)  # not in memory (or not a regular file any more): on the comparer threads
+            elif record[5] == self._mode(entry.mode) and record[2] == entry.mtime_ns:
+                matched.add(entry.name)
+                self._count_match(entry, False)
+            elif not self._compare_in_memory(dir_fd, entry, present, matched, cold):  # its metadata to fix
+                try:
+                    present[entry.name] = item.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    pass
 
     def _compare_cold(
         self, dir_fd: int, entries: list[Entry], present: dict[str, os.stat_result], matched: set[str]
