@@ -1,13 +1,19 @@
 """The compiled helper (``cas.native.files``) against what Python finds for the same files: its
 records and digests are what ``os.lstat`` and BLAKE3 say, for any mix of files, sizes, names and
-ranges, and it never follows a symlink."""
+ranges, and it never follows a symlink; the files it writes hold their content, mode and mtime,
+under their name only when it was free, in the fewest calls."""
 
 from __future__ import annotations
 
 import errno
 import os
+import re
+import shutil
 import stat
+import subprocess
+import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import blake3
@@ -15,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from cas.native.files import hash_files, range_digests
+from cas.native.files import hash_files, range_digests, write_whole_files
 
 _FAR = 1 << 62  # a ctime bound no file reaches
 _NAMES = st.text(st.characters(codec="utf-8", exclude_characters="/\x00"), min_size=1, max_size=12).filter(
@@ -155,3 +161,103 @@ def test_a_read_that_fails_raises_os_error(tmp_path: Path) -> None:
             range_digests(fd, [10], 2)
     finally:
         os.close(fd)
+
+
+_PREFIX = b".cas-tmp-test-"
+
+
+def _write(dir_fd: int, files: list[tuple[bytes, bytes, int, int]], umask: int | None = 0o022, tmpfile: bool = True,
+           ) -> tuple[list[object], bool]:
+    return write_whole_files(dir_fd, files, _PREFIX, 7, umask, tmpfile)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=st.dictionaries(_NAMES.map(os.fsencode), st.tuples(
+           st.one_of(st.binary(max_size=5000), st.integers(1, 70_000).map(bytes)),  # content, or zeros
+           st.sampled_from([0o644, 0o600, 0o755, 0o666, 0o4755, 0o1777, 0o000]),
+           st.integers(-2**40, 2**62)), max_size=8),
+       taken=st.lists(st.integers(0, 7), max_size=3), umask=st.sampled_from([None, 0o022, 0o077, 0o000]),
+       tmpfile=st.booleans())
+def test_files_written_whole_hold_their_content_mode_and_mtime_under_their_name_or_a_temporary_one(
+    tmp_path_factory: pytest.TempPathFactory, files: dict[bytes, tuple[bytes, int, int]], taken: list[int],
+    umask: int | None, tmpfile: bool,
+) -> None:
+    root = tmp_path_factory.mktemp("whole")
+    names = list(files)
+    taken_names = {names[i] for i in taken if i < len(names)}
+    for name in taken_names:
+        (root / os.fsdecode(name)).write_bytes(b"the file that was there")
+    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    old_umask = os.umask(0o022 if umask is None else umask)  # the helper is told the process's umask, or None
+    try:
+        answers, _ = _write(dir_fd, [(n, *files[n]) for n in names], umask, tmpfile)
+    finally:
+        os.umask(old_umask)
+        os.close(dir_fd)
+    temporaries = set()
+    for name, answer in zip(names, answers):
+        data, mode, mtime_ns = files[name]
+        if name in taken_names or not tmpfile:
+            assert type(answer) is bytes and answer.startswith(_PREFIX)  # the caller renames it into place
+            temporaries.add(answer)
+            where = root / os.fsdecode(answer)
+            if name in taken_names:
+                assert (root / os.fsdecode(name)).read_bytes() == b"the file that was there"
+        else:
+            assert answer is None
+            where = root / os.fsdecode(name)
+        st_ = os.lstat(where)
+        assert stat.S_ISREG(st_.st_mode) and where.read_bytes() == data
+        assert stat.S_IMODE(st_.st_mode) == mode and st_.st_mtime_ns == mtime_ns
+    assert len(temporaries) == len([a for a in answers if a is not None])  # every temporary name its own
+    named = {name for name, answer in zip(names, answers) if answer is None}
+    assert {os.fsencode(p.name) for p in root.iterdir()} == named | taken_names | temporaries
+
+
+def test_a_file_that_cannot_be_written_fails_alone_and_leaves_nothing(tmp_path: Path) -> None:
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        answers, tmpfile = _write(dir_fd, [(b"ok", b"a", 0o644, 0), (b"no/such", b"b", 0o644, 0), (b"nul\0", b"c", 0o644, 0),
+                                           (b"also", b"d", 0o600, 0)])
+    finally:
+        os.close(dir_fd)
+    assert tmpfile is True
+    assert answers == [None, (errno.ENOENT, os.strerror(errno.ENOENT)), (errno.EINVAL, os.strerror(errno.EINVAL)), None]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["also", "ok"]  # the others left nothing
+
+
+def test_each_file_takes_the_fewest_calls(tmp_path: Path) -> None:
+    """Counted by strace in a process of its own: per file one create, one write (none for a file of
+    zeros, which is a hole, nor for an empty one), an ``fchmod`` only for a mode the umask would
+    change or a special bit, one ``utimensat`` by descriptor, one ``linkat``, one close."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    code = f"""
+import os, sys
+sys.path[:0] = {sys.path!r}
+from cas.native.files import write_whole_files
+os.umask(0o022)
+fd = os.open({str(tmp_path)!r}, os.O_RDONLY | os.O_DIRECTORY)
+files = [(b"data", b"x" * 100, 0o644, 1), (b"zeros", bytes(4096), 0o644, 2), (b"empty", b"", 0o600, 3),
+         (b"wide", b"y", 0o666, 4), (b"setuid", b"z", 0o4755, 5)]
+os.write(2, b"BEGIN\\n")
+answers, _ = write_whole_files(fd, files, b".cas-tmp-t-", 0, 0o022, True)
+os.write(2, b"END\\n")
+assert answers == [None] * 5, answers
+"""
+    log = tmp_path.parent / "strace.log"
+    subprocess.run([strace, "-f", "-qq", "-o", str(log), sys.executable, "-c", code], check=True, timeout=60)
+    lines = log.read_text().splitlines()
+    begin = next(i for i, line in enumerate(lines) if 'write(2, "BEGIN' in line)
+    end = next(i for i, line in enumerate(lines) if 'write(2, "END' in line)
+    calls = Counter(re.match(r"(?:\d+\s+)?(\w+)\(", line).group(1) for line in lines[begin + 1:end]
+                    if re.match(r"(?:\d+\s+)?\w+\(", line))
+    assert calls["openat"] == 5 and all("O_TMPFILE" in line for line in lines[begin + 1:end] if "openat(" in line)
+    assert calls["write"] == 3  # data, wide, setuid: not zeros, not empty
+    assert calls["ftruncate"] == 1  # zeros
+    assert calls["fchmod"] == 2  # 0o666 through umask 022, and setuid: after the content
+    assert calls["utimensat"] == 5 and calls["linkat"] == 5 and calls["close"] == 5
+    assert sum(calls.values()) == 5 + 3 + 1 + 2 + 5 + 5 + 5, calls
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {
+        "data": 0o644, "zeros": 0o644, "empty": 0o600, "wide": 0o666, "setuid": 0o4755}

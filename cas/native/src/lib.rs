@@ -6,6 +6,7 @@ use std::io;
 
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 
 /// A file as hashed: inode, size, mtime and ctime (ns), the BLAKE3 of its content in hex, and its
 /// permission bits.
@@ -206,9 +207,208 @@ fn range_digests(py: Python<'_>, fd: i32, lengths: Vec<u64>, threads: usize) -> 
     py.detach(|| digests_of_ranges(fd, &lengths, threads)).map_err(PyErr::from)
 }
 
+/// A file to write whole: its name, content, mode and mtime (ns).
+type WholeFile = (Vec<u8>, PyBackedBytes, u32, i64);
+
+/// What became of a file written whole: named (None), under a temporary name because its name
+/// was taken (that name), or an error (errno and message).
+enum Written {
+    Named,
+    Temporary(Vec<u8>),
+    Failed(i32, String),
+}
+
+impl<'py> IntoPyObject<'py> for Written {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(match self {
+            Written::Named => py.None().into_bound(py),
+            Written::Temporary(name) => pyo3::types::PyBytes::new(py, &name).into_any(),
+            Written::Failed(code, message) => (code, message).into_pyobject(py)?.into_any(),
+        })
+    }
+}
+
+fn last_error() -> io::Error {
+    io::Error::last_os_error()
+}
+
+fn check(result: libc::c_int) -> io::Result<libc::c_int> {
+    if result < 0 { Err(last_error()) } else { Ok(result) }
+}
+
+fn cstring(name: &[u8]) -> io::Result<CString> {
+    CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The state of one call of `write_whole_files`: where temporaries are named from, and whether
+/// files may still be created unnamed.
+struct Creator {
+    dir_fd: libc::c_int,
+    prefix: Vec<u8>,
+    next_number: u64,
+    tmpfile: bool,
+    umask: Option<u32>,
+}
+
+impl Creator {
+    fn temporary_name(&mut self) -> Vec<u8> {
+        let mut name = self.prefix.clone();
+        name.extend_from_slice(self.next_number.to_string().as_bytes());
+        self.next_number += 1;
+        name
+    }
+
+    /// A new file in the directory, unnamed where the file system can, else under a temporary
+    /// name (returned); and whether `mode` was given at creation (see `FileWriter.create`).
+    fn create(&mut self, mode: u32) -> io::Result<(Fd, Option<Vec<u8>>, bool)> {
+        const SPECIAL: u32 = 0o7000;
+        let at_create = matches!(self.umask, Some(umask) if mode & SPECIAL == 0 && mode & umask == 0);
+        let create_mode = if at_create { mode } else { 0o600 } as libc::c_uint;
+        if self.tmpfile {
+            // SAFETY: a NUL-terminated path; the descriptor is owned by `Fd`.
+            let raw = unsafe {
+                libc::openat(self.dir_fd, c".".as_ptr(), libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, create_mode)
+            };
+            if raw >= 0 {
+                return Ok((Fd(raw), None, at_create));
+            }
+            let err = last_error();
+            match err.raw_os_error() {
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL | libc::ENOENT) => self.tmpfile = false,
+                _ => return Err(err),
+            }
+        }
+        let tmp = self.temporary_name();
+        let path = cstring(&tmp)?;
+        let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: as above.
+        let raw = check(unsafe { libc::openat(self.dir_fd, path.as_ptr(), flags, create_mode) })?;
+        Ok((Fd(raw), Some(tmp), at_create))
+    }
+
+    /// Give a finished unnamed file its name, or a temporary one (returned) if the name is taken.
+    fn link(&mut self, fd: &Fd, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        let proc_path = CString::new(format!("/proc/self/fd/{}", fd.0)).expect("no NUL in a number");
+        let dir_fd = self.dir_fd;
+        let link = |target: &[u8]| -> io::Result<()> {
+            let target = cstring(target)?;
+            // SAFETY: both paths are NUL-terminated.
+            check(unsafe {
+                libc::linkat(libc::AT_FDCWD, proc_path.as_ptr(), dir_fd, target.as_ptr(), libc::AT_SYMLINK_FOLLOW)
+            })
+            .map(|_| ())
+        };
+        match link(name) {
+            Ok(()) => Ok(None),
+            Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
+                let tmp = self.temporary_name();
+                link(&tmp)?;
+                Ok(Some(tmp))
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// `FileWriter.write_whole` for one file: created, filled (a file of zeros is a hole), its
+    /// mode and mtime set by descriptor, and named only then.
+    fn write_whole(&mut self, name: &[u8], data: &[u8], mode: u32, mtime_ns: i64) -> Written {
+        let (fd, mut tmp, mode_set) = match self.create(mode) {
+            Ok(created) => created,
+            Err(err) => return failed(err),
+        };
+        let result = (|| -> io::Result<()> {
+            if !data.is_empty() && data.iter().all(|&b| b == 0) {
+                check(unsafe { libc::ftruncate(fd.0, data.len() as libc::off_t) })?;
+            } else {
+                let mut at = 0usize;
+                while at < data.len() {
+                    // SAFETY: the source is inside `data`.
+                    let n = unsafe { libc::write(fd.0, data[at..].as_ptr().cast(), data.len() - at) };
+                    if n < 0 {
+                        let err = last_error();
+                        if err.kind() == io::ErrorKind::Interrupted {
+                            continue;
+                        }
+                        return Err(err);
+                    }
+                    at += n as usize;
+                }
+            }
+            if !mode_set {
+                check(unsafe { libc::fchmod(fd.0, mode as libc::mode_t) })?;
+            }
+            let time = libc::timespec {
+                tv_sec: mtime_ns.div_euclid(1_000_000_000) as libc::time_t,
+                tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as libc::c_long,
+            };
+            let times = [time, time];
+            // SAFETY: two timespecs, as futimens reads.
+            check(unsafe { libc::futimens(fd.0, times.as_ptr()) })?;
+            if tmp.is_none() {
+                tmp = self.link(&fd, name)?;
+            }
+            Ok(())
+        })();
+        drop(fd);
+        match (result, tmp) {
+            (Ok(()), None) => Written::Named,
+            (Ok(()), Some(tmp)) => Written::Temporary(tmp),
+            (Err(err), tmp) => {
+                if let Some(tmp) = tmp {
+                    if let Ok(path) = cstring(&tmp) {
+                        // SAFETY: a NUL-terminated path.
+                        unsafe { libc::unlinkat(self.dir_fd, path.as_ptr(), 0) };
+                    }
+                }
+                failed(err)
+            }
+        }
+    }
+}
+
+fn failed(err: io::Error) -> Written {
+    let code = err.raw_os_error().unwrap_or(libc::EIO);
+    // SAFETY: strerror's text is read at once, before any other call could change it.
+    let message = unsafe { std::ffi::CStr::from_ptr(libc::strerror(code)) }.to_string_lossy().into_owned();
+    Written::Failed(code, message)
+}
+
+/// write_whole_files(dir_fd, files, temporary_prefix, first_number, umask, tmpfile)
+/// --
+///
+/// Write `files` ((name, content, mode, mtime_ns) each: content verified already, the whole
+/// file) into the directory `dir_fd` as `FileWriter.write_whole` does, one after the other,
+/// without the interpreter lock: each created unnamed (`O_TMPFILE`, when `tmpfile`) or under a
+/// temporary name (`temporary_prefix` and a number, from `first_number` on, one number for each
+/// file at most), created with its mode where `umask` (None: unknown) lets it through (else
+/// `fchmod`), written in one call (a file of zeros as a hole), its mtime set by descriptor, and
+/// named only then. Returns the answers in order (None: named; bytes: the temporary name it has,
+/// its name being taken; (errno, message): it failed, and nothing of it is left) and whether
+/// files may still be created unnamed.
+#[pyfunction]
+#[pyo3(signature = (dir_fd, files, temporary_prefix, first_number, umask, tmpfile))]
+fn write_whole_files(
+    py: Python<'_>, dir_fd: i32, files: Vec<WholeFile>, temporary_prefix: Vec<u8>, first_number: u64,
+    umask: Option<u32>, tmpfile: bool,
+) -> (Vec<Written>, bool) {
+    py.detach(|| {
+        let mut creator = Creator { dir_fd, prefix: temporary_prefix, next_number: first_number, tmpfile, umask };
+        let answers = files
+            .iter()
+            .map(|(name, data, mode, mtime_ns)| creator.write_whole(name, data, *mode, *mtime_ns))
+            .collect();
+        (answers, creator.tmpfile)
+    })
+}
+
 #[pymodule]
 fn files(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hash_files, m)?)?;
     m.add_function(wrap_pyfunction!(range_digests, m)?)?;
+    m.add_function(wrap_pyfunction!(write_whole_files, m)?)?;
     Ok(())
 }

@@ -1,16 +1,18 @@
 """One file created whole and only then named: the part of :mod:`cas.ops.restore.write` that a
 restore's writer process (:mod:`cas.ops.restore.write_process`) needs, with nothing else imported
 (no index, no repository): a small file's whole content, already verified, written in the fewest
-calls, under its name only once complete. The rules on names are :mod:`cas.ops.restore.write`'s.
+calls, under its name only once complete; many of one directory by one call of the compiled helper
+(:meth:`FileWriter.write_whole_many`). The rules on names are :mod:`cas.ops.restore.write`'s.
 """
 
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import stat
+import threading
 
+from cas.native.files import write_whole_files
 from cas.ops.restore.temps import TMP_PREFIX
 
 #: Read and write: a file built partly by copying ranges in the kernel is read back to be checked.
@@ -39,12 +41,20 @@ class FileWriter:
 
     def __init__(self, tag: str) -> None:
         self.tag = tag
-        self._counter = itertools.count()
+        self._next = 0
+        self._lock = threading.Lock()
         self._umask = current_umask()
+
+    def _numbers(self, count: int) -> int:
+        """The first of ``count`` numbers for temporary names that no other call is given."""
+        with self._lock:
+            first = self._next
+            self._next += count
+            return first
 
     def temporary_name(self) -> str:
         # Unique per restore without a syscall per file; O_EXCL catches the (foreign) collision.
-        return f"{TMP_PREFIX}{self.tag}-{next(self._counter)}"
+        return f"{TMP_PREFIX}{self.tag}-{self._numbers(1)}"
 
     def create(self, dir_fd: int, mode: int) -> tuple[int, str | None, bool]:
         """A new file in the directory, unnamed if the file system can (``O_TMPFILE``: an interrupted
@@ -93,6 +103,18 @@ class FileWriter:
                 unlink_quietly(dir_fd, tmp)
             raise
         return tmp
+
+    def write_whole_many(self, dir_fd: int, files: list[tuple[str, bytes, int, int]]) -> list[object]:
+        """:meth:`write_whole` for each of ``files`` ((name, data, mode, mtime_ns)), in one call of
+        the compiled helper that leaves the GIL (:func:`cas.native.files.write_whole_files`: the
+        same calls, in the same order, for each file). One answer per file, in order: None (it took
+        its name), the temporary name it has (its name was taken, for :func:`place`), or (errno,
+        message): it failed, and nothing of it is left."""
+        answers, HAS_TMPFILE[0] = write_whole_files(
+            dir_fd, [(os.fsencode(name), data if type(data) is bytes else bytes(data), mode, mtime_ns)
+                     for name, data, mode, mtime_ns in files],
+            os.fsencode(f"{TMP_PREFIX}{self.tag}-"), self._numbers(len(files)), self._umask, HAS_TMPFILE[0])
+        return [os.fsdecode(answer) if type(answer) is bytes else answer for answer in answers]
 
     def link(self, fd: int, dir_fd: int, name: str) -> str | None:
         """Give a finished unnamed file its final name; if the name is taken (``--overwrite``), link

@@ -71,24 +71,24 @@ class EntryWriting(RestoreState):
     def _write_whole_files(
         self, dir_fd: int, files: list[tuple[Entry, str]], prefetched: dict[str, bytes],
     ) -> list[Done | BaseException]:
-        out: list[Done | BaseException] = []
+        out: list[Done | BaseException | None] = []  # None: handed to the helper, its answer not yet read
+        batch: list[tuple[str, bytes, int, int]] = []
         for entry, path in files:
+            data = prefetched[entry.chunks[0]] if entry.chunks else b""
             try:
-                data = prefetched[entry.chunks[0]] if entry.chunks else b""
                 _check_whole(entry, path, data)
-                tmp = self._writer.write_whole(dir_fd, entry.name, data, self._mode(entry.mode), entry.mtime_ns)
-                if tmp is not None:
-                    try:
-                        self._place(dir_fd, tmp, entry.name, path)
-                    except BaseException:
-                        unlink_quietly(dir_fd, tmp)
-                        raise
-                if self.overwrite:
-                    self._local.add_file(path, entry, {})
-                out.append(Done(entry.size, True))
-            except (CasError, OSError) as exc:
+            except IntegrityError as exc:
                 out.append(exc)
-        return out
+                continue
+            out.append(None)
+            batch.append((entry.name, data, self._mode(entry.mode), entry.mtime_ns))
+        answers = iter(self._writer.write_whole_many(dir_fd, batch) if batch else ())  # one call, no GIL held
+        for i, (entry, path) in enumerate(files):
+            if out[i] is None:
+                done = out[i] = self._placed(dir_fd, entry, path, next(answers))
+                if self.overwrite and isinstance(done, Done):
+                    self._local.add_file(path, entry, {})
+        return out  # type: ignore[return-value]  # every None replaced
 
     def _write_whole_in_child(
         self, dir_fd: int, files: list[tuple[Entry, str]], prefetched: dict[str, bytes], held: int,

@@ -125,13 +125,7 @@ class ProcessWriter(HelperProcess):
 
 def write_batch(writer: FileWriter, dir_fd: int, files: list[File]) -> list[object]:
     """Write ``files`` into the directory with ``writer``: one :data:`Result` per file."""
-    answers: list[object] = []
-    for name, data, mode, mtime_ns in files:
-        try:
-            answers.append(writer.write_whole(dir_fd, name, data, mode, mtime_ns))
-        except OSError as exc:
-            answers.append((exc.errno or errno.EIO, exc.strerror or str(exc)))
-    return answers
+    return writer.write_whole_many(dir_fd, files)
 
 
 def _joined(futures: list[Future[list[object]]]) -> Future[list[object]]:
