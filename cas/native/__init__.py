@@ -12,8 +12,8 @@ leaves the GIL for all of it.
   a restore's destination compared chunk by chunk, :func:`cas.ops.restore.local.examine_file`), on
   several threads, read into buffers it reuses;
 - :func:`~cas.native.files.write_whole_files`: a directory's small files, verified already, each
-  created (unnamed where it can be), written, given its mode and mtime and named, as
-  :meth:`cas.ops.restore.create.FileWriter.write_whole` does one (a restore's small files, on its
+  created (unnamed where it can be), written, given its mode and mtime and named
+  (:meth:`cas.ops.restore.create.FileWriter.write_whole_many`: a restore's small files, on its
   threads or in its writer process).
 
 It imports nothing of cas; everything above may use it.

@@ -174,8 +174,8 @@ def test_a_taken_name_is_left_as_it_was_until_the_whole_file_replaces_it(tmp_pat
     (tmp_path / "f").write_bytes(b"old")
     dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        tmp = FileWriter("test").write_whole(dir_fd, "f", b"new content", 0o640, 1_000_000_000)
-        assert tmp is not None and tmp.startswith(TMP_PREFIX)
+        [tmp] = FileWriter("test").write_whole_many(dir_fd, [("f", b"new content", 0o640, 1_000_000_000)])
+        assert isinstance(tmp, str) and tmp.startswith(TMP_PREFIX)
         assert (tmp_path / "f").read_bytes() == b"old"
         st = os.stat(tmp, dir_fd=dir_fd)
         assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size) == (0o640, 1_000_000_000, 11)

@@ -313,7 +313,7 @@ impl Creator {
         }
     }
 
-    /// `FileWriter.write_whole` for one file: created, filled (a file of zeros is a hole), its
+    /// One file written whole: created, filled (a file of zeros is a hole), its
     /// mode and mtime set by descriptor, and named only then.
     fn write_whole(&mut self, name: &[u8], data: &[u8], mode: u32, mtime_ns: i64) -> Written {
         let (fd, mut tmp, mode_set) = match self.create(mode) {
@@ -381,7 +381,7 @@ fn failed(err: io::Error) -> Written {
 /// --
 ///
 /// Write `files` ((name, content, mode, mtime_ns) each: content verified already, the whole
-/// file) into the directory `dir_fd` as `FileWriter.write_whole` does, one after the other,
+/// file) into the directory `dir_fd` (see `FileWriter.write_whole_many`), one after the other,
 /// without the interpreter lock: each created unnamed (`O_TMPFILE`, when `tmpfile`) or under a
 /// temporary name (`temporary_prefix` and a number, from `first_number` on, one number for each
 /// file at most), created with its mode where `umask` (None: unknown) lets it through (else

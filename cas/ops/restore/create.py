@@ -74,40 +74,13 @@ class FileWriter:
         tmp = self.temporary_name()
         return os.open(tmp, _FILE_FLAGS, create_mode, dir_fd=dir_fd), tmp, at_create
 
-    def write_whole(self, dir_fd: int, name: str, data: bytes, mode: int, mtime_ns: int) -> str | None:
-        """Create a file holding ``data`` (verified already: the whole content) in as few calls as
-        a whole file takes: created with its final mode where it can be, one write (none for a file
-        of zeros, which is a hole), ``utime`` by descriptor, named. Returns None if it took its final
-        name, else the temporary name it has (the name was taken), for :func:`place`. Nothing
-        appears under ``name`` before the file is whole."""
-        fd, tmp, mode_set = self.create(dir_fd, mode)
-        try:
-            try:
-                if all_zero(data):
-                    os.ftruncate(fd, len(data))
-                elif data:
-                    written = os.write(fd, data)
-                    if written < len(data):
-                        view = memoryview(data)[written:]
-                        while view:
-                            view = view[os.write(fd, view):]
-                if not mode_set:
-                    os.fchmod(fd, mode)
-                os.utime(fd, ns=(mtime_ns, mtime_ns))
-                if tmp is None:
-                    tmp = self.link(fd, dir_fd, name)
-            finally:
-                os.close(fd)
-        except BaseException:
-            if tmp is not None:
-                unlink_quietly(dir_fd, tmp)
-            raise
-        return tmp
-
     def write_whole_many(self, dir_fd: int, files: list[tuple[str, bytes, int, int]]) -> list[object]:
-        """:meth:`write_whole` for each of ``files`` ((name, data, mode, mtime_ns)), in one call of
-        the compiled helper that leaves the GIL (:func:`cas.native.files.write_whole_files`: the
-        same calls, in the same order, for each file). One answer per file, in order: None (it took
+        """Create each of ``files`` ((name, data, mode, mtime_ns): ``data`` verified already, the
+        whole content) in as few calls as a whole file takes: created as :meth:`create` does (with
+        its final mode where it can be), one write (none for a file of zeros, which is a hole),
+        ``utime`` by descriptor, named as :meth:`link` names it; nothing appears under a name before
+        its file is whole. All in one call of the compiled helper, which leaves the GIL
+        (:func:`cas.native.files.write_whole_files`). One answer per file, in order: None (it took
         its name), the temporary name it has (its name was taken, for :func:`place`), or (errno,
         message): it failed, and nothing of it is left."""
         answers, HAS_TMPFILE[0] = write_whole_files(

@@ -7,8 +7,8 @@ needs it: 100,000 small files took 1.9 s of the walk's work alone and 3.8 s with
 threads of the same process. So a child process writes them: :class:`ProcessWriter` sends it a
 directory's descriptor (``SCM_RIGHTS`` over a Unix socket) with a batch of files (name, verified
 content, mode, mtime), and the child writes each as the restore's own threads would
-(:meth:`~cas.ops.restore.create.FileWriter.write_whole`: nothing appears under a name before the
-file is whole) and answers, per file, None (named), the temporary name it has (its name was
+(:meth:`~cas.ops.restore.create.FileWriter.write_whole_many`: nothing appears under a name before
+the file is whole) and answers, per file, None (named), the temporary name it has (its name was
 taken: the restore places it), or the error.
 
 The restore hands it batches once it has written many small files itself (see
