@@ -59,9 +59,9 @@ class DestinationSurvey(RestoreState):
         entry of at most :data:`_COMPARE_AT_ONCE` bytes is compared by what the child hashing ahead
         found, if that still holds, else with the directory's other such files once it is listed
         (:meth:`_compare_unhashed`), or one by one (see ``match_whole``: its ``fstat`` stands for
-        the lstat if it differs); if its content is not in memory, after, on the comparer threads. Removes temporaries
-        whose owner is gone and, with ``delete``, every entry the tree lacks here (live restores'
-        temporaries excepted): on the pool, awaited with the directory's files."""
+        the lstat if it differs); if its content is not in memory, after, on the comparer threads.
+        Removes temporaries whose owner is gone and, with ``delete``, every entry the tree lacks
+        here (live restores' temporaries excepted): on the pool, awaited with the directory's files."""
         dir_fd = job.fd
         assert dir_fd is not None
         wanted = {e.name: e for e in entries}
