@@ -87,14 +87,14 @@ class DestinationSurvey(RestoreState):
                     continue
                 if (compare and entry is not None and entry.type == FILE and entry.size <= _COMPARE_AT_ONCE
                         and item.is_file(follow_symlinks=False)):
-                    mode = self._mode(entry.mode)
                     matches, fixed, st = None, False, None
                     if hashed is not None and name in hashed:  # what the child found, if it still holds
                         try:
                             st = item.stat(follow_symlinks=False)
                         except FileNotFoundError:
                             continue
-                        matches = judge(hashed[name], at_ns, st, entry, mode, restore_local.SETTLED_NS)
+                        matches = judge(hashed[name], at_ns, st, entry, self._mode(entry.mode),
+                                        restore_local.SETTLED_NS)
                         if matches is None and self._compare_in_memory(dir_fd, entry, present, matched, cold):
                             continue
                     else:
