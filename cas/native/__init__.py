@@ -14,7 +14,10 @@ leaves the GIL for all of it.
 - :func:`~cas.native.files.write_whole_files`: a directory's small files, verified already, each
   created (unnamed where it can be), written, given its mode and mtime and named
   (:meth:`cas.ops.restore.create.FileWriter.write_whole_many`: a restore's small files, on its
-  threads or in its writer process).
+  threads or in its writer process);
+- :func:`~cas.native.files.stat_names` and :func:`~cas.native.files.read_files`: a batch of a
+  directory's names ``lstat``\ ed, and its small files read whole and hashed, each only while it is
+  still the regular file ``lstat`` saw (the snapshot's walk, :mod:`cas.ops.snapshot.batch`).
 
 It imports nothing of cas; everything above may use it.
 """

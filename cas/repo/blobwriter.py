@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
 from cas.errors import AlreadyExists, IntegrityError
-from cas.format.compression import encode
+from cas.format.compression import encode_many
 from cas.format.keys import pack_key
 from cas.format.packs import MAX_BLOB_SIZE
 from cas.repo.packfile import PackFile
@@ -245,11 +245,8 @@ def _same_bytes(stored: bytes, data: BinaryIO) -> bool:
 
 
 def _encode_group(group: list[tuple[str, bytes | memoryview]], level: int) -> list[tuple[str, int, int, bytes]]:
-    out = []
-    for blob_id, data in group:
-        codec, payload = encode(data, level)
-        out.append((blob_id, len(data), codec, payload))
-    return out
+    encoded = encode_many([data for _, data in group], level)
+    return [(blob_id, len(data), codec, payload) for (blob_id, data), (codec, payload) in zip(group, encoded)]
 
 
 def relocate_blobs(repo: Repository, pack_id: str, blobs: list[BlobLocation]) -> tuple[list[BlobLocation], set[str]]:

@@ -7,7 +7,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cas.format.compression import MIN_SAVING, SAMPLED_FROM, decode, encode
+from cas.format.compression import MIN_SAVING, SAMPLED_FROM, decode, encode, encode_many
 from cas.types import Codec
 
 
@@ -51,3 +51,13 @@ def test_a_large_blob_is_judged_by_a_sample_first() -> None:
     start = size // 8 - SAMPLED_FROM // 2
     small = bytes(data[start : start + SAMPLED_FROM - 1])  # under the sampling size: compressed whole
     assert encode(small, 3)[0] == Codec.ZSTD
+
+
+_BLOB = (st.binary(max_size=3000) | st.text(max_size=2000).map(lambda t: t.encode() * 3)
+         | st.integers(0, 255).map(lambda b: bytes([b]) * (SAMPLED_FROM + 7)))
+
+
+@given(st.lists(_BLOB, max_size=12), st.booleans())
+def test_blobs_encoded_together_are_encoded_as_each_alone(blobs: list[bytes], views: bool) -> None:
+    given_blobs = [memoryview(b"." + b)[1:] if views else b for b in blobs]
+    assert encode_many(given_blobs, 3) == [encode(b, 3) for b in blobs]

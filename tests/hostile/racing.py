@@ -6,6 +6,12 @@ and ``os.fdopen`` before running :func:`cas.cli.main`: when the snapshot opens t
 Only the victim is touched; every other call passes through unchanged. No production code knows
 about this, so the same test runs against any version of the walker.
 
+The walk reads small files through the compiled helper (``cas.native.files.read_files``, a
+batch of files per call), which no Python wrapper can pause halfway. The child wraps it too: a
+``fifo`` or ``dir`` race replaces the victim just before a call that is to read it (the helper
+must then decline it, and the walk find what it became); for ``rewrite`` the helper is not given
+the victim, as it declines any file that changed, so its reads go through the calls above.
+
 Kinds of race:
 
 ``fifo``      the victim is replaced by a FIFO just before it is opened (``rounds`` times)
@@ -89,7 +95,24 @@ def racing_fdopen(fd, *args, **kwargs):
     f = real_fdopen(fd, *args, **kwargs)
     return Reader(f, fd) if fd in state["fresh"] else f
 
+import cas.native.files as native
+real_read_files = native.read_files
+
+def racing_read_files(dir_fd, names, seen):
+    if base not in names:
+        return real_read_files(dir_fd, names, seen)
+    if kind in ("fifo", "dir"):
+        if state["left"] > 0:
+            state["left"] -= 1
+            replace()
+        return real_read_files(dir_fd, names, seen)
+    i = names.index(base)  # rewrite: the helper leaves the victim to the calls wrapped above
+    found = real_read_files(dir_fd, names[:i] + names[i + 1:], seen[:i] + seen[i + 1:])
+    found.insert(i, None)
+    return found
+
 os.open, os.read, os.fdopen = racing_open, racing_read, racing_fdopen
+native.read_files = racing_read_files
 from cas.cli import main
 sys.exit(main(sys.argv[4:]))
 '''

@@ -207,6 +207,131 @@ fn range_digests(py: Python<'_>, fd: i32, lengths: Vec<u64>, threads: usize) -> 
     py.detach(|| digests_of_ranges(fd, &lengths, threads)).map_err(PyErr::from)
 }
 
+/// `lstat` of `name` in `dir_fd`; None if it fails (vanished, or anything else: the caller asks
+/// again the slow way, where the error is told).
+fn lstat_at(dir_fd: libc::c_int, name: &CString) -> Option<libc::stat> {
+    // SAFETY: `st` is written by fstatat before it is read; `name` is NUL-terminated.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let done = unsafe { libc::fstatat(dir_fd, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+    (done == 0).then_some(st)
+}
+
+/// The first 16 fields of `os.stat_result` for `st`: mode, inode, device, links, uid, gid,
+/// size, the three times in whole seconds, as floats (as `os.stat` computes them) and in ns.
+fn stat_fields<'py>(py: Python<'py>, st: &libc::stat) -> PyResult<Bound<'py, pyo3::types::PyTuple>> {
+    let times = [(st.st_atime, st.st_atime_nsec), (st.st_mtime, st.st_mtime_nsec), (st.st_ctime, st.st_ctime_nsec)];
+    let mut fields: Vec<Bound<'py, PyAny>> = vec![
+        (st.st_mode as u32).into_pyobject(py)?.into_any(),
+        (st.st_ino as u64).into_pyobject(py)?.into_any(),
+        (st.st_dev as u64).into_pyobject(py)?.into_any(),
+        (st.st_nlink as u64).into_pyobject(py)?.into_any(),
+        (st.st_uid as u32).into_pyobject(py)?.into_any(),
+        (st.st_gid as u32).into_pyobject(py)?.into_any(),
+        (st.st_size as i64).into_pyobject(py)?.into_any(),
+    ];
+    for (sec, _) in times {
+        fields.push((sec as i64).into_pyobject(py)?.into_any());
+    }
+    for (sec, nsec) in times {
+        fields.push((sec as f64 + nsec as f64 * 1e-9).into_pyobject(py)?.into_any());
+    }
+    for (sec, nsec) in times {
+        fields.push(ns(sec as i64, nsec as i64).into_pyobject(py)?.into_any());
+    }
+    pyo3::types::PyTuple::new(py, fields)
+}
+
+/// stat_names(dir_fd, names)
+/// --
+///
+/// `lstat` of each of `names` in the directory `dir_fd`, without the interpreter lock: for each,
+/// in order, an `os.stat_result` (its first 16 fields: no st_blksize, st_blocks or st_rdev), or
+/// None where it fails (the name vanished, or anything else: `os.stat` tells why).
+#[pyfunction]
+#[pyo3(signature = (dir_fd, names))]
+fn stat_names<'py>(py: Python<'py>, dir_fd: i32, names: Vec<Vec<u8>>) -> PyResult<Vec<Option<Bound<'py, PyAny>>>> {
+    let found: Vec<Option<libc::stat>> = py.detach(|| {
+        names.iter().map(|name| CString::new(name.as_slice()).ok().and_then(|name| lstat_at(dir_fd, &name))).collect()
+    });
+    let stat_result = py.import("os")?.getattr("stat_result")?;
+    found
+        .iter()
+        .map(|st| st.as_ref().map(|st| stat_result.call1((stat_fields(py, st)?,))).transpose())
+        .collect()
+}
+
+/// A file as `lstat` saw it: inode, device, size, mtime and ctime (ns).
+type Seen = (u64, u64, u64, i64, i64);
+
+/// Read the file `name` of `dir_fd` whole onto the end of `arena` if it is still the regular file
+/// `seen` says (never following a symlink) and held still while read; its BLAKE3 (hex), or None.
+fn read_one(dir_fd: libc::c_int, name: &CString, seen: &Seen, arena: &mut Vec<u8>) -> Option<String> {
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY;
+    // SAFETY: `name` is NUL-terminated; the descriptor returned is owned by `Fd`.
+    let raw = unsafe { libc::openat(dir_fd, name.as_ptr(), flags) };
+    if raw < 0 {
+        return None;
+    }
+    let fd = Fd(raw);
+    let fstat = || -> Option<libc::stat> {
+        // SAFETY: as in `lstat_at`.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        (unsafe { libc::fstat(fd.0, &mut st) } == 0).then_some(st)
+    };
+    let key = |st: &libc::stat| -> Seen {
+        (st.st_ino as u64, st.st_dev as u64, st.st_size as u64, ns(st.st_mtime, st.st_mtime_nsec), ns(st.st_ctime, st.st_ctime_nsec))
+    };
+    let before = fstat()?;
+    if before.st_mode & libc::S_IFMT != libc::S_IFREG || key(&before) != *seen {
+        return None;
+    }
+    let size = seen.2 as usize;
+    let start = arena.len();
+    arena.resize(start + size + 1, 0); // one byte more, to see that it did not grow
+    let got = if size == 0 { Ok(0) } else { read_once(fd.0, &mut arena[start..], false) };
+    arena.truncate(start + size);
+    if got.ok()? != size || key(&fstat()?) != *seen {
+        arena.truncate(start);
+        return None; // it changed while read, or could not be read
+    }
+    Some(blake3::hash(&arena[start..]).to_hex().to_string())
+}
+
+/// read_files(dir_fd, names, seen)
+/// --
+///
+/// The files `names` of the directory `dir_fd`, each still the regular file its `seen` ((inode,
+/// device, size, mtime_ns, ctime_ns), as `lstat` gave them) says: opened (never following a
+/// symlink), checked with `fstat`, read whole in one call, checked again, and hashed, without the
+/// interpreter lock. For each, in order, (content, BLAKE3 hex) or None (no longer that file, not
+/// readable, or changed while read: the caller reads it the slow way, which tells why).
+#[pyfunction]
+#[pyo3(signature = (dir_fd, names, seen))]
+fn read_files<'py>(
+    py: Python<'py>, dir_fd: i32, names: Vec<Vec<u8>>, seen: Vec<Seen>,
+) -> PyResult<Vec<Option<(Bound<'py, pyo3::types::PyBytes>, String)>>> {
+    if names.len() != seen.len() {
+        return Err(pyo3::exceptions::PyValueError::new_err("names and seen differ in length"));
+    }
+    let (arena, found) = py.detach(|| {
+        let mut arena = Vec::with_capacity(seen.iter().map(|s| s.2 as usize).sum::<usize>() + 1);
+        let found: Vec<Option<(usize, usize, String)>> = names
+            .iter()
+            .zip(&seen)
+            .map(|(name, seen)| {
+                let name = CString::new(name.as_slice()).ok()?;
+                let start = arena.len();
+                read_one(dir_fd, &name, seen, &mut arena).map(|digest| (start, arena.len(), digest))
+            })
+            .collect();
+        (arena, found)
+    });
+    Ok(found
+        .into_iter()
+        .map(|f| f.map(|(start, end, digest)| (pyo3::types::PyBytes::new(py, &arena[start..end]), digest)))
+        .collect())
+}
+
 /// A file to write whole: its name, content, mode and mtime (ns).
 type WholeFile = (Vec<u8>, PyBackedBytes, u32, i64);
 
@@ -410,5 +535,7 @@ fn files(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hash_files, m)?)?;
     m.add_function(wrap_pyfunction!(range_digests, m)?)?;
     m.add_function(wrap_pyfunction!(write_whole_files, m)?)?;
+    m.add_function(wrap_pyfunction!(stat_names, m)?)?;
+    m.add_function(wrap_pyfunction!(read_files, m)?)?;
     Ok(())
 }

@@ -1,7 +1,9 @@
 """One entry of a directory being snapshotted: what its name becomes in the tree.
 
 The walk (:mod:`cas.ops.snapshot.walk`) hands each name of a directory to :meth:`EntryReader.entry`
-in name order. The name is stat'ed without following symlinks; then, in turn: a directory at the
+in name order. The name is stat'ed without following symlinks (a batch of names at a time, with
+the files cache's rows for them, :mod:`cas.ops.snapshot.batch`; its small files to read are read
+in batches too); then, in turn: a directory at the
 delegation's depth is handed back to the walk for a worker (:data:`DELEGATE`); the
 :class:`~cas.ops.snapshot.filter.WalkFilter` may leave it out (never opened or read) or have a
 directory on another file system stored empty (:class:`OtherFileSystem`); a regular file the
@@ -28,8 +30,9 @@ from typing import NamedTuple, Protocol
 
 from cas.errors import CasError, ConfigurationError, NotFound, PermissionDenied
 from cas.format.trees import FILE, SYMLINK, Entry
+from cas.ops.snapshot.batch import NAMES, NameBatch, Stated, stat_batch
 from cas.ops.snapshot.file_reader import FileRead, FileReader, Replaced, SpecialFile
-from cas.ops.snapshot.filter import DirScope, WalkFilter
+from cas.ops.snapshot.filter import Decision, DirScope, WalkFilter
 from cas.repo.filescache import CachedFile, FilesCache
 from cas.types import OnChange
 
@@ -40,8 +43,6 @@ ProgressFn = Callable[[int, int], None]
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
 """How the walk opens directories: never through a symlink."""
-_CACHE_BATCH = 500
-"""Names of a directory looked up in the files cache per query (below SQLite's variable limit)."""
 CHANGE_RETRIES = 3
 """Times a file that changed while it was read is read again before ``--on-change`` applies."""
 _RETRY_PAUSES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 2.0, 2.0, 3.0)
@@ -90,8 +91,10 @@ class Listing(Protocol):
     """The index after the name being decided."""
     scope: DirScope | None
     cached: dict[bytes, tuple[tuple[int, ...], CachedFile]]
-    """The files cache's rows for the batch of names up to :attr:`cached_to` (kept here)."""
-    cached_to: int
+    """The files cache's rows for the batch of names up to :attr:`batch_to` (kept here)."""
+    batch: NameBatch | None
+    """The names up to :attr:`batch_to`, stat'ed, and the small files among them read ahead."""
+    batch_to: int
 
 
 class WalkCounts(Protocol):
@@ -165,11 +168,16 @@ class EntryReader:
         dir_fd = frame.fd
         text = os.fsdecode(name)
         attempt = 0
+        pending = self._stated(frame, name)
         while True:
-            try:
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                return None  # vanished while we walked: it is not part of the snapshot
+            stated, pending = pending, None  # what the batch saw serves the first attempt only
+            if stated is not None:
+                st = stated.st
+            else:
+                try:
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    return None  # vanished while we walked: it is not part of the snapshot
             mode = st.st_mode
             if (self.delegate_depth is not None and stat.S_ISDIR(mode)
                     and rel.count(b"/") + 1 == self.delegate_depth):
@@ -177,7 +185,10 @@ class EntryReader:
             decision = None
             if self.filter is not None:
                 assert frame.scope is not None
-                decision = self.filter.decide(frame.scope, os.fsdecode(rel), st)
+                if stated is not None and stated.decision is not None:
+                    decision = stated.decision  # decided (and counted) as the batch was stat'ed
+                else:
+                    decision = self.filter.decide(frame.scope, os.fsdecode(rel), st)
                 if decision.reason is not None:
                     return None
                 if decision.other_fs:
@@ -190,7 +201,7 @@ class EntryReader:
                         self._count_file(st.st_size, from_cache=True)
                         return Entry(text, FILE, stat.S_IMODE(mode), st.st_mtime_ns, size=st.st_size,
                                      digest=cached.digest, chunks=cached.chunks)
-                    read = self.reader.read_at(dir_fd, name)
+                    read = self._read(frame, name, stated)
                     if read is None:
                         return None
                     attempt += 1
@@ -298,20 +309,50 @@ class EntryReader:
 
     # -- files and the files cache ------------------------------------------------------------------
 
+    def _stated(self, frame: Listing, name: bytes) -> Stated | None:
+        """What ``name`` was when its batch was stat'ed (None: it could not be), the batch of
+        names from it on stat'ed, and looked up in the files cache, first if it is not yet."""
+        index = frame.pos - 1  # the walk has moved past ``name`` (and freed it in ``names``)
+        if index >= frame.batch_to or frame.batch is None:
+            assert frame.fd is not None
+            names = frame.names[index : index + NAMES]
+            names[0] = name
+            frame.batch_to = index + len(names)
+            frame.cached = {} if self.files_cache is None else self.files_cache.lookup(self._cache_dir(frame.rel), names)
+            frame.batch = stat_batch(frame.fd, names, lambda name, st: self._choose(frame, name, st))
+        return frame.batch.stated.get(name)
+
+    def _choose(self, frame: Listing, name: bytes, st: os.stat_result) -> tuple[Decision | None, bool]:
+        """For a name as its batch is stat'ed: the filter's decision if it is a regular file (else
+        the walk decides later), and whether it is a small file to read through the batch."""
+        if not stat.S_ISREG(st.st_mode):
+            return None, False
+        decision = None
+        if self.filter is not None:
+            assert frame.scope is not None
+            decision = self.filter.decide(frame.scope, os.fsdecode(os.path.join(frame.rel, name)), st)
+            if decision.reason is not None:
+                return decision, False
+        small = st.st_size < self.reader.chunker.min_size
+        return decision, small and self._cached(frame, name, st) is None
+
+    def _read(self, frame: Listing, name: bytes, stated: Stated | None) -> FileRead | None:
+        """Read the regular file ``name``: from its batch if the helper read it, else the slow way."""
+        assert frame.fd is not None
+        if stated is not None and frame.batch is not None:
+            found = frame.batch.content(frame.fd, name)
+            if found is not None:
+                return self.reader.take_whole(stated.st, *found)
+        return self.reader.read_at(frame.fd, name)
+
     def _cached(self, frame: Listing, name: bytes, st: os.stat_result) -> CachedFile | None:
-        """What the files cache vouches for, looked up a batch of names at a time.
+        """What the files cache vouches for (its rows are looked up as the name's batch is stat'ed).
 
         The chunks are not checked here: the commit checks every referenced blob under the GC
         fence anyway, and a snapshot whose cached chunks were collected is redone without the cache.
         """
         if self.files_cache is None:
             return None
-        index = frame.pos - 1  # the walk has moved past ``name`` (and freed it in ``names``)
-        if index >= frame.cached_to:
-            batch = frame.names[index : index + _CACHE_BATCH]
-            batch[0] = name
-            frame.cached = self.files_cache.lookup(self._cache_dir(frame.rel), batch)
-            frame.cached_to = index + len(batch)
         row = frame.cached.get(name)
         if row is not None and FilesCache.matches(row[0], st) and row[1].chunks:
             return row[1]

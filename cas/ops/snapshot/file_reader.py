@@ -85,6 +85,15 @@ class FileReader:
             raise
         return self._read_open(fd)
 
+    def take_whole(self, st: os.stat_result, data: bytes, digest: str) -> FileRead:
+        """A file below the minimum chunk size read whole elsewhere (the walk's batches,
+        :mod:`cas.ops.snapshot.batch`), unchanged from ``st`` before and after: ``data``, whose
+        BLAKE3 is ``digest``, handed on as its one chunk."""
+        if not data:
+            return FileRead(st, 0, digest, (), True)
+        self.writer.add(digest, BlobKind.DATA, data)
+        return FileRead(st, len(data), digest, (digest,), True)
+
     def _read_open(self, fd: int) -> FileRead:
         """Read the file open as ``fd`` (closed here)."""
         try:

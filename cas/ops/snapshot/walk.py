@@ -33,6 +33,7 @@ from cas.errors import CasError, ConfigurationError, NotFound, PermissionDenied
 from cas.format.chunking import Chunker
 from cas.format.trees import DIR, DirectoryEncoder, Entry, TooLarge, encode_directory
 from cas.ops.ignore import IGNORE_FILE_NAME
+from cas.ops.snapshot.batch import NameBatch
 from cas.ops.snapshot.entries import (
     DELEGATE,
     DIR_FLAGS,
@@ -102,7 +103,8 @@ class _Dir:
     encoder: DirectoryEncoder
     pos: int = 0
     cached: dict[bytes, tuple[tuple[int, ...], CachedFile]] = field(default_factory=dict)
-    cached_to: int = 0
+    batch: NameBatch | None = None
+    batch_to: int = 0
     entries: list[Entry] | None = None
     """Its entries so far, kept only for an ``on_directory`` callback."""
     scope: DirScope | None = None
