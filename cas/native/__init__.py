@@ -16,7 +16,7 @@ leaves the GIL for all of it.
   (:meth:`cas.ops.restore.create.FileWriter.write_whole_many`: a restore's small files, on its
   threads or in its writer process);
 - :func:`~cas.native.files.stat_names` and :func:`~cas.native.files.read_files`: a batch of a
-  directory's names ``lstat``\ ed, and its small files read whole and hashed, each only while it is
+  directory's names stat'ed (``lstat``), and its small files read whole and hashed, each only while it is
   still the regular file ``lstat`` saw (the snapshot's walk, :mod:`cas.ops.snapshot.batch`).
 
 It imports nothing of cas; everything above may use it.
