@@ -65,6 +65,23 @@ class TreeIndex(IndexConnection):
         """Those of ``tree_ids`` that have rows (and so, by the invariant, their whole subtrees)."""
         return {r[0] for r in self._lookup("SELECT DISTINCT tree_id FROM tree_entries WHERE tree_id IN ", tree_ids)}
 
+    def add_tree_rows(self, trees: Sequence[tuple[str, Sequence[TreeEntryRow]]], below: Iterable[str]) -> bool:
+        """Write the rows of ``trees`` that lack them before any snapshot row reaches them (a writer
+        writing its trees' rows as it goes, not all in its commit); fenced. ``below`` names the
+        trees their subdirectories are, outside ``trees`` (empty trees, which never have rows, left
+        out): only if each still has rows is anything written, so the invariant holds (if a tree has
+        rows, every tree below it has). False, with nothing written, if one lost its rows (pruned
+        meanwhile): the caller writes these with its commit instead. Until a snapshot row reaches
+        them, :meth:`prune_trees` may remove them, which the commit then sees (their trees are among
+        its assumed ones)."""
+        below = set(below)
+        with self._fenced() as conn:
+            if below and len({r[0] for r in self._lookup_on(
+                    conn, "SELECT DISTINCT tree_id FROM tree_entries WHERE tree_id IN ", below)}) != len(below):
+                return False
+            self._insert_trees(conn, trees)
+        return True
+
     def add_trees(self, execution_id: str, trees: TreeRows, assumed: Iterable[str] = ()) -> bool:
         """Write the rows of a snapshot's trees that lack them and mark the snapshot ``trees_indexed``;
         fenced, so it is ordered against :meth:`prune_trees`. ``trees`` must hold every tree of the

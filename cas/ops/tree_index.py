@@ -4,8 +4,9 @@ entries of snapshots that lack them are filled from the backend, and a tree sour
 The table (``manifests/trees.py``, docs/INDEX.md "tree_entries") holds each directory's logical
 entries under its tree ID, without chunk lists. It is filled
 
-* by a writer's commit, from what the tree builder encoded (:class:`TreeRowSpool`), in the commit's
-  own transaction: rows only for the directories the table lacks;
+* by a writer, from what the tree builder encoded (:class:`TreeRowSpool`): rows only for the
+  directories the table lacks, a batch at a time as the walk goes (or, for a batch the index
+  refuses, in the commit's own transaction);
 * by sync, rebuild and the first open after migration 0005 (:func:`fill_tree_index`), reading from
   the backend only the trees the table lacks.
 """
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 from cas.errors import CasError
-from cas.format.trees import DIR, FILE, SYMLINK, Entry, new_entry
+from cas.format.trees import DIR, FILE, SYMLINK, Entry, encode_directory, new_entry
 from cas.repo.repository import Repository
 from cas.types import EntryType
 from manifests.rows import TreeEntryRow
@@ -44,6 +45,12 @@ class TreeRowIndex(Protocol):
     """What the spool and the filler need of the index."""
 
     def indexed_trees(self, tree_ids: Sequence[str]) -> set[str]: ...
+
+    def add_tree_rows(self, trees: Sequence[tuple[str, Sequence[TreeEntryRow]]], below: Iterable[str]) -> bool: ...
+
+
+EMPTY_TREE = encode_directory([], lambda node_id, data: None)
+"""The tree ID of every empty directory: it has no rows, ever."""
 
 
 def entry_row(entry: Entry) -> TreeEntryRow:
@@ -89,10 +96,15 @@ class TreeRowSpool:
     """The rows of the directories a snapshot encodes, for its commit.
 
     Directories the index already has are dropped (asked in batches as they finish) and remembered
-    in :attr:`assumed`, which the commit re-checks under the fence. What stays is held in memory up
-    to :data:`_SPILL_ROWS` rows, then in a temporary file, so a first snapshot of a huge tree does
-    not hold every entry at once. With a ``sink`` (a parallel snapshot's worker), each checked batch
-    goes there instead, pickled, and the spool keeps nothing.
+    in :attr:`assumed`, which the commit re-checks under the fence. The rows of the others are
+    written as each batch is checked (:meth:`~manifests.trees.TreeIndex.add_tree_rows`), not in
+    the commit, and they join :attr:`assumed` too: a snapshot of 100,000 small files spent 1.5 s of
+    its commit's 2.2 s writing them, one core idle, where the walk now writes them as it goes.
+    Only if the index refuses a batch (a tree below it lost its rows: pruned meanwhile) are its
+    rows kept for the commit, held in memory up to :data:`_SPILL_ROWS` rows, then in a temporary
+    file, so a first snapshot of a huge tree does not hold every entry at once. With a ``sink`` (a
+    parallel snapshot's worker), each checked batch goes there instead, pickled, and the spool
+    keeps nothing.
 
     :meth:`merge` may be called from another thread than :meth:`add` (a parallel snapshot's
     results thread takes in its workers' batches while the walk goes on): their frames go to the
@@ -133,11 +145,21 @@ class TreeRowSpool:
             else:
                 kept.append((tree_id, [entry_row(e) for e in entries]))
         self._pending, self._pending_entries = [], 0
+        if kept and self._write_ahead(kept):
+            assumed.extend(tree_id for tree_id, rows in kept if rows)
+            kept = []
         if self._sink is not None:
             self._sink(_frame(kept) if kept else b"", [t for t, _ in kept], assumed)
             return
         self.assumed.update(assumed)
         self._keep(kept)
+
+    def _write_ahead(self, kept: list[tuple[str, list[TreeEntryRow]]]) -> bool:
+        """Write the rows of ``kept`` now, if every tree below them outside the batch still has
+        rows (the index checks, under the fence); False if not, nothing written."""
+        batch = {tree_id for tree_id, _ in kept}
+        below = {row.child for _, rows in kept for row in rows if row.child is not None}
+        return self._index.add_tree_rows(kept, below - batch - {EMPTY_TREE})
 
     def _keep(self, trees: Iterable[tuple[str, list[TreeEntryRow]]]) -> None:
         for tree_id, rows in trees:

@@ -280,19 +280,80 @@ def _row_count(store: Store) -> int:
         return int(conn.execute(text("SELECT count(*) FROM tree_entries")).scalar())
 
 
-def test_a_first_snapshot_larger_than_the_spool_holds_in_memory(
+def _deep_tree(src: Path) -> None:
+    _write(src, {f"d{i:02d}/e{j}/f{k}.py": f"{i} {j} {k}".encode() for i in range(12) for j in range(3) for k in range(4)})
+    (src / "empty").mkdir()  # an empty tree: no rows, ever
+
+
+def _orphan_children(store: Store) -> list[str]:
+    """Subdirectories named by some tree's rows that have no rows themselves (empty trees aside)."""
+    from sqlalchemy import text
+
+    from cas.ops.tree_index import EMPTY_TREE
+
+    with store.repo.index.engine.connect() as conn:
+        return [r[0] for r in conn.execute(text(
+            "SELECT DISTINCT child FROM tree_entries WHERE child IS NOT NULL AND child != :empty"
+            " AND child NOT IN (SELECT tree_id FROM tree_entries)"), {"empty": EMPTY_TREE})]
+
+
+def test_a_first_snapshot_s_rows_are_written_as_its_walk_goes_not_in_its_commit(
         store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from cas.ops import tree_index
 
-    monkeypatch.setattr(tree_index, "_SPILL_ROWS", 50)  # spill to the temporary file after 50 rows
     monkeypatch.setattr(tree_index, "_CHECK_EVERY", 7)
     src = tmp_path / "p"
-    _write(src, {f"d{i:02d}/e{j}/f{k}.py": f"{i} {j} {k}".encode() for i in range(12) for j in range(3) for k in range(4)})
-    store.snapshot(src, "spilled")
-    assert store.repo.index.snapshot("spilled").trees_indexed
-    assert _row_count(store) == 12 + 12 * 3 + 12 * 3 * 4
-    listing = [(p, e.type, e.size, e.digest) for p, e in browse.walk(store.repo, store.get("spilled").root, "", True)]
-    assert [(p, e.type, e.size, e.digest) for p, e in store.ls("spilled", recursive=True)] == listing
+    _deep_tree(src)
+    index = store.repo.index
+    real = index.commit_snapshot
+    at_commit = []
+
+    def commit_snapshot(row, blob_ids, **kwargs):  # type: ignore[no-untyped-def]
+        kwargs["trees"] = list(kwargs["trees"])
+        at_commit.append((_row_count(store), kwargs["trees"]))
+        return real(row, blob_ids, **kwargs)
+
+    monkeypatch.setattr(index, "commit_snapshot", commit_snapshot)
+    store.snapshot(src, "walked")
+    assert index.snapshot("walked").trees_indexed
+    # Every row was in before the commit's transaction, which was handed none to write.
+    assert at_commit == [(1 + 12 + 12 * 3 + 12 * 3 * 4, [])] and _row_count(store) == at_commit[0][0]
+    listing = [(p, e.type, e.size, e.digest) for p, e in browse.walk(store.repo, store.get("walked").root, "", True)]
+    assert [(p, e.type, e.size, e.digest) for p, e in store.ls("walked", recursive=True)] == listing
+
+
+def test_a_prune_between_the_walk_s_batches_never_leaves_a_tree_with_rows_above_one_without(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: CountingBackend, index_url: str,
+) -> None:
+    from cas.ops import tree_index
+
+    monkeypatch.setattr(tree_index, "_CHECK_EVERY", 7)
+    monkeypatch.setattr(tree_index, "_SPILL_ROWS", 50)  # refused batches' rows spill to the temporary file
+    src = tmp_path / "p"
+    _deep_tree(src)
+    index = store.repo.index
+    real = index.add_tree_rows
+    answers = []
+
+    def add_tree_rows(trees, below):  # type: ignore[no-untyped-def]
+        if len(answers) == 3:
+            # GC prunes the rows written so far: no snapshot row reaches them yet.
+            assert store.gc().tree_rows_pruned > 0
+        answers.append(real(trees, below))
+        assert _orphan_children(store) == []  # after every batch, written or refused
+        return answers[-1]
+
+    monkeypatch.setattr(index, "add_tree_rows", add_tree_rows)
+    store.snapshot(src, "raced")
+    assert answers[:3] == [True] * 3 and False in answers  # a batch above the pruned ones refused
+    assert _orphan_children(store) == []
+    assert not index.snapshot("raced").trees_indexed  # not marked over the pruned rows
+    reference = _by_reading(store, ["raced"], "*")
+    assert list(store.find("*")) == reference  # answered by reading its trees meanwhile
+    with Store.open(backend, index=index_url) as reopened:  # the next open fills it
+        assert reopened.repo.index.snapshot("raced").trees_indexed
+        assert list(reopened.find("*")) == reference
+        assert _orphan_children(reopened) == []
 
 
 def test_names_that_are_not_utf8_are_kept_exactly(store: Store, tmp_path: Path, backend: CountingBackend) -> None:
