@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cas import Store
-from cas.repo.filescache import FilesCache, expire_files_caches, files_cache_paths
+from cas.repo.filescache import CachedFile, FilesCache, expire_files_caches, files_cache_paths
 
 OLD = 1_600_000_000_000_000_000
 
@@ -75,3 +77,28 @@ def test_a_cache_from_before_expiry_is_upgraded(tmp_path: Path) -> None:
     cache.commit()
     assert cache.entries() == 1  # counted as seen at the upgrade, so nothing expires at once
     cache.close()
+
+
+_NAME = st.binary(min_size=1, max_size=12) | st.text(min_size=1, max_size=6).map(os.fsencode)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.dictionaries(st.tuples(_NAME, _NAME), st.tuples(
+    st.integers(0, 2**40), st.integers(0, OLD), st.integers(0, 2**62), st.integers(0, 2**62),
+    st.lists(st.binary(min_size=32, max_size=32).map(bytes.hex), max_size=3)), max_size=30))
+def test_what_a_snapshot_remembers_is_looked_up_exactly_whatever_the_names(
+    tmp_path_factory: pytest.TempPathFactory, rows: dict[tuple[bytes, bytes], tuple[int, int, int, int, list[str]]],
+) -> None:
+    """Any directory and name bytes (not UTF-8, a NUL): a lookup finds each row as remembered,
+    under its exact bytes."""
+    cache = FilesCache(str(tmp_path_factory.mktemp("cache") / "files.sqlite"))
+    try:
+        for (directory, name), (size, mtime, ctime, inode, chunks) in rows.items():
+            st_ = os.stat_result((0o100644, inode, 7, 1, 0, 0, size, 0, 0, 0, 0.0, 0.0, 0.0, 0, mtime, ctime))
+            cache.remember(directory, name, st_, size, chunks[0] if chunks else "", tuple(chunks))
+        cache.commit()
+        for (directory, name), (size, mtime, ctime, inode, chunks) in rows.items():
+            found = cache.lookup(directory, [name])
+            assert found[name] == ((size, mtime, ctime, inode, 7), CachedFile(chunks[0] if chunks else "", tuple(chunks)))
+    finally:
+        cache.close()
