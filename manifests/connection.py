@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 LOOKUP_BATCH = 500
 """IDs per ``IN (...)`` list: below SQLite's and PostgreSQL's limits on bound parameters."""
+_JSON_ROWS = 1000
+"""Rows per JSON array handed to SQLite: a pack's 10,000 rows in one array held some 4 MiB more in
+each uploading thread of a snapshot (the text, its bytes, SQLite's parse of it) than this."""
 
 
 class IndexConnection:
@@ -182,7 +185,8 @@ class IndexConnection:
             ordered = sorted(rows, key=operator.itemgetter(*(list(columns).index(k) for k in keys)))
             json_rows = self._json_insert_ignore(model, keys, tuple(columns))
             if json_rows is not None:
-                conn.exec_driver_sql(json_rows, (json.dumps(ordered),))
+                for start in range(0, len(ordered), _JSON_ROWS):
+                    conn.exec_driver_sql(json_rows, (json.dumps(ordered[start : start + _JSON_ROWS]),))
             else:
                 conn.exec_driver_sql(self._driver_insert_ignore(model, keys, tuple(columns)), ordered)
         else:

@@ -45,6 +45,22 @@ def _expected(dir_fd: int, name: str, max_size: int, ctime_before: int) -> tuple
             stat.S_IMODE(st_.st_mode))
 
 
+def _make(root: Path, entries: dict[str, tuple[str, int]]) -> None:
+    """``entries`` (name: kind and size) under ``root``: a symlink points at a regular file beside
+    them (never to be followed), a FIFO is to be opened without blocking."""
+    (root / ".target").write_bytes(b"outside the names asked for")
+    for name, (kind, size) in entries.items():
+        path = root / name
+        if kind == "file":
+            path.write_bytes(os.urandom(size))
+        elif kind == "symlink":
+            path.symlink_to(".target")
+        elif kind == "dir":
+            path.mkdir()
+        else:
+            os.mkfifo(path)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(entries=st.dictionaries(_NAMES, st.tuples(_KINDS, st.integers(0, 300_000)), max_size=12),
        absent=st.lists(_NAMES, max_size=3), max_size=st.integers(0, 200_000), nowait=st.booleans())
@@ -53,17 +69,7 @@ def test_each_regular_file_within_the_size_is_hashed_as_python_finds_it(
     max_size: int, nowait: bool,
 ) -> None:
     root = tmp_path_factory.mktemp("dir")
-    (root / ".target").write_bytes(b"outside the names asked for")
-    for name, (kind, size) in entries.items():
-        path = root / name
-        if kind == "file":
-            path.write_bytes(os.urandom(size))
-        elif kind == "symlink":
-            path.symlink_to(".target")  # a regular file behind it: never followed
-        elif kind == "dir":
-            path.mkdir()
-        else:
-            os.mkfifo(path)  # opened without blocking, and not a regular file
+    _make(root, entries)
     names = [*entries, *(n for n in absent if n not in entries)]
     dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -161,20 +167,6 @@ def test_a_read_that_fails_raises_os_error(tmp_path: Path) -> None:
             range_digests(fd, [10], 2)
     finally:
         os.close(fd)
-
-
-def _make(root: Path, entries: dict[str, tuple[str, int]]) -> None:
-    (root / ".target").write_bytes(b"outside the names asked for")
-    for name, (kind, size) in entries.items():
-        path = root / name
-        if kind == "file":
-            path.write_bytes(os.urandom(size))
-        elif kind == "symlink":
-            path.symlink_to(".target")
-        elif kind == "dir":
-            path.mkdir()
-        else:
-            os.mkfifo(path)
 
 
 def _seen(st_: os.stat_result) -> tuple[int, int, int, int, int]:

@@ -2,9 +2,9 @@
 
 The walk (:mod:`cas.ops.snapshot.walk`) hands each name of a directory to :meth:`EntryReader.entry`
 in name order. The name is stat'ed without following symlinks (a batch of names at a time, with
-the files cache's rows for them, :mod:`cas.ops.snapshot.batch`; its small files to read are read
-in batches too); then, in turn: a directory at the
-delegation's depth is handed back to the walk for a worker (:data:`DELEGATE`); the
+the files cache's rows for them, and the small files among them read in batches too:
+:mod:`cas.ops.snapshot.batch`); then, in turn: a directory at the delegation's depth is handed
+back to the walk for a worker (:data:`DELEGATE`); the
 :class:`~cas.ops.snapshot.filter.WalkFilter` may leave it out (never opened or read) or have a
 directory on another file system stored empty (:class:`OtherFileSystem`); a regular file the
 files cache vouches for is taken from it; any other regular file is read
