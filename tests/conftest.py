@@ -58,6 +58,14 @@ def store(tmp_path: Path, cas_home: Path) -> Iterator[Store]:
     s.close()
 
 
+@pytest.fixture
+def plain_store(tmp_path: Path, cas_home: Path) -> Iterator[Store]:
+    """A store with the default chunking: a file below 256 KiB is one chunk (read and written whole)."""
+    s = Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'index.sqlite'}")
+    yield s
+    s.close()
+
+
 @pytest.fixture(params=REPO_KINDS)
 def either_store(request: pytest.FixtureRequest, tmp_path: Path, cas_home: Path) -> Iterator[Store]:
     """:func:`store`, once unencrypted and once encrypted (docs/SECURITY.md): modules whose tests

@@ -9,7 +9,7 @@ import stat
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -49,14 +49,6 @@ class _CountingOs:
 
     def count(self) -> Counter[str]:
         return Counter(name for name, _, _ in self.calls)
-
-
-@pytest.fixture
-def plain_store(tmp_path: Path, cas_home: Path) -> Iterator[Store]:
-    """A store with the default chunking: a file of up to 256 KiB is one chunk."""
-    s = Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'index.sqlite'}")
-    yield s
-    s.close()
 
 
 @pytest.fixture

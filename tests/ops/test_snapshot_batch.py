@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,14 +44,6 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> _Calls:
     monkeypatch.setattr(snapshot_batch, "stat_names", stat_names)
     monkeypatch.setattr(snapshot_batch, "read_files", read_files)
     return recorded
-
-
-@pytest.fixture
-def plain_store(tmp_path: Path, cas_home: Path) -> Iterator[Store]:
-    """A store with the default chunking: a file below 256 KiB is read whole, as one chunk."""
-    s = Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'index.sqlite'}")
-    yield s
-    s.close()
 
 
 def _tree(root: Path, files: int, size: int) -> Path:
