@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from cas.native.files import hash_files, range_digests, read_files, stat_names, write_whole_files
+from cas.native.files import hash_files, range_digests, read_files, scan_dir, stat_names, write_whole_files
 
 _FAR = 1 << 62  # a ctime bound no file reaches
 _NAMES = st.text(st.characters(codec="utf-8", exclude_characters="/\x00"), min_size=1, max_size=12).filter(
@@ -211,6 +211,47 @@ def test_names_are_stat_ed_as_lstat_finds_them_and_read_only_while_the_regular_f
             assert read_files(dir_fd, [n for n, _ in files], seen) == [None] * len(files)
     finally:
         os.close(dir_fd)
+
+
+_RAW_NAMES = st.binary(min_size=1, max_size=10).filter(
+    lambda b: b"/" not in b and b"\x00" not in b and b not in (b".", b"..")).map(os.fsdecode)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=st.dictionaries(_NAMES | _RAW_NAMES, st.tuples(_KINDS, st.integers(0, 5_000)), max_size=70))
+def test_a_directory_is_listed_with_each_name_and_its_lstat_as_python_finds_them(
+    tmp_path_factory: pytest.TempPathFactory, entries: dict[str, tuple[str, int]],
+) -> None:
+    """Any names (not UTF-8 too, decoded as ``os.fsdecode`` does), any kinds, directories on both
+    sides of the size that is stat'ed without the interpreter lock; the caller's descriptor keeps
+    its position."""
+    root = tmp_path_factory.mktemp("dir")
+    _make(root, entries)
+    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        found = scan_dir(dir_fd)
+        assert scan_dir(dir_fd) == found
+        names = [name for name, _ in found]
+        assert sorted(names) == sorted(os.listdir(dir_fd)) == sorted({*entries, ".target"})
+        for name, st_ in found:
+            expected = os.lstat(name, dir_fd=dir_fd)
+            assert st_ is not None and st_[:10] == expected[:10]
+            assert (st_.st_mtime_ns, st_.st_ctime_ns, st_.st_mtime) == (expected.st_mtime_ns, expected.st_ctime_ns,
+                                                                        expected.st_mtime)
+    finally:
+        os.close(dir_fd)
+
+
+def test_listing_what_is_not_a_directory_raises_os_error(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        with pytest.raises(NotADirectoryError):
+            scan_dir(fd)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):
+        scan_dir(-1)
 
 
 def test_a_file_changed_since_it_was_stat_ed_is_declined_and_the_others_read(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """cas's compiled helper (Rust, built by ``pip install`` through setuptools-rust from ``Cargo.toml``
 and ``src/`` beside this file): work on many files, or many ranges of one, done in one call that
-leaves the GIL for all of it.
+leaves the GIL for all of it, and the decoding of tree nodes.
 
 :mod:`cas.native.files` holds
 
@@ -17,7 +17,15 @@ leaves the GIL for all of it.
   threads or in its writer process);
 - :func:`~cas.native.files.stat_names` and :func:`~cas.native.files.read_files`: a batch of a
   directory's names stat'ed (``lstat``), and its small files read whole and hashed, each only while it is
-  still the regular file ``lstat`` saw (the snapshot's walk, :mod:`cas.ops.snapshot.batch`).
+  still the regular file ``lstat`` saw (the snapshot's walk, :mod:`cas.ops.snapshot.batch`);
+- :func:`~cas.native.files.scan_dir`: a directory listed, each name with its ``lstat``, in one
+  call (the restore's survey of its destination, :mod:`cas.ops.restore.survey`);
+- :func:`~cas.native.files.decode_canonical_node` (``src/trees.rs``): a tree node in canonical form
+  decoded into ``Entry`` objects, with the checks of the Python decoder, which it leaves anything
+  else to (:func:`cas.format.trees.decode_node`).
+
+Calls whose work is short (a small directory, a small node) keep the interpreter lock: winning it
+back from the restore's busy threads would cost more than the work.
 
 It imports nothing of cas; everything above may use it.
 """

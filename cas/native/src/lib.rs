@@ -8,6 +8,8 @@ use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 
+mod trees;
+
 /// A file as hashed: inode, size, mtime and ctime (ns), the BLAKE3 of its content in hex, and its
 /// permission bits.
 type Hashed = (u64, u64, i64, i64, String, u32);
@@ -257,6 +259,85 @@ fn stat_names<'py>(py: Python<'py>, dir_fd: i32, names: Vec<Vec<u8>>) -> PyResul
     found
         .iter()
         .map(|st| st.as_ref().map(|st| stat_result.call1((stat_fields(py, st)?,))).transpose())
+        .collect()
+}
+
+/// Every name of the directory `dir_fd` but `.` and `..`, in the order `readdir` gives them,
+/// read through a descriptor of its own (the caller's keeps its position).
+fn list_names(dir_fd: libc::c_int) -> io::Result<Vec<CString>> {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    // SAFETY: the path is a NUL-terminated literal; the descriptor is owned by the DIR stream.
+    let fd = unsafe { libc::openat(dir_fd, c".".as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a directory descriptor this function opened; on success the stream owns it.
+    let stream = unsafe { libc::fdopendir(fd) };
+    if stream.is_null() {
+        let err = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so `fd` is still ours to close.
+        unsafe { libc::close(fd) };
+        return Err(err);
+    }
+    let mut names = Vec::new();
+    let result = loop {
+        // SAFETY: errno is this thread's; readdir sets it only on failure.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: `stream` is open until closedir below.
+        let item = unsafe { libc::readdir(stream) };
+        if item.is_null() {
+            let code = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            break if code == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(code)) };
+        }
+        // SAFETY: d_name is NUL-terminated within the record readdir returned.
+        let name = unsafe { std::ffi::CStr::from_ptr((*item).d_name.as_ptr()) };
+        if !matches!(name.to_bytes(), b"." | b"..") {
+            names.push(name.to_owned());
+        }
+    };
+    // SAFETY: closes the stream and the descriptor it owns, once.
+    unsafe { libc::closedir(stream) };
+    result.map(|()| names)
+}
+
+/// Directories of at least this many names are stat'ed without the interpreter lock. A smaller
+/// one takes less time than winning the lock back from a busy thread would.
+const DETACH_NAMES: usize = 64;
+
+/// scan_dir(dir_fd)
+/// --
+///
+/// Every entry of the directory `dir_fd` (but `.` and `..`) with its `lstat`, listed and stat'ed
+/// in one call without the interpreter lock: (name, `os.stat_result` of its first 16 fields, or
+/// None where `lstat` failed: the name vanished, or anything else, which `os.stat` tells), names
+/// decoded as `os.fsdecode` decodes them. Raises OSError if the directory cannot be read.
+#[pyfunction]
+#[pyo3(signature = (dir_fd))]
+fn scan_dir<'py>(py: Python<'py>, dir_fd: i32) -> PyResult<Vec<(Bound<'py, PyAny>, Option<Bound<'py, PyAny>>)>> {
+    let stat_all = |names: Vec<CString>| -> Vec<(CString, Option<libc::stat>)> {
+        names.into_iter().map(|name| {
+            let st = lstat_at(dir_fd, &name);
+            (name, st)
+        }).collect()
+    };
+    let names = list_names(dir_fd)?;
+    let found = if names.len() >= DETACH_NAMES { py.detach(|| stat_all(names)) } else { stat_all(names) };
+    let stat_result = py.import("os")?.getattr("stat_result")?;
+    found
+        .iter()
+        .map(|(name, st)| {
+            let bytes = name.to_bytes();
+            // SAFETY: `bytes` is valid for its length; the function returns a new reference or
+            // NULL with an exception set, which `from_owned_ptr_or_err` turns into the error.
+            let text = unsafe {
+                Bound::from_owned_ptr_or_err(
+                    py,
+                    pyo3::ffi::PyUnicode_DecodeFSDefaultAndSize(bytes.as_ptr().cast(), bytes.len() as pyo3::ffi::Py_ssize_t),
+                )
+            }?;
+            let st = st.as_ref().map(|st| stat_result.call1((stat_fields(py, st)?,))).transpose()?;
+            Ok((text, st))
+        })
         .collect()
 }
 
@@ -536,6 +617,8 @@ fn files(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(range_digests, m)?)?;
     m.add_function(wrap_pyfunction!(write_whole_files, m)?)?;
     m.add_function(wrap_pyfunction!(stat_names, m)?)?;
+    m.add_function(wrap_pyfunction!(scan_dir, m)?)?;
     m.add_function(wrap_pyfunction!(read_files, m)?)?;
+    m.add_function(wrap_pyfunction!(trees::decode_canonical_node, m)?)?;
     Ok(())
 }

@@ -18,7 +18,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from cas.format.trees import FILE, Entry
-from cas.native.files import hash_files
+from cas.native.files import hash_files, scan_dir
 from cas.ops.restore import hash_ahead
 from cas.ops.restore import local as restore_local
 from cas.ops.restore.hash_ahead import judge
@@ -68,53 +68,43 @@ class DestinationSurvey(RestoreState):
         present: dict[str, os.stat_result] = {}
         matched: set[str] = set()
         cold: list[Entry] = []
-        unhashed: list[os.DirEntry[str]] = []
+        unhashed: list[tuple[str, os.stat_result]] = []
         compare = not self.trust_mtime
         delete_here = self.delete and bool(prefix or self._delete_root)
         ahead = self._hash_ahead if compare else None
         found = ahead.take(job.ident) if ahead is not None else None
         at_ns, hashed = found if found is not None else (0, None)
-        with os.scandir(dir_fd) as listing:
-            for item in listing:
-                name = item.name
-                entry = wanted.get(name)
-                if entry is None and not name.startswith(TMP_PREFIX):
-                    if ahead is not None and item.is_dir(follow_symlinks=False):
-                        ahead.skip(job.ident, name)  # not worth hashing
-                    if delete_here:  # no lstat: the remover looks for itself
-                        removal = self._removals.submit(dir_fd, name)
-                        job.removals.append((prefix + name, removal))
-                    continue
-                if (compare and entry is not None and entry.type == FILE and entry.size <= _COMPARE_AT_ONCE
-                        and item.is_file(follow_symlinks=False)):
-                    matches, fixed, st = None, False, None
-                    if hashed is not None and name in hashed:  # what the child found, if it still holds
-                        try:
-                            st = item.stat(follow_symlinks=False)
-                        except FileNotFoundError:
-                            continue
-                        matches = judge(hashed[name], at_ns, st, entry, self._mode(entry.mode),
-                                        restore_local.SETTLED_NS)
-                        if matches is None and self._compare_in_memory(dir_fd, entry, present, matched, cold):
-                            continue
-                    else:
-                        unhashed.append(item)  # hashed below, with the directory's others
-                        continue
-                    if matches:
-                        matched.add(name)
-                        self._count_match(entry, fixed)
-                        continue
-                    if st is not None:
-                        present[name] = st
-                        continue
+        for name, st in scan_dir(dir_fd):
+            entry = wanted.get(name)
+            if entry is None and not name.startswith(TMP_PREFIX):
+                if ahead is not None and st is not None and stat.S_ISDIR(st.st_mode):
+                    ahead.skip(job.ident, name)  # not worth hashing
+                if delete_here:  # the remover looks for itself
+                    removal = self._removals.submit(dir_fd, name)
+                    job.removals.append((prefix + name, removal))
+                continue
+            if st is None:  # the listing's lstat failed: again, to say why
                 try:
-                    st = item.stat(follow_symlinks=False)
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                if entry is not None:
-                    present[name] = st
-                elif is_abandoned(name, st):
-                    self._remove(dir_fd, name, prefix + name, counted=False)
+            if (compare and entry is not None and entry.type == FILE and entry.size <= _COMPARE_AT_ONCE
+                    and stat.S_ISREG(st.st_mode)):
+                if hashed is None or name not in hashed:
+                    unhashed.append((name, st))  # hashed below, with the directory's others
+                    continue
+                # What the child found, if it still holds.
+                matches = judge(hashed[name], at_ns, st, entry, self._mode(entry.mode), restore_local.SETTLED_NS)
+                if matches is None and self._compare_in_memory(dir_fd, entry, present, matched, cold):
+                    continue
+                if matches:
+                    matched.add(name)
+                    self._count_match(entry, False)
+                    continue
+            if entry is not None:
+                present[name] = st
+            elif is_abandoned(name, st):
+                self._remove(dir_fd, name, prefix + name, counted=False)
         if unhashed:
             self._compare_unhashed(dir_fd, unhashed, wanted, present, matched, cold)
         if cold:
@@ -144,7 +134,7 @@ class DestinationSurvey(RestoreState):
         return True
 
     def _compare_unhashed(
-        self, dir_fd: int, items: list[os.DirEntry[str]], wanted: dict[str, Entry],
+        self, dir_fd: int, items: list[tuple[str, os.stat_result]], wanted: dict[str, Entry],
         present: dict[str, os.stat_result], matched: set[str], cold: list[Entry],
     ) -> None:
         """Small files in place that the child had not hashed (it started late, or is behind):
@@ -153,16 +143,13 @@ class DestinationSurvey(RestoreState):
         in ``present``; one not hashed (not in memory, not a regular file any more) is compared on the
         comparer threads; one whose mode or mtime is to fix, by :meth:`_compare_in_memory`."""
         try:
-            found = hash_files(dir_fd, [os.fsencode(item.name) for item in items], _COMPARE_AT_ONCE, _ANY_CTIME, True)
+            found = hash_files(dir_fd, [os.fsencode(name) for name, _ in items], _COMPARE_AT_ONCE, _ANY_CTIME, True)
         except OSError:  # reads that do not wait are refused here: all on the comparer threads
             found = [None] * len(items)
-        for item, record in zip(items, found):
-            entry = wanted[item.name]
+        for (name, st), record in zip(items, found):
+            entry = wanted[name]
             if record is not None and (record[1] != entry.size or record[4] != entry.digest):
-                try:
-                    present[entry.name] = item.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    pass
+                present[name] = st
                 continue
             if record is None:
                 cold.append(entry)  # not in memory (or not a regular file any more): on the comparer threads
@@ -170,10 +157,7 @@ class DestinationSurvey(RestoreState):
                 matched.add(entry.name)
                 self._count_match(entry, False)
             elif not self._compare_in_memory(dir_fd, entry, present, matched, cold):  # its metadata to fix
-                try:
-                    present[entry.name] = item.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    pass
+                present[name] = st
 
     def _compare_cold(
         self, dir_fd: int, entries: list[Entry], present: dict[str, os.stat_result], matched: set[str]
