@@ -76,6 +76,32 @@ def test_a_batch_is_written_whole_by_another_process(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f[0] for f in first + second)  # no temporaries
 
 
+def test_many_batches_in_flight_to_many_directories_are_each_answered_and_written_whole(
+    tmp_path: Path, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More batches sent at once than the child holds and writes at a time (its writing threads
+    take them in any order): each answered with its own files' answers, nothing left over."""
+    monkeypatch.setattr(write_process, "MESSAGE_BYTES", 4_000)
+    writer = _writer(pool)
+    directories = [tmp_path / f"d{i}" for i in range(4)]
+    fds = []
+    for directory in directories:
+        directory.mkdir()
+        fds.append(os.open(directory, os.O_RDONLY | os.O_DIRECTORY))
+    batches = [(i % 4, _files(5 + i, f"b{i}-")) for i in range(3 * (write_process._QUEUED + write_process._WRITERS))]
+    try:
+        answers = [writer.submit(fds[d], files) for d, files in batches]
+        assert [a.result(timeout=60) for a in answers] == [[None] * len(files) for _, files in batches]
+    finally:
+        writer.close()
+        for fd in fds:
+            os.close(fd)
+    for d, directory in enumerate(directories):
+        mine = [f for i, files in batches if i == d for f in files]
+        _check(directory, mine)
+        assert sorted(p.name for p in directory.iterdir()) == sorted(f[0] for f in mine)
+
+
 def test_a_taken_name_gets_a_temporary_and_an_error_is_its_files_own(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
     (tmp_path / "f001").write_bytes(b"already here")
     writer = _writer(pool)

@@ -6,7 +6,8 @@ lock and takes it back, while the walk (reading trees, locating, fetching and ve
 needs it: 100,000 small files took 1.9 s of the walk's work alone and 3.8 s with the writing on two
 threads of the same process. So a child process writes them: :class:`ProcessWriter` sends it a
 directory's descriptor (``SCM_RIGHTS`` over a Unix socket) with a batch of files (name, verified
-content, mode, mtime), and the child writes each as the restore's own threads would
+content, mode, mtime); the child takes batches as they come (up to :data:`_QUEUED` ahead of its
+writing) and writes them on :data:`_WRITERS` threads, each file as the restore's own threads would
 (:meth:`~cas.ops.restore.create.FileWriter.write_whole_many`: nothing appears under a name before
 the file is whole) and answers, per file, None (named), the temporary name it has (its name was
 taken: the restore places it), or the error.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import queue
 import signal
 import socket
 import struct
@@ -163,25 +165,64 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes:
 # -- the child ------------------------------------------------------------------------------------
 
 
+_QUEUED = 3
+"""Messages the child holds received and not yet written, at most: it takes the next ones while it
+writes, so that the restore's sends do not wait for each batch's writing (and the child does not
+wait for the restore's next batch while the restore locates and fetches it)."""
+
+
+_WRITERS = 2
+"""Threads of the child that write batches: creating files is the kernel's work, which the
+compiled helper does without the interpreter lock, so two threads keep both of a small host's
+cores creating files."""
+
+
+def _receive_messages(sock: socket.socket, out: queue.Queue[tuple[int, list[int], memoryview] | None]) -> None:
+    """The child's reading thread: each message (batch number, descriptors passed, pickled batch)
+    put on ``out``, then None once the restore closes its end (or the socket fails)."""
+    try:
+        while True:
+            message, fds, _flags, _address = socket.recv_fds(sock, _HEADER.size, 1)
+            if not message:
+                return  # the restore closed its end: nothing more will come
+            if len(message) < _HEADER.size:
+                message += _read_exactly(sock, _HEADER.size - len(message))
+            number, length = _HEADER.unpack(message)
+            view = memoryview(bytearray(length))
+            got = 0
+            while got < length:
+                n = sock.recv_into(view[got:])
+                if not n:
+                    raise EOFError("the restore closed its end in a message")
+                got += n
+            out.put((number, fds, view))
+    except (OSError, EOFError):
+        return
+    finally:
+        out.put(None)
+
+
 def _serve(sock: socket.socket, tag: str) -> None:
     writer = FileWriter(tag)
-    buffer = bytearray()  # a message's bytes, kept for the next (the largest so far)
-    while True:
-        message, fds, _flags, _address = socket.recv_fds(sock, _HEADER.size, 1)
-        if not message:
-            return  # the restore closed its end: nothing more will come
-        if len(message) < _HEADER.size:
-            message += _read_exactly(sock, _HEADER.size - len(message))
-        number, length = _HEADER.unpack(message)
-        if len(buffer) < length:
-            buffer = bytearray(length)
-        view = memoryview(buffer)[:length]
-        got = 0
-        while got < length:
-            n = sock.recv_into(view[got:])
-            if not n:
-                raise EOFError("the restore closed its end in a message")
-            got += n
+    received: queue.Queue[tuple[int, list[int], memoryview] | None] = queue.Queue(_QUEUED)
+    sending = threading.Lock()
+    reader = threading.Thread(target=_receive_messages, args=(sock, received), name="cas-write-receive", daemon=True)
+    reader.start()
+    writers = [threading.Thread(target=_write_messages, args=(writer, received, sock, sending), daemon=True,
+                                name=f"cas-write-{i}") for i in range(1, _WRITERS)]
+    for thread in writers:
+        thread.start()
+    _write_messages(writer, received, sock, sending)
+    for thread in writers:
+        thread.join()
+
+
+def _write_messages(writer: FileWriter, received: queue.Queue[tuple[int, list[int], memoryview] | None],
+                    sock: socket.socket, sending: threading.Lock) -> None:
+    """A writing thread of the child: each batch received written and answered, until the end
+    (None, put back for the other writing threads)."""
+    while (item := received.get()) is not None:
+        number, fds, view = item
         files: list[File] = pickle.loads(view)  # from the restore
         view.release()
         if not fds:  # the kernel could not give us the descriptor (EMFILE)
@@ -192,7 +233,9 @@ def _serve(sock: socket.socket, tag: str) -> None:
             finally:
                 os.close(fds[0])
         payload = pickle.dumps(answers, protocol=pickle.HIGHEST_PROTOCOL)
-        sock.sendall(_HEADER.pack(number, len(payload)) + payload)
+        with sending:
+            sock.sendall(_HEADER.pack(number, len(payload)) + payload)
+    received.put(None)
 
 
 def main(argv: list[str]) -> int:
