@@ -230,8 +230,8 @@ def decode_node(data: bytes) -> list[Entry] | tuple[str, ...]:
 
     A node in canonical form with UTF-8 names is decoded by the compiled helper
     (:func:`cas.native.files.decode_canonical_node`: the same checks and the same entries, in
-    about a third of the time); anything it does not take is decoded by :func:`decode_node_in_python`, which
-    accepts it or says what is wrong with it."""
+    about a third of the time); anything it does not take is decoded by
+    :func:`decode_node_in_python`, which accepts it or says what is wrong with it."""
     if _NATIVE:
         node = decode_canonical_node(data, Entry, _KIND_ORDER)
         if node is not None:
