@@ -138,7 +138,8 @@ class GatedIndex(Index):
       were read and before its next statement (the rescue, then the snapshot insert).
 
     It also notes when a ``gc_apply`` sends its fence update (:attr:`gc_fence_sent`) and when
-    ``gc_apply`` and ``commit_snapshot`` return (:attr:`events`, in order, shared if passed in).
+    ``gc_apply`` returns and ``commit_snapshot``'s transaction commits (:attr:`events`, in order,
+    shared if passed in).
     """
 
     def __init__(self, engine: Any, url: str) -> None:
@@ -151,6 +152,8 @@ class GatedIndex(Index):
         self._looked_up = False
         event.listen(engine, "before_cursor_execute", self._before_statement)
         event.listen(engine, "after_cursor_execute", self._after_statement)
+        event.listen(engine, "commit", self._committing)
+        self._committing_id: str | None = None
 
     def gate(self, name: str) -> Gate:
         gate = self.gates[name] = Gate(name)
@@ -174,15 +177,22 @@ class GatedIndex(Index):
         if self._in_commit == threading.get_ident() and " from blobs " in " " + " ".join(statement.split()).lower() + " ":
             self._looked_up = True
 
+    def _committing(self, conn) -> None:  # type: ignore[no-untyped-def]
+        """The commit's event, noted as its transaction commits (still holding the fence): after
+        the call returned, a GC whose verdicts waited for it could be noted first."""
+        if self._in_commit == threading.get_ident() and self._committing_id is not None:
+            self.events.append(f"commit {self._committing_id}")
+            self._committing_id = None
+
     def commit_snapshot(self, row, blob_ids, **kw):  # type: ignore[no-untyped-def,override]
         self._in_commit = threading.get_ident()
         self._looked_up = False
+        self._committing_id = row.execution_id
         try:
-            result = super().commit_snapshot(row, blob_ids, **kw)
+            return super().commit_snapshot(row, blob_ids, **kw)
         finally:
             self._in_commit = None
-        self.events.append(f"commit {row.execution_id}")
-        return result
+            self._committing_id = None
 
     def gc_apply(self, epoch, **verdicts):  # type: ignore[no-untyped-def,override]
         self._reach("gc_apply")
