@@ -34,7 +34,6 @@ from cas.repo import keystore
 from cas.repo.keystore import KeyInfo, Passphrase
 from cas.repo.repository import Repository
 from cas.types import OnChange
-from manifests.index import Index
 from manifests.rows import IndexStats, SnapshotRow
 
 # The other operations are imported by the methods that run them, so that a command that lists or
@@ -53,6 +52,7 @@ if TYPE_CHECKING:
     from cas.ops.tree_filter import TreeFilter
     from cas.ops.verify import VerifyReport
     from cas.ops.view import SnapshotView
+    from manifests.index import Index
 
 log = logging.getLogger(__name__)
 

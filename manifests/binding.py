@@ -9,6 +9,7 @@ from sqlalchemy import select, update
 from backends.errors import ConfigurationError
 from manifests.connection import IndexConnection
 from manifests.models import RepositoryBinding
+from manifests.statements import BINDING
 
 
 class BindingIndex(IndexConnection):
@@ -25,8 +26,8 @@ class BindingIndex(IndexConnection):
         # Every command opens the index, so the usual case (bound to this repository) is one read,
         # not a write transaction (a reader's database role may have no write rights at all).
         with self._read() as conn:
-            bound = conn.execute(select(RepositoryBinding).where(RepositoryBinding.id == 1)).first()
-        if bound is not None and bound.repo_id == repo_id and bound.location == location:
+            found = conn.exec_driver_sql(BINDING).first()
+        if found is not None and tuple(found) == (repo_id, location):
             return False
         now = dt.datetime.now(dt.timezone.utc)
         with self._write() as conn:

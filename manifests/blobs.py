@@ -12,14 +12,7 @@ from manifests.database import utc
 from manifests.errors import PackBeingDeleted
 from manifests.models import Blob, Pack, Tombstone
 from manifests.rows import BlobLocationLike, BlobRow, PackRow, PackState
-
-# Look blobs up by primary key and exclude the (few) condemned packs; a join lets SQLite's planner
-# scan all live packs instead.
-_KNOWN_SQL = (
-    "SELECT id FROM blobs WHERE pack_id NOT IN (SELECT id FROM packs WHERE state = "
-    f"{PackState.CONDEMNED.value}) AND id IN "
-)
-_LOCATE_SQL = 'SELECT id, kind, pack_id, "offset", length, raw_length, codec FROM blobs WHERE id IN '
+from manifests.statements import KNOWN_BLOBS, LOCATE_BLOBS
 
 
 class BlobIndex(IndexConnection):
@@ -31,12 +24,12 @@ class BlobIndex(IndexConnection):
         Blobs in packs that garbage collection condemned are still readable but not offered, so no
         new reference to them is made after the condemnation (docs/GC.md).
         """
-        return {row[0] for row in self._lookup(_KNOWN_SQL, ids)}
+        return {row[0] for row in self._lookup(KNOWN_BLOBS, ids)}
 
     def locate(self, ids: Iterable[str]) -> dict[str, BlobRow]:
         """Where each of ``ids`` is stored, in live and condemned packs alike; unknown IDs are absent."""
         make = BlobRow._make
-        return {row[0]: make(row) for row in self._lookup(_LOCATE_SQL, ids)}
+        return {row[0]: make(row) for row in self._lookup(LOCATE_BLOBS, ids)}
 
     def add_pack(self, pack_id: str, size: int, blobs: Sequence[BlobLocationLike]) -> None:
         """Record a pack that is already on the backend, and the blobs it holds, in one transaction.

@@ -19,12 +19,11 @@ from sqlalchemy.sql.expression import Executable
 from backends.errors import ConfigurationError
 from manifests import database
 from manifests.models import Blob, Pack, Snapshot, Tombstone
+from manifests.statements import LOOKUP_BATCH, sqlite_lookup
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-LOOKUP_BATCH = 500
-"""IDs per ``IN (...)`` list: below SQLite's and PostgreSQL's limits on bound parameters."""
 _JSON_ROWS = 1000
 """Rows per JSON array handed to SQLite: a pack's 10,000 rows in one array held some 4 MiB more in
 each uploading thread of a snapshot (the text, its bytes, SQLite's parse of it) than this."""
@@ -104,6 +103,10 @@ class IndexConnection:
                     conn.execute(statement)
             finally:
                 conn.rollback()
+
+    def full(self) -> Self:
+        """The index with all its operations at hand: this one (see :class:`manifests.lazy.LazyIndex`)."""
+        return self
 
     def close(self) -> None:
         self.engine.dispose()
@@ -236,26 +239,20 @@ class IndexConnection:
         driver = held.connection.driver_connection
         if driver is None or driver.in_transaction:
             return None
-        rows: list[tuple] = []  # type: ignore[type-arg]
-        wanted = list(dict.fromkeys(ids))
         try:
-            cursor = driver.cursor()
-            try:
-                for start in range(0, len(wanted), LOOKUP_BATCH):
-                    batch = wanted[start : start + LOOKUP_BATCH]
-                    statement = sql + "(" + ",".join("?" * len(batch)) + ")"  # placeholders only
-                    cursor.execute(statement, batch)
-                    rows.extend(cursor.fetchall())
-            finally:
-                cursor.close()
+            return sqlite_lookup(driver, sql, ids)
         except sqlite3.Error:
             return None
-        return rows
+
+    @property
+    def _mark(self) -> str:
+        """The driver's mark of a positional parameter in plain SQL (``exec_driver_sql``)."""
+        return "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
 
     def _lookup_on(self, conn, sql: str, ids: Iterable[str], tail: str = "") -> Iterator[tuple]:  # type: ignore[no-untyped-def,type-arg]
         """:meth:`_lookup` on ``conn``; ``tail`` follows the list of IDs (a ``GROUP BY``)."""
         wanted = list(dict.fromkeys(ids))
-        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        mark = self._mark
         for start in range(0, len(wanted), LOOKUP_BATCH):
             batch = wanted[start : start + LOOKUP_BATCH]
             statement = sql + "(" + ",".join([mark] * len(batch)) + ")" + tail

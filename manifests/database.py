@@ -21,9 +21,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, Operati
 from backends.errors import CasError, ConfigurationError, MissingDependency, PermissionDenied, Unavailable
 from manifests.errors import IndexDamaged
 from manifests.models import Fence
-
-SCHEMA_HEAD = "0005"
-"""The newest migration this code knows; a database at a revision it does not know is refused."""
+from manifests.statements import SCHEMA_HEAD, SCHEMA_VERSION
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -148,7 +146,7 @@ def _schema_is_current(engine: Engine) -> bool:
     """A quick look at Alembic's version table, so opening an up-to-date index imports no Alembic."""
     try:
         with engine.connect() as conn:
-            return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == SCHEMA_HEAD
+            return conn.exec_driver_sql(SCHEMA_VERSION).scalar() == SCHEMA_HEAD
     except SQLAlchemyError:
         return False
 

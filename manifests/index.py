@@ -19,7 +19,10 @@ holds an unreferenced copy that garbage collection reclaims). docs/INDEX.md desc
 ====================  ===========================================================================
 
 Below them: ``database.py`` (engines, migrations, error translation), ``rows.py`` (the values
-handed out), ``errors.py`` and ``models.py`` (the tables). This module stays the import point.
+handed out), ``statements.py`` (the SQL of the reads every command makes, as text), ``errors.py`` and
+``models.py`` (the tables). This module stays the import point; a command opens the index through
+``lazy.py`` (:func:`manifests.lazy.open_index`), which answers a restore's reads without importing
+SQLAlchemy and opens an :class:`Index` for anything else.
 """
 
 from __future__ import annotations

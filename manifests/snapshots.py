@@ -15,7 +15,10 @@ from manifests.connection import IndexConnection, batches
 from manifests.errors import SnapshotWithdrawn
 from manifests.models import Snapshot
 from manifests.rows import SnapshotRow
+from manifests.statements import SNAPSHOT_COLUMNS, snapshot_by_id, snapshot_row
 from manifests.trees import TreeIndex, TreeRows
+
+_SNAPSHOT_SELECT = [Snapshot.__table__.c[name] for name in SNAPSHOT_COLUMNS]
 
 
 class SnapshotIndex(TreeIndex, IndexConnection):
@@ -126,8 +129,8 @@ class SnapshotIndex(TreeIndex, IndexConnection):
 
     def snapshot(self, execution_id: str) -> SnapshotRow | None:
         with self._read() as conn:
-            row = conn.execute(select(Snapshot).where(Snapshot.execution_id == execution_id)).first()
-        return None if row is None else _snapshot_row(row)
+            row = conn.exec_driver_sql(snapshot_by_id(self._mark), (execution_id,)).first()
+        return None if row is None else snapshot_row(row)
 
     def snapshots(
         self,
@@ -144,7 +147,7 @@ class SnapshotIndex(TreeIndex, IndexConnection):
         ``json_extract``, PostgreSQL's ``->>``), so ``limit`` counts matching rows only. Label keys
         are the engine's checked names (letters, digits, ``._/-``), safe inside a JSON path.
         """
-        query = select(Snapshot)
+        query = select(*_SNAPSHOT_SELECT)
         for key, value in (labels or {}).items():
             query = query.where(Snapshot.labels[key].as_string() == value)
         if since_ns is not None:
@@ -155,27 +158,10 @@ class SnapshotIndex(TreeIndex, IndexConnection):
         if limit is not None:
             query = query.limit(limit)
         with self._read() as conn:
-            return [_snapshot_row(r) for r in conn.execute(query)]
+            return [snapshot_row(r) for r in conn.execute(query)]
 
     def remove_snapshot(self, execution_id: str) -> bool:
         """Fenced, so a sync's commit of the same ID is ordered before or after it (never inside)."""
         with self._fenced() as conn:
             result = conn.execute(delete(Snapshot).where(Snapshot.execution_id == execution_id))
         return bool(result.rowcount)
-
-
-def _snapshot_row(row) -> SnapshotRow:  # type: ignore[no-untyped-def]
-    return SnapshotRow(
-        execution_id=row.execution_id,
-        root_tree=row.root_tree,
-        time_ns=row.time_ns,
-        labels=dict(row.labels or {}),
-        stats=dict(row.stats or {}),
-        logical_bytes=row.logical_bytes,
-        new_bytes=row.new_bytes,
-        stored_bytes=row.stored_bytes,
-        root_mode=row.root_mode,
-        root_mtime_ns=row.root_mtime_ns,
-        damaged=bool(row.damaged),
-        trees_indexed=bool(row.trees_indexed),
-    )

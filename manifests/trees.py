@@ -18,6 +18,7 @@ from sqlalchemy import bindparam, text, update
 from manifests.connection import IndexConnection
 from manifests.models import Snapshot, TreeEntry
 from manifests.rows import TreeEntryRow
+from manifests.statements import UNINDEXED_SNAPSHOTS
 
 TreeRows = Iterable[tuple[str, Sequence[TreeEntryRow]]]
 """``(tree ID, its entries)`` for each directory, in any order; a tree given twice is written once."""
@@ -49,12 +50,6 @@ _FIND = {
     + ")"
     for by_digest in (False, True)
     for by_suffix in (False, True)
-}
-_UNINDEXED = {
-    damaged: "SELECT execution_id, root_tree FROM snapshots WHERE NOT trees_indexed"
-    + ("" if damaged else " AND NOT damaged")
-    + " ORDER BY time_ns DESC, execution_id"
-    for damaged in (False, True)
 }
 
 
@@ -164,7 +159,7 @@ class TreeIndex(IndexConnection):
         """``(execution ID, root tree)`` of the snapshots whose trees have no rows yet, newest first;
         without those marked damaged unless ``damaged``."""
         with self._read() as conn:
-            return [(r[0], r[1]) for r in conn.execute(text(_UNINDEXED[damaged]))]
+            return [(r[0], r[1]) for r in conn.execute(text(UNINDEXED_SNAPSHOTS[damaged]))]
 
     def find_entries(
         self, roots: Sequence[str], *, digest: str | None = None, name_suffix: bytes = b""

@@ -41,14 +41,16 @@ from dataclasses import dataclass
 from functools import partial
 from itertools import chain, starmap
 from operator import itemgetter
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from cas.errors import ConfigurationError
 from cas.format.hashing import is_digest
 from cas.format.trees import FILE
 from cas.ops.browse import TreeSource, walk
 from cas.ops.select import Selection
-from manifests.index import Index
+
+if TYPE_CHECKING:
+    from manifests.index import Index
 
 
 class Found(NamedTuple):

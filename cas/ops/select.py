@@ -12,11 +12,14 @@ import datetime as dt
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cas.errors import ConfigurationError
 from cas.format.records import check_labels
-from manifests.index import Index
 from manifests.rows import SnapshotRow
+
+if TYPE_CHECKING:
+    from manifests.index import Index
 
 When = dt.datetime | dt.timedelta
 """A point in time: an aware datetime, a naive one (taken as UTC), or a timedelta meaning that long ago."""

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from cas.errors import ConfigurationError
 from cas.format.trees import DIR, Entry
 from cas.ops.browse import TreeSource
-from cas.ops.ignore import PatternList
 
 
 class _Verdict(enum.Enum):
@@ -62,6 +61,10 @@ class TreeRules:
     """A :class:`TreeFilter`'s patterns, compiled."""
 
     def __init__(self, spec: TreeFilter) -> None:
+        # Here, not at the top: pathspec's import is a restore's largest after the engine's, and a
+        # restore without patterns never compiles one.
+        from cas.ops.ignore import PatternList
+
         self._exclude = PatternList(spec.exclude, source="--exclude")
         self._include = PatternList(spec.include, source="--include") if spec.include else None
 

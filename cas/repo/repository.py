@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
 from backends import open_backend, redact_url
 from backends.base import Backend
@@ -29,7 +30,11 @@ from cas.repo import keystore
 from cas.repo.chunkcache import ChunkCache
 from cas.repo.keystore import Passphrase
 from cas.types import BlobKind, BlobLocation
-from manifests.index import BlobRow, Index
+from manifests.lazy import open_index
+from manifests.rows import BlobRow
+
+if TYPE_CHECKING:
+    from manifests.index import Index
 
 _MAX_CONFIG_READ = 64 * 1024
 
@@ -122,9 +127,9 @@ class Repository:
         if unlocked is not None:
             backend = keystore.wrap_backend(backend, unlocked)
         location = backend_location(backend)
-        if not isinstance(index, Index):
+        if index is None or isinstance(index, (str, bool)):
             url = index or (index is None and os.environ.get("CAS_INDEX"))
-            index = Index.open(url or default_index_url(config.repo_id, location))
+            index = open_index(url or default_index_url(config.repo_id, location))
         try:
             new_index = index.bind(config.repo_id, location, rebind=rebind_index)
         except BaseException:

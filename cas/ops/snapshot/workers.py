@@ -235,6 +235,8 @@ class WorkerPool:
         ctx = multiprocessing.get_context("fork")
         try:
             self._tasks = ctx.Queue()
+            # The whole index (SQLAlchemy: manifests.lazy) loaded once here, not in each worker.
+            setup.repo.index.full()
         except BaseException:
             os.close(setup.root_fd)
             raise

@@ -1,0 +1,183 @@
+"""The index as a command opens it: the reads of a restore straight through SQLite's driver,
+SQLAlchemy loaded only when anything else is asked.
+
+Importing SQLAlchemy costs a command about 0.2 s and 23 MiB of memory (``python -c "import
+sqlalchemy"`` on this project's 2-core machine), more than all the index's reads of restoring a
+26,000-file execution. For a SQLite file at the schema this code knows, :func:`open_index` gives a
+:class:`LazyIndex`: it answers ``bind`` (when the index is bound to that repository already, as
+after the first command), ``snapshot``, ``locate``, ``known_blobs`` and ``unindexed_snapshots``
+with the statements of :mod:`manifests.statements`, the same ones the full index runs, on a
+connection of its own per thread; every other attribute is the full
+:class:`~manifests.index.Index`'s, opened on first use. A driver error on those reads is left to
+the full index, which runs the same read and reports what went wrong as it always does.
+
+Anything else (a server database, an in-memory one, a URL with options, a file that does not exist,
+a schema to migrate or one this code does not know) opens the full index at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import urllib.parse
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, cast
+
+from manifests.rows import BlobRow, SnapshotRow
+from manifests.statements import (
+    BINDING,
+    KNOWN_BLOBS,
+    LOCATE_BLOBS,
+    SCHEMA_HEAD,
+    SCHEMA_VERSION,
+    UNINDEXED_SNAPSHOTS,
+    snapshot_by_id,
+    snapshot_row,
+    sqlite_lookup,
+)
+
+if TYPE_CHECKING:
+    from manifests.index import Index
+
+_BUSY_TIMEOUT_S = 30.0
+"""As the full index's connections wait for a lock (``PRAGMA busy_timeout``)."""
+
+
+def open_index(url: str) -> Index:
+    """The index at ``url``: a :class:`LazyIndex` where one can serve, else the full index (which
+    creates and migrates what it must, and says what is wrong with a URL or a database)."""
+    path = _sqlite_file(url)
+    lazy = LazyIndex.open(url, path) if path is not None else None
+    if lazy is not None:
+        return cast("Index", lazy)  # it stands in for one: every other attribute is the full index's
+    from manifests.index import Index
+
+    return Index.open(url)
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The file of a plain ``sqlite:///PATH`` URL (no driver named, no options, no escapes)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///") :]
+    if not path or path == ":memory:" or any(c in path for c in "?#%"):
+        return None
+    return path
+
+
+class LazyIndex:
+    """See the module's notes. Safe to share between threads, as the full index is."""
+
+    def __init__(self, url: str, path: str) -> None:
+        self.url = url
+        self.sqlite_path = path
+        # mode=rw: a file that is not there is never created here (the full index creates it).
+        self._uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=rw"
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[tuple[int, sqlite3.Connection]] = []
+        self._full: Index | None = None
+
+    @classmethod
+    def open(cls, url: str, path: str) -> LazyIndex | None:
+        """None when the file cannot be read this way or its schema is not :data:`SCHEMA_HEAD`."""
+        index = cls(url, path)
+        try:
+            version = index._connection().execute(SCHEMA_VERSION).fetchone()
+        except sqlite3.Error:
+            version = None
+        if version is None or version[0] != SCHEMA_HEAD:
+            index.close()
+            return None
+        return index
+
+    # -- the reads served here ------------------------------------------------------------------
+
+    def bind(self, repo_id: str, location: str, *, rebind: bool = False) -> bool:
+        """:meth:`Index.bind`: answered here when the index is bound to ``repo_id`` at ``location``."""
+        try:
+            found = self._connection().execute(BINDING).fetchone()
+        except sqlite3.Error:
+            found = None
+        if found is not None and tuple(found) == (repo_id, location):
+            return False
+        return self.full().bind(repo_id, location, rebind=rebind)
+
+    def snapshot(self, execution_id: str) -> SnapshotRow | None:
+        try:
+            row = self._connection().execute(snapshot_by_id("?"), (execution_id,)).fetchone()
+        except sqlite3.Error:
+            return self.full().snapshot(execution_id)
+        return None if row is None else snapshot_row(row)
+
+    def locate(self, ids: Iterable[str]) -> dict[str, BlobRow]:
+        ids = list(ids)
+        try:
+            rows = sqlite_lookup(self._connection(), LOCATE_BLOBS, ids)
+        except sqlite3.Error:
+            return self.full().locate(ids)
+        make = BlobRow._make
+        return {row[0]: make(row) for row in rows}
+
+    def known_blobs(self, ids: Iterable[str]) -> set[str]:
+        ids = list(ids)
+        try:
+            rows = sqlite_lookup(self._connection(), KNOWN_BLOBS, ids)
+        except sqlite3.Error:
+            return self.full().known_blobs(ids)
+        return {row[0] for row in rows}
+
+    def unindexed_snapshots(self, *, damaged: bool = True) -> list[tuple[str, str]]:
+        try:
+            rows = self._connection().execute(UNINDEXED_SNAPSHOTS[damaged]).fetchall()
+        except sqlite3.Error:
+            return self.full().unindexed_snapshots(damaged=damaged)
+        return [(r[0], r[1]) for r in rows]
+
+    @contextmanager
+    def lookups_on_one_connection(self) -> Iterator[None]:
+        """Each thread's lookups here share one connection already."""
+        yield
+
+    # -- the rest -------------------------------------------------------------------------------
+
+    def full(self) -> Index:
+        """The full index, opened now if it was not (importing SQLAlchemy)."""
+        with self._lock:
+            if self._full is None:
+                from manifests.index import Index
+
+                self._full = Index.open(self.url)
+            return self._full
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_lock", "_full", "_local", "_connections"):
+            raise AttributeError(name)
+        return getattr(self.full(), name)
+
+    def close(self) -> None:
+        with self._lock:
+            mine = [conn for pid, conn in self._connections if pid == os.getpid()]
+            self._connections.clear()
+            full, self._full = self._full, None
+        for conn in mine:
+            conn.close()
+        if full is not None:
+            full.close()
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection (a new one in a forked child: a connection is never used
+        across a fork)."""
+        pid = os.getpid()
+        held = getattr(self._local, "held", None)
+        if held is not None and held[0] == pid:
+            return held[1]
+        # Autocommit: each SELECT reads on its own, holding no transaction open between calls.
+        conn = sqlite3.connect(self._uri, uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False)
+        self._local.held = (pid, conn)
+        with self._lock:
+            self._connections.append((pid, conn))
+        return conn

@@ -1,0 +1,95 @@
+"""The SQL of the reads every command makes, as plain text: the index's parts run it through
+SQLAlchemy's connection, :mod:`manifests.lazy` straight through SQLite's driver, so both read the
+same rows the same way. Nothing here imports SQLAlchemy."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from manifests.rows import PackState, SnapshotRow
+
+SCHEMA_HEAD = "0005"
+"""The newest migration this code knows; a database at a revision it does not know is refused."""
+SCHEMA_VERSION = "SELECT version_num FROM alembic_version"
+"""Alembic's record of the schema's revision (one row)."""
+
+LOOKUP_BATCH = 500
+"""IDs per ``IN (...)`` list: below SQLite's and PostgreSQL's limits on bound parameters."""
+
+# Look blobs up by primary key and exclude the (few) condemned packs; a join lets SQLite's planner
+# scan all live packs instead.
+KNOWN_BLOBS = (
+    "SELECT id FROM blobs WHERE pack_id NOT IN (SELECT id FROM packs WHERE state = "
+    f"{PackState.CONDEMNED.value}) AND id IN "
+)
+"""Followed by a parenthesised list of IDs."""
+LOCATE_BLOBS = 'SELECT id, kind, pack_id, "offset", length, raw_length, codec FROM blobs WHERE id IN '
+"""Followed by a parenthesised list of IDs; the columns of a :class:`~manifests.rows.BlobRow`."""
+
+UNINDEXED_SNAPSHOTS = {
+    damaged: "SELECT execution_id, root_tree FROM snapshots WHERE NOT trees_indexed"
+    + ("" if damaged else " AND NOT damaged")
+    + " ORDER BY time_ns DESC, execution_id"
+    for damaged in (False, True)
+}
+"""By whether snapshots marked damaged are included."""
+
+BINDING = "SELECT repo_id, location FROM repository WHERE id = 1"
+
+SNAPSHOT_COLUMNS = (
+    "execution_id", "root_tree", "time_ns", "labels", "stats", "logical_bytes", "new_bytes", "stored_bytes",
+    "root_mode", "root_mtime_ns", "damaged", "trees_indexed",
+)
+"""The columns of ``snapshots`` that make a :class:`~manifests.rows.SnapshotRow`, in the order
+:func:`snapshot_row` takes them."""
+
+
+def snapshot_by_id(mark: str) -> str:
+    """The :data:`SNAPSHOT_COLUMNS` of one execution ID, bound with the driver's parameter ``mark``."""
+    return f"SELECT {', '.join(SNAPSHOT_COLUMNS)} FROM snapshots WHERE execution_id = {mark}"
+
+
+def snapshot_row(values: Sequence[Any]) -> SnapshotRow:
+    """:data:`SNAPSHOT_COLUMNS` of a row as the driver gives them: JSON columns as text (SQLite) or
+    already decoded (PostgreSQL's driver), booleans as integers (SQLite) or booleans."""
+    (execution_id, root_tree, time_ns, labels, stats, logical_bytes, new_bytes, stored_bytes, root_mode,
+     root_mtime_ns, damaged, trees_indexed) = values
+    return SnapshotRow(
+        execution_id=execution_id,
+        root_tree=root_tree,
+        time_ns=time_ns,
+        labels=dict(_json(labels) or {}),
+        stats=dict(_json(stats) or {}),
+        logical_bytes=logical_bytes,
+        new_bytes=new_bytes,
+        stored_bytes=stored_bytes,
+        root_mode=root_mode,
+        root_mtime_ns=root_mtime_ns,
+        damaged=bool(damaged),
+        trees_indexed=bool(trees_indexed),
+    )
+
+
+def sqlite_lookup(conn: sqlite3.Connection, sql: str, ids: Iterable[str]) -> list[tuple[Any, ...]]:
+    """Rows of ``sql + (ids...)`` through SQLite's driver on ``conn``, the IDs deduplicated and
+    bound in batches of :data:`LOOKUP_BATCH` (one statement each: a plain SELECT outside a
+    transaction reads one consistent state of the database per batch). Raises ``sqlite3.Error``."""
+    wanted = list(dict.fromkeys(ids))
+    rows: list[tuple[Any, ...]] = []
+    cursor = conn.cursor()
+    try:
+        for start in range(0, len(wanted), LOOKUP_BATCH):
+            batch = wanted[start : start + LOOKUP_BATCH]
+            statement = sql + "(" + ",".join("?" * len(batch)) + ")"  # placeholders only
+            cursor.execute(statement, batch)
+            rows.extend(cursor.fetchall())
+    finally:
+        cursor.close()
+    return rows
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, (str, bytes)) else value

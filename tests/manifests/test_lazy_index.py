@@ -1,0 +1,221 @@
+"""manifests/lazy.py: the index a command opens answers a restore's reads through SQLite's driver
+exactly as the full index answers them, hands everything else to the full index, and leaves every
+case it does not serve (and every failure) to the full index's own handling."""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+import os
+import sqlite3
+import subprocess
+import sys
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backends.errors import CasError, ConfigurationError
+from manifests.index import Index
+from manifests.lazy import LazyIndex, open_index
+from manifests.rows import SnapshotRow
+from manifests.statements import LOOKUP_BATCH
+
+ROOT = Path(__file__).resolve().parents[2]
+Location = namedtuple("Location", "id kind pack_id offset length raw_length codec")
+PACKS = 4
+BLOBS = 2 * LOOKUP_BATCH + 3  # lookups of several batches
+
+
+def _blob(n: int) -> str:
+    return f"{n:064x}"
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    """An index of a repository ``repo-1`` at ``/repo``: blob n in pack n % PACKS, pack 0 condemned,
+    snapshots with labels and stats, one marked damaged, one with its trees indexed."""
+    url = f"sqlite:///{tmp_path / 'index.sqlite'}"
+    index = Index.open(url)
+    try:
+        assert index.bind("repo-1", "/repo") is True
+        for p in range(PACKS):
+            index.add_pack(_blob(p), 100, [Location(_blob(n), n % 3, "", n, 10 + n, 20 + n, n % 2)
+                                           for n in range(p, BLOBS, PACKS)])
+        for i in range(6):
+            row = SnapshotRow(f"exec-{i}", _blob(1000 + i), 10**18 + i, {"team": f"t{i % 2}", "é": "ü"},
+                              {"files": i, "bytes": 7 * i}, i, 2 * i, 3 * i, 0o700 + i, 5 + i,
+                              trees_indexed=i == 4)
+            assert index.commit_snapshot(row, [_blob(i)], damaged_if_missing=True) == set()
+        index.mark_damaged("exec-3")
+        index.gc_apply(index.next_epoch(), condemn=[_blob(0)], rescue=[], delete=[], grace=dt.timedelta(0))
+    finally:
+        index.close()
+    return url
+
+
+def test_a_current_sqlite_file_opens_lazily_and_loads_nothing_else(url: str) -> None:
+    code = f"""
+import sys
+from manifests.lazy import LazyIndex, open_index
+index = open_index({url!r})
+assert isinstance(index, LazyIndex), type(index)
+index.bind("repo-1", "/repo")
+index.snapshot("exec-1"), index.locate(["{_blob(5)}"]), index.known_blobs(["{_blob(5)}"]), index.unindexed_snapshots()
+print(sorted(m for m in sys.modules if m.startswith(("sqlalchemy", "alembic", "manifests.index"))))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(wanted=st.lists(st.integers(0, BLOBS + 50), max_size=BLOBS + 50) | st.just(list(range(BLOBS))),
+       execution=st.sampled_from([f"exec-{i}" for i in range(7)] + ["", "exec-1 ", "EXEC-1", "ü"]))
+def test_the_lazy_reads_equal_the_full_index(url: str, wanted: list[int], execution: str) -> None:
+    full, lazy = Index.open(url), open_index(url)
+    try:
+        assert isinstance(lazy, LazyIndex)
+        ids = [_blob(n) for n in wanted]
+        assert lazy.locate(iter(ids)) == full.locate(ids)
+        assert lazy.known_blobs(iter(ids)) == full.known_blobs(ids)
+        assert lazy.snapshot(execution) == full.snapshot(execution)
+        for damaged in (False, True):
+            assert lazy.unindexed_snapshots(damaged=damaged) == full.unindexed_snapshots(damaged=damaged)
+        assert lazy._full is None  # all of it answered without the full index
+    finally:
+        full.close()
+        lazy.close()
+
+
+def test_every_other_attribute_is_the_full_indexs(url: str) -> None:
+    lazy = open_index(url)
+    try:
+        assert isinstance(lazy, LazyIndex) and lazy._full is None
+        stats = lazy.stats()  # not served lazily: the full index opens
+        assert isinstance(lazy._full, Index)
+        full = Index.open(url)
+        try:
+            assert stats == full.stats()
+            assert [r.execution_id for r in lazy.snapshots(labels={"team": "t1"})] == ["exec-5", "exec-3", "exec-1"]
+            assert lazy.full() is lazy._full
+        finally:
+            full.close()
+        with pytest.raises(AttributeError):
+            lazy.no_such_method  # noqa: B018
+    finally:
+        lazy.close()
+
+
+def test_binding_elsewhere_is_the_full_indexs_answer(url: str) -> None:
+    full = Index.open(url)
+    try:
+        with pytest.raises(ConfigurationError) as full_other:
+            full.bind("repo-2", "/repo")
+        with pytest.raises(ConfigurationError) as full_moved:
+            full.bind("repo-1", "/copy")
+    finally:
+        full.close()
+    lazy = open_index(url)
+    try:
+        assert lazy.bind("repo-1", "/repo") is False
+        assert lazy._full is None
+        with pytest.raises(ConfigurationError) as other:
+            lazy.bind("repo-2", "/repo")
+        with pytest.raises(ConfigurationError) as moved:
+            lazy.bind("repo-1", "/copy")
+        assert (str(other.value), str(moved.value)) == (str(full_other.value), str(full_moved.value))
+        assert lazy.bind("repo-1", "/copy", rebind=True) is False
+        assert lazy.bind("repo-1", "/copy") is False
+        with pytest.raises(ConfigurationError):
+            lazy.bind("repo-1", "/repo")
+    finally:
+        lazy.close()
+
+
+def _prepare(case: str, url: str, copy: Path) -> str:
+    """A copy of the index at ``url`` (or a URL) made into ``case``."""
+    if case == "memory":
+        return "sqlite:///:memory:"
+    if case == "missing":
+        return f"sqlite:///{copy.parent / 'new' / 'index.sqlite'}"
+    with sqlite3.connect(url[len("sqlite:///"):]) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    source.close()
+    target.close()
+    if case in ("newer", "older"):
+        with sqlite3.connect(copy) as db:
+            db.execute("UPDATE alembic_version SET version_num = ?", ("9999" if case == "newer" else "0004",))
+        db.close()
+    elif case == "garbage":
+        copy.write_bytes(b"not a database, " * 512)
+    return f"sqlite:///{copy}" + ("?timeout=5" if case == "options" else "")
+
+
+@pytest.mark.parametrize("case", ["missing", "newer", "older", "garbage", "options", "memory"])
+def test_what_it_does_not_serve_opens_as_before(tmp_path: Path, url: str, case: str) -> None:
+    """Each case gets what ``Index.open`` gives it: an index that creates, migrates or refuses."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    url_a, url_b = (_prepare(case, url, tmp_path / side / "index.sqlite") for side in "ab")
+    try:
+        expected: Index | CasError = Index.open(url_a)
+    except CasError as exc:
+        expected = exc
+    if isinstance(expected, CasError):
+        with pytest.raises(type(expected)) as got:
+            open_index(url_b)
+        assert str(got.value) == str(expected).replace(str(tmp_path / "a"), str(tmp_path / "b"))
+        return
+    expected.close()
+    opened = open_index(url_b)
+    try:
+        assert type(opened) is Index
+        assert (opened.snapshot("exec-1") is None) == (case in ("missing", "memory"))
+    finally:
+        opened.close()
+
+
+def test_a_failing_read_is_reported_by_the_full_index(url: str) -> None:
+    lazy = open_index(url)
+    try:
+        assert isinstance(lazy, LazyIndex)
+        assert lazy.locate([_blob(1)])  # a connection of this thread is open
+        path = url[len("sqlite:///"):]
+        with sqlite3.connect(path) as db:
+            db.execute("ALTER TABLE blobs RENAME TO blobs_gone")
+        db.close()
+        with pytest.raises(CasError) as failed:
+            lazy.locate([_blob(1)])
+        assert not isinstance(failed.value, sqlite3.Error)
+        assert "blobs" in str(failed.value)
+        assert isinstance(lazy._full, Index)
+    finally:
+        lazy.close()
+
+
+def _read_in_child(lazy: LazyIndex, out: multiprocessing.connection.Connection) -> None:
+    row = lazy.snapshot("exec-2")
+    out.send((row.execution_id if row else None, id(lazy._connection()), lazy._full is None))
+
+
+def test_a_forked_child_reads_on_a_connection_of_its_own(url: str) -> None:
+    lazy = open_index(url)
+    try:
+        assert isinstance(lazy, LazyIndex)
+        assert lazy.snapshot("exec-2") is not None
+        parents = id(lazy._connection())
+        ctx = multiprocessing.get_context("fork")
+        reader, writer = ctx.Pipe(duplex=False)
+        child = ctx.Process(target=_read_in_child, args=(lazy, writer))
+        child.start()
+        execution_id, childs, lazy_there = reader.recv()
+        child.join(30)
+        assert child.exitcode == 0
+        assert execution_id == "exec-2" and lazy_there
+        assert childs != parents
+        assert lazy.snapshot("exec-2") is not None and id(lazy._connection()) == parents
+        assert os.getpid() == lazy._local.held[0]
+    finally:
+        lazy.close()
