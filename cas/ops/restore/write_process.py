@@ -133,7 +133,8 @@ def write_batch(writer: FileWriter, dir_fd: int, files: list[File]) -> list[obje
 def _joined(futures: list[Future[list[object]]]) -> Future[list[object]]:
     """One future of the answers of ``futures``, in order, once all have them."""
     joined: Future[list[object]] = Future()
-    left = [len(futures)]
+    waiting = list(futures)
+    left = [len(waiting)]
     lock = threading.Lock()
 
     def done(_: Future[list[object]]) -> None:
@@ -142,11 +143,15 @@ def _joined(futures: list[Future[list[object]]]) -> Future[list[object]]:
             if left[0]:
                 return
         try:
-            joined.set_result([answer for f in futures for answer in f.result()])
+            joined.set_result([answer for f in waiting for answer in f.result()])
         except BaseException as exc:  # noqa: BLE001 - given to whoever waits
             joined.set_exception(exc)
+        finally:
+            # Each of them keeps this function among its callbacks: without this, every batch
+            # (its files' bytes and entries) would wait in a reference cycle for the collector.
+            waiting.clear()
 
-    for f in futures:
+    for f in waiting:
         f.add_done_callback(done)
     return joined
 
