@@ -6,8 +6,8 @@ from __future__ import annotations
 import gc
 import os
 import signal
-import weakref
 import stat
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
