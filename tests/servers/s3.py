@@ -205,7 +205,8 @@ class DroppingProxy:
     A connection is cut (closed with a TCP reset both ways) once more than ``cut_after`` bytes
     have flowed from the server back to the client, or ``cut_request_after`` bytes from the client
     to the server, until ``drop_connections`` connections have been cut; after that everything
-    passes. Counting per connection and not per request keeps it independent of keep-alive.
+    passes, and a connection not cut ends as the client or the server ended it (its last bytes
+    delivered). Counting per connection and not per request keeps it independent of keep-alive.
     ``dropped`` counts the connections cut.
     """
 
@@ -261,6 +262,7 @@ class DroppingProxy:
             _reset(client)
             return
         done = threading.Event()
+        cut: list[bool] = []
         budgets = {"up": self.cut_request_after, "down": self.cut_after}
         # Neither pump closes a socket: it shuts both down, which wakes the other pump, and the
         # sockets are closed (reset) once both pumps are done. Closed by one pump while the other
@@ -276,6 +278,7 @@ class DroppingProxy:
                         break
                     if budget is not None:
                         if len(data) >= budget and self._claim_cut():
+                            cut.append(True)
                             dst.sendall(data[:budget])
                             break
                         budget = None if len(data) >= budget else budget - len(data)
@@ -291,8 +294,15 @@ class DroppingProxy:
         down.start()
         pump(client, upstream, "up")
         down.join()
-        _reset(client)
-        _reset(upstream)
+        if cut:
+            _reset(client)
+            _reset(upstream)
+        else:
+            # An end that is not a cut passes as one: what was sent reaches the other side before
+            # the close (a reset would discard it, and the client would see a cut that was not one
+            # when the server ended the connection right after a response it had not read yet).
+            client.close()
+            upstream.close()
 
     def _claim_cut(self) -> bool:
         """Whether this over-budget connection is one of the first ``drop_connections`` to cut."""
