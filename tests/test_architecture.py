@@ -63,3 +63,40 @@ print(json.dumps([code, sorted(m for m in sys.modules if m.startswith(("sqlalche
     proc = subprocess.run([sys.executable, "-c", code, *cli[3:], "log"], env=env, check=True, capture_output=True,
                           text=True)
     assert "e1" in proc.stdout  # a listing, through the full index
+
+
+def test_a_snapshot_loads_pathspec_only_for_patterns(tmp_path: Path) -> None:
+    """pathspec is imported when a walk has patterns to compile, not for a tree without
+    ``.casignore`` files and a command without ``--exclude``; with either, the patterns apply."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_bytes(b"alpha\n")
+    (src / "sub" / "b.log").write_bytes(b"beta\n")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "CAS_HOME": str(tmp_path / "home")}
+    args = ["--repo", str(tmp_path / "repo"), "--index", f"sqlite:///{tmp_path / 'index.sqlite'}"]
+    code = """
+import json, sys
+from cas.cli import main
+code = main(sys.argv[1:])
+print(json.dumps([code, sorted(m for m in sys.modules if m.split(".")[0] == "pathspec")]))
+"""
+
+    def snapshot(execution_id: str, *extra: str) -> list[object]:
+        proc = subprocess.run([sys.executable, "-c", code, *args, "snapshot", str(src), "--execution-id", execution_id,
+                               *extra], env=env, check=True, capture_output=True, text=True)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def names(execution_id: str) -> list[str]:
+        proc = subprocess.run([sys.executable, "-m", "cas", *args, "--json", "ls", execution_id, "-r"], env=env,
+                              check=True, capture_output=True, text=True)
+        return sorted(item["path"] for item in json.loads(proc.stdout))
+
+    assert snapshot("plain") == [0, []]
+    assert names("plain") == ["a.txt", "sub", "sub/b.log"]
+    code_, loaded = snapshot("excluded", "--exclude", "*.log")
+    assert code_ == 0 and "pathspec" in loaded
+    assert names("excluded") == ["a.txt", "sub"]
+    (src / ".casignore").write_text("a.txt\n")
+    code_, loaded = snapshot("ignored")
+    assert code_ == 0 and "pathspec" in loaded
+    assert names("ignored") == [".casignore", "sub", "sub/b.log"]

@@ -21,9 +21,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 
-from pathspec.patterns.gitignore.base import GitIgnorePatternError
-from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
-
 IGNORE_FILE_NAME = ".casignore"
 
 # The tails pathspec (1.x) ends its regular expressions with: "foo" matches "foo" or, through the
@@ -145,6 +142,9 @@ class PatternList:
         self._prefix = base + "/" if base else ""
         rules: list[tuple[bool, Matcher | re.Pattern[str]]] = []
         names: list[str] = []
+        if lines:  # pathspec (which loads asyncio) only for patterns: most walks have none
+            from pathspec.patterns.gitignore.base import GitIgnorePatternError
+            from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
         for line in lines:
             if from_file and line.startswith("\ufeff") and not rules:
                 line = line[1:]  # git skips a UTF-8 byte order mark at the start of the file

@@ -180,13 +180,27 @@ def test_the_childs_command_only_from_a_python_interpreter(tmp_path: Path,
 def test_the_childs_command_runs_this_interpreter_isolated_on_this_package() -> None:
     import subprocess
 
-    import cas
-    from cas.ops.restore.child import child_command
+    import blake3
 
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import cas; "
-            "print(sys.flags.isolated, cas.__file__, sys.argv[2:])")
+    import cas
+    from cas.ops.restore.child import child_code, child_command
+
+    root = str(Path(cas.__file__).resolve().parents[1])
+    code = ("import sys; paths = sys.argv[1].split(':'); sys.path[:0] = paths; import cas, blake3; "
+            "print(sys.flags.isolated, sys.flags.no_site, cas.__file__, blake3.__file__, sys.argv[2:])")
     command = child_command(code, "x")
     assert command is not None and command[0] == sys.executable
-    assert command[4] == str(Path(cas.__file__).resolve().parents[1])  # the package's root, first on the path
+    assert command[5].split(":")[0] == root  # the package's root, first on the path
     out = subprocess.run(command, capture_output=True, text=True, check=True, cwd="/").stdout
-    assert out == f"1 {Path(cas.__file__).resolve()} ['x']\n"
+    assert out == f"1 1 {Path(cas.__file__).resolve()} {blake3.__file__} ['x']\n"
+    # A helper's code: the package bare (its __init__ and the API it loads not run), and none of
+    # what only the restore's side of a helper module uses.
+    for module in ("cas.ops.restore.write_process", "cas.ops.restore.hash_ahead"):
+        code = child_code(module).replace(
+            f"from {module} import main; raise SystemExit(main(sys.argv[2:]))",
+            f"import {module}; print(sorted(m for m in ('site', 'cas.errors', 'backends', 'subprocess', "
+            f"'concurrent.futures', 'secrets', 'pathlib') if m in sys.modules), getattr(cas, '__file__', None))")
+        command = child_command(code)
+        assert command is not None
+        out = subprocess.run(command, capture_output=True, text=True, check=True, cwd="/").stdout
+        assert out == "[] None\n", module

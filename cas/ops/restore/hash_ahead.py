@@ -36,7 +36,6 @@ import signal
 import socket
 import stat
 import struct
-import subprocess
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -47,6 +46,8 @@ from cas.ops.restore.settled import SETTLED_NS
 from cas.ops.restore.temps import TMP_PREFIX
 
 if TYPE_CHECKING:
+    import subprocess
+
     from cas.format.trees import Entry
 
 SMALL = 256 * 1024
@@ -141,6 +142,8 @@ class HashAhead:
         self._reader: threading.Thread | None = None
         self._hints: socket.socket | None = None
         self._walked = threading.Event()
+        import subprocess  # here: the child imports this module too
+
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         hints, their_hints = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         command = child_command(_CHILD, str(theirs.fileno()), str(dest_fd), str(max_size), str(settled_ns),

@@ -9,7 +9,6 @@ an older cas), over a day old. So concurrent restores into one directory never r
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 import time
 
@@ -22,7 +21,7 @@ _HOST = hexdigest(socket.gethostname().encode("utf-8", "surrogateescape"))[:8]
 
 def temporary_tag() -> str:
     """The part of a temporary's name that says who made it: ``<host>-<pid>-<random>``."""
-    return f"{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+    return f"{_HOST}-{os.getpid()}-{os.urandom(4).hex()}"
 
 
 def is_abandoned(name: str, st: os.stat_result) -> bool:

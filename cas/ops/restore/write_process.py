@@ -32,11 +32,14 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 from cas.ops.restore import create
 from cas.ops.restore.child import HelperProcess, chain, child_code
 from cas.ops.restore.create import FileWriter
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 File = tuple[str, bytes, int, int]
 """A file to write: its name, its whole content (verified), its mode, its mtime in nanoseconds."""
@@ -87,7 +90,7 @@ class ProcessWriter(HelperProcess):
                 return self._fallback(dir_fd, files)
             number = self._next
             self._next += 1
-            future: Future[list[object]] = Future()
+            future: Future[list[object]] = _future()
             sock = self._sock
             self._pending[number] = (future, dir_fd, files)
         payload = pickle.dumps(files, protocol=pickle.HIGHEST_PROTOCOL)
@@ -130,9 +133,17 @@ def write_batch(writer: FileWriter, dir_fd: int, files: list[File]) -> list[obje
     return writer.write_whole_many(dir_fd, files)
 
 
+def _future() -> Future[list[object]]:
+    """A new future (``concurrent.futures`` imported here: the child, which imports this module
+    too, has no use for it)."""
+    from concurrent.futures import Future
+
+    return Future()
+
+
 def _joined(futures: list[Future[list[object]]]) -> Future[list[object]]:
     """One future of the answers of ``futures``, in order, once all have them."""
-    joined: Future[list[object]] = Future()
+    joined: Future[list[object]] = _future()
     waiting = list(futures)
     left = [len(waiting)]
     lock = threading.Lock()
