@@ -458,6 +458,8 @@ struct Creator {
     next_number: u64,
     tmpfile: bool,
     umask: Option<u32>,
+    /// Whether `linkat` may be given the descriptor itself (see `link_as`).
+    empty_path: bool,
 }
 
 impl Creator {
@@ -498,25 +500,41 @@ impl Creator {
 
     /// Give a finished unnamed file its name, or a temporary one (returned) if the name is taken.
     fn link(&mut self, fd: &Fd, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        let proc_path = CString::new(format!("/proc/self/fd/{}", fd.0)).expect("no NUL in a number");
-        let dir_fd = self.dir_fd;
-        let link = |target: &[u8]| -> io::Result<()> {
-            let target = cstring(target)?;
-            // SAFETY: both paths are NUL-terminated.
-            check(unsafe {
-                libc::linkat(libc::AT_FDCWD, proc_path.as_ptr(), dir_fd, target.as_ptr(), libc::AT_SYMLINK_FOLLOW)
-            })
-            .map(|_| ())
-        };
-        match link(name) {
+        match self.link_as(fd, name) {
             Ok(()) => Ok(None),
             Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
                 let tmp = self.temporary_name();
-                link(&tmp)?;
+                self.link_as(fd, &tmp)?;
                 Ok(Some(tmp))
             }
             Err(err) => Err(err),
         }
+    }
+
+    /// Link the file `fd` as `target` in the directory: by the descriptor itself (`AT_EMPTY_PATH`:
+    /// Linux 6.10 allows it to the process that opened the file, and earlier kernels to one with
+    /// `CAP_DAC_READ_SEARCH`), else through its `/proc/self/fd` path, a path walk through procfs
+    /// for every file (about a fifth of `linkat`'s time on ext4).
+    fn link_as(&mut self, fd: &Fd, target: &[u8]) -> io::Result<()> {
+        let target = cstring(target)?;
+        if self.empty_path {
+            // SAFETY: both paths are NUL-terminated.
+            let linked = check(unsafe {
+                libc::linkat(fd.0, c"".as_ptr(), self.dir_fd, target.as_ptr(), libc::AT_EMPTY_PATH)
+            });
+            match linked {
+                Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::EPERM | libc::EINVAL)) => {
+                    self.empty_path = false; // not allowed here: by the path from now on
+                }
+                other => return other.map(|_| ()),
+            }
+        }
+        let proc_path = CString::new(format!("/proc/self/fd/{}", fd.0)).expect("no NUL in a number");
+        // SAFETY: both paths are NUL-terminated.
+        check(unsafe {
+            libc::linkat(libc::AT_FDCWD, proc_path.as_ptr(), self.dir_fd, target.as_ptr(), libc::AT_SYMLINK_FOLLOW)
+        })
+        .map(|_| ())
     }
 
     /// One file written whole: created, filled (a file of zeros is a hole), its
@@ -602,7 +620,8 @@ fn write_whole_files(
     umask: Option<u32>, tmpfile: bool,
 ) -> (Vec<Written>, bool) {
     py.detach(|| {
-        let mut creator = Creator { dir_fd, prefix: temporary_prefix, next_number: first_number, tmpfile, umask };
+        let mut creator =
+            Creator { dir_fd, prefix: temporary_prefix, next_number: first_number, tmpfile, umask, empty_path: true };
         let answers = files
             .iter()
             .map(|(name, data, mode, mtime_ns)| creator.write_whole(name, data, *mode, *mtime_ns))
