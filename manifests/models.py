@@ -2,6 +2,11 @@
 
 The index is a cache of facts that are also on the backend (pack trailers and snapshot objects),
 so it can always be rebuilt from the backend alone. It is never the only copy of anything.
+
+These tables are exactly what the migrations (``manifests/migrations``) build, column for column
+(their order, types, server defaults, keys and indexes): a new index is created from them
+(:func:`manifests.database.migrate`), an older one is brought to the same schema by the
+migrations, and a test checks that both ways give the same database.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 
@@ -58,7 +64,7 @@ class Pack(Base):
     size = Column(BigInteger, nullable=False)
     blob_count = Column(Integer, nullable=False)
     created_at = Column(DateTime(timezone=True), nullable=False)
-    state = Column(SmallInteger, default=0, nullable=False)
+    state = Column(SmallInteger, default=0, server_default="0", index=True, nullable=False)
     """A :class:`~manifests.rows.PackState`: 0 live; 1 condemned by garbage collection (not offered for
     deduplication, still readable)."""
     condemned_epoch = Column(Integer, nullable=True)
@@ -125,10 +131,10 @@ class Snapshot(Base):
     logical_bytes = Column(BigInteger, nullable=False)
     new_bytes = Column(BigInteger, nullable=False)
     stored_bytes = Column(BigInteger, nullable=False)
-    root_mode = Column(Integer, default=0o755, nullable=False)
-    root_mtime_ns = Column(BigInteger, default=0, nullable=False)
-    damaged = Column(Boolean, default=False, nullable=False)
-    trees_indexed = Column(Boolean, default=False, nullable=False)
+    damaged = Column(Boolean, default=False, server_default=false(), nullable=False)
+    root_mode = Column(Integer, default=0o755, server_default="493", nullable=False)
+    root_mtime_ns = Column(BigInteger, default=0, server_default="0", nullable=False)
+    trees_indexed = Column(Boolean, default=False, server_default=false(), nullable=False)
     """Every tree of the snapshot has its entries in ``tree_entries`` (false until filled)."""
 
 
@@ -144,7 +150,7 @@ class TreeEntry(Base):
     type = Column(String(8), nullable=False)
     mode = Column(Integer, nullable=False)
     mtime_ns = Column(BigInteger, nullable=False)
-    size = Column(BigInteger, default=0, nullable=False)
+    size = Column(BigInteger, default=0, server_default="0", nullable=False)
     digest = Column(String(64), nullable=True, index=True)
     target = Column(LargeBinary, nullable=True)
     child = Column(String(64), nullable=True)

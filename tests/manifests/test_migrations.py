@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, inspect
 
 from manifests.database import SCHEMA_HEAD
 from manifests.index import Index
@@ -120,3 +120,77 @@ def test_an_index_written_by_the_previous_version_gets_tree_entries(
         # New snapshots on the upgraded index carry their entries from the commit.
         store.snapshot(src, "new-3")
         assert store.repo.index.snapshot("new-3").trees_indexed
+
+
+# -- a new index: the models' schema, the same as the migrations' -----------------------------------
+
+
+def _schema(url: str) -> dict[str, object]:
+    """Everything the database says of its tables: columns in order (type, nullability, server
+    default), keys, indexes, constraints; and the rows of the fence and the version table."""
+    from sqlalchemy import text
+
+    engine = create_engine(url)
+    try:
+        inspector = inspect(engine)
+        out: dict[str, object] = {}
+        for table in sorted(inspector.get_table_names()):
+            out[table] = {
+                "columns": [(c["name"], str(c["type"]), c["nullable"], c.get("default"))
+                            for c in inspector.get_columns(table)],
+                "primary key": inspector.get_pk_constraint(table),
+                "foreign keys": inspector.get_foreign_keys(table),
+                "indexes": sorted((i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                                  for i in inspector.get_indexes(table)),
+                "unique": inspector.get_unique_constraints(table),
+                "checks": inspector.get_check_constraints(table),
+            }
+        with engine.connect() as conn:
+            out["fence rows"] = [tuple(r) for r in conn.execute(text("SELECT id, epoch FROM fence"))]
+            out["version rows"] = [tuple(r) for r in conn.execute(text("SELECT version_num FROM alembic_version"))]
+        return out
+    finally:
+        engine.dispose()
+
+
+def test_a_new_index_has_exactly_the_schema_the_migrations_build(index_url: str) -> None:
+    """A new index is created from the models, without Alembic; an index created by running every
+    migration on an empty database must be the same, column for column, on SQLite and PostgreSQL."""
+    engine = create_engine(index_url)
+    with engine.begin() as conn:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+    engine.dispose()
+    migrated = _schema(index_url)
+    engine = create_engine(index_url)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+            conn.exec_driver_sql("CREATE SCHEMA public")
+        else:
+            for (name,) in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'").all():
+                conn.exec_driver_sql(f'DROP TABLE "{name}"')
+        assert inspect(conn).get_table_names() == []
+    engine.dispose()
+    Index.open(index_url).close()
+    created = _schema(index_url)
+    assert created == migrated
+    assert set(created) >= {"packs", "blobs", "snapshots", "tree_entries", "fence", "alembic_version"}
+
+
+def test_opening_a_new_index_loads_no_alembic(tmp_path: Path) -> None:
+    code = """
+import json, sys
+from manifests.index import Index
+Index.open(sys.argv[1]).close()
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("alembic", "mako"))))
+"""
+    url = f"sqlite:///{tmp_path / 'new.sqlite'}"
+    proc = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert json.loads(proc.stdout) == []
+    with sqlite3.connect(tmp_path / "new.sqlite") as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_HEAD
+        assert db.execute("SELECT id, epoch FROM fence").fetchall() == [(1, 0)]
