@@ -6,9 +6,11 @@ sqlalchemy"`` on this project's 2-core machine), more than all the index's reads
 26,000-file execution. For a SQLite file at the schema this code knows, :func:`open_index` gives a
 :class:`LazyIndex`: it answers ``bind`` (when the index is bound to that repository already, as
 after the first command), ``snapshot``, ``locate``, ``known_blobs`` and ``unindexed_snapshots``
-with the statements of :mod:`manifests.statements`, the same ones the full index runs, on a
-connection of its own per thread; every other attribute is the full
-:class:`~manifests.index.Index`'s, opened on first use. A driver error on those reads is left to
+with the statements of :mod:`manifests.statements`, the same ones the full index runs, and
+``snapshots`` (the listing by labels and time: ``cas log``, every selection) with the SQLite form
+of the full index's query (the tests check both give the same rows), on a connection of its own
+per thread; every other attribute is the full :class:`~manifests.index.Index`'s, opened on first
+use. A driver error on those reads is left to
 the full index, which runs the same read and reports what went wrong as it always does.
 
 Anything else (a server database, an in-memory one, a URL with options, a file that does not exist,
@@ -21,7 +23,7 @@ import os
 import sqlite3
 import threading
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
@@ -36,6 +38,7 @@ from manifests.statements import (
     snapshot_by_id,
     snapshot_row,
     sqlite_lookup,
+    sqlite_snapshots,
 )
 
 if TYPE_CHECKING:
@@ -111,6 +114,18 @@ class LazyIndex:
         except sqlite3.Error:
             return self.full().snapshot(execution_id)
         return None if row is None else snapshot_row(row)
+
+    def snapshots(
+        self, *, labels: Mapping[str, str] | None = None, since_ns: int | None = None,
+        until_ns: int | None = None, limit: int | None = None,
+    ) -> list[SnapshotRow]:
+        """:meth:`Index.snapshots` (what ``cas log`` and every selection by label or time lists)."""
+        sql, params = sqlite_snapshots(dict(labels or {}), since_ns, until_ns, limit)
+        try:
+            rows = self._connection().execute(sql, params).fetchall()
+        except sqlite3.Error:
+            return self.full().snapshots(labels=labels, since_ns=since_ns, until_ns=until_ns, limit=limit)
+        return [snapshot_row(row) for row in rows]
 
     def locate(self, ids: Iterable[str]) -> dict[str, BlobRow]:
         ids = list(ids)

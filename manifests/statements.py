@@ -52,6 +52,33 @@ def snapshot_by_id(mark: str) -> str:
     return f"SELECT {', '.join(SNAPSHOT_COLUMNS)} FROM snapshots WHERE execution_id = {mark}"
 
 
+def sqlite_snapshots(
+    labels: dict[str, str], since_ns: int | None, until_ns: int | None, limit: int | None,
+) -> tuple[str, list[Any]]:
+    """SQLite's statement and parameters for :meth:`~manifests.index.Index.snapshots` (newest
+    first, every label matched through ``json_extract``, as SQLAlchemy's JSON path lookup compiles
+    it for SQLite; the full index on PostgreSQL runs SQLAlchemy's query, with ``->>``)."""
+    where: list[str] = []
+    params: list[Any] = []
+    for key, value in labels.items():
+        where.append("json_extract(labels, ?) = ?")
+        params += ['$."' + key + '"', value]  # keys are checked names: letters, digits, "._/-"
+    if since_ns is not None:
+        where.append("time_ns >= ?")
+        params.append(since_ns)
+    if until_ns is not None:
+        where.append("time_ns < ?")
+        params.append(until_ns)
+    sql = f"SELECT {', '.join(SNAPSHOT_COLUMNS)} FROM snapshots"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY time_ns DESC, execution_id"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return sql, params
+
+
 def snapshot_row(values: Sequence[Any]) -> SnapshotRow:
     """:data:`SNAPSHOT_COLUMNS` of a row as the driver gives them: JSON columns as text (SQLite) or
     already decoded (PostgreSQL's driver), booleans as integers (SQLite) or booleans."""

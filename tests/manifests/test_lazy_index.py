@@ -63,17 +63,24 @@ from manifests.lazy import LazyIndex, open_index
 index = open_index({url!r})
 assert isinstance(index, LazyIndex), type(index)
 index.bind("repo-1", "/repo")
-index.snapshot("exec-1"), index.locate(["{_blob(5)}"]), index.known_blobs(["{_blob(5)}"]), index.unindexed_snapshots()
+index.snapshot("exec-1"), index.locate(["{_blob(5)}"]), index.known_blobs(["{_blob(5)}"]), index.unindexed_snapshots(), index.snapshots(labels={{"team": "t1"}}, limit=2)
 print(sorted(m for m in sys.modules if m.startswith(("sqlalchemy", "alembic", "manifests.index"))))
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
+_TIMES = st.none() | st.integers(10**18 - 2, 10**18 + 7)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(wanted=st.lists(st.integers(0, BLOBS + 50), max_size=BLOBS + 50) | st.just(list(range(BLOBS))),
-       execution=st.sampled_from([f"exec-{i}" for i in range(7)] + ["", "exec-1 ", "EXEC-1", "ü"]))
-def test_the_lazy_reads_equal_the_full_index(url: str, wanted: list[int], execution: str) -> None:
+       execution=st.sampled_from([f"exec-{i}" for i in range(7)] + ["", "exec-1 ", "EXEC-1", "ü"]),
+       labels=st.dictionaries(st.sampled_from(["team", "é", "other", "team.x"]),
+                              st.sampled_from(["t0", "t1", "t2", "ü", "", "T1"]), max_size=2),
+       since=_TIMES, until=_TIMES, limit=st.none() | st.integers(0, 7))
+def test_the_lazy_reads_equal_the_full_index(url: str, wanted: list[int], execution: str, labels: dict[str, str],
+                                             since: int | None, until: int | None, limit: int | None) -> None:
     full, lazy = Index.open(url), open_index(url)
     try:
         assert isinstance(lazy, LazyIndex)
@@ -81,6 +88,9 @@ def test_the_lazy_reads_equal_the_full_index(url: str, wanted: list[int], execut
         assert lazy.locate(iter(ids)) == full.locate(ids)
         assert lazy.known_blobs(iter(ids)) == full.known_blobs(ids)
         assert lazy.snapshot(execution) == full.snapshot(execution)
+        listing = {"labels": labels, "since_ns": since, "until_ns": until, "limit": limit}
+        assert lazy.snapshots(**listing) == full.snapshots(**listing)
+        assert lazy.snapshots() == full.snapshots() and len(full.snapshots()) == 6
         for damaged in (False, True):
             assert lazy.unindexed_snapshots(damaged=damaged) == full.unindexed_snapshots(damaged=damaged)
         assert lazy._full is None  # all of it answered without the full index
