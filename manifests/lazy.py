@@ -5,13 +5,13 @@ Importing SQLAlchemy costs a command about 0.2 s and 23 MiB of memory (``python 
 sqlalchemy"`` on this project's 2-core machine), more than all the index's reads of restoring a
 26,000-file execution. For a SQLite file at the schema this code knows, :func:`open_index` gives a
 :class:`LazyIndex`: it answers ``bind`` (when the index is bound to that repository already, as
-after the first command), ``snapshot``, ``locate``, ``known_blobs`` and ``unindexed_snapshots``
-with the statements of :mod:`manifests.statements`, the same ones the full index runs, and
-``snapshots`` (the listing by labels and time: ``cas log``, every selection) with the SQLite form
-of the full index's query (the tests check both give the same rows), on a connection of its own
-per thread; every other attribute is the full :class:`~manifests.index.Index`'s, opened on first
-use. A driver error on those reads is left to
-the full index, which runs the same read and reports what went wrong as it always does.
+after the first command), ``snapshot``, ``locate``, ``known_blobs``, ``unindexed_snapshots``,
+``indexed_trees``, ``tree_entries`` and ``tree_entries_of`` (what ``ls`` and ``diff`` list) with
+the statements of :mod:`manifests.statements`, the same ones the full index runs, and ``snapshots``
+(the listing by labels and time: ``cas log``, every selection) with the SQLite form of the full
+index's query (the tests check both give the same rows), on a connection of its own per thread;
+every other attribute is the full :class:`~manifests.index.Index`'s, opened on first use. A driver error on those reads
+is left to the full index, which runs the same read and reports what went wrong as it always does.
 
 Anything else (a server database, an in-memory one, a URL with options, a file that does not exist,
 a schema to migrate or one this code does not know) opens the full index at once.
@@ -27,18 +27,23 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
-from manifests.rows import BlobRow, SnapshotRow
+from manifests.rows import BlobRow, SnapshotRow, TreeEntryRow
 from manifests.statements import (
     BINDING,
+    INDEXED_TREES,
     KNOWN_BLOBS,
     LOCATE_BLOBS,
     SCHEMA_HEAD,
     SCHEMA_VERSION,
+    TREE_ENTRIES_OF,
     UNINDEXED_SNAPSHOTS,
     snapshot_by_id,
     snapshot_row,
     sqlite_lookup,
     sqlite_snapshots,
+    tree_entries,
+    tree_entry_rows,
+    trees_entry_rows,
 )
 
 if TYPE_CHECKING:
@@ -143,6 +148,29 @@ class LazyIndex:
         except sqlite3.Error:
             return self.full().known_blobs(ids)
         return {row[0] for row in rows}
+
+    def indexed_trees(self, tree_ids: Iterable[str]) -> set[str]:
+        tree_ids = list(tree_ids)
+        try:
+            rows = sqlite_lookup(self._connection(), INDEXED_TREES, tree_ids)
+        except sqlite3.Error:
+            return self.full().indexed_trees(tree_ids)
+        return {row[0] for row in rows}
+
+    def tree_entries(self, tree_id: str) -> list[TreeEntryRow]:
+        try:
+            rows = self._connection().execute(tree_entries("?"), (tree_id,)).fetchall()
+        except sqlite3.Error:
+            return self.full().tree_entries(tree_id)
+        return tree_entry_rows(rows)
+
+    def tree_entries_of(self, tree_ids: Iterable[str]) -> dict[str, list[TreeEntryRow]]:
+        tree_ids = list(dict.fromkeys(tree_ids))
+        try:
+            rows = sqlite_lookup(self._connection(), TREE_ENTRIES_OF, tree_ids)
+        except sqlite3.Error:
+            return self.full().tree_entries_of(tree_ids)
+        return trees_entry_rows(tree_ids, rows)
 
     def unindexed_snapshots(self, *, damaged: bool = True) -> list[tuple[str, str]]:
         try:

@@ -15,7 +15,7 @@ from manifests.connection import IndexConnection, batches
 from manifests.errors import SnapshotWithdrawn
 from manifests.models import Snapshot
 from manifests.rows import SnapshotRow
-from manifests.statements import SNAPSHOT_COLUMNS, snapshot_by_id, snapshot_row
+from manifests.statements import INDEXED_TREES, SNAPSHOT_COLUMNS, snapshot_by_id, snapshot_row
 from manifests.trees import TreeIndex, TreeRows
 
 _SNAPSHOT_SELECT = [Snapshot.__table__.c[name] for name in SNAPSHOT_COLUMNS]
@@ -61,7 +61,7 @@ class SnapshotIndex(TreeIndex, IndexConnection):
                 conn.execute(rescue_condemned(batch))
             if trees is not None:
                 have = {r[0] for r in self._lookup_on(
-                    conn, "SELECT DISTINCT tree_id FROM tree_entries WHERE tree_id IN ", assumed_trees)}
+                    conn, INDEXED_TREES, assumed_trees)}
                 if len(have) == len(set(assumed_trees)):
                     self._insert_trees(conn, trees)
                     row = dataclasses.replace(row, trees_indexed=True)

@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from manifests.rows import PackState, SnapshotRow
+from manifests.rows import PackState, SnapshotRow, TreeEntryRow
 
 SCHEMA_HEAD = "0005"
 """The newest migration this code knows; a database at a revision it does not know is refused."""
@@ -45,6 +45,44 @@ SNAPSHOT_COLUMNS = (
 )
 """The columns of ``snapshots`` that make a :class:`~manifests.rows.SnapshotRow`, in the order
 :func:`snapshot_row` takes them."""
+
+
+_TREE_ENTRY_COLUMNS = "name, type, mode, mtime_ns, size, digest, target, child"
+TREE_ENTRIES_OF = f"SELECT tree_id, {_TREE_ENTRY_COLUMNS} FROM tree_entries WHERE tree_id IN "
+"""Followed by a parenthesised list of tree IDs: their rows, each with its tree's ID first."""
+
+
+INDEXED_TREES = "SELECT DISTINCT tree_id FROM tree_entries WHERE tree_id IN "
+"""Followed by a parenthesised list of tree IDs: those that have rows."""
+
+
+def tree_entries(mark: str) -> str:
+    """The rows of one tree (in no order), its ID bound with the driver's parameter ``mark``."""
+    return f"SELECT {_TREE_ENTRY_COLUMNS} FROM tree_entries WHERE tree_id = {mark}"
+
+
+def tree_entry_rows(rows: Iterable[Sequence[Any]]) -> list[TreeEntryRow]:
+    """Rows of :func:`tree_entries` as the driver gives them (bytes, or memoryviews from some
+    drivers), sorted by name bytes as the tree orders them, whatever the database's collation."""
+    out = [TreeEntryRow(bytes(r[0]), r[1], r[2], r[3], r[4], r[5], None if r[6] is None else bytes(r[6]), r[7])
+           for r in rows]
+    out.sort(key=lambda e: e.name)
+    return out
+
+
+def trees_entry_rows(tree_ids: Iterable[str], rows: Iterable[Sequence[Any]]) -> dict[str, list[TreeEntryRow]]:
+    """Rows of :data:`TREE_ENTRIES_OF` by tree, each tree's as :func:`tree_entry_rows` gives them;
+    every one of ``tree_ids`` is a key (an empty or unknown tree has no rows)."""
+    out: dict[str, list[TreeEntryRow]] = {t: [] for t in tree_ids}
+    for r in rows:
+        if type(r[1]) is bytes and (r[7] is None or type(r[7]) is bytes):  # not a memoryview
+            out[r[0]].append(TreeEntryRow._make(r[1:]))
+        else:
+            out[r[0]].append(TreeEntryRow(bytes(r[1]), r[2], r[3], r[4], r[5], r[6],
+                                          None if r[7] is None else bytes(r[7]), r[8]))
+    for entries in out.values():
+        entries.sort(key=lambda e: e.name)
+    return out
 
 
 def snapshot_by_id(mark: str) -> str:

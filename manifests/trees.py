@@ -18,7 +18,14 @@ from sqlalchemy import bindparam, text, update
 from manifests.connection import IndexConnection
 from manifests.models import Snapshot, TreeEntry
 from manifests.rows import TreeEntryRow
-from manifests.statements import UNINDEXED_SNAPSHOTS
+from manifests.statements import (
+    INDEXED_TREES,
+    TREE_ENTRIES_OF,
+    UNINDEXED_SNAPSHOTS,
+    tree_entries,
+    tree_entry_rows,
+    trees_entry_rows,
+)
 
 TreeRows = Iterable[tuple[str, Sequence[TreeEntryRow]]]
 """``(tree ID, its entries)`` for each directory, in any order; a tree given twice is written once."""
@@ -58,7 +65,7 @@ class TreeIndex(IndexConnection):
 
     def indexed_trees(self, tree_ids: Iterable[str]) -> set[str]:
         """Those of ``tree_ids`` that have rows (and so, by the invariant, their whole subtrees)."""
-        return {r[0] for r in self._lookup("SELECT DISTINCT tree_id FROM tree_entries WHERE tree_id IN ", tree_ids)}
+        return {r[0] for r in self._lookup(INDEXED_TREES, tree_ids)}
 
     def add_tree_rows(self, trees: Sequence[tuple[str, Sequence[TreeEntryRow]]], below: Iterable[str]) -> bool:
         """Write the rows of ``trees`` that lack them before any snapshot row reaches them (a writer
@@ -72,7 +79,7 @@ class TreeIndex(IndexConnection):
         below = set(below)
         with self._fenced() as conn:
             if below and len({r[0] for r in self._lookup_on(
-                    conn, "SELECT DISTINCT tree_id FROM tree_entries WHERE tree_id IN ", below)}) != len(below):
+                    conn, INDEXED_TREES, below)}) != len(below):
                 return False
             self._insert_trees(conn, trees)
         return True
@@ -86,7 +93,7 @@ class TreeIndex(IndexConnection):
         assumed = set(assumed)
         with self._fenced() as conn:
             if assumed and len({r[0] for r in self._lookup_on(
-                    conn, "SELECT DISTINCT tree_id FROM tree_entries WHERE tree_id IN ", assumed)}) != len(assumed):
+                    conn, INDEXED_TREES, assumed)}) != len(assumed):
                 return False
             marked = conn.execute(
                 update(Snapshot).where(Snapshot.execution_id == execution_id).values(trees_indexed=True)
@@ -104,7 +111,7 @@ class TreeIndex(IndexConnection):
 
         def flush() -> int:
             ids = [tree_id for tree_id, _ in batch]
-            known = {r[0] for r in self._lookup_on(conn, "SELECT DISTINCT tree_id FROM tree_entries WHERE tree_id IN ", ids)}
+            known = {r[0] for r in self._lookup_on(conn, INDEXED_TREES, ids)}
             done: set[str] = set()
             values = []
             for tree_id, entries in batch:
@@ -131,29 +138,14 @@ class TreeIndex(IndexConnection):
     def tree_entries(self, tree_id: str) -> list[TreeEntryRow]:
         """The rows of one tree, in the tree's order (by name bytes); none for an empty or unknown tree."""
         with self._read() as conn:
-            rows = conn.execute(
-                text("SELECT name, type, mode, mtime_ns, size, digest, target, child FROM tree_entries"
-                     " WHERE tree_id = :t"), {"t": tree_id},
-            ).all()
-        out = [TreeEntryRow(bytes(r[0]), r[1], r[2], r[3], r[4], r[5], None if r[6] is None else bytes(r[6]), r[7])
-               for r in rows]
-        out.sort(key=lambda e: e.name)  # bytes order, whatever the database's collation
-        return out
+            rows = conn.exec_driver_sql(tree_entries(self._mark), (tree_id,)).all()
+        return tree_entry_rows(rows)
 
     def tree_entries_of(self, tree_ids: Iterable[str]) -> dict[str, list[TreeEntryRow]]:
         """The rows of each of ``tree_ids`` as :meth:`tree_entries` gives them, in batched queries
         (one per few hundred trees, not one per tree); an empty or unknown tree maps to no rows."""
-        out: dict[str, list[TreeEntryRow]] = {t: [] for t in tree_ids}
-        sql = "SELECT tree_id, name, type, mode, mtime_ns, size, digest, target, child FROM tree_entries WHERE tree_id IN "
-        for r in self._lookup(sql, out):
-            if type(r[1]) is bytes and (r[7] is None or type(r[7]) is bytes):  # not a memoryview
-                out[r[0]].append(TreeEntryRow._make(r[1:]))
-            else:
-                out[r[0]].append(TreeEntryRow(bytes(r[1]), r[2], r[3], r[4], r[5], r[6],
-                                              None if r[7] is None else bytes(r[7]), r[8]))
-        for rows in out.values():
-            rows.sort(key=lambda e: e.name)
-        return out
+        tree_ids = list(dict.fromkeys(tree_ids))
+        return trees_entry_rows(tree_ids, self._lookup(TREE_ENTRIES_OF, tree_ids))
 
     def unindexed_snapshots(self, *, damaged: bool = True) -> list[tuple[str, str]]:
         """``(execution ID, root tree)`` of the snapshots whose trees have no rows yet, newest first;

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from backends.errors import CasError, ConfigurationError
 from manifests.index import Index
 from manifests.lazy import LazyIndex, open_index
-from manifests.rows import SnapshotRow
+from manifests.rows import SnapshotRow, TreeEntryRow
 from manifests.statements import LOOKUP_BATCH
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +50,15 @@ def url(tmp_path: Path) -> str:
                               trees_indexed=i == 4)
             assert index.commit_snapshot(row, [_blob(i)], damaged_if_missing=True) == set()
         index.mark_damaged("exec-3")
+        # Trees 2000.. with rows: names in no particular order (non-ASCII, bytes that are not UTF-8),
+        # a symlink's target, a subdirectory's child; 2003 below 2002.
+        trees = [(_blob(2000 + t), [
+            TreeEntryRow(name, kind, 0o644 + t, 10**18 + t, size, digest, target, child)
+            for name, kind, size, digest, target, child in [
+                (b"z.txt", "file", 3, _blob(t), None, None), (b"\xc3\xa9t\xc3\xa9", "file", 0, _blob(50 + t), None, None),
+                (b"\xff-not-utf8", "symlink", 0, None, b"../\xfe", None), (b"A", "dir", 0, None, None, _blob(2003)),
+            ][: t + 1]]) for t in range(4)]
+        assert index.add_tree_rows(trees[3:], []) and index.add_tree_rows(trees[:3], [_blob(2003)])
         index.gc_apply(index.next_epoch(), condemn=[_blob(0)], rescue=[], delete=[], grace=dt.timedelta(0))
     finally:
         index.close()
@@ -78,9 +87,11 @@ _TIMES = st.none() | st.integers(10**18 - 2, 10**18 + 7)
        execution=st.sampled_from([f"exec-{i}" for i in range(7)] + ["", "exec-1 ", "EXEC-1", "ü"]),
        labels=st.dictionaries(st.sampled_from(["team", "é", "other", "team.x"]),
                               st.sampled_from(["t0", "t1", "t2", "ü", "", "T1"]), max_size=2),
-       since=_TIMES, until=_TIMES, limit=st.none() | st.integers(0, 7))
+       since=_TIMES, until=_TIMES, limit=st.none() | st.integers(0, 7),
+       trees=st.lists(st.integers(1998, 2005), max_size=12))
 def test_the_lazy_reads_equal_the_full_index(url: str, wanted: list[int], execution: str, labels: dict[str, str],
-                                             since: int | None, until: int | None, limit: int | None) -> None:
+                                             since: int | None, until: int | None, limit: int | None,
+                                             trees: list[int]) -> None:
     full, lazy = Index.open(url), open_index(url)
     try:
         assert isinstance(lazy, LazyIndex)
@@ -91,6 +102,13 @@ def test_the_lazy_reads_equal_the_full_index(url: str, wanted: list[int], execut
         listing = {"labels": labels, "since_ns": since, "until_ns": until, "limit": limit}
         assert lazy.snapshots(**listing) == full.snapshots(**listing)
         assert lazy.snapshots() == full.snapshots() and len(full.snapshots()) == 6
+        tree_ids = [_blob(t) for t in trees]
+        assert lazy.indexed_trees(iter(tree_ids)) == full.indexed_trees(tree_ids)
+        assert lazy.tree_entries_of(iter(tree_ids)) == full.tree_entries_of(tree_ids)
+        for tree_id in tree_ids:
+            assert lazy.tree_entries(tree_id) == full.tree_entries(tree_id)
+        assert len(full.tree_entries(_blob(2003))) == 4 and full.indexed_trees(map(_blob, range(1998, 2006))) == {
+            _blob(t) for t in range(2000, 2004)}
         for damaged in (False, True):
             assert lazy.unindexed_snapshots(damaged=damaged) == full.unindexed_snapshots(damaged=damaged)
         assert lazy._full is None  # all of it answered without the full index
