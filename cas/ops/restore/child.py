@@ -8,7 +8,7 @@ counts in the restore's): no ``site`` (``-S``: no ``.pth`` files run; the path i
 library, this ``cas``'s directory and the directories of :data:`_THIRD_PARTY`), and the ``cas``
 package without its ``__init__`` (which loads the public API: the errors, the backends' base);
 the helpers' modules import, at their top, only what the child side uses (what only the restore's
-side uses is imported where it is used). A helper is about 13 MiB resident this way, 22 MiB with
+side uses is imported where it is used). A helper is about 14 MiB resident this way, 22 MiB with
 ``site`` and the package's API.
 
 Only when ``sys.executable`` is a Python interpreter: a process embedded in another program (uWSGI,

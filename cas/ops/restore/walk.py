@@ -83,7 +83,7 @@ _WHOLE_THREADS = 2
 #: few files to another thread costs more (GIL hand-offs, wake-ups) than the overlap gains.
 _WHOLE_INLINE = 32
 #: A fresh restore hands such files to a writer process (restore.write_process) once it has written
-#: this many on its threads: a process costs about 25 MiB and pays off only over many files (the ML
+#: this many on its threads: a process costs about 14 MiB and pays off only over many files (the ML
 #: workload's restore, about 8,000 files, was no faster with it; 100,000 small files 0.84x).
 _PROCESS_AFTER = 10_000
 #: Bytes of small files fetched and not yet written that the walk may have (one directory's more).
