@@ -6,8 +6,8 @@ sqlalchemy"`` on this project's 2-core machine), more than all the index's reads
 26,000-file execution. For a SQLite file at the schema this code knows, :func:`open_index` gives a
 :class:`LazyIndex`: it answers ``bind`` (when the index is bound to that repository already, as
 after the first command), ``snapshot``, ``locate``, ``known_blobs``, ``unindexed_snapshots``,
-``indexed_trees``, ``tree_entries`` and ``tree_entries_of`` (what ``ls`` and ``diff`` list) with
-the statements of :mod:`manifests.statements`, the same ones the full index runs, and ``snapshots``
+``indexed_trees``, ``tree_entries``, ``tree_entries_of`` and ``find_entries`` (what ``ls``,
+``diff`` and ``find`` read) with the statements of :mod:`manifests.statements`, the same ones the full index runs, and ``snapshots``
 (the listing by labels and time: ``cas log``, every selection) with the SQLite form of the full
 index's query (the tests check both give the same rows), on a connection of its own per thread;
 every other attribute is the full :class:`~manifests.index.Index`'s, opened on first use. A driver error on those reads
@@ -23,7 +23,7 @@ import os
 import sqlite3
 import threading
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
@@ -37,6 +37,9 @@ from manifests.statements import (
     SCHEMA_VERSION,
     TREE_ENTRIES_OF,
     UNINDEXED_SNAPSHOTS,
+    find_parameters,
+    find_rows,
+    find_statement,
     snapshot_by_id,
     snapshot_row,
     sqlite_lookup,
@@ -171,6 +174,19 @@ class LazyIndex:
         except sqlite3.Error:
             return self.full().tree_entries_of(tree_ids)
         return trees_entry_rows(tree_ids, rows)
+
+    def find_entries(
+        self, roots: Sequence[str], *, digest: str | None = None, name_suffix: bytes = b""
+    ) -> Sequence[tuple[str, bytes, int, str | None, str | None]]:
+        roots = list(dict.fromkeys(roots))
+        if not roots:
+            return []
+        sql = find_statement("?", len(roots), digest is not None, bool(name_suffix))
+        try:
+            rows = self._connection().execute(sql, find_parameters(roots, digest, name_suffix)).fetchall()
+        except sqlite3.Error:
+            return self.full().find_entries(roots, digest=digest, name_suffix=name_suffix)
+        return find_rows(rows)
 
     def unindexed_snapshots(self, *, damaged: bool = True) -> list[tuple[str, str]]:
         try:

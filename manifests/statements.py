@@ -85,6 +85,35 @@ def trees_entry_rows(tree_ids: Iterable[str], rows: Iterable[Sequence[Any]]) -> 
     return out
 
 
+def find_statement(mark: str, roots: int, by_digest: bool, by_suffix: bool) -> str:
+    """What a find needs of every directory reachable from ``roots`` tree IDs (each directory once:
+    ``UNION`` deduplicates, so 200 snapshots of one tree walk it once): every subdirectory edge, and
+    the files, with a digest and a name suffix if asked; ``(tree, name, size, digest, child)``.
+    Parameters (the driver's ``mark``, in order, see :func:`find_parameters`): the roots, the
+    digest, the suffix's length twice and the suffix. Bytes on both databases: SQLite's ``substr``
+    and ``length`` count bytes of a BLOB, PostgreSQL's of a ``bytea``."""
+    sql = ("WITH RECURSIVE reach(id) AS ("
+           f" SELECT DISTINCT tree_id FROM tree_entries WHERE tree_id IN ({', '.join([mark] * roots)})"
+           " UNION SELECT e.child FROM tree_entries e JOIN reach r ON e.tree_id = r.id WHERE e.child IS NOT NULL) "
+           "SELECT e.tree_id, e.name, e.size, e.digest, e.child FROM tree_entries e JOIN reach r ON e.tree_id = r.id"
+           " WHERE e.child IS NOT NULL OR (e.type = 'file'")
+    if by_digest:
+        sql += f" AND e.digest = {mark}"
+    if by_suffix:
+        sql += f" AND length(e.name) >= {mark} AND substr(e.name, length(e.name) - {mark} + 1) = {mark}"
+    return sql + ")"
+
+
+def find_parameters(roots: Sequence[str], digest: str | None, suffix: bytes) -> list[Any]:
+    """The parameters of :func:`find_statement`, in its order."""
+    return [*roots, *([digest] if digest is not None else []), *([len(suffix), len(suffix), suffix] if suffix else [])]
+
+
+def find_rows(rows: Sequence[Sequence[Any]]) -> list[tuple[str, bytes, int, str | None, str | None]]:
+    """Rows of :func:`find_statement` with names as bytes (some drivers hand back memoryviews)."""
+    return [(r[0], r[1] if type(r[1]) is bytes else bytes(r[1]), r[2], r[3], r[4]) for r in rows]
+
+
 def snapshot_by_id(mark: str) -> str:
     """The :data:`SNAPSHOT_COLUMNS` of one execution ID, bound with the driver's parameter ``mark``."""
     return f"SELECT {', '.join(SNAPSHOT_COLUMNS)} FROM snapshots WHERE execution_id = {mark}"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import bindparam, text, update
+from sqlalchemy import text, update
 
 from manifests.connection import IndexConnection
 from manifests.models import Snapshot, TreeEntry
@@ -22,6 +22,9 @@ from manifests.statements import (
     INDEXED_TREES,
     TREE_ENTRIES_OF,
     UNINDEXED_SNAPSHOTS,
+    find_parameters,
+    find_rows,
+    find_statement,
     tree_entries,
     tree_entry_rows,
     trees_entry_rows,
@@ -38,26 +41,6 @@ _BATCH_ROWS = 10_000
 statement parameters at once (a snapshot of 100,000 small files, 1,000 to a directory, copied all
 of them in one batch)."""
 
-# Every directory reachable from the trees named by :roots, each once (UNION deduplicates), so 200
-# snapshots of the same tree walk its directories once, not 200 times.
-_REACH = (
-    "WITH RECURSIVE reach(id) AS ("
-    " SELECT DISTINCT tree_id FROM tree_entries WHERE tree_id IN :roots"
-    " UNION SELECT e.child FROM tree_entries e JOIN reach r ON e.tree_id = r.id WHERE e.child IS NOT NULL) "
-)
-# What a find needs of those directories, from one walk: every subdirectory edge, and the files,
-# filtered by (digest given, name suffix given). Bytes on both databases: SQLite's substr and length
-# count bytes of a BLOB, PostgreSQL's of a bytea.
-_FIND = {
-    (by_digest, by_suffix): _REACH
-    + "SELECT e.tree_id, e.name, e.size, e.digest, e.child FROM tree_entries e JOIN reach r ON e.tree_id = r.id"
-    + " WHERE e.child IS NOT NULL OR (e.type = 'file'"
-    + (" AND e.digest = :digest" if by_digest else "")
-    + (" AND length(e.name) >= :n AND substr(e.name, length(e.name) - :n + 1) = :suffix" if by_suffix else "")
-    + ")"
-    for by_digest in (False, True)
-    for by_suffix in (False, True)
-}
 
 
 class TreeIndex(IndexConnection):
@@ -159,18 +142,13 @@ class TreeIndex(IndexConnection):
         """``(tree, name, size, digest, subdirectory's tree)`` of the entries of every tree reachable
         from ``roots`` (each tree once) that a find needs: each subdirectory (its ``child`` set), and
         each file (``child`` None) with ``digest`` if given and a name ending with ``name_suffix``."""
-        params: dict[str, object] = {"roots": list(roots)}
-        if digest is not None:
-            params["digest"] = digest
-        if name_suffix:
-            params["n"] = len(name_suffix)
-            params["suffix"] = name_suffix
-        sql = text(_FIND[(digest is not None, bool(name_suffix))]).bindparams(bindparam("roots", expanding=True))
+        roots = list(dict.fromkeys(roots))
+        if not roots:
+            return []
+        sql = find_statement(self._mark, len(roots), digest is not None, bool(name_suffix))
         with self._read() as conn:
-            rows = conn.execute(sql, params).all()
-        if rows and not isinstance(rows[0][1], bytes):  # a driver handing back memoryviews
-            return [(r[0], bytes(r[1]), r[2], r[3], r[4]) for r in rows]
-        return rows
+            rows = conn.exec_driver_sql(sql, tuple(find_parameters(roots, digest, name_suffix))).all()
+        return find_rows(rows)
 
     def prune_trees(self) -> int:
         """Delete the rows of trees no snapshot row reaches (after GC, or forgotten snapshots);

@@ -88,10 +88,12 @@ _TIMES = st.none() | st.integers(10**18 - 2, 10**18 + 7)
        labels=st.dictionaries(st.sampled_from(["team", "é", "other", "team.x"]),
                               st.sampled_from(["t0", "t1", "t2", "ü", "", "T1"]), max_size=2),
        since=_TIMES, until=_TIMES, limit=st.none() | st.integers(0, 7),
-       trees=st.lists(st.integers(1998, 2005), max_size=12))
+       trees=st.lists(st.integers(1998, 2005), max_size=12),
+       digest=st.none() | st.sampled_from([0, 1, 50, 52, 99]).map(_blob),
+       suffix=st.sampled_from([b"", b"txt", b".txt", b"t\xc3\xa9", b"\xff-not-utf8", b"A", b"x" * 20]))
 def test_the_lazy_reads_equal_the_full_index(url: str, wanted: list[int], execution: str, labels: dict[str, str],
                                              since: int | None, until: int | None, limit: int | None,
-                                             trees: list[int]) -> None:
+                                             trees: list[int], digest: str | None, suffix: bytes) -> None:
     full, lazy = Index.open(url), open_index(url)
     try:
         assert isinstance(lazy, LazyIndex)
@@ -107,6 +109,8 @@ def test_the_lazy_reads_equal_the_full_index(url: str, wanted: list[int], execut
         assert lazy.tree_entries_of(iter(tree_ids)) == full.tree_entries_of(tree_ids)
         for tree_id in tree_ids:
             assert lazy.tree_entries(tree_id) == full.tree_entries(tree_id)
+        found = sorted(full.find_entries(tree_ids, digest=digest, name_suffix=suffix))
+        assert sorted(lazy.find_entries(iter(tree_ids), digest=digest, name_suffix=suffix)) == found
         assert len(full.tree_entries(_blob(2003))) == 4 and full.indexed_trees(map(_blob, range(1998, 2006))) == {
             _blob(t) for t in range(2000, 2004)}
         for damaged in (False, True):
