@@ -168,7 +168,7 @@ class LazyIndex:
         return tree_entry_rows(rows)
 
     def tree_entries_of(self, tree_ids: Iterable[str]) -> dict[str, list[TreeEntryRow]]:
-        tree_ids = list(dict.fromkeys(tree_ids))
+        tree_ids = list(tree_ids)  # used twice; the lookup drops repeats
         try:
             rows = sqlite_lookup(self._connection(), TREE_ENTRIES_OF, tree_ids)
         except sqlite3.Error:

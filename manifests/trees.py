@@ -127,7 +127,7 @@ class TreeIndex(IndexConnection):
     def tree_entries_of(self, tree_ids: Iterable[str]) -> dict[str, list[TreeEntryRow]]:
         """The rows of each of ``tree_ids`` as :meth:`tree_entries` gives them, in batched queries
         (one per few hundred trees, not one per tree); an empty or unknown tree maps to no rows."""
-        tree_ids = list(dict.fromkeys(tree_ids))
+        tree_ids = list(tree_ids)  # used twice; the lookup drops repeats
         return trees_entry_rows(tree_ids, self._lookup(TREE_ENTRIES_OF, tree_ids))
 
     def unindexed_snapshots(self, *, damaged: bool = True) -> list[tuple[str, str]]:

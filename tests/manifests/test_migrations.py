@@ -22,15 +22,20 @@ from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
 MIGRATIONS = Path(__file__).resolve().parents[2] / "manifests" / "migrations"
 
 
-def test_root_metadata_moves_from_stats_to_columns(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+def _upgrade(url: str, revision: str) -> None:
+    """Run the migrations up to ``revision`` on the database at ``url``, with Alembic."""
     engine = create_engine(url)
     with engine.begin() as conn:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         config.attributes["connection"] = conn
-        command.upgrade(config, "0003")
+        command.upgrade(config, revision)
     engine.dispose()
+
+
+def test_root_metadata_moves_from_stats_to_columns(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    _upgrade(url, "0003")
     stats = {"files": 3, "root_mode": 0o750, "root_mtime_ns": 1234}
     with sqlite3.connect(tmp_path / "old.sqlite") as db:
         db.execute(
@@ -156,13 +161,7 @@ def _schema(url: str) -> dict[str, object]:
 def test_a_new_index_has_exactly_the_schema_the_migrations_build(index_url: str) -> None:
     """A new index is created from the models, without Alembic; an index created by running every
     migration on an empty database must be the same, column for column, on SQLite and PostgreSQL."""
-    engine = create_engine(index_url)
-    with engine.begin() as conn:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        config.attributes["connection"] = conn
-        command.upgrade(config, "head")
-    engine.dispose()
+    _upgrade(index_url, "head")
     migrated = _schema(index_url)
     engine = create_engine(index_url)
     with engine.begin() as conn:
