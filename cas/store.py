@@ -350,6 +350,7 @@ class Store:
         delete: bool = False,
         trust_mtime: bool = False,
         in_place: bool = False,
+        use_files_cache: bool = True,
     ) -> RestoreReport:
         """Restore an execution (or one path of it, as ``dest/<its name>``) into ``dest``; with
         ``filter``, only what it keeps (patterns relative to the snapshot's root, see
@@ -359,12 +360,15 @@ class Store:
         and only what differs is written; ``delete`` also removes what the execution lacks;
         ``trust_mtime`` takes a file of the right size and mtime as matching without reading it;
         ``in_place`` patches a mostly unchanged file where it is instead of writing it anew (less to
-        write; not atomic: a reader or a crash may see it partly updated).
+        write; not atomic: a reader or a crash may see it partly updated). With ``use_files_cache``
+        the files the restore creates are recorded in this host's files cache, as a snapshot records
+        what it reads: a snapshot of ``dest`` afterwards reads only what changed since.
 
         Raises :class:`PartialRestore` listing what could not be restored, after restoring everything else.
         """
         from cas.ops.restore.report import failure_error
         from cas.ops.restore.walk import Restorer
+        from cas.repo.filescache import open_recorder
 
         snap = self.get(execution_id)
         entry = self.entry(execution_id, path or "")
@@ -380,9 +384,15 @@ class Store:
             included = rules.inside(parents)
             base = "/".join(parents) + "/" if parents else ""
             select = (lambda rel, e: False) if included is None else rules.predicate(self.repo, entries, base, included)
+        recorder = open_recorder(self.repo.config.repo_id) if use_files_cache else None
         restorer = Restorer(self.repo, overwrite=overwrite, same_permissions=same_permissions, progress=progress,
-                            select=select, delete=delete, trust_mtime=trust_mtime, in_place=in_place)
-        report = restorer.restore(entries, os.fspath(dest), meta)
+                            select=select, delete=delete, trust_mtime=trust_mtime, in_place=in_place,
+                            recorder=recorder)
+        try:
+            report = restorer.restore(entries, os.fspath(dest), meta)
+        finally:
+            if recorder is not None:
+                recorder.close()
         if report.failures:
             raise failure_error(report)
         return report

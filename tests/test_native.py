@@ -278,8 +278,8 @@ def test_a_file_changed_since_it_was_stat_ed_is_declined_and_the_others_read(tmp
 _PREFIX = b".cas-tmp-test-"
 
 
-def _write(dir_fd: int, files: list[tuple[bytes, bytes, int, int]], umask: int | None = 0o022, tmpfile: bool = True,
-           ) -> tuple[list[object], bool]:
+def _write(dir_fd: int, files: list[tuple[bytes, bytes, int, int, bool]], umask: int | None = 0o022,
+           tmpfile: bool = True) -> tuple[list[object], bool]:
     return write_whole_files(dir_fd, files, _PREFIX, 7, umask, tmpfile)
 
 
@@ -287,11 +287,11 @@ def _write(dir_fd: int, files: list[tuple[bytes, bytes, int, int]], umask: int |
 @given(files=st.dictionaries(_NAMES.map(os.fsencode), st.tuples(
            st.one_of(st.binary(max_size=5000), st.integers(1, 70_000).map(bytes)),  # content, or zeros
            st.sampled_from([0o644, 0o600, 0o755, 0o666, 0o4755, 0o1777, 0o000]),
-           st.integers(-2**40, 2**62)), max_size=8),
+           st.integers(-2**40, 2**62), st.booleans()), max_size=8),
        taken=st.lists(st.integers(0, 7), max_size=3), umask=st.sampled_from([None, 0o022, 0o077, 0o000]),
        tmpfile=st.booleans())
 def test_files_written_whole_hold_their_content_mode_and_mtime_under_their_name_or_a_temporary_one(
-    tmp_path_factory: pytest.TempPathFactory, files: dict[bytes, tuple[bytes, int, int]], taken: list[int],
+    tmp_path_factory: pytest.TempPathFactory, files: dict[bytes, tuple[bytes, int, int, bool]], taken: list[int],
     umask: int | None, tmpfile: bool,
 ) -> None:
     root = tmp_path_factory.mktemp("whole")
@@ -308,7 +308,7 @@ def test_files_written_whole_hold_their_content_mode_and_mtime_under_their_name_
         os.close(dir_fd)
     temporaries = set()
     for name, answer in zip(names, answers):
-        data, mode, mtime_ns = files[name]
+        data, mode, mtime_ns, identify = files[name]
         if name in taken_names or not tmpfile:
             assert type(answer) is bytes and answer.startswith(_PREFIX)  # the caller renames it into place
             temporaries.add(answer)
@@ -316,25 +316,28 @@ def test_files_written_whole_hold_their_content_mode_and_mtime_under_their_name_
             if name in taken_names:
                 assert (root / os.fsdecode(name)).read_bytes() == b"the file that was there"
         else:
-            assert answer is None
             where = root / os.fsdecode(name)
+            # Named; asked for its identity, the inode and ctime it has under its name.
+            assert answer == ((os.lstat(where).st_ino, os.lstat(where).st_ctime_ns) if identify else None)
         st_ = os.lstat(where)
         assert stat.S_ISREG(st_.st_mode) and where.read_bytes() == data
         assert stat.S_IMODE(st_.st_mode) == mode and st_.st_mtime_ns == mtime_ns
-    assert len(temporaries) == len([a for a in answers if a is not None])  # every temporary name its own
-    named = {name for name, answer in zip(names, answers) if answer is None}
+    assert len(temporaries) == len([a for a in answers if type(a) is bytes])  # every temporary name its own
+    named = {name for name, answer in zip(names, answers) if type(answer) is not bytes}
     assert {os.fsencode(p.name) for p in root.iterdir()} == named | taken_names | temporaries
 
 
 def test_a_file_that_cannot_be_written_fails_alone_and_leaves_nothing(tmp_path: Path) -> None:
     dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        answers, tmpfile = _write(dir_fd, [(b"ok", b"a", 0o644, 0), (b"no/such", b"b", 0o644, 0), (b"nul\0", b"c", 0o644, 0),
-                                           (b"also", b"d", 0o600, 0)])
+        answers, tmpfile = _write(dir_fd, [(b"ok", b"a", 0o644, 0, False), (b"no/such", b"b", 0o644, 0, True),
+                                           (b"nul\0", b"c", 0o644, 0, False), (b"also", b"d", 0o600, 0, False)])
     finally:
         os.close(dir_fd)
     assert tmpfile is True
-    assert answers == [None, (errno.ENOENT, os.strerror(errno.ENOENT)), (errno.EINVAL, os.strerror(errno.EINVAL)), None]
+    assert answers[0] is None and answers[3] is None
+    for answer, code in ((answers[1], errno.ENOENT), (answers[2], errno.EINVAL)):
+        assert isinstance(answer, OSError) and (answer.errno, answer.strerror) == (code, os.strerror(code))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["also", "ok"]  # the others left nothing
 
 
@@ -342,7 +345,8 @@ def test_each_file_takes_the_fewest_calls(tmp_path: Path) -> None:
     """Counted by strace in a process of its own: per file one create, one write (none for a file of
     zeros, which is a hole, nor for an empty one), an ``fchmod`` only for a mode the umask would
     change or a special bit, one ``utimensat`` by descriptor, one ``linkat`` (by descriptor where the
-    kernel allows it), one close."""
+    kernel allows it), one close; and one ``fstat`` for a file whose identity is asked for (to be
+    recorded in the files cache)."""
     strace = shutil.which("strace")
     if strace is None:
         pytest.skip("strace is not installed")
@@ -352,12 +356,13 @@ sys.path[:0] = {sys.path!r}
 from cas.native.files import write_whole_files
 os.umask(0o022)
 fd = os.open({str(tmp_path)!r}, os.O_RDONLY | os.O_DIRECTORY)
-files = [(b"data", b"x" * 100, 0o644, 1), (b"zeros", bytes(4096), 0o644, 2), (b"empty", b"", 0o600, 3),
-         (b"wide", b"y", 0o666, 4), (b"setuid", b"z", 0o4755, 5)]
+files = [(b"data", b"x" * 100, 0o644, 1, False), (b"zeros", bytes(4096), 0o644, 2, False),
+         (b"empty", b"", 0o600, 3, False), (b"wide", b"y", 0o666, 4, False), (b"setuid", b"z", 0o4755, 5, False),
+         (b"known", b"w" * 10, 0o644, 6, True)]
 os.write(2, b"BEGIN\\n")
 answers, _ = write_whole_files(fd, files, b".cas-tmp-t-", 0, 0o022, True)
 os.write(2, b"END\\n")
-assert answers == [None] * 5, answers
+assert answers[:5] == [None] * 5 and type(answers[5]) is tuple, answers
 """
     log = tmp_path.parent / "strace.log"
     subprocess.run([strace, "-f", "-qq", "-o", str(log), sys.executable, "-c", code], check=True, timeout=60)
@@ -366,15 +371,16 @@ assert answers == [None] * 5, answers
     end = next(i for i, line in enumerate(lines) if 'write(2, "END' in line)
     calls = Counter(re.match(r"(?:\d+\s+)?(\w+)\(", line).group(1) for line in lines[begin + 1:end]
                     if re.match(r"(?:\d+\s+)?\w+\(", line))
-    assert calls["openat"] == 5 and all("O_TMPFILE" in line for line in lines[begin + 1:end] if "openat(" in line)
-    assert calls["write"] == 3  # data, wide, setuid: not zeros, not empty
+    assert calls["openat"] == 6 and all("O_TMPFILE" in line for line in lines[begin + 1:end] if "openat(" in line)
+    assert calls["write"] == 4  # data, wide, setuid, known: not zeros, not empty
     assert calls["ftruncate"] == 1  # zeros
     assert calls["fchmod"] == 2  # 0o666 through umask 022, and setuid: after the content
-    assert calls["utimensat"] == 5 and calls["linkat"] == 5 and calls["close"] == 5
+    assert calls["utimensat"] == 6 and calls["linkat"] == 6 and calls["close"] == 6
+    assert calls["fstat"] + calls["newfstatat"] + calls["statx"] == 1  # the identity of "known" alone
     if os.geteuid() == 0 or tuple(int(p) for p in re.findall(r"\d+", os.uname().release)[:2]) >= (6, 10):
         # linked by the descriptor, without a path walk through /proc/self/fd (see `link_as`)
         links = [line for line in lines[begin + 1:end] if "linkat(" in line]
         assert all("AT_EMPTY_PATH" in line and "/proc/" not in line for line in links), links
-    assert sum(calls.values()) == 5 + 3 + 1 + 2 + 5 + 5 + 5, calls
+    assert sum(calls.values()) == 6 + 4 + 1 + 2 + 6 + 6 + 6 + 1, calls
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {
-        "data": 0o644, "zeros": 0o644, "empty": 0o600, "wide": 0o666, "setuid": 0o4755}
+        "data": 0o644, "zeros": 0o644, "empty": 0o600, "wide": 0o666, "setuid": 0o4755, "known": 0o644}

@@ -72,6 +72,7 @@ def cmd_restore(store: Store, args: argparse.Namespace) -> int:
             delete=args.delete,
             trust_mtime=args.trust_mtime,
             in_place=args.in_place,
+            use_files_cache=not args.no_files_cache,
         )
     text = (f"restored {report.files} files, {report.dirs} directories, {report.symlinks} symlinks, "
             f"{human_size(report.bytes)} into {escape(args.dest)}")

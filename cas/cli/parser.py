@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --overwrite: patch a mostly unchanged file where it is (less to write; not atomic: "
                    "a reader or a crash may see it partly updated)")
     s.add_argument("--same-permissions", action="store_true", help="keep setuid/setgid bits")
+    s.add_argument("--no-files-cache", action="store_true",
+                   help="do not record the files written in this host's files cache (a snapshot of DEST then reads them)")
     _add_tree_filter(s, "restore")
 
     s = sub.add_parser("copy", help="copy executions to another repository, sending only what it lacks")

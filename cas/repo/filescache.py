@@ -6,6 +6,9 @@ few seconds are not recorded ("racy" timestamps: a write in the same clock tick 
 mtime), so the cache can make a snapshot faster but never wrong. Cached chunk lists are used only
 if the index still has every chunk.
 
+A restore records there the large files it creates (:class:`FilesRecorder`), so that a snapshot
+of the restored tree reads only what changed since.
+
 Stored in SQLite under ``$CAS_HOME/cache/files-v2-<repo id>.sqlite``; losing it costs only time.
 
 Entries expire: each records when a snapshot last saw its path (read it, or found it unchanged),
@@ -18,11 +21,17 @@ from __future__ import annotations
 import datetime as dt
 import glob
 import json
+import logging
 import os
 import sqlite3
+import threading
 import time
 from array import array
 from dataclasses import dataclass
+
+from cas.repo.repository import default_home
+
+log = logging.getLogger(__name__)
 
 _RACY_NS = 2_000_000_000
 _PENDING_ROWS = 2000
@@ -52,6 +61,24 @@ class CachedFile:
     chunks: tuple[str, ...]
 
 
+def _connect(path: str) -> sqlite3.Connection:
+    """The files cache at ``path``, created (or brought up to date) if need be."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    db = sqlite3.connect(path, timeout=30, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS files (dir BLOB, name BLOB, size INTEGER, mtime_ns INTEGER,"
+        " ctime_ns INTEGER, inode INTEGER, dev INTEGER, digest TEXT, chunks TEXT, seen_ns INTEGER,"
+        " PRIMARY KEY (dir, name))"
+    )
+    columns = [row[1] for row in db.execute("PRAGMA table_info(files)")]
+    if "seen_ns" not in columns:  # a cache written before entries expired: seen now
+        with db:
+            db.execute("ALTER TABLE files ADD COLUMN seen_ns INTEGER")
+            db.execute("UPDATE files SET seen_ns = ?", (time.time_ns(),))
+    return db
+
+
 class FilesCache:
     """Rows keyed by (directory, name), looked up a batch of names at a time.
 
@@ -61,20 +88,8 @@ class FilesCache:
     """
 
     def __init__(self, path: str, max_age: dt.timedelta | None = None) -> None:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = _connect(path)
         self._db.execute("PRAGMA temp_store=FILE")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS files (dir BLOB, name BLOB, size INTEGER, mtime_ns INTEGER,"
-            " ctime_ns INTEGER, inode INTEGER, dev INTEGER, digest TEXT, chunks TEXT, seen_ns INTEGER,"
-            " PRIMARY KEY (dir, name))"
-        )
-        columns = [row[1] for row in self._db.execute("PRAGMA table_info(files)")]
-        if "seen_ns" not in columns:  # a cache written before entries expired: seen now
-            with self._db:
-                self._db.execute("ALTER TABLE files ADD COLUMN seen_ns INTEGER")
-                self._db.execute("UPDATE files SET seen_ns = ?", (time.time_ns(),))
         self._db.execute(
             "CREATE TEMP TABLE pending (dir BLOB, name BLOB, size INTEGER, mtime_ns INTEGER,"
             " ctime_ns INTEGER, inode INTEGER, dev INTEGER, digest TEXT, chunks TEXT, seen_ns INTEGER)"
@@ -177,6 +192,74 @@ class FilesCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+class FilesRecorder:
+    """Files a restore created, recorded in the files cache: while a file keeps the identity it had
+    once named (size, mtime, ctime, inode, device), a snapshot takes its content as the entry's,
+    unread (see :meth:`FilesCache.matches`).
+
+    A file this restore created can be held by no mapping from before, through which a write would
+    not change its times (see :mod:`cas.ops.restore.settled`), and any later write gives it a
+    current mtime, never the stored one it was given; a stored mtime within the racy window of
+    now is not recorded, as a snapshot would not record it. A row is true as soon as its file is
+    named: rows go in every :data:`_PENDING_ROWS` and at :meth:`close`. :meth:`add` is safe from
+    any thread.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._db = _connect(path)
+        self._started = time.time_ns()
+        self._cutoff = self._started - _RACY_NS
+        self._rows: list[tuple[object, ...]] = []
+        self._lock = threading.Lock()
+        self._failed: sqlite3.Error | None = None
+
+    def add(self, directory: bytes, name: bytes, key: tuple[int, int, int, int, int], digest: str,
+            chunks: tuple[str, ...]) -> None:
+        """The file ``name`` of ``directory`` holds ``digest`` (cut into ``chunks``) while it is
+        ``key`` (size, mtime, ctime, inode, device)."""
+        if key[1] >= self._cutoff:
+            return
+        row = (directory, name, *key, digest, _chunk_text(chunks), self._started)
+        with self._lock:
+            self._rows.append(row)
+            if len(self._rows) >= _PENDING_ROWS:
+                self._write()
+
+    def _write(self) -> None:
+        rows, self._rows = self._rows, []
+        if not rows or self._failed is not None:
+            return
+        try:
+            with self._db:
+                self._db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        except sqlite3.Error as exc:  # what it would have spared costs time later, nothing more
+            self._failed = exc
+
+    def close(self) -> None:
+        """Write what is left and close; logs a warning if the cache refused rows."""
+        with self._lock:
+            self._write()
+        self._db.close()
+        if self._failed is not None:
+            log.warning("the files cache did not take what this restore wrote (%s)", self._failed)
+
+
+def files_cache_path(cache_dir: str, repo_id: str) -> str:
+    """The files cache of the repository ``repo_id`` under ``cache_dir`` (``$CAS_HOME/cache``)."""
+    return os.path.join(cache_dir, f"files-v2-{repo_id}.sqlite")
+
+
+def open_recorder(repo_id: str) -> FilesRecorder | None:
+    """A recorder into this host's files cache of the repository ``repo_id`` (under
+    ``$CAS_HOME/cache``); None, with a warning, if the cache cannot be opened (it costs only time
+    later)."""
+    try:
+        return FilesRecorder(files_cache_path(os.path.join(default_home(), "cache"), repo_id))
+    except (sqlite3.Error, OSError) as exc:
+        log.warning("the files cache cannot be opened (%s): restored files are not recorded", exc)
+        return None
 
 
 def files_cache_paths(cache_dir: str) -> list[str]:

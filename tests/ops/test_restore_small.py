@@ -73,7 +73,7 @@ def batches(monkeypatch: pytest.MonkeyPatch) -> _Batches:
     counting = _Batches()
     real = FileWriter.write_whole_many
 
-    def write_whole_many(self: FileWriter, dir_fd: int, files: list[tuple[str, bytes, int, int]]) -> list[object]:
+    def write_whole_many(self: FileWriter, dir_fd: int, files: list[tuple[str, bytes, int, int, bool]]) -> list[object]:
         with counting._lock:
             counting.calls.append((threading.current_thread().name, [name for name, *_ in files]))
         return real(self, dir_fd, files)
@@ -166,7 +166,7 @@ def test_a_taken_name_is_left_as_it_was_until_the_whole_file_replaces_it(tmp_pat
     (tmp_path / "f").write_bytes(b"old")
     dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        [tmp] = FileWriter("test").write_whole_many(dir_fd, [("f", b"new content", 0o640, 1_000_000_000)])
+        [tmp] = FileWriter("test").write_whole_many(dir_fd, [("f", b"new content", 0o640, 1_000_000_000, False)])
         assert isinstance(tmp, str) and tmp.startswith(TMP_PREFIX)
         assert (tmp_path / "f").read_bytes() == b"old"
         st = os.stat(tmp, dir_fd=dir_fd)

@@ -44,11 +44,19 @@ def _writer(pool: ThreadPoolExecutor, fallbacks: list[int] | None = None) -> Pro
 
 
 def _files(n: int, prefix: str = "f") -> list[File]:
-    return [(f"{prefix}{i:03d}", os.urandom(i * 37 % 3000), (0o644, 0o600, 0o755)[i % 3], MTIME + i) for i in range(n)]
+    """Every fourth asks for its identity once named."""
+    return [(f"{prefix}{i:03d}", os.urandom(i * 37 % 3000), (0o644, 0o600, 0o755)[i % 3], MTIME + i, i % 4 == 1)
+            for i in range(n)]
+
+
+def _named(directory: Path, files: list[File]) -> list[object]:
+    """The answers of ``files`` all named: None, or the inode and ctime each has if it asked."""
+    return [((directory / f[0]).lstat().st_ino, (directory / f[0]).lstat().st_ctime_ns) if f[4] else None
+            for f in files]
 
 
 def _check(directory: Path, files: list[File]) -> None:
-    for name, data, mode, mtime in files:
+    for name, data, mode, mtime, _ in files:
         st = (directory / name).lstat()
         assert (directory / name).read_bytes() == data
         assert stat.S_IMODE(st.st_mode) == mode & ~_umask() and st.st_mtime_ns == mtime
@@ -69,7 +77,7 @@ def test_a_batch_is_written_whole_by_another_process(
     try:
         first, second = _files(50), _files(30, "g")
         answers = [writer.submit(fd, first), writer.submit(fd, second)]
-        assert [a.result(timeout=60) for a in answers] == [[None] * 50, [None] * 30]
+        assert [a.result(timeout=60) for a in answers] == [_named(tmp_path, first), _named(tmp_path, second)]
         assert writer.pid is not None and writer.pid != os.getpid()
     finally:
         writer.close()
@@ -99,10 +107,10 @@ def test_a_batch_in_several_messages_is_freed_when_answered_without_the_collecto
         answer.add_done_callback(lambda _, held=held: None)
         freed = weakref.ref(held)
         del held
-        assert answer.result(timeout=60) == [None] * 50
+        assert answer.result(timeout=60) == _named(tmp_path, first)
         del answer
         # The thread receiving answers holds the last future it answered until the next one.
-        assert writer.submit(fd, second).result(timeout=60) == [None] * 3
+        assert writer.submit(fd, second).result(timeout=60) == _named(tmp_path, second)
         assert freed() is None
     finally:
         gc.enable()
@@ -126,7 +134,7 @@ def test_many_batches_in_flight_to_many_directories_are_each_answered_and_writte
     batches = [(i % 4, _files(5 + i, f"b{i}-")) for i in range(3 * (write_process._QUEUED + write_process._WRITERS))]
     try:
         answers = [writer.submit(fds[d], files) for d, files in batches]
-        assert [a.result(timeout=60) for a in answers] == [[None] * len(files) for _, files in batches]
+        assert [a.result(timeout=60) for a in answers] == [_named(directories[d], files) for d, files in batches]
     finally:
         writer.close()
         for fd in fds:
@@ -141,7 +149,7 @@ def test_a_taken_name_gets_a_temporary_and_an_error_is_its_files_own(tmp_path: P
     (tmp_path / "f001").write_bytes(b"already here")
     writer = _writer(pool)
     files = _files(3)
-    files.insert(2, ("x" * 300, b"name too long", 0o644, MTIME))
+    files.insert(2, ("x" * 300, b"name too long", 0o644, MTIME, True))
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         answers = writer.submit(fd, files).result(timeout=60)
@@ -153,8 +161,8 @@ def test_a_taken_name_gets_a_temporary_and_an_error_is_its_files_own(tmp_path: P
     assert isinstance(tmp, str) and tmp.startswith(TMP_PREFIX)  # for the restore to place
     assert (tmp_path / "f001").read_bytes() == b"already here"
     assert (tmp_path / tmp).read_bytes() == files[1][1]
-    code, message = answers[2]  # type: ignore[misc]
-    assert code == 36 and message  # ENAMETOOLONG, for that file alone
+    failed = answers[2]
+    assert isinstance(failed, OSError) and failed.errno == 36 and failed.strerror  # ENAMETOOLONG, for that file alone
     _check(tmp_path, [files[0], files[3]])
 
 
@@ -164,13 +172,13 @@ def test_batches_a_dead_child_did_not_answer_are_written_here(tmp_path: Path, po
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         first = _files(10)
-        assert writer.submit(fd, first).result(timeout=60) == [None] * 10
+        assert writer.submit(fd, first).result(timeout=60) == _named(tmp_path, first)
         assert writer.pid is not None
         os.kill(writer.pid, signal.SIGKILL)
         more = [_files(10, f"g{i}-") for i in range(5)]
         later = [writer.submit(fd, files) for files in more]
-        for answer in later:
-            assert answer.result(timeout=60) == [None] * 10
+        for answer, files in zip(later, more):
+            assert answer.result(timeout=60) == _named(tmp_path, files)
     finally:
         writer.close()
         os.close(fd)

@@ -1,10 +1,12 @@
-"""The files cache forgets paths that no snapshot has seen for its time to live."""
+"""The files cache forgets paths that no snapshot has seen for its time to live, and knows the
+large files a restore created."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
 import sqlite3
+import stat
 import time
 from pathlib import Path
 
@@ -13,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cas import Store
-from cas.repo.filescache import CachedFile, FilesCache, expire_files_caches, files_cache_paths
+from cas.repo import filescache
+from cas.repo.filescache import CachedFile, FilesCache, FilesRecorder, expire_files_caches, files_cache_paths
 
 OLD = 1_600_000_000_000_000_000
 
@@ -102,3 +105,87 @@ def test_what_a_snapshot_remembers_is_looked_up_exactly_whatever_the_names(
             assert found[name] == ((size, mtime, ctime, inode, 7), CachedFile(chunks[0] if chunks else "", tuple(chunks)))
     finally:
         cache.close()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.dictionaries(st.tuples(_NAME, _NAME), st.tuples(
+    st.integers(0, 2**40), st.integers(0, OLD), st.integers(0, 2**62), st.integers(0, 2**62),
+    st.lists(st.binary(min_size=32, max_size=32).map(bytes.hex), min_size=1, max_size=3)), max_size=30),
+    pending=st.sampled_from([1, 7, 2000]))
+def test_what_a_restore_records_is_looked_up_exactly_whatever_the_names(
+    tmp_path_factory: pytest.TempPathFactory, rows: dict[tuple[bytes, bytes], tuple[int, int, int, int, list[str]]],
+    pending: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The recorder's rows, written in batches of any size, are what a snapshot's lookup finds."""
+    monkeypatch.setattr(filescache, "_PENDING_ROWS", pending)
+    path = str(tmp_path_factory.mktemp("cache") / "files.sqlite")
+    recorder = FilesRecorder(path)
+    for (directory, name), (size, mtime, ctime, inode, chunks) in rows.items():
+        recorder.add(directory, name, (size, mtime, ctime, inode, 7), chunks[0], tuple(chunks))
+    recorder.close()
+    cache = FilesCache(path)
+    try:
+        for (directory, name), (size, mtime, ctime, inode, chunks) in rows.items():
+            assert cache.lookup(directory, [name])[name] == ((size, mtime, ctime, inode, 7), CachedFile(chunks[0], tuple(chunks)))
+    finally:
+        cache.close()
+
+
+def _tree(root: Path) -> dict[str, tuple[bytes, int, int]]:
+    return {str(p.relative_to(root)): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_snapshot_of_a_restore_reads_only_the_large_files_changed_since(tmp_path: Path, cas_home: Path) -> None:
+    """A restore records the files it creates that a snapshot would cut into chunks (``chunk_min``
+    bytes or more): a snapshot of the destination then reads none of them, but reads again one
+    changed since, whatever it kept (size, mtime) of before, and one another process put in its
+    place; what it stores is what the destination holds."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    large = {"a.bin": 300_000, "b.bin": 300_000, "sub/c.bin": 2_500_000, "sub/d.bin": 400_000}
+    for name, size in large.items():
+        (src / name).write_bytes(os.urandom(size))
+    for i in range(5):
+        (src / f"small{i}.txt").write_bytes(os.urandom(2000))
+    for p in src.rglob("*"):
+        os.utime(p, ns=(OLD, OLD))
+    dest = tmp_path / "dest"
+    with Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'i.sqlite'}") as store:
+        chunk_min = store.repo.config.chunk_min
+        assert all(size >= chunk_min for size in large.values()) and 2000 < chunk_min
+        original = store.snapshot(src, "src", use_files_cache=False)
+        store.restore("src", dest)
+        first = store.snapshot(dest, "dest-1")
+        assert first.stats["files_from_cache"] == len(large)  # the small files were read
+        assert first.root == original.root
+        # Changed in place with its size and mtime as before (only its ctime tells), and replaced by
+        # another file of the same size and mtime; past the coarsest timestamp tick, so that a
+        # kernel without fine-grained ctimes gives the change a ctime of its own.
+        time.sleep(0.05)
+        with open(dest / "a.bin", "r+b") as f:
+            f.write(b"changed")
+        os.utime(dest / "a.bin", ns=(OLD, OLD))
+        other = dest / "sub" / "other"
+        other.write_bytes(os.urandom(400_000))
+        os.utime(other, ns=(OLD, OLD))
+        os.replace(other, dest / "sub" / "d.bin")
+        second = store.snapshot(dest, "dest-2")
+        assert second.stats["files_from_cache"] == len(large) + 5 - 2  # the small ones remembered by dest-1
+        again = tmp_path / "again"
+        store.restore("dest-2", again)
+    assert _tree(again) == _tree(dest)
+    assert (dest / "a.bin").read_bytes()[:7] == b"changed"
+
+
+def test_a_restore_told_not_to_records_nothing(tmp_path: Path, cas_home: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(600_000))
+    os.utime(src / "big", ns=(OLD, OLD))
+    with Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'i.sqlite'}") as store:
+        store.snapshot(src, "src", use_files_cache=False)
+        store.restore("src", tmp_path / "quiet", use_files_cache=False)
+        assert store.snapshot(tmp_path / "quiet", "quiet").stats["files_from_cache"] == 0
+        store.restore("src", tmp_path / "loud")
+        assert store.snapshot(tmp_path / "loud", "loud").stats["files_from_cache"] == 1

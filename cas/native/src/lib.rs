@@ -413,13 +413,14 @@ fn read_files<'py>(
         .collect())
 }
 
-/// A file to write whole: its name, content, mode and mtime (ns).
-type WholeFile = (Vec<u8>, PyBackedBytes, u32, i64);
+/// A file to write whole: its name, content, mode, mtime (ns), and whether to give its identity.
+type WholeFile = (Vec<u8>, PyBackedBytes, u32, i64, bool);
 
-/// What became of a file written whole: named (None), under a temporary name because its name
-/// was taken (that name), or an error (errno and message).
+/// What became of a file written whole: named (with its inode and ctime once named, if asked
+/// for: for the files cache), under a temporary name because its name was taken (that name), or
+/// an error (errno and message).
 enum Written {
-    Named,
+    Named(Option<(u64, i64)>),
     Temporary(Vec<u8>),
     Failed(i32, String),
 }
@@ -431,9 +432,10 @@ impl<'py> IntoPyObject<'py> for Written {
 
     fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         Ok(match self {
-            Written::Named => py.None().into_bound(py),
+            Written::Named(None) => py.None().into_bound(py),
+            Written::Named(Some(identity)) => identity.into_pyobject(py)?.into_any(),
             Written::Temporary(name) => pyo3::types::PyBytes::new(py, &name).into_any(),
-            Written::Failed(code, message) => (code, message).into_pyobject(py)?.into_any(),
+            Written::Failed(code, message) => PyOSError::new_err((code, message)).into_value(py).into_bound(py).into_any(),
         })
     }
 }
@@ -539,12 +541,12 @@ impl Creator {
 
     /// One file written whole: created, filled (a file of zeros is a hole), its
     /// mode and mtime set by descriptor, and named only then.
-    fn write_whole(&mut self, name: &[u8], data: &[u8], mode: u32, mtime_ns: i64) -> Written {
+    fn write_whole(&mut self, name: &[u8], data: &[u8], mode: u32, mtime_ns: i64, identify: bool) -> Written {
         let (fd, mut tmp, mode_set) = match self.create(mode) {
             Ok(created) => created,
             Err(err) => return failed(err),
         };
-        let result = (|| -> io::Result<()> {
+        let result = (|| -> io::Result<Option<(u64, i64)>> {
             if !data.is_empty() && data.iter().all(|&b| b == 0) {
                 check(unsafe { libc::ftruncate(fd.0, data.len() as libc::off_t) })?;
             } else {
@@ -575,12 +577,21 @@ impl Creator {
             if tmp.is_none() {
                 tmp = self.link(&fd, name)?;
             }
-            Ok(())
+            if tmp.is_some() || !identify {
+                return Ok(None);
+            }
+            // Named: its identity now (linking gave it its last ctime), which a later write changes.
+            let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+            // SAFETY: fstat fills the buffer it is given.
+            check(unsafe { libc::fstat(fd.0, st.as_mut_ptr()) })?;
+            // SAFETY: fstat succeeded.
+            let st = unsafe { st.assume_init() };
+            Ok(Some((st.st_ino as u64, ns(st.st_ctime as i64, st.st_ctime_nsec as i64))))
         })();
         drop(fd);
         match (result, tmp) {
-            (Ok(()), None) => Written::Named,
-            (Ok(()), Some(tmp)) => Written::Temporary(tmp),
+            (Ok(identity), None) => Written::Named(identity),
+            (Ok(_), Some(tmp)) => Written::Temporary(tmp),
             (Err(err), tmp) => {
                 if let Some(tmp) = tmp {
                     if let Ok(path) = cstring(&tmp) {
@@ -604,15 +615,16 @@ fn failed(err: io::Error) -> Written {
 /// write_whole_files(dir_fd, files, temporary_prefix, first_number, umask, tmpfile)
 /// --
 ///
-/// Write `files` ((name, content, mode, mtime_ns) each: content verified already, the whole
-/// file) into the directory `dir_fd` (see `FileWriter.write_whole_many`), one after the other,
+/// Write `files` ((name, content, mode, mtime_ns, identify) each: content verified already,
+/// the whole file) into the directory `dir_fd` (see `FileWriter.write_whole_many`), one after the other,
 /// without the interpreter lock: each created unnamed (`O_TMPFILE`, when `tmpfile`) or under a
 /// temporary name (`temporary_prefix` and a number, from `first_number` on, one number for each
 /// file at most), created with its mode where `umask` (None: unknown) lets it through (else
 /// `fchmod`), written in one call (a file of zeros as a hole), its mtime set by descriptor, and
-/// named only then. Returns the answers in order (None: named; bytes: the temporary name it has,
-/// its name being taken; (errno, message): it failed, and nothing of it is left) and whether
-/// files may still be created unnamed.
+/// named only then. Returns the answers in order (None: named; (inode, ctime_ns): named, as it is
+/// then, for a file whose `identify` is true; bytes: the temporary name it has, its name being
+/// taken; an OSError: it failed, and nothing of it is left) and whether files may still be
+/// created unnamed.
 #[pyfunction]
 #[pyo3(signature = (dir_fd, files, temporary_prefix, first_number, umask, tmpfile))]
 fn write_whole_files(
@@ -624,7 +636,7 @@ fn write_whole_files(
             Creator { dir_fd, prefix: temporary_prefix, next_number: first_number, tmpfile, umask, empty_path: true };
         let answers = files
             .iter()
-            .map(|(name, data, mode, mtime_ns)| creator.write_whole(name, data, *mode, *mtime_ns))
+            .map(|(name, data, mode, mtime_ns, identify)| creator.write_whole(name, data, *mode, *mtime_ns, *identify))
             .collect();
         (answers, creator.tmpfile)
     })

@@ -74,18 +74,19 @@ class FileWriter:
         tmp = self.temporary_name()
         return os.open(tmp, _FILE_FLAGS, create_mode, dir_fd=dir_fd), tmp, at_create
 
-    def write_whole_many(self, dir_fd: int, files: list[tuple[str, bytes, int, int]]) -> list[object]:
-        """Create each of ``files`` ((name, data, mode, mtime_ns): ``data`` verified already, the
-        whole content) in as few calls as a whole file takes: created as :meth:`create` does (with
+    def write_whole_many(self, dir_fd: int, files: list[tuple[str, bytes, int, int, bool]]) -> list[object]:
+        """Create each of ``files`` ((name, data, mode, mtime_ns, identify): ``data`` verified
+        already, the whole content) in as few calls as a whole file takes: created as :meth:`create` does (with
         its final mode where it can be), one write (none for a file of zeros, which is a hole),
         ``utime`` by descriptor, named as :meth:`link` names it; nothing appears under a name before
         its file is whole. All in one call of the compiled helper, which leaves the GIL
-        (:func:`cas.native.files.write_whole_files`). One answer per file, in order: None (it took
-        its name), the temporary name it has (its name was taken, for :func:`place`), or (errno,
-        message): it failed, and nothing of it is left."""
+        (:func:`cas.native.files.write_whole_files`). One answer per file, in order: None once it took
+        its name, or with ``identify`` its (inode, ctime in ns) then; the temporary name it has
+        (its name was taken, for :func:`place`); or an OSError: it failed, and nothing of it is
+        left."""
         answers, HAS_TMPFILE[0] = write_whole_files(
-            dir_fd, [(os.fsencode(name), data if type(data) is bytes else bytes(data), mode, mtime_ns)
-                     for name, data, mode, mtime_ns in files],
+            dir_fd, [(os.fsencode(name), data if type(data) is bytes else bytes(data), mode, mtime_ns, identify)
+                     for name, data, mode, mtime_ns, identify in files],
             os.fsencode(f"{TMP_PREFIX}{self.tag}-"), self._numbers(len(files)), self._umask, HAS_TMPFILE[0])
         return [os.fsdecode(answer) if type(answer) is bytes else answer for answer in answers]
 

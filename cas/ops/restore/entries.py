@@ -72,7 +72,7 @@ class EntryWriting(RestoreState):
         self, dir_fd: int, files: list[tuple[Entry, str]], prefetched: dict[str, bytes],
     ) -> list[Done | BaseException]:
         out: list[Done | BaseException | None] = []  # None: handed to the helper, its answer not yet read
-        batch: list[tuple[str, bytes, int, int]] = []
+        batch: list[File] = []
         for entry, path in files:
             data = prefetched[entry.chunks[0]] if entry.chunks else b""
             try:
@@ -81,7 +81,7 @@ class EntryWriting(RestoreState):
                 out.append(exc)
                 continue
             out.append(None)
-            batch.append((entry.name, data, self._mode(entry.mode), entry.mtime_ns))
+            batch.append((entry.name, data, self._mode(entry.mode), entry.mtime_ns, self._records(entry)))
         answers = iter(self._writer.write_whole_many(dir_fd, batch) if batch else ())  # one call, no GIL held
         for i, (entry, path) in enumerate(files):
             if out[i] is None:
@@ -105,7 +105,7 @@ class EntryWriting(RestoreState):
                 checked.append(exc)
                 continue
             checked.append(None)
-            batch.append((entry.name, data, self._mode(entry.mode), entry.mtime_ns))
+            batch.append((entry.name, data, self._mode(entry.mode), entry.mtime_ns, self._records(entry)))
         result: Future[list[Done | BaseException]] = Future()
 
         def finish(written: Future[list[object]]) -> None:
@@ -126,8 +126,12 @@ class EntryWriting(RestoreState):
         return result
 
     def _placed(self, dir_fd: int, entry: Entry, path: str, answer: object) -> Done | BaseException:
-        """A file of :meth:`_write_whole_in_child` after the writer's answer for it."""
+        """A file written whole (:meth:`_write_whole_files`, :meth:`_write_whole_in_child`) after
+        the writer's answer for it."""
         if answer is None:
+            return Done(entry.size, True)
+        if type(answer) is tuple:  # named, and identified to be recorded: (inode, ctime) then
+            self._record_written(path, entry, *answer)
             return Done(entry.size, True)
         if isinstance(answer, str):  # its name was taken: the file is under this temporary name
             try:
@@ -136,8 +140,8 @@ class EntryWriting(RestoreState):
                 unlink_quietly(dir_fd, answer)
                 return exc
             return Done(entry.size, True)
-        code, message = answer  # type: ignore[misc]
-        return OSError(code, message)
+        assert isinstance(answer, OSError)
+        return answer
 
     def _one_file(self, *args: object) -> list[Done | BaseException]:
         return [self._file(*args)]  # type: ignore[arg-type]
@@ -289,14 +293,19 @@ class EntryWriting(RestoreState):
                 set_metadata(fd, entry, mode, mode_set)
                 if tmp is None:
                     tmp = self._writer.link(fd, dir_fd, entry.name)
+                if tmp is not None:
+                    self._place(dir_fd, tmp, entry.name, path)
+                    tmp = None
+                # Its identity once named (linking and renaming change its ctime), to record.
+                named = os.fstat(fd) if self._records(entry) else None
             finally:
                 os.close(fd)
-            if tmp is not None:
-                self._place(dir_fd, tmp, entry.name, path)
         except BaseException:
             if tmp is not None:
                 unlink_quietly(dir_fd, tmp)
             raise
+        if named is not None:
+            self._record_written(path, entry, named.st_ino, named.st_ctime_ns)
         if self.overwrite:
             self._local.add_file(path, entry, locations)
         return Done(written, True, reused[0])

@@ -29,6 +29,7 @@ from cas.ops.restore.local import LocalChunks
 from cas.ops.restore.report import Done, ProgressFn, RestoreReport
 from cas.ops.restore.write import FATAL_ERRNOS
 from cas.ops.restore.write_process import ProcessWriter
+from cas.repo.filescache import FilesRecorder
 from cas.repo.repository import Repository
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -116,6 +117,32 @@ class RestoreState:
     """Whether ``delete`` applies to the destination itself (a whole tree is restored)."""
     _ahead: int
     """Subdirectories entered ahead of the walk, now (see ``Restorer._look_ahead``)."""
+    _recorder: FilesRecorder | None
+    """Where the files this restore creates are recorded (see :meth:`_record_written`), if anywhere."""
+    _dest_dev: int
+    """The destination's ``st_dev``, recorded with them."""
+
+    def _records(self, entry: Entry) -> bool:
+        """Whether the file of ``entry``, once created, is recorded (:meth:`_record_written`)."""
+        return self._recorder is not None and entry.size >= self.repo.config.chunk_min
+
+    def _record_written(self, path: str, entry: Entry, inode: int, ctime_ns: int) -> None:
+        """Record in the files cache that the file restored at ``path`` (relative to the
+        destination), named and now ``inode`` with ``ctime_ns`` (taken by its descriptor once
+        named), holds the entry's content: a later snapshot of the destination knows it unread
+        while it keeps that identity (see :class:`~cas.repo.filescache.FilesRecorder`). Only files
+        this restore created are recorded, never one it found in place, and only those a snapshot
+        would cut into chunks (``chunk_min`` bytes or more): it reads a smaller file whole in one
+        batched call, hardly more than the row costs to write (about 10 µs in SQLite, measured:
+        recording all 23,000 files of the benchmark's execution made a fresh restore 15% slower)."""
+        if not self._records(entry):
+            return
+        head, _, _ = path.rpartition("/")
+        directory = os.fsencode(os.path.join(self._dest, head) if head else self._dest)
+        assert self._recorder is not None
+        self._recorder.add(
+            directory, os.fsencode(entry.name), (entry.size, entry.mtime_ns, ctime_ns, inode, self._dest_dev),
+            entry.digest, entry.chunks)
 
     def _remove(self, dir_fd: int, name: str, path: str, *, counted: bool = True) -> None:
         try:

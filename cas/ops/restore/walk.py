@@ -50,6 +50,7 @@ from cas.ops.restore.state import DIR_FLAGS, Budget, DirJob, is_file
 from cas.ops.restore.survey import DestinationSurvey
 from cas.ops.restore.temps import temporary_tag
 from cas.ops.restore.write_process import ProcessWriter, write_batch
+from cas.repo.filescache import FilesRecorder
 from cas.repo.reader import prefetch, read_trees
 from cas.repo.repository import Repository
 from cas.types import BlobLocation
@@ -146,6 +147,7 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         delete: bool = False,
         trust_mtime: bool = False,
         in_place: bool = False,
+        recorder: FilesRecorder | None = None,
     ) -> None:
         """``select(path, entry)``, if given, says whether to restore an entry (``path`` relative to
         the destination); it is asked about a directory's entries when the directory is entered.
@@ -153,7 +155,9 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         file whose size and mtime equal the entry's is taken as matching without reading it.
         ``in_place``: a file of the entry's size holding at least half of its chunks at their
         offsets is patched in place (under an exclusive ``flock``) instead of written anew: less to
-        write, but a reader, or a crash, may see it partly updated."""
+        write, but a reader, or a crash, may see it partly updated. ``recorder``: where the files
+        this restore creates are recorded as they are named (see ``_record_written``); the caller
+        closes it."""
         if delete and not overwrite:
             raise ConfigurationError("deleting what the execution lacks needs overwrite")
         if delete and select is not None:
@@ -188,6 +192,8 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         self._located: dict[str, BlobLocation] = {}  # located ahead (``_locate_ahead``), until used
         self._read_ahead: dict[str, list[Entry]] = {}  # trees read ahead, by ID, until entered
         self._dest = ""
+        self._recorder = recorder
+        self._dest_dev = 0
         self._delete_root = True
         self._ahead = 0
 
@@ -203,6 +209,7 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         self._local = LocalChunks(self._dest)
         self._delete_root = root_meta is not None
         dest_fd = self._open_destination(dest)
+        self._dest_dev = os.fstat(dest_fd).st_dev
         try:
             self._start_hash_ahead(dest_fd)
             with self.repo.lookups_on_one_connection():  # one lookup per directory: no checkout each

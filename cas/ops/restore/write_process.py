@@ -9,8 +9,8 @@ directory's descriptor (``SCM_RIGHTS`` over a Unix socket) with a batch of files
 content, mode, mtime); the child takes batches as they come (up to :data:`_QUEUED` ahead of its
 writing) and writes them on :data:`_WRITERS` threads, each file as the restore's own threads would
 (:meth:`~cas.ops.restore.create.FileWriter.write_whole_many`: nothing appears under a name before
-the file is whole) and answers, per file, None (named), the temporary name it has (its name was
-taken: the restore places it), or the error.
+the file is whole) and answers, per file, None (named; or its inode and ctime then, if asked),
+the temporary name it has (its name was taken: the restore places it), or the error.
 
 The restore hands it batches once it has written many small files itself (see
 ``walk._PROCESS_AFTER``); the child is started by the first batch (a restore without many small
@@ -42,10 +42,12 @@ from cas.ops.restore.create import FileWriter
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-File = tuple[str, bytes, int, int]
-"""A file to write: its name, its whole content (verified), its mode, its mtime in nanoseconds."""
-Result = str | None | tuple[int, str]
-"""Per file: None (it has its name), a temporary name (the name was taken), or (errno, message)."""
+File = tuple[str, bytes, int, int, bool]
+"""A file to write: its name, its whole content (verified), its mode, its mtime in nanoseconds, and
+whether to answer with its identity once named (for the files cache)."""
+Result = None | tuple[int, int] | str | OSError
+"""Per file: None (it has its name), or (inode, ctime in ns) then if asked for; a temporary name
+(the name was taken); or the error."""
 
 MESSAGE_BYTES = 1 << 20
 """The content sent to the child in one message, about (a file is never split)."""
@@ -243,7 +245,7 @@ def _write_messages(writer: FileWriter, received: queue.Queue[tuple[int, list[in
         files: list[File] = pickle.loads(view)  # from the restore
         view.release()
         if not fds:  # the kernel could not give us the descriptor (EMFILE)
-            answers: list[object] = [(errno.EMFILE, os.strerror(errno.EMFILE))] * len(files)
+            answers: list[object] = [OSError(errno.EMFILE, os.strerror(errno.EMFILE))] * len(files)
         else:
             try:
                 answers = write_batch(writer, fds[0], files)

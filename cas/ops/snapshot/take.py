@@ -23,7 +23,7 @@ from cas.ops.snapshot.filter import SnapshotFilter
 from cas.ops.snapshot.walk import OnChange, ProgressFn, TreeBuilder
 from cas.ops.tree_index import TreeRowSpool
 from cas.repo.blobwriter import BlobWriter
-from cas.repo.filescache import FilesCache
+from cas.repo.filescache import FilesCache, files_cache_path
 from cas.repo.repository import Repository, default_home
 
 log = logging.getLogger("cas")
@@ -87,7 +87,7 @@ def store_tree(
     A large tree is split across ``jobs`` worker processes (:mod:`cas.ops.snapshot.workers`)."""
     cache_path = None
     if use_files_cache:
-        cache_path = os.path.join(default_home(), "cache", f"files-v2-{repo.config.repo_id}.sqlite")
+        cache_path = files_cache_path(os.path.join(default_home(), "cache"), repo.config.repo_id)
     cutter = Chunker(repo.config, chunker)
     # The files cache first: its database is made (or migrated) here, once, not by several
     # processes at once; the workers open it again. Then the workers, before this process starts
