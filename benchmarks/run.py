@@ -6,8 +6,8 @@
     python benchmarks/run.py --tools cas,restic,rustic --cases ml,small --rounds 5
 
 Three cases, each run in every round from empty repositories: the ML workload series (snapshots
-of executions, a re-snapshot of an unchanged tree, a restore), 100,000 small files (snapshot,
-re-snapshot, restore) and one 10 GiB file (snapshot, restore). Builds or installs the peers when
+of executions, a re-snapshot of an unchanged tree, a restore, a snapshot of the restored tree),
+100,000 small files (snapshot, re-snapshot, restore) and one 10 GiB file (snapshot, restore). Builds or installs the peers when
 missing, builds the inputs under benchmarks/work/, verifies every restore, and writes
 benchmarks/results/{results.md,results.json,chart.png}. See benchmarks/README.md.
 """
@@ -65,10 +65,11 @@ class Step:
     label: str
     parent: str | None = None
     short: str = ""  # the chart's label
+    of_restore: str | None = None  # a snapshot of what this restore step left (each tool its own): src unused
 
     def to_json(self) -> dict[str, object]:
         return {"key": self.key, "title": self.title, "short": self.short or self.title, "kind": self.kind, "src": str(self.src),
-                "label": self.label, "parent": self.parent}
+                "label": self.label, "parent": self.parent, "of_restore": self.of_restore}
 
 
 @dataclasses.dataclass
@@ -104,6 +105,10 @@ def ml_case(workload: wl.Workload) -> Case:
     steps.append(Step("resnapshot", f"re-snapshot of {labels[-1]}, unchanged", "snapshot", execs[-1], f"{labels[-1]}-again", labels[-1],
                       "re-snapshot\nunchanged"))
     steps.append(Step("restore", f"restore {labels[-1]}", "restore", execs[-1], labels[-1], f"restore\n{labels[-1]}"))
+    # A worker's flow: the execution restored, then the tree it left snapshotted (a job's outputs beside
+    # its inputs) by the same tool, whose restore may have told its files cache what it wrote.
+    steps.append(Step("snapshot-restored", f"snapshot of the restored {labels[-1]}", "snapshot", execs[-1],
+                      f"{labels[-1]}-restored", labels[-1], f"snapshot of\nrestored {labels[-1]}", of_restore="restore"))
     cfg = workload.config
     logical = sum(e.logical_bytes for e in workload.executions)
     desc = (
@@ -113,12 +118,15 @@ def ml_case(workload: wl.Workload) -> Case:
         + (f"`{workload.upgrade.get('package')}` upgraded in {labels[max(1, len(labels) // 2)]}, " if workload.upgrade and len(labels) > 1 else "")
         + f"a {cfg.model_bytes / 2**20:.0f} MiB checkpoint of which {cfg.changed_fraction:.0%} of tensors change). "
         "Each later execution is a new directory (new inodes), so every tool reads it; the re-snapshot "
-        "of the last one, untouched, measures the files cache."
+        "of the last one, untouched, measures the files cache; the last step snapshots the tree each tool's "
+        "restore left (a worker snapshotting its restored project)."
     )
     derived: list[dict[str, object]] = []
-    if len(steps) > 3:
-        derived.append({"key": "later-sum", "title": f"later executions, sum ({labels[1]}..{labels[-1]})", "of": [s.key for s in steps[1:-2]]})
-    return Case("ml", "ML workload series", desc, steps, steps[-3].key, logical, derived=derived, extra={"workload": workload.to_json()})
+    if len(labels) > 1:
+        derived.append({"key": "later-sum", "title": f"later executions, sum ({labels[1]}..{labels[-1]})",
+                        "of": [s.key for s in steps[1:len(labels)]]})
+    return Case("ml", "ML workload series", desc, steps, steps[len(labels) - 1].key, logical, derived=derived,
+                extra={"workload": workload.to_json()})
 
 
 def small_case(info: dict[str, object]) -> Case:
@@ -215,12 +223,13 @@ class Runner:
             off = (si + rnd) % len(tools)
             for pos, t in enumerate(tools[off:] + tools[:off]):
                 if st.kind == "snapshot":
-                    cmd, cwd = t.snapshot_cmd(st.src, st.label, st.parent)
-                    row, out = self.command(t, case.name, st.key, rnd, pos, cmd, cwd, [st.src, *t.cache_paths(), *t.index_paths()])
+                    src = self.restored(case, st.of_restore, rnd, t) if st.of_restore else st.src
+                    cmd, cwd = t.snapshot_cmd(src, st.label, st.parent)
+                    row, out = self.command(t, case.name, st.key, rnd, pos, cmd, cwd, [src, *t.cache_paths(), *t.index_paths()])
                     if row["ok"]:
                         t.after_snapshot(st.label, out.read_text(errors="replace"))
                 else:
-                    dest = WORK / "restore" / f"r{rnd}-{case.name}-{st.key}" / t.name
+                    dest = self.restored(case, st.key, rnd, t)
                     if dest.exists():
                         shutil.rmtree(dest)
                     dest.mkdir(parents=True)
@@ -248,6 +257,11 @@ class Runner:
                             self.stats[f"{case.name}/{t.name}"] = stats
         if not self.args.keep:
             shutil.rmtree(base, ignore_errors=True)
+
+    @staticmethod
+    def restored(case: Case, step: str, rnd: int, t: Tool) -> Path:
+        """Where ``t``'s restore step ``step`` of round ``rnd`` restores."""
+        return WORK / "restore" / f"r{rnd}-{case.name}-{step}" / t.name
 
     def check_restore(self, case: Case, t: Tool, st: Step, dest: Path) -> None:
         key = str(st.src)
