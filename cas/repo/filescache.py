@@ -203,17 +203,18 @@ class FilesRecorder:
     not change its times (see :mod:`cas.ops.restore.settled`), and any later write gives it a
     current mtime, never the stored one it was given; a stored mtime within the racy window of
     now is not recorded, as a snapshot would not record it. A row is true as soon as its file is
-    named: rows go in every :data:`_PENDING_ROWS` and at :meth:`close`. :meth:`add` is safe from
-    any thread.
+    named: rows go in every :data:`_PENDING_ROWS` and at :meth:`close`, the cache opened at the
+    first (a restore with nothing to record never opens it). :meth:`add` is safe from any thread.
     """
 
     def __init__(self, path: str) -> None:
-        self._db = _connect(path)
+        self._path = path
+        self._db: sqlite3.Connection | None = None
         self._started = time.time_ns()
         self._cutoff = self._started - _RACY_NS
         self._rows: list[tuple[object, ...]] = []
         self._lock = threading.Lock()
-        self._failed: sqlite3.Error | None = None
+        self._failed: sqlite3.Error | OSError | None = None
 
     def add(self, directory: bytes, name: bytes, key: tuple[int, int, int, int, int], digest: str,
             chunks: tuple[str, ...]) -> None:
@@ -232,16 +233,20 @@ class FilesRecorder:
         if not rows or self._failed is not None:
             return
         try:
+            if self._db is None:
+                self._db = _connect(self._path)
             with self._db:
                 self._db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-        except sqlite3.Error as exc:  # what it would have spared costs time later, nothing more
+        except (sqlite3.Error, OSError) as exc:  # what it would have spared costs time later, nothing more
             self._failed = exc
 
     def close(self) -> None:
         """Write what is left and close; logs a warning if the cache refused rows."""
         with self._lock:
             self._write()
-        self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
         if self._failed is not None:
             log.warning("the files cache did not take what this restore wrote (%s)", self._failed)
 
@@ -251,15 +256,10 @@ def files_cache_path(cache_dir: str, repo_id: str) -> str:
     return os.path.join(cache_dir, f"files-v2-{repo_id}.sqlite")
 
 
-def open_recorder(repo_id: str) -> FilesRecorder | None:
+def open_recorder(repo_id: str) -> FilesRecorder:
     """A recorder into this host's files cache of the repository ``repo_id`` (under
-    ``$CAS_HOME/cache``); None, with a warning, if the cache cannot be opened (it costs only time
-    later)."""
-    try:
-        return FilesRecorder(files_cache_path(os.path.join(default_home(), "cache"), repo_id))
-    except (sqlite3.Error, OSError) as exc:
-        log.warning("the files cache cannot be opened (%s): restored files are not recorded", exc)
-        return None
+    ``$CAS_HOME/cache``)."""
+    return FilesRecorder(files_cache_path(os.path.join(default_home(), "cache"), repo_id))
 
 
 def files_cache_paths(cache_dir: str) -> list[str]:

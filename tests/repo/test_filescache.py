@@ -189,3 +189,23 @@ def test_a_restore_told_not_to_records_nothing(tmp_path: Path, cas_home: Path) -
         assert store.snapshot(tmp_path / "quiet", "quiet").stats["files_from_cache"] == 0
         store.restore("src", tmp_path / "loud")
         assert store.snapshot(tmp_path / "loud", "loud").stats["files_from_cache"] == 1
+
+
+def test_a_restore_whose_files_cache_cannot_be_written_restores_all_the_same(
+    tmp_path: Path, cas_home: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The files cache only spares time: a restore that cannot record in it (its directory is a
+    file here) restores everything, says so in a warning, and a snapshot then reads the files."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(600_000))
+    os.utime(src / "big", ns=(OLD, OLD))
+    with Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'i.sqlite'}") as store:
+        store.snapshot(src, "src", use_files_cache=False)
+        cas_home.mkdir(exist_ok=True)
+        (cas_home / "cache").write_bytes(b"not a directory")
+        store.restore("src", tmp_path / "dest")
+        assert "the files cache did not take what this restore wrote" in caplog.text
+        (cas_home / "cache").unlink()
+        assert (tmp_path / "dest" / "big").read_bytes() == (src / "big").read_bytes()
+        assert store.snapshot(tmp_path / "dest", "dest").stats["files_from_cache"] == 0
