@@ -17,6 +17,8 @@ from pathlib import Path
 
 
 def snapshot(src: Path, store: Path, name: str) -> None:
+    if not src.is_dir():  # os.walk would say nothing and store an empty zip
+        raise SystemExit(f"not a directory: {src}")
     store.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".zip", dir=store.parent)
     os.close(fd)

@@ -580,10 +580,13 @@ impl Creator {
             if tmp.is_some() || !identify {
                 return Ok(None);
             }
-            // Named: its identity now (linking gave it its last ctime), which a later write changes.
+            // Named: its identity now (linking gave it its last ctime), which a later write changes;
+            // if fstat fails, the file is whole and named all the same, only not identified.
             let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
             // SAFETY: fstat fills the buffer it is given.
-            check(unsafe { libc::fstat(fd.0, st.as_mut_ptr()) })?;
+            if unsafe { libc::fstat(fd.0, st.as_mut_ptr()) } != 0 {
+                return Ok(None);
+            }
             // SAFETY: fstat succeeded.
             let st = unsafe { st.assume_init() };
             Ok(Some((st.st_ino as u64, ns(st.st_ctime as i64, st.st_ctime_nsec as i64))))
@@ -616,8 +619,8 @@ fn failed(err: io::Error) -> Written {
 /// --
 ///
 /// Write `files` ((name, content, mode, mtime_ns, identify) each: content verified already,
-/// the whole file) into the directory `dir_fd` (see `FileWriter.write_whole_many`), one after the other,
-/// without the interpreter lock: each created unnamed (`O_TMPFILE`, when `tmpfile`) or under a
+/// the whole file) into the directory `dir_fd` (see `FileWriter.write_whole_many`), one after
+/// the other, without the interpreter lock: each created unnamed (`O_TMPFILE`, when `tmpfile`) or under a
 /// temporary name (`temporary_prefix` and a number, from `first_number` on, one number for each
 /// file at most), created with its mode where `umask` (None: unknown) lets it through (else
 /// `fchmod`), written in one call (a file of zeros as a hole), its mtime set by descriptor, and

@@ -296,8 +296,7 @@ class EntryWriting(RestoreState):
                 if tmp is not None:
                     self._place(dir_fd, tmp, entry.name, path)
                     tmp = None
-                # Its identity once named (linking and renaming change its ctime), to record.
-                named = os.fstat(fd) if self._records(entry) else None
+                named = self._identity(fd) if self._records(entry) else None
             finally:
                 os.close(fd)
         except BaseException:
@@ -309,6 +308,15 @@ class EntryWriting(RestoreState):
         if self.overwrite:
             self._local.add_file(path, entry, locations)
         return Done(written, True, reused[0])
+
+    @staticmethod
+    def _identity(fd: int) -> os.stat_result | None:
+        """A file's identity once named (linking and renaming change its ctime), to record; None
+        if it cannot be had (the file is whole and named all the same)."""
+        try:
+            return os.fstat(fd)
+        except OSError:
+            return None
 
     def _place(self, dir_fd: int, tmp: str, name: str, path: str) -> None:
         """Rename a finished temporary into place. Without ``overwrite`` the destination was empty
