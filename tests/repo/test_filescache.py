@@ -178,11 +178,16 @@ def test_a_snapshot_of_a_restore_reads_only_the_large_files_changed_since(tmp_pa
     assert (dest / "a.bin").read_bytes()[:7] == b"changed"
 
 
-def test_a_restore_told_not_to_records_nothing(tmp_path: Path, cas_home: Path) -> None:
-    src = tmp_path / "src"
+def _one_large_file(src: Path) -> Path:
+    """A source of one file a restore records (past ``chunk_min``), with an old mtime."""
     src.mkdir()
     (src / "big").write_bytes(os.urandom(600_000))
     os.utime(src / "big", ns=(OLD, OLD))
+    return src
+
+
+def test_a_restore_told_not_to_records_nothing(tmp_path: Path, cas_home: Path) -> None:
+    src = _one_large_file(tmp_path / "src")
     with Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'i.sqlite'}") as store:
         store.snapshot(src, "src", use_files_cache=False)
         store.restore("src", tmp_path / "quiet", use_files_cache=False)
@@ -196,10 +201,7 @@ def test_a_restore_whose_files_cache_cannot_be_written_restores_all_the_same(
 ) -> None:
     """The files cache only spares time: a restore that cannot record in it (its directory is a
     file here) restores everything, says so in a warning, and a snapshot then reads the files."""
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "big").write_bytes(os.urandom(600_000))
-    os.utime(src / "big", ns=(OLD, OLD))
+    src = _one_large_file(tmp_path / "src")
     with Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'i.sqlite'}") as store:
         store.snapshot(src, "src", use_files_cache=False)
         cas_home.mkdir(exist_ok=True)
