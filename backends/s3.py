@@ -1,7 +1,9 @@
 """Amazon S3 (and S3-compatible) backend: one S3 object per key under ``bucket/prefix/``.
 
-boto3 is imported here and nowhere else, and only when a backend is built, so ``backends`` costs
-nothing without it. Settings and credentials are read by :mod:`backends.s3_config`; secrets are
+botocore (boto3's core, installed with boto3 by the ``s3`` extra) is imported here and nowhere else,
+and only when a backend is built, so ``backends`` costs nothing without it. The SDK's service
+descriptions (several megabytes of JSON) are parsed once per process and shared by every backend
+built in it (:func:`_sdk_session`): parsing them for each backend cost about 0.35 s a backend. Settings and credentials are read by :mod:`backends.s3_config`; secrets are
 handed to the SDK and never kept on the backend, printed, logged or put into an error message.
 What S3 shares with OSS (parts, multipart with abort, ranges, delete) is
 :class:`backends.objectstore.ObjectStoreBackend`; this module says how S3 does each request:
@@ -18,6 +20,7 @@ What S3 shares with OSS (parts, multipart with abort, ranges, delete) is
 from __future__ import annotations
 
 import base64
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +34,34 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from collections.abc import Iterator
 
     from botocore.client import BaseClient  # type: ignore[import-untyped]
+
+_loader_lock = threading.Lock()
+_shared_loader: Any = None
+"""The SDK's data loader of the first backend built in this process, given to every later one: it
+keeps what it has parsed (the S3 service description, endpoint rules, partitions)."""
+
+
+def _sdk_session(config: S3Config) -> Any:
+    """A botocore session of its own for one backend (its credentials, region and profile), reading
+    the SDK's data through the process's shared loader. The loader only reads the SDK's packaged
+    files and keeps what it parsed; a race between two first parses only parses twice."""
+    global _shared_loader
+    import botocore.session  # type: ignore[import-untyped]
+
+    session = botocore.session.get_session()
+    with _loader_lock:
+        if _shared_loader is None:
+            _shared_loader = session.get_component("data_loader")
+        else:
+            session.register_component("data_loader", _shared_loader)
+    if config.profile_name is not None:
+        session.set_config_variable("profile", config.profile_name)
+    if config.access_key_id or config.secret_access_key or config.session_token:
+        session.set_credentials(config.access_key_id, config.secret_access_key, config.session_token)
+    if config.region_name is not None:
+        session.set_config_variable("region", config.region_name)
+    return session
+
 
 # S3 error code -> domain error. Codes not listed fall back to the HTTP status (see _translate).
 _ERROR_CODES: Mapping[str, type[errors.CasError]] = {
@@ -116,7 +147,6 @@ class S3Backend(ObjectStoreBackend):
         self._upload_args, self._read_args = _encryption_args(config)
         self.endpoint_url = config.endpoint_url
         try:
-            import boto3  # type: ignore[import-untyped]
             from botocore.config import Config  # type: ignore[import-untyped]
         except ImportError as exc:
             raise errors.MissingDependency(
@@ -130,14 +160,9 @@ class S3Backend(ObjectStoreBackend):
             max_pool_connections=config.max_pool_connections,
         )
         try:
-            session = boto3.session.Session(
-                aws_access_key_id=config.access_key_id,
-                aws_secret_access_key=config.secret_access_key,
-                aws_session_token=config.session_token,
-                region_name=config.region_name,
-                profile_name=config.profile_name,
+            self._client: BaseClient = _sdk_session(config).create_client(
+                "s3", endpoint_url=config.endpoint_url, config=sdk_config
             )
-            self._client: BaseClient = session.client("s3", endpoint_url=config.endpoint_url, config=sdk_config)
         except Exception as exc:
             raise self._translate(exc, "connect", "") from exc
         self._closed = False

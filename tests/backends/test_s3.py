@@ -15,6 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -344,6 +345,37 @@ def test_wrong_secret_fails_fast_without_leaking_it(
     assert not info.value.temporary
     for text in (str(info.value), str(info.value.__cause__), be.describe(), caplog.text):
         assert wrong not in text
+
+
+def test_backends_of_one_process_each_sign_with_their_own_credentials(
+    moto_auth_server: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backends of a process share the SDK's parsed service descriptions, never credentials:
+    built one after another, a right key, a wrong one and a named profile each sign as given."""
+    (tmp_path / "credentials").write_text(
+        f"[right]\naws_access_key_id = {moto_auth_server.access_key_id}\n"
+        f"aws_secret_access_key = {moto_auth_server.secret_access_key}\n"
+        "[wrong]\naws_access_key_id = AKIAUNKNOWNUNKNOWN00\naws_secret_access_key = unknown-secret-value\n"
+    )
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    where = {"endpoint_url": moto_auth_server.endpoint_url, "region_name": "us-east-1"}
+    right = {"access_key_id": moto_auth_server.access_key_id, "secret_access_key": moto_auth_server.secret_access_key}
+    wrong = {"access_key_id": right["access_key_id"], "secret_access_key": "wrong-secret-0123456789abcdefghijkl"}
+    built = [
+        ("right", from_url("s3://auth-bucket/own", **where, **right)),
+        ("wrong", from_url("s3://auth-bucket/own", **where, **wrong)),
+        ("right", from_url("s3://auth-bucket/own", **where, profile_name="right")),
+        ("wrong", from_url("s3://auth-bucket/own", **where, profile_name="wrong")),
+        ("right", from_url("s3://auth-bucket/own", **where, **right)),
+    ]
+    for n, (expected, be) in enumerate(built):
+        if expected == "right":
+            be.put(f"k{n}", b"v", overwrite=True)
+            assert be.get(f"k{n}") == b"v"
+        else:
+            with pytest.raises(PermissionDenied):
+                be.put(f"k{n}", b"v", overwrite=True)
+        be.close()
 
 
 def test_unknown_access_key_is_permission_denied(moto_auth_server: MotoServer) -> None:
