@@ -7,7 +7,9 @@ mtime), so the cache can make a snapshot faster but never wrong. Cached chunk li
 if the index still has every chunk.
 
 A restore records there the large files it creates (:class:`FilesRecorder`), so that a snapshot
-of the restored tree reads only what changed since.
+of the restored tree reads only what changed since, and a later restore over it
+(``overwrite``) takes those still unchanged as matching without reading them
+(:meth:`FilesRecorder.known`), as it does those a snapshot of the tree recorded.
 
 Stored in SQLite under ``$CAS_HOME/cache/files-v2-<repo id>.sqlite``; losing it costs only time.
 
@@ -227,6 +229,29 @@ class FilesRecorder:
             self._rows.append(row)
             if len(self._rows) >= _PENDING_ROWS:
                 self._write()
+
+    def known(self, directory: bytes, names: list[bytes]) -> dict[bytes, tuple[tuple[int, ...], str]]:
+        """``name -> ((size, mtime, ctime, inode, dev), digest)`` of the files of ``directory``
+        (absolute, as bytes) among ``names`` that the files cache holds, recorded by a restore or a
+        snapshot: the file held content of ``digest`` while it had that identity (compare with
+        :meth:`FilesCache.matches`). Empty when there is no cache or it cannot be read: it only
+        spares reading."""
+        if not names:
+            return {}
+        with self._lock:
+            try:
+                if self._db is None:
+                    if not os.path.exists(self._path):
+                        return {}
+                    self._db = _connect(self._path)
+                marks = ",".join("?" * len(names))
+                rows = self._db.execute(
+                    "SELECT name, size, mtime_ns, ctime_ns, inode, dev, digest FROM files"
+                    f" WHERE dir = ? AND name IN ({marks})", (directory, *names)).fetchall()
+            except (sqlite3.Error, OSError):
+                return {}
+        return {bytes(name): ((size, mtime, ctime, inode, dev), digest)
+                for name, size, mtime, ctime, inode, dev, digest in rows}
 
     def _write(self) -> None:
         rows, self._rows = self._rows, []

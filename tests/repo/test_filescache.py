@@ -178,6 +178,48 @@ def test_a_snapshot_of_a_restore_reads_only_the_large_files_changed_since(tmp_pa
     assert (dest / "a.bin").read_bytes()[:7] == b"changed"
 
 
+def test_a_restore_over_a_restore_reads_only_the_large_files_changed_since(tmp_path: Path, cas_home: Path) -> None:
+    """A restore over the tree an earlier restore left (``overwrite``, not trusting mtimes) takes a
+    large file that kept the identity that restore recorded, and its entry's content, as matching
+    unread; it compares a large file changed since (even with its size and mtime put back), one
+    another process put in its place, and one whose entry changed; the destination ends exactly
+    the second tree. Told not to use the files cache, it compares them all."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for name, size in {"a.bin": 300_000, "b.bin": 300_000, "sub/c.bin": 2_500_000, "sub/d.bin": 400_000,
+                       "sub/e.bin": 500_000}.items():
+        (src / name).write_bytes(os.urandom(size))
+    for i in range(3):
+        (src / f"small{i}.txt").write_bytes(os.urandom(2000))
+    for p in src.rglob("*"):
+        os.utime(p, ns=(OLD, OLD))
+    dest = tmp_path / "dest"
+    with Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'i.sqlite'}") as store:
+        store.snapshot(src, "v1", use_files_cache=False)
+        with open(src / "b.bin", "r+b") as f:  # the second tree's b.bin differs from the first's
+            f.write(b"second")
+        os.utime(src / "b.bin", ns=(OLD, OLD))
+        store.snapshot(src, "v2", use_files_cache=False)
+        store.restore("v1", dest)
+        # Past the coarsest timestamp tick, so that the changes below get ctimes of their own.
+        time.sleep(0.05)
+        with open(dest / "a.bin", "r+b") as f:
+            f.write(b"changed")
+        os.utime(dest / "a.bin", ns=(OLD, OLD))
+        other = dest / "sub" / "other"
+        other.write_bytes((dest / "sub" / "d.bin").read_bytes()[:-1] + b"?")
+        os.utime(other, ns=(OLD, OLD))
+        os.replace(other, dest / "sub" / "d.bin")
+        report = store.restore("v2", dest, overwrite=True, delete=True)
+        assert report.files_from_cache == 2  # sub/c.bin and sub/e.bin
+        assert report.unchanged == 2 + 3 + 1 and report.written == 3  # + 1: the directory sub
+        assert _tree(dest) == _tree(src)
+        store.restore("v1", tmp_path / "again")
+        report = store.restore("v2", tmp_path / "again", overwrite=True, delete=True, use_files_cache=False)
+        assert report.files_from_cache == 0 and report.unchanged == 4 + 3 + 1 and report.written == 1
+        assert _tree(tmp_path / "again") == _tree(src)
+
+
 def _one_large_file(src: Path) -> Path:
     """A source of one file a restore records (past ``chunk_min``), with an old mtime."""
     src.mkdir()

@@ -17,7 +17,8 @@ ProgressFn = Callable[[int, int], None]
 class RestoreReport:
     """``files``, ``dirs``, ``symlinks`` and ``bytes`` count what the destination holds of the tree
     afterwards; ``written``, ``unchanged`` and ``deleted`` count entries this restore wrote, found
-    already matching (``meta_fixed`` of them had only their mode or mtime set) and removed."""
+    already matching (``meta_fixed`` of them had only their mode or mtime set) and removed;
+    ``files_from_cache`` of the unchanged files were known to match by the files cache, unread."""
 
     files: int = 0
     dirs: int = 0
@@ -27,6 +28,7 @@ class RestoreReport:
     unchanged: int = 0
     deleted: int = 0
     meta_fixed: int = 0
+    files_from_cache: int = 0
     written_bytes: int = 0
     reused_bytes: int = 0
     """Bytes of written files taken from files already in the destination instead of fetched."""
@@ -36,7 +38,7 @@ class RestoreReport:
         return {
             "files": self.files, "dirs": self.dirs, "symlinks": self.symlinks, "bytes": self.bytes,
             "written": self.written, "unchanged": self.unchanged, "deleted": self.deleted,
-            "meta_fixed": self.meta_fixed, "written_bytes": self.written_bytes, "reused_bytes": self.reused_bytes,
+            "meta_fixed": self.meta_fixed, "files_from_cache": self.files_from_cache, "written_bytes": self.written_bytes, "reused_bytes": self.reused_bytes,
         }
 
 

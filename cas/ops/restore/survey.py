@@ -6,7 +6,9 @@ place are compared with their entries there and then (or, when their content is 
 comparer threads of their own, their disk reads overlapping); with ``trust_mtime`` a file whose
 lstat shows the entry's size, mtime and mode is taken as matching unread
 (:meth:`DestinationSurvey._match_in_place`). Without it, what the child hashing ahead found
-(:mod:`cas.ops.restore.hash_ahead`) spares reading a file that is as it was then. A match is
+(:mod:`cas.ops.restore.hash_ahead`) spares reading a small file that is as it was then, and the
+files cache spares reading a large one that an earlier restore created, or a snapshot read, and
+that has kept its identity since (:meth:`DestinationSurvey._match_recorded`). A match is
 counted here and never reaches a file worker. When a file matches is
 :mod:`cas.ops.restore.local`'s to say (``match_whole``, ``examine_file``).
 """
@@ -25,6 +27,7 @@ from cas.ops.restore.hash_ahead import judge
 from cas.ops.restore.local import examine_file, match_whole
 from cas.ops.restore.state import DirJob, RestoreState, is_file
 from cas.ops.restore.temps import TMP_PREFIX, is_abandoned
+from cas.repo.filescache import FilesCache
 
 #: Files in place up to this size are compared with the tree by the walk itself as it lists their
 #: directory, not by a worker: handing small files to other threads costs more than it overlaps
@@ -210,6 +213,35 @@ class DestinationSurvey(RestoreState):
             elif trusted or entry.size <= _COMPARE_AT_ONCE:
                 to_hash.append(entry)
         return matched | self._compared(self._compare(dir_fd, to_hash))
+
+    def _match_recorded(self, entries: list[Entry], present: dict[str, os.stat_result], prefix: str) -> set[str]:
+        """Without ``trust_mtime``, the large files in place (past what the walk compares at once)
+        that the files cache knows to hold their entry's content: recorded with the entry's digest
+        by the restore that created them or a snapshot that read them, and with the identity
+        (size, mtime, ctime, inode, device) their lstat shows now; their mode and mtime the
+        entry's. Taken as matching unread, on the grounds a snapshot takes a file as unchanged (see
+        :class:`~cas.repo.filescache.FilesRecorder`). Returns their names; the others are compared
+        by the file workers."""
+        candidates = []
+        for entry in entries:
+            st = present.get(entry.name)
+            if (entry.type == FILE and entry.size > _COMPARE_AT_ONCE and st is not None and stat.S_ISREG(st.st_mode)
+                    and st.st_size == entry.size and st.st_mtime_ns == entry.mtime_ns
+                    and stat.S_IMODE(st.st_mode) == self._mode(entry.mode)):
+                candidates.append((entry, st))
+        if not candidates:
+            return set()
+        assert self._recorder is not None
+        directory = os.fsencode(os.path.join(self._dest, prefix.rstrip("/")) if prefix else self._dest)
+        known = self._recorder.known(directory, [os.fsencode(entry.name) for entry, _ in candidates])
+        matched: set[str] = set()
+        for entry, st in candidates:
+            row = known.get(os.fsencode(entry.name))
+            if row is not None and row[1] == entry.digest and FilesCache.matches(row[0], st):
+                matched.add(entry.name)
+                self._count_match(entry, False)
+                self.report.files_from_cache += 1
+        return matched
 
     def _compare(self, dir_fd: int, entries: list[Entry]) -> list[tuple[Entry, bool]]:
         """Compare files in place with their entries: the matches (their metadata fixed) with whether

@@ -399,6 +399,8 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
                 present, matched = self._survey(job, entries, prefix)
             if present and self.trust_mtime:
                 matched |= self._match_in_place(dir_fd, entries, present)
+            elif present and self._recorder is not None:
+                matched |= self._match_recorded(entries, present, prefix)
             # The chunks of its files still to write (and of matched ones whose chunks are recorded
             # as local) and its subdirectories' trees: located ahead (``_locate_ahead``), else in
             # one index query here.
