@@ -24,7 +24,9 @@ extra entries: every restore runs with its tool's delete option). The existing d
 ``benchmarks/results/incremental.{md,json}``. Tools are found on PATH unless given. cas runs three
 ways over the existing directory: hashing every file in place (the default), ``--trust-mtime`` and
 ``--in-place`` (patching a mostly unchanged file where it is, as restic does, instead of writing it
-anew under a temporary name).
+anew under a temporary name); and once more by default over the previous execution as its own
+``cas restore`` left it there (a worker's directory: the files cache knows the large files that
+restore created, see ``docs/CACHE.md``), made before the round and left to settle like the copies.
 
 restic runs twice over the existing directory: ``--overwrite if-changed`` trusts a file whose size
 and mtime match (the promise cas makes with ``--trust-mtime``), ``--overwrite always`` verifies the
@@ -148,12 +150,16 @@ def fetched_by_strace(cmd: list[str], env: dict[str, str], repo: Path, logs: Pat
     return total
 
 
-def prepare(previous: Path, dest: Path) -> None:
+def prepare(previous: Path, dest: Path, run: Run | None = None) -> None:
     """``dest`` holds the previous execution, as a previous restore would have left it (and on
-    disk: the copy's writeback is not charged to the restore timed next)."""
+    disk: the copy's writeback is not charged to the restore timed next): a ``cp -a`` of it, or
+    what the run's own tool restored of it (``run.previous_by``)."""
     if dest.exists():
         shutil.rmtree(dest)
-    subprocess.run(["cp", "-a", str(previous), str(dest)], check=True)
+    if run is not None and run.previous_by is not None:
+        subprocess.run(run.previous_by(dest), env=run.env, check=True, stdout=subprocess.DEVNULL)
+    else:
+        subprocess.run(["cp", "-a", str(previous), str(dest)], check=True)
     os.sync()
 
 
@@ -165,20 +171,33 @@ class SettledCopies:
     the file has been left alone longer than the kernel keeps a page dirty
     (``cas.ops.restore.settled.SETTLED_NS``), which a copy made just before the run never is."""
 
-    def __init__(self, previous: Path, scratch: Path, count: int, settle_s: float) -> None:
-        self._copies = [scratch / f"previous-{i}" for i in range(count)]
+    def __init__(self, previous: Path, scratch: Path, runs: list[Run], round_no: int, settle_s: float) -> None:
+        copied = [run for run in runs if run.previous_by is None]
+        self._copies = [scratch / f"previous-{i}" for i in range(len(copied))]
         for copy in self._copies:
             subprocess.run(["cp", "-a", str(previous), str(copy)], check=True)
+        # A run over its own tool's restore of the previous execution gets that restore where it
+        # runs (cas's files cache knows the files it restored by their paths: never moved).
+        self._restored = {run.name: scratch / f"restored-{round_no}-{i}"
+                          for i, run in enumerate(r for r in runs if r.previous_by is not None)}
+        for run in runs:
+            if run.previous_by is not None:
+                subprocess.run(run.previous_by(self._restored[run.name]), env=run.env, check=True,
+                               stdout=subprocess.DEVNULL)
         os.sync()
         self._ready_at = time.monotonic() + settle_s
 
-    def take(self, dest: Path) -> None:
+    def take(self, dest: Path, run: Run) -> Path:
+        """Where ``run`` restores over the previous execution: ``dest``, or its own restore's place."""
         wait = self._ready_at - time.monotonic()
         if wait > 0:
             log(f"letting the copies of the previous execution settle: {wait:.0f} s")
             time.sleep(wait)
+        if run.previous_by is not None:
+            return self._restored.pop(run.name)
         clear(dest)
         os.rename(self._copies.pop(0), dest)
+        return dest
 
 
 class Trash:
@@ -225,6 +244,9 @@ class Run:
     counted: Callable[[Path], list[str]] | None = None
     """cas's: the same restore through a child that prints the bytes it fetched (run once, untimed);
     the timed command prints its report as JSON."""
+    previous_by: Callable[[Path], list[str]] | None = None
+    """Over the previous execution as this command restored it into the given directory (cas's own
+    restore, which records its large files in the files cache), instead of a ``cp -a`` of it."""
     version: str = ""
     repo: Path | None = None
     """restic's and rustic's: where the bytes read under ``data/`` count as fetched (under strace)."""
@@ -319,6 +341,12 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(Run(name, lambda dest, flags=flags, delete=delete: [*cli, "--json", "restore", "last", str(dest),
                                                                            *flags, *delete],
                             env, existing, counted=lambda dest, flags=flags: [*child, str(dest), *flags]))
+        # A worker's directory as cas left it: the previous execution restored there by cas (its
+        # large files recorded in the files cache), then the last one restored over it.
+        runs.append(Run("cas incremental over its own restore",
+                        lambda dest: [*cli, "--json", "restore", "last", str(dest), "--overwrite", "--delete"],
+                        env, True, counted=lambda dest: [*child, str(dest), "--overwrite"],
+                        previous_by=lambda dest: [*cli, "restore", "prev", str(dest)]))
 
     if args.restic and "restic" in tools:
         renv = {**os.environ, "RESTIC_REPOSITORY": str(scratch / "restic-repo"), "RESTIC_PASSWORD": PASSWORD,
@@ -361,16 +389,15 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(Run(name, lambda dest, extra=extra: [rust, "restore", f"{last_id}:/exec", str(dest), *extra],
                             uenv, existing, version=rversion, repo=scratch / "rustic-repo"))
 
-    existing_runs = sum(run.existing for run in runs)
     samples: dict[str, list[dict[str, object]]] = {run.name: [] for run in runs}
     trash = Trash(scratch / "trash")
     fresh, over = [run for run in runs if not run.existing], [run for run in runs if run.existing]
     for round_no in range(args.rounds):
         settled: SettledCopies | None = None
-        if not args.just_copied and existing_runs:
-            log(f"round {round_no + 1}: copying the previous execution {existing_runs} times, to settle "
-                f"{SETTLED_NS / 1e9 + 5:.0f} s")
-            settled = SettledCopies(previous, scratch, existing_runs, SETTLED_NS / 1e9 + 5)
+        if not args.just_copied and over:
+            log(f"round {round_no + 1}: copying (or restoring) the previous execution {len(over)} times, to "
+                f"settle {SETTLED_NS / 1e9 + 5:.0f} s")
+            settled = SettledCopies(previous, scratch, over, round_no, SETTLED_NS / 1e9 + 5)
         # Fresh restores first (they delete nothing), then those over the previous execution; the
         # order rotated within each from round to round.
         order = [group[round_no % len(group):] + group[:round_no % len(group)] for group in (fresh, over) if group]
@@ -378,9 +405,9 @@ def main(argv: list[str] | None = None) -> int:
             dest = scratch / f"dest-{round_no}-{number}"
             if run.existing:
                 if settled is None:
-                    prepare(previous, dest)
+                    prepare(previous, dest, run)
                 else:
-                    settled.take(dest)
+                    dest = settled.take(dest, run)
             log(f"round {round_no + 1}: {run.name} ...")
             m = timed(re.sub(r"[^a-z-]+", "-", run.name), run.command(dest), run.env, logs)
             output = str(m.pop("output"))
@@ -399,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             results[run.name]["version"] = run.version
         if run.counted is not None:
             if run.existing:
-                prepare(previous, dest)
+                prepare(previous, dest, run)
             else:
                 clear(dest)
             out = subprocess.run(run.counted(dest), env=run.env, check=True, capture_output=True, text=True).stdout
@@ -407,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         elif run.repo is not None and not args.no_strace and shutil.which("strace"):
             # Fetched bytes of restic and rustic, counted once in an untimed run under strace.
             if run.existing:
-                prepare(previous, dest)
+                prepare(previous, dest, run)
             else:
                 clear(dest)
             results[run.name]["fetched"] = fetched_by_strace(run.command(dest), run.env, run.repo, logs,
@@ -436,6 +463,10 @@ def main(argv: list[str] | None = None) -> int:
         "cas incremental / restic always (both verify existing content), wall seconds":
             ratio("cas incremental", "restic --overwrite always", "seconds"),
         "cas incremental / restic always, CPU seconds": ratio("cas incremental", "restic --overwrite always", "cpu"),
+        "cas incremental over its own restore / cas fresh, wall seconds":
+            ratio("cas incremental over its own restore", "cas fresh", "seconds"),
+        "cas incremental over its own restore / restic if-changed, wall seconds":
+            ratio("cas incremental over its own restore", restic, "seconds"),
     }
     goals = {k: v for k, v in goals.items() if v is not None}
     summary = {"previous": str(previous), "last": str(last), "files": workload.executions[-1].files, "rounds": args.rounds,
@@ -456,7 +487,9 @@ def render(summary: dict[str, object]) -> str:
         "# Incremental restore",
         "",
         f"Last execution ({summary['files']} files, {int(summary['logical_bytes']) / mib:.0f} MiB) restored into a "  # type: ignore[call-overload]
-        "directory holding the previous one (`cp -a`), with each tool's delete option, vs a fresh restore. "
+        "directory holding the previous one (`cp -a`), with each tool's delete option, vs a fresh restore; "
+        "\"over its own restore\": into the previous execution as `cas restore` left it (the files cache then "
+        "knows its large files). "
         + ("The copy of the previous execution was made just before each run (`--just-copied`)."
            if summary.get("previous_tree") == "just copied" else
            "The copies of the previous execution were made before the runs and left to settle (as an execution "
