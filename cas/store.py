@@ -25,9 +25,6 @@ from cas.format.records import SnapshotRecord, check_execution_id, check_labels
 from cas.format.trees import DIR, Entry
 from cas.ops import browse
 from cas.ops.browse import Change, TreeSource
-from cas.ops.find import FindResult, check_digest, compile_pattern, select_targets
-from cas.ops.find import find as find_files
-from cas.ops.gc import DEFAULT_GRACE, GcReport, collect_garbage
 from cas.ops.select import Selection, When
 from cas.ops.tree_index import IndexedTrees, fill_tree_index
 from cas.repo import keystore
@@ -43,6 +40,8 @@ if TYPE_CHECKING:
 
     from cas.ops.copy import CopyReport
     from cas.ops.copy import ProgressFn as CopyProgressFn
+    from cas.ops.find import FindResult
+    from cas.ops.gc import GcReport
     from cas.ops.prefetch import PrefetchReport
     from cas.ops.repair import RepairReport
     from cas.ops.restore.report import RestoreReport
@@ -301,6 +300,9 @@ class Store:
         Searches the executions named (all if none), narrowed by the filters of :meth:`list`. See
         :mod:`cas.ops.find` for the pattern's rules. Answered from the index alone for snapshots
         whose tree entries it holds."""
+        from cas.ops.find import check_digest, compile_pattern, select_targets
+        from cas.ops.find import find as find_files
+
         if pattern is None and digest is None:
             raise ConfigurationError("find needs a pattern, a digest, or both")
         compiled = compile_pattern(pattern) if pattern is not None else None
@@ -518,7 +520,12 @@ class Store:
         found = verify(self.repo, read_data=read_data)
         return found, repair(self.repo, found)
 
-    def gc(self, *, grace: dt.timedelta = DEFAULT_GRACE, dry_run: bool = False) -> GcReport:
+    def gc(self, *, grace: dt.timedelta | None = None, dry_run: bool = False) -> GcReport:
+        """Collect garbage (:func:`cas.ops.gc.collect_garbage`); ``grace`` None: its ``DEFAULT_GRACE``."""
+        from cas.ops.gc import DEFAULT_GRACE, collect_garbage
+
+        if grace is None:
+            grace = DEFAULT_GRACE
         if not dry_run:
             self.repo.index.require_delete()
         return collect_garbage(self.repo, grace=grace, dry_run=dry_run)

@@ -28,10 +28,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from cas.errors import IntegrityError
-from cas.format.chunking import Chunker
 from cas.format.config import RepoConfig
 from cas.format.hashing import HASH_BESIDE_FROM, hexdigest, new_hasher
 from cas.format.trees import Entry
@@ -40,6 +39,9 @@ from cas.ops.restore.settled import SETTLED_NS
 from cas.repo.reader import file_chunks
 from cas.repo.repository import Repository
 from cas.types import BlobLocation
+
+if TYPE_CHECKING:
+    from cas.format.chunking import Chunker  # imported where a file is cut: a restore rarely does
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _HASH_BLOCK = 1024 * 1024
@@ -161,6 +163,8 @@ def examine_file(
             if matches:
                 return Examined(True, meta_fixed=_fix_metadata(fd, st, entry, mode))
         if config is not None and entry.chunks and found_bytes * 2 < entry.size:
+            from cas.format.chunking import Chunker
+
             for chunk_id, where in _chunks_in(fd, Chunker(config), st.st_size, set(entry.chunks)).items():
                 found.setdefault(chunk_id, where)
         keep = bool(found)
