@@ -232,7 +232,8 @@ class FilesRecorder:
 
     def known(self, directory: bytes, names: list[bytes]) -> dict[bytes, tuple[tuple[int, ...], str]]:
         """``name -> ((size, mtime, ctime, inode, dev), digest)`` of the files of ``directory``
-        (absolute, as bytes) among ``names`` that the files cache holds, recorded by a restore or a
+        (absolute, as bytes) among ``names`` (a few: a directory's large files, one query each)
+        that the files cache holds, recorded by a restore or a
         snapshot: the file held content of ``digest`` while it had that identity (compare with
         :meth:`FilesCache.matches`). Empty when there is no cache or it cannot be read: it only
         spares reading."""
@@ -244,10 +245,9 @@ class FilesRecorder:
                     if not os.path.exists(self._path):
                         return {}
                     self._db = _connect(self._path)
-                marks = ",".join("?" * len(names))
-                rows = self._db.execute(
-                    "SELECT name, size, mtime_ns, ctime_ns, inode, dev, digest FROM files"
-                    f" WHERE dir = ? AND name IN ({marks})", (directory, *names)).fetchall()
+                rows = [row for name in names for row in self._db.execute(
+                    "SELECT name, size, mtime_ns, ctime_ns, inode, dev, digest FROM files WHERE dir = ? AND name = ?",
+                    (directory, name))]
             except (sqlite3.Error, OSError):
                 return {}
         return {bytes(name): ((size, mtime, ctime, inode, dev), digest)
