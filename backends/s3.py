@@ -2,9 +2,10 @@
 
 botocore (boto3's core, installed with boto3 by the ``s3`` extra) is imported here and nowhere else,
 and only when a backend is built, so ``backends`` costs nothing without it. The SDK's service
-descriptions (several megabytes of JSON) are parsed once per process and shared by every backend
-built in it (:func:`_sdk_session`): parsing them for each backend cost about 0.35 s a backend. Settings and credentials are read by :mod:`backends.s3_config`; secrets are
-handed to the SDK and never kept on the backend, printed, logged or put into an error message.
+descriptions (megabytes of JSON) are parsed once per process and shared by every backend built in
+it (:func:`_sdk_session`): parsing them again for each backend cost about 0.38 s a backend.
+Settings and credentials are read by :mod:`backends.s3_config`; secrets are handed to the SDK and
+never kept on the backend, printed, logged or put into an error message.
 What S3 shares with OSS (parts, multipart with abort, ranges, delete) is
 :class:`backends.objectstore.ObjectStoreBackend`; this module says how S3 does each request:
 

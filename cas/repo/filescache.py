@@ -233,10 +233,9 @@ class FilesRecorder:
     def known(self, directory: bytes, names: list[bytes]) -> dict[bytes, tuple[tuple[int, ...], str]]:
         """``name -> ((size, mtime, ctime, inode, dev), digest)`` of the files of ``directory``
         (absolute, as bytes) among ``names`` (a few: a directory's large files, one query each)
-        that the files cache holds, recorded by a restore or a
-        snapshot: the file held content of ``digest`` while it had that identity (compare with
-        :meth:`FilesCache.matches`). Empty when there is no cache or it cannot be read: it only
-        spares reading."""
+        that the files cache holds, recorded by a restore or a snapshot: the file held content of
+        ``digest`` while it had that identity (compare with :meth:`FilesCache.matches`). Empty
+        when there is no cache or it cannot be read: it only spares reading."""
         if not names:
             return {}
         with self._lock:

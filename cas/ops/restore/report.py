@@ -38,7 +38,8 @@ class RestoreReport:
         return {
             "files": self.files, "dirs": self.dirs, "symlinks": self.symlinks, "bytes": self.bytes,
             "written": self.written, "unchanged": self.unchanged, "deleted": self.deleted,
-            "meta_fixed": self.meta_fixed, "files_from_cache": self.files_from_cache, "written_bytes": self.written_bytes, "reused_bytes": self.reused_bytes,
+            "meta_fixed": self.meta_fixed, "files_from_cache": self.files_from_cache,
+            "written_bytes": self.written_bytes, "reused_bytes": self.reused_bytes,
         }
 
 
