@@ -157,7 +157,8 @@ def stop_minio(server: MinioServer) -> None:
 def minio_server() -> Iterator[MinioServer]:
     binary = minio_binary()
     if binary is None:
-        pytest.skip("no MinIO binary: bash .ci/services.sh builds tests/.cache/bin/minio (needs Go), or set CAS_TEST_MINIO")
+        pytest.skip("no MinIO binary: bash tests/servers/build_minio.sh builds tests/.cache/bin/minio "
+                    "(needs Go; make test runs it), or set CAS_TEST_MINIO")
     if not os.access(binary, os.X_OK):
         pytest.fail(f"CAS_TEST_MINIO={binary} is not an executable")
     server = start_minio(binary)
