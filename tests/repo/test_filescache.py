@@ -136,20 +136,26 @@ def _tree(root: Path) -> dict[str, tuple[bytes, int, int]]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def _old_tree(src: Path, large: dict[str, int], small: int) -> None:
+    """``src`` with random files of the ``large`` sizes by path (under ``sub/`` too) and ``small``
+    files of 2000 bytes, everything with an old mtime."""
+    (src / "sub").mkdir(parents=True)
+    for name, size in large.items():
+        (src / name).write_bytes(os.urandom(size))
+    for i in range(small):
+        (src / f"small{i}.txt").write_bytes(os.urandom(2000))
+    for p in src.rglob("*"):
+        os.utime(p, ns=(OLD, OLD))
+
+
 def test_a_snapshot_of_a_restore_reads_only_the_large_files_changed_since(tmp_path: Path, cas_home: Path) -> None:
     """A restore records the files it creates that a snapshot would cut into chunks (``chunk_min``
     bytes or more): a snapshot of the destination then reads none of them, but reads again one
     changed since, whatever it kept (size, mtime) of before, and one another process put in its
     place; what it stores is what the destination holds."""
     src = tmp_path / "src"
-    (src / "sub").mkdir(parents=True)
     large = {"a.bin": 300_000, "b.bin": 300_000, "sub/c.bin": 2_500_000, "sub/d.bin": 400_000}
-    for name, size in large.items():
-        (src / name).write_bytes(os.urandom(size))
-    for i in range(5):
-        (src / f"small{i}.txt").write_bytes(os.urandom(2000))
-    for p in src.rglob("*"):
-        os.utime(p, ns=(OLD, OLD))
+    _old_tree(src, large, 5)
     dest = tmp_path / "dest"
     with Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'i.sqlite'}") as store:
         chunk_min = store.repo.config.chunk_min
@@ -185,14 +191,8 @@ def test_a_restore_over_a_restore_reads_only_the_large_files_changed_since(tmp_p
     another process put in its place, and one whose entry changed; the destination ends exactly
     the second tree. Told not to use the files cache, it compares them all."""
     src = tmp_path / "src"
-    (src / "sub").mkdir(parents=True)
-    for name, size in {"a.bin": 300_000, "b.bin": 300_000, "sub/c.bin": 2_500_000, "sub/d.bin": 400_000,
-                       "sub/e.bin": 500_000}.items():
-        (src / name).write_bytes(os.urandom(size))
-    for i in range(3):
-        (src / f"small{i}.txt").write_bytes(os.urandom(2000))
-    for p in src.rglob("*"):
-        os.utime(p, ns=(OLD, OLD))
+    _old_tree(src, {"a.bin": 300_000, "b.bin": 300_000, "sub/c.bin": 2_500_000, "sub/d.bin": 400_000,
+                    "sub/e.bin": 500_000}, 3)
     dest = tmp_path / "dest"
     with Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'i.sqlite'}") as store:
         store.snapshot(src, "v1", use_files_cache=False)
