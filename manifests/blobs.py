@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from sqlalchemy import select
 
@@ -31,17 +31,25 @@ class BlobIndex(IndexConnection):
         make = BlobRow._make
         return {row[0]: make(row) for row in self._lookup(LOCATE_BLOBS, ids)}
 
-    def add_pack(self, pack_id: str, size: int, blobs: Sequence[BlobLocationLike]) -> None:
+    def add_pack(
+        self, pack_id: str, size: int, blobs: Sequence[BlobLocationLike], *, stored: Callable[[], bool]
+    ) -> None:
         """Record a pack that is already on the backend, and the blobs it holds, in one transaction.
 
         Fenced; refused with :class:`~manifests.errors.PackBeingDeleted` while garbage collection holds
-        a tombstone of this name. Rows that exist (the same pack, or a blob already in another pack)
-        are kept. Each blob's own ``pack_id`` is not read.
+        a tombstone of this name, or when ``stored()`` (asked inside the transaction, after the
+        tombstone check) says the pack's object is not on the backend. GC clears a tombstone only
+        after the object's delete returned, and deletes nothing that has rows without a new
+        tombstone, so rows never name a pack that a GC which ran since its upload deleted. Rows that
+        exist (the same pack, or a blob already in another pack) are kept. Each blob's own
+        ``pack_id`` is not read.
         """
         now = dt.datetime.now(dt.timezone.utc)
         with self._fenced() as conn:
             if conn.scalar(select(Tombstone.pack_id).where(Tombstone.pack_id == pack_id)):
                 raise PackBeingDeleted(f"pack {pack_id[:16]} is being deleted by garbage collection")
+            if not stored():
+                raise PackBeingDeleted(f"pack {pack_id[:16]} is not on the backend (garbage collection deleted it)")
             conn.execute(
                 self._insert_ignore(Pack, ["id"]),
                 [{"id": pack_id, "size": size, "blob_count": len(blobs), "created_at": now,

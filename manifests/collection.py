@@ -1,13 +1,13 @@
 """The index's side of garbage collection (docs/GC.md): epochs, pack states, tombstones, repacking.
 
-Every write here but clearing a tombstone is fenced, so it is ordered against writers' pack inserts
-and snapshot commits.
+Every write here is fenced, so it is ordered against writers' pack inserts and snapshot commits;
+so is the deletion of a tombstoned pack's object (:meth:`GcIndex.delete_tombstoned`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import delete as delete_stmt  # gc_apply has a parameter named ``delete``
 from sqlalchemy import select, update
@@ -119,10 +119,22 @@ class GcIndex(IndexConnection):
         with self._read() as conn:
             return conn.scalar(select(Tombstone.pack_id).where(Tombstone.pack_id == pack_id)) is not None
 
-    def clear_tombstone(self, pack_id: str) -> None:
-        """Called once the pack's object is gone from the backend; a writer may then upload it anew."""
-        with self._write() as conn:
+    def delete_tombstoned(self, pack_id: str, remove: Callable[[], None]) -> bool:
+        """Delete a tombstoned pack's object and clear its tombstone, in one fenced transaction.
+
+        ``remove()`` deletes the object from the backend. It runs only while the tombstone is there
+        and under the fence, and a writer's :meth:`add_pack` checks under the same fence that no
+        tombstone is left and that the object is stored: so no writer's upload of that name falls
+        between the delete and the clear, and a run that read the tombstone before another run
+        deleted the object and cleared it deletes nothing (returns False). An error from
+        ``remove()`` leaves the tombstone for the next run.
+        """
+        with self._fenced() as conn:
+            if conn.scalar(select(Tombstone.pack_id).where(Tombstone.pack_id == pack_id)) is None:
+                return False
+            remove()
             conn.execute(delete_stmt(Tombstone).where(Tombstone.pack_id == pack_id))
+            return True
 
     def move_blobs(self, moves: Sequence[BlobLocationLike], from_packs: dict[str, str]) -> int:
         """Point blobs at their repacked copies, where they still point at the pack they were read from

@@ -11,7 +11,8 @@ class SnapshotWithdrawn(NotFound):
 
 
 class PackBeingDeleted(Unavailable):
-    """Garbage collection is deleting a pack with this name; upload it again once that finished."""
+    """Garbage collection is deleting, or has deleted, a pack with this name; upload it again once
+    no tombstone of that name is left."""
 
 
 class IndexDamaged(IntegrityError):

@@ -7,7 +7,7 @@ The argument is in docs/GC.md. In short, each run:
 3. in one fenced transaction: rescues condemned packs that turned out reachable, tombstones packs
    condemned in an earlier epoch that are still unreachable (older than the grace period), and
    condemns live packs with nothing reachable (older than the grace period);
-4. deletes tombstoned objects from the backend, then clears their tombstones.
+4. deletes each tombstoned object from the backend and clears its tombstone, fenced, while it is there.
 
 Writers never deduplicate against condemned packs, and a snapshot's commit re-checks, under the
 same fence, that every blob it references still has a row, rescuing condemned packs it uses.
@@ -21,6 +21,7 @@ import datetime as dt
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 
 from cas.errors import CasError, IntegrityError
 from cas.format.keys import pack_key
@@ -201,18 +202,25 @@ def collect_garbage(
     report.rescued = sorted(decision.rescued)
     sizes = {**{pid: p.size for pid, p in packs.items()}, **orphans}
     for pack_id in set(decision.tombstoned) | tombstoned:
+        # Under the fence, and only while the tombstone is there (another run may have deleted
+        # the object, cleared the tombstone and let a writer upload the same pack since).
         try:
-            repo.backend.delete(pack_key(pack_id))
-        except FileNotFoundError:
-            pass
+            if not index.delete_tombstoned(pack_id, partial(_remove_pack, repo, pack_id)):
+                continue
         except CasError as exc:
             log.warning("could not delete pack %s (will retry next run): %s", pack_id[:16], exc)
             continue
-        index.clear_tombstone(pack_id)
         report.deleted.append(pack_id)
         report.deleted_bytes += sizes.get(pack_id, 0)
     report.deleted.sort()
     return report
+
+
+def _remove_pack(repo: Repository, pack_id: str) -> None:
+    try:
+        repo.backend.delete(pack_key(pack_id))
+    except FileNotFoundError:
+        pass  # deleted by an earlier run that stopped before clearing its tombstone
 
 
 def _pack_usage(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 
 from cas.errors import CasError, IntegrityError, NotFound
 from cas.format.records import SnapshotRecord, snapshot_key
@@ -20,6 +21,7 @@ from cas.ops.roots import snapshot_roots
 from cas.ops.tree_index import fill_tree_index
 from cas.repo.repository import Repository
 from cas.types import BlobLocation
+from manifests.errors import PackBeingDeleted
 
 log = logging.getLogger("cas")
 
@@ -53,7 +55,10 @@ def index_packs(repo: Repository, report: RebuildReport) -> None:
             report.skipped.append(f"pack {pack_id[:16]}: {exc}")
             continue
         rows = [BlobLocation(e.id, e.kind, pack_id, e.offset, e.length, e.raw_length, e.codec) for e in entries]
-        index.add_pack(pack_id, size, rows)
+        try:
+            index.add_pack(pack_id, size, rows, stored=partial(repo.pack_stored, pack_id))
+        except PackBeingDeleted:
+            continue  # garbage collection deleted it since it was listed
         report.packs += 1
         report.blobs += len(rows)
 
@@ -75,12 +80,17 @@ def reindex_blobs(repo: Repository, wanted: set[str], *, write: bool = True) -> 
     for loc in found.values():
         by_pack.setdefault(loc.pack_id, []).append(loc)
     sizes = repo.list_packs() if set(by_pack) - known else {}
+    gone: set[str] = set()
     for pack_id, rows in by_pack.items():
         if pack_id in known:
             index.add_blob_rows(pack_id, rows)
-        else:
-            index.add_pack(pack_id, sizes.get(pack_id, 0), rows)
-    return {b: loc.pack_id for b, loc in found.items()}
+            continue
+        try:
+            index.add_pack(pack_id, sizes.get(pack_id, 0), rows,
+                           stored=partial(repo.pack_stored, pack_id))
+        except PackBeingDeleted:
+            gone.add(pack_id)  # garbage collection deleted it since its trailer was read
+    return {b: loc.pack_id for b, loc in found.items() if loc.pack_id not in gone}
 
 
 def rebuild_index(repo: Repository, *, full: bool = False) -> RebuildReport:

@@ -18,6 +18,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, BinaryIO
 
 from cas.errors import AlreadyExists, IntegrityError
@@ -216,11 +217,12 @@ class BlobWriter:
         deadline = time.monotonic() + _TOMBSTONE_WAIT
         while True:
             try:
-                self.repo.index.add_pack(pack_id, size, rows)
+                self.repo.index.add_pack(pack_id, size, rows, stored=partial(self.repo.pack_stored, pack_id))
                 return
             except PackBeingDeleted:
-                # GC is deleting an identical pack (left by a crashed writer): once it is done,
-                # upload ours again, since the object we found may be the one being deleted.
+                # GC is deleting an identical pack (left by a crashed writer or by our own earlier
+                # attempt), or deleted the one we found or put, between our put and now: once no
+                # tombstone is left, upload ours again.
                 if time.monotonic() > deadline:
                     raise
                 if self.repo.index.is_tombstoned(pack_id):

@@ -166,6 +166,10 @@ class Repository:
         """Every pack on the backend: ID -> size."""
         return {pack_id_of(info.key): info.size for info in self.backend.list(PACK_PREFIX)}
 
+    def pack_stored(self, pack_id: str) -> bool:
+        """Whether the pack's object is on the backend now (asked by ``Index.add_pack`` under its fence)."""
+        return self.backend.exists(pack_key(pack_id))
+
     def read_trailer(self, pack_id: str, size: int) -> list[PackEntry]:
         """A pack's entries from two ranged reads (footer, then trailer), without reading its data."""
         if size < FOOTER_SIZE:

@@ -17,6 +17,11 @@ from manifests.index import Index
 from manifests.rows import PackState, SnapshotRow
 from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
 
+
+def STORED() -> bool:
+    """These tests use an index alone: every pack they record is taken as on a backend."""
+    return True
+
 Location = namedtuple("Location", "id kind pack_id offset length raw_length codec")
 PACKS = 5
 BLOBS = 3 * LOOKUP_BATCH + 7  # several lookup batches, the last one short
@@ -27,7 +32,8 @@ def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Index]:
     url = f"sqlite:///{tmp_path / 'index.sqlite'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     opened = Index.open(url)
     for p in range(PACKS):  # blob n in pack n % PACKS
-        opened.add_pack(f"{p:064x}", 100, [Location(f"{n:064x}", 0, "", n, 1, 1, 0) for n in range(p, BLOBS, PACKS)])
+        opened.add_pack(f"{p:064x}", 100, [Location(f"{n:064x}", 0, "", n, 1, 1, 0) for n in range(p, BLOBS, PACKS)],
+                         stored=STORED)
     yield opened
     opened.close()
 

@@ -19,6 +19,11 @@ from manifests.index import Index
 from manifests.rows import BlobRow, PackState
 from tests.servers.postgres import postgres_admin, postgres_url  # noqa: F401
 
+
+def STORED() -> bool:
+    """These tests use an index alone: every pack they record is taken as on a backend."""
+    return True
+
 ROOT = Path(__file__).resolve().parents[2]
 THIRD_PARTY = {"sqlalchemy", "alembic"}
 
@@ -63,11 +68,11 @@ def index(tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_blob_locations_are_taken_by_their_attributes(index: Index) -> None:
     pack, other = "a" * 64, "b" * 64
     blobs = [ForeignLocation(f"{n:064x}", n % 2, "ignored", 100 * n, 90, 200, 1) for n in range(3)]
-    index.add_pack(pack, 300, blobs)
+    index.add_pack(pack, 300, blobs, stored=STORED)
     assert index.locate([b.id for b in blobs]) == {
         b.id: BlobRow(b.id, b.kind, pack, b.offset, b.length, b.raw_length, b.codec) for b in blobs
     }
-    index.add_pack(other, 100, [])
+    index.add_pack(other, 100, [], stored=STORED)
     assert index.add_blob_rows(other, [ForeignLocation("c" * 64, 0, "ignored", 0, 10, 10, 0)]) == 1
     moved = ForeignLocation(blobs[0].id, 0, other, 50, 80, 200, 1)
     assert index.move_blobs([moved], {blobs[0].id: pack}) == 1
@@ -76,7 +81,7 @@ def test_blob_locations_are_taken_by_their_attributes(index: Index) -> None:
 
 
 def test_pack_rows_report_states_that_compare_with_pack_state(index: Index) -> None:
-    index.add_pack("a" * 64, 10, [])
+    index.add_pack("a" * 64, 10, [], stored=STORED)
     assert index.adopt_orphans({"b" * 64: 20}, epoch=index.next_epoch()) == 1
     states = {row.id[0]: row for row in index.pack_rows()}
     assert states["a"].state == PackState.LIVE and states["a"].condemned_epoch is None
@@ -99,14 +104,14 @@ def test_lookups_on_one_connection_share_it_and_see_rows_added_meanwhile(
     index = Index.open(url)
     first = ForeignLocation("a" * 64, 0, "p" * 64, 0, 10, 10, 0)
     second = ForeignLocation("b" * 64, 0, "q" * 64, 0, 10, 10, 0)
-    index.add_pack("p" * 64, 10, [first])
+    index.add_pack("p" * 64, 10, [first], stored=STORED)
     writer = Index.open(url)
     checkouts: list[str] = []
     event.listen(index.engine, "checkout", lambda *_: checkouts.append(threading.current_thread().name))
     try:
         with index.lookups_on_one_connection():
             assert set(index.locate([first.id, second.id])) == {first.id}
-            writer.add_pack("q" * 64, 10, [second])
+            writer.add_pack("q" * 64, 10, [second], stored=STORED)
             assert set(index.locate([first.id, second.id])) == {first.id, second.id}
             seen: list[set[str]] = []
             other = threading.Thread(target=lambda: seen.append(set(index.known_blobs([second.id]))), name="other")

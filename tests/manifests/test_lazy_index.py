@@ -23,6 +23,11 @@ from manifests.lazy import LazyIndex, open_index
 from manifests.rows import SnapshotRow, TreeEntryRow
 from manifests.statements import LOOKUP_BATCH
 
+
+def STORED() -> bool:
+    """These tests use an index alone: every pack they record is taken as on a backend."""
+    return True
+
 ROOT = Path(__file__).resolve().parents[2]
 Location = namedtuple("Location", "id kind pack_id offset length raw_length codec")
 PACKS = 4
@@ -43,7 +48,7 @@ def url(tmp_path: Path) -> str:
         assert index.bind("repo-1", "/repo") is True
         for p in range(PACKS):
             index.add_pack(_blob(p), 100, [Location(_blob(n), n % 3, "", n, 10 + n, 20 + n, n % 2)
-                                           for n in range(p, BLOBS, PACKS)])
+                                           for n in range(p, BLOBS, PACKS)], stored=STORED)
         for i in range(6):
             row = SnapshotRow(f"exec-{i}", _blob(1000 + i), 10**18 + i, {"team": f"t{i % 2}", "é": "ü"},
                               {"files": i, "bytes": 7 * i}, i, 2 * i, 3 * i, 0o700 + i, 5 + i,
@@ -69,6 +74,7 @@ def test_a_current_sqlite_file_opens_lazily_and_loads_nothing_else(url: str) -> 
     code = f"""
 import sys
 from manifests.lazy import LazyIndex, open_index
+
 index = open_index({url!r})
 assert isinstance(index, LazyIndex), type(index)
 index.bind("repo-1", "/repo")

@@ -3,7 +3,9 @@
 1. a directory whose tree node outgrew the limit readers enforce (then verify/repair/gc deleted it);
 2. GC judging packs by index rows that a damaged or restored index had lost;
 3. two copies of one repository sharing one default index;
-4. a sync committing a writer's row outside the writer's fenced commit, and a sync undoing a forget.
+4. a sync committing a writer's row outside the writer's fenced commit, and a sync undoing a forget;
+5. GC deleting a pack between a writer's upload of it and the writer's insert of its rows, and an
+   overlapping GC run deleting a pack that another run deleted and a writer stored again.
 The state machine in tests/ops/test_no_loss_model.py drives all of these operations at random.
 """
 
@@ -203,14 +205,19 @@ class PausingBackend(Backend):
 
     def _after(self, op: str, key: str) -> None:
         queue = self.hooks.get((op, key))
+        if queue is None:  # a hook for every key under a prefix: (op, "prefix/*")
+            queue = next((q for (o, k), q in self.hooks.items()
+                          if o == op and k.endswith("*") and key.startswith(k[:-1])), None)
         if queue:
             hook = queue.pop(0)
             if hook is not None:
                 hook()
 
     def put(self, key, data, *, overwrite=True):  # type: ignore[no-untyped-def]
-        self.inner.put(key, data, overwrite=overwrite)
-        self._after("put", key)
+        try:
+            self.inner.put(key, data, overwrite=overwrite)
+        finally:  # a put that found the name taken counts too
+            self._after("put", key)
 
     def get(self, key, offset=0, length=None):  # type: ignore[no-untyped-def]
         data = self.inner.get(key, offset, length)
@@ -284,8 +291,8 @@ def test_a_sync_between_claim_and_commit_cannot_cost_the_writer_its_packs(tmp_pa
     original_add_pack = writer.repo.index.add_pack
     first_tree_pack = {"done": False}
 
-    def add_pack_then_pause(pack_id, size, blobs):  # type: ignore[no-untyped-def]
-        original_add_pack(pack_id, size, blobs)
+    def add_pack_then_pause(pack_id, size, blobs, **kw):  # type: ignore[no-untyped-def]
+        original_add_pack(pack_id, size, blobs, **kw)
         if not first_tree_pack["done"] and any(b.kind == 1 for b in blobs):
             first_tree_pack["done"] = True
             before_put()
@@ -355,6 +362,107 @@ def test_a_sync_racing_forget_does_not_bring_the_snapshot_back(tmp_path: Path) -
         first.get("gone")
     first.close()
     syncer.close()
+
+
+@pytest.mark.parametrize("found", ["absent", "already stored"])
+def test_gc_deleting_a_pack_between_its_upload_and_its_rows_costs_the_writer_nothing(
+    tmp_path: Path, found: str
+) -> None:
+    """Two GC runs pass while a writer is between putting a pack and inserting its rows: the first
+    indexes the object as an interrupted writer's pack and condemns it (nothing references it), the
+    second tombstones and deletes it and clears the tombstone. The writer's rows must not then name a pack that is gone.
+    ``already stored``: an identical pack was on the backend before the writer's put (the writer's
+    own earlier attempt), so the put finds it, reads it back, and stores nothing."""
+    url = f"sqlite:///{tmp_path / 'index.sqlite'}"
+    backend = PausingBackend(LocalBackend(str(tmp_path / "repo")))
+    opts = {"chunk_min": 1024, "chunk_avg": 4096, "chunk_max": 16384, "pack_size": 1 << 20}
+    writer = Store.open(backend, index=url, **opts)
+    collector = Store.open(str(tmp_path / "repo"), index=url)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.bin").write_bytes(os.urandom(200_000))
+    if found == "already stored":
+        writer.snapshot(src, "earlier")
+        with sqlite3.connect(tmp_path / "index.sqlite") as db:  # as if that writer died before its rows
+            db.execute("DELETE FROM snapshots")
+            db.execute("DELETE FROM blobs")
+            db.execute("DELETE FROM packs")
+        shutil.rmtree(tmp_path / "repo" / "snapshots")
+    hook, reached, release = _pause_point()
+    # The first pack: stop after its put (absent), or after the read that found the stored object
+    # the same as the writer's (already stored); before its rows either way.
+    backend.hooks[("put" if found == "absent" else "get", "data/*")] = [hook]
+    t, errors = _thread(lambda: writer.snapshot(src, "new"))
+    assert reached.wait(DEADLOCK_GUARD)
+    first = collector.gc(grace=NOW)
+    assert first.condemned
+    second = collector.gc(grace=NOW)
+    assert second.deleted, "the second run deletes the orphan"
+    release.set()
+    t.join(DEADLOCK_GUARD)
+    assert not errors, errors
+    collector.gc(grace=NOW)
+    check = collector.verify(read_data=True)
+    assert check.ok, [str(p) for p in check.problems]
+    collector.restore("new", tmp_path / "out")
+    assert describe(str(tmp_path / "out")) == describe(str(src))
+    writer.close()
+    collector.close()
+
+
+def test_a_gc_run_never_deletes_a_pack_another_run_deleted_and_a_writer_stored_again(tmp_path: Path) -> None:
+    """Two GC runs overlap. Run A tombstones a forgotten snapshot's packs; run B starts and reads
+    A's tombstones; A deletes the objects and clears the tombstones; a writer stores the same files
+    again, so the same packs (same bytes, same names) are uploaded and indexed; then B reaches its
+    deletions. B must not delete the writer's packs."""
+    url = f"sqlite:///{tmp_path / 'index.sqlite'}"
+    repo = str(tmp_path / "repo")
+    writer = Store.open(repo, index=url)
+    run_a = Store.open(repo, index=url)
+    run_b = Store.open(repo, index=url)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.bin").write_bytes(os.urandom(200_000))
+    writer.snapshot(src, "old")
+    writer.forget(["old"])
+    assert run_a.gc(grace=NOW).condemned
+
+    def pause_after_apply(store: Store) -> tuple[threading.Event, threading.Event]:
+        reached, release = threading.Event(), threading.Event()
+        original = store.repo.index.gc_apply
+
+        def paused(*a, **kw):  # type: ignore[no-untyped-def]
+            decision = original(*a, **kw)
+            reached.set()
+            assert release.wait(DEADLOCK_GUARD), "test deadlocked"
+            return decision
+
+        store.repo.index.gc_apply = paused  # type: ignore[method-assign]
+        return reached, release
+
+    a_applied, a_release = pause_after_apply(run_a)
+    a, a_errors = _thread(lambda: run_a.gc(grace=NOW))
+    assert a_applied.wait(DEADLOCK_GUARD)  # A's tombstones are written; the objects are still there
+    tombstoned = set(writer.repo.index.tombstones())
+    assert tombstoned
+    b_applied, b_release = pause_after_apply(run_b)
+    b, b_errors = _thread(lambda: run_b.gc(grace=NOW))
+    assert b_applied.wait(DEADLOCK_GUARD)  # B read the same tombstones at its start
+    a_release.set()
+    a.join(DEADLOCK_GUARD)
+    assert not a_errors, a_errors
+    assert not packs_on_disk(tmp_path / "repo") & tombstoned
+    writer.snapshot(src, "new")
+    assert packs_on_disk(tmp_path / "repo") >= tombstoned  # the very same packs, stored again
+    b_release.set()
+    b.join(DEADLOCK_GUARD)
+    assert not b_errors, b_errors
+    check = writer.verify(read_data=True)
+    assert check.ok, [str(p) for p in check.problems]
+    writer.restore("new", tmp_path / "out")
+    assert describe(str(tmp_path / "out")) == describe(str(src))
+    for store in (writer, run_a, run_b):
+        store.close()
 
 
 def test_reading_never_writes_index_rows(tmp_path: Path) -> None:
