@@ -433,9 +433,10 @@ def test_ctrl_c_stops_the_workers_and_commits_nothing(tmp_path: Path) -> None:
     for d in range(20):
         (src / f"d{d:02d}" / "big.bin").write_bytes(rng.randbytes(8 * 1024 * 1024))
     assert cas("init").returncode == 0
-    proc = subprocess.Popen([sys.executable, "-c", _CLI, "--repo", str(cas.base / "repo"), "snapshot", str(src),
-                             "-e", "run-1", "--jobs", "3"], cwd=cas.base, env=cas.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # -X faulthandler: a SIGABRT makes every process of the group print its threads' stacks.
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", _CLI, "--repo", str(cas.base / "repo"),
+                             "snapshot", str(src), "-e", "run-1", "--jobs", "3"], cwd=cas.base, env=cas.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while len(_processes_in(cas.base)) < 3:  # the command and its two workers (three jobs)
@@ -443,7 +444,12 @@ def test_ctrl_c_stops_the_workers_and_commits_nothing(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the workers never started"
             time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=60)  # it stops in well under a second (0.3 s loaded)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGABRT)  # hung: show where, instead of only that it did
+            _, err = proc.communicate(timeout=60)
+            pytest.fail(f"still running 60 s after Ctrl-C; its stacks:\n{err}")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
