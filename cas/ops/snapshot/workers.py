@@ -365,7 +365,13 @@ class WorkerPool:
         self._tasks.close()
         receiver = getattr(self, "_receiver", None)
         if receiver is not None:
-            receiver.join()
+            # Over at once: every worker is gone, so every pipe is at its end. Except after a
+            # Ctrl-C that Python raised just after this thread took ``_cond``'s lock and before the
+            # ``with`` around it was in charge of releasing it: the lock stays taken, and the
+            # results thread (a daemon) waits for it forever. This process must not wait with it.
+            receiver.join(_STOP_WAIT)
+            if receiver.is_alive():
+                log.debug("the snapshot's results thread did not end; leaving it")
         for conn in self._conns:
             conn.close()
         os.close(self._setup.root_fd)  # the workers have their copies
