@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,58 @@ def test_the_command_runs_as_a_module(tmp_path: Path, module: str) -> None:
     proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, env=env,
                           cwd=tmp_path, check=False)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: cas "), proc.stderr
+
+
+# -- Ctrl-C when cleaning up hangs (cas/cli/interrupt.py) -------------------------------------------
+
+_CLEANUP_NEVER_ENDS = """
+import signal, sys, threading
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's, whatever the test run's is
+from cas.cli import interrupt, main
+from cas.ops.snapshot import take
+
+interrupt.INTERRUPT_GRACE = float(sys.argv.pop(1))
+stored = take.store_tree
+
+def store_tree(*args, **kwargs):
+    try:
+        return stored(*args, **kwargs)
+    finally:  # cleaning up that never ends, whatever is raised into it
+        print("cleaning up", flush=True)
+        while True:
+            try:
+                threading.Event().wait()
+            except KeyboardInterrupt:
+                pass
+
+take.store_tree = store_tree
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("interrupts", [1, 2])
+def test_ctrl_c_ends_the_command_even_when_cleaning_up_hangs(tmp_path: Path, project: Path, interrupts: int) -> None:
+    """One Ctrl-C: the process ends once cleaning up has taken the grace period; a second one ends
+    it at once. Nothing committed is lost either way (every write step is crash-safe)."""
+    cas(tmp_path, "snapshot", str(project), "-e", "before")
+    env = {**os.environ, "CAS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
+    grace = "2" if interrupts == 1 else "600"
+    proc = subprocess.Popen([sys.executable, "-c", _CLEANUP_NEVER_ENDS, grace, "snapshot", str(project), "-e", "after"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "cleaning up\n"
+        for _ in range(interrupts):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.2)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    why = "interrupted, and still stopping after 2 s" if interrupts == 1 else "interrupted again"
+    assert err.splitlines() == [f"cas: error: {why}: exited without cleaning up"], err
+    assert [s["execution_id"] for s in json.loads(cas(tmp_path, "--json", "log").stdout)] == ["before"]
+    assert json.loads(cas(tmp_path, "--json", "verify").stdout)["ok"]
+    cas(tmp_path, "restore", "before", str(tmp_path / "out"))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from cas.cli.browse import cmd_cat, cmd_diff, cmd_find, cmd_log, cmd_ls, cmd_stats
 from cas.cli.common import EXIT_ERROR, EXIT_PARTIAL, EXIT_USAGE, password
 from cas.cli.data import cmd_copy, cmd_mount, cmd_prefetch, cmd_restore, cmd_snapshot, hash_destination_early
+from cas.cli.interrupt import EXIT_INTERRUPTED, interruptible
 from cas.cli.maintain import (
     cmd_forget,
     cmd_gc,
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(EscapingFormatter("cas: warning: %(message)s"))
     logging.basicConfig(level=logging.ERROR if (args.quiet or args.json) else logging.WARNING, handlers=[handler])
     try:
-        return _run(args)
+        with interruptible():
+            return _run(args)
     except PartialRestore as exc:
         error_line(str(exc))
         if not args.quiet:
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         error_line("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_ERROR
     except OSError as exc:
