@@ -134,10 +134,13 @@ stored = take.store_tree
 def store_tree(*args, **kwargs):
     try:
         return stored(*args, **kwargs)
-    finally:  # cleaning up that never ends, whatever is raised into it
-        print("cleaning up", flush=True)
+    finally:  # cleaning up that never ends, whatever is raised into it once it said so
+        said = False
         while True:
             try:
+                if not said:
+                    said = True
+                    print("cleaning up", flush=True)
                 threading.Event().wait()
             except KeyboardInterrupt:
                 pass
