@@ -151,7 +151,7 @@ class EntryReader:
         """What the entry ``name`` of ``frame``'s directory becomes: an :class:`Entry` to add, a
         :class:`Subdir` to walk, an :class:`OtherFileSystem` to store empty, :data:`DELEGATE`, or
         None (left out, vanished or skipped)."""
-        rel = os.path.join(frame.rel, name) if frame.rel else name
+        rel = frame.rel + b"/" + name if frame.rel else name  # a listed name holds no '/'
         try:
             return self._entry_attempts(frame, name, rel)
         except CasError:
@@ -330,7 +330,7 @@ class EntryReader:
         decision = None
         if self.filter is not None:
             assert frame.scope is not None
-            decision = self.filter.decide(frame.scope, os.fsdecode(os.path.join(frame.rel, name)), st)
+            decision = self.filter.decide(frame.scope, os.fsdecode(frame.rel + b"/" + name if frame.rel else name), st)
             if decision.reason is not None:
                 return decision, False
         small = st.st_size < self.reader.chunker.min_size
