@@ -250,8 +250,9 @@ class IndexConnection:
         return "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
 
     def _lookup_on(self, conn, sql: str, ids: Iterable[str], tail: str = "") -> Iterator[tuple]:  # type: ignore[no-untyped-def,type-arg]
-        """:meth:`_lookup` on ``conn``; ``tail`` follows the list of IDs (a ``GROUP BY``)."""
-        wanted = list(dict.fromkeys(ids))
+        """:meth:`_lookup` on ``conn``; ``tail`` follows the list of IDs (a ``GROUP BY``). The IDs
+        are looked up in key order (see :func:`~manifests.statements.sqlite_lookup`)."""
+        wanted = sorted(set(ids))
         mark = self._mark
         for start in range(0, len(wanted), LOOKUP_BATCH):
             batch = wanted[start : start + LOOKUP_BATCH]

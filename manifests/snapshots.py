@@ -52,7 +52,7 @@ class SnapshotIndex(TreeIndex, IndexConnection):
         missing rows are written and the snapshot marked ``trees_indexed`` -- unless some assumed
         tree lost its rows meanwhile (pruned), when the snapshot is left for the engine to fill.
         """
-        wanted = list(dict.fromkeys(blob_ids))
+        wanted = sorted(set(blob_ids))  # in key order, batch after batch (see sqlite_lookup)
         with self._fenced() as conn:
             packs, missing = self._packs_holding(conn, wanted)
             if missing and not damaged_if_missing:
