@@ -10,6 +10,7 @@ after the first command), ``snapshot``, ``locate``, ``known_blobs``, ``unindexed
 ``diff`` and ``find`` read) with the statements of :mod:`manifests.statements`, the same ones the full index runs, and ``snapshots``
 (the listing by labels and time: ``cas log``, every selection) with the SQLite form of the full
 index's query (the tests check both give the same rows), on a connection of its own per thread;
+it also commits a writer's snapshot in the usual case (:meth:`LazyIndex.commit_snapshot`);
 every other attribute is the full :class:`~manifests.index.Index`'s, opened on first use. A driver error on those reads
 is left to the full index, which runs the same read and reports what went wrong as it always does.
 
@@ -19,20 +20,29 @@ a schema to migrate or one this code does not know) opens the full index at once
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import itertools
 import os
 import sqlite3
 import threading
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 from manifests.rows import BlobRow, SnapshotRow, TreeEntryRow
 from manifests.statements import (
     BINDING,
+    FENCE,
     INDEXED_TREES,
+    INSERT_SNAPSHOT,
     KNOWN_BLOBS,
     LOCATE_BLOBS,
+    LOOKUP_BATCH,
+    PACKS_HOLDING,
+    PER_PACK,
+    RESCUE_PACKS,
     SCHEMA_HEAD,
     SCHEMA_VERSION,
     TREE_ENTRIES_OF,
@@ -43,6 +53,7 @@ from manifests.statements import (
     snapshot_by_id,
     snapshot_row,
     sqlite_lookup,
+    sqlite_snapshot_values,
     sqlite_snapshots,
     tree_entries,
     tree_entry_rows,
@@ -194,6 +205,80 @@ class LazyIndex:
         except sqlite3.Error:
             return self.full().unindexed_snapshots(damaged=damaged)
         return [(r[0], r[1]) for r in rows]
+
+    # -- the writer's commit -----------------------------------------------------------------
+
+    def commit_snapshot(
+        self,
+        row: SnapshotRow,
+        blob_ids: Iterable[str],
+        *,
+        damaged_if_missing: bool = False,
+        still_claimed: Callable[[], bool] | None = None,
+        trees: Iterable[tuple[str, list[TreeEntryRow]]] | None = None,
+        assumed_trees: Collection[str] = (),
+    ) -> set[str]:
+        """:meth:`Index.commit_snapshot` in a writer's usual case, committed here: every blob has
+        a row and every tree of the snapshot has its entries already (a snapshot of what is mostly
+        stored, which would otherwise import SQLAlchemy for this transaction alone). The same
+        statements in the same order, fenced the same way. Anything else (a blob without a row,
+        tree entries to write, a row already there, a sync's or a repair's commit, any driver
+        error) is rolled back and left to the full index, which does it all as always."""
+        if damaged_if_missing or still_claimed is not None or self._full is not None:
+            return self.full().commit_snapshot(row, blob_ids, damaged_if_missing=damaged_if_missing,
+                                               still_claimed=still_claimed, trees=trees, assumed_trees=assumed_trees)
+        wanted = sorted(set(blob_ids))
+        rows_to_write = iter(trees) if trees is not None else None
+        first = next(rows_to_write, None) if rows_to_write is not None else None
+        if first is None and self._commit_here(row, wanted, trees is not None, assumed_trees):
+            return set()
+        if first is not None:
+            assert rows_to_write is not None
+            trees = itertools.chain([first], rows_to_write)
+        return self.full().commit_snapshot(row, wanted, trees=trees, assumed_trees=assumed_trees)
+
+    def _commit_here(self, row: SnapshotRow, wanted: list[str], with_trees: bool, assumed: Collection[str]) -> bool:
+        """The commit, if it can be done here; False (nothing committed) if not."""
+        try:
+            conn = self._connection()
+            conn.execute("BEGIN")
+        except sqlite3.Error:
+            return False
+        done = False
+        try:
+            conn.execute(FENCE)
+            packs: set[str] = set()
+            for start in range(0, len(wanted), LOOKUP_BATCH):
+                batch = wanted[start : start + LOOKUP_BATCH]
+                statement = PACKS_HOLDING + "(" + ",".join("?" * len(batch)) + ")" + PER_PACK  # placeholders only
+                found = 0
+                for pack_id, count in conn.execute(statement, batch):
+                    packs.add(pack_id)
+                    found += count
+                if found != len(batch):
+                    return False  # blobs GC removed: the full index names them
+            held = sorted(packs)
+            for start in range(0, len(held), LOOKUP_BATCH):
+                batch = held[start : start + LOOKUP_BATCH]
+                statement = RESCUE_PACKS + "(" + ",".join("?" * len(batch)) + ")"  # placeholders only
+                conn.execute(statement, batch)
+            if with_trees:
+                have = {r[0] for r in sqlite_lookup(conn, INDEXED_TREES, assumed)}
+                if len(have) == len(set(assumed)):
+                    row = dataclasses.replace(row, trees_indexed=True)
+            created = dt.datetime.fromtimestamp(row.time_ns / 1e9, dt.timezone.utc)
+            conn.execute(INSERT_SNAPSHOT, sqlite_snapshot_values(row, created.strftime("%Y-%m-%d %H:%M:%S.%f")))
+            conn.execute("COMMIT")
+            done = True
+        except sqlite3.Error:
+            return False  # a row already there (IntegrityError), or a failure the full index reports
+        finally:
+            if not done and conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+        return True
 
     @contextmanager
     def lookups_on_one_connection(self) -> Iterator[None]:

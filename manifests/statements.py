@@ -47,6 +47,32 @@ SNAPSHOT_COLUMNS = (
 :func:`snapshot_row` takes them."""
 
 
+# The writer's commit as the SQLite driver runs it (manifests.lazy), the statements the full
+# index's commit_snapshot makes through SQLAlchemy, with the values SQLAlchemy stores for SQLite.
+FENCE = "UPDATE fence SET epoch = epoch WHERE id = 1"
+"""Orders a transaction against every other fenced one (docs/GC.md, "The fence")."""
+PACKS_HOLDING = "SELECT pack_id, COUNT(*) FROM blobs WHERE id IN "
+"""Followed by a parenthesised list of IDs and :data:`PER_PACK`."""
+PER_PACK = " GROUP BY pack_id"
+RESCUE_PACKS = (
+    f"UPDATE packs SET state = {PackState.LIVE.value}, condemned_epoch = NULL, condemned_at = NULL"
+    f" WHERE state = {PackState.CONDEMNED.value} AND id IN "
+)
+"""Followed by a parenthesised list of pack IDs: the condemned ones among them made live again."""
+INSERT_SNAPSHOT = (
+    "INSERT INTO snapshots (execution_id, root_tree, created_at, time_ns, labels, stats, logical_bytes,"
+    " new_bytes, stored_bytes, root_mode, root_mtime_ns, damaged, trees_indexed)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def sqlite_snapshot_values(row: SnapshotRow, created_at: str) -> tuple[Any, ...]:
+    """:data:`INSERT_SNAPSHOT`'s parameters for ``row`` (``created_at`` as SQLite holds a UTC time)."""
+    return (row.execution_id, row.root_tree, created_at, row.time_ns, json.dumps(row.labels),
+            json.dumps(row.stats), row.logical_bytes, row.new_bytes, row.stored_bytes, row.root_mode,
+            row.root_mtime_ns, int(row.damaged), int(row.trees_indexed))
+
+
 _TREE_ENTRY_COLUMNS = "name, type, mode, mtime_ns, size, digest, target, child"
 TREE_ENTRIES_OF = f"SELECT tree_id, {_TREE_ENTRY_COLUMNS} FROM tree_entries WHERE tree_id IN "
 """Followed by a parenthesised list of tree IDs: their rows, each with its tree's ID first."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import multiprocessing
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -257,3 +258,48 @@ def test_a_forked_child_reads_on_a_connection_of_its_own(url: str) -> None:
         assert os.getpid() == lazy._local.held[0]
     finally:
         lazy.close()
+
+
+def _dump(path: Path) -> dict[str, list[tuple[object, ...]]]:
+    with sqlite3.connect(path) as db:
+        return {table: sorted(db.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
+                for table in ("snapshots", "packs", "blobs", "tree_entries", "fence", "tombstones")}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blobs=st.lists(st.integers(0, BLOBS + 2), max_size=2 * LOOKUP_BATCH + 40),
+       execution=st.sampled_from(["new", "exec-1", "exec-3"]), same_root=st.booleans(),
+       assumed=st.lists(st.integers(1999, 2003), max_size=4), with_trees=st.booleans(),
+       rows_to_write=st.booleans(), time_ns=st.integers(0, 2**62), labels=st.sampled_from([{}, {"é": "ü", "k": "v"}]))
+def test_the_lazy_commit_leaves_the_file_the_full_index_leaves(
+    tmp_path: Path, url: str, blobs: list[int], execution: str, same_root: bool, assumed: list[int],
+    with_trees: bool, rows_to_write: bool, time_ns: int, labels: dict[str, str],
+) -> None:
+    """The same commit through the lazy index and through the full index, each on a copy of one
+    file: the same answer (missing blobs, or the error) and the same rows in every table. Blobs
+    past BLOBS have no row; pack 0 is condemned (a commit rescues it); exec-1 exists (with
+    ``same_root``, the same root) and exec-3 is marked damaged; trees 2000-2003 have rows."""
+    source = Path(url[len("sqlite:///"):])
+    copies = {}
+    for kind in ("lazy", "full"):
+        copies[kind] = tmp_path / f"{kind}-{os.urandom(4).hex()}.sqlite"
+        shutil.copyfile(source, copies[kind])
+    root = _blob(1001) if execution == "exec-1" and same_root else _blob(3000)
+    row = SnapshotRow(execution, root, time_ns, labels, {"files": len(blobs)}, 1, 2, 3, 0o755, 7)
+    entries = [(_blob(4000), [TreeEntryRow(b"f", "file", 0o644, 1, 1, _blob(1), None, None)])] if rows_to_write else []
+    answers = {}
+    for kind, path in copies.items():
+        index = open_index(f"sqlite:///{path}") if kind == "lazy" else Index.open(f"sqlite:///{path}")
+        try:
+            answers[kind] = index.commit_snapshot(
+                row, iter([_blob(n) for n in blobs]), trees=iter(entries) if with_trees else None,
+                assumed_trees=[_blob(t) for t in assumed])
+        except CasError as exc:
+            answers[kind] = (type(exc), str(exc))
+        common = (execution == "new" and all(n < BLOBS for n in blobs) and not (with_trees and rows_to_write))
+        if kind == "lazy":
+            assert isinstance(index, LazyIndex)
+            assert (index._full is None) == common  # the usual case is committed without the full index
+        index.close()
+    assert answers["lazy"] == answers["full"]
+    assert _dump(copies["lazy"]) == _dump(copies["full"])
