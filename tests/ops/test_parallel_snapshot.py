@@ -423,6 +423,24 @@ _INTERRUPTIBLE = "import signal\nsignal.signal(signal.SIGINT, signal.default_int
 _CLI = _INTERRUPTIBLE + "import sys\nfrom cas.cli import main\nsys.exit(main(sys.argv[1:]))\n"
 
 
+def _stderr_or_stacks(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The stderr of ``proc`` (started with ``-X faulthandler``, in a session of its own) once it
+    exits; if it is still running after ``timeout`` s, fail with every process's stacks instead
+    (SIGABRT to the group makes each print them), not only with the fact that it hung."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGABRT)
+        err = proc.communicate(timeout=60)[1]
+        pytest.fail(f"still running {timeout:g} s after Ctrl-C; its stacks:\n{err}")
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def test_ctrl_c_stops_the_workers_and_commits_nothing(tmp_path: Path) -> None:
     cas = Cas(tmp_path)
     temp = tmp_path / "tmp"
@@ -444,16 +462,9 @@ def test_ctrl_c_stops_the_workers_and_commits_nothing(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the workers never started"
             time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
-        try:
-            _, err = proc.communicate(timeout=60)  # it stops in well under a second (0.3 s loaded)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGABRT)  # hung: show where, instead of only that it did
-            _, err = proc.communicate(timeout=60)
-            pytest.fail(f"still running 60 s after Ctrl-C; its stacks:\n{err}")
+        err = _stderr_or_stacks(proc, 60)  # it stops in well under a second (0.3 s loaded)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _kill_group(proc)
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["cas: error: interrupted"], err
     assert json.loads(cas.ok("--json", "log")) == []
@@ -529,15 +540,9 @@ def test_ctrl_c_that_leaves_the_results_lock_taken_still_stops_the_command(tmp_p
                             cwd=cas.base, env=cas.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        _, err = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGABRT)
-        _, err = proc.communicate(timeout=60)
-        pytest.fail(f"the command did not stop; its stacks:\n{err}")
+        err = _stderr_or_stacks(proc, 120)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _kill_group(proc)
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["cas: error: interrupted"], err
     assert json.loads(cas.ok("--json", "log")) == []
