@@ -391,7 +391,7 @@ class Store:
                             select=select, delete=delete, trust_mtime=trust_mtime, in_place=in_place,
                             recorder=recorder)
         try:
-            report = restorer.restore(entries, os.fspath(dest), meta)
+            report = restorer.restore(entries, os.fspath(dest), meta, snap.root if entry is None else None)
         finally:
             if recorder is not None:
                 recorder.close()

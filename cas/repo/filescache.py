@@ -26,10 +26,15 @@ import json
 import logging
 import os
 import sqlite3
+import struct
+import sys
 import threading
 import time
 from array import array
 from dataclasses import dataclass
+from typing import NamedTuple
+
+import blake3
 
 from cas.repo.repository import default_home
 
@@ -63,15 +68,42 @@ class CachedFile:
     chunks: tuple[str, ...]
 
 
+class DirRecord(NamedTuple):
+    """What a restore recorded of a directory it finished (see :mod:`cas.ops.restore.records`):
+    the directory (device and inode), its tree ID, and the :func:`listing_digest` of its files."""
+
+    dev: int
+    inode: int
+    tree: str
+    listing: bytes
+
+
+_FS_ENCODING = sys.getfilesystemencoding()
+
+
+def listing_digest(names: list[str], identities: list[int]) -> bytes:
+    """The BLAKE3 of a directory's files' ``names`` and identities (``identities``: five integers
+    for each name, as :func:`cas.ops.restore.records.identity` gives them), in the order given (the
+    tree's). Names hold no NUL: joined by NULs, they are told apart."""
+    packed = struct.pack(f"<{len(identities)}q", *identities)
+    return blake3.blake3("\0".join(names).encode(_FS_ENCODING, "surrogateescape") + b"\0" + packed).digest()
+
+
 def _connect(path: str) -> sqlite3.Connection:
     """The files cache at ``path``, created (or brought up to date) if need be."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     db = sqlite3.connect(path, timeout=30, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
+    # A cache: a power loss may lose the last commits (never corrupt the file); no fsync per commit.
+    db.execute("PRAGMA synchronous=NORMAL")
     db.execute(
         "CREATE TABLE IF NOT EXISTS files (dir BLOB, name BLOB, size INTEGER, mtime_ns INTEGER,"
         " ctime_ns INTEGER, inode INTEGER, dev INTEGER, digest TEXT, chunks TEXT, seen_ns INTEGER,"
         " PRIMARY KEY (dir, name))"
+    )
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS dirs (path BLOB PRIMARY KEY, dev INTEGER, inode INTEGER, tree TEXT,"
+        " listing BLOB, seen_ns INTEGER)"
     )
     columns = [row[1] for row in db.execute("PRAGMA table_info(files)")]
     if "seen_ns" not in columns:  # a cache written before entries expired: seen now
@@ -179,6 +211,7 @@ class FilesCache:
         """Forget entries whose paths no snapshot has seen for ``max_age``; returns how many."""
         cutoff = time.time_ns() - int(self.max_age.total_seconds() * 1e9)
         with self._db:
+            self._db.execute("DELETE FROM dirs WHERE seen_ns < ?", (cutoff,))
             return int(self._db.execute("DELETE FROM files WHERE seen_ns < ?", (cutoff,)).rowcount)
 
     def compact(self) -> None:
@@ -215,8 +248,12 @@ class FilesRecorder:
         self._started = time.time_ns()
         self._cutoff = self._started - _RACY_NS
         self._rows: list[tuple[object, ...]] = []
+        self._dir_rows: list[tuple[object, ...]] = []
         self._lock = threading.Lock()
         self._failed: sqlite3.Error | OSError | None = None
+
+    racy_ns = _RACY_NS
+    """A stored mtime within this of the recorder's start is not trusted to be left by a write."""
 
     def add(self, directory: bytes, name: bytes, key: tuple[int, int, int, int, int], digest: str,
             chunks: tuple[str, ...]) -> None:
@@ -252,15 +289,41 @@ class FilesRecorder:
         return {bytes(name): ((size, mtime, ctime, inode, dev), digest)
                 for name, size, mtime, ctime, inode, dev, digest in rows}
 
+    def directories(self, root: bytes) -> dict[bytes, DirRecord]:
+        """The directory records of ``root`` (absolute, as bytes) and of every directory below it
+        (see :mod:`cas.ops.restore.records`), by path: one query. Empty when there is no cache or
+        it cannot be read."""
+        with self._lock:
+            try:
+                if self._db is None:
+                    if not os.path.exists(self._path):
+                        return {}
+                    self._db = _connect(self._path)
+                rows = self._db.execute(
+                    "SELECT path, dev, inode, tree, listing FROM dirs WHERE path = ? OR (path > ? AND path < ?)",
+                    (root, root.rstrip(b"/") + b"/", root.rstrip(b"/") + b"0")).fetchall()
+            except (sqlite3.Error, OSError):
+                return {}
+        return {bytes(path): DirRecord(dev, inode, tree, bytes(listing)) for path, dev, inode, tree, listing in rows}
+
+    def add_directory(self, path: bytes, record: DirRecord) -> None:
+        """Record what a restore knows of the directory ``path`` (absolute, as bytes) it finished."""
+        with self._lock:
+            self._dir_rows.append((path, *record, self._started))
+            if len(self._dir_rows) >= _PENDING_ROWS:
+                self._write()
+
     def _write(self) -> None:
         rows, self._rows = self._rows, []
-        if not rows or self._failed is not None:
+        dir_rows, self._dir_rows = self._dir_rows, []
+        if not (rows or dir_rows) or self._failed is not None:
             return
         try:
             if self._db is None:
                 self._db = _connect(self._path)
             with self._db:
                 self._db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+                self._db.executemany("INSERT OR REPLACE INTO dirs VALUES (?,?,?,?,?,?)", dir_rows)
         except (sqlite3.Error, OSError) as exc:  # what it would have spared costs time later, nothing more
             self._failed = exc
 

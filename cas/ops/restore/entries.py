@@ -217,6 +217,8 @@ class EntryWriting(RestoreState):
                                      lock=self.in_place and known)
                 if found.matches:
                     self._local.add_file(path, entry, locations)
+                    if found.verified is not None and self._file_ids is not None:
+                        self._file_ids[path] = found.verified
                     return Done(entry.size, False, meta_fixed=found.meta_fixed)
                 old = found.old
             finally:

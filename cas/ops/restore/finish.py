@@ -15,8 +15,9 @@ import os
 import stat
 
 from cas.errors import CasError, Unavailable
+from cas.ops.restore.records import DirectoryRecords
 from cas.ops.restore.report import Done
-from cas.ops.restore.state import DIR_FLAGS, DirJob, RestoreState
+from cas.ops.restore.state import DIR_FLAGS, DirJob
 
 #: Directories kept open past their turn to be finished because removals in them still run.
 _OPEN_REMOVING = 64
@@ -26,7 +27,7 @@ _OPEN_REMOVING = 64
 _QUEUED_FILES = 8192
 
 
-class DirectoryFinishing(RestoreState):
+class DirectoryFinishing(DirectoryRecords):
     """Directories of the walk finished: files awaited and counted, mode and mtime set, closed."""
 
     def _release(self, job: DirJob) -> None:
@@ -90,11 +91,13 @@ class DirectoryFinishing(RestoreState):
         fatal: BaseException | None = None
         try:
             fatal = self._settle(job)
-            if fatal is None and not quiet and job.meta is not None and job.fd is not None:
-                try:
-                    self._apply_dir_meta(job.fd, *job.meta)
-                except OSError as exc:
-                    self._fail("(directory)", exc)
+            if fatal is None and not quiet:
+                if job.meta is not None and job.fd is not None:
+                    try:
+                        self._apply_dir_meta(job.fd, *job.meta)
+                    except OSError as exc:
+                        self._fail("(directory)", exc)
+                self._record_directory(job)
         finally:
             if job.owned and job.fd is not None:
                 os.close(job.fd)

@@ -116,6 +116,13 @@ def start_early(dest: str) -> None:
     _early.append(((st.st_dev, st.st_ino), ahead))
 
 
+def discard_early() -> None:
+    """Stop the child :func:`start_early` started, if any, at once (the rest of closing it is left
+    to the process's exit): the restore compares without it."""
+    while _early:
+        _early.pop()[1].kill()
+
+
 def start(dest_fd: int, settled_ns: int) -> HashAhead:
     """The child hashing the directory ``dest_fd``: the one :func:`start_early` started for it, if
     any, else a new one (which hashes only files settled ``settled_ns`` before)."""
@@ -165,6 +172,11 @@ class HashAhead:
         self._reader = threading.Thread(target=self._receive, args=(ours,), name="cas-restore-hash-ahead",
                                         daemon=True)
         self._reader.start()
+
+    def kill(self) -> None:
+        """Stop the child now; :meth:`close` still closes the rest."""
+        if self._proc is not None:
+            self._proc.kill()
 
     @property
     def pid(self) -> int | None:

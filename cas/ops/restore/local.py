@@ -108,6 +108,9 @@ class Examined:
     matches: bool
     old: OldFile | None = None
     meta_fixed: bool = False
+    verified: tuple[int, int] | None = None
+    """For a match by content, ``(inode, ctime)`` if the file had settled and nothing was fixed:
+    it holds the entry while it keeps that identity (see :mod:`cas.ops.restore.records`)."""
 
 
 def examine_file(
@@ -161,7 +164,10 @@ def examine_file(
             else:
                 matches = _content_digest(fd, st.st_size) == entry.digest
             if matches:
-                return Examined(True, meta_fixed=_fix_metadata(fd, st, entry, mode))
+                fixed = _fix_metadata(fd, st, entry, mode)
+                trusted = trust_mtime and st.st_mtime_ns == entry.mtime_ns
+                verified = (st.st_ino, st.st_ctime_ns) if settled and not fixed and not trusted else None
+                return Examined(True, meta_fixed=fixed, verified=verified)
         if config is not None and entry.chunks and found_bytes * 2 < entry.size:
             from cas.format.chunking import Chunker
 

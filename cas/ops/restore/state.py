@@ -29,7 +29,7 @@ from cas.ops.restore.local import LocalChunks
 from cas.ops.restore.report import Done, ProgressFn, RestoreReport
 from cas.ops.restore.write import FATAL_ERRNOS
 from cas.ops.restore.write_process import ProcessWriter
-from cas.repo.filescache import FilesRecorder
+from cas.repo.filescache import DirRecord, FilesRecorder
 from cas.repo.repository import Repository
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -50,6 +50,18 @@ class DirJob:
     child hashing ahead sent for it)."""
     files: int = 0
     """Files in :attr:`pending` when queued to be finished (counted against the queue's bound)."""
+    tree: str | None = None
+    """The directory's tree ID, when it may be recorded once finished (see :mod:`cas.ops.restore.records`)."""
+    prefix: str = ""
+    """Its path relative to the destination, with a trailing ``/`` (empty for the destination)."""
+    file_entries: list[Entry] = field(default_factory=list)
+    """Its file entries, in the tree's order (when it may be recorded)."""
+    known: dict[str, tuple[int, int, int, int, int]] | None = None
+    """Files found matching whose identity is known to hold their entry (when it may be recorded)."""
+    recorded: DirRecord | None = None
+    """The record its files all matched by, if they did (recorded again as it is)."""
+    where: bytes = b""
+    """Its absolute path, as bytes, once asked for (see ``records``)."""
 
 
 
@@ -121,10 +133,20 @@ class RestoreState:
     """Where the files this restore creates are recorded (see :meth:`_record_written`), if anywhere."""
     _dest_dev: int
     """The destination's ``st_dev``, recorded with them."""
+    _dir_records: dict[bytes, DirRecord]
+    """What earlier restores recorded of the destination's directories, by path (see ``records``)."""
+    _file_ids: dict[str, tuple[int, int]] | None
+    """``(inode, ctime)`` of the files this restore wrote, or a file worker found matching by
+    content once settled, by path, until their directory is recorded; None when no directory is
+    (see ``records``)."""
+    _settled_before: int
+    """A file whose ctime is older than this had settled when the restore started."""
+    _racy_from: int
+    """An entry's mtime from this on is not trusted to be changed by a later write."""
 
     def _records(self, entry: Entry) -> bool:
         """Whether the file of ``entry``, once created, is recorded (:meth:`_record_written`)."""
-        return self._recorder is not None and entry.size >= self.repo.config.chunk_min
+        return self._file_ids is not None or (self._recorder is not None and entry.size >= self.repo.config.chunk_min)
 
     def _record_written(self, path: str, entry: Entry, inode: int, ctime_ns: int) -> None:
         """Record in the files cache that the file restored at ``path`` (relative to the
@@ -134,8 +156,11 @@ class RestoreState:
         this restore created are recorded, never one it found in place, and only those a snapshot
         would cut into chunks (``chunk_min`` bytes or more): it reads a smaller file whole in one
         batched call, hardly more than the row costs to write (about 10 µs in SQLite, measured:
-        recording all 23,000 files of the benchmark's execution made a fresh restore 15% slower)."""
-        if not self._records(entry):
+        recording all 23,000 files of the benchmark's execution made a fresh restore 15% slower).
+        Every file's identity is kept for its directory's record (see ``records``)."""
+        if self._file_ids is not None:
+            self._file_ids[path] = (inode, ctime_ns)
+        if self._recorder is None or entry.size < self.repo.config.chunk_min:
             return
         head, _, _ = path.rpartition("/")
         directory = os.fsencode(os.path.join(self._dest, head) if head else self._dest)
@@ -153,6 +178,15 @@ class RestoreState:
         if counted:
             with self._lock:
                 self.report.deleted += removed
+
+    def _count_match(self, entry: Entry, fixed: bool) -> None:
+        """Count a file found matching (``fixed``: its mode or mtime set) in the report."""
+        self.report.files += 1
+        self.report.bytes += entry.size
+        self.report.unchanged += 1
+        self.report.meta_fixed += fixed
+        if self.progress:
+            self.progress(self.report.files, self.report.bytes)
 
     def _mode(self, mode: int) -> int:
         return mode if self.same_permissions else mode & ~(stat.S_ISUID | stat.S_ISGID)

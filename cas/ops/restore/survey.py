@@ -1,7 +1,9 @@
 """What a directory of the destination already holds against its tree entries (with ``overwrite``).
 
 The walk lists each directory once (:meth:`DestinationSurvey._survey`): entries the tree lacks are
-handed to the remover (``delete``), temporaries whose owner is gone are removed, and small files in
+handed to the remover (``delete``), temporaries whose owner is gone are removed; the files of a
+directory an earlier restore recorded with this tree, showing the identities it recorded, all match
+at once (see :mod:`cas.ops.restore.records`); elsewhere small files in
 place are compared with their entries there and then (or, when their content is not in memory, on
 comparer threads of their own, their disk reads overlapping); with ``trust_mtime`` a file whose
 lstat shows the entry's size, mtime and mode is taken as matching unread
@@ -25,7 +27,8 @@ from cas.ops.restore import hash_ahead
 from cas.ops.restore import local as restore_local
 from cas.ops.restore.hash_ahead import judge
 from cas.ops.restore.local import examine_file, match_whole
-from cas.ops.restore.state import DirJob, RestoreState, is_file
+from cas.ops.restore.records import DirectoryRecords, identity
+from cas.ops.restore.state import DirJob, is_file
 from cas.ops.restore.temps import TMP_PREFIX, is_abandoned
 from cas.repo.filescache import FilesCache
 
@@ -40,7 +43,7 @@ _COLD_THREADS = 4
 _ANY_CTIME = 1 << 62
 
 
-class DestinationSurvey(RestoreState):
+class DestinationSurvey(DirectoryRecords):
     """The walk's comparison of each directory it enters with what the destination holds there."""
 
     def _start_hash_ahead(self, dest_fd: int) -> None:
@@ -48,6 +51,10 @@ class DestinationSurvey(RestoreState):
         :mod:`cas.ops.restore.hash_ahead`), when the walk will compare them: over a destination that
         holds something, without ``trust_mtime`` and for the whole tree (no selection)."""
         if not self.overwrite or self.trust_mtime or self.select is not None:
+            return
+        st = os.fstat(dest_fd)
+        if self._recorded_here((st.st_dev, st.st_ino)):  # the records will spare most comparing
+            hash_ahead.discard_early()
             return
         with os.scandir(dest_fd) as listing:
             if next(listing, None) is None:
@@ -77,7 +84,8 @@ class DestinationSurvey(RestoreState):
         ahead = self._hash_ahead if compare else None
         found = ahead.take(job.ident) if ahead is not None else None
         at_ns, hashed = found if found is not None else (0, None)
-        for name, st in scan_dir(dir_fd):
+        listed: dict[str, os.stat_result] | None = {} if job.known is not None else None
+        for name, st in self._match_record(job, entries, scan_dir(dir_fd), matched):
             entry = wanted.get(name)
             if entry is None and not name.startswith(TMP_PREFIX):
                 if ahead is not None and st is not None and stat.S_ISDIR(st.st_mode):
@@ -91,6 +99,8 @@ class DestinationSurvey(RestoreState):
                     st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                 except FileNotFoundError:
                     continue
+            if listed is not None:
+                listed[name] = st
             if (compare and entry is not None and entry.type == FILE and entry.size <= _COMPARE_AT_ONCE
                     and stat.S_ISREG(st.st_mode)):
                 if hashed is None or name not in hashed:
@@ -112,6 +122,8 @@ class DestinationSurvey(RestoreState):
             self._compare_unhashed(dir_fd, unhashed, wanted, present, matched, cold)
         if cold:
             self._compare_cold(dir_fd, cold, present, matched)
+        if listed:
+            self._know_compared(job, (wanted[name] for name in matched), listed)
         return present, matched
 
     def _compare_in_memory(
@@ -214,14 +226,14 @@ class DestinationSurvey(RestoreState):
                 to_hash.append(entry)
         return matched | self._compared(self._compare(dir_fd, to_hash))
 
-    def _match_recorded(self, entries: list[Entry], present: dict[str, os.stat_result], prefix: str) -> set[str]:
+    def _match_recorded(self, job: DirJob, entries: list[Entry], present: dict[str, os.stat_result]) -> set[str]:
         """Without ``trust_mtime``, the large files in place (past what the walk compares at once)
         that the files cache knows to hold their entry's content: recorded with the entry's digest
         by the restore that created them or a snapshot that read them, and with the identity
         (size, mtime, ctime, inode, device) their lstat shows now; their mode and mtime the
         entry's. Taken as matching unread, on the grounds a snapshot takes a file as unchanged (see
         :class:`~cas.repo.filescache.FilesRecorder`). Returns their names; the others are compared
-        by the file workers."""
+        by the file workers. The matches are known to hold their entries (see ``records``)."""
         candidates = []
         for entry in entries:
             st = present.get(entry.name)
@@ -232,8 +244,7 @@ class DestinationSurvey(RestoreState):
         if not candidates:
             return set()
         assert self._recorder is not None
-        directory = os.fsencode(os.path.join(self._dest, prefix.rstrip("/")) if prefix else self._dest)
-        known = self._recorder.known(directory, [os.fsencode(entry.name) for entry, _ in candidates])
+        known = self._recorder.known(self._directory_path(job), [os.fsencode(entry.name) for entry, _ in candidates])
         matched: set[str] = set()
         for entry, st in candidates:
             row = known.get(os.fsencode(entry.name))
@@ -241,6 +252,8 @@ class DestinationSurvey(RestoreState):
                 matched.add(entry.name)
                 self._count_match(entry, False)
                 self.report.files_from_cache += 1
+                if job.known is not None:
+                    job.known[entry.name] = identity(st)
         return matched
 
     def _compare(self, dir_fd: int, entries: list[Entry]) -> list[tuple[Entry, bool]]:
@@ -262,10 +275,3 @@ class DestinationSurvey(RestoreState):
             self._count_match(entry, fixed)
         return {entry.name for entry, _ in results}
 
-    def _count_match(self, entry: Entry, fixed: bool) -> None:
-        self.report.files += 1
-        self.report.bytes += entry.size
-        self.report.unchanged += 1
-        self.report.meta_fixed += fixed
-        if self.progress:
-            self.progress(self.report.files, self.report.bytes)

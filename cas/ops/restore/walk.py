@@ -21,6 +21,8 @@ destination each write whole files under names no other restore removes; the las
 This module holds :class:`Restorer` and its walk: the destination opened, the tree walked directory
 by directory, and each directory's entries dispatched. Its parts live beside it, one job each:
 :mod:`cas.ops.restore.survey` (what a directory already holds, with ``overwrite``),
+:mod:`cas.ops.restore.records` (what a restore records of the directories it finished, and the
+matches those records spare),
 :mod:`cas.ops.restore.entries` (an entry made or a file written), :mod:`cas.ops.restore.finish`
 (directories finished: files awaited, mode and mtime applied), over :mod:`cas.ops.restore.state`
 (what they share) and :mod:`cas.ops.restore.report` (what a restore returns).
@@ -194,11 +196,18 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         self._dest = ""
         self._recorder = recorder
         self._dest_dev = 0
+        self._dir_records = {}
+        self._file_ids = None
+        self._settled_before = self._racy_from = 0
         self._delete_root = True
         self._ahead = 0
 
-    def restore(self, entries: list[Entry], dest: str, root_meta: tuple[int, int] | None) -> RestoreReport:
-        """Restore ``entries`` into directory ``dest``; ``root_meta`` is (mode, mtime_ns) for ``dest``.
+    def restore(
+        self, entries: list[Entry], dest: str, root_meta: tuple[int, int] | None, root_tree: str | None = None,
+    ) -> RestoreReport:
+        """Restore ``entries`` into directory ``dest``; ``root_meta`` is (mode, mtime_ns) for ``dest``,
+        ``root_tree`` the tree ID of ``entries`` when they are a whole tree (``dest`` may then be
+        recorded, see :mod:`cas.ops.restore.records`).
 
         Failures of single entries are collected in the report and the rest is restored; running out
         of space or descriptors aborts at once. Nothing is ever written outside ``dest``. With
@@ -211,9 +220,10 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         dest_fd = self._open_destination(dest)
         self._dest_dev = os.fstat(dest_fd).st_dev
         try:
+            self._load_records()
             self._start_hash_ahead(dest_fd)
             with self.repo.lookups_on_one_connection():  # one lookup per directory: no checkout each
-                self._restore_tree(dest_fd, entries)
+                self._restore_tree(dest_fd, entries, root_tree)
             self._drain(0)
             if root_meta is not None and not self.report.failures:
                 self._apply_dir_meta(dest_fd, root_meta[0], root_meta[1])
@@ -246,7 +256,7 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
             raise AlreadyExists(f"destination {dest} is not empty; pass --overwrite to restore into it")
         return fd
 
-    def _restore_tree(self, dest_fd: int, entries: list[Entry]) -> None:
+    def _restore_tree(self, dest_fd: int, entries: list[Entry], root_tree: str | None = None) -> None:
         """Restore ``entries`` into ``dest_fd`` depth first, without recursion (a stored tree may be
         of any depth).
 
@@ -267,7 +277,8 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         self._ahead = 0
         try:
             st = os.fstat(dest_fd)
-            stack.append(self._start_dir(DirJob(dest_fd, False, None, ident=(st.st_dev, st.st_ino)), entries, ""))
+            root = DirJob(dest_fd, False, None, ident=(st.st_dev, st.st_ino), tree=root_tree)
+            stack.append(self._start_dir(root, entries, ""))
             while stack:
                 level = stack[-1]
                 if level.next < len(level.subdirs):
@@ -380,7 +391,7 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
             self._fail(path, exc)
             return None
         self.report.dirs += 1
-        job = DirJob(fd, True, (entry.mode, entry.mtime_ns), ident=(st.st_dev, st.st_ino))
+        job = DirJob(fd, True, (entry.mode, entry.mtime_ns), ident=(st.st_dev, st.st_ino), tree=entry.tree)
         return self._start_dir(job, children, path + "/")
 
     def _start_dir(self, job: DirJob, entries: list[Entry], prefix: str) -> _Level:
@@ -391,6 +402,10 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         ahead_found = {i: located.pop(i) for e in entries if located for i in _blob_ids(e) if i in located}
         if self.select is not None:
             entries = [e for e in entries if self.select(prefix + e.name, e)]
+        job.prefix = prefix
+        if job.tree is not None and self._file_ids is not None:  # to be recorded once finished
+            job.file_entries = [e for e in entries if e.type == FILE]
+            job.known = {} if job.file_entries else None  # no files: nothing a record would spare
         ahead = 0
         try:
             present: dict[str, os.stat_result] = {}
@@ -400,7 +415,7 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
             if present and self.trust_mtime:
                 matched |= self._match_in_place(dir_fd, entries, present)
             elif present and self._recorder is not None:
-                matched |= self._match_recorded(entries, present, prefix)
+                matched |= self._match_recorded(job, entries, present)
             # The chunks of its files still to write (and of matched ones whose chunks are recorded
             # as local) and its subdirectories' trees: located ahead (``_locate_ahead``), else in
             # one index query here.

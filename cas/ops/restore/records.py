@@ -1,0 +1,146 @@
+"""Directory records: what a restore knows of each directory it finished, so that a later restore
+into the same place takes the directory's files as matching from one listing, unread.
+
+When a restore finishes a directory whose every file entry it knows to hold the entry's content,
+mode and mtime, it records in the files cache (see :meth:`~cas.repo.filescache.FilesRecorder.add_directory`)
+the directory's path, device and inode, its tree ID, and a digest of its files' identities (name,
+inode, ctime, mtime, size, mode). A later restore of the same tree there (``overwrite``) lists the
+directory as it does anyway; if the directory is the same one and the identities of the tree's
+files digest to what was recorded, every file matches: none is read, hashed or looked up alone.
+Anything else (another tree, a file changed, replaced, renamed, added or gone) and the directory is
+compared file by file as without a record.
+
+Why an identity stands for content: any write to a file, through a descriptor or a mapping, and
+any change of its mode, times, owner or links, sets its ctime to the current time, which cannot be
+set back. A file's identity is known to hold its entry when the restore
+
+* wrote it: it created the file (no mapping from before can write to it unnoticed) and gave it the
+  entry's mtime, taken once it was named (:meth:`~cas.ops.restore.state.RestoreState._record_written`);
+  an entry's mtime within the racy window of now is not trusted so (a later write in the same
+  clock tick would leave it), as the files cache does not;
+* compared it and found it matching by content (hashed after the identity was taken: by the
+  walk against the listing, or by a file worker against its ``fstat``) and its ctime had
+  *settled* (see :mod:`cas.ops.restore.settled`): no write from before can be pending;
+* took it as matching by the files cache or by this directory's record: known already.
+
+A file found matching only by its size and mtime (``trust_mtime``), patched in place, or given its
+mode or mtime is not known so, and its directory is not recorded this time. A restore with a selection records nothing (a directory is then not restored whole), nor
+does one told not to use the files cache.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Iterable
+
+from cas.format.trees import Entry
+from cas.ops.restore import local as restore_local
+from cas.ops.restore.state import DirJob, RestoreState
+from cas.repo.filescache import DirRecord, listing_digest
+
+Identity = tuple[int, int, int, int, int]
+"""A file's (inode, ctime, mtime, size, permission bits), as a directory record digests it."""
+
+
+def identity(st: os.stat_result) -> Identity:
+    return (st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size, stat.S_IMODE(st.st_mode))
+
+
+class DirectoryRecords(RestoreState):
+    """The directory records a restore uses (:meth:`_match_record`) and writes (:meth:`_record_directory`)."""
+
+    def _load_records(self) -> None:
+        """Read the records of the destination and everything below it, and start recording (a
+        restore of a whole directory, with the files cache): one query."""
+        self._dir_records = {}
+        self._file_ids = None
+        if self._recorder is None or self.select is not None:
+            return
+        self._file_ids = {}
+        self._settled_before = time.time_ns() - restore_local.SETTLED_NS
+        self._racy_from = time.time_ns() - self._recorder.racy_ns
+        if self.overwrite:
+            self._dir_records = self._recorder.directories(os.fsencode(self._dest))
+
+    def _recorded_here(self, ident: tuple[int, int]) -> bool:
+        """Whether a restore recorded the destination, the directory ``(st_dev, st_ino)`` it is now."""
+        record = self._dir_records.get(os.fsencode(self._dest))
+        return record is not None and (record.dev, record.inode) == ident
+
+    def _match_record(
+        self, job: DirJob, entries: list[Entry], listing: list[tuple[str, os.stat_result | None]],
+        matched: set[str],
+    ) -> list[tuple[str, os.stat_result | None]]:
+        """If the directory has a record of its tree and its files' identities in ``listing`` digest
+        to it, every file entry matches: each is counted, added to ``matched`` and known. Returns
+        what of the listing is left to survey (all of it when there is no match)."""
+        if job.known is None or not self._dir_records:
+            return listing
+        record = self._dir_records.get(self._directory_path(job))
+        if record is None or record.tree != job.tree or (record.dev, record.inode) != job.ident:
+            return listing
+        files = job.file_entries
+        by_name = dict(listing)
+        names: list[str] = []
+        found: list[int] = []
+        for entry in files:
+            st = by_name.get(entry.name)
+            if st is None or not stat.S_ISREG(st.st_mode):
+                return listing
+            names.append(entry.name)
+            found += identity(st)
+        if listing_digest(names, found) != record.listing:
+            return listing
+        for entry in files:
+            matched.add(entry.name)
+            self._count_match(entry, False)
+        self.report.files_from_cache += len(files)
+        job.recorded = record
+        return [(name, st) for name, st in listing if name not in matched]
+
+    def _know_compared(self, job: DirJob, entries: Iterable[Entry], listed: dict[str, os.stat_result]) -> None:
+        """Files found matching by their content (hashed, after ``listed`` was taken) are known by
+        their listed identity if it shows the entry's size, mtime and mode and had settled."""
+        if job.known is None:
+            return
+        for entry in entries:
+            st = listed.get(entry.name)
+            if (st is not None and entry.name not in job.known and st.st_ctime_ns <= self._settled_before
+                    and stat.S_ISREG(st.st_mode) and st.st_size == entry.size and st.st_mtime_ns == entry.mtime_ns
+                    and stat.S_IMODE(st.st_mode) == self._mode(entry.mode)):
+                job.known[entry.name] = identity(st)
+
+    def _directory_path(self, job: DirJob) -> bytes:
+        if not job.where:
+            job.where = os.fsencode(os.path.join(self._dest, job.prefix[:-1]) if job.prefix else self._dest)
+        return job.where
+
+    def _record_directory(self, job: DirJob) -> None:
+        """Record a finished directory if every file entry's identity is known (see the module)."""
+        if job.tree is None or job.known is None or self._file_ids is None:
+            return
+        if job.recorded is not None:  # every file matched by the record: it holds as it was
+            assert self._recorder is not None
+            self._recorder.add_directory(self._directory_path(job), job.recorded)
+            return
+        names: list[str] = []
+        found: list[int] = []
+        whole = True
+        known, file_ids, prefix = job.known, self._file_ids, job.prefix
+        for entry in job.file_entries:
+            ident = known.get(entry.name)
+            named = file_ids.pop(prefix + entry.name, None)
+            if ident is None and named is not None and entry.mtime_ns < self._racy_from:
+                ident = (named[0], named[1], entry.mtime_ns, entry.size, self._mode(entry.mode))
+            if ident is None:
+                whole = False
+            elif whole:
+                names.append(entry.name)
+                found += ident
+        if whole:
+            assert self._recorder is not None
+            dev, inode = job.ident
+            record = DirRecord(dev, inode, job.tree, listing_digest(names, found))
+            self._recorder.add_directory(self._directory_path(job), record)
