@@ -108,6 +108,11 @@ class IndexConnection:
         """The index with all its operations at hand: this one (see :class:`manifests.lazy.LazyIndex`)."""
         return self
 
+    def forget_inherited_connections(self) -> None:
+        """In a forked child: drop the parent's pooled connections without closing them (they are
+        the parent's to close); the child opens its own."""
+        self.engine.dispose(close=False)
+
     def close(self) -> None:
         self.engine.dispose()
 

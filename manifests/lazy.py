@@ -296,6 +296,12 @@ class LazyIndex:
                 self._full = Index.open(self.url)
             return self._full
 
+    def forget_inherited_connections(self) -> None:
+        """In a forked child: the full index's pooled connections, if the parent had opened it, are
+        dropped unclosed; this index's own are per process already (see :meth:`_connection`)."""
+        if self._full is not None:
+            self._full.forget_inherited_connections()
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name in ("_lock", "_full", "_local", "_connections"):
             raise AttributeError(name)

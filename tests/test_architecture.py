@@ -65,6 +65,39 @@ print(json.dumps([code, sorted(m for m in sys.modules if m.startswith(("sqlalche
     assert "e1" in proc.stdout  # a listing, through the full index
 
 
+def test_a_parallel_snapshot_of_what_is_stored_loads_sqlalchemy_in_no_process(tmp_path: Path) -> None:
+    """A snapshot split across worker processes (``--jobs 2``) of a tree the repository holds
+    already writes nothing to the index: neither this process nor a worker loads SQLAlchemy (an
+    ``sqlalchemy`` that refuses to be imported is first on the path); one with new files loads it
+    where it writes, and both are stored."""
+    src = tmp_path / "src"
+    for d in range(6):
+        (src / f"d{d}").mkdir(parents=True)
+        for f in range(5):
+            (src / f"d{d}" / f"f{f}.txt").write_bytes(f"{d}-{f}\n".encode() * 100)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "CAS_HOME": str(tmp_path / "home")}
+    cli = [sys.executable, "-m", "cas", "--repo", str(tmp_path / "repo"), "--index", f"sqlite:///{tmp_path / 'index.sqlite'}"]
+    subprocess.run([*cli, "snapshot", str(src), "-e", "first", "--jobs", "2"], env=env, check=True, capture_output=True)
+    poisoned = tmp_path / "poisoned" / "sqlalchemy"
+    poisoned.mkdir(parents=True)
+    (poisoned / "__init__.py").write_text("raise ImportError('sqlalchemy was imported')\n")
+    env_poisoned = {**env, "PYTHONPATH": f"{poisoned.parent}:{ROOT}"}
+    again = subprocess.run([*cli, "snapshot", str(src), "-e", "again", "--jobs", "2"], env=env_poisoned, check=False,
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    (src / "d3" / "new.txt").write_bytes(b"not stored yet\n" * 50)
+    refused = subprocess.run([*cli, "snapshot", str(src), "-e", "refused", "--jobs", "2"], env=env_poisoned, check=False,
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "sqlalchemy was imported" in refused.stderr + refused.stdout
+    subprocess.run([*cli, "snapshot", str(src), "-e", "new", "--jobs", "2"], env=env, check=True, capture_output=True)
+    for execution, added in (("again", False), ("new", True)):
+        out = tmp_path / execution
+        subprocess.run([*cli, "restore", execution, str(out)], env=env, check=True, capture_output=True)
+        assert {p.relative_to(out) for p in out.rglob("*.txt")} == {
+            p.relative_to(src) for p in src.rglob("*.txt") if added or p.name != "new.txt"}
+        assert (out / "d5" / "f4.txt").read_bytes() == (src / "d5" / "f4.txt").read_bytes()
+
+
 def test_a_snapshot_loads_pathspec_only_for_patterns(tmp_path: Path) -> None:
     """pathspec is imported when a walk has patterns to compile, not for a tree without
     ``.casignore`` files and a command without ``--exclude``; with either, the patterns apply."""

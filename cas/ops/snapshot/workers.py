@@ -12,7 +12,10 @@ directory across processes:
 * :class:`WorkerPool` forks ``jobs - 1`` workers before this process starts any thread of the snapshot's
   own (its files cache is made first, so that several processes do not create the database at
   once), and each worker drops the index connections it inherited
-  (``Engine.dispose(close=False)``) and opens its own, and its own files-cache connection. Each runs a
+  (``forget_inherited_connections``) and opens its own, and its own files-cache connection. A
+  SQLite index is not loaded whole first: each process loads SQLAlchemy only if it writes to the
+  index (a pack of new chunks, tree rows the index lacks), so a snapshot of what is stored already
+  loads it nowhere (see :mod:`manifests.lazy`). Each runs a
   :class:`~cas.ops.snapshot.walk.TreeBuilder` with its own :class:`~cas.repo.blobwriter.BlobWriter`
   (its own packs, uploaded and indexed by it, fenced as every writer's are) and its own files
   cache connection, on the directories it takes from one shared queue (so a worker that finishes
@@ -235,8 +238,6 @@ class WorkerPool:
         ctx = multiprocessing.get_context("fork")
         try:
             self._tasks = ctx.Queue()
-            # The whole index (SQLAlchemy: manifests.lazy) loaded once here, not in each worker.
-            setup.repo.index.full()
         except BaseException:
             os.close(setup.root_fd)
             raise
@@ -512,7 +513,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, tasks: Any, setup:
             # Inherited handlers write to this process's copies of the parent's streams: forward.
             logging.root.handlers = [_Forward(send)]
             # The index connections are the parent's: forget them without closing, open our own.
-            setup.repo.index.engine.dispose(close=False)
+            setup.repo.index.forget_inherited_connections()
             _serve(send, tasks, setup)
             code = 0
         except _Stopped:
