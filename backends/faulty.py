@@ -7,8 +7,10 @@ when a reply is lost. That is the case that makes idempotency and retry logic ma
 it, as a broken proxy might; the layer above must notice (hash checks), the retry wrapper does
 not.
 
-The fault sequence is drawn from ``random.Random(seed)``, so a single-threaded test sees the same
-faults on every run. Faults are recorded in :attr:`FaultyBackend.faults`.
+Each call's fate is drawn from the seed, the operation, the key and how many times that operation
+was called on that key before: the same calls meet the same faults on every run, in whatever order
+a command's threads make them (a sequence drawn in call order made a test of a threaded snapshot
+see no failed ``put`` on one run in many). Faults are recorded in :attr:`FaultyBackend.faults`.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ class FaultyBackend(Backend):
         self.operations = frozenset(operations)
         self.faults: list[Fault] = []
         self.calls = 0
-        self._rng = random.Random(seed)
+        self._seed = seed if seed is not None else random.getrandbits(64)
+        self._made: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
 
     def describe(self) -> str:
@@ -85,11 +88,22 @@ class FaultyBackend(Backend):
         """Decide this call's fault (or none), recording it."""
         with self._lock:
             self.calls += 1
-            if operation not in self.operations or self._rng.random() >= self.fail_rate:
+            made = self._made[operation, key] = self._made.get((operation, key), 0) + 1
+            rng = random.Random(f"{self._seed}/{operation}/{made}/{key}")
+            if operation not in self.operations or rng.random() >= self.fail_rate:
                 return None
-            kind: Literal["before", "after"] = "after" if self._rng.random() < self.after_rate else "before"
+            kind: Literal["before", "after"] = "after" if rng.random() < self.after_rate else "before"
             self.faults.append(Fault(operation, key, kind))
             return kind
+
+    def _truncates(self, key: str) -> bool:
+        """Whether this ``get`` of ``key`` (drawn after its fault) returns a prefix, recording it."""
+        with self._lock:
+            made = self._made.get(("get", key), 0)
+            if random.Random(f"{self._seed}/truncate/{made}/{key}").random() >= self.truncate_rate:
+                return False
+            self.faults.append(Fault("get", key, "truncate"))
+            return True
 
     def _fail(self, operation: str, key: str, kind: str) -> Unavailable:
         return Unavailable(f"injected fault {kind} {operation} {key!r} on {self.inner.describe()}")
@@ -108,13 +122,8 @@ class FaultyBackend(Backend):
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         data = self._forward("get", key, lambda: self.inner.get(key, offset, length))
-        if self.truncate_rate and data:
-            with self._lock:
-                truncate = self._rng.random() < self.truncate_rate
-                if truncate:
-                    self.faults.append(Fault("get", key, "truncate"))
-            if truncate:
-                return data[: len(data) // 2]
+        if self.truncate_rate and data and self._truncates(key):
+            return data[: len(data) // 2]
         return data
 
     def stat(self, key: str) -> ObjectInfo:

@@ -96,22 +96,18 @@ class MotoServer:
             return bytes(resp.read())
 
 
-def start_moto_server(
-    env: dict[str, str] | None = None, timeout: float = 30.0, *, signed_prefixes: bool = False
-) -> MotoServer:
-    """Start ``python -m moto.server`` on a free loopback port and wait until it answers HTTP.
-
-    ``signed_prefixes``: run it through :mod:`tests.servers.moto_launcher`, which fixes moto's
-    signature check of listings whose prefix holds a ``/`` (needed once authentication is on)."""
+def start_moto_server(env: dict[str, str] | None = None, timeout: float = 30.0) -> MotoServer:
+    """Start moto's server on a free loopback port, through :mod:`tests.servers.moto_launcher`
+    (which mends its signature check of listings whose prefix holds a ``/``, needed once
+    authentication is on, and makes its conditional writes atomic, as S3's are), and wait until
+    it answers HTTP."""
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="moto-server-", suffix=".log", delete=False)  # noqa: SIM115
     child_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
     child_env.update(env or {})
-    module = "moto.server"
-    if signed_prefixes:
-        module = "tests.servers.moto_launcher"
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, child_env.get("PYTHONPATH")]))
+    module = "tests.servers.moto_launcher"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, child_env.get("PYTHONPATH")]))
     process = subprocess.Popen(
         [sys.executable, "-m", module, "-H", HOST, "-p", str(port)],
         stdout=log,

@@ -206,7 +206,7 @@ def deployment(postgres_admin: str, tmp_path_factory: pytest.TempPathFactory) ->
     """The roles on moto (IAM on) and PostgreSQL, and a repository the maintainer filled with
     ``base-1``, ``base-2`` (a small change), one ``doomed-<role>`` per role and one AIFlow upload.
     Yields ``(deployment, source directory, the upload's URI)``."""
-    server = s3_servers.start_moto_server(signed_prefixes=True)
+    server = s3_servers.start_moto_server()
     database = "cas_roles_" + secrets.token_hex(4)
     names = role_names()
     with _connect() as conn:
