@@ -92,7 +92,8 @@ _set_attribute = object.__setattr__
 
 def new_entry(name: str, kind: EntryType, mode: int, mtime_ns: int, size: int = 0, digest: str = "",
               chunks: tuple[str, ...] = (), target: str = "", tree: str = "") -> Entry:
-    """``Entry(...)`` for the decoders (of stored trees and of the index's rows), without the frozen
+    """``Entry(...)`` for the decoders (of stored trees and of the index's rows) and the snapshot's
+    walk (an entry per file it stores), without the frozen
     dataclass's ``__init__`` (one ``object.__setattr__`` call per field): the same object, its
     fields set in one assignment. No check: the caller has checked the fields."""
     entry = _new_object(Entry)

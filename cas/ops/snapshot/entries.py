@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from cas.errors import CasError, ConfigurationError, NotFound, PermissionDenied
-from cas.format.trees import FILE, SYMLINK, Entry
+from cas.format.trees import FILE, SYMLINK, Entry, new_entry
 from cas.ops.snapshot.batch import NAMES, NameBatch, Stated, stat_batch
 from cas.ops.snapshot.file_reader import FileRead, FileReader, Replaced, SpecialFile
 from cas.ops.snapshot.filter import Decision, DirScope, WalkFilter
@@ -199,8 +199,8 @@ class EntryReader:
                     if cached is not None:
                         self.referenced.update(cached.chunks)
                         self._count_file(st.st_size, from_cache=True)
-                        return Entry(text, FILE, stat.S_IMODE(mode), st.st_mtime_ns, size=st.st_size,
-                                     digest=cached.digest, chunks=cached.chunks)
+                        return new_entry(text, FILE, stat.S_IMODE(mode), st.st_mtime_ns, st.st_size, cached.digest,
+                                         cached.chunks)
                     read = self._read(frame, name, stated)
                     if read is None:
                         return None
@@ -233,7 +233,7 @@ class EntryReader:
                             raise Replaced from None
                         raise
                     self.stats.symlinks += 1
-                    return Entry(text, SYMLINK, stat.S_IMODE(mode), st.st_mtime_ns, target=target)
+                    return new_entry(text, SYMLINK, stat.S_IMODE(mode), st.st_mtime_ns, target=target)
                 else:
                     raise SpecialFile
             except SpecialFile:
@@ -374,8 +374,8 @@ class EntryReader:
             where = self._cache_dir(dir_rel) if dir_rel is not None else directory
             self.files_cache.remember(where, name, read.st, read.size, read.digest, read.chunks)
         self._count_file(read.size, from_cache=False)
-        return Entry(text, FILE, stat.S_IMODE(read.st.st_mode), read.st.st_mtime_ns, size=read.size,
-                     digest=read.digest, chunks=read.chunks)
+        return new_entry(text, FILE, stat.S_IMODE(read.st.st_mode), read.st.st_mtime_ns, read.size, read.digest,
+                         read.chunks)
 
     def _count_file(self, size: int, *, from_cache: bool) -> None:
         self.stats.files += 1
