@@ -24,8 +24,9 @@ set back. A file's identity is known to hold its entry when the restore
 * took it as matching by the files cache or by this directory's record: known already.
 
 A file found matching only by its size and mtime (``trust_mtime``), patched in place, or given its
-mode or mtime is not known so, and its directory is not recorded this time. A restore with a selection records nothing (a directory is then not restored whole), nor
-does one told not to use the files cache.
+mode or mtime is not known so, and its directory is not recorded this time. A restore with a
+selection records nothing (a directory is then not restored whole), nor does one told not to use
+the files cache.
 """
 
 from __future__ import annotations
@@ -70,12 +71,12 @@ class DirectoryRecords(RestoreState):
         return record is not None and (record.dev, record.inode) == ident
 
     def _match_record(
-        self, job: DirJob, entries: list[Entry], listing: list[tuple[str, os.stat_result | None]],
-        matched: set[str],
+        self, job: DirJob, listing: list[tuple[str, os.stat_result | None]], matched: set[str],
     ) -> list[tuple[str, os.stat_result | None]]:
         """If the directory has a record of its tree and its files' identities in ``listing`` digest
-        to it, every file entry matches: each is counted, added to ``matched`` and known. Returns
-        what of the listing is left to survey (all of it when there is no match)."""
+        to it, every file entry matches: each is counted and added to ``matched`` (the record, kept
+        in ``job``, stands for their identities). Returns what of the listing is left to survey
+        (all of it when there is no match)."""
         if job.known is None or not self._dir_records:
             return listing
         record = self._dir_records.get(self._directory_path(job))

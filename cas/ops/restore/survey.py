@@ -85,7 +85,7 @@ class DestinationSurvey(DirectoryRecords):
         found = ahead.take(job.ident) if ahead is not None else None
         at_ns, hashed = found if found is not None else (0, None)
         listed: dict[str, os.stat_result] | None = {} if job.known is not None else None
-        for name, st in self._match_record(job, entries, scan_dir(dir_fd), matched):
+        for name, st in self._match_record(job, scan_dir(dir_fd), matched):
             entry = wanted.get(name)
             if entry is None and not name.startswith(TMP_PREFIX):
                 if ahead is not None and st is not None and stat.S_ISDIR(st.st_mode):
