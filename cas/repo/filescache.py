@@ -71,10 +71,12 @@ class CachedFile(NamedTuple):
 
 class DirRecord(NamedTuple):
     """What a restore recorded of a directory it finished (see :mod:`cas.ops.restore.records`):
-    the directory (device and inode), its tree ID, and the :func:`listing_digest` of its files."""
+    the directory (device, inode, and its ctime once finished), its tree ID, and the
+    :func:`listing_digest` of its files."""
 
     dev: int
     inode: int
+    ctime_ns: int
     tree: str
     listing: bytes
 
@@ -103,8 +105,8 @@ def _connect(path: str) -> sqlite3.Connection:
         " PRIMARY KEY (dir, name))"
     )
     db.execute(
-        "CREATE TABLE IF NOT EXISTS dirs (path BLOB PRIMARY KEY, dev INTEGER, inode INTEGER, tree TEXT,"
-        " listing BLOB, seen_ns INTEGER)"
+        "CREATE TABLE IF NOT EXISTS dirs (path BLOB PRIMARY KEY, dev INTEGER, inode INTEGER, ctime_ns INTEGER,"
+        " tree TEXT, listing BLOB, seen_ns INTEGER)"
     )
     columns = [row[1] for row in db.execute("PRAGMA table_info(files)")]
     if "seen_ns" not in columns:  # a cache written before entries expired: seen now
@@ -301,11 +303,12 @@ class FilesRecorder:
                         return {}
                     self._db = _connect(self._path)
                 rows = self._db.execute(
-                    "SELECT path, dev, inode, tree, listing FROM dirs WHERE path = ? OR (path > ? AND path < ?)",
+                    "SELECT path, dev, inode, ctime_ns, tree, listing FROM dirs WHERE path = ? OR (path > ? AND path < ?)",
                     (root, root.rstrip(b"/") + b"/", root.rstrip(b"/") + b"0")).fetchall()
             except (sqlite3.Error, OSError):
                 return {}
-        return {bytes(path): DirRecord(dev, inode, tree, bytes(listing)) for path, dev, inode, tree, listing in rows}
+        return {bytes(path): DirRecord(dev, inode, ctime, tree, bytes(listing))
+                for path, dev, inode, ctime, tree, listing in rows}
 
     def add_directory(self, path: bytes, record: DirRecord) -> None:
         """Record what a restore knows of the directory ``path`` (absolute, as bytes) it finished."""
@@ -324,7 +327,7 @@ class FilesRecorder:
                 self._db = _connect(self._path)
             with self._db:
                 self._db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-                self._db.executemany("INSERT OR REPLACE INTO dirs VALUES (?,?,?,?,?,?)", dir_rows)
+                self._db.executemany("INSERT OR REPLACE INTO dirs VALUES (?,?,?,?,?,?,?)", dir_rows)
         except (sqlite3.Error, OSError) as exc:  # what it would have spared costs time later, nothing more
             self._failed = exc
 

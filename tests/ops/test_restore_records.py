@@ -81,6 +81,27 @@ def test_a_restore_over_its_own_restore_takes_every_file_from_the_records(tmp_pa
     assert describe(str(dest)) == describe(str(src))
 
 
+def test_the_child_hashing_ahead_starts_unless_the_destination_is_as_recorded(tmp_path: Path, cas_home: Path) -> None:
+    """An entry added and removed in the destination (or a new directory under an inode number
+    reused) changes its ctime: the records may no longer match, so the child hashing ahead starts
+    as without them; the restore is exact and records the destination again."""
+    src = _source(tmp_path / "src")
+    dest = tmp_path / "dest"
+    with _open(tmp_path) as store:
+        store.snapshot(src, "v1", use_files_cache=False)
+        store.restore("v1", dest)
+        time.sleep(_TICK)
+        (dest / "passing").write_bytes(b"")
+        (dest / "passing").unlink()
+        with mock.patch.object(restore_survey.hash_ahead, "start", wraps=restore_survey.hash_ahead.start) as start:
+            report = store.restore("v1", dest, overwrite=True, delete=True)
+        assert start.call_count == 1
+        assert report.files_from_cache == _files(src)  # the files' identities still digest to the records
+        with mock.patch.object(restore_survey.hash_ahead, "start", side_effect=AssertionError("hashing ahead")):
+            store.restore("v1", dest, overwrite=True, delete=True)
+    assert describe(str(dest)) == describe(str(src))
+
+
 def _edit_keeping_size_and_mtime(dest: Path) -> None:
     path = dest / "sub" / "d.txt"
     with open(path, "r+b") as f:

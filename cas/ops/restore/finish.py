@@ -97,7 +97,8 @@ class DirectoryFinishing(DirectoryRecords):
                         self._apply_dir_meta(job.fd, *job.meta)
                     except OSError as exc:
                         self._fail("(directory)", exc)
-                self._record_directory(job)
+                if job.owned:  # the destination itself is recorded once its mode and mtime are set
+                    self._record_directory(job)
         finally:
             if job.owned and job.fd is not None:
                 os.close(job.fd)

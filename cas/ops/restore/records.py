@@ -65,10 +65,13 @@ class DirectoryRecords(RestoreState):
         if self.overwrite:
             self._dir_records = self._recorder.directories(os.fsencode(self._dest))
 
-    def _recorded_here(self, ident: tuple[int, int]) -> bool:
-        """Whether a restore recorded the destination, the directory ``(st_dev, st_ino)`` it is now."""
+    def _recorded_here(self, st: os.stat_result) -> bool:
+        """Whether the destination (``st``) is the directory a restore recorded there, untouched
+        since it finished (its ctime: any entry added, removed or renamed in it, or a new directory
+        under an inode number reused, has another)."""
         record = self._dir_records.get(os.fsencode(self._dest))
-        return record is not None and (record.dev, record.inode) == ident
+        return record is not None and (record.dev, record.inode, record.ctime_ns) == (
+            st.st_dev, st.st_ino, st.st_ctime_ns)
 
     def _match_record(
         self, job: DirJob, listing: list[tuple[str, os.stat_result | None]], matched: set[str],
@@ -122,9 +125,10 @@ class DirectoryRecords(RestoreState):
         """Record a finished directory if every file entry's identity is known (see the module)."""
         if job.tree is None or job.known is None or self._file_ids is None:
             return
+        ctime_ns = self._ctime(job)
         if job.recorded is not None:  # every file matched by the record: it holds as it was
             assert self._recorder is not None
-            self._recorder.add_directory(self._directory_path(job), job.recorded)
+            self._recorder.add_directory(self._directory_path(job), job.recorded._replace(ctime_ns=ctime_ns))
             return
         names: list[str] = []
         found: list[int] = []
@@ -143,5 +147,13 @@ class DirectoryRecords(RestoreState):
         if whole:
             assert self._recorder is not None
             dev, inode = job.ident
-            record = DirRecord(dev, inode, job.tree, listing_digest(names, found))
+            record = DirRecord(dev, inode, ctime_ns, job.tree, listing_digest(names, found))
             self._recorder.add_directory(self._directory_path(job), record)
+
+    @staticmethod
+    def _ctime(job: DirJob) -> int:
+        """The directory's ctime now (its mode and mtime set), or 0 if it cannot be had."""
+        try:
+            return os.fstat(job.fd).st_ctime_ns if job.fd is not None else 0
+        except OSError:
+            return 0

@@ -52,8 +52,7 @@ class DestinationSurvey(DirectoryRecords):
         holds something, without ``trust_mtime`` and for the whole tree (no selection)."""
         if not self.overwrite or self.trust_mtime or self.select is not None:
             return
-        st = os.fstat(dest_fd)
-        if self._recorded_here((st.st_dev, st.st_ino)):  # the records will spare most comparing
+        if self._recorded_here(os.fstat(dest_fd)):  # the records will spare most comparing
             hash_ahead.discard_early()
             return
         with os.scandir(dest_fd) as listing:

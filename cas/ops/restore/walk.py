@@ -199,6 +199,7 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         self._dir_records = {}
         self._file_ids = None
         self._settled_before = self._racy_from = 0
+        self._root: DirJob | None = None  # the destination's job, recorded last (see ``records``)
         self._delete_root = True
         self._ahead = 0
 
@@ -227,6 +228,8 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
             self._drain(0)
             if root_meta is not None and not self.report.failures:
                 self._apply_dir_meta(dest_fd, root_meta[0], root_meta[1])
+                if self._root is not None:
+                    self._record_directory(self._root)
         finally:
             self._abandon()
             os.close(dest_fd)
@@ -277,8 +280,8 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         self._ahead = 0
         try:
             st = os.fstat(dest_fd)
-            root = DirJob(dest_fd, False, None, ident=(st.st_dev, st.st_ino), tree=root_tree)
-            stack.append(self._start_dir(root, entries, ""))
+            self._root = DirJob(dest_fd, False, None, ident=(st.st_dev, st.st_ino), tree=root_tree)
+            stack.append(self._start_dir(self._root, entries, ""))
             while stack:
                 level = stack[-1]
                 if level.next < len(level.subdirs):
