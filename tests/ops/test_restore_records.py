@@ -70,7 +70,7 @@ def test_a_restore_over_its_own_restore_takes_every_file_from_the_records(tmp_pa
     dest = tmp_path / "dest"
     with _open(tmp_path) as store:
         store.snapshot(src, "v1", use_files_cache=False)
-        store.restore("v1", dest)
+        store.restore("v1", dest, overwrite=True)  # recorded: into a destination that may hold something
         assert _dir_rows(cas_home) == 4  # dest, sub, sub/deep, other
         with mock.patch.object(restore_survey, "hash_files", side_effect=AssertionError("hashed")), \
                 mock.patch.object(restore_survey, "match_whole", side_effect=AssertionError("compared")), \
@@ -89,7 +89,7 @@ def test_the_child_hashing_ahead_starts_unless_the_destination_is_as_recorded(tm
     dest = tmp_path / "dest"
     with _open(tmp_path) as store:
         store.snapshot(src, "v1", use_files_cache=False)
-        store.restore("v1", dest)
+        store.restore("v1", dest, overwrite=True)
         time.sleep(_TICK)
         (dest / "passing").write_bytes(b"")
         (dest / "passing").unlink()
@@ -100,6 +100,20 @@ def test_the_child_hashing_ahead_starts_unless_the_destination_is_as_recorded(tm
         with mock.patch.object(restore_survey.hash_ahead, "start", side_effect=AssertionError("hashing ahead")):
             store.restore("v1", dest, overwrite=True, delete=True)
     assert describe(str(dest)) == describe(str(src))
+
+
+def test_a_destination_holding_only_directories_is_recorded_too(tmp_path: Path, cas_home: Path) -> None:
+    """The destination is recorded even with no file of its own (an ML execution's root holds
+    only directories): the next restore over it starts no child to hash ahead."""
+    src = tmp_path / "src"
+    _source(src / "only")
+    with _open(tmp_path) as store:
+        store.snapshot(src, "v1", use_files_cache=False)
+        store.restore("v1", tmp_path / "dest", overwrite=True)
+        with mock.patch.object(restore_survey.hash_ahead, "start", side_effect=AssertionError("hashing ahead")):
+            report = store.restore("v1", tmp_path / "dest", overwrite=True, delete=True)
+    assert report.files_from_cache == _files(src) and report.written == 0
+    assert describe(str(tmp_path / "dest")) == describe(str(src))
 
 
 def _edit_keeping_size_and_mtime(dest: Path) -> None:
@@ -191,7 +205,7 @@ def test_any_change_after_the_recording_restore_is_compared_and_restored(
     dest = tmp_path / "dest"
     with _open(tmp_path) as store:
         store.snapshot(src, "v1", use_files_cache=False)
-        store.restore("v1", dest)
+        store.restore("v1", dest, overwrite=True)
         time.sleep(_TICK)
         before = describe(str(dest))
         change(dest)
@@ -217,7 +231,7 @@ def test_trusting_mtimes_never_vouches_for_a_file_it_did_not_read(tmp_path: Path
     dest = tmp_path / "dest"
     with _open(tmp_path) as store:
         store.snapshot(src, "v1", use_files_cache=False)
-        store.restore("v1", dest)
+        store.restore("v1", dest, overwrite=True)
         time.sleep(_TICK)
         _edit_keeping_size_and_mtime(dest)
         trusted = store.restore("v1", dest, overwrite=True, delete=True, trust_mtime=True)
@@ -254,18 +268,21 @@ def test_a_file_written_with_a_recent_mtime_is_not_recorded(tmp_path: Path, cas_
     dest = tmp_path / "dest"
     with _open(tmp_path) as store:
         store.snapshot(src, "v1", use_files_cache=False)
-        store.restore("v1", dest)
+        store.restore("v1", dest, overwrite=True)
         report = store.restore("v1", dest, overwrite=True, delete=True)
     assert report.files_from_cache == _files(src) - 2  # other/h.txt and other/new.txt compared
     assert report.written == 0
 
 
-def test_a_selection_or_no_files_cache_records_nothing(tmp_path: Path, cas_home: Path) -> None:
+def test_a_first_restore_a_selection_or_no_files_cache_records_nothing(tmp_path: Path, cas_home: Path) -> None:
+    """Only a restore with ``overwrite`` records: a first restore into an empty destination does
+    not (it would cost it the identity of every file), nor a selection, nor ``use_files_cache=False``."""
     src = _source(tmp_path / "src")
     with _open(tmp_path) as store:
         store.snapshot(src, "v1", use_files_cache=False)
-        store.restore("v1", tmp_path / "some", filter=TreeFilter(include=("sub/**",)))
-        store.restore("v1", tmp_path / "quiet", use_files_cache=False)
+        store.restore("v1", tmp_path / "first")
+        store.restore("v1", tmp_path / "some", overwrite=True, filter=TreeFilter(include=("sub/**",)))
+        store.restore("v1", tmp_path / "quiet", overwrite=True, use_files_cache=False)
         assert _dir_rows(cas_home) == 0
         report = store.restore("v1", tmp_path / "quiet", overwrite=True, delete=True, use_files_cache=False)
         assert report.files_from_cache == 0 and report.written == 0
@@ -283,7 +300,7 @@ def test_a_restore_of_another_execution_uses_the_records_of_the_directories_it_s
         (src / "sub" / "deep" / "g.txt").write_bytes(b"the next execution")
         os.utime(src / "sub" / "deep" / "g.txt", ns=(OLD, OLD))
         store.snapshot(src, "v2", use_files_cache=False)
-        store.restore("v1", dest)
+        store.restore("v1", dest, overwrite=True)
         report = store.restore("v2", dest, overwrite=True, delete=True)
     assert report.files_from_cache == 1 + 2  # other/h.txt by its record; c.bin and f.bin by the files cache
     assert report.written == 1
@@ -342,7 +359,7 @@ def test_random_tree_over_its_own_restore_changed_at_random_ends_exact(
             _materialise(os.path.join(work, label), tree, [OLD])
             store.snapshot(os.path.join(work, label), f"{label}-{os.path.basename(work)}", use_files_cache=False)
         dest = os.path.join(work, "dest")
-        store.restore(f"before-{os.path.basename(work)}", dest)
+        store.restore(f"before-{os.path.basename(work)}", dest, overwrite=True)
         time.sleep(_TICK)
         for kind, pick in mutations:
             _mutate(dest, kind, pick)

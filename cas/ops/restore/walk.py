@@ -408,7 +408,9 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         job.prefix = prefix
         if job.tree is not None and self._file_ids is not None:  # to be recorded once finished
             job.file_entries = [e for e in entries if e.type == FILE]
-            job.known = {} if job.file_entries else None  # no files: nothing a record would spare
+            # No files: nothing a record would spare, but the destination's own record says
+            # whether it is as a restore left it (see ``_start_hash_ahead``).
+            job.known = {} if job.file_entries or not job.owned else None
         ahead = 0
         try:
             present: dict[str, os.stat_result] = {}
