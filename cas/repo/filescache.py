@@ -280,11 +280,10 @@ class FilesRecorder:
             return {}
         with self._lock:
             try:
-                if self._db is None:
-                    if not os.path.exists(self._path):
-                        return {}
-                    self._db = _connect(self._path)
-                rows = [row for name in names for row in self._db.execute(
+                db = self._opened()
+                if db is None:
+                    return {}
+                rows = [row for name in names for row in db.execute(
                     "SELECT name, size, mtime_ns, ctime_ns, inode, dev, digest FROM files WHERE dir = ? AND name = ?",
                     (directory, name))]
             except (sqlite3.Error, OSError):
@@ -298,17 +297,25 @@ class FilesRecorder:
         it cannot be read."""
         with self._lock:
             try:
-                if self._db is None:
-                    if not os.path.exists(self._path):
-                        return {}
-                    self._db = _connect(self._path)
-                rows = self._db.execute(
+                db = self._opened()
+                if db is None:
+                    return {}
+                rows = db.execute(
                     "SELECT path, dev, inode, ctime_ns, tree, listing FROM dirs WHERE path = ? OR (path > ? AND path < ?)",
                     (root, root.rstrip(b"/") + b"/", root.rstrip(b"/") + b"0")).fetchall()
             except (sqlite3.Error, OSError):
                 return {}
         return {bytes(path): DirRecord(dev, inode, ctime, tree, bytes(listing))
                 for path, dev, inode, ctime, tree, listing in rows}
+
+    def _opened(self) -> sqlite3.Connection | None:
+        """The cache, opened now if it exists and was not (under :attr:`_lock`); None if it does
+        not exist (a read never creates it)."""
+        if self._db is None:
+            if not os.path.exists(self._path):
+                return None
+            self._db = _connect(self._path)
+        return self._db
 
     def add_directory(self, path: bytes, record: DirRecord) -> None:
         """Record what a restore knows of the directory ``path`` (absolute, as bytes) it finished."""

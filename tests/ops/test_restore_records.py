@@ -55,6 +55,17 @@ def _files(root: Path) -> int:
     return sum(1 for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
 
+def _recorded(store: Store, tmp_path: Path) -> tuple[Path, Path]:
+    """``_source`` snapshotted as ``v1`` and restored into ``dest`` with ``overwrite`` (recorded),
+    then a clock tick passed; returns (source, destination)."""
+    src = _source(tmp_path / "src")
+    dest = tmp_path / "dest"
+    store.snapshot(src, "v1", use_files_cache=False)
+    store.restore("v1", dest, overwrite=True)
+    time.sleep(_TICK)
+    return src, dest
+
+
 def _dir_rows(home: Path) -> int:
     paths = files_cache_paths(str(home / "cache"))
     if not paths:
@@ -85,12 +96,8 @@ def test_the_child_hashing_ahead_starts_unless_the_destination_is_as_recorded(tm
     """An entry added and removed in the destination (or a new directory under an inode number
     reused) changes its ctime: the records may no longer match, so the child hashing ahead starts
     as without them; the restore is exact and records the destination again."""
-    src = _source(tmp_path / "src")
-    dest = tmp_path / "dest"
     with _open(tmp_path) as store:
-        store.snapshot(src, "v1", use_files_cache=False)
-        store.restore("v1", dest, overwrite=True)
-        time.sleep(_TICK)
+        src, dest = _recorded(store, tmp_path)
         (dest / "passing").write_bytes(b"")
         (dest / "passing").unlink()
         with mock.patch.object(restore_survey.hash_ahead, "start", wraps=restore_survey.hash_ahead.start) as start:
@@ -201,12 +208,8 @@ def test_any_change_after_the_recording_restore_is_compared_and_restored(
     """Whatever happened to a directory since a restore recorded it (content, names, links, type,
     mode put back, a copy in its place), the next restore compares what changed and ends exact,
     however well the change kept sizes and mtimes."""
-    src = _source(tmp_path / "src")
-    dest = tmp_path / "dest"
     with _open(tmp_path) as store:
-        store.snapshot(src, "v1", use_files_cache=False)
-        store.restore("v1", dest, overwrite=True)
-        time.sleep(_TICK)
+        src, dest = _recorded(store, tmp_path)
         before = describe(str(dest))
         change(dest)
         changed = describe(str(dest)) != before
@@ -227,12 +230,8 @@ def test_any_change_after_the_recording_restore_is_compared_and_restored(
 def test_trusting_mtimes_never_vouches_for_a_file_it_did_not_read(tmp_path: Path, cas_home: Path) -> None:
     """A restore with ``trust_mtime`` keeps an edited file of the same size and mtime (what it
     promises) but records nothing on that trust: the next restore without it finds the edit."""
-    src = _source(tmp_path / "src")
-    dest = tmp_path / "dest"
     with _open(tmp_path) as store:
-        store.snapshot(src, "v1", use_files_cache=False)
-        store.restore("v1", dest, overwrite=True)
-        time.sleep(_TICK)
+        src, dest = _recorded(store, tmp_path)
         _edit_keeping_size_and_mtime(dest)
         trusted = store.restore("v1", dest, overwrite=True, delete=True, trust_mtime=True)
         assert trusted.written == 0 and (dest / "sub" / "d.txt").read_bytes()[:7] == b"changed"
