@@ -55,6 +55,7 @@ import signal
 import stat
 import sys
 import threading
+import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -91,7 +92,10 @@ blobs in memory."""
 _POLL = 0.1
 """Seconds an idle worker waits for a task before it checks whether it was told to stop."""
 _STOP_WAIT = 10.0
-"""Seconds a stopped worker is given to unwind before it is killed."""
+"""Seconds the stopped workers are given, together, to unwind before those left are killed."""
+_RECEIVER_WAIT = 2.0
+"""Seconds the results thread is given to end once every worker is gone (it has only to see each
+pipe's end)."""
 
 
 def default_jobs() -> int:
@@ -357,9 +361,15 @@ class WorkerPool:
                     os.kill(proc.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
+        # One deadline for them all: the command's own grace after a Ctrl-C (cas.cli.interrupt)
+        # must cover this and what follows, whatever number of workers is stuck (one blocked
+        # sending to a results thread that stopped reading never sees its SIGTERM's flag).
+        deadline = time.monotonic() + _STOP_WAIT
         for proc in self._procs:
-            proc.join(_STOP_WAIT)
+            proc.join(max(0.0, deadline - time.monotonic()))
+        for proc in self._procs:
             if proc.exitcode is None:
+                log.debug("snapshot worker %s did not stop in %g s; killed", proc.pid, _STOP_WAIT)
                 proc.kill()
                 proc.join()
         self._tasks.cancel_join_thread()
@@ -370,7 +380,7 @@ class WorkerPool:
             # Ctrl-C that Python raised just after this thread took ``_cond``'s lock and before the
             # ``with`` around it was in charge of releasing it: the lock stays taken, and the
             # results thread (a daemon) waits for it forever. This process must not wait with it.
-            receiver.join(_STOP_WAIT)
+            receiver.join(_RECEIVER_WAIT)
             if receiver.is_alive():
                 log.debug("the snapshot's results thread did not end; leaving it")
         for conn in self._conns:
