@@ -99,7 +99,7 @@ class LazyIndex:
         self._uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=rw"
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[tuple[int, sqlite3.Connection]] = []
+        self._connections: list[tuple[int, sqlite3.Connection, threading.Lock]] = []
         self._full: Index | None = None
 
     @classmethod
@@ -107,7 +107,8 @@ class LazyIndex:
         """None when the file cannot be read this way or its schema is not :data:`SCHEMA_HEAD`."""
         index = cls(url, path)
         try:
-            version = index._connection().execute(SCHEMA_VERSION).fetchone()
+            with index._reading() as conn:
+                version = conn.execute(SCHEMA_VERSION).fetchone()
         except sqlite3.Error:
             version = None
         if version is None or version[0] != SCHEMA_HEAD:
@@ -120,7 +121,8 @@ class LazyIndex:
     def bind(self, repo_id: str, location: str, *, rebind: bool = False) -> bool:
         """:meth:`Index.bind`: answered here when the index is bound to ``repo_id`` at ``location``."""
         try:
-            found = self._connection().execute(BINDING).fetchone()
+            with self._reading() as conn:
+                found = conn.execute(BINDING).fetchone()
         except sqlite3.Error:
             found = None
         if found is not None and tuple(found) == (repo_id, location):
@@ -129,7 +131,8 @@ class LazyIndex:
 
     def snapshot(self, execution_id: str) -> SnapshotRow | None:
         try:
-            row = self._connection().execute(snapshot_by_id("?"), (execution_id,)).fetchone()
+            with self._reading() as conn:
+                row = conn.execute(snapshot_by_id("?"), (execution_id,)).fetchone()
         except sqlite3.Error:
             return self.full().snapshot(execution_id)
         return None if row is None else snapshot_row(row)
@@ -141,7 +144,8 @@ class LazyIndex:
         """:meth:`Index.snapshots` (what ``cas log`` and every selection by label or time lists)."""
         sql, params = sqlite_snapshots(dict(labels or {}), since_ns, until_ns, limit)
         try:
-            rows = self._connection().execute(sql, params).fetchall()
+            with self._reading() as conn:
+                rows = conn.execute(sql, params).fetchall()
         except sqlite3.Error:
             return self.full().snapshots(labels=labels, since_ns=since_ns, until_ns=until_ns, limit=limit)
         return [snapshot_row(row) for row in rows]
@@ -149,7 +153,8 @@ class LazyIndex:
     def locate(self, ids: Iterable[str]) -> dict[str, BlobRow]:
         ids = list(ids)
         try:
-            rows = sqlite_lookup(self._connection(), LOCATE_BLOBS, ids)
+            with self._reading() as conn:
+                rows = sqlite_lookup(conn, LOCATE_BLOBS, ids)
         except sqlite3.Error:
             return self.full().locate(ids)
         make = BlobRow._make
@@ -158,7 +163,8 @@ class LazyIndex:
     def known_blobs(self, ids: Iterable[str]) -> set[str]:
         ids = list(ids)
         try:
-            rows = sqlite_lookup(self._connection(), KNOWN_BLOBS, ids)
+            with self._reading() as conn:
+                rows = sqlite_lookup(conn, KNOWN_BLOBS, ids)
         except sqlite3.Error:
             return self.full().known_blobs(ids)
         return {row[0] for row in rows}
@@ -166,14 +172,16 @@ class LazyIndex:
     def indexed_trees(self, tree_ids: Iterable[str]) -> set[str]:
         tree_ids = list(tree_ids)
         try:
-            rows = sqlite_lookup(self._connection(), INDEXED_TREES, tree_ids)
+            with self._reading() as conn:
+                rows = sqlite_lookup(conn, INDEXED_TREES, tree_ids)
         except sqlite3.Error:
             return self.full().indexed_trees(tree_ids)
         return {row[0] for row in rows}
 
     def tree_entries(self, tree_id: str) -> list[TreeEntryRow]:
         try:
-            rows = self._connection().execute(tree_entries("?"), (tree_id,)).fetchall()
+            with self._reading() as conn:
+                rows = conn.execute(tree_entries("?"), (tree_id,)).fetchall()
         except sqlite3.Error:
             return self.full().tree_entries(tree_id)
         return tree_entry_rows(rows)
@@ -181,7 +189,8 @@ class LazyIndex:
     def tree_entries_of(self, tree_ids: Iterable[str]) -> dict[str, list[TreeEntryRow]]:
         tree_ids = list(tree_ids)  # used twice; the lookup drops repeats
         try:
-            rows = sqlite_lookup(self._connection(), TREE_ENTRIES_OF, tree_ids)
+            with self._reading() as conn:
+                rows = sqlite_lookup(conn, TREE_ENTRIES_OF, tree_ids)
         except sqlite3.Error:
             return self.full().tree_entries_of(tree_ids)
         return trees_entry_rows(tree_ids, rows)
@@ -194,14 +203,16 @@ class LazyIndex:
             return []
         sql = find_statement("?", len(roots), digest is not None, bool(name_suffix))
         try:
-            rows = self._connection().execute(sql, find_parameters(roots, digest, name_suffix)).fetchall()
+            with self._reading() as conn:
+                rows = conn.execute(sql, find_parameters(roots, digest, name_suffix)).fetchall()
         except sqlite3.Error:
             return self.full().find_entries(roots, digest=digest, name_suffix=name_suffix)
         return find_rows(rows)
 
     def unindexed_snapshots(self, *, damaged: bool = True) -> list[tuple[str, str]]:
         try:
-            rows = self._connection().execute(UNINDEXED_SNAPSHOTS[damaged]).fetchall()
+            with self._reading() as conn:
+                rows = conn.execute(UNINDEXED_SNAPSHOTS[damaged]).fetchall()
         except sqlite3.Error:
             return self.full().unindexed_snapshots(damaged=damaged)
         return [(r[0], r[1]) for r in rows]
@@ -240,7 +251,16 @@ class LazyIndex:
     def _commit_here(self, row: SnapshotRow, wanted: list[str], with_trees: bool, assumed: Collection[str]) -> bool:
         """The commit, if it can be done here; False (nothing committed) if not."""
         try:
-            conn = self._connection()
+            with self._reading() as conn:
+                return self._commit_on(conn, row, wanted, with_trees, assumed)
+        except sqlite3.Error:
+            return False
+
+    def _commit_on(
+        self, conn: sqlite3.Connection, row: SnapshotRow, wanted: list[str], with_trees: bool, assumed: Collection[str],
+    ) -> bool:
+        """:meth:`_commit_here` on this thread's connection."""
+        try:
             conn.execute("BEGIN")
         except sqlite3.Error:
             return False
@@ -298,7 +318,7 @@ class LazyIndex:
 
     def forget_inherited_connections(self) -> None:
         """In a forked child: the full index's pooled connections, if the parent had opened it, are
-        dropped unclosed; this index's own are per process already (see :meth:`_connection`)."""
+        dropped unclosed; this index's own are per process already (see :meth:`_reading`)."""
         if self._full is not None:
             self._full.forget_inherited_connections()
 
@@ -308,26 +328,33 @@ class LazyIndex:
         return getattr(self.full(), name)
 
     def close(self) -> None:
+        """Close every connection of this process, each once no thread is using it (a thread in
+        the middle of a query on a connection closed under it can crash the interpreter: a
+        read-ahead thread still looking up when its view was closed did); a thread that uses its
+        connection afterwards meets ``sqlite3.ProgrammingError``."""
         with self._lock:
-            mine = [conn for pid, conn in self._connections if pid == os.getpid()]
+            mine = [(conn, lock) for pid, conn, lock in self._connections if pid == os.getpid()]
             self._connections.clear()
             full, self._full = self._full, None
-        for conn in mine:
-            conn.close()
+        for conn, lock in mine:
+            with lock:
+                conn.close()
         if full is not None:
             full.close()
 
-    def _connection(self) -> sqlite3.Connection:
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
         """This thread's connection (a new one in a forked child: a connection is never used
-        across a fork)."""
+        across a fork), held for the block: :meth:`close` waits for it."""
         pid = os.getpid()
         held = getattr(self._local, "held", None)
-        if held is not None and held[0] == pid:
-            return held[1]
-        # Autocommit: each SELECT reads on its own, holding no transaction open between calls.
-        conn = sqlite3.connect(self._uri, uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None,
-                               check_same_thread=False)
-        self._local.held = (pid, conn)
-        with self._lock:
-            self._connections.append((pid, conn))
-        return conn
+        if held is None or held[0] != pid:
+            # Autocommit: each SELECT reads on its own, holding no transaction open between calls.
+            conn = sqlite3.connect(self._uri, uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None,
+                                   check_same_thread=False)
+            held = (pid, conn, threading.Lock())
+            self._local.held = held
+            with self._lock:
+                self._connections.append(held)
+        with held[2]:
+            yield held[1]

@@ -11,6 +11,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections import namedtuple
 from pathlib import Path
 
@@ -234,9 +235,14 @@ def test_a_failing_read_is_reported_by_the_full_index(url: str) -> None:
         lazy.close()
 
 
+def _connection_id(lazy: LazyIndex) -> int:
+    with lazy._reading() as conn:
+        return id(conn)
+
+
 def _read_in_child(lazy: LazyIndex, out: multiprocessing.connection.Connection) -> None:
     row = lazy.snapshot("exec-2")
-    out.send((row.execution_id if row else None, id(lazy._connection()), lazy._full is None))
+    out.send((row.execution_id if row else None, _connection_id(lazy), lazy._full is None))
 
 
 def test_a_forked_child_reads_on_a_connection_of_its_own(url: str) -> None:
@@ -244,7 +250,7 @@ def test_a_forked_child_reads_on_a_connection_of_its_own(url: str) -> None:
     try:
         assert isinstance(lazy, LazyIndex)
         assert lazy.snapshot("exec-2") is not None
-        parents = id(lazy._connection())
+        parents = _connection_id(lazy)
         ctx = multiprocessing.get_context("fork")
         reader, writer = ctx.Pipe(duplex=False)
         child = ctx.Process(target=_read_in_child, args=(lazy, writer))
@@ -254,7 +260,7 @@ def test_a_forked_child_reads_on_a_connection_of_its_own(url: str) -> None:
         assert child.exitcode == 0
         assert execution_id == "exec-2" and lazy_there
         assert childs != parents
-        assert lazy.snapshot("exec-2") is not None and id(lazy._connection()) == parents
+        assert lazy.snapshot("exec-2") is not None and _connection_id(lazy) == parents
         assert os.getpid() == lazy._local.held[0]
     finally:
         lazy.close()
@@ -303,3 +309,39 @@ def test_the_lazy_commit_leaves_the_file_the_full_index_leaves(
         index.close()
     assert answers["lazy"] == answers["full"]
     assert _dump(copies["lazy"]) == _dump(copies["full"])
+
+
+def test_close_waits_for_a_thread_in_the_middle_of_a_query(url: str) -> None:
+    """A connection closed while another thread is inside a query on it can crash the
+    interpreter (a read-ahead thread still looking up when its view was closed did, in CI):
+    close waits for the query, and the thread's next use of that connection is refused."""
+    lazy = open_index(url)
+    assert isinstance(lazy, LazyIndex)
+    inside, leave, closed = threading.Event(), threading.Event(), threading.Event()
+    after: list[BaseException] = []
+
+    def query() -> None:
+        with lazy._reading() as conn:
+            conn.execute("SELECT count(*) FROM blobs").fetchone()
+            inside.set()
+            leave.wait(30)
+        closed.wait(30)
+        try:
+            with lazy._reading() as conn:
+                conn.execute("SELECT count(*) FROM blobs").fetchone()
+        except sqlite3.Error as exc:
+            after.append(exc)
+
+    reader = threading.Thread(target=query)
+    reader.start()
+    assert inside.wait(30)
+    closer = threading.Thread(target=lazy.close)
+    closer.start()
+    closer.join(0.5)
+    assert closer.is_alive()  # waiting for the query
+    leave.set()
+    closer.join(30)
+    closed.set()
+    reader.join(30)
+    assert not closer.is_alive() and not reader.is_alive()
+    assert len(after) == 1 and isinstance(after[0], sqlite3.ProgrammingError)
