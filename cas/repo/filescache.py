@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import sqlite3
-import struct
 import sys
 import threading
 import time
@@ -82,14 +81,19 @@ class DirRecord(NamedTuple):
 
 
 _FS_ENCODING = sys.getfilesystemencoding()
+_U64 = (1 << 64) - 1
 
 
 def listing_digest(names: list[str], identities: list[int]) -> bytes:
     """The BLAKE3 of a directory's files' ``names`` and identities (``identities``: five integers
     for each name, as :func:`cas.ops.restore.records.identity` gives them), in the order given (the
-    tree's). Names hold no NUL: joined by NULs, they are told apart."""
-    packed = struct.pack(f"<{len(identities)}q", *identities)
-    return blake3.blake3("\0".join(names).encode(_FS_ENCODING, "surrogateescape") + b"\0" + packed).digest()
+    tree's). Names hold no NUL: joined by NULs, they are told apart. Each integer is digested as
+    its 64 bits, little-endian (an inode number is unsigned, a time may be negative)."""
+    packed = array("Q", [value & _U64 for value in identities])
+    if sys.byteorder == "big":
+        packed.byteswap()  # little-endian, wherever it is computed
+    return blake3.blake3(b"".join(
+        ("\0".join(names).encode(_FS_ENCODING, "surrogateescape"), b"\0", packed.tobytes()))).digest()
 
 
 def _connect(path: str) -> sqlite3.Connection:

@@ -7,16 +7,25 @@ import datetime as dt
 import os
 import sqlite3
 import stat
+import struct
 import time
 from pathlib import Path
 
+import blake3
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cas import Store
 from cas.repo import filescache
-from cas.repo.filescache import CachedFile, FilesCache, FilesRecorder, expire_files_caches, files_cache_paths
+from cas.repo.filescache import (
+    CachedFile,
+    FilesCache,
+    FilesRecorder,
+    expire_files_caches,
+    files_cache_paths,
+    listing_digest,
+)
 
 OLD = 1_600_000_000_000_000_000
 
@@ -253,3 +262,16 @@ def test_a_restore_whose_files_cache_cannot_be_written_restores_all_the_same(
         (cas_home / "cache").unlink()
         assert (tmp_path / "dest" / "big").read_bytes() == (src / "big").read_bytes()
         assert store.snapshot(tmp_path / "dest", "dest").stats["files_from_cache"] == 0
+
+
+def test_a_listing_digest_takes_any_identity_a_file_system_gives() -> None:
+    """Inode numbers are unsigned 64-bit (network and stacked file systems hand out ones past
+    2**63) and times may be negative: each is digested as its 64 bits, little-endian, so the
+    digest of an identity in the signed range is what it always was."""
+    names = ["a.txt", "b.bin"]
+    big = [2**64 - 1, 1, -(10**18), 5, 0o644, 2**63, 2, 3, 4, 0o600]
+    signed = [-1, 1, -(10**18), 5, 0o644, -(2**63), 2, 3, 4, 0o600]
+    assert listing_digest(names, big) == listing_digest(names, signed)
+    expected = blake3.blake3(b"a.txt\0b.bin\0" + struct.pack("<10q", *signed)).digest()
+    assert listing_digest(names, signed) == expected
+    assert listing_digest(names, big) != listing_digest(names, [*big[:5], *big[5:9], 0o644])
