@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from cas.errors import CasError
 from cas.format.trees import DIR, FILE, Entry
 from cas.ops.browse import TreeSource
-from cas.repo.readahead import ChunksAhead, background
+from cas.repo.readahead import ChunksAhead
 from cas.repo.repository import Repository
 from cas.types import BlobLocation
 
@@ -85,7 +85,7 @@ class DirReadAhead:
             self._fetch_batch(siblings, siblings.fetched_to, SIBLINGS_AHEAD_BYTES)
         if not siblings.below_started:  # after this directory's own batch: that is needed first
             siblings.below_started = True
-            background().submit(self._fetch_below_ahead, siblings)
+            self.repo.background.submit(self._fetch_below_ahead, siblings)
 
     def _fetch_batch(self, siblings: _Siblings, begin: int, budget: int) -> None:
         """Hand the small files of ``siblings`` from place ``begin`` to the read-ahead, up to

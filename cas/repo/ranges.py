@@ -31,7 +31,7 @@ from dataclasses import replace
 
 from cas.errors import CasError, IntegrityError, ReadError
 from cas.format.trees import FILE, Entry
-from cas.repo.readahead import ChunksAhead, background
+from cas.repo.readahead import ChunksAhead
 from cas.repo.reader import chunk_sources
 from cas.repo.repository import Repository
 from cas.types import BlobLocation
@@ -175,7 +175,7 @@ class RangeReader:
             inline = sources[:1]
             for i, verified in sources[1:]:
                 self._coming.add(i)
-                background().submit(self._verify_ahead, i, verified)
+                self.repo.background.submit(self._verify_ahead, i, verified)
         for i, verified in inline:
             try:
                 self._keep(i, self._checked(i, verified()))
@@ -195,7 +195,7 @@ class RangeReader:
         self._note_first_fetch()
         self._coming.update(indexes)
         self._reading_ahead = True
-        background().submit(self._fetch_ahead, indexes)
+        self.repo.background.submit(self._fetch_ahead, indexes)
 
     def _note_first_fetch(self) -> None:
         """Call ``on_first_fetch`` if this is the reader's first fetch (lock held)."""

@@ -24,7 +24,6 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 
 from cas.errors import CasError
 from cas.repo.reader import checked_payload, fetched_payloads
@@ -61,7 +60,7 @@ class ChunksAhead:
             if not todo:
                 return
             self._pending.update(loc.id for loc in todo)
-        background().submit(self._run, todo)
+        self._repo.background.submit(self._run, todo)
 
     def _run(self, locations: list[BlobLocation]) -> None:
         """Each chunk is held as soon as its stretch of a pack is read (a reader waiting for it
@@ -109,16 +108,3 @@ class ChunksAhead:
     def held_bytes(self) -> int:
         with self._lock:
             return self._held_bytes
-
-
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def background() -> ThreadPoolExecutor:
-    """Two threads shared by every reader of the process for work ahead of reads."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cas-readahead")
-        return _pool

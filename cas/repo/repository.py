@@ -27,6 +27,7 @@ from cas.format.keys import CONFIG_KEY, PACK_PREFIX, pack_id_of, pack_key
 from cas.format.packs import FOOTER_SIZE, PackEntry, parse_footer, parse_trailer
 from cas.format.trees import Entry, decode_node, join_parts
 from cas.repo import keystore
+from cas.repo.background import BackgroundWork
 from cas.repo.chunkcache import ChunkCache
 from cas.repo.keystore import Passphrase
 from cas.types import BlobKind, BlobLocation
@@ -81,6 +82,8 @@ class Repository:
         self._trailer_packs: set[str] = set()
         self.unlocked: keystore.Unlocked | None = None
         """The master key of an encrypted repository (``backend`` is then its encrypting wrapper)."""
+        self.background = BackgroundWork()
+        """Its readers' work ahead of reads, awaited by :meth:`close`."""
 
     @classmethod
     def open(
@@ -152,6 +155,7 @@ class Repository:
         return redact_url(self.backend.describe())
 
     def close(self) -> None:
+        self.background.close()  # it reads through what is closed below
         if self.chunk_cache is not None:
             self.chunk_cache.close()
         self.index.close()

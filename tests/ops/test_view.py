@@ -332,7 +332,7 @@ def test_the_first_read_in_a_directory_sends_for_the_first_files_of_its_subdirec
 
 def _background_idle() -> None:
     """Wait until the read-ahead's background threads have finished what was queued before."""
-    from cas.repo.readahead import background
+    from cas.repo.background import background
 
     both = threading.Barrier(2)
     for running in [background().submit(both.wait, 30) for _ in range(2)]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from cas import Store
 from cas.format.keys import pack_key
 from cas.repo.readahead import ChunksAhead
+from tests.engine import SMALL_CHUNKS
 
 
 def _chunks(store: Store, tmp_path: Path, count: int = 30) -> dict[str, bytes]:
@@ -110,3 +111,43 @@ def test_a_take_that_may_not_wait_gives_what_is_held_and_leaves_the_rest(
         ahead.fetch(locations.values())
         assert ahead.take(chunks, wait=False) == {}  # all pending: nothing waited for
     assert set(ahead.take(chunks)) == set(chunks)
+
+
+def test_closing_the_store_waits_for_what_it_fetches_ahead(tmp_path: Path, cas_home: Path) -> None:
+    """Work ahead of reads runs on threads the whole process shares; a fetch still under way when
+    its store was closed went on through the closed index and backend (a lookup on a connection
+    closed under it crashed the interpreter). Closing waits for it, and nothing reaches the
+    backend once it is closed."""
+    store = Store.open(str(tmp_path / "repo"), index=f"sqlite:///{tmp_path / 'index.sqlite'}", **SMALL_CHUNKS)
+    chunks = _chunks(store, tmp_path)
+    locations = store.repo.locate(sorted(chunks)).values()
+    backend = store.repo.backend
+    real_get, real_close = backend.get, backend.close
+    entered, release, closed = threading.Event(), threading.Event(), threading.Event()
+    after_close: list[str] = []
+
+    def get(key: str, offset: int = 0, length: int | None = None) -> bytes:
+        if closed.is_set():
+            after_close.append(key)
+        entered.set()
+        assert release.wait(30)
+        return real_get(key, offset, length)
+
+    def close() -> None:
+        closed.set()
+        real_close()
+
+    backend.get = get  # type: ignore[method-assign]
+    backend.close = close  # type: ignore[method-assign]
+    try:
+        ChunksAhead(store.repo).fetch(locations)
+        assert entered.wait(30)  # the fetch is reading
+        closer = threading.Thread(target=store.close)
+        closer.start()
+        closer.join(0.5)
+        assert closer.is_alive() and not closed.is_set()  # waiting for the fetch
+    finally:
+        release.set()
+    closer.join(30)
+    assert not closer.is_alive() and closed.is_set()
+    assert after_close == []
