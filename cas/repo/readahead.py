@@ -15,8 +15,9 @@ path, and reads of the other chunks of the batch are unaffected. What is held is
 ``max_bytes`` of stored bytes (the oldest held chunks are dropped first); chunks taken also go
 through the repository's chunk cache, which keeps its own cap.
 
-The background threads (:func:`background`) are shared with the read-ahead of single files
-(:class:`cas.repo.ranges.RangeReader`).
+The background threads (:func:`cas.repo.background.background`, reached through the
+repository's :class:`~cas.repo.background.BackgroundWork`, which its close awaits) are shared
+with the read-ahead of single files (:class:`cas.repo.ranges.RangeReader`).
 """
 
 from __future__ import annotations
