@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import sqlite3
+import struct
 import sys
 import threading
 import time
@@ -89,11 +90,14 @@ def listing_digest(names: list[str], identities: list[int]) -> bytes:
     for each name, as :func:`cas.ops.restore.records.identity` gives them), in the order given (the
     tree's). Names hold no NUL: joined by NULs, they are told apart. Each integer is digested as
     its 64 bits, little-endian (an inode number is unsigned, a time may be negative)."""
-    packed = array("Q", [value & _U64 for value in identities])
-    if sys.byteorder == "big":
-        packed.byteswap()  # little-endian, wherever it is computed
-    return blake3.blake3(b"".join(
-        ("\0".join(names).encode(_FS_ENCODING, "surrogateescape"), b"\0", packed.tobytes()))).digest()
+    try:
+        packed = struct.pack(f"<{len(identities)}q", *identities)
+    except struct.error:  # an inode number past 2**63: the same bits, unsigned
+        unsigned = array("Q", [value & _U64 for value in identities])
+        if sys.byteorder == "big":
+            unsigned.byteswap()
+        packed = unsigned.tobytes()
+    return blake3.blake3("\0".join(names).encode(_FS_ENCODING, "surrogateescape") + b"\0" + packed).digest()
 
 
 def _connect(path: str) -> sqlite3.Connection:
