@@ -259,11 +259,8 @@ class LazyIndex:
     def _commit_on(
         self, conn: sqlite3.Connection, row: SnapshotRow, wanted: list[str], with_trees: bool, assumed: Collection[str],
     ) -> bool:
-        """:meth:`_commit_here` on this thread's connection."""
-        try:
-            conn.execute("BEGIN")
-        except sqlite3.Error:
-            return False
+        """:meth:`_commit_here` on this thread's connection (a failure to begin is raised)."""
+        conn.execute("BEGIN")
         done = False
         try:
             conn.execute(FENCE)
