@@ -31,10 +31,11 @@ unexpected gives ``None``: the caller then cuts the file without regard to its s
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO
+
+from cas.format import jsondoc
 
 MAX_MEMBERS = 250_000
 """More members than this and the file is treated as unstructured (bounds the layout's memory)."""
@@ -304,8 +305,8 @@ def _safetensors_layout(stream: BinaryIO, base: int, size: int) -> list[Member]:
     if not (2 <= header_len <= MAX_SAFETENSORS_HEADER) or 8 + header_len > size:
         raise NotArchive("safetensors header length out of bounds")
     try:
-        header = json.loads(_read_at(stream, base, 8, header_len))
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        header = jsondoc.loads(_read_at(stream, base, 8, header_len))
+    except ValueError:
         raise NotArchive("safetensors header is not JSON") from None
     if not isinstance(header, dict) or len(header) > MAX_MEMBERS + 1:
         raise NotArchive("safetensors header is not an object of tensors")

@@ -12,6 +12,7 @@ import secrets
 from dataclasses import asdict, dataclass
 
 from cas.errors import ConfigurationError, IntegrityError
+from cas.format import jsondoc
 
 FORMAT_VERSION = 1
 ENCRYPTED_FORMAT_VERSION = 2
@@ -100,8 +101,8 @@ class RepoConfig:
         if len(data) > _MAX_CONFIG_BYTES:
             raise IntegrityError("repository config is too large")
         try:
-            raw = json.loads(data)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raw = jsondoc.loads(data)
+        except ValueError as exc:
             raise IntegrityError("repository config is not valid JSON") from exc
         if not isinstance(raw, dict):
             raise IntegrityError("repository config is not a JSON object")

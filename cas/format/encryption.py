@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import blake3
 
 from cas.errors import ConfigurationError, IntegrityError, MissingDependency
+from cas.format import jsondoc
 
 try:
     from cryptography.exceptions import InvalidTag
@@ -298,7 +299,7 @@ class KeyFile:
     @classmethod
     def parse(cls, key_id: str, data: bytes) -> KeyFile:
         try:
-            raw = json.loads(data) if len(data) <= 4096 else None
+            raw = jsondoc.loads(data) if len(data) <= 4096 else None
             if not isinstance(raw, dict) or raw.get("v") != 1 or raw.get("kdf") != KDF:
                 raise ValueError
             if raw.get("r") != _SCRYPT_R or raw.get("p") != _SCRYPT_P:
@@ -308,7 +309,7 @@ class KeyFile:
             if type(created) is not int:
                 raise ValueError
             salt, nonce, wrapped = (base64.b64decode(raw[k], validate=True) for k in ("salt", "nonce", "wrapped"))
-        except (ValueError, KeyError, TypeError, RecursionError, ConfigurationError) as exc:
+        except (ValueError, KeyError, TypeError, ConfigurationError) as exc:
             raise IntegrityError(f"key {key_id} is not a valid key file") from exc
         if len(nonce) != 12 or len(wrapped) != MASTER_KEY_BYTES + TAG:
             raise IntegrityError(f"key {key_id} is not a valid key file")

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from cas.errors import ConfigurationError, IntegrityError
+from cas.format import jsondoc
 from cas.format.hashing import is_digest
 from cas.format.keys import SNAPSHOT_PREFIX
 
@@ -86,8 +87,8 @@ class SnapshotRecord:
         if len(data) > MAX_RECORD_BYTES:
             raise IntegrityError("snapshot record is too large")
         try:
-            doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            doc = jsondoc.loads(data)
+        except ValueError as exc:
             raise IntegrityError("snapshot record is not valid JSON") from exc
         if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] != RECORD_VERSION:
             raise IntegrityError("snapshot record has an unknown version")

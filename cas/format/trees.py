@@ -21,7 +21,6 @@ decoded by the compiled helper, which holds the same checks and leaves anything 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from json.encoder import encode_basestring_ascii as _quote
 import blake3
 
 from cas.errors import IntegrityError
+from cas.format import jsondoc
 from cas.format.hashing import hexdigest, is_digest
 from cas.native.files import decode_canonical_node
 from cas.types import EntryType
@@ -283,8 +283,8 @@ def _load_node(data: bytes) -> dict:  # type: ignore[type-arg]
     if len(data) > MAX_NODE_BYTES:
         raise IntegrityError("tree node is larger than the format allows")
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        doc = jsondoc.loads(data)
+    except ValueError as exc:
         raise IntegrityError("tree node is not valid JSON") from exc
     # ``type(...) is int``: JSON ``true`` and ``1.0`` compare equal to 1 but are not version 1.
     if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] != TREE_VERSION:
