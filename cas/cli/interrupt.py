@@ -4,9 +4,11 @@ The first Ctrl-C raises ``KeyboardInterrupt`` in the main thread, as Python does
 stops, cleans up (workers stopped, temporaries removed) and exits with status 130. Python raises it
 wherever the main thread is, which can be just after it took a lock that a thread of the command
 shares and before a ``with`` statement took charge of releasing it; cleaning up can then wait for
-that thread forever (a parallel snapshot did, until ``WorkerPool.close`` stopped waiting). So
-whatever cleaning up may still hang on, a second Ctrl-C, or cleaning up for longer than
-:data:`INTERRUPT_GRACE`, ends the process at once.
+that thread forever (a parallel snapshot did, until ``WorkerPool.close`` stopped waiting), or for
+the lock itself. Code that takes a lock cleaning up needs again runs inside a critical section
+(:mod:`cas.critical`): a Ctrl-C there is raised at the section's end. And whatever cleaning up may
+still hang on, a second Ctrl-C, or cleaning up for longer than :data:`INTERRUPT_GRACE`, ends the
+process at once.
 
 Ending it at once is safe for what is stored: every step of a write is crash-safe (the write
 order, docs/FORMAT.md), as for a process killed. Only temporaries of the interrupted command may be
@@ -21,6 +23,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+
+from cas.critical import defer_interrupt
 
 INTERRUPT_GRACE = 30.0
 """Seconds a command may take to clean up after a Ctrl-C before the process ends without it."""
@@ -55,7 +59,8 @@ def _first(signum: int, frame: FrameType | None) -> None:
     # A timer, not a thread: the command may fork workers, and this needs no lock of any kind.
     signal.signal(signal.SIGALRM, _too_long)
     signal.setitimer(signal.ITIMER_REAL, INTERRUPT_GRACE)
-    raise KeyboardInterrupt
+    if not defer_interrupt():  # inside a critical section, its end raises it
+        raise KeyboardInterrupt
 
 
 def _again(signum: int, frame: FrameType | None) -> None:

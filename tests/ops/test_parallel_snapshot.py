@@ -561,6 +561,57 @@ def test_ctrl_c_that_leaves_the_results_lock_taken_still_stops_the_command(tmp_p
     assert _processes_in(cas.base) == []
 
 
+_QUEUE_LOCK_TAKEN_AT_CTRL_C = _INTERRUPTIBLE + """
+import signal, sys, threading
+from cas.cli import main
+from cas.ops.snapshot import workers
+
+class TakenThenInterrupted(threading.Condition):
+    puts = 0
+    def __enter__(self):
+        taken = super().__enter__()
+        if (threading.current_thread() is threading.main_thread() and sys._getframe(1).f_code.co_name == "put"
+                and sys._getframe(2).f_code.co_name == "submit"):
+            TakenThenInterrupted.puts += 1
+            if TakenThenInterrupted.puts == 5:
+                # Ctrl-C handled between the queue's taking its lock and its with's taking charge
+                # of it: through the command's own handler, so that its grace starts.
+                signal.raise_signal(signal.SIGINT)
+        return taken
+
+started = workers.WorkerPool.__init__
+def start(self, *args, **kwargs):
+    started(self, *args, **kwargs)
+    self._tasks._notempty = TakenThenInterrupted(self._tasks._notempty._lock)
+workers.WorkerPool.__init__ = start
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_inside_the_task_queues_put_still_stops_the_command_at_once(tmp_path: Path) -> None:
+    """``multiprocessing.Queue.put`` takes the queue's lock, and a Ctrl-C raised just after it took
+    it (before its ``with`` was in charge) left it taken; ``WorkerPool.close`` then took it again,
+    to close the queue, and waited on itself until the command's grace ran out (seen in CI, with
+    stacks). Handing out a task is a critical section now (:mod:`cas.critical`): the interrupt
+    is raised once the put is done, and the command stops as for any Ctrl-C. Here it lands
+    inside the fifth put every time."""
+    cas = Cas(tmp_path)
+    src, _ = _big_project(cas)
+    assert cas("init").returncode == 0
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", _QUEUE_LOCK_TAKEN_AT_CTRL_C, "--repo",
+                             str(cas.base / "repo"), "snapshot", str(src), "-e", "run-1", "--jobs", "3"],
+                            cwd=cas.base, env=cas.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        err = _stderr_or_stacks(proc, 20)  # inside the 30 s grace: a hang prints every stack
+    finally:
+        _kill_group(proc)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["cas: error: interrupted"], err
+    assert json.loads(cas.ok("--json", "log")) == []
+    assert _processes_in(cas.base) == []
+
+
 # -- garbage collection beside a parallel snapshot --------------------------------------------------
 
 

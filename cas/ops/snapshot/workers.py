@@ -59,6 +59,7 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from cas.critical import critical
 from cas.errors import CasError
 from cas.format.chunking import Chunker
 from cas.format.trees import Entry
@@ -279,7 +280,9 @@ class WorkerPool:
         number = self._next
         self._next += 1
         # Pickled here, not on the queue's thread, so that a failure to is raised, not lost.
-        self._tasks.put(pickle.dumps((number, parent_rel, parent_ident, name, scope), pickle.HIGHEST_PROTOCOL))
+        task = pickle.dumps((number, parent_rel, parent_ident, name, scope), pickle.HIGHEST_PROTOCOL)
+        with critical():  # put takes the queue's lock, which close() takes again
+            self._tasks.put(task)
         return number
 
     def result(self, handle: object) -> Entry | None:
@@ -295,7 +298,8 @@ class WorkerPool:
                     self._cond.wait()
                     continue
             try:
-                task = self._tasks.get(timeout=_POLL)
+                with critical():  # the queue's read lock, which the workers take too
+                    task = self._tasks.get(timeout=_POLL)
             except queue.Empty:
                 continue  # all taken (or not yet through the queue's pipe): look again
             number, parent_rel, parent_ident, name, scope = pickle.loads(task)  # ours
@@ -335,8 +339,9 @@ class WorkerPool:
     def finish(self) -> WorkerResult:
         """Once every directory is handed out: let the workers finish (their packs uploaded and
         indexed) and return what they did."""
-        for _ in self._procs:
-            self._tasks.put(None)
+        with critical():
+            for _ in self._procs:
+                self._tasks.put(None)
         with self._cond:
             while len(self._finals) < len(self._procs):
                 self._raise_failure()
