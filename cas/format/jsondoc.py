@@ -21,14 +21,14 @@ MAX_DEPTH = 64
 # A JSON string, escapes included (a bracket inside one does not nest).
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+_STEP = [1 if b in b"[{" else -1 for b in range(256)]  # by byte, for the brackets left
 
 
 def nesting(data: bytes) -> int:
     """The deepest nesting of arrays and objects in ``data``, counted outside its strings (a
     string left open counts what follows it: such a document is not JSON anyway)."""
     brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
-    return max(accumulate(_STEP[b] for b in brackets), default=0)
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
 
 
 def loads(data: bytes) -> object:
