@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import subprocess
 import sys
 
 import pytest
@@ -77,6 +78,22 @@ def test_a_document_nested_too_deep_is_refused_alike_from_any_depth_of_stack(dec
 def test_a_document_at_the_bound_is_parsed() -> None:
     depth = jsondoc.MAX_DEPTH
     assert _depth(jsondoc.loads(b"[" * depth + b"]" * depth)) == depth
+
+
+def test_strings_never_closed_are_scanned_in_one_pass() -> None:
+    """A string left open made the scan start again at every later quote: a megabyte of escaped
+    quotes took minutes (quadratic). Run in a child process, so that a scan stuck in the regular
+    expression engine (which no alarm interrupts) fails the test by its timeout."""
+    code = (
+        "from cas.format import jsondoc\n"
+        "for data in (b'[' * 70 + b'\"' + b'\\\\\"' * 500_000, b'[' * 70 + b'\"\\\\' * 500_000):\n"
+        "    assert jsondoc.nesting(data) == 70, jsondoc.nesting(data)\n"
+        "    try:\n"
+        "        jsondoc.loads(data)\n"
+        "    except ValueError:\n"
+        "        pass\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def _frames() -> list[object]:
