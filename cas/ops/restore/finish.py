@@ -79,8 +79,19 @@ class DirectoryFinishing(DirectoryRecords):
             else:
                 self._removing.append(job)
 
+    def _drop_queued(self) -> None:
+        """On the way out after a fatal error or a Ctrl-C: the file tasks no thread has started are
+        cancelled (their files are not written; those being written finish), so that stopping waits
+        for what is running, not for everything the walk handed out (with a slow repository, more
+        than the command's grace after a Ctrl-C). A task waits only on tasks submitted before it,
+        which a thread took first (see ``LocalChunks``): no running task waits on a cancelled one."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._whole_pool.shutdown(wait=False, cancel_futures=True)
+
     def _abandon(self) -> None:
-        """After a fatal error: wait for whatever is still being written, close every descriptor."""
+        """After a fatal error: drop the queued file tasks, wait for whatever is still being written,
+        close every descriptor."""
+        self._drop_queued()
         while self._jobs or self._removing:
             self._finish((self._jobs or self._removing).popleft(), quiet=True)
         self._queued_files = 0

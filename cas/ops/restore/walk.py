@@ -307,6 +307,7 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
                 self._queue(level.job)
                 self._drain(_OPEN_DIRS)
         except BaseException:
+            self._drop_queued()
             for level in reversed(stack):
                 for ahead in level.started.values():
                     if ahead is not None:
