@@ -502,6 +502,20 @@ def test_ctrl_c_while_the_workers_are_forked_is_not_lost(tmp_path: Path) -> None
     assert json.loads(cas.ok("--json", "log")) == []
     assert _processes_in(cas.base) == []
 
+def _snapshot_by_script(cas: Cas, script: str, src: Path, timeout: float) -> tuple[int, str]:
+    """``cas snapshot SRC -e run-1 --jobs 3`` run by ``script`` (the CLI, patched to interrupt
+    itself somewhere), in a session of its own: its exit status and stderr, or the test fails
+    with every process's stacks if it is still running after ``timeout`` s."""
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", script, "--repo", str(cas.base / "repo"),
+                             "snapshot", str(src), "-e", "run-1", "--jobs", "3"], cwd=cas.base, env=cas.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        err = _stderr_or_stacks(proc, timeout)
+    finally:
+        _kill_group(proc)
+    return proc.returncode, err
+
+
 _LOCK_TAKEN_AT_CTRL_C = _INTERRUPTIBLE + """
 import signal, sys, threading, time
 from cas.cli import main
@@ -545,15 +559,8 @@ def test_ctrl_c_that_leaves_the_results_lock_taken_still_stops_the_command(tmp_p
         for i in range(300):
             os.mkfifo(src / f"d{d:02d}" / f"fifo-{i:03d}")
     assert cas("init").returncode == 0
-    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", _LOCK_TAKEN_AT_CTRL_C, "--repo",
-                             str(cas.base / "repo"), "snapshot", str(src), "-e", "run-1", "--jobs", "3"],
-                            cwd=cas.base, env=cas.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        err = _stderr_or_stacks(proc, 120)
-    finally:
-        _kill_group(proc)
-    assert proc.returncode == 130, err
+    status, err = _snapshot_by_script(cas, _LOCK_TAKEN_AT_CTRL_C, src, 120)
+    assert status == 130, err
     *warnings, last = err.strip().splitlines()
     assert last == "cas: error: interrupted", err
     assert all("skipping special file" in line for line in warnings), err
@@ -598,15 +605,8 @@ def test_ctrl_c_inside_the_task_queues_put_still_stops_the_command_at_once(tmp_p
     cas = Cas(tmp_path)
     src, _ = _big_project(cas)
     assert cas("init").returncode == 0
-    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", _QUEUE_LOCK_TAKEN_AT_CTRL_C, "--repo",
-                             str(cas.base / "repo"), "snapshot", str(src), "-e", "run-1", "--jobs", "3"],
-                            cwd=cas.base, env=cas.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        err = _stderr_or_stacks(proc, 20)  # inside the 30 s grace: a hang prints every stack
-    finally:
-        _kill_group(proc)
-    assert proc.returncode == 130, err
+    status, err = _snapshot_by_script(cas, _QUEUE_LOCK_TAKEN_AT_CTRL_C, src, 20)  # inside the 30 s grace
+    assert status == 130, err
     assert err.strip().splitlines() == ["cas: error: interrupted"], err
     assert json.loads(cas.ok("--json", "log")) == []
     assert _processes_in(cas.base) == []
