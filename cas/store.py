@@ -374,13 +374,15 @@ class Store:
 
         snap = self.get(execution_id)
         entry = self.entry(execution_id, path or "")
-        if entry is None:
-            entries = self.repo.read_tree(snap.root)
+        entries: list[Entry] | None
+        if entry is None:  # the whole tree: read by the restore, unless it finds it restored already
+            entries = self.repo.read_tree(snap.root) if filter else None
             meta = (snap.root_mode, snap.root_mtime_ns)
         else:
             entries, meta = [entry], None
         select = None
         if filter:
+            assert entries is not None
             rules = filter.rules()
             parents = browse.split_path(path or "")[:-1]
             included = rules.inside(parents)

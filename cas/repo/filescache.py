@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import blake3
 
-from cas.repo.repository import default_home
+from cas.home import default_home
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,16 @@ class CachedFile(NamedTuple):
 
 class DirRecord(NamedTuple):
     """What a restore recorded of a directory it finished (see :mod:`cas.ops.restore.records`):
-    the directory (device, inode, and its ctime once finished), its tree ID, and the
-    :func:`listing_digest` of its files."""
+    the directory (device, inode, and its ctime once finished), its tree ID, the
+    :func:`listing_digest` of its files and, when it has one, the :func:`subtree_digest` of
+    everything below it (empty if not)."""
 
     dev: int
     inode: int
     ctime_ns: int
     tree: str
     listing: bytes
+    subtree: bytes = b""
 
 
 _FS_ENCODING = sys.getfilesystemencoding()
@@ -100,6 +102,28 @@ def listing_digest(names: list[str], identities: list[int]) -> bytes:
     return blake3.blake3("\0".join(names).encode(_FS_ENCODING, "surrogateescape") + b"\0" + packed).digest()
 
 
+_SUBTREE_TAG = b"subtree-v1\0"
+_SUBTREE_IDENTITY = struct.Struct("<QqqQI")
+
+
+def subtree_digest(
+    policy: int, files: list[tuple[bytes, tuple[int, int, int, int, int]]],
+    dirs: list[tuple[bytes, tuple[int, int, int, int, int], bytes]],
+) -> bytes:
+    """The digest of a directory's subtree from what a restore knows of it: its regular ``files``
+    (name, identity: inode, ctime, mtime, size, permission bits) and its subdirectories (name,
+    identity with size 0, the subdirectory's own subtree digest), under ``policy`` (a byte: what
+    else the restore that made it decided, see :mod:`cas.ops.restore.records`). The same bytes as
+    the compiled helper's ``subtree_digest`` walk of the directory as it is (its module says how
+    they are laid out): equal digests mean every entry below is the one known."""
+    parts = [(name, b"f" + name + b"\0" + _SUBTREE_IDENTITY.pack(ino & _U64, ctime, mtime, size, mode & 0o7777))
+             for name, (ino, ctime, mtime, size, mode) in files]
+    parts += [(name, b"d" + name + b"\0" + _SUBTREE_IDENTITY.pack(ino & _U64, ctime, mtime, 0, mode & 0o7777) + digest)
+              for name, (ino, ctime, mtime, _size, mode), digest in dirs]
+    parts.sort()
+    return blake3.blake3(_SUBTREE_TAG + bytes((policy,)) + b"".join(part for _, part in parts)).digest()
+
+
 def _connect(path: str) -> sqlite3.Connection:
     """The files cache at ``path``, created (or brought up to date) if need be."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
@@ -114,8 +138,11 @@ def _connect(path: str) -> sqlite3.Connection:
     )
     db.execute(
         "CREATE TABLE IF NOT EXISTS dirs (path BLOB PRIMARY KEY, dev INTEGER, inode INTEGER, ctime_ns INTEGER,"
-        " tree TEXT, listing BLOB, seen_ns INTEGER)"
+        " tree TEXT, listing BLOB, seen_ns INTEGER, subtree BLOB)"
     )
+    if "subtree" not in [row[1] for row in db.execute("PRAGMA table_info(dirs)")]:  # a cache from before subtrees
+        with db:
+            db.execute("ALTER TABLE dirs ADD COLUMN subtree BLOB")
     columns = [row[1] for row in db.execute("PRAGMA table_info(files)")]
     if "seen_ns" not in columns:  # a cache written before entries expired: seen now
         with db:
@@ -309,12 +336,13 @@ class FilesRecorder:
                 if db is None:
                     return {}
                 rows = db.execute(
-                    "SELECT path, dev, inode, ctime_ns, tree, listing FROM dirs WHERE path = ? OR (path > ? AND path < ?)",
+                    "SELECT path, dev, inode, ctime_ns, tree, listing, subtree FROM dirs"
+                    " WHERE path = ? OR (path > ? AND path < ?)",
                     (root, root.rstrip(b"/") + b"/", root.rstrip(b"/") + b"0")).fetchall()
             except (sqlite3.Error, OSError):
                 return {}
-        return {bytes(path): DirRecord(dev, inode, ctime, tree, bytes(listing))
-                for path, dev, inode, ctime, tree, listing in rows}
+        return {bytes(path): DirRecord(dev, inode, ctime, tree, bytes(listing), bytes(subtree or b""))
+                for path, dev, inode, ctime, tree, listing, subtree in rows}
 
     def _opened(self) -> sqlite3.Connection | None:
         """The cache, opened now if it exists and was not (under :attr:`_lock`); None if it does
@@ -328,7 +356,7 @@ class FilesRecorder:
     def add_directory(self, path: bytes, record: DirRecord) -> None:
         """Record what a restore knows of the directory ``path`` (absolute, as bytes) it finished."""
         with self._lock:
-            self._dir_rows.append((path, *record, self._started))
+            self._dir_rows.append((path, *record[:5], self._started, record.subtree or None))
             if len(self._dir_rows) >= _PENDING_ROWS:
                 self._write()
 
@@ -342,7 +370,9 @@ class FilesRecorder:
                 self._db = _connect(self._path)
             with self._db:
                 self._db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-                self._db.executemany("INSERT OR REPLACE INTO dirs VALUES (?,?,?,?,?,?,?)", dir_rows)
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO dirs (path, dev, inode, ctime_ns, tree, listing, seen_ns, subtree)"
+                    " VALUES (?,?,?,?,?,?,?,?)", dir_rows)
         except (sqlite3.Error, OSError) as exc:  # what it would have spared costs time later, nothing more
             self._failed = exc
 
@@ -366,6 +396,26 @@ def open_recorder(repo_id: str) -> FilesRecorder:
     """A recorder into this host's files cache of the repository ``repo_id`` (under
     ``$CAS_HOME/cache``)."""
     return FilesRecorder(files_cache_path(os.path.join(default_home(), "cache"), repo_id))
+
+
+def destination_recorded(path: bytes, st: os.stat_result) -> bool:
+    """Whether some files cache of this host (``$CAS_HOME/cache``) records the directory ``path``
+    (absolute, as bytes) as a restore left it, untouched since (``st``, its stat now, shows the
+    device, inode and ctime recorded: see :mod:`cas.ops.restore.records`). Never raises: a cache
+    that cannot be read records nothing."""
+    for cache in files_cache_paths(os.path.join(default_home(), "cache")):
+        try:
+            db = sqlite3.connect(f"file:{cache}?mode=ro", uri=True, timeout=1)
+            try:
+                row = db.execute("SELECT 1 FROM dirs WHERE path = ? AND dev = ? AND inode = ? AND ctime_ns = ?",
+                                 (path, st.st_dev, st.st_ino, st.st_ctime_ns)).fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            continue
+        if row is not None:
+            return True
+    return False
 
 
 def files_cache_paths(cache_dir: str) -> list[str]:

@@ -26,6 +26,7 @@ from cas.format.hashing import hexdigest
 from cas.format.keys import CONFIG_KEY, PACK_PREFIX, pack_id_of, pack_key
 from cas.format.packs import FOOTER_SIZE, PackEntry, parse_footer, parse_trailer
 from cas.format.trees import Entry, decode_node, join_parts
+from cas.home import default_home
 from cas.repo import keystore
 from cas.repo.background import BackgroundWork
 from cas.repo.chunkcache import ChunkCache
@@ -38,10 +39,6 @@ if TYPE_CHECKING:
     from manifests.index import Index
 
 _MAX_CONFIG_READ = 64 * 1024
-
-
-def default_home() -> str:
-    return os.path.abspath(os.path.expanduser(os.environ.get("CAS_HOME") or "~/.cas"))
 
 
 def default_chunk_cache_dir() -> str:

@@ -465,7 +465,7 @@ def test_small_files_not_in_memory_are_compared_on_threads(
         report = store.restore("v2", dest, overwrite=True, delete=True)
         assert describe(str(dest)) == describe(str(src))
         assert (report.unchanged, report.written) == (31, 10)  # 30 files and the directory sub
-        assert sum(compared) >= 30 and len(compared) > 1, compared
+        assert sum(compared) >= 30 and len(compared) > 1, (compared, report)
 
 
 def _checkpoint_edited_in_place(store: Store, tmp_path: Path, mode: int = 0o644) -> tuple[Path, bytearray]:

@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 import sqlite3
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -371,3 +372,93 @@ def test_random_tree_over_its_own_restore_changed_at_random_ends_exact(
     finally:
         _make_writable(work)
         shutil.rmtree(work)
+
+
+def test_unchanged_subdirectories_are_not_entered(tmp_path: Path, cas_home: Path) -> None:
+    """The next execution over the last one's restore: a subdirectory whose tree did not change
+    and whose subtree is as that restore recorded it is not entered: with the packs of the first
+    execution gone from the repository, the restore of the second over it is still exact (only
+    the changed directory's and its ancestors' trees, and the changed file, are read)."""
+    src = _source(tmp_path / "src")
+    dest = tmp_path / "dest"
+    repo = tmp_path / "repo"
+    with _open(tmp_path) as store:
+        store.snapshot(src, "v1", use_files_cache=False)
+        first = {p for p in (repo / "data").rglob("*") if p.is_file()}
+        (src / "other" / "h.txt").write_bytes(b"the next execution")
+        os.utime(src / "other" / "h.txt", ns=(OLD, OLD))
+        store.snapshot(src, "v2", use_files_cache=False)
+        store.restore("v1", dest, overwrite=True)
+        time.sleep(_TICK)
+        gone = tmp_path / "gone"
+        gone.mkdir()
+        for i, pack in enumerate(first):
+            os.rename(pack, gone / str(i))
+        report = store.restore("v2", dest, overwrite=True, delete=True)
+        assert not report.failures
+        assert describe(str(dest)) == describe(str(src))
+        # sub (with sub/deep) not entered: its 4 files from the records, and c.bin by the files cache.
+        assert report.files_from_cache == 4 + 1 and report.written == 1
+        assert (report.files, report.dirs) == (_files(src), 3)
+
+
+def test_a_subtree_recorded_without_set_id_bits_is_entered_by_a_restore_keeping_them(
+    tmp_path: Path, cas_home: Path,
+) -> None:
+    """Whether set-user-ID and set-group-ID bits are kept is part of what a subtree record says:
+    a restore that keeps them (``same_permissions``) enters a subtree recorded by one that did
+    not, and sets them."""
+    src = _source(tmp_path / "src")
+    os.chmod(src / "sub" / "deep" / "g.txt", 0o4755)
+    os.utime(src / "sub" / "deep", ns=(OLD, OLD))
+    dest = tmp_path / "dest"
+    with _open(tmp_path) as store:
+        store.snapshot(src, "v1", use_files_cache=False)
+        store.restore("v1", dest, overwrite=True)
+        assert stat.S_IMODE(os.lstat(dest / "sub" / "deep" / "g.txt").st_mode) == 0o755
+        time.sleep(_TICK)
+        store.restore("v1", dest, overwrite=True, delete=True, same_permissions=True)
+    assert describe(str(dest)) == describe(str(src))
+    assert stat.S_IMODE(os.lstat(dest / "sub" / "deep" / "g.txt").st_mode) == 0o4755
+
+
+def test_a_destination_as_a_restore_of_the_same_tree_left_it_is_not_entered(tmp_path: Path, cas_home: Path) -> None:
+    """Restoring the same execution again over its recorded restore reads nothing from the
+    repository (every pack gone, it is still exact and counted unchanged); once anything below
+    changed (an edit keeping size and mtime, deep down), the restore walks it and mends it."""
+    src = tmp_path / "src"
+    _source(src)
+    (src / "link").unlink()  # nothing but files and directories
+    dest = tmp_path / "dest"
+    with _open(tmp_path) as store:
+        store.snapshot(src, "v1", use_files_cache=False)
+        store.restore("v1", dest, overwrite=True)
+        time.sleep(_TICK)
+        packs = tmp_path / "repo" / "data"
+        os.rename(packs, tmp_path / "packs")
+        report = store.restore("v1", dest, overwrite=True, delete=True)
+        assert not report.failures and report.written == 0
+        assert (report.files, report.dirs, report.unchanged, report.files_from_cache) == (8, 3, 11, 8)
+        os.rename(tmp_path / "packs", packs)
+        _edit_keeping_size_and_mtime(dest)
+        report = store.restore("v1", dest, overwrite=True, delete=True)
+        assert report.written == 1
+    assert describe(str(dest)) == describe(str(src))
+
+
+def test_no_child_is_started_early_for_a_destination_as_a_restore_left_it(tmp_path: Path, cas_home: Path) -> None:
+    """The command line starts the child hashing ahead before the engine loads, but not over a
+    destination a files cache records as a restore left it (the restore would not use it); once
+    something in it changed, it does."""
+    with _open(tmp_path) as store:
+        _src, dest = _recorded(store, tmp_path)
+    restore_survey.hash_ahead.start_early(str(dest))
+    assert not restore_survey.hash_ahead._early
+    (dest / "passing").write_bytes(b"")
+    (dest / "passing").unlink()
+    restore_survey.hash_ahead.start_early(str(dest))
+    try:
+        assert len(restore_survey.hash_ahead._early) == 1
+    finally:
+        while restore_survey.hash_ahead._early:
+            restore_survey.hash_ahead._early.pop()[1].close()

@@ -8,6 +8,7 @@ use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 
+mod subtree;
 mod trees;
 
 /// A file as hashed: inode, size, mtime and ctime (ns), the BLAKE3 of its content in hex, and its
@@ -21,7 +22,7 @@ enum Stop {
 }
 
 /// Closes a descriptor when dropped.
-struct Fd(libc::c_int);
+pub(crate) struct Fd(pub(crate) libc::c_int);
 
 impl Drop for Fd {
     fn drop(&mut self) {
@@ -30,7 +31,7 @@ impl Drop for Fd {
     }
 }
 
-fn ns(sec: i64, nsec: i64) -> i64 {
+pub(crate) fn ns(sec: i64, nsec: i64) -> i64 {
     sec * 1_000_000_000 + nsec
 }
 
@@ -211,7 +212,7 @@ fn range_digests(py: Python<'_>, fd: i32, lengths: Vec<u64>, threads: usize) -> 
 
 /// `lstat` of `name` in `dir_fd`; None if it fails (vanished, or anything else: the caller asks
 /// again the slow way, where the error is told).
-fn lstat_at(dir_fd: libc::c_int, name: &CString) -> Option<libc::stat> {
+pub(crate) fn lstat_at(dir_fd: libc::c_int, name: &CString) -> Option<libc::stat> {
     // SAFETY: `st` is written by fstatat before it is read; `name` is NUL-terminated.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     let done = unsafe { libc::fstatat(dir_fd, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
@@ -264,7 +265,7 @@ fn stat_names<'py>(py: Python<'py>, dir_fd: i32, names: Vec<Vec<u8>>) -> PyResul
 
 /// Every name of the directory `dir_fd` but `.` and `..`, in the order `readdir` gives them,
 /// read through a descriptor of its own (the caller's keeps its position).
-fn list_names(dir_fd: libc::c_int) -> io::Result<Vec<CString>> {
+pub(crate) fn list_names(dir_fd: libc::c_int) -> io::Result<Vec<CString>> {
     let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
     // SAFETY: the path is a NUL-terminated literal; the descriptor is owned by the DIR stream.
     let fd = unsafe { libc::openat(dir_fd, c".".as_ptr(), flags) };
@@ -654,5 +655,6 @@ fn files(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scan_dir, m)?)?;
     m.add_function(wrap_pyfunction!(read_files, m)?)?;
     m.add_function(wrap_pyfunction!(trees::decode_canonical_node, m)?)?;
+    m.add_function(wrap_pyfunction!(subtree::subtree_digest, m)?)?;
     Ok(())
 }

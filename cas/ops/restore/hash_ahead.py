@@ -97,7 +97,8 @@ def start_early(dest: str) -> None:
     """Start the child on the directory ``dest`` for a restore that this process is about to make
     (before the engine's modules load). The restore takes it over (:func:`start`) if its destination
     is that directory; else it is stopped when the process exits. Nothing is done when ``dest`` is
-    not a directory holding something: the restore will say what is wrong, or has nothing to hash."""
+    not a directory holding something (the restore will say what is wrong, or has nothing to hash),
+    nor when a files cache records it as a restore left it (the restore will not use the child)."""
     try:
         fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
     except OSError:
@@ -107,6 +108,10 @@ def start_early(dest: str) -> None:
         with os.scandir(fd) as listing:
             if next(listing, None) is None:
                 return
+        from cas.repo.filescache import destination_recorded
+
+        if destination_recorded(os.fsencode(os.path.abspath(dest)), st):
+            return  # the restore will not use it (its records spare the comparing: see ``start``'s caller)
         ahead = HashAhead(fd, SMALL, SETTLED_NS)  # the child has a descriptor of its own
     except OSError:
         return

@@ -28,6 +28,25 @@ mode or mtime is not known so, and its directory is not recorded this time. Only
 ``overwrite`` records (one into an empty destination without it is a first restore, and recording
 cost it 3-9%: the identity of every file it writes), and none with a selection (a directory is
 then not restored whole) or told not to use the files cache.
+
+Subtree records. A directory record spares reading a directory's files, but the walk still reads
+the directory's tree, lists it and handles each entry in Python: most of an incremental restore's
+time when most of the tree is unchanged (the previous execution's directories are mostly the new
+one's, tree for tree). So a directory that holds nothing but files and directories, whose files
+are all known (as above) and whose subdirectories all got a subtree digest in the same restore,
+gets one too: the :func:`~cas.repo.filescache.subtree_digest` of its entries' identities (a
+subdirectory's with its own digest), recorded with the directory. A later restore that finds, in
+a directory it enters, a subdirectory whose entry names the recorded tree, with the entry's mode
+and mtime, walks it with the compiled helper (``subtree_digest``: one call, listing and
+``lstat`` only, no tree read and no Python per entry) and if the digest is the recorded one,
+every entry below is the one that restore knew to hold its tree entry (by the argument above,
+applied to every file; a directory's entries are all in its digest): the subdirectory is counted
+as unchanged and not entered. Anything else below it (a file written, replaced or added, a
+temporary of another restore, a directory renamed or its mode changed, a symlink) gives another
+digest, and the subdirectory is walked as usual. The digest also holds whether set-user-ID and
+set-group-ID bits were kept (``same_permissions``): a restore that decides otherwise walks it.
+A subtree found whole is not read for chunks another file could reuse (see ``LocalChunks``):
+those are fetched.
 """
 
 from __future__ import annotations
@@ -38,9 +57,10 @@ import time
 from collections.abc import Iterable
 
 from cas.format.trees import Entry
+from cas.native.files import subtree_digest as walk_subtree
 from cas.ops.restore import local as restore_local
 from cas.ops.restore.state import DirJob, RestoreState
-from cas.repo.filescache import DirRecord, listing_digest
+from cas.repo.filescache import DirRecord, listing_digest, subtree_digest
 
 Identity = tuple[int, int, int, int, int]
 """A file's (inode, ctime, mtime, size, permission bits), as a directory record digests it."""
@@ -50,6 +70,12 @@ def identity(st: os.stat_result) -> Identity:
     return (st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size, stat.S_IMODE(st.st_mode))
 
 
+def dir_identity(st: os.stat_result) -> Identity:
+    """A directory's identity in a subtree digest: its size (which file systems count differently)
+    left out."""
+    return (st.st_ino, st.st_ctime_ns, st.st_mtime_ns, 0, stat.S_IMODE(st.st_mode))
+
+
 class DirectoryRecords(RestoreState):
     """The directory records a restore uses (:meth:`_match_record`) and writes (:meth:`_record_directory`)."""
 
@@ -57,6 +83,7 @@ class DirectoryRecords(RestoreState):
         """Read the records of the destination and everything below it, and start recording (a
         restore of a whole directory with ``overwrite``, with the files cache): one query."""
         self._dir_records = {}
+        self._subtrees = {}
         self._file_ids = None
         if self._recorder is None or self.select is not None or not self.overwrite:
             return
@@ -91,14 +118,17 @@ class DirectoryRecords(RestoreState):
         found: list[int] = []
         for entry in files:
             st = by_name.get(entry.name)
-            if st is None or not stat.S_ISREG(st.st_mode):
+            # The mode this restore gives (a record made without set-ID bits by one that dropped them).
+            if st is None or not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != self._mode(entry.mode):
                 return listing
             names.append(entry.name)
             found += identity(st)
         if listing_digest(names, found) != record.listing:
             return listing
-        for entry in files:
+        known = job.known
+        for i, entry in enumerate(files):
             matched.add(entry.name)
+            known[entry.name] = tuple(found[5 * i : 5 * i + 5])  # type: ignore[assignment]
             self._count_match(entry, False)
         self.report.files_from_cache += len(files)
         job.recorded = record
@@ -124,11 +154,15 @@ class DirectoryRecords(RestoreState):
     def _record_directory(self, job: DirJob) -> None:
         """Record a finished directory if every file entry's identity is known (see the module)."""
         if job.tree is None or job.known is None or self._file_ids is None:
+            self._forget_subdirs(job)
             return
         ctime_ns = self._ctime(job) if not job.owned else 0  # only the destination's is asked for
         if job.recorded is not None:  # every file matched by the record: it holds as it was
             assert self._recorder is not None
-            self._recorder.add_directory(self._directory_path(job), job.recorded._replace(ctime_ns=ctime_ns))
+            record = job.recorded._replace(ctime_ns=ctime_ns)
+            known = job.known
+            self._recorder.add_directory(self._directory_path(job), self._with_subtree(
+                job, record, [(e.name, known[e.name]) for e in job.file_entries]))
             return
         names: list[str] = []
         found: list[int] = []
@@ -149,7 +183,108 @@ class DirectoryRecords(RestoreState):
             assert self._recorder is not None
             dev, inode = job.ident
             record = DirRecord(dev, inode, ctime_ns, job.tree, listing_digest(names, found))
-            self._recorder.add_directory(self._directory_path(job), record)
+            self._recorder.add_directory(self._directory_path(job), self._with_subtree(
+                job, record, [(name, tuple(found[5 * i : 5 * i + 5])) for i, name in enumerate(names)]))
+        else:
+            self._forget_subdirs(job)
+
+    def _with_subtree(self, job: DirJob, record: DirRecord, files: list[tuple[str, Identity]]) -> DirRecord:
+        """``record`` with the directory's subtree digest (and its ctime now) if it can have one:
+        nothing but ``files`` (all known) and subdirectories that got one; kept for its parent."""
+        dirs = self._forget_subdirs(job)
+        if dirs is None or job.fd is None:
+            return record._replace(subtree=b"")
+        try:
+            st = os.fstat(job.fd)
+        except OSError:
+            return record._replace(subtree=b"")
+        digest = subtree_digest(self._policy(), [(os.fsencode(name), ident) for name, ident in files], dirs)
+        self._subtrees[job.prefix] = (dir_identity(st), digest)
+        return record._replace(ctime_ns=st.st_ctime_ns, subtree=digest)
+
+    def _forget_subdirs(self, job: DirJob) -> list[tuple[bytes, Identity, bytes]] | None:
+        """Take the subtree digests of the directory's subdirectories (name, identity, digest); None
+        if it holds entries of other kinds or some subdirectory has none."""
+        dirs: list[tuple[bytes, Identity, bytes]] | None = [] if job.only_files_and_dirs else None
+        for name in job.subdirs:
+            found = self._subtrees.pop(job.prefix + name + "/", None)
+            if found is None or dirs is None:
+                dirs = None
+                continue
+            dirs.append((os.fsencode(name), *found))
+        return dirs
+
+    def _policy(self) -> int:
+        """What a subtree digest holds of how this restore restores (see the module)."""
+        return 1 if self.same_permissions else 0
+
+    def _match_subtree(self, dir_fd: int, entry: Entry, path: str, present: os.stat_result | None) -> bool:
+        """Whether the subdirectory ``entry`` (``path``, ``present`` its lstat) is, with everything
+        below it, as a restore of the same tree recorded it (see the module): it is then counted as
+        unchanged, whole, and not to be entered."""
+        if self._file_ids is None or present is None or not stat.S_ISDIR(present.st_mode):
+            return False
+        where = os.fsencode(os.path.join(self._dest, path))
+        record = self._dir_records.get(where)
+        mode = self._mode(entry.mode)
+        if (record is None or not record.subtree or record.tree != entry.tree
+                or (record.dev, record.inode) != (present.st_dev, present.st_ino)
+                or stat.S_IMODE(present.st_mode) != mode or present.st_mtime_ns != entry.mtime_ns):
+            return False
+        try:
+            fd = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            if ((st.st_dev, st.st_ino) != (record.dev, record.inode) or stat.S_IMODE(st.st_mode) != mode
+                    or st.st_mtime_ns != entry.mtime_ns):
+                return False
+            walked = walk_subtree(fd, self._policy())
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        if walked is None or walked[0] != record.subtree:
+            return False
+        self._count_whole(*walked[1:], dirs_above=1)
+        self._subtrees[path + "/"] = (dir_identity(st), record.subtree)
+        assert self._recorder is not None
+        self._recorder.add_directory(where, record._replace(ctime_ns=st.st_ctime_ns))  # seen again
+        return True
+
+    def _match_destination(self, dest_fd: int, tree: str | None, meta: tuple[int, int]) -> bool:
+        """Whether the whole destination is as a restore of ``tree`` recorded it, with the mode and
+        mtime ``meta`` (see the module): everything in it is then counted as unchanged, and there
+        is nothing else to do."""
+        if self._file_ids is None or tree is None:
+            return False
+        where = os.fsencode(self._dest)
+        record = self._dir_records.get(where)
+        st = os.fstat(dest_fd)
+        if (record is None or not record.subtree or record.tree != tree
+                or (record.dev, record.inode, record.ctime_ns) != (st.st_dev, st.st_ino, st.st_ctime_ns)
+                or stat.S_IMODE(st.st_mode) != self._mode(meta[0]) or st.st_mtime_ns != meta[1]):
+            return False
+        walked = walk_subtree(dest_fd, self._policy())
+        if walked is None or walked[0] != record.subtree:
+            return False
+        self._count_whole(*walked[1:], dirs_above=0)
+        assert self._recorder is not None
+        self._recorder.add_directory(where, record)  # seen again
+        return True
+
+    def _count_whole(self, files: int, dirs: int, nbytes: int, *, dirs_above: int) -> None:
+        """Count a subtree found whole: its ``files`` (``nbytes`` in all) and ``dirs`` below it, and
+        ``dirs_above`` more (the subdirectory itself, unless the destination)."""
+        report = self.report
+        report.dirs += dirs + dirs_above
+        report.unchanged += files + dirs + dirs_above
+        report.files += files
+        report.bytes += nbytes
+        report.files_from_cache += files
+        if self.progress:
+            self.progress(report.files, report.bytes)
 
     @staticmethod
     def _ctime(job: DirJob) -> int:

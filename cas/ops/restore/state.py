@@ -58,6 +58,11 @@ class DirJob:
     """Its file entries, in the tree's order (when it may be recorded)."""
     known: dict[str, tuple[int, int, int, int, int]] | None = None
     """Files found matching whose identity is known to hold their entry (when it may be recorded)."""
+    subdirs: list[str] = field(default_factory=list)
+    """Its subdirectories' names (when it may be recorded)."""
+    only_files_and_dirs: bool = False
+    """Whether its entries are all files and directories: its subtree may then be recorded too
+    (see ``records``, "Subtree records")."""
     recorded: DirRecord | None = None
     """The record its files all matched by, if they did (recorded again as it is)."""
     where: bytes = b""
@@ -139,6 +144,9 @@ class RestoreState:
     """``(inode, ctime)`` of the files this restore wrote, or a file worker found matching by
     content once settled, by path, until their directory is recorded; None when no directory is
     (see ``records``)."""
+    _subtrees: dict[str, tuple[tuple[int, int, int, int, int], bytes]]
+    """Directories finished (or found whole) with a subtree digest, by their ``prefix``: their
+    identity (size 0) and digest, until their parent is recorded (see ``records``)."""
     _settled_before: int
     """A file whose ctime is older than this had settled when the restore started."""
     _racy_from: int

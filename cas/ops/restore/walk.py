@@ -197,6 +197,7 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         self._recorder = recorder
         self._dest_dev = 0
         self._dir_records = {}
+        self._subtrees = {}
         self._file_ids = None
         self._settled_before = self._racy_from = 0
         self._root: DirJob | None = None  # the destination's job, recorded last (see ``records``)
@@ -204,11 +205,12 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         self._ahead = 0
 
     def restore(
-        self, entries: list[Entry], dest: str, root_meta: tuple[int, int] | None, root_tree: str | None = None,
+        self, entries: list[Entry] | None, dest: str, root_meta: tuple[int, int] | None, root_tree: str | None = None,
     ) -> RestoreReport:
         """Restore ``entries`` into directory ``dest``; ``root_meta`` is (mode, mtime_ns) for ``dest``,
         ``root_tree`` the tree ID of ``entries`` when they are a whole tree (``dest`` may then be
-        recorded, see :mod:`cas.ops.restore.records`).
+        recorded, see :mod:`cas.ops.restore.records`). ``entries`` None: the tree ``root_tree``'s,
+        read here unless ``dest`` is as a restore of that tree recorded it (then nothing is read).
 
         Failures of single entries are collected in the report and the rest is restored; running out
         of space or descriptors aborts at once. Nothing is ever written outside ``dest``. With
@@ -218,9 +220,15 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         self._dest = os.path.abspath(dest)
         self._local = LocalChunks(self._dest)
         self._delete_root = root_meta is not None
-        dest_fd = self._open_destination(dest)
-        self._dest_dev = os.fstat(dest_fd).st_dev
+        dest_fd: int | None = None
         try:
+            if entries is None:
+                assert root_tree is not None and root_meta is not None
+                if self._whole_already(root_tree, root_meta):
+                    return self.report
+                entries = self.repo.read_tree(root_tree)
+            dest_fd = self._open_destination(dest)
+            self._dest_dev = os.fstat(dest_fd).st_dev
             self._load_records()
             self._start_hash_ahead(dest_fd)
             with self.repo.lookups_on_one_connection():  # one lookup per directory: no checkout each
@@ -232,7 +240,8 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
                     self._record_directory(self._root)
         finally:
             self._abandon()
-            os.close(dest_fd)
+            if dest_fd is not None:
+                os.close(dest_fd)
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._whole_pool.shutdown(wait=True, cancel_futures=True)
             if self._comparers is not None:
@@ -243,6 +252,19 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
             self._write_child.close()
             self._remover.close()
         return self.report
+
+    def _whole_already(self, tree: str, meta: tuple[int, int]) -> bool:
+        """Whether the destination, if it is a directory already, is as a restore of ``tree``
+        recorded it (see :meth:`_match_destination`); nothing is created or read from the repository."""
+        try:
+            fd = os.open(self._dest, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return False
+        try:
+            self._load_records()
+            return self._match_destination(fd, tree, meta)
+        finally:
+            os.close(fd)
 
     def _open_destination(self, dest: str) -> int:
         try:
@@ -409,9 +431,11 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         job.prefix = prefix
         if job.tree is not None and self._file_ids is not None:  # to be recorded once finished
             job.file_entries = [e for e in entries if e.type == FILE]
-            # No files: nothing a record would spare, but the destination's own record says
-            # whether it is as a restore left it (see ``_start_hash_ahead``).
-            job.known = {} if job.file_entries or not job.owned else None
+            job.subdirs = [e.name for e in entries if e.type == DIR]
+            job.only_files_and_dirs = len(job.file_entries) + len(job.subdirs) == len(entries)
+            # No files nor subdirectories: nothing a record would spare, but the destination's own
+            # record says whether it is as a restore left it (see ``_start_hash_ahead``).
+            job.known = {} if job.file_entries or job.subdirs or not job.owned else None
         ahead = 0
         try:
             present: dict[str, os.stat_result] = {}
@@ -457,6 +481,8 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
                 path = prefix + entry.name
                 try:
                     if entry.type == DIR:
+                        if self._match_subtree(dir_fd, entry, path, present.get(entry.name)):
+                            continue  # whole, as a restore of its tree left it: not entered
                         self._make_directory(dir_fd, entry, path, present.get(entry.name))
                         subdirs.append((entry, path))
                     elif entry.type == SYMLINK:
