@@ -222,7 +222,7 @@ class DirectoryRecords(RestoreState):
         """Whether the subdirectory ``entry`` (``path``, ``present`` its lstat) is, with everything
         below it, as a restore of the same tree recorded it (see the module): it is then counted as
         unchanged, whole, and not to be entered."""
-        if self._file_ids is None or present is None or not stat.S_ISDIR(present.st_mode):
+        if not self._dir_records or present is None or not stat.S_ISDIR(present.st_mode):
             return False
         where = os.fsencode(os.path.join(self._dest, path))
         record = self._dir_records.get(where)
@@ -240,14 +240,12 @@ class DirectoryRecords(RestoreState):
             if ((st.st_dev, st.st_ino) != (record.dev, record.inode) or stat.S_IMODE(st.st_mode) != mode
                     or st.st_mtime_ns != entry.mtime_ns):
                 return False
-            walked = walk_subtree(fd, self._policy())
+            if not self._found_whole(fd, record, dirs_above=1):
+                return False
         except OSError:
             return False
         finally:
             os.close(fd)
-        if walked is None or walked[0] != record.subtree:
-            return False
-        self._count_whole(*walked[1:], dirs_above=1)
         self._subtrees[path + "/"] = (dir_identity(st), record.subtree)
         assert self._recorder is not None
         self._recorder.add_directory(where, record._replace(ctime_ns=st.st_ctime_ns))  # seen again
@@ -257,7 +255,7 @@ class DirectoryRecords(RestoreState):
         """Whether the whole destination is as a restore of ``tree`` recorded it, with the mode and
         mtime ``meta`` (see the module): everything in it is then counted as unchanged, and there
         is nothing else to do."""
-        if self._file_ids is None or tree is None:
+        if not self._dir_records or tree is None:
             return False
         where = os.fsencode(self._dest)
         record = self._dir_records.get(where)
@@ -266,17 +264,20 @@ class DirectoryRecords(RestoreState):
                 or (record.dev, record.inode, record.ctime_ns) != (st.st_dev, st.st_ino, st.st_ctime_ns)
                 or stat.S_IMODE(st.st_mode) != self._mode(meta[0]) or st.st_mtime_ns != meta[1]):
             return False
-        walked = walk_subtree(dest_fd, self._policy())
-        if walked is None or walked[0] != record.subtree:
+        if not self._found_whole(dest_fd, record, dirs_above=0):
             return False
-        self._count_whole(*walked[1:], dirs_above=0)
         assert self._recorder is not None
         self._recorder.add_directory(where, record)  # seen again
         return True
 
-    def _count_whole(self, files: int, dirs: int, nbytes: int, *, dirs_above: int) -> None:
-        """Count a subtree found whole: its ``files`` (``nbytes`` in all) and ``dirs`` below it, and
-        ``dirs_above`` more (the subdirectory itself, unless the destination)."""
+    def _found_whole(self, fd: int, record: DirRecord, *, dirs_above: int) -> bool:
+        """Whether everything below the directory ``fd`` digests to ``record``'s subtree digest (one
+        walk of the compiled helper); if so it is counted as unchanged: its files and directories,
+        and ``dirs_above`` more (the subdirectory itself, unless the destination)."""
+        walked = walk_subtree(fd, self._policy())
+        if walked is None or walked[0] != record.subtree:
+            return False
+        _digest, files, dirs, nbytes = walked
         report = self.report
         report.dirs += dirs + dirs_above
         report.unchanged += files + dirs + dirs_above
@@ -285,6 +286,7 @@ class DirectoryRecords(RestoreState):
         report.files_from_cache += files
         if self.progress:
             self.progress(report.files, report.bytes)
+        return True
 
     @staticmethod
     def _ctime(job: DirJob) -> int:

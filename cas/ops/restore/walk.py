@@ -222,6 +222,7 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         self._delete_root = root_meta is not None
         dest_fd: int | None = None
         try:
+            self._load_records()
             if entries is None:
                 assert root_tree is not None and root_meta is not None
                 if self._whole_already(root_tree, root_meta):
@@ -229,7 +230,6 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
                 entries = self.repo.read_tree(root_tree)
             dest_fd = self._open_destination(dest)
             self._dest_dev = os.fstat(dest_fd).st_dev
-            self._load_records()
             self._start_hash_ahead(dest_fd)
             with self.repo.lookups_on_one_connection():  # one lookup per directory: no checkout each
                 self._restore_tree(dest_fd, entries, root_tree)
@@ -261,7 +261,6 @@ class Restorer(DestinationSurvey, EntryWriting, DirectoryFinishing):
         except OSError:
             return False
         try:
-            self._load_records()
             return self._match_destination(fd, tree, meta)
         finally:
             os.close(fd)
